@@ -1,0 +1,1 @@
+"""Tile embeddings: the encoder registry (timm), tile reading for encoders, feature bags."""

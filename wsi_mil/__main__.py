@@ -1,0 +1,5 @@
+import sys
+
+from wsi_mil.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""Run one per-slide function over many slides: skip what is done, record what fails, carry on.
+
+Every verb that walks a folder of slides goes through :func:`run_batch`, so they all behave
+the same way: a slide whose output is complete is skipped, a slide that raises is recorded in
+``failures.csv`` (slide, stage, error) and the batch carries on, and the caller exits non-zero
+when anything failed. Each job is a picklable callable of one slide to one output, with no
+state shared between slides, so a process pool (or later Ray/Dask) can schedule them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tiling.storage import write_text_atomic
+
+FAILURE_COLUMNS = ("slide", "stage", "error")
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide's work: ``run()`` writes ``output``; ``slide`` names it in logs and failures."""
+
+    slide: str
+    output: Path
+    run: Callable[[], Any]
+
+
+@dataclass
+class BatchResult:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (slide, error)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def summary(self, stage: str) -> str:
+        return (f"{stage}: {len(self.done)} done, {len(self.skipped)} skipped (complete), "
+                f"{len(self.failed)} failed")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+def _run_one(job: SlideJob) -> str | None:
+    """Run a job; return None on success or the error text (raised errors never escape)."""
+    try:
+        job.run()
+    except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
+        return _describe(exc)
+    return None
+
+
+def record_failures(path: Path, stage: str, failed: Sequence[tuple[str, str]]) -> None:
+    """Rewrite ``failures.csv``: this stage's rows replaced by ``failed``, other stages kept."""
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("stage") != stage]
+    rows += [{"slide": slide, "stage": stage, "error": error} for slide, error in failed]
+    if not rows:
+        if path.is_file():
+            path.unlink()
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FAILURE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def run_batch(
+    jobs: Sequence[SlideJob],
+    *,
+    stage: str,
+    failures_csv: str | os.PathLike,
+    is_complete: Callable[[Path], bool] = Path.exists,
+    workers: int = 1,
+    overwrite: bool = False,
+) -> BatchResult:
+    """Run ``jobs``, skipping complete outputs unless ``overwrite``; record failures."""
+    result = BatchResult()
+    todo = []
+    for job in jobs:
+        if not overwrite and is_complete(job.output):
+            result.skipped.append(job.slide)
+        else:
+            todo.append(job)
+
+    def finish(job: SlideJob, error: str | None) -> None:
+        if error is None:
+            result.done.append(job.slide)
+        else:
+            result.failed.append((job.slide, error))
+            tqdm.write(f"[{stage}] {job.slide} failed: {error}", file=sys.stderr)
+
+    with tqdm(total=len(todo), desc=stage, unit="slide", disable=not todo) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            for job in todo:
+                finish(job, _run_one(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_run_one, job): job for job in todo}
+                for future in as_completed(futures):
+                    finish(futures[future], future.result())
+                    bar.update()
+    record_failures(Path(failures_csv), stage, result.failed)
+    return result

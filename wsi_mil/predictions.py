@@ -1,0 +1,110 @@
+"""``predictions/<slide_id>.h5``: what a model says about one slide, tile by tile.
+
+Datasets: ``coords`` ``[N, 2]`` (level-0, same order as the bag), ``attention`` ``[N]`` (raw
+scores, before softmax), ``attention_norm`` ``[N]`` in [0, 1], ``tile_probs`` ``[N, C]`` from
+the segmentation head. Attributes: slide-level ``probs`` ``[C]``, ``predicted_label``,
+``class_names``, ``run_id``, ``checkpoint_sha256``, plus the bag's slide and tiling attributes
+(so a heatmap can find the slide and its geometry from this file alone).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
+
+
+class PredictionFileError(ValueError):
+    """A predictions file that is missing or not in the wsi-mil format."""
+
+
+@dataclass
+class SlidePrediction:
+    """One slide's prediction: slide-level probabilities and per-tile scores."""
+
+    slide_id: str
+    coords: np.ndarray  # int64 [N, 2]
+    attention: np.ndarray  # float32 [N], raw
+    attention_norm: np.ndarray  # float32 [N], in [0, 1]
+    tile_probs: np.ndarray  # float32 [N, C]
+    probs: np.ndarray  # float32 [C]
+    class_names: list[str]
+    predicted_label: str
+    attrs: dict[str, Any] = field(default_factory=dict)  # slide/tiling/run attributes
+
+    def __post_init__(self) -> None:
+        n = self.coords.shape[0]
+        shapes = {"attention": self.attention.shape, "attention_norm": self.attention_norm.shape,
+                  "tile_probs": self.tile_probs.shape[:1]}
+        bad = {k: v for k, v in shapes.items() if v != (n,)}
+        if bad:
+            raise PredictionFileError(f"{self.slide_id}: {n} coords but {bad}")
+        if self.tile_probs.ndim != 2 or self.tile_probs.shape[1] != len(self.class_names):
+            raise PredictionFileError(
+                f"{self.slide_id}: tile_probs {self.tile_probs.shape} for classes {self.class_names}"
+            )
+
+
+def normalise_attention(attention: np.ndarray) -> np.ndarray:
+    """Min-max scale raw attention scores to [0, 1] (all-equal scores map to 1)."""
+    attention = np.asarray(attention, dtype=np.float32)
+    if attention.size == 0:
+        return attention
+    low, high = float(attention.min()), float(attention.max())
+    if high - low < 1e-12:
+        return np.ones_like(attention)
+    return (attention - low) / (high - low)
+
+
+def write_prediction(path: str | os.PathLike, prediction: SlidePrediction) -> Path:
+    """Write one slide's predictions atomically."""
+    path = Path(path)
+    attrs = {
+        **prediction.attrs,
+        **provenance(),
+        "slide_id": prediction.slide_id,
+        "probs": np.asarray(prediction.probs, dtype=np.float32),
+        "predicted_label": prediction.predicted_label,
+        "class_names": list(prediction.class_names),
+    }
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("coords", data=np.asarray(prediction.coords, dtype=np.int64))
+            f.create_dataset("attention", data=np.asarray(prediction.attention, np.float32))
+            f.create_dataset("attention_norm",
+                             data=np.asarray(prediction.attention_norm, np.float32))
+            f.create_dataset("tile_probs", data=np.asarray(prediction.tile_probs, np.float32))
+            write_attrs(f, attrs)
+    return path
+
+
+def read_prediction(path: str | os.PathLike) -> SlidePrediction:
+    """Read one slide's predictions, with an error naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionFileError(f"{path}: predictions file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("coords", "attention", "attention_norm", "tile_probs")
+                       if k not in f]
+            if missing:
+                raise PredictionFileError(f"{path}: not a wsi-mil predictions file, "
+                                          f"missing datasets {missing}")
+            attrs = read_attrs(f)
+            data = {k: f[k][:] for k in ("coords", "attention", "attention_norm", "tile_probs")}
+    except OSError as exc:
+        raise PredictionFileError(f"{path}: cannot read HDF5 file ({exc})") from exc
+    return SlidePrediction(
+        slide_id=str(attrs.pop("slide_id")),
+        probs=np.asarray(attrs.pop("probs"), dtype=np.float32),
+        class_names=[str(c) for c in attrs.pop("class_names")],
+        predicted_label=str(attrs.pop("predicted_label")),
+        attrs=attrs,
+        **data,
+    )
