@@ -35,3 +35,20 @@ def shared_slide(shared_data: Path):
         return path
 
     return get
+
+
+@pytest.fixture
+def tiles_attrs():
+    """Return a function giving a complete set of tiles-file attributes, with overrides."""
+
+    def make(**overrides):
+        attrs = {
+            "slide_path": "/data/s1.svs", "slide_id": "s1", "slide_width": 1000,
+            "slide_height": 800, "slide_mpp": 0.25, "mpp_source": "metadata", "target_mpp": 0.5,
+            "tile_size": 256, "tile_size_level0": 512.0, "read_level": 1, "read_downsample": 2.0,
+            "stride": 512.0, "min_tissue": 0.5, "tissue_method": "otsu",
+            "tissue_params": {"blur": 7},
+        }
+        return {**attrs, **overrides}
+
+    return make
