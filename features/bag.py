@@ -48,14 +48,13 @@ def write_bag(
         raise BagError(f"{path}: encoder attributes missing {missing}")
     attrs = {**tiles.attrs, **encoder_attrs, **provenance(), "tiles_file": str(tiles.path)}
     path = Path(path)
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features, chunks=(min(len(features), 1024) or 1,
-                                                               features.shape[1]))
-            f.create_dataset("coords", data=tiles.coords)
-            f.create_dataset("tissue_fraction", data=tiles.tissue_fraction)
-            write_attrs(f, attrs)
-            f.attrs["complete"] = True
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features, chunks=(min(len(features), 1024) or 1,
+                                                           features.shape[1]))
+        f.create_dataset("coords", data=tiles.coords)
+        f.create_dataset("tissue_fraction", data=tiles.tissue_fraction)
+        write_attrs(f, attrs)
+        f.attrs["complete"] = True
     return path
 
 

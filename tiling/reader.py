@@ -17,6 +17,9 @@ import numpy as np
 
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     """Composite an RGBA array (OpenSlide's output) onto white, returning uint8 RGB."""
+    rgba = np.ascontiguousarray(rgba)
+    if rgba.view("<u4").min() >= 0xFF000000:  # fully opaque (the usual tile): just drop alpha
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     rgb = rgba[..., :3].astype(np.float32)
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     return (rgb * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
@@ -39,7 +42,7 @@ class TileReader:
         self.read_level = int(attrs["read_level"])
         self.read_downsample = float(attrs["read_downsample"])
         self.tile_size = int(attrs["tile_size"])
-        self.read_size = max(1, int(round(float(attrs["tile_size_level0"]) / self.read_downsample)))
+        self.read_size = max(1, round(float(attrs["tile_size_level0"]) / self.read_downsample))
 
     def read(self, x: int, y: int) -> np.ndarray:
         """The tile whose level-0 top-left corner is (x, y), as uint8 RGB ``[tile_size]*2 x 3``."""

@@ -64,11 +64,10 @@ def write_tiles_file(
     if missing:
         raise ValueError(f"{path}: tiles file attributes missing {missing}")
     path = Path(path)
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", data=coords)
-            f.create_dataset("tissue_fraction", data=tissue_fraction)
-            write_attrs(f, full_attrs)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=coords)
+        f.create_dataset("tissue_fraction", data=tissue_fraction)
+        write_attrs(f, full_attrs)
     return path
 
 

@@ -73,14 +73,13 @@ def write_prediction(path: str | os.PathLike, prediction: SlidePrediction) -> Pa
         "predicted_label": prediction.predicted_label,
         "class_names": list(prediction.class_names),
     }
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", data=np.asarray(prediction.coords, dtype=np.int64))
-            f.create_dataset("attention", data=np.asarray(prediction.attention, np.float32))
-            f.create_dataset("attention_norm",
-                             data=np.asarray(prediction.attention_norm, np.float32))
-            f.create_dataset("tile_probs", data=np.asarray(prediction.tile_probs, np.float32))
-            write_attrs(f, attrs)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=np.asarray(prediction.coords, dtype=np.int64))
+        f.create_dataset("attention", data=np.asarray(prediction.attention, np.float32))
+        f.create_dataset("attention_norm",
+                         data=np.asarray(prediction.attention_norm, np.float32))
+        f.create_dataset("tile_probs", data=np.asarray(prediction.tile_probs, np.float32))
+        write_attrs(f, attrs)
     return path
 
 

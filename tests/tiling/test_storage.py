@@ -27,10 +27,9 @@ def test_atomic_output_moves_file_into_place(tmp_path):
 def test_atomic_output_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "a.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert not tmp_path_for(target).exists()
 

@@ -1,0 +1,244 @@
+"""Opening slides, their physical resolution, and low-resolution reads.
+
+Everything downstream is laid out in micrometres per pixel (µm/px), so the level-0 resolution of
+a slide is the one fact tiling cannot guess. It comes, in this order, from an explicit override
+(``--mpp`` / ``--mpp-csv``), OpenSlide's ``openslide.mpp-x/y`` properties, or the TIFF resolution
+tags. Values no slide scanner produces (72 dpi and the like, written by image libraries as a
+placeholder) are ignored rather than trusted, and a slide left without a resolution is an error
+that says how to supply one: a wrong mpp would silently tile at the wrong magnification.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+import openslide
+
+from tiling.reader import rgba_to_rgb_on_white
+
+#: Level-0 µm/px outside this range is treated as a placeholder, not a measurement: scanners
+#: work between ~0.05 (100x) and ~10 (1x overview); 72/96/300 dpi give 353/265/85 µm/px.
+PLAUSIBLE_MPP = (0.01, 20.0)
+#: Relative difference above which mpp-x and mpp-y are considered anisotropic (unsupported).
+MPP_XY_TOLERANCE = 0.01
+#: Most level pixels read in one request when shrinking a level to a thumbnail (64 MB RGBA).
+STRIP_PIXELS = 16 * 1024 * 1024
+
+MPP_HELP = ("supply it with --mpp MPP (one value for every slide) or --mpp-csv FILE "
+            "(a CSV with columns slide_id,mpp)")
+
+
+class SlideOpenError(OSError):
+    """A slide that OpenSlide (and its image fallback) cannot open; the message says why."""
+
+
+class SlideMppError(ValueError):
+    """A slide whose level-0 resolution is unknown or unusable, with how to supply one."""
+
+
+class Thumbnail(NamedTuple):
+    """A low-resolution RGB image of the whole slide and its level-0 downsample.
+
+    Pixel (i, j) of ``image`` covers level-0 pixels from ``(j * downsample, i * downsample)``.
+    """
+
+    image: np.ndarray  # uint8 RGB [h, w, 3]
+    downsample: float  # level-0 px per thumbnail px, the same along both axes
+
+
+def _dicom_member(folder: Path) -> Path:
+    """The file OpenSlide should open for a folder holding one DICOM WSI (any of its files)."""
+    members = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
+    if not members:
+        raise SlideOpenError(f"{folder}: is a folder but holds no DICOM (.dcm) files")
+    return members[0]
+
+
+def open_slide(path: str | os.PathLike) -> Any:
+    """Open a slide with OpenSlide, or a small plain image through OpenSlide's image fallback.
+
+    A folder is taken as one DICOM WSI (OpenSlide finds the other files of the series). Any
+    failure becomes :class:`SlideOpenError` naming the file and OpenSlide's own reason.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideOpenError(f"{path}: slide not found")
+    target = _dicom_member(path) if path.is_dir() else path
+    try:
+        return openslide.open_slide(str(target))
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise SlideOpenError(f"{path}: cannot open slide ({type(exc).__name__}: {reason})") from exc
+
+
+def _plausible(mpp: float) -> bool:
+    return math.isfinite(mpp) and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
+
+
+def _isotropic(path: Path, x: float, y: float, source: str) -> float:
+    if abs(x - y) > MPP_XY_TOLERANCE * max(x, y):
+        raise SlideMppError(
+            f"{path}: {source} gives non-square pixels (x {x} µm/px, y {y} µm/px); tiles need "
+            f"one resolution: {MPP_HELP}"
+        )
+    return x if x == y else (x + y) / 2
+
+
+def _tiff_tag_mpp(path: Path) -> tuple[float, float] | None | str:
+    """(x, y) µm/px from the first TIFF page's resolution tags; None if absent, or why unusable."""
+    import tifffile  # only needed for the rare slide whose mpp OpenSlide does not report
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tags = tif.pages.first.tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return None
+            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+            xres, yres = tags["XResolution"].value, tags["YResolution"].value
+    except Exception:  # noqa: BLE001 - not a TIFF (or unreadable as one): no tags to use
+        return None
+    microns_per_unit = {2: 25_400, 3: 10_000}.get(unit)
+    if microns_per_unit is None:
+        return "TIFF resolution tags without a physical unit"
+    if not (xres[0] and yres[0]):
+        return "TIFF resolution of zero"
+    # integer numerator first, one division: exact for the rationals pyramid_tiff writes
+    return microns_per_unit * xres[1] / xres[0], microns_per_unit * yres[1] / yres[0]
+
+
+def slide_mpp(slide: Any, path: str | os.PathLike, override: float | None = None
+              ) -> tuple[float, str]:
+    """Level-0 µm/px of a slide and where it came from: ``"override"`` or ``"metadata"``.
+
+    The override wins. Otherwise OpenSlide's mpp properties, then the TIFF resolution tags (inch
+    or centimetre units); implausible values (placeholders such as 72 dpi) are ignored.
+    Never rounded to a magnification bucket.
+    """
+    path = Path(path)
+    if override is not None:
+        override = float(override)
+        if not (math.isfinite(override) and override > 0):
+            raise SlideMppError(f"{path}: mpp override must be a positive number, got {override}")
+        return override, "override"
+    ignored: list[str] = []
+    props = slide.properties
+    mpp_x, mpp_y = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
+    if mpp_x is not None and mpp_y is not None:
+        x, y = float(mpp_x), float(mpp_y)
+        if _plausible(x) and _plausible(y):
+            return _isotropic(path, x, y, "OpenSlide's mpp properties"), "metadata"
+        ignored.append(f"openslide.mpp-x/y {x:g}/{y:g} µm/px (implausible, a placeholder)")
+    tag = _tiff_tag_mpp(path) if path.is_file() else None
+    if isinstance(tag, str):
+        ignored.append(tag)
+    elif tag is not None:
+        x, y = tag
+        if _plausible(x) and _plausible(y):
+            return _isotropic(path, x, y, "the TIFF resolution tags"), "metadata"
+        ignored.append(f"TIFF resolution {x:g}/{y:g} µm/px (implausible, a placeholder)")
+    found = f" (ignored: {'; '.join(ignored)})" if ignored else ""
+    raise SlideMppError(f"{path}: the slide does not record its resolution (µm/px){found}; "
+                        f"{MPP_HELP}")
+
+
+def level_for_downsample(slide: Any, downsample: float) -> int:
+    """The level whose downsample is the largest not above ``downsample`` (level 0 at worst).
+
+    A relative slack of 1e-6 keeps a level whose downsample equals the wanted one up to
+    floating-point noise (2.0000001 for 2).
+    """
+    best = 0
+    for level, level_ds in enumerate(slide.level_downsamples):
+        if level_ds <= downsample * (1 + 1e-6) and level_ds >= slide.level_downsamples[best]:
+            best = level
+    return best
+
+
+def read_level_region(slide: Any, level: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Rows ``[r0, r1)`` (default all) of a whole level as uint8 RGB, transparent areas white."""
+    width, height = slide.level_dimensions[level]
+    r0, r1 = rows if rows is not None else (0, height)
+    y0 = round(r0 * slide.level_downsamples[level])
+    region = slide.read_region((0, y0), level, (width, r1 - r0))
+    return rgba_to_rgb_on_white(np.asarray(region))
+
+
+def read_thumbnail(
+    slide: Any,
+    *,
+    max_side: int | None = None,
+    target_mpp: float | None = None,
+    slide_mpp: float | None = None,
+) -> Thumbnail:
+    """The whole slide as an RGB image at ``target_mpp`` µm/px or with at most ``max_side`` px.
+
+    Reads the pyramid level whose downsample is the largest not above the wanted one and
+    shrinks it (area averaging), in horizontal strips, so a large single-level image (or a
+    slide with no suitable level) is never held whole in memory. Never upsamples: a target
+    finer than level 0 gives level 0.
+    """
+    if (max_side is None) == (target_mpp is None):
+        raise ValueError("read_thumbnail needs exactly one of max_side or target_mpp")
+    width, height = slide.level_dimensions[0]
+    if target_mpp is not None:
+        if slide_mpp is None:
+            raise ValueError("read_thumbnail(target_mpp=...) needs the slide's level-0 slide_mpp")
+        downsample = max(1.0, float(target_mpp) / float(slide_mpp))
+    else:
+        downsample = max(1.0, max(width, height) / float(max_side))
+    out_w = max(1, round(width / downsample))
+    out_h = max(1, round(height / downsample))
+    level = level_for_downsample(slide, downsample)
+    level_w, level_h = slide.level_dimensions[level]
+    if abs(level_w - out_w) <= 1 and abs(level_h - out_h) <= 1 and (
+            max_side is None or max(level_w, level_h) <= max_side):
+        # the level is the thumbnail up to rounding of its size: use it as it is
+        return Thumbnail(read_level_region(slide, level), width / level_w)
+    # output rows per strip, so that one strip of level rows stays under STRIP_PIXELS
+    scale = level_h / out_h
+    band = max(1, int(STRIP_PIXELS / (level_w * scale)))
+    image = np.empty((out_h, out_w, 3), np.uint8)
+    for j0 in range(0, out_h, band):
+        j1 = min(out_h, j0 + band)
+        r0, r1 = round(j0 * scale), max(round(j0 * scale) + 1, round(j1 * scale))
+        strip = read_level_region(slide, level, (r0, min(r1, level_h)))
+        image[j0:j1] = cv2.resize(strip, (out_w, j1 - j0), interpolation=cv2.INTER_AREA)
+    return Thumbnail(image, downsample)
+
+
+def read_mpp_csv(path: str | os.PathLike) -> dict[str, float]:
+    """Per-slide mpp overrides from a CSV with a header ``slide_id,mpp`` (other columns ignored).
+
+    Errors name the file and line: a mistyped mpp would tile a slide at the wrong scale.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"slide_id", "mpp"} <= set(reader.fieldnames):
+                raise SlideMppError(f"{path}: an mpp CSV needs the columns slide_id,mpp "
+                                    f"(found {reader.fieldnames})")
+            table: dict[str, float] = {}
+            for line, row in enumerate(reader, start=2):
+                slide_id = (row["slide_id"] or "").strip()
+                try:
+                    mpp = float(row["mpp"])
+                except (TypeError, ValueError):
+                    mpp = float("nan")
+                if not slide_id or not (math.isfinite(mpp) and mpp > 0):
+                    raise SlideMppError(f"{path}, line {line}: need a slide_id and a positive "
+                                        f"mpp, got {row['slide_id']!r}, {row['mpp']!r}")
+                if slide_id in table and table[slide_id] != mpp:
+                    raise SlideMppError(f"{path}, line {line}: slide {slide_id!r} listed twice "
+                                        f"with different mpp ({table[slide_id]} and {mpp})")
+                table[slide_id] = mpp
+    except FileNotFoundError as exc:
+        raise SlideMppError(f"{path}: mpp CSV not found") from exc
+    return table
