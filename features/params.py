@@ -1,0 +1,66 @@
+"""Feature-extraction settings, kept free of torch so the CLI and config runner load them fast.
+
+:class:`ExtractParams` is also importable as ``features.extract.ExtractParams``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+#: Precisions a feature bag may be stored in.
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """Settings of feature extraction (YAML section ``extract``)."""
+
+    batch_size: int = 32  # tiles per forward pass
+    # Tile-reading processes (0 reads in the main process). None: one on a CPU, where the
+    # encoder is the bottleneck and one reader keeps up (reading costs ~5 % of encoding);
+    # all CPUs but one (at most 16) on a GPU, which encodes faster than a few readers read.
+    workers: int | None = None
+    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
+    dtype: str = "float16"  # stored feature precision: float16 or float32
+    prefetch: int = 4  # batches each worker reads ahead of the encoder
+    # torch CPU threads for an encoder on the CPU. None: the CPUs the readers leave free, so
+    # encoder threads and readers never oversubscribe the cores (OpenMP threads that lose
+    # their core to another process stall each other at every barrier).
+    threads: int | None = None
+    progress: bool = True  # show a per-slide progress bar (tiles/s)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be 0 or more, got {self.workers}")
+        if self.prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {self.prefetch}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or None), got {self.threads}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+    def reader_workers(self, device_type: str) -> int:
+        """The number of reader processes for an encoder on ``device_type`` (cpu/cuda/mps)."""
+        if self.workers is not None:
+            return self.workers
+        if device_type == "cpu":
+            return 1
+        return max(1, min(16, available_cpus() - 1))
+
+    def encoder_threads(self, device_type: str) -> int | None:
+        """torch CPU threads for an encoder on ``device_type``; None: leave torch's setting."""
+        if device_type != "cpu":
+            return self.threads
+        if self.threads is not None:
+            return self.threads
+        return max(1, available_cpus() - self.reader_workers(device_type))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -1,0 +1,45 @@
+"""``wsi-mil encoders``: the encoder registry, each entry's output and where its weights are.
+
+Checks only local files (bundled weights, the weights folder, the Hugging Face cache), never
+the network, so it answers instantly offline and says what is missing before a long run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def encoders_table() -> str:
+    """The registry as text: one row per encoder, then where each one's weights are expected."""
+    from features.registry import DEFAULT_ENCODER, list_encoders
+    from features.weights import weights_dir
+
+    specs = list_encoders()
+    rows = [("name", "dim", "input", "timm architecture", "weights")]
+    rows += [(s.name + (" (default)" if s.name == DEFAULT_ENCODER else ""), str(s.dim),
+              str(s.input_size), s.architecture, s.weights_status()) for s in specs]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
+             for row in rows]
+    lines += ["", f"Weights folder: {weights_dir()} (set WSI_MIL_WEIGHTS to change it)", ""]
+    for spec in specs:
+        lines.append(f"{spec.name}: {spec.description}")
+        lines.append(f"    {spec.where_weights_go()}")
+    lines += ["", ("timm:<architecture>: any timm model, with --weights PATH or "
+                   "--weights hf-hub:<repo>; pooled features of the model's width.")]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(encoders_table())
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "encoders", help="list the feature encoders and where their weights are expected",
+        description="List the encoder registry: output dimension, input size, architecture, "
+        "and whether each encoder's weights are available locally.",
+    )
+    p.set_defaults(func=run)
