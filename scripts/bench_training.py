@@ -1,0 +1,147 @@
+"""Speed and memory of MIL training and prediction at Camelyon scale, on this machine.
+
+1. One training epoch of ``gated_abmil`` (default settings) over 400 generated bags of
+   10 000 tiles x 1024 float16 features (8.2 GB of bags, as a Camelyon16 training set with a
+   1024-wide encoder): seconds per epoch and peak resident memory. With the default 8 GB
+   budget these bags are streamed from HDF5; ``--memory-gb 16`` holds them in memory instead.
+2. ``predict`` on one 200 000-tile bag (a large slide at 20x): wall time and peak memory,
+   which must stay under 2 GB.
+
+Each part runs in its own process so each peak is its own (``ru_maxrss``).
+
+    .venv/bin/python scripts/bench_training.py [--workdir /tmp/wsi_mil_bench] [--bags 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def make_cohort(workdir: Path, n_bags: int, n_tiles: int, dim: int) -> tuple[Path, Path]:
+    from wsi_mil.synthetic_bags import iter_planted_bags, write_planted_bags
+
+    root = workdir / f"cohort_{n_bags}x{n_tiles}x{dim}"
+    features_dir, labels_csv = root / "features" / "planted", root / "labels.csv"
+    if labels_csv.is_file():
+        return features_dir, labels_csv
+    start = time.time()
+    write_planted_bags(root, iter_planted_bags(n_bags, n_tiles, dim, seed=0))
+    print(f"generated {n_bags} bags in {time.time() - start:.0f} s", file=sys.stderr)
+    return features_dir, labels_csv
+
+
+def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
+    import torch
+
+    from wsi_mil.bags import BagDataset, match_bags
+    from wsi_mil.labels import read_labels
+    from wsi_mil.models import create_model
+    from wsi_mil.train import TrainParams, make_optimizer, run_epoch
+
+    params = TrainParams(memory_gb=memory_gb, device="cpu")
+    labels = read_labels(labels_csv)
+    bag_set = match_bags(features_dir, labels)
+    start = time.time()
+    data = BagDataset(bag_set.records, bag_set.dim, memory_gb=params.memory_gb)
+    load_s = time.time() - start
+    torch.manual_seed(0)
+    model = create_model(params.model, bag_set.dim, 2, **params.model_kwargs())
+    start = time.time()
+    stats = run_epoch(model, data, params, 0, torch.device("cpu"), None,
+                      make_optimizer(model, params), torch.Generator().manual_seed(0))
+    return {"bags": len(data), "in_memory": data.in_memory, "load_or_scan_s": round(load_s, 1),
+            "epoch_s": round(time.time() - start, 1), "train_loss": round(stats.loss, 4),
+            "torch_threads": torch.get_num_threads(), "peak_rss_gb": round(peak_rss_gb(), 2)}
+
+
+def make_large(workdir: Path, n_tiles: int, dim: int) -> Path:
+    """One ``n_tiles`` bag (made in its own process: generating it takes memory)."""
+    from wsi_mil.synthetic_bags import iter_planted_bags, write_planted_bags
+
+    root = workdir / f"large_{n_tiles}x{dim}"
+    if not (root / "labels.csv").is_file():
+        write_planted_bags(root, iter_planted_bags(1, n_tiles, dim, seed=1, prefix="large"))
+    return root
+
+
+def predict(workdir: Path, n_tiles: int, dim: int) -> dict:
+    import torch
+
+    from wsi_mil.models import create_model
+    from wsi_mil.predict import PredictParams, predict_slide
+    from wsi_mil.train import TrainParams, save_model
+
+    root = workdir / f"large_{n_tiles}x{dim}"
+    features_dir = root / "features" / "planted"
+    params = TrainParams(device="cpu")
+    torch.manual_seed(0)
+    model = create_model(params.model, dim, 2, **params.model_kwargs())
+    run = root / "run"
+    save_model(run / "fold_0", model, {"class_names": ["neg", "pos"], "negative_class": "neg",
+                                       "threshold": 0.5, "encoder": "planted", "fold": 0})
+    before = peak_rss_gb()
+    start = time.time()
+    predict_slide(features_dir / "large_0000.h5", root / "predictions" / "large_0000.h5", run,
+                  PredictParams(device="cpu"))
+    return {"tiles": n_tiles, "predict_s": round(time.time() - start, 1),
+            "peak_rss_gb_before_predict": round(before, 2),
+            "peak_rss_gb": round(peak_rss_gb(), 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_bench"))
+    parser.add_argument("--bags", type=int, default=400)
+    parser.add_argument("--tiles", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--memory-gb", type=float, default=8.0)
+    parser.add_argument("--predict-tiles", type=int, default=200_000)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default, one per core)")
+    parser.add_argument("--part", choices=["all", "make", "epoch", "predict"], default="all")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.part == "make":
+        make_cohort(args.workdir, args.bags, args.tiles, args.dim)
+        make_large(args.workdir, args.predict_tiles, args.dim)
+        print(json.dumps({}))
+        return 0
+    if args.part == "epoch":
+        features_dir, labels_csv = make_cohort(args.workdir, args.bags, args.tiles, args.dim)
+        print(json.dumps(epoch(features_dir, labels_csv, args.memory_gb)))
+        return 0
+    if args.part == "predict":
+        print(json.dumps(predict(args.workdir, args.predict_tiles, args.dim)))
+        return 0
+    results = {}
+    for part in ("make", "epoch", "predict"):
+        cmd = [sys.executable, __file__, "--part", part] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "part"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[part] = json.loads(out.strip().splitlines()[-1])
+        if results[part]:
+            print(part, results[part], flush=True)
+    e, p = results["epoch"], results["predict"]
+    print(f"\ntraining: {e['bags']} bags x {args.tiles} tiles x {args.dim}: "
+          f"{e['epoch_s']} s/epoch ({'in memory' if e['in_memory'] else 'streamed from HDF5'}"
+          f", {e['torch_threads']} threads), peak memory {e['peak_rss_gb']} GB")
+    print(f"predict: {p['tiles']} tiles in {p['predict_s']} s, peak memory {p['peak_rss_gb']} GB "
+          f"({'under' if p['peak_rss_gb'] < 2 else 'OVER'} 2 GB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

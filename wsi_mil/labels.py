@@ -1,0 +1,147 @@
+"""The labels CSV: which class each slide belongs to, which patient it came from, which split.
+
+Columns: ``slide_id,label[,patient_id][,split]`` (a header row is required; extra columns are
+ignored so a clinical table can be used as it is). Class names are the distinct labels, in
+sorted order, so the same CSV always gives the same class indices. ``patient_id`` groups slides
+for cross-validation (slides of one patient never straddle train and test); when it is absent
+each slide is its own group. ``split`` is ``train``, ``val`` or ``test`` (an official split, as
+Camelyon16's); empty means "not assigned".
+
+Every problem is reported with the file and the CSV line number (the header is line 1), since
+a labels table is usually edited by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUIRED_COLUMNS = ("slide_id", "label")
+SPLITS = ("train", "val", "test")
+
+
+class LabelsError(ValueError):
+    """A labels CSV that is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class SlideLabel:
+    """One row of the labels CSV."""
+
+    slide_id: str
+    label: str
+    patient_id: str  # the slide id itself when the CSV has no patient_id column
+    split: str | None  # "train" | "val" | "test", or None when not assigned
+    line: int  # CSV line number, for error messages
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """All rows of a labels CSV, with the class names they define."""
+
+    path: Path
+    rows: tuple[SlideLabel, ...]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def class_index(self, label: str) -> int:
+        return self.class_names.index(label)
+
+    def by_slide(self) -> dict[str, SlideLabel]:
+        return {row.slide_id: row for row in self.rows}
+
+    @property
+    def has_split(self) -> bool:
+        return any(row.split is not None for row in self.rows)
+
+    def negative_index(self, negative_class: str | None) -> int:
+        """Index of the "negative" class (tiles of such slides are all negative).
+
+        ``None`` picks the first class in sorted order (``benign`` < ``malignant``,
+        ``normal`` < ``tumor``, ``0`` < ``1``); name it explicitly otherwise.
+        """
+        if negative_class is None:
+            return 0
+        if negative_class not in self.class_names:
+            raise LabelsError(
+                f"{self.path}: negative class {negative_class!r} is not one of the labels "
+                f"{list(self.class_names)}"
+            )
+        return self.class_names.index(negative_class)
+
+
+def read_labels(path: str | os.PathLike, class_names: tuple[str, ...] | None = None) -> LabelTable:
+    """Read and check a labels CSV.
+
+    ``class_names`` (e.g. those a trained model was trained with) makes any other label an
+    error, and fixes the class order; without it the classes are the sorted distinct labels and
+    there must be at least two.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"{path}: labels CSV not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [name.strip() for name in (reader.fieldnames or [])]
+        missing = [col for col in REQUIRED_COLUMNS if col not in header]
+        if missing:
+            raise LabelsError(
+                f"{path}: labels CSV needs columns {list(REQUIRED_COLUMNS)} "
+                f"(optional: patient_id, split); missing {missing}, header is {header}"
+            )
+        reader.fieldnames = header
+        rows: list[SlideLabel] = []
+        seen: dict[str, int] = {}
+        for line, record in enumerate(reader, start=2):
+            rows.append(_parse_row(path, line, record, seen, class_names))
+    if not rows:
+        raise LabelsError(f"{path}: labels CSV has a header but no rows")
+    if class_names is None:
+        names = tuple(sorted({row.label for row in rows}))
+        if len(names) < 2:
+            raise LabelsError(
+                f"{path}: needs at least two classes to train a classifier, found {list(names)}"
+            )
+    else:
+        names = tuple(class_names)
+    return LabelTable(path=path, rows=tuple(rows), class_names=names)
+
+
+def _parse_row(
+    path: Path,
+    line: int,
+    record: dict[str, str | None],
+    seen: dict[str, int],
+    class_names: tuple[str, ...] | None,
+) -> SlideLabel:
+    def cell(name: str) -> str:
+        value = record.get(name)
+        return "" if value is None else str(value).strip()
+
+    slide_id, label = cell("slide_id"), cell("label")
+    where = f"{path}, line {line}"
+    if not slide_id:
+        raise LabelsError(f"{where}: empty slide_id")
+    if not label:
+        raise LabelsError(f"{where}: slide {slide_id!r} has an empty label")
+    if slide_id in seen:
+        raise LabelsError(
+            f"{where}: duplicate slide_id {slide_id!r} (first on line {seen[slide_id]})"
+        )
+    seen[slide_id] = line
+    if class_names is not None and label not in class_names:
+        raise LabelsError(
+            f"{where}: unknown label {label!r} for slide {slide_id!r}; "
+            f"expected one of {list(class_names)}"
+        )
+    split = cell("split").lower() or None
+    if split is not None and split not in SPLITS:
+        raise LabelsError(
+            f"{where}: split {split!r} for slide {slide_id!r} is not one of {list(SPLITS)}"
+        )
+    return SlideLabel(slide_id=slide_id, label=label, patient_id=cell("patient_id") or slide_id,
+                      split=split, line=line)

@@ -1,0 +1,134 @@
+"""Slide classification metrics, all from scikit-learn, in JSON-ready form.
+
+AUC is one-vs-rest (macro) for more than two classes, with a percentile bootstrap 95 %
+interval because slide cohorts are small (a Camelyon16 test set has 129 slides) and a point AUC
+alone hides how uncertain it is. For two classes the decision threshold on the positive
+probability is chosen on *validation* slides (Youden's J) and then applied unchanged to test
+slides: choosing it on test would report a number no deployment could reproduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+
+def positive_index(n_classes: int, negative_index: int) -> int | None:
+    """The positive class of a binary problem (the non-negative one); None for > 2 classes."""
+    return 1 - negative_index if n_classes == 2 else None
+
+
+def slide_auc(y: np.ndarray, probs: np.ndarray, negative_index: int = 0) -> float | None:
+    """Binary AUC of the positive class, or macro one-vs-rest AUC; None if a class is absent."""
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    n_classes = probs.shape[1]
+    if len(np.unique(y)) < n_classes:
+        return None
+    pos = positive_index(n_classes, negative_index)
+    if pos is not None:
+        return float(roc_auc_score(y == pos, probs[:, pos]))
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro",
+                               labels=list(range(n_classes))))
+
+
+def bootstrap_auc_ci(y: np.ndarray, probs: np.ndarray, negative_index: int = 0,
+                     n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of :func:`slide_auc` (resamples missing a class skipped).
+
+    None when ``n_boot`` is 0 or too few resamples contain every class.
+    """
+    if n_boot <= 0:
+        return None
+    y, probs = np.asarray(y), np.asarray(probs)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        auc = slide_auc(y[idx], probs[idx], negative_index)
+        if auc is not None:
+            values.append(auc)
+    if len(values) < n_boot // 2:
+        return None
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def choose_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: int = 0) -> float:
+    """Validation threshold on the positive probability maximising Youden's J (TPR - FPR).
+
+    0.5 when validation lacks one of the classes (no ROC to choose from). Only meaningful for
+    two classes; more classes are decided by the largest probability.
+    """
+    y_val, probs_val = np.asarray(y_val), np.asarray(probs_val)
+    pos = positive_index(probs_val.shape[1], negative_index)
+    if pos is None or len(np.unique(y_val == pos)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(y_val == pos, probs_val[:, pos], drop_intermediate=False)
+    best = int(np.argmax(tpr - fpr))
+    if 0 < best < len(thresholds) - 1:
+        # Midway between the lowest validation score called positive and the next lower one:
+        # a cut at the score itself puts unseen slides a hair below it on the wrong side.
+        return float((thresholds[best] + thresholds[best + 1]) / 2)
+    return float(min(thresholds[best], 1.0))
+
+
+def predict_indices(probs: np.ndarray, threshold: float | None = None,
+                    negative_index: int = 0) -> np.ndarray:
+    """Class indices: positive when its probability reaches ``threshold`` (binary), else argmax."""
+    probs = np.asarray(probs)
+    pos = positive_index(probs.shape[1], negative_index)
+    if pos is None or threshold is None:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, pos] >= threshold, pos, negative_index)
+
+
+def slide_metrics(y: Sequence[int], probs: np.ndarray, predicted: Sequence[int],
+                  class_names: Sequence[str], negative_index: int = 0,
+                  n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """AUC (+ bootstrap 95 % CI), accuracy, balanced accuracy, F1, confusion matrix, ROC curve.
+
+    ``predicted`` are class indices already decided (with a validation threshold); F1 is the
+    positive class's for two classes, macro otherwise. The confusion matrix has true classes as
+    rows, predicted as columns, in ``class_names`` order.
+    """
+    y, probs, predicted = np.asarray(y), np.asarray(probs, np.float64), np.asarray(predicted)
+    n_classes = len(class_names)
+    labels = list(range(n_classes))
+    pos = positive_index(n_classes, negative_index)
+    auc = slide_auc(y, probs, negative_index)
+    ci = bootstrap_auc_ci(y, probs, negative_index, n_boot, seed) if auc is not None else None
+    if pos is not None:
+        f1 = f1_score(y, predicted, labels=labels, pos_label=pos, average="binary",
+                      zero_division=0)
+    else:
+        f1 = f1_score(y, predicted, labels=labels, average="macro", zero_division=0)
+    roc: dict[str, Any] = {}
+    for c in ([pos] if pos is not None else labels):
+        if len(np.unique(y == c)) == 2:
+            fpr, tpr, _ = roc_curve(y == c, probs[:, c])
+            roc[class_names[c]] = {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist()}
+    return {
+        "n_slides": len(y),
+        "class_names": list(class_names),
+        "positive_class": class_names[pos] if pos is not None else None,
+        "auc": auc,
+        "auc_ci95": list(ci) if ci is not None else None,
+        "accuracy": float(accuracy_score(y, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, predicted))
+        if len(np.unique(y)) > 1 else None,
+        "f1": float(f1),
+        "confusion_matrix": confusion_matrix(y, predicted, labels=labels).tolist(),
+        "roc": roc,
+    }

@@ -1,0 +1,146 @@
+"""What every MIL model shares: tile embedding, attention pooling with masks, the tile-level
+segmentation head, and bounded-memory prediction on bags of any size.
+
+A model is three pieces, so that one forward pass serves padded training batches and a chunked
+pass serves a 200 000-tile slide: ``embed`` (per tile), ``attention_scores`` (per tile, ``K``
+branches: 1, or one per class for CLAM-MB) and ``classify`` (per bag, from the ``K`` pooled
+vectors). Pooling is the softmax over a bag's real tiles of the raw scores, so padded tiles get
+exactly zero weight and the result does not depend on tile order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+
+class MILOutput(NamedTuple):
+    """What a model says about a batch of ``B`` bags of up to ``N`` tiles and ``C`` classes."""
+
+    logits: torch.Tensor  # [B, C] slide logits
+    attention: torch.Tensor  # [B, N] softmax over real tiles, 0 on padding (predicted branch)
+    raw_attention: torch.Tensor  # [B, N] scores before the softmax, 0 on padding
+    tile_logits: torch.Tensor  # [B, N, C] segmentation head, per tile
+    branch_attention: torch.Tensor  # [B, N, K] softmax weights of every attention branch
+    instance_loss: torch.Tensor | None  # CLAM's instance-clustering loss, when a label is given
+
+
+def embedding_mlp(in_dim: int, hidden_dims: Sequence[int], dropout: float) -> nn.Sequential:
+    """Linear + ReLU + dropout per hidden width (CLAM's ``fc`` block, Ilse's feature layers)."""
+    layers: list[nn.Module] = []
+    for width in hidden_dims:
+        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class MILModel(nn.Module):
+    """Base class: subclasses set ``branches`` and implement ``attention_scores``/``classify``."""
+
+    name: str = ""
+    #: whether attention ranks tiles well enough to pick pseudo-labelled tiles for the
+    #: segmentation head (mean/max pooling rank by the head's own scores instead).
+    ranks_by_attention: bool = True
+    #: one attention branch per class (CLAM-MB) rather than one shared branch.
+    one_branch_per_class: bool = False
+
+    def __init__(self, in_dim: int, n_classes: int, hidden_dims: Sequence[int] = (512,),
+                 attention_dim: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a MIL classifier needs at least 2 classes, got {n_classes}")
+        hidden_dims = tuple(int(w) for w in hidden_dims)
+        if not hidden_dims:
+            raise ValueError("hidden_dims needs at least one width")
+        self.in_dim, self.n_classes = int(in_dim), int(n_classes)
+        self.hidden_dim = hidden_dims[-1]
+        self.hparams: dict[str, Any] = {"hidden_dims": list(hidden_dims),
+                                        "attention_dim": int(attention_dim),
+                                        "dropout": float(dropout)}
+        self.embed = embedding_mlp(in_dim, hidden_dims, dropout)
+        self.tile_head = nn.Linear(self.hidden_dim, n_classes)
+
+    # -- pieces a subclass defines ---------------------------------------------------------
+    def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Raw scores ``[..., N, K]`` from tile embeddings ``[..., N, H]``."""
+        raise NotImplementedError
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Slide logits ``[B, C]`` from pooled vectors ``[B, K, H]``."""
+        raise NotImplementedError
+
+    def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
+                      labels: torch.Tensor) -> torch.Tensor | None:
+        """An auxiliary loss on tile embeddings (CLAM); none by default."""
+        return None
+
+    # -- shared machinery ------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """What :func:`create_model` needs to rebuild this model (saved beside the weights)."""
+        return {"model": self.name, "in_dim": self.in_dim, "n_classes": self.n_classes,
+                "kwargs": dict(self.hparams)}
+
+    def pool(self, h: torch.Tensor, raw: torch.Tensor,
+             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax over real tiles; returns (weights ``[B, N, K]``, pooled ``[B, K, H]``)."""
+        scores = raw.float().masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        weights = torch.softmax(scores, dim=1) * mask.unsqueeze(-1)
+        pooled = torch.einsum("bnk,bnh->bkh", weights.to(h.dtype), h)
+        return weights, pooled
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> MILOutput:
+        """``x`` ``[B, N, D]`` (or one bag ``[N, D]``), ``mask`` ``[B, N]`` True on real tiles.
+
+        ``labels`` ``[B]`` (training only) lets CLAM compute its instance loss.
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+            mask = None if mask is None else mask.reshape(1, -1)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        h = self.embed(x)
+        raw = self.attention_scores(h)
+        weights, pooled = self.pool(h, raw, mask)
+        logits = self.classify(pooled)
+        branch = self._branch(logits)
+        attention = weights.gather(2, branch.view(-1, 1, 1).expand(-1, h.shape[1], 1))[..., 0]
+        raw_attention = raw.float().gather(2, branch.view(-1, 1, 1).expand(-1, h.shape[1], 1))
+        raw_attention = raw_attention[..., 0].masked_fill(~mask, 0.0)
+        inst = None if labels is None else self.instance_loss(h, weights, mask, labels)
+        return MILOutput(logits, attention, raw_attention, self.tile_head(h), weights, inst)
+
+    def _branch(self, logits: torch.Tensor) -> torch.Tensor:
+        """The attention branch reported per bag: the only one, or the predicted class's."""
+        if self.one_branch_per_class:
+            return logits.argmax(dim=1)
+        return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+
+    @torch.no_grad()
+    def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
+                        chunk_size: int = 16384) -> MILOutput:
+        """One bag read ``chunk_size`` tiles at a time: memory stays bounded whatever its size.
+
+        Pass 1 computes each tile's raw scores and segmentation logits; the softmax is then
+        taken over the whole bag; pass 2 re-embeds each chunk and accumulates the weighted sum.
+        The result equals ``forward`` on the whole bag (in eval mode).
+        """
+        raws, tile_logits = [], []
+        for start in range(0, num_tiles, chunk_size):
+            h = self.embed(read(start, min(start + chunk_size, num_tiles)).float())
+            raws.append(self.attention_scores(h).float())
+            tile_logits.append(self.tile_head(h).float())
+        raw = torch.cat(raws)  # [N, K]
+        weights = torch.softmax(raw, dim=0)
+        pooled = torch.zeros(raw.shape[1], self.hidden_dim, device=raw.device)
+        for start in range(0, num_tiles, chunk_size):
+            end = min(start + chunk_size, num_tiles)
+            h = self.embed(read(start, end).float())
+            pooled += weights[start:end].T @ h
+        logits = self.classify(pooled.unsqueeze(0))
+        branch = int(self._branch(logits)[0])
+        return MILOutput(logits, weights[:, branch].unsqueeze(0), raw[:, branch].unsqueeze(0),
+                         torch.cat(tile_logits).unsqueeze(0), weights.unsqueeze(0), None)
