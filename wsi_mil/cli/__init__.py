@@ -17,6 +17,15 @@ from tiling.storage import wsi_mil_version
 VERBS = {
     "info": "wsi_mil.cli.info",
     "tile": "wsi_mil.cli.tile",
+    "extract": "wsi_mil.cli.extract",
+    "encoders": "wsi_mil.cli.encoders",
+    "train": "wsi_mil.cli.train",
+    "predict": "wsi_mil.cli.predict",
+    "evaluate": "wsi_mil.cli.evaluate",
+    "heatmap": "wsi_mil.cli.heatmap",
+    "run": "wsi_mil.cli.run",
+    "demo": "wsi_mil.cli.demo",
+    "doctor": "wsi_mil.cli.doctor",
 }
 
 
