@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from features.bag import bag_folder_name
 from features.weights import (
     HUB_PREFIX,
     WEIGHT_SUFFIXES,
@@ -207,7 +208,7 @@ class Encoder:
     @property
     def slug(self) -> str:
         """The folder name of this encoder's bags (``timm:x`` -> ``timm-x``)."""
-        return self.name.replace(":", "-").replace("/", "-")
+        return bag_folder_name(self.name)
 
     def to(self, device: str | torch.device) -> Encoder:
         device = resolve_device(device)

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from features.bag import bag_folder_name
 from features.params import ExtractParams
 from features.registry import DEFAULT_ENCODER
 from tiling.pipeline import TilingParams
@@ -484,8 +485,8 @@ class PipelineConfig:
 
     @property
     def features_dir(self) -> Path:
-        """``OUT/features/<encoder>``, named as ``features.registry.Encoder.slug`` names it."""
-        return self.out / "features" / self.extract.encoder.replace(":", "-").replace("/", "-")
+        """``OUT/features/<encoder>``."""
+        return self.out / "features" / bag_folder_name(self.extract.encoder)
 
     @property
     def run_dir(self) -> Path:

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare import EXCLUDED, Entry, read_manifest, write_tile_labels
 
+from features.bag import bag_folder_name
 from tiling.storage import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,7 +136,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
                             progress=False)
     check(stages.run("extract", out / "features", extract_slides, out / "tiles",
                      out / "features", params.encoder, params=extract), "extract")
-    features = out / "features" / params.encoder.replace(":", "-").replace("/", "-")
+    features = out / "features" / bag_folder_name(params.encoder)
     stages.run("tile_labels", features, write_tile_labels, features, manifest, annotations_dir)
 
     train_csv = out / "labels_train.csv"  # no split column: train_run cross-validates on it
