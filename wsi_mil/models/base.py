@@ -10,6 +10,7 @@ exactly zero weight and the result does not depend on tile order.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -37,7 +38,7 @@ def embedding_mlp(in_dim: int, hidden_dims: Sequence[int], dropout: float) -> nn
     return nn.Sequential(*layers)
 
 
-class MILModel(nn.Module):
+class MILModel(nn.Module, ABC):
     """Base class: subclasses set ``branches`` and implement ``attention_scores``/``classify``."""
 
     name: str = ""
@@ -64,13 +65,13 @@ class MILModel(nn.Module):
         self.tile_head = nn.Linear(self.hidden_dim, n_classes)
 
     # -- pieces a subclass defines ---------------------------------------------------------
+    @abstractmethod
     def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
         """Raw scores ``[..., N, K]`` from tile embeddings ``[..., N, H]``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """Slide logits ``[B, C]`` from pooled vectors ``[B, K, H]``."""
-        raise NotImplementedError
 
     def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor | None:
