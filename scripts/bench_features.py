@@ -55,7 +55,7 @@ TARGET_MPP, TILE = 0.5, 256
 
 def synthetic_slide(folder: Path, size: int) -> tuple[Path, float]:
     """A textured tissue-covered slide of ``size``² px at 0.25 µm/px (JPEG, pyramidal)."""
-    from wsi_mil.pyramid_tiff import Rect, shapes_render, write_pyramidal_tiff
+    from wsi_mil.synthetic.pyramid_tiff import Rect, shapes_render, write_pyramidal_tiff
 
     path = folder / f"synthetic_{size}.tiff"
     render = shapes_render([Rect(0, 0, size, size)], texture=48)

@@ -60,7 +60,7 @@ def make_prediction():
     import cv2
     from shapely import contains_xy
 
-    from wsi_mil.predictions import SlidePrediction, normalise_attention
+    from wsi_mil.mil.predictions import SlidePrediction, normalise_attention
 
     xs = np.arange(0, WIDTH - TILE_LEVEL0 + 1, STRIDE)
     ys = np.arange(0, HEIGHT - TILE_LEVEL0 + 1, STRIDE)
@@ -110,10 +110,16 @@ def synthetic_thumbnail(width: int, height: int) -> np.ndarray:
 
 
 def run_ours(out: Path, max_side: int) -> None:
-    from wsi_mil.export_geojson import write_segmentation_geojson, write_tiles_geojson
-    from wsi_mil.export_zarr import write_heatmap_zarr
-    from wsi_mil.heatmap import Canvas, HeatmapParams, SlideGeometry, TileGrid, positive_cells
-    from wsi_mil.render import write_overlay_png
+    from wsi_mil.export.geojson import write_segmentation_geojson, write_tiles_geojson
+    from wsi_mil.export.ome_zarr import write_heatmap_zarr
+    from wsi_mil.heatmaps.render import write_overlay_png
+    from wsi_mil.heatmaps.stitch import (
+        Canvas,
+        HeatmapParams,
+        SlideGeometry,
+        TileGrid,
+        positive_cells,
+    )
 
     prediction = make_prediction()
     tissue = tissue_polygon()
@@ -142,7 +148,7 @@ def run_naive(out: Path, max_side: int) -> None:
     import matplotlib
     from scipy.stats import rankdata
 
-    from wsi_mil.render import write_png
+    from wsi_mil.heatmaps.render import write_png
 
     prediction = make_prediction()
     baseline = rss_mb()

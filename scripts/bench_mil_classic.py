@@ -1,7 +1,7 @@
 """Classic MIL benchmarks (Fox, Tiger, Elephant) against Ilse et al. 2018, Table 1.
 
 10-fold cross-validation repeated over 5 seeds of ``abmil`` and ``gated_abmil`` with the
-toolkit's own training loop (:func:`wsi_mil.train.train_fold`). The protocol follows Ilse et
+toolkit's own training loop (:func:`wsi_mil.mil.train.train_fold`). The protocol follows Ilse et
 al. as closely as the toolkit allows: their MIL-dataset network (two fully connected layers of
 256 and 128 units with ReLU, attention of 64 units, one bag classifier), Adam with lr 5e-4 and
 weight decay 5e-3 (``--weight-decay``), up to 100 epochs, bags one at a time, accuracy at the
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from wsi_mil.bags import BagDataset
-from wsi_mil.models import create_model
-from wsi_mil.train import TrainParams, run_epoch, seed_everything, train_fold
+from wsi_mil.mil.bags import BagDataset
+from wsi_mil.mil.models import create_model
+from wsi_mil.mil.train import TrainParams, run_epoch, seed_everything, train_fold
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("WSI_MIL_SHARED_DATA", REPO.parent / "shared" / "data")) / "mil"

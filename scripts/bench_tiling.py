@@ -38,7 +38,7 @@ REAL_SLIDES = [
 
 def camelyon_like_shapes(size: int) -> list:
     """Lymph-node-like sections (~25 % of the slide), scaled to ``size``: pieces and holes."""
-    from wsi_mil.pyramid_tiff import Ellipse, Rect
+    from wsi_mil.synthetic.pyramid_tiff import Ellipse, Rect
 
     s = size / 50_000
     return [
@@ -53,7 +53,7 @@ def camelyon_like_shapes(size: int) -> list:
 
 def generated_slide(cache: Path, size: int) -> Path:
     """The Camelyon-sized slide, written once per size into ``cache``."""
-    from wsi_mil.pyramid_tiff import shapes_render, write_pyramidal_tiff
+    from wsi_mil.synthetic.pyramid_tiff import shapes_render, write_pyramidal_tiff
 
     path = cache / f"camelyon_like_{size}px_0.25mpp.tif"
     if not path.exists():

@@ -28,7 +28,7 @@ def peak_rss_gb() -> float:
 
 
 def make_cohort(workdir: Path, n_bags: int, n_tiles: int, dim: int) -> tuple[Path, Path]:
-    from wsi_mil.synthetic_bags import iter_planted_bags, write_planted_bags
+    from wsi_mil.synthetic.bags import iter_planted_bags, write_planted_bags
 
     root = workdir / f"cohort_{n_bags}x{n_tiles}x{dim}"
     features_dir, labels_csv = root / "features" / "planted", root / "labels.csv"
@@ -43,10 +43,10 @@ def make_cohort(workdir: Path, n_bags: int, n_tiles: int, dim: int) -> tuple[Pat
 def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
     import torch
 
-    from wsi_mil.bags import BagDataset, match_bags
-    from wsi_mil.labels import read_labels
-    from wsi_mil.models import create_model
-    from wsi_mil.train import TrainParams, make_optimizer, run_epoch
+    from wsi_mil.mil.bags import BagDataset, match_bags
+    from wsi_mil.mil.labels import read_labels
+    from wsi_mil.mil.models import create_model
+    from wsi_mil.mil.train import TrainParams, make_optimizer, run_epoch
 
     params = TrainParams(memory_gb=memory_gb, device="cpu")
     labels = read_labels(labels_csv)
@@ -66,7 +66,7 @@ def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
 
 def make_large(workdir: Path, n_tiles: int, dim: int) -> Path:
     """One ``n_tiles`` bag (made in its own process: generating it takes memory)."""
-    from wsi_mil.synthetic_bags import iter_planted_bags, write_planted_bags
+    from wsi_mil.synthetic.bags import iter_planted_bags, write_planted_bags
 
     root = workdir / f"large_{n_tiles}x{dim}"
     if not (root / "labels.csv").is_file():
@@ -77,9 +77,9 @@ def make_large(workdir: Path, n_tiles: int, dim: int) -> Path:
 def predict(workdir: Path, n_tiles: int, dim: int) -> dict:
     import torch
 
-    from wsi_mil.models import create_model
-    from wsi_mil.predict import PredictParams, predict_slide
-    from wsi_mil.train import TrainParams, save_model
+    from wsi_mil.mil.models import create_model
+    from wsi_mil.mil.predict import PredictParams, predict_slide
+    from wsi_mil.mil.train import TrainParams, save_model
 
     root = workdir / f"large_{n_tiles}x{dim}"
     features_dir = root / "features" / "planted"

@@ -74,10 +74,10 @@ def tile_and_extract(workdir: Path, threads: int) -> Path:
 
 def heatmaps(workdir: Path, features_dir: Path, run_dir: Path, count: int = 4) -> Path:
     """Attention heatmaps of a few held-out images of fold 0 (predicted by fold 0 only)."""
-    from wsi_mil.cli.heatmap import heatmap_slides
-    from wsi_mil.cli.predict import predict_slides
-    from wsi_mil.heatmap import HeatmapParams
-    from wsi_mil.predict import PredictParams
+    from wsi_mil.heatmaps.stitch import HeatmapParams
+    from wsi_mil.mil.predict import PredictParams
+    from wsi_mil.pipeline.heatmap import heatmap_slides
+    from wsi_mil.pipeline.predict import predict_slides
 
     with (run_dir / "fold_0" / "test_predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -110,7 +110,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from wsi_mil.train import TrainParams, train_run
+    from wsi_mil.mil.train import TrainParams, train_run
 
     torch.set_num_threads(args.threads)
     features_dir = tile_and_extract(args.workdir, args.threads)

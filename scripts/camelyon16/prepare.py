@@ -167,11 +167,11 @@ def read_manifest(path: Path) -> list[Entry]:
 
 
 def write_tile_labels(features: Path, manifest: list[Entry], annotations_dir: Path) -> dict:
-    """Tile labels for every bag in ``features`` (see :func:`wsi_mil.lesion_labels.label_bags`).
+    """Tile labels for every bag in ``features`` (see :func:`wsi_mil.mil.lesion_labels.label_bags`).
 
     Annotations are looked up beside each other in ``annotations_dir``, so loose XMLs of the
     download are linked there first."""
-    from wsi_mil.lesion_labels import label_bags
+    from wsi_mil.mil.lesion_labels import label_bags
 
     annotations_dir.mkdir(parents=True, exist_ok=True)
     for entry in manifest:

@@ -144,7 +144,7 @@ def write_report(out: Path) -> Path:
     lines = ["# Camelyon16 benchmark" + (" — dry run on a synthetic cohort"
                                          if "dry_run" in results else ""), ""]
     if "dry_run" in results:
-        lines += [(f"Synthetic Camelyon-shaped cohort (`wsi_mil.cohort`, "
+        lines += [(f"Synthetic Camelyon-shaped cohort (`wsi_mil.synthetic.cohort`, "
                    f"{results['dry_run']['size_px']} px slides at {results['dry_run']['mpp']} "
                    f"µm/px): the numbers test the protocol, not a model of real metastases."), ""]
     lines += [

@@ -1,18 +1,18 @@
 """The Camelyon16 benchmark protocol, end to end, with wsi-mil's stages.
 
-1. tile every slide at 0.5 µm/px (``wsi_mil.cli.tile.tile_slides``);
-2. extract features with the chosen encoder (``wsi_mil.cli.extract.extract_slides``);
+1. tile every slide at 0.5 µm/px (``wsi_mil.pipeline.tile.tile_slides``);
+2. extract features with the chosen encoder (``wsi_mil.pipeline.extract.extract_slides``);
 3. write tile labels (lesion area fraction per tile) into the bags
-   (``wsi_mil.lesion_labels.label_bags``), for the segmentation head;
+   (``wsi_mil.mil.lesion_labels.label_bags``), for the segmentation head;
 4. for each candidate model and seed, 5-fold cross-validation on the 270 official training
-   slides (``wsi_mil.train.train_run``); the model with the best mean out-of-fold AUC is
+   slides (``wsi_mil.mil.train.train_run``); the model with the best mean out-of-fold AUC is
    selected (model selection never sees a test slide);
 5. for each seed, the selected model's 5-fold ensemble predicts the 129 official test slides
-   (``wsi_mil.cli.predict.predict_slides``), scored at slide level
-   (``wsi_mil.cli.evaluate.evaluate_predictions``: AUC with bootstrap CI, accuracy at the
-   validation-chosen threshold) and lesion level (``wsi_mil.metrics.lesions``: FROC, Dice,
+   (``wsi_mil.pipeline.predict.predict_slides``), scored at slide level
+   (``wsi_mil.pipeline.evaluate.evaluate_predictions``: AUC with bootstrap CI, accuracy at the
+   validation-chosen threshold) and lesion level (``wsi_mil.pipeline.lesions``: FROC, Dice,
    pointing game, deletion / insertion AUC, region report);
-6. heatmaps of chosen test slides (``wsi_mil.cli.heatmap.heatmap_slides``);
+6. heatmaps of chosen test slides (``wsi_mil.pipeline.heatmap.heatmap_slides``);
 7. ``results.json`` (with the time and disk each stage took) and ``report.md``
    (``report.py``).
 
@@ -22,7 +22,7 @@ Every stage skips work already done, so an interrupted run resumes.
     python scripts/camelyon16/run.py --prepared work/c16 --seeds 0 1 2 --device cuda
 
 ``--dry-run`` runs the same protocol on a small synthetic Camelyon-shaped cohort
-(``wsi_mil.cohort``) generated into ``OUT/cohort``, on this machine, in a few minutes.
+(``wsi_mil.synthetic.cohort``) generated into ``OUT/cohort``, on this machine, in a few minutes.
 """
 
 from __future__ import annotations
@@ -116,15 +116,15 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     """Run every stage; return (and write) ``results.json``."""
     from features.extract import ExtractParams
     from tiling.pipeline import TilingParams
-    from wsi_mil.cli.evaluate import evaluate_predictions
-    from wsi_mil.cli.extract import extract_slides
-    from wsi_mil.cli.heatmap import heatmap_slides
-    from wsi_mil.cli.predict import predict_slides
-    from wsi_mil.cli.tile import tile_slides
-    from wsi_mil.heatmap import HeatmapParams
-    from wsi_mil.metrics.lesions import LesionEvalParams, evaluate_lesions
-    from wsi_mil.predict import PredictParams
-    from wsi_mil.train import TrainParams, train_run
+    from wsi_mil.heatmaps.stitch import HeatmapParams
+    from wsi_mil.mil.predict import PredictParams
+    from wsi_mil.mil.train import TrainParams, train_run
+    from wsi_mil.pipeline.evaluate import evaluate_predictions
+    from wsi_mil.pipeline.extract import extract_slides
+    from wsi_mil.pipeline.heatmap import heatmap_slides
+    from wsi_mil.pipeline.lesions import LesionEvalParams, evaluate_lesions
+    from wsi_mil.pipeline.predict import predict_slides
+    from wsi_mil.pipeline.tile import tile_slides
 
     stages = Stages()
     train = [e for e in manifest if e.split == "train"]
@@ -214,7 +214,7 @@ def dry_run_cohort(out: Path, size_px: int, train: int, test: int, workers: int
                    ) -> tuple[list[Entry], Path]:
     """Generate the synthetic cohort (``train`` / ``test`` slides per class) and its manifest,
     with real Camelyon16 lesion outlines when the shared data is there."""
-    from wsi_mil.cohort import CohortParams, generate_cohort
+    from wsi_mil.synthetic.cohort import CohortParams, generate_cohort
 
     shared = Path(os.environ.get("WSI_MIL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
     outlines = shared / "annotations" / "camelyon16_json"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tiling.tiles_file import TilesFile, read_tiles_file, write_tiles_file
-from wsi_mil.pyramid_tiff import write_pyramidal_tiff
+from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
 WIDTH, HEIGHT, MPP = 1536, 1024, 0.25
 TARGET_MPP, TILE = 0.5, 224

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsi_mil.pyramid_tiff import Render, Shape, shapes_render, write_pyramidal_tiff
+from wsi_mil.synthetic.pyramid_tiff import Render, Shape, shapes_render, write_pyramidal_tiff
 
 
 def layered_render(*renders: Render) -> Render:

@@ -10,7 +10,7 @@ from tiling.reader import TileReader
 from tiling.slide import SlideMppError, SlideOpenError, open_slide
 from tiling.tiles_file import REQUIRED_ATTRS, read_tiles_file
 from tiling.tissue_geojson import read_tissue_geojson
-from wsi_mil.pyramid_tiff import Ellipse, Rect
+from wsi_mil.synthetic.pyramid_tiff import Ellipse, Rect
 
 NDPI_MPP = 0.2281750559028887
 

@@ -15,7 +15,7 @@ from tiling.slide import (
     read_thumbnail,
     slide_mpp,
 )
-from wsi_mil.pyramid_tiff import Rect, shapes_render, write_pyramidal_tiff
+from wsi_mil.synthetic.pyramid_tiff import Rect, shapes_render, write_pyramidal_tiff
 
 
 def test_real_slides_open_with_their_mpp(shared_slide):

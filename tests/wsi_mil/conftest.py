@@ -20,7 +20,7 @@ from shapely import contains_xy
 from shapely.affinity import scale
 from shapely.geometry import Point
 
-from wsi_mil.predictions import SlidePrediction, normalise_attention, write_prediction
+from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
 
 WIDTH, HEIGHT, MPP = 4096, 3072, 0.5
 TILE, STRIDE = 128, 64
@@ -40,7 +40,7 @@ def render(x: int, y: int, w: int, h: int) -> np.ndarray:
 
 
 def write_slide(path: Path) -> Path:
-    from wsi_mil.pyramid_tiff import write_pyramidal_tiff
+    from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
     return write_pyramidal_tiff(path, WIDTH, HEIGHT, MPP, render, compression="deflate")
 

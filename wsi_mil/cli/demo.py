@@ -1,6 +1,6 @@
 """``wsi-mil demo [--out DIR] [--quick]``: the whole pipeline on data the package makes itself.
 
-A thin layer over :mod:`wsi_mil.demo` (which is ``wsi-mil run`` of an embedded config): runs
+A thin layer over :mod:`wsi_mil.pipeline.demo` (which is ``wsi-mil run`` of an embedded config): runs
 it, prints the headline numbers read back from the run's own metric files, and says where
 every output is. Re-running resumes (a finished demo re-prints its table in seconds).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.demo import DEMO_CONFIG, output_locations, results_table, run_demo
+    from wsi_mil.pipeline.demo import DEMO_CONFIG, output_locations, results_table, run_demo
 
     if args.print_config:
         print(DEMO_CONFIG, end="")

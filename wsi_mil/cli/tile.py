@@ -8,56 +8,14 @@ failed. :func:`tile_slides` is the batch function the command and the YAML runne
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
-from tiling.discover import SlideDiscoveryError, check_unique_ids, find_slides
-from tiling.pipeline import TILES_DIR, TilingParams, is_tiled, tile_slide, tiling_outputs
-from tiling.slide import SlideMppError, read_mpp_csv
-from wsi_mil.batch import BatchResult, SlideJob, run_batch
-
-STAGE = "tile"
-
-
-def tile_slides(
-    inputs: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    params: TilingParams | None = None,
-    *,
-    recursive: bool = False,
-    mpp: float | None = None,
-    mpp_csv: str | os.PathLike | None = None,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> BatchResult:
-    """Tile every slide found in ``inputs`` into ``out_dir``; see the module docstring.
-
-    The mpp override of a slide is its row in ``mpp_csv`` if any, else ``mpp`` if given, else
-    the slide's own metadata. Raises SlideDiscoveryError / SlideMppError for bad inputs (before
-    any slide is tiled); errors of single slides go to ``failures.csv``.
-    """
-    params = params or TilingParams()
-    out_dir = Path(out_dir)
-    previews = (out_dir / TILES_DIR).resolve()  # only our own previews, not slides kept in out
-    slides = [s for s in find_slides(inputs, recursive=recursive)
-              if previews not in s.resolve().parents]  # never tile our own previews
-    by_id = check_unique_ids(slides)
-    overrides = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}
-    unknown = sorted(set(overrides) - set(by_id))
-    if unknown:
-        print(f"warning: {mpp_csv} lists slides not among the inputs: {', '.join(unknown[:10])}"
-              + (" ..." if len(unknown) > 10 else ""), file=sys.stderr)
-    jobs = [
-        SlideJob(slide=str(path), output=tiling_outputs(out_dir, slide_id).tiles,
-                 run=partial(tile_slide, path, out_dir, params, overrides.get(slide_id, mpp)))
-        for slide_id, path in by_id.items()
-    ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
-                     is_complete=is_tiled, workers=workers, overwrite=overwrite)
+from tiling.discover import SlideDiscoveryError
+from tiling.pipeline import TilingParams
+from tiling.slide import SlideMppError
+from wsi_mil.pipeline.tile import STAGE, tile_slides
 
 
 def params_from_args(args: argparse.Namespace) -> TilingParams:

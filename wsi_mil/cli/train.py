@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from wsi_mil.train import params_from_dict, train_run
+    from wsi_mil.mil.train import params_from_dict, train_run
 
     values = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
     if args.hidden_dims is not None:

@@ -165,7 +165,7 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
                  max_batch_values: int = 1 << 25) -> ScoreFn:
     """A :data:`ScoreFn` re-scoring subsets of one bag with a trained run.
 
-    ``run`` is a :class:`wsi_mil.predict.LoadedRun` (one fold or the fold ensemble, whose slide
+    ``run`` is a :class:`wsi_mil.mil.predict.LoadedRun` (one fold or the fold ensemble, whose slide
     probability is the mean of the folds', as in prediction); ``features`` the bag's ``[N, D]``
     features; the score is the probability of ``class_index``. Subsets are scored as padded,
     masked batches of at most ``max_batch_values`` feature values (128 MB in float32).

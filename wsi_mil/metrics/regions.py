@@ -24,7 +24,7 @@ import numpy as np
 
 from tiling.annotations import EXCLUSION, SlideAnnotations, points_in_tiles, tile_fractions
 from tiling.storage import write_text_atomic
-from wsi_mil.predictions import SlidePrediction
+from wsi_mil.mil.predictions import SlidePrediction
 
 BACKGROUND = "background"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from wsi_mil.cli import doctor
-from wsi_mil.cli.doctor import Check
+from wsi_mil.pipeline import doctor
+from wsi_mil.pipeline.doctor import Check
 
 
 def test_read_check_passes_on_this_openslide(tmp_path):

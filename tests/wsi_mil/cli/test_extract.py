@@ -11,7 +11,7 @@ import pytest
 from features.bag import is_complete_bag, read_bag_attrs
 from tiling.tiles_file import write_tiles_file
 from wsi_mil.cli import main
-from wsi_mil.pyramid_tiff import write_pyramidal_tiff
+from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
 SIZE, MPP = 1024, 0.5
 

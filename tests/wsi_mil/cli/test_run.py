@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from wsi_mil.cli.run import Ledger, PipelineError, run_pipeline
-from wsi_mil.config import parse_config
+from wsi_mil.pipeline.config import parse_config
+from wsi_mil.pipeline.run import Ledger, PipelineError, run_pipeline
 
 
 def test_ledger_decisions(tmp_path):

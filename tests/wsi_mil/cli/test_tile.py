@@ -12,7 +12,7 @@ import pytest
 from tiling.pipeline import tiling_outputs
 from tiling.tiles_file import read_tiles_file
 from wsi_mil.cli import main
-from wsi_mil.pyramid_tiff import Rect, shapes_render, write_pyramidal_tiff
+from wsi_mil.synthetic.pyramid_tiff import Rect, shapes_render, write_pyramidal_tiff
 
 
 def failures(out):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from wsi_mil.cli import main
-from wsi_mil.synthetic_bags import planted_bags, write_planted_bags
+from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
 def test_train_predict_evaluate(tmp_path, capsys):

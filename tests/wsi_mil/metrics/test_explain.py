@@ -90,7 +90,7 @@ def test_run_score_fn_batches_equal_single_bags() -> None:
     import torch
 
     from wsi_mil.metrics.explain import run_score_fn
-    from wsi_mil.models import create_model
+    from wsi_mil.mil.models import create_model
 
     torch.manual_seed(0)
     models = [create_model("gated_abmil", 8, 2).eval() for _ in range(2)]

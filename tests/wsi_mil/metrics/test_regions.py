@@ -16,7 +16,7 @@ from wsi_mil.metrics.regions import (
     summarise_regions,
     write_region_report,
 )
-from wsi_mil.predictions import SlidePrediction
+from wsi_mil.mil.predictions import SlidePrediction
 
 # a row of 4 tiles of 100 px: tumour covers tiles 0-1 and half of 2, with tile 1 excluded;
 # one "Necrosis" point on tile 3

@@ -1,0 +1,112 @@
+"""Every registered model: the attention contract, permutation invariance, one-tile bags,
+padded batches, chunked prediction and checkpoint round trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wsi_mil.mil.models import create_model, list_models
+from wsi_mil.mil.models.clam import top_bottom_k
+
+MODELS = list_models()
+DIM, CLASSES = 12, 3
+
+
+def make(name: str, n_classes: int = CLASSES):
+    torch.manual_seed(0)
+    return create_model(name, DIM, n_classes, hidden_dims=(16,), attention_dim=8).eval()
+
+
+def test_registry_lists_all_models_and_rejects_unknown():
+    assert set(MODELS) == {"gated_abmil", "abmil", "clam_sb", "clam_mb", "mean_pool",
+                           "max_pool"}
+    with pytest.raises(ValueError, match="unknown MIL model 'transmil'"):
+        create_model("transmil", DIM, 2)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_permutation_invariance(name):
+    model = make(name)
+    x = torch.randn(23, DIM)
+    perm = torch.randperm(23)
+    with torch.no_grad():
+        a, b = model(x), model(x[perm])
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    if name != "max_pool":  # max-pool attention follows arbitrary ties; its logits do not
+        torch.testing.assert_close(a.attention[0][perm], b.attention[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_attention_sums_to_one_and_is_zero_on_padding(name):
+    model = make(name)
+    x = torch.randn(3, 10, DIM)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 1:] = False
+    x[~mask] = 1e3  # padding content must not matter
+    with torch.no_grad():
+        out = model(x, mask)
+        alone = model(x[1, :4])
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(3))
+    assert (out.attention[~mask] == 0).all() and (out.raw_attention[~mask] == 0).all()
+    assert (out.attention >= 0).all()
+    torch.testing.assert_close(out.logits[1], alone.logits[0], atol=1e-5, rtol=1e-5)
+    assert out.tile_logits.shape == (3, 10, CLASSES)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_tile_bag_trains(name):
+    model = make(name, n_classes=2).train()
+    out = model(torch.randn(1, DIM), labels=torch.tensor([1]))
+    assert out.attention.tolist() == [[1.0]]
+    loss = torch.nn.functional.cross_entropy(out.logits, torch.tensor([1]))
+    if out.instance_loss is not None:
+        loss = loss + out.instance_loss
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_chunked_prediction_equals_forward(name):
+    model = make(name)
+    x = torch.randn(50, DIM)
+    with torch.no_grad():
+        full = model(x)
+    chunked = model.predict_chunked(lambda s, e: x[s:e], 50, chunk_size=7)
+    torch.testing.assert_close(chunked.logits, full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked.attention, full.attention, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked.tile_logits, full.tile_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_round_trip_weights_only(name, tmp_path):
+    model = make(name)
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    config = model.config()
+    rebuilt = create_model(config["model"], config["in_dim"], config["n_classes"],
+                           **config["kwargs"]).eval()
+    rebuilt.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.randn(9, DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("name", ["clam_sb", "clam_mb"])
+def test_clam_instance_loss_with_padding(name):
+    model = make(name, n_classes=2).train()
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    out = model(torch.randn(2, 5, DIM), mask, labels=torch.tensor([0, 1]))
+    assert out.instance_loss is not None and torch.isfinite(out.instance_loss)
+    assert out.branch_attention.shape[-1] == (2 if name == "clam_mb" else 1)
+
+
+def test_top_bottom_k_caps_and_never_overlaps():
+    scores = torch.tensor([0.1, 0.9, 0.5])
+    top, bottom = top_bottom_k(scores, 8)
+    assert top.tolist() == [1, 2] and bottom.tolist() == [0]
+    top, bottom = top_bottom_k(scores, 1)
+    assert top.tolist() == [1] and bottom.tolist() == [0]
+    top, bottom = top_bottom_k(torch.tensor([0.3]), 8)
+    assert top.tolist() == [0] and bottom.numel() == 0

@@ -1,0 +1,276 @@
+"""Feature bags for training: find them, match them to labels, load or stream them, batch them.
+
+A bag is ``features/<encoder>/<slide_id>.h5`` (see :mod:`features.bag`); the slide id is the
+file name. Matching is strict where a silent mistake would bias a model (a labelled slide with
+no bag, bags of different encoders or widths, NaN features, empty bags: errors naming the
+file) and lenient where it would not (a bag nobody labelled is skipped with a warning, so one
+features folder can serve several label tables).
+
+Bags are held in memory as float16 (half the bytes of float32, and what the encoders write)
+when the whole set fits within a memory budget, because an epoch then costs no disk reads;
+otherwise each bag is read from HDF5 when it is needed, so a cohort larger than RAM still
+trains.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from features.bag import BagError, read_bag_attrs
+from wsi_mil.mil.labels import LabelTable
+
+#: rows read at a time when scanning a streamed bag for NaN/inf.
+SCAN_CHUNK = 65536
+
+
+class BagSetError(ValueError):
+    """Bags that cannot be used together, or that do not match the labels."""
+
+
+@dataclass(frozen=True)
+class BagRecord:
+    """One bag on disk, matched to its label."""
+
+    slide_id: str
+    path: Path
+    label: int
+    num_tiles: int
+    has_tile_labels: bool
+
+
+@dataclass(frozen=True)
+class BagSet:
+    """The bags of a features folder that carry a label, all from one encoder."""
+
+    records: tuple[BagRecord, ...]
+    encoder: str
+    dim: int
+    skipped: tuple[str, ...]  # bags without a label
+
+
+@dataclass
+class BagItem:
+    """One bag as the model sees it."""
+
+    slide_id: str
+    features: torch.Tensor  # [N, D], float16 or float32
+    label: int
+    tile_labels: torch.Tensor | None  # [N] float32 (lesion fraction), or None
+
+
+@dataclass
+class BagBatch:
+    """Bags padded to the longest one; ``mask`` is True on real tiles."""
+
+    slide_ids: list[str]
+    features: torch.Tensor  # [B, N, D] float32
+    mask: torch.Tensor  # [B, N] bool
+    labels: torch.Tensor  # [B] int64
+    tile_labels: torch.Tensor  # [B, N] float32, NaN where unknown or padded
+
+    def to(self, device: torch.device | str) -> BagBatch:
+        return BagBatch(self.slide_ids, self.features.to(device), self.mask.to(device),
+                        self.labels.to(device), self.tile_labels.to(device))
+
+
+def find_bags(features_dir: str | os.PathLike) -> dict[str, Path]:
+    """``slide_id -> path`` for every ``*.h5`` bag in ``features_dir`` (one encoder's folder)."""
+    features_dir = Path(features_dir)
+    if not features_dir.is_dir():
+        raise BagSetError(f"{features_dir}: features folder not found")
+    bags = {p.stem: p for p in sorted(features_dir.glob("*.h5")) if p.is_file()}
+    if not bags:
+        nested = sorted({p.parent.name for p in features_dir.glob("*/*.h5")})
+        hint = (f"; it holds encoder folders {nested}: pass one of them, "
+                f"e.g. {features_dir / nested[0]}") if nested else ""
+        raise BagSetError(f"{features_dir}: no feature bags (*.h5){hint}")
+    return bags
+
+
+def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
+               slide_ids: Sequence[str] | None = None) -> BagSet:
+    """Match the bags of ``features_dir`` to ``labels`` (restricted to ``slide_ids`` if given).
+
+    Reads attributes and shapes only; the features are checked when loaded
+    (:class:`BagDataset`).
+    """
+    features_dir = Path(features_dir)
+    bags = find_bags(features_dir)
+    wanted = list(slide_ids) if slide_ids is not None else [row.slide_id for row in labels.rows]
+    by_slide = labels.by_slide()
+    missing = [s for s in wanted if s not in bags]
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise BagSetError(
+            f"{labels.path}: {len(missing)} labelled slide(s) have no bag in {features_dir}: "
+            f"{shown}"
+        )
+    skipped = tuple(s for s in bags if s not in by_slide)
+    if skipped:
+        shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        warnings.warn(f"{features_dir}: {len(skipped)} bag(s) have no label in {labels.path} "
+                      f"and are skipped: {shown}", stacklevel=2)
+    records: list[BagRecord] = []
+    encoder: tuple[str, int, Path] | None = None
+    for slide_id in wanted:
+        path = bags[slide_id]
+        try:
+            attrs = read_bag_attrs(path)
+        except BagError as exc:
+            raise BagSetError(str(exc)) from exc
+        with h5py.File(path, "r") as f:
+            shape = f["features"].shape
+            has_tile_labels = "tile_labels" in f
+        if len(shape) != 2:
+            raise BagSetError(f"{path}: features have shape {shape}, expected [N, D]")
+        if shape[0] == 0:
+            raise BagSetError(f"{path}: empty bag (no tiles)")
+        name, dim = str(attrs.get("encoder", "?")), int(shape[1])
+        if encoder is None:
+            encoder = (name, dim, path)
+        elif (name, dim) != encoder[:2]:
+            raise BagSetError(
+                f"{path}: encoder {name!r} with {dim} features, but {encoder[2]} has "
+                f"{encoder[0]!r} with {encoder[1]}: bags of one model must come from one encoder"
+            )
+        records.append(BagRecord(slide_id, path, labels.class_index(by_slide[slide_id].label),
+                                 int(shape[0]), has_tile_labels))
+    if encoder is None:
+        raise BagSetError(f"{labels.path}: no slides to match in {features_dir}")
+    return BagSet(tuple(records), encoder=encoder[0], dim=encoder[1], skipped=skipped)
+
+
+def _check_finite(path: Path | str, features: np.ndarray, offset: int = 0) -> None:
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        row = offset + int(np.flatnonzero(bad)[0])
+        raise BagSetError(f"{path}: {int(bad.sum())} tile(s) with NaN/inf features "
+                          f"(first at row {row})")
+
+
+def read_features(path: Path, dtype: np.dtype = np.float16) -> np.ndarray:
+    """All features of a bag as ``dtype``, checked for NaN/inf."""
+    with h5py.File(path, "r") as f:
+        features = f["features"][:]
+    _check_finite(path, features)
+    return features.astype(dtype, copy=False)
+
+
+def scan_features(path: Path) -> None:
+    """Check a bag for NaN/inf chunk by chunk, without holding it in memory."""
+    with h5py.File(path, "r") as f:
+        data = f["features"]
+        for start in range(0, data.shape[0], SCAN_CHUNK):
+            _check_finite(path, data[start:start + SCAN_CHUNK], offset=start)
+
+
+def read_tile_labels(path: Path) -> np.ndarray | None:
+    with h5py.File(path, "r") as f:
+        if "tile_labels" not in f:
+            return None
+        values = f["tile_labels"][:].astype(np.float32).reshape(-1)
+        n = f["features"].shape[0]
+    if values.shape[0] != n:
+        raise BagSetError(f"{path}: {values.shape[0]} tile labels for {n} tiles")
+    return values
+
+
+class BagDataset(torch.utils.data.Dataset):
+    """Bags as :class:`BagItem`, in memory (float16) when they fit ``memory_gb``, else streamed.
+
+    ``max_tiles`` draws a random subset of that many tiles per bag each time a bag is read (a
+    regulariser, and a cap on the memory of a training step for very large slides); prediction
+    never subsamples.
+    """
+
+    def __init__(self, records: Sequence[BagRecord], dim: int, *, memory_gb: float = 8.0,
+                 max_tiles: int | None = None, seed: int = 0) -> None:
+        self.records = list(records)
+        self.dim = dim
+        self.max_tiles = max_tiles
+        self.rng = np.random.default_rng(seed)
+        need = sum(r.num_tiles for r in self.records) * dim * 2
+        self.in_memory = need <= memory_gb * 1024**3
+        self._features: list[torch.Tensor] | None = None
+        if self.in_memory:
+            self._features = [torch.from_numpy(read_features(r.path)) for r in self.records]
+        else:
+            for r in self.records:
+                scan_features(r.path)
+        self._tile_labels = [read_tile_labels(r.path) if r.has_tile_labels else None
+                             for r in self.records]
+
+    @classmethod
+    def from_arrays(cls, bags: Sequence[np.ndarray], labels: Sequence[int],
+                    slide_ids: Sequence[str] | None = None,
+                    tile_labels: Sequence[np.ndarray | None] | None = None,
+                    max_tiles: int | None = None, seed: int = 0) -> BagDataset:
+        """An in-memory dataset from arrays (benchmarks on non-slide MIL data, tests).
+
+        The arrays are kept as float32: such data sets are small, and classic MIL features
+        are not encoder outputs that float16 was chosen for.
+        """
+        self = cls.__new__(cls)
+        self.dim = int(bags[0].shape[1])
+        self.max_tiles = max_tiles
+        self.rng = np.random.default_rng(seed)
+        ids = list(slide_ids) if slide_ids is not None else [f"bag_{i}" for i in range(len(bags))]
+        self.records = [BagRecord(s, Path(s), int(y), int(b.shape[0]), False)
+                        for s, b, y in zip(ids, bags, labels, strict=True)]
+        for s, b in zip(ids, bags):
+            if b.ndim != 2 or b.shape[0] == 0:
+                raise BagSetError(f"{s}: empty bag or features of shape {b.shape}")
+            _check_finite(s, b)
+        self.in_memory = True
+        self._features = [torch.from_numpy(np.asarray(b, dtype=np.float32)) for b in bags]
+        self._tile_labels = list(tile_labels) if tile_labels is not None else [None] * len(bags)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _subset(self, n: int) -> np.ndarray | None:
+        if self.max_tiles is None or n <= self.max_tiles:
+            return None
+        return np.sort(self.rng.choice(n, self.max_tiles, replace=False))
+
+    def __getitem__(self, index: int) -> BagItem:
+        record = self.records[index]
+        keep = self._subset(record.num_tiles)
+        if self._features is not None:
+            features = self._features[index]
+            if keep is not None:
+                features = features[torch.from_numpy(keep)]
+        else:
+            with h5py.File(record.path, "r") as f:
+                data = f["features"]
+                features = torch.from_numpy(data[:] if keep is None else data[keep])
+        tile_labels = self._tile_labels[index]
+        if tile_labels is not None:
+            tile_labels = torch.from_numpy(tile_labels if keep is None else tile_labels[keep])
+        return BagItem(record.slide_id, features, record.label, tile_labels)
+
+
+def collate_bags(items: Sequence[BagItem]) -> BagBatch:
+    """Pad bags to the longest; padded rows are zero features, ``mask`` False, NaN tile label."""
+    n_max = max(item.features.shape[0] for item in items)
+    dim = items[0].features.shape[1]
+    features = torch.zeros(len(items), n_max, dim, dtype=torch.float32)
+    mask = torch.zeros(len(items), n_max, dtype=torch.bool)
+    tile_labels = torch.full((len(items), n_max), float("nan"), dtype=torch.float32)
+    for i, item in enumerate(items):
+        n = item.features.shape[0]
+        features[i, :n] = item.features.float()
+        mask[i, :n] = True
+        if item.tile_labels is not None:
+            tile_labels[i, :n] = item.tile_labels.float()
+    labels = torch.tensor([item.label for item in items], dtype=torch.long)
+    return BagBatch([item.slide_id for item in items], features, mask, labels, tile_labels)

@@ -1,0 +1,622 @@
+"""YAML run configurations: one file that sets every stage's parameters, checked before anything runs.
+
+Every stage keeps its user-settable parameters in a frozen dataclass (``TilingParams``,
+``ExtractParams``, ...). A config file is a mapping of sections; each section is mapped onto its
+dataclass *by field name*, so the YAML keys are exactly the dataclass fields and their
+documentation is the dataclass's. Nothing is guessed: a key that is not a field is an error that
+names the key, its section and the file, with a "did you mean" suggestion, because a misspelt
+key silently falling back to its default is how a long batch runs with the wrong parameters.
+
+Values are checked against the field's type hint (``float``, ``int``, ``bool``, ``str``,
+``Path``, ``tuple[...]``, ``list[...]``, ``Literal[...]``, ``X | None``, nested dataclasses), with
+the conversions YAML needs: an integer where a float is expected, a list where a tuple is
+expected, a string where a path is expected. The resolved config (every field, defaults
+included, paths absolute) is written beside the outputs, so a run says how it was made.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import enum
+import inspect
+import os
+import textwrap
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from features.bag import bag_folder_name
+from features.params import ExtractParams
+from features.registry import DEFAULT_ENCODER
+from tiling.pipeline import TilingParams
+from tiling.storage import write_text_atomic
+from wsi_mil.heatmaps.stitch import HeatmapParams
+from wsi_mil.mil.predict import PredictParams
+from wsi_mil.mil.train import TrainParams
+from wsi_mil.pipeline.lesions import LesionEvalParams
+from wsi_mil.synthetic.cohort import CohortParams
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not match the schema; the message says where."""
+
+
+def suggest(key: str, candidates: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string when none is close."""
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _fail(where: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{where.rstrip(':')}: {message}")
+
+
+def _child(where: str, name: str) -> str:
+    """The location of key ``name`` inside ``where`` (``file.yaml: tiling`` -> ``...tiling.x``;
+    at the top level, ``file.yaml:`` -> ``file.yaml: x``)."""
+    if not where:
+        return name
+    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` (as YAML gives it) converted to ``annotation``, or a :class:`ConfigError`.
+
+    ``where`` names the file, section and key in the message (``file: tiling.tile_size``).
+    """
+    if annotation is Any or annotation is object:
+        return value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own error, unwrapped
+            return coerce(value, options[0], where)
+        errors = []
+        for option in options:
+            try:
+                return coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc).removeprefix(f"{where}: "))
+        _fail(where, " or ".join(errors))
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        hint = suggest(str(value), [str(a) for a in args]) if isinstance(value, str) else ""
+        _fail(where, f"{value!r} is not one of {list(args)}{hint}")
+    if value is None:
+        _fail(where, f"must be {_type_name(annotation)}, not empty (null)")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            _fail(where, f"must be a list, not {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                _fail(where, f"must be a list of {len(args)} values, not {list(value)!r}")
+            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_type = args[0] if args else Any
+            items = [coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or annotation is dict:
+        if not isinstance(value, Mapping):
+            _fail(where, f"must be a mapping, not {value!r}")
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): coerce(v, value_type, _child(where, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        return build_dataclass(annotation, value, where=where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(where, f"must be true or false, not {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        _fail(where, f"must be an integer, not {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        _fail(where, f"must be a number, not {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        _fail(where, f"must be a string, not {value!r}")
+    if annotation is Path or annotation is os.PathLike:
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value).expanduser()
+        _fail(where, f"must be a path, not {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        names = [m.value for m in annotation]
+        if value in names:
+            return annotation(value)
+        hint = suggest(str(value), [str(n) for n in names])
+        _fail(where, f"{value!r} is not one of {names}{hint}")
+    _fail(where, f"cannot set a value of type {_type_name(annotation)} from a config file")
+
+
+def _nested_keys(cls: type, hints: Mapping[str, Any]) -> list[str]:
+    """``section.key`` for the keys of the dataclass sections of ``cls``: a key given at the
+    wrong level (``epochs`` at the top) is suggested where it belongs (``train.epochs``)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        options = typing.get_args(hints[f.name]) or (hints[f.name],)
+        for option in options:
+            if dataclasses.is_dataclass(option) and isinstance(option, type):
+                keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(option)]
+    return keys
+
+
+def suggest_nested(key: str, candidates: list[str]) -> str:
+    """Like :func:`suggest`, matching ``key`` against the last part of ``section.key``."""
+    by_leaf: dict[str, str] = {}
+    for candidate in candidates:
+        by_leaf.setdefault(candidate.rsplit(".", 1)[-1], candidate)
+    close = difflib.get_close_matches(key, list(by_leaf), n=1, cutoff=0.75)
+    return f" (did you mean '{by_leaf[close[0]]}'?)" if close else ""
+
+
+def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
+    """An instance of the dataclass ``cls`` from a YAML mapping, every key checked.
+
+    A missing or empty section gives the defaults. Unknown keys, values of the wrong type, a
+    missing required field and a ``ValueError`` raised by the dataclass's own validation all
+    become a :class:`ConfigError` that names ``where`` and the key.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        _fail(where, f"must be a mapping of keys to values, not {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    unknown = [str(k) for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        section = where.rsplit(" ", 1)[-1].rstrip(":") if where and not where.endswith(":") \
+            else "the top level"
+        valid = ", ".join(f.name for f in ordered_fields(cls))
+        hint = suggest(key, fields) or suggest_nested(key, _nested_keys(cls, hints))
+        _fail(_child(where, key), f"unknown key{hint}; valid keys in "
+              f"{section if section == 'the top level' else repr(section)}: {valid}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = coerce(value, hints[name], _child(where, name))
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        _fail(where or "config", f"missing required key(s): {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        _fail(where or "config", str(exc))
+
+
+def ordered_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
+    """A dataclass's fields, its own first and then its bases' (``encoder`` before batch size,
+    ``target_mpp`` before the tissue-detection details): the order a reader wants."""
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    order = [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]
+    own: dict[str, int] = {}
+    for rank, klass in enumerate(order):
+        for name in getattr(klass, "__annotations__", {}):
+            own.setdefault(name, rank)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    return sorted(fields, key=lambda f: own.get(f.name, len(order)))
+
+
+def to_plain(value: Any) -> Any:
+    """A dataclass (or any value in one) as YAML-safe builtins: mappings, lists, scalars."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in ordered_fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if hasattr(value, "item") and callable(value.item):  # NumPy scalar
+        return value.item()
+    return value
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, flow-style lists of scalars (``[0.5, 1.0]``): readable configs."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def yaml_value(value: Any) -> str:
+    """One value as inline YAML (``null``, ``0.5``, ``[png, zarr]``, ``'0.4'``)."""
+    text = yaml.dump(to_plain(value), Dumper=_Dumper, default_flow_style=True,
+                     allow_unicode=True, width=10_000)
+    return text.removesuffix("\n...\n").strip()
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``yaml.safe_load``), with errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
+                          f"not {type(data).__name__}")
+    return dict(data)
+
+
+def dump_yaml(value: Any, header: str = "") -> str:
+    """YAML text of a dataclass or mapping, keys in declaration order, with a comment header."""
+    body = yaml.dump(to_plain(value), Dumper=_Dumper, sort_keys=False,
+                     default_flow_style=False, allow_unicode=True, width=100)
+    lines = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+    return lines + body
+
+
+def write_yaml(path: str | os.PathLike, value: Any, header: str = "") -> Path:
+    """Write :func:`dump_yaml` output atomically."""
+    path = Path(path)
+    write_text_atomic(path, dump_yaml(value, header))
+    return path
+
+
+# --------------------------------------------------------------------------- field documentation
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source of ``cls`` and its dataclass bases.
+
+    Stage dataclasses document a field with comment lines (``#:`` or ``#``) right above it or
+    a ``#`` comment after it; a field right below a commented one, with no comment of its own,
+    shares that comment. The shipped YAML configs reuse exactly that text, so the
+    documentation of a key lives in one place (the dataclass) and cannot drift from it.
+    """
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines, _ = inspect.getsourcelines(klass)
+        except (OSError, TypeError):
+            continue
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        source = textwrap.dedent("".join(lines)).splitlines()
+        previous: ast.AnnAssign | None = None
+        for node in body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            line = source[node.lineno - 1]
+            above = []
+            k = node.lineno - 2
+            while k >= 0 and source[k].strip().startswith("#"):
+                above.insert(0, source[k].strip().lstrip("#:").strip())
+                k -= 1
+            inline = ""
+            if "#" in line[node.end_col_offset:]:
+                inline = line[node.end_col_offset:].split("#", 1)[1].strip()
+            text = " ".join(above) or inline
+            if not text and previous is not None and previous.end_lineno == node.lineno - 1:
+                text = comments.get(previous.target.id, "")  # one comment over a group of fields
+            if text:
+                comments[node.target.id] = text
+            previous = node
+    return comments
+
+
+# --------------------------------------------------------------------------- the pipeline schema
+
+#: The stages ``wsi-mil run`` knows, in the order they run.
+STAGES = ("cohort", "tile", "extract", "train", "predict", "heatmap", "evaluate")
+
+
+@dataclass(frozen=True)
+class SlidesSection:
+    """Where the slides are, and how their resolution is known (YAML section ``slides``)."""
+
+    #: Slide files or folders of slides (every format OpenSlide reads).
+    inputs: tuple[Path, ...] = ()
+    #: Search the folders in ``inputs`` recursively.
+    recursive: bool = False
+    #: Level-0 µm/px for every slide, overriding the metadata (null: use the metadata).
+    mpp: float | None = None
+    #: CSV ``slide_id,mpp`` of per-slide overrides (wins over ``mpp``).
+    mpp_csv: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExtractSection(ExtractParams):
+    """Feature extraction (YAML section ``extract``): the encoder and :class:`ExtractParams`."""
+
+    #: Encoder registry name (``wsi-mil encoders`` lists them) or ``timm:<architecture>``.
+    encoder: str = DEFAULT_ENCODER
+    #: Local weights file (.safetensors/.pth/.bin) or ``hf-hub:<repo>``; null: the encoder's own.
+    weights: str | None = None
+
+    def params(self) -> ExtractParams:
+        """The :class:`ExtractParams` part, as the extraction functions take it."""
+        return ExtractParams(**{f.name: getattr(self, f.name)
+                                for f in dataclasses.fields(ExtractParams)})
+
+
+@dataclass(frozen=True)
+class PredictSection(PredictParams):
+    """Prediction (YAML section ``predict``): which slides, and :class:`PredictParams`."""
+
+    #: Predict only the slides of this split of the labels CSV (e.g. test: the held-out
+    #: slides); null: every feature bag. Heatmaps and evaluation follow the predictions.
+    split: str | None = None
+
+    def params(self) -> PredictParams:
+        """The :class:`PredictParams` part, as the prediction functions take it."""
+        return PredictParams(**{f.name: getattr(self, f.name)
+                                for f in dataclasses.fields(PredictParams)})
+
+
+@dataclass(frozen=True)
+class EvaluateSection(LesionEvalParams):
+    """Evaluation (YAML section ``evaluate``): slide metrics, and lesion metrics
+    (:class:`LesionEvalParams`) when lesion annotations are known."""
+
+    #: Folder of lesion annotations named ``<slide_id>.xml`` (ASAP), ``.json`` or ``.geojson``
+    #: for the FROC, tile-level Dice and the pointing game; null: none (with a cohort: its
+    #: own annotations).
+    annotations_dir: Path | None = None
+    #: Bootstrap resamples of the slide AUC's 95 % confidence interval (0: none).
+    bootstrap: int = 1000
+    #: Negative class of the slide metrics (null: the one the run recorded).
+    negative_class: str | None = None
+
+    def __post_init__(self) -> None:
+        inherited = getattr(super(), "__post_init__", None)
+        if inherited is not None:
+            inherited()
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be 0 or more, got {self.bootstrap}")
+
+    def params(self) -> LesionEvalParams:
+        """The :class:`LesionEvalParams` part, as :func:`evaluate_lesions` takes it."""
+        return LesionEvalParams(**{f.name: getattr(self, f.name)
+                                   for f in dataclasses.fields(LesionEvalParams)})
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole run: inputs, outputs and every stage's parameters (the top level of the YAML)."""
+
+    #: Output folder: tiles/, features/<encoder>/, runs/<name>/, predictions/, heatmaps/,
+    #: evaluation/ and the resolved config.yaml go here.
+    out: Path
+    #: Name of the training run (``OUT/runs/<name>/``).
+    name: str = "run"
+    #: Labels CSV ``slide_id,label[,patient_id][,split]`` (null only with a ``cohort``).
+    labels: Path | None = None
+    #: Stages to run, in pipeline order; a stage whose outputs are complete is skipped anyway.
+    stages: tuple[str, ...] = STAGES
+    #: Slides processed in parallel by tile, predict and heatmap (extraction has its own).
+    workers: int = 1
+    #: Where the slides are and how their resolution is known.
+    slides: SlidesSection = field(default_factory=SlidesSection)
+    #: Generate a synthetic Camelyon-shaped cohort (slides, annotations, labels) into
+    #: ``OUT/cohort`` and use it as input; null: use ``slides`` and ``labels``.
+    cohort: CohortParams | None = None
+    #: Tissue detection and the tile grid (``wsi-mil tile``) -> OUT/tiles/.
+    tiling: TilingParams = field(default_factory=TilingParams)
+    #: Tile features from an encoder (``wsi-mil extract``) -> OUT/features/<encoder>/.
+    extract: ExtractSection = field(default_factory=ExtractSection)
+    #: Attention-MIL training (``wsi-mil train``) -> OUT/runs/<name>/.
+    train: TrainParams = field(default_factory=TrainParams)
+    #: Prediction with the trained run (``wsi-mil predict``) -> OUT/predictions/.
+    predict: PredictSection = field(default_factory=PredictSection)
+    #: Heatmaps and exports (``wsi-mil heatmap``) -> OUT/heatmaps/<slide_id>/.
+    heatmap: HeatmapParams = field(default_factory=HeatmapParams)
+    #: Slide metrics and, with annotations, lesion metrics -> OUT/evaluation/.
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"stages: unknown stage {unknown[0]!r}{suggest(unknown[0], STAGES)}; "
+                             f"stages are {', '.join(STAGES)}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.cohort is not None:
+            if self.slides.inputs or self.labels is not None:
+                raise ValueError("a cohort brings its own slides and labels: leave slides.inputs "
+                                 "and labels unset, or remove the cohort section")
+        else:
+            if not self.slides.inputs and "tile" in self.stages:
+                raise ValueError("no slides: set slides.inputs (files or folders), or add a "
+                                 "cohort section to generate a synthetic cohort")
+            if self.labels is None and {"train", "evaluate"} & set(self.stages):
+                raise ValueError("no labels: set labels (a CSV slide_id,label[,patient_id]"
+                                 "[,split]) to train or evaluate")
+            if self.labels is None and self.predict.split and "predict" in self.stages:
+                raise ValueError(f"predict.split is {self.predict.split!r} but there are no "
+                                 f"labels to read the split from: set labels")
+        if "cohort" in self.stages and self.cohort is None:
+            object.__setattr__(self, "stages", tuple(s for s in self.stages if s != "cohort"))
+
+    # Where each stage reads and writes, in one place so run, demo and README agree.
+    @property
+    def cohort_dir(self) -> Path:
+        return self.out / "cohort"
+
+    @property
+    def slide_inputs(self) -> tuple[Path, ...]:
+        return (self.cohort_dir / "slides",) if self.cohort is not None else self.slides.inputs
+
+    @property
+    def labels_csv(self) -> Path | None:
+        return self.cohort_dir / "labels.csv" if self.cohort is not None else self.labels
+
+    @property
+    def annotations_dir(self) -> Path | None:
+        if self.evaluate.annotations_dir is not None:
+            return self.evaluate.annotations_dir
+        return self.cohort_dir / "annotations" if self.cohort is not None else None
+
+    @property
+    def tiles_dir(self) -> Path:
+        return self.out / "tiles"
+
+    @property
+    def features_dir(self) -> Path:
+        """``OUT/features/<encoder>``."""
+        return self.out / "features" / bag_folder_name(self.extract.encoder)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "runs" / self.name
+
+    @property
+    def predictions_dir(self) -> Path:
+        """The folder ``predict`` writes into (``predictions/`` and ``predictions.csv``)."""
+        return self.out
+
+    @property
+    def heatmaps_dir(self) -> Path:
+        return self.out / "heatmaps"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.out / "evaluation"
+
+
+def _absolute(config: PipelineConfig, base: Path) -> PipelineConfig:
+    """Every relative path of the config made absolute against ``base`` (the working folder)."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, Path):
+            return value if value.is_absolute() else (base / value).resolve()
+        if isinstance(value, tuple):
+            return tuple(fix(v) for v in value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes = {f.name: fix(getattr(value, f.name)) for f in dataclasses.fields(value)
+                       if f.init}
+            return dataclasses.replace(value, **changes)
+        return value
+
+    return fix(config)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<config>",
+                 base: Path | None = None) -> PipelineConfig:
+    """A validated :class:`PipelineConfig` from a mapping (as YAML gives it).
+
+    Relative paths are taken from ``base`` (default: the current folder), as the command-line
+    verbs take them, and stored absolute so the resolved config is valid from anywhere.
+    """
+    config = build_dataclass(PipelineConfig, data, where=f"{source}:")
+    return _absolute(config, Path.cwd() if base is None else base)
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None
+                ) -> PipelineConfig:
+    """Read and validate a YAML config file; ``overrides`` (e.g. ``{"out": DIR}``) win."""
+    data = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        data[key] = value
+    return parse_config(data, source=str(path))
+
+
+def resolved_config_text(config: PipelineConfig) -> str:
+    """The resolved config as YAML: every key, defaults included, paths absolute."""
+    return dump_yaml(config, header="wsi-mil resolved run configuration (every key, defaults "
+                     "included).\nRe-run with: wsi-mil run THIS_FILE")
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    """The dataclass inside ``X`` or ``X | None``, if any."""
+    options = typing.get_args(annotation) or (annotation,)
+    for option in options:
+        if dataclasses.is_dataclass(option) and isinstance(option, type):
+            return option
+    return None
+
+
+def documented_yaml(value: Any, cls: type | None = None, indent: int = 0) -> str:
+    """YAML of a dataclass with each key's documentation (:func:`field_comments`) above it.
+
+    Nested dataclasses become indented sections headed by their docstring's first line; a
+    section whose value is null is written as null, followed by its keys with their defaults
+    commented out, so every key a config may hold is documented in one file.
+    """
+    cls = cls or type(value)
+    comments = field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    pad = " " * indent
+    out: list[str] = []
+
+    def comment(text: str, prefix: str) -> None:
+        for line in textwrap.wrap(text, width=max(40, 96 - len(prefix))):
+            out.append(f"{prefix}# {line}")
+
+    for f in ordered_fields(cls):
+        field_value = getattr(value, f.name)
+        section = _dataclass_type(hints[f.name])
+        if f.name in comments:
+            comment(comments[f.name], pad)
+        if section is not None and field_value is not None:
+            doc = (section.__doc__ or "").strip().splitlines()
+            if f.name not in comments and doc:
+                comment(doc[0], pad)
+            out.append(f"{pad}{f.name}:")
+            out.append(documented_yaml(field_value, section, indent + 2).rstrip("\n"))
+            out.append("")
+        elif section is not None:
+            out.append(f"{pad}{f.name}: null")
+            example = documented_yaml(section(), section, 2).rstrip("\n").splitlines()
+            out.append(f"{pad}# {f.name}:   (its keys and defaults)")
+            out += [f"{pad}#{line}" for line in example if line.strip()]
+            out.append("")
+        else:
+            out.append(f"{pad}{f.name}: {yaml_value(field_value)}")
+    return "\n".join(out) + "\n"
+
+
+DEFAULT_CONFIG_HEADER = """\
+wsi-mil run configuration: every key, with its default and what it does.
+
+Copy this file, set out / slides / labels, change what you need and delete the rest (a key
+left out keeps its default). Run: wsi-mil run my.yaml (resumable: re-running skips complete
+outputs and redoes a stage whose parameters changed). Check a config without running it:
+wsi-mil run my.yaml --check. An unknown or misspelt key is an error that names it.
+Relative paths are taken from the folder you run wsi-mil in.
+This file is generated from the stages' parameter dataclasses: wsi-mil run --print-defaults
+"""
+
+
+def default_config() -> PipelineConfig:
+    """The template config: placeholder inputs, every stage at its defaults."""
+    return PipelineConfig(out=Path("out/my_run"), labels=Path("labels.csv"),
+                          slides=SlidesSection(inputs=(Path("slides"),)))
+
+
+def default_config_text() -> str:
+    """``configs/default.yaml``: :func:`default_config` with every key documented."""
+    header = "".join(f"# {line}".rstrip() + "\n" for line in DEFAULT_CONFIG_HEADER.splitlines())
+    return header + "\n" + documented_yaml(default_config())

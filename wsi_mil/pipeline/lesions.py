@@ -1,0 +1,237 @@
+"""Lesion-level evaluation of a predicted cohort against its lesion annotations.
+
+Given the predictions of a set of slides, their labels and the lesion annotations of the
+tumour slides, this computes in one pass what :mod:`~wsi_mil.metrics.froc`,
+:mod:`~wsi_mil.metrics.segmentation`, :mod:`~wsi_mil.metrics.explain` and
+:mod:`~wsi_mil.metrics.regions` define per slide, and pools it over the cohort:
+
+* the Camelyon16 FROC from the segmentation head's tile-probability maps (all slides);
+* Dice, IoU, sensitivity, specificity and Hausdorff distance of the tile segmentation
+  (tumour slides; normal slides contribute their tile specificity);
+* lesion attention mass, the pointing game and, when the run and the feature bags are given,
+  deletion and insertion curves re-scored by the model (tumour slides);
+* the region–label report (annotated slides).
+
+Outputs in ``out_dir``: ``lesion_metrics.json`` (the cohort summary), ``lesion_per_slide.csv``,
+``regions.csv``, ``froc_curve.csv`` and ``perturbation_curves.json`` (mean curves, for plots).
+A tumour slide without an annotation file is scored for nothing lesion-level (it would count
+its detections as false positives) and listed under ``unannotated``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiling.annotations import AnnotationParams, find_annotation, read_annotations, tile_fractions
+from tiling.storage import write_text_atomic
+from wsi_mil.metrics.explain import (
+    attention_weights,
+    lesion_attention_mass,
+    perturbation_curve,
+    pointing_game,
+    run_score_fn,
+)
+from wsi_mil.metrics.froc import FrocParams, froc, slide_hits, tile_detections
+from wsi_mil.metrics.regions import region_report, rows_to_csv, summarise_regions
+from wsi_mil.metrics.segmentation import tile_segmentation
+from wsi_mil.mil.predictions import SlidePrediction, read_prediction
+
+
+@dataclass(frozen=True)
+class LesionEvalParams:
+    """Settings of the lesion-level evaluation."""
+
+    #: FROC constants and detection settings (official Camelyon16 values by default).
+    froc: FrocParams = field(default_factory=FrocParams)
+    #: Which annotation groups are lesion / exclusion.
+    annotations: AnnotationParams = field(default_factory=AnnotationParams)
+    #: Class whose tile probability is the tumour map; None: the class that is not negative.
+    positive_class: str | None = None
+    #: Tile probability at or above which a tile is segmented as tumour.
+    seg_threshold: float = 0.5
+    #: Lesion area fraction at or above which a tile is truly tumour.
+    min_fraction: float = 0.5
+    #: Normalised attention at or above which a tile counts as marked (region report).
+    attention_threshold: float = 0.5
+    #: k of the top-k pointing game.
+    pointing_k: int = 5
+    #: Steps of the deletion / insertion curves, and random orders averaged as baseline.
+    perturbation_steps: int = 20
+    perturbation_random: int = 5
+    #: At most this many tumour slides get perturbation curves (each costs
+    #: 2 x steps x (1 + random) forward passes); None: all.
+    perturbation_max_slides: int | None = None
+    #: Seed of the random orders.
+    seed: int = 0
+    #: Slides left out of the lesion-level evaluation (e.g. Camelyon16 test_049, a duplicate).
+    exclude: tuple[str, ...] = ()
+
+
+def _positive_index(pred: SlidePrediction, params: LesionEvalParams) -> tuple[int, str]:
+    names = list(pred.class_names)
+    negative = str(pred.attrs.get("negative_class", names[0]))
+    if params.positive_class is not None:
+        if params.positive_class not in names:
+            raise ValueError(f"{pred.slide_id}: positive class {params.positive_class!r} not in "
+                             f"{names}")
+        return names.index(params.positive_class), negative
+    others = [n for n in names if n != negative]
+    if len(others) != 1:
+        raise ValueError(f"{pred.slide_id}: {len(names)} classes {names}; set positive_class")
+    return names.index(others[0]), negative
+
+
+def _nanmean(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
+                     annotations_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     params: LesionEvalParams = LesionEvalParams(),
+                     run_dir: str | os.PathLike | None = None,
+                     features_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate every prediction in ``predictions_dir`` whose slide is in ``labels``
+    (slide id -> class name); see the module docstring. Returns the summary."""
+    from wsi_mil.mil.bags import read_features
+    from wsi_mil.mil.predict import cached_run
+
+    predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
+    run = cached_run(run_dir) if run_dir is not None and features_dir is not None else None
+    hits, rows, region_rows, unannotated = [], [], [], []
+    curves: dict[str, list[Any]] = {"deletion": [], "insertion": []}
+    for path in sorted(predictions_dir.glob("*.h5")):
+        slide_id = path.stem
+        if slide_id not in labels or slide_id in params.exclude:
+            continue
+        pred = read_prediction(path)
+        pos, negative = _positive_index(pred, params)
+        tile = float(pred.attrs["tile_size_level0"])
+        width, height = int(pred.attrs["slide_width"]), int(pred.attrs["slide_height"])
+        mpp = float(pred.attrs["slide_mpp"])
+        tumour_prob = np.asarray(pred.tile_probs[:, pos], dtype=np.float64)
+        row: dict[str, Any] = {"slide_id": slide_id, "label": labels[slide_id],
+                               "slide_prob": float(pred.probs[pos]), "n_tiles": len(pred.coords)}
+        annotation = None
+        if labels[slide_id] != negative:
+            annotation = find_annotation(annotations_dir, slide_id)
+            if annotation is None:
+                unannotated.append(slide_id)
+                continue
+        detections = tile_detections(pred.coords, tumour_prob, tile, params.froc)
+        annotations = (read_annotations(annotation, params.annotations)
+                       if annotation is not None else None)
+        lesions = annotations.lesions if annotations is not None else None
+        slide = slide_hits(detections, width, height, mpp, lesions, params.froc)
+        hits.append(slide)
+        row.update(n_detections=len(detections.probs), false_positives=len(slide.fp_probs),
+                   lesions=len(slide.lesion_probs), itc_lesions=slide.n_itc)
+        if lesions is None:
+            predicted = tumour_prob >= params.seg_threshold
+            row["tile_specificity"] = float(1.0 - predicted.mean()) if predicted.size else None
+            rows.append(row)
+            continue
+        fractions = tile_fractions(lesions, pred.coords, tile)
+        seg = tile_segmentation(tumour_prob, fractions, pred.coords, tile, mpp,
+                                params.seg_threshold, params.min_fraction)
+        row.update(seg.as_dict())
+        row["tile_specificity"] = seg.specificity
+        mass = lesion_attention_mass(attention_weights(pred.attention), fractions)
+        row.update(attention_mass=mass.mass, attention_mass_uniform=mass.uniform)
+        if (fractions >= params.min_fraction).any():
+            game = pointing_game(pred.attention, fractions, params.pointing_k,
+                                 params.min_fraction)
+            row.update(pointing_hit=game.hit, pointing_hit_at_k=game.hit_at_k,
+                       pointing_precision_at_k=game.precision_at_k, pointing_chance=game.chance)
+        limit = params.perturbation_max_slides
+        if run is not None and (limit is None or len(curves["deletion"]) < limit):
+            bag = Path(features_dir) / f"{slide_id}.h5"
+            score = run_score_fn(run, read_features(bag, np.float32), pos)
+            for kind in ("deletion", "insertion"):
+                curve = perturbation_curve(pred.attention, score, kind, params.perturbation_steps,
+                                           params.perturbation_random, params.seed)
+                curves[kind].append(curve)
+                row.update({f"{kind}_auc": curve.auc, f"{kind}_auc_random": curve.random_auc})
+        region_rows += region_report(annotations, pred, tile, params.attention_threshold,
+                                     params.seg_threshold, pos)
+        rows.append(row)
+    if unannotated:
+        warnings.warn(f"{annotations_dir}: no annotation for tumour slide(s) "
+                      f"{', '.join(unannotated)}: left out of the lesion-level evaluation",
+                      stacklevel=2)
+    summary = _summarise(rows, hits, curves, unannotated, params)
+    summary["regions"] = summarise_regions(region_rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "lesion_per_slide.csv", _csv(rows) if rows else "")
+    write_text_atomic(out_dir / "regions.csv", rows_to_csv(region_rows))
+    if summary.get("froc") is not None:
+        curve = summary.pop("_froc_curve")
+        write_text_atomic(out_dir / "froc_curve.csv", "fps_per_slide,sensitivity\n" + "".join(
+            f"{f:.6g},{s:.6g}\n" for f, s in zip(*curve)))
+    write_text_atomic(out_dir / "perturbation_curves.json", json.dumps({
+        kind: {"fractions": items[0].fractions.tolist(),
+               "scores": np.mean([c.scores for c in items], axis=0).tolist(),
+               "random_scores": np.mean([c.random_scores for c in items], axis=0).tolist(),
+               "slides": len(items)}
+        for kind, items in curves.items() if items}, indent=2) + "\n")
+    write_text_atomic(out_dir / "lesion_metrics.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _summarise(rows: list[dict[str, Any]], hits: list, curves: dict[str, list],
+               unannotated: list[str], params: LesionEvalParams) -> dict[str, Any]:
+    tumour = [r for r in rows if "dice" in r]
+    normal = [r for r in rows if "dice" not in r]
+
+    def mean(key: str, chosen: list[dict[str, Any]]) -> float | None:
+        return _nanmean([float(r[key]) for r in chosen if r.get(key) is not None])
+
+    summary: dict[str, Any] = {
+        "params": asdict(params), "n_slides": len(rows), "n_tumour_annotated": len(tumour),
+        "n_normal": len(normal), "unannotated": unannotated,
+        "froc": None, "froc_sensitivities": None, "n_lesions": None, "n_itc": None,
+    }
+    if any(h.lesion_probs.size for h in hits):
+        result = froc(hits)
+        summary.update(froc=result.score, froc_sensitivities=dict(zip(
+            [str(r) for r in result.fp_rates], result.sensitivities.tolist())),
+            n_lesions=result.n_lesions, n_itc=result.n_itc,
+            _froc_curve=(result.fps_per_slide.tolist(), result.sensitivity.tolist()))
+    summary["segmentation"] = {key: mean(key, tumour) for key in
+                               ("dice", "iou", "sensitivity", "specificity", "hausdorff_um")}
+    summary["segmentation"]["normal_tile_specificity"] = mean("tile_specificity", normal)
+    pointed = [r for r in tumour if "pointing_hit" in r]
+    summary["explain"] = {
+        "attention_mass": mean("attention_mass", tumour),
+        "attention_mass_uniform": mean("attention_mass_uniform", tumour),
+        "pointing_game": mean("pointing_hit", pointed),
+        "pointing_game_chance": mean("pointing_chance", pointed),
+        "pointing_hit_at_k": mean("pointing_hit_at_k", pointed),
+        "pointing_precision_at_k": mean("pointing_precision_at_k", pointed),
+        "pointing_k": params.pointing_k, "pointing_slides": len(pointed),
+    }
+    for kind in ("deletion", "insertion"):
+        chosen = [r for r in tumour if f"{kind}_auc" in r]
+        summary["explain"][f"{kind}_auc"] = mean(f"{kind}_auc", chosen)
+        summary["explain"][f"{kind}_auc_random"] = mean(f"{kind}_auc_random", chosen)
+        summary["explain"][f"{kind}_slides"] = len(chosen)
+    return summary

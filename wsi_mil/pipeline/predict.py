@@ -1,0 +1,81 @@
+"""The prediction stage: every feature bag of a folder predicted by a trained run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Collection
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+
+if TYPE_CHECKING:
+    from wsi_mil.mil.predict import PredictParams
+
+def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
+                         labels: dict[str, str] | None) -> str:
+    """``slide_id, label, predicted_label, prob_<class>...`` for the slides predicted.
+
+    Reads only the files' attributes, so it stays quick for large slides.
+    """
+    import h5py
+
+    from tiling.storage import read_attrs
+
+    buffer = io.StringIO()
+    writer = None
+    for slide_id in slide_ids:
+        path = pred_dir / f"{slide_id}.h5"
+        if not path.is_file():
+            continue
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+        if writer is None:
+            header = ["slide_id", "label", "predicted_label"]
+            header += [f"prob_{c}" for c in attrs["class_names"]]
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(header)
+        label = (labels or {}).get(slide_id, "")
+        writer.writerow([slide_id, label, attrs["predicted_label"],
+                         *(f"{float(p):.6f}" for p in attrs["probs"])])
+    return buffer.getvalue()
+
+
+
+def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
+                   out_dir: str | os.PathLike, params: PredictParams | None = None, *,
+                   labels_csv: str | os.PathLike | None = None, workers: int = 1,
+                   overwrite: bool = False,
+                   slide_ids: Collection[str] | None = None) -> BatchResult:
+    """Predict every bag of ``features_dir`` (only ``slide_ids`` when given, e.g. the held-out
+    slides); skip those already predicted by this run."""
+    from tiling.storage import write_text_atomic
+    from wsi_mil.mil.bags import find_bags
+    from wsi_mil.mil.labels import read_labels
+    from wsi_mil.mil.predict import PredictParams, cached_run, is_current_prediction, predict_slide
+
+    params = params or PredictParams()
+    out_dir = Path(out_dir)
+    pred_dir = out_dir / "predictions"
+    run = cached_run(run_dir, params.fold, params.device)
+    labels = None
+    if labels_csv is not None:
+        labels = {r.slide_id: r.label for r in read_labels(labels_csv).rows}
+    bags = find_bags(features_dir)
+    if slide_ids is not None:
+        bags = {slide_id: path for slide_id, path in bags.items() if slide_id in set(slide_ids)}
+    jobs = [SlideJob(slide_id, pred_dir / f"{slide_id}.h5",
+                     partial(predict_slide, path, pred_dir / f"{slide_id}.h5", run_dir, params))
+            for slide_id, path in bags.items()]
+    result = run_batch(jobs, stage="predict", failures_csv=out_dir / "failures.csv",
+                       is_complete=partial(is_current_prediction,
+                                           checkpoint_sha256=run.checkpoint_sha256),
+                       workers=workers, overwrite=overwrite)
+    text = predictions_csv_text(pred_dir, list(bags), labels)
+    if text:
+        write_text_atomic(out_dir / "predictions.csv", text)
+    return result
+

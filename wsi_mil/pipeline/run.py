@@ -1,0 +1,298 @@
+"""Every stage from one config (``wsi-mil run CONFIG.yaml``), resuming where a previous run stopped.
+
+The runner owns no stage: it calls the same batch functions as the verbs (``tile_slides``,
+``extract_slides``, ``train_run``, ``predict_slides``, ``heatmap_slides``,
+``evaluate_predictions``), so a config and the equivalent commands give the same files.
+
+Resuming. Every stage already skips slides whose output is complete, so re-running a config
+after a crash carries on where it stopped. What a per-file check cannot see is a *changed
+parameter*: tiles made with another ``tile_size`` are complete files too. So the runner keeps a
+ledger, ``OUT/run_state.json``, of the parameters each stage last ran with and whether it
+finished, and decides per stage:
+
+* same parameters as the ledger: resume (complete outputs are skipped);
+* changed parameters, or new outputs upstream in this invocation (re-extracted bags make the
+  model stale; new predictions make the heatmaps stale): redo the stage's outputs;
+* an interrupted redo stays a redo until it finishes, so old and new outputs never mix.
+
+Extraction needs no ledger decision: a bag is redone whenever its tiles, weights or precision
+changed (``features.extract.bag_is_current``); predictions likewise follow the checkpoints.
+Training is skipped when ``OUT/runs/<name>/summary.json`` exists and nothing it depends on
+changed; an interrupted training keeps its complete folds (``train_run(resume=True)``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsi_mil.pipeline.config import PipelineConfig
+
+STATE_FILE = "run_state.json"
+CONFIG_FILE = "config.yaml"
+
+
+class PipelineError(RuntimeError):
+    """A stage that could not run at all (bad inputs), as opposed to single failed slides."""
+
+
+@dataclass
+class StageReport:
+    """What one stage did in this invocation."""
+
+    stage: str
+    summary: str
+    seconds: float
+    new_outputs: bool  # wrote anything (downstream stages must not trust their old outputs)
+    failed: int = 0
+
+
+@dataclass
+class PipelineResult:
+    """Every stage's report, and the evaluation's numbers when it ran."""
+
+    config: Any
+    stages: list[StageReport] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)  # slide-level (evaluate)
+    lesion: dict[str, Any] = field(default_factory=dict)  # lesion-level summary (annotations)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(report.failed for report in self.stages) else 0
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def _stage_params(config: PipelineConfig) -> dict[str, Any]:
+    """The parameters whose change makes a stage's existing outputs stale (plain values).
+
+    Settings that change speed, not results (devices, workers, batch sizes, progress bars,
+    memory budgets) are left out, so moving a run to a GPU does not redo it.
+    """
+    from wsi_mil.pipeline.config import to_plain
+
+    train = to_plain(config.train)
+    for runtime_only in ("device", "memory_gb"):
+        train.pop(runtime_only, None)
+    return {
+        "cohort": to_plain(config.cohort),
+        # New slide inputs are simply tiled; a changed mpp or tiling parameter redoes them all.
+        "tile": {"mpp": config.slides.mpp, "mpp_csv": to_plain(config.slides.mpp_csv),
+                 "tiling": to_plain(config.tiling)},
+        "train": {"train": train, "labels": to_plain(config.labels_csv),
+                  "features": str(config.features_dir)},
+        "predict": {"fold": config.predict.fold, "split": config.predict.split,
+                    "run": str(config.run_dir)},
+        "heatmap": to_plain(config.heatmap),
+    }
+
+
+class Ledger:
+    """``OUT/run_state.json``: per stage, the parameters it last ran with and if it finished."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            try:
+                self.entries = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise PipelineError(f"{path}: unreadable run state ({exc}); delete it to "
+                                    f"redo every stage") from exc
+
+    def must_redo(self, stage: str, params: Any, upstream_changed: bool) -> tuple[bool, str]:
+        """(redo everything?, why) for a stage about to run with ``params``.
+
+        ``upstream_changed``: an earlier stage wrote new outputs in this invocation.
+        """
+        entry = self.entries.get(stage)
+        if entry is None:  # never ran here: there is nothing stale to redo
+            return False, ""
+        if entry.get("params") != params:
+            return True, "parameters changed since the last run"
+        if upstream_changed:
+            return True, "inputs changed upstream"
+        if entry.get("redo") and not entry.get("complete"):
+            return True, "finishing an interrupted redo"
+        return False, ""
+
+    def start(self, stage: str, params: Any, redo: bool) -> None:
+        self.entries[stage] = {"params": params, "redo": redo, "complete": False}
+        self._save()
+
+    def finish(self, stage: str) -> None:
+        self.entries[stage]["complete"] = True
+        self._save()
+
+    def _save(self) -> None:
+        from tiling.storage import write_text_atomic
+
+        write_text_atomic(self.path, json.dumps(self.entries, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def _split_ids(labels_csv: Path, split: str) -> list[str]:
+    from wsi_mil.mil.labels import read_labels
+
+    table = read_labels(labels_csv)
+    ids = [row.slide_id for row in table.rows if row.split == split]
+    if not ids:
+        splits = sorted({str(row.split) for row in table.rows})
+        raise PipelineError(f"{labels_csv}: no slide in split {split!r} (predict.split); "
+                            f"splits present: {', '.join(splits)}")
+    return ids
+
+
+def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> PipelineResult:
+    """Run the configured stages in order; see the module docstring for how it resumes.
+
+    Stages with failed slides carry on (the failures are in the stage's ``failures.csv`` and
+    make the exit code non-zero); a stage that cannot run at all raises.
+    """
+    from tiling.storage import write_text_atomic
+    from wsi_mil.pipeline.config import resolved_config_text
+
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / CONFIG_FILE, resolved_config_text(config))
+    ledger = Ledger(out / STATE_FILE)
+    params = _stage_params(config)
+    result = PipelineResult(config=config)
+    upstream_changed = False
+
+    def stage(name: str, body: Callable[[bool], tuple[str, bool, int]],
+              ledger_params: Any = None, tracked: bool = True) -> None:
+        nonlocal upstream_changed
+        if name not in config.stages:
+            return
+        redo, why = (overwrite, "--overwrite") if overwrite else (False, "")
+        if tracked and not overwrite:
+            redo, why = ledger.must_redo(name, ledger_params, upstream_changed)
+        if redo:
+            log(f"[{name}] redoing every output: {why}")
+        if tracked:
+            ledger.start(name, ledger_params, redo)
+        started = time.perf_counter()
+        summary, new_outputs, failed = body(redo)
+        report = StageReport(name, summary, time.perf_counter() - started, new_outputs, failed)
+        result.stages.append(report)
+        log(f"[{name}] {summary} ({report.seconds:.1f} s)")
+        if tracked:
+            ledger.finish(name)
+        upstream_changed = upstream_changed or new_outputs
+
+    def batch(result_of_batch: Any, name: str) -> tuple[str, bool, int]:
+        return (result_of_batch.summary(name), bool(result_of_batch.done),
+                len(result_of_batch.failed))
+
+    def run_cohort(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.synthetic.cohort import generate_cohort
+
+        before = {p.name for p in (config.cohort_dir / "slides").glob("*.tif")}
+        cohort = generate_cohort(config.cohort_dir, config.cohort, overwrite=redo)
+        made = len({s.path.name for s in cohort.slides} - before) if not redo else len(
+            cohort.slides)
+        n_tumor = sum(s.label == "tumor" for s in cohort.slides)
+        return (f"{len(cohort.slides)} slides ({n_tumor} with tumour), {made} generated",
+                made > 0, 0)
+
+    def run_tile(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.pipeline.tile import tile_slides
+
+        return batch(tile_slides(list(config.slide_inputs), out, config.tiling,
+                                 recursive=config.slides.recursive, mpp=config.slides.mpp,
+                                 mpp_csv=config.slides.mpp_csv, workers=config.workers,
+                                 overwrite=redo), "tile")
+
+    def run_extract(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.pipeline.extract import extract_slides
+
+        return batch(extract_slides(config.tiles_dir, config.features_dir.parent,
+                                    config.extract.encoder, config.extract.weights,
+                                    config.extract.params(), overwrite=redo), "extract")
+
+    def run_train(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.mil.train import train_run
+
+        summary_file = config.run_dir / "summary.json"
+        if summary_file.is_file() and not redo:
+            return f"skipped: {summary_file} exists (trained with these parameters)", False, 0
+        summary = train_run(config.features_dir, config.labels_csv, config.run_dir,
+                            config.train, resume=not redo)
+        auc = summary.get("auc", {}).get("mean")
+        text = f"{summary['n_folds']} fold(s) -> {config.run_dir}"
+        if auc is not None:
+            text += f", test AUC {auc:.3f} (mean over folds)"
+        return text, True, 0
+
+    def run_predict(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.pipeline.predict import predict_slides
+
+        slide_ids = (_split_ids(config.labels_csv, config.predict.split)
+                     if config.predict.split else None)
+        return batch(predict_slides(config.run_dir, config.features_dir, out,
+                                    config.predict.params(), labels_csv=config.labels_csv,
+                                    workers=config.workers, overwrite=redo,
+                                    slide_ids=slide_ids), "predict")
+
+    def run_heatmap(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.pipeline.heatmap import heatmap_slides
+
+        return batch(heatmap_slides(out / "predictions", config.heatmaps_dir, config.heatmap,
+                                    tiles_dir=config.tiles_dir, encoder=config.extract.encoder,
+                                    weights=config.extract.weights, workers=config.workers,
+                                    overwrite=redo), "heatmap")
+
+    def run_evaluate(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.pipeline.evaluate import evaluate_predictions, read_predictions_csv
+
+        if config.labels_csv is None:
+            raise PipelineError("evaluate needs labels")
+        with warnings.catch_warnings():
+            if config.predict.split:  # the other splits were left unpredicted on purpose
+                warnings.filterwarnings("ignore", message=r".*have no prediction")
+            metrics = evaluate_predictions(out, config.labels_csv, config.evaluation_dir,
+                                           config.evaluate.negative_class,
+                                           n_boot=config.evaluate.bootstrap)
+        result.metrics = metrics
+        text = (f"{metrics['n_slides']} slides: AUC {_fmt(metrics.get('auc'))}, "
+                f"accuracy {_fmt(metrics.get('accuracy'))}")
+        if config.annotations_dir is not None:
+            from wsi_mil.mil.labels import read_labels
+            from wsi_mil.pipeline.lesions import evaluate_lesions
+
+            scored = {row["slide_id"] for row in read_predictions_csv(out / "predictions.csv")[1]}
+            labels = {r.slide_id: r.label for r in read_labels(config.labels_csv).rows
+                      if r.slide_id in scored}  # this run's predictions, not older ones
+            result.lesion = evaluate_lesions(
+                out / "predictions", labels, config.annotations_dir, config.evaluation_dir,
+                config.evaluate.params(), run_dir=config.run_dir,
+                features_dir=config.features_dir)
+            seg, explain = result.lesion["segmentation"], result.lesion["explain"]
+            text += (f"; FROC {_fmt(result.lesion['froc'])}, tile Dice {_fmt(seg['dice'])}, "
+                     f"pointing game {_fmt(explain['pointing_game'])} "
+                     f"({result.lesion['n_tumour_annotated']} annotated tumour slides)")
+        return text, False, 0
+
+    stage("cohort", run_cohort, params["cohort"])
+    stage("tile", run_tile, params["tile"])
+    stage("extract", run_extract, tracked=False)
+    stage("train", run_train, params["train"])
+    stage("predict", run_predict, params["predict"])
+    stage("heatmap", run_heatmap, params["heatmap"])
+    stage("evaluate", run_evaluate, tracked=False)
+    return result
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
