@@ -26,11 +26,6 @@ ENCODER_ATTRS = (
 )
 
 
-def bag_folder_name(encoder: str) -> str:
-    """The folder under ``features/`` holding an encoder's bags (``timm:x`` -> ``timm-x``)."""
-    return encoder.replace(":", "-").replace("/", "-")
-
-
 class BagError(ValueError):
     """A feature bag that is missing, incomplete or not in the wsi-mil format."""
 

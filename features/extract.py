@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from features.bag import is_complete_bag, write_bag
 from features.dataset import TileDataset, tile_loader
+from features.device import resolve_device
 from features.params import ExtractParams
-from features.registry import Encoder, resolve_device
+from features.registry import Encoder
 from tiling.slide import open_slide
 from tiling.tiles_file import read_tiles_file
 

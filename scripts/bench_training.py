@@ -46,7 +46,8 @@ def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
     from wsi_mil.mil.bags import BagDataset, match_bags
     from wsi_mil.mil.labels import read_labels
     from wsi_mil.mil.models import create_model
-    from wsi_mil.mil.train import TrainParams, make_optimizer, run_epoch
+    from wsi_mil.mil.params import TrainParams
+    from wsi_mil.mil.train import make_optimizer, run_epoch
 
     params = TrainParams(memory_gb=memory_gb, device="cpu")
     labels = read_labels(labels_csv)
@@ -78,8 +79,9 @@ def predict(workdir: Path, n_tiles: int, dim: int) -> dict:
     import torch
 
     from wsi_mil.mil.models import create_model
-    from wsi_mil.mil.predict import PredictParams, predict_slide
-    from wsi_mil.mil.train import TrainParams, save_model
+    from wsi_mil.mil.params import PredictParams, TrainParams
+    from wsi_mil.mil.predict import predict_slide
+    from wsi_mil.mil.train import save_model
 
     root = workdir / f"large_{n_tiles}x{dim}"
     features_dir = root / "features" / "planted"

@@ -43,8 +43,10 @@ PUBLISHED = {"attention": (0.745, 0.798), "gated attention": (0.755, 0.799)}
 def tile_and_extract(workdir: Path, threads: int) -> Path:
     """Tile every image and encode its tiles; returns the features folder (cached)."""
     from features.extract import ExtractParams, extract_slide
-    from features.registry import DEFAULT_ENCODER, create_encoder
-    from tiling.pipeline import TilingParams, tile_slide, tiling_outputs
+    from features.params import DEFAULT_ENCODER
+    from features.registry import create_encoder
+    from tiling.params import TilingParams
+    from tiling.pipeline import tile_slide, tiling_outputs
 
     images = sorted((UCSB / "images").glob("*.tif"))
     if not images:
@@ -74,8 +76,8 @@ def tile_and_extract(workdir: Path, threads: int) -> Path:
 
 def heatmaps(workdir: Path, features_dir: Path, run_dir: Path, count: int = 4) -> Path:
     """Attention heatmaps of a few held-out images of fold 0 (predicted by fold 0 only)."""
-    from wsi_mil.heatmaps.stitch import HeatmapParams
-    from wsi_mil.mil.predict import PredictParams
+    from wsi_mil.heatmaps.params import HeatmapParams
+    from wsi_mil.mil.params import PredictParams
     from wsi_mil.pipeline.heatmap import heatmap_slides
     from wsi_mil.pipeline.predict import predict_slides
 
@@ -110,7 +112,8 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from wsi_mil.mil.train import TrainParams, train_run
+    from wsi_mil.mil.params import TrainParams
+    from wsi_mil.mil.train import train_run
 
     torch.set_num_threads(args.threads)
     features_dir = tile_and_extract(args.workdir, args.threads)

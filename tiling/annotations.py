@@ -38,7 +38,6 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from tiling.storage import atomic_output
-from tiling.tiles_file import TilesFile
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,7 @@ AREA_TYPES = ("polygon", "spline", "rectangle")
 POINT_TYPES = ("dot", "pointset")
 #: Rows of a mask summed at once when rasterising (bounds the temporary memory).
 _MASK_BLOCK_ROWS = 2048
+from tiling.params import AnnotationParams
 
 
 class AnnotationError(ValueError):
@@ -57,18 +57,6 @@ class AnnotationError(ValueError):
 
 class AnnotationWarning(UserWarning):
     """A defect in an annotation file that was skipped or repaired; the rest was read."""
-
-
-@dataclass(frozen=True)
-class AnnotationParams:
-    """Which annotation groups (classes) are lesion and which are cut out of a lesion."""
-
-    #: Group / class names (case-insensitive) that are tumour: Camelyon16 ``Tumor``, ``_0`` and
-    #: ``_1``, Camelyon17 ``metastases``, QuPath ``Tumor``.
-    tumor_groups: tuple[str, ...] = ("tumor", "tumour", "_0", "_1", "metastases", "metastasis")
-    #: Group / class names (case-insensitive) drawn inside a lesion to exclude non-tumour tissue:
-    #: Camelyon16 ``_2``.
-    exclusion_groups: tuple[str, ...] = ("_2", "exclusion", "ignore")
 
 
 @dataclass(frozen=True)
@@ -425,11 +413,6 @@ def tile_fractions(geometry: BaseGeometry, coords: np.ndarray, tile_size_level0:
         edge = candidates[~inside]
         fractions[edge] += shapely.area(shapely.intersection(boxes[edge], polygon)) / area
     return np.clip(fractions, 0.0, 1.0).astype(np.float32)
-
-
-def tiles_file_fractions(tiles: TilesFile, annotations: SlideAnnotations) -> np.ndarray:
-    """Lesion fraction of every tile of a tiles file (same order as its ``coords``)."""
-    return tile_fractions(annotations.lesions, tiles.coords, float(tiles.attrs["tile_size_level0"]))
 
 
 def points_in_tiles(points: np.ndarray, coords: np.ndarray, tile_size_level0: float

@@ -15,6 +15,11 @@ tiles would be read from level 0 and enlarged, inventing no detail but pretendin
 differences are normal (a 0.2527 µm/px scanner tiled at 0.25) and allowed up to
 ``max_upsample`` (default 1.1, i.e. up to 10 % enlargement); beyond that tiling fails with a
 message giving both resolutions, and the user raises ``max_upsample`` or picks a coarser target.
+
+No tiles: a slide on which no tile is kept fails here, with a :class:`TilingError` that says
+how much tissue was found and what to change, after writing its tissue GeoJSON and preview (to
+look at) but no tiles file, so ``wsi-mil tile`` lists it in ``failures.csv`` and exits non-zero
+instead of leaving an empty bag for ``extract`` to trip on.
 """
 
 from __future__ import annotations
@@ -25,16 +30,11 @@ from pathlib import Path
 
 from tiling.discover import slide_id_for
 from tiling.grid import tile_grid
+from tiling.params import TilingParams
 from tiling.preview import PREVIEW_MIN_SIDE, write_preview
 from tiling.slide import level_for_downsample, open_slide, read_thumbnail, slide_mpp
-from tiling.tiles_file import write_tiles_file
-from tiling.tissue import (
-    TissueParams,
-    background_masks,
-    detect_tissue,
-    mask_area_um2,
-    tissue_params_of,
-)
+from tiling.tiles_file import read_tiles_file, write_tiles_file
+from tiling.tissue import background_masks, detect_tissue, mask_area_um2, tissue_params_of
 from tiling.tissue_geojson import mask_to_polygons, write_tissue_geojson
 
 TILES_DIR = "tiles"
@@ -42,35 +42,6 @@ TILES_DIR = "tiles"
 
 class TilingError(ValueError):
     """A slide that cannot be tiled with the given parameters (the message says why)."""
-
-
-@dataclass(frozen=True)
-class TilingParams(TissueParams):
-    """Every setting of the tiling stage (the tissue-detection fields come from TissueParams)."""
-
-    #: µm/px the tiles are laid and read at (0.5 ~ "20x", 0.25 ~ "40x"; used exactly).
-    target_mpp: float = 0.5
-    #: Tile side in px at ``target_mpp``.
-    tile_size: int = 256
-    #: Least tissue fraction (0-1) of a kept tile; tiles with no tissue are never kept.
-    min_tissue: float = 0.25
-    #: Fraction (0 <= overlap < 1) of a tile shared with its neighbour; stride = size * (1 - overlap).
-    overlap: float = 0.0
-    #: Largest allowed enlargement when ``target_mpp`` is finer than the slide (see module doc).
-    max_upsample: float = 1.1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.target_mpp > 0:
-            raise ValueError(f"target_mpp must be positive, got {self.target_mpp}")
-        if self.tile_size < 1:
-            raise ValueError(f"tile_size must be at least 1, got {self.tile_size}")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"min_tissue must lie in [0, 1], got {self.min_tissue}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
-        if self.max_upsample < 1.0:
-            raise ValueError(f"max_upsample must be at least 1, got {self.max_upsample}")
 
 
 @dataclass(frozen=True)
@@ -101,12 +72,53 @@ def is_tiled(tiles_path: str | os.PathLike) -> bool:
     return tiling_outputs(tiles_path.parent.parent, slide_id).complete()
 
 
+def tissue_mpp(params: TilingParams, mpp: float, width: int, height: int) -> float:
+    """µm/px of the tissue image: ``tissue_mpp``, finer for a slide too small for
+    ``tissue_min_side`` px at it, never finer than the slide."""
+    long_side_um = max(width, height) * mpp
+    return max(mpp, min(params.tissue_mpp, long_side_um / params.tissue_min_side))
+
+
+def _no_tiles_message(slide_path: Path, preview: Path, params: TilingParams, candidates: int,
+                      tissue_um2: float, slide_um2: float, threshold: float,
+                      tile_size_level0: float) -> str:
+    """Why a slide got no tile, and what to change (one line, for failures.csv)."""
+    found = (f"{slide_path}: 0 tiles kept of {candidates} laid (tissue found "
+             f"{tissue_um2 / 1e6:.3g} mm², {tissue_um2 / slide_um2:.0%} of the slide, saturation "
+             f"threshold {threshold:g} by {params.tissue_method}; look at {preview})")
+    if candidates == 0:
+        remedy = (f"the slide is smaller than one tile ({tile_size_level0:.0f} level-0 px): use "
+                  "a smaller --tile-size or a coarser --target-mpp")
+    elif tissue_um2 == 0:
+        remedy = ("no tissue was found: for faint tissue try --tissue-method fixed "
+                  "--saturation-threshold 8, for tissue darker than --black-level "
+                  f"{params.black_level} lower it; leave the slide out if it is empty")
+    else:
+        remedy = (f"no tile holds --min-tissue {params.min_tissue:g} of tissue with at most "
+                  f"--max-white-fraction {params.max_white_fraction:g} of near-white: lower "
+                  "--min-tissue (e.g. 0.05), raise --max-white-fraction or use a smaller "
+                  "--tile-size")
+    return f"{found}: {remedy}"
+
+
+def summary_line(tiles_path: str | os.PathLike) -> str:
+    """One line per tiled slide: tissue area and tiles kept, for the log of ``wsi-mil tile``."""
+    tiles = read_tiles_file(tiles_path)
+    a = tiles.attrs
+    slide_um2 = a["slide_width"] * a["slide_height"] * a["slide_mpp"] ** 2
+    return (f"{a['slide_id']}: tissue {a['tissue_area_um2'] / 1e6:.3g} mm² "
+            f"({a['tissue_area_um2'] / slide_um2:.0%} of the slide), {len(tiles)} of "
+            f"{a['candidate_tiles']} tiles kept (saturation threshold "
+            f"{a['tissue_threshold']:g}, {a['tissue_params']['tissue_method']})")
+
+
 def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
                params: TilingParams | None = None, mpp_override: float | None = None) -> Path:
     """Tile one slide into ``out_dir/tiles/<slide_id>.h5`` (+ tissue GeoJSON and preview PNG).
 
-    Raises ``SlideOpenError``, ``SlideMppError`` or :class:`TilingError` with a message naming
-    the slide and the problem. Returns the tiles file's path.
+    Raises ``SlideOpenError``, ``SlideMppError`` or :class:`TilingError` (also when no tile is
+    kept; see the module docstring) with a message naming the slide and the problem. Returns
+    the tiles file's path.
     """
     params = params or TilingParams()
     slide_path = Path(slide_path)
@@ -129,14 +141,15 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
         read_level = level_for_downsample(slide, downsample)
         read_downsample = float(slide.level_downsamples[read_level])
 
-        thumb = read_thumbnail(slide, target_mpp=max(params.tissue_mpp, mpp), slide_mpp=mpp)
+        thumb = read_thumbnail(slide, target_mpp=tissue_mpp(params, mpp, width, height),
+                               slide_mpp=mpp)
         tissue = detect_tissue(thumb.image, thumb.downsample, mpp, params)
         white, black = background_masks(thumb.image, params)
         grid = tile_grid(width, height, tile_size_level0, stride, thumb.downsample, tissue.mask,
                          params.min_tissue, white, black, params.max_white_fraction,
-                         params.max_black_fraction)
+                         params.max_black_fraction, params.edge_tiles)
         preview = thumb
-        if max(thumb.image.shape[:2]) < PREVIEW_MIN_SIDE < max(width, height):
+        if max(thumb.image.shape[:2]) < min(PREVIEW_MIN_SIDE, max(width, height)):
             preview = read_thumbnail(slide, max_side=PREVIEW_MIN_SIDE)
         vendor = slide.properties.get("openslide.vendor", "image")
     finally:
@@ -145,7 +158,13 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
     write_tissue_geojson(outputs.tissue_geojson, mask_to_polygons(tissue.mask, thumb.downsample),
                          slide_id)
     write_preview(outputs.preview, preview.image, preview.downsample, tissue.mask, grid.coords,
-                  tile_size_level0)
+                  tile_size_level0, grid.columns, grid.rows)
+    tissue_um2 = mask_area_um2(tissue, mpp)
+    if len(grid.coords) == 0:
+        outputs.tiles.unlink(missing_ok=True)  # an older tiling of the slide is no longer true
+        raise TilingError(_no_tiles_message(slide_path, outputs.preview, params, grid.candidates,
+                                            tissue_um2, width * height * mpp * mpp,
+                                            tissue.threshold, tile_size_level0))
     attrs = {
         "slide_path": str(slide_path.resolve()),
         "slide_id": slide_id,
@@ -166,7 +185,8 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
         "tissue_params": tissue_params_of(params),
         "tissue_threshold": float(tissue.threshold),
         "tissue_downsample": float(thumb.downsample),
-        "tissue_area_um2": mask_area_um2(tissue, mpp),
+        "tissue_area_um2": tissue_um2,
+        "edge_tiles": bool(params.edge_tiles),
         "candidate_tiles": grid.candidates,
     }
     return write_tiles_file(outputs.tiles, grid.coords, grid.tissue_fraction, attrs)

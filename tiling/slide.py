@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -168,6 +169,58 @@ def read_level_region(slide: Any, level: int, rows: tuple[int, int] | None = Non
     return rgba_to_rgb_on_white(np.asarray(region))
 
 
+class ThumbnailStrips:
+    """The whole slide at ``target_mpp`` µm/px or with at most ``max_side`` px, band by band.
+
+    Iterating yields ``(y0, rows)``: consecutive bands of uint8 RGB rows, top to bottom, each
+    read from the pyramid level whose downsample is the largest not above the wanted one and
+    shrunk (area averaging). At most ``strip_pixels`` level pixels are read at once, so a
+    picture of any size can be made without ever holding it (or the level) whole. Never
+    upsamples: a target finer than level 0 gives level 0.
+    """
+
+    def __init__(self, slide: Any, *, max_side: int | None = None,
+                 target_mpp: float | None = None, slide_mpp: float | None = None,
+                 strip_pixels: int = STRIP_PIXELS) -> None:
+        if (max_side is None) == (target_mpp is None):
+            raise ValueError("read_thumbnail needs exactly one of max_side or target_mpp")
+        width, height = slide.level_dimensions[0]
+        if target_mpp is not None:
+            if slide_mpp is None:
+                raise ValueError("read_thumbnail(target_mpp=...) needs the slide's level-0 "
+                                 "slide_mpp")
+            downsample = max(1.0, float(target_mpp) / float(slide_mpp))
+        else:
+            downsample = max(1.0, max(width, height) / float(max_side))
+        self.slide = slide
+        self.level = level_for_downsample(slide, downsample)
+        level_w, level_h = slide.level_dimensions[self.level]
+        self.width = max(1, round(width / downsample))
+        self.height = max(1, round(height / downsample))
+        self.downsample = downsample
+        # the level is the thumbnail up to rounding of its size: use it as it is
+        self.level_as_is = abs(level_w - self.width) <= 1 and abs(level_h - self.height) <= 1 \
+            and (max_side is None or max(level_w, level_h) <= max_side)
+        if self.level_as_is:
+            self.width, self.height = level_w, level_h
+            self.downsample = width / level_w
+        # output rows per band, so that one band of level rows stays under strip_pixels
+        self._scale = level_h / self.height
+        self.band = max(1, int(strip_pixels / (level_w * self._scale)))
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        level_h = self.slide.level_dimensions[self.level][1]
+        for j0 in range(0, self.height, self.band):
+            j1 = min(self.height, j0 + self.band)
+            if self.level_as_is:
+                yield j0, read_level_region(self.slide, self.level, (j0, j1))
+                continue
+            r0 = round(j0 * self._scale)
+            r1 = max(r0 + 1, round(j1 * self._scale))
+            strip = read_level_region(self.slide, self.level, (r0, min(r1, level_h)))
+            yield j0, cv2.resize(strip, (self.width, j1 - j0), interpolation=cv2.INTER_AREA)
+
+
 def read_thumbnail(
     slide: Any,
     *,
@@ -175,40 +228,15 @@ def read_thumbnail(
     target_mpp: float | None = None,
     slide_mpp: float | None = None,
 ) -> Thumbnail:
-    """The whole slide as an RGB image at ``target_mpp`` µm/px or with at most ``max_side`` px.
-
-    Reads the pyramid level whose downsample is the largest not above the wanted one and
-    shrinks it (area averaging), in horizontal strips, so a large single-level image (or a
-    slide with no suitable level) is never held whole in memory. Never upsamples: a target
-    finer than level 0 gives level 0.
-    """
-    if (max_side is None) == (target_mpp is None):
-        raise ValueError("read_thumbnail needs exactly one of max_side or target_mpp")
-    width, height = slide.level_dimensions[0]
-    if target_mpp is not None:
-        if slide_mpp is None:
-            raise ValueError("read_thumbnail(target_mpp=...) needs the slide's level-0 slide_mpp")
-        downsample = max(1.0, float(target_mpp) / float(slide_mpp))
-    else:
-        downsample = max(1.0, max(width, height) / float(max_side))
-    out_w = max(1, round(width / downsample))
-    out_h = max(1, round(height / downsample))
-    level = level_for_downsample(slide, downsample)
-    level_w, level_h = slide.level_dimensions[level]
-    if abs(level_w - out_w) <= 1 and abs(level_h - out_h) <= 1 and (
-            max_side is None or max(level_w, level_h) <= max_side):
-        # the level is the thumbnail up to rounding of its size: use it as it is
-        return Thumbnail(read_level_region(slide, level), width / level_w)
-    # output rows per strip, so that one strip of level rows stays under STRIP_PIXELS
-    scale = level_h / out_h
-    band = max(1, int(STRIP_PIXELS / (level_w * scale)))
-    image = np.empty((out_h, out_w, 3), np.uint8)
-    for j0 in range(0, out_h, band):
-        j1 = min(out_h, j0 + band)
-        r0, r1 = round(j0 * scale), max(round(j0 * scale) + 1, round(j1 * scale))
-        strip = read_level_region(slide, level, (r0, min(r1, level_h)))
-        image[j0:j1] = cv2.resize(strip, (out_w, j1 - j0), interpolation=cv2.INTER_AREA)
-    return Thumbnail(image, downsample)
+    """The whole slide as one RGB image (:class:`ThumbnailStrips` assembled)."""
+    strips = ThumbnailStrips(slide, max_side=max_side, target_mpp=target_mpp,
+                             slide_mpp=slide_mpp)
+    if strips.level_as_is:
+        return Thumbnail(read_level_region(slide, strips.level), strips.downsample)
+    image = np.empty((strips.height, strips.width, 3), np.uint8)
+    for y0, rows in strips:
+        image[y0:y0 + len(rows)] = rows
+    return Thumbnail(image, strips.downsample)
 
 
 def read_mpp_csv(path: str | os.PathLike) -> dict[str, float]:
@@ -242,3 +270,33 @@ def read_mpp_csv(path: str | os.PathLike) -> dict[str, float]:
     except FileNotFoundError as exc:
         raise SlideMppError(f"{path}: mpp CSV not found") from exc
     return table
+
+
+def slide_info(path: str | Path) -> dict[str, Any]:
+    """The facts about one slide as a JSON-able dict (raises SlideOpenError if unreadable)."""
+    path = Path(path)
+    slide = open_slide(path)
+    try:
+        props = slide.properties
+        try:
+            mpp, source = slide_mpp(slide, path)
+            mpp_info: dict[str, Any] = {"mpp": mpp, "mpp_source": source}
+        except SlideMppError as exc:
+            mpp_info = {"mpp": None, "mpp_source": None, "mpp_problem": str(exc)}
+        return {
+            "path": str(path),
+            "vendor": props.get("openslide.vendor", "image (OpenSlide image fallback)"),
+            "width": slide.dimensions[0],
+            "height": slide.dimensions[1],
+            "levels": [
+                {"level": k, "width": w, "height": h, "downsample": float(ds)}
+                for k, ((w, h), ds) in enumerate(zip(slide.level_dimensions,
+                                                     slide.level_downsamples))
+            ],
+            **mpp_info,
+            "objective_power": props.get("openslide.objective-power"),
+            "associated_images": {name: list(image.size)
+                                  for name, image in slide.associated_images.items()},
+        }
+    finally:
+        slide.close()

@@ -8,16 +8,19 @@ self-describing; values HDF5 cannot hold natively (None, dicts, nested lists) ar
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 JSON_PREFIX = "json:"
@@ -90,6 +93,9 @@ def encode_attr(value: Any) -> Any:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
     ):
         return np.asarray(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        # a string array (e.g. class_names): what h5py, HDFView and other tools read as such
+        return np.array([v.encode("utf-8") for v in value], dtype=h5py.string_dtype("utf-8"))
     return JSON_PREFIX + json.dumps(value)
 
 
@@ -101,7 +107,22 @@ def decode_attr(value: Any) -> Any:
         return json.loads(value[len(JSON_PREFIX):])
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.tolist()]
     return value
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """CSV text (header first, ``\\n`` line ends) of mapping rows; ``columns`` default to every
+    key in the order first seen. The one CSV writer of the package's tables."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def write_attrs(h5obj: Any, attrs: Mapping[str, Any]) -> None:

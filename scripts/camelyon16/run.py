@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prepare import EXCLUDED, Entry, read_manifest, write_tile_labels
 
-from features.bag import bag_folder_name
+from features.params import bag_folder_name
 from tiling.storage import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -115,14 +115,15 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
                  params: ProtocolParams) -> dict[str, Any]:
     """Run every stage; return (and write) ``results.json``."""
     from features.extract import ExtractParams
-    from tiling.pipeline import TilingParams
-    from wsi_mil.heatmaps.stitch import HeatmapParams
-    from wsi_mil.mil.predict import PredictParams
-    from wsi_mil.mil.train import TrainParams, train_run
+    from tiling.params import TilingParams
+    from wsi_mil.heatmaps.params import HeatmapParams
+    from wsi_mil.mil.params import PredictParams, TrainParams
+    from wsi_mil.mil.train import train_run
+    from wsi_mil.pipeline.config import LesionEvalParams
     from wsi_mil.pipeline.evaluate import evaluate_predictions
     from wsi_mil.pipeline.extract import extract_slides
     from wsi_mil.pipeline.heatmap import heatmap_slides
-    from wsi_mil.pipeline.lesions import LesionEvalParams, evaluate_lesions
+    from wsi_mil.pipeline.lesions import evaluate_lesions
     from wsi_mil.pipeline.predict import predict_slides
     from wsi_mil.pipeline.tile import tile_slides
 
@@ -214,7 +215,8 @@ def dry_run_cohort(out: Path, size_px: int, train: int, test: int, workers: int
                    ) -> tuple[list[Entry], Path]:
     """Generate the synthetic cohort (``train`` / ``test`` slides per class) and its manifest,
     with real Camelyon16 lesion outlines when the shared data is there."""
-    from wsi_mil.synthetic.cohort import CohortParams, generate_cohort
+    from wsi_mil.pipeline.cohort import generate_cohort
+    from wsi_mil.synthetic.params import CohortParams
 
     shared = Path(os.environ.get("WSI_MIL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
     outlines = shared / "annotations" / "camelyon16_json"

@@ -12,6 +12,7 @@ from PIL import Image
 from skimage import data
 
 from features.bag import ENCODER_ATTRS
+from features.device import DeviceError
 from features.registry import (
     EncoderError,
     create_encoder,
@@ -284,5 +285,5 @@ def test_bad_names_are_refused():
 def test_unavailable_device_is_refused():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in {"cpu", "mps"}
-    with pytest.raises(EncoderError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         resolve_device("cuda")

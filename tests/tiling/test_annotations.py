@@ -23,7 +23,6 @@ from tiling.annotations import (
     read_annotations,
     read_asap_xml,
     tile_fractions,
-    tiles_file_fractions,
     write_asap_xml,
 )
 from tiling.tiles_file import read_tiles_file, write_tiles_file
@@ -175,10 +174,12 @@ def test_tile_fractions_match_a_fine_mask() -> None:
     np.testing.assert_allclose(exact, approx, atol=0.02)
 
 
-def test_tiles_file_fractions(tmp_path: Path, tiles_attrs, same_lesion) -> None:
+def test_lesion_fractions_of_a_tiles_file(tmp_path: Path, tiles_attrs, same_lesion) -> None:
     path = write_tiles_file(tmp_path / "s1.h5", [[100, 100], [200, 200], [450, 100]],
                             [1, 1, 1], tiles_attrs(tile_size_level0=100.0))
-    fractions = tiles_file_fractions(read_tiles_file(path), read_annotations(same_lesion["xml"]))
+    tiles = read_tiles_file(path)
+    fractions = tile_fractions(read_annotations(same_lesion["xml"]).lesions, tiles.coords,
+                               float(tiles.attrs["tile_size_level0"]))
     np.testing.assert_allclose(fractions, [1.0, 0.0, 0.5], atol=1e-6)
 
 

@@ -17,6 +17,27 @@ def test_positions_fit_inside():
     assert pos.tolist() == [0, 280, 561, 841, 1122, 1402] and pos[-1] + 561.0 <= 2000
 
 
+def test_edge_positions_cover_the_far_strip_on_the_lattice():
+    assert grid_positions(1000, 256, 256, edge=True).tolist() == [0, 256, 512, 768]
+    assert grid_positions(1024, 256, 256, edge=True).tolist() == [0, 256, 512, 768]
+    assert grid_positions(780, 256, 256, edge=True).tolist() == [0, 256, 512]  # 12 px: sliver
+    assert grid_positions(100, 256, 256, edge=True).tolist() == [0]  # smaller than a tile
+    # 500 px field, 233 px tiles: the third column covers the last 34 px
+    assert grid_positions(500, 232.7, 232.7, edge=True).tolist() == [0, 232, 465]
+
+
+def test_edge_tiles_judge_tissue_on_their_part_inside_the_slide():
+    mask = np.zeros((10, 10), bool)  # mask px = 50 level-0 px; slide 500 x 500
+    mask[:, 8:] = True  # tissue only in the last 100 px: the strip a 200 px grid leaves out
+    plain = tile_grid(500, 500, 200.0, 200.0, 50.0, mask, 0.25)
+    assert len(plain.coords) == 0
+    edge = tile_grid(500, 500, 200.0, 200.0, 50.0, mask, 0.25, edge_tiles=True)
+    assert edge.coords.tolist() == [[400, 0], [400, 200], [400, 400]]
+    # recorded over the whole tile (half of it overhangs): the picture the encoder sees
+    np.testing.assert_allclose(edge.tissue_fraction, [0.5, 0.5, 0.25])
+    assert edge.columns.tolist() == [0, 200, 400] and edge.candidates == 9
+
+
 def test_fractions_are_exact_at_fractional_edges():
     rng = np.random.default_rng(1)
     mask = rng.random((40, 50)) < 0.4

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiling.tissue import TissueParams, background_masks, detect_tissue, tissue_params_of
+from tiling.params import TissueParams
+from tiling.tissue import background_masks, detect_tissue, tissue_params_of
 
 GLASS = (243, 243, 243)
 HE_PINK = (200, 110, 170)
@@ -36,7 +37,7 @@ def test_faint_tissue_needs_fixed_threshold():
     image = canvas()
     image[40:160, 20:100] = HE_PINK
     image[40:160, 180:280] = FAINT_PINK
-    otsu = detect_tissue(image, DS, MPP, TissueParams())
+    otsu = detect_tissue(image, DS, MPP, TissueParams(tissue_method="otsu"))
     assert otsu.mask[100, 60] and not otsu.mask[100, 230]
     fixed = detect_tissue(image, DS, MPP, TissueParams(tissue_method="fixed",
                                                        saturation_threshold=8))
@@ -90,7 +91,10 @@ def test_params_validated_and_recorded():
     with pytest.raises(ValueError, match="max_white_fraction"):
         TissueParams(max_white_fraction=2)
     recorded = tissue_params_of(TissueParams())
-    assert recorded["pen_hue_deg"] == [60.0, 200.0] and recorded["tissue_method"] == "otsu"
+    assert recorded["pen_hue_deg"] == [60.0, 200.0] and recorded["tissue_method"] == "auto"
+    with pytest.raises(ValueError, match="min_saturation 30 exceeds max_saturation"):
+        TissueParams(min_saturation=30)
+    assert TissueParams(min_saturation=30, tissue_method="otsu").min_saturation == 30
 
 
 def test_island_in_a_large_hole_is_its_own_piece():
@@ -102,3 +106,40 @@ def test_island_in_a_large_hole_is_its_own_piece():
     mask = detect_tissue(image, DS, MPP, TissueParams(median_blur_um=0, closing_um=0)).mask
     assert mask[150, 150] and not mask[101, 101] and not mask[80, 80]
     assert mask.sum() == 260 * 260 - 180 * 180 + 400
+
+
+PALE_STROMA = (236, 212, 228)  # saturation 26: pale eosin, as in the UCSB fields
+
+
+def test_auto_keeps_pale_tissue_on_a_field_that_is_mostly_tissue():
+    """Otsu splits pale from dense tissue when there is little glass; "auto" caps it."""
+    image = canvas()
+    image[:, :150] = HE_PINK
+    image[:, 150:290] = PALE_STROMA  # and 10 columns of glass
+    otsu = detect_tissue(image, DS, MPP, TissueParams(tissue_method="otsu"))
+    assert not otsu.mask[100, 200]  # CLAM's rule splits dense from pale: the stroma is lost
+    auto = detect_tissue(image, DS, MPP, TissueParams())
+    assert auto.threshold == TissueParams().max_saturation
+    assert auto.mask[:, :285].all() and not auto.mask[:, 296:].any()
+
+
+def test_auto_follows_tinted_glass():
+    """Glass tinted to saturation ~20 stays glass: the floor rises above the glass's level."""
+    image = np.tile(np.array((242, 236, 224), np.uint8), (200, 300, 1))  # yellowed, S ~19
+    image[40:160, 20:120] = HE_PINK
+    mask = detect_tissue(image, DS, MPP, TissueParams())
+    assert mask.threshold > 19 + 5
+    assert mask.mask[100, 60] and not mask.mask[100, 250]
+
+
+def test_size_filters_are_relative_to_a_small_field():
+    """20 000 µm² is a quarter of a 275 µm field: there the 1 % relative limit applies."""
+    image = canvas(50, 50)  # 50 px at 5.5 µm/px: a 275 µm field
+    image[5:12, 5:12] = HE_PINK  # 49 px = 1482 µm²: a real piece of tissue on this field
+    image[30:31, 30:31] = HE_PINK  # 1 px = 30 µm²: a speck, under 1 % of the field
+    params = TissueParams(median_blur_um=0, closing_um=0)
+    mask = detect_tissue(image, 11.0, 0.5, params).mask
+    assert mask[8, 8] and not mask[30, 30]
+    absolute = detect_tissue(image, 11.0, 0.5, TissueParams(median_blur_um=0, closing_um=0,
+                                                            size_filter_fraction=1.0)).mask
+    assert not absolute.any()

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         out = args.out or Path("demo_out_quick" if args.quick else "demo_out")
-        result = run_demo(out, quick=args.quick, overwrite=args.overwrite)
+        result = run_demo(out, quick=args.quick, overwrite=args.overwrite,
+                          segment=args.segment)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"wsi-mil demo: error: {exc}", file=sys.stderr)
         return 2
@@ -54,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller cohort and shorter training (the CI variant)")
     p.add_argument("--overwrite", action="store_true", help="redo every stage from scratch")
+    p.add_argument("--segment", action="store_true",
+                   help="also train the pixel segmenter (Attention U-Net) on the planted "
+                   "lesions and outline the flagged tiles' lesions pixel by pixel")
     p.add_argument("--print-config", action="store_true",
                    help="print the demo's YAML config and exit")
     p.set_defaults(func=run)

@@ -12,7 +12,8 @@ from typing import Any
 
 def encoders_table() -> str:
     """The registry as text: one row per encoder, then where each one's weights are expected."""
-    from features.registry import DEFAULT_ENCODER, list_encoders
+    from features.params import DEFAULT_ENCODER
+    from features.registry import list_encoders
     from features.weights import weights_dir
 
     specs = list_encoders()

@@ -1,45 +1,76 @@
-"""``wsi-mil evaluate``: slide metrics of a predictions folder against a labels CSV.
+"""``wsi-mil evaluate``: slide metrics of a predictions folder against a labels CSV, and lesion
+metrics when lesion annotations are given.
 
-Writes ``metrics.json`` (AUC with bootstrap 95 % CI, accuracy, balanced accuracy, F1, confusion
-matrix, ROC points), ``roc.png`` and ``confusion_matrix.png``. Predicted labels are taken as the
-predictions file states them (decided with the run's validation threshold): evaluation never
-re-tunes a threshold on the slides it scores.
+The flags are the fields of the ``evaluate`` config section; the work is
+:func:`wsi_mil.pipeline.evaluate.evaluate_predictions` (and
+:func:`wsi_mil.pipeline.lesions.evaluate_lesions` with ``--annotations-dir``).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.pipeline.config import EvaluateSection
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate", help="slide metrics, ROC curve and confusion matrix of predictions",
-        description="Compare predictions.csv (from predict) with a labels CSV.",
+        description="Compare predictions.csv (from predict) with a labels CSV; with "
+        "--annotations-dir also the lesion-level FROC, tile Dice and explainability scores.",
     )
     p.add_argument("--predictions", required=True, type=Path,
                    help="output folder of predict (holding predictions.csv)")
     p.add_argument("--labels", required=True, type=Path, help="labels CSV slide_id,label,...")
     p.add_argument("--out", type=Path, default=None,
                    help="where to write metrics.json and the PNGs (default: --predictions)")
-    p.add_argument("--negative-class", default=None,
-                   help="negative class (default: as recorded by the run, else first sorted)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the "
-                   "AUC confidence interval")
+    p.add_argument("--run", type=Path, default=None,
+                   help="run folder of the predictions (for deletion/insertion curves)")
+    p.add_argument("--features", type=Path, default=None,
+                   help="feature bags of the predictions (for deletion/insertion curves)")
+    p.add_argument("--segment", type=Path, default=None,
+                   help="segment/ folder of wsi-mil segment: score its pixel masks beside the "
+                   "tile head")
+    add_options(p.add_argument_group("evaluation"), EvaluateSection)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.pipeline.evaluate import evaluate_predictions
+    from wsi_mil.pipeline.evaluate import evaluate_cohort
 
-    metrics = evaluate_predictions(args.predictions, args.labels, args.out,
-                                   args.negative_class, args.bootstrap)
+    section = options_from_args(EvaluateSection, args)
+    try:
+        metrics, lesion = evaluate_cohort(args.predictions, args.labels, section, args.out,
+                                          run_dir=args.run, features_dir=args.features,
+                                          segment_dir=args.segment)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"wsi-mil evaluate: error: {exc}", file=sys.stderr)
+        return 2
     auc, ci = metrics["auc"], metrics["auc_ci95"]
     auc_text = "n/a" if auc is None else f"{auc:.3f}"
     if ci is not None:
         auc_text += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
     print(f"{metrics['n_slides']} slides: AUC {auc_text}, accuracy {metrics['accuracy']:.3f}, "
           f"F1 {metrics['f1']:.3f}")
+    if metrics.get("sensitivity_at_90_specificity") is not None:
+        print(f"sensitivity {metrics['sensitivity_at_90_specificity']:.3f} at 90 % specificity, "
+              f"{metrics['sensitivity_at_95_specificity']:.3f} at 95 %; false-negative rate "
+              f"{metrics['false_negative_rate']:.3f} at the run's threshold")
+    if metrics["in_sample_slides"]:
+        print(f"IN-SAMPLE: {len(metrics['in_sample_slides'])} of {metrics['n_slides']} slides "
+              f"were predicted by a model that trained on them", file=sys.stderr)
+    if lesion:
+        print(f"lesions: FROC {lesion['froc']}, tile Dice {lesion['segmentation']['dice']}, "
+              f"pointing game {lesion['explain']['pointing_game']} "
+              f"({lesion['n_tumour_annotated']} annotated tumour slides)")
+        pixel = lesion.get("pixel_segmentation")
+        if pixel:
+            print(f"pixel masks: Dice {pixel['mask']['dice']} (tile head on the same pixels: "
+                  f"{pixel['tile_head']['dice']}), FROC {pixel['froc']} "
+                  f"({pixel['n_slides']} segmented slides)")
     print(f"written to {args.out or args.predictions}: metrics.json, roc.png, "
           f"confusion_matrix.png")
     return 0

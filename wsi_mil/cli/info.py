@@ -10,40 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
-
-from tiling.slide import SlideMppError, SlideOpenError, open_slide, slide_mpp
-
-
-def slide_info(path: str | Path) -> dict[str, Any]:
-    """The facts about one slide as a JSON-able dict (raises SlideOpenError if unreadable)."""
-    path = Path(path)
-    slide = open_slide(path)
-    try:
-        props = slide.properties
-        try:
-            mpp, source = slide_mpp(slide, path)
-            mpp_info: dict[str, Any] = {"mpp": mpp, "mpp_source": source}
-        except SlideMppError as exc:
-            mpp_info = {"mpp": None, "mpp_source": None, "mpp_problem": str(exc)}
-        return {
-            "path": str(path),
-            "vendor": props.get("openslide.vendor", "image (OpenSlide image fallback)"),
-            "width": slide.dimensions[0],
-            "height": slide.dimensions[1],
-            "levels": [
-                {"level": k, "width": w, "height": h, "downsample": float(ds)}
-                for k, ((w, h), ds) in enumerate(zip(slide.level_dimensions,
-                                                     slide.level_downsamples))
-            ],
-            **mpp_info,
-            "objective_power": props.get("openslide.objective-power"),
-            "associated_images": {name: list(image.size)
-                                  for name, image in slide.associated_images.items()},
-        }
-    finally:
-        slide.close()
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -71,6 +38,8 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tiling.slide import SlideOpenError, slide_info
+
     failed = 0
     infos = []
     for path in args.slides:

@@ -1,14 +1,17 @@
-"""``wsi-mil predict``: per-slide predictions of a trained run over a folder of feature bags."""
+"""``wsi-mil predict``: per-slide predictions of a trained run over a folder of feature bags.
+
+The flags are the fields of the ``predict`` config section; the work is
+:func:`wsi_mil.pipeline.predict.predict_slides`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
-from wsi_mil.pipeline.predict import predict_slides
+from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
+from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.pipeline.config import PredictSection
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,23 +24,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features", required=True, type=Path,
                    help="folder of feature bags (same encoder as the run)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--fold", type=int, default=None,
-                   help="use this fold's model (default: the ensemble of all folds)")
     p.add_argument("--labels", type=Path, default=None,
-                   help="labels CSV, to add the true label to predictions.csv")
-    p.add_argument("--chunk-size", type=int, default=16384, help="tiles per chunk")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+                   help="labels CSV, to add the true label to predictions.csv (and to choose "
+                   "slides with --split)")
     p.add_argument("--workers", type=int, default=1, help="parallel slide processes")
     p.add_argument("--overwrite", action="store_true", help="redo existing predictions")
+    add_options(p.add_argument_group("prediction"), PredictSection)
+    add_executor_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.mil.predict import PredictParams
+    from wsi_mil.pipeline.predict import predict_slides
 
-    params = PredictParams(fold=args.fold, chunk_size=args.chunk_size, device=args.device)
-    result = predict_slides(args.run, args.features, args.out, params,
+    section = options_from_args(PredictSection, args)
+    result = predict_slides(args.run, args.features, args.out, section.params(),
                             labels_csv=args.labels, workers=args.workers,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, split=section.split,
+                            executor=executor_from_args(args, workers=args.workers))
     print(result.summary("predict"))
+    csv_path = Path(args.out) / "predictions.csv"
+    if csv_path.is_file():
+        import csv
+
+        with csv_path.open(newline="", encoding="utf-8") as f:
+            in_sample = sum(row.get("in_sample") == "true" for row in csv.DictReader(f))
+        if in_sample:
+            print(f"{in_sample} slide(s) predicted by a model that trained on them (in_sample "
+                  f"in {csv_path}): do not score them as held out")
     return result.exit_code

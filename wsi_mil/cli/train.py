@@ -1,31 +1,18 @@
-"""``wsi-mil train``: fit MIL models on feature bags and slide labels (cross-validated)."""
+"""``wsi-mil train``: fit MIL models on feature bags and slide labels (cross-validated).
+
+The flags are the fields of :class:`~wsi_mil.mil.params.TrainParams` (the ``train`` config
+section); the work is :func:`wsi_mil.mil.train.train_run`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any
 
-#: CLI option -> TrainParams field, for the options that map one to one.
-_OPTIONS: dict[str, tuple[type, str]] = {
-    "model": (str, "MIL model (registry name; default gated_abmil)"),
-    "folds": (int, "cross-validation folds, grouped by patient_id (default 5)"),
-    "epochs": (int, "maximum epochs per fold (default 50)"),
-    "lr": (float, "learning rate (default 2e-4)"),
-    "weight_decay": (float, "weight decay (default 1e-4)"),
-    "seed": (int, "random seed (default 0)"),
-    "batch_size": (int, "bags per step (default 1)"),
-    "patience": (int, "early-stopping patience in epochs (default 10)"),
-    "dropout": (float, "dropout (default 0.25)"),
-    "attention_dim": (int, "attention width (default 256)"),
-    "schedule": (str, "cosine | plateau | none (default cosine)"),
-    "negative_class": (str, "class whose slides are all-negative (default: first sorted)"),
-    "max_train_tiles": (int, "random tiles per training bag per step (default: all)"),
-    "memory_gb": (float, "hold bags in memory when they fit this budget (default 8)"),
-    "device": (str, "auto | cpu | cuda (default auto)"),
-    "bootstrap": (int, "bootstrap resamples for the AUC 95%% CI (default 1000)"),
-}
+from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.mil.params import TrainParams
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,25 +27,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, type=Path,
                    help="CSV slide_id,label[,patient_id][,split]")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    for name, (kind, text) in _OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                       help=text)
-    p.add_argument("--hidden-dims", type=int, nargs="+", default=None,
-                   help="widths of the tile embedding MLP (default 512)")
+    add_options(p.add_argument_group("training"), TrainParams)
     p.set_defaults(func=run)
 
 
-def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    from wsi_mil.mil.train import params_from_dict, train_run
-
-    values = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
-    if args.hidden_dims is not None:
-        values["hidden_dims"] = tuple(args.hidden_dims)
-    return train_run(args.features, args.labels, args.out, params_from_dict(values))
-
-
 def run(args: argparse.Namespace) -> int:
-    summary = train_from_args(args)
+    from wsi_mil.mil.train import train_run
+
+    params = options_from_args(TrainParams, args)
+    try:
+        summary = train_run(args.features, args.labels, args.out, params)
+    except (ValueError, FileNotFoundError) as exc:  # bad labels or bags: one line, no traceback
+        print(f"wsi-mil train: error: {exc}", file=sys.stderr)
+        return 2
     headline = {k: summary[k] for k in ("auc", "accuracy", "balanced_accuracy", "f1")}
     for name, value in headline.items():
         if value["mean"] is not None:

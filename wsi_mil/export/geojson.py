@@ -30,14 +30,10 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, mapping
 from shapely.geometry.polygon import orient
 
+from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output, write_text_atomic
-from wsi_mil.heatmaps.stitch import (
-    HeatmapParams,
-    SlideGeometry,
-    TileGrid,
-    normalise_scores,
-    positive_class_index,
-)
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.heatmaps.stitch import normalise_scores
 from wsi_mil.mil.predictions import SlidePrediction
 
 #: colour of the positive (segmentation) class, the same red as segmentation.png
@@ -113,7 +109,7 @@ def write_tiles_geojson(path: str | os.PathLike, prediction: SlidePrediction,
     if values.size and not np.isfinite(values).all():
         raise ValueError(f"{prediction.slide_id}: predictions hold non-finite scores; "
                          f"GeoJSON measurements must be numbers")
-    positive = positive_class_index(prediction.class_names, params.positive_class)
+    positive = prediction.positive_index(params.positive_class)
     classes = np.array([json.dumps({"name": name, "color": list(color)}, separators=(",", ":"))
                         for name, color in zip(prediction.class_names,
                                                class_colors(prediction.class_names, positive))],
@@ -193,7 +189,7 @@ def write_segmentation_geojson(path: str | os.PathLike, prediction: SlidePredict
                                params: HeatmapParams) -> Path:
     """Write ``segmentation.geojson``: the positive regions as classified QuPath annotations."""
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
-    index = positive_class_index(prediction.class_names, params.positive_class)
+    index = prediction.positive_index(params.positive_class)
     name = prediction.class_names[index]
     color = list(class_colors(prediction.class_names, index)[index])
     probs = grid.stitch(prediction.tile_probs[:, index])

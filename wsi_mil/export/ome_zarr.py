@@ -22,15 +22,10 @@ from typing import Any
 import numpy as np
 import zarr
 
+from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output, provenance
-from wsi_mil.heatmaps.stitch import (
-    HeatmapParams,
-    SlideGeometry,
-    TileGrid,
-    block_mean,
-    normalise_scores,
-    tile_scores,
-)
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.heatmaps.stitch import block_mean, normalise_scores, tile_scores
 from wsi_mil.mil.predictions import SlidePrediction
 
 #: display colour of each kind of channel in omero metadata (hex RGB)

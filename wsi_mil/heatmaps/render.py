@@ -3,49 +3,64 @@
 The slide picture itself is never passed through matplotlib: the thumbnail is blended with the
 heat in NumPy at its own size (so a 4096-px overlay is exactly 4096 px, pixel for pixel), and
 matplotlib draws only what it is good at, the title and colour-bar bands added above and below
-it, and the small figure of top-k tiles. Memory stays at a few copies of the output picture.
+it, and the small figure of top-k tiles.
+
+Overlay and segmentation pictures are *streamed*: the thumbnail arrives in bands of rows (read
+from the slide band by band, :class:`tiling.slide.ThumbnailStrips`), each band gets its heat,
+tissue clip and outlines (:class:`wsi_mil.heatmaps.stitch.HeatSource`, computed with a margin
+of rows so bands join seamlessly) and goes straight to a PNG encoder that takes rows one at a
+time (pypng). Peak memory is one band plus the tile grid, whatever the size of the picture.
+pyvips was tried for the encoding: it streams its own pipelines, but an image made in Python
+reaches it only through a file it memory-maps whole (``rawload``/``vipsload``: 374 MB resident
+for a 10 240-px square), which is the growth this module avoids.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import matplotlib
 import numpy as np
+import png
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colorbar import ColorbarBase
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output
+from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import (
     Canvas,
+    CanvasSampler,
     Heatmap,
-    HeatmapParams,
-    SlideGeometry,
-    TileGrid,
-    compute_heatmap,
-    grid_to_canvas,
+    HeatSource,
     normalise_scores,
     positive_cells,
-    positive_class_index,
     rasterise_polygons,
 )
-from wsi_mil.mil.predictions import SlidePrediction
+from wsi_mil.mil.predictions import PredictionFileError, SlidePrediction
 
+T = TypeVar("T")
 DPI = 100
 #: outline colour of the segmentation head's positive region (RGB)
 SEGMENTATION_COLOR = (230, 20, 60)
 #: outline colour of the tissue detected at tiling (RGB)
 TISSUE_COLOR = (20, 120, 40)
-#: rows of the canvas blended at a time (bounds the temporaries of blending)
+#: rows of a picture rendered at a time when it is given whole (bounds the temporaries)
 BLEND_ROWS = 512
+#: most slide-level pixels read per band when a picture is streamed from a slide (8 MB RGBA)
+STREAM_STRIP_PIXELS = 2 * 1024 * 1024
+#: zlib level of the streamed PNGs (1: fastest; the pictures are mostly smooth colour)
+PNG_COMPRESSION = 1
 #: smallest side (px) a tile is shown at in topk.png, so captions fit under it
 TOPK_MIN_SIDE = 256
 
@@ -59,31 +74,41 @@ def colormap_lut(cmap: str) -> np.ndarray:
     return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
-def blend_heat(thumbnail: np.ndarray, heat: Heatmap, cmap: str, alpha: float) -> np.ndarray:
-    """The thumbnail with the heat's colours blended in at ``alpha`` where the heat is defined.
+def _blend_rows(rows: np.ndarray, values: np.ndarray, table: np.ndarray, vmin: float,
+                span: float, alpha: float) -> np.ndarray:
+    """``rows`` (modified in place and returned) with the heat's colours blended in at ``alpha``
+    where ``values`` is defined: whole-band uint8 operations (a colour lookup,
+    ``cv2.addWeighted``, a masked copy) rather than boolean indexing."""
+    mask = ~np.isnan(values)
+    if not mask.any():
+        return rows
+    scaled = (values - np.float32(vmin)) * np.float32(255.0 / span) + np.float32(0.5)
+    scaled[~mask] = 0.0
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    colours = cv2.applyColorMap(scaled.astype(np.uint8), table)
+    cv2.addWeighted(rows, 1.0 - alpha, colours, alpha, 0.0, dst=colours)
+    cv2.copyTo(colours, mask.view(np.uint8), rows)
+    return rows
 
-    Whole-strip uint8 operations (a colour lookup, ``cv2.addWeighted``, a masked copy) rather
-    than boolean indexing, strip by strip: fast, and the temporaries stay a fraction of the
-    picture.
-    """
+
+def _lut_table(cmap: str) -> np.ndarray:
+    return colormap_lut(cmap).reshape(256, 1, 3)  # applyColorMap returns the table's order
+
+
+def _span(vmin: float, vmax: float) -> float:
+    return vmax - vmin if vmax > vmin else 1.0
+
+
+def blend_heat(thumbnail: np.ndarray, heat: Heatmap, cmap: str, alpha: float) -> np.ndarray:
+    """The thumbnail with the heat's colours blended in at ``alpha`` where the heat is defined."""
     if thumbnail.shape[:2] != heat.values.shape:
         raise ValueError(f"thumbnail {thumbnail.shape[:2]} and heatmap {heat.values.shape} "
                          f"differ in size")
     out = thumbnail.copy()
-    table = colormap_lut(cmap).reshape(256, 1, 3)  # applyColorMap returns the table's order
-    span = heat.vmax - heat.vmin if heat.vmax > heat.vmin else 1.0
+    table, span = _lut_table(cmap), _span(heat.vmin, heat.vmax)
     for y0 in range(0, out.shape[0], BLEND_ROWS):
-        values = heat.values[y0:y0 + BLEND_ROWS]
-        mask = ~np.isnan(values)
-        if not mask.any():
-            continue
-        scaled = (values - np.float32(heat.vmin)) * np.float32(255.0 / span) + np.float32(0.5)
-        scaled[~mask] = 0.0
-        np.clip(scaled, 0.0, 255.0, out=scaled)
-        colours = cv2.applyColorMap(scaled.astype(np.uint8), table)
-        strip = out[y0:y0 + BLEND_ROWS]
-        cv2.addWeighted(strip, 1.0 - alpha, colours, alpha, 0.0, dst=colours)
-        cv2.copyTo(colours, mask.view(np.uint8), strip)
+        _blend_rows(out[y0:y0 + BLEND_ROWS], heat.values[y0:y0 + BLEND_ROWS], table, heat.vmin,
+                    span, alpha)
     return out
 
 
@@ -93,13 +118,23 @@ def line_width(canvas_shape: Sequence[int]) -> int:
 
 
 def draw_outline(image: np.ndarray, mask: np.ndarray, color: Sequence[int],
-                 thickness: int) -> np.ndarray:
-    """Draw the boundaries (outer and holes) of a boolean mask onto an RGB image in place."""
+                 thickness: int, offset: int = 0) -> np.ndarray:
+    """Draw the boundaries (outer and holes) of a boolean mask onto an RGB image in place.
+
+    ``offset``: the mask starts that many rows above the image (a band's margin, see
+    :func:`outline_margin`); the margin's own cut edges fall outside the image.
+    """
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP,
                                    cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, tuple(int(c) for c in color), thickness,
-                     lineType=cv2.LINE_AA)
+                     lineType=cv2.LINE_AA, offset=(0, -offset))
     return image
+
+
+def outline_margin(thickness: int) -> int:
+    """Rows of mask beyond a band that outlines of ``thickness`` need to be drawn as in the
+    whole picture (an anti-aliased line reaches half its width plus a pixel)."""
+    return thickness + 2
 
 
 def _font_px(width: int) -> float:
@@ -161,66 +196,132 @@ def legend_band(width: int, entries: Sequence[tuple[Sequence[int], str]]) -> np.
     return _figure_pixels(fig, width, height)
 
 
-def write_png(path: str | os.PathLike, parts: np.ndarray | Sequence[np.ndarray]) -> Path:
-    """Write an RGB uint8 image, or RGB parts of equal width stacked top to bottom, as PNG.
+class Strips(Protocol):
+    """A picture given band by band: ``width``, ``height``, and ``(y0, rows)`` top to bottom."""
 
-    The parts are converted straight into one BGR buffer for the encoder, so stacking bands
-    around a large picture costs one copy of it, not three. Written atomically.
+    width: int
+    height: int
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+class ArrayStrips:
+    """A picture held in memory, handed out in bands of :data:`BLEND_ROWS` rows."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.height, self.width = image.shape[:2]
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for y0 in range(0, self.height, BLEND_ROWS):
+            yield y0, self.image[y0:y0 + BLEND_ROWS].copy()
+
+
+def as_strips(thumbnail: np.ndarray | Strips) -> Strips:
+    """A thumbnail given whole (an array) or in bands, as bands."""
+    return ArrayStrips(thumbnail) if isinstance(thumbnail, np.ndarray) else thumbnail
+
+
+def prefetched(items: Iterable[T]) -> Iterator[T]:
+    """The items of ``items``, each next one made in a worker thread meanwhile.
+
+    Used twice per picture: reading a band of the slide (OpenSlide decodes outside the GIL)
+    overlaps rendering the band before, which overlaps compressing the one before that (zlib
+    also runs outside the GIL). Memory grows by one band per stage.
     """
+    with ThreadPoolExecutor(1) as pool:
+        source = iter(items)
+        pending = pool.submit(next, source, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, source, None)
+            yield item
+
+
+def write_png_rows(path: str | os.PathLike, width: int, height: int,
+                   bands: Iterable[np.ndarray]) -> Path:
+    """Write RGB uint8 bands of ``width`` px, ``height`` rows in all, top to bottom, as a PNG.
+
+    pypng's writer takes the rows from an iterator and compresses them as they come, so only
+    the band being made is ever in memory. Written atomically.
+    """
+    path = Path(path)
+    writer = png.Writer(width, height, greyscale=False, bitdepth=8,
+                        compression=PNG_COMPRESSION)
+
+    def rows() -> Iterator[np.ndarray]:
+        for band in bands:
+            if band.ndim != 3 or band.shape[1:] != (width, 3):
+                raise ValueError(f"{path}: a band of shape {band.shape} in a {width}-px wide "
+                                 f"RGB picture")
+            yield from np.ascontiguousarray(band, dtype=np.uint8).reshape(len(band), -1)
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        try:
+            writer.write(f, rows())
+        except png.ProtocolError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    return path
+
+
+def write_png(path: str | os.PathLike, parts: np.ndarray | Sequence[np.ndarray]) -> Path:
+    """Write an RGB uint8 image, or RGB parts of equal width stacked top to bottom, as PNG."""
     parts = [parts] if isinstance(parts, np.ndarray) else list(parts)
     widths = {part.shape[1] for part in parts}
     if len(widths) != 1:
         raise ValueError(f"{path}: parts of different widths {sorted(widths)}")
-    bgr = np.empty((sum(p.shape[0] for p in parts), widths.pop(), 3), np.uint8)
-    row = 0
-    for part in parts:
-        cv2.cvtColor(np.ascontiguousarray(part), cv2.COLOR_RGB2BGR,
-                     dst=bgr[row:row + part.shape[0]])
-        row += part.shape[0]
-    ok, data = cv2.imencode(".png", bgr)
-    del bgr
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data.tobytes())
-    return path
+    return write_png_rows(path, widths.pop(), sum(p.shape[0] for p in parts), parts)
 
 
-def overlay_picture(thumbnail: np.ndarray, heat: Heatmap, cmap: str, alpha: float,
-                    title: str, subtitle: str = "", tissue: Any = None,
-                    canvas: Canvas | None = None) -> list[np.ndarray]:
-    """Title band, thumbnail with blended heat (and tissue outline), colour-bar band (RGB parts
-    for :func:`write_png`)."""
-    width = thumbnail.shape[1]
-    picture = blend_heat(thumbnail, heat, cmap, alpha)
-    if tissue is not None and canvas is not None:
-        draw_outline(picture, rasterise_polygons(tissue, canvas), TISSUE_COLOR,
-                     line_width(picture.shape))
-    return [text_band(width, title, subtitle), picture,
-            colorbar_band(width, cmap, heat.vmin, heat.vmax, heat.label)]
+def overlay_bands(thumbnail: Strips, heat: HeatSource, cmap: str, alpha: float,
+                  tissue: Any = None) -> Iterator[np.ndarray]:
+    """The thumbnail's bands with blended heat and the tissue outline, one band at a time."""
+    table, span = _lut_table(cmap), _span(heat.vmin, heat.vmax)
+    canvas = heat.canvas
+    thickness = line_width((canvas.height, canvas.width))
+    margin = outline_margin(thickness)
+    for y0, rows in prefetched(thumbnail):
+        y1 = y0 + len(rows)
+        picture = _blend_rows(rows, heat.rows(y0, y1), table, heat.vmin, span, alpha)
+        if tissue is not None:
+            draw_outline(picture, rasterise_polygons(tissue, canvas, (y0 - margin, y1 + margin)),
+                         TISSUE_COLOR, thickness, offset=margin)
+        yield picture
 
 
-def segmentation_picture(thumbnail: np.ndarray, positive: np.ndarray, class_name: str,
-                         threshold: float, title: str, tissue: Any = None,
-                         canvas: Canvas | None = None) -> list[np.ndarray]:
-    """Title band, thumbnail with the positive region outlined (lightly filled), legend band
-    (RGB parts for :func:`write_png`)."""
-    width = thumbnail.shape[1]
-    picture = thumbnail.copy()
-    if positive.any():
-        tint = cv2.addWeighted(thumbnail, 0.8, np.full_like(thumbnail, SEGMENTATION_COLOR), 0.2,
-                               0.0)
-        np.copyto(picture, tint, where=positive[..., None])
-    entries: list[tuple[Sequence[int], str]] = []
-    if tissue is not None and canvas is not None:
-        draw_outline(picture, rasterise_polygons(tissue, canvas), TISSUE_COLOR,
-                     line_width(picture.shape))
-        entries.append((TISSUE_COLOR, "tissue"))
-    draw_outline(picture, positive, SEGMENTATION_COLOR, 2 * line_width(picture.shape))
-    entries.append((SEGMENTATION_COLOR, f"P({class_name}) \u2265 {threshold:g}"))
-    return [text_band(width, title, f"segmentation head: {class_name}"), picture,
-            legend_band(width, entries)]
+def segmentation_bands(thumbnail: Strips, positive: CanvasSampler,
+                       tissue: Any = None) -> Iterator[np.ndarray]:
+    """The thumbnail's bands with the positive cells tinted and outlined (and the tissue)."""
+    canvas = positive.canvas
+    thickness = line_width((canvas.height, canvas.width))
+    margin = outline_margin(2 * thickness)
+    colour = np.array(SEGMENTATION_COLOR, np.uint8)
+    for y0, rows in prefetched(thumbnail):
+        y1 = y0 + len(rows)
+        cells = np.nan_to_num(positive.rows(y0 - margin, y1 + margin), nan=0.0) >= 0.5
+        inside = cells[margin:margin + len(rows)]
+        if inside.any():
+            tint = cv2.addWeighted(rows, 0.8, np.broadcast_to(colour, rows.shape).copy(), 0.2,
+                                   0.0)
+            np.copyto(rows, tint, where=inside[..., None])
+        if tissue is not None:
+            tissue_margin = outline_margin(thickness)
+            draw_outline(rows, rasterise_polygons(tissue, canvas,
+                                                  (y0 - tissue_margin, y1 + tissue_margin)),
+                         TISSUE_COLOR, thickness, offset=tissue_margin)
+        draw_outline(rows, cells, SEGMENTATION_COLOR, 2 * thickness, offset=margin)
+        yield rows
+
+
+def write_picture(path: str | os.PathLike, top: np.ndarray, bands: Iterator[np.ndarray],
+                  height: int, bottom: np.ndarray) -> Path:
+    """A PNG of a title band, the streamed picture (``height`` rows) and a bottom band."""
+    def all_bands() -> Iterator[np.ndarray]:
+        yield top
+        yield from prefetched(bands)
+        yield bottom
+
+    return write_png_rows(path, top.shape[1], top.shape[0] + height + bottom.shape[0],
+                          all_bands())
 
 
 def tile_grid_figure(tiles: Sequence[np.ndarray], captions: Sequence[str],
@@ -260,47 +361,86 @@ def tile_grid_figure(tiles: Sequence[np.ndarray], captions: Sequence[str],
     return buffer.getvalue()
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.3f}"
+
+
 def slide_title(prediction: SlidePrediction) -> str:
-    """"<slide id> · predicted <label> (p = 0.97)" for picture titles."""
+    """"<slide id> · predicted <label> (<positive class> score 0.730, threshold 0.410)".
+
+    For two classes the label was decided by the run's validation threshold (``threshold`` in
+    the predictions' attributes) on the positive class's score, so the title shows exactly that
+    pair and never a "probability" below 0.5 beside a positive label. The positive class is the
+    recorded ``positive_class``, else the one that is not the negative class
+    (:meth:`SlidePrediction.positive_index`). Without a threshold or with several classes: the
+    predicted class's score only.
+    """
+    names, probs, attrs = prediction.class_names, prediction.probs, prediction.attrs
     label = prediction.predicted_label
-    if label in prediction.class_names and len(prediction.probs) == len(prediction.class_names):
-        p = float(prediction.probs[prediction.class_names.index(label)])
-        return f"{prediction.slide_id}  \u00b7  predicted {label} (p = {p:.3f})"
-    return f"{prediction.slide_id}  \u00b7  predicted {label}"
+    head = f"{prediction.slide_id}  \u00b7  predicted {label}"
+    if len(probs) != len(names):
+        return head
+    threshold = attrs.get("threshold")
+    if len(names) == 2 and threshold is not None and math.isfinite(float(threshold)):
+        recorded = attrs.get("positive_class")
+        try:
+            index = prediction.positive_index(recorded if recorded in names else None)
+        except PredictionFileError:
+            index = None
+        if index is not None:
+            return (f"{head} ({names[index]} score {_fmt(float(probs[index]))}, "
+                    f"threshold {_fmt(float(threshold))})")
+    if label in names:
+        return f"{head} (score {_fmt(float(probs[names.index(label)]))})"
+    return head
+
+
+def _canvas_of(prediction: SlidePrediction, thumbnail: Strips) -> tuple[SlideGeometry, Canvas]:
+    geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
+    return geometry, Canvas.of_size(geometry, thumbnail.width, thumbnail.height)
 
 
 def write_overlay_png(path: str | os.PathLike, prediction: SlidePrediction,
-                      thumbnail: np.ndarray, params: HeatmapParams, tissue: Any = None,
-                      grid: TileGrid | None = None) -> Path:
-    """``overlay.png``: the thumbnail (any size; the heat is computed at its size) with heat."""
-    geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
-    canvas = Canvas.of_size(geometry, thumbnail.shape[1], thumbnail.shape[0])
-    heat = compute_heatmap(prediction, canvas, params, tissue, grid)
+                      thumbnail: np.ndarray | Strips, params: HeatmapParams,
+                      tissue: Any = None, grid: TileGrid | None = None) -> Path:
+    """``overlay.png``: the thumbnail (any size; the heat is computed at its size) with heat.
+
+    ``thumbnail`` is an RGB array or bands of one (:class:`Strips`); given as bands, the
+    picture is streamed and never held whole.
+    """
+    thumbnail = as_strips(thumbnail)
+    geometry, canvas = _canvas_of(prediction, thumbnail)
+    heat = HeatSource(prediction, canvas, params, tissue, grid)
     details = [f"{canvas.mpp(geometry):.3g} \u00b5m/px"]
     if params.smooth_um > 0:
         details.append(f"Gaussian \u03c3 = {params.smooth_um:g} \u00b5m")
     if params.tissue_clip and tissue is not None:
         details.append("clipped to tissue")
-    picture = overlay_picture(thumbnail, heat, params.cmap, params.alpha,
-                              slide_title(prediction), "  \u00b7  ".join(details),
-                              tissue=tissue, canvas=canvas)
-    return write_png(path, picture)
+    width = canvas.width
+    return write_picture(
+        path, text_band(width, slide_title(prediction), "  \u00b7  ".join(details)),
+        overlay_bands(thumbnail, heat, params.cmap, params.alpha, tissue), canvas.height,
+        colorbar_band(width, params.cmap, heat.vmin, heat.vmax, heat.label))
 
 
 def write_segmentation_png(path: str | os.PathLike, prediction: SlidePrediction,
-                           thumbnail: np.ndarray, params: HeatmapParams, tissue: Any = None,
-                           grid: TileGrid | None = None) -> Path:
+                           thumbnail: np.ndarray | Strips, params: HeatmapParams,
+                           tissue: Any = None, grid: TileGrid | None = None) -> Path:
     """``segmentation.png``: the segmentation head's positive cells outlined on the thumbnail."""
-    geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
+    thumbnail = as_strips(thumbnail)
+    geometry, canvas = _canvas_of(prediction, thumbnail)
     grid = grid or TileGrid.from_coords(prediction.coords, geometry)
-    canvas = Canvas.of_size(geometry, thumbnail.shape[1], thumbnail.shape[0])
     cells = positive_cells(prediction, grid, params).astype(np.float32)
-    positive = np.nan_to_num(grid_to_canvas(cells, grid, canvas), nan=0.0) >= 0.5
-    name = prediction.class_names[positive_class_index(prediction.class_names,
-                                                       params.positive_class)]
-    picture = segmentation_picture(thumbnail, positive, name, params.seg_threshold,
-                                   slide_title(prediction), tissue=tissue, canvas=canvas)
-    return write_png(path, picture)
+    name = prediction.class_names[prediction.positive_index(params.positive_class)]
+    entries: list[tuple[Sequence[int], str]] = []
+    if tissue is not None:
+        entries.append((TISSUE_COLOR, "tissue"))
+    entries.append((SEGMENTATION_COLOR, f"P({name}) \u2265 {params.seg_threshold:g}"))
+    width = canvas.width
+    return write_picture(
+        path, text_band(width, slide_title(prediction), f"segmentation head: {name}"),
+        segmentation_bands(thumbnail, CanvasSampler(cells, grid, canvas), tissue),
+        canvas.height, legend_band(width, entries))
 
 
 def top_tiles(prediction: SlidePrediction, k: int) -> np.ndarray:
@@ -321,7 +461,7 @@ def write_topk_png(path: str | os.PathLike, prediction: SlidePrediction,
     if len(order) == 0:
         return []
     percentile, *_ = normalise_scores(prediction.attention, "rank", probability=False)
-    index = positive_class_index(prediction.class_names, params.positive_class)
+    index = prediction.positive_index(params.positive_class)
     name = prediction.class_names[index]
     tiles = [read_tile(int(prediction.coords[i, 0]), int(prediction.coords[i, 1])) for i in order]
     captions = [f"#{rank} at ({prediction.coords[i, 0]}, {prediction.coords[i, 1]})\n"

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.export.geojson import write_segmentation_geojson, write_tiles_geojson
 from wsi_mil.export.ome_zarr import write_heatmap_zarr
-from wsi_mil.heatmaps.stitch import HeatmapParams, SlideGeometry, TileGrid, positive_cells
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.heatmaps.stitch import positive_cells
 from wsi_mil.mil.predictions import SlidePrediction, read_prediction
 
 #: files each format puts in a slide's folder (what "complete" means for a re-run)
@@ -75,8 +77,12 @@ def heatmap_slide(
     tiles_dir: str | os.PathLike | None = None,
     encoder_name: str | None = None,
     encoder_weights: str | None = None,
+    explanations_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write every output ``params`` asks for into ``out_dir`` (the slide's own folder).
+
+    With ``explanations_dir`` (the explain stage's output), the slide's stored explanation maps
+    can be shown too: ``params.score`` may name a method (``integrated_gradients``, ...).
 
     ``slide_path`` defaults to the ``slide_path`` recorded in the predictions; it is needed
     only for the PNGs. With ``params.rollout`` the encoder named (default: the one recorded in
@@ -84,6 +90,14 @@ def heatmap_slide(
     """
     out_dir = Path(out_dir)
     prediction = read_prediction(prediction_path)
+    if explanations_dir is not None:
+        from wsi_mil.explain.store import EXPLANATIONS, read_explanations
+
+        maps, _ = read_explanations(Path(explanations_dir) / prediction.slide_id / EXPLANATIONS)
+        if any(len(v) != len(prediction.coords) for v in maps.values()):
+            raise ValueError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
+                             f"do not have its {len(prediction.coords)} tiles")
+        prediction.extra_scores.update(maps)
     geometry = SlideGeometry.from_attrs(prediction.attrs, str(prediction_path))
     grid = TileGrid.from_coords(prediction.coords, geometry)
     tissue_path = tissue_path_for(prediction, tiles_dir)
@@ -121,8 +135,13 @@ def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams
                 slide_path: Path, geometry: SlideGeometry, grid: TileGrid, tissue: Any,
                 encoder_name: str | None, encoder_weights: str | None) -> None:
     from tiling.reader import TileReader
-    from tiling.slide import open_slide, read_thumbnail
-    from wsi_mil.heatmaps.render import write_overlay_png, write_segmentation_png, write_topk_png
+    from tiling.slide import ThumbnailStrips, open_slide
+    from wsi_mil.heatmaps.render import (
+        STREAM_STRIP_PIXELS,
+        write_overlay_png,
+        write_segmentation_png,
+        write_topk_png,
+    )
 
     slide = open_slide(slide_path)
     try:
@@ -130,14 +149,16 @@ def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams
             raise ValueError(f"{slide_path}: slide is {slide.dimensions[0]}x{slide.dimensions[1]} "
                              f"px but the predictions of {prediction.slide_id} were made on a "
                              f"{geometry.width}x{geometry.height} px slide (wrong --slides?)")
+        # each picture is streamed from the slide band by band, never held whole
         if params.mpp is not None:
-            thumbnail = read_thumbnail(slide, target_mpp=params.mpp, slide_mpp=geometry.mpp)
+            thumbnail = ThumbnailStrips(slide, target_mpp=params.mpp, slide_mpp=geometry.mpp,
+                                        strip_pixels=STREAM_STRIP_PIXELS)
         else:
-            thumbnail = read_thumbnail(slide, max_side=params.max_side)
-        image = thumbnail.image
-        write_overlay_png(folder / "overlay.png", prediction, image, params, tissue, grid)
-        write_segmentation_png(folder / "segmentation.png", prediction, image, params, tissue,
-                               grid)
+            thumbnail = ThumbnailStrips(slide, max_side=params.max_side,
+                                        strip_pixels=STREAM_STRIP_PIXELS)
+        write_overlay_png(folder / "overlay.png", prediction, thumbnail, params, tissue, grid)
+        write_segmentation_png(folder / "segmentation.png", prediction, thumbnail, params,
+                               tissue, grid)
         if params.topk > 0:
             encoder = None
             if params.rollout:

@@ -199,3 +199,102 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
         return np.concatenate(scores)
 
     return score
+
+
+def map_weights(scores: np.ndarray) -> np.ndarray:
+    """Any explanation map as non-negative weights: negative evidence clipped to 0 (as Grad-CAM's
+    ReLU), so signed gradient maps can be scored with :func:`lesion_attention_mass`."""
+    return np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 0.0, None)
+
+
+def energy_pointing_game(scores: np.ndarray, lesion_fraction: np.ndarray,
+                         min_fraction: float = 0.5) -> float:
+    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): the share of the map's
+    energy inside the lesion, ``sum_{i in lesion} s_i / sum_i s_i``, with the map min-max scaled
+    to [0, 1] first as Score-CAM does (so the value does not depend on the map's offset or
+    scale). A tile is in the lesion when at least ``min_fraction`` of it is. A constant map
+    scores the lesion's share of the tiles (its random baseline); NaN without a lesion tile.
+    """
+    scores, lesion_fraction = _check(scores, lesion_fraction)
+    in_lesion = lesion_fraction >= min_fraction
+    if not in_lesion.any():
+        return float("nan")
+    low, high = scores.min(), scores.max()
+    scaled = (scores - low) / (high - low) if high - low > 1e-12 else np.ones_like(scores)
+    return float(scaled[in_lesion].sum() / scaled.sum())
+
+
+@dataclass(frozen=True)
+class TileRanking:
+    """How well a map ranks lesion tiles above the others."""
+
+    auc: float  # ROC AUC of the scores against lesion tiles (0.5: random)
+    average_precision: float  # area under the precision-recall curve
+    prevalence: float  # share of lesion tiles: the average precision of a random map
+
+
+def tile_ranking(scores: np.ndarray, lesion_fraction: np.ndarray,
+                 min_fraction: float = 0.5) -> TileRanking:
+    """Tile-level ROC AUC and average precision; NaN when every tile is on the same side."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores, lesion_fraction = _check(scores, lesion_fraction)
+    in_lesion = lesion_fraction >= min_fraction
+    prevalence = float(in_lesion.mean())
+    if in_lesion.all() or not in_lesion.any():
+        return TileRanking(float("nan"), float("nan"), prevalence)
+    return TileRanking(float(roc_auc_score(in_lesion, scores)),
+                       float(average_precision_score(in_lesion, scores)), prevalence)
+
+
+@dataclass(frozen=True)
+class RandomisationCheck:
+    """Adebayo et al.'s model-parameter randomisation test for one map."""
+
+    spearman: float  # rank correlation of the trained model's map with the randomised model's
+    flagged: bool  # |spearman| >= threshold: the map barely depends on the learned weights
+
+
+def randomisation_check(trained: np.ndarray, randomised: np.ndarray,
+                        threshold: float = 0.5) -> RandomisationCheck:
+    """Sanity check (Adebayo et al., NeurIPS 2018): an explanation of a model must change when
+    the model's weights are randomised. Identical maps (including two constant ones) correlate
+    1; a constant map against a varying one 0 (the correlation is undefined, and a map that
+    becomes constant did change)."""
+    from scipy.stats import spearmanr
+
+    trained, randomised = _check(trained, randomised)
+    if np.allclose(trained, randomised):
+        rho = 1.0
+    elif np.ptp(trained) < 1e-12 or np.ptp(randomised) < 1e-12:
+        rho = 0.0
+    else:
+        rho = float(spearmanr(trained, randomised).statistic)
+    return RandomisationCheck(spearman=rho, flagged=abs(rho) >= threshold)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A mean over slides with its bootstrap 95 % confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> MeanCI:
+    """Mean of the finite ``values`` and the percentile bootstrap interval over them."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return MeanCI(float("nan"), float("nan"), float("nan"), 0)
+    mean = float(values.mean())
+    if values.size == 1 or n_boot < 1:
+        return MeanCI(mean, mean, mean, int(values.size))
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return MeanCI(mean, float(low), float(high), int(values.size))

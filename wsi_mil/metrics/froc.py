@@ -36,26 +36,11 @@ from skimage.feature import peak_local_max
 from skimage.measure import label, regionprops
 
 from tiling.annotations import as_multipolygon, lesion_mask
+from tiling.lattice import SlideGeometry, TileGrid
 
 #: False-positive rates (per slide) at which the Camelyon16 score averages sensitivity.
 FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-@dataclass(frozen=True)
-class FrocParams:
-    """The official evaluation's constants, as physical sizes so any scanner resolution works."""
-
-    #: µm/px of the evaluation mask (official: level 5 of 0.243 µm/px scans = 7.776).
-    mask_mpp: float = 0.243 * 32
-    #: µm added to a lesion's diameter before labelling (official: 75, i.e. 37.5 per side).
-    dilation_um: float = 75.0
-    #: A grown lesion with a major axis below this (µm) is isolated tumour cells (official 275 =
-    #: 200 µm + the 75 µm growth).
-    itc_axis_um: float = 275.0
-    #: Local maxima of the tile-probability map below this probability are not detections.
-    min_probability: float = 0.0
-    #: Minimum distance (in tiles) between two detections on the tile-probability map.
-    min_distance_tiles: int = 1
+from wsi_mil.metrics.params import FrocParams
 
 
 @dataclass(frozen=True)
@@ -72,25 +57,24 @@ class Detections:
                              f"{len(self.y)} y coordinates")
 
 
-def _grid_index(values: np.ndarray, fallback_step: float) -> np.ndarray:
-    """Integer grid positions of tile corners on one axis (the grid step is the smallest gap)."""
-    unique = np.unique(values)
-    gaps = np.diff(unique)
-    step = float(gaps.min()) if gaps.size else fallback_step
-    return np.round((values - unique[0]) / step).astype(np.int64)
-
-
 def tile_detections(coords: np.ndarray, tile_probs: np.ndarray, tile_size_level0: float,
-                    params: FrocParams = FrocParams()) -> Detections:
-    """Local maxima of a tile-probability map as detections at tile centres (level-0 px)."""
+                    params: FrocParams = FrocParams(),
+                    stride_level0: float | None = None) -> Detections:
+    """Local maxima of a tile-probability map as detections at tile centres (level-0 px).
+
+    The map is the tiles' lattice (:class:`tiling.lattice.TileGrid`, the reconstruction the
+    heatmaps use) with one cell per stride (``stride_level0``, default: the tile size).
+    """
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     tile_probs = np.asarray(tile_probs, dtype=np.float64).reshape(-1)
     if len(coords) != len(tile_probs):
         raise ValueError(f"{len(coords)} tiles but {len(tile_probs)} probabilities")
     if len(coords) == 0:
         return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
-    cols = _grid_index(coords[:, 0], tile_size_level0)
-    rows = _grid_index(coords[:, 1], tile_size_level0)
+    stride = tile_size_level0 if stride_level0 is None else stride_level0
+    lattice = TileGrid.from_coords(coords, SlideGeometry(
+        width=0, height=0, mpp=1.0, tile_size_level0=tile_size_level0, stride_level0=stride))
+    rows, cols = lattice.cells[:, 0], lattice.cells[:, 1]
     grid = np.full((rows.max() + 1, cols.max() + 1), -1.0)  # -1: no tile (below any prob)
     index = np.full(grid.shape, -1, dtype=np.int64)
     grid[rows, cols] = tile_probs

@@ -14,17 +14,13 @@ Dot/PointSet, GeoJSON Point) are reported by the tile under each point.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from tiling.annotations import EXCLUSION, SlideAnnotations, points_in_tiles, tile_fractions
-from tiling.storage import write_text_atomic
-from wsi_mil.mil.predictions import SlidePrediction
+from tiling.storage import csv_text
 
 BACKGROUND = "background"
 
@@ -62,23 +58,17 @@ def _row(slide_id: str, region: str, kind: str, weights: np.ndarray, attention: 
     )
 
 
-def region_report(annotations: SlideAnnotations, prediction: SlidePrediction,
-                  tile_size_level0: float | None = None, attention_threshold: float = 0.5,
-                  probability_threshold: float = 0.5, positive_index: int = -1
+def region_report(annotations: SlideAnnotations, slide_id: str, coords: np.ndarray,
+                  attention: np.ndarray, tumor_prob: np.ndarray, tile_size_level0: float,
+                  attention_threshold: float = 0.5, probability_threshold: float = 0.5
                   ) -> list[RegionRow]:
     """One row per annotated class, per point class, and one for the unannotated tissue.
 
-    ``tile_size_level0`` defaults to the predictions file's attribute (carried from the bag);
-    ``positive_index`` picks the tumour column of ``tile_probs``.
+    ``attention`` is the normalised attention in [0, 1] and ``tumor_prob`` the tumour column of
+    the tile probabilities, both in tile order of ``coords`` (level-0 corners).
     """
-    if tile_size_level0 is None:
-        if "tile_size_level0" not in prediction.attrs:
-            raise ValueError(f"{prediction.slide_id}: predictions carry no tile_size_level0; "
-                             "pass it explicitly")
-        tile_size_level0 = float(prediction.attrs["tile_size_level0"])
-    coords = prediction.coords
-    attention = np.asarray(prediction.attention_norm, dtype=np.float64)
-    tumor_prob = np.asarray(prediction.tile_probs, dtype=np.float64)[:, positive_index]
+    attention = np.asarray(attention, dtype=np.float64)
+    tumor_prob = np.asarray(tumor_prob, dtype=np.float64)
     args = (attention, tumor_prob, attention_threshold, probability_threshold)
     exclusion = annotations.regions.get(EXCLUSION)
     rows, covered = [], np.zeros(len(coords))
@@ -87,30 +77,19 @@ def region_report(annotations: SlideAnnotations, prediction: SlidePrediction,
             geometry = geometry.difference(exclusion)
         weights = tile_fractions(geometry, coords, tile_size_level0).astype(np.float64)
         covered += weights
-        rows.append(_row(prediction.slide_id, name, "area", weights, *args))
+        rows.append(_row(slide_id, name, "area", weights, *args))
     for name, points in sorted(annotations.points.items()):
         tiles = points_in_tiles(points, coords, tile_size_level0)
         weights = np.bincount(tiles[tiles >= 0], minlength=len(coords)).astype(np.float64)
-        rows.append(_row(prediction.slide_id, name, "points", weights, *args))
+        rows.append(_row(slide_id, name, "points", weights, *args))
     background = np.clip(1.0 - covered, 0.0, 1.0)
-    rows.append(_row(prediction.slide_id, BACKGROUND, "background", background, *args))
+    rows.append(_row(slide_id, BACKGROUND, "background", background, *args))
     return rows
 
 
 def rows_to_csv(rows: Sequence[RegionRow]) -> str:
     """The rows as CSV text with a header."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(RegionRow)],
-                            lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(asdict(row))
-    return buffer.getvalue()
-
-
-def write_region_report(rows: Iterable[RegionRow], path: str | os.PathLike) -> None:
-    """Write the report as CSV, atomically."""
-    write_text_atomic(path, rows_to_csv(list(rows)))
+    return csv_text((asdict(row) for row in rows), [f.name for f in fields(RegionRow)])
 
 
 def summarise_regions(rows: Sequence[RegionRow]) -> dict[str, dict[str, float]]:

@@ -3,8 +3,10 @@
 AUC is one-vs-rest (macro) for more than two classes, with a percentile bootstrap 95 %
 interval because slide cohorts are small (a Camelyon16 test set has 129 slides) and a point AUC
 alone hides how uncertain it is. For two classes the decision threshold on the positive
-probability is chosen on *validation* slides (Youden's J) and then applied unchanged to test
-slides: choosing it on test would report a number no deployment could reproduce.
+probability is chosen on *validation* slides (Youden's J; for a cross-validated run once, on
+every fold's validation predictions pooled, or 0.5 when they are too few: see
+:func:`pooled_threshold`) and then applied unchanged to test slides: choosing it on test would
+report a number no deployment could reproduce.
 """
 
 from __future__ import annotations
@@ -84,6 +86,34 @@ def choose_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: i
     return float(min(thresholds[best], 1.0))
 
 
+#: pooled validation slides of each class below which no threshold is estimated (0.5 is used).
+MIN_VAL_PER_CLASS = 20
+
+
+def pooled_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: int = 0,
+                     min_per_class: int = MIN_VAL_PER_CLASS) -> tuple[float, str]:
+    """The run's decision threshold and the rule that gave it, from pooled validation scores.
+
+    ``y_val``/``probs_val`` are the validation predictions of every fold's model, pooled. The
+    rule: Youden's J (:func:`choose_threshold`) when the pooled validation holds at least
+    ``min_per_class`` slides of each class, else 0.5. Why pooled and why a floor: a threshold
+    chosen per fold on ~18 validation slides swings from 0.17 to 0.96 between folds (a fold
+    with AUC 1.0 can then score accuracy 0.7); pooling gives every fold the same cut from
+    several times more slides, and below ``min_per_class`` per class the ROC is too coarse to
+    beat the 0.5 that a class-weighted loss is calibrated to.
+    """
+    y_val, probs_val = np.asarray(y_val), np.asarray(probs_val)
+    if probs_val.ndim != 2 or probs_val.shape[1] != 2:
+        return 0.5, "argmax (more than two classes)"
+    pos = positive_index(2, negative_index)
+    counts = np.bincount((y_val == pos).astype(int), minlength=2)
+    if counts.min() < min_per_class:
+        return 0.5, (f"0.5: pooled validation has {counts[0]} negative / {counts[1]} positive "
+                     f"slides, fewer than {min_per_class} of a class")
+    return choose_threshold(y_val, probs_val, negative_index), (
+        f"Youden's J on pooled validation ({counts[0]} negative / {counts[1]} positive slides)")
+
+
 def predict_indices(probs: np.ndarray, threshold: float | None = None,
                     negative_index: int = 0) -> np.ndarray:
     """Class indices: positive when its probability reaches ``threshold`` (binary), else argmax."""
@@ -94,10 +124,36 @@ def predict_indices(probs: np.ndarray, threshold: float | None = None,
     return np.where(probs[:, pos] >= threshold, pos, negative_index)
 
 
+def sensitivity_at_specificity(y_true: Sequence[bool], scores: Sequence[float],
+                               specificity: float) -> float | None:
+    """The highest sensitivity of any threshold whose specificity is at least ``specificity``
+    (the operating points of the ROC curve; None without both classes).
+
+    This is the screening question the study plan asks ("how many tumours are caught if 90 %
+    of normal slides must be cleared?"), read off scikit-learn's ROC curve.
+    """
+    y_true = np.asarray(y_true, dtype=bool)
+    if y_true.all() or not y_true.any():
+        return None
+    fpr, tpr, _ = roc_curve(y_true, np.asarray(scores, dtype=np.float64))
+    allowed = fpr <= 1.0 - specificity + 1e-12
+    return float(tpr[allowed].max())
+
+
+def false_negative_rate(y_true: Sequence[bool], predicted: Sequence[bool]) -> float | None:
+    """Share of positive slides predicted negative (1 - sensitivity at the chosen threshold)."""
+    y_true, predicted = np.asarray(y_true, dtype=bool), np.asarray(predicted, dtype=bool)
+    if not y_true.any():
+        return None
+    return float((~predicted[y_true]).mean())
+
+
 def slide_metrics(y: Sequence[int], probs: np.ndarray, predicted: Sequence[int],
                   class_names: Sequence[str], negative_index: int = 0,
                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """AUC (+ bootstrap 95 % CI), accuracy, balanced accuracy, F1, confusion matrix, ROC curve.
+    """AUC (+ bootstrap 95 % CI), accuracy, balanced accuracy, F1, confusion matrix, ROC curve,
+    and for two classes the sensitivity at 90 % and 95 % specificity and the false-negative rate
+    at the chosen threshold.
 
     ``predicted`` are class indices already decided (with a validation threshold); F1 is the
     positive class's for two classes, macro otherwise. The confusion matrix has true classes as
@@ -130,5 +186,12 @@ def slide_metrics(y: Sequence[int], probs: np.ndarray, predicted: Sequence[int],
         if len(np.unique(y)) > 1 else None,
         "f1": float(f1),
         "confusion_matrix": confusion_matrix(y, predicted, labels=labels).tolist(),
+        # binary only: the screening operating points and the misses at the chosen threshold
+        "sensitivity_at_90_specificity": sensitivity_at_specificity(y == pos, probs[:, pos], 0.90)
+        if pos is not None else None,
+        "sensitivity_at_95_specificity": sensitivity_at_specificity(y == pos, probs[:, pos], 0.95)
+        if pos is not None else None,
+        "false_negative_rate": false_negative_rate(y == pos, predicted == pos)
+        if pos is not None else None,
         "roc": roc,
     }

@@ -54,6 +54,7 @@ class BagSet:
     encoder: str
     dim: int
     skipped: tuple[str, ...]  # bags without a label
+    missing: tuple[str, ...] = ()  # labelled slides without a bag, left out
 
 
 @dataclass
@@ -96,9 +97,12 @@ def find_bags(features_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
-               slide_ids: Sequence[str] | None = None) -> BagSet:
+               slide_ids: Sequence[str] | None = None, missing: str = "error") -> BagSet:
     """Match the bags of ``features_dir`` to ``labels`` (restricted to ``slide_ids`` if given).
 
+    Labelled slides without a bag are an error naming them (``missing="error"``) or are left
+    out with one warning that lists them (``missing="skip"``: a slide whose tiling or
+    extraction failed, already in that stage's failures.csv, should not stop a training run).
     Reads attributes and shapes only; the features are checked when loaded
     (:class:`BagDataset`).
     """
@@ -106,13 +110,16 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
     bags = find_bags(features_dir)
     wanted = list(slide_ids) if slide_ids is not None else [row.slide_id for row in labels.rows]
     by_slide = labels.by_slide()
-    missing = [s for s in wanted if s not in bags]
-    if missing:
-        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise BagSetError(
-            f"{labels.path}: {len(missing)} labelled slide(s) have no bag in {features_dir}: "
-            f"{shown}"
-        )
+    absent = tuple(s for s in wanted if s not in bags)
+    if absent:
+        shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+        message = (f"{labels.path}: {len(absent)} labelled slide(s) have no bag in "
+                   f"{features_dir}: {shown}")
+        if missing == "error":
+            raise BagSetError(f"{message} (see the failures.csv of tile and extract; "
+                              f"--missing-bags skip trains on the others)")
+        warnings.warn(f"{message}; they are left out of training", stacklevel=2)
+        wanted = [s for s in wanted if s in bags]
     skipped = tuple(s for s in bags if s not in by_slide)
     if skipped:
         shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
@@ -145,7 +152,8 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
                                  int(shape[0]), has_tile_labels))
     if encoder is None:
         raise BagSetError(f"{labels.path}: no slides to match in {features_dir}")
-    return BagSet(tuple(records), encoder=encoder[0], dim=encoder[1], skipped=skipped)
+    return BagSet(tuple(records), encoder=encoder[0], dim=encoder[1], skipped=skipped,
+                  missing=absent)
 
 
 def _check_finite(path: Path | str, features: np.ndarray, offset: int = 0) -> None:

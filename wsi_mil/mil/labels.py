@@ -14,6 +14,7 @@ a labels table is usually edited by hand.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,24 +55,54 @@ class LabelTable:
     def by_slide(self) -> dict[str, SlideLabel]:
         return {row.slide_id: row for row in self.rows}
 
+    def restricted_to(self, slide_ids: set[str] | frozenset[str]) -> LabelTable:
+        """The same table with only the rows of ``slide_ids`` (the class names are kept, so a
+        model trained on the rest still knows every class)."""
+        return dataclasses.replace(self, rows=tuple(r for r in self.rows if r.slide_id in slide_ids))
+
     @property
     def has_split(self) -> bool:
         return any(row.split is not None for row in self.rows)
 
     def negative_index(self, negative_class: str | None) -> int:
-        """Index of the "negative" class (tiles of such slides are all negative).
+        """Index of the "negative" class (every tile of such a slide is negative): the one
+        named, else the one :func:`recognise_negative_class` finds, else an error."""
+        return self.class_names.index(
+            choose_negative_class(self.class_names, negative_class, source=str(self.path)))
 
-        ``None`` picks the first class in sorted order (``benign`` < ``malignant``,
-        ``normal`` < ``tumor``, ``0`` < ``1``); name it explicitly otherwise.
-        """
-        if negative_class is None:
-            return 0
-        if negative_class not in self.class_names:
-            raise LabelsError(
-                f"{self.path}: negative class {negative_class!r} is not one of the labels "
-                f"{list(self.class_names)}"
-            )
-        return self.class_names.index(negative_class)
+
+#: Label names (lower case) taken for the negative class when none is named: the class whose
+#: slides hold no lesion, so the segmentation head learns "every tile negative" from them.
+NEGATIVE_NAMES = ("normal", "negative", "benign", "none", "no", "0", "false", "healthy",
+                  "control", "non-tumor", "non-tumour", "nontumor", "nontumour", "no_tumor",
+                  "no_tumour", "absent", "neg")
+
+
+def recognise_negative_class(class_names: tuple[str, ...] | list[str]) -> str | None:
+    """The one class whose name says "negative" (``NEGATIVE_NAMES``), or None."""
+    found = [name for name in class_names if name.strip().lower() in NEGATIVE_NAMES]
+    return found[0] if len(found) == 1 else None
+
+
+def choose_negative_class(class_names: tuple[str, ...] | list[str], negative_class: str | None,
+                          *, source: str = "labels") -> str:
+    """The negative class: ``negative_class`` if given (it must be a label), else the one class
+    with a negative name. Sorting never decides: with labels ``epithelial``/``none`` the first
+    sorted is the *positive* class, and a head trained on that flip learns the opposite map.
+    """
+    names = list(class_names)
+    if negative_class is not None:
+        if negative_class not in names:
+            raise LabelsError(f"{source}: negative class {negative_class!r} is not one of the "
+                              f"labels {names}")
+        return negative_class
+    recognised = recognise_negative_class(names)
+    if recognised is None:
+        raise LabelsError(
+            f"{source}: cannot tell which of the labels {names} is the negative class (the "
+            f"slides without lesion); name it with --negative-class (YAML: "
+            f"train.negative_class), e.g. --negative-class {names[0]}")
+    return recognised
 
 
 def read_labels(path: str | os.PathLike, class_names: tuple[str, ...] | None = None) -> LabelTable:

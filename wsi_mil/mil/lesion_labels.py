@@ -19,7 +19,8 @@ import h5py
 import numpy as np
 
 from features.bag import add_tile_labels, read_bag_attrs
-from tiling.annotations import AnnotationParams, find_annotation, read_annotations, tile_fractions
+from tiling.annotations import find_annotation, read_annotations, tile_fractions
+from tiling.params import AnnotationParams
 
 
 def bag_lesion_fractions(bag_path: str | os.PathLike, annotation_path: str | os.PathLike,

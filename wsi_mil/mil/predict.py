@@ -12,10 +12,11 @@ scores, and decides with the mean of the folds' validation thresholds.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,18 @@ import numpy as np
 import torch
 
 from features.bag import BagError, read_bag_attrs
+from features.device import resolve_device
 from wsi_mil.metrics.slide import predict_indices
 from wsi_mil.mil.models import MILModel, create_model
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
-from wsi_mil.mil.train import resolve_device
 
 #: bag attributes that describe the bag file itself rather than the slide, not copied over.
 _NOT_COPIED = ("num_tiles", "complete", "created", "wsi_mil_version")
+from wsi_mil.mil.params import PredictParams
 
 
 class RunError(ValueError):
     """A run folder without usable models."""
-
-
-@dataclass(frozen=True)
-class PredictParams:
-    """Settings of ``wsi-mil predict`` (the ``predict:`` section of a YAML config)."""
-
-    fold: int | None = None  # one fold's model; None: the ensemble of every fold
-    chunk_size: int = 16384  # tiles per chunk (bounds memory on very large slides)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -67,6 +60,8 @@ class LoadedRun:
     encoder: str
     in_dim: int
     device: torch.device
+    #: slide id -> {fold: role} from the run's splits.csv (role: train, val or test)
+    roles: dict[str, dict[int, str]] = field(default_factory=dict)
 
     @property
     def checkpoint_sha256(self) -> str:
@@ -120,7 +115,59 @@ def load_run(run_dir: str | os.PathLike, fold: int | None = None,
     return LoadedRun(run_dir, folds, class_names,
                      class_names.index(first["negative_class"]),
                      float(np.mean([f.meta["threshold"] for f in folds])),
-                     str(first["encoder"]), int(first["in_dim"]), torch_device)
+                     str(first["encoder"]), int(first["in_dim"]), torch_device,
+                     read_roles(run_dir / "splits.csv"))
+
+
+def read_roles(splits_csv: Path) -> dict[str, dict[int, str]]:
+    """slide id -> {fold: role} from a run's ``splits.csv`` ({} for a run without one)."""
+    roles: dict[str, dict[int, str]] = {}
+    if not splits_csv.is_file():
+        return roles
+    with splits_csv.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            roles.setdefault(row["slide_id"], {})[int(row["fold"])] = row["role"]
+    return roles
+
+
+def choose_folds(run: LoadedRun, slide_id: str, oof: bool | None) -> tuple[list[FoldModel], bool]:
+    """(the fold models that predict ``slide_id``, whether any of them trained on it).
+
+    A slide that some loaded fold held out as its test slide is predicted by those folds only
+    (out of fold) unless ``oof`` is False; with ``oof`` True a slide no fold held out fails.
+    """
+    roles = run.roles.get(slide_id, {})
+    held_out = [fm for fm in run.folds if roles.get(fm.fold) == "test"]
+    if oof is not False and held_out and len(held_out) < len(run.folds):
+        chosen = held_out
+    elif oof is True and not held_out:
+        raise RunError(f"{slide_id}: no fold of {run.run_dir} held this slide out, so it has "
+                       f"no out-of-fold prediction (drop --oof to predict it with the ensemble)")
+    else:
+        chosen = run.folds
+    in_sample = any(roles.get(fm.fold) in ("train", "val") for fm in chosen)
+    return chosen, in_sample
+
+
+def ensemble_attention(raw: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(attention, attention_norm) of fold models' raw attention scores.
+
+    Raw scores of different models have their own offset and scale, so they are never
+    averaged: ``attention`` is the log of the folds' mean pooling weights (its softmax is
+    exactly that mean, so attention-mass metrics score what the ensemble pools with), and
+    ``attention_norm`` the mean of each fold's min-max normalised scores, rescaled to [0, 1].
+    For one model both reduce to that model's own scores.
+    """
+    if len(raw) == 1:
+        return raw[0].astype(np.float32), normalise_attention(raw[0])
+    weights = []
+    for scores in raw:
+        scores = scores.astype(np.float64)
+        shifted = np.exp(scores - scores.max())
+        weights.append(shifted / shifted.sum())
+    attention = np.log(np.mean(weights, axis=0) + 1e-300)
+    norm = normalise_attention(np.mean([normalise_attention(s) for s in raw], axis=0))
+    return attention.astype(np.float32), norm
 
 
 def cached_run(run_dir: str | os.PathLike, fold: int | None = None,
@@ -136,8 +183,10 @@ def _load_cached(run_dir: str, fold: int | None, device: str) -> LoadedRun:
 
 @torch.no_grad()
 def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
-                chunk_size: int = 16384) -> SlidePrediction:
-    """Predict one bag, reading its features in chunks."""
+                chunk_size: int = 16384, oof: bool | None = None) -> SlidePrediction:
+    """Predict one bag, reading its features in chunks; the models are chosen by
+    :func:`choose_folds` and combined by averaging probabilities (and
+    :func:`ensemble_attention`)."""
     bag_path = Path(bag_path)
     attrs = read_bag_attrs(bag_path)
     with h5py.File(bag_path, "r") as f:
@@ -156,23 +205,26 @@ def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
                 raise BagError(f"{bag_path}: NaN/inf features in tiles {start}..{end - 1}")
             return chunk
 
-        outputs = [fm.model.predict_chunked(read, n, chunk_size) for fm in run.folds]
+        chosen, in_sample = choose_folds(run, bag_path.stem, oof)
+        outputs = [fm.model.predict_chunked(read, n, chunk_size) for fm in chosen]
         coords = f["coords"][:]
     probs = np.mean([o.logits.float().softmax(1)[0].cpu().numpy() for o in outputs], axis=0)
-    raw = np.mean([o.raw_attention[0].cpu().numpy() for o in outputs], axis=0)
+    attention, attention_norm = ensemble_attention(
+        [o.raw_attention[0].float().cpu().numpy() for o in outputs])
     tile_probs = np.mean([o.tile_logits[0].float().softmax(1).cpu().numpy() for o in outputs],
                          axis=0)
     predicted = int(predict_indices(probs[None], run.threshold, run.negative_index)[0])
     slide_attrs = {k: v for k, v in attrs.items() if k not in _NOT_COPIED}
     slide_attrs.update(
         run_id=run.run_dir.name, run_path=str(run.run_dir.resolve()),
-        checkpoint_sha256=run.checkpoint_sha256, folds=[fm.fold for fm in run.folds],
+        checkpoint_sha256=run.checkpoint_sha256, folds=[fm.fold for fm in chosen],
+        in_sample=in_sample, out_of_fold=len(chosen) < len(run.folds),
         model=run.folds[0].meta["model"], threshold=run.threshold,
         negative_class=run.class_names[run.negative_index], features_path=str(bag_path),
     )
     return SlidePrediction(
-        slide_id=bag_path.stem, coords=coords, attention=raw.astype(np.float32),
-        attention_norm=normalise_attention(raw), tile_probs=tile_probs.astype(np.float32),
+        slide_id=bag_path.stem, coords=coords, attention=attention,
+        attention_norm=attention_norm, tile_probs=tile_probs.astype(np.float32),
         probs=probs.astype(np.float32), class_names=run.class_names,
         predicted_label=run.class_names[predicted], attrs=slide_attrs,
     )
@@ -182,7 +234,7 @@ def predict_slide(bag_path: str | os.PathLike, out_path: str | os.PathLike,
                   run_dir: str | os.PathLike, params: PredictParams = PredictParams()) -> Path:
     """The per-slide step: bag in, ``predictions/<slide_id>.h5`` out (models cached)."""
     run = cached_run(run_dir, params.fold, params.device)
-    return write_prediction(out_path, predict_bag(run, bag_path, params.chunk_size))
+    return write_prediction(out_path, predict_bag(run, bag_path, params.chunk_size, params.oof))
 
 
 def is_current_prediction(path: Path, checkpoint_sha256: str) -> bool:

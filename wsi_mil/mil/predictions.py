@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
+from wsi_mil.mil.labels import recognise_negative_class
 
 
 class PredictionFileError(ValueError):
@@ -37,6 +38,9 @@ class SlidePrediction:
     class_names: list[str]
     predicted_label: str
     attrs: dict[str, Any] = field(default_factory=dict)  # slide/tiling/run attributes
+    #: more per-tile scores by name, e.g. the explain stage's maps, that a heatmap can show
+    #: (not stored in the predictions file)
+    extra_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.coords.shape[0]
@@ -49,6 +53,32 @@ class SlidePrediction:
             raise PredictionFileError(
                 f"{self.slide_id}: tile_probs {self.tile_probs.shape} for classes {self.class_names}"
             )
+
+
+    @property
+    def negative_class(self) -> str | None:
+        """The class the run trained as negative (recorded in the file), if known."""
+        value = self.attrs.get("negative_class")
+        return None if value is None else str(value)
+
+    def positive_index(self, positive_class: str | None = None) -> int:
+        """Column of ``tile_probs`` that is the lesion map: ``positive_class`` if named, else the
+        one class that is not the run's negative class (for a file that records none, the class
+        with a negative name). This is the single rule heatmaps,
+        GeoJSON, segmentation and the FROC share, so they always outline the same class."""
+        names = list(self.class_names)
+        if positive_class is not None:
+            if positive_class not in names:
+                raise PredictionFileError(f"{self.slide_id}: positive class {positive_class!r} "
+                                          f"is not one of {names}")
+            return names.index(positive_class)
+        negative = self.negative_class or recognise_negative_class(names)
+        others = [n for n in names if n != negative]
+        if negative not in names or len(others) != 1:
+            raise PredictionFileError(
+                f"{self.slide_id}: classes {names} with negative class {negative!r}: name the "
+                f"class to outline with --positive-class")
+        return names.index(others[0])
 
 
 def normalise_attention(attention: np.ndarray) -> np.ndarray:

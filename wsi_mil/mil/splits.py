@@ -11,13 +11,12 @@ fold's training part the same grouped way, never from test. When the labels CSV 
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from tiling.storage import csv_text
 from wsi_mil.mil.labels import LabelTable
 
 ROLES = ("train", "val", "test")
@@ -48,8 +47,11 @@ def carve_validation(ids: np.ndarray, y: np.ndarray, groups: np.ndarray, val_fra
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``ids`` into (train, val) with about ``val_fraction`` of the groups in val."""
     n_groups = len(np.unique(groups))
-    n_splits = max(2, min(round(1 / val_fraction), n_groups))
-    if n_groups < 2:
+    # StratifiedGroupKFold cannot make more parts than the largest class has members, so on
+    # small data the validation part grows (8 slides, 4 per class: a quarter, not a fifth)
+    largest_class = int(np.bincount(y).max()) if len(y) else 0
+    n_splits = max(2, min(round(1 / val_fraction), n_groups, largest_class))
+    if n_groups < 2 or largest_class < 2:
         raise SplitError(f"cannot carve a validation set from {n_groups} patient group(s)")
     val = _grouped_parts(ids, y, groups, n_splits, seed)[0]
     train = np.setdiff1d(np.arange(len(ids)), val)
@@ -84,6 +86,11 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
     if folds < 2 or folds > n_groups:
         raise SplitError(f"{labels.path}: cannot make {folds} folds from {n_groups} patient "
                          f"group(s) (need 2 <= folds <= groups)")
+    largest_class = int(np.bincount(y).max())
+    if folds > largest_class:
+        raise SplitError(f"{labels.path}: cannot make {folds} stratified folds when the largest "
+                         f"class has {largest_class} slide(s); use --folds {largest_class} or "
+                         f"fewer")
     out = []
     for k, test_idx in enumerate(_grouped_parts(ids, y, groups, folds, seed)):
         rest = np.setdiff1d(np.arange(len(ids)), test_idx)
@@ -95,12 +102,7 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
 def splits_csv(splits: list[FoldSplit], labels: LabelTable) -> str:
     """``splits.csv``: one row per (fold, slide) with its role, label and patient."""
     rows = labels.by_slide()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["fold", "slide_id", "role", "label", "patient_id"])
-    for split in splits:
-        for role in ROLES:
-            for slide_id in getattr(split, role):
-                row = rows[slide_id]
-                writer.writerow([split.fold, slide_id, role, row.label, row.patient_id])
-    return buffer.getvalue()
+    return csv_text(({"fold": split.fold, "slide_id": slide_id, "role": role,
+                      "label": rows[slide_id].label, "patient_id": rows[slide_id].patient_id}
+                     for split in splits for role in ROLES for slide_id in getattr(split, role)),
+                    ("fold", "slide_id", "role", "label", "patient_id"))

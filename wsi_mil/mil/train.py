@@ -1,30 +1,34 @@
 """Train MIL models on feature bags with slide labels, fold by fold, and write a run folder.
 
 ``runs/<name>/``: ``config.yaml`` (every resolved setting), ``splits.csv`` (fold, slide, role),
-per fold ``fold_<k>/model.pt`` (state dict only, loadable with ``weights_only=True``) with
-``model.json`` (registry name, constructor arguments, class names, validation threshold: all
-that :mod:`wsi_mil.mil.predict` needs to rebuild it), ``metrics.json`` (test and validation
-metrics), ``log.csv`` (per epoch) and ``test_predictions.csv``; and ``summary.json`` (mean ± std
-over folds, plus the metrics of the pooled out-of-fold predictions).
+per fold ``fold_<k>/model.pt`` (state dict only, loadable with ``weights_only=True``),
+``log.csv`` (per epoch: losses, validation AUC, attention entropy) and ``training.json`` (the
+fold's training record: best epoch, validation and test probabilities), then, once every fold
+is trained, ``model.json`` (registry name, constructor arguments, class names, the run's
+decision threshold: all that :mod:`wsi_mil.mil.predict` needs to rebuild it), ``metrics.json``
+(test and validation metrics), ``val_predictions.csv`` and ``test_predictions.csv``; and
+``summary.json`` (mean ± std over folds, the metrics of the pooled out-of-fold predictions, the
+threshold and the rule that chose it).
 
-Training choices, and why: AdamW with a cosine (or plateau) schedule; early stopping on the
-validation loss (smoother than AUC on a few dozen slides) restoring the best epoch; the slide
-loss weighted by inverse class frequency (cohorts are rarely balanced); fixed seeds; bf16
-autocast on CUDA only (CPU bf16 matmuls are slower than float32 on most CPUs).
+Training choices, and why: AdamW with a cosine (or plateau) schedule; early stopping and model
+selection on the slide-level validation loss (smoother than AUC on a few dozen slides, and free
+of the pseudo-labelled segmentation and instance losses) from ``min_epochs`` on, restoring the
+best epoch; one decision threshold per run from the pooled validation predictions of all folds
+(a per-fold threshold on ~18 slides is noise); the slide loss weighted by inverse class
+frequency (cohorts are rarely balanced); fixed seeds; bf16 autocast on CUDA only (CPU bf16
+matmuls are slower than float32 on most CPUs).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,88 +38,18 @@ import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from tiling.storage import atomic_output, provenance, write_text_atomic
-from wsi_mil.metrics.slide import choose_threshold, predict_indices, slide_auc, slide_metrics
+from features.device import resolve_device
+from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
+from wsi_mil.metrics.attention import attention_entropy
+from wsi_mil.metrics.slide import pooled_threshold, predict_indices, slide_auc, slide_metrics
 from wsi_mil.mil.bags import BagDataset, collate_bags, match_bags
 from wsi_mil.mil.labels import LabelTable, read_labels
-from wsi_mil.mil.models import DEFAULT_MODEL, MILModel, create_model, list_models
+from wsi_mil.mil.models import MILModel, create_model
 from wsi_mil.mil.models.segmentation import segmentation_loss
 from wsi_mil.mil.splits import FoldSplit, make_splits, splits_csv
 
-SCHEDULES = ("cosine", "plateau", "none")
-MONITORS = ("loss", "auc", "none")
-OPTIMIZERS = ("adamw", "adam")
 SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1")
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Every setting of ``wsi-mil train`` (the ``train:`` section of a YAML config)."""
-
-    model: str = DEFAULT_MODEL  # registry name: gated_abmil, abmil, clam_sb, clam_mb, ...
-    hidden_dims: tuple[int, ...] = (512,)  # widths of the tile embedding MLP
-    attention_dim: int = 256  # width of the attention network
-    dropout: float = 0.25  # dropout in the embedding and attention networks
-    k_sample: int = 8  # top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
-    subtyping: bool = False  # CLAM: also push other classes' top tiles to "not this class"
-    bag_weight: float = 0.7  # CLAM: weight of the slide loss against the instance loss
-    seg_weight: float = 0.5  # weight of the segmentation-head loss
-    tile_label_threshold: float = 0.5  # lesion fraction from which a tile label is positive
-    negative_class: str | None = None  # class whose slides are all-negative; None: first sorted
-    folds: int = 5  # cross-validation folds (ignored when the labels CSV has a split column)
-    val_fraction: float = 0.2  # share of each fold's training patients kept for validation
-    epochs: int = 50  # maximum epochs per fold
-    lr: float = 2e-4  # peak learning rate
-    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (Adam) weight decay
-    optimizer: str = "adamw"  # adamw | adam
-    schedule: str = "cosine"  # cosine | plateau | none
-    patience: int = 10  # epochs without validation improvement before stopping
-    min_epochs: int = 5  # never stop before this many epochs
-    monitor: str = "loss"  # early stopping on validation: loss | auc | none (keep last epoch)
-    batch_size: int = 1  # bags per step (padded and masked when > 1)
-    class_weighting: bool = True  # weight the slide loss by inverse class frequency
-    max_train_tiles: int | None = None  # random tiles per training bag per step (None: all)
-    memory_gb: float = 8.0  # hold bags in memory (float16) when they fit, else stream
-    seed: int = 0  # seeds splits, initialisation, shuffling and tile sampling
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bootstrap: int = 1000  # bootstrap resamples for the AUC confidence interval (0: none)
-
-    def __post_init__(self) -> None:
-        checks = {
-            "model": (self.model in list_models(), f"one of {list_models()}"),
-            "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
-            "monitor": (self.monitor in MONITORS, f"one of {MONITORS}"),
-            "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
-            "epochs": (self.epochs >= 1, ">= 1"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "lr": (self.lr > 0, "> 0"),
-            "k_sample": (self.k_sample >= 1, ">= 1"),
-            "bag_weight": (0 <= self.bag_weight <= 1, "in [0, 1]"),
-            "max_train_tiles": (self.max_train_tiles is None or self.max_train_tiles >= 1,
-                                ">= 1 or None"),
-        }
-        for name, (ok, expected) in checks.items():
-            if not ok:
-                raise ValueError(f"TrainParams.{name} = {getattr(self, name)!r}: must be {expected}")
-        object.__setattr__(self, "hidden_dims", tuple(int(w) for w in self.hidden_dims))
-
-    def model_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"hidden_dims": self.hidden_dims,
-                                  "attention_dim": self.attention_dim, "dropout": self.dropout}
-        if self.model.startswith("clam"):
-            kwargs.update(k_sample=self.k_sample, subtyping=self.subtyping)
-        return kwargs
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["hidden_dims"] = list(self.hidden_dims)
-        return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from wsi_mil.mil.params import TrainParams
 
 
 def seed_everything(seed: int) -> None:
@@ -139,12 +73,30 @@ class EpochStats:
     instance_loss: float = 0.0
     labels: list[int] = field(default_factory=list)
     probs: list[np.ndarray] = field(default_factory=list)
+    #: per bag: attention entropy in nats and normalised by log(tiles) (see metrics.attention)
+    entropy: list[float] = field(default_factory=list)
+    entropy_norm: list[float] = field(default_factory=list)
 
     def y(self) -> np.ndarray:
         return np.asarray(self.labels)
 
     def p(self) -> np.ndarray:
         return np.concatenate(self.probs) if self.probs else np.zeros((0, 0))
+
+    def mean_entropy(self, normalised: bool = False) -> float | None:
+        values = self.entropy_norm if normalised else self.entropy
+        return round(float(np.mean(values)), 6) if values else None
+
+    def add_entropy(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
+        """Record each bag's attention entropy (the weights renormalised over its real tiles)."""
+        weights = attention.detach().float().cpu().numpy()
+        real = mask.detach().cpu().numpy()
+        for w, m in zip(weights, real):
+            w = w[m]
+            if w.size and w.sum() > 0:
+                w = w / w.sum()
+                self.entropy.append(attention_entropy(w))
+                self.entropy_norm.append(attention_entropy(w, normalised=True))
 
 
 def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negative_index: int,
@@ -190,6 +142,7 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negativ
             stats.instance_loss += float(out.instance_loss.detach()) * size
         stats.labels += batch.labels.tolist()
         stats.probs.append(out.logits.float().softmax(dim=1).detach().cpu().numpy())
+        stats.add_entropy(out.attention, batch.mask)
     for name in ("loss", "slide_loss", "seg_loss", "instance_loss"):
         setattr(stats, name, getattr(stats, name) / max(n, 1))
     return stats
@@ -211,7 +164,14 @@ def make_optimizer(model: MILModel, params: TrainParams) -> torch.optim.Optimize
 
 def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: TrainParams,
                negative_index: int, *, seed: int, desc: str = "train") -> FoldResult:
-    """Train with early stopping on ``val``; the returned model holds the best epoch's weights."""
+    """Train with early stopping on ``val``; the returned model holds the best epoch's weights.
+
+    The epoch kept is the best by ``params.monitor`` on the validation slides, looked for only
+    from epoch ``min_epochs`` on (counting from 1); training stops ``patience`` epochs after the
+    best one. The monitored loss is the slide-level loss alone: the segmentation head's and
+    CLAM's instance losses train on targets the model picked itself (its most and least
+    attended tiles), so they can fall while the slide decisions get worse.
+    """
     device = resolve_device(params.device)
     model.to(device)
     weights = (class_weights([r.label for r in train.records], model.n_classes)
@@ -224,7 +184,8 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
                                                                patience=max(1, params.patience // 3))
     generator = torch.Generator().manual_seed(seed)
-    best_score, best_epoch = -math.inf, 0
+    first = min(params.min_epochs, params.epochs) - 1  # the first epoch that may be kept
+    best_score, best_epoch = -math.inf, first
     best_state = copy.deepcopy(model.state_dict())
     best_val = EpochStats()
     log: list[dict[str, Any]] = []
@@ -241,39 +202,40 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
         elif params.monitor == "auc" and auc is not None:
             score = auc
         else:
-            score = -va.loss
+            score = -va.slide_loss
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
-            scheduler.step(va.loss) if params.schedule == "plateau" else scheduler.step()
-        improved = score > best_score
+            scheduler.step(va.slide_loss) if params.schedule == "plateau" else scheduler.step()
+        improved = epoch >= first and score > best_score
         if improved:
             best_score, best_epoch, best_val = score, epoch, va
             best_state = copy.deepcopy(model.state_dict())
         log.append({"epoch": epoch, "lr": lr, "train_loss": tr.loss,
                     "train_slide_loss": tr.slide_loss, "train_seg_loss": tr.seg_loss,
-                    "train_instance_loss": tr.instance_loss, "val_loss": va.loss,
-                    "val_auc": auc, "best": improved,
+                    "train_instance_loss": tr.instance_loss,
+                    "train_attention_entropy": tr.mean_entropy(), "val_loss": va.loss,
+                    "val_slide_loss": va.slide_loss, "val_auc": auc,
+                    "val_attention_entropy": va.mean_entropy(),
+                    "val_attention_entropy_norm": va.mean_entropy(normalised=True),
+                    "best": improved,
                     "seconds": round(time.perf_counter() - start, 3)})
-        bar.set_postfix(train=f"{tr.loss:.3f}", val=f"{va.loss:.3f}",
+        bar.set_postfix(train=f"{tr.loss:.3f}", val=f"{va.slide_loss:.3f}",
                         auc="-" if auc is None else f"{auc:.3f}")
-        if epoch + 1 >= params.min_epochs and epoch - best_epoch >= params.patience:
+        if epoch >= first and epoch - best_epoch >= params.patience:
             break
     model.load_state_dict(best_state)
     return FoldResult(model, best_epoch, log, best_val)
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def save_weights(fold_dir: Path, model: MILModel) -> None:
+    """``model.pt``: the state dict only (loadable with ``weights_only=True``), atomically."""
+    with atomic_output(fold_dir / "model.pt") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
 
 
 def save_model(fold_dir: Path, model: MILModel, meta: dict[str, Any]) -> None:
-    """``model.pt`` (state dict only) and ``model.json`` (how to rebuild it), atomically."""
-    with atomic_output(fold_dir / "model.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    """``model.pt`` and ``model.json`` (how to rebuild it, with ``meta``), atomically."""
+    save_weights(fold_dir, model)
     write_text_atomic(fold_dir / "model.json",
                       json.dumps({**model.config(), **meta}, indent=2) + "\n")
 
@@ -289,11 +251,11 @@ def summarise(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def prediction_rows(split: FoldSplit, probs: np.ndarray, predicted: np.ndarray,
-              labels: LabelTable) -> list[dict[str, Any]]:
+def prediction_rows(slide_ids: tuple[str, ...], probs: np.ndarray, predicted: np.ndarray,
+                    labels: LabelTable) -> list[dict[str, Any]]:
     by_slide = labels.by_slide()
     rows = []
-    for slide_id, p, k in zip(split.test, probs, predicted, strict=True):
+    for slide_id, p, k in zip(slide_ids, probs, predicted, strict=True):
         row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
                "predicted_label": labels.class_names[int(k)]}
         row.update({f"prob_{c}": round(float(v), 6) for c, v in zip(labels.class_names, p)})
@@ -301,20 +263,18 @@ def prediction_rows(split: FoldSplit, probs: np.ndarray, predicted: np.ndarray,
     return rows
 
 
-def finished_fold(fold_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    """(metrics, test prediction rows) of a fold whose files are all written, else None.
+def finished_fold(fold_dir: Path) -> dict[str, Any] | None:
+    """The training record (``training.json``) of a fold whose training is done, else None.
 
-    ``test_predictions.csv`` is the fold's last file (after ``model.pt``, ``model.json``,
-    ``metrics.json`` and ``log.csv``), each written atomically: when it exists the fold is done.
+    ``training.json`` is the fold's last training file (after ``model.pt`` and ``log.csv``),
+    each written atomically: when it exists the fold is trained. It holds what the run-level
+    step needs without retraining: the best epoch, the model's configuration, and the
+    validation and test probabilities.
     """
-    names = ("model.pt", "model.json", "metrics.json", "log.csv", "test_predictions.csv")
+    names = ("model.pt", "log.csv", "training.json")
     if not all((fold_dir / name).is_file() for name in names):
         return None
-    metrics = json.loads((fold_dir / "metrics.json").read_text(encoding="utf-8"))
-    with (fold_dir / "test_predictions.csv").open(newline="", encoding="utf-8") as f:
-        rows = [{k: float(v) if k.startswith("prob_") else v for k, v in row.items()}
-                for row in csv.DictReader(f)]
-    return metrics, rows
+    return json.loads((fold_dir / "training.json").read_text(encoding="utf-8"))
 
 
 def _same_run(previous: Path, config: dict[str, Any]) -> bool:
@@ -330,7 +290,7 @@ def _same_run(previous: Path, config: dict[str, Any]) -> bool:
 
 
 def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-              out_dir: str | os.PathLike, params: TrainParams = TrainParams(),
+              out_dir: str | os.PathLike, params: TrainParams | None = None,
               resume: bool = False) -> dict[str, Any]:
     """Train every fold, write the run folder, and return the summary (also ``summary.json``).
 
@@ -338,10 +298,13 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     the same settings, bags and labels is kept, not retrained: a run killed at fold 4 of 5
     restarts at fold 4.
     """
+    params = TrainParams() if params is None else params
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     labels = read_labels(labels_csv)
     negative_index = labels.negative_index(params.negative_class)
-    bag_set = match_bags(features_dir, labels)
+    bag_set = match_bags(features_dir, labels, missing=params.missing_bags)
+    if bag_set.missing:  # left out with a warning: the splits are made of the slides that exist
+        labels = labels.restricted_to({r.slide_id for r in bag_set.records})
     splits = make_splits(labels, params.folds, params.val_fraction, params.seed)
     config = {
         "train": params.to_dict(),
@@ -352,6 +315,7 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         "class_names": list(labels.class_names),
         "negative_class": labels.class_names[negative_index],
         "n_slides": len(bag_set.records),
+        "left_out_no_bag": list(bag_set.missing),
         "n_folds": len(splits),
         **provenance(),
     }
@@ -365,65 +329,121 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         return BagDataset([records[s] for s in ids], bag_set.dim, memory_gb=params.memory_gb,
                           max_tiles=params.max_train_tiles if train else None, seed=seed)
 
-    fold_metrics, pooled_rows = [], []
-    for split in splits:
+    def train_one(split: FoldSplit) -> dict[str, Any]:
         seed = params.seed + split.fold
         seed_everything(seed)
         fold_dir = out_dir / f"fold_{split.fold}"
-        finished = finished_fold(fold_dir) if resume else None
-        if finished is not None:
-            fold_metrics.append(finished[0])
-            pooled_rows += finished[1]
-            tqdm.write(f"fold {split.fold}: complete in {fold_dir}, kept", file=sys.stderr)
-            continue
         model = create_model(params.model, bag_set.dim, len(labels.class_names),
                              **params.model_kwargs())
         result = train_fold(model, dataset(split.train, seed, True), dataset(split.val, seed, False),
                             params, negative_index, seed=seed, desc=f"fold {split.fold}")
-        threshold = choose_threshold(result.val.y(), result.val.p(), negative_index)
         test = run_epoch(result.model, dataset(split.test, seed, False), params, negative_index,
                          resolve_device(params.device), None)
-        predicted = predict_indices(test.p(), threshold, negative_index)
-        metrics = slide_metrics(test.y(), test.p(), predicted, labels.class_names,
-                                negative_index, n_boot=params.bootstrap, seed=params.seed)
-        val_predicted = predict_indices(result.val.p(), threshold, negative_index)
-        metrics.update(fold=split.fold, threshold=threshold, best_epoch=result.best_epoch,
-                       epochs_run=len(result.log), n_train=len(split.train), n_val=len(split.val),
-                       validation=slide_metrics(result.val.y(), result.val.p(), val_predicted,
-                                                labels.class_names, negative_index, n_boot=0))
-        save_model(fold_dir, result.model, {
-            "class_names": list(labels.class_names),
-            "negative_class": labels.class_names[negative_index],
-            "threshold": threshold, "encoder": bag_set.encoder, "fold": split.fold,
-            "best_epoch": result.best_epoch, "run": out_dir.name,
-        })
-        write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        write_text_atomic(fold_dir / "log.csv", _csv_text(result.log))
-        rows = prediction_rows(split, test.p(), predicted, labels)
-        write_text_atomic(fold_dir / "test_predictions.csv", _csv_text(rows))
-        pooled_rows += rows
-        fold_metrics.append(metrics)
-        auc = metrics["auc"]
-        tqdm.write(f"fold {split.fold}: test AUC {'-' if auc is None else f'{auc:.3f}'}, "
-                   f"accuracy {metrics['accuracy']:.3f} (best epoch {result.best_epoch})",
-                   file=sys.stderr)
-    summary = {"model": params.model, "class_names": list(labels.class_names),
-               "n_folds": len(splits), **summarise(fold_metrics)}
-    if len(splits) > 1:
-        y = np.array([labels.class_index(r["label"]) for r in pooled_rows])
-        p = np.array([[r[f"prob_{c}"] for c in labels.class_names] for r in pooled_rows])
-        k = np.array([labels.class_index(r["predicted_label"]) for r in pooled_rows])
-        summary["pooled_out_of_fold"] = slide_metrics(
-            y, p, k, labels.class_names, negative_index, n_boot=params.bootstrap,
-            seed=params.seed)
+        save_weights(fold_dir, result.model)
+        write_text_atomic(fold_dir / "log.csv", csv_text(result.log))
+        record = {"fold": split.fold, "model_config": result.model.config(),
+                  "best_epoch": result.best_epoch, "epochs_run": len(result.log),
+                  "n_train": len(split.train), "n_val": len(split.val),
+                  "val": {"slide_ids": list(split.val), "probs": result.val.p().tolist()},
+                  "test": {"slide_ids": list(split.test), "probs": test.p().tolist()}}
+        write_text_atomic(fold_dir / "training.json", json.dumps(record) + "\n")
+        auc = slide_auc(test.y(), test.p(), negative_index)
+        tqdm.write(f"fold {split.fold}: test AUC {'-' if auc is None else f'{auc:.3f}'} "
+                   f"(best epoch {result.best_epoch + 1} of {len(result.log)})", file=sys.stderr)
+        return record
+
+    trained, todo = [], []
+    for split in splits:
+        fold_dir = out_dir / f"fold_{split.fold}"
+        finished = finished_fold(fold_dir) if resume else None
+        if finished is not None:
+            trained.append(finished)
+            tqdm.write(f"fold {split.fold}: trained in {fold_dir}, kept", file=sys.stderr)
+        else:
+            todo.append(split)
+    trained += map_folds(train_one, todo, params.parallel_folds)
+    trained.sort(key=lambda record: record["fold"])
+    summary = finish_run(out_dir, trained, labels, negative_index, params, bag_set.encoder)
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def params_from_dict(values: dict[str, Any]) -> TrainParams:
-    """A :class:`TrainParams` from a mapping (CLI or YAML), rejecting unknown keys."""
-    known = {f.name for f in fields(TrainParams)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
-    return TrainParams(**values)
+def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[dict[str, Any]]:
+    """``train_one(split)`` for every split: here in order, or ``parallel`` at a time as
+    tasks of a Dask LocalCluster on this machine, one process and one torch thread per fold.
+
+    Dask (rather than a process pool) because ``train_one`` is a closure, which its
+    cloudpickle serialisation carries to the worker processes.
+    """
+    if parallel <= 1 or len(splits) <= 1:
+        return [train_one(split) for split in splits]
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=min(parallel, len(splits)), threads_per_worker=1,
+                      processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        return client.gather(client.map(train_one, splits, pure=False))
+
+
+def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
+               negative_index: int, params: TrainParams, encoder: str) -> dict[str, Any]:
+    """The run-level step after every fold is trained: one threshold, then the fold files.
+
+    The decision threshold is chosen once, on the validation predictions of all folds pooled
+    (:func:`wsi_mil.metrics.slide.pooled_threshold`: Youden's J when the pooled validation has
+    ``threshold_min_per_class`` slides of each class, else 0.5), and every fold model carries
+    it, so the fold ensemble's threshold (their mean) is the same number. Then per fold
+    ``model.json``, ``metrics.json``, ``val_predictions.csv`` and ``test_predictions.csv``;
+    returns the summary (mean ± std over folds, pooled out-of-fold metrics, the threshold and
+    the rule that chose it).
+    """
+    classes = list(labels.class_names)
+
+    def y_of(ids: list[str]) -> np.ndarray:
+        by_slide = labels.by_slide()
+        return np.array([labels.class_index(by_slide[s].label) for s in ids], dtype=int)
+
+    def probs_of(part: dict[str, Any]) -> np.ndarray:
+        return np.asarray(part["probs"], dtype=np.float64).reshape(-1, len(classes))
+
+    val_y = np.concatenate([y_of(r["val"]["slide_ids"]) for r in trained])
+    val_p = np.concatenate([probs_of(r["val"]) for r in trained])
+    threshold, rule = pooled_threshold(val_y, val_p, negative_index,
+                                       params.threshold_min_per_class)
+    tqdm.write(f"decision threshold {threshold:.3f} ({rule})", file=sys.stderr)
+    fold_metrics, pooled_rows = [], []
+    for record in trained:
+        fold_dir = out_dir / f"fold_{record['fold']}"
+        parts = {}
+        for part in ("val", "test"):
+            ids, p = record[part]["slide_ids"], probs_of(record[part])
+            parts[part] = (ids, y_of(ids), p, predict_indices(p, threshold, negative_index))
+        ids, y, p, k = parts["test"]
+        metrics = slide_metrics(y, p, k, classes, negative_index, n_boot=params.bootstrap,
+                                seed=params.seed)
+        _, vy, vp, vk = parts["val"]
+        metrics.update(fold=record["fold"], threshold=threshold, threshold_rule=rule,
+                       best_epoch=record["best_epoch"], epochs_run=record["epochs_run"],
+                       n_train=record["n_train"], n_val=record["n_val"],
+                       validation=slide_metrics(vy, vp, vk, classes, negative_index, n_boot=0))
+        meta = {**record["model_config"], "class_names": classes,
+                "negative_class": classes[negative_index], "threshold": threshold,
+                "threshold_rule": rule, "encoder": encoder, "fold": record["fold"],
+                "best_epoch": record["best_epoch"], "run": out_dir.name}
+        write_text_atomic(fold_dir / "model.json", json.dumps(meta, indent=2) + "\n")
+        write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        for part in ("val", "test"):
+            rows = prediction_rows(tuple(parts[part][0]), parts[part][2], parts[part][3], labels)
+            write_text_atomic(fold_dir / f"{part}_predictions.csv", csv_text(rows))
+        pooled_rows.append((y, p, k))
+        fold_metrics.append(metrics)
+        auc = metrics["auc"]
+        tqdm.write(f"fold {record['fold']}: test AUC {'-' if auc is None else f'{auc:.3f}'}, "
+                   f"accuracy {metrics['accuracy']:.3f}", file=sys.stderr)
+    summary = {"model": params.model, "class_names": classes, "n_folds": len(trained),
+               "threshold": threshold, "threshold_rule": rule, **summarise(fold_metrics)}
+    if len(trained) > 1:
+        y, p, k = (np.concatenate([r[i] for r in pooled_rows]) for i in range(3))
+        summary["pooled_out_of_fold"] = slide_metrics(
+            y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed)
+    return summary

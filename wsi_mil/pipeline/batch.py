@@ -4,36 +4,41 @@ Every verb that walks a folder of slides goes through :func:`run_batch`, so they
 the same way: a slide whose output is complete is skipped, a slide that raises is recorded in
 ``failures.csv`` (slide, stage, error) and the batch carries on, and the caller exits non-zero
 when anything failed. Each job is a picklable callable of one slide to one output, with no
-state shared between slides, so a process pool (or later Ray/Dask) can schedule them.
+state shared between slides, so a process pool or a Dask cluster can schedule them; which
+one runs them is decided in one place, :func:`wsi_mil.pipeline.executors.run_jobs`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import os
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from tiling.storage import write_text_atomic
+from tiling.storage import csv_text, write_text_atomic
+from wsi_mil.pipeline.executor_params import ExecutorParams
+from wsi_mil.pipeline.executors import run_jobs
 
 FAILURE_COLUMNS = ("slide", "stage", "error")
 
 
 @dataclass(frozen=True)
 class SlideJob:
-    """One slide's work: ``run()`` writes ``output``; ``slide`` names it in logs and failures."""
+    """One slide's work: ``run()`` writes ``output``; ``slide`` names it in logs and failures.
+
+    ``resources`` are what a worker must offer to run it (``{"GPU": 1}`` for an encoder on
+    CUDA); a Dask cluster places the job by them, the local process pool ignores them.
+    """
 
     slide: str
     output: Path
     run: Callable[[], Any]
+    resources: Mapping[str, float] | None = None
 
 
 @dataclass
@@ -75,11 +80,7 @@ def record_failures(path: Path, stage: str, failed: Sequence[tuple[str, str]]) -
         if path.is_file():
             path.unlink()
         return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FAILURE_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    write_text_atomic(path, csv_text(rows, FAILURE_COLUMNS))
 
 
 def run_batch(
@@ -90,8 +91,13 @@ def run_batch(
     is_complete: Callable[[Path], bool] = Path.exists,
     workers: int = 1,
     overwrite: bool = False,
+    executor: ExecutorParams | None = None,
 ) -> BatchResult:
-    """Run ``jobs``, skipping complete outputs unless ``overwrite``; record failures."""
+    """Run ``jobs``, skipping complete outputs unless ``overwrite``; record failures.
+
+    ``executor`` says where the jobs run (default: here, ``workers`` slides at a time; with a
+    Dask executor ``workers`` is unused and the cluster's workers run them).
+    """
     result = BatchResult()
     todo = []
     for job in jobs:
@@ -108,15 +114,9 @@ def run_batch(
             tqdm.write(f"[{stage}] {job.slide} failed: {error}", file=sys.stderr)
 
     with tqdm(total=len(todo), desc=stage, unit="slide", disable=not todo) as bar:
-        if workers <= 1 or len(todo) <= 1:
-            for job in todo:
-                finish(job, _run_one(job))
-                bar.update()
-        else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_run_one, job): job for job in todo}
-                for future in as_completed(futures):
-                    finish(futures[future], future.result())
-                    bar.update()
+        for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers,
+                                   executor=executor):
+            finish(job, error)
+            bar.update()
     record_failures(Path(failures_csv), stage, result.failed)
     return result

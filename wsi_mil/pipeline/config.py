@@ -16,14 +16,10 @@ included, paths absolute) is written beside the outputs, so a run says how it wa
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import difflib
 import enum
-import inspect
 import os
 import textwrap
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,189 +28,22 @@ from typing import Any
 
 import yaml
 
-from features.bag import bag_folder_name
-from features.params import ExtractParams
-from features.registry import DEFAULT_ENCODER
-from tiling.pipeline import TilingParams
-from tiling.storage import write_text_atomic
-from wsi_mil.heatmaps.stitch import HeatmapParams
-from wsi_mil.mil.predict import PredictParams
-from wsi_mil.mil.train import TrainParams
-from wsi_mil.pipeline.lesions import LesionEvalParams
-from wsi_mil.synthetic.cohort import CohortParams
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be read or does not match the schema; the message says where."""
-
-
-def suggest(key: str, candidates: typing.Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string when none is close."""
-    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _fail(where: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"{where.rstrip(':')}: {message}")
-
-
-def _child(where: str, name: str) -> str:
-    """The location of key ``name`` inside ``where`` (``file.yaml: tiling`` -> ``...tiling.x``;
-    at the top level, ``file.yaml:`` -> ``file.yaml: x``)."""
-    if not where:
-        return name
-    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
-
-
-def coerce(value: Any, annotation: Any, where: str) -> Any:
-    """``value`` (as YAML gives it) converted to ``annotation``, or a :class:`ConfigError`.
-
-    ``where`` names the file, section and key in the message (``file: tiling.tile_size``).
-    """
-    if annotation is Any or annotation is object:
-        return value
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # X | None: X's own error, unwrapped
-            return coerce(value, options[0], where)
-        errors = []
-        for option in options:
-            try:
-                return coerce(value, option, where)
-            except ConfigError as exc:
-                errors.append(str(exc).removeprefix(f"{where}: "))
-        _fail(where, " or ".join(errors))
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        hint = suggest(str(value), [str(a) for a in args]) if isinstance(value, str) else ""
-        _fail(where, f"{value!r} is not one of {list(args)}{hint}")
-    if value is None:
-        _fail(where, f"must be {_type_name(annotation)}, not empty (null)")
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            _fail(where, f"must be a list, not {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                _fail(where, f"must be a list of {len(args)} values, not {list(value)!r}")
-            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            item_type = args[0] if args else Any
-            items = [coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (dict, Mapping) or annotation is dict:
-        if not isinstance(value, Mapping):
-            _fail(where, f"must be a mapping, not {value!r}")
-        value_type = args[1] if len(args) == 2 else Any
-        return {str(k): coerce(v, value_type, _child(where, str(k))) for k, v in value.items()}
-    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
-        return build_dataclass(annotation, value, where=where)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        _fail(where, f"must be true or false, not {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        _fail(where, f"must be an integer, not {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        _fail(where, f"must be a number, not {value!r}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        _fail(where, f"must be a string, not {value!r}")
-    if annotation is Path or annotation is os.PathLike:
-        if isinstance(value, (str, Path)) and str(value):
-            return Path(value).expanduser()
-        _fail(where, f"must be a path, not {value!r}")
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        names = [m.value for m in annotation]
-        if value in names:
-            return annotation(value)
-        hint = suggest(str(value), [str(n) for n in names])
-        _fail(where, f"{value!r} is not one of {names}{hint}")
-    _fail(where, f"cannot set a value of type {_type_name(annotation)} from a config file")
-
-
-def _nested_keys(cls: type, hints: Mapping[str, Any]) -> list[str]:
-    """``section.key`` for the keys of the dataclass sections of ``cls``: a key given at the
-    wrong level (``epochs`` at the top) is suggested where it belongs (``train.epochs``)."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        options = typing.get_args(hints[f.name]) or (hints[f.name],)
-        for option in options:
-            if dataclasses.is_dataclass(option) and isinstance(option, type):
-                keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(option)]
-    return keys
-
-
-def suggest_nested(key: str, candidates: list[str]) -> str:
-    """Like :func:`suggest`, matching ``key`` against the last part of ``section.key``."""
-    by_leaf: dict[str, str] = {}
-    for candidate in candidates:
-        by_leaf.setdefault(candidate.rsplit(".", 1)[-1], candidate)
-    close = difflib.get_close_matches(key, list(by_leaf), n=1, cutoff=0.75)
-    return f" (did you mean '{by_leaf[close[0]]}'?)" if close else ""
-
-
-def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
-    """An instance of the dataclass ``cls`` from a YAML mapping, every key checked.
-
-    A missing or empty section gives the defaults. Unknown keys, values of the wrong type, a
-    missing required field and a ``ValueError`` raised by the dataclass's own validation all
-    become a :class:`ConfigError` that names ``where`` and the key.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        _fail(where, f"must be a mapping of keys to values, not {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    unknown = [str(k) for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
-        section = where.rsplit(" ", 1)[-1].rstrip(":") if where and not where.endswith(":") \
-            else "the top level"
-        valid = ", ".join(f.name for f in ordered_fields(cls))
-        hint = suggest(key, fields) or suggest_nested(key, _nested_keys(cls, hints))
-        _fail(_child(where, key), f"unknown key{hint}; valid keys in "
-              f"{section if section == 'the top level' else repr(section)}: {valid}")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = coerce(value, hints[name], _child(where, name))
-    missing = [name for name, f in fields.items() if name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        _fail(where or "config", f"missing required key(s): {', '.join(missing)}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        _fail(where or "config", str(exc))
-
-
-def ordered_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
-    """A dataclass's fields, its own first and then its bases' (``encoder`` before batch size,
-    ``target_mpp`` before the tissue-detection details): the order a reader wants."""
-    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
-    order = [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]
-    own: dict[str, int] = {}
-    for rank, klass in enumerate(order):
-        for name in getattr(klass, "__annotations__", {}):
-            own.setdefault(name, rank)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    return sorted(fields, key=lambda f: own.get(f.name, len(order)))
+from features.params import DEFAULT_ENCODER, ExtractParams, bag_folder_name
+from tiling.params import AnnotationParams, TilingParams
+from wsi_mil.explain.params import ExplainParams
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.metrics.params import FrocParams
+from wsi_mil.mil.params import PredictParams, TrainParams
+from wsi_mil.pipeline.executor_params import ExecutorParams
+from wsi_mil.pipeline.schema import (
+    ConfigError,
+    build_dataclass,
+    field_comments,
+    ordered_fields,
+    suggest,
+)
+from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
+from wsi_mil.synthetic.params import CohortParams
 
 
 def to_plain(value: Any) -> Any:
@@ -278,59 +107,11 @@ def dump_yaml(value: Any, header: str = "") -> str:
     return lines + body
 
 
-def write_yaml(path: str | os.PathLike, value: Any, header: str = "") -> Path:
-    """Write :func:`dump_yaml` output atomically."""
-    path = Path(path)
-    write_text_atomic(path, dump_yaml(value, header))
-    return path
-
-
-# --------------------------------------------------------------------------- field documentation
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """Each field's comment in the source of ``cls`` and its dataclass bases.
-
-    Stage dataclasses document a field with comment lines (``#:`` or ``#``) right above it or
-    a ``#`` comment after it; a field right below a commented one, with no comment of its own,
-    shares that comment. The shipped YAML configs reuse exactly that text, so the
-    documentation of a key lives in one place (the dataclass) and cannot drift from it.
-    """
-    comments: dict[str, str] = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
-        try:
-            lines, _ = inspect.getsourcelines(klass)
-        except (OSError, TypeError):
-            continue
-        tree = ast.parse(textwrap.dedent("".join(lines)))
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        source = textwrap.dedent("".join(lines)).splitlines()
-        previous: ast.AnnAssign | None = None
-        for node in body:
-            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-                continue
-            line = source[node.lineno - 1]
-            above = []
-            k = node.lineno - 2
-            while k >= 0 and source[k].strip().startswith("#"):
-                above.insert(0, source[k].strip().lstrip("#:").strip())
-                k -= 1
-            inline = ""
-            if "#" in line[node.end_col_offset:]:
-                inline = line[node.end_col_offset:].split("#", 1)[1].strip()
-            text = " ".join(above) or inline
-            if not text and previous is not None and previous.end_lineno == node.lineno - 1:
-                text = comments.get(previous.target.id, "")  # one comment over a group of fields
-            if text:
-                comments[node.target.id] = text
-            previous = node
-    return comments
-
-
 # --------------------------------------------------------------------------- the pipeline schema
 
 #: The stages ``wsi-mil run`` knows, in the order they run.
-STAGES = ("cohort", "tile", "extract", "train", "predict", "heatmap", "evaluate")
+STAGES = ("cohort", "tile", "extract", "train", "predict", "heatmap", "segment", "explain",
+          "evaluate")
 
 
 @dataclass(frozen=True)
@@ -377,6 +158,37 @@ class PredictSection(PredictParams):
 
 
 @dataclass(frozen=True)
+class LesionEvalParams:
+    """Settings of the lesion-level evaluation."""
+
+    #: FROC constants and detection settings (official Camelyon16 values by default).
+    froc: FrocParams = field(default_factory=FrocParams)
+    #: Which annotation groups are lesion / exclusion.
+    annotations: AnnotationParams = field(default_factory=AnnotationParams)
+    #: Class whose tile probability is the tumour map; None: the class that is not negative.
+    positive_class: str | None = None
+    #: Tile probability at or above which a tile is segmented as tumour.
+    seg_threshold: float = 0.5
+    #: Lesion area fraction at or above which a tile is truly tumour.
+    min_fraction: float = 0.5
+    #: Normalised attention at or above which a tile counts as marked (region report).
+    attention_threshold: float = 0.5
+    #: k of the top-k pointing game.
+    pointing_k: int = 5
+    #: Steps of the deletion / insertion curves, and random orders averaged as baseline.
+    perturbation_steps: int = 20
+    perturbation_random: int = 5
+    #: At most this many tumour slides get perturbation curves (each costs
+    #: 2 x steps x (1 + random) forward passes); None: all.
+    perturbation_max_slides: int | None = None
+    #: Seed of the random orders.
+    seed: int = 0
+    #: Slides left out of the lesion-level evaluation (e.g. Camelyon16 test_049, a duplicate).
+    exclude: tuple[str, ...] = ()
+
+
+
+@dataclass(frozen=True)
 class EvaluateSection(LesionEvalParams):
     """Evaluation (YAML section ``evaluate``): slide metrics, and lesion metrics
     (:class:`LesionEvalParams`) when lesion annotations are known."""
@@ -404,6 +216,23 @@ class EvaluateSection(LesionEvalParams):
 
 
 @dataclass(frozen=True)
+class SegmentSection(SegmentParams):
+    """Pixel lesion segmentation (YAML section ``segment``): which segmenter, and
+    :class:`SegmentParams` for the flagged tiles it segments."""
+
+    #: Model folder of ``wsi-mil segment-train``; null: train one into OUT/segmenter/ on the
+    #: annotated slides (of the labels' train split when there is one).
+    model: Path | None = None
+    #: How that segmenter is trained when ``model`` is null.
+    train: SegmentTrainParams = field(default_factory=SegmentTrainParams)
+
+    def params(self) -> SegmentParams:
+        """The :class:`SegmentParams` part, as :func:`segment_slides` takes it."""
+        return SegmentParams(**{f.name: getattr(self, f.name)
+                                for f in dataclasses.fields(SegmentParams)})
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """A whole run: inputs, outputs and every stage's parameters (the top level of the YAML)."""
 
@@ -418,6 +247,9 @@ class PipelineConfig:
     stages: tuple[str, ...] = STAGES
     #: Slides processed in parallel by tile, predict and heatmap (extraction has its own).
     workers: int = 1
+    #: Where the per-slide stages (tile, extract, predict, heatmap) run: this machine, or a
+    #: Dask cluster (README, "On a cluster"); training stays here.
+    executor: ExecutorParams = field(default_factory=ExecutorParams)
     #: Where the slides are and how their resolution is known.
     slides: SlidesSection = field(default_factory=SlidesSection)
     #: Generate a synthetic Camelyon-shaped cohort (slides, annotations, labels) into
@@ -435,6 +267,12 @@ class PipelineConfig:
     heatmap: HeatmapParams = field(default_factory=HeatmapParams)
     #: Slide metrics and, with annotations, lesion metrics -> OUT/evaluation/.
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    #: Pixel lesion masks in the tiles the model flags (``wsi-mil segment-train`` and
+    #: ``segment``) -> OUT/segmenter/, OUT/segment/<slide_id>/; null: none.
+    segment: SegmentSection | None = None
+    #: Explanation methods scored against the lesion annotations of ``evaluate`` (``wsi-mil
+    #: explain``) -> OUT/explain/; null: none.
+    explain: ExplainParams | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
@@ -459,6 +297,10 @@ class PipelineConfig:
                                  f"labels to read the split from: set labels")
         if "cohort" in self.stages and self.cohort is None:
             object.__setattr__(self, "stages", tuple(s for s in self.stages if s != "cohort"))
+        if "segment" in self.stages and self.segment is None:
+            object.__setattr__(self, "stages", tuple(s for s in self.stages if s != "segment"))
+        if "explain" in self.stages and self.explain is None:
+            object.__setattr__(self, "stages", tuple(s for s in self.stages if s != "explain"))
 
     # Where each stage reads and writes, in one place so run, demo and README agree.
     @property
@@ -484,6 +326,17 @@ class PipelineConfig:
         return self.out / "tiles"
 
     @property
+    def segmenter_dir(self) -> Path:
+        """The segmenter's model folder: ``segment.model``, or ``OUT/segmenter`` to train."""
+        if self.segment is not None and self.segment.model is not None:
+            return self.segment.model
+        return self.out / "segmenter"
+
+    @property
+    def segment_dir(self) -> Path:
+        return self.out / "segment"
+
+    @property
     def features_dir(self) -> Path:
         """``OUT/features/<encoder>``."""
         return self.out / "features" / bag_folder_name(self.extract.encoder)
@@ -504,6 +357,10 @@ class PipelineConfig:
     @property
     def evaluation_dir(self) -> Path:
         return self.out / "evaluation"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.out / "explain"
 
 
 def _absolute(config: PipelineConfig, base: Path) -> PipelineConfig:

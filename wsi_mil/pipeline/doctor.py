@@ -189,7 +189,8 @@ def encoders_check() -> list[Check]:
     Only the default encoder is essential (it ships inside a dependency); the others need
     weights the user provides, so a missing one is a warning that says where to put them.
     """
-    from features.registry import DEFAULT_ENCODER, list_encoders
+    from features.params import DEFAULT_ENCODER
+    from features.registry import list_encoders
     from features.weights import weights_dir
 
     checks = []

@@ -13,7 +13,10 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsi_mil.pipeline.config import EvaluateSection
 
 
 def read_predictions_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -94,18 +97,21 @@ def plot_confusion(path: Path, metrics: dict[str, Any]) -> None:
 def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                          out_dir: str | os.PathLike | None = None,
                          negative_class: str | None = None,
-                         n_boot: int = 1000) -> dict[str, Any]:
-    """Metrics of the labelled slides in ``predictions.csv``; writes JSON and two PNGs."""
+                         n_boot: int = 1000, split: str | None = None) -> dict[str, Any]:
+    """Metrics of the labelled slides in ``predictions.csv`` (only those of ``split`` of the
+    labels CSV when given, e.g. ``test``); writes JSON and two PNGs."""
     import numpy as np
 
     from tiling.storage import write_text_atomic
     from wsi_mil.metrics.slide import slide_metrics
-    from wsi_mil.mil.labels import read_labels
+    from wsi_mil.mil.labels import choose_negative_class, read_labels
 
     pred_dir = Path(predictions_dir)
     out = Path(out_dir) if out_dir is not None else pred_dir
     classes, rows = read_predictions_csv(pred_dir / "predictions.csv")
     labels = read_labels(labels_csv, class_names=tuple(classes)).by_slide()
+    if split is not None:
+        labels = {s: row for s, row in labels.items() if row.split == split}
     scored = [r for r in rows if r["slide_id"] in labels]
     unlabelled = len(rows) - len(scored)
     predicted_ids = {r["slide_id"] for r in rows}
@@ -118,14 +124,21 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
                       f"e.g. {missing[:5]}", stacklevel=2)
     if not scored:
         raise ValueError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
-    negative = negative_class or recorded_negative_class(pred_dir) or classes[0]
-    if negative not in classes:
-        raise ValueError(f"negative class {negative!r} is not one of {classes}")
+    in_sample = [r["slide_id"] for r in scored if r.get("in_sample") == "true"]
+    if in_sample:
+        warnings.warn(
+            f"{pred_dir}: {len(in_sample)} of {len(scored)} scored slide(s) were predicted by a "
+            f"model that trained on them (e.g. {', '.join(in_sample[:3])}): these metrics are "
+            f"in-sample and optimistic. Predict a cross-validated run's own slides out of fold "
+            f"(wsi-mil predict, the default) or score held-out slides only", stacklevel=2)
+    negative = choose_negative_class(classes, negative_class or recorded_negative_class(pred_dir),
+                                     source=str(pred_dir))
     y = np.array([classes.index(labels[r["slide_id"]].label) for r in scored])
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in scored])
     predicted = np.array([classes.index(r["predicted_label"]) for r in scored])
     metrics = slide_metrics(y, probs, predicted, classes, classes.index(negative), n_boot=n_boot)
     metrics.update(negative_class=negative, unlabelled_predictions=unlabelled,
+                   in_sample_slides=in_sample,
                    missing_predictions=missing)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -133,3 +146,34 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
     plot_confusion(out / "confusion_matrix.png", metrics)
     return metrics
 
+
+def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike,
+                    section: EvaluateSection, out_dir: str | os.PathLike | None = None, *,
+                    annotations_dir: str | os.PathLike | None = None,
+                    run_dir: str | os.PathLike | None = None,
+                    features_dir: str | os.PathLike | None = None,
+                    split: str | None = None,
+                    segment_dir: str | os.PathLike | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(slide metrics, lesion metrics or ``{}``) of a predict output folder: the slide metrics
+    always, the lesion metrics when lesion annotations are known (``annotations_dir``, else the
+    section's). ``split``: score only that split of the labels CSV (the one predicted).
+    ``segment_dir``: pixel masks of
+    ``wsi-mil segment`` to score beside the tile head."""
+    from wsi_mil.mil.labels import read_labels
+    from wsi_mil.pipeline.lesions import evaluate_lesions
+
+    pred_dir = Path(predictions_dir)
+    out = Path(out_dir) if out_dir is not None else pred_dir
+    metrics = evaluate_predictions(pred_dir, labels_csv, out, section.negative_class,
+                                   n_boot=section.bootstrap, split=split)
+    annotations = annotations_dir if annotations_dir is not None else section.annotations_dir
+    if annotations is None:
+        return metrics, {}
+    scored = {row["slide_id"] for row in read_predictions_csv(pred_dir / "predictions.csv")[1]}
+    labels = {r.slide_id: r.label for r in read_labels(labels_csv).rows
+              if r.slide_id in scored}  # this run's predictions, not older ones
+    lesion = evaluate_lesions(pred_dir / "predictions", labels, annotations, out,
+                              section.params(), run_dir=run_dir, features_dir=features_dir,
+                              segment_dir=segment_dir)
+    return metrics, lesion

@@ -1,7 +1,10 @@
 """The extraction stage: tiles files -> feature bags ``OUT/<encoder>/<slide_id>.h5``.
 
-The encoder is loaded once and the slides are encoded one after another, each with its own
-parallel tile readers (the parallelism is inside a slide, where the encoder is the bottleneck).
+Locally the encoder is loaded once and the slides are encoded one after another, each with its
+own parallel tile readers (the parallelism is inside a slide, where the encoder is the
+bottleneck). On a Dask executor every worker encodes one slide at a time per thread and keeps
+its encoder loaded across the slides it gets (:func:`cached_encoder`); an encoder on CUDA makes
+each slide ask for a worker's ``GPU`` resource.
 A slide is found from its tiles file's ``slide_path``, or by slide id under ``slides_dir``
 when the slides were moved since tiling. Complete bags made from the same tiles with the same
 weights are skipped; failures go to ``OUT/failures.csv``.
@@ -11,11 +14,16 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features.params import ExtractParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.pipeline.executor_params import ExecutorParams
+
+if TYPE_CHECKING:
+    from features.registry import Encoder
 
 STAGE = "extract"
 
@@ -59,14 +67,48 @@ def locate_slide(tiles_path: Path, attrs: dict[str, Any], slides: dict[str, Path
 
 
 
-def _extract_one(tiles_path: Path, out_path: Path, encoder: Any, params: ExtractParams,
-                 slides: dict[str, Path], slides_dir: Path | None) -> Path:
+_encoders: dict[tuple[str, str | None], Encoder] = {}
+_encoders_lock = threading.Lock()
+
+
+def cached_encoder(name: str, weights: str | os.PathLike | None) -> Encoder:
+    """This process's encoder ``name`` with ``weights``, loaded on first use and then kept.
+
+    Every process that extracts (the command's own, or each Dask worker) loads an encoder once
+    for all the slides it encodes, instead of once per slide (seconds for a ViT-L, more than a
+    small slide takes to encode). It is built on the CPU; :func:`features.extract.extract_slide`
+    moves it to the device of the params, so the key does not need the device.
+    """
+    from features.registry import create_encoder
+
+    key = (name, None if weights is None else str(weights))
+    with _encoders_lock:  # a worker's threads share one encoder, built once
+        if key not in _encoders:
+            _encoders[key] = create_encoder(name, weights, device="cpu")
+        return _encoders[key]
+
+
+def _wants_gpu(device: str) -> bool:
+    """Whether an encoder asked to run on ``device`` runs on CUDA (``auto``: if here it would)."""
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _extract_one(tiles_path: Path, out_path: Path, encoder: str, weights: str | None,
+                 params: ExtractParams, slide_path: Path | None,
+                 slides_dir: Path | None) -> Path:
     from features.extract import extract_slide
     from tiling.tiles_file import read_tiles_file
 
     attrs = read_tiles_file(tiles_path).attrs
-    slide_path = locate_slide(tiles_path, attrs, slides, slides_dir)
-    return extract_slide(tiles_path, slide_path, out_path, encoder, params)
+    known = {str(attrs["slide_id"]): slide_path} if slide_path is not None else {}
+    slide = locate_slide(tiles_path, attrs, known, slides_dir)
+    return extract_slide(tiles_path, slide, out_path, cached_encoder(encoder, weights), params)
 
 
 
@@ -78,31 +120,37 @@ def extract_slides(
     params: ExtractParams | None = None,
     slides_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
+    executor: ExecutorParams | None = None,
 ) -> BatchResult:
     """Encode every tiles file under ``tiles`` into ``out/<encoder>/<slide_id>.h5``.
 
     Raises (before any slide is touched) when the tiles folder, the slides folder or the
-    encoder's weights are unusable; per-slide problems are recorded and the batch carries on.
+    encoder's weights are unusable, or when the device is missing here and the slides are
+    encoded here; per-slide problems are recorded and the batch carries on.
     """
+    from features.device import resolve_device
     from features.extract import bag_is_current
-    from features.registry import create_encoder
 
     params = params or ExtractParams()
     tiles_files = find_tiles_files(tiles)
     slides = index_slides(slides_dir) if slides_dir is not None else {}
-    model = create_encoder(encoder, weights, device=params.device)
+    model = cached_encoder(encoder, weights)  # its name and weights' hash decide what is done
+    if executor is None or not executor.distributed:  # else only the workers need the device
+        resolve_device(params.device)
+    resources = {"GPU": 1} if _wants_gpu(params.device) else None
     out = Path(out)
     bag_dir = out / model.slug
     tiles_for = {bag_dir / f"{path.stem}.h5": path for path in tiles_files}
+    where = Path(slides_dir) if slides_dir is not None else None
     jobs = [
-        SlideJob(slide=path.stem, output=bag,
-                 run=functools.partial(_extract_one, path, bag, model, params, slides,
-                                       Path(slides_dir) if slides_dir is not None else None))
+        SlideJob(slide=path.stem, output=bag, resources=resources,
+                 run=functools.partial(_extract_one, path, bag, encoder, weights, params,
+                                       slides.get(path.stem), where))
         for bag, path in tiles_for.items()
     ]
     return run_batch(
         jobs, stage=STAGE, failures_csv=out / "failures.csv",
         is_complete=lambda bag: bag_is_current(bag, tiles_for[bag], model, params.dtype),
-        workers=1, overwrite=overwrite,
+        workers=1, overwrite=overwrite, executor=executor,
     )
 

@@ -11,8 +11,9 @@ import functools
 import os
 from pathlib import Path
 
-from wsi_mil.heatmaps.stitch import HeatmapParams
+from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "heatmap"
 
@@ -37,8 +38,13 @@ def heatmap_slides(
     weights: str | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    executor: ExecutorParams | None = None,
+    explanations_dir: str | os.PathLike | None = None,
 ) -> BatchResult:
     """Heatmaps and exports for every ``<slide_id>.h5`` in ``predictions_dir``.
+
+    ``explanations_dir`` (the explain stage's output) lets ``params.score`` name a stored
+    explanation method.
 
     Slides are found in ``slides_dir`` by slide id (searched recursively), else at the
     ``slide_path`` each predictions file records. A slide missing from ``slides_dir`` fails
@@ -59,11 +65,12 @@ def heatmap_slides(
         else:
             job = functools.partial(heatmap_slide, path, out_dir / slide_id, params,
                                     slide_path=slide_path, tiles_dir=tiles_dir,
-                                    encoder_name=encoder, encoder_weights=weights)
+                                    encoder_name=encoder, encoder_weights=weights,
+                                    explanations_dir=explanations_dir)
         jobs.append(SlideJob(slide=slide_id, output=out_dir / slide_id, run=job))
     return run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
                      is_complete=functools.partial(is_complete, params=params),
-                     workers=workers, overwrite=overwrite)
+                     workers=workers, overwrite=overwrite, executor=executor)
 
 
 

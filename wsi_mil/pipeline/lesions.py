@@ -20,20 +20,19 @@ its detections as false positives) and listed under ``unannotated``.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tiling.annotations import AnnotationParams, find_annotation, read_annotations, tile_fractions
-from tiling.storage import write_text_atomic
+from tiling.annotations import find_annotation, read_annotations, tile_fractions
+from tiling.lattice import stride_level0
+from tiling.storage import csv_text, write_text_atomic
 from wsi_mil.metrics.explain import (
     attention_weights,
     lesion_attention_mass,
@@ -41,54 +40,11 @@ from wsi_mil.metrics.explain import (
     pointing_game,
     run_score_fn,
 )
-from wsi_mil.metrics.froc import FrocParams, froc, slide_hits, tile_detections
+from wsi_mil.metrics.froc import froc, slide_hits, tile_detections
 from wsi_mil.metrics.regions import region_report, rows_to_csv, summarise_regions
 from wsi_mil.metrics.segmentation import tile_segmentation
-from wsi_mil.mil.predictions import SlidePrediction, read_prediction
-
-
-@dataclass(frozen=True)
-class LesionEvalParams:
-    """Settings of the lesion-level evaluation."""
-
-    #: FROC constants and detection settings (official Camelyon16 values by default).
-    froc: FrocParams = field(default_factory=FrocParams)
-    #: Which annotation groups are lesion / exclusion.
-    annotations: AnnotationParams = field(default_factory=AnnotationParams)
-    #: Class whose tile probability is the tumour map; None: the class that is not negative.
-    positive_class: str | None = None
-    #: Tile probability at or above which a tile is segmented as tumour.
-    seg_threshold: float = 0.5
-    #: Lesion area fraction at or above which a tile is truly tumour.
-    min_fraction: float = 0.5
-    #: Normalised attention at or above which a tile counts as marked (region report).
-    attention_threshold: float = 0.5
-    #: k of the top-k pointing game.
-    pointing_k: int = 5
-    #: Steps of the deletion / insertion curves, and random orders averaged as baseline.
-    perturbation_steps: int = 20
-    perturbation_random: int = 5
-    #: At most this many tumour slides get perturbation curves (each costs
-    #: 2 x steps x (1 + random) forward passes); None: all.
-    perturbation_max_slides: int | None = None
-    #: Seed of the random orders.
-    seed: int = 0
-    #: Slides left out of the lesion-level evaluation (e.g. Camelyon16 test_049, a duplicate).
-    exclude: tuple[str, ...] = ()
-
-
-def _positive_index(pred: SlidePrediction, params: LesionEvalParams) -> tuple[int, str]:
-    names = list(pred.class_names)
-    negative = str(pred.attrs.get("negative_class", names[0]))
-    if params.positive_class is not None:
-        if params.positive_class not in names:
-            raise ValueError(f"{pred.slide_id}: positive class {params.positive_class!r} not in "
-                             f"{names}")
-        return names.index(params.positive_class), negative
-    others = [n for n in names if n != negative]
-    if len(others) != 1:
-        raise ValueError(f"{pred.slide_id}: {len(names)} classes {names}; set positive_class")
-    return names.index(others[0]), negative
+from wsi_mil.mil.predictions import read_prediction
+from wsi_mil.pipeline.config import LesionEvalParams
 
 
 def _nanmean(values: list[float]) -> float | None:
@@ -96,35 +52,33 @@ def _nanmean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
                      annotations_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      params: LesionEvalParams = LesionEvalParams(),
                      run_dir: str | os.PathLike | None = None,
-                     features_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                     features_dir: str | os.PathLike | None = None,
+                     segment_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate every prediction in ``predictions_dir`` whose slide is in ``labels``
-    (slide id -> class name); see the module docstring. Returns the summary."""
+    (slide id -> class name); see the module docstring. Returns the summary.
+
+    ``segment_dir`` (``OUT/segment`` of ``wsi-mil segment``): the pixel masks found there are
+    scored beside the tile head (:mod:`wsi_mil.segment.evaluate`), as ``pixel_*`` columns and
+    the summary's ``pixel_segmentation``."""
     from wsi_mil.mil.bags import read_features
     from wsi_mil.mil.predict import cached_run
 
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
     run = cached_run(run_dir) if run_dir is not None and features_dir is not None else None
     hits, rows, region_rows, unannotated = [], [], [], []
+    pixel_hits: list[Any] = []
     curves: dict[str, list[Any]] = {"deletion": [], "insertion": []}
     for path in sorted(predictions_dir.glob("*.h5")):
         slide_id = path.stem
         if slide_id not in labels or slide_id in params.exclude:
             continue
         pred = read_prediction(path)
-        pos, negative = _positive_index(pred, params)
+        pos = pred.positive_index(params.positive_class)
+        negative = pred.negative_class
         tile = float(pred.attrs["tile_size_level0"])
         width, height = int(pred.attrs["slide_width"]), int(pred.attrs["slide_height"])
         mpp = float(pred.attrs["slide_mpp"])
@@ -137,7 +91,8 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
             if annotation is None:
                 unannotated.append(slide_id)
                 continue
-        detections = tile_detections(pred.coords, tumour_prob, tile, params.froc)
+        detections = tile_detections(pred.coords, tumour_prob, tile, params.froc,
+                                     stride_level0=stride_level0(pred.attrs))
         annotations = (read_annotations(annotation, params.annotations)
                        if annotation is not None else None)
         lesions = annotations.lesions if annotations is not None else None
@@ -145,6 +100,16 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
         hits.append(slide)
         row.update(n_detections=len(detections.probs), false_positives=len(slide.fp_probs),
                    lesions=len(slide.lesion_probs), itc_lesions=slide.n_itc)
+        if segment_dir is not None:
+            from wsi_mil.segment.evaluate import pixel_row, slide_pixel_scores
+            from wsi_mil.segment.infer import is_segmented
+
+            if is_segmented(Path(segment_dir) / slide_id):
+                pixel = slide_pixel_scores(Path(segment_dir) / slide_id, pred, pos, lesions,
+                                           params.seg_threshold)
+                row.update(pixel_row(pixel))
+                pixel_hits.append(slide_hits(pixel.detections, width, height, mpp, lesions,
+                                             params.froc))
         if lesions is None:
             predicted = tumour_prob >= params.seg_threshold
             row["tile_specificity"] = float(1.0 - predicted.mean()) if predicted.size else None
@@ -171,8 +136,9 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
                                            params.perturbation_random, params.seed)
                 curves[kind].append(curve)
                 row.update({f"{kind}_auc": curve.auc, f"{kind}_auc_random": curve.random_auc})
-        region_rows += region_report(annotations, pred, tile, params.attention_threshold,
-                                     params.seg_threshold, pos)
+        region_rows += region_report(annotations, slide_id, pred.coords, pred.attention_norm,
+                                     pred.tile_probs[:, pos], tile, params.attention_threshold,
+                                     params.seg_threshold)
         rows.append(row)
     if unannotated:
         warnings.warn(f"{annotations_dir}: no annotation for tumour slide(s) "
@@ -180,8 +146,12 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
                       stacklevel=2)
     summary = _summarise(rows, hits, curves, unannotated, params)
     summary["regions"] = summarise_regions(region_rows)
+    if segment_dir is not None:
+        from wsi_mil.segment.evaluate import summarise_pixels
+
+        summary["pixel_segmentation"] = summarise_pixels(rows, pixel_hits)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "lesion_per_slide.csv", _csv(rows) if rows else "")
+    write_text_atomic(out_dir / "lesion_per_slide.csv", csv_text(rows) if rows else "")
     write_text_atomic(out_dir / "regions.csv", rows_to_csv(region_rows))
     if summary.get("froc") is not None:
         curve = summary.pop("_froc_curve")

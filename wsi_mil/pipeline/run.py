@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +78,7 @@ def _stage_params(config: PipelineConfig) -> dict[str, Any]:
     from wsi_mil.pipeline.config import to_plain
 
     train = to_plain(config.train)
-    for runtime_only in ("device", "memory_gb"):
+    for runtime_only in ("device", "memory_gb", "parallel_folds"):
         train.pop(runtime_only, None)
     return {
         "cohort": to_plain(config.cohort),
@@ -89,9 +88,25 @@ def _stage_params(config: PipelineConfig) -> dict[str, Any]:
         "train": {"train": train, "labels": to_plain(config.labels_csv),
                   "features": str(config.features_dir)},
         "predict": {"fold": config.predict.fold, "split": config.predict.split,
+                    "oof": config.predict.oof,
                     "run": str(config.run_dir)},
         "heatmap": to_plain(config.heatmap),
+        "segment": _segment_params(config),
+        "explain": {"explain": to_plain(config.explain), "run": str(config.run_dir),
+                    "annotations": to_plain(config.annotations_dir)},
     }
+
+
+def _segment_params(config: PipelineConfig) -> Any:
+    """The segment section without its runtime-only settings (device, batch size)."""
+    from wsi_mil.pipeline.config import to_plain
+
+    section = to_plain(config.segment)
+    if section is not None:
+        for part in (section, section["train"]):
+            part.pop("device", None)
+        section.pop("batch_size", None)
+    return section
 
 
 class Ledger:
@@ -140,18 +155,6 @@ class Ledger:
 # --------------------------------------------------------------------------- the stages
 
 
-def _split_ids(labels_csv: Path, split: str) -> list[str]:
-    from wsi_mil.mil.labels import read_labels
-
-    table = read_labels(labels_csv)
-    ids = [row.slide_id for row in table.rows if row.split == split]
-    if not ids:
-        splits = sorted({str(row.split) for row in table.rows})
-        raise PipelineError(f"{labels_csv}: no slide in split {split!r} (predict.split); "
-                            f"splits present: {', '.join(splits)}")
-    return ids
-
-
 def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
                  log: Callable[[str], None] = print) -> PipelineResult:
     """Run the configured stages in order; see the module docstring for how it resumes.
@@ -161,6 +164,7 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
     """
     from tiling.storage import write_text_atomic
     from wsi_mil.pipeline.config import resolved_config_text
+    from wsi_mil.pipeline.executors import executor_session
 
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +200,7 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
                 len(result_of_batch.failed))
 
     def run_cohort(redo: bool) -> tuple[str, bool, int]:
-        from wsi_mil.synthetic.cohort import generate_cohort
+        from wsi_mil.pipeline.cohort import generate_cohort
 
         before = {p.name for p in (config.cohort_dir / "slides").glob("*.tif")}
         cohort = generate_cohort(config.cohort_dir, config.cohort, overwrite=redo)
@@ -212,14 +216,15 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
         return batch(tile_slides(list(config.slide_inputs), out, config.tiling,
                                  recursive=config.slides.recursive, mpp=config.slides.mpp,
                                  mpp_csv=config.slides.mpp_csv, workers=config.workers,
-                                 overwrite=redo), "tile")
+                                 overwrite=redo, executor=config.executor), "tile")
 
     def run_extract(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.pipeline.extract import extract_slides
 
         return batch(extract_slides(config.tiles_dir, config.features_dir.parent,
                                     config.extract.encoder, config.extract.weights,
-                                    config.extract.params(), overwrite=redo), "extract")
+                                    config.extract.params(), overwrite=redo,
+                                    executor=config.executor), "extract")
 
     def run_train(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.mil.train import train_run
@@ -238,12 +243,11 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
     def run_predict(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.pipeline.predict import predict_slides
 
-        slide_ids = (_split_ids(config.labels_csv, config.predict.split)
-                     if config.predict.split else None)
         return batch(predict_slides(config.run_dir, config.features_dir, out,
                                     config.predict.params(), labels_csv=config.labels_csv,
                                     workers=config.workers, overwrite=redo,
-                                    slide_ids=slide_ids), "predict")
+                                    split=config.predict.split,
+                                    executor=config.executor), "predict")
 
     def run_heatmap(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.pipeline.heatmap import heatmap_slides
@@ -251,46 +255,73 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
         return batch(heatmap_slides(out / "predictions", config.heatmaps_dir, config.heatmap,
                                     tiles_dir=config.tiles_dir, encoder=config.extract.encoder,
                                     weights=config.extract.weights, workers=config.workers,
-                                    overwrite=redo), "heatmap")
+                                    overwrite=redo, executor=config.executor), "heatmap")
+
+    def run_segment(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.mil.labels import read_labels
+        from wsi_mil.pipeline.segment import segment_slides, segment_train
+
+        section, model = config.segment, config.segmenter_dir
+        trained = ""
+        if section.model is None and (redo or not (model / "model_card.json").is_file()):
+            if config.annotations_dir is None:
+                raise PipelineError("segment: no lesion annotations to train a segmenter on "
+                                    "(set evaluate.annotations_dir, or segment.model)")
+            split = ("train" if config.labels_csv is not None
+                     and read_labels(config.labels_csv).has_split else None)
+            card = segment_train(list(config.slide_inputs), config.annotations_dir, model,
+                                 section.train, labels_csv=config.labels_csv, split=split,
+                                 log=log)
+            trained = (f"trained {card['net']} (validation Dice {card['best_val_dice']:.3f}) "
+                       f"-> {model}; ")
+        summary, new_outputs, failed = batch(segment_slides(
+            out / "predictions", model, out, section.params(), workers=config.workers,
+            overwrite=redo, executor=config.executor), "segment")
+        return trained + summary, new_outputs or bool(trained), failed
+
+    def run_explain(redo: bool) -> tuple[str, bool, int]:
+        from wsi_mil.pipeline.explain import explain_slides
+
+        return batch(explain_slides(config.run_dir, config.features_dir, config.explain_dir,
+                                    config.explain, annotations_dir=config.annotations_dir,
+                                    slides_dir=None, workers=config.workers, overwrite=redo),
+                     "explain")
 
     def run_evaluate(redo: bool) -> tuple[str, bool, int]:
-        from wsi_mil.pipeline.evaluate import evaluate_predictions, read_predictions_csv
+        from wsi_mil.pipeline.evaluate import evaluate_cohort
 
         if config.labels_csv is None:
             raise PipelineError("evaluate needs labels")
-        with warnings.catch_warnings():
-            if config.predict.split:  # the other splits were left unpredicted on purpose
-                warnings.filterwarnings("ignore", message=r".*have no prediction")
-            metrics = evaluate_predictions(out, config.labels_csv, config.evaluation_dir,
-                                           config.evaluate.negative_class,
-                                           n_boot=config.evaluate.bootstrap)
-        result.metrics = metrics
+        metrics, lesion = evaluate_cohort(
+            out, config.labels_csv, config.evaluate, config.evaluation_dir,
+            annotations_dir=config.annotations_dir, run_dir=config.run_dir,
+            features_dir=config.features_dir, split=config.predict.split,
+            segment_dir=config.segment_dir if config.segment is not None else None)
+        result.metrics, result.lesion = metrics, lesion
         text = (f"{metrics['n_slides']} slides: AUC {_fmt(metrics.get('auc'))}, "
                 f"accuracy {_fmt(metrics.get('accuracy'))}")
-        if config.annotations_dir is not None:
-            from wsi_mil.mil.labels import read_labels
-            from wsi_mil.pipeline.lesions import evaluate_lesions
-
-            scored = {row["slide_id"] for row in read_predictions_csv(out / "predictions.csv")[1]}
-            labels = {r.slide_id: r.label for r in read_labels(config.labels_csv).rows
-                      if r.slide_id in scored}  # this run's predictions, not older ones
-            result.lesion = evaluate_lesions(
-                out / "predictions", labels, config.annotations_dir, config.evaluation_dir,
-                config.evaluate.params(), run_dir=config.run_dir,
-                features_dir=config.features_dir)
-            seg, explain = result.lesion["segmentation"], result.lesion["explain"]
-            text += (f"; FROC {_fmt(result.lesion['froc'])}, tile Dice {_fmt(seg['dice'])}, "
+        if lesion:
+            seg, explain = lesion["segmentation"], lesion["explain"]
+            text += (f"; FROC {_fmt(lesion['froc'])}, tile Dice {_fmt(seg['dice'])}, "
                      f"pointing game {_fmt(explain['pointing_game'])} "
-                     f"({result.lesion['n_tumour_annotated']} annotated tumour slides)")
+                     f"({lesion['n_tumour_annotated']} annotated tumour slides)")
+            pixel = lesion.get("pixel_segmentation")
+            if pixel:
+                text += (f"; pixel Dice {_fmt(pixel['mask']['dice'])} (tile head "
+                         f"{_fmt(pixel['tile_head']['dice'])} on the same pixels)")
         return text, False, 0
 
-    stage("cohort", run_cohort, params["cohort"])
-    stage("tile", run_tile, params["tile"])
-    stage("extract", run_extract, tracked=False)
-    stage("train", run_train, params["train"])
-    stage("predict", run_predict, params["predict"])
-    stage("heatmap", run_heatmap, params["heatmap"])
-    stage("evaluate", run_evaluate, tracked=False)
+    # One Dask client (and cluster) for every stage: workers keep their encoders loaded.
+    with executor_session(config.executor):
+        stage("cohort", run_cohort, params["cohort"])
+        stage("tile", run_tile, params["tile"])
+        stage("extract", run_extract, tracked=False)
+        stage("train", run_train, params["train"])
+        stage("predict", run_predict, params["predict"])
+        stage("heatmap", run_heatmap, params["heatmap"])
+        stage("segment", run_segment, params["segment"])
+        stage("explain", run_explain, params["explain"])
+        stage("evaluate", run_evaluate, tracked=False)
     return result
 
 

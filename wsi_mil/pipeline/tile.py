@@ -7,13 +7,25 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from tqdm import tqdm
+
 from tiling.discover import check_unique_ids, find_slides
-from tiling.pipeline import TILES_DIR, TilingParams, is_tiled, tile_slide, tiling_outputs
+from tiling.params import TilingParams
+from tiling.pipeline import TILES_DIR, is_tiled, summary_line, tile_slide, tiling_outputs
 from tiling.slide import read_mpp_csv
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "tile"
 
+
+def tile_and_report(slide_path: Path, out_dir: Path, params: TilingParams,
+                    mpp: float | None) -> Path:
+    """Tile one slide and print its line (tissue area, tiles kept), so a slide that lost its
+    tissue shows in the log as it happens, not only at ``extract``."""
+    path = tile_slide(slide_path, out_dir, params, mpp)
+    tqdm.write(summary_line(path))
+    return path
 
 
 def tile_slides(
@@ -26,6 +38,7 @@ def tile_slides(
     mpp_csv: str | os.PathLike | None = None,
     workers: int = 1,
     overwrite: bool = False,
+    executor: ExecutorParams | None = None,
 ) -> BatchResult:
     """Tile every slide found in ``inputs`` into ``out_dir``; see the module docstring.
 
@@ -46,10 +59,11 @@ def tile_slides(
               + (" ..." if len(unknown) > 10 else ""), file=sys.stderr)
     jobs = [
         SlideJob(slide=str(path), output=tiling_outputs(out_dir, slide_id).tiles,
-                 run=partial(tile_slide, path, out_dir, params, overrides.get(slide_id, mpp)))
+                 run=partial(tile_and_report, path, out_dir, params, overrides.get(slide_id, mpp)))
         for slide_id, path in by_id.items()
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
     return run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
-                     is_complete=is_tiled, workers=workers, overwrite=overwrite)
+                     is_complete=is_tiled, workers=workers, overwrite=overwrite,
+                     executor=executor)
 

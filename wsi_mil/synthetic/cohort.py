@@ -27,11 +27,9 @@ machine (JPEG encoding and the pyramid included).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,46 +42,11 @@ from tiling.annotations import (
     read_annotations,
     write_asap_xml,
 )
-from tiling.storage import write_text_atomic
-from wsi_mil.pipeline.batch import SlideJob, run_batch
+from tiling.storage import csv_text
 from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
 LABEL_COLUMNS = ("slide_id", "label", "split")
-
-
-@dataclass(frozen=True)
-class CohortParams:
-    """Size and make-up of a synthetic cohort."""
-
-    #: Training slides without / with metastases.
-    train_normal: int = 8
-    train_tumor: int = 8
-    #: Test slides without / with metastases (named test_NNN, shuffled as Camelyon16's).
-    test_normal: int = 4
-    test_tumor: int = 4
-    #: Side of a slide in level-0 pixels (height varies between 80 % and 100 % of it).
-    size_px: int = 4096
-    #: Level-0 resolution in µm/px (Camelyon16 scans are 0.243; 0.5 keeps slides small).
-    mpp: float = 0.5
-    #: Seed of everything: the same seed gives the same cohort, pixel for pixel.
-    seed: int = 0
-    #: Folder of Camelyon16 JSON outlines (e.g. ``shared/data/annotations/camelyon16_json``) to
-    #: take real lesion shapes from; None draws random smooth blobs instead.
-    outlines: Path | None = None
-    #: Longest diameter range of the main lesion of a tumour slide, as a share of the slide side
-    #: (at the default 4096 px, 0.5 µm/px: 410 to 920 µm, a macro-metastasis).
-    main_lesion: tuple[float, float] = (0.2, 0.45)
-    #: ... but at least this long (µm), so every tumour slide has a lesion that the Camelyon16
-    #: FROC counts (isolated tumour cells, < 200 µm, are not counted) even on small slides.
-    main_lesion_min_um: float = 300.0
-    #: Number range and diameter range (share of the slide side) of further, smaller lesions
-    #: (at the default size 80 to 300 µm: some are isolated tumour cells, < 200 µm).
-    extra_lesions: tuple[int, int] = (0, 2)
-    extra_lesion: tuple[float, float] = (0.04, 0.15)
-    #: TIFF tile compression (``jpeg``, ``deflate`` or ``none``).
-    compression: str = "jpeg"
-    #: Worker processes generating slides in parallel.
-    workers: int = 1
+from wsi_mil.synthetic.params import CohortParams
 
 
 @dataclass(frozen=True)
@@ -407,20 +370,16 @@ def write_slide(slide: CohortSlide, seed: int, params: CohortParams) -> Path:
 
 
 def labels_csv_text(slides: list[CohortSlide]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(LABEL_COLUMNS)
-    for slide in slides:
-        writer.writerow([slide.slide_id, slide.label, slide.split])
-    return buffer.getvalue()
+    """The cohort's labels CSV (``slide_id,label,split``)."""
+    return csv_text(({"slide_id": s.slide_id, "label": s.label, "split": s.split}
+                     for s in slides), LABEL_COLUMNS)
 
 
-def generate_cohort(out_dir: str | os.PathLike, params: CohortParams = CohortParams(),
-                    overwrite: bool = False) -> Cohort:
-    """Write a synthetic cohort under ``out_dir``; slides already there are kept (they are
-    written atomically and deterministically, so an existing file is the same slide)."""
+def plan_cohort(out_dir: str | os.PathLike, params: CohortParams) -> list[tuple[CohortSlide, int]]:
+    """Every slide of the cohort under ``out_dir`` with its seed (nothing is written):
+    ``write_slide(slide, seed, params)`` makes one, deterministically."""
     root = Path(out_dir)
-    slides, jobs = [], []
+    planned = []
     for index, (slide_id, label, split) in enumerate(_plan(params)):
         seed = _slide_seed(params, index)
         width, height = slide_size(seed, params)
@@ -430,20 +389,5 @@ def generate_cohort(out_dir: str | os.PathLike, params: CohortParams = CohortPar
             annotation=root / "annotations" / f"{slide_id}.xml" if label == "tumor" else None,
             width=width, height=height, mpp=params.mpp,
         )
-        slides.append(slide)
-        jobs.append(SlideJob(slide_id, slide.path, partial(write_slide, slide, seed, params)))
-
-    by_path = {slide.path: slide for slide in slides}
-
-    def complete(path: Path) -> bool:
-        annotation = by_path[path].annotation
-        return path.exists() and (annotation is None or annotation.exists())
-
-    result = run_batch(jobs, stage="cohort", failures_csv=root / "failures.csv",
-                       is_complete=complete, workers=params.workers, overwrite=overwrite)
-    if result.failed:
-        raise RuntimeError(f"{root}: generating {len(result.failed)} slide(s) failed: "
-                           f"{result.failed}")
-    labels_csv = root / "labels.csv"
-    write_text_atomic(labels_csv, labels_csv_text(slides))
-    return Cohort(root=root, slides=tuple(slides), labels_csv=labels_csv)
+        planned.append((slide, seed))
+    return planned

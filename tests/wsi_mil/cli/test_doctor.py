@@ -83,7 +83,8 @@ def test_guarded_turns_a_crash_into_a_failed_line():
 
 
 def test_encoders_check_lists_the_registry_and_the_default_is_ready():
-    from features.registry import DEFAULT_ENCODER, list_encoders
+    from features.params import DEFAULT_ENCODER
+    from features.registry import list_encoders
 
     checks = doctor.encoders_check()
     assert [c.name for c in checks] == [f"encoder {s.name}" for s in list_encoders()]

@@ -99,8 +99,8 @@ def test_topk_rollout_maps_are_saved_beside_topk(tmp_path, vit, lesion, lesion_s
     from features.registry import Encoder
     from tiling.reader import TileReader
     from tiling.slide import open_slide
+    from wsi_mil.heatmaps.params import HeatmapParams
     from wsi_mil.heatmaps.render import top_tiles, write_topk_png
-    from wsi_mil.heatmaps.stitch import HeatmapParams
 
     encoder = Encoder(name="random-test-vit", model=vit, dim=32, input_size=32,
                       mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights="random init",

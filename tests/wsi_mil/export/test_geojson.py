@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 from shapely.geometry import Polygon, box, shape
 
+from tiling.lattice import SlideGeometry, TileGrid
 from wsi_mil.export.geojson import (
     POSITIVE_COLOR,
     segmentation_regions,
     write_segmentation_geojson,
     write_tiles_geojson,
 )
-from wsi_mil.heatmaps.stitch import HeatmapParams, SlideGeometry, TileGrid, positive_cells
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.heatmaps.stitch import positive_cells
 
 
 def test_tiles_geojson_one_detection_per_tile(tmp_path, lesion):

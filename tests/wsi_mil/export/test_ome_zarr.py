@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import zarr
 
+from tiling.lattice import SlideGeometry, TileGrid
 from wsi_mil.export.ome_zarr import write_heatmap_zarr
-from wsi_mil.heatmaps.stitch import HeatmapParams, SlideGeometry, TileGrid
+from wsi_mil.heatmaps.params import HeatmapParams
 
 
 def ome_metadata(group: zarr.Group, version: str) -> dict:

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from shapely import contains_xy
 
+from tiling.lattice import SlideGeometry
 from tiling.reader import TileReader
 from tiling.slide import open_slide, read_thumbnail
+from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.render import (
     SEGMENTATION_COLOR,
     blend_heat,
@@ -19,7 +21,7 @@ from wsi_mil.heatmaps.render import (
     write_segmentation_png,
     write_topk_png,
 )
-from wsi_mil.heatmaps.stitch import Canvas, HeatmapParams, SlideGeometry
+from wsi_mil.heatmaps.stitch import Canvas
 
 
 def read_png(path) -> np.ndarray:

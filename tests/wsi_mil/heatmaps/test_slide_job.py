@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tiling.tissue_geojson import write_tissue_geojson
+from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.slide_job import expected_files, heatmap_slide, is_complete
-from wsi_mil.heatmaps.stitch import HeatmapParams
 
 
 @pytest.fixture
@@ -58,7 +58,8 @@ def test_real_slide_tiled_by_the_pipeline(tmp_path, shared_slide):
     import numpy as np
     import zarr
 
-    from tiling.pipeline import TilingParams, tile_slide
+    from tiling.params import TilingParams
+    from tiling.pipeline import tile_slide
     from tiling.reader import TileReader
     from tiling.slide import open_slide
     from tiling.tiles_file import read_tiles_file

@@ -7,11 +7,10 @@ import pytest
 from shapely import contains_xy
 from shapely.geometry import Polygon, box
 
+from tiling.lattice import SlideGeometry, TileGrid
+from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import (
     Canvas,
-    HeatmapParams,
-    SlideGeometry,
-    TileGrid,
     block_mean,
     compute_heatmap,
     grid_to_canvas,

@@ -8,13 +8,13 @@ from shapely.geometry import MultiPolygon, Point, box
 
 from wsi_mil.metrics.froc import (
     Detections,
-    FrocParams,
     evaluation_mask,
     froc,
     itc_labels,
     slide_hits,
     tile_detections,
 )
+from wsi_mil.metrics.params import FrocParams
 
 # A 2.5 mm x 2.5 mm slide at 0.25 µm/px (10 000 px square) with three lesions:
 MPP, SIZE = 0.25, 10_000

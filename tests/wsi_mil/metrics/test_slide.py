@@ -63,3 +63,20 @@ def test_auc_undefined_with_one_class():
     probs = np.array([[0.4, 0.6], [0.3, 0.7]])
     assert slide_auc(np.array([1, 1]), probs) is None
     assert bootstrap_auc_ci(np.array([1, 1]), probs, n_boot=10) is None
+
+
+def test_sensitivity_at_specificity_and_fnr_against_hand_computed_values():
+    from wsi_mil.metrics.slide import false_negative_rate, sensitivity_at_specificity
+
+    # 10 negatives scored 0.0..0.9, 4 positives at 0.95, 0.85, 0.5, 0.05
+    neg = [i / 10 for i in range(10)]
+    pos = [0.95, 0.85, 0.5, 0.05]
+    y = [False] * 10 + [True] * 4
+    scores = neg + pos
+    # specificity >= 0.9 allows one false positive (the 0.9 negative): threshold 0.85 catches 2
+    assert sensitivity_at_specificity(y, scores, 0.90) == 0.5
+    # specificity >= 0.95 allows none: only 0.95 is above every negative
+    assert sensitivity_at_specificity(y, scores, 0.95) == 0.25
+    assert sensitivity_at_specificity([True, True], [0.1, 0.2], 0.9) is None
+    assert false_negative_rate(y, [s >= 0.5 for s in scores]) == 0.25
+    assert false_negative_rate([False], [True]) is None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from wsi_mil.mil.train import TrainParams, finished_fold, train_run
+from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.train import finished_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
@@ -17,7 +18,7 @@ def test_resume_keeps_complete_folds_and_retrains_the_rest(tmp_path):
     fold0, fold1 = run / "fold_0", run / "fold_1"
     assert finished_fold(fold0) is not None
     kept = (fold0 / "model.pt").stat().st_mtime_ns
-    (fold1 / "test_predictions.csv").unlink()  # as if killed while writing fold 1
+    (fold1 / "training.json").unlink()  # as if killed while writing fold 1
 
     second = train_run(features, labels, run, params, resume=True)
     assert (fold0 / "model.pt").stat().st_mtime_ns == kept

@@ -10,7 +10,9 @@ import pytest
 
 from tiling.annotations import lesion_mask, read_annotations
 from tiling.slide import open_slide, slide_mpp
-from wsi_mil.synthetic.cohort import CohortParams, design_slide, generate_cohort, render_region
+from wsi_mil.pipeline.cohort import generate_cohort
+from wsi_mil.synthetic.cohort import design_slide, render_region
+from wsi_mil.synthetic.params import CohortParams
 
 SMALL = CohortParams(train_normal=1, train_tumor=1, test_normal=1, test_tumor=1, size_px=1024,
                      main_lesion=(0.3, 0.4), main_lesion_min_um=0.0, extra_lesions=(0, 0),

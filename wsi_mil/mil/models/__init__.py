@@ -1,16 +1,16 @@
 """MIL models behind a registry: ``create_model(name, in_dim, n_classes, **kwargs)``.
 
-``gated_abmil`` (default), ``abmil``, ``clam_sb``, ``clam_mb``, ``mean_pool``, ``max_pool``.
+``gated_abmil`` (default), ``abmil``, ``clam_sb``, ``clam_mb``, ``mean_pool``, ``max_pool``,
+``transmil`` and ``transformer_mil``.
 Every model returns a :class:`MILOutput`: slide logits, per-tile attention (softmax over real
 tiles, 0 on padding), raw attention scores and per-tile class scores from the tile-level
 segmentation head.
 """
 
-from wsi_mil.mil.models import attention, clam, pooling  # noqa: F401 - registers the models
+from wsi_mil.mil.models import attention, clam, pooling, transformers  # noqa: F401 - registers the models
 from wsi_mil.mil.models.base import MILModel, MILOutput
 from wsi_mil.mil.models.registry import create_model, list_models, register_model
-
-DEFAULT_MODEL = "gated_abmil"
+from wsi_mil.mil.params import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "MILModel", "MILOutput", "create_model", "list_models",
            "register_model"]

@@ -1,0 +1,78 @@
+"""Imports run one way: no module imports a package of a higher layer (an AST walk, so a lazy
+import inside a function counts too; ``if TYPE_CHECKING:`` blocks are type hints, not imports)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Lowest first. A module may import its own layer and any layer below it.
+LAYERS = (
+    "tiling",
+    "features",
+    "wsi_mil.metrics",
+    "wsi_mil.mil",
+    "wsi_mil.synthetic",
+    "wsi_mil.explain",
+    "wsi_mil.heatmaps",
+    "wsi_mil.export",
+    "wsi_mil.segment",
+    "wsi_mil.viewer",
+    "wsi_mil.pipeline",
+    "wsi_mil.cli",
+)
+
+
+def layer_of(module: str) -> int | None:
+    matches = [i for i, layer in enumerate(LAYERS)
+               if module == layer or module.startswith(layer + ".")]
+    return max(matches) if matches else None
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_layers_import_downwards_only():
+    violations = []
+    for package in ("tiling", "features", "wsi_mil"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            own = layer_of(module)
+            if own is None:  # wsi_mil/__init__.py and __main__.py: the public entry points
+                continue
+            for lineno, target in imports(ast.parse(path.read_text(encoding="utf-8"))):
+                other = layer_of(target)
+                if other is not None and other > own:
+                    violations.append(f"{path.relative_to(REPO)}:{lineno} imports {target} "
+                                      f"({LAYERS[other]} is above {LAYERS[own]})")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_walk_sees_lazy_imports_and_skips_type_checking_blocks():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import wsi_mil.cli\n"
+                     "def f():\n    from wsi_mil.pipeline import run\n")
+    assert [m for _, m in imports(tree)] == ["typing", "wsi_mil.pipeline"]

@@ -1,0 +1,100 @@
+"""One source for every parameter: each stage field is a flag of its verb and a YAML key, with
+the same default; the flags build the same dataclass the YAML does."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+import pytest
+
+from wsi_mil.cli import build_parser
+from wsi_mil.cli.options import flag_name, option_fields, options_from_args
+from wsi_mil.pipeline.config import PipelineConfig, parse_config
+from wsi_mil.pipeline.schema import build_dataclass
+
+#: config section -> the verb whose flags set it.
+SECTION_VERB = {
+    "slides": "tile",
+    "tiling": "tile",
+    "extract": "extract",
+    "train": "train",
+    "predict": "predict",
+    "heatmap": "heatmap",
+    "evaluate": "evaluate",
+    "cohort": "cohort",
+}
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _section_class(name: str) -> type:
+    hint = typing.get_type_hints(PipelineConfig)[name]
+    options = typing.get_args(hint) or (hint,)
+    return next(o for o in options if dataclasses.is_dataclass(o))
+
+
+def test_every_dataclass_section_has_a_verb():
+    sections = {f.name for f in dataclasses.fields(PipelineConfig)
+                if any(dataclasses.is_dataclass(o) for o in
+                       (typing.get_args(typing.get_type_hints(PipelineConfig)[f.name])
+                        or (typing.get_type_hints(PipelineConfig)[f.name],)))}
+    assert sections <= set(SECTION_VERB), sections - set(SECTION_VERB)
+
+
+@pytest.mark.parametrize("section", sorted(SECTION_VERB))
+def test_every_field_is_a_flag_with_the_yaml_default(section):
+    cls = _section_class(section)
+    parser = _subparsers()[SECTION_VERB[section]]
+    by_dest = {a.dest: a for a in parser._actions}
+    yaml_defaults = build_dataclass(cls, {}, where=f"test: {section}")
+    for dest, f, _hint, doc in option_fields(cls):
+        assert dest in by_dest, f"{section}.{dest} has no flag on `wsi-mil {SECTION_VERB[section]}`"
+        action = by_dest[dest]
+        if action.option_strings:  # positional inputs have no flag name
+            assert flag_name(dest) in action.option_strings
+        assert doc, f"{cls.__name__}.{f.name} has no #: documentation"
+        value = yaml_defaults
+        for part in dest.split("."):
+            value = getattr(value, part)
+        shown = value if not isinstance(value, tuple) else " ".join(map(str, value)) or "none"
+        if isinstance(value, bool):
+            shown = "on" if value else "off"
+        if action.option_strings:
+            assert f"default: {'none' if value is None else shown}" in action.help, (dest, action.help)
+
+
+def test_flags_and_yaml_build_the_same_parameters(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["tile", "slides/", "--out", str(tmp_path), "--tile-size", "224",
+                              "--no-pen-filter", "--pen-hue-deg", "70", "190",
+                              "--tissue-method", "fixed"])
+    from tiling.params import TilingParams
+
+    from_flags = options_from_args(TilingParams, args)
+    config = parse_config({"out": str(tmp_path), "slides": {"inputs": ["slides/"]},
+                           "labels": "labels.csv",
+                           "tiling": {"tile_size": 224, "pen_filter": False,
+                                      "pen_hue_deg": [70, 190], "tissue_method": "fixed"}})
+    assert from_flags == config.tiling
+
+
+def test_list_flags_take_commas_or_spaces_and_nested_flags_reach_nested_fields():
+    parser = build_parser()
+    args = parser.parse_args(["heatmap", "--predictions", "p", "--out", "o",
+                              "--formats", "png,zarr"])
+    from wsi_mil.heatmaps.params import HeatmapParams
+
+    assert options_from_args(HeatmapParams, args).formats == ("png", "zarr")
+    args = parser.parse_args(["evaluate", "--predictions", "p", "--labels", "l.csv",
+                              "--froc-dilation-um", "50", "--exclude", "a", "b"])
+    from wsi_mil.pipeline.config import EvaluateSection
+
+    section = options_from_args(EvaluateSection, args)
+    assert section.froc.dilation_um == 50.0 and section.exclude == ("a", "b")
+    assert section.froc.itc_axis_um == 275.0  # the rest of the nested section keeps defaults

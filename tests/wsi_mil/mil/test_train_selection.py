@@ -1,0 +1,83 @@
+"""Model selection on the slide-level validation loss from ``min_epochs`` on, attention entropy
+per epoch, and one decision threshold per run from pooled validation predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wsi_mil.metrics.slide import choose_threshold
+from wsi_mil.mil.bags import BagDataset
+from wsi_mil.mil.models import create_model
+from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.train import train_fold, train_run
+from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
+
+SMALL = {"hidden_dims": (16,), "attention_dim": 8, "lr": 2e-3, "device": "cpu", "bootstrap": 0}
+
+
+def dataset(bags):
+    return BagDataset.from_arrays([b.features for b in bags], [b.label for b in bags],
+                                  [b.slide_id for b in bags])
+
+
+def test_selection_watches_the_slide_loss_and_skips_early_epochs():
+    bags = planted_bags(40, (8, 16), 12, shift=2.0, seed=3)
+    params = TrainParams(epochs=8, min_epochs=4, patience=100, seg_weight=1.0, **SMALL)
+    torch.manual_seed(0)
+    model = create_model("gated_abmil", 12, 2, **params.model_kwargs())
+    result = train_fold(model, dataset(bags[:30]), dataset(bags[30:]), params, 0, seed=0)
+    slide_loss = np.array([row["val_slide_loss"] for row in result.log])
+    total_loss = np.array([row["val_loss"] for row in result.log])
+    assert (total_loss > slide_loss).all()  # the head's pseudo-label loss is in val_loss only
+    assert result.best_epoch == 3 + int(np.argmin(slide_loss[3:]))
+    assert not any(row["best"] for row in result.log[:3])
+
+
+def test_log_has_attention_entropy_per_epoch():
+    bags = planted_bags(12, (3, 9), 6, seed=4)
+    params = TrainParams(model="mean_pool", epochs=2, min_epochs=1, **SMALL)
+    model = create_model("mean_pool", 6, 2, **params.model_kwargs())
+    result = train_fold(model, dataset(bags[:8]), dataset(bags[8:]), params, 0, seed=0)
+    # mean pooling attends uniformly: the entropy of a bag of N tiles is ln N, normalised 1
+    expected = np.mean([math.log(len(b.features)) for b in bags[8:]])
+    for row in result.log:
+        assert row["val_attention_entropy"] == pytest.approx(expected, abs=1e-5)
+        assert row["val_attention_entropy_norm"] == pytest.approx(1.0, abs=1e-5)
+        assert row["train_attention_entropy"] > 0
+
+
+def _read(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("min_per_class", [1, 1000])
+def test_one_threshold_per_run_from_pooled_validation(tmp_path, min_per_class):
+    bags = planted_bags(24, (6, 12), 8, shift=1.0, seed=5)
+    features, labels = write_planted_bags(tmp_path, bags)
+    params = TrainParams(folds=3, epochs=2, min_epochs=1, threshold_min_per_class=min_per_class,
+                         **SMALL)
+    summary = train_run(features, labels, tmp_path / "run", params)
+    val_rows = [r for k in range(3) for r in _read(tmp_path / "run" / f"fold_{k}" /
+                                                     "val_predictions.csv")]
+    y = np.array([r["label"] == "pos" for r in val_rows], dtype=int)
+    p = np.array([[float(r["prob_neg"]), float(r["prob_pos"])] for r in val_rows])
+    if min_per_class == 1:
+        assert summary["threshold"] == pytest.approx(choose_threshold(y, p), abs=1e-5)
+        assert summary["threshold_rule"].startswith("Youden's J on pooled validation")
+    else:
+        assert summary["threshold"] == 0.5 and "fewer than 1000" in summary["threshold_rule"]
+    for k in range(3):
+        fold = tmp_path / "run" / f"fold_{k}"
+        assert json.loads((fold / "model.json").read_text())["threshold"] == summary["threshold"]
+        metrics = json.loads((fold / "metrics.json").read_text())
+        assert metrics["threshold"] == summary["threshold"]
+        for row in _read(fold / "test_predictions.csv"):
+            positive = float(row["prob_pos"]) >= summary["threshold"]
+            assert row["predicted_label"] == ("pos" if positive else "neg")

@@ -1,0 +1,80 @@
+"""The explain stage end to end on planted bags: explanations.h5, figure, cohort table, skip."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import box
+from shapely.ops import unary_union
+
+from tiling.annotations import write_asap_xml
+from wsi_mil.explain.params import ExplainParams
+from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.train import train_run
+from wsi_mil.pipeline.explain import explain_slides, read_explanations
+from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("planted")
+    bags = planted_bags(16, 49, 16, planted_fraction=0.15, shift=4.0, seed=0)
+    features, labels = write_planted_bags(root, bags)
+    annotations = root / "annotations"
+    for bag in bags:
+        if bag.label:  # the planted tiles' boxes on the 7 x 7 grid of 224 px tiles
+            idx = np.flatnonzero(bag.planted)
+            write_asap_xml(annotations / f"{bag.slide_id}.xml",
+                           unary_union([box(i % 7 * 224, i // 7 * 224, i % 7 * 224 + 224,
+                                            i // 7 * 224 + 224) for i in idx]))
+    params = TrainParams(model="gated_abmil", hidden_dims=(32,), attention_dim=16, epochs=15,
+                         monitor="none", lr=2e-3, folds=2, k_sample=3, device="cpu",
+                         bootstrap=0)
+    train_run(features, labels, root / "run", params)
+    yield root, features, annotations
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_explain_stage_outputs(planted_run):
+    root, features, annotations = planted_run
+    out = root / "explain"
+    params = ExplainParams(perturbation_steps=4, perturbation_random=1, bootstrap=50,
+                           ig_steps=8, device="cpu", figure_side=128)
+    result = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
+    assert result.exit_code == 0 and len(result.done) == 16
+    maps, attrs = read_explanations(out / "slide_0001" / "explanations.h5")
+    assert set(maps) == {"attention", "gradient_x_input", "integrated_gradients",
+                         "attention_x_gradient", "segmentation", "random"}
+    assert all(v.shape == (49,) for v in maps.values())
+    assert attrs["model"] == "gated_abmil" and "tile_auc" in attrs["scores"]["attention"]
+    with h5py.File(out / "slide_0001" / "explanations.h5") as f:
+        assert f["attention"].attrs["method"] == "attention"
+        assert f["lesion_fraction"][:].sum() == pytest.approx(7.0)
+    negative = read_explanations(out / "slide_0000" / "explanations.h5")[1]["scores"]
+    assert "tile_auc" not in negative["attention"]  # no lesion: only the sanity check
+    assert (out / "slide_0001" / "comparison.png").stat().st_size > 0
+    with (out / "cohort_table.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    auc = {r["method"]: float(r["mean"]) for r in rows if r["metric"] == "tile_auc"}
+    assert auc["attention"] > auc["random"] and int(rows[0]["n"]) >= 1
+    assert "| attention |" in (out / "cohort_table.md").read_text()
+    assert (out / "cohort_scores.png").is_file()
+    # a second run skips complete slides
+    again = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
+    assert len(again.skipped) == 16
+
+
+def test_explain_stage_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="features folder"):
+        explain_slides(tmp_path / "run", tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown"):
+        ExplainParams(methods=("saliency",))
+    assert json.dumps(list(ExplainParams().methods)) == "[]"

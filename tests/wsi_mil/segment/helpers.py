@@ -1,0 +1,50 @@
+"""Shared pieces of the segmentation tests: a segmenter whose answer is known exactly.
+
+:class:`DarkPixels` marks every pixel darker than glass as lesion, pixel by pixel, so a
+stitched mask must reproduce the painted shapes exactly: any offset, scale or blending error
+in reading, stitching or the pyramid shows up as a displaced centroid. It is also what the
+memory test runs (a trained network would only add weights, not change the bookkeeping).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
+
+
+class DarkPixels(torch.nn.Module):
+    """Logits ``[N, 2, H, W]``: lesion where the normalised mean intensity is below 1.0
+    (tissue at (196, 96, 168) is about 0.4, glass at 243 about 1.8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(20.0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lesion = self.scale * (1.0 - x.mean(dim=1, keepdim=True))
+        return torch.cat([torch.zeros_like(lesion), lesion], dim=1)
+
+
+def dark_card(mpp: float, tile_size: int) -> dict:
+    """The parts of a model card inference reads."""
+    return {"input": {"mpp": mpp, "tile_size": tile_size}, "net": "dark_pixels",
+            "checkpoint_sha256": "0" * 64}
+
+
+def grid_prediction(path, slide_path, width: int, height: int, mpp: float, tile: int,
+                    positive) -> None:
+    """A predictions file with tiles on a ``tile``-px grid over the whole slide; tile
+    probabilities 1 where ``positive(x, y)`` (level-0 top-left corner) is true, else 0."""
+    xs, ys = np.meshgrid(np.arange(0, width, tile), np.arange(0, height, tile))
+    coords = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.int64)
+    flag = np.array([bool(positive(x, y)) for x, y in coords], np.float32)
+    write_prediction(path, SlidePrediction(
+        slide_id=path.stem, coords=coords, attention=flag, attention_norm=normalise_attention(flag),
+        tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
+        probs=np.array([0.0, 1.0], np.float32), class_names=["normal", "tumor"],
+        predicted_label="tumor",
+        attrs={"slide_width": width, "slide_height": height, "slide_mpp": mpp,
+               "tile_size_level0": float(tile), "stride": float(tile),
+               "slide_path": str(slide_path), "negative_class": "normal"}))

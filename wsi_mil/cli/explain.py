@@ -1,0 +1,50 @@
+"""``wsi-mil explain``: every explanation method on every slide of a run, scored against lesions.
+
+The flags are the fields of :class:`~wsi_mil.explain.params.ExplainParams` (the ``explain``
+config section); the work is :func:`wsi_mil.pipeline.explain.explain_slides`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.explain.params import ExplainParams
+
+
+def run(args: argparse.Namespace) -> int:
+    from wsi_mil.pipeline.explain import STAGE, explain_slides
+
+    try:
+        params = options_from_args(ExplainParams, args)
+        result = explain_slides(args.run, args.features, args.out, params,
+                                annotations_dir=args.annotations, slides_dir=args.slides,
+                                workers=args.workers, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError) as exc:  # bad parameters or folders: one clear line
+        print(f"wsi-mil explain: error: {exc}", file=sys.stderr)
+        return 2
+    print(result.summary(STAGE))
+    print(f"cohort table: {args.out}/cohort_table.md")
+    return result.exit_code
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explain", help="explanation methods per slide, scored against lesion annotations",
+        description="For each feature bag: explanations.h5 (attention, rollout, relevance, "
+        "gradient x input, integrated gradients, attention x gradient, segmentation, random) "
+        "and comparison.png; for the cohort: cohort_table.csv/.md (lesion mass, pointing game, "
+        "energy pointing game, tile AUC/AP, deletion/insertion AUC vs random, randomisation "
+        "sanity check; mean and bootstrap 95% CI) and cohort_scores.png.")
+    p.add_argument("--run", required=True, help="run folder of wsi-mil train")
+    p.add_argument("--features", required=True, help="folder of <slide_id>.h5 feature bags")
+    p.add_argument("--out", required=True, help="output folder (one subfolder per slide)")
+    p.add_argument("--annotations", help="folder of <slide_id>.xml/.geojson/.json lesion "
+                   "annotations (without it only the sanity check is scored)")
+    p.add_argument("--slides", help="folder of slides for the thumbnails (default: slide_path "
+                   "in the bags)")
+    p.add_argument("--workers", type=int, default=1, help="slides explained in parallel")
+    p.add_argument("--overwrite", action="store_true", help="redo slides already complete")
+    add_options(p.add_argument_group("explanations and scores"), ExplainParams)
+    p.set_defaults(func=run)

@@ -1,0 +1,134 @@
+"""Figures of the explain stage: one slide's methods side by side, and the cohort's bar chart.
+
+Drawn with matplotlib's object API (``Figure``, no pyplot state, safe in worker processes) and
+written atomically. Each heatmap is the method's scores as percentiles among the slide's tiles
+(the heatmap renderer's default "rank" scale, so maps of different units compare), laid on the
+tile grid over the thumbnail, with the lesion outline in black.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tiling.storage import atomic_output
+
+
+def _thumbnail(slide_path: Path, side: int) -> tuple[np.ndarray | None, float]:
+    """(RGB thumbnail, level-0 px per thumbnail px), or (None, 0) when the slide cannot be read."""
+    from tiling.slide import open_slide, read_thumbnail
+
+    try:
+        slide = open_slide(slide_path)
+    except Exception:  # noqa: BLE001 - a figure without its thumbnail is still a figure
+        return None, 0.0
+    try:
+        thumb = read_thumbnail(slide, max_side=side)
+    finally:
+        slide.close()
+    return thumb.image, thumb.downsample
+
+
+def score_grid(coords: np.ndarray, values: np.ndarray, stride: float,
+               width: float, height: float) -> np.ndarray:
+    """Per-tile ``values`` on the tile grid (NaN where there is no tile)."""
+    cols, rows = int(np.ceil(width / stride)), int(np.ceil(height / stride))
+    grid = np.full((rows, cols), np.nan, dtype=np.float32)
+    ij = np.floor(np.asarray(coords, dtype=np.float64) / stride).astype(int)
+    grid[np.clip(ij[:, 1], 0, rows - 1), np.clip(ij[:, 0], 0, cols - 1)] = values
+    return grid
+
+
+def _outline(ax: Any, lesions: Any, scale: float) -> None:
+    if lesions is None or lesions.is_empty:
+        return
+    for polygon in getattr(lesions, "geoms", [lesions]):
+        x, y = polygon.exterior.xy
+        ax.plot(np.asarray(x) / scale, np.asarray(y) / scale, color="black", linewidth=1.0)
+
+
+def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Mapping[str, Any],
+                            coords: np.ndarray, maps: Mapping[str, np.ndarray],
+                            scores: Mapping[str, Mapping[str, float]], lesions: Any,
+                            title: str, panel_side: int = 384) -> Path:
+    """Thumbnail, then one heatmap per method, titled with its tile AUC (and sanity flag)."""
+    from matplotlib.figure import Figure
+    from scipy.stats import rankdata
+
+    width, height = float(attrs["slide_width"]), float(attrs["slide_height"])
+    stride = float(attrs.get("stride", attrs["tile_size"])) * (
+        float(attrs["tile_size_level0"]) / float(attrs["tile_size"]))
+    image, downsample = _thumbnail(slide_path, panel_side)
+    scale = downsample if image is not None else max(width, height) / panel_side
+    extent = (0, width / scale, height / scale, 0)
+    panels = 1 + len(maps)
+    cols = min(panels, 5)
+    rows = int(np.ceil(panels / cols))
+    aspect = height / width
+    fig = Figure(figsize=(3.0 * cols, 3.0 * aspect * rows + 0.8), dpi=110)
+    fig.suptitle(title, fontsize=10)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
+    for ax in axes:
+        ax.set_axis_off()
+    if image is not None:
+        axes[0].imshow(image, extent=extent)
+    _outline(axes[0], lesions, scale)
+    axes[0].set_title("slide (lesion outlined)", fontsize=8)
+    for ax, (method, values) in zip(axes[1:], maps.items()):
+        if image is not None:
+            ax.imshow(image, extent=extent)
+        ranks = rankdata(values) / max(len(values), 1)
+        ax.imshow(score_grid(coords, ranks, stride, width, height), cmap="inferno", alpha=0.75,
+                  vmin=0, vmax=1, interpolation="nearest",
+                  extent=(0, np.ceil(width / stride) * stride / scale,
+                          np.ceil(height / stride) * stride / scale, 0))
+        _outline(ax, lesions, scale)
+        ax.set_xlim(0, width / scale)
+        ax.set_ylim(height / scale, 0)
+        s = scores.get(method, {})
+        label = method
+        if np.isfinite(s.get("tile_auc", np.nan)):
+            label += f"\ntile AUC {s['tile_auc']:.2f}"
+        if s.get("sanity_flagged"):
+            label += " (fails sanity)"
+        ax.set_title(label, fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def write_cohort_chart(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                       metrics: Sequence[str], titles: Mapping[str, str]) -> Path:
+    """Grouped bars: one panel per metric, one bar per method, 95 % CI as error bars."""
+    from matplotlib.figure import Figure
+
+    metrics = [m for m in metrics if any(r["metric"] == m for r in rows)]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["method"], r["metric"]): r for r in rows}
+    cols = min(4, max(1, len(metrics)))
+    n_rows = int(np.ceil(len(metrics) / cols))
+    fig = Figure(figsize=(3.6 * cols, 2.8 * n_rows), dpi=110)
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(n_rows, cols, i + 1)
+        present = [m for m in methods if (m, metric) in cell]
+        means = np.array([cell[(m, metric)]["mean"] for m in present])
+        low = means - np.array([cell[(m, metric)]["low"] for m in present])
+        high = np.array([cell[(m, metric)]["high"] for m in present]) - means
+        ax.bar(range(len(present)), means, yerr=[low, high], capsize=2,
+               color=[colors[m] for m in present])
+        ax.set_xticks(range(len(present)))
+        ax.set_xticklabels(present, rotation=60, ha="right", fontsize=7)
+        ax.set_title(titles.get(metric, metric), fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path

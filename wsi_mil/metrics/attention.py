@@ -1,0 +1,31 @@
+"""How spread out a bag's attention is: the Shannon entropy of its softmax weights.
+
+Logged per epoch by training (``log.csv``) because it shows two failures that the loss hides:
+attention collapsing onto one tile (entropy near 0, the model decides from a single instance
+and usually overfits) and attention that never leaves uniform (entropy near ``log N``, the
+model is a mean-pooling classifier and the heatmaps say nothing). The normalised form divides
+by ``log N`` so bags of different sizes are comparable (0: one tile, 1: uniform).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def attention_entropy(weights: np.ndarray, normalised: bool = False) -> float:
+    """Entropy in nats, ``-sum(a * log a)``, of one bag's attention weights (summing to 1).
+
+    Zero weights contribute 0 (the limit of ``a log a``). ``normalised`` divides by ``log N``
+    (``N`` the number of weights); a one-tile bag has entropy 0 either way.
+    """
+    a = np.asarray(weights, dtype=np.float64).ravel()
+    if a.size == 0:
+        raise ValueError("attention_entropy needs at least one weight")
+    if (a < 0).any() or not np.isclose(a.sum(), 1.0, atol=1e-4):
+        raise ValueError(f"attention weights must be >= 0 and sum to 1, got sum {a.sum():.6f}")
+    nz = a[a > 0]
+    h = float(-(nz * np.log(nz)).sum())
+    h = max(h, 0.0)  # rounding can give -1e-17 for a one-hot bag
+    if normalised:
+        return h / float(np.log(a.size)) if a.size > 1 else 0.0
+    return h

@@ -1,0 +1,308 @@
+"""Transformer MIL: ``transmil`` (Shao et al., NeurIPS 2021) and ``transformer_mil``.
+
+Both put a class token in front of the tile embeddings, run transformer layers over the whole
+bag and classify the class token's output; the tile tokens' outputs feed the segmentation head
+(so its tile scores are contextualised, unlike the attention models' head on each tile alone).
+
+* ``transformer_mil``: a plain pre-norm encoder (``x + MHA(LN x)``, ``x + MLP(LN x)``) with
+  exact softmax attention, so its attention matrices, rollout and relevance are exact. It has no
+  positional information, so its slide prediction is **permutation-invariant** (the tile
+  outputs are permutation-equivariant). Padding is masked out of every key.
+* ``transmil``: the authors' architecture (``TransMIL.py`` of szc19990412/TransMIL): two
+  Nyström-attention layers (the ``nystrom-attention`` package, as the authors use, with their
+  settings: 8 heads, ``dim/2`` landmarks, 6 pseudo-inverse iterations, the depth-wise
+  convolution residual) around the PPEG module, which lays the tile sequence out on a square
+  (padded by repeating the first tiles) and mixes neighbours with 7/5/3 depth-wise
+  convolutions. PPEG, Nyström's landmarks (means of consecutive segments of the sequence) and
+  the residual convolution all depend on tile **order**, so ``transmil`` is **not**
+  permutation-invariant: its prediction depends on the order of the bag (the order of the
+  tiles file, row-major on the slide). Bags of a padded batch are run one at a time on their
+  real tiles, as the authors' code runs batches of one, so padding never changes a prediction.
+
+Chunked prediction is impossible for both (every tile attends to every other tile), so
+``predict_chunked`` reads the whole bag once. What bounds memory instead: ``transformer_mil``
+uses :func:`torch.nn.functional.scaled_dot_product_attention`, whose fused kernels never hold the
+``n x n`` matrix (memory linear in the bag size) except for the last layer's class-token row,
+which is ``n`` values; ``transmil``'s Nyström attention holds ``heads x n x landmarks``
+matrices, also linear in ``n``. The explanation methods that need whole attention matrices
+(``record=True``: rollout, relevance) are quadratic in ``n``; see :mod:`wsi_mil.explain.methods`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from wsi_mil.mil.models.base import MILModel, MILOutput
+from wsi_mil.mil.models.registry import register_model
+
+
+@dataclass
+class AttentionRecord:
+    """One layer's attention over the token sequence ``[cls, tiles...]`` of one bag.
+
+    ``matrix`` ``[heads, T, T]`` is part of the autograd graph (the layer's output was computed
+    from it), so the gradient of a logit with respect to it can be taken (Chefer et al.).
+    ``tiles`` ``[T - 1]`` maps each token after the class token to its tile in the bag (TransMIL's
+    square padding repeats tiles; otherwise it is ``0..n-1``).
+    """
+
+    matrix: torch.Tensor
+    tiles: torch.Tensor
+
+
+class _TransformerMIL(MILModel):
+    """Shared output assembly: class-token logits, tile-token segmentation, class-token attention."""
+
+    ranks_by_attention = True
+
+    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+        super().__init__(in_dim, n_classes, **kwargs)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, self.hidden_dim) * 0.02)
+        self.norm = nn.LayerNorm(self.hidden_dim)
+        self.classifier = nn.Linear(self.hidden_dim, n_classes)
+        #: filled by ``forward(..., record=True)``: one :class:`AttentionRecord` per layer, for
+        #: the last bag of the batch (explanations run on one bag at a time).
+        self.records: list[AttentionRecord] = []
+
+    def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Not defined: a tile's attention depends on the whole bag, not on its embedding alone
+        (the transformer's ``forward`` replaces the base class's per-tile pooling)."""
+        raise TypeError(f"{self.name}: attention is computed over the whole bag in forward()")
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Slide logits from the class token's output ``[B, 1, H]``."""
+        return self.classifier(pooled[:, 0])
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One bag ``[n, D]`` -> (token outputs ``[1 + n, H]``, class-token attention ``[n]``)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, record: bool = False) -> MILOutput:
+        """As :meth:`MILModel.forward`; ``record`` keeps every layer's attention matrix (of the
+        last bag) in :attr:`records` for rollout and relevance."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+            mask = None if mask is None else mask.reshape(1, -1)
+        b, n = x.shape[:2]
+        if mask is None:
+            mask = torch.ones((b, n), dtype=torch.bool, device=x.device)
+        logits, tile_logits = [], x.new_zeros((b, n, self.n_classes))
+        attention = x.new_zeros((b, n))
+        for i in range(b):
+            real = mask[i].nonzero().flatten()
+            tokens, att = self.encode(x[i, real], record)
+            tokens = self.norm(tokens)
+            logits.append(self.classify(tokens[:1].unsqueeze(0)))
+            tile_logits[i, real] = self.tile_head(tokens[1:]).to(tile_logits.dtype)
+            attention[i, real] = att.to(attention.dtype)
+        raw = torch.log(attention.clamp_min(1e-30)).masked_fill(~mask, 0.0)
+        return MILOutput(torch.cat(logits), attention, raw, tile_logits,
+                         attention.unsqueeze(-1), None)
+
+    @torch.no_grad()
+    def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
+                        chunk_size: int = 16384) -> MILOutput:
+        """The whole bag at once: self-attention cannot be split into chunks of tiles (see the
+        module docstring for what bounds memory instead); ``chunk_size`` bounds the read."""
+        parts = [read(s, min(s + chunk_size, num_tiles)).float()
+                 for s in range(0, num_tiles, chunk_size)]
+        return self.forward(torch.cat(parts))
+
+
+class ExactSelfAttention(nn.Module):
+    """Multi-head softmax self-attention whose matrix can be recorded (and differentiated)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor,
+                                                             torch.Tensor | None]:
+        """``x`` ``[T, H]`` -> (output ``[T, H]``, class-token row ``[heads, T]``, matrix)."""
+        t, dim = x.shape
+        q, k, v = self.qkv(x).view(t, 3, self.heads, dim // self.heads).permute(1, 2, 0, 3)
+        scale = 1.0 / math.sqrt(dim // self.heads)
+        drop = self.dropout if self.training else 0.0
+        if record:
+            matrix = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
+            out = F.dropout(matrix, drop, self.training) @ v
+            cls_row = matrix[:, 0]
+        else:
+            matrix = None
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            cls_row = torch.softmax((q[:, :1] @ k.transpose(-1, -2))[:, 0] * scale, dim=-1)
+        return self.out(out.transpose(0, 1).reshape(t, dim)), cls_row, matrix
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer: ``x + MHA(LN x)``, then ``x + MLP(LN x)``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = ExactSelfAttention(dim, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor, record: bool):
+        out, cls_row, matrix = self.attn(self.norm1(x), record)
+        x = x + out
+        return x + self.mlp(self.norm2(x)), cls_row, matrix
+
+
+@register_model("transformer_mil")
+class TransformerMIL(_TransformerMIL):
+    """Class token + ``layers`` exact-attention pre-norm encoder layers; permutation-invariant."""
+
+    def __init__(self, in_dim: int, n_classes: int, layers: int = 2, heads: int = 8,
+                 **kwargs) -> None:
+        super().__init__(in_dim, n_classes, **kwargs)
+        self.hparams.update(layers=int(layers), heads=int(heads))
+        self.layers = nn.ModuleList(EncoderLayer(self.hidden_dim, int(heads),
+                                                 self.hparams["dropout"])
+                                    for _ in range(int(layers)))
+
+    def encode(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.cat([self.cls_token[0].to(x.dtype), self.embed(x)])
+        if record:
+            self.records = []
+        cls_row = tokens.new_ones((1, 1))
+        tiles = torch.arange(x.shape[0], device=x.device)
+        for layer in self.layers:
+            tokens, cls_row, matrix = layer(tokens, record)
+            if record:
+                self.records.append(AttentionRecord(matrix, tiles))
+        return tokens, tile_share(cls_row.mean(0))
+
+
+def tile_share(row: torch.Tensor) -> torch.Tensor:
+    """A class-token attention row ``[1 + n]`` -> the tiles' shares, renormalised to sum to 1
+    (the class token's attention to itself is no tile's)."""
+    tiles = row[1:].clamp_min(0)
+    total = tiles.sum()
+    return torch.where(total > 0, tiles / total.clamp_min(1e-30),
+                       torch.full_like(tiles, 1.0 / tiles.numel()))
+
+
+class PPEG(nn.Module):
+    """TransMIL's Pyramid Position Encoding Generator: 7x7, 5x5 and 3x3 depth-wise convolutions
+    (plus identity) over the tile tokens laid out on a ``side x side`` square."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 7, 1, 3, groups=dim)
+        self.proj1 = nn.Conv2d(dim, dim, 5, 1, 2, groups=dim)
+        self.proj2 = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        cls, feat = x[:1], x[1:]
+        grid = feat.T.reshape(1, -1, side, side)
+        grid = self.proj(grid) + grid + self.proj1(grid) + self.proj2(grid)
+        return torch.cat([cls, grid.flatten(2)[0].T])
+
+
+class NystromLayer(nn.Module):
+    """TransMIL's ``TransLayer``: ``x + NystromAttention(LN x)`` with the authors' settings.
+
+    ``record=True`` recomputes the same attention with the package's own projections and
+    pseudo-inverse, but materialises the ``T x T`` Nyström matrix ``softmax(Q L_k) pinv(softmax(
+    L_q L_k)) softmax(L_q K)`` and computes the output from it, so that the matrix is in the
+    autograd graph (the package only returns it detached from the output); the output equals the
+    package's (tested). It is the approximation the model uses, not an exact softmax: rows need
+    not sum to 1 and entries can be slightly negative.
+    """
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        from nystrom_attention import NystromAttention
+
+        self.norm = nn.LayerNorm(dim)
+        self.attn = NystromAttention(dim=dim, dim_head=dim // 8, heads=8,
+                                     num_landmarks=dim // 2, pinv_iterations=6,
+                                     residual=True, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, record: bool):
+        y = self.norm(x).unsqueeze(0)
+        if not record:  # the class token's row from the factors: n x landmarks, never n x n
+            out, (attn1, attn2_inv, attn3) = self.attn(y, return_attn_matrices=True)
+            pad = attn1.shape[2] - x.shape[0]
+            cls_row = (attn1[0, :, pad:pad + 1] @ attn2_inv[0] @ attn3[0])[:, 0, pad:]
+            out, matrix = out[0], None
+        else:
+            out, matrix = self._recorded(y)
+            cls_row = matrix[:, 0]
+        return x + out, cls_row, matrix
+
+    def _recorded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from nystrom_attention.nystrom_attention import moore_penrose_iter_pinv
+
+        a = self.attn
+        n, m = x.shape[1], a.num_landmarks
+        pad = (m - n % m) % m
+        x = F.pad(x, (0, 0, pad, 0))
+        q, k, v = a.to_qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(1, t.shape[1], a.heads, -1).transpose(1, 2) for t in (q, k, v))
+        q = q * a.scale
+        segment = math.ceil(n / m)
+        q_l = q.reshape(1, a.heads, m, segment, -1).sum(3) / segment
+        k_l = k.reshape(1, a.heads, m, segment, -1).sum(3) / segment
+        attn1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)
+        attn2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)
+        attn3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)
+        matrix = attn1 @ moore_penrose_iter_pinv(attn2, a.pinv_iterations) @ attn3
+        # the front padding's values are 0 (to_qkv has no bias): only the real tokens' block
+        # of the matrix reaches the output, so it is the block recorded
+        matrix = matrix[0, :, pad:, pad:]
+        out = matrix @ v[0, :, pad:] + a.res_conv(v)[0, :, pad:]
+        return a.to_out(out.transpose(0, 1).reshape(n, -1)), matrix
+
+
+@register_model("transmil")
+class TransMIL(_TransformerMIL):
+    """TransMIL: class token, Nyström layer, PPEG on the square-padded bag, Nyström layer.
+
+    Not permutation-invariant (PPEG and Nyström's landmarks follow the tile order). The square
+    padding repeats the first tiles; a repeated tile's attention is added to its original's.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+        super().__init__(in_dim, n_classes, **kwargs)
+        if self.hidden_dim % 8:
+            raise ValueError(f"transmil needs a width divisible by 8, got {self.hidden_dim}")
+        self.layer1 = NystromLayer(self.hidden_dim, self.hparams["dropout"])
+        self.ppeg = PPEG(self.hidden_dim)
+        self.layer2 = NystromLayer(self.hidden_dim, self.hparams["dropout"])
+
+    @staticmethod
+    def square_index(n: int) -> torch.Tensor:
+        """Sequence position -> tile index on the padded square (the first tiles repeated)."""
+        side = math.ceil(math.sqrt(n))
+        return torch.arange(side * side) % n
+
+    def encode(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        index = self.square_index(n).to(x.device)
+        side = math.isqrt(index.numel())
+        tokens = torch.cat([self.cls_token[0].to(x.dtype), self.embed(x)[index]])
+        if record:
+            self.records = []
+        tokens, _, m1 = self.layer1(tokens, record)
+        tokens = self.ppeg(tokens, side)
+        tokens, cls_row, m2 = self.layer2(tokens, record)
+        if record:
+            self.records = [AttentionRecord(m1, index), AttentionRecord(m2, index)]
+        share = tile_share(cls_row.mean(0))
+        attention = share.new_zeros(n).index_add(0, index, share)
+        return tokens[: n + 1], attention

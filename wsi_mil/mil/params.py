@@ -1,0 +1,124 @@
+"""Training and prediction parameters, kept free of torch so that building the command line and
+reading a config stay instant. Each field's ``#:`` comment is its documentation (``--help`` and
+``configs/default.yaml`` are generated from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+#: MIL model used when none is named (Ilse et al. 2018 gated attention, as in CLAM).
+DEFAULT_MODEL = "gated_abmil"
+SCHEDULES = ("cosine", "plateau", "none")
+MONITORS = ("loss", "auc", "none")
+OPTIMIZERS = ("adamw", "adam")
+
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Every setting of ``wsi-mil train`` (the ``train:`` section of a YAML config)."""
+
+    model: str = DEFAULT_MODEL  # registry name: gated_abmil, abmil, clam_sb, clam_mb, ...
+    hidden_dims: tuple[int, ...] = (512,)  # widths of the tile embedding MLP
+    attention_dim: int = 256  # width of the attention network
+    dropout: float = 0.25  # dropout in the embedding and attention networks
+    k_sample: int = 8  # top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
+    subtyping: bool = False  # CLAM: also push other classes' top tiles to "not this class"
+    bag_weight: float = 0.7  # CLAM: weight of the slide loss against the instance loss
+    seg_weight: float = 0.5  # weight of the segmentation-head loss
+    tile_label_threshold: float = 0.5  # lesion fraction from which a tile label is positive
+    #: Class whose slides hold no lesion (all their tiles negative); None: recognised from its
+    #: name (normal, negative, benign, none, 0, ...), else an error asking for it.
+    negative_class: str | None = None
+    #: Labelled slides without a feature bag (their tiling or extraction failed): "skip" leaves
+    #: them out with a warning that lists them, "error" stops.
+    missing_bags: Literal["skip", "error"] = "skip"
+    folds: int = 5  # cross-validation folds (ignored when the labels CSV has a split column)
+    val_fraction: float = 0.2  # share of each fold's training patients kept for validation
+    epochs: int = 50  # maximum epochs per fold
+    lr: float = 2e-4  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (Adam) weight decay
+    optimizer: str = "adamw"  # adamw | adam
+    schedule: str = "cosine"  # cosine | plateau | none
+    patience: int = 10  # epochs without validation improvement before stopping
+    #: epochs always trained before the best epoch is looked for: an epoch before this is never
+    #: kept, however low its validation loss (on a few dozen validation slides an underfit
+    #: early epoch can win by chance: with 5, half the folds of a 100-slide cohort kept epoch
+    #: 1-3), and stopping can only come after it. 20 epochs of a small cohort are ~1 000 steps.
+    min_epochs: int = 20
+    #: what early stopping and model selection watch on the validation slides: the slide-level
+    #: loss (``loss``; never the segmentation head's or CLAM's instance loss, whose targets are
+    #: the model's own pseudo-labels), the slide ``auc``, or ``none`` (keep the last epoch).
+    monitor: str = "loss"
+    #: pooled validation slides of each class needed to choose the decision threshold (Youden's
+    #: J on every fold's validation predictions together); with fewer, the threshold is 0.5.
+    threshold_min_per_class: int = 20
+    batch_size: int = 1  # bags per step (padded and masked when > 1)
+    class_weighting: bool = True  # weight the slide loss by inverse class frequency
+    max_train_tiles: int | None = None  # random tiles per training bag per step (None: all)
+    memory_gb: float = 8.0  # hold bags in memory (float16) when they fit, else stream
+    seed: int = 0  # seeds splits, initialisation, shuffling and tile sampling
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bootstrap: int = 1000  # bootstrap resamples for the AUC confidence interval (0: none)
+    # Folds trained at once, each in its own process of a Dask LocalCluster on this machine
+    # (1: one after another, here); a fold's files are the same either way.
+    parallel_folds: int = 1
+
+    def __post_init__(self) -> None:
+        from wsi_mil.mil.models import list_models  # the registry needs torch: only here
+
+        checks = {
+            "model": (self.model in list_models(), f"one of {list_models()}"),
+            "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            "monitor": (self.monitor in MONITORS, f"one of {MONITORS}"),
+            "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
+            "missing_bags": (self.missing_bags in ("skip", "error"), "skip or error"),
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "parallel_folds": (self.parallel_folds >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "k_sample": (self.k_sample >= 1, ">= 1"),
+            "min_epochs": (1 <= self.min_epochs, ">= 1"),
+            "threshold_min_per_class": (self.threshold_min_per_class >= 1, ">= 1"),
+            "bag_weight": (0 <= self.bag_weight <= 1, "in [0, 1]"),
+            "max_train_tiles": (self.max_train_tiles is None or self.max_train_tiles >= 1,
+                                ">= 1 or None"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"TrainParams.{name} = {getattr(self, name)!r}: must be {expected}")
+        object.__setattr__(self, "hidden_dims", tuple(int(w) for w in self.hidden_dims))
+
+    def model_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"hidden_dims": self.hidden_dims,
+                                  "attention_dim": self.attention_dim, "dropout": self.dropout}
+        if self.model.startswith("clam"):
+            kwargs.update(k_sample=self.k_sample, subtyping=self.subtyping)
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hidden_dims"] = list(self.hidden_dims)
+        return out
+
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    """Settings of ``wsi-mil predict`` (the ``predict:`` section of a YAML config)."""
+
+    #: One fold's model; None: the ensemble of every fold.
+    fold: int | None = None
+    #: Out-of-fold prediction of a cross-validated run's own slides: each slide the run held out
+    #: in a fold is predicted by that fold's model only, never by a model that trained on it.
+    #: None (auto): out-of-fold for such slides, the chosen fold(s) for every other slide;
+    #: true: fail a slide that no fold held out; false: always the chosen fold(s) (slides the
+    #: model trained on are then marked in_sample, and evaluate warns).
+    oof: bool | None = None
+    #: Tiles per chunk (bounds memory on very large slides).
+    chunk_size: int = 16384
+    #: auto | cpu | cuda | cuda:N
+    device: str = "auto"
+

@@ -1,0 +1,37 @@
+"""The cohort stage: write a synthetic cohort's slides in parallel, then its labels CSV."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+
+from tiling.storage import write_text_atomic
+from wsi_mil.pipeline.batch import SlideJob, run_batch
+from wsi_mil.synthetic.cohort import Cohort, labels_csv_text, plan_cohort, write_slide
+from wsi_mil.synthetic.params import CohortParams
+
+
+def generate_cohort(out_dir: str | os.PathLike, params: CohortParams = CohortParams(),
+                    overwrite: bool = False) -> Cohort:
+    """Write a synthetic cohort under ``out_dir``; slides already there are kept (they are
+    written atomically and deterministically, so an existing file is the same slide)."""
+    root = Path(out_dir)
+    planned = plan_cohort(root, params)
+    slides = [slide for slide, _ in planned]
+    jobs = [SlideJob(slide.slide_id, slide.path, partial(write_slide, slide, seed, params))
+            for slide, seed in planned]
+    by_path = {slide.path: slide for slide in slides}
+
+    def complete(path: Path) -> bool:
+        annotation = by_path[path].annotation
+        return path.exists() and (annotation is None or annotation.exists())
+
+    result = run_batch(jobs, stage="cohort", failures_csv=root / "failures.csv",
+                       is_complete=complete, workers=params.workers, overwrite=overwrite)
+    if result.failed:
+        raise RuntimeError(f"{root}: generating {len(result.failed)} slide(s) failed: "
+                           f"{result.failed}")
+    labels_csv = root / "labels.csv"
+    write_text_atomic(labels_csv, labels_csv_text(slides))
+    return Cohort(root=root, slides=tuple(slides), labels_csv=labels_csv)

@@ -1,0 +1,241 @@
+"""Dataclasses as the one schema of every parameter: values checked against type hints, and
+each field's documentation read from its ``#:`` comment.
+
+Every stage keeps its user-settable parameters in a frozen dataclass (``TilingParams``,
+``TrainParams``, ...). Both ways in are generated from it: the YAML sections of ``wsi-mil run``
+(:func:`build_dataclass`) and the flags of each verb (``wsi_mil.cli.options``), with the same
+names, defaults and help text (:func:`field_comments`).
+
+Why not pydantic or jsonargparse: both would add a heavy import to every ``wsi-mil`` call
+(``wsi-mil --help`` must answer at once), pydantic's errors do not suggest the key a user
+meant ("did you mean 'tile_size'?"), and neither reads ``#:`` attribute comments, the
+documentation convention Sphinx autodoc uses, which is what keeps the help text and the shipped
+``configs/default.yaml`` in one place. The checking here is small: the types the stages use.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import enum
+import inspect
+import os
+import textwrap
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not match the schema; the message says where."""
+
+
+def suggest(key: str, candidates: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string when none is close."""
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _fail(where: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{where.rstrip(':')}: {message}")
+
+
+def _child(where: str, name: str) -> str:
+    """The location of key ``name`` inside ``where`` (``file.yaml: tiling`` -> ``...tiling.x``;
+    at the top level, ``file.yaml:`` -> ``file.yaml: x``)."""
+    if not where:
+        return name
+    return f"{where} {name}" if where.endswith(":") else f"{where}.{name}"
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` (as YAML gives it) converted to ``annotation``, or a :class:`ConfigError`.
+
+    ``where`` names the file, section and key in the message (``file: tiling.tile_size``).
+    """
+    if annotation is Any or annotation is object:
+        return value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own error, unwrapped
+            return coerce(value, options[0], where)
+        errors = []
+        for option in options:
+            try:
+                return coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc).removeprefix(f"{where}: "))
+        _fail(where, " or ".join(errors))
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        hint = suggest(str(value), [str(a) for a in args]) if isinstance(value, str) else ""
+        _fail(where, f"{value!r} is not one of {list(args)}{hint}")
+    if value is None:
+        _fail(where, f"must be {_type_name(annotation)}, not empty (null)")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            _fail(where, f"must be a list, not {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                _fail(where, f"must be a list of {len(args)} values, not {list(value)!r}")
+            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_type = args[0] if args else Any
+            items = [coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping) or annotation is dict:
+        if not isinstance(value, Mapping):
+            _fail(where, f"must be a mapping, not {value!r}")
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): coerce(v, value_type, _child(where, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        return build_dataclass(annotation, value, where=where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(where, f"must be true or false, not {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        _fail(where, f"must be an integer, not {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        _fail(where, f"must be a number, not {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        _fail(where, f"must be a string, not {value!r}")
+    if annotation is Path or annotation is os.PathLike:
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value).expanduser()
+        _fail(where, f"must be a path, not {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        names = [m.value for m in annotation]
+        if value in names:
+            return annotation(value)
+        hint = suggest(str(value), [str(n) for n in names])
+        _fail(where, f"{value!r} is not one of {names}{hint}")
+    _fail(where, f"cannot set a value of type {_type_name(annotation)} from a config file")
+
+
+def _nested_keys(cls: type, hints: Mapping[str, Any]) -> list[str]:
+    """``section.key`` for the keys of the dataclass sections of ``cls``: a key given at the
+    wrong level (``epochs`` at the top) is suggested where it belongs (``train.epochs``)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        options = typing.get_args(hints[f.name]) or (hints[f.name],)
+        for option in options:
+            if dataclasses.is_dataclass(option) and isinstance(option, type):
+                keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(option)]
+    return keys
+
+
+def suggest_nested(key: str, candidates: list[str]) -> str:
+    """Like :func:`suggest`, matching ``key`` against the last part of ``section.key``."""
+    by_leaf: dict[str, str] = {}
+    for candidate in candidates:
+        by_leaf.setdefault(candidate.rsplit(".", 1)[-1], candidate)
+    close = difflib.get_close_matches(key, list(by_leaf), n=1, cutoff=0.75)
+    return f" (did you mean '{by_leaf[close[0]]}'?)" if close else ""
+
+
+def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
+    """An instance of the dataclass ``cls`` from a YAML mapping, every key checked.
+
+    A missing or empty section gives the defaults. Unknown keys, values of the wrong type, a
+    missing required field and a ``ValueError`` raised by the dataclass's own validation all
+    become a :class:`ConfigError` that names ``where`` and the key.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        _fail(where, f"must be a mapping of keys to values, not {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    unknown = [str(k) for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        section = where.rsplit(" ", 1)[-1].rstrip(":") if where and not where.endswith(":") \
+            else "the top level"
+        valid = ", ".join(f.name for f in ordered_fields(cls))
+        hint = suggest(key, fields) or suggest_nested(key, _nested_keys(cls, hints))
+        _fail(_child(where, key), f"unknown key{hint}; valid keys in "
+              f"{section if section == 'the top level' else repr(section)}: {valid}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = coerce(value, hints[name], _child(where, name))
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        _fail(where or "config", f"missing required key(s): {', '.join(missing)}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        _fail(where or "config", str(exc))
+
+
+def ordered_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
+    """A dataclass's fields, its own first and then its bases' (``encoder`` before batch size,
+    ``target_mpp`` before the tissue-detection details): the order a reader wants."""
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    order = [k for k in cls.__mro__ if dataclasses.is_dataclass(k)]
+    own: dict[str, int] = {}
+    for rank, klass in enumerate(order):
+        for name in getattr(klass, "__annotations__", {}):
+            own.setdefault(name, rank)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    return sorted(fields, key=lambda f: own.get(f.name, len(order)))
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source of ``cls`` and its dataclass bases.
+
+    Stage dataclasses document a field with comment lines (``#:`` or ``#``) right above it or
+    a ``#`` comment after it; a field right below a commented one, with no comment of its own,
+    shares that comment. The shipped YAML configs reuse exactly that text, so the
+    documentation of a key lives in one place (the dataclass) and cannot drift from it.
+    """
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines, _ = inspect.getsourcelines(klass)
+        except (OSError, TypeError):
+            continue
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        source = textwrap.dedent("".join(lines)).splitlines()
+        previous: ast.AnnAssign | None = None
+        for node in body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            line = source[node.lineno - 1]
+            above = []
+            k = node.lineno - 2
+            while k >= 0 and source[k].strip().startswith("#"):
+                above.insert(0, source[k].strip().lstrip("#:").strip())
+                k -= 1
+            inline = ""
+            if "#" in line[node.end_col_offset:]:
+                inline = line[node.end_col_offset:].split("#", 1)[1].strip()
+            text = " ".join(above) or inline
+            if not text and previous is not None and previous.end_lineno == node.lineno - 1:
+                text = comments.get(previous.target.id, "")  # one comment over a group of fields
+            if text:
+                comments[node.target.id] = text
+            previous = node
+    return comments

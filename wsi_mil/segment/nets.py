@@ -1,0 +1,48 @@
+"""The pixel segmenters: MONAI's AttentionUnet, SwinUNETR (2-D) and UNet, two output classes.
+
+The networks are MONAI's own (``monai.networks.nets``), not re-implementations; this module only
+chooses their 2-D, RGB-in, background/lesion-out configuration from
+:class:`~wsi_mil.segment.params.SegmentTrainParams` and fixes how tiles are normalised, so
+training and inference (and a model card read a year later) agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_mil.segment.params import SegmentTrainParams
+
+#: Output classes of every segmenter: channel 1 is the lesion probability after softmax.
+CLASSES = ("background", "lesion")
+#: uint8 RGB -> network input: ``(x / 255 - MEAN) / STD`` per channel (recorded in model cards).
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def build_network(params: SegmentTrainParams) -> torch.nn.Module:
+    """The MONAI network ``params.net`` for RGB tiles of ``params.tile_size`` px."""
+    from monai.networks.nets import AttentionUnet, SwinUNETR, UNet
+
+    strides = (2,) * (len(params.channels) - 1)
+    if params.net == "attention_unet":
+        return AttentionUnet(spatial_dims=2, in_channels=3, out_channels=len(CLASSES),
+                             channels=params.channels, strides=strides)
+    if params.net == "unet":
+        return UNet(spatial_dims=2, in_channels=3, out_channels=len(CLASSES),
+                    channels=params.channels, strides=strides, num_res_units=1)
+    if params.net == "swin_unetr":
+        return SwinUNETR(spatial_dims=2, in_channels=3, out_channels=len(CLASSES),
+                         feature_size=params.swin_feature_size, depths=(2, 2, 2, 2),
+                         num_heads=(3, 6, 12, 24), window_size=7)
+    raise ValueError(f"unknown network {params.net!r}")
+
+
+def to_input(tiles: np.ndarray, device: Any) -> torch.Tensor:
+    """uint8 RGB tiles ``[N, H, W, 3]`` -> normalised float tensor ``[N, 3, H, W]``."""
+    x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return (x / 255.0 - mean) / std

@@ -1,0 +1,128 @@
+"""Parameters of pixel-level lesion segmentation (``wsi-mil segment-train`` and ``segment``).
+
+Kept free of heavy imports (stdlib only) so the command line can build its flags from these
+dataclasses without loading torch or MONAI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: The MONAI networks ``segment-train`` can train.
+NETWORKS = ("attention_unet", "swin_unetr", "unet")
+Network = Literal["attention_unet", "swin_unetr", "unet"]
+
+
+@dataclass(frozen=True)
+class SegmentTrainParams:
+    """How a pixel segmenter is trained on tiles cut around annotated lesions."""
+
+    #: Network: "attention_unet" (MONAI AttentionUnet, attention gates on the skips),
+    #: "swin_unetr" (MONAI SwinUNETR in 2-D, a Swin-transformer encoder) or "unet" (MONAI UNet).
+    net: Network = "attention_unet"
+    #: Resolution of the tiles and masks in µm/px (1.0: a 256-px tile spans 256 µm).
+    mpp: float = 1.0
+    #: Side of a training tile (and of an inference window) in pixels; a multiple of 32.
+    tile_size: int = 256
+    #: Feature channels per resolution level (attention_unet, unet); each level halves the size.
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    #: SwinUNETR ``feature_size`` (a multiple of 12).
+    swin_feature_size: int = 24
+    #: Tiles cut from each training slide.
+    tiles_per_slide: int = 64
+    #: Shares of lesion, lesion-border and normal-tissue tiles on an annotated slide (slides
+    #: without lesions give normal tiles only); normalised to sum to 1.
+    balance: tuple[float, float, float] = (0.35, 0.35, 0.3)
+    #: Share of the training slides held out to measure the validation Dice (at least one).
+    val_fraction: float = 0.2
+    #: Most training epochs (one pass over the training tiles each).
+    epochs: int = 30
+    #: Stop when the validation Dice has not improved for this many epochs.
+    patience: int = 6
+    #: Tiles per optimisation step.
+    batch_size: int = 16
+    #: Peak learning rate of AdamW.
+    lr: float = 2e-3
+    #: AdamW weight decay.
+    weight_decay: float = 1e-4
+    #: Epochs of linear learning-rate warm-up before the cosine decay.
+    warmup_epochs: float = 1.0
+    #: Random flips and 90-degree rotations of the training tiles.
+    augment: bool = True
+    #: Seed of the tile sampling, the validation split, the initial weights and the batches.
+    seed: int = 0
+    #: Torch device: "auto" (CUDA when available), "cpu" or "cuda".
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "balance", tuple(float(b) for b in self.balance))
+        if self.net not in NETWORKS:
+            raise ValueError(f"net must be one of {NETWORKS}, got {self.net!r}")
+        if not self.mpp > 0:
+            raise ValueError(f"mpp must be positive, got {self.mpp}")
+        if self.tile_size < 32 or self.tile_size % 32:
+            raise ValueError(f"tile_size must be a multiple of 32, got {self.tile_size}")
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            raise ValueError(f"channels needs at least two positive values, got {self.channels}")
+        if self.tile_size % 2 ** (len(self.channels) - 1):
+            raise ValueError(f"tile_size {self.tile_size} must be divisible by "
+                             f"2**{len(self.channels) - 1} for {len(self.channels)} levels")
+        if self.swin_feature_size < 12 or self.swin_feature_size % 12:
+            raise ValueError(f"swin_feature_size must be a multiple of 12, "
+                             f"got {self.swin_feature_size}")
+        if len(self.balance) != 3 or min(self.balance) < 0 or sum(self.balance) <= 0:
+            raise ValueError(f"balance needs three non-negative shares, got {self.balance}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("tiles_per_slide", "epochs", "patience", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("lr must be positive, weight_decay and warmup_epochs >= 0")
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Which tiles of a slide the segmenter sees, and how its masks become outputs."""
+
+    #: Tile probability (of the positive class, from the MIL segmentation head) at or above
+    #: which a tile is sent to the segmenter.
+    threshold: float = 0.5
+    #: Normalised attention (0..1) at or above which a tile is also sent; null: attention
+    #: flags nothing.
+    attention_threshold: float | None = None
+    #: Rings of neighbouring tiles added around the flagged ones (0: only flagged tiles).
+    margin: int = 1
+    #: Class of the tile probabilities that flags tiles; null: the last class (e.g. "tumor").
+    positive_class: str | None = None
+    #: Share of a segmenter window that overlaps its neighbour; the overlaps are blended with
+    #: MONAI's Gaussian importance map, so window edges leave no seams.
+    overlap: float = 0.25
+    #: Pixel probability at or above which a mask pixel is lesion.
+    mask_threshold: float = 0.5
+    #: Lesion polygons smaller than this (µm²) are dropped from lesions.geojson.
+    min_area_um2: float = 200.0
+    #: Outline simplification tolerance in mask pixels (0: the exact pixel staircase).
+    simplify_px: float = 1.0
+    #: Windows per forward pass.
+    batch_size: int = 16
+    #: Chunk side (pixels) of the mask pyramid's zarr arrays; also bounds the memory in use.
+    zarr_chunk: int = 512
+    #: Longest side of outline.png in pixels.
+    png_max_side: int = 2048
+    #: Torch device: "auto" (CUDA when available), "cpu" or "cuda".
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be 0 or more, got {self.margin}")
+        if not 0 < self.mask_threshold < 1:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {self.mask_threshold}")
+        if self.zarr_chunk < 64 or self.batch_size < 1 or self.png_max_side < 64:
+            raise ValueError("zarr_chunk and png_max_side must be at least 64, batch_size 1")
+        if self.min_area_um2 < 0 or self.simplify_px < 0:
+            raise ValueError("min_area_um2 and simplify_px must be 0 or more")

@@ -1,0 +1,388 @@
+"""What the viewer's web routes do, free of any web framework: slides, tiles, layers, ratings.
+
+One :class:`ViewerService` holds the project index and, per slide, opened lazily on first
+use: the OpenSlide handle and its ``DeepZoomGenerator``, the overlay layers and the per-tile
+measurements. Rendered tiles are kept in a bounded LRU cache. A slide that cannot be opened
+records its error and is reported as such; the other slides keep working.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil.viewer.layers import (
+    HeatLayer,
+    OutlineLayer,
+    TileWindow,
+    encode_indexed_png,
+    encode_png,
+    palette_index,
+    palette_of,
+    tissue_mask,
+)
+from wsi_mil.viewer.params import ViewerParams
+from wsi_mil.viewer.project import ProjectIndex, SlideEntry
+from wsi_mil.viewer.ratings import QUESTIONS, Rating, RatingsStore
+
+
+class ViewerNotFound(LookupError):
+    """A request for something the project does not have (answered with 404)."""
+
+
+class ViewerBadRequest(ValueError):
+    """A malformed request (answered with 400)."""
+
+
+@dataclass
+class SlideState:
+    """Everything opened for one slide, built once under its lock."""
+
+    entry: SlideEntry
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ready: bool = False
+    error: str | None = None  # why the slide itself cannot be shown
+    layer_error: str | None = None  # why its overlays cannot be shown
+    slide: Any = None
+    deepzoom: Any = None
+    serial: bool = False  # image fallback (PIL): reads must not overlap
+    mpp: float | None = None
+    heat: dict[str, HeatLayer] = field(default_factory=dict)
+    outlines: dict[str, OutlineLayer] = field(default_factory=dict)
+    tissue: Any = None
+    tiles: dict[str, Any] = field(default_factory=dict)  # per-tile measurements
+
+
+class ViewerService:
+    """The viewer over one project."""
+
+    def __init__(self, index: ProjectIndex, params: ViewerParams | None = None) -> None:
+        from wsi_mil.heatmaps.render import colormap_lut
+
+        params = params or ViewerParams()
+        self.index = index
+        self.params = params
+        self.cmap = params.cmap or str(index.heatmap_settings.get("cmap") or "coolwarm")
+        self.lut = colormap_lut(self.cmap)
+        self.palette = palette_of(self.lut)
+        self.normalize = str(index.heatmap_settings.get("normalize") or "rank")
+        self.ratings = RatingsStore(index.ratings_dir, params.rater) if params.rater else None
+        self._states = {sid: SlideState(entry) for sid, entry in index.slides.items()}
+        self.slide_tile = functools.lru_cache(maxsize=params.cache_tiles)(self._slide_tile)
+        self.layer_tile = functools.lru_cache(maxsize=params.cache_tiles)(self._layer_tile)
+
+    # -- lookup -------------------------------------------------------------------------
+    def state(self, slide_id: str) -> SlideState:
+        """The opened slide, or :class:`ViewerNotFound` for an id the project does not have."""
+        state = self._states.get(slide_id)
+        if state is None:
+            raise ViewerNotFound(f"no slide {slide_id!r} in this project")
+        if not state.ready:
+            with state.lock:
+                if not state.ready:
+                    self._open(state)
+                    state.ready = True
+        return state
+
+    def _open(self, state: SlideState) -> None:
+        from openslide import ImageSlide
+        from openslide.deepzoom import DeepZoomGenerator
+
+        from tiling.slide import open_slide
+
+        entry = state.entry
+        if entry.slide_path is None:
+            state.error = "no slide file known for this slide (give --slides)"
+        else:
+            try:
+                slide = open_slide(entry.slide_path)
+                state.slide = slide
+                state.serial = isinstance(slide, ImageSlide)
+                state.deepzoom = DeepZoomGenerator(slide, self.params.tile_size,
+                                                   self.params.overlap)
+            except Exception as exc:  # noqa: BLE001 - any unreadable slide: shown in the page
+                state.error = str(exc)
+        if entry.prediction_path is not None:
+            try:
+                self._build_layers(state)
+            except Exception as exc:  # noqa: BLE001 - a broken predictions/zarr file: shown
+                state.layer_error = f"overlays unavailable: {exc}"
+                state.heat, state.outlines, state.tiles = {}, {}, {}
+
+    def _build_layers(self, state: SlideState) -> None:
+        from tiling.lattice import SlideGeometry, TileGrid
+        from wsi_mil.heatmaps.slide_job import load_tissue
+        from wsi_mil.heatmaps.stitch import normalise_scores, tile_scores
+        from wsi_mil.mil.predictions import read_prediction
+
+        entry = state.entry
+        prediction = read_prediction(entry.prediction_path)
+        geometry = SlideGeometry.from_attrs(prediction.attrs, str(entry.prediction_path))
+        state.mpp = geometry.mpp
+        if state.slide is not None and tuple(state.slide.dimensions) != (geometry.width,
+                                                                         geometry.height):
+            raise ValueError(f"the slide is {state.slide.dimensions[0]}x"
+                             f"{state.slide.dimensions[1]} px but its predictions were made on "
+                             f"a {geometry.width}x{geometry.height} px slide")
+        grid = TileGrid.from_coords(prediction.coords, geometry)
+        names = prediction.class_names
+        if entry.zarr_path is not None:
+            state.heat.update(_zarr_layers(entry.zarr_path, geometry.mpp))
+        else:
+            values, vmin, vmax, scale = normalise_scores(tile_scores(prediction, "attention"),
+                                                         self.normalize, probability=False)
+            columns = {"attention": (values, vmin, vmax, f"attention ({scale})")}
+            for i, name in enumerate(names):
+                columns[f"prob_{name}"] = (prediction.tile_probs[:, i], 0.0, 1.0,
+                                           f"P({name}) (tile probability)")
+            state.heat.update(_grid_layers(grid, columns))
+        explanations = _read_explanations(entry.explanations_path, len(prediction.coords))
+        state.heat.update(_grid_layers(grid, {
+            f"explain_{method}": (*normalise_scores(v, "rank", probability=False)[:3],
+                                  f"{method} (explanation, percentile)")
+            for method, v in explanations.items()}))
+
+        from scipy.stats import rankdata
+
+        attention = np.asarray(prediction.attention, np.float64)
+        state.tiles = {
+            "coords": np.asarray(prediction.coords, np.float64),
+            "size": geometry.tile_size_level0,
+            "attention": attention,
+            "percentile": rankdata(attention) / max(len(attention), 1),
+            "probs": np.asarray(prediction.tile_probs, np.float64),
+            "class_names": names,
+            "explanations": explanations,
+        }
+        if entry.tissue_path is not None:
+            import shapely
+
+            state.tissue = load_tissue(entry.tissue_path)
+            shapely.prepare(state.tissue)  # many point-in-tissue tests per tile request
+            state.outlines["tissue"] = OutlineLayer.from_geometry("tissue", state.tissue)
+        if entry.segmentation_path is not None:
+            from tiling.tissue_geojson import read_tissue_geojson
+
+            state.outlines["segmentation"] = OutlineLayer.from_geometry(
+                "segmentation", read_tissue_geojson(entry.segmentation_path))
+        if entry.annotation_path is not None:
+            from tiling.annotations import read_annotations
+
+            state.outlines["lesions"] = OutlineLayer.from_geometry(
+                "lesions", read_annotations(entry.annotation_path).lesions)
+
+    # -- page data ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        stops = [f"rgb({r},{g},{b})" for r, g, b in self.lut[np.linspace(0, 255, 11).astype(int)]]
+        return {"rater": self.params.rater, "questions": [list(q) for q in QUESTIONS],
+                "cmap": self.cmap, "colorbar": stops, "interpolation": self.params.interpolation,
+                "project": str(self.index.root), "rated": self.rated_ids()}
+
+    def rated_ids(self) -> list[str]:
+        if self.ratings is None:
+            return []
+        return [sid for sid in self.index.slides if self.ratings.get(sid) is not None]
+
+    def slide_list(self) -> list[dict[str, Any]]:
+        return [entry.summary() for entry in self.index.slides.values()]
+
+    def slide_detail(self, slide_id: str) -> dict[str, Any]:
+        state = self.state(slide_id)
+        layers = [{"id": k, "kind": "heat", "label": v.label, "vmin": v.vmin, "vmax": v.vmax}
+                  for k, v in state.heat.items()]
+        layers += [{"id": k, "kind": "outline", "label": v.label,
+                    "color": "#{:02x}{:02x}{:02x}".format(*v.color)} for k, v in state.outlines.items()]
+        width, height = state.slide.dimensions if state.slide is not None else (None, None)
+        return {**state.entry.summary(), "error": state.error, "layer_error": state.layer_error,
+                "width": width, "height": height, "mpp": state.mpp, "layers": layers}
+
+    # -- Deep Zoom ----------------------------------------------------------------------
+    def _deepzoom(self, slide_id: str) -> SlideState:
+        state = self.state(slide_id)
+        if state.deepzoom is None:
+            raise ViewerNotFound(f"slide {slide_id!r} cannot be shown: {state.error}")
+        return state
+
+    def slide_dzi(self, slide_id: str) -> str:
+        return self._deepzoom(slide_id).deepzoom.get_dzi("jpeg")
+
+    def _check_address(self, state: SlideState, level: int, col: int, row: int) -> None:
+        dz = state.deepzoom
+        if not 0 <= level < dz.level_count:
+            raise ViewerNotFound(f"level {level} out of range 0..{dz.level_count - 1}")
+        cols, rows = dz.level_tiles[level]
+        if not (0 <= col < cols and 0 <= row < rows):
+            raise ViewerNotFound(f"tile {col}_{row} out of range at level {level} "
+                                 f"({cols}x{rows} tiles)")
+
+    def _slide_tile(self, slide_id: str, level: int, col: int, row: int) -> bytes:
+        state = self._deepzoom(slide_id)
+        self._check_address(state, level, col, row)
+        if state.serial:
+            with state.lock:
+                tile = state.deepzoom.get_tile(level, (col, row))
+        else:
+            tile = state.deepzoom.get_tile(level, (col, row))
+        buffer = io.BytesIO()
+        tile.convert("RGB").save(buffer, "jpeg", quality=self.params.jpeg_quality)
+        return buffer.getvalue()
+
+    def layer_dzi(self, slide_id: str, layer: str) -> str:
+        state = self._layer_state(slide_id, layer)
+        return state.deepzoom.get_dzi("png")
+
+    def _layer_state(self, slide_id: str, layer: str) -> SlideState:
+        state = self._deepzoom(slide_id)
+        if layer not in state.heat and layer not in state.outlines:
+            raise ViewerNotFound(f"slide {slide_id!r} has no layer {layer!r}")
+        return state
+
+    def window(self, state: SlideState, level: int, col: int, row: int) -> TileWindow:
+        """Where Deep Zoom tile (level, col, row) lies, as ``DeepZoomGenerator`` cuts it."""
+        dz = state.deepzoom
+        width, height = dz.get_tile_dimensions(level, (col, row))
+        size, overlap = self.params.tile_size, self.params.overlap
+        x = col * size - (overlap if col else 0)
+        y = row * size - (overlap if row else 0)
+        return TileWindow(x, y, width, height, float(2 ** (dz.level_count - 1 - level)))
+
+    def _layer_tile(self, slide_id: str, layer: str, level: int, col: int, row: int) -> bytes:
+        state = self._layer_state(slide_id, layer)
+        self._check_address(state, level, col, row)
+        window = self.window(state, level, col, row)
+        if layer in state.outlines:
+            return encode_png(state.outlines[layer].render(window))
+        heat = state.heat[layer]
+        values = heat.sample(window, self.params.interpolation)
+        mask = None
+        if self.params.tissue_clip and state.tissue is not None and not np.isnan(values).all():
+            mask = tissue_mask(state.tissue, window)
+        return encode_indexed_png(palette_index(values, heat.vmin, heat.vmax, mask),
+                                  self.palette)
+
+    # -- measurements -------------------------------------------------------------------
+    def measure(self, slide_id: str, x: float, y: float) -> dict[str, Any]:
+        """The tile under level-0 point (x, y): attention, percentile, class probabilities."""
+        state = self.state(slide_id)
+        tiles = state.tiles
+        if not tiles:
+            return {"tile": None}
+        coords, size = tiles["coords"], tiles["size"]
+        inside = np.flatnonzero((coords[:, 0] <= x) & (x < coords[:, 0] + size)
+                                & (coords[:, 1] <= y) & (y < coords[:, 1] + size))
+        if inside.size == 0:
+            return {"tile": None}
+        centres = coords[inside] + size / 2
+        i = int(inside[np.argmin(((centres - (x, y)) ** 2).sum(axis=1))])
+        return {
+            "tile": i, "x": int(coords[i, 0]), "y": int(coords[i, 1]), "size": size,
+            "attention": float(tiles["attention"][i]),
+            "percentile": float(tiles["percentile"][i]),
+            "probs": {c: float(tiles["probs"][i, k]) for k, c in enumerate(tiles["class_names"])},
+            "explanations": {m: float(v[i]) for m, v in tiles["explanations"].items()},
+            "layers": {k: v.value_at(x, y) for k, v in state.heat.items()},
+        }
+
+    # -- ratings ------------------------------------------------------------------------
+    def rating(self, slide_id: str) -> dict[str, Any] | None:
+        self._entry(slide_id)
+        if self.ratings is None:
+            return None
+        rating = self.ratings.get(slide_id)
+        return None if rating is None else {**rating.scores, "comment": rating.comment,
+                                            "submitted": rating.submitted}
+
+    def submit_rating(self, slide_id: str, data: Any) -> Path:
+        from wsi_mil.viewer.ratings import RatingError
+
+        self._entry(slide_id)
+        if self.ratings is None:
+            raise PermissionError("ratings are read-only: start wsi-mil view with --rater NAME")
+        if not isinstance(data, dict):
+            raise ViewerBadRequest("a rating is a JSON object")
+        try:
+            rating = Rating.from_form(slide_id, self.ratings.rater, data)
+        except RatingError as exc:
+            raise ViewerBadRequest(str(exc)) from exc
+        self.ratings.submit(rating)
+        return self.ratings.path
+
+    def _entry(self, slide_id: str) -> SlideEntry:
+        entry = self.index.slides.get(slide_id)
+        if entry is None:
+            raise ViewerNotFound(f"no slide {slide_id!r} in this project")
+        return entry
+
+
+def _grid_layers(grid: Any, columns: dict[str, tuple]) -> dict[str, HeatLayer]:
+    """Heat pyramids of per-tile columns, built as ``heatmap.zarr`` builds its levels."""
+    from wsi_mil.export.ome_zarr import pyramid
+
+    if not columns:
+        return {}
+    level0 = np.stack([grid.stitch(values) for values, *_ in columns.values()]).astype(
+        np.float32)
+    levels = pyramid(level0, 256)
+    return {name: HeatLayer(name, label, tuple(level[i] for level in levels), grid.origin,
+                            grid.stride, float(vmin), float(vmax))
+            for i, (name, (_, vmin, vmax, label)) in enumerate(columns.items())}
+
+
+def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
+    """The attention and class-probability channels of ``heatmap.zarr`` (either OME version).
+
+    Each level's position comes from its OME-Zarr scale and translation (µm), which put a
+    pixel's centre at the centre of the area it covers.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome", attrs)
+    multiscales = ome["multiscales"][0]
+    omero = ome.get("omero", {})
+    channels = list((attrs.get("wsi_mil") or {}).get("channels")
+                    or [c["label"] for c in omero.get("channels", [])])
+    normalisation = (attrs.get("wsi_mil") or {}).get("attention_normalisation", "rank")
+    datasets = multiscales["datasets"]
+    transforms = {t["type"]: t for t in datasets[0]["coordinateTransformations"]}
+    size_um = float(transforms["scale"]["scale"][-1])
+    ty, tx = (float(v) for v in transforms["translation"]["translation"][-2:])
+    stride = size_um / mpp
+    origin = ((tx - size_um / 2) / mpp, (ty - size_um / 2) / mpp)
+    arrays = [group[d["path"]] for d in datasets]
+    windows = {c.get("label"): c.get("window", {}) for c in omero.get("channels", [])}
+    layers = {}
+    for i, name in enumerate(channels):
+        if name == "attention":
+            label, vmin, vmax = f"attention ({'percentile' if normalisation == 'rank' else normalisation})", 0.0, 1.0
+            if normalisation == "raw":
+                vmin = float(windows.get(name, {}).get("start", 0.0))
+                vmax = float(windows.get(name, {}).get("end", 1.0))
+        elif name.startswith("prob_"):
+            label, vmin, vmax = f"P({name.removeprefix('prob_')}) (tile probability)", 0.0, 1.0
+        else:
+            continue
+        levels = tuple(np.asarray(a[i], np.float32) for a in arrays)
+        layers[name] = HeatLayer(name, label, levels, origin, stride, vmin, vmax)
+    return layers
+
+
+def _read_explanations(path: Path | None, n_tiles: int) -> dict[str, np.ndarray]:
+    """Per-tile scores of each method in ``explanations.h5`` (datasets of one value per tile)."""
+    if path is None:
+        return {}
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name, item in f.items():
+            if isinstance(item, h5py.Dataset) and item.shape == (n_tiles,):
+                out[str(name)] = np.asarray(item[:], np.float64)
+    return out
