@@ -175,13 +175,13 @@ class ThumbnailStrips:
     Iterating yields ``(y0, rows)``: consecutive bands of uint8 RGB rows, top to bottom, each
     read from the pyramid level whose downsample is the largest not above the wanted one and
     shrunk (area averaging). At most ``strip_pixels`` level pixels are read at once, so a
-    picture of any size can be made without ever holding it (or the level) whole. Never
-    upsamples: a target finer than level 0 gives level 0.
+    picture of any size can be made without ever holding it (or the level) whole (default
+    :data:`STRIP_PIXELS`). Never upsamples: a target finer than level 0 gives level 0.
     """
 
     def __init__(self, slide: Any, *, max_side: int | None = None,
                  target_mpp: float | None = None, slide_mpp: float | None = None,
-                 strip_pixels: int = STRIP_PIXELS) -> None:
+                 strip_pixels: int | None = None) -> None:
         if (max_side is None) == (target_mpp is None):
             raise ValueError("read_thumbnail needs exactly one of max_side or target_mpp")
         width, height = slide.level_dimensions[0]
@@ -206,7 +206,7 @@ class ThumbnailStrips:
             self.downsample = width / level_w
         # output rows per band, so that one band of level rows stays under strip_pixels
         self._scale = level_h / self.height
-        self.band = max(1, int(strip_pixels / (level_w * self._scale)))
+        self.band = max(1, int((strip_pixels or STRIP_PIXELS) / (level_w * self._scale)))
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         level_h = self.slide.level_dimensions[self.level][1]

@@ -10,6 +10,7 @@ import tifffile
 from tiling.slide import (
     SlideMppError,
     SlideOpenError,
+    ThumbnailStrips,
     level_for_downsample,
     open_slide,
     read_thumbnail,
@@ -119,6 +120,23 @@ def test_thumbnail_of_single_level_image_reads_strips(tmp_path, monkeypatch):
     thumb = read_thumbnail(open_slide(path), max_side=30)
     assert thumb.image.shape == (30, 20, 3)
     assert thumb.image[:, 5, 0].tolist() == [0] * 10 + [255] * 10 + [0] * 10
+
+
+@pytest.mark.parametrize("max_side", [30, 300])  # a shrunk image, the image as it is
+def test_thumbnail_bands_are_the_thumbnail_row_by_row(tmp_path, max_side):
+    path = tmp_path / "flat.tif"
+    image = np.zeros((300, 200, 3), np.uint8)
+    image[100:200] = 255
+    image[:, ::3] = 90
+    tifffile.imwrite(path, image)
+    slide = open_slide(path)
+    strips = ThumbnailStrips(slide, max_side=max_side, strip_pixels=200 * 30)
+    bands = list(strips)
+    assert len(bands) > 2
+    assert [y0 for y0, _ in bands] == list(range(0, strips.height, strips.band))
+    whole = np.concatenate([rows for _, rows in bands])
+    assert whole.shape == (strips.height, strips.width, 3)
+    assert np.array_equal(whole, read_thumbnail(slide, max_side=max_side).image)
 
 
 def test_thumbnail_arguments_checked(striped_slide):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.explain.params import ExplainParams
 
@@ -20,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
         params = options_from_args(ExplainParams, args)
         result = explain_slides(args.run, args.features, args.out, params,
                                 annotations_dir=args.annotations, slides_dir=args.slides,
-                                workers=args.workers, overwrite=args.overwrite)
+                                workers=args.workers, overwrite=args.overwrite,
+                                executor=executor_from_args(args, workers=args.workers))
     except (ValueError, FileNotFoundError) as exc:  # bad parameters or folders: one clear line
         print(f"wsi-mil explain: error: {exc}", file=sys.stderr)
         return 2
@@ -47,4 +49,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="slides explained in parallel")
     p.add_argument("--overwrite", action="store_true", help="redo slides already complete")
     add_options(p.add_argument_group("explanations and scores"), ExplainParams)
+    add_executor_options(p)
     p.set_defaults(func=run)

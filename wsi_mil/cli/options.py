@@ -112,7 +112,8 @@ def _argument(f: dataclasses.Field, hint: Any, doc: str) -> tuple[dict[str, Any]
     else:
         kwargs["type"] = _converter(kind, nullable)
     shown = "required" if default is dataclasses.MISSING else f"default: {_show(default)}"
-    kwargs["help"] = f"{doc} ({shown})" if doc else f"({shown})"
+    text = f"{doc} ({shown})" if doc else f"({shown})"
+    kwargs["help"] = text.replace("%", "%%")  # argparse formats help with %
     return kwargs, default
 
 
@@ -145,7 +146,8 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         kwargs, _ = _argument(f, hint, doc)
         if dest in positional:
             kwargs.pop("help")
-            parser.add_argument(dest, help=doc, metavar=dest.removesuffix("s").upper(), **kwargs)
+            parser.add_argument(dest, help=doc.replace("%", "%%"),
+                                metavar=dest.removesuffix("s").upper(), **kwargs)
         else:
             parser.add_argument(flag_name(dest), dest=dest, default=argparse.SUPPRESS, **kwargs)
 

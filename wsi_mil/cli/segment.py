@@ -37,14 +37,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.segment import segment_slides
-    from wsi_mil.segment.train import SegmenterFileError
 
     params = options_from_args(SegmentParams, args)
     try:
         result = segment_slides(args.predictions, args.model, args.out, params,
                                 slides=args.slides, workers=args.workers,
                                 overwrite=args.overwrite)
-    except (SegmenterFileError, FileNotFoundError, ValueError) as exc:
+    except (ValueError, OSError) as exc:  # no model, no predictions, unknown slide folder
         print(f"wsi-mil segment: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary("segment"))

@@ -41,19 +41,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiling.annotations import AnnotationError
-    from tiling.slide import SlideMppError, SlideOpenError
-    from wsi_mil.mil.labels import LabelsError
     from wsi_mil.pipeline.segment import segment_train
-    from wsi_mil.segment.data import SegmentDataError
 
     params = options_from_args(SegmentTrainParams, args)
     try:
         card = segment_train(args.slides, args.annotations, args.out, params,
                              labels_csv=args.labels, split=args.split,
                              negative_class=args.negative_class)
-    except (SegmentDataError, AnnotationError, LabelsError, SlideOpenError, SlideMppError,
-            FileNotFoundError) as exc:
+    # bad inputs: missing slides, annotations, labels or mpp (ValueError subclasses naming the
+    # file), unreadable slides (OSError)
+    except (ValueError, OSError) as exc:
         print(f"wsi-mil segment-train: error: {exc}", file=sys.stderr)
         return 2
     print(f"{card['net']}: best validation Dice {card['best_val_dice']:.3f} at epoch "

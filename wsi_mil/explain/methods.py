@@ -26,9 +26,9 @@ no token mixing); :func:`available_methods` lists what a model supports. Memory:
 ``gradient_x_input``, ``segmentation`` and ``random`` cost one forward (and backward) pass;
 ``integrated_gradients`` ``ig_steps`` of them (one bag per step); on transformers ``rollout``,
 ``relevance`` and ``attention_x_gradient`` hold every layer's ``heads x T x T`` attention
-matrix, so they are quadratic in the bag size (about 4 GB per layer at 10 000 tiles and 8
-heads): bags above ``max_quadratic_tiles`` are refused with a clear error instead of exhausting
-memory.
+matrix, so they are quadratic in the bag size (2 GB per layer at 8 000 tiles and 8 heads,
+twice that with its gradient): bags above ``max_quadratic_tiles`` are refused with a clear
+error instead of exhausting memory.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ METHODS = METHOD_NAMES
 #: methods that need a transformer's per-layer attention matrices.
 TRANSFORMER_ONLY = ("rollout", "relevance")
 #: default largest bag for which a transformer's full attention matrices are built.
-MAX_QUADRATIC_TILES = 12000
+MAX_QUADRATIC_TILES = 8000
 
 
 class ExplainError(ValueError):
@@ -170,7 +170,16 @@ def explain(model: MILModel, bag: np.ndarray | torch.Tensor, method: str, *,
         raise ExplainError(f"{method} needs a transformer MIL model (transmil, "
                            f"transformer_mil); {model.name} has a single attention pooling")
     model.eval()
-    x = _as_bag(model, bag)
+    try:
+        return _explain(model, _as_bag(model, bag), method, target, seed, ig_steps,
+                        max_quadratic_tiles)
+    finally:
+        if is_transformer(model):
+            model.records = []  # free the recorded attention matrices and their graph
+
+
+def _explain(model: MILModel, x: torch.Tensor, method: str, target: int | None, seed: int,
+             ig_steps: int, max_quadratic_tiles: int) -> np.ndarray:
     n = x.shape[0]
     if method == "random":
         return np.random.default_rng(seed).random(n)
@@ -201,6 +210,8 @@ def randomised_copy(model: MILModel, seed: int = 0) -> MILModel:
     """The model with every weight re-initialised (Adebayo et al.'s full model-parameter
     randomisation): a copy, so the trained model is untouched."""
     torch.manual_seed(seed)
+    if is_transformer(model):
+        model.records = []  # recorded attention is part of an autograd graph: not copyable
     clone = copy.deepcopy(model)
     for module in clone.modules():
         if module is not clone and hasattr(module, "reset_parameters"):

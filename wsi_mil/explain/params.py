@@ -28,7 +28,7 @@ class ExplainParams:
     ig_steps: int = 32
     #: largest bag on which a transformer's n x n attention matrices are built (rollout,
     #: relevance, attention_x_gradient); larger bags fail with a clear error
-    max_quadratic_tiles: int = 12000
+    max_quadratic_tiles: int = 8000
     #: lesion area fraction from which a tile counts as a lesion tile
     min_fraction: float = 0.5
     #: k of the top-k pointing game
@@ -45,6 +45,9 @@ class ExplainParams:
     bootstrap: int = 1000
     #: write each slide's comparison figure (thumbnail, then one heatmap per method)
     figure: bool = True
+    #: Grad-CAM inside the k most attended tiles (CNN encoders, slide readable): gradcam.png;
+    #: 0: none
+    gradcam_topk: int = 4
     #: longest side in pixels of each panel of the comparison figure
     figure_side: int = 384
     #: seed of the random map, the random orders, the randomised model and the bootstrap

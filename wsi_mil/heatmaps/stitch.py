@@ -15,7 +15,9 @@ grid plus one strip, whatever the size of the slide or of the picture.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -303,3 +305,26 @@ def positive_cells(prediction: SlidePrediction, grid: TileGrid, params: HeatmapP
     probs = grid.stitch(prediction.tile_probs[:, index])
     with np.errstate(invalid="ignore"):
         return np.nan_to_num(probs, nan=-1.0) >= params.seg_threshold
+
+
+def tissue_path_for(prediction: SlidePrediction, tiles_dir: str | os.PathLike | None) -> Path | None:
+    """The tiling step's ``<slide_id>.tissue.geojson``: in ``tiles_dir``, else beside the tiles
+    file the bag came from (recorded as ``tiles_file``); None when there is none."""
+    name = f"{prediction.slide_id}.tissue.geojson"
+    candidates = []
+    if tiles_dir is not None:
+        candidates.append(Path(tiles_dir) / name)
+    if prediction.attrs.get("tiles_file"):
+        candidates.append(Path(str(prediction.attrs["tiles_file"])).with_name(name))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+
+def load_tissue(path: Path | None) -> Any:
+    """Level-0 tissue (Multi)Polygon from the tiling step, or None."""
+    if path is None:
+        return None
+    from tiling.tissue_geojson import read_tissue_geojson
+
+    return read_tissue_geojson(path)
+

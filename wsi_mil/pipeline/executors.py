@@ -10,7 +10,9 @@ that died (SIGKILL, lost node) on another worker, up to ``distributed.scheduler.
 times, places tasks by worker resources (``GPU``), and ``dask-jobqueue`` submits its workers as
 SLURM/PBS/LSF jobs. Each job writes its outputs atomically (:mod:`tiling.storage`), so a slide
 re-run after its worker died finds at most a ``.tmp`` that it deletes and redoes, and a slide
-whose worker died after the output was moved into place is merely written twice, identically.
+whose worker died after the output was moved into place is written again with the same content.
+Not covered: a worker the scheduler presumes dead (no heartbeat, a network partition) that in
+fact still runs its slide writes the same ``NAME.tmp`` as the re-run, and the two can collide.
 
 Dask is imported only when a Dask executor is used. One Dask client (and the cluster wsi-mil
 started for it) can be kept open across several batches with :func:`executor_session`, as

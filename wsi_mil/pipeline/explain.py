@@ -30,6 +30,7 @@ from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.explain.params import METHOD_NAMES, ExplainParams
 from wsi_mil.explain.store import EXPLANATIONS, read_explanations
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "explain"
 FIGURE = "comparison.png"
@@ -147,7 +148,11 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
                                             params.sanity_threshold)
                 scores[method].update(sanity_spearman=check.spearman,
                                       sanity_flagged=float(check.flagged))
-    meta = {"model": model.name, "fold": run.folds[0].fold, "run_path": str(run.run_dir),
+    gradcam_note = "not asked for"
+    if params.gradcam_topk > 0 and "attention" in maps:
+        gradcam_note = _gradcam(out_dir, bag_path, slide_path, attrs, coords, model, features,
+                                maps["attention"], target, params.gradcam_topk)
+    meta = {"model": model.name, "gradcam": gradcam_note, "fold": run.folds[0].fold, "run_path": str(run.run_dir),
             "checkpoint_sha256": run.folds[0].sha256, "target_class": run.class_names[target],
             "probs": [float(p) for p in probs.cpu()], "class_names": run.class_names,
             "features_path": str(bag_path), "slide_id": bag_path.stem,
@@ -178,6 +183,52 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
                                         for k, v in vars(params).items()})
         f.attrs["complete"] = True
     return out_dir
+
+
+@functools.lru_cache(maxsize=2)
+def _encoder(name: str, weights: str | None) -> Any:
+    """The bag's encoder, loaded once per worker process for every slide of a batch."""
+    from features.registry import create_encoder
+
+    return create_encoder(name, weights=weights)
+
+
+def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, Any],
+             coords: np.ndarray, model: Any, features: np.ndarray, attention: np.ndarray,
+             target: int, k: int) -> str:
+    """``gradcam.png`` (+ ``gradcam.npz``) of the k most attended tiles; returns what was done
+    or why not (an encoder that is no CNN, weights or slide not available)."""
+    from tiling.reader import TileReader, resize_rgb
+    from tiling.slide import open_slide
+    from wsi_mil.explain.gradcam import GradCamError, tile_gradcam
+    from wsi_mil.heatmaps.render import tile_grid_figure
+
+    try:
+        weights = attrs.get("weights")
+        encoder = _encoder(str(attrs.get("encoder")),
+                           str(weights) if weights and Path(str(weights)).is_file() else None)
+        slide = open_slide(Path(slide_path or attrs.get("slide_path", "")))
+    except Exception as exc:  # noqa: BLE001 - Grad-CAM is an extra: say why it is missing
+        return f"not run: {type(exc).__name__}: {exc}"
+    try:
+        order = np.argsort(-attention, kind="stable")[:k]
+        reader = TileReader(slide, attrs)
+        tiles = [reader.read(int(coords[i, 0]), int(coords[i, 1])) for i in order]
+        maps = tile_gradcam(encoder, model, features, order, tiles, target)
+    except GradCamError as exc:
+        return f"not run: {exc}"
+    finally:
+        slide.close()
+    shown = [resize_rgb(np.ascontiguousarray(t), encoder.input_size) for t in tiles]
+    png = tile_grid_figure(shown, [f"tile {i} (attention rank {r + 1})"
+                                   for r, i in enumerate(order)],
+                           f"{bag_path.stem}: Grad-CAM of {encoder.name} for the slide logit",
+                           overlays=list(maps))
+    with atomic_output(out_dir / "gradcam.png") as tmp:
+        tmp.write_bytes(png)
+    with atomic_output(out_dir / "gradcam.npz") as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, tiles=order, maps=maps.astype(np.float16))
+    return f"{len(order)} tiles, {encoder.name}"
 
 
 def is_complete(folder: Path, figure: bool) -> bool:
@@ -261,7 +312,8 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
                    out_dir: str | os.PathLike, params: ExplainParams = ExplainParams(),
                    annotations_dir: str | os.PathLike | None = None,
                    slides_dir: str | os.PathLike | None = None, workers: int = 1,
-                   overwrite: bool = False) -> BatchResult:
+                   overwrite: bool = False,
+                   executor: ExecutorParams | None = None) -> BatchResult:
     """Explain every bag of ``features_dir`` with the run, then write the cohort outputs."""
     from tiling.annotations import find_annotation
 
@@ -287,6 +339,6 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
         raise FileNotFoundError(f"{features_dir}: no feature bags (*.h5)")
     result = run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
                        is_complete=functools.partial(is_complete, figure=params.figure),
-                       workers=workers, overwrite=overwrite)
+                       workers=workers, overwrite=overwrite, executor=executor)
     write_cohort_outputs(out_dir, params)
     return result

@@ -3,20 +3,41 @@
 One folder per slide, ``OUT/<slide_id>/``, from ``PREDICTIONS/<slide_id>.h5``; the batch skips
 slides whose folder already holds every requested output and records failures in
 ``OUT/failures.csv``.
+
+One slide's folder is written whole and atomically (as ``<slide_id>.tmp`` then renamed), so a
+folder at its final name always holds every output that was asked for, and a killed run leaves
+nothing that looks finished. ``heatmap.json`` inside records the parameters and sources, so the
+pictures can be told apart and redone a year later. The job lives here, above both the
+pictures (:mod:`wsi_mil.heatmaps`) and the exports (:mod:`wsi_mil.export`) it combines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 from pathlib import Path
+from typing import Any
 
+from tiling.lattice import SlideGeometry, TileGrid
+from tiling.storage import atomic_output, provenance, write_text_atomic
+from wsi_mil.export.geojson import write_segmentation_geojson, write_tiles_geojson
+from wsi_mil.export.ome_zarr import write_heatmap_zarr
 from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.heatmaps.stitch import load_tissue, positive_cells, tissue_path_for
+from wsi_mil.mil.predictions import SlidePrediction, read_prediction
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "heatmap"
-
+#: files each format puts in a slide's folder (what "complete" means for a re-run)
+FORMAT_FILES = {
+    "png": ("overlay.png", "segmentation.png"),
+    "zarr": ("heatmap.zarr",),
+    "geojson": ("tiles.geojson", "segmentation.geojson"),
+}
+SUMMARY = "heatmap.json"
 
 
 def _slides_by_id(slides_dir: str | os.PathLike | None) -> dict[str, Path]:
@@ -25,7 +46,6 @@ def _slides_by_id(slides_dir: str | os.PathLike | None) -> dict[str, Path]:
     from tiling.discover import find_slides, slide_id_for
 
     return {slide_id_for(path): path for path in find_slides([slides_dir], recursive=True)}
-
 
 
 def heatmap_slides(
@@ -50,8 +70,6 @@ def heatmap_slides(
     ``slide_path`` each predictions file records. A slide missing from ``slides_dir`` fails
     (only when PNGs are asked for, the only outputs that read pixels).
     """
-    from wsi_mil.heatmaps.slide_job import heatmap_slide, is_complete
-
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
     if not predictions_dir.is_dir():
         raise FileNotFoundError(f"{predictions_dir}: predictions folder not found")
@@ -73,7 +91,6 @@ def heatmap_slides(
                      workers=workers, overwrite=overwrite, executor=executor)
 
 
-
 def _missing_slide(prediction_path: Path, slides_dir: str) -> None:
     """The job of a slide absent from ``--slides``: report a bad predictions file first."""
     from wsi_mil.mil.predictions import read_prediction
@@ -81,3 +98,135 @@ def _missing_slide(prediction_path: Path, slides_dir: str) -> None:
     slide_id = read_prediction(prediction_path).slide_id
     raise FileNotFoundError(f"{slides_dir}: no slide with id {slide_id!r} (the PNGs need it)")
 
+
+# --------------------------------------------------------------------------- one slide
+
+
+def expected_files(params: HeatmapParams) -> list[str]:
+    """Names a complete slide folder holds for these parameters."""
+    names = [SUMMARY]
+    for fmt in params.formats:
+        names += FORMAT_FILES[fmt]
+    if "png" in params.formats and params.topk > 0:
+        names.append("topk.png")
+        if params.rollout:
+            names += ["topk_rollout.png", "topk_rollout.npz"]
+    return names
+
+
+def is_complete(folder: Path, params: HeatmapParams) -> bool:
+    """Whether a slide's folder holds every output these parameters ask for."""
+    return folder.is_dir() and all((folder / name).exists() for name in expected_files(params))
+
+
+def heatmap_slide(
+    prediction_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: HeatmapParams,
+    slide_path: str | os.PathLike | None = None,
+    tiles_dir: str | os.PathLike | None = None,
+    encoder_name: str | None = None,
+    encoder_weights: str | None = None,
+    explanations_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Write every output ``params`` asks for into ``out_dir`` (the slide's own folder).
+
+    With ``explanations_dir`` (the explain stage's output), the slide's stored explanation maps
+    can be shown too: ``params.score`` may name a method (``integrated_gradients``, ...).
+
+    ``slide_path`` defaults to the ``slide_path`` recorded in the predictions; it is needed
+    only for the PNGs. With ``params.rollout`` the encoder named (default: the one recorded in
+    the predictions, with its recorded weights) is loaded for the top-k rollout maps.
+    """
+    out_dir = Path(out_dir)
+    prediction = read_prediction(prediction_path)
+    if explanations_dir is not None:
+        from wsi_mil.explain.store import EXPLANATIONS, read_explanations
+
+        maps, _ = read_explanations(Path(explanations_dir) / prediction.slide_id / EXPLANATIONS)
+        if any(len(v) != len(prediction.coords) for v in maps.values()):
+            raise ValueError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
+                             f"do not have its {len(prediction.coords)} tiles")
+        prediction.extra_scores.update(maps)
+    geometry = SlideGeometry.from_attrs(prediction.attrs, str(prediction_path))
+    grid = TileGrid.from_coords(prediction.coords, geometry)
+    tissue_path = tissue_path_for(prediction, tiles_dir)
+    tissue = load_tissue(tissue_path)
+    slide_path = Path(slide_path or prediction.attrs.get("slide_path", ""))
+
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        if "png" in params.formats:
+            _write_pngs(tmp, prediction, params, slide_path, geometry, grid, tissue,
+                        encoder_name, encoder_weights)
+        if "zarr" in params.formats:
+            write_heatmap_zarr(tmp / "heatmap.zarr", prediction, params, grid,
+                               extra_attrs={"predictions": str(prediction_path)})
+        if "geojson" in params.formats:
+            write_tiles_geojson(tmp / "tiles.geojson", prediction, params)
+            write_segmentation_geojson(tmp / "segmentation.geojson", prediction, grid,
+                                       positive_cells(prediction, grid, params), params)
+        summary = {
+            **provenance(),
+            "slide_id": prediction.slide_id,
+            "predictions": str(prediction_path),
+            "slide_path": str(slide_path) if "png" in params.formats else None,
+            "tissue": str(tissue_path) if tissue_path else None,
+            "predicted_label": prediction.predicted_label,
+            "probs": dict(zip(prediction.class_names, map(float, prediction.probs))),
+            "tiles": len(prediction.coords),
+            "params": dataclasses.asdict(params),
+        }
+        write_text_atomic(tmp / SUMMARY, json.dumps(summary, indent=2))
+    return out_dir
+
+
+def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams,
+                slide_path: Path, geometry: SlideGeometry, grid: TileGrid, tissue: Any,
+                encoder_name: str | None, encoder_weights: str | None) -> None:
+    from tiling.reader import TileReader
+    from tiling.slide import ThumbnailStrips, open_slide
+    from wsi_mil.heatmaps.render import (
+        STREAM_STRIP_PIXELS,
+        write_overlay_png,
+        write_segmentation_png,
+        write_topk_png,
+    )
+
+    slide = open_slide(slide_path)
+    try:
+        if tuple(slide.dimensions) != (geometry.width, geometry.height):
+            raise ValueError(f"{slide_path}: slide is {slide.dimensions[0]}x{slide.dimensions[1]} "
+                             f"px but the predictions of {prediction.slide_id} were made on a "
+                             f"{geometry.width}x{geometry.height} px slide (wrong --slides?)")
+        # each picture is streamed from the slide band by band, never held whole
+        if params.mpp is not None:
+            thumbnail = ThumbnailStrips(slide, target_mpp=params.mpp, slide_mpp=geometry.mpp,
+                                        strip_pixels=STREAM_STRIP_PIXELS)
+        else:
+            thumbnail = ThumbnailStrips(slide, max_side=params.max_side,
+                                        strip_pixels=STREAM_STRIP_PIXELS)
+        write_overlay_png(folder / "overlay.png", prediction, thumbnail, params, tissue, grid)
+        write_segmentation_png(folder / "segmentation.png", prediction, thumbnail, params,
+                               tissue, grid)
+        if params.topk > 0:
+            encoder = None
+            if params.rollout:
+                encoder = _load_encoder(prediction, encoder_name, encoder_weights)
+            reader = TileReader(slide, prediction.attrs)
+            write_topk_png(folder / "topk.png", prediction, reader.read, params, encoder)
+    finally:
+        slide.close()
+
+
+def _load_encoder(prediction: SlidePrediction, name: str | None, weights: str | None) -> Any:
+    from features.registry import create_encoder
+
+    name = name or prediction.attrs.get("encoder")
+    if not name:
+        raise ValueError(f"{prediction.slide_id}: rollout needs an encoder; the predictions do "
+                         f"not record one, pass --encoder (and --weights)")
+    if weights is None and name == prediction.attrs.get("encoder"):
+        recorded = prediction.attrs.get("weights")
+        weights = str(recorded) if recorded and Path(str(recorded)).is_file() else None
+    return create_encoder(name, weights=weights)

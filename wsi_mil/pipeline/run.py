@@ -284,8 +284,8 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
 
         return batch(explain_slides(config.run_dir, config.features_dir, config.explain_dir,
                                     config.explain, annotations_dir=config.annotations_dir,
-                                    slides_dir=None, workers=config.workers, overwrite=redo),
-                     "explain")
+                                    slides_dir=None, workers=config.workers, overwrite=redo,
+                                    executor=config.executor), "explain")
 
     def run_evaluate(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.pipeline.evaluate import evaluate_cohort

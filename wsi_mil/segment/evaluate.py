@@ -50,6 +50,18 @@ def tile_head_mask(coords: np.ndarray, positive: np.ndarray, tile_size_level0: f
     return geometry_mask(shapely.union_all(boxes) if len(boxes) else None, shape, scale)
 
 
+def drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """``mask`` without its 8-connected components of fewer than ``min_pixels`` pixels (what
+    lesions.geojson leaves out as below ``min_area_um2``)."""
+    if min_pixels <= 1:
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = sizes >= min_pixels
+    keep[0] = False
+    return keep[labels]
+
+
 def mask_detections(probability: np.ndarray, threshold: float, downsample: float,
                     min_pixels: int = 1) -> Detections:
     """One detection per connected lesion of the mask (of at least ``min_pixels``), at its most
@@ -71,20 +83,21 @@ def pixel_scores(folder: str | os.PathLike, prediction: Any, positive_index: int
                  eval_mpp: float = EVAL_MPP, min_area_um2: float = 0.0) -> PixelScores:
     """Score ``folder/mask.zarr`` (a ``segment`` output) and the tile head of ``prediction``
     against ``lesions`` (level-0 polygons; None or empty on a normal slide). Components of the
-    mask under ``min_area_um2`` are not detections (as they are not polygons in
-    lesions.geojson)."""
+    mask under ``min_area_um2`` are left out of the scores and the detections, as they are
+    left out of lesions.geojson."""
     probability, mpp = read_mask_level(folder, eval_mpp)
     slide_mpp = float(prediction.attrs["slide_mpp"])
     scale = slide_mpp / mpp
     truth = geometry_mask(as_multipolygon(lesions), probability.shape, scale)
-    predicted = probability >= mask_threshold
+    min_pixels = max(1, int(min_area_um2 / mpp ** 2))
+    predicted = drop_small(probability >= mask_threshold, min_pixels)
     head = tile_head_mask(prediction.coords,
                           prediction.tile_probs[:, positive_index] >= head_threshold,
                           float(prediction.attrs["tile_size_level0"]), probability.shape, scale)
     return PixelScores(mask=mask_segmentation(predicted, truth, mpp),
                        tile_head=mask_segmentation(head, truth, mpp),
                        detections=mask_detections(probability, mask_threshold, 1.0 / scale,
-                                                  max(1, int(min_area_um2 / mpp ** 2))),
+                                                  min_pixels),
                        mpp=mpp)
 
 

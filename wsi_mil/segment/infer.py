@@ -355,11 +355,13 @@ def write_outline_png(path: Path, slide: Any, prediction: SlidePrediction, grid:
     _draw(image, tile_regions, thumb.downsample, TILE_RGB, thickness)
     _draw(image, polygons, thumb.downsample, REFINED_RGB, thickness)
     legend = [("tile head", TILE_RGB), ("pixel segmenter", REFINED_RGB)]
+    unit = max(1.0, max(image.shape[:2]) / 1000)  # legend size follows the picture's
     for i, (text, rgb) in enumerate(legend):
-        y = 18 + 18 * i
-        cv2.rectangle(image, (6, y - 10), (18, y + 2), rgb, -1)
-        cv2.putText(image, text, (24, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        y = round(unit * (20 + 20 * i))
+        cv2.rectangle(image, (round(6 * unit), y - round(11 * unit)),
+                      (round(18 * unit), y + round(1 * unit)), rgb, -1)
+        cv2.putText(image, text, (round(24 * unit), y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * unit,
+                    (0, 0, 0), max(1, round(unit)), cv2.LINE_AA)
     with atomic_output(path) as tmp:
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:

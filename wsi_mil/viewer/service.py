@@ -117,8 +117,7 @@ class ViewerService:
 
     def _build_layers(self, state: SlideState) -> None:
         from tiling.lattice import SlideGeometry, TileGrid
-        from wsi_mil.heatmaps.slide_job import load_tissue
-        from wsi_mil.heatmaps.stitch import normalise_scores, tile_scores
+        from wsi_mil.heatmaps.stitch import load_tissue, normalise_scores, tile_scores
         from wsi_mil.mil.predictions import read_prediction
 
         entry = state.entry

@@ -34,22 +34,46 @@ def test_train_predict_evaluate(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_rejects_labels_outside_the_model_classes(tmp_path):
+def test_evaluate_rejects_labels_outside_the_model_classes(tmp_path, capsys):
     out = tmp_path / "pred"
     out.mkdir()
     (out / "predictions.csv").write_text("slide_id,label,predicted_label,prob_a,prob_b\n"
                                          "s1,,a,0.6,0.4\n")
     labels = tmp_path / "labels.csv"
     labels.write_text("slide_id,label\ns1,c\n")
-    with pytest.raises(ValueError, match="line 2: unknown label 'c'"):
-        main(["evaluate", "--predictions", str(out), "--labels", str(labels)])
+    assert main(["evaluate", "--predictions", str(out), "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2: unknown label 'c'" in err and "Traceback" not in err
 
 
-def test_train_rejects_unknown_model(tmp_path):
+def test_train_rejects_unknown_model(tmp_path, capsys):
     features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(4, 3, 4))
-    with pytest.raises(ValueError, match="TrainParams.model = 'nope'"):
-        main(["train", "--features", str(features_dir), "--labels", str(labels_csv), "--out",
-              str(tmp_path / "run"), "--model", "nope"])
+    assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
+                 "--out", str(tmp_path / "run"), "--model", "nope"]) == 2
+    assert "TrainParams.model = 'nope'" in capsys.readouterr().err
+
+
+def test_train_without_a_recognisable_negative_class_asks_for_it(tmp_path, capsys):
+    features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(8, 3, 4))
+    text = labels_csv.read_text().replace(",neg", ",luminal").replace(",pos", ",basal")
+    labels_csv.write_text(text)
+    assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--negative-class" in err and "Traceback" not in err
+
+
+def test_train_leaves_out_labelled_slides_without_a_bag(tmp_path, capsys):
+    features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(12, 4, 4, shift=4.0))
+    next(iter(sorted(features_dir.glob("*.h5")))).unlink()
+    assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
+                 "--out", str(tmp_path / "run"), "--folds", "2", "--epochs", "1",
+                 "--min-epochs", "1", "--hidden-dims", "8", "--attention-dim", "4",
+                 "--device", "cpu", "--bootstrap", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "1 labelled slide(s) have no bag" in err and "left out" in err
+    assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
+                 "--out", str(tmp_path / "run2"), "--missing-bags", "error"]) == 2
 
 
 @pytest.mark.parametrize("verb", ["train", "predict", "evaluate"])

@@ -151,7 +151,7 @@ def test_positive_cells_follow_the_threshold(lesion):
     loose = positive_cells(prediction, grid, HeatmapParams(seg_threshold=0.2))
     strict = positive_cells(prediction, grid, HeatmapParams(seg_threshold=0.8))
     assert strict.sum() < loose.sum() and (loose | strict).sum() == loose.sum()
-    with pytest.raises(ValueError, match="positive_class"):
+    with pytest.raises(ValueError, match="positive class 'stroma'"):
         positive_cells(prediction, grid, HeatmapParams(positive_class="stroma"))
 
 

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 
 from tiling.annotations import write_asap_xml
-from tiling.lattice import TileGrid
+from tiling.lattice import SlideGeometry, TileGrid
 from wsi_mil.export.geojson import write_segmentation_geojson
 from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import positive_cells
 from wsi_mil.mil.labels import LabelsError, choose_negative_class
 from wsi_mil.mil.predictions import PredictionFileError, write_prediction
 from wsi_mil.pipeline.lesions import evaluate_lesions
-from tiling.lattice import SlideGeometry
 
 
 @pytest.mark.parametrize("names, negative", [

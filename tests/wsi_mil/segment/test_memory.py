@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,12 +16,13 @@ from wsi_mil.synthetic.pyramid_tiff import Ellipse, shapes_render, write_pyramid
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
 
 SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
     torch.set_num_threads(1)
-    from tests.wsi_mil.segment.helpers import DarkPixels, dark_card
+    from conftest import DarkPixels, dark_card
     from wsi_mil.mil.predictions import read_prediction
     from wsi_mil.segment.infer import segment_slide
     from wsi_mil.segment.params import SegmentParams
@@ -38,15 +40,15 @@ SCRIPT = textwrap.dedent("""
 
 
 def _peak_mb(prediction: Path, out: Path, run: bool) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(prediction), str(out),
                            "run" if run else "baseline"], cwd=ROOT, check=True,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024
 
 
-def test_peak_memory_is_bounded_by_tiles_and_chunks(tmp_path):
-    from tests.wsi_mil.segment.helpers import grid_prediction
-
+def test_peak_memory_is_bounded_by_tiles_and_chunks(tmp_path, segment_helpers):
+    grid_prediction = segment_helpers[2]
     # 16 x 12 mm at 0.5 µm/px (a Camelyon16 slide's tissue extent): 805 Mpx, 2.4 GB of RGB
     width, height, mpp = 32768, 24576, 0.5
     lesion = Ellipse(20000.0, 9000.0, 1400.0, 1000.0)
@@ -77,8 +79,8 @@ def test_peak_memory_is_bounded_by_tiles_and_chunks(tmp_path):
     # default), JPEG and zarr codec buffers, the allocator's per-thread arenas
     libraries_mb = 96
     bound = baseline + chunks_mb + windows_mb + thumbnail_mb + libraries_mb
-    sizes = dict(peak=peak, baseline=baseline, bound=bound, chunks=chunks_mb,
-                 full_mask=full_mask_mb)
+    sizes = {"peak": peak, "baseline": baseline, "bound": bound, "chunks": chunks_mb,
+             "full_mask": full_mask_mb}
     # the bound leaves no room for the whole mask even as uint8 (the slide is 12x larger)
     assert bound - baseline < full_mask_mb, sizes
     assert peak < bound, sizes

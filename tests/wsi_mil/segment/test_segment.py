@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import zarr
 
-from tests.wsi_mil.segment.helpers import DarkPixels, dark_card, grid_prediction
 from tiling.annotations import geometry_mask, read_annotations
 from wsi_mil.segment.data import TrainingSlide, kind_counts, sample_slide
 from wsi_mil.segment.infer import ChunkStitcher, segment_slide, window_lattice
@@ -96,7 +95,8 @@ def test_training_masks_never_mark_exclusion_regions(tmp_path):
 
 
 @pytest.mark.slow
-def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path):
+def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers):
+    DarkPixels, dark_card, grid_prediction = segment_helpers
     width, height, mpp = 2000, 1600, 0.5
     disc = (1000.3, 777.7, 150.0)
     edge = (1950.0, 400.0, 120.0)  # crosses the slide's right border
@@ -130,3 +130,16 @@ def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path):
     assert areas[-1] == pytest.approx(math.pi * (150 * mpp) ** 2, rel=0.05)
     summary = json.loads((out / "segment.json").read_text())
     assert 0 < summary["tiles_segmented"] < summary["tiles"]
+
+
+def test_segment_stage_runs_only_with_a_segment_section(tmp_path):
+    from wsi_mil.pipeline.config import ConfigError, parse_config
+
+    base = {"out": str(tmp_path), "cohort": {"train_normal": 1}}
+    assert "segment" not in parse_config(base).stages
+    config = parse_config({**base, "segment": {"margin": 2, "train": {"net": "swin_unetr"}}})
+    assert "segment" in config.stages and config.segment.train.net == "swin_unetr"
+    assert config.segment.params() == SegmentParams(margin=2)
+    assert config.segmenter_dir == tmp_path / "segmenter"
+    with pytest.raises(ConfigError, match="net"):
+        parse_config({**base, "segment": {"train": {"net": "vnet"}}})

@@ -8,7 +8,7 @@ import pytest
 
 from tiling.tissue_geojson import write_tissue_geojson
 from wsi_mil.heatmaps.params import HeatmapParams
-from wsi_mil.heatmaps.slide_job import expected_files, heatmap_slide, is_complete
+from wsi_mil.pipeline.heatmap import expected_files, heatmap_slide, is_complete
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared pieces of the segmentation tests: a segmenter whose answer is known exactly.
+"""Fixtures of the segmentation tests: a segmenter whose answer is known exactly.
 
 :class:`DarkPixels` marks every pixel darker than glass as lesion, pixel by pixel, so a
 stitched mask must reproduce the painted shapes exactly: any offset, scale or blending error
@@ -9,6 +9,7 @@ memory test runs (a trained network would only add weights, not change the bookk
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
@@ -48,3 +49,9 @@ def grid_prediction(path, slide_path, width: int, height: int, mpp: float, tile:
         attrs={"slide_width": width, "slide_height": height, "slide_mpp": mpp,
                "tile_size_level0": float(tile), "stride": float(tile),
                "slide_path": str(slide_path), "negative_class": "normal"}))
+
+
+@pytest.fixture
+def segment_helpers():
+    """(DarkPixels, dark_card, grid_prediction) for the tests of this folder."""
+    return DarkPixels, dark_card, grid_prediction

@@ -1,0 +1,37 @@
+"""Grad-CAM inside tiles for the bundled CNN encoder, through a MIL model's slide logit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tiling.reader import resize_rgb
+from wsi_mil.explain.gradcam import GradCamError, last_conv, tile_gradcam
+from wsi_mil.mil.models import create_model
+
+
+@pytest.mark.slow
+def test_gradcam_maps_for_efficientnet_lite0():
+    from features.registry import create_encoder
+
+    encoder = create_encoder("efficientnet_lite0")
+    assert last_conv(encoder.model).out_channels == encoder.dim
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
+    tiles[1][:64] = 255  # half blank: the map must differ from the other tile's
+    features = encoder.encode(torch.from_numpy(np.stack(
+        [resize_rgb(t, encoder.input_size) for t in tiles]))).numpy()
+    bag = np.concatenate([features, rng.standard_normal((6, encoder.dim)).astype(np.float32)])
+    torch.manual_seed(0)
+    model = create_model("gated_abmil", encoder.dim, 2)
+    maps = [tile_gradcam(encoder, model, bag, [0, 1], tiles, target) for target in (0, 1)]
+    for m in maps:
+        assert m.shape == (2, encoder.input_size, encoder.input_size)
+        assert m.min() >= 0 and m.max() <= 1
+    assert any(m.max() > 0 for m in maps)  # ReLU keeps the evidence for one class or the other
+
+
+def test_gradcam_needs_a_convolution():
+    with pytest.raises(GradCamError, match="CNN"):
+        last_conv(torch.nn.Linear(3, 3))

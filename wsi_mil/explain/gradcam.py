@@ -1,0 +1,70 @@
+"""Grad-CAM inside a tile for CNN encoders (Selvaraju et al., ICCV 2017), for the top-k tiles.
+
+Beside attention rollout for ViT encoders (:mod:`wsi_mil.explain.encoder_rollout`), this says
+where inside a tile a convolutional encoder (the bundled EfficientNet-Lite0 first) found the
+evidence the MIL model used. The target is the **slide** logit of the explained class as a
+function of the tile's pixels: the tile's features in the bag are replaced by the encoder's
+output for the image (the other tiles' stored features stay fixed), so the gradient flows from
+the slide prediction through the MIL model and the encoder to its last convolution. Captum's
+``LayerGradCam`` does the Grad-CAM arithmetic (channel weights = spatially averaged gradients,
+ReLU of the weighted sum of activations) and ``LayerAttribution.interpolate`` brings the map to
+the tile's input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsi_mil.mil.models import MILModel
+
+
+class GradCamError(ValueError):
+    """An encoder Grad-CAM cannot explain (no convolution)."""
+
+
+def last_conv(model: nn.Module) -> nn.Conv2d:
+    """The encoder's last 2-D convolution (EfficientNet's ``conv_head``)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise GradCamError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a CNN "
+                           "encoder (use attention rollout for ViTs)")
+    return convs[-1]
+
+
+def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
+                 indices: Sequence[int], tiles: Sequence[np.ndarray],
+                 target: int) -> np.ndarray:
+    """Grad-CAM maps ``[k, S, S]`` in [0, 1] (``S`` the encoder's input size) of tiles
+    ``indices`` of the bag ``features`` ``[N, D]``, whose RGB images are ``tiles``."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    from tiling.reader import resize_rgb
+
+    device = encoder.device
+    bag = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
+    layer = last_conv(encoder.model)
+    encoder.model.eval()
+    model.eval()
+    maps = []
+    for index, tile in zip(indices, tiles):
+        image = resize_rgb(np.ascontiguousarray(tile), encoder.input_size)
+        x = encoder.preprocess(torch.from_numpy(image[None]))
+
+        def slide_logits(images: torch.Tensor, index: int = int(index)) -> torch.Tensor:
+            encoded = encoder.model(images).float()  # [B, D]
+            bags = bag.unsqueeze(0).repeat(len(images), 1, 1)
+            bags[:, index] = encoded
+            return model(bags).logits
+
+        cam = LayerGradCam(slide_logits, layer).attribute(x, target=target,
+                                                          relu_attributions=True)
+        cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[0, 0]
+        cam = cam.detach().cpu().numpy()
+        top = cam.max()
+        maps.append(cam / top if top > 0 else cam)
+    return np.stack(maps) if maps else np.zeros((0, encoder.input_size, encoder.input_size))

@@ -1,0 +1,1 @@
+"""Pixel-level lesion segmentation inside the tiles the MIL model flags (MONAI networks)."""
