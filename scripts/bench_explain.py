@@ -7,9 +7,9 @@ warm-up on a small bag; peak memory is the largest resident-set growth seen by a
 thread during the call (torch's CPU allocations included, which tracemalloc does not see).
 Methods whose cost is quadratic in the bag (rollout, relevance and attention x gradient on
 transformers) are refused above ``--max-quadratic-tiles`` and reported as such; a (model, size)
-pair whose forward pass alone is predicted to take longer than ``--budget`` seconds (from the
-previous size, scaled linearly for attention models and quadratically for transformer_mil) is
-skipped. Then ``transmil`` vs ``gated_abmil`` training seconds per epoch on the same bags.
+(model, size, method) predicted to take longer than ``--budget`` seconds (from the previous
+size, scaled linearly for attention models and TransMIL, quadratically for transformer_mil) is
+skipped and reported as such. Then ``transmil`` vs ``gated_abmil`` training seconds per epoch on the same bags.
 
     .venv/bin/python scripts/bench_explain.py [--sizes 1000 10000 100000] [--device cpu]
 """
@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Self
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class PeakMemory:
     def __init__(self, device: str) -> None:
         self.device, self.peak = device, 0
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         import torch
 
         if self.device.startswith("cuda"):
@@ -79,8 +80,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--max-quadratic-tiles", type=int, default=12000)
-    parser.add_argument("--budget", type=float, default=60.0,
-                        help="skip a (model, size) whose forward pass would exceed this (s)")
+    parser.add_argument("--budget", type=float, default=120.0,
+                        help="skip a (model, size, method) predicted to exceed this (s)")
     parser.add_argument("--train-bags", type=int, default=10)
     parser.add_argument("--train-tiles", type=int, default=2000)
     args = parser.parse_args()
@@ -102,19 +103,19 @@ def main() -> int:
     for name in MODELS:
         torch.manual_seed(0)
         model = create_model(name, args.dim, 2).to(device).eval()
-        forward_s, last_n = None, None
+        previous: dict[str, tuple[float, int]] = {}  # method -> (seconds, tiles) last measured
+        power = 2 if name == "transformer_mil" else 1
         explain(model, np.random.default_rng(0).standard_normal((64, args.dim)), "attention")
         for n in args.sizes:
-            if forward_s is not None:
-                power = 2 if name == "transformer_mil" else 1
-                predicted = forward_s * (n / last_n) ** power
-                if predicted > args.budget:
-                    print(f"| {name} | {n} | (all) | skipped: forward pass predicted "
-                          f"{predicted:.0f} s > budget | |", flush=True)
-                    continue
             bag = torch.from_numpy(np.random.default_rng(n).standard_normal(
                 (n, args.dim), dtype=np.float32)).to(device)
             for method in available_methods(model):
+                if method in previous:
+                    predicted = previous[method][0] * (n / previous[method][1]) ** power
+                    if predicted > args.budget:
+                        print(f"| {name} | {n} | {method} | skipped: predicted {predicted:.0f} s "
+                              f"> budget | |", flush=True)
+                        continue
                 try:
                     with PeakMemory(args.device) as memory:
                         start = time.perf_counter()
@@ -127,8 +128,7 @@ def main() -> int:
                     print(f"| {name} | {n} | {method} | refused: n x n matrices above "
                           f"{args.max_quadratic_tiles} tiles | |", flush=True)
                     continue
-                if method == "attention":
-                    forward_s, last_n = seconds, n
+                previous[method] = (seconds, n)
                 print(f"| {name} | {n} | {method} | {seconds:.2f} | {memory.peak / 2**20:.0f} |",
                       flush=True)
     print(f"\ntraining, {args.train_bags} bags x {args.train_tiles} tiles x {args.dim} "

@@ -28,6 +28,9 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("Test AUC", ("slide", "auc"), 3),
     ("Accuracy (validation threshold)", ("slide", "accuracy"), 3),
     ("Balanced accuracy", ("slide", "balanced_accuracy"), 3),
+    ("Sensitivity at 90 % specificity", ("slide", "sensitivity_at_90_specificity"), 3),
+    ("Sensitivity at 95 % specificity", ("slide", "sensitivity_at_95_specificity"), 3),
+    ("False-negative rate (threshold)", ("slide", "false_negative_rate"), 3),
     ("FROC (Camelyon16 score)", ("lesion", "froc"), 3),
     ("Tile Dice (tumour slides)", ("lesion", "segmentation", "dice"), 3),
     ("Tile IoU", ("lesion", "segmentation", "iou"), 3),
@@ -44,6 +47,12 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("  random order", ("lesion", "explain", "deletion_auc_random"), 3),
     ("Insertion AUC (higher is better)", ("lesion", "explain", "insertion_auc"), 3),
     ("  random order", ("lesion", "explain", "insertion_auc_random"), 3),
+    ("Weakly supervised head (slide labels only): test AUC", ("weak", "slide", "auc"), 3),
+    ("  FROC", ("weak", "lesion", "froc"), 3),
+    ("  tile Dice (tumour slides)", ("weak", "lesion", "segmentation", "dice"), 3),
+    ("  tile specificity (normal slides)",
+     ("weak", "lesion", "segmentation", "normal_tile_specificity"), 3),
+    ("  pointing game", ("weak", "lesion", "explain", "pointing_game"), 3),
 )
 
 
@@ -153,7 +162,10 @@ def write_report(out: Path) -> Path:
         f"{results['n_test']} test slides; model `{results['selected_model']}` selected by "
         f"{protocol['folds']}-fold cross-validated AUC among {protocol['models']} "
         f"(CV AUC per seed: {json.dumps(results['cv_auc'])}); test predictions by each seed's "
-        f"{protocol['folds']}-fold ensemble."), "",
+        f"{protocol['folds']}-fold ensemble. The rows above the last block are the model whose "
+        f"segmentation head was trained on the annotations' tile labels (annotation-"
+        f"supervised); the last block is the same model trained on slide labels only "
+        f"(weakly supervised head)."), "",
         "| metric | mean ± std over seeds | " + " | ".join(f"seed {s}" for s in seeds) + " |",
         "|---|---|" + "---|" * len(seeds),
     ]

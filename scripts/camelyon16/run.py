@@ -3,7 +3,8 @@
 1. tile every slide at 0.5 µm/px (``wsi_mil.pipeline.tile.tile_slides``);
 2. extract features with the chosen encoder (``wsi_mil.pipeline.extract.extract_slides``);
 3. write tile labels (lesion area fraction per tile) into the bags
-   (``wsi_mil.mil.lesion_labels.label_bags``), for the segmentation head;
+   (``wsi_mil.mil.lesion_labels.label_bags``), for the annotation-supervised segmentation
+   head (the same model is also trained on slide labels alone: the weakly supervised head);
 4. for each candidate model and seed, 5-fold cross-validation on the 270 official training
    slides (``wsi_mil.mil.train.train_run``); the model with the best mean out-of-fold AUC is
    selected (model selection never sees a test slide);
@@ -170,9 +171,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
         f"{e.slide_id},{e.label}\n" for e in test))
     test_labels = {e.slide_id: e.label for e in test}
     annotated = {e.slide_id for e in test if e.annotation_path is not None}
-    per_seed: dict[str, Any] = {}
-    for seed in params.seeds:
-        run_dir = out / "runs" / f"{selected}_seed{seed}"
+    def test_run(run_dir: Path, seed: int) -> dict[str, Any]:
         test_dir = out / "test" / run_dir.name
         check(stages.run("predict", out / "test", predict_slides, run_dir, features, test_dir,
                          PredictParams(device=params.device), labels_csv=test_csv,
@@ -188,8 +187,21 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
                                 perturbation_random=params.perturbation_random,
                                 perturbation_max_slides=params.perturbation_max_slides),
                             run_dir=run_dir, features_dir=features)
-        per_seed[str(seed)] = {"run": str(run_dir), "test_dir": str(test_dir), "slide": slide,
-                               "lesion": lesion}
+        return {"run": str(run_dir), "test_dir": str(test_dir), "slide": slide, "lesion": lesion}
+
+    # The selected runs train the segmentation head on the annotations' tile labels; the same
+    # model trained on slide labels alone (the weakly supervised head the toolkit is for) is
+    # run beside it, so the report says what each kind of supervision gives.
+    per_seed: dict[str, Any] = {}
+    for seed in params.seeds:
+        per_seed[str(seed)] = test_run(out / "runs" / f"{selected}_seed{seed}", seed)
+        weak_dir = out / "runs" / f"{selected}_seed{seed}_weak"
+        if not (weak_dir / "summary.json").is_file():
+            stages.run("train_weak", out / "runs", train_run, features, train_csv, weak_dir,
+                       TrainParams(model=selected, seed=seed, folds=params.folds,
+                                   val_fraction=params.val_fraction, epochs=params.epochs,
+                                   device=params.device, bootstrap=0, use_tile_labels=False))
+        per_seed[str(seed)]["weak"] = test_run(weak_dir, seed)
 
     first = out / "test" / f"{selected}_seed{params.seeds[0]}"
     chosen = choose_heatmap_slides(first / "predictions.csv", params.heatmaps, annotated)

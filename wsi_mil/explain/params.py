@@ -50,7 +50,8 @@ class ExplainParams:
     gradcam_topk: int = 4
     #: longest side in pixels of each panel of the comparison figure
     figure_side: int = 384
-    #: seed of the random map, the random orders, the randomised model and the bootstrap
+    #: seed of the random maps (combined with each slide's id), the random orders, the
+    #: randomised model and the bootstrap
     seed: int = 0
     #: auto | cpu | cuda | cuda:N
     device: str = "auto"

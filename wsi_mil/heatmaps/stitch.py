@@ -26,6 +26,7 @@ from scipy.stats import rankdata
 
 from tiling.lattice import SlideGeometry, TileGrid
 from wsi_mil.heatmaps.params import ATTENTION, NORMALISATIONS, HeatmapParams
+from wsi_mil.metrics.attention import minmax_scale
 from wsi_mil.mil.predictions import SlidePrediction
 
 
@@ -112,9 +113,7 @@ def normalise_scores(scores: np.ndarray, method: str,
     if method == "minmax":
         if scores.size == 0:
             return scores, 0.0, 1.0, "min-max scaled"
-        low, high = float(scores.min()), float(scores.max())
-        scaled = (scores - low) / (high - low) if high - low > 1e-12 else np.ones_like(scores)
-        return scaled, 0.0, 1.0, "min-max scaled"
+        return minmax_scale(scores), 0.0, 1.0, "min-max scaled"
     if method == "raw":
         if probability:
             return scores, 0.0, 1.0, "probability"

@@ -1,4 +1,8 @@
-"""How spread out a bag's attention is: the Shannon entropy of its softmax weights.
+"""Attention scores of a bag: their min-max scaling, and how spread out they are (the Shannon
+entropy of the softmax weights).
+
+:func:`minmax_scale` is the one scaling to [0, 1] that predictions files (``attention_norm``),
+heatmaps (``--normalize minmax``) and explanation scores share.
 
 Logged per epoch by training (``log.csv``) because it shows two failures that the loss hides:
 attention collapsing onto one tile (entropy near 0, the model decides from a single instance
@@ -29,3 +33,14 @@ def attention_entropy(weights: np.ndarray, normalised: bool = False) -> float:
     if normalised:
         return h / float(np.log(a.size)) if a.size > 1 else 0.0
     return h
+
+
+def minmax_scale(values: np.ndarray) -> np.ndarray:
+    """``values`` scaled to [0, 1] (float64); all-equal values (no ranking) map to 1."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        return np.ones_like(values)
+    return (values - low) / (high - low)

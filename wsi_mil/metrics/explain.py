@@ -13,6 +13,10 @@ the order of the bag (and of its predictions file):
   slide is re-scored with the model each time; the area under the curve summarises how fast the
   score falls or rises. The same curve for random orders (averaged) is the baseline: attention
   that explains the prediction gives a lower deletion AUC and a higher insertion AUC than random.
+* :func:`energy_pointing_game` (Score-CAM's share of the map's energy in the lesion),
+  :func:`tile_ranking` (tile-level ROC AUC and average precision against lesion tiles) and
+  :func:`randomisation_check` (Adebayo et al.'s sanity check) score any explanation map, not
+  only attention; :func:`bootstrap_mean` gives cohort means their confidence intervals.
 
 A MIL model cannot score an empty bag, so a bag never goes below one tile: the deletion curve
 ends with only the least attended tile left and the insertion curve starts from the single most

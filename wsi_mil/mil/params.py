@@ -29,6 +29,10 @@ class TrainParams:
     bag_weight: float = 0.7  # CLAM: weight of the slide loss against the instance loss
     seg_weight: float = 0.5  # weight of the segmentation-head loss
     tile_label_threshold: float = 0.5  # lesion fraction from which a tile label is positive
+    #: Train the segmentation head on the bags' annotation-derived ``tile_labels`` where a bag
+    #: has them (tile-level supervision); false: from slide labels only (weak supervision),
+    #: even when tile labels are there.
+    use_tile_labels: bool = True
     #: Class whose slides hold no lesion (all their tiles negative); None: recognised from its
     #: name (normal, negative, benign, none, 0, ...), else an error asking for it.
     negative_class: str | None = None

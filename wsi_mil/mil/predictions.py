@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
+from wsi_mil.metrics.attention import minmax_scale
 from wsi_mil.mil.labels import recognise_negative_class
 
 
@@ -82,14 +83,8 @@ class SlidePrediction:
 
 
 def normalise_attention(attention: np.ndarray) -> np.ndarray:
-    """Min-max scale raw attention scores to [0, 1] (all-equal scores map to 1)."""
-    attention = np.asarray(attention, dtype=np.float32)
-    if attention.size == 0:
-        return attention
-    low, high = float(attention.min()), float(attention.max())
-    if high - low < 1e-12:
-        return np.ones_like(attention)
-    return (attention - low) / (high - low)
+    """Raw attention scores min-max scaled to [0, 1] as float32 (``attention_norm``)."""
+    return minmax_scale(attention).astype(np.float32)
 
 
 def write_prediction(path: str | os.PathLike, prediction: SlidePrediction) -> Path:

@@ -124,7 +124,9 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negativ
                 loss = params.bag_weight * slide + (1 - params.bag_weight) * out.instance_loss
             seg = torch.zeros((), device=device)
             if params.seg_weight > 0:
-                seg = segmentation_loss(out, batch.mask, batch.labels, batch.tile_labels,
+                tile_labels = (batch.tile_labels if params.use_tile_labels
+                               else torch.full_like(batch.tile_labels, float("nan")))
+                seg = segmentation_loss(out, batch.mask, batch.labels, tile_labels,
                                         negative_index=negative_index, k=params.k_sample,
                                         threshold=params.tile_label_threshold,
                                         rank_by_attention=model.ranks_by_attention)

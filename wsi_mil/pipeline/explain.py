@@ -21,6 +21,7 @@ import json
 import os
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,9 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     if target is None:
         target = int(probs.argmax())
     methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)]
-    kwargs = {"target": target, "seed": params.seed, "ig_steps": params.ig_steps,
+    # each slide its own random map (one seed for all would give every slide the same map)
+    kwargs = {"target": target, "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
+              "ig_steps": params.ig_steps,
               "max_quadratic_tiles": params.max_quadratic_tiles}
     single = LoadedRun(run.run_dir, run.folds[:1], run.class_names, run.negative_index,
                        run.threshold, run.encoder, run.in_dim, run.device)
@@ -309,7 +312,7 @@ def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str,
 
 
 def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
-                   out_dir: str | os.PathLike, params: ExplainParams = ExplainParams(),
+                   out_dir: str | os.PathLike, params: ExplainParams | None = None,
                    annotations_dir: str | os.PathLike | None = None,
                    slides_dir: str | os.PathLike | None = None, workers: int = 1,
                    overwrite: bool = False,
@@ -317,6 +320,7 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     """Explain every bag of ``features_dir`` with the run, then write the cohort outputs."""
     from tiling.annotations import find_annotation
 
+    params = params or ExplainParams()
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     if not features_dir.is_dir():
         raise FileNotFoundError(f"{features_dir}: features folder not found")

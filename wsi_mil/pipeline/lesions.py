@@ -47,6 +47,19 @@ from wsi_mil.mil.predictions import read_prediction
 from wsi_mil.pipeline.config import LesionEvalParams
 
 
+#: Why a slide's value is missing from a cohort mean, per metric.
+EXCLUDED_BECAUSE = {
+    "hausdorff_um": "no tile predicted tumour, or no tile truly tumour (the distance is undefined)",
+    "dice": "neither predicted nor true tumour tiles",
+    "iou": "neither predicted nor true tumour tiles",
+    "sensitivity": "no tile truly tumour (min_fraction)",
+    "specificity": "no tile truly normal",
+    "pointing_hit": "no tile truly tumour (min_fraction)",
+    "deletion_auc": "no perturbation curve (perturbation_max_slides, or no run/features given)",
+    "insertion_auc": "no perturbation curve (perturbation_max_slides, or no run/features given)",
+}
+
+
 def _nanmean(values: list[float]) -> float | None:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(finite)) if finite else None
@@ -172,8 +185,16 @@ def _summarise(rows: list[dict[str, Any]], hits: list, curves: dict[str, list],
     tumour = [r for r in rows if "dice" in r]
     normal = [r for r in rows if "dice" not in r]
 
+    counts: dict[str, dict[str, Any]] = {}
+
     def mean(key: str, chosen: list[dict[str, Any]]) -> float | None:
-        return _nanmean([float(r[key]) for r in chosen if r.get(key) is not None])
+        """The mean over ``chosen`` slides where ``key`` is defined; how many slides it left
+        out, and why, goes to ``summary["counts"]`` (a mean without its n misleads)."""
+        values = [float(r[key]) for r in chosen if r.get(key) is not None]
+        kept = [v for v in values if not math.isnan(v)]
+        counts[key] = {"n": len(kept), "n_excluded": len(chosen) - len(kept),
+                       "excluded_because": EXCLUDED_BECAUSE.get(key, "undefined on the slide")}
+        return _nanmean(kept)
 
     summary: dict[str, Any] = {
         "params": asdict(params), "n_slides": len(rows), "n_tumour_annotated": len(tumour),
@@ -204,4 +225,5 @@ def _summarise(rows: list[dict[str, Any]], hits: list, curves: dict[str, list],
         summary["explain"][f"{kind}_auc"] = mean(f"{kind}_auc", chosen)
         summary["explain"][f"{kind}_auc_random"] = mean(f"{kind}_auc_random", chosen)
         summary["explain"][f"{kind}_slides"] = len(chosen)
+    summary["counts"] = counts
     return summary

@@ -67,6 +67,25 @@ def test_heatmap_geojson_and_froc_outline_the_same_class(tmp_path, lesion, lesio
                                tmp_path / "eval")
     assert summary["segmentation"]["dice"] > 0.8
     assert summary["froc"] > 0.9
+    assert summary["counts"]["dice"] == {"n": 1, "n_excluded": 0,
+                                         "excluded_because": "neither predicted nor true "
+                                                             "tumour tiles"}
+
+
+def test_cohort_means_say_how_many_slides_they_left_out(tmp_path, lesion, lesion_slide):
+    pred = flipped(lesion, lesion_slide)
+    write_prediction(tmp_path / "pred" / "lesion.h5", pred)
+    blank = dataclasses.replace(pred, slide_id="blank",
+                                tile_probs=np.tile([[0.0, 1.0]], (len(pred.coords), 1))
+                                .astype(np.float32))
+    write_prediction(tmp_path / "pred" / "blank.h5", blank)
+    write_asap_xml(tmp_path / "ann" / "lesion.xml", lesion.lesion)
+    write_asap_xml(tmp_path / "ann" / "blank.xml", lesion.lesion)
+    summary = evaluate_lesions(tmp_path / "pred", {"lesion": "epithelial", "blank": "epithelial"},
+                               tmp_path / "ann", tmp_path / "eval")
+    hausdorff = summary["counts"]["hausdorff_um"]
+    assert hausdorff["n"] == 1 and hausdorff["n_excluded"] == 1  # blank predicts no tumour
+    assert "undefined" in hausdorff["excluded_because"]
 
 
 def test_a_named_positive_class_must_exist(lesion, lesion_slide):

@@ -78,3 +78,17 @@ def test_explain_stage_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         ExplainParams(methods=("saliency",))
     assert json.dumps(list(ExplainParams().methods)) == "[]"
+
+
+def test_heatmap_scores_include_stored_explanations():
+    from wsi_mil.heatmaps.stitch import score_names, tile_scores
+    from wsi_mil.mil.predictions import SlidePrediction
+
+    prediction = SlidePrediction("s", np.zeros((3, 2), np.int64), np.zeros(3, np.float32),
+                                 np.zeros(3, np.float32), np.full((3, 2), 0.5, np.float32),
+                                 np.array([0.5, 0.5], np.float32), ["normal", "tumor"], "tumor")
+    prediction.extra_scores["relevance"] = np.array([0.1, 0.7, 0.2])
+    assert score_names(prediction)[-1] == "relevance"
+    np.testing.assert_allclose(tile_scores(prediction, "relevance"), [0.1, 0.7, 0.2])
+    with pytest.raises(ValueError, match="unknown score"):
+        tile_scores(prediction, "saliency")
