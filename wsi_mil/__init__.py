@@ -45,7 +45,7 @@ _API = {
     "list_models": "wsi_mil.mil.models",
 }
 
-__all__ = sorted(_API)
+__all__ = list(_API)
 
 
 def __getattr__(name: str) -> Any:

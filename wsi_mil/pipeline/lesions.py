@@ -46,7 +46,6 @@ from wsi_mil.metrics.segmentation import tile_segmentation
 from wsi_mil.mil.predictions import read_prediction
 from wsi_mil.pipeline.config import LesionEvalParams
 
-
 #: Why a slide's value is missing from a cohort mean, per metric.
 EXCLUDED_BECAUSE = {
     "hausdorff_um": "no tile predicted tumour, or no tile truly tumour (the distance is undefined)",

@@ -92,12 +92,12 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained):
 
 
 def test_ensemble_attention_of_offset_raw_scores_equals_either_fold():
-    from wsi_mil.mil.predict import ensemble_attention
     from wsi_mil.metrics.explain import attention_weights
+    from wsi_mil.mil.predict import ensemble_attention
 
     raw = np.array([0.3, -1.2, 2.5, 0.0], dtype=np.float32)
     attention, norm = ensemble_attention([raw, raw + 10.0])  # same ranking, another offset
-    single_attention, single_norm = ensemble_attention([raw])
+    _, single_norm = ensemble_attention([raw])
     np.testing.assert_allclose(norm, single_norm, atol=1e-6)
     np.testing.assert_allclose(attention_weights(attention), attention_weights(raw), atol=1e-6)
     # a fold whose raw scale differs counts as much as the other in the normalised map
