@@ -34,7 +34,6 @@ error instead of exhausting memory.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -220,9 +219,3 @@ def randomised_copy(model: MILModel, seed: int = 0) -> MILModel:
         with torch.no_grad():
             param.normal_(0.0, 0.02)
     return clone.eval()
-
-
-def explain_all(model: MILModel, bag: np.ndarray | torch.Tensor,
-                methods: Sequence[str] | None = None, **kwargs) -> dict[str, np.ndarray]:
-    """:func:`explain` for each of ``methods`` (default: every method the model supports)."""
-    return {m: explain(model, bag, m, **kwargs) for m in (methods or available_methods(model))}

@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import auc
 
+from wsi_mil.metrics.attention import minmax_scale
+
 #: ``score(subsets) -> scores``: for each sorted int64 array of tile indices (into the bag's tile
 #: order), the slide score (e.g. tumour probability) of the bag made of those tiles. It takes
 #: the whole list at once so a model can score the bags of a curve in a few padded batches.
@@ -223,8 +225,7 @@ def energy_pointing_game(scores: np.ndarray, lesion_fraction: np.ndarray,
     in_lesion = lesion_fraction >= min_fraction
     if not in_lesion.any():
         return float("nan")
-    low, high = scores.min(), scores.max()
-    scaled = (scores - low) / (high - low) if high - low > 1e-12 else np.ones_like(scores)
+    scaled = minmax_scale(scores)
     return float(scaled[in_lesion].sum() / scaled.sum())
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tiling.storage import write_text_atomic
+from tiling.storage import csv_text, write_text_atomic
 
 #: (CSV column, question shown to the rater)
 QUESTIONS = (
@@ -106,12 +106,8 @@ def read_ratings(path: str | os.PathLike) -> dict[str, Rating]:
 
 
 def ratings_csv_text(ratings: dict[str, Rating]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for slide_id in sorted(ratings):
-        writer.writerow(ratings[slide_id].row())
-    return buffer.getvalue()
+    """One rater's CSV: a row per slide, in slide order."""
+    return csv_text((dict(zip(COLUMNS, ratings[s].row())) for s in sorted(ratings)), COLUMNS)
 
 
 class RatingsStore:
@@ -159,14 +155,12 @@ def write_agreement(path: str | os.PathLike, ratings: dict[str, dict[str, dict[s
     from wsi_mil.metrics.agreement import agreement
 
     rows = agreement(ratings, QUESTION_KEYS)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     raters = sorted(ratings)
-    writer.writerow(["question", "method", "kappa", "n_common_slides", "n_raters",
-                     *(f"n_slides_{r}" for r in raters)])
-    for row in rows:
-        kappa = "" if row.kappa != row.kappa else f"{row.kappa:.6f}"
-        writer.writerow([row.question, row.method, kappa, row.n_common, row.n_raters,
-                         *(len(ratings[r]) for r in raters)])
-    write_text_atomic(path, buffer.getvalue())
+    columns = ["question", "method", "kappa", "n_common_slides", "n_raters",
+               *(f"n_slides_{r}" for r in raters)]
+    table = [dict(zip(columns, [row.question, row.method,
+                                "" if row.kappa != row.kappa else f"{row.kappa:.6f}",
+                                row.n_common, row.n_raters,
+                                *(len(ratings[r]) for r in raters)])) for row in rows]
+    write_text_atomic(path, csv_text(table, columns))
     return rows
