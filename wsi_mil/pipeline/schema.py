@@ -19,9 +19,9 @@ import ast
 import dataclasses
 import difflib
 import enum
+import functools
 import inspect
 import os
-import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -202,7 +202,18 @@ def ordered_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
     return sorted(fields, key=lambda f: own.get(f.name, len(order)))
 
 
-def field_comments(cls: type) -> dict[str, str]:
+@functools.cache
+def _module_classes(path: str) -> tuple[list[str], dict[str, ast.ClassDef]]:
+    """(source lines, top-level class name -> node) of a module file, parsed once: the parser
+    of every verb reads the field comments of a dozen classes from a few files."""
+    source = Path(path).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    return source.splitlines(), {node.name: node for node in tree.body
+                                 if isinstance(node, ast.ClassDef)}
+
+
+@functools.cache
+def field_comments(cls: type) -> Mapping[str, str]:
     """Each field's comment in the source of ``cls`` and its dataclass bases.
 
     Stage dataclasses document a field with comment lines (``#:`` or ``#``) right above it or
@@ -213,14 +224,14 @@ def field_comments(cls: type) -> dict[str, str]:
     comments: dict[str, str] = {}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
         try:
-            lines, _ = inspect.getsourcelines(klass)
+            source, classes = _module_classes(inspect.getfile(klass))
         except (OSError, TypeError):
             continue
-        tree = ast.parse(textwrap.dedent("".join(lines)))
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        source = textwrap.dedent("".join(lines)).splitlines()
+        node_of_class = classes.get(klass.__name__)
+        if node_of_class is None:
+            continue
         previous: ast.AnnAssign | None = None
-        for node in body:
+        for node in node_of_class.body:
             if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
                 continue
             line = source[node.lineno - 1]
@@ -238,4 +249,4 @@ def field_comments(cls: type) -> dict[str, str]:
             if text:
                 comments[node.target.id] = text
             previous = node
-    return comments
+    return types.MappingProxyType(comments)  # cached: read-only
