@@ -53,6 +53,10 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("  tile specificity (normal slides)",
      ("weak", "lesion", "segmentation", "normal_tile_specificity"), 3),
     ("  pointing game", ("weak", "lesion", "explain", "pointing_game"), 3),
+    ("Pixel segmenter in the flagged tiles: pixel Dice", ("pixel", "mask", "dice"), 3),
+    ("  tile head on the same pixels: Dice", ("pixel", "tile_head", "dice"), 3),
+    ("  pixel Hausdorff (µm)", ("pixel", "mask", "hausdorff_um"), 0),
+    ("  lesion FROC of the pixel masks", ("pixel", "froc"), 3),
 )
 
 
@@ -165,7 +169,9 @@ def write_report(out: Path) -> Path:
         f"{protocol['folds']}-fold ensemble. The rows above the last block are the model whose "
         f"segmentation head was trained on the annotations' tile labels (annotation-"
         f"supervised); the last block is the same model trained on slide labels only "
-        f"(weakly supervised head)."), "",
+        f"(weakly supervised head), then the pixel segmenter (trained on the training slides' "
+        f"lesion outlines) inside the tiles the annotation-supervised model flags, scored "
+        f"beside that model's tile head on the same pixels."), "",
         "| metric | mean ± std over seeds | " + " | ".join(f"seed {s}" for s in seeds) + " |",
         "|---|---|" + "---|" * len(seeds),
     ]

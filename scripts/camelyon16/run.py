@@ -68,6 +68,10 @@ class ProtocolParams:
     perturbation_random: int = 5  # random orders averaged as their baseline
     perturbation_max_slides: int | None = None  # tumour slides with deletion curves (None: all)
     bootstrap: int = 1000  # bootstrap resamples of the test AUC interval
+    segment_net: str = "attention_unet"  # pixel segmenter of the flagged tiles ("" : none)
+    segment_epochs: int = 30  # its training epochs (validation-Dice early stopping)
+    segment_mpp: float = 1.0  # µm/px of its tiles
+    segment_tile_size: int = 256  # its tile side in px
 
 
 def dir_bytes(path: Path) -> int:
@@ -203,6 +207,32 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
                                    device=params.device, bootstrap=0, use_tile_labels=False))
         per_seed[str(seed)]["weak"] = test_run(weak_dir, seed)
 
+    # Pixel outlines: one segmenter trained on the training slides' annotations, run on the
+    # tiles each seed's model flags, scored beside that model's tile head.
+    if params.segment_net:
+        from wsi_mil.pipeline.segment import segment_slides, segment_train
+        from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
+
+        segmenter = out / "segmenter"
+        if not (segmenter / "model_card.json").is_file():
+            stages.run("segment_train", segmenter, segment_train,
+                       [e.slide_path for e in train], annotations_dir, segmenter,
+                       SegmentTrainParams(net=params.segment_net, epochs=params.segment_epochs,
+                                          mpp=params.segment_mpp,
+                                          tile_size=params.segment_tile_size,
+                                          device=params.device),
+                       labels_csv=train_csv)
+        for seed, result in per_seed.items():
+            test_dir = Path(result["test_dir"])
+            check(stages.run("segment", test_dir / "segment", segment_slides,
+                             test_dir / "predictions", segmenter, test_dir, SegmentParams(),
+                             slide_ids=list(test_labels)), "segment")
+            result["pixel"] = stages.run(
+                "lesion_metrics_pixel", out / "test", evaluate_lesions,
+                test_dir / "predictions", test_labels, annotations_dir,
+                test_dir / "lesions_pixel", LesionEvalParams(exclude=EXCLUDED, seed=int(seed)),
+                segment_dir=test_dir / "segment")["pixel_segmentation"]
+
     first = out / "test" / f"{selected}_seed{params.seeds[0]}"
     chosen = choose_heatmap_slides(first / "predictions.csv", params.heatmaps, annotated)
     chosen_dir = out / "heatmaps" / "chosen_predictions"
@@ -265,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perturbation-random", type=int, default=None,
                         help="default: 5 (dry run: 3)")
     parser.add_argument("--perturbation-max-slides", type=int, default=None)
+    parser.add_argument("--segment-net", default=None,
+                        help="pixel segmenter: attention_unet | swin_unetr | unet, or none "
+                        "(default: attention_unet; dry run: unet)")
+    parser.add_argument("--segment-epochs", type=int, default=None,
+                        help="default: 30 (dry run: 4)")
     parser.add_argument("--size-px", type=int, default=2048,
                         help="dry run: side of the synthetic slides in px at 0.5 µm/px")
     parser.add_argument("--cohort-train", type=int, default=8,
@@ -284,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         perturbation_random=args.perturbation_random or (3 if dry else
                                                          defaults.perturbation_random),
         perturbation_max_slides=args.perturbation_max_slides,
+        segment_net="" if args.segment_net == "none" else (
+            args.segment_net or ("unet" if dry else defaults.segment_net)),
+        segment_epochs=args.segment_epochs or (4 if dry else defaults.segment_epochs),
+        segment_mpp=2.0 if dry else defaults.segment_mpp,
+        segment_tile_size=64 if dry else defaults.segment_tile_size,
     )
     if dry:
         out = args.dry_run

@@ -30,10 +30,15 @@ def test_dry_run_writes_the_report(tmp_path: Path) -> None:
         lesion = seed["lesion"]
         assert lesion["n_tumour_annotated"] == 2 and lesion["froc"] is not None
         assert lesion["explain"]["deletion_slides"] == 2
+        # the weakly supervised head and the pixel segmenter are reported beside it
+        assert seed["weak"]["lesion"]["n_tumour_annotated"] == 2
+        assert seed["pixel"]["n_tumour"] == 2 and seed["pixel"]["mask"]["dice"] is not None
     assert set(results["stages"]) >= {"cohort", "tile", "extract", "train", "predict",
                                       "lesion_metrics", "heatmap"}
     report = (out / "report.md").read_text()
     assert "| Test AUC |" in report and "| FROC (Camelyon16 score) |" in report
+    assert "| Weakly supervised head (slide labels only): test AUC |" in report
+    assert "| Pixel segmenter in the flagged tiles: pixel Dice |" in report
     for png in ("report_roc.png", "report_froc.png", "report_perturbation.png"):
         assert (out / png).stat().st_size > 0
     assert len(results["heatmaps"]) == 2
