@@ -20,7 +20,9 @@ OPTIMIZERS = ("adamw", "adam")
 class TrainParams:
     """Every setting of ``wsi-mil train`` (the ``train:`` section of a YAML config)."""
 
-    model: str = DEFAULT_MODEL  # registry name: gated_abmil, abmil, clam_sb, clam_mb, ...
+    #: MIL model (registry name): gated_abmil, abmil, clam_sb, clam_mb, mean_pool, max_pool,
+    #: transformer_mil, transmil.
+    model: str = DEFAULT_MODEL
     hidden_dims: tuple[int, ...] = (512,)  # widths of the tile embedding MLP
     attention_dim: int = 256  # width of the attention network
     dropout: float = 0.25  # dropout in the embedding and attention networks
