@@ -37,7 +37,7 @@ def test_stacked_training_equals_the_library_models(model_name):
     y = torch.tensor([[0, 1], [1, 0], [1, 1]])
     bench.check_stacked_forward(models, stacked, model_name, x, mask)
 
-    opt = torch.optim.Adam(stacked.values(), lr=params.lr, weight_decay=params.weight_decay)
+    opt = bench.stacked_adam(stacked, params)  # the script's own (fused) optimiser
     singles = [torch.optim.Adam(m.parameters(), lr=params.lr, weight_decay=params.weight_decay)
                for m in models]
     for b in range(2):  # one bag per network per step, as the benchmark trains

@@ -69,7 +69,9 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     cols = min(panels, 5)
     rows = int(np.ceil(panels / cols))
     aspect = height / width
-    fig = Figure(figsize=(3.0 * cols, 3.0 * aspect * rows + 0.8), dpi=110)
+    # room for each row's two-line titles; constrained layout keeps them off the row above
+    fig = Figure(figsize=(3.0 * cols, (3.0 * aspect + 0.5) * rows + 0.4), dpi=110,
+                 layout="constrained")
     fig.suptitle(title, fontsize=10)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
     for ax in axes:
@@ -96,7 +98,6 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
         if s.get("sanity_flagged"):
             label += " (fails sanity)"
         ax.set_title(label, fontsize=8)
-    fig.tight_layout()
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -38,15 +38,18 @@ def last_conv(model: nn.Module) -> nn.Conv2d:
 
 def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
                  indices: Sequence[int], tiles: Sequence[np.ndarray],
-                 target: int) -> np.ndarray:
+                 target: int, coords: np.ndarray | None = None) -> np.ndarray:
     """Grad-CAM maps ``[k, S, S]`` in [0, 1] (``S`` the encoder's input size) of tiles
-    ``indices`` of the bag ``features`` ``[N, D]``, whose RGB images are ``tiles``."""
+    ``indices`` of the bag ``features`` ``[N, D]``, whose RGB images are ``tiles``;
+    ``coords`` ``[N, 2]``: the bag's grid positions, for a model that uses them."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     from tiling.reader import resize_rgb
 
     device = encoder.device
     bag = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
+    grid = (None if coords is None
+            else torch.as_tensor(np.asarray(coords, dtype=np.float32), device=device))
     layer = last_conv(encoder.model)
     encoder.model.eval()
     model.eval()
@@ -59,7 +62,8 @@ def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
             encoded = encoder.model(images).float()  # [B, D]
             bags = bag.unsqueeze(0).repeat(len(images), 1, 1)
             bags[:, index] = encoded
-            return model(bags).logits
+            positions = None if grid is None else grid.expand(len(images), -1, -1)
+            return model(bags, coords=positions).logits
 
         cam = LayerGradCam(slide_logits, layer).attribute(x, target=target,
                                                           relu_attributions=True)

@@ -168,29 +168,36 @@ def perturbation_curve(attention: np.ndarray, score: ScoreFn,
 
 
 def run_score_fn(run: Any, features: np.ndarray, class_index: int,
-                 max_batch_values: int = 1 << 25) -> ScoreFn:
+                 max_batch_values: int = 1 << 25, coords: np.ndarray | None = None) -> ScoreFn:
     """A :data:`ScoreFn` re-scoring subsets of one bag with a trained run.
 
     ``run`` is a :class:`wsi_mil.mil.predict.LoadedRun` (one fold or the fold ensemble, whose slide
     probability is the mean of the folds', as in prediction); ``features`` the bag's ``[N, D]``
     features; the score is the probability of ``class_index``. Subsets are scored as padded,
     masked batches of at most ``max_batch_values`` feature values (128 MB in float32).
+    ``coords``: the bag's grid positions ``[N, 2]`` (:func:`wsi_mil.mil.bags.read_grid_coords`),
+    needed by a model that uses them; each subset keeps its tiles' positions.
     """
     import torch
 
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(run.device)
+    grid = (None if coords is None
+            else torch.as_tensor(np.asarray(coords, dtype=np.float32)).to(run.device))
 
     @torch.no_grad()
     def score_batch(subsets: list[np.ndarray]) -> np.ndarray:
         length = max(len(s) for s in subsets)
         batch = x.new_zeros((len(subsets), length, x.shape[1]))
         mask = torch.zeros((len(subsets), length), dtype=torch.bool, device=run.device)
+        positions = None if grid is None else grid.new_zeros((len(subsets), length, 2))
         for i, subset in enumerate(subsets):
             index = torch.from_numpy(np.asarray(subset, dtype=np.int64)).to(run.device)
             batch[i, :len(subset)] = x[index]
             mask[i, :len(subset)] = True
-        probs = [fm.model(batch, mask).logits.float().softmax(1)[:, class_index].cpu().numpy()
-                 for fm in run.folds]
+            if positions is not None:
+                positions[i, :len(subset)] = grid[index]
+        probs = [fm.model(batch, mask, coords=positions).logits.float().softmax(1)[:, class_index]
+                 .cpu().numpy() for fm in run.folds]
         return np.mean(probs, axis=0)
 
     def score(subsets: list[np.ndarray]) -> np.ndarray:

@@ -10,6 +10,11 @@ Bags are held in memory as float16 (half the bytes of float32, and what the enco
 when the whole set fits within a memory budget, because an epoch then costs no disk reads;
 otherwise each bag is read from HDF5 when it is needed, so a cohort larger than RAM still
 trains.
+
+A model that uses the tiles' positions (``model.uses_coords``: ``transformer_mil`` with
+``positional="sincos2d"``) gets them as grid positions (:func:`grid_coords`: level-0 px divided
+by the tile stride), read only for such a model (``BagDataset(..., with_coords=True)``) and
+kept in memory either way (16 bytes a tile, under 1 % of its features).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 import torch
 
 from features.bag import BagError, read_bag_attrs
+from tiling.lattice import stride_level0
+from tiling.storage import decode_attr
 from wsi_mil.mil.labels import LabelTable
 
 #: rows read at a time when scanning a streamed bag for NaN/inf.
@@ -65,6 +72,7 @@ class BagItem:
     features: torch.Tensor  # [N, D], float16 or float32
     label: int
     tile_labels: torch.Tensor | None  # [N] float32 (lesion fraction), or None
+    coords: torch.Tensor | None = None  # [N, 2] float32 grid positions (column, row), or None
 
 
 @dataclass
@@ -76,10 +84,12 @@ class BagBatch:
     mask: torch.Tensor  # [B, N] bool
     labels: torch.Tensor  # [B] int64
     tile_labels: torch.Tensor  # [B, N] float32, NaN where unknown or padded
+    coords: torch.Tensor | None = None  # [B, N, 2] float32 grid positions, 0 on padding
 
     def to(self, device: torch.device | str) -> BagBatch:
         return BagBatch(self.slide_ids, self.features.to(device), self.mask.to(device),
-                        self.labels.to(device), self.tile_labels.to(device))
+                        self.labels.to(device), self.tile_labels.to(device),
+                        None if self.coords is None else self.coords.to(device))
 
 
 def find_bags(features_dir: str | os.PathLike) -> dict[str, Path]:
@@ -180,6 +190,41 @@ def scan_features(path: Path) -> None:
             _check_finite(path, data[start:start + SCAN_CHUNK], offset=start)
 
 
+def grid_coords(coords: np.ndarray, stride: float) -> np.ndarray:
+    """Level-0 (x, y) tile corners -> float32 ``[N, 2]`` grid positions (column, row).
+
+    Tiles lie every ``stride`` level-0 px (the tiles file's ``stride``) at ``floor(i *
+    stride)``, so dividing by the stride and rounding gives each tile's exact lattice index.
+    Positions are absolute here; a model takes them relative to the bag (see
+    :class:`wsi_mil.mil.models.transformers.TransformerMIL`).
+    """
+    if not stride > 0:
+        raise ValueError(f"tile stride must be positive, got {stride}")
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    return np.rint(coords / float(stride)).astype(np.float32)
+
+
+def read_grid_coords(path: Path | str) -> np.ndarray:
+    """A bag's tile positions on its lattice (:func:`grid_coords` of its ``coords`` and
+    ``stride`` attribute), with an error naming the file when either is missing."""
+    with h5py.File(path, "r") as f:
+        if "coords" not in f:
+            raise BagSetError(f"{path}: no 'coords' dataset, needed by a model that uses the "
+                              f"tiles' positions")
+        coords = f["coords"][:]
+        n = f["features"].shape[0] if "features" in f else coords.shape[0]
+        stride = decode_attr(f.attrs["stride"]) if "stride" in f.attrs else None
+    if stride is None:
+        raise BagSetError(f"{path}: no 'stride' attribute (the tiling's level-0 step), needed "
+                          f"to place the tiles on their grid")
+    if coords.shape != (n, 2):
+        raise BagSetError(f"{path}: coords of shape {coords.shape} for {n} tiles")
+    try:
+        return grid_coords(coords, stride_level0({"stride": stride}))
+    except (TypeError, ValueError) as exc:
+        raise BagSetError(f"{path}: {exc}") from exc
+
+
 def read_tile_labels(path: Path) -> np.ndarray | None:
     with h5py.File(path, "r") as f:
         if "tile_labels" not in f:
@@ -196,11 +241,13 @@ class BagDataset(torch.utils.data.Dataset):
 
     ``max_tiles`` draws a random subset of that many tiles per bag each time a bag is read (a
     regulariser, and a cap on the memory of a training step for very large slides); prediction
-    never subsamples.
+    never subsamples. ``with_coords`` also gives each item its tiles' grid positions
+    (:func:`read_grid_coords`, held in memory), for a model that uses them.
     """
 
     def __init__(self, records: Sequence[BagRecord], dim: int, *, memory_gb: float = 8.0,
-                 max_tiles: int | None = None, seed: int = 0) -> None:
+                 max_tiles: int | None = None, seed: int = 0,
+                 with_coords: bool = False) -> None:
         self.records = list(records)
         self.dim = dim
         self.max_tiles = max_tiles
@@ -215,16 +262,20 @@ class BagDataset(torch.utils.data.Dataset):
                 scan_features(r.path)
         self._tile_labels = [read_tile_labels(r.path) if r.has_tile_labels else None
                              for r in self.records]
+        self._coords = ([read_grid_coords(r.path) for r in self.records] if with_coords
+                        else None)
 
     @classmethod
     def from_arrays(cls, bags: Sequence[np.ndarray], labels: Sequence[int],
                     slide_ids: Sequence[str] | None = None,
                     tile_labels: Sequence[np.ndarray | None] | None = None,
-                    max_tiles: int | None = None, seed: int = 0) -> BagDataset:
+                    max_tiles: int | None = None, seed: int = 0,
+                    coords: Sequence[np.ndarray] | None = None) -> BagDataset:
         """An in-memory dataset from arrays (benchmarks on non-slide MIL data, tests).
 
         The arrays are kept as float32: such data sets are small, and classic MIL features
-        are not encoder outputs that float16 was chosen for.
+        are not encoder outputs that float16 was chosen for. ``coords``: per bag its tiles'
+        grid positions ``[N, 2]`` (already in grid units, see :func:`grid_coords`), or None.
         """
         self = cls.__new__(cls)
         self.dim = int(bags[0].shape[1])
@@ -240,6 +291,14 @@ class BagDataset(torch.utils.data.Dataset):
         self.in_memory = True
         self._features = [torch.from_numpy(np.asarray(b, dtype=np.float32)) for b in bags]
         self._tile_labels = list(tile_labels) if tile_labels is not None else [None] * len(bags)
+        self._coords = None
+        if coords is not None:
+            self._coords = [np.asarray(c, dtype=np.float32) for c in coords]
+            if len(self._coords) != len(bags):
+                raise BagSetError(f"{len(self._coords)} coordinate arrays for {len(bags)} bags")
+            for s, b, c in zip(ids, bags, self._coords):
+                if c.shape != (b.shape[0], 2):
+                    raise BagSetError(f"{s}: coords of shape {c.shape} for {b.shape[0]} tiles")
         return self
 
     def __len__(self) -> int:
@@ -264,11 +323,16 @@ class BagDataset(torch.utils.data.Dataset):
         tile_labels = self._tile_labels[index]
         if tile_labels is not None:
             tile_labels = torch.from_numpy(tile_labels if keep is None else tile_labels[keep])
-        return BagItem(record.slide_id, features, record.label, tile_labels)
+        coords = None
+        if self._coords is not None:
+            coords = torch.from_numpy(self._coords[index] if keep is None
+                                      else self._coords[index][keep])
+        return BagItem(record.slide_id, features, record.label, tile_labels, coords)
 
 
 def collate_bags(items: Sequence[BagItem]) -> BagBatch:
-    """Pad bags to the longest; padded rows are zero features, ``mask`` False, NaN tile label."""
+    """Pad bags to the longest; padded rows are zero features, ``mask`` False, NaN tile label,
+    and (when the bags carry grid positions) position (0, 0)."""
     n_max = max(item.features.shape[0] for item in items)
     dim = items[0].features.shape[1]
     features = torch.zeros(len(items), n_max, dim, dtype=torch.float32)
@@ -280,5 +344,15 @@ def collate_bags(items: Sequence[BagItem]) -> BagBatch:
         mask[i, :n] = True
         if item.tile_labels is not None:
             tile_labels[i, :n] = item.tile_labels.float()
+    coords = None
+    with_coords = [item.coords is not None for item in items]
+    if any(with_coords):
+        if not all(with_coords):
+            missing = [item.slide_id for item in items if item.coords is None]
+            raise BagSetError(f"bags {missing} have no coordinates, others of the batch do")
+        coords = torch.zeros(len(items), n_max, 2, dtype=torch.float32)
+        for i, item in enumerate(items):
+            coords[i, :item.coords.shape[0]] = item.coords.float()
     labels = torch.tensor([item.label for item in items], dtype=torch.long)
-    return BagBatch([item.slide_id for item in items], features, mask, labels, tile_labels)
+    return BagBatch([item.slide_id for item in items], features, mask, labels, tile_labels,
+                    coords)

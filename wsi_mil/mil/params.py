@@ -13,6 +13,8 @@ DEFAULT_MODEL = "gated_abmil"
 SCHEDULES = ("cosine", "plateau", "none")
 MONITORS = ("loss", "auc", "none")
 OPTIMIZERS = ("adamw", "adam")
+#: positional information of ``transformer_mil`` (see ``models.transformers.TransformerMIL``).
+POSITIONAL = ("none", "sincos2d")
 
 
 
@@ -28,6 +30,11 @@ class TrainParams:
     dropout: float = 0.25  # dropout in the embedding and attention networks
     k_sample: int = 8  # top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
     subtyping: bool = False  # CLAM: also push other classes' top tiles to "not this class"
+    #: transformer_mil only: the tiles' positions on the slide, "none" (the model sees a set of
+    #: tiles) or "sincos2d" (a fixed 2-D sine-cosine embedding of each tile's grid position,
+    #: relative to the corner of the bag's bounding box, added to its token; the last hidden
+    #: width must be divisible by 4). The prediction stays independent of the tiles' order either way.
+    positional: Literal["none", "sincos2d"] = "none"
     bag_weight: float = 0.7  # CLAM: weight of the slide loss against the instance loss
     seg_weight: float = 0.5  # weight of the segmentation-head loss
     tile_label_threshold: float = 0.5  # lesion fraction from which a tile label is positive
@@ -81,6 +88,12 @@ class TrainParams:
             "monitor": (self.monitor in MONITORS, f"one of {MONITORS}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
             "missing_bags": (self.missing_bags in ("skip", "error"), "skip or error"),
+            "positional": (self.positional in POSITIONAL
+                           and (self.positional == "none" or self.model == "transformer_mil"),
+                           f"one of {POSITIONAL}, and 'none' unless model is transformer_mil"),
+            "hidden_dims": (self.positional == "none"
+                            or (len(self.hidden_dims) > 0 and int(self.hidden_dims[-1]) % 4 == 0),
+                            "a last width divisible by 4 with positional sincos2d"),
             "epochs": (self.epochs >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "parallel_folds": (self.parallel_folds >= 1, ">= 1"),
@@ -102,6 +115,8 @@ class TrainParams:
                                   "attention_dim": self.attention_dim, "dropout": self.dropout}
         if self.model.startswith("clam"):
             kwargs.update(k_sample=self.k_sample, subtyping=self.subtyping)
+        if self.model == "transformer_mil":
+            kwargs.update(positional=self.positional)
         return kwargs
 
     def to_dict(self) -> dict[str, Any]:

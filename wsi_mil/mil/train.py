@@ -117,7 +117,8 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negativ
         with torch.set_grad_enabled(training), torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
         ):
-            out = model(batch.features, batch.mask, batch.labels if training else None)
+            out = model(batch.features, batch.mask, batch.labels if training else None,
+                        coords=batch.coords)
             slide = F.cross_entropy(out.logits.float(), batch.labels, weight=weights)
             loss = slide
             if out.instance_loss is not None:
@@ -327,9 +328,10 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     write_text_atomic(out_dir / "splits.csv", splits_csv(splits, labels))
     records = {r.slide_id: r for r in bag_set.records}
 
-    def dataset(ids: tuple[str, ...], seed: int, train: bool) -> BagDataset:
+    def dataset(ids: tuple[str, ...], seed: int, train: bool, with_coords: bool) -> BagDataset:
         return BagDataset([records[s] for s in ids], bag_set.dim, memory_gb=params.memory_gb,
-                          max_tiles=params.max_train_tiles if train else None, seed=seed)
+                          max_tiles=params.max_train_tiles if train else None, seed=seed,
+                          with_coords=with_coords)
 
     def train_one(split: FoldSplit) -> dict[str, Any]:
         seed = params.seed + split.fold
@@ -337,10 +339,12 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         fold_dir = out_dir / f"fold_{split.fold}"
         model = create_model(params.model, bag_set.dim, len(labels.class_names),
                              **params.model_kwargs())
-        result = train_fold(model, dataset(split.train, seed, True), dataset(split.val, seed, False),
+        coords = model.uses_coords  # the bags' tile positions, read only for a model using them
+        result = train_fold(model, dataset(split.train, seed, True, coords),
+                            dataset(split.val, seed, False, coords),
                             params, negative_index, seed=seed, desc=f"fold {split.fold}")
-        test = run_epoch(result.model, dataset(split.test, seed, False), params, negative_index,
-                         resolve_device(params.device), None)
+        test = run_epoch(result.model, dataset(split.test, seed, False, coords), params,
+                         negative_index, resolve_device(params.device), None)
         save_weights(fold_dir, result.model)
         write_text_atomic(fold_dir / "log.csv", csv_text(result.log))
         record = {"fold": split.fold, "model_config": result.model.config(),

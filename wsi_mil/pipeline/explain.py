@@ -106,6 +106,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     from tiling.annotations import read_annotations, tile_fractions
     from wsi_mil.explain.methods import available_methods, explain, randomised_copy
     from wsi_mil.metrics.explain import randomisation_check, run_score_fn
+    from wsi_mil.mil.bags import read_grid_coords
     from wsi_mil.mil.predict import LoadedRun, cached_run
 
     bag_path, out_dir = Path(bag_path), Path(out_dir)
@@ -122,8 +123,12 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     if annotation_path is not None:
         lesions = read_annotations(annotation_path).lesions
         fractions = tile_fractions(lesions, coords, float(attrs["tile_size_level0"]))
+    # the tiles' grid positions, for a model that uses them (transformer_mil, sincos2d)
+    grid = read_grid_coords(bag_path) if model.uses_coords else None
     with torch.no_grad():
-        probs = model(torch.from_numpy(features).to(run.device)).logits.float().softmax(1)[0]
+        probs = model(torch.from_numpy(features).to(run.device),
+                      coords=None if grid is None else torch.from_numpy(grid).to(run.device)
+                      ).logits.float().softmax(1)[0]
     target = _target_index(run.class_names, run.negative_index, params.target)
     if target is None:
         target = int(probs.argmax())
@@ -132,9 +137,11 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     kwargs = {"target": target, "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
               "ig_steps": params.ig_steps,
               "max_quadratic_tiles": params.max_quadratic_tiles}
+    if grid is not None:
+        kwargs["coords"] = grid
     single = LoadedRun(run.run_dir, run.folds[:1], run.class_names, run.negative_index,
                        run.threshold, run.encoder, run.in_dim, run.device)
-    score_fn = run_score_fn(single, features, target)
+    score_fn = run_score_fn(single, features, target, coords=grid)
     randomised = randomised_copy(model, params.seed) if params.sanity else None
     maps, scores, seconds = {}, {}, {}
     with warnings.catch_warnings():
@@ -154,7 +161,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     gradcam_note = "not asked for"
     if params.gradcam_topk > 0 and "attention" in maps:
         gradcam_note = _gradcam(out_dir, bag_path, slide_path, attrs, coords, model, features,
-                                maps["attention"], target, params.gradcam_topk)
+                                maps["attention"], target, params.gradcam_topk, grid)
     meta = {"model": model.name, "gradcam": gradcam_note, "fold": run.folds[0].fold, "run_path": str(run.run_dir),
             "checkpoint_sha256": run.folds[0].sha256, "target_class": run.class_names[target],
             "probs": [float(p) for p in probs.cpu()], "class_names": run.class_names,
@@ -198,7 +205,7 @@ def _encoder(name: str, weights: str | None) -> Any:
 
 def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, Any],
              coords: np.ndarray, model: Any, features: np.ndarray, attention: np.ndarray,
-             target: int, k: int) -> str:
+             target: int, k: int, grid: np.ndarray | None = None) -> str:
     """``gradcam.png`` (+ ``gradcam.npz``) of the k most attended tiles; returns what was done
     or why not (an encoder that is no CNN, weights or slide not available)."""
     from tiling.reader import TileReader, resize_rgb
@@ -217,7 +224,7 @@ def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, An
         order = np.argsort(-attention, kind="stable")[:k]
         reader = TileReader(slide, attrs)
         tiles = [reader.read(int(coords[i, 0]), int(coords[i, 1])) for i in order]
-        maps = tile_gradcam(encoder, model, features, order, tiles, target)
+        maps = tile_gradcam(encoder, model, features, order, tiles, target, coords=grid)
     except GradCamError as exc:
         return f"not run: {exc}"
     finally:

@@ -76,7 +76,7 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
     ``segment_dir`` (``OUT/segment`` of ``wsi-mil segment``): the pixel masks found there are
     scored beside the tile head (:mod:`wsi_mil.segment.evaluate`), as ``pixel_*`` columns and
     the summary's ``pixel_segmentation``."""
-    from wsi_mil.mil.bags import read_features
+    from wsi_mil.mil.bags import read_features, read_grid_coords
     from wsi_mil.mil.predict import cached_run
 
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
@@ -142,7 +142,9 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
         limit = params.perturbation_max_slides
         if run is not None and (limit is None or len(curves["deletion"]) < limit):
             bag = Path(features_dir) / f"{slide_id}.h5"
-            score = run_score_fn(run, read_features(bag, np.float32), pos)
+            grid = (read_grid_coords(bag) if any(fm.model.uses_coords for fm in run.folds)
+                    else None)
+            score = run_score_fn(run, read_features(bag, np.float32), pos, coords=grid)
             for kind in ("deletion", "insertion"):
                 curve = perturbation_curve(pred.attention, score, kind, params.perturbation_steps,
                                            params.perturbation_random, params.seed)

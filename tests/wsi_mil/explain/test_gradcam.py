@@ -35,3 +35,24 @@ def test_gradcam_maps_for_efficientnet_lite0():
 def test_gradcam_needs_a_convolution():
     with pytest.raises(GradCamError, match="CNN"):
         last_conv(torch.nn.Linear(3, 3))
+
+
+def test_gradcam_passes_the_bags_positions_to_a_model_that_uses_them():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    encoder = SimpleNamespace(
+        device=torch.device("cpu"), model=cnn, input_size=16,
+        preprocess=lambda x: x.permute(0, 3, 1, 2).float() / 255.0)
+    model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0,
+                         positional="sincos2d")
+    rng = np.random.default_rng(0)
+    bag = rng.standard_normal((5, 8)).astype(np.float32)
+    coords = np.array([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1]], dtype=np.float32)
+    tiles = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    maps = tile_gradcam(encoder, model, bag, [0, 3], tiles, 1, coords=coords)
+    assert maps.shape == (2, 16, 16) and maps.min() >= 0 and maps.max() <= 1
+    with pytest.raises(ValueError, match="without them"):
+        tile_gradcam(encoder, model, bag, [0], tiles[:1], 1)

@@ -17,11 +17,15 @@ from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.train import train_fold
 from wsi_mil.synthetic.bags import planted_bags
 
-#: methods that reach tile AUC >= 0.9 on planted bags for both trained models. Gradient x input
-#: (noisy: it sums x_d * dy/dx_d over Gaussian feature dimensions) and the transformer's
-#: last-layer attention x gradient do not; they are held to "clearly better than random".
-WEAK = {"gated_abmil": {"gradient_x_input"},
-        "transformer_mil": {"gradient_x_input", "attention_x_gradient"}}
+#: methods that reach tile AUC >= 0.9 on planted bags for both trained models, except these,
+#: held to "clearly better than random" (> 0.6). Gradient x input is a first-order Taylor term
+#: at the tile (Captum's InputXGradient): through saturated tanh / sigmoid / softmax units and
+#: ReLU biases it can be negative for a planted tile (single bags here score 0.17-0.85 while
+#: integrated gradients, the same product integrated from the zero bag, scores >= 0.9). On the
+#: real-tissue collage (README) it does not trail attention: a property of saturated toy
+#: models, stated rather than hidden. (The transformer's attention x gradient failed here too,
+#: at 0.57, until it took the LN-rule; see wsi_mil.explain.methods.)
+WEAK = {"gated_abmil": {"gradient_x_input"}, "transformer_mil": {"gradient_x_input"}}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,7 +39,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def planted():
-    bags = planted_bags(40, (60, 100), 32, planted_fraction=0.1, shift=4.0, seed=0)
+    # 32 bags train; 32 are held out, so each method's mean tile AUC is over 16 positive bags
+    bags = planted_bags(64, (60, 100), 32, planted_fraction=0.1, shift=4.0, seed=0)
     return bags[:32], bags[32:]
 
 

@@ -104,3 +104,29 @@ def test_run_score_fn_batches_equal_single_bags() -> None:
         expected = [np.mean([m(torch.from_numpy(features[s])).logits.softmax(1)[0, 1].item()
                              for m in models]) for s in subsets]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_run_score_fn_gives_each_subset_its_tiles_positions() -> None:
+    """A model that uses the tiles' positions scores a subset with those tiles' own coords."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from wsi_mil.metrics.explain import run_score_fn
+    from wsi_mil.mil.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0,
+                         positional="sincos2d").eval()
+    run = SimpleNamespace(device=torch.device("cpu"), folds=[SimpleNamespace(model=model)])
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 8)).astype(np.float32)
+    coords = np.stack([np.arange(30) % 6, np.arange(30) // 6], axis=1).astype(np.float32) + 9
+    subsets = [np.arange(30), np.array([3]), np.array([0, 5, 29]), np.arange(10, 20)]
+    scores = run_score_fn(run, features, 1, max_batch_values=8 * 30 * 2, coords=coords)(subsets)
+    with torch.no_grad():
+        expected = [model(torch.from_numpy(features[s]), coords=torch.from_numpy(coords[s]))
+                    .logits.softmax(1)[0, 1].item() for s in subsets]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="without them"):
+        run_score_fn(run, features, 1)(subsets)

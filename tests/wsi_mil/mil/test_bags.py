@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from features.bag import add_tile_labels
-from wsi_mil.mil.bags import BagDataset, BagSetError, collate_bags, find_bags, match_bags
+from wsi_mil.mil.bags import (
+    BagDataset,
+    BagSetError,
+    collate_bags,
+    find_bags,
+    grid_coords,
+    match_bags,
+    read_grid_coords,
+)
 from wsi_mil.mil.labels import read_labels
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
@@ -111,3 +119,65 @@ def test_max_tiles_subsamples(cohort):
     data = BagDataset(bag_set.records, bag_set.dim, max_tiles=2)
     assert all(data[i].features.shape[0] == min(2, r.num_tiles)
                for i, r in enumerate(bag_set.records))
+
+
+def test_grid_coords_recover_lattice_indices_of_fractional_strides():
+    stride = 336.5  # e.g. 448 level-0 px tiles with 25 % overlap, rounded to a half
+    cells = np.array([[0, 0], [3, 1], [17, 250], [1000, 7]])
+    corners = np.floor(cells * stride + 1e-9).astype(np.int64)  # as tiling.grid lays them
+    grid = grid_coords(corners, stride)
+    assert grid.dtype == np.float32
+    np.testing.assert_array_equal(grid, cells)
+    with pytest.raises(ValueError, match="positive"):
+        grid_coords(corners, 0.0)
+
+
+def test_with_coords_gives_grid_positions_in_memory_and_streamed(cohort):
+    bags, features_dir, labels_csv = cohort
+    bag_set = match_bags(features_dir, read_labels(labels_csv))
+    plain = BagDataset(bag_set.records, bag_set.dim)
+    assert plain[0].coords is None and collate_bags([plain[0], plain[1]]).coords is None
+    for memory_gb in (1.0, 0.0):
+        data = BagDataset(bag_set.records, bag_set.dim, memory_gb=memory_gb, with_coords=True)
+        for i, bag in enumerate(bags):
+            n = len(bag.planted)
+            side = int(np.ceil(np.sqrt(n)))  # synthetic bags: row-major on a square, stride 224
+            expected = np.stack([np.arange(n) % side, np.arange(n) // side], axis=1)
+            assert data[i].coords.dtype == torch.float32
+            np.testing.assert_array_equal(data[i].coords.numpy(), expected)
+    batch = collate_bags([data[0], data[1]]).to("cpu")
+    n0, n1 = (len(b.planted) for b in bags[:2])
+    assert batch.coords.shape == (2, max(n0, n1), 2)
+    assert torch.equal(batch.coords[0, :n0], data[0].coords)
+    assert torch.equal(batch.coords[1, :n1], data[1].coords)
+    assert (batch.coords[~batch.mask] == 0).all()
+    with pytest.raises(BagSetError, match="have no coordinates"):
+        collate_bags([data[0], plain[1]])
+
+
+def test_subsampled_tiles_keep_their_coords(cohort):
+    _, features_dir, labels_csv = cohort
+    bag_set = match_bags(features_dir, read_labels(labels_csv))
+    full = BagDataset(bag_set.records, bag_set.dim, with_coords=True)
+    sampled = BagDataset(bag_set.records, bag_set.dim, max_tiles=2, with_coords=True, seed=3)
+    for i, record in enumerate(bag_set.records):
+        item, whole = sampled[i], full[i]
+        assert item.coords.shape == (min(2, record.num_tiles), 2)
+        for row, position in zip(item.features, item.coords):
+            j = int(np.flatnonzero((whole.features == row).all(dim=1).numpy())[0])
+            assert torch.equal(position, whole.coords[j])
+
+
+def test_from_arrays_coords_and_missing_stride(cohort):
+    bags, features_dir, _ = cohort
+    arrays = [b.features for b in bags[:2]]
+    coords = [np.zeros((len(a), 2)) for a in arrays]
+    data = BagDataset.from_arrays(arrays, [0, 1], coords=coords)
+    assert data[1].coords.shape == (len(arrays[1]), 2)
+    with pytest.raises(BagSetError, match="coords of shape"):
+        BagDataset.from_arrays(arrays, [0, 1], coords=[coords[0], coords[0][:1]])
+    path = features_dir / "slide_0002.h5"
+    with h5py.File(path, "a") as f:
+        del f.attrs["stride"]
+    with pytest.raises(BagSetError, match="slide_0002.h5: no 'stride' attribute"):
+        read_grid_coords(path)

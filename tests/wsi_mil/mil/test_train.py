@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -78,6 +79,54 @@ def test_params_reject_invalid_settings():
     with pytest.raises(ValueError, match="TrainParams.model = 'not_a_model'"):
         TrainParams(model="not_a_model")
     assert TrainParams(hidden_dims=[64, 32]).hidden_dims == (64, 32)
+
+
+def test_positional_setting_reaches_transformer_mil_only():
+    params = TrainParams(model="transformer_mil", positional="sincos2d")
+    assert params.model_kwargs()["positional"] == "sincos2d"
+    assert "positional" not in TrainParams().model_kwargs()
+    assert TrainParams(model="transformer_mil").model_kwargs()["positional"] == "none"
+    with pytest.raises(ValueError, match="TrainParams.positional = 'sincos2d'.*transformer_mil"):
+        TrainParams(model="gated_abmil", positional="sincos2d")
+    with pytest.raises(ValueError, match="TrainParams.positional = 'learned'"):
+        TrainParams(model="transformer_mil", positional="learned")
+    with pytest.raises(ValueError, match="TrainParams.hidden_dims.*divisible by 4"):
+        TrainParams(model="transformer_mil", positional="sincos2d", hidden_dims=(30,))
+
+
+def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_path):
+    """The run reads the bags' grid positions for the model (it refuses to run without
+    them), model.json rebuilds the positional model, and prediction passes the positions."""
+    from wsi_mil.mil.bags import read_grid_coords
+    from wsi_mil.mil.predict import load_run, predict_bag
+
+    bags = planted_bags(8, (4, 12), 8, shift=4.0, seed=3)
+    features_dir, labels_csv = write_planted_bags(tmp_path, bags)
+    params = TrainParams(folds=2, epochs=1, min_epochs=1, model="transformer_mil",
+                         positional="sincos2d", batch_size=2, max_train_tiles=6,
+                         **{**FAST, "hidden_dims": (16,), "bootstrap": 0})
+    train_run(features_dir, labels_csv, tmp_path / "run", params)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["train"]["positional"] == "sincos2d"
+    meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
+    assert meta["model"] == "transformer_mil" and meta["kwargs"]["positional"] == "sincos2d"
+    run = load_run(tmp_path / "run", fold=0, device="cpu")
+    model = run.folds[0].model
+    assert model.uses_coords
+    bag = features_dir / "slide_0005.h5"
+    pred = predict_bag(run, bag, chunk_size=3)
+    with h5py.File(bag) as f:
+        x = torch.from_numpy(f["features"][:]).float()
+    grid = torch.from_numpy(read_grid_coords(bag))
+    with torch.no_grad():
+        out = model(x, coords=grid)
+        moved = grid.clone()
+        moved[0] += 40.0
+        other = model(x, coords=moved)
+    np.testing.assert_allclose(pred.probs, out.logits.softmax(1)[0].numpy(), atol=1e-5)
+    assert not np.allclose(pred.probs, other.logits.softmax(1)[0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="without them"):
+        model(x)
 
 
 def test_class_weights_balance_classes():

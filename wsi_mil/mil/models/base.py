@@ -6,6 +6,10 @@ pass serves a 200 000-tile slide: ``embed`` (per tile), ``attention_scores`` (pe
 branches: 1, or one per class for CLAM-MB) and ``classify`` (per bag, from the ``K`` pooled
 vectors). Pooling is the softmax over a bag's real tiles of the raw scores, so padded tiles get
 exactly zero weight and the result does not depend on tile order.
+
+Every model's ``forward`` and ``predict_chunked`` accept the tiles' grid positions
+(``coords``, see :func:`wsi_mil.mil.bags.grid_coords`); a model that uses them sets
+:attr:`MILModel.uses_coords` (so the loaders know to read them), every other model ignores them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class MILModel(nn.Module, ABC):
     ranks_by_attention: bool = True
     #: one attention branch per class (CLAM-MB) rather than one shared branch.
     one_branch_per_class: bool = False
+    #: whether ``forward`` needs the tiles' grid positions (``coords``); a model may set it per
+    #: instance (``transformer_mil`` with ``positional="sincos2d"``). Loaders read the bags'
+    #: coordinates only for such a model; every other model ignores ``coords``.
+    uses_coords: bool = False
 
     def __init__(self, in_dim: int, n_classes: int, hidden_dims: Sequence[int] = (512,),
                  attention_dim: int = 256, dropout: float = 0.25) -> None:
@@ -84,6 +92,27 @@ class MILModel(nn.Module, ABC):
         return {"model": self.name, "in_dim": self.in_dim, "n_classes": self.n_classes,
                 "kwargs": dict(self.hparams)}
 
+    def check_coords(self, x: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor | None:
+        """``coords`` shaped as ``x``'s tiles (``[B, N, 2]``, or ``[N, 2]`` for one bag ``[N, D]``).
+
+        A model that uses coordinates and gets none raises, rather than silently predicting
+        without them; a model that does not use them returns None (they are ignored).
+        """
+        if not self.uses_coords:
+            return None
+        if coords is None:
+            built = (f" with positional={self.hparams['positional']!r}"
+                     if "positional" in self.hparams else "")
+            raise ValueError(
+                f"{self.name}{built} uses the tiles' positions but was called without them: "
+                f"pass coords= (float [B, N, 2], or [N, 2] for one bag: level-0 px divided by "
+                f"the tile stride, as wsi_mil.mil.bags.grid_coords gives)")
+        coords = torch.as_tensor(coords)
+        if tuple(coords.shape) != (*x.shape[:-1], 2):
+            raise ValueError(f"{self.name}: coords of shape {tuple(coords.shape)} for features "
+                             f"of shape {tuple(x.shape)}: expected {(*x.shape[:-1], 2)}")
+        return coords.to(device=x.device, dtype=torch.float32)
+
     def pool(self, h: torch.Tensor, raw: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over real tiles; returns (weights ``[B, N, K]``, pooled ``[B, K, H]``)."""
@@ -93,11 +122,15 @@ class MILModel(nn.Module, ABC):
         return weights, pooled
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> MILOutput:
+                labels: torch.Tensor | None = None,
+                coords: torch.Tensor | None = None) -> MILOutput:
         """``x`` ``[B, N, D]`` (or one bag ``[N, D]``), ``mask`` ``[B, N]`` True on real tiles.
 
-        ``labels`` ``[B]`` (training only) lets CLAM compute its instance loss.
+        ``labels`` ``[B]`` (training only) lets CLAM compute its instance loss. ``coords``
+        ``[B, N, 2]`` (or ``[N, 2]``): the tiles' grid positions, used only by a model with
+        :attr:`uses_coords` (the attention models here ignore them).
         """
+        self.check_coords(x, coords)
         if x.dim() == 2:
             x = x.unsqueeze(0)
             mask = None if mask is None else mask.reshape(1, -1)
@@ -122,10 +155,12 @@ class MILModel(nn.Module, ABC):
 
     @torch.no_grad()
     def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
-                        chunk_size: int = 16384) -> MILOutput:
+                        chunk_size: int = 16384,
+                        coords: torch.Tensor | None = None) -> MILOutput:
         """One bag read ``chunk_size`` tiles at a time: memory stays bounded whatever its size.
 
-        Pass 1 computes each tile's raw scores and segmentation logits; the softmax is then
+        ``coords`` ``[num_tiles, 2]``: the bag's grid positions (ignored here: attention
+        pooling does not use them). Pass 1 computes each tile's raw scores and segmentation logits; the softmax is then
         taken over the whole bag; pass 2 re-embeds each chunk and accumulates the weighted sum.
         The result equals ``forward`` on the whole bag (in eval mode).
         """

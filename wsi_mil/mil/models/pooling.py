@@ -53,15 +53,18 @@ class MaxPoolMIL(_PoolingMIL):
         return weights, pooled.unsqueeze(1).to(h.dtype)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> MILOutput:
-        out = super().forward(x, mask, labels)
+                labels: torch.Tensor | None = None,
+                coords: torch.Tensor | None = None) -> MILOutput:
+        out = super().forward(x, mask, labels, coords)
         # the raw score of a tile is its count of won dimensions
         return out._replace(raw_attention=out.branch_attention[..., 0] * self.hidden_dim)
 
     @torch.no_grad()
     def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
-                        chunk_size: int = 16384) -> MILOutput:
-        """One pass: running maximum and the index of the tile that holds it, per dimension."""
+                        chunk_size: int = 16384,
+                        coords: torch.Tensor | None = None) -> MILOutput:
+        """One pass: running maximum and the index of the tile that holds it, per dimension
+        (``coords`` ignored)."""
         device = next(self.parameters()).device
         best = torch.full((self.hidden_dim,), float("-inf"), device=device)
         winner = torch.zeros(self.hidden_dim, dtype=torch.long, device=device)

@@ -5,9 +5,14 @@ bag and classify the class token's output; the tile tokens' outputs feed the seg
 (so its tile scores are contextualised, unlike the attention models' head on each tile alone).
 
 * ``transformer_mil``: a plain pre-norm encoder (``x + MHA(LN x)``, ``x + MLP(LN x)``) with
-  exact softmax attention, so its attention matrices, rollout and relevance are exact. It has no
-  positional information, so its slide prediction is **permutation-invariant** (the tile
-  outputs are permutation-equivariant). Padding is masked out of every key.
+  exact softmax attention, so its attention matrices, rollout and relevance are exact. By
+  default (``positional="none"``) it has no positional information; with
+  ``positional="sincos2d"`` a fixed 2-D sine-cosine embedding of each tile's grid position
+  (:func:`sincos_2d`, relative to the corner of the bag's bounding box) is added to its token,
+  so it sees where tiles lie relative to each other. Either way its slide prediction is
+  **permutation-invariant** (the tile outputs are permutation-equivariant): a position travels
+  with its tile, so reordering the tiles with their coordinates changes nothing. Padding never
+  reaches the encoder (each bag runs on its real tiles).
 * ``transmil``: the authors' architecture (``TransMIL.py`` of szc19990412/TransMIL): two
   Nyström-attention layers (the ``nystrom-attention`` package, as the authors use, with their
   settings: 8 heads, ``dim/2`` landmarks, 6 pseudo-inverse iterations, the depth-wise
@@ -32,7 +37,8 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +47,7 @@ from torch.nn import functional as F
 
 from wsi_mil.mil.models.base import MILModel, MILOutput
 from wsi_mil.mil.models.registry import register_model
+from wsi_mil.mil.params import POSITIONAL
 
 
 @dataclass
@@ -57,6 +64,28 @@ class AttentionRecord:
     tiles: torch.Tensor
 
 
+class ScaleDetachableLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and output) whose normalising scale can be treated as a
+    constant in the backward pass: the LN-rule of Ali et al., "XAI for Transformers: Better
+    Explanations through Conservative Propagation" (ICML 2022).
+
+    Why: the gradient of ``LN(z)`` removes the component along ``z`` itself, so a first-order
+    explanation through a LayerNorm gives ~0 to exactly the inputs that dominate ``z`` (in a
+    trained MIL transformer, the lesion tiles the class token attends to). With the scale
+    detached, the gradient is that of the affine map the forward pass applied. Set through
+    :meth:`_TransformerMIL.detached_norm_scale`; never during training.
+    """
+
+    detach_scale: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.detach_scale:
+            return super().forward(x)
+        centred = x - x.mean(-1, keepdim=True)
+        scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).rsqrt().detach()
+        return centred * scale * self.weight + self.bias
+
+
 class _TransformerMIL(MILModel):
     """Shared output assembly: class-token logits, tile-token segmentation, class-token attention."""
 
@@ -65,11 +94,24 @@ class _TransformerMIL(MILModel):
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.cls_token = nn.Parameter(torch.randn(1, 1, self.hidden_dim) * 0.02)
-        self.norm = nn.LayerNorm(self.hidden_dim)
+        self.norm = ScaleDetachableLayerNorm(self.hidden_dim)
         self.classifier = nn.Linear(self.hidden_dim, n_classes)
         #: filled by ``forward(..., record=True)``: one :class:`AttentionRecord` per layer, for
         #: the last bag of the batch (explanations run on one bag at a time).
         self.records: list[AttentionRecord] = []
+
+    @contextmanager
+    def detached_norm_scale(self) -> Iterator[None]:
+        """Every LayerNorm's scale a constant in the backward pass, inside the ``with`` block
+        (see :class:`ScaleDetachableLayerNorm`); the forward values are unchanged."""
+        norms = [m for m in self.modules() if isinstance(m, ScaleDetachableLayerNorm)]
+        for m in norms:
+            m.detach_scale = True
+        try:
+            yield
+        finally:
+            for m in norms:
+                m.detach_scale = False
 
     def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
         """Not defined: a tile's attention depends on the whole bag, not on its embedding alone
@@ -81,16 +123,21 @@ class _TransformerMIL(MILModel):
         return self.classifier(pooled[:, 0])
 
     @abstractmethod
-    def encode(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One bag ``[n, D]`` -> (token outputs ``[1 + n, H]``, class-token attention ``[n]``)."""
+    def encode(self, x: torch.Tensor, record: bool,
+               coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One bag ``[n, D]`` (and its grid positions ``[n, 2]`` when the model uses them) ->
+        (token outputs ``[1 + n, H]``, class-token attention ``[n]``)."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, record: bool = False) -> MILOutput:
+                labels: torch.Tensor | None = None, coords: torch.Tensor | None = None,
+                record: bool = False) -> MILOutput:
         """As :meth:`MILModel.forward`; ``record`` keeps every layer's attention matrix (of the
         last bag) in :attr:`records` for rollout and relevance."""
+        coords = self.check_coords(x, coords)
         if x.dim() == 2:
             x = x.unsqueeze(0)
             mask = None if mask is None else mask.reshape(1, -1)
+            coords = None if coords is None else coords.unsqueeze(0)
         b, n = x.shape[:2]
         if mask is None:
             mask = torch.ones((b, n), dtype=torch.bool, device=x.device)
@@ -98,7 +145,8 @@ class _TransformerMIL(MILModel):
         attention = x.new_zeros((b, n))
         for i in range(b):
             real = mask[i].nonzero().flatten()
-            tokens, att = self.encode(x[i, real], record)
+            tokens, att = self.encode(x[i, real], record,
+                                      None if coords is None else coords[i, real])
             tokens = self.norm(tokens)
             logits.append(self.classify(tokens[:1].unsqueeze(0)))
             tile_logits[i, real] = self.tile_head(tokens[1:]).to(tile_logits.dtype)
@@ -109,12 +157,15 @@ class _TransformerMIL(MILModel):
 
     @torch.no_grad()
     def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
-                        chunk_size: int = 16384) -> MILOutput:
+                        chunk_size: int = 16384,
+                        coords: torch.Tensor | None = None) -> MILOutput:
         """The whole bag at once: self-attention cannot be split into chunks of tiles (see the
-        module docstring for what bounds memory instead); ``chunk_size`` bounds the read."""
+        module docstring for what bounds memory instead); ``chunk_size`` bounds the read.
+        ``coords`` ``[num_tiles, 2]``: the bag's grid positions (needed when the model uses
+        them)."""
         parts = [read(s, min(s + chunk_size, num_tiles)).float()
                  for s in range(0, num_tiles, chunk_size)]
-        return self.forward(torch.cat(parts))
+        return self.forward(torch.cat(parts), coords=coords)
 
 
 class ExactSelfAttention(nn.Module):
@@ -151,7 +202,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float, mlp_ratio: int = 2) -> None:
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = ScaleDetachableLayerNorm(dim), ScaleDetachableLayerNorm(dim)
         self.attn = ExactSelfAttention(dim, heads, dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(mlp_ratio * dim, dim))
@@ -162,20 +213,64 @@ class EncoderLayer(nn.Module):
         return x + self.mlp(self.norm2(x)), cls_row, matrix
 
 
+def sincos_1d(pos: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """``[n]`` positions -> ``[n, dim]``: ``sin(p w_k)`` then ``cos(p w_k)``, ``w_k =
+    temperature^(-k / (dim / 2))`` for ``k < dim / 2`` (Vaswani et al.; MAE's
+    ``get_1d_sincos_pos_embed_from_grid``)."""
+    omega = torch.arange(dim // 2, dtype=torch.float32, device=pos.device) / (dim / 2)
+    angles = pos.float()[:, None] * temperature ** -omega
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d(coords: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[n, 2]`` grid positions (column, row) -> ``[n, dim]`` fixed 2-D sine-cosine embedding,
+    as MAE's / ViT's ``get_2d_sincos_pos_embed``: the first half of the channels encodes the
+    column, the second half the row. ``dim`` must be divisible by 4."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine embedding needs a width divisible by 4, got {dim}")
+    return torch.cat([sincos_1d(coords[:, 0], dim // 2), sincos_1d(coords[:, 1], dim // 2)],
+                     dim=1)
+
+
 @register_model("transformer_mil")
 class TransformerMIL(_TransformerMIL):
-    """Class token + ``layers`` exact-attention pre-norm encoder layers; permutation-invariant."""
+    """Class token + ``layers`` exact-attention pre-norm encoder layers; permutation-invariant.
+
+    ``positional``: ``"none"`` (no positional information) or ``"sincos2d"``: the tokens of the
+    tiles get :func:`sincos_2d` of their grid positions (``coords``: level-0 px / stride, see
+    :func:`wsi_mil.mil.bags.grid_coords`) added after the embedding MLP. Positions are taken
+    relative to the bag's smallest column and row (of its real tiles), so shifting every tile
+    by the same offset (where the tissue sits on the slide) changes nothing; moving one tile
+    relative to the others does. The position travels with its tile, so the slide prediction
+    stays permutation-invariant. Such a model sets :attr:`uses_coords` and refuses to run
+    without ``coords``. (With ``max_train_tiles`` the origin is the sampled tiles' corner.)
+    """
 
     def __init__(self, in_dim: int, n_classes: int, layers: int = 2, heads: int = 8,
-                 **kwargs) -> None:
+                 positional: str = "none", **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
-        self.hparams.update(layers=int(layers), heads=int(heads))
+        if positional not in POSITIONAL:
+            raise ValueError(f"transformer_mil: positional={positional!r}, "
+                             f"expected one of {POSITIONAL}")
+        if positional == "sincos2d" and self.hidden_dim % 4:
+            raise ValueError(f"transformer_mil: positional='sincos2d' needs a width divisible "
+                             f"by 4, got hidden_dims[-1] = {self.hidden_dim}")
+        self.hparams.update(layers=int(layers), heads=int(heads), positional=positional)
+        self.uses_coords = positional != "none"
         self.layers = nn.ModuleList(EncoderLayer(self.hidden_dim, int(heads),
                                                  self.hparams["dropout"])
                                     for _ in range(int(layers)))
 
-    def encode(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = torch.cat([self.cls_token[0].to(x.dtype), self.embed(x)])
+    def position(self, coords: torch.Tensor) -> torch.Tensor:
+        """``[n, 2]`` grid positions -> ``[n, H]`` embedding, relative to the bag's corner."""
+        return sincos_2d(coords - coords.min(dim=0).values, self.hidden_dim)
+
+    def encode(self, x: torch.Tensor, record: bool,
+               coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(x)
+        if self.uses_coords:
+            h = h + self.position(coords).to(h.dtype)
+        tokens = torch.cat([self.cls_token[0].to(x.dtype), h])
         if record:
             self.records = []
         cls_row = tokens.new_ones((1, 1))
@@ -228,7 +323,7 @@ class NystromLayer(nn.Module):
         super().__init__()
         from nystrom_attention import NystromAttention
 
-        self.norm = nn.LayerNorm(dim)
+        self.norm = ScaleDetachableLayerNorm(dim)
         self.attn = NystromAttention(dim=dim, dim_head=dim // 8, heads=8,
                                      num_landmarks=dim // 2, pinv_iterations=6,
                                      residual=True, dropout=dropout)
@@ -291,7 +386,8 @@ class TransMIL(_TransformerMIL):
         side = math.ceil(math.sqrt(n))
         return torch.arange(side * side) % n
 
-    def encode(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, record: bool,
+               coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         index = self.square_index(n).to(x.device)
         side = math.isqrt(index.numel())

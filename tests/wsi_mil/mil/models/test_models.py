@@ -98,6 +98,22 @@ def test_checkpoint_round_trip_weights_only(name, tmp_path):
         torch.testing.assert_close(rebuilt(x).logits, model(x).logits)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_coords_are_accepted_and_ignored_by_default(name):
+    """Every model takes ``coords`` (forward, padded batches, chunked prediction); none uses
+    them with its default settings, so they change nothing."""
+    model = make(name)
+    assert not model.uses_coords
+    x, coords = torch.randn(2, 9, DIM), torch.randint(0, 50, (2, 9, 2)).float()
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        plain, with_coords = model(x, mask), model(x, mask, coords=coords)
+    torch.testing.assert_close(with_coords.logits, plain.logits)
+    chunked = model.predict_chunked(lambda s, e: x[0, s:e], 9, chunk_size=4, coords=coords[0])
+    torch.testing.assert_close(chunked.logits, plain.logits[:1], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["clam_sb", "clam_mb"])
 def test_clam_instance_loss_with_padding(name):
     model = make(name, n_classes=2).train()
