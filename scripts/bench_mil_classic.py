@@ -21,7 +21,7 @@ used for them (two layers of 256 and 128 units, attention of 64, Adam lr 5e-4 wi
 decay 5e-3), recalled from their appendix, not re-read. Fixed for every data set and both
 models: ``abmil`` and ``gated_abmil`` from :func:`wsi_mil.mil.models.create_model` with the
 library's own dropout placement (after each hidden layer and in the attention network) at
-MI-Net's rate 0.5 (``--dropout``), ``--epochs`` epochs, the last one kept, accuracy at the 0.5
+MI-Net's rate 0.5 (``--dropout``; the library's default is 0.25), ``--epochs`` epochs, the last one kept, accuracy at the 0.5
 decision.
 
 **Features as given** (``--scaling none``, the default), as ``wsi-mil train`` uses feature
@@ -318,7 +318,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--weight-decay", type=float, default=5e-3)
     parser.add_argument("--dropout", type=float, default=0.5,
-                        help="dropout after each hidden layer and in the attention network")
+                        help="dropout after each hidden layer and in the attention network "
+                             "(MI-Net's rate; the library's default is 0.25)")
     parser.add_argument("--val-rules", action="store_true",
                         help="hold out a ninth of each training part and report the epoch "
                              "choices of VAL_RULES instead of the protocol")

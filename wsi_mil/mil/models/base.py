@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from wsi_mil.mil.params import TrainParams
+
 
 class MILOutput(NamedTuple):
     """What a model says about a batch of ``B`` bags of up to ``N`` tiles and ``C`` classes."""
@@ -56,8 +58,11 @@ class MILModel(nn.Module, ABC):
     #: coordinates only for such a model; every other model ignores ``coords``.
     uses_coords: bool = False
 
-    def __init__(self, in_dim: int, n_classes: int, hidden_dims: Sequence[int] = (512,),
-                 attention_dim: int = 256, dropout: float = 0.25) -> None:
+    def __init__(self, in_dim: int, n_classes: int,
+                 hidden_dims: Sequence[int] = TrainParams.hidden_dims,
+                 attention_dim: int = TrainParams.attention_dim,
+                 dropout: float = TrainParams.dropout) -> None:
+        """The defaults are :class:`wsi_mil.mil.params.TrainParams`' (one definition each)."""
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a MIL classifier needs at least 2 classes, got {n_classes}")
