@@ -79,7 +79,8 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     if image is not None:
         axes[0].imshow(image, extent=extent)
     _outline(axes[0], lesions, scale)
-    axes[0].set_title("slide (lesion outlined)", fontsize=8)
+    axes[0].set_title("slide" if lesions is None else "slide (no lesion annotated)"
+                      if lesions.is_empty else "slide (lesion outlined)", fontsize=8)
     for ax, (method, values) in zip(axes[1:], maps.items()):
         if image is not None:
             ax.imshow(image, extent=extent)
