@@ -127,6 +127,15 @@ def cv_splits(labels: np.ndarray, seed: int,
     return out
 
 
+def scaled(x: torch.Tensor, mask: torch.Tensor, fit: np.ndarray, scaling: str) -> torch.Tensor:
+    """Padded bags ``x`` as given (``none``) or z-scored per feature with the statistics of
+    every real instance (``dataset``, MI-Net's) or of the training bags ``fit`` (``train``)."""
+    if scaling == "none":
+        return x
+    inst = x[mask] if scaling == "dataset" else x[torch.from_numpy(fit)][mask[torch.from_numpy(fit)]]
+    return (x - inst.mean(0)) / (inst.std(0) + 1e-6) * mask.unsqueeze(-1)
+
+
 def pad_bags(bags: list[np.ndarray], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bags as one zero-padded tensor ``[B, n, D]`` and a mask ``[B, n]`` of real instances."""
     x = torch.zeros(len(bags), n, bags[0].shape[1])
@@ -213,12 +222,7 @@ def run_cvs(datasets: dict[str, tuple[list[np.ndarray], np.ndarray]], model_name
         for seed in seeds:
             for fold, (fit, val, test) in enumerate(cv_splits(labels, seed, args.val_rules)):
                 jobs.append((name, seed, fold, fit, val, test))
-                inst = (x[mask] if args.scaling == "dataset"
-                        else x[torch.from_numpy(fit)][mask[torch.from_numpy(fit)]])
-                if args.scaling == "none":
-                    xs.append(x)
-                else:
-                    xs.append((x - inst.mean(0)) / (inst.std(0) + 1e-6) * mask.unsqueeze(-1))
+                xs.append(scaled(x, mask, fit, args.scaling))
                 masks.append(mask)
                 ys.append(torch.from_numpy(labels).long())
     xs, masks, ys = torch.stack(xs), torch.stack(masks), torch.stack(ys)  # [M, B, ...]

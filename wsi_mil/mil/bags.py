@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from features.bag import BagError, read_bag_attrs
-from tiling.lattice import stride_level0
 from tiling.storage import decode_attr
 from wsi_mil.mil.labels import LabelTable
 
@@ -204,9 +203,24 @@ def grid_coords(coords: np.ndarray, stride: float) -> np.ndarray:
     return np.rint(coords / float(stride)).astype(np.float32)
 
 
+def bag_grid_coords(path: Path | str, coords: np.ndarray, attrs: dict) -> np.ndarray:
+    """:func:`grid_coords` of a bag's ``coords`` ``[N, 2]`` and ``attrs`` (its ``stride``),
+    already read from ``path``, with an error naming the file when either is unusable."""
+    if attrs.get("stride") is None:
+        raise BagSetError(f"{path}: no 'stride' attribute (the tiling's level-0 step), needed "
+                          f"to place the tiles on their grid")
+    coords = np.asarray(coords)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise BagSetError(f"{path}: coords of shape {coords.shape}, expected [tiles, 2]")
+    try:
+        return grid_coords(coords, float(attrs["stride"]))
+    except (TypeError, ValueError) as exc:
+        raise BagSetError(f"{path}: {exc}") from exc
+
+
 def read_grid_coords(path: Path | str) -> np.ndarray:
-    """A bag's tile positions on its lattice (:func:`grid_coords` of its ``coords`` and
-    ``stride`` attribute), with an error naming the file when either is missing."""
+    """A bag's tile positions on its lattice (:func:`bag_grid_coords` of the file's ``coords``
+    and ``stride``)."""
     with h5py.File(path, "r") as f:
         if "coords" not in f:
             raise BagSetError(f"{path}: no 'coords' dataset, needed by a model that uses the "
@@ -214,15 +228,9 @@ def read_grid_coords(path: Path | str) -> np.ndarray:
         coords = f["coords"][:]
         n = f["features"].shape[0] if "features" in f else coords.shape[0]
         stride = decode_attr(f.attrs["stride"]) if "stride" in f.attrs else None
-    if stride is None:
-        raise BagSetError(f"{path}: no 'stride' attribute (the tiling's level-0 step), needed "
-                          f"to place the tiles on their grid")
     if coords.shape != (n, 2):
         raise BagSetError(f"{path}: coords of shape {coords.shape} for {n} tiles")
-    try:
-        return grid_coords(coords, stride_level0({"stride": stride}))
-    except (TypeError, ValueError) as exc:
-        raise BagSetError(f"{path}: {exc}") from exc
+    return bag_grid_coords(path, coords, {"stride": stride})
 
 
 def read_tile_labels(path: Path) -> np.ndarray | None:

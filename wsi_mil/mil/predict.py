@@ -5,7 +5,7 @@ A run's fold is rebuilt from ``fold_<k>/model.json`` (registry name and argument
 The bag is read ``chunk_size`` tiles at a time in two passes (scores, then the weighted sum),
 so memory stays bounded for any slide: a 200 000-tile bag needs a few hundred MB, not the
 features' full float32 copy. A model that uses the tiles' positions (``uses_coords``) also
-gets the bag's grid coordinates (:func:`wsi_mil.mil.bags.read_grid_coords`).
+gets the bag's grid coordinates (:func:`wsi_mil.mil.bags.bag_grid_coords`).
 
 The ensemble averages the folds' slide probabilities, tile probabilities and raw attention
 scores, and decides with the mean of the folds' validation thresholds.
@@ -29,7 +29,7 @@ import torch
 from features.bag import BagError, read_bag_attrs
 from features.device import resolve_device
 from wsi_mil.metrics.slide import predict_indices
-from wsi_mil.mil.bags import BagSetError, read_grid_coords
+from wsi_mil.mil.bags import BagSetError, bag_grid_coords
 from wsi_mil.mil.models import MILModel, create_model
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
 
@@ -208,16 +208,14 @@ def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
             return chunk
 
         chosen, in_sample = choose_folds(run, bag_path.stem, oof)
-        grid = None  # the tiles' grid positions, read only for a model that uses them
+        coords = f["coords"][:]
+        grid = None  # the tiles' grid positions, for a model that uses them (others ignore them)
         if any(fm.model.uses_coords for fm in chosen):
             try:
-                grid = torch.from_numpy(read_grid_coords(bag_path)).to(run.device)
+                grid = torch.from_numpy(bag_grid_coords(bag_path, coords, attrs)).to(run.device)
             except BagSetError as exc:
                 raise BagError(str(exc)) from exc
-        outputs = [fm.model.predict_chunked(read, n, chunk_size,
-                                            coords=grid if fm.model.uses_coords else None)
-                   for fm in chosen]
-        coords = f["coords"][:]
+        outputs = [fm.model.predict_chunked(read, n, chunk_size, coords=grid) for fm in chosen]
     probs = np.mean([o.logits.float().softmax(1)[0].cpu().numpy() for o in outputs], axis=0)
     attention, attention_norm = ensemble_attention(
         [o.raw_attention[0].float().cpu().numpy() for o in outputs])

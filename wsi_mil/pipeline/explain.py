@@ -106,7 +106,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     from tiling.annotations import read_annotations, tile_fractions
     from wsi_mil.explain.methods import available_methods, explain, randomised_copy
     from wsi_mil.metrics.explain import randomisation_check, run_score_fn
-    from wsi_mil.mil.bags import read_grid_coords
+    from wsi_mil.mil.bags import bag_grid_coords
     from wsi_mil.mil.predict import LoadedRun, cached_run
 
     bag_path, out_dir = Path(bag_path), Path(out_dir)
@@ -124,7 +124,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
         lesions = read_annotations(annotation_path).lesions
         fractions = tile_fractions(lesions, coords, float(attrs["tile_size_level0"]))
     # the tiles' grid positions, for a model that uses them (transformer_mil, sincos2d)
-    grid = read_grid_coords(bag_path) if model.uses_coords else None
+    grid = bag_grid_coords(bag_path, coords, attrs) if model.uses_coords else None
     with torch.no_grad():
         probs = model(torch.from_numpy(features).to(run.device),
                       coords=None if grid is None else torch.from_numpy(grid).to(run.device)

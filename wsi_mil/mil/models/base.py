@@ -165,8 +165,9 @@ class MILModel(nn.Module, ABC):
         """One bag read ``chunk_size`` tiles at a time: memory stays bounded whatever its size.
 
         ``coords`` ``[num_tiles, 2]``: the bag's grid positions (ignored here: attention
-        pooling does not use them). Pass 1 computes each tile's raw scores and segmentation logits; the softmax is then
-        taken over the whole bag; pass 2 re-embeds each chunk and accumulates the weighted sum.
+        pooling does not use them). Pass 1 computes each tile's raw scores and segmentation
+        logits; the softmax is then taken over the whole bag; pass 2 re-embeds each chunk and
+        accumulates the weighted sum.
         The result equals ``forward`` on the whole bag (in eval mode).
         """
         raws, tile_logits = [], []
