@@ -12,10 +12,11 @@ read at the image's own resolution without resampling. Tiles are 128 px (64 µm,
 the images are only 448 x 384 µm, so the default 256 px tiles would leave ~12 per image),
 encoded by the default encoder (efficientnet_lite0, ImageNet weights; resized to 224 px).
 
-Evaluation: ``gated_abmil`` with 5-fold stratified group cross-validation on ``patient_id``
-(the TMA batch: cores of one batch never straddle train and test, which is stricter than an
-image-level split), repeated over seeds; accuracy uses the threshold chosen on each fold's
-validation patients. Tiles and features are cached in ``--workdir``.
+Evaluation: ``gated_abmil`` with the library's training defaults and 5-fold stratified group
+cross-validation on ``patient_id`` (the TMA batch: cores of one batch never straddle train and
+test, which is stricter than an image-level split), repeated over seeds; accuracy at the run's one decision threshold, which
+:func:`wsi_mil.mil.train.train_run` chooses on the pooled validation predictions of all folds
+(0.5 when a class has too few of them). Tiles and features are cached in ``--workdir``.
 
     .venv/bin/python scripts/bench_ucsb_breast.py [--workdir /tmp/wsi_mil_ucsb] [--seeds 5]
 """
@@ -107,7 +108,6 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_ucsb"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     import torch
@@ -120,10 +120,8 @@ def main() -> int:
     per_seed = []
     start = time.time()
     for seed in range(args.seeds):
-        params = TrainParams(model="gated_abmil", hidden_dims=(256,), attention_dim=128,
-                             dropout=0.25, lr=2e-4, weight_decay=1e-4, epochs=args.epochs,
-                             patience=10, min_epochs=10, folds=args.folds, seed=seed,
-                             k_sample=4, device="cpu", bootstrap=200)
+        params = TrainParams(model="gated_abmil", folds=args.folds, seed=seed, device="cpu",
+                             bootstrap=200)  # everything else: the library's defaults
         summary = train_run(features_dir, UCSB / "labels.csv",
                             args.workdir / "runs" / f"gated_abmil_seed{seed}", params)
         pooled = summary["pooled_out_of_fold"]

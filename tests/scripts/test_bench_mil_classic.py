@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import stack_module_state
 
 from wsi_mil.mil.params import TrainParams
 
@@ -29,19 +28,19 @@ def test_stacked_training_equals_the_library_models(model_name):
     params = TrainParams(model=model_name, hidden_dims=(12, 6), attention_dim=5, dropout=0.0,
                          optimizer="adam", lr=1e-2, weight_decay=5e-3, device="cpu")
     models = bench.library_models(model_name, params, 7, [0, 1, 2])
-    stacked, _ = stack_module_state(models)
+    leaves = bench.stacked_leaves(models)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 5, 7, generator=gen)  # 3 networks, 2 bags each, up to 5 instances
     mask = torch.ones(3, 2, 5, dtype=torch.bool)
     mask[:, 1, 3:] = False
     y = torch.tensor([[0, 1], [1, 0], [1, 1]])
-    bench.check_stacked_forward(models, stacked, model_name, x, mask)
+    bench.check_stacked_forward(models, leaves, model_name, x, mask)
 
-    opt = bench.stacked_adam(stacked, params)  # the script's own (fused) optimiser
+    opt = bench.stacked_adam(leaves, params)  # the script's own (fused) optimiser
     singles = [torch.optim.Adam(m.parameters(), lr=params.lr, weight_decay=params.weight_decay)
                for m in models]
     for b in range(2):  # one bag per network per step, as the benchmark trains
-        logits = bench.stacked_logits(stacked, model_name, 2, x[:, b:b + 1], mask[:, b:b + 1],
+        logits = bench.stacked_logits(leaves, model_name, 2, x[:, b:b + 1], mask[:, b:b + 1],
                                       0.0, True)[:, 0]
         opt.zero_grad()
         F.cross_entropy(logits, y[:, b], reduction="sum").backward()
@@ -52,6 +51,19 @@ def test_stacked_training_equals_the_library_models(model_name):
             single.zero_grad()
             F.cross_entropy(out.logits, y[i, b:b + 1]).backward()
             single.step()
+    stacked = bench.library_state(leaves)
     for i, model in enumerate(models):
         for name, value in model.state_dict().items():
             torch.testing.assert_close(stacked[name][i], value, atol=1e-5, rtol=1e-4)
+
+
+def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
+    bench = _bench()
+    torch.manual_seed(0)
+    h = torch.rand(200, 500) + 0.5  # no zeros of its own
+    out = bench.dropout(h, 0.25, True)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.25) < 0.01
+    kept = out != 0
+    torch.testing.assert_close(out[kept], h[kept] / 0.75)
+    assert bench.dropout(h, 0.25, False) is h

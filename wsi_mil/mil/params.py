@@ -17,7 +17,6 @@ OPTIMIZERS = ("adamw", "adam")
 POSITIONAL = ("none", "sincos2d")
 
 
-
 @dataclass(frozen=True)
 class TrainParams:
     """Every setting of ``wsi-mil train`` (the ``train:`` section of a YAML config)."""
