@@ -14,9 +14,10 @@ encoded by the default encoder (efficientnet_lite0, ImageNet weights; resized to
 
 Evaluation: ``gated_abmil`` with the library's training defaults and 5-fold stratified group
 cross-validation on ``patient_id`` (the TMA batch: cores of one batch never straddle train and
-test, which is stricter than an image-level split), repeated over seeds; accuracy at the run's one decision threshold, which
-:func:`wsi_mil.mil.train.train_run` chooses on the pooled validation predictions of all folds
-(0.5 when a class has too few of them). Tiles and features are cached in ``--workdir``.
+test, which is stricter than an image-level split), repeated over seeds; accuracy at the run's
+one decision threshold, which :func:`wsi_mil.mil.train.train_run` chooses on the pooled
+validation predictions of all folds (0.5 when a class has too few of them). Tiles and features
+are cached in ``--workdir``.
 
     .venv/bin/python scripts/bench_ucsb_breast.py [--workdir /tmp/wsi_mil_ucsb] [--seeds 5]
 """
