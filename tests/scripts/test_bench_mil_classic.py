@@ -1,5 +1,5 @@
 """``scripts/bench_mil_classic.py`` trains stacked networks: the same forward pass and the same
-Adam steps as the library's models trained one by one."""
+optimiser steps (SGD with Nesterov momentum, Adam) as the library's models trained one by one."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.train import make_optimizer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_mil_classic.py"
 
@@ -22,11 +23,12 @@ def _bench():
     return module
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("model_name", ["abmil", "gated_abmil"])
-def test_stacked_training_equals_the_library_models(model_name):
+def test_stacked_training_equals_the_library_models(model_name, optimizer):
     bench = _bench()
     params = TrainParams(model=model_name, hidden_dims=(12, 6), attention_dim=5, dropout=0.0,
-                         optimizer="adam", lr=1e-2, weight_decay=5e-3, device="cpu")
+                         optimizer=optimizer, lr=1e-2, weight_decay=5e-3, device="cpu")
     models = bench.library_models(model_name, params, 7, [0, 1, 2])
     leaves = bench.stacked_leaves(models)
     gen = torch.Generator().manual_seed(0)
@@ -36,9 +38,8 @@ def test_stacked_training_equals_the_library_models(model_name):
     y = torch.tensor([[0, 1], [1, 0], [1, 1]])
     bench.check_stacked_forward(models, leaves, model_name, x, mask)
 
-    opt = bench.stacked_adam(leaves, params)  # the script's own (fused) optimiser
-    singles = [torch.optim.Adam(m.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-               for m in models]
+    opt = bench.stacked_optimizer(leaves, params)  # the script's own (stacked) optimiser
+    singles = [make_optimizer(m, params) for m in models]  # the library's, one per network
     for b in range(2):  # one bag per network per step, as the benchmark trains
         logits = bench.stacked_logits(leaves, model_name, 2, x[:, b:b + 1], mask[:, b:b + 1],
                                       0.0, True)[:, 0]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 DEFAULT_MODEL = "gated_abmil"
 SCHEDULES = ("cosine", "plateau", "none")
 MONITORS = ("loss", "auc", "none")
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 #: positional information of ``transformer_mil`` (see ``models.transformers.TransformerMIL``).
 POSITIONAL = ("none", "sincos2d")
 
@@ -55,8 +55,10 @@ class TrainParams:
     val_fraction: float = 0.2  # share of each fold's training patients kept for validation
     epochs: int = 50  # maximum epochs per fold
     lr: float = 2e-4  # peak learning rate
-    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (Adam) weight decay
-    optimizer: str = "adamw"  # adamw | adam
+    weight_decay: float = 1e-4  # decoupled (AdamW) or L2 (Adam, SGD) weight decay
+    #: adamw | adam | sgd (Nesterov momentum 0.9: MI-Net's optimiser, which
+    #: scripts/bench_mil_classic.py uses)
+    optimizer: str = "adamw"
     schedule: str = "cosine"  # cosine | plateau | none
     patience: int = 10  # epochs without validation improvement before stopping
     #: epochs always trained before the best epoch is looked for: an epoch before this is never

@@ -160,9 +160,15 @@ class FoldResult:
 
 
 def make_optimizer(model: MILModel, params: TrainParams) -> torch.optim.Optimizer:
+    """The optimiser ``params.optimizer`` names, over every parameter of ``model``.
+
+    ``foreach``: one fused update per step instead of a Python loop over tensors (CPU too).
+    """
+    kwargs = {"lr": params.lr, "weight_decay": params.weight_decay, "foreach": True}
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), momentum=0.9, nesterov=True, **kwargs)
     cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    # foreach: one fused update per step instead of a Python loop over tensors (CPU too)
-    return cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay, foreach=True)
+    return cls(model.parameters(), **kwargs)
 
 
 def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: TrainParams,

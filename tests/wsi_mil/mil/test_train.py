@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import class_weights, train_fold, train_run
+from wsi_mil.mil.train import class_weights, make_optimizer, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 FAST = {"hidden_dims": (32,), "attention_dim": 16, "lr": 2e-3, "device": "cpu", "bootstrap": 50}
@@ -79,6 +79,25 @@ def test_params_reject_invalid_settings():
     with pytest.raises(ValueError, match="TrainParams.model = 'not_a_model'"):
         TrainParams(model="not_a_model")
     assert TrainParams(hidden_dims=[64, 32]).hidden_dims == (64, 32)
+
+
+def test_sgd_takes_nesterov_steps_with_l2_decay():
+    """``optimizer: sgd`` is MI-Net's: momentum 0.9, Nesterov, L2 decay added to the gradient.
+    Two steps on a quadratic, against the update written out by hand."""
+    params = TrainParams(optimizer="sgd", lr=0.1, weight_decay=0.01)
+    model = torch.nn.Linear(3, 1, bias=False)
+    opt = make_optimizer(model, params)
+    w, velocity = model.weight.detach().clone(), torch.zeros(1, 3)
+    for _ in range(2):
+        opt.zero_grad()
+        (model.weight ** 2).sum().backward()
+        opt.step()
+        grad = 2 * w + 0.01 * w
+        velocity = 0.9 * velocity + grad
+        w = w - 0.1 * (grad + 0.9 * velocity)
+    torch.testing.assert_close(model.weight.detach(), w)
+    with pytest.raises(ValueError, match="TrainParams.optimizer = 'rmsprop'"):
+        TrainParams(optimizer="rmsprop")
 
 
 def test_positional_setting_reaches_transformer_mil_only():
