@@ -143,7 +143,7 @@ def main() -> int:
         params = TrainParams(model=name, device=args.device, seg_weight=0.5)
         torch.manual_seed(0)
         model = create_model(name, args.dim, 2, **params.model_kwargs()).to(device)
-        optimizer = make_optimizer(model, params)
+        optimizer = make_optimizer(model.parameters(), params)
         run_epoch(model, data, params, 0, device, None, optimizer)  # warm-up
         start = time.perf_counter()
         run_epoch(model, data, params, 0, device, None, optimizer)

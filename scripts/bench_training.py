@@ -59,7 +59,7 @@ def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
     model = create_model(params.model, bag_set.dim, 2, **params.model_kwargs())
     start = time.time()
     stats = run_epoch(model, data, params, 0, torch.device("cpu"), None,
-                      make_optimizer(model, params), torch.Generator().manual_seed(0))
+                      make_optimizer(model.parameters(), params), torch.Generator().manual_seed(0))
     return {"bags": len(data), "in_memory": data.in_memory, "load_or_scan_s": round(load_s, 1),
             "epoch_s": round(time.time() - start, 1), "train_loss": round(stats.loss, 4),
             "torch_threads": torch.get_num_threads(), "peak_rss_gb": round(peak_rss_gb(), 2)}

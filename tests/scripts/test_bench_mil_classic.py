@@ -39,7 +39,7 @@ def test_stacked_training_equals_the_library_models(model_name, optimizer):
     bench.check_stacked_forward(models, leaves, model_name, x, mask)
 
     opt = bench.stacked_optimizer(leaves, params)  # the script's own (stacked) optimiser
-    singles = [make_optimizer(m, params) for m in models]  # the library's, one per network
+    singles = [make_optimizer(m.parameters(), params) for m in models]  # the library's, one per network
     for b in range(2):  # one bag per network per step, as the benchmark trains
         logits = bench.stacked_logits(leaves, model_name, 2, x[:, b:b + 1], mask[:, b:b + 1],
                                       0.0, True)[:, 0]

@@ -86,7 +86,7 @@ def test_sgd_takes_nesterov_steps_with_l2_decay():
     Two steps on a quadratic, against the update written out by hand."""
     params = TrainParams(optimizer="sgd", lr=0.1, weight_decay=0.01)
     model = torch.nn.Linear(3, 1, bias=False)
-    opt = make_optimizer(model, params)
+    opt = make_optimizer(model.parameters(), params)
     w, velocity = model.weight.detach().clone(), torch.zeros(1, 3)
     for _ in range(2):
         opt.zero_grad()
