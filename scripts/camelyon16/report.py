@@ -37,7 +37,8 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("Tile sensitivity", ("lesion", "segmentation", "sensitivity"), 3),
     ("Tile specificity (normal slides)", ("lesion", "segmentation", "normal_tile_specificity"),
      3),
-    ("Hausdorff distance (µm)", ("lesion", "segmentation", "hausdorff_um"), 0),
+    ("Hausdorff distance, boundaries (µm)", ("lesion", "segmentation", "hausdorff_um"), 0),
+    ("  HD95 (µm)", ("lesion", "segmentation", "hd95_um"), 0),
     ("Attention mass on lesion", ("lesion", "explain", "attention_mass"), 3),
     ("  uniform attention", ("lesion", "explain", "attention_mass_uniform"), 3),
     ("Pointing game (top-1 in lesion)", ("lesion", "explain", "pointing_game"), 3),
@@ -55,7 +56,8 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("  pointing game", ("weak", "lesion", "explain", "pointing_game"), 3),
     ("Pixel segmenter in the flagged tiles: pixel Dice", ("pixel", "mask", "dice"), 3),
     ("  tile head on the same pixels: Dice", ("pixel", "tile_head", "dice"), 3),
-    ("  pixel Hausdorff (µm)", ("pixel", "mask", "hausdorff_um"), 0),
+    ("  pixel Hausdorff, boundaries (µm)", ("pixel", "mask", "hausdorff_um"), 0),
+    ("  pixel HD95 (µm)", ("pixel", "mask", "hd95_um"), 0),
     ("  lesion FROC of the pixel masks", ("pixel", "froc"), 3),
 )
 

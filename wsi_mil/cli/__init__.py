@@ -23,6 +23,7 @@ VERBS = {
     "train": "wsi_mil.cli.train",
     "predict": "wsi_mil.cli.predict",
     "evaluate": "wsi_mil.cli.evaluate",
+    "compare": "wsi_mil.cli.compare",
     "heatmap": "wsi_mil.cli.heatmap",
     "explain": "wsi_mil.cli.explain",
     "segment-train": "wsi_mil.cli.segment_train",

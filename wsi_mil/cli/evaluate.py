@@ -53,14 +53,22 @@ def run(args: argparse.Namespace) -> int:
     auc_text = "n/a" if auc is None else f"{auc:.3f}"
     if ci is not None:
         auc_text += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
-    print(f"{metrics['n_slides']} slides: AUC {auc_text}, accuracy {metrics['accuracy']:.3f}, "
-          f"F1 {metrics['f1']:.3f}")
+    unit = metrics["unit"]
+    if unit == "patients":
+        print(f"patient level: {metrics['n_patients']} patients from {metrics['n_slides_scored']} "
+              f"slides, each patient the {metrics['patient_aggregate']} of its slides' "
+              f"probabilities, positive when any of its slides is")
+    print(f"{metrics['n_slides']} {unit}: AUC {auc_text}, accuracy {metrics['accuracy']:.3f}, "
+          f"F1 {metrics['f1']:.3f}; decided at {metrics['thresholds']}")
+    print(f"calibration: Brier score {metrics['brier']:.3f}, ECE {metrics['ece']:.3f} "
+          f"({metrics['ece_bins']} bins, {metrics['calibrated_quantity']})")
     if metrics.get("sensitivity_at_90_specificity") is not None:
         print(f"sensitivity {metrics['sensitivity_at_90_specificity']:.3f} at 90 % specificity, "
               f"{metrics['sensitivity_at_95_specificity']:.3f} at 95 %; false-negative rate "
-              f"{metrics['false_negative_rate']:.3f} at the run's threshold")
+              f"{metrics['false_negative_rate']:.3f} at the run's thresholds")
     if metrics["in_sample_slides"]:
-        print(f"IN-SAMPLE: {len(metrics['in_sample_slides'])} of {metrics['n_slides']} slides "
+        n_scored = metrics.get("n_slides_scored", metrics["n_slides"])
+        print(f"IN-SAMPLE: {len(metrics['in_sample_slides'])} of {n_scored} slides "
               f"were predicted by a model that trained on them", file=sys.stderr)
     if lesion:
         print(f"lesions: FROC {lesion['froc']}, tile Dice {lesion['segmentation']['dice']}, "
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"pixel masks: Dice {pixel['mask']['dice']} (tile head on the same pixels: "
                   f"{pixel['tile_head']['dice']}), FROC {pixel['froc']} "
                   f"({pixel['n_slides']} segmented slides)")
-    print(f"written to {args.out or args.predictions}: metrics.json, roc.png, "
-          f"confusion_matrix.png")
+    suffix = "_patient" if unit == "patients" else ""
+    print(f"written to {args.out or args.predictions}: metrics{suffix}.json, roc{suffix}.png, "
+          f"confusion_matrix{suffix}.png, calibration{suffix}.png")
     return 0

@@ -40,11 +40,21 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:  # bad labels or bags: one line, no traceback
         print(f"wsi-mil train: error: {exc}", file=sys.stderr)
         return 2
-    headline = {k: summary[k] for k in ("auc", "accuracy", "balanced_accuracy", "f1")}
-    for name, value in headline.items():
-        if value["mean"] is not None:
-            print(f"{name}: {value['mean']:.3f} ± {value['std']:.3f} over {summary['n_folds']} "
-                  f"fold(s)")
+    n = summary["n_folds"]
+    for name in ("auc", "accuracy", "balanced_accuracy", "f1", "brier", "ece"):
+        value = summary[name]
+        if value["mean"] is None:
+            continue
+        spread = f" ± {value['std']:.3f} (sd)" if value["std"] is not None else ""
+        print(f"{name}: {value['mean']:.3f}{spread} over {n} fold(s), test slides")
+    pooled = summary.get("pooled_out_of_fold")
+    if pooled is not None:
+        auc = "n/a" if pooled["auc"] is None else f"{pooled['auc']:.3f}"
+        print(f"pooled out of fold ({pooled['n_slides']} slides, each fold's threshold): AUC "
+              f"{auc}, accuracy {pooled['accuracy']:.3f}, Brier {pooled['brier']:.3f}, ECE "
+              f"{pooled['ece']:.3f}")
+    print(f"threshold for new slides (the ensemble of {n} fold(s)): "
+          f"{summary['ensemble_threshold']:.3f} ({summary['ensemble_threshold_rule']})")
     print(f"run written to {args.out}")
     print(json.dumps({"summary": str(args.out / "summary.json")}))
     return 0

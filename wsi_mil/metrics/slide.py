@@ -3,10 +3,10 @@
 AUC is one-vs-rest (macro) for more than two classes, with a percentile bootstrap 95 %
 interval because slide cohorts are small (a Camelyon16 test set has 129 slides) and a point AUC
 alone hides how uncertain it is. For two classes the decision threshold on the positive
-probability is chosen on *validation* slides (Youden's J; for a cross-validated run once, on
-every fold's validation predictions pooled, or 0.5 when they are too few: see
-:func:`pooled_threshold`) and then applied unchanged to test slides: choosing it on test would
-report a number no deployment could reproduce.
+probability is chosen on *validation* slides (Youden's J on pooled validation predictions, or
+0.5 when they are too few: see :func:`pooled_threshold`; for a cross-validated run one per fold,
+never from that fold's test slides: :mod:`wsi_mil.mil.thresholds`) and then applied unchanged
+to test slides: choosing it on test would report a number no deployment could reproduce.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from wsi_mil.metrics.calibration import calibration_metrics
 
 
 def positive_index(n_classes: int, negative_index: int) -> int | None:
@@ -92,15 +94,14 @@ MIN_VAL_PER_CLASS = 20
 
 def pooled_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: int = 0,
                      min_per_class: int = MIN_VAL_PER_CLASS) -> tuple[float, str]:
-    """The run's decision threshold and the rule that gave it, from pooled validation scores.
+    """A decision threshold and the rule that gave it, from pooled validation scores.
 
-    ``y_val``/``probs_val`` are the validation predictions of every fold's model, pooled. The
-    rule: Youden's J (:func:`choose_threshold`) when the pooled validation holds at least
-    ``min_per_class`` slides of each class, else 0.5. Why pooled and why a floor: a threshold
-    chosen per fold on ~18 validation slides swings from 0.17 to 0.96 between folds (a fold
-    with AUC 1.0 can then score accuracy 0.7); pooling gives every fold the same cut from
-    several times more slides, and below ``min_per_class`` per class the ROC is too coarse to
-    beat the 0.5 that a class-weighted loss is calibrated to.
+    ``y_val``/``probs_val`` are validation predictions of several folds' models pooled (for a
+    fold's threshold, without that fold's test slides: :mod:`wsi_mil.mil.thresholds`). The
+    rule: Youden's J (:func:`choose_threshold`) when the pool holds at least ``min_per_class``
+    slides of each class, else 0.5. Why a floor: below it the ROC is too coarse to beat 0.5,
+    the cut at which a model trained with a class-weighted loss (the default; see
+    :func:`wsi_mil.mil.train.slide_loss`) balances the two kinds of error.
     """
     y_val, probs_val = np.asarray(y_val), np.asarray(probs_val)
     if probs_val.ndim != 2 or probs_val.shape[1] != 2:
@@ -114,9 +115,10 @@ def pooled_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: i
         f"Youden's J on pooled validation ({counts[0]} negative / {counts[1]} positive slides)")
 
 
-def predict_indices(probs: np.ndarray, threshold: float | None = None,
+def predict_indices(probs: np.ndarray, threshold: float | np.ndarray | None = None,
                     negative_index: int = 0) -> np.ndarray:
-    """Class indices: positive when its probability reaches ``threshold`` (binary), else argmax."""
+    """Class indices: positive when its probability reaches ``threshold`` (binary; one number,
+    or one per row), else argmax."""
     probs = np.asarray(probs)
     pos = positive_index(probs.shape[1], negative_index)
     if pos is None or threshold is None:
@@ -152,8 +154,9 @@ def slide_metrics(y: Sequence[int], probs: np.ndarray, predicted: Sequence[int],
                   class_names: Sequence[str], negative_index: int = 0,
                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """AUC (+ bootstrap 95 % CI), accuracy, balanced accuracy, F1, confusion matrix, ROC curve,
-    and for two classes the sensitivity at 90 % and 95 % specificity and the false-negative rate
-    at the chosen threshold.
+    calibration (Brier score, ECE, reliability points: :mod:`wsi_mil.metrics.calibration`), and
+    for two classes the sensitivity at 90 % and 95 % specificity and the false-negative rate at
+    the chosen threshold.
 
     ``predicted`` are class indices already decided (with a validation threshold); F1 is the
     positive class's for two classes, macro otherwise. The confusion matrix has true classes as
@@ -194,4 +197,43 @@ def slide_metrics(y: Sequence[int], probs: np.ndarray, predicted: Sequence[int],
         "false_negative_rate": false_negative_rate(y == pos, predicted == pos)
         if pos is not None else None,
         "roc": roc,
+        **calibration_metrics(y, probs, pos),
     }
+
+
+def aggregate_patients(patients: Sequence[str], y: np.ndarray, probs: np.ndarray,
+                       thresholds: np.ndarray, negative_index: int, aggregate: str = "mean"
+                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(patient ids, labels, probabilities, thresholds) with one row per patient.
+
+    A patient's label is positive when any of its slides is (two classes; a lymph-node
+    patient with one metastatic node is a positive patient); with more classes its slides must
+    agree. Its probabilities are the mean of its slides' (``aggregate="mean"``) or those of its
+    most positive slide (``"max"``, two classes only), and its threshold the mean of its
+    slides' (one number when, as cross-validation by patient ensures, one fold predicted them).
+    """
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    pos = positive_index(probs.shape[1], negative_index)
+    if aggregate not in ("mean", "max"):
+        raise ValueError(f"aggregate must be mean or max, got {aggregate!r}")
+    if aggregate == "max" and pos is None:
+        raise ValueError("patient aggregate 'max' needs two classes (use 'mean')")
+    order = list(dict.fromkeys(patients))
+    members = {p: np.flatnonzero(np.asarray(patients) == p) for p in order}
+    out_y, out_p, out_t = [], [], []
+    for patient in order:
+        idx = members[patient]
+        if pos is not None:
+            out_y.append(pos if (y[idx] == pos).any() else negative_index)
+        elif len(set(y[idx].tolist())) > 1:
+            raise ValueError(f"patient {patient!r} has slides of different classes; "
+                             f"patient-level metrics need one class per patient")
+        else:
+            out_y.append(int(y[idx][0]))
+        if aggregate == "max":
+            out_p.append(probs[idx[np.argmax(probs[idx, pos])]])
+        else:
+            out_p.append(probs[idx].mean(axis=0))
+        out_t.append(float(thresholds[idx].mean()))
+    return order, np.asarray(out_y), np.asarray(out_p), np.asarray(out_t)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class LabelTable:
     path: Path
     rows: tuple[SlideLabel, ...]
     class_names: tuple[str, ...]
+    has_patient_id: bool = False  # whether the CSV has a patient_id column
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -139,7 +141,8 @@ def read_labels(path: str | os.PathLike, class_names: tuple[str, ...] | None = N
             )
     else:
         names = tuple(class_names)
-    return LabelTable(path=path, rows=tuple(rows), class_names=names)
+    return LabelTable(path=path, rows=tuple(rows), class_names=names,
+                      has_patient_id="patient_id" in header)
 
 
 def _parse_row(
@@ -176,3 +179,28 @@ def _parse_row(
         )
     return SlideLabel(slide_id=slide_id, label=label, patient_id=cell("patient_id") or slide_id,
                       split=split, line=line)
+
+
+#: Slide-naming conventions that carry the patient: (convention, pattern whose group 1 is the
+#: patient). TCGA barcodes name the patient in their first three fields (TCGA-<site>-<patient>);
+#: Camelyon17 and many in-house cohorts name slides ``patient_<n>_node_<m>`` or similar.
+PATIENT_PATTERNS = (
+    ("TCGA barcode", re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(?:-|$)", re.IGNORECASE)),
+    ("patient/case number", re.compile(r"((?:patient|case|subject)[_-]?\d+)", re.IGNORECASE)),
+)
+
+
+def patients_in_slide_ids(slide_ids: list[str] | tuple[str, ...]
+                          ) -> tuple[str, dict[str, list[str]]] | None:
+    """(convention, {patient: slide ids}) of the patients that slide ids name with two or more
+    slides, by :data:`PATIENT_PATTERNS`; None when no convention finds a shared patient."""
+    for convention, pattern in PATIENT_PATTERNS:
+        groups: dict[str, list[str]] = {}
+        for slide_id in slide_ids:
+            match = pattern.search(slide_id)
+            if match:
+                groups.setdefault(match.group(1).upper(), []).append(slide_id)
+        shared = {p: ids for p, ids in groups.items() if len(ids) > 1}
+        if shared:
+            return convention, shared
+    return None

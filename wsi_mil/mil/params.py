@@ -74,7 +74,14 @@ class TrainParams:
     #: J on every fold's validation predictions together); with fewer, the threshold is 0.5.
     threshold_min_per_class: int = 20
     batch_size: int = 1  # bags per step (padded and masked when > 1)
-    class_weighting: bool = True  # weight the slide loss by inverse class frequency
+    #: weight each bag's slide loss by its class's inverse frequency in the fold's training
+    #: bags, with a fixed normaliser (the bag count), in training and in the validation loss
+    #: that picks the epoch
+    class_weighting: bool = True
+    #: fit a temperature (Guo et al. 2017) on each fold's validation slides and apply it to that
+    #: fold's probabilities before thresholds are chosen (rankings and AUC are unchanged; ECE
+    #: and the Brier score show the effect)
+    calibrate: bool = False
     max_train_tiles: int | None = None  # random tiles per training bag per step (None: all)
     memory_gb: float = 8.0  # hold bags in memory (float16) when they fit, else stream
     seed: int = 0  # seeds splits, initialisation, shuffling and tile sampling

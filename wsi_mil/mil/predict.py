@@ -7,8 +7,11 @@ so memory stays bounded for any slide: a 200 000-tile bag needs a few hundred MB
 features' full float32 copy. A model that uses the tiles' positions (``uses_coords``) also
 gets the bag's grid coordinates (:func:`wsi_mil.mil.bags.bag_grid_coords`).
 
-The ensemble averages the folds' slide probabilities, tile probabilities and raw attention
-scores, and decides with the mean of the folds' validation thresholds.
+Each fold's probabilities pass through its temperature (1 unless the run was trained with
+``--calibrate``). A slide predicted by one fold (out of fold, or ``--fold K``) is decided at that
+fold's own threshold; the ensemble of several folds combines their probabilities in log-odds
+and decides at the threshold whose logit is the mean of theirs (:mod:`wsi_mil.mil.thresholds`
+says why), and averages their tile probabilities and attention (:func:`ensemble_attention`).
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ import torch
 
 from features.bag import BagError, read_bag_attrs
 from features.device import resolve_device
+from wsi_mil.metrics.calibration import apply_temperature
 from wsi_mil.metrics.slide import predict_indices
 from wsi_mil.mil.bags import BagSetError, bag_grid_coords
 from wsi_mil.mil.models import MILModel, create_model
+from wsi_mil.mil.params import PredictParams
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
+from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_probs, ensemble_threshold
 
 #: bag attributes that describe the bag file itself rather than the slide, not copied over.
 _NOT_COPIED = ("num_tiles", "complete", "created", "wsi_mil_version")
-from wsi_mil.mil.params import PredictParams
 
 
 class RunError(ValueError):
@@ -49,6 +54,11 @@ class FoldModel:
     meta: dict[str, Any]
     sha256: str
 
+    @property
+    def temperature(self) -> float:
+        """The fold's temperature (``--calibrate``), 1 for an uncalibrated run."""
+        return float(self.meta.get("temperature", 1.0))
+
 
 @dataclass
 class LoadedRun:
@@ -58,7 +68,7 @@ class LoadedRun:
     folds: list[FoldModel]
     class_names: list[str]
     negative_index: int
-    threshold: float
+    threshold: float  # of all loaded folds together (:meth:`decision_threshold` of ``folds``)
     encoder: str
     in_dim: int
     device: torch.device
@@ -71,6 +81,15 @@ class LoadedRun:
         if len(self.folds) == 1:
             return self.folds[0].sha256
         return hashlib.sha256("".join(f.sha256 for f in self.folds).encode()).hexdigest()
+
+    @staticmethod
+    def decision_threshold(chosen: list[FoldModel]) -> tuple[float, str]:
+        """(threshold, rule) of the fold models that predict a slide: one fold's own, or the
+        ensemble's (:func:`wsi_mil.mil.thresholds.ensemble_threshold`)."""
+        if len(chosen) == 1:
+            return float(chosen[0].meta["threshold"]), str(
+                chosen[0].meta.get("threshold_rule", f"fold {chosen[0].fold}'s threshold"))
+        return ensemble_threshold([float(fm.meta["threshold"]) for fm in chosen]), ENSEMBLE_RULE
 
 
 def _sha256(path: Path) -> str:
@@ -116,7 +135,7 @@ def load_run(run_dir: str | os.PathLike, fold: int | None = None,
     class_names = list(first["class_names"])
     return LoadedRun(run_dir, folds, class_names,
                      class_names.index(first["negative_class"]),
-                     float(np.mean([f.meta["threshold"] for f in folds])),
+                     LoadedRun.decision_threshold(folds)[0],
                      str(first["encoder"]), int(first["in_dim"]), torch_device,
                      read_roles(run_dir / "splits.csv"))
 
@@ -187,8 +206,7 @@ def _load_cached(run_dir: str, fold: int | None, device: str) -> LoadedRun:
 def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
                 chunk_size: int = 16384, oof: bool | None = None) -> SlidePrediction:
     """Predict one bag, reading its features in chunks; the models are chosen by
-    :func:`choose_folds` and combined by averaging probabilities (and
-    :func:`ensemble_attention`)."""
+    :func:`choose_folds` and combined as the module docstring says."""
     bag_path = Path(bag_path)
     attrs = read_bag_attrs(bag_path)
     with h5py.File(bag_path, "r") as f:
@@ -216,18 +234,21 @@ def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
             except BagSetError as exc:
                 raise BagError(str(exc)) from exc
         outputs = [fm.model.predict_chunked(read, n, chunk_size, coords=grid) for fm in chosen]
-    probs = np.mean([o.logits.float().softmax(1)[0].cpu().numpy() for o in outputs], axis=0)
+    probs = ensemble_probs([apply_temperature(o.logits.float().softmax(1)[0].cpu().numpy(),
+                                              fm.temperature)
+                            for o, fm in zip(outputs, chosen, strict=True)])
+    threshold, rule = run.decision_threshold(chosen)
     attention, attention_norm = ensemble_attention(
         [o.raw_attention[0].float().cpu().numpy() for o in outputs])
     tile_probs = np.mean([o.tile_logits[0].float().softmax(1).cpu().numpy() for o in outputs],
                          axis=0)
-    predicted = int(predict_indices(probs[None], run.threshold, run.negative_index)[0])
+    predicted = int(predict_indices(probs[None], threshold, run.negative_index)[0])
     slide_attrs = {k: v for k, v in attrs.items() if k not in _NOT_COPIED}
     slide_attrs.update(
         run_id=run.run_dir.name, run_path=str(run.run_dir.resolve()),
         checkpoint_sha256=run.checkpoint_sha256, folds=[fm.fold for fm in chosen],
         in_sample=in_sample, out_of_fold=len(chosen) < len(run.folds),
-        model=run.folds[0].meta["model"], threshold=run.threshold,
+        model=run.folds[0].meta["model"], threshold=threshold, threshold_rule=rule,
         negative_class=run.class_names[run.negative_index], features_path=str(bag_path),
     )
     return SlidePrediction(

@@ -6,18 +6,25 @@ training is not tested fairly on another: splits are made with scikit-learn's
 allow). Validation, used for early stopping and the decision threshold, is carved out of each
 fold's training part the same grouped way, never from test. When the labels CSV has a
 ``split`` column (an official split, as Camelyon16's) it is used as it is: one fold, test =
-``test``, validation = ``val`` rows or, if there are none, carved from ``train``.
+``test``, validation = ``val`` rows or, if there are none, carved from ``train``; a patient
+whose slides it puts in two parts is an error.
+
+Without a ``patient_id`` column every slide is its own patient. When the slide ids follow a
+convention that names the patient (TCGA barcodes, ``patient_<n>_node_<m>``,
+:func:`wsi_mil.mil.labels.patients_in_slide_ids`) and some patient has several slides, a
+warning says so: those slides can then land on both sides of a split.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tiling.storage import csv_text
-from wsi_mil.mil.labels import LabelTable
+from wsi_mil.mil.labels import LabelTable, patients_in_slide_ids
 
 ROLES = ("train", "val", "test")
 
@@ -66,6 +73,8 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
     groups = np.array([r.patient_id for r in labels.rows])
     if not 0 < val_fraction < 1:
         raise SplitError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not labels.has_patient_id:
+        warn_shared_patients(labels)
     if labels.has_split:
         unassigned = [r.slide_id for r in labels.rows if r.split is None]
         if unassigned:
@@ -81,6 +90,7 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
                                           val_fraction, seed)
         if len(test) == 0:
             raise SplitError(f"{labels.path}: split column has no 'test' rows")
+        check_patients_in_one_part(labels, {"train": train, "val": val, "test": test})
         return [FoldSplit(0, tuple(train), tuple(val), tuple(test))]
     n_groups = len(np.unique(groups))
     if folds < 2 or folds > n_groups:
@@ -97,6 +107,40 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
         train, val = carve_validation(ids[rest], y[rest], groups[rest], val_fraction, seed + k)
         out.append(FoldSplit(k, tuple(train), tuple(val), tuple(ids[test_idx])))
     return out
+
+
+def check_patients_in_one_part(labels: LabelTable, parts: dict[str, np.ndarray]) -> None:
+    """A :class:`SplitError` naming the patients whose slides lie in more than one part (a
+    model tested on a patient it trained or was validated on)."""
+    rows = labels.by_slide()
+    seen: dict[str, dict[str, list[str]]] = {}
+    for part, ids in parts.items():
+        for slide_id in ids:
+            seen.setdefault(rows[str(slide_id)].patient_id, {}).setdefault(part, []).append(
+                str(slide_id))
+    straddling = {p: by_part for p, by_part in seen.items() if len(by_part) > 1}
+    if straddling:
+        patient, by_part = next(iter(straddling.items()))
+        where = "; ".join(f"{part}: {', '.join(ids[:3])}" for part, ids in by_part.items())
+        raise SplitError(
+            f"{labels.path}: the split column puts {len(straddling)} patient(s) in more than one "
+            f"part, e.g. patient {patient!r} ({where}); a patient's slides must all be in "
+            f"train, all in val or all in test")
+
+
+def warn_shared_patients(labels: LabelTable) -> None:
+    """Warn when a labels CSV without ``patient_id`` has slide ids that name shared patients."""
+    found = patients_in_slide_ids([r.slide_id for r in labels.rows])
+    if found is None:
+        return
+    convention, shared = found
+    patient, ids = max(shared.items(), key=lambda item: len(item[1]))
+    warnings.warn(
+        f"{labels.path} has no patient_id column, so every slide is treated as its own "
+        f"patient, but its slide ids look like {convention}s naming {len(shared)} patient(s) "
+        f"with several slides (e.g. {patient}: {', '.join(ids[:3])}). Their slides can land on "
+        f"both sides of a split and inflate every figure: add a patient_id column",
+        stacklevel=3)
 
 
 def splits_csv(splits: list[FoldSplit], labels: LabelTable) -> str:

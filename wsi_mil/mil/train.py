@@ -4,19 +4,23 @@
 per fold ``fold_<k>/model.pt`` (state dict only, loadable with ``weights_only=True``),
 ``log.csv`` (per epoch: losses, validation AUC, attention entropy) and ``training.json`` (the
 fold's training record: best epoch, validation and test probabilities), then, once every fold
-is trained, ``model.json`` (registry name, constructor arguments, class names, the run's
-decision threshold: all that :mod:`wsi_mil.mil.predict` needs to rebuild it), ``metrics.json``
-(test and validation metrics), ``val_predictions.csv`` and ``test_predictions.csv``; and
-``summary.json`` (mean ± std over folds, the metrics of the pooled out-of-fold predictions, the
-threshold and the rule that chose it).
+is trained, ``model.json`` (registry name, constructor arguments, class names, the fold's
+decision threshold and temperature: all that :mod:`wsi_mil.mil.predict` needs to rebuild it),
+``metrics.json`` (test and validation metrics, the threshold's rule and the slides that chose
+it), ``val_predictions.csv`` and ``test_predictions.csv``; and ``summary.json`` (mean ± std over
+folds, the metrics of the pooled out-of-fold predictions at each fold's own threshold, every
+threshold with its rule, and the ensemble's).
 
 Training choices, and why: AdamW with a cosine (or plateau) schedule; early stopping and model
 selection on the slide-level validation loss (smoother than AUC on a few dozen slides, and free
 of the pseudo-labelled segmentation and instance losses) from ``min_epochs`` on, restoring the
-best epoch; one decision threshold per run from the pooled validation predictions of all folds
-(a per-fold threshold on ~18 slides is noise); the slide loss weighted by inverse class
-frequency (cohorts are rarely balanced); fixed seeds; bf16 autocast on CUDA only (CPU bf16
-matmuls are slower than float32 on most CPUs).
+best epoch; per-fold decision thresholds from every fold's validation predictions pooled minus
+that fold's test slides (:mod:`wsi_mil.mil.thresholds`); the slide loss of each bag weighted by
+inverse class frequency and divided by the number of bags, in training and in the validation
+loss that picks the epoch (cohorts are rarely balanced; :func:`slide_loss` says why not
+PyTorch's weighted mean); optional temperature scaling on each fold's validation slides;
+fixed seeds; bf16 autocast on CUDA only (CPU bf16 matmuls are slower than float32 on most
+CPUs).
 """
 
 from __future__ import annotations
@@ -42,15 +46,21 @@ from tqdm import tqdm
 from features.device import resolve_device
 from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
 from wsi_mil.metrics.attention import attention_entropy
-from wsi_mil.metrics.slide import pooled_threshold, predict_indices, slide_auc, slide_metrics
+from wsi_mil.metrics.calibration import apply_temperature, fit_temperature
+from wsi_mil.metrics.slide import predict_indices, slide_auc, slide_metrics
 from wsi_mil.mil.bags import BagDataset, collate_bags, match_bags
 from wsi_mil.mil.labels import LabelTable, read_labels
 from wsi_mil.mil.models import MILModel, create_model
 from wsi_mil.mil.models.segmentation import segmentation_loss
-from wsi_mil.mil.splits import FoldSplit, make_splits, splits_csv
-
-SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1")
 from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.splits import FoldSplit, make_splits, splits_csv
+from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_threshold, fold_thresholds
+
+SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "brier", "ece")
+
+
+class TrainingError(ValueError):
+    """A fold that cannot be trained as asked (its validation gives no usable score)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -60,10 +70,28 @@ def seed_everything(seed: int) -> None:
 
 
 def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights, normalised to mean 1 over the classes present."""
+    """Inverse-frequency weights ``N / (C_present * n_c)``: each class present contributes the
+    same total weight, and the weight per bag averages 1 over the training bags."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    present = max(int((counts > 0).sum()), 1)
+    weights = np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def slide_loss(logits: torch.Tensor, labels: torch.Tensor,
+               weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of each bag times its class's weight, summed and divided by the number of
+    bags (a fixed normaliser).
+
+    Not ``F.cross_entropy(..., weight=w)``: that is a *weighted mean*, divided by the sum of the
+    batch's weights, so for one bag per step (the default) the weight cancels and the loss and
+    its gradient are exactly the unweighted ones. Dividing by the bag count keeps the weights'
+    effect at any batch size, and the loss scale (the weights average 1 over training bags).
+    """
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    if weights is not None:
+        losses = losses * weights[labels]
+    return losses.mean()
 
 
 @dataclass
@@ -120,7 +148,7 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negativ
         ):
             out = model(batch.features, batch.mask, batch.labels if training else None,
                         coords=batch.coords)
-            slide = F.cross_entropy(out.logits.float(), batch.labels, weight=weights)
+            slide = slide_loss(out.logits, batch.labels, weights)
             loss = slide
             if out.instance_loss is not None:
                 loss = params.bag_weight * slide + (1 - params.bag_weight) * out.instance_loss
@@ -184,7 +212,10 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
     from epoch ``min_epochs`` on (counting from 1); training stops ``patience`` epochs after the
     best one. The monitored loss is the slide-level loss alone: the segmentation head's and
     CLAM's instance losses train on targets the model picked itself (its most and least
-    attended tiles), so they can fall while the slide decisions get worse.
+    attended tiles), so they can fall while the slide decisions get worse. The validation
+    loss carries the training's class weights (:func:`slide_loss`), so the epoch is chosen on
+    the quantity that is optimised. A fold in which no eligible epoch gave a finite validation
+    score raises :class:`TrainingError` rather than keeping the untrained weights.
     """
     device = resolve_device(params.device)
     model.to(device)
@@ -210,7 +241,8 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
         tr = run_epoch(model, train, params, negative_index, device, weights, optimizer,
                        generator)
         va = run_epoch(model, val, params, negative_index, device, weights)
-        auc = slide_auc(va.y(), va.p(), negative_index) if len(va.labels) else None
+        finite = len(va.labels) > 0 and bool(np.isfinite(va.p()).all())
+        auc = slide_auc(va.y(), va.p(), negative_index) if finite else None
         if params.monitor == "none":  # fixed epoch count: the last epoch is the one kept
             score = float(epoch)
         elif params.monitor == "auc" and auc is not None:
@@ -237,6 +269,11 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
                         auc="-" if auc is None else f"{auc:.3f}")
         if epoch >= first and epoch - best_epoch >= params.patience:
             break
+    if best_score == -math.inf:
+        raise TrainingError(
+            f"{desc}: every validation score from epoch {first + 1} on was NaN (validation "
+            f"slide loss {log[-1]['val_slide_loss']}): no epoch can be chosen. Check the bags "
+            f"for NaN/inf features and the learning rate ({params.lr})")
     model.load_state_dict(best_state)
     return FoldResult(model, best_epoch, log, best_val)
 
@@ -255,12 +292,13 @@ def save_model(fold_dir: Path, model: MILModel, meta: dict[str, Any]) -> None:
 
 
 def summarise(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std (population std over folds) of each headline metric."""
+    """Mean ± std of each headline metric over folds (sample std, ddof 1: the folds are a
+    sample of the splits that could have been drawn; None for one fold)."""
     out: dict[str, Any] = {}
     for name in SUMMARY_METRICS:
         values = [m[name] for m in fold_metrics if m.get(name) is not None]
         out[name] = {"mean": float(np.mean(values)) if values else None,
-                     "std": float(np.std(values)) if values else None,
+                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
                      "values": values}
     return out
 
@@ -404,49 +442,60 @@ def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[di
 
 def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
                negative_index: int, params: TrainParams, encoder: str) -> dict[str, Any]:
-    """The run-level step after every fold is trained: one threshold, then the fold files.
+    """The run-level step after every fold is trained: calibration, thresholds, fold files.
 
-    The decision threshold is chosen once, on the validation predictions of all folds pooled
-    (:func:`wsi_mil.metrics.slide.pooled_threshold`: Youden's J when the pooled validation has
-    ``threshold_min_per_class`` slides of each class, else 0.5), and every fold model carries
-    it, so the fold ensemble's threshold (their mean) is the same number. Then per fold
-    ``model.json``, ``metrics.json``, ``val_predictions.csv`` and ``test_predictions.csv``;
-    returns the summary (mean ± std over folds, pooled out-of-fold metrics, the threshold and
-    the rule that chose it).
+    With ``params.calibrate``, each fold's temperature is fitted on its own validation
+    predictions (:func:`wsi_mil.metrics.calibration.fit_temperature`) and applied to its
+    validation and test probabilities before anything else. Each fold's decision threshold is
+    then chosen by :func:`wsi_mil.mil.thresholds.fold_thresholds` (every fold's validation
+    predictions pooled, minus that fold's test slides). Then per fold ``model.json``,
+    ``metrics.json``, ``val_predictions.csv`` and ``test_predictions.csv``; returns the summary
+    (mean ± std over folds, pooled out-of-fold metrics at each fold's own threshold, every
+    threshold with its rule, and the ensemble's threshold for new slides).
     """
     classes = list(labels.class_names)
+    by_slide = labels.by_slide()
 
     def y_of(ids: list[str]) -> np.ndarray:
-        by_slide = labels.by_slide()
         return np.array([labels.class_index(by_slide[s].label) for s in ids], dtype=int)
 
-    def probs_of(part: dict[str, Any]) -> np.ndarray:
-        return np.asarray(part["probs"], dtype=np.float64).reshape(-1, len(classes))
-
-    val_y = np.concatenate([y_of(r["val"]["slide_ids"]) for r in trained])
-    val_p = np.concatenate([probs_of(r["val"]) for r in trained])
-    threshold, rule = pooled_threshold(val_y, val_p, negative_index,
-                                       params.threshold_min_per_class)
-    tqdm.write(f"decision threshold {threshold:.3f} ({rule})", file=sys.stderr)
+    temperatures, probs = {}, {}
+    for r in trained:
+        raw = {part: np.asarray(r[part]["probs"], dtype=np.float64).reshape(-1, len(classes))
+               for part in ("val", "test")}
+        temperature = (fit_temperature(y_of(r["val"]["slide_ids"]), raw["val"])
+                       if params.calibrate else 1.0)
+        temperatures[r["fold"]] = temperature
+        probs[r["fold"]] = {part: apply_temperature(p, temperature) for part, p in raw.items()}
+    chosen = fold_thresholds([r["val"]["slide_ids"] for r in trained],
+                             [y_of(r["val"]["slide_ids"]) for r in trained],
+                             [probs[r["fold"]]["val"] for r in trained],
+                             [r["test"]["slide_ids"] for r in trained],
+                             [r["fold"] for r in trained], negative_index,
+                             params.threshold_min_per_class)
     fold_metrics, pooled_rows = [], []
-    for record in trained:
-        fold_dir = out_dir / f"fold_{record['fold']}"
+    for record, decision in zip(trained, chosen, strict=True):
+        fold, threshold = record["fold"], decision.threshold
+        fold_dir = out_dir / f"fold_{fold}"
         parts = {}
         for part in ("val", "test"):
-            ids, p = record[part]["slide_ids"], probs_of(record[part])
+            ids, p = record[part]["slide_ids"], probs[fold][part]
             parts[part] = (ids, y_of(ids), p, predict_indices(p, threshold, negative_index))
         ids, y, p, k = parts["test"]
         metrics = slide_metrics(y, p, k, classes, negative_index, n_boot=params.bootstrap,
                                 seed=params.seed)
         _, vy, vp, vk = parts["val"]
-        metrics.update(fold=record["fold"], threshold=threshold, threshold_rule=rule,
+        metrics.update(fold=fold, threshold=threshold, threshold_rule=decision.rule,
+                       threshold_pool=sorted(set(decision.pool)),
+                       temperature=temperatures[fold],
                        best_epoch=record["best_epoch"], epochs_run=record["epochs_run"],
                        n_train=record["n_train"], n_val=record["n_val"],
                        validation=slide_metrics(vy, vp, vk, classes, negative_index, n_boot=0))
         meta = {**record["model_config"], "class_names": classes,
                 "negative_class": classes[negative_index], "threshold": threshold,
-                "threshold_rule": rule, "encoder": encoder, "fold": record["fold"],
-                "best_epoch": record["best_epoch"], "run": out_dir.name}
+                "threshold_rule": decision.rule, "temperature": temperatures[fold],
+                "encoder": encoder, "fold": fold, "best_epoch": record["best_epoch"],
+                "run": out_dir.name}
         write_text_atomic(fold_dir / "model.json", json.dumps(meta, indent=2) + "\n")
         write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         for part in ("val", "test"):
@@ -455,12 +504,21 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
         pooled_rows.append((y, p, k))
         fold_metrics.append(metrics)
         auc = metrics["auc"]
-        tqdm.write(f"fold {record['fold']}: test AUC {'-' if auc is None else f'{auc:.3f}'}, "
-                   f"accuracy {metrics['accuracy']:.3f}", file=sys.stderr)
+        tqdm.write(f"fold {fold}: test AUC {'-' if auc is None else f'{auc:.3f}'}, accuracy "
+                   f"{metrics['accuracy']:.3f} at threshold {threshold:.3f} ({decision.rule}; "
+                   f"none of its {len(ids)} test slides among them)", file=sys.stderr)
+    ensemble = ensemble_threshold([d.threshold for d in chosen])
     summary = {"model": params.model, "class_names": classes, "n_folds": len(trained),
-               "threshold": threshold, "threshold_rule": rule, **summarise(fold_metrics)}
+               "thresholds": [d.as_dict() for d in chosen],
+               "ensemble_threshold": ensemble,
+               "ensemble_threshold_rule": ENSEMBLE_RULE if len(chosen) > 1 else chosen[0].rule,
+               "calibration": ({"method": "temperature scaling on each fold's validation "
+                                "slides", "temperatures": list(temperatures.values())}
+                               if params.calibrate else None),
+               **summarise(fold_metrics)}
     if len(trained) > 1:
         y, p, k = (np.concatenate([r[i] for r in pooled_rows]) for i in range(3))
         summary["pooled_out_of_fold"] = slide_metrics(
             y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed)
+        summary["pooled_out_of_fold"]["thresholds"] = "each fold's own, for its test slides"
     return summary

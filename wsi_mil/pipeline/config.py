@@ -24,7 +24,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -201,6 +201,13 @@ class EvaluateSection(LesionEvalParams):
     bootstrap: int = 1000
     #: Negative class of the slide metrics (null: the one the run recorded).
     negative_class: str | None = None
+    #: Unit the metrics count: "slide", or "patient" (a patient's slides combined by
+    #: patient_aggregate, needs a patient_id column in the labels CSV; a patient is positive
+    #: when any of its slides is).
+    level: Literal["slide", "patient"] = "slide"
+    #: How a patient's slide probabilities are combined at level patient: "mean", or "max"
+    #: (two classes only: the patient's most positive slide).
+    patient_aggregate: Literal["mean", "max"] = "mean"
 
     def __post_init__(self) -> None:
         inherited = getattr(super(), "__post_init__", None)

@@ -1,9 +1,11 @@
-"""Slide-level evaluation of a predictions folder against a labels CSV.
+"""Slide- or patient-level evaluation of a predictions folder against a labels CSV.
 
 Writes ``metrics.json`` (AUC with bootstrap 95 % CI, accuracy, balanced accuracy, F1, confusion
-matrix, ROC points), ``roc.png`` and ``confusion_matrix.png``. Predicted labels are taken as the
-predictions file states them (decided with the run's validation threshold): evaluation never
-re-tunes a threshold on the slides it scores.
+matrix, ROC points, Brier score and ECE), ``roc.png``, ``confusion_matrix.png`` and
+``calibration.png`` (the reliability diagram); at ``level="patient"`` the same with a
+``_patient`` suffix. Slides are decided as the predictions file states them (each at the
+threshold that decided it: its fold's own out of fold, or the ensemble's): evaluation never
+re-tunes a threshold on the slides it scores. A patient is decided at its slides' threshold.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from wsi_mil.pipeline.config import EvaluateSection
 
 
@@ -69,6 +73,28 @@ def plot_roc(path: Path, metrics: dict[str, Any]) -> None:
 
 
 
+def plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
+    """The reliability diagram: observed frequency against mean probability per bin."""
+    from matplotlib.figure import Figure
+
+    from tiling.storage import atomic_output
+
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    points = metrics["reliability"]
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    ax.plot(points["mean_predicted"], points["observed"], marker="o", lw=2, label="model")
+    what = metrics["calibrated_quantity"]
+    ax.set(xlabel=f"mean predicted ({what})", ylabel="observed frequency", xlim=(0, 1),
+           ylim=(0, 1.01),
+           title=f"ECE {metrics['ece']:.3f} ({metrics['ece_bins']} bins), Brier "
+                 f"{metrics['brier']:.3f}\n{metrics['n_slides']} {metrics.get('unit', 'slides')}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
 def plot_confusion(path: Path, metrics: dict[str, Any]) -> None:
     import numpy as np
     from matplotlib.figure import Figure
@@ -87,29 +113,45 @@ def plot_confusion(path: Path, metrics: dict[str, Any]) -> None:
     ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="predicted", ylabel="true",
-           title=f"accuracy {metrics['accuracy']:.3f} (n={metrics['n_slides']})")
+           title=f"accuracy {metrics['accuracy']:.3f} (n={metrics['n_slides']} "
+                 f"{metrics.get('unit', 'slides')})")
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
 
 
 
+def describe_thresholds(thresholds: np.ndarray) -> str:
+    """One line on the thresholds that decided the scored slides."""
+    import numpy as np
+
+    distinct = np.unique(np.round(thresholds, 6))
+    if len(distinct) == 1:
+        return f"threshold {distinct[0]:.3f}"
+    return (f"{len(distinct)} thresholds, {distinct.min():.3f}-{distinct.max():.3f} (each at "
+            f"the one that decided it: out of fold, its fold's own)")
+
+
 def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                          out_dir: str | os.PathLike | None = None,
                          negative_class: str | None = None,
-                         n_boot: int = 1000, split: str | None = None) -> dict[str, Any]:
+                         n_boot: int = 1000, split: str | None = None, *,
+                         level: str = "slide", patient_aggregate: str = "mean"
+                         ) -> dict[str, Any]:
     """Metrics of the labelled slides in ``predictions.csv`` (only those of ``split`` of the
-    labels CSV when given, e.g. ``test``); writes JSON and two PNGs."""
+    labels CSV when given, e.g. ``test``), per slide or per patient (``level``); writes JSON
+    and three PNGs."""
     import numpy as np
 
     from tiling.storage import write_text_atomic
-    from wsi_mil.metrics.slide import slide_metrics
+    from wsi_mil.metrics.slide import aggregate_patients, predict_indices, slide_metrics
     from wsi_mil.mil.labels import choose_negative_class, read_labels
 
     pred_dir = Path(predictions_dir)
     out = Path(out_dir) if out_dir is not None else pred_dir
     classes, rows = read_predictions_csv(pred_dir / "predictions.csv")
-    labels = read_labels(labels_csv, class_names=tuple(classes)).by_slide()
+    table = read_labels(labels_csv, class_names=tuple(classes))
+    labels = table.by_slide()
     if split is not None:
         labels = {s: row for s, row in labels.items() if row.split == split}
     scored = [r for r in rows if r["slide_id"] in labels]
@@ -133,17 +175,38 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
             f"(wsi-mil predict, the default) or score held-out slides only", stacklevel=2)
     negative = choose_negative_class(classes, negative_class or recorded_negative_class(pred_dir),
                                      source=str(pred_dir))
+    negative_index = classes.index(negative)
     y = np.array([classes.index(labels[r["slide_id"]].label) for r in scored])
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in scored])
     predicted = np.array([classes.index(r["predicted_label"]) for r in scored])
-    metrics = slide_metrics(y, probs, predicted, classes, classes.index(negative), n_boot=n_boot)
-    metrics.update(negative_class=negative, unlabelled_predictions=unlabelled,
-                   in_sample_slides=in_sample,
-                   missing_predictions=missing)
+    thresholds = np.array([float(r["threshold"]) if r.get("threshold") else np.nan
+                           for r in scored])
+    extra: dict[str, Any] = {"level": level}
+    unit = "slides"
+    if level == "patient":
+        if not table.has_patient_id:
+            raise ValueError(f"{labels_csv}: patient-level metrics need a patient_id column")
+        if np.isnan(thresholds).any():
+            raise ValueError(f"{pred_dir / 'predictions.csv'}: no threshold column (written by "
+                             f"an older wsi-mil predict): predict again to score patients")
+        patients = [labels[r["slide_id"]].patient_id for r in scored]
+        ids, y, probs, thresholds = aggregate_patients(patients, y, probs, thresholds,
+                                                       negative_index, patient_aggregate)
+        predicted = predict_indices(probs, thresholds, negative_index)
+        unit = "patients"
+        extra.update(patient_aggregate=patient_aggregate, n_patients=len(ids),
+                     n_slides_scored=len(scored))
+    metrics = slide_metrics(y, probs, predicted, classes, negative_index, n_boot=n_boot)
+    metrics.update(extra, unit=unit, negative_class=negative, unlabelled_predictions=unlabelled,
+                   in_sample_slides=in_sample, missing_predictions=missing,
+                   thresholds=(describe_thresholds(thresholds)
+                               if not np.isnan(thresholds).any() else "not recorded"))
+    suffix = "_patient" if level == "patient" else ""
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    plot_roc(out / "roc.png", metrics)
-    plot_confusion(out / "confusion_matrix.png", metrics)
+    write_text_atomic(out / f"metrics{suffix}.json", json.dumps(metrics, indent=2) + "\n")
+    plot_roc(out / f"roc{suffix}.png", metrics)
+    plot_confusion(out / f"confusion_matrix{suffix}.png", metrics)
+    plot_calibration(out / f"calibration{suffix}.png", metrics)
     return metrics
 
 
@@ -166,7 +229,8 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
     pred_dir = Path(predictions_dir)
     out = Path(out_dir) if out_dir is not None else pred_dir
     metrics = evaluate_predictions(pred_dir, labels_csv, out, section.negative_class,
-                                   n_boot=section.bootstrap, split=split)
+                                   n_boot=section.bootstrap, split=split, level=section.level,
+                                   patient_aggregate=section.patient_aggregate)
     annotations = annotations_dir if annotations_dir is not None else section.annotations_dir
     if annotations is None:
         return metrics, {}
@@ -177,3 +241,52 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
                               section.params(), run_dir=run_dir, features_dir=features_dir,
                               segment_dir=segment_dir)
     return metrics, lesion
+
+
+def compare_predictions(a_dir: str | os.PathLike, b_dir: str | os.PathLike,
+                        labels_csv: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                        negative_class: str | None = None) -> dict[str, Any]:
+    """DeLong's test (:func:`wsi_mil.metrics.auc_comparison.delong_test`) of the AUC difference
+    between two predict output folders on the slides both predicted and the labels CSV labels;
+    writes ``compare.json`` into ``out_dir`` when given. Two classes only."""
+    import numpy as np
+
+    from tiling.storage import write_text_atomic
+    from wsi_mil.metrics.auc_comparison import delong_test
+    from wsi_mil.mil.labels import choose_negative_class, read_labels
+
+    a_dir, b_dir = Path(a_dir), Path(b_dir)
+    classes, rows_a = read_predictions_csv(a_dir / "predictions.csv")
+    classes_b, rows_b = read_predictions_csv(b_dir / "predictions.csv")
+    if classes != classes_b:
+        raise ValueError(f"{a_dir} predicts classes {classes}, {b_dir} predicts {classes_b}")
+    if len(classes) != 2:
+        raise ValueError(f"compare needs two classes, {a_dir} has {classes}")
+    labels = read_labels(labels_csv, class_names=tuple(classes)).by_slide()
+    negative = choose_negative_class(classes, negative_class or recorded_negative_class(a_dir),
+                                     source=str(a_dir))
+    positive = classes[1 - classes.index(negative)]
+    a = {r["slide_id"]: r for r in rows_a if r["slide_id"] in labels}
+    b = {r["slide_id"]: r for r in rows_b if r["slide_id"] in labels}
+    shared = sorted(set(a) & set(b))
+    only = sorted(set(a) ^ set(b))
+    if only:
+        warnings.warn(f"{len(only)} labelled slide(s) are predicted in only one of {a_dir} and "
+                      f"{b_dir} (e.g. {', '.join(only[:3])}) and are left out", stacklevel=2)
+    if not shared:
+        raise ValueError(f"{a_dir} and {b_dir} share no labelled slide of {labels_csv}")
+    for name, rows in ((a_dir, a), (b_dir, b)):
+        in_sample = [s for s in shared if rows[s].get("in_sample") == "true"]
+        if in_sample:
+            warnings.warn(f"{name}: {len(in_sample)} of the {len(shared)} compared slides were "
+                          f"predicted by a model that trained on them: its AUC is in-sample",
+                          stacklevel=2)
+    truth = np.array([labels[s].label == positive for s in shared])
+    result = delong_test(np.array([float(a[s][f"prob_{positive}"]) for s in shared]),
+                         np.array([float(b[s][f"prob_{positive}"]) for s in shared]), truth)
+    result.update(a=str(a_dir), b=str(b_dir), positive_class=positive, n_slides=len(shared),
+                  left_out=only)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(out_dir) / "compare.json", json.dumps(result, indent=2) + "\n")
+    return result

@@ -49,6 +49,7 @@ from wsi_mil.pipeline.config import LesionEvalParams
 #: Why a slide's value is missing from a cohort mean, per metric.
 EXCLUDED_BECAUSE = {
     "hausdorff_um": "no tile predicted tumour, or no tile truly tumour (the distance is undefined)",
+    "hd95_um": "no tile predicted tumour, or no tile truly tumour (the distance is undefined)",
     "dice": "neither predicted nor true tumour tiles",
     "iou": "neither predicted nor true tumour tiles",
     "sensitivity": "no tile truly tumour (min_fraction)",
@@ -129,7 +130,8 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
             continue
         fractions = tile_fractions(lesions, pred.coords, tile)
         seg = tile_segmentation(tumour_prob, fractions, pred.coords, tile, mpp,
-                                params.seg_threshold, params.min_fraction)
+                                params.seg_threshold, params.min_fraction,
+                                stride_level0=stride_level0(pred.attrs))
         row.update(seg.as_dict())
         row["tile_specificity"] = seg.specificity
         mass = lesion_attention_mass(attention_weights(pred.attention), fractions)
@@ -209,7 +211,7 @@ def _summarise(rows: list[dict[str, Any]], hits: list, curves: dict[str, list],
             n_lesions=result.n_lesions, n_itc=result.n_itc,
             _froc_curve=(result.fps_per_slide.tolist(), result.sensitivity.tolist()))
     summary["segmentation"] = {key: mean(key, tumour) for key in
-                               ("dice", "iou", "sensitivity", "specificity", "hausdorff_um")}
+                               ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")}
     summary["segmentation"]["normal_tile_specificity"] = mean("tile_specificity", normal)
     pointed = [r for r in tumour if "pointing_hit" in r]
     summary["explain"] = {

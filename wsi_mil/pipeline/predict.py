@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
                          labels: dict[str, str] | None) -> str:
-    """``slide_id, label, predicted_label, in_sample, prob_<class>...`` for the slides
-    predicted (``in_sample``: a model that predicted the slide had trained on it).
+    """``slide_id, label, predicted_label, in_sample, threshold, prob_<class>...`` for the
+    slides predicted (``in_sample``: a model that predicted the slide had trained on it;
+    ``threshold``: the positive-class cut that decided it, its fold's own or the ensemble's).
 
     Reads only the files' attributes, so it stays quick for large slides.
     """
@@ -36,13 +37,14 @@ def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
         with h5py.File(path, "r") as f:
             attrs = read_attrs(f)
         if writer is None:
-            header = ["slide_id", "label", "predicted_label", "in_sample"]
+            header = ["slide_id", "label", "predicted_label", "in_sample", "threshold"]
             header += [f"prob_{c}" for c in attrs["class_names"]]
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(header)
         label = (labels or {}).get(slide_id, "")
         in_sample = "true" if attrs.get("in_sample") else "false"
         writer.writerow([slide_id, label, attrs["predicted_label"], in_sample,
+                         f"{float(attrs['threshold']):.6f}",
                          *(f"{float(p):.6f}" for p in attrs["probs"])])
     return buffer.getvalue()
 

@@ -118,7 +118,7 @@ def pixel_row(scores: PixelScores) -> dict[str, float]:
     ``tile_pixel_*`` for the tile head on the same pixels)."""
     row: dict[str, float] = {"pixel_eval_mpp": scores.mpp}
     for prefix, part in (("pixel_", scores.mask), ("tile_pixel_", scores.tile_head)):
-        for key in ("dice", "iou", "sensitivity", "specificity", "hausdorff_um"):
+        for key in ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um"):
             row[prefix + key] = getattr(part, key)
     return row
 
@@ -142,9 +142,9 @@ def summarise_pixels(rows: list[dict[str, Any]], hits: list[Any]) -> dict[str, A
     summary: dict[str, Any] = {
         "n_slides": len(scored), "n_tumour": len(tumour), "eval_mpp": scored[0]["pixel_eval_mpp"],
         "mask": {k: mean(f"pixel_{k}", tumour) for k in
-                 ("dice", "iou", "sensitivity", "specificity", "hausdorff_um")},
+                 ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")},
         "tile_head": {k: mean(f"tile_pixel_{k}", tumour) for k in
-                      ("dice", "iou", "sensitivity", "specificity", "hausdorff_um")},
+                      ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")},
         "normal_specificity": mean("pixel_specificity", normal),
         "froc": None, "froc_sensitivities": None,
     }

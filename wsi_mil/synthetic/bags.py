@@ -61,7 +61,8 @@ def planted_bags(n_bags: int, n_tiles: int | tuple[int, int], dim: int,
     return list(iter_planted_bags(n_bags, n_tiles, dim, **kwargs))
 
 
-def _tiles_for(slide_id: str, n: int, tile_size: int = 224) -> TilesFile:
+def tiles_for(slide_id: str, n: int, tile_size: int = 224) -> TilesFile:
+    """A tiles file for ``n`` tiles laid out on a square grid (for bags made without a slide)."""
     side = math.ceil(math.sqrt(n))
     idx = np.arange(n)
     coords = np.stack([idx % side, idx // side], axis=1).astype(np.int64) * tile_size
@@ -92,7 +93,7 @@ def write_planted_bags(root: str | os.PathLike, bags: Iterable[PlantedBag], *,
                          "weights": "none", "weights_sha256": "", "input_size": 0,
                          "mean": [0.0], "std": [1.0], "dtype": np.dtype(dtype).name}
         path = features_dir / f"{bag.slide_id}.h5"
-        write_bag(path, bag.features.astype(dtype), _tiles_for(bag.slide_id, len(bag.planted)),
+        write_bag(path, bag.features.astype(dtype), tiles_for(bag.slide_id, len(bag.planted)),
                   encoder_attrs)
         if with_tile_labels:
             add_tile_labels(path, bag.planted.astype(np.float32), "planted")

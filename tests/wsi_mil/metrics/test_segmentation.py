@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsi_mil.metrics.segmentation import (
-    hausdorff_points,
+    hausdorff,
     mask_segmentation,
     overlap_scores,
     tile_segmentation,
@@ -67,7 +67,53 @@ def test_mask_segmentation_hausdorff_in_um() -> None:
     assert s.iou == pytest.approx(70 / 130)
 
 
-def test_hausdorff_points_and_shape_errors() -> None:
-    assert hausdorff_points(np.array([[0, 0]]), np.array([[3, 4]])) == 5.0
+def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="must match"):
         tile_segmentation(np.zeros(5), FRACTION, COORDS, 100, 0.5)
+
+
+def _lesion_with_hole() -> tuple[np.ndarray, np.ndarray]:
+    """A 40 x 40 lesion with a 6 x 6 hole in the middle, and a prediction that fills the hole."""
+    truth = np.zeros((64, 64), bool)
+    truth[12:52, 12:52] = True
+    truth[29:35, 29:35] = False
+    predicted = np.zeros((64, 64), bool)
+    predicted[12:52, 12:52] = True
+    return predicted, truth
+
+
+def test_hausdorff_is_between_boundaries_not_filled_sets() -> None:
+    predicted, truth = _lesion_with_hole()
+    s = mask_segmentation(predicted, truth, mpp=1.0)
+    assert s.dice > 0.98
+    # the hole's boundary is 17 px from the nearest predicted boundary (the square's edge)
+    # along the row through the hole: 29 - 12 = 17; a filled-set distance would be 3 (the
+    # hole's centre to its own rim), which says nothing about the missed hole
+    assert s.hausdorff_um == pytest.approx(np.hypot(17, 0), abs=1.0)
+    assert 0 < s.hd95_um <= s.hausdorff_um
+
+
+def test_hausdorff_and_hd95_equal_monai() -> None:
+    monai_hd = pytest.importorskip("monai.metrics").compute_hausdorff_distance
+    import torch
+
+    predicted, truth = _lesion_with_hole()
+    rng = np.random.default_rng(0)
+    blob = np.zeros((64, 64), bool)
+    blob[5:25, 30:60] = True
+    noisy = blob ^ (rng.random((64, 64)) < 0.02)
+    for a, b, spacing in ((predicted, truth, 0.5), (noisy, truth, 2.0), (blob, noisy, 1.0)):
+        mine = hausdorff(a, b, spacing)
+        pair = [torch.from_numpy(m[None, None].astype(np.float32)) for m in (a, b)]
+        full = float(monai_hd(*pair, include_background=True, spacing=spacing)[0, 0])
+        p95 = float(monai_hd(*pair, include_background=True, spacing=spacing,
+                             percentile=95)[0, 0])
+        assert mine == pytest.approx((full, p95), rel=1e-5)
+
+
+def test_hausdorff_empty_masks() -> None:
+    empty = np.zeros((8, 8), bool)
+    one = empty.copy()
+    one[2:4, 2:4] = True
+    assert hausdorff(empty, empty) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in hausdorff(one, empty))

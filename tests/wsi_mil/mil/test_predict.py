@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -46,12 +48,25 @@ def test_single_fold_prediction_matches_the_model(trained):
     assert pred.attrs["folds"] == [1] and pred.attrs["negative_class"] == "neg"
 
 
-def test_ensemble_averages_folds(trained):
+def test_ensemble_combines_folds_in_log_odds(trained):
     root, features_dir, _ = trained
     bag = features_dir / "slide_0005.h5"
     ensemble = predict_bag(load_run(root / "run", device="cpu"), bag, oof=False)
     folds = [predict_bag(load_run(root / "run", fold=k, device="cpu"), bag) for k in (0, 1)]
-    np.testing.assert_allclose(ensemble.probs, np.mean([f.probs for f in folds], 0), atol=1e-6)
+    # two classes: the ensemble's logit is the mean of the folds' logits ...
+    logits = [np.log(f.probs[1] / f.probs[0]) for f in folds]
+    assert np.log(ensemble.probs[1] / ensemble.probs[0]) == pytest.approx(np.mean(logits),
+                                                                         abs=1e-5)
+    # ... and its threshold's logit the mean of the folds' thresholds' logits, so it calls the
+    # slide positive exactly when the folds' log-odds exceed their thresholds' on average
+    t = [f.attrs["threshold"] for f in folds]
+    assert [f.attrs["threshold"] for f in folds] == [
+        json.loads((root / "run" / f"fold_{k}" / "model.json").read_text())["threshold"]
+        for k in (0, 1)]
+    margin = np.mean([lg - np.log(tk / (1 - tk)) for lg, tk in zip(logits, t)])
+    assert (ensemble.predicted_label == "pos") == (margin >= 0)
+    assert np.log(ensemble.attrs["threshold"] / (1 - ensemble.attrs["threshold"])) == (
+        pytest.approx(np.mean([np.log(tk / (1 - tk)) for tk in t])))
     np.testing.assert_allclose(ensemble.tile_probs, np.mean([f.tile_probs for f in folds], 0),
                                atol=1e-6)
     assert ensemble.attrs["folds"] == [0, 1] and ensemble.attrs["in_sample"]
@@ -83,7 +98,7 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained):
     assert len(result.done) == 3 and [s for s, _ in result.failed] == ["wide_0000"]
     assert "12 features per tile" in (out / "failures.csv").read_text()
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "slide_id,label,predicted_label,in_sample,prob_neg,prob_pos"
+    assert rows[0] == "slide_id,label,predicted_label,in_sample,threshold,prob_neg,prob_pos"
     assert len(rows) == 4
     pred = read_prediction(out / "predictions" / f"{rows[1].split(',')[0]}.h5")
     assert pred.tile_probs.shape[1] == 2
@@ -146,3 +161,66 @@ def test_evaluate_warns_on_in_sample_predictions(tmp_path, trained):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         assert evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0)["in_sample_slides"] == []
+
+
+def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, trained):
+    import csv
+
+    from wsi_mil.pipeline.predict import predict_slides
+
+    root, features_dir, _ = trained
+    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device="cpu"))
+    with (root / "run" / "splits.csv").open() as f:
+        held_out = {r["slide_id"]: int(r["fold"]) for r in csv.DictReader(f)
+                    if r["role"] == "test"}
+    fold_threshold = {k: json.loads((root / "run" / f"fold_{k}" / "model.json").read_text())
+                      ["threshold"] for k in (0, 1)}
+    with (tmp_path / "oof" / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16
+    for row in rows:
+        threshold = fold_threshold[held_out[row["slide_id"]]]
+        assert float(row["threshold"]) == pytest.approx(threshold, abs=1e-6)
+        positive = float(row["prob_pos"]) >= threshold
+        assert row["predicted_label"] == ("pos" if positive else "neg")
+
+
+def test_patient_level_evaluation_and_compare(tmp_path, trained):
+    import csv
+
+    from wsi_mil.pipeline.evaluate import compare_predictions, evaluate_predictions
+    from wsi_mil.pipeline.predict import predict_slides
+
+    root, features_dir, planted_csv = trained
+    # patients of two slides of one class (the planted cohort pairs a neg and a pos slide)
+    with planted_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("slide_id,label,patient_id\n" + "".join(
+        f"{r['slide_id']},{r['label']},{r['label']}{i // 4}\n" for i, r in enumerate(rows)))
+    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device="cpu"))
+    slide = evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0)
+    assert slide["level"] == "slide" and slide["n_slides"] == 16
+    assert 0 <= slide["brier"] <= 1 and 0 <= slide["ece"] <= 1
+    assert (tmp_path / "oof" / "calibration.png").is_file()
+    patients = {}
+    with labels_csv.open() as f:
+        for r in csv.DictReader(f):
+            patients.setdefault(r["patient_id"], []).append(r)
+    with (tmp_path / "oof" / "predictions.csv").open() as f:
+        prob = {r["slide_id"]: float(r["prob_pos"]) for r in csv.DictReader(f)}
+    for aggregate, combine in (("mean", np.mean), ("max", np.max)):
+        metrics = evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0, level="patient",
+                                       patient_aggregate=aggregate)
+        assert metrics["n_patients"] == len(patients) == 8 and metrics["n_slides_scored"] == 16
+        assert metrics["unit"] == "patients" and metrics["patient_aggregate"] == aggregate
+        y = [int(any(r["label"] == "pos" for r in rows)) for rows in patients.values()]
+        p = [combine([prob[r["slide_id"]] for r in rows]) for rows in patients.values()]
+        from sklearn.metrics import roc_auc_score
+
+        assert metrics["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert (tmp_path / "oof" / "metrics_patient.json").is_file()
+    result = compare_predictions(tmp_path / "oof", tmp_path / "oof", labels_csv,
+                                 tmp_path / "cmp")
+    assert result["difference"] == 0 and result["n_slides"] == 16
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["p_value"] == 1.0

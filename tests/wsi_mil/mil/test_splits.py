@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from wsi_mil.mil.labels import read_labels
@@ -49,3 +51,45 @@ def test_official_split_column(tmp_path):
 def test_too_many_folds_is_an_error(tmp_path):
     with pytest.raises(SplitError, match="cannot make 30 folds from 20 patient group"):
         make_splits(cohort(tmp_path), folds=30)
+
+
+def test_a_split_with_a_patient_on_both_sides_is_refused(tmp_path):
+    path = tmp_path / "labels.csv"
+    lines = ["slide_id,label,patient_id,split"]
+    for p in range(8):
+        label = "tumor" if p % 2 else "normal"
+        lines += [f"p{p}_a,{label},p{p},train", f"p{p}_b,{label},p{p},train"]
+    lines[-1] = lines[-1].replace(",train", ",test")  # p7's second slide in test: a leak
+    lines += ["q0,normal,q0,test", "q1,tumor,q1,test"]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SplitError, match=r"1 patient\(s\) in more than one part, e.g. patient "
+                                         r"'p7' \(train: p7_a; test: p7_b\)"):
+        make_splits(read_labels(path))
+
+
+@pytest.mark.parametrize("ids, warned", [
+    (["TCGA-AB-1234-01Z-00-DX1", "TCGA-AB-1234-01Z-00-DX2", "TCGA-CD-5678-01Z-00-DX1"], True),
+    (["patient_004_node_1", "patient_004_node_4", "patient_010_node_0"], True),
+    (["TCGA-AB-1234-01Z-00-DX1", "TCGA-CD-5678-01Z-00-DX1"], False),
+    (["slide_001", "slide_002", "slide_003", "slide_004"], False),
+])
+def test_warns_when_slide_ids_name_shared_patients(tmp_path, ids, warned):
+    path = tmp_path / "labels.csv"
+    ids = ids + [f"other{i}" for i in range(12)]  # enough slides for 2 folds with validation
+    labels = ["normal", "tumor"] * len(ids)
+    path.write_text("slide_id,label\n" + "".join(f"{s},{labels[i]}\n"
+                                                 for i, s in enumerate(ids)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_splits(read_labels(path), folds=2)
+    messages = [str(w.message) for w in caught if "patient_id" in str(w.message)]
+    assert bool(messages) == warned
+    if warned:
+        assert "no patient_id column" in messages[0] and "add a patient_id column" in messages[0]
+    # with the column, no warning: the user has said who the patients are
+    path.write_text("slide_id,label,patient_id\n" + "".join(
+        f"{s},{labels[i]},{s}\n" for i, s in enumerate(ids)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_splits(read_labels(path), folds=2)
+    assert not [w for w in caught if "patient_id" in str(w.message)]

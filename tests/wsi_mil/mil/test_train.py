@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import class_weights, make_optimizer, train_fold, train_run
+from wsi_mil.mil.train import class_weights, make_optimizer, slide_loss, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 FAST = {"hidden_dims": (32,), "attention_dim": 16, "lr": 2e-3, "device": "cpu", "bootstrap": 50}
@@ -151,3 +151,45 @@ def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_pat
 def test_class_weights_balance_classes():
     weights = class_weights([0, 0, 0, 1], 2)
     assert weights[1] / weights[0] == pytest.approx(3.0)
+
+
+def test_class_weights_change_the_gradient_of_one_bag():
+    # PyTorch's weight= takes a weighted *mean*: for one bag the weight cancels. slide_loss
+    # divides by the bag count instead, so a minority-class bag pulls harder.
+    torch.manual_seed(0)
+    logits = torch.randn(1, 2, requires_grad=True)
+    label = torch.tensor([1])
+    weights = class_weights([0, 0, 0, 1], 2)  # class 1 is the minority: weight 2, class 0: 2/3
+    weighted = torch.autograd.grad(slide_loss(logits, label, weights), logits)[0]
+    plain = torch.autograd.grad(slide_loss(logits, label, None), logits)[0]
+    torch_mean = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(logits, label, weight=weights), logits)[0]
+    torch.testing.assert_close(torch_mean, plain)  # the defect: the weight had no effect
+    torch.testing.assert_close(weighted, 2.0 * plain)
+    assert slide_loss(logits, label, weights).item() == pytest.approx(
+        2.0 * slide_loss(logits, label, None).item())
+
+
+@pytest.mark.slow
+def test_class_weighting_raises_the_minority_recall():
+    # 48 training bags, 8 positive; weak planted signal. At the 0.5 cut the unweighted model
+    # calls few positives; the weighted one, trained on equal class totals, calls more.
+    recalls = {True: [], False: []}
+    for seed in range(3):
+        bags = planted_bags(200, (20, 30), 16, planted_fraction=0.1, shift=1.2, seed=seed)
+        pos = [b for b in bags if b.label][:8]
+        neg = [b for b in bags if not b.label]
+        train, test = pos + neg[:40], [b for b in bags if b.label][8:48]
+        for weighting in (True, False):
+            params = TrainParams(epochs=15, min_epochs=15, monitor="none",
+                                 class_weighting=weighting, seg_weight=0.0, **FAST)
+            torch.manual_seed(seed)
+            model = create_model("gated_abmil", 16, 2, **params.model_kwargs())
+            result = train_fold(model, dataset(train), dataset(train[:4] + train[-4:]), params,
+                                negative_index=0, seed=seed)
+            with torch.no_grad():
+                p = [result.model.eval()(torch.from_numpy(b.features)).logits.softmax(1)[0, 1]
+                     for b in test]
+            recalls[weighting].append(float(np.mean([float(v) >= 0.5 for v in p])))
+    assert all(w > u for w, u in zip(recalls[True], recalls[False]))
+    assert np.mean(recalls[True]) > np.mean(recalls[False]) + 0.1

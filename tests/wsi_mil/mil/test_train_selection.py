@@ -1,5 +1,6 @@
 """Model selection on the slide-level validation loss from ``min_epochs`` on, attention entropy
-per epoch, and one decision threshold per run from pooled validation predictions."""
+per epoch, and per-fold decision thresholds from pooled validation predictions that never hold
+the fold's own test slides."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from wsi_mil.metrics.slide import choose_threshold
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import train_fold, train_run
+from wsi_mil.mil.train import TrainingError, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 SMALL = {"hidden_dims": (16,), "attention_dim": 8, "lr": 2e-3, "device": "cpu", "bootstrap": 0}
@@ -58,26 +59,49 @@ def _read(path):
 
 
 @pytest.mark.parametrize("min_per_class", [1, 1000])
-def test_one_threshold_per_run_from_pooled_validation(tmp_path, min_per_class):
+def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_class):
     bags = planted_bags(24, (6, 12), 8, shift=1.0, seed=5)
     features, labels = write_planted_bags(tmp_path, bags)
     params = TrainParams(folds=3, epochs=2, min_epochs=1, threshold_min_per_class=min_per_class,
                          **SMALL)
     summary = train_run(features, labels, tmp_path / "run", params)
-    val_rows = [r for k in range(3) for r in _read(tmp_path / "run" / f"fold_{k}" /
-                                                     "val_predictions.csv")]
-    y = np.array([r["label"] == "pos" for r in val_rows], dtype=int)
-    p = np.array([[float(r["prob_neg"]), float(r["prob_pos"])] for r in val_rows])
-    if min_per_class == 1:
-        assert summary["threshold"] == pytest.approx(choose_threshold(y, p), abs=1e-5)
-        assert summary["threshold_rule"].startswith("Youden's J on pooled validation")
-    else:
-        assert summary["threshold"] == 0.5 and "fewer than 1000" in summary["threshold_rule"]
+    run = tmp_path / "run"
+    val_rows = [r for k in range(3) for r in _read(run / f"fold_{k}" / "val_predictions.csv")]
+    splits = _read(run / "splits.csv")
+    thresholds = []
     for k in range(3):
-        fold = tmp_path / "run" / f"fold_{k}"
-        assert json.loads((fold / "model.json").read_text())["threshold"] == summary["threshold"]
+        fold = run / f"fold_{k}"
+        test_ids = {r["slide_id"] for r in splits if r["fold"] == str(k) and r["role"] == "test"}
         metrics = json.loads((fold / "metrics.json").read_text())
-        assert metrics["threshold"] == summary["threshold"]
+        # the pool that chose fold k's threshold holds none of fold k's test slides ...
+        assert metrics["threshold_pool"] and not test_ids & set(metrics["threshold_pool"])
+        # ... and is every fold's validation predictions except those slides'
+        pool = [r for r in val_rows if r["slide_id"] not in test_ids]
+        assert set(metrics["threshold_pool"]) == {r["slide_id"] for r in pool}
+        y = np.array([r["label"] == "pos" for r in pool], dtype=int)
+        p = np.array([[float(r["prob_neg"]), float(r["prob_pos"])] for r in pool])
+        if min_per_class == 1:
+            assert metrics["threshold"] == pytest.approx(choose_threshold(y, p), abs=1e-5)
+            assert metrics["threshold_rule"].startswith("Youden's J on pooled validation")
+        else:
+            assert metrics["threshold"] == 0.5 and "fewer than 1000" in metrics["threshold_rule"]
+        assert json.loads((fold / "model.json").read_text())["threshold"] == metrics["threshold"]
+        assert summary["thresholds"][k]["threshold"] == metrics["threshold"]
         for row in _read(fold / "test_predictions.csv"):
-            positive = float(row["prob_pos"]) >= summary["threshold"]
+            positive = float(row["prob_pos"]) >= metrics["threshold"]
             assert row["predicted_label"] == ("pos" if positive else "neg")
+        thresholds.append(metrics["threshold"])
+    clipped = np.clip(thresholds, 1e-7, 1 - 1e-7)  # a threshold of 1 has no finite logit
+    logits = np.log(clipped / (1 - clipped))
+    assert summary["ensemble_threshold"] == pytest.approx(1 / (1 + np.exp(-logits.mean())))
+
+
+def test_a_fold_whose_validation_is_all_nan_fails_clearly():
+    bags = planted_bags(12, (3, 6), 6, seed=4)
+    params = TrainParams(epochs=2, min_epochs=1, **SMALL)
+    model = create_model("gated_abmil", 6, 2, **params.model_kwargs())
+    with torch.no_grad():  # a diverged model: every logit, loss and score is NaN
+        for weight in model.parameters():
+            weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="every validation score .* was NaN"):
+        train_fold(model, dataset(bags[:8]), dataset(bags[8:]), params, 0, seed=0)
