@@ -1,6 +1,7 @@
 """``wsi-mil encoders``: the registry table, checked offline with empty weight folders."""
 
 import huggingface_hub
+import huggingface_hub.constants
 import pytest
 
 from wsi_mil.cli import main
