@@ -6,6 +6,11 @@ input size. Tiles leave the workers as uint8 (normalisation happens on the encod
 see :meth:`features.registry.Encoder.preprocess`), a whole batch per worker task, so the
 queues carry one array per batch instead of one small tensor per tile.
 
+Stain handling happens here too, in the workers (:mod:`features.stain`): a tile is measured
+for QC as read, then normalised to the stain reference, then (for augmented view ``view > 0``)
+HED-jittered with a generator seeded by (seed, tile, view), so a view is the same whichever
+worker reads it.
+
 OpenSlide handles must not be shared across processes, so each process (the main one when
 ``workers=0``, or each DataLoader worker) opens its own handle lazily, on its first read.
 
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from features.stain import StainNormaliser, hed_jitter, tile_qc
 from tiling.reader import TileReader, resize_rgb
 from tiling.slide import open_slide
 from tiling.tiles_file import TilesFile
@@ -35,11 +41,18 @@ from tiling.tiles_file import TilesFile
 class TileDataset(Dataset):
     """The tiles of one slide as uint8 RGB ``[input_size, input_size, 3]``, in ``coords`` order."""
 
-    def __init__(self, tiles: TilesFile, slide_path: str | os.PathLike, input_size: int):
+    def __init__(self, tiles: TilesFile, slide_path: str | os.PathLike, input_size: int,
+                 normaliser: StainNormaliser | None = None, with_qc: bool = False,
+                 view: int = 0, jitter: float = 0.05, seed: int = 0):
         self.coords = tiles.coords
         self.attrs = dict(tiles.attrs)
         self.slide_path = Path(slide_path)
         self.input_size = int(input_size)
+        self.normaliser = normaliser  # stain normalisation, or None
+        self.with_qc = with_qc  # batches are (tiles, qc [B, 3]) instead of tiles
+        self.view = view  # 0: the tiles; k > 0: the k-th HED-jittered view
+        self.jitter = jitter
+        self.seed = seed
         self._reader: TileReader | None = None
         self._pid: int | None = None
 
@@ -53,19 +66,39 @@ class TileDataset(Dataset):
             self._pid = os.getpid()
         return self._reader
 
-    def read(self, index: int) -> np.ndarray:
+    def read_raw(self, index: int) -> np.ndarray:
+        """The tile as the slide holds it, at the encoder's input size (no stain handling)."""
         x, y = self.coords[index]
         return resize_rgb(self._tile_reader().read(int(x), int(y)), self.input_size)
+
+    def stain(self, tile: np.ndarray, index: int) -> np.ndarray:
+        """Normalised to the stain reference, then jittered for an augmented view."""
+        if self.normaliser is not None:
+            tile = self.normaliser(tile)
+        if self.view > 0:
+            rng = np.random.default_rng([self.seed, int(index), self.view])
+            tile = hed_jitter(tile, rng, self.jitter)
+        return tile
+
+    def read(self, index: int) -> np.ndarray:
+        """The tile the encoder sees."""
+        return self.stain(self.read_raw(index), index)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return torch.from_numpy(self.read(index))
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        """A whole batch ``[B, S, S, 3]`` read into one array (the DataLoader calls this)."""
+    def __getitems__(self, indices: list[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch ``[B, S, S, 3]`` read into one array (the DataLoader calls this), with
+        each tile's QC measures ``[B, 3]`` (measured before stain handling) when asked."""
         batch = np.empty((len(indices), self.input_size, self.input_size, 3), np.uint8)
+        qc = np.empty((len(indices), 3), np.float32)
         for row, index in enumerate(indices):
-            batch[row] = self.read(index)
-        return torch.from_numpy(batch)
+            raw = self.read_raw(index)
+            if self.with_qc:
+                qc[row] = tile_qc(raw)
+            batch[row] = self.stain(raw, index)
+        images = torch.from_numpy(batch)
+        return (images, torch.from_numpy(qc)) if self.with_qc else images
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -74,7 +107,7 @@ class TileDataset(Dataset):
         return state
 
 
-def _batch_as_is(batch: torch.Tensor) -> torch.Tensor:
+def _batch_as_is(batch: Any) -> Any:
     """``collate_fn`` for :meth:`TileDataset.__getitems__`, which already returns a batch."""
     return batch
 

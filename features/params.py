@@ -13,6 +13,10 @@ from dataclasses import dataclass
 DEFAULT_ENCODER = "efficientnet_lite0"
 #: Precisions a feature bag may be stored in.
 DTYPES = ("float16", "float32")
+#: Bag layouts extraction writes: ours, or ours plus a copy in TRIDENT's layout.
+FORMATS = ("wsi-mil", "trident")
+#: Stain normalisations (features.stain; kept here so parameters need no torch).
+STAIN_METHODS = ("none", "macenko", "reinhard")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,18 @@ class ExtractParams:
     # to another process stall each other at every barrier).
     threads: int | None = None
     progress: bool = True  # show a per-slide progress bar (tiles/s)
+    # Bag layout: wsi-mil, or trident (each bag also copied in TRIDENT's layout to
+    # OUT/trident/<mag>x_<px>px_<overlap>px_overlap/features_<encoder>/<slide_id>.h5).
+    format: str = "wsi-mil"
+    # Stain normalisation of every tile before encoding, in the reader processes: none,
+    # macenko or reinhard (torchstain), fitted to stain_target.
+    stain: str = "none"
+    # Image (PNG/JPEG/TIFF of well-stained tissue) whose stain the tiles are normalised to.
+    # None: a reference fitted to a montage of tiles drawn from every slide of the batch.
+    stain_target: str | None = None
+    stain_views: int = 0  # HED-jittered feature views per slide (training samples them); 0: none
+    stain_jitter: float = 0.05  # HED jitter: concentrations scaled by U(1-s, 1+s), shifted U(-s, s)
+    tile_qc: bool = True  # store per-tile focus, background and pen measures (wsi-mil audit)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -45,6 +61,14 @@ class ExtractParams:
             raise ValueError(f"threads must be at least 1 (or None), got {self.threads}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.stain not in STAIN_METHODS:
+            raise ValueError(f"stain must be one of {STAIN_METHODS}, got {self.stain!r}")
+        if self.stain_views < 0:
+            raise ValueError(f"stain_views must be 0 or more, got {self.stain_views}")
+        if not 0 < self.stain_jitter < 1:
+            raise ValueError(f"stain_jitter must be in (0, 1), got {self.stain_jitter}")
 
     def reader_workers(self, device_type: str) -> int:
         """The number of reader processes for an encoder on ``device_type`` (cpu/cuda/mps).

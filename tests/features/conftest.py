@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
+import huggingface_hub.constants
 import numpy as np
 import pytest
 

@@ -34,6 +34,7 @@ VERBS = {
     "doctor": "wsi_mil.cli.doctor",
     "view": "wsi_mil.cli.view",
     "agreement": "wsi_mil.cli.agreement",
+    "audit": "wsi_mil.cli.audit",
 }
 
 

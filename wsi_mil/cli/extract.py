@@ -18,6 +18,7 @@ from wsi_mil.pipeline.config import ExtractSection
 
 def run(args: argparse.Namespace) -> int:
     from features.registry import EncoderError
+    from features.stain import StainError
     from features.weights import WeightsError
     from tiling.discover import SlideDiscoveryError
     from wsi_mil.pipeline.extract import STAGE, extract_slides
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = extract_slides(args.tiles, args.out, section.encoder, section.weights,
                                 section.params(), args.slides, args.overwrite, executor=executor)
-    except (EncoderError, WeightsError, SlideDiscoveryError, FileNotFoundError,
+    except (EncoderError, WeightsError, SlideDiscoveryError, FileNotFoundError, StainError,
             ValueError) as exc:
         print(f"wsi-mil extract: error: {exc}", file=sys.stderr)
         return 2

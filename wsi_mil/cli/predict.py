@@ -22,11 +22,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", required=True, type=Path, help="run folder written by train")
     p.add_argument("--features", required=True, type=Path,
-                   help="folder of feature bags (same encoder as the run)")
+                   help="folder of feature bags (same encoder as the run; ours or TRIDENT's "
+                   "features_<encoder>/)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--labels", type=Path, default=None,
                    help="labels CSV, to add the true label to predictions.csv (and to choose "
                    "slides with --split)")
+    p.add_argument("--slides", type=Path, default=None,
+                   help="folder of slides, found by slide id: completes bags that do not "
+                   "record their slide (TRIDENT feature files) with its size and µm/px")
     p.add_argument("--workers", type=int, default=1, help="parallel slide processes")
     p.add_argument("--overwrite", action="store_true", help="redo existing predictions")
     add_options(p.add_argument_group("prediction"), PredictSection)
@@ -41,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     result = predict_slides(args.run, args.features, args.out, section.params(),
                             labels_csv=args.labels, workers=args.workers,
                             overwrite=args.overwrite, split=section.split,
-                            executor=executor_from_args(args, workers=args.workers))
+                            executor=executor_from_args(args, workers=args.workers),
+                            slides_dir=args.slides)
     print(result.summary("predict"))
     csv_path = Path(args.out) / "predictions.csv"
     if csv_path.is_file():

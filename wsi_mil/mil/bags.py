@@ -25,12 +25,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
-from features.bag import BagError, read_bag_attrs
-from tiling.storage import decode_attr
+from features.bag import (
+    BagError,
+    open_bag_features,
+    read_bag_attrs,
+    read_bag_coords,
+    read_bag_features,
+    read_bag_tile_labels,
+    read_bag_view,
+)
 from wsi_mil.mil.labels import LabelTable
 
 #: rows read at a time when scanning a streamed bag for NaN/inf.
@@ -142,11 +148,10 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
             attrs = read_bag_attrs(path)
         except BagError as exc:
             raise BagSetError(str(exc)) from exc
-        with h5py.File(path, "r") as f:
-            shape = f["features"].shape
-            has_tile_labels = "tile_labels" in f
-        if len(shape) != 2:
-            raise BagSetError(f"{path}: features have shape {shape}, expected [N, D]")
+        shape = (attrs["num_tiles"], attrs["feature_dim"])
+        has_tile_labels = bool(attrs["has_tile_labels"])
+        if shape[1] == 0:
+            raise BagSetError(f"{path}: features are not a [N, D] matrix")
         if shape[0] == 0:
             raise BagSetError(f"{path}: empty bag (no tiles)")
         name, dim = str(attrs.get("encoder", "?")), int(shape[1])
@@ -175,16 +180,14 @@ def _check_finite(path: Path | str, features: np.ndarray, offset: int = 0) -> No
 
 def read_features(path: Path, dtype: np.dtype = np.float16) -> np.ndarray:
     """All features of a bag as ``dtype``, checked for NaN/inf."""
-    with h5py.File(path, "r") as f:
-        features = f["features"][:]
+    features = read_bag_features(path)
     _check_finite(path, features)
     return features.astype(dtype, copy=False)
 
 
 def scan_features(path: Path) -> None:
     """Check a bag for NaN/inf chunk by chunk, without holding it in memory."""
-    with h5py.File(path, "r") as f:
-        data = f["features"]
+    with open_bag_features(path) as data:
         for start in range(0, data.shape[0], SCAN_CHUNK):
             _check_finite(path, data[start:start + SCAN_CHUNK], offset=start)
 
@@ -221,24 +224,22 @@ def bag_grid_coords(path: Path | str, coords: np.ndarray, attrs: dict) -> np.nda
 def read_grid_coords(path: Path | str) -> np.ndarray:
     """A bag's tile positions on its lattice (:func:`bag_grid_coords` of the file's ``coords``
     and ``stride``)."""
-    with h5py.File(path, "r") as f:
-        if "coords" not in f:
-            raise BagSetError(f"{path}: no 'coords' dataset, needed by a model that uses the "
-                              f"tiles' positions")
-        coords = f["coords"][:]
-        n = f["features"].shape[0] if "features" in f else coords.shape[0]
-        stride = decode_attr(f.attrs["stride"]) if "stride" in f.attrs else None
+    try:
+        attrs = read_bag_attrs(path)
+        coords = read_bag_coords(path)
+    except BagError as exc:
+        raise BagSetError(f"{exc}, needed by a model that uses the tiles' positions") from exc
+    n = attrs["num_tiles"]
     if coords.shape != (n, 2):
         raise BagSetError(f"{path}: coords of shape {coords.shape} for {n} tiles")
-    return bag_grid_coords(path, coords, {"stride": stride})
+    return bag_grid_coords(path, coords, {"stride": attrs.get("stride")})
 
 
 def read_tile_labels(path: Path) -> np.ndarray | None:
-    with h5py.File(path, "r") as f:
-        if "tile_labels" not in f:
-            return None
-        values = f["tile_labels"][:].astype(np.float32).reshape(-1)
-        n = f["features"].shape[0]
+    values = read_bag_tile_labels(path)
+    if values is None:
+        return None
+    n = read_bag_attrs(path)["num_tiles"]
     if values.shape[0] != n:
         raise BagSetError(f"{path}: {values.shape[0]} tile labels for {n} tiles")
     return values
@@ -250,21 +251,33 @@ class BagDataset(torch.utils.data.Dataset):
     ``max_tiles`` draws a random subset of that many tiles per bag each time a bag is read (a
     regulariser, and a cap on the memory of a training step for very large slides); prediction
     never subsamples. ``with_coords`` also gives each item its tiles' grid positions
-    (:func:`read_grid_coords`, held in memory), for a model that uses them.
+    (:func:`read_grid_coords`, held in memory), for a model that uses them. ``stain_views``
+    (training only) draws, each time a bag is read, one of its features and its
+    stain-augmented views (``wsi-mil extract --stain-views N``) at random; bags without views
+    are always read as they are.
     """
 
     def __init__(self, records: Sequence[BagRecord], dim: int, *, memory_gb: float = 8.0,
                  max_tiles: int | None = None, seed: int = 0,
-                 with_coords: bool = False) -> None:
+                 with_coords: bool = False, stain_views: bool = False) -> None:
         self.records = list(records)
         self.dim = dim
         self.max_tiles = max_tiles
         self.rng = np.random.default_rng(seed)
-        need = sum(r.num_tiles for r in self.records) * dim * 2
+        self._views = [int(read_bag_attrs(r.path).get("stain_views", 0)) if stain_views else 0
+                       for r in self.records]
+        need = sum(r.num_tiles * (1 + v) for r, v in zip(self.records, self._views)) * dim * 2
         self.in_memory = need <= memory_gb * 1024**3
         self._features: list[torch.Tensor] | None = None
+        self._view_features: list[list[torch.Tensor]] = [[] for _ in self.records]
         if self.in_memory:
             self._features = [torch.from_numpy(read_features(r.path)) for r in self.records]
+            for i, (r, views) in enumerate(zip(self.records, self._views)):
+                for view in range(1, views + 1):
+                    values = read_bag_view(r.path, view)
+                    _check_finite(r.path, values)
+                    self._view_features[i].append(torch.from_numpy(
+                        values.astype(np.float16, copy=False)))
         else:
             for r in self.records:
                 scan_features(r.path)
@@ -297,6 +310,8 @@ class BagDataset(torch.utils.data.Dataset):
                 raise BagSetError(f"{s}: empty bag or features of shape {b.shape}")
             _check_finite(s, b)
         self.in_memory = True
+        self._views = [0] * len(bags)
+        self._view_features = [[] for _ in bags]
         self._features = [torch.from_numpy(np.asarray(b, dtype=np.float32)) for b in bags]
         self._tile_labels = list(tile_labels) if tile_labels is not None else [None] * len(bags)
         self._coords = None
@@ -320,14 +335,14 @@ class BagDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> BagItem:
         record = self.records[index]
         keep = self._subset(record.num_tiles)
+        view = int(self.rng.integers(0, self._views[index] + 1)) if self._views[index] else 0
         if self._features is not None:
-            features = self._features[index]
+            features = (self._view_features[index][view - 1] if view
+                        else self._features[index])
             if keep is not None:
                 features = features[torch.from_numpy(keep)]
         else:
-            with h5py.File(record.path, "r") as f:
-                data = f["features"]
-                features = torch.from_numpy(data[:] if keep is None else data[keep])
+            features = torch.from_numpy(read_bag_view(record.path, view, keep))
         tile_labels = self._tile_labels[index]
         if tile_labels is not None:
             tile_labels = torch.from_numpy(tile_labels if keep is None else tile_labels[keep])

@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from features.bag import add_tile_labels, read_bag_attrs
+from features.bag import add_tile_labels, read_bag_attrs, read_bag_coords
 from tiling.annotations import find_annotation, read_annotations, tile_fractions
 from tiling.params import AnnotationParams
 
@@ -27,8 +26,7 @@ def bag_lesion_fractions(bag_path: str | os.PathLike, annotation_path: str | os.
                          params: AnnotationParams | None = None) -> np.ndarray:
     """Lesion fraction of every tile of a bag (float32 ``[N]``), from an annotation file."""
     attrs = read_bag_attrs(bag_path)
-    with h5py.File(bag_path, "r") as f:
-        coords = f["coords"][:]
+    coords = read_bag_coords(bag_path)
     lesions = read_annotations(annotation_path, params or AnnotationParams()).lesions
     return tile_fractions(lesions, coords, float(attrs["tile_size_level0"]))
 

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import torch
 
-from features.bag import BagError, read_bag_attrs
+from features.bag import BagError, open_bag_features, read_bag_attrs, read_bag_coords
 from features.device import resolve_device
 from wsi_mil.metrics.calibration import apply_temperature
 from wsi_mil.metrics.slide import predict_indices
@@ -204,13 +204,15 @@ def _load_cached(run_dir: str, fold: int | None, device: str) -> LoadedRun:
 
 @torch.no_grad()
 def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
-                chunk_size: int = 16384, oof: bool | None = None) -> SlidePrediction:
+                chunk_size: int = 16384, oof: bool | None = None,
+                slide_path: str | os.PathLike | None = None) -> SlidePrediction:
     """Predict one bag, reading its features in chunks; the models are chosen by
-    :func:`choose_folds` and combined as the module docstring says."""
+    :func:`choose_folds` and combined as the module docstring says. ``slide_path`` completes
+    a TRIDENT bag's attributes with its slide's size and µm/px, so the predictions carry what
+    heatmaps need."""
     bag_path = Path(bag_path)
-    attrs = read_bag_attrs(bag_path)
-    with h5py.File(bag_path, "r") as f:
-        data = f["features"]
+    attrs = read_bag_attrs(bag_path, slide_path)
+    with open_bag_features(bag_path) as data:
         n, dim = data.shape
         if n == 0:
             raise BagError(f"{bag_path}: empty bag (no tiles)")
@@ -226,7 +228,7 @@ def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
             return chunk
 
         chosen, in_sample = choose_folds(run, bag_path.stem, oof)
-        coords = f["coords"][:]
+        coords = read_bag_coords(bag_path)
         grid = None  # the tiles' grid positions, for a model that uses them (others ignore them)
         if any(fm.model.uses_coords for fm in chosen):
             try:
@@ -260,10 +262,12 @@ def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
 
 
 def predict_slide(bag_path: str | os.PathLike, out_path: str | os.PathLike,
-                  run_dir: str | os.PathLike, params: PredictParams = PredictParams()) -> Path:
+                  run_dir: str | os.PathLike, params: PredictParams = PredictParams(),
+                  slide_path: str | os.PathLike | None = None) -> Path:
     """The per-slide step: bag in, ``predictions/<slide_id>.h5`` out (models cached)."""
     run = cached_run(run_dir, params.fold, params.device)
-    return write_prediction(out_path, predict_bag(run, bag_path, params.chunk_size, params.oof))
+    return write_prediction(out_path, predict_bag(run, bag_path, params.chunk_size, params.oof,
+                                                  slide_path))
 
 
 def is_current_prediction(path: Path, checkpoint_sha256: str) -> bool:

@@ -380,7 +380,7 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     def dataset(ids: tuple[str, ...], seed: int, train: bool, with_coords: bool) -> BagDataset:
         return BagDataset([records[s] for s in ids], bag_set.dim, memory_gb=params.memory_gb,
                           max_tiles=params.max_train_tiles if train else None, seed=seed,
-                          with_coords=with_coords)
+                          with_coords=with_coords, stain_views=train)
 
     def train_one(split: FoldSplit) -> dict[str, Any]:
         seed = params.seed + split.fold

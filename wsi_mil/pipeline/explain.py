@@ -102,7 +102,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     import h5py
     import torch
 
-    from features.bag import read_bag_attrs
+    from features.bag import read_bag_attrs, read_bag_coords, read_bag_features
     from tiling.annotations import read_annotations, tile_fractions
     from wsi_mil.explain.methods import available_methods, explain, randomised_copy
     from wsi_mil.metrics.explain import randomisation_check, run_score_fn
@@ -112,10 +112,9 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     bag_path, out_dir = Path(bag_path), Path(out_dir)
     run = cached_run(run_dir, params.fold, params.device)
     model = run.folds[0].model
-    attrs = read_bag_attrs(bag_path)
-    with h5py.File(bag_path, "r") as f:
-        features = f["features"][:].astype(np.float32)
-        coords = f["coords"][:]
+    attrs = read_bag_attrs(bag_path, slide_path)  # the slide completes a TRIDENT bag's
+    features = read_bag_features(bag_path).astype(np.float32)
+    coords = read_bag_coords(bag_path)
     if features.shape[1] != run.in_dim:
         raise ValueError(f"{bag_path}: {features.shape[1]} features per tile, the run was trained "
                          f"on {run.in_dim}")

@@ -7,7 +7,9 @@ its encoder loaded across the slides it gets (:func:`cached_encoder`); an encode
 each slide ask for a worker's ``GPU`` resource.
 A slide is found from its tiles file's ``slide_path``, or by slide id under ``slides_dir``
 when the slides were moved since tiling. Complete bags made from the same tiles with the same
-weights are skipped; failures go to ``OUT/failures.csv``.
+weights and stain handling are skipped; failures go to ``OUT/failures.csv``. With stain
+normalisation, the reference is fitted once for the batch (to the target image, or to tiles of
+every slide) before any slide is encoded, and every bag records it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from wsi_mil.pipeline.executor_params import ExecutorParams
 
 if TYPE_CHECKING:
     from features.registry import Encoder
+    from features.stain import StainNormaliser
 
 STAGE = "extract"
 
@@ -101,14 +104,40 @@ def _wants_gpu(device: str) -> bool:
 
 def _extract_one(tiles_path: Path, out_path: Path, encoder: str, weights: str | None,
                  params: ExtractParams, slide_path: Path | None,
-                 slides_dir: Path | None) -> Path:
+                 slides_dir: Path | None, normaliser: StainNormaliser | None = None) -> Path:
     from features.extract import extract_slide
     from tiling.tiles_file import read_tiles_file
 
     attrs = read_tiles_file(tiles_path).attrs
     known = {str(attrs["slide_id"]): slide_path} if slide_path is not None else {}
     slide = locate_slide(tiles_path, attrs, known, slides_dir)
-    return extract_slide(tiles_path, slide, out_path, cached_encoder(encoder, weights), params)
+    return extract_slide(tiles_path, slide, out_path, cached_encoder(encoder, weights), params,
+                         normaliser)
+
+
+def batch_stain_reference(tiles_files: list[Path], params: ExtractParams,
+                          slides: dict[str, Path], slides_dir: Path | None,
+                          input_size: int) -> StainNormaliser | None:
+    """The batch's stain normaliser (:func:`features.extract.fit_stain_reference`), fitted to
+    the tiles of every slide that can be found and has tiles (the others fail in their own
+    job, where failures.csv records them)."""
+    if params.stain == "none":
+        return None
+    from features.dataset import TileDataset
+    from features.extract import fit_stain_reference
+    from tiling.tiles_file import read_tiles_file
+
+    datasets = []
+    if params.stain_target is None:
+        for path in tiles_files:
+            try:
+                tiles = read_tiles_file(path)
+                slide = locate_slide(path, tiles.attrs, slides, slides_dir)
+            except (OSError, ValueError, KeyError):
+                continue
+            if len(tiles):
+                datasets.append(TileDataset(tiles, slide, input_size))
+    return fit_stain_reference(params, datasets)
 
 
 
@@ -138,19 +167,20 @@ def extract_slides(
     if executor is None or not executor.distributed:  # else only the workers need the device
         resolve_device(params.device)
     resources = {"GPU": 1} if _wants_gpu(params.device) else None
+    where = Path(slides_dir) if slides_dir is not None else None
+    normaliser = batch_stain_reference(tiles_files, params, slides, where, model.input_size)
     out = Path(out)
     bag_dir = out / model.slug
     tiles_for = {bag_dir / f"{path.stem}.h5": path for path in tiles_files}
-    where = Path(slides_dir) if slides_dir is not None else None
     jobs = [
         SlideJob(slide=path.stem, output=bag, resources=resources,
                  run=functools.partial(_extract_one, path, bag, encoder, weights, params,
-                                       slides.get(path.stem), where))
+                                       slides.get(path.stem), where, normaliser))
         for bag, path in tiles_for.items()
     ]
     return run_batch(
         jobs, stage=STAGE, failures_csv=out / "failures.csv",
-        is_complete=lambda bag: bag_is_current(bag, tiles_for[bag], model, params.dtype),
+        is_complete=lambda bag: bag_is_current(bag, tiles_for[bag], model, params.dtype, params),
         workers=1, overwrite=overwrite, executor=executor,
     )
 

@@ -138,8 +138,11 @@ def heatmap_slide(
     only for the PNGs. With ``params.rollout`` the encoder named (default: the one recorded in
     the predictions, with its recorded weights) is loaded for the top-k rollout maps.
     """
+    from features.bag import with_slide_attrs
+
     out_dir = Path(out_dir)
     prediction = read_prediction(prediction_path)
+    prediction.attrs = with_slide_attrs(prediction.attrs, slide_path)  # from a TRIDENT bag
     if explanations_dir is not None:
         from wsi_mil.explain.store import EXPLANATIONS, read_explanations
 

@@ -54,10 +54,12 @@ def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
                    labels_csv: str | os.PathLike | None = None, workers: int = 1,
                    overwrite: bool = False, split: str | None = None,
                    slide_ids: Collection[str] | None = None,
-                   executor: ExecutorParams | None = None) -> BatchResult:
+                   executor: ExecutorParams | None = None,
+                   slides_dir: str | os.PathLike | None = None) -> BatchResult:
     """Predict every bag of ``features_dir``, or only the slides of ``split`` in the labels CSV
     (e.g. ``test``: the held-out slides), or only ``slide_ids``; skip those already predicted
-    by this run."""
+    by this run. ``slides_dir`` (searched by slide id) gives bags that do not record their
+    slide, as TRIDENT's do not, its path, size and µm/px, so heatmaps can be drawn."""
     from tiling.storage import write_text_atomic
     from wsi_mil.mil.bags import find_bags
     from wsi_mil.mil.labels import read_labels
@@ -76,8 +78,14 @@ def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
         slide_ids = split_slide_ids(labels_csv, split)
     if slide_ids is not None:
         bags = {slide_id: path for slide_id, path in bags.items() if slide_id in set(slide_ids)}
+    slides = {}
+    if slides_dir is not None:
+        from tiling.discover import find_slides, slide_id_for
+
+        slides = {slide_id_for(p): p for p in find_slides([slides_dir], recursive=True)}
     jobs = [SlideJob(slide_id, pred_dir / f"{slide_id}.h5",
-                     partial(predict_slide, path, pred_dir / f"{slide_id}.h5", run_dir, params))
+                     partial(predict_slide, path, pred_dir / f"{slide_id}.h5", run_dir, params,
+                             slides.get(slide_id)))
             for slide_id, path in bags.items()]
     result = run_batch(jobs, stage="predict", failures_csv=out_dir / "failures.csv",
                        is_complete=partial(is_current_prediction,

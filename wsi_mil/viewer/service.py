@@ -116,12 +116,14 @@ class ViewerService:
                 state.heat, state.outlines, state.tiles = {}, {}, {}
 
     def _build_layers(self, state: SlideState) -> None:
+        from features.bag import with_slide_attrs
         from tiling.lattice import SlideGeometry, TileGrid
         from wsi_mil.heatmaps.stitch import load_tissue, normalise_scores, tile_scores
         from wsi_mil.mil.predictions import read_prediction
 
         entry = state.entry
         prediction = read_prediction(entry.prediction_path)
+        prediction.attrs = with_slide_attrs(prediction.attrs, entry.slide_path)  # TRIDENT bag
         geometry = SlideGeometry.from_attrs(prediction.attrs, str(entry.prediction_path))
         state.mpp = geometry.mpp
         if state.slide is not None and tuple(state.slide.dimensions) != (geometry.width,

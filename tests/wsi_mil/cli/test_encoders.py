@@ -1,6 +1,7 @@
 """``wsi-mil encoders``: the registry table, checked offline with empty weight folders."""
 
 import huggingface_hub
+import huggingface_hub.constants
 import pytest
 
 from wsi_mil.cli import main
@@ -22,4 +23,6 @@ def test_encoders_lists_dims_and_where_weights_go(tmp_path, capsys):
     assert "1024" in lines["uni"] and "missing" in lines["uni"]
     assert "768" in lines["phikon"] and "384" in lines["vit_small_dino"]
     assert "1024" in lines["resnet50_trunc"]
-    assert str(tmp_path / "weights") in text and "hf-hub:owkin/phikon" in text
+    assert "2560" in lines["virchow2"] and "cls+mean" in lines["virchow2"]
+    assert "CC-BY-NC-ND-4.0 (gated)" in lines["uni2_h"] and "MIT" in lines["midnight12k"]
+    assert str(tmp_path / "weights") in text and "hub: owkin/phikon " in text
