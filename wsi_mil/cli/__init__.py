@@ -33,6 +33,7 @@ VERBS = {
     "doctor": "wsi_mil.cli.doctor",
     "view": "wsi_mil.cli.view",
     "agreement": "wsi_mil.cli.agreement",
+    "report": "wsi_mil.cli.report",
 }
 
 
