@@ -21,7 +21,9 @@ output.
    seconds and as forward passes of the network (the baseline, measured in the same run at
    the same window size), and the overlap table per network (the plan's overlap, target > 0.70,
    the mass share against the lesion's share of the window, pointing game, deletion/insertion,
-   the randomisation check), written to ``explain_<net>.md``.
+   the randomisation check), written to ``explain_<net>.md``. With ``--gradcam-stages``, Grad-CAM
+   again at every encoder stage of the network (``explain_gradcam_<stage>.md``), to choose
+   ``--explain-gradcam-layer``.
 
     python scripts/bench_segment.py [--out DIR] [--threads 1] [--epochs 15] [--nets ...]
 
@@ -44,6 +46,7 @@ from tiling.params import TilingParams
 from tiling.pipeline import tile_slide
 from wsi_mil.mil.predictions import read_prediction
 from wsi_mil.pipeline.cohort import generate_cohort
+from wsi_mil.segment.attribution import gradcam_stages
 from wsi_mil.segment.data import training_slides
 from wsi_mil.segment.evaluate import pixel_scores
 from wsi_mil.segment.explain import EXPLAIN_JSON, table_markdown, write_cohort_table
@@ -78,10 +81,15 @@ def windows_per_second(net: str, size: int, device: str, seconds: float = 3.0) -
 
 
 def explain_network(net: str, model: torch.nn.Module, card: dict, root: Path, slides: list,
-                    ig_steps: int, windows_per_second: float) -> dict:
-    """``segment --explain`` (every method) on ``slides``; the cost and the overlap table."""
-    params = SegmentParams(explain=EXPLAIN_METHODS, explain_ig_steps=ig_steps)
-    folder = root / f"explain_{net}"
+                    ig_steps: int, windows_per_second: float,
+                    methods: tuple[str, ...] = EXPLAIN_METHODS, stage: str | None = None
+                    ) -> dict:
+    """``segment --explain methods`` on ``slides`` (Grad-CAM at ``stage``, default: its
+    default); the cost and the overlap table."""
+    params = SegmentParams(explain=methods, explain_ig_steps=ig_steps,
+                           explain_gradcam_layer=stage)
+    name = net if stage is None else f"{net}_gradcam_{stage}"
+    folder = root / f"explain_{name}"
     started = time.perf_counter()
     for slide in slides:
         segment_slide(root / "predictions" / f"{slide.slide_id}.h5", model, card,
@@ -89,12 +97,12 @@ def explain_network(net: str, model: torch.nn.Module, card: dict, root: Path, sl
     seconds = time.perf_counter() - started
     rows = write_cohort_table(folder, seed=0)
     table = table_markdown(rows)
-    (root / f"explain_{net}.md").write_text(table)
+    (root / f"explain_{name}.md").write_text(table)
     summaries = [json.loads((folder / s.slide_id / EXPLAIN_JSON).read_text()) for s in slides]
     forward = 1.0 / windows_per_second  # seconds of one forward pass of one window
     cost = {m: float(np.mean([s["seconds_per_window"][m] for s in summaries]))
             for m in summaries[0]["seconds_per_window"]}
-    print(f"{net}: explained {len(slides)} slides ({sum(s['windows'] for s in summaries)} "
+    print(f"{name}: explained {len(slides)} slides ({sum(s['windows'] for s in summaries)} "
           f"windows, {sum(s['scored_windows'] for s in summaries)} scored) in {seconds:.0f} s; "
           f"gradcam at {summaries[0]['gradcam_layer']}", flush=True)
     for method, spent in cost.items():
@@ -115,6 +123,8 @@ def main() -> None:
     parser.add_argument("--explain-slides", type=int, default=2,
                         help="held-out tumour slides explained per network (0: none)")
     parser.add_argument("--ig-steps", type=int, default=16, help="integrated gradients steps")
+    parser.add_argument("--gradcam-stages", action="store_true",
+                        help="also Grad-CAM at every encoder stage of each network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_segment_"))
@@ -183,16 +193,23 @@ def main() -> None:
             "slides": rows,
         }
         report["quality"][net] = summary
-        if args.explain_slides > 0:
-            report["explain"][net] = explain_network(
-                net, model, card, root, [t for t in test if t.label == "tumor"]
-                [:args.explain_slides], args.ig_steps, report["throughput"][f"{net}/cpu/64px"])
         print(f"{net:15s} trained in {train_seconds:.0f} s (best epoch {card['best_epoch']}): "
               f"pixel Dice {summary['pixel_dice']:.3f} vs tile head "
               f"{summary['tile_head_dice']:.3f}; Hausdorff {summary['pixel_hausdorff_um']:.0f} "
               f"vs {summary['tile_head_hausdorff_um']:.0f} µm; normal-slide specificity "
               f"{summary['normal_pixel_specificity']:.4f}; tiles segmented on tumour slides "
               f"{100 * summary['share_segmented_tumour']:.1f} %", flush=True)
+        explained = [t for t in test if t.label == "tumor"][:args.explain_slides]
+        if explained:
+            report["explain"][net] = explain_network(
+                net, model, card, root, explained, args.ig_steps,
+                report["throughput"][f"{net}/cpu/64px"])
+        if explained and args.gradcam_stages:
+            report["explain"][net]["gradcam_stages"] = {
+                stage: explain_network(net, model, card, root, explained, args.ig_steps,
+                                       report["throughput"][f"{net}/cpu/64px"], ("gradcam",),
+                                       stage)["table"]
+                for stage in gradcam_stages(model, net)}
     (root / "bench_segment.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {root / 'bench_segment.json'}")
 

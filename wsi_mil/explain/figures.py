@@ -161,9 +161,9 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
     methods = list(dict.fromkeys(m for w in windows for m in w["maps"]))
     cols = 2 + len(methods)
     rows = max(1, len(windows))
-    fig = Figure(figsize=(panel_inches * cols, (panel_inches + 0.55) * rows + 0.4), dpi=110,
+    fig = Figure(figsize=(panel_inches * cols, (panel_inches + 0.7) * rows + 0.6), dpi=110,
                  layout="constrained")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + "\nblack: the annotated lesion; red: the segmenter's mask", fontsize=10)
     for r, window in enumerate(windows):
         axes = [fig.add_subplot(rows, cols, r * cols + i + 1) for i in range(cols)]
         for ax in axes:
@@ -171,8 +171,8 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
         tile, truth = window["tile"], window.get("truth")
         axes[0].imshow(tile)
         _mask_outline(axes[0], truth, "black")
-        axes[0].set_title(f"{window['label']}\nlesion outlined" if truth is not None
-                          else f"{window['label']}\n(no annotation)", fontsize=8)
+        axes[0].set_title(window["label"] if truth is not None
+                          else f"{window['label']}\n(no annotation)", fontsize=7)
         probability = np.asarray(window["probability"], np.float32)
         axes[1].imshow(tile)
         axes[1].imshow(probability, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
@@ -180,7 +180,7 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
         _mask_outline(axes[1], truth, "black")
         scores = window.get("scores", {})
         axes[1].set_title(_score_title("segmenter P(lesion)", scores.get("prediction", {}),
-                                       score_keys), fontsize=8)
+                                       score_keys), fontsize=7)
         for ax, method in zip(axes[2:], methods):
             values = window["maps"].get(method)
             if values is None:
@@ -191,7 +191,8 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
             ax.imshow(shown / top if top > 0 else shown, cmap="inferno", alpha=0.75, vmin=0,
                       vmax=1)
             _mask_outline(ax, truth, "black")
-            ax.set_title(_score_title(method, scores.get(method, {}), score_keys), fontsize=8)
+            name = method if top > 0 else f"{method} (empty map)"
+            ax.set_title(_score_title(name, scores.get(method, {}), score_keys), fontsize=7)
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -199,9 +200,10 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
 
 
 def _score_title(name: str, scores: Mapping[str, float], keys: Sequence[tuple[str, str]]) -> str:
+    """The method, then its scores two to a line (and the sanity flag)."""
     parts = [f"{short} {scores[key]:.2f}" for key, short in keys
              if np.isfinite(scores.get(key, np.nan))]
-    label = name + ("\n" + ", ".join(parts) if parts else "")
     if scores.get("sanity_flagged"):
-        label += " (fails sanity)"
-    return label
+        parts.append("fails sanity")
+    lines = [", ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+    return "\n".join([name, *lines])

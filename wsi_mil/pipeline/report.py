@@ -127,10 +127,12 @@ def report_slides(predictions_dir: str | os.PathLike, out_dir: str | os.PathLike
 
 def write_index(folder: Path, slide_ids: list[str]) -> list[dict[str, Any]]:
     """``index.md``, ``index.html`` and ``alignment.csv`` of the slides reported in ``folder``:
-    one line per slide, those with unsupported mentions first."""
+    one line per slide, in the order of their most pressing status (unsupported mentions
+    first, then classes the text rules out and the model finds)."""
     from jinja2 import Environment
 
     from tiling.storage import csv_text, write_text_atomic
+    from wsi_mil.export.report import STATUSES
 
     rows, alignment = [], []
     for slide_id in slide_ids:
@@ -141,14 +143,15 @@ def write_index(folder: Path, slide_ids: list[str]) -> list[dict[str, Any]]:
         text = report.get("text") or {}
         lines = text.get("alignment", [])
         unsupported = [r["label"] for r in lines if r["status"] == "unsupported"]
+        worst = min((STATUSES.index(r["status"]) for r in lines), default=len(STATUSES))
         rows.append({"slide_id": slide_id, "predicted_label": report["predicted_label"],
-                     "unsupported": ", ".join(unsupported),
+                     "unsupported": ", ".join(unsupported), "worst": worst,
                      "statuses": "; ".join(f"{r['label']}: {r['status']}" for r in lines)
                      if text else "no report text"})
         alignment += [{"slide_id": slide_id, **{k: r[k] for k in (
             "label", "status", "mentions", "negated_mentions", "segmented_area_um2",
             "attention_mass", "attended_tiles")}} for r in lines]
-    rows.sort(key=lambda r: (not r["unsupported"], r["slide_id"]))
+    rows.sort(key=lambda r: (r["worst"], r["slide_id"]))
     flagged = sum(1 for r in rows if r["unsupported"])
     head = (f"{len(rows)} slides; {flagged} with a class the text affirms and the model does "
             f"not support (listed first).")

@@ -67,7 +67,8 @@ def _segment_one(prediction_path: Path, model_dir: Path, folder: Path, params: S
                          annotation_path)
 
 
-def _is_current(folder: Path, checkpoint_sha256: str, explain: tuple[str, ...] = ()) -> bool:
+def _is_current(folder: Path, checkpoint_sha256: str, explain: tuple[str, ...] = (),
+                annotations: dict[Path, Path | None] | None = None) -> bool:
     from wsi_mil.segment.explain import is_explained
     from wsi_mil.segment.infer import SUMMARY, is_segmented
 
@@ -76,7 +77,7 @@ def _is_current(folder: Path, checkpoint_sha256: str, explain: tuple[str, ...] =
     summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
     if summary.get("checkpoint_sha256") != checkpoint_sha256:
         return False
-    return not explain or is_explained(folder, explain)
+    return not explain or is_explained(folder, explain, (annotations or {}).get(folder))
 
 
 def explain_methods_note(model_dir: str | os.PathLike, params: SegmentParams) -> str | None:
@@ -126,20 +127,21 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
     paths = sorted(Path(predictions_dir).glob("*.h5"))
     if not paths:
         raise FileNotFoundError(f"{predictions_dir}: no predictions (<slide_id>.h5) to segment")
-    jobs = []
+    jobs, annotations = [], {}
     for path in paths:
         if slide_ids is not None and path.stem not in slide_ids:
             continue
         folder = out_dir / SEGMENT_DIR / path.stem
         annotation = (find_annotation(annotations_dir, path.stem)
-                       if annotations_dir is not None and params.explain else None)
+                      if annotations_dir is not None and params.explain else None)
+        annotations[folder] = annotation
         jobs.append(SlideJob(path.stem, folder,
                              partial(_segment_one, path, Path(model_dir), folder, params,
                                      found.get(path.stem), annotation)))
     result = run_batch(jobs, stage="segment", failures_csv=out_dir / "failures.csv",
                        is_complete=partial(_is_current,
                                            checkpoint_sha256=card["checkpoint_sha256"],
-                                           explain=params.explain),
+                                           explain=params.explain, annotations=annotations),
                        workers=workers, overwrite=overwrite, executor=executor)
     if params.explain:
         from wsi_mil.segment.explain import write_cohort_table

@@ -188,7 +188,7 @@ def relevance_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor
 
 
 # -- Grad-CAM ------------------------------------------------------------------------------
-def _gradcam_candidates(model: torch.nn.Module, net: str) -> list[str]:
+def gradcam_stages(model: torch.nn.Module, net: str) -> list[str]:
     """Names of the network's encoder stages, shallowest first."""
     names = dict(model.named_modules())
     if net in ("swin_unetr", "unetr"):
@@ -218,9 +218,9 @@ def gradcam_layer_name(model: torch.nn.Module, net: str, tile_size: int,
         if chosen not in names:
             raise AttributionError(f"explain_gradcam_layer {chosen!r} is not a module of the "
                                    f"{net} network; its encoder stages are "
-                                   f"{_gradcam_candidates(model, net)}")
+                                   f"{gradcam_stages(model, net)}")
         return chosen
-    candidates = _gradcam_candidates(model, net)
+    candidates = gradcam_stages(model, net)
     sides: dict[str, int] = {}
     hooks = [names[n].register_forward_hook(
         lambda _m, _i, out, n=n: sides.__setitem__(n, int(out.shape[-1]))) for n in candidates]

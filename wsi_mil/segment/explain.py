@@ -163,11 +163,13 @@ def _costly_scores(model: Any, randomised: Any, net: str, tile: np.ndarray, x: A
                    region: Any, maps: dict[str, np.ndarray], seeds: list[int],
                    gradcam_layer: str | None, params: SegmentParams, methods: list[str]
                    ) -> dict[str, dict[str, float]]:
-    """Deletion/insertion and the randomisation check of every map of one window."""
+    """Deletion/insertion and the randomisation check of every map of one window (an empty
+    map, which orders nothing, gets neither)."""
     from wsi_mil.metrics.explain import perturbation_curve, randomisation_check
     from wsi_mil.segment.attribution import explain_windows
 
     out: dict[str, dict[str, float]] = defaultdict(dict)
+    maps = {name: values for name, values in maps.items() if (values[0] > 0).any()}
     mask = region[0].cpu().numpy()
     if params.explain_perturbation_steps > 0 and mask.any():
         scorer = _PatchScorer(model, tile, mask, params.explain_patch_px, params.explain_fill,
@@ -309,7 +311,7 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
                 "maps": {name: values[0] for name, values in maps.items()},
                 "scores": by_window.get(k, {}).get("scores", {}),
                 "label": f"window at ({windows_xy[k][0] * down:.0f}, "
-                         f"{windows_xy[k][1] * down:.0f}) px, {size * mpp:.0f} µm"})
+                         f"{windows_xy[k][1] * down:.0f}) px\n{size * mpp:.0f} µm side"})
     if figure_rows:
         from wsi_mil.explain.figures import write_window_comparison_figure
 
@@ -317,10 +319,10 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
         write_window_comparison_figure(
             figure_path, figure_rows,
             f"{slide_id}: explaining {net}'s lesion log-odds summed over its mask "
-            f"(P >= {params.mask_threshold}); scores against the annotation"
-            if lesions is not None else
-            f"{slide_id}: explaining {net}'s lesion log-odds summed over its mask "
-            f"(P >= {params.mask_threshold}); no annotation, no scores", FIGURE_SCORES)
+            f"(P >= {params.mask_threshold})\n"
+            + (f"scored against the annotation in the {len(shown)} windows nearest a "
+               "half-lesion (del: deletion AUC, lower is better)" if lesions is not None
+               else "no annotation: no scores; the most outlined windows"), FIGURE_SCORES)
     names = list(pyramids)
     return {
         "net": net, "methods": names, "gradcam_layer": gradcam_layer,
@@ -356,11 +358,14 @@ def summarise_windows(scored: list[dict[str, Any]], names: list[str]
     return summary
 
 
-def is_explained(folder: Path, methods: tuple[str, ...]) -> bool:
-    """Whether ``folder`` holds explanations made for ``methods``."""
+def is_explained(folder: Path, methods: tuple[str, ...], annotation: Path | None) -> bool:
+    """Whether ``folder`` holds explanations made for ``methods`` and scored against
+    ``annotation`` (so adding annotations later scores the slides)."""
     summary = read_explain_summary(folder)
     return (summary is not None and (folder / EXPLAIN_ZARR).is_dir()
-            and summary.get("params", {}).get("explain") == list(methods))
+            and summary.get("params", {}).get("explain") == list(methods)
+            and summary.get("annotation_path") == (None if annotation is None
+                                                   else str(annotation)))
 
 
 def read_explain_summary(folder: Path) -> dict[str, Any] | None:
@@ -405,8 +410,8 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     titles = dict(METRICS)
     cell = {(r["net"], r["method"], r["metric"]): r for r in rows}
     pairs = list(dict.fromkeys((r["net"], r["method"]) for r in rows))
-    lines = ["| network | method | " + " | ".join(titles[k] for k in keys)
-             + " | ms per window |", "|---" * (len(keys) + 3) + "|"]
+    columns = ["network", "method", *(titles[k] for k in keys), "ms per window"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for net, method in pairs:
         cells = []
         for key in keys:
@@ -415,8 +420,8 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         cost = cell.get((net, method, "seconds_per_window"))
         flagged = cell.get((net, method, "sanity_flagged"))
         name = method + (" (flagged)" if flagged and flagged["mean"] >= 0.5 else "")
-        lines.append(f"| {net} | {name} | " + " | ".join(cells) + " | "
-                     + ("" if cost is None else f"{1000 * cost['mean']:.1f}") + " |")
+        cells.append("" if cost is None else f"{1000 * cost['mean']:.1f}")
+        lines.append("| " + " | ".join([net, name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 

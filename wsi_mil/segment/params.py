@@ -142,9 +142,8 @@ class SegmentParams:
     #: Module of the network (a name of ``model.named_modules()``) whose output gradcam uses;
     #: null: the deepest encoder stage at 1/8 of the window's side or finer.
     explain_gradcam_layer: str | None = None
-    #: Windows whose annotated lesion covers a share of the window in [min, max] are scored
-    #: (lesion-border windows: inside a lesion or away from one, where a map points says
-    #: nothing).
+    #: Windows whose annotated lesion covers a share of the window in [min, max] are scored:
+    #: the lesion-border windows (deep inside a lesion or far from one, any map scores the same).
     explain_lesion_share: tuple[float, float] = (0.05, 0.95)
     #: Scored windows per slide (those whose lesion share is nearest one half) that also get
     #: the costly scores: deletion/insertion curves and the randomisation check.
@@ -155,8 +154,9 @@ class SegmentParams:
     explain_perturbation_random: int = 2
     #: Side in pixels of the square patches deletion/insertion remove or add.
     explain_patch_px: int = 8
-    #: What a removed patch becomes: "blur" (the window under a Gaussian blur of sigma
-    #: ``explain_patch_px``) or "mean" (the window's mean colour).
+    #: What a removed patch becomes: "mean" (the window's mean colour) or "blur" (the window
+    #: under a Gaussian blur of sigma ``explain_patch_px``; it keeps a region's colour, much of
+    #: the evidence in H&E, so deleting blurred patches hardly moves the score).
     explain_fill: Literal["blur", "mean"] = "mean"
     #: Run Adebayo et al.'s model-randomisation check (the maps of the network with every
     #: weight re-initialised) on the costly-score windows.

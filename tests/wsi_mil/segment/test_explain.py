@@ -102,6 +102,10 @@ def test_resume_skips_and_other_methods_redo(explained, capsys):
     assert "1 done, 0 skipped" in capsys.readouterr().out
     summary = json.loads((root / "segment" / "disc" / "explain.json").read_text())
     assert summary["methods"] == ["gradcam", "random"]
+    index = other.index("--annotations")  # the same methods unscored are other explanations
+    assert main(other[:index] + other[index + 2:] + ["--explain-sanity"]) == 0
+    assert "1 done, 0 skipped" in capsys.readouterr().out
+    assert not json.loads((root / "segment" / "disc" / "explain.json").read_text())["annotated"]
 
 
 def test_a_method_the_network_lacks_is_one_clear_error(explained, capsys):
