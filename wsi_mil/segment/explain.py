@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -63,6 +64,9 @@ EXPLAIN_JSON = "explain.json"
 EXPLAIN_PNG = "explain.png"
 #: The segmenter's own lesion probability, scored as a map beside the methods.
 REFERENCE = "prediction"
+#: The cost row of one forward pass of the network (the mask's), timed in the same pass as
+#: the methods: the baseline of their cost.
+FORWARD = "forward pass"
 #: Scores in table order: (key, column title).
 METRICS = (
     ("empty_share", "windows with an empty map"),
@@ -123,8 +127,9 @@ class _PatchScorer:
         self.original, self.filled = both[0], both[1]
         self.grid = -(-size // patch)
         rows = np.minimum(np.arange(size) // patch, self.grid - 1)
-        self.cell = torch.as_tensor(rows[:, None] * self.grid + rows[None, :],
-                                    device=self.device)
+        cells = rows[:, None] * self.grid + rows[None, :]  # patch index of every pixel
+        self.cell_index = cells.ravel()
+        self.cell = torch.as_tensor(cells, device=self.device)
         self.region = torch.as_tensor(region, device=self.device)
         self.memo: dict[bytes, float] = {}
 
@@ -134,9 +139,9 @@ class _PatchScorer:
 
     def patch_means(self, values: np.ndarray) -> np.ndarray:
         """A pixel map's mean in each patch, in patch-index order."""
-        sums = np.bincount(self.cell.cpu().numpy().ravel(), weights=np.asarray(
-            values, np.float64).ravel(), minlength=self.n_patches)
-        counts = np.bincount(self.cell.cpu().numpy().ravel(), minlength=self.n_patches)
+        sums = np.bincount(self.cell_index, weights=np.asarray(values, np.float64).ravel(),
+                           minlength=self.n_patches)
+        counts = np.bincount(self.cell_index, minlength=self.n_patches)
         return sums / np.maximum(counts, 1)
 
     def __call__(self, subsets: list[np.ndarray]) -> np.ndarray:
@@ -226,6 +231,7 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
     scored: list[dict[str, Any]] = []
     outlined = np.zeros(len(windows_xy))
     slide_id = prediction.slide_id
+    forward = 0.0
 
     def timer(method: str, spent: float) -> None:
         seconds[method] += spent
@@ -239,8 +245,12 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
         index = np.arange(start, min(start + params.batch_size, len(windows_xy)))
         batch = windows_xy[index]
         x = to_input(read(batch), device)
+        started = time.perf_counter()
         with torch.no_grad():
             probs = torch.softmax(model(x), dim=1)[:, 1]
+        if probs.is_cuda:
+            torch.cuda.synchronize()
+        forward += time.perf_counter() - started  # the baseline of the methods' costs
         region = probs >= params.mask_threshold
         maps = explain_windows(model, net, x, region, methods, ig_steps=params.explain_ig_steps,
                                gradcam_layer=gradcam_layer,
@@ -330,6 +340,7 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
                   f"(P(lesion) >= {params.mask_threshold}) in each window",
         "windows": len(windows_xy), "annotated": lesions is not None,
         "seconds_per_window": {m: seconds[m] / max(len(windows_xy), 1) for m in seconds},
+        "forward_seconds_per_window": forward / max(len(windows_xy), 1),
         "scored_windows": len(scored), "costly_windows": len(costly),
         "summary": summarise_windows(scored, names + [REFERENCE]),
         "scored": scored,
@@ -395,22 +406,31 @@ def cohort_rows(summaries: list[dict[str, Any]], n_boot: int = 1000, seed: int =
                 if ci.n:
                     rows.append({"net": net, "method": name, "metric": key, "mean": ci.mean,
                                  "low": ci.low, "high": ci.high, "n": ci.n})
-            cost = [s["seconds_per_window"][name] for s in chosen
-                    if name in s.get("seconds_per_window", {})]
-            if cost:
-                rows.append({"net": net, "method": name, "metric": "seconds_per_window",
-                             "mean": float(np.mean(cost)), "low": float(np.min(cost)),
-                             "high": float(np.max(cost)), "n": len(cost)})
+            rows += _cost_row(net, name, [s["seconds_per_window"][name] for s in chosen
+                                          if name in s.get("seconds_per_window", {})])
+        rows += _cost_row(net, FORWARD, [s["forward_seconds_per_window"] for s in chosen
+                                         if s.get("windows")])
     return rows
 
 
+def _cost_row(net: str, method: str, cost: list[float]) -> list[dict[str, Any]]:
+    """The seconds per window of a method (mean, min and max over slides)."""
+    if not cost:
+        return []
+    return [{"net": net, "method": method, "metric": "seconds_per_window",
+             "mean": float(np.mean(cost)), "low": float(np.min(cost)),
+             "high": float(np.max(cost)), "n": len(cost)}]
+
+
 def table_markdown(rows: list[dict[str, Any]]) -> str:
-    """Network and method x metric: ``mean [low, high]``; the cost in ms per window."""
+    """Network and method x metric: ``mean [low, high]``; the cost in ms per window and in
+    forward passes of the network (timed in the same pass)."""
     keys = [k for k, _ in METRICS if any(r["metric"] == k for r in rows)]
     titles = dict(METRICS)
     cell = {(r["net"], r["method"], r["metric"]): r for r in rows}
     pairs = list(dict.fromkeys((r["net"], r["method"]) for r in rows))
-    columns = ["network", "method", *(titles[k] for k in keys), "ms per window"]
+    columns = ["network", "method", *(titles[k] for k in keys), "ms per window",
+               "forward passes"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for net, method in pairs:
         cells = []
@@ -420,7 +440,10 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         cost = cell.get((net, method, "seconds_per_window"))
         flagged = cell.get((net, method, "sanity_flagged"))
         name = method + (" (flagged)" if flagged and flagged["mean"] >= 0.5 else "")
+        base = cell.get((net, FORWARD, "seconds_per_window"))
         cells.append("" if cost is None else f"{1000 * cost['mean']:.1f}")
+        cells.append("" if cost is None or base is None or base["mean"] <= 0
+                     else f"{cost['mean'] / base['mean']:.1f}")
         lines.append("| " + " | ".join([net, name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -448,7 +471,8 @@ def write_cohort_table(segment_dir: Path, n_boot: int = 1000, seed: int = 0
     header = (f"Explanations of the segmenter's lesion output: mean over {n_slides} annotated "
               f"slides of each slide's mean over its scored windows ({n_windows} in all), "
               f"bootstrap 95 % CI over slides; ms per window over all "
-              f"{len(summaries)} explained slides.\n\n")
+              f"{len(summaries)} explained slides, and as forward passes of the network timed "
+              f"in the same pass (one CPU or GPU, as the run had).\n\n")
     write_text_atomic(segment_dir / "explain_table.csv", _csv_text(rows))
     write_text_atomic(segment_dir / "explain_table.md", header + table_markdown(rows))
     scored = [dict(r, method=f"{r['net']}/{r['method']}") for r in rows
