@@ -18,8 +18,8 @@ output.
 4. **Explanations** (``--explain-slides``, default 2 held-out tumour slides): ``segment
    --explain`` with every method the network has, scored against the planted lesions in the
    lesion-border windows (``wsi_mil.segment.explain``): the cost per window of each method, as
-   seconds and as forward passes of the network (the baseline: the mask's forward pass, timed
-   in the same pass over the same windows), and the overlap table per network (the plan's overlap, target > 0.70,
+   seconds and as forward passes of the network (the baseline: the mask's forward pass,
+   timed in the same pass over the same windows), and the overlap table per network (the plan's overlap, target > 0.70,
    the mass share against the lesion's share of the window, pointing game, deletion/insertion,
    the randomisation check), written to ``explain_<net>.md``. With ``--gradcam-stages``, Grad-CAM
    again at every encoder stage of the network (``explain_gradcam_<stage>.md``), to choose

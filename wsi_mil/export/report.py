@@ -299,10 +299,12 @@ font-size:90%}td.num{text-align:right}tr.unsupported td{background:#fde2e2}
 {% for heading, columns, rows in tables %}<h2>{{ heading }}</h2>
 <table><tr>{% for _, t in columns %}<th>{{ t }}</th>{% endfor %}</tr>
 {% for r in rows %}<tr class="{{ r.get('status', '') | replace(' ', '-') | replace(',', '') }}">
-{% for k, _ in columns %}<td class="{{ 'num' if r.get(k) is number else '' }}">{{ fmt(r.get(k), k) }}</td>{% endfor %}</tr>
+{% for k, _ in columns %}<td class="{{ 'num' if r.get(k) is number else '' }}">
+{{- fmt(r.get(k), k) }}</td>{% endfor %}</tr>
 {% endfor %}</table>{% endfor %}
 {% if mentions %}<h2>Mentions</h2><ul>{% for label, m in mentions %}
-<li>{{ label }}: &ldquo;{{ m.text }}&rdquo;{% if m.negated %} (negated by &ldquo;{{ m.cue }}&rdquo;){% endif %},
+<li>{{ label }}: &ldquo;{{ m.text }}&rdquo;
+{%- if m.negated %} (negated by &ldquo;{{ m.cue }}&rdquo;){% endif %},
 in: <span class="muted">{{ m.sentence }}</span></li>{% endfor %}</ul>{% endif %}
 <p class="muted">Sources: {{ sources }}</p></body></html>
 """

@@ -3,9 +3,9 @@
 No language model: a mention is a word or phrase of the vocabulary found in the text
 (case-insensitive, whole words, any run of white space between a phrase's words), and it is
 *negated* when one of the vocabulary's negation cues stands before it in the same sentence,
-within ``negation_window`` words, with no "but", "however", "although", "except", "though" or
-"yet" between them (the pre-negation rule of NegEx, Chapman et al., J Biomed Inform 2001, without its
-post-negation and uncertainty lists). Where two phrases overlap, the longer one is the mention
+within ``negation_window`` words, with no "but", "however", "although", "except", "though"
+or "yet" between them (the pre-negation rule of NegEx, Chapman et al., J Biomed Inform 2001,
+without its post-negation and uncertainty lists). Where two phrases overlap, the longer one is the mention
 ("metastatic carcinoma" once, not "carcinoma" again). Hand-written because it is a few regular
 expressions: the NegEx implementations on PyPI (negspacy, medspacy) need a spaCy pipeline,
 which is much more than this needs.

@@ -6,8 +6,8 @@ called on them, so a pixel map and a tile map are scored by one definition.
 
 * ``overlap``: the attention-lesion overlap as the study plan writes it, "map mass inside the
   lesion over the lesion's area": ``sum_{p in L} m_p / |L|`` with ``m`` the map's non-negative
-  part min-max scaled to [0, 1] in the window (:func:`wsi_mil.metrics.attention.minmax_scale`, the scaling every
-  heatmap uses). It is the mean map value inside the lesion, so it does not look outside it:
+  part min-max scaled to [0, 1] in the window (:func:`wsi_mil.metrics.attention.minmax_scale`,
+  the scaling every heatmap uses). It is the mean map value inside the lesion, so it does not look outside it:
   a constant map scores 1 and uniform noise 0.5, and it rewards broad maps over sharp ones.
 * ``mass_share``: the normalised mass share, ``sum_{p in L} m_p / sum_p m_p`` on the map's
   non-negative part (:func:`~wsi_mil.metrics.explain.lesion_attention_mass` after

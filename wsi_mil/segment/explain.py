@@ -154,7 +154,8 @@ class _PatchScorer:
             keep = torch.zeros((len(chunk), self.n_patches), dtype=torch.bool,
                                device=self.device)
             for i, key in enumerate(chunk):
-                keep[i, torch.as_tensor(np.frombuffer(key, np.int64).copy(), device=self.device)] = True
+                kept = np.frombuffer(key, np.int64).copy()
+                keep[i, torch.as_tensor(kept, device=self.device)] = True
             pixels = keep[:, self.cell].unsqueeze(1)  # [n, 1, T, T]
             x = torch.where(pixels, self.original, self.filled)
             with torch.no_grad():
@@ -316,7 +317,8 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
         if k in shown:
             down, mpp = layout.mask.downsample, layout.mask.mpp
             figure_rows.append({
-                "window": k, "tile": tile[0], "truth": None if lesions is None else truth_of(windows_xy[k]),
+                "window": k, "tile": tile[0],
+                "truth": None if lesions is None else truth_of(windows_xy[k]),
                 "probability": probs[0].cpu().numpy(), "mask_threshold": params.mask_threshold,
                 "maps": {name: values[0] for name, values in maps.items()},
                 "scores": by_window.get(k, {}).get("scores", {}),

@@ -66,8 +66,9 @@ def write_model(folder, net: str = "unet", lesion_bias: float = 0.0) -> None:
     torch.manual_seed(0)
     params = SegmentTrainParams(net=net, mpp=2.0, tile_size=64, channels=(8, 16, 32))
     network = build_network(params)
-    last = [m for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
-            and m.out_channels == 2][-1]
+    convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    last = [m for m in network.modules()
+            if isinstance(m, convolutions) and m.out_channels == 2][-1]
     with torch.no_grad():
         last.bias[1] += lesion_bias
     buffer = io.BytesIO()

@@ -37,7 +37,8 @@ def explained(tmp_path_factory, segment_helpers, random_segmenter):
         {"positive": [{"name": "disc", "vertices": ring}], "negative": []}))
     (root / "predictions").mkdir()
     grid_prediction(root / "predictions" / "disc.h5", slide, 1280, 1024, 0.5, 256,
-                    lambda x, y: x < cx + r and x + 256 > cx - r and y < cy + r and y + 256 > cy - r)
+                    lambda x, y: (x < cx + r and x + 256 > cx - r
+                                  and y < cy + r and y + 256 > cy - r))
     random_segmenter(root / "model", "unet", lesion_bias=2.0)
     args = ["segment", "--predictions", str(root / "predictions"), "--model",
             str(root / "model"), "--out", str(root), "--annotations", str(root / "annotations"),
