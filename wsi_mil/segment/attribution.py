@@ -40,9 +40,9 @@ Methods (:data:`NETWORK_METHODS` says which network has which):
   window.
 * ``integrated_gradients``: Sundararajan et al. (ICML 2017; Captum) on the input pixels, from
   a window of empty glass (white, RGB 255: no stain, so no evidence of anything), summed over
-  the three colour channels. Signed. The baseline matters: on the planted lesions of the tests
-  the positive mass inside the lesion was about the lesion's share of the window (no better
-  than noise) from mid-grey (the normalisation's zero) and clearly above it from white.
+  the three colour channels. Signed. The baseline matters: in a trial on planted lesions while
+  building this, the positive mass from mid-grey (the normalisation's zero) fell inside the
+  lesion no more than noise's, and clearly more from white.
 * ``random``: uniform noise, the baseline of every score.
 
 Maps coarser than the window (tokens, gates, Grad-CAM) are upsampled bilinearly (Captum's

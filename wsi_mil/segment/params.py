@@ -35,7 +35,7 @@ class SegmentTrainParams:
     #: SwinUNETR ``feature_size`` (a multiple of 12).
     swin_feature_size: int = 24
     #: UNETR: width of its ViT's tokens (192, with 3 heads: ViT-Tiny's; MONAI's default 768 is
-    #: ViT-Base, 13x the weights and 4x slower for a few hundred training tiles). The patch is
+    #: ViT-Base, 13x the weights, too many for a few hundred training tiles). The patch is
     #: MONAI's fixed 16 px (its decoder climbs back to pixels in four 2x steps).
     unetr_hidden_size: int = 192
     #: UNETR: attention heads per layer (``unetr_hidden_size`` must divide by it).
