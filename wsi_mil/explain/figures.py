@@ -134,3 +134,76 @@ def write_cohort_chart(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
+
+
+def _mask_outline(ax: Any, mask: np.ndarray | None, color: str) -> None:
+    """The boundary of a boolean pixel mask, drawn over an image of the same shape."""
+    if mask is None or not mask.any() or mask.all():
+        return
+    ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=1.0)
+
+
+def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Mapping[str, Any]],
+                                   title: str, score_keys: Sequence[tuple[str, str]],
+                                   panel_inches: float = 2.2) -> Path:
+    """One row per segmenter window: the window (lesion annotation outlined in black), the
+    segmenter's lesion probability (its mask outlined in red), then one map per method over
+    the window, titled with its scores; the layout of :func:`write_comparison_figure`.
+
+    Each window is a mapping with ``tile`` (uint8 ``[T, T, 3]``), ``truth`` (bool ``[T, T]`` or
+    None), ``probability`` (``[T, T]`` in [0, 1]), ``mask_threshold``, ``label`` (the row's
+    name), ``maps`` (method -> ``[T, T]``) and ``scores`` (method -> {key: value}); a map is
+    shown as its non-negative part over its maximum. ``score_keys`` are the (key, short name)
+    pairs put in the titles.
+    """
+    from matplotlib.figure import Figure
+
+    methods = list(dict.fromkeys(m for w in windows for m in w["maps"]))
+    cols = 2 + len(methods)
+    rows = max(1, len(windows))
+    fig = Figure(figsize=(panel_inches * cols, (panel_inches + 0.7) * rows + 0.6), dpi=110,
+                 layout="constrained")
+    fig.suptitle(title + "\nblack: the annotated lesion; red: the segmenter's mask", fontsize=10)
+    for r, window in enumerate(windows):
+        axes = [fig.add_subplot(rows, cols, r * cols + i + 1) for i in range(cols)]
+        for ax in axes:
+            ax.set_axis_off()
+        tile, truth = window["tile"], window.get("truth")
+        axes[0].imshow(tile)
+        _mask_outline(axes[0], truth, "black")
+        axes[0].set_title(window["label"] if truth is not None
+                          else f"{window['label']}\n(no annotation)", fontsize=7)
+        probability = np.asarray(window["probability"], np.float32)
+        axes[1].imshow(tile)
+        axes[1].imshow(probability, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        _mask_outline(axes[1], probability >= window["mask_threshold"], "red")
+        _mask_outline(axes[1], truth, "black")
+        scores = window.get("scores", {})
+        axes[1].set_title(_score_title("segmenter P(lesion)", scores.get("prediction", {}),
+                                       score_keys), fontsize=7)
+        for ax, method in zip(axes[2:], methods):
+            values = window["maps"].get(method)
+            if values is None:
+                continue
+            shown = np.clip(np.asarray(values, np.float32), 0, None)
+            top = float(shown.max())
+            ax.imshow(tile)
+            ax.imshow(shown / top if top > 0 else shown, cmap="inferno", alpha=0.75, vmin=0,
+                      vmax=1)
+            _mask_outline(ax, truth, "black")
+            name = method if top > 0 else f"{method} (empty map)"
+            ax.set_title(_score_title(name, scores.get(method, {}), score_keys), fontsize=7)
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _score_title(name: str, scores: Mapping[str, float], keys: Sequence[tuple[str, str]]) -> str:
+    """The method, then its scores two to a line (and the sanity flag)."""
+    parts = [f"{short} {scores[key]:.2f}" for key, short in keys
+             if np.isfinite(scores.get(key, np.nan))]
+    if scores.get("sanity_flagged"):
+        parts.append("fails sanity")
+    lines = [", ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+    return "\n".join([name, *lines])

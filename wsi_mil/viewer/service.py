@@ -21,6 +21,7 @@ from wsi_mil.viewer.layers import (
     HeatLayer,
     OutlineLayer,
     TileWindow,
+    ZarrHeatLayer,
     encode_indexed_png,
     encode_png,
     palette_index,
@@ -53,7 +54,7 @@ class SlideState:
     deepzoom: Any = None
     serial: bool = False  # image fallback (PIL): reads must not overlap
     mpp: float | None = None
-    heat: dict[str, HeatLayer] = field(default_factory=dict)
+    heat: dict[str, HeatLayer | ZarrHeatLayer] = field(default_factory=dict)
     outlines: dict[str, OutlineLayer] = field(default_factory=dict)
     tissue: Any = None
     tiles: dict[str, Any] = field(default_factory=dict)  # per-tile measurements
@@ -148,6 +149,8 @@ class ViewerService:
             f"explain_{method}": (*normalise_scores(v, "rank", probability=False)[:3],
                                   f"{method} (explanation, percentile)")
             for method, v in explanations.items()}))
+        if entry.segment_dir is not None:
+            state.heat.update(_segment_layers(entry.segment_dir))
 
         from scipy.stats import rankdata
 
@@ -387,3 +390,29 @@ def _read_explanations(path: Path | None, n_tiles: int) -> dict[str, np.ndarray]
             if isinstance(item, h5py.Dataset) and item.shape == (n_tiles,):
                 out[str(name)] = np.asarray(item[:], np.float64)
     return out
+
+
+def _segment_layers(folder: Path) -> dict[str, ZarrHeatLayer]:
+    """The pixel segmenter's layers of a ``segment/<slide_id>/`` folder: its lesion probability
+    (``mask.zarr``) and every explanation map (``explain.zarr/<method>``), read lazily."""
+    import zarr
+
+    from wsi_mil.segment.explain import EXPLAIN_ZARR
+    from wsi_mil.segment.infer import MASK
+
+    found = []
+    if (folder / MASK).is_dir():
+        found.append(("segment_mask", "segmenter P(lesion) (pixel mask)",
+                      zarr.open_group(str(folder / MASK), mode="r")))
+    if (folder / EXPLAIN_ZARR).is_dir():
+        maps = zarr.open_group(str(folder / EXPLAIN_ZARR), mode="r")
+        found += [(f"segment_{name}", f"segmenter {name} (explanation, window max = 1)",
+                   maps[name]) for name in sorted(maps.group_keys())]
+    layers = {}
+    for layer_id, label, group in found:
+        meta = dict(group.attrs)["wsi_mil"]
+        levels = len(dict(group.attrs)["multiscales"][0]["datasets"])
+        layers[layer_id] = ZarrHeatLayer(layer_id, label,
+                                         tuple(group[str(k)] for k in range(levels)),
+                                         (0.0, 0.0), float(meta["downsample_level0"]))
+    return layers

@@ -12,8 +12,9 @@ import zarr
 
 from tiling.annotations import geometry_mask, read_annotations
 from wsi_mil.segment.data import TrainingSlide, kind_counts, sample_slide
-from wsi_mil.segment.infer import ChunkStitcher, segment_slide, window_lattice
+from wsi_mil.segment.infer import segment_slide
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
+from wsi_mil.segment.windows import ChunkStitcher, window_lattice
 from wsi_mil.synthetic.pyramid_tiff import Ellipse, Rect, shapes_render, write_pyramidal_tiff
 
 
