@@ -87,7 +87,8 @@ def test_row_i_is_the_tile_at_coords_i(tmp_path, make_tiles, generated_slide, li
     assert not np.allclose(f[0], f[-1], atol=1e-2)  # tiles differ, so the order is testable
     # and row 5 is the encoder applied to the tile at coords[5], read on its own
     tile = TileDataset(tiles, generated_slide, lite0.input_size)[5]
-    np.testing.assert_allclose(f[5], lite0.encode(tile[None])[0].cpu().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(f[5], lite0.encode(tile[None])[0].cpu().numpy(), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_bag_follows_the_contract(tmp_path, make_tiles, generated_slide, lite0, quiet):
