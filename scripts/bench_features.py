@@ -248,15 +248,19 @@ def measure_encoder(name: str, args: argparse.Namespace, tiles: TilesFile, slide
             line += f"; (c) {n / c_times[-1]:.1f} tiles/s at {a_threads} threads"
         print(line, flush=True)
     best_a = a_count / min(a_times)
+    torch.set_num_threads(min(thread_counts, key=lambda t: min(a_by_threads[t])))
+    a_at = {b: round(a_count / encoder_only(encoder, images, b), 1) for b in args.a_batch_sizes}
+    torch.set_num_threads(pipeline_threads)
     result: dict[str, Any] = {
         "encoder": encoder.name, "weights": encoder.weights, "dim": encoder.dim,
         "device": str(device), "batch_size": args.batch_size, "a_tiles": a_count,
         "a_tiles_per_s": round(best_a, 1),
         "a_tiles_per_s_median": round(a_count / statistics.median(a_times), 1),
-        "b_tiles": n, "b": [], "repeat": args.repeat,
+        "a_tiles_per_s_by_batch_size": a_at, "b_tiles": n, "b": [], "repeat": args.repeat,
     }
     print(f"(a) encoder only (in {'GPU' if device.type == 'cuda' else 'host'} memory) "
-          f"{best_a:10.1f} tiles/s best of {args.repeat}")
+          f"{best_a:10.1f} tiles/s best of {args.repeat}"
+          + "".join(f"; {v:.1f} at batch {b}" for b, v in a_at.items()))
     for w in worker_counts:
         readers = params[w].reader_workers(device.type)
         best_b = n / min(b_times[w])
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-tiles", type=int, default=None,
                         help="tiles held in memory for (a) (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--a-batch-sizes", type=int, nargs="*", default=[],
+                        help="also measure (a) once at each of these batch sizes")
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="reader processes of (b), one run each (default: ExtractParams' "
                         "choice for the device)")
