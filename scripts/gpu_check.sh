@@ -104,9 +104,10 @@ EOF
 command -v nvidia-smi > /dev/null &&
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 
-# one step: name, most seconds, command; its status and seconds go to $STATUS
+# one step: name, most seconds (on the GPU; four times that with --quick on a CPU), command;
+# its status and seconds go to $STATUS
 run_step() {
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * (QUICK ? 4 : 1)))
     shift 2
     local left=$((DEADLINE - $(date +%s) - 20))
     ((left < limit)) && limit=$left
@@ -129,8 +130,8 @@ run_step() {
 
 # background: what the timed steps read, generated while the tests run (no GPU needed)
 if ((QUICK)); then
-    SLIDE=(--synthetic 2048x2048 --synthetic-mpp 0.5 --max-tiles 32)
-    FEATURES=(--a-tiles 8 --workers 1 2 --batch-size 8 --repeat 1)
+    SLIDE=(--synthetic 2048x2048 --synthetic-mpp 0.5 --max-tiles 8)
+    FEATURES=(--a-tiles 2 --a-batch-sizes 1 --workers 1 2 --batch-size 2 --repeat 1)
     TRAINING=(--bags 4 --tiles 2000 --predict-tiles 20000 --epochs 1)
     PIPELINE=(--quick --big-bag 500 --lesion-mm 0.4)
     TESTS=(-m "not slow")
@@ -149,7 +150,7 @@ timeout 300 "$PY" scripts/bench_training.py --part make --workdir "$WORK/trainin
     "${TRAINING[@]}" > "$WORK/prepare_training.log" 2>&1 &
 PREP_TRAINING=$!
 timeout 300 "$PY" scripts/bench_gpu_pipeline.py --prepare --out "$WORK/pipeline" \
-    "${PIPELINE[@]}" > "$WORK/prepare_pipeline.log" 2>&1 &
+    --device "$DEVICE" "${PIPELINE[@]}" > "$WORK/prepare_pipeline.log" 2>&1 &
 PREP_PIPELINE=$!
 finish_prep() {  # name pid: wait for a background step, then show its log
     wait "$2"
@@ -168,8 +169,10 @@ TEST_FILES=(tests/wsi_mil/mil/models tests/features/test_extract.py tests/featur
             tests/wsi_mil/explain/test_gradcam.py tests/wsi_mil/metrics/test_explain.py
             tests/wsi_mil/pipeline/test_explain_stage.py tests/wsi_mil/segment/test_segment.py
             tests/wsi_mil/segment/test_trained.py)
-PYTEST_EXTRA=()
-"$PY" -c "import xdist" 2> /dev/null && PYTEST_EXTRA+=(-n 4 --dist loadfile)
+PYTEST_EXTRA=()  # pytest-xdist (a test file per process) where there are cores to spare
+XDIST=$(($(nproc) / 4 < 4 ? $(nproc) / 4 : 4))
+((XDIST >= 2)) && "$PY" -c "import xdist" 2> /dev/null &&
+    PYTEST_EXTRA+=(-n "$XDIST" --dist loadfile)
 "$PY" -c "import pytest_timeout" 2> /dev/null && PYTEST_EXTRA+=(--timeout 120)
 run_step tests 150 env WSI_MIL_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider \
     -rfEs --durations=10 --junitxml="$OUT/pytest.xml" ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"} \
