@@ -191,8 +191,10 @@ def in_memory_tiles(dataset: TileDataset, count: int, batch_size: int, workers: 
 
 
 def measure_encoder(name: str, args: argparse.Namespace, tiles: TilesFile, slide: Path,
-                    tmp: Path, worker_counts: list[int | None]) -> dict[str, Any]:
-    """(a), (b) for each reader count and (c) of one encoder; prints and returns its figures."""
+                    tmp: Path, worker_counts: list[int | None],
+                    held: dict[int, torch.Tensor]) -> dict[str, Any]:
+    """(a), (b) for each reader count and (c) of one encoder; prints and returns its figures.
+    ``held``: the tiles for (a) by input size, read once for every encoder."""
     encoder = (random_encoder(name, args.device) if args.random_weights
                else create_encoder(name, args.weights, device=args.device))
     device = encoder.device
@@ -203,10 +205,11 @@ def measure_encoder(name: str, args: argparse.Namespace, tiles: TilesFile, slide
     n = len(tiles)
     dataset = TileDataset(tiles, slide, encoder.input_size)
     a_count = min(n, args.a_tiles or n)
-    images = in_memory_tiles(dataset, a_count, args.batch_size,
-                             first.reader_workers(device.type), device)
-    if device.type == "cpu":
-        images = images.contiguous()
+    if encoder.input_size not in held:
+        held[encoder.input_size] = in_memory_tiles(dataset, a_count, args.batch_size,
+                                                   first.reader_workers(device.type),
+                                                   torch.device("cpu"))
+    images = held[encoder.input_size].to(device)
     readers = [p.reader_workers(device.type) for p in params.values()]
     print(f"encoder {encoder.name} ({encoder.dim}-d, {encoder.weights}) on {device}; "
           f"(a) on {a_count} tiles in {'GPU' if device.type == 'cuda' else 'host'} memory; "
@@ -378,16 +381,23 @@ def main(argv: list[str] | None = None) -> int:
                                              "tiles_per_s_per_reader": round(per_reader, 1)})
                 print(f"(r) reading only, {readers:2d} readers  {rate:10.1f} tiles/s  "
                       f"({per_reader:.1f} per reader)", flush=True)
+        write_results(results, args.json)
+        held: dict[int, torch.Tensor] = {}
         for name in args.encoder:
             results["encoders"].append(measure_encoder(name, args, tiles, slide, tmp,
-                                                       worker_counts))
+                                                       worker_counts, held))
+            write_results(results, args.json)  # each encoder's figures as soon as they exist
         load_after = os.getloadavg()
     results["load_average"] = [round(load_before[0], 2), round(load_after[0], 2)]
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, args.json)
     return 0
+
+
+def write_results(results: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (docs/gpu.md): every CUDA path of wsi-mil run for real, in one short script.
 #
-#   scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--budget SECONDS]
+#   scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--budget SECONDS] [--only STEP,...]
 #
 # Steps, each under its own timeout (and all under --budget), so one hang cannot eat the rest:
 #   1. tests: the model, feature, training, explain and segment tests with
@@ -20,6 +20,7 @@
 # The slide, the bags and the cohort are generated in the background while the tests run.
 #
 # --quick runs every step tiny (the CPU dry run: scripts/gpu_check.sh --device cpu --quick).
+# --only tests,features,training,pipeline runs those steps only (e.g. to rerun one that failed).
 # Outputs, in ${OUT:-./gpu_check_out} (at most 8 files): gpu_check.log (everything printed),
 # pytest.xml, features.json, training.json, pipeline.json, pipeline_cli.log and gpu_check.json
 # (every figure, with each step's status and seconds). Big files go to ${GPU_CHECK_WORK:-/tmp/
@@ -30,12 +31,14 @@ set -uo pipefail
 DEVICE=cuda
 QUICK=0
 BUDGET=""
+ONLY=tests,features,training,pipeline
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while (($#)); do
     case "$1" in
         --device) DEVICE=${2:?--device needs cuda or cpu}; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --budget) BUDGET=${2:?--budget needs seconds}; shift 2 ;;
+        --only) ONLY=${2:?--only needs steps}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -44,6 +47,14 @@ case "$DEVICE" in
     cuda | cuda:[0-9]* | cpu) ;;
     *) echo "gpu_check.sh: --device must be cuda or cpu, got $DEVICE" >&2; exit 2 ;;
 esac
+for step in ${ONLY//,/ }; do
+    case "$step" in
+        tests | features | training | pipeline) ;;
+        *) echo "gpu_check.sh: --only takes tests,features,training,pipeline, got $step" >&2
+           exit 2 ;;
+    esac
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
 [[ -n "$BUDGET" ]] || BUDGET=$((QUICK ? 1500 : 420))
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -131,28 +142,37 @@ run_step() {
 # background: what the timed steps read, generated while the tests run (no GPU needed)
 if ((QUICK)); then
     SLIDE=(--synthetic 2048x2048 --synthetic-mpp 0.5 --max-tiles 8)
+    SLIDE_FILE=$WORK/features/synthetic_2048x2048_0.5.tiff
     FEATURES=(--a-tiles 2 --a-batch-sizes 1 --workers 1 2 --batch-size 2 --repeat 1)
     TRAINING=(--bags 4 --tiles 2000 --predict-tiles 20000 --epochs 1)
     PIPELINE=(--quick --big-bag 500 --lesion-mm 0.4)
     TESTS=(-m "not slow")
 else
     SLIDE=(--synthetic 32768x24576 --synthetic-mpp 0.5 --max-tiles 16384)
+    SLIDE_FILE=$WORK/features/synthetic_32768x24576_0.5.tiff
     FEATURES=(--a-tiles 4096 --a-batch-sizes 32 512 --workers 4 8 15 --batch-size 128
               --repeat 1)
     TRAINING=(--bags 200 --tiles 10000 --predict-tiles 200000 --epochs 2)
     PIPELINE=(--big-bag 100000 --lesion-mm 4)
     TESTS=()
 fi
-timeout 300 "$PY" scripts/bench_features.py --prepare --workdir "$WORK/features" "${SLIDE[@]}" \
-    > "$WORK/prepare_features.log" 2>&1 &
-PREP_FEATURES=$!
-timeout 300 "$PY" scripts/bench_training.py --part make --workdir "$WORK/training" \
-    "${TRAINING[@]}" > "$WORK/prepare_training.log" 2>&1 &
-PREP_TRAINING=$!
-timeout 300 "$PY" scripts/bench_gpu_pipeline.py --prepare --out "$WORK/pipeline" \
-    --device "$DEVICE" "${PIPELINE[@]}" > "$WORK/prepare_pipeline.log" 2>&1 &
-PREP_PIPELINE=$!
+if want features || want pipeline; then  # the pipeline segments the features step's slide
+    timeout 300 "$PY" scripts/bench_features.py --prepare --workdir "$WORK/features" \
+        "${SLIDE[@]}" > "$WORK/prepare_features.log" 2>&1 &
+    PREP_FEATURES=$!
+fi
+if want training; then
+    timeout 300 "$PY" scripts/bench_training.py --part make --workdir "$WORK/training" \
+        "${TRAINING[@]}" > "$WORK/prepare_training.log" 2>&1 &
+    PREP_TRAINING=$!
+fi
+if want pipeline; then
+    timeout 300 "$PY" scripts/bench_gpu_pipeline.py --prepare --out "$WORK/pipeline" \
+        --device "$DEVICE" "${PIPELINE[@]}" > "$WORK/prepare_pipeline.log" 2>&1 &
+    PREP_PIPELINE=$!
+fi
 finish_prep() {  # name pid: wait for a background step, then show its log
+    [[ -n "$2" ]] || return 0
     wait "$2"
     local rc=$?
     echo "-- background $1: exit $rc"
@@ -174,28 +194,37 @@ XDIST=$(($(nproc) / 4 < 4 ? $(nproc) / 4 : 4))
 ((XDIST >= 2)) && "$PY" -c "import xdist" 2> /dev/null &&
     PYTEST_EXTRA+=(-n "$XDIST" --dist loadfile)
 "$PY" -c "import pytest_timeout" 2> /dev/null && PYTEST_EXTRA+=(--timeout 120)
-run_step tests 150 env WSI_MIL_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider \
-    -rfEs --durations=10 --junitxml="$OUT/pytest.xml" ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"} \
-    ${TESTS[@]+"${TESTS[@]}"} "${TEST_FILES[@]}"
+if want tests; then
+    run_step tests 150 env WSI_MIL_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -rfEs \
+        -p no:cacheprovider --durations=10 --junitxml="$OUT/pytest.xml" \
+        ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"} ${TESTS[@]+"${TESTS[@]}"} "${TEST_FILES[@]}"
+fi
 
 # 2. extraction
-finish_prep features "$PREP_FEATURES"
-SLIDE_FILE=$(ls "$WORK"/features/synthetic_*.tiff 2> /dev/null | head -1)
-run_step features 200 "$PY" scripts/bench_features.py --workdir "$WORK/features" "${SLIDE[@]}" \
-    --encoder efficientnet_lite0 vit_small_dino uni --random-weights --device "$DEVICE" \
-    --no-naive --read-only "${FEATURES[@]}" --json "$OUT/features.json"
+finish_prep features "${PREP_FEATURES:-}"
+if want features; then
+    run_step features 200 "$PY" scripts/bench_features.py --workdir "$WORK/features" \
+        "${SLIDE[@]}" --encoder efficientnet_lite0 vit_small_dino uni --random-weights \
+        --device "$DEVICE" --no-naive --read-only "${FEATURES[@]}" --json "$OUT/features.json"
+fi
 
 # 3. training and prediction
-finish_prep training "$PREP_TRAINING"
-run_step training 120 "$PY" scripts/bench_training.py --workdir "$WORK/training" \
-    "${TRAINING[@]}" --device "$DEVICE" --json "$OUT/training.json"
+finish_prep training "${PREP_TRAINING:-}"
+if want training; then
+    run_step training 120 "$PY" scripts/bench_training.py --workdir "$WORK/training" \
+        "${TRAINING[@]}" --device "$DEVICE" --json "$OUT/training.json"
+fi
 
 # 4-5. precision, agreement, explain and segment
-finish_prep pipeline "$PREP_PIPELINE"
-run_step pipeline 180 "$PY" scripts/bench_gpu_pipeline.py --out "$WORK/pipeline" \
-    --device "$DEVICE" "${PIPELINE[@]}" ${SLIDE_FILE:+--big-slide "$SLIDE_FILE"} \
-    --json "$OUT/pipeline.json"
-[[ -f "$WORK/pipeline/cli.log" ]] && cp "$WORK/pipeline/cli.log" "$OUT/pipeline_cli.log"
+finish_prep pipeline "${PREP_PIPELINE:-}"
+if want pipeline; then
+    BIG_SLIDE=()
+    [[ -f "$SLIDE_FILE" ]] && BIG_SLIDE=(--big-slide "$SLIDE_FILE")
+    run_step pipeline 180 "$PY" scripts/bench_gpu_pipeline.py --out "$WORK/pipeline" \
+        --device "$DEVICE" "${PIPELINE[@]}" ${BIG_SLIDE[@]+"${BIG_SLIDE[@]}"} \
+        --json "$OUT/pipeline.json"
+    [[ -f "$WORK/pipeline/cli.log" ]] && cp "$WORK/pipeline/cli.log" "$OUT/pipeline_cli.log"
+fi
 
 # summary: every figure in one JSON, and the headline figures printed; exit 1 unless all ok
 "$PY" scripts/gpu_check_summary.py --out "$OUT" --status "$STATUS" --device "$DEVICE" \

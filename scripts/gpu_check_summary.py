@@ -43,8 +43,11 @@ def test_counts(path: Path) -> dict[str, int] | None:
     return counts
 
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
+def fmt(value: float | None, digits: int | None = None) -> str:
+    """A figure as printed: ``digits`` decimals, else none from 100 on and one below."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits if digits is not None else (0 if abs(value) >= 100 else 1)}f}"
 
 
 def feature_lines(f: dict[str, Any]) -> list[str]:
@@ -57,7 +60,7 @@ def feature_lines(f: dict[str, Any]) -> list[str]:
             f"{r['readers']}: {fmt(r['tiles_per_s'])} tiles/s "
             f"({fmt(r['tiles_per_s_per_reader'])}/reader)" for r in f["read_only"]))
     for e in f["encoders"]:
-        extra = "".join(f", {v:,.0f} at batch {b}"
+        extra = "".join(f", {fmt(v)} at batch {b}"
                         for b, v in e.get("a_tiles_per_s_by_batch_size", {}).items())
         lines.append(f"  {e['encoder']} ({e['dim']}-d, {e['weights']}), batch {e['batch_size']}:"
                      f" (a) {fmt(e['a_tiles_per_s'])} tiles/s{extra}; (b) " + ", ".join(
