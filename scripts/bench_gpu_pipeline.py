@@ -54,8 +54,8 @@ from features.dataset import TileDataset
 from features.registry import Encoder, create_encoder
 from tiling.tiles_file import read_tiles_file
 
-#: The demo's --quick cohort, tiling and training settings (wsi_mil.pipeline.demo); tinier
-#: with --quick.
+#: A cohort like the demo's --quick one, with the demo's tiling and training settings
+#: (wsi_mil.pipeline.demo); tinier with --quick.
 COHORT = {"train_normal": 5, "train_tumor": 5, "test_normal": 3, "test_tumor": 3,
           "size_px": 2048}
 QUICK_COHORT = {"train_normal": 2, "train_tumor": 2, "test_normal": 1, "test_tumor": 1,

@@ -189,13 +189,16 @@ TEST_FILES=(tests/wsi_mil/mil/models tests/features/test_extract.py tests/featur
             tests/wsi_mil/explain/test_gradcam.py tests/wsi_mil/metrics/test_explain.py
             tests/wsi_mil/pipeline/test_explain_stage.py tests/wsi_mil/segment/test_segment.py
             tests/wsi_mil/segment/test_trained.py)
-PYTEST_EXTRA=()  # pytest-xdist (a test file per process) where there are cores to spare
+PYTEST_EXTRA=()  # pytest-xdist (a test file per process) where there are cores to spare,
+TEST_ENV=(WSI_MIL_TEST_DEVICE="$DEVICE")  # each process with its share of the cores' threads
 XDIST=$(($(nproc) / 4 < 4 ? $(nproc) / 4 : 4))
-((XDIST >= 2)) && "$PY" -c "import xdist" 2> /dev/null &&
+if ((XDIST >= 2)) && "$PY" -c "import xdist" 2> /dev/null; then
     PYTEST_EXTRA+=(-n "$XDIST" --dist loadfile)
+    TEST_ENV+=(OMP_NUM_THREADS=$(($(nproc) / XDIST)))
+fi
 "$PY" -c "import pytest_timeout" 2> /dev/null && PYTEST_EXTRA+=(--timeout 120)
 if want tests; then
-    run_step tests 150 env WSI_MIL_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -rfEs \
+    run_step tests 150 env "${TEST_ENV[@]}" "$PY" -m pytest -q -rfEs \
         -p no:cacheprovider --durations=10 --junitxml="$OUT/pytest.xml" \
         ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"} ${TESTS[@]+"${TESTS[@]}"} "${TEST_FILES[@]}"
 fi
