@@ -46,6 +46,9 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path):
     assert done.stderr.strip() == "gpu_check.sh: --device must be cuda or cpu, got tpu"
     done = run_script("--fast", out=tmp_path / "out")
     assert done.returncode == 2 and "unknown argument --fast" in done.stderr
+    done = run_script("--only", "tests,bench", out=tmp_path / "out")
+    assert done.returncode == 2 and "--only takes tests,features,training,pipeline, got bench" \
+        in done.stderr
     assert not (tmp_path / "out").exists()
 
 
