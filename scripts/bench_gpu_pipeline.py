@@ -6,9 +6,10 @@ command line (``python -m wsi_mil VERB``) as a user runs it:
 1. **Precision**: the same 64 tiles encoded on ``--device`` (bf16 autocast on CUDA) and on the
    CPU in float32: per-tile relative L2 difference ``|f_dev - f_cpu| / |f_cpu|`` (max and
    median), the largest elementwise difference relative to the largest feature, and the
-   smallest cosine similarity. Encoders: EfficientNet-Lite0 (its bundled weights when
-   installed, else random weights of its architecture, saved to a file and passed as
-   ``--weights``) and ViT-S/16 (random weights).
+   smallest cosine similarity; and the same on the device in float32 (``float32_*``, no
+   autocast), which separates bf16 from the device's other arithmetic. Encoders:
+   EfficientNet-Lite0 (its bundled weights when installed, else random weights of its
+   architecture, saved to a file and passed as ``--weights``) and ViT-S/16 (random weights).
 2. **Agreement**: the cohort extracted on both (float32 bags), gated attention-MIL trained on
    each with the same seed and settings (on the device from the device's features, on the CPU
    from the CPU's) and the held-out test slides predicted: labels that agree, the largest
@@ -37,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,22 +112,36 @@ def lite0_weights(folder: Path) -> tuple[str | None, str]:
         return str(path), "random weights (the bundled-weights package is not installed)"
 
 
+def without_autocast(encoder: Encoder, tiles: torch.Tensor) -> torch.Tensor:
+    """:meth:`Encoder.encode` in float32 on the encoder's device (no bf16 autocast): the
+    control that tells bf16 from the device's other float32 arithmetic (TF32 convolutions)."""
+    with torch.inference_mode():
+        return encoder.model(encoder.preprocess(tiles)).float()
+
+
 def precision(encoders: dict[str, tuple[Encoder, Encoder]], tiles: torch.Tensor) -> dict:
-    """Per encoder: the device's features against the CPU's float32 ones on ``tiles``."""
+    """Per encoder: the device's features (as extraction computes them, and in float32)
+    against the CPU's float32 ones on ``tiles``."""
+    def batched(fn) -> np.ndarray:
+        return np.concatenate([fn(tiles[i:i + 32]).cpu().numpy()
+                               for i in range(0, len(tiles), 32)])
+
     out = {}
     for name, (on_device, on_cpu) in encoders.items():
-        got = np.concatenate([on_device.encode(tiles[i:i + 32]).cpu().numpy()
-                              for i in range(0, len(tiles), 32)])
-        ref = np.concatenate([on_cpu.encode(tiles[i:i + 32]).numpy()
-                              for i in range(0, len(tiles), 32)])
-        relative = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-        cosine = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-        out[name] = {"tiles": len(tiles), "weights": on_cpu.weights,
-                     "max_relative_l2": float(relative.max()),
-                     "median_relative_l2": float(np.median(relative)),
-                     "max_abs_diff_over_max_abs": float(np.abs(got - ref).max()
-                                                        / np.abs(ref).max()),
-                     "min_cosine": float(cosine.min())}
+        ref = batched(on_cpu.encode)
+        figures: dict[str, Any] = {"tiles": len(tiles), "weights": on_cpu.weights}
+        for label, got in (("", batched(on_device.encode)),
+                           ("float32_", batched(partial(without_autocast, on_device)))):
+            relative = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+            cosine = (got * ref).sum(1) / (np.linalg.norm(got, axis=1)
+                                           * np.linalg.norm(ref, axis=1))
+            figures.update({
+                f"{label}max_relative_l2": float(relative.max()),
+                f"{label}median_relative_l2": float(np.median(relative)),
+                f"{label}max_abs_diff_over_max_abs": float(np.abs(got - ref).max()
+                                                          / np.abs(ref).max()),
+                f"{label}min_cosine": float(cosine.min())})
+        out[name] = figures
     return out
 
 

@@ -75,8 +75,9 @@ echo "gpu_check: device $DEVICE, quick $QUICK, budget ${BUDGET}s, out $OUT, work
 
 # 0. the wheels a bare machine lacks (.whl/, carried), then the environment
 if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { echo "gpu_check: installing .whl/ failed"; exit 3; }
+    "${PYTHON:-python3}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl ||
+        { echo "gpu_check: installing .whl/ failed"; exit 3; }
     export PYTHONPATH=/tmp/site:$ROOT
 else
     export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}

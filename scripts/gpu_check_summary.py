@@ -88,7 +88,8 @@ def pipeline_lines(p: dict[str, Any]) -> list[str]:
         lines.append(f"precision, {name} on {r['tiles']} tiles ({p['device']} vs CPU float32):"
                      f" relative L2 max {r['max_relative_l2']:.2e}, median "
                      f"{r['median_relative_l2']:.2e}; max |diff| / max |f| "
-                     f"{r['max_abs_diff_over_max_abs']:.2e}; min cosine {r['min_cosine']:.6f}")
+                     f"{r['max_abs_diff_over_max_abs']:.2e}; min cosine {r['min_cosine']:.6f};"
+                     f" without autocast: relative L2 max {r['float32_max_relative_l2']:.2e}")
     a = p["agreement"]
     dc, fc = a["device_vs_cpu"], a["device_features_trained_on_cpu_vs_cpu"]
     auc = ", ".join(f"{k} {fmt(v, 3)}" for k, v in a["test_auc"].items())
