@@ -195,11 +195,12 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 @functools.lru_cache(maxsize=2)
-def _encoder(name: str, weights: str | None) -> Any:
-    """The bag's encoder, loaded once per worker process for every slide of a batch."""
+def _encoder(name: str, weights: str | None, device: str) -> Any:
+    """The bag's encoder on the MIL model's device (Grad-CAM runs the two as one graph), loaded
+    once per worker process for every slide of a batch."""
     from features.registry import create_encoder
 
-    return create_encoder(name, weights=weights)
+    return create_encoder(name, weights=weights, device=device)
 
 
 def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, Any],
@@ -215,7 +216,8 @@ def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, An
     try:
         weights = attrs.get("weights")
         encoder = _encoder(str(attrs.get("encoder")),
-                           str(weights) if weights and Path(str(weights)).is_file() else None)
+                           str(weights) if weights and Path(str(weights)).is_file() else None,
+                           str(next(model.parameters()).device))
         slide = open_slide(Path(slide_path or attrs.get("slide_path", "")))
     except Exception as exc:  # noqa: BLE001 - Grad-CAM is an extra: say why it is missing
         return f"not run: {type(exc).__name__}: {exc}"

@@ -1,5 +1,6 @@
 """explain(): each method finds planted tiles in trained models; IG completeness; rollout of
-one layer; the randomisation check flags a map that ignores the model."""
+one layer; the randomisation check flags a map that ignores the model. Models run on the test
+device (``WSI_MIL_TEST_DEVICE``)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,10 @@ def planted():
     return bags[:32], bags[32:]
 
 
-def _train(name: str, planted) -> torch.nn.Module:
+def _train(name: str, planted, device: str) -> torch.nn.Module:
     train, val = planted
     params = TrainParams(model=name, hidden_dims=(64,), attention_dim=32, dropout=0.0,
-                         epochs=25, monitor="none", lr=1e-3, k_sample=4, device="cpu",
+                         epochs=25, monitor="none", lr=1e-3, k_sample=4, device=device,
                          bootstrap=0)
     extra = {"layers": 1, "heads": 4} if name == "transformer_mil" else {}
     torch.manual_seed(0)
@@ -59,8 +60,8 @@ def _train(name: str, planted) -> torch.nn.Module:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gated_abmil", "transformer_mil"])
-def test_methods_find_planted_tiles(name, planted):
-    model = _train(name, planted)
+def test_methods_find_planted_tiles(name, planted, device):
+    model = _train(name, planted, device)
     positives = [b for b in planted[1] if b.label]
     randomised = randomised_copy(model)
     for method in available_methods(model):
@@ -80,14 +81,14 @@ def test_methods_find_planted_tiles(name, planted):
             assert mean >= 0.9, (method, aucs)
 
 
-def _small(name: str, **kwargs) -> torch.nn.Module:
+def _small(name: str, device: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(1)
-    return create_model(name, 16, 2, hidden_dims=(32,), dropout=0.0, **kwargs).eval()
+    return create_model(name, 16, 2, hidden_dims=(32,), dropout=0.0, **kwargs).to(device).eval()
 
 
 @pytest.mark.parametrize("name", ["gated_abmil", "transformer_mil", "transmil"])
-def test_integrated_gradients_completeness(name):
-    model, x = _small(name), torch.randn(20, 16)
+def test_integrated_gradients_completeness(name, device):
+    model, x = _small(name, device), torch.randn(20, 16, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scores = explain(model, x, "integrated_gradients", target=1, ig_steps=64)
@@ -96,20 +97,21 @@ def test_integrated_gradients_completeness(name):
     assert scores.sum() == pytest.approx(float(expected), abs=0.02 * max(1.0, abs(expected)))
 
 
-def test_rollout_of_one_layer_is_the_residual_mixed_attention_row():
-    model, x = _small("transformer_mil", layers=1, heads=4), torch.randn(12, 16)
+def test_rollout_of_one_layer_is_the_residual_mixed_attention_row(device):
+    model = _small("transformer_mil", device, layers=1, heads=4)
+    x = torch.randn(12, 16, device=device)
     scores = explain(model, x, "rollout")
     with torch.no_grad():
         model(x, record=True)
         a = model.records[0].matrix.mean(0)
-    row = 0.5 * a[0] + 0.5 * torch.eye(13)[0]
-    np.testing.assert_allclose(scores, row[1:].double().numpy(), rtol=1e-5, atol=1e-7)
+    row = 0.5 * a[0] + 0.5 * torch.eye(13, device=device)[0]
+    np.testing.assert_allclose(scores, row[1:].double().cpu().numpy(), rtol=1e-5, atol=1e-7)
 
 
-def test_attention_is_the_pooling_weights_and_random_is_seeded():
-    model, x = _small("gated_abmil"), torch.randn(15, 16)
+def test_attention_is_the_pooling_weights_and_random_is_seeded(device):
+    model, x = _small("gated_abmil", device), torch.randn(15, 16, device=device)
     with torch.no_grad():
-        weights = model(x).attention[0].double().numpy()
+        weights = model(x).attention[0].double().cpu().numpy()
     np.testing.assert_allclose(explain(model, x, "attention"), weights)
     np.testing.assert_array_equal(explain(model, x, "random", seed=3),
                                   explain(model, x, "random", seed=3))
@@ -117,19 +119,19 @@ def test_attention_is_the_pooling_weights_and_random_is_seeded():
 
 def test_transformer_only_methods_refused_for_attention_pooling():
     with pytest.raises(ExplainError, match="transformer"):
-        explain(_small("gated_abmil"), np.zeros((3, 16)), "rollout")
+        explain(_small("gated_abmil", "cpu"), np.zeros((3, 16)), "rollout")
     with pytest.raises(ExplainError, match="unknown"):
-        explain(_small("gated_abmil"), np.zeros((3, 16)), "saliency")
+        explain(_small("gated_abmil", "cpu"), np.zeros((3, 16)), "saliency")
 
 
 def test_quadratic_methods_refuse_huge_bags():
     with pytest.raises(ExplainError, match="refused"):
-        explain(_small("transformer_mil"), np.zeros((30, 16)), "relevance",
+        explain(_small("transformer_mil", "cpu"), np.zeros((30, 16)), "relevance",
                 max_quadratic_tiles=20)
 
 
-def test_randomised_copy_changes_every_weight_and_keeps_the_original():
-    model = _small("transmil")
+def test_randomised_copy_changes_every_weight_and_keeps_the_original(device):
+    model = _small("transmil", device)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     clone = randomised_copy(model, seed=5)
     for key, value in model.state_dict().items():

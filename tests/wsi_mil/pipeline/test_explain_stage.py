@@ -1,4 +1,5 @@
-"""The explain stage end to end on planted bags: explanations.h5, figure, cohort table, skip."""
+"""The explain stage end to end on planted bags: explanations.h5, figure, cohort table, skip;
+models on the test device (``WSI_MIL_TEST_DEVICE``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
 @pytest.fixture(scope="module")
-def planted_run(tmp_path_factory):
+def planted_run(tmp_path_factory, device):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("planted")
@@ -35,7 +36,7 @@ def planted_run(tmp_path_factory):
                            unary_union([box(i % 7 * 224, i // 7 * 224, i % 7 * 224 + 224,
                                             i // 7 * 224 + 224) for i in idx]))
     params = TrainParams(model="gated_abmil", hidden_dims=(32,), attention_dim=16, epochs=15,
-                         monitor="none", lr=2e-3, folds=2, k_sample=3, device="cpu",
+                         monitor="none", lr=2e-3, folds=2, k_sample=3, device=device,
                          bootstrap=0)
     train_run(features, labels, root / "run", params)
     yield root, features, annotations
@@ -43,11 +44,11 @@ def planted_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_explain_stage_outputs(planted_run):
+def test_explain_stage_outputs(planted_run, device):
     root, features, annotations = planted_run
     out = root / "explain"
     params = ExplainParams(perturbation_steps=4, perturbation_random=1, bootstrap=50,
-                           ig_steps=8, device="cpu", figure_side=128)
+                           ig_steps=8, device=device, figure_side=128)
     result = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
     assert result.exit_code == 0 and len(result.done) == 16
     maps, attrs = read_explanations(out / "slide_0001" / "explanations.h5")
@@ -70,6 +71,33 @@ def test_explain_stage_outputs(planted_run):
     # a second run skips complete slides
     again = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
     assert len(again.skipped) == 16
+
+
+@pytest.mark.slow
+def test_gradcam_runs_the_encoder_where_the_mil_model_runs(tmp_path, device, lesion,
+                                                           lesion_slide):
+    """The stage's Grad-CAM loads the bag's encoder on the MIL model's device: the two run as
+    one graph (a random-weights timm CNN stands in for the encoder)."""
+    import timm
+
+    from wsi_mil.mil.models import create_model
+    from wsi_mil.pipeline.explain import _gradcam
+
+    torch.manual_seed(0)
+    cnn = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=0)
+    weights = tmp_path / "random_mobilenet.pth"
+    torch.save(cnn.state_dict(), weights)
+    prediction = lesion.make_prediction(lesion_slide)
+    attrs = {**prediction.attrs, "encoder": "timm:mobilenetv3_small_050",
+             "weights": str(weights)}
+    dim = cnn.head_hidden_size  # the pooled features after MobileNetV3's 1x1 head
+    features = np.random.default_rng(0).standard_normal(
+        (len(prediction.coords), dim)).astype(np.float32)
+    model = create_model("gated_abmil", dim, 2).to(device)
+    note = _gradcam(tmp_path / "out", tmp_path / "lesion.h5", lesion_slide, attrs,
+                    prediction.coords, model, features, prediction.attention, 1, 2)
+    assert note == "2 tiles, timm:mobilenetv3_small_050", note
+    assert (tmp_path / "out" / "gradcam.png").stat().st_size > 0
 
 
 def test_explain_stage_clear_errors(tmp_path):
