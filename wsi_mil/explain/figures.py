@@ -55,7 +55,9 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
                             coords: np.ndarray, maps: Mapping[str, np.ndarray],
                             scores: Mapping[str, Mapping[str, float]], lesions: Any,
                             title: str, panel_side: int = 384) -> Path:
-    """Thumbnail, then one heatmap per method, titled with its tile AUC (and sanity flag)."""
+    """Thumbnail, then one heatmap per method, titled with its faithfulness (LeRF - MoRF AUPC),
+    tile AUC and Spearman with the randomised model; a map that fails the sanity check says so
+    in red."""
     from matplotlib.figure import Figure
     from scipy.stats import rankdata
 
@@ -69,8 +71,8 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     cols = min(panels, 5)
     rows = int(np.ceil(panels / cols))
     aspect = height / width
-    # room for each row's two-line titles; constrained layout keeps them off the row above
-    fig = Figure(figsize=(3.0 * cols, (3.0 * aspect + 0.5) * rows + 0.4), dpi=110,
+    # room for each row's three-line titles; constrained layout keeps them off the row above
+    fig = Figure(figsize=(3.0 * cols, (3.0 * aspect + 0.7) * rows + 0.4), dpi=110,
                  layout="constrained")
     fig.suptitle(title, fontsize=10)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
@@ -93,12 +95,17 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
         ax.set_xlim(0, width / scale)
         ax.set_ylim(height / scale, 0)
         s = scores.get(method, {})
-        label = method
+        figures = []
+        if np.isfinite(s.get("srg", np.nan)):
+            figures.append(f"LeRF\u2212MoRF {s['srg']:.2f}")
         if np.isfinite(s.get("tile_auc", np.nan)):
-            label += f"\ntile AUC {s['tile_auc']:.2f}"
-        if s.get("sanity_flagged"):
-            label += " (fails sanity)"
-        ax.set_title(label, fontsize=8)
+            figures.append(f"tile AUC {s['tile_auc']:.2f}")
+        if np.isfinite(s.get("sanity_spearman", np.nan)):
+            figures.append(f"rand. \u03c1 {s['sanity_spearman']:.2f}")
+        fails = bool(s.get("sanity_flagged"))
+        label = (method + (" FAILS SANITY" if fails else "") + "\n" + ", ".join(figures[:2])
+                 + ("\n" + figures[2] if len(figures) > 2 else ""))
+        ax.set_title(label, fontsize=7, color="firebrick" if fails else "black")
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
