@@ -111,21 +111,27 @@ def slide_trust(scores: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def trust_line(method: str, scores: Mapping[str, Any]) -> str:
-    """A one-line caption for a map: which method, its faithfulness and sanity on this slide,
-    e.g. ``lrp · faithfulness: LeRF − MoRF AUPC 0.31 (MoRF 0.42, LeRF 0.73, random order
-    0.60) · sanity: Spearman 0.08 with the randomised model, passes``."""
+def trust_parts(method: str, scores: Mapping[str, Any]) -> list[str]:
+    """A map's caption in parts: which method and its faithfulness on this slide, then its
+    sanity check, e.g. ``lrp · faithfulness: LeRF − MoRF AUPC 0.31 (MoRF 0.42, LeRF 0.73,
+    random order 0.60)`` and ``sanity: Spearman 0.08 with the randomised model, passes``."""
     t = slide_trust(scores)
-    parts = [method]
+    head = method
     if t["srg"] is not None:
-        parts.append(f"faithfulness: LeRF \u2212 MoRF AUPC {t['srg']:.2f} (MoRF "
-                     f"{_fmt(t['morf_aupc'])}, LeRF {_fmt(t['lerf_aupc'])}, random order "
-                     f"{_fmt(t['random_aupc'])})")
+        head += (f"  \u00b7  faithfulness: LeRF \u2212 MoRF AUPC {t['srg']:.2f} (MoRF "
+                 f"{_fmt(t['morf_aupc'])}, LeRF {_fmt(t['lerf_aupc'])}, random order "
+                 f"{_fmt(t['random_aupc'])})")
+    parts = [head]
     if t["passes"] is not None:
         state = "passes" if t["passes"] else "FAILS THE SANITY CHECK"
         parts.append(f"sanity: Spearman {_fmt(t['sanity_spearman'])} with the randomised "
                      f"model, {state}")
-    return "  \u00b7  ".join(parts)
+    return parts
+
+
+def trust_line(method: str, scores: Mapping[str, Any]) -> str:
+    """:func:`trust_parts` on one line."""
+    return "  \u00b7  ".join(trust_parts(method, scores))
 
 
 def fails_sanity(scores: Mapping[str, Any]) -> bool:

@@ -38,6 +38,8 @@ class SlideEntry:
     tissue_path: Path | None = None
     annotation_path: Path | None = None
     explanations_path: Path | None = None
+    #: the explain stage's ranking of the methods (``trust.json`` beside the slides' folders)
+    trust_path: Path | None = None
     label: str = ""
     predicted_label: str = ""
     probs: dict[str, float] = field(default_factory=dict)
@@ -126,10 +128,14 @@ class ProjectIndex:
                 entry.segmentation_path = allowed(folder / "segmentation.geojson",
                                                   "segmentation.geojson")
             entry.tissue_path = allowed(tiles_dir / f"{slide_id}.tissue.geojson", "tissue outline")
-            for candidate in (root / "explanations" / slide_id / "explanations.h5",
+            for candidate in (root / "explain" / slide_id / "explanations.h5",
+                              root / "explanations" / slide_id / "explanations.h5",
                               heat_dir / slide_id / "explanations.h5"):
-                entry.explanations_path = entry.explanations_path or allowed(candidate,
-                                                                             "explanations.h5")
+                if entry.explanations_path is None:
+                    entry.explanations_path = allowed(candidate, "explanations.h5")
+                    if entry.explanations_path is not None:
+                        entry.trust_path = allowed(candidate.parent.parent / "trust.json",
+                                                   "trust.json")
             attrs = _prediction_attrs(entry.prediction_path, entry, pred_dir.is_dir())
             entry.slide_path = by_id.get(slide_id)
             if entry.slide_path is None and attrs.get("slide_path"):
