@@ -16,8 +16,11 @@ array in the bag's tile order; higher means "more evidence for the target". Meth
   R(A_l))^+)``, where ``R(A_l)`` is the layer-wise relevance (LRP) of the attention matrix
   itself, then ``prod_l A_l'``; the class row. Their LRP uses their own rules (alpha-beta);
   here ``R(A_l)`` is the LRP-0 relevance under the xMIL rules (:mod:`wsi_mil.explain.lrp`),
-  normalised to a total relevance of 1 at the target logit (they start from a one-hot output):
-  ``R(A_l) = A_l * d y~ / d A_l / y~`` with ``y~`` the logit under those rules.
+  scaled to a target relevance of magnitude 1 (they start from a one-hot output):
+  ``R(A_l) = A_l * d y~ / d A_l / |y~|`` with ``y~`` the logit under those rules. The magnitude,
+  not the sign: dividing by a negative logit (the tumour logit of a benign slide) would turn
+  every relevance round, and the positive part would then keep only the evidence against the
+  class (a first version did, and its maps were constant on such slides).
 * ``lrp``: layer-wise relevance propagation with the xMIL rules (Hense et al., "xMIL", NeurIPS
   2024): :mod:`wsi_mil.explain.lrp`; all models. Relevances sum to the logit less the share the
   biases (and a transformer's class token) absorb.
@@ -39,6 +42,7 @@ array in the bag's tile order; higher means "more evidence for the target". Meth
   an occlusion method): :mod:`wsi_mil.explain.perturbation`.
 * ``keep_one``: the target logit of the bag made of that tile alone, less that of a bag of one
   all-zero tile (xMIL's "perturbation keep", centred so that its sign says "evidence for").
+  On TransMIL (a padded forward pass per tile) bounded by ``max_perturbation_tiles`` too.
 * ``segmentation``: the tile-level segmentation head's probability of the target class.
 * ``random``: uniform noise from ``seed``, the baseline every score is compared with.
 
@@ -66,10 +70,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsi_mil.explain.params import METHOD_NAMES, RENAMED
+from wsi_mil.explain.params import METHOD_NAMES, RENAMED, ExplainParams
 from wsi_mil.mil.models import MILModel
 from wsi_mil.mil.models.pooling import _PoolingMIL
-from wsi_mil.mil.models.transformers import _TransformerMIL
+from wsi_mil.mil.models.transformers import TransMIL, _TransformerMIL
 
 METHODS = METHOD_NAMES
 #: methods that need a transformer's per-layer attention matrices.
@@ -78,9 +82,9 @@ TRANSFORMER_ONLY = ("rollout", "chefer_iccv2021", "chefer_cvpr2021")
 SIGNED = ("lrp", "gradient_x_input", "integrated_gradients", "attention_x_gradient",
           "perturbation", "keep_one")
 #: default largest bag for which a transformer's full attention matrices are built.
-MAX_QUADRATIC_TILES = 8000
+MAX_QUADRATIC_TILES = ExplainParams.max_quadratic_tiles
 #: default largest bag on which a transformer leaves each tile out in turn.
-MAX_PERTURBATION_TILES = 1000
+MAX_PERTURBATION_TILES = ExplainParams.max_perturbation_tiles
 
 
 class ExplainError(ValueError):
@@ -184,8 +188,7 @@ def chefer_cvpr2021_scores(model: _TransformerMIL, x: torch.Tensor,
         matrices = [r.matrix for r in model.records]
         lrp_grads = torch.autograd.grad(lrp_logit, matrices)
     with torch.no_grad():
-        total = float(lrp_logit)
-        total = total if abs(total) > 1e-12 else 1e-12  # relevance 1 at the target logit
+        total = max(abs(float(lrp_logit)), 1e-12)  # relevance of magnitude 1 at the logit
         cams = [(g * (a * lg / total)).clamp_min(0).mean(0)
                 for a, lg, g in zip(matrices, lrp_grads, grads)]
         return _to_tiles(_weighted_rollout(cams)[0, 1:], tiles, x.shape[0])
@@ -278,8 +281,19 @@ def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, meth
     n = x.shape[0]
     if method == "random":
         return np.random.default_rng(seed).random(n)
-    with torch.no_grad():
-        out = model(x, coords=coords)
+    # bounds first: a refused bag must not cost a forward pass (minutes at 100 000 tiles)
+    if method in (*TRANSFORMER_ONLY, "attention_x_gradient") and is_transformer(model):
+        _check_quadratic(model, n, max_quadratic_tiles, method)
+    looped = method == "perturbation" and is_transformer(model) or (
+        method == "keep_one" and isinstance(model, TransMIL))
+    if looped and n > max_perturbation_tiles:
+        raise ExplainError(f"{method} on {model.name} runs the model once per tile; bags "
+                           f"above {max_perturbation_tiles} tiles are refused (raise "
+                           "max_perturbation_tiles if time allows)")
+    out = None
+    if target is None or method in ("attention", "segmentation"):
+        with torch.no_grad():
+            out = model(x, coords=coords)
     if target is None:
         target = int(out.logits[0].argmax())
     if not 0 <= target < model.n_classes:
@@ -301,10 +315,6 @@ def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, meth
     if method == "attention_x_gradient":
         return attention_x_gradient_scores(model, x, coords, target, max_quadratic_tiles)
     if method == "perturbation":
-        if is_transformer(model) and n > max_perturbation_tiles:
-            raise ExplainError(f"perturbation on {model.name} runs the model once per tile "
-                               f"left out; bags above {max_perturbation_tiles} tiles are "
-                               "refused (raise max_perturbation_tiles if time allows)")
         return perturbation.drop_one(model, x, coords, target)
     if method == "keep_one":
         return perturbation.keep_one(model, x, coords, target)
@@ -320,8 +330,6 @@ def ppeg_mixing_share(model: MILModel, bag: np.ndarray | torch.Tensor) -> float:
     per token) at the PPEG of a forward pass on ``bag``. 0: PPEG passes every token through
     untouched (rollout and the Chefer rules, which leave it out, miss nothing); near 1: the
     tokens after PPEG are mostly their neighbours' mixture."""
-    from wsi_mil.mil.models.transformers import TransMIL
-
     if not isinstance(model, TransMIL):
         raise ExplainError(f"{model.name} has no PPEG (only transmil has)")
     model.eval()

@@ -37,9 +37,10 @@ class ExplainParams:
     #: chefer_iccv2021, chefer_cvpr2021, attention_x_gradient); larger bags fail with a clear
     #: error
     max_quadratic_tiles: int = 8000
-    #: largest bag on which a transformer runs perturbation (one forward pass per tile left
-    #: out, so quadratic in the bag); attention models leave each tile out in closed form
-    max_perturbation_tiles: int = 1000
+    #: largest bag on which a transformer runs perturbation (a forward pass per tile left out,
+    #: cubic in the bag for exact attention) and TransMIL keep_one (a padded pass per tile);
+    #: attention models take both in closed form, transformer_mil keep_one in one batch
+    max_perturbation_tiles: int = 500
     #: lesion area fraction from which a tile counts as a lesion tile
     min_fraction: float = 0.5
     #: leave tiles with 0 < lesion fraction < min_fraction (lesion borders) out of the tile

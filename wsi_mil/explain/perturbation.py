@@ -21,8 +21,10 @@ per branch holding over half the weight is recomputed directly, so no cancellati
 pooling it is the largest value of each dimension among the other tiles (the second largest
 where tile ``i`` alone holds the maximum). A 100 000-tile bag takes seconds. A transformer
 mixes every tile with every other, so each left-out bag is a forward pass: ``N`` passes of
-``N - 1`` tiles, which :func:`wsi_mil.explain.methods.explain` bounds by
-``max_perturbation_tiles``; a one-tile bag is a forward pass of two tokens.
+``N - 1`` tiles (cubic in the bag for exact attention), which
+:func:`wsi_mil.explain.methods.explain` bounds by ``max_perturbation_tiles``. The one-tile
+bags of ``transformer_mil`` (two tokens each) run as one batch; TransMIL pads every bag to its
+landmarks and square, so its one-tile bags are forward passes too, bounded the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 from wsi_mil.mil.models import MILModel
 from wsi_mil.mil.models.base import MILModel as _Base
 from wsi_mil.mil.models.pooling import MaxPoolMIL
-from wsi_mil.mil.models.transformers import _TransformerMIL
+from wsi_mil.mil.models.transformers import TransformerMIL, _TransformerMIL
 
 #: tiles whose left-out bags are pooled at once in the closed forms (bounds their memory).
 CHUNK = 4096
@@ -119,6 +121,18 @@ def keep_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
             h = model.embed(x[start:start + CHUNK])
             k = model.attention_scores(h).shape[-1] if _softmax_pooling(model) else 1
             logits.append(model.classify(h.unsqueeze(1).expand(-1, k, -1))[:, target])
+        return torch.cat(logits).double().cpu().numpy() - zero
+    if isinstance(model, TransformerMIL):  # every one-tile bag at once: [class token, tile]
+        logits = []
+        for start in range(0, x.shape[0], CHUNK):
+            h = model.embed(x[start:start + CHUNK])
+            if model.uses_coords:  # a one-tile bag's position, relative to its corner, is 0
+                h = h + model.position(h.new_zeros((1, 2))).to(h.dtype)
+            tokens = torch.cat([model.cls_token.expand(len(h), 1, -1).to(h.dtype),
+                                h.unsqueeze(1)], dim=1)
+            for layer in model.layers:
+                tokens = layer(tokens, False)[0]
+            logits.append(model.classify(model.norm(tokens)[:, :1])[:, target])
         return torch.cat(logits).double().cpu().numpy() - zero
     alone = np.array([_forward_logit(model, x[i:i + 1], None if coords is None
                                      else coords[i:i + 1], target) for i in range(x.shape[0])])

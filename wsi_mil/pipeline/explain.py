@@ -418,7 +418,7 @@ def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str,
     rows = cohort_table(per_slide, params.bootstrap, params.seed)
     ranking = rank_methods(rows)
     best = recommended(ranking)
-    n_lesion = max((r["n"] for r in rows if r["metric"] == "tile_auc"), default=0)
+    n_lesion = max((r["n"] for r in rows if r["metric"] == "pointing"), default=0)
     # the same count under every method of a slide: read it from the first
     partial = sum(next(iter(s.values()), {}).get("partial_tiles_left_out", 0.0)
                   for s in per_slide)

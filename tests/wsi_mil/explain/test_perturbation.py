@@ -73,3 +73,15 @@ def test_bag_scorer_scores_subsets_and_the_empty_bag(name):
         expected = [float(model(x[s] if len(s) else torch.zeros_like(x)).logits.softmax(1)[0, 1])
                     for s in subsets]
     np.testing.assert_allclose(score(subsets), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_keep_one_batch_keeps_the_position_of_a_one_tile_bag():
+    torch.manual_seed(4)
+    model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0,
+                         positional="sincos2d").eval()
+    x, coords = torch.randn(5, 8), torch.randint(0, 9, (5, 2)).float()
+    with torch.no_grad():
+        zero = float(model(torch.zeros(1, 8), coords=coords[:1]).logits[0, 1])
+        by_hand = [float(model(x[i:i + 1], coords=coords[i:i + 1]).logits[0, 1]) - zero
+                   for i in range(5)]
+    np.testing.assert_allclose(keep_one(model, x, coords, 1), by_hand, rtol=1e-4, atol=1e-5)

@@ -192,9 +192,13 @@ class ExactSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor,
                                                              torch.Tensor | None]:
-        """``x`` ``[T, H]`` -> (output ``[T, H]``, class-token row ``[heads, T]``, matrix)."""
-        t, dim = x.shape
-        q, k, v = self.qkv(x).view(t, 3, self.heads, dim // self.heads).permute(1, 2, 0, 3)
+        """``x`` ``[..., T, H]`` -> (output ``[..., T, H]``, class-token row ``[..., heads,
+        T]``, matrix ``[..., heads, T, T]`` or None); leading dimensions are separate sequences
+        (the forward pass runs one bag at a time; a batch of one-tile bags runs at once in
+        :func:`wsi_mil.explain.perturbation.keep_one`)."""
+        *lead, t, dim = x.shape
+        q, k, v = (self.qkv(x).view(*lead, t, 3, self.heads, dim // self.heads)
+                   .movedim(-3, 0).transpose(-2, -3))
         if self.lrp_rule:
             q, k = q.detach(), k.detach()
         scale = 1.0 / math.sqrt(dim // self.heads)
@@ -204,12 +208,13 @@ class ExactSelfAttention(nn.Module):
             if self.lrp_rule:
                 matrix.requires_grad_(True)
             out = F.dropout(matrix, drop, self.training) @ v
-            cls_row = matrix[:, 0]
+            cls_row = matrix[..., 0, :]
         else:
             matrix = None
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-            cls_row = torch.softmax((q[:, :1] @ k.transpose(-1, -2))[:, 0] * scale, dim=-1)
-        return self.out(out.transpose(0, 1).reshape(t, dim)), cls_row, matrix
+            cls_row = torch.softmax((q[..., :1, :] @ k.transpose(-1, -2))[..., 0, :] * scale,
+                                    dim=-1)
+        return self.out(out.transpose(-2, -3).reshape(*lead, t, dim)), cls_row, matrix
 
 
 class RelevanceGELU(nn.GELU):
