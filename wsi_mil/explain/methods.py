@@ -42,7 +42,8 @@ array in the bag's tile order; higher means "more evidence for the target". Meth
   an occlusion method): :mod:`wsi_mil.explain.perturbation`.
 * ``keep_one``: the target logit of the bag made of that tile alone, less that of a bag of one
   all-zero tile (xMIL's "perturbation keep", centred so that its sign says "evidence for").
-  On TransMIL (a padded forward pass per tile) bounded by ``max_perturbation_tiles`` too.
+  On TransMIL bounded by ``max_perturbation_tiles`` too: each one-tile bag is padded to 128
+  Nyström landmarks, whose pseudo-inverse costs about as much as a 1 000-tile bag.
 * ``segmentation``: the tile-level segmentation head's probability of the target class.
 * ``random``: uniform noise from ``seed``, the baseline every score is compared with.
 
@@ -287,7 +288,7 @@ def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, meth
     looped = method == "perturbation" and is_transformer(model) or (
         method == "keep_one" and isinstance(model, TransMIL))
     if looped and n > max_perturbation_tiles:
-        raise ExplainError(f"{method} on {model.name} runs the model once per tile; bags "
+        raise ExplainError(f"{method} on {model.name} runs the model on a bag per tile; bags "
                            f"above {max_perturbation_tiles} tiles are refused (raise "
                            "max_perturbation_tiles if time allows)")
     out = None

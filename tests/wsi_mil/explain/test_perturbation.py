@@ -43,12 +43,17 @@ def test_drop_one_of_a_dominant_tile_is_exact():
     np.testing.assert_allclose(drop_one(model, x, None, 1), by_hand, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gated_abmil", "clam_mb", "max_pool", "transformer_mil"])
+@pytest.mark.parametrize("name", ["gated_abmil", "clam_mb", "max_pool", "transformer_mil",
+                                  "transmil"])
 def test_keep_one_is_each_tile_alone_against_a_zero_tile(name):
+    """The one-tile bags run as a batch through the transformers' layers: each equals the
+    model on that tile alone (TransMIL to 1e-3: the Nyström package starts its iterative
+    pseudo-inverse from the batch's largest row and column sums, measured 2e-4 apart)."""
     model, x = _model(name), torch.randn(5, 8)
     zero = _logit(model, torch.zeros(1, 8))
     by_hand = [_logit(model, x[i:i + 1]) - zero for i in range(5)]
-    np.testing.assert_allclose(keep_one(model, x, None, 1), by_hand, rtol=1e-4, atol=1e-5)
+    atol = 1e-3 if name == "transmil" else 1e-5
+    np.testing.assert_allclose(keep_one(model, x, None, 1), by_hand, rtol=1e-4, atol=atol)
 
 
 def test_one_tile_bag_drops_to_the_zero_bag():

@@ -338,10 +338,14 @@ class PPEG(nn.Module):
         self.proj2 = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
-        cls, feat = x[:1], x[1:]
-        grid = feat.T.reshape(1, -1, side, side)
+        """``x`` ``[1 + side^2, H]`` (class token first), or ``[B, 1 + side^2, H]``: bags of
+        the same size at once (one-tile bags in :func:`wsi_mil.explain.perturbation.keep_one`)."""
+        batch = x if x.dim() == 3 else x.unsqueeze(0)
+        cls, feat = batch[:, :1], batch[:, 1:]
+        grid = feat.transpose(1, 2).reshape(len(batch), -1, side, side)
         grid = self.proj(grid) + grid + self.proj1(grid) + self.proj2(grid)
-        return torch.cat([cls, grid.flatten(2)[0].T])
+        out = torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+        return out if x.dim() == 3 else out[0]
 
 
 class NystromLayer(nn.Module):
@@ -373,15 +377,18 @@ class NystromLayer(nn.Module):
                                      residual=True, dropout=dropout)
 
     def forward(self, x: torch.Tensor, record: bool):
-        y = self.norm(x).unsqueeze(0)
+        """``x`` ``[T, H]``, or ``[B, T, H]``: bags of the same size at once (not with
+        ``record`` or the LRP rules, which explain one bag)."""
+        batched = x.dim() == 3
+        y = self.norm(x) if batched else self.norm(x).unsqueeze(0)
         if record or self.lrp_rule:
             out, cls_row, matrix = self._explicit(y, record)
             return x + out, cls_row, matrix
         # the class token's row from the factors: n x landmarks, never n x n
         out, (attn1, attn2_inv, attn3) = self.attn(y, return_attn_matrices=True)
-        pad = attn1.shape[2] - x.shape[0]
-        cls_row = (attn1[0, :, pad:pad + 1] @ attn2_inv[0] @ attn3[0])[:, 0, pad:]
-        return x + out[0], cls_row, None
+        pad = attn1.shape[2] - x.shape[-2]
+        cls_row = (attn1[:, :, pad:pad + 1] @ attn2_inv @ attn3)[:, :, 0, pad:]
+        return (x + out, cls_row, None) if batched else (x + out[0], cls_row[0], None)
 
     def _explicit(self, x: torch.Tensor, materialise: bool
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
