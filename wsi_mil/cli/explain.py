@@ -41,8 +41,10 @@ def _print_recommendation(out: str) -> None:
         return
     trust = json.loads(path.read_text(encoding="utf-8"))
     left = len(trust.get("in_sample_left_out", []))
+    best = trust.get("recommended") or (f"none passes the sanity check (most faithful: "
+                                        f"{trust.get('most_faithful')})")
     print(f"scored {trust.get('scored', 0)} out-of-sample slides ({left} in sample left out); "
-          f"recommended method: {trust.get('recommended') or 'none passes the sanity check'}")
+          f"recommended method: {best}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -56,8 +56,8 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
                             scores: Mapping[str, Mapping[str, float]], lesions: Any,
                             title: str, panel_side: int = 384) -> Path:
     """Thumbnail, then one heatmap per method, titled with its faithfulness (LeRF - MoRF AUPC),
-    tile AUC and Spearman with the randomised model; a map that fails the sanity check says so
-    in red."""
+    tile AUC, Spearman with the fully randomised model and mean |Spearman| over the cascade; a
+    map that fails the sanity check says so in red."""
     from matplotlib.figure import Figure
     from scipy.stats import rankdata
 
@@ -101,7 +101,10 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
         if np.isfinite(s.get("tile_auc", np.nan)):
             figures.append(f"tile AUC {s['tile_auc']:.2f}")
         if np.isfinite(s.get("sanity_spearman", np.nan)):
-            figures.append(f"rand. \u03c1 {s['sanity_spearman']:.2f}")
+            sanity = f"rand. \u03c1 {s['sanity_spearman']:.2f}"
+            if np.isfinite(s.get("mprt_mean", np.nan)):
+                sanity += f", cascade |\u03c1| {s['mprt_mean']:.2f}"
+            figures.append(sanity)
         fails = bool(s.get("sanity_flagged"))
         label = (method + (" FAILS SANITY" if fails else "") + "\n" + ", ".join(figures[:2])
                  + ("\n" + figures[2] if len(figures) > 2 else ""))

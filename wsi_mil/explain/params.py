@@ -58,8 +58,8 @@ class ExplainParams:
     #: randomise the model layer by layer from the output (cascading, MPRT), one explanation
     #: per stage; false: only the fully randomised model
     sanity_cascade: bool = True
-    #: |Spearman| between the trained and the fully randomised model's maps from which a
-    #: method is flagged as failing the sanity check
+    #: |Spearman| between the trained and the fully randomised model's maps (or its mean over
+    #: the cascade) from which a method is flagged as failing the sanity check
     sanity_threshold: float = 0.5
     #: bootstrap resamples (over slides) of the cohort table's confidence intervals
     bootstrap: int = 1000

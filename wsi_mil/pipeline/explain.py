@@ -53,7 +53,7 @@ METRICS = (
     ("lerf_aupc", "LeRF AUPC"),
     ("random_aupc", "random-order AUPC"),
     ("sanity_spearman", "randomisation Spearman"),
-    ("mprt_mean", "MPRT mean Spearman"),
+    ("mprt_mean", "MPRT mean absolute Spearman"),
     ("lesion_mass", "lesion mass"),
     ("pointing", "pointing game"),
     ("energy_pointing", "energy pointing"),
@@ -222,8 +222,11 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
                 rhos = mprt(maps[method], [explain(m, features, method, **kwargs)
                                            for _, m in stages])
                 cascade[method] = rhos
-                scores[method].update(sanity_spearman=rhos[-1], mprt_mean=float(np.mean(rhos)),
-                                      sanity_flagged=float(abs(rhos[-1])
+                # flagged when the fully randomised model's map still correlates, or the maps
+                # along the cascade do on average: the map barely depends on the weights
+                mean = float(np.mean(np.abs(rhos)))
+                scores[method].update(sanity_spearman=rhos[-1], mprt_mean=mean,
+                                      sanity_flagged=float(max(abs(rhos[-1]), mean)
                                                            >= params.sanity_threshold))
     gradcam_note = "not asked for"
     if params.gradcam_topk > 0 and "attention" in maps:
@@ -383,8 +386,8 @@ def _header(models: list[str], n_total: int, n_scored: int, in_sample: list[str]
     how = (f"fold {params.fold} for every slide" if params.fold is not None else
            f"out of fold (each slide by the fold that held it out; fallback fold "
            f"{params.fallback_fold} where none did)")
-    left = (f"{len(in_sample)} in sample (the explaining fold trained on them) are left out: "
-            f"{', '.join(in_sample[:10])}{' ...' if len(in_sample) > 10 else ''}"
+    left = (f"{len(in_sample)} in sample (the explaining fold trained or validated on them) "
+            f"are left out: {', '.join(in_sample[:10])}{' ...' if len(in_sample) > 10 else ''}"
             if in_sample else "none was in sample")
     partial_note = (f"{partial:.0f} partial-lesion tiles (0 < lesion fraction < "
                     f"{params.min_fraction:g}) left out of tile AUC/AP and the pointing games"
@@ -401,7 +404,7 @@ def _header(models: list[str], n_total: int, n_scored: int, in_sample: list[str]
 def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str, Any]]:
     """``cohort_table.csv``, ``cohort_table.md``, ``trust.json`` and ``cohort_scores.png``
     from every slide's explanations in ``out_dir``, out-of-sample slides only."""
-    from wsi_mil.explain.trust import rank_methods, ranking_markdown, recommended
+    from wsi_mil.explain.trust import most_faithful, rank_methods, ranking_markdown, recommended
 
     per_slide, in_sample, models, n_total = [], [], set(), 0
     for path in sorted(out_dir.glob(f"*/{EXPLANATIONS}")):
@@ -417,7 +420,7 @@ def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str,
             per_slide.append(attrs["scores"])
     rows = cohort_table(per_slide, params.bootstrap, params.seed)
     ranking = rank_methods(rows)
-    best = recommended(ranking)
+    best, faithful = recommended(ranking), most_faithful(ranking)
     n_lesion = max((r["n"] for r in rows if r["metric"] == "pointing"), default=0)
     # the same count under every method of a slide: read it from the first
     partial = sum(next(iter(s.values()), {}).get("partial_tiles_left_out", 0.0)
@@ -426,14 +429,17 @@ def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str,
     report = ("## Trust report\n\n"
               + (f"Recommended method: **{best}** (the most faithful of the methods that pass the "
                  "sanity check; ranked by sanity, then faithfulness, localisation beside).\n\n"
-                 if best else "No method both passes the sanity check and is not random: no "
-                 "recommendation.\n\n")
+                 if best else "Every method fails the sanity check (flagged on half the slides "
+                 "or more): no recommendation. The most faithful is "
+                 f"**{faithful}**, but its maps depend on the data about as much as on the "
+                 "trained weights (read the sanity columns).\n\n")
               + ranking_markdown(ranking) if rows else "No out-of-sample slide to score.\n")
     write_text_atomic(out_dir / "cohort_table.csv", _csv_text(rows))
     write_text_atomic(out_dir / "cohort_table.md", header + report + "\n## All scores\n\n"
                       + table_markdown(rows))
     write_text_atomic(out_dir / TRUST, json.dumps({
-        "models": sorted(models), "recommended": best, "ranking": ranking,
+        "models": sorted(models), "recommended": best, "most_faithful": faithful,
+        "ranking": ranking,
         "slides": n_total, "scored": len(per_slide), "in_sample_left_out": in_sample,
         "with_lesion": n_lesion}, indent=2))
     if rows:
