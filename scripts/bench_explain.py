@@ -14,8 +14,8 @@ out) above ``--max-perturbation-tiles``, and reported as such; a (model, size, m
 predicted to take longer than ``--budget`` seconds (from the previous size, scaled linearly
 for attention models, TransMIL and keep_one, quadratically for transformer_mil, one power more
 for perturbation on transformers; the first size of perturbation on a transformer, from one
-``attention`` pass times the tiles) is skipped and reported as such. Then ``transmil`` vs ``gated_abmil`` training
-seconds per epoch on the same bags (``--train-bags 0``: none).
+``attention`` pass times the tiles) is skipped and reported as such. Then ``transmil`` vs
+``gated_abmil`` training seconds per epoch on the same bags (``--train-bags 0``: none).
 
     .venv/bin/python scripts/bench_explain.py [--sizes 1000 10000 100000] [--device cpu]
 """

@@ -106,8 +106,8 @@ def three_fold_run(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-FAST = {"methods": ("attention", "lrp", "random"), "flip_steps": 2, "flip_random": 1, "sanity": False,
-            "figure": False, "gradcam_topk": 0, "bootstrap": 10, "device": "cpu"}
+FAST = {"methods": ("attention", "lrp", "random"), "flip_steps": 2, "flip_random": 1,
+        "sanity": False, "figure": False, "gradcam_topk": 0, "bootstrap": 10, "device": "cpu"}
 
 
 def test_every_slide_is_explained_by_the_fold_that_held_it_out(three_fold_run):
