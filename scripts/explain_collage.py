@@ -104,6 +104,9 @@ def main() -> int:
                         help="also: transmil (its explanations take minutes per slide)")
     parser.add_argument("--folds", type=int, default=3,
                         help="cross-validation folds, grouped by TMA batch")
+    parser.add_argument("--ppeg-only", action="store_true",
+                        help="for transmil: train (or resume) and measure how much its PPEG "
+                        "mixes the tile tokens, without the explanations (hours on a CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--figure-slide", help="slide whose comparison figure is copied to "
                         "--figure-out (default: the first test tumour slide)")
@@ -140,6 +143,12 @@ def main() -> int:
         print(f"\n## {name}: pooled out-of-fold slide AUC "
               f"{'n/a' if pooled is None else f'{pooled:.3f}'} over {len(slides)} slides, "
               f"{args.folds} folds grouped by TMA batch (trained in {time.time() - t0:.0f} s)")
+        if name == "transmil" and args.ppeg_only:
+            mean, top = ppeg_share(run_dir, features_dir)
+            print(f"PPEG mixing share (|convolutions| / |PPEG output| per tile token): mean "
+                  f"{mean:.3f}, max {top:.3f} over the {len(slides)} slides, each by the fold "
+                  "that held it out")
+            continue
         out = args.workdir / "explain_oof" / name
         t0 = time.time()
         # TransMIL runs the model for every subset and left-out bag (seconds each on a CPU)

@@ -33,6 +33,17 @@ def _thumbnail(slide_path: Path, side: int) -> tuple[np.ndarray | None, float]:
     return thumb.image, thumb.downsample
 
 
+def tile_stride(attrs: Mapping[str, Any]) -> float:
+    """The tile grid's step in level-0 px: the tiles file's ``stride`` (already level-0 px;
+    an earlier version scaled it again by level-0 px per tile px, drawing each cell twice too
+    large on slides tiled at a coarser resolution than they were scanned), else the tile."""
+    from tiling.lattice import stride_level0
+
+    if attrs.get("stride") is not None:
+        return stride_level0(attrs)
+    return float(attrs["tile_size_level0"])
+
+
 def score_grid(coords: np.ndarray, values: np.ndarray, stride: float,
                width: float, height: float) -> np.ndarray:
     """Per-tile ``values`` on the tile grid (NaN where there is no tile)."""
@@ -62,8 +73,7 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     from scipy.stats import rankdata
 
     width, height = float(attrs["slide_width"]), float(attrs["slide_height"])
-    stride = float(attrs.get("stride", attrs["tile_size"])) * (
-        float(attrs["tile_size_level0"]) / float(attrs["tile_size"]))
+    stride = tile_stride(attrs)
     image, downsample = _thumbnail(slide_path, panel_side)
     scale = downsample if image is not None else max(width, height) / panel_side
     extent = (0, width / scale, height / scale, 0)
