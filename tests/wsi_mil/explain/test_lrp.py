@@ -71,6 +71,6 @@ def test_lrp_rules_change_only_the_backward_pass():
     with model.lrp_rules():
         ruled = model(x).logits[0, 1]
         (ruled_grad,) = torch.autograd.grad(ruled, x)
-    assert float(ruled) == pytest.approx(float(plain), abs=1e-5)
+    assert ruled.item() == pytest.approx(plain.item(), abs=1e-5)
     assert not torch.allclose(plain_grad, ruled_grad)
     assert not any(getattr(m, "lrp_rule", False) for m in model.modules())  # restored
