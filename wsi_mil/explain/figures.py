@@ -33,6 +33,17 @@ def _thumbnail(slide_path: Path, side: int) -> tuple[np.ndarray | None, float]:
     return thumb.image, thumb.downsample
 
 
+def tile_stride(attrs: Mapping[str, Any]) -> float:
+    """The tile grid's step in level-0 px: the tiles file's ``stride`` (already level-0 px;
+    an earlier version scaled it again by level-0 px per tile px, drawing each cell twice too
+    large on slides tiled at a coarser resolution than they were scanned), else the tile."""
+    from tiling.lattice import stride_level0
+
+    if attrs.get("stride") is not None:
+        return stride_level0(attrs)
+    return float(attrs["tile_size_level0"])
+
+
 def score_grid(coords: np.ndarray, values: np.ndarray, stride: float,
                width: float, height: float) -> np.ndarray:
     """Per-tile ``values`` on the tile grid (NaN where there is no tile)."""
@@ -55,13 +66,14 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
                             coords: np.ndarray, maps: Mapping[str, np.ndarray],
                             scores: Mapping[str, Mapping[str, float]], lesions: Any,
                             title: str, panel_side: int = 384) -> Path:
-    """Thumbnail, then one heatmap per method, titled with its tile AUC (and sanity flag)."""
+    """Thumbnail, then one heatmap per method, titled with its faithfulness (LeRF - MoRF AUPC),
+    tile AUC, Spearman with the fully randomised model and mean |Spearman| over the cascade; a
+    map that fails the sanity check says so in red."""
     from matplotlib.figure import Figure
     from scipy.stats import rankdata
 
     width, height = float(attrs["slide_width"]), float(attrs["slide_height"])
-    stride = float(attrs.get("stride", attrs["tile_size"])) * (
-        float(attrs["tile_size_level0"]) / float(attrs["tile_size"]))
+    stride = tile_stride(attrs)
     image, downsample = _thumbnail(slide_path, panel_side)
     scale = downsample if image is not None else max(width, height) / panel_side
     extent = (0, width / scale, height / scale, 0)
@@ -69,8 +81,8 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     cols = min(panels, 5)
     rows = int(np.ceil(panels / cols))
     aspect = height / width
-    # room for each row's two-line titles; constrained layout keeps them off the row above
-    fig = Figure(figsize=(3.0 * cols, (3.0 * aspect + 0.5) * rows + 0.4), dpi=110,
+    # room for each row's three-line titles; constrained layout keeps them off the row above
+    fig = Figure(figsize=(3.0 * cols, (3.0 * aspect + 0.7) * rows + 0.4), dpi=110,
                  layout="constrained")
     fig.suptitle(title, fontsize=10)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
@@ -93,12 +105,20 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
         ax.set_xlim(0, width / scale)
         ax.set_ylim(height / scale, 0)
         s = scores.get(method, {})
-        label = method
+        figures = []
+        if np.isfinite(s.get("srg", np.nan)):
+            figures.append(f"LeRF\u2212MoRF {s['srg']:.2f}")
         if np.isfinite(s.get("tile_auc", np.nan)):
-            label += f"\ntile AUC {s['tile_auc']:.2f}"
-        if s.get("sanity_flagged"):
-            label += " (fails sanity)"
-        ax.set_title(label, fontsize=8)
+            figures.append(f"tile AUC {s['tile_auc']:.2f}")
+        if np.isfinite(s.get("sanity_spearman", np.nan)):
+            sanity = f"rand. \u03c1 {s['sanity_spearman']:.2f}"
+            if np.isfinite(s.get("mprt_mean", np.nan)):
+                sanity += f", cascade |\u03c1| {s['mprt_mean']:.2f}"
+            figures.append(sanity)
+        fails = bool(s.get("sanity_flagged"))
+        label = (method + (" FAILS SANITY" if fails else "") + "\n" + ", ".join(figures[:2])
+                 + ("\n" + figures[2] if len(figures) > 2 else ""))
+        ax.set_title(label, fontsize=7, color="firebrick" if fails else "black")
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")

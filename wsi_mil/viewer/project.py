@@ -40,6 +40,8 @@ class SlideEntry:
     explanations_path: Path | None = None
     #: the pixel segmenter's folder (``segment/<slide_id>/``: mask.zarr, explain.zarr)
     segment_dir: Path | None = None
+    #: the explain stage's ranking of the methods (``trust.json`` beside the slides' folders)
+    trust_path: Path | None = None
     label: str = ""
     predicted_label: str = ""
     probs: dict[str, float] = field(default_factory=dict)
@@ -133,10 +135,14 @@ class ProjectIndex:
                 entry.segmentation_path = allowed(folder / "segmentation.geojson",
                                                   "segmentation.geojson")
             entry.tissue_path = allowed(tiles_dir / f"{slide_id}.tissue.geojson", "tissue outline")
-            for candidate in (root / "explanations" / slide_id / "explanations.h5",
+            for candidate in (root / "explain" / slide_id / "explanations.h5",
+                              root / "explanations" / slide_id / "explanations.h5",
                               heat_dir / slide_id / "explanations.h5"):
-                entry.explanations_path = entry.explanations_path or allowed(candidate,
-                                                                             "explanations.h5")
+                if entry.explanations_path is None:
+                    entry.explanations_path = allowed(candidate, "explanations.h5")
+                    if entry.explanations_path is not None:
+                        entry.trust_path = allowed(candidate.parent.parent / "trust.json",
+                                                   "trust.json")
             seg = allowed(segment_root / slide_id, "segment folder")
             entry.segment_dir = seg if seg is not None and seg.is_dir() else None
             attrs = _prediction_attrs(entry.prediction_path, entry, pred_dir.is_dir())

@@ -58,6 +58,9 @@ class SlideState:
     outlines: dict[str, OutlineLayer] = field(default_factory=dict)
     tissue: Any = None
     tiles: dict[str, Any] = field(default_factory=dict)  # per-tile measurements
+    #: heat layer id -> what the page shows beside an explanation map (method, caption with
+    #: its faithfulness and sanity figures on this slide, whether it fails the sanity check)
+    trust: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ViewerService:
@@ -144,10 +147,14 @@ class ViewerService:
                 columns[f"prob_{name}"] = (prediction.tile_probs[:, i], 0.0, 1.0,
                                            f"P({name}) (tile probability)")
             state.heat.update(_grid_layers(grid, columns))
-        explanations = _read_explanations(entry.explanations_path, len(prediction.coords))
+        explanations, scores, meta = _read_explanations(entry.explanations_path,
+                                                        len(prediction.coords))
+        state.trust = _trust(explanations, scores, meta, entry.trust_path)
         state.heat.update(_grid_layers(grid, {
             f"explain_{method}": (*normalise_scores(v, "rank", probability=False)[:3],
-                                  f"{method} (explanation, percentile)")
+                                  f"{method} (explanation, percentile)"
+                                  + (" \u2014 FAILS THE SANITY CHECK"
+                                     if state.trust[f"explain_{method}"]["fails_sanity"] else ""))
             for method, v in explanations.items()}))
         if entry.segment_dir is not None:
             state.heat.update(_segment_layers(entry.segment_dir))
@@ -198,8 +205,8 @@ class ViewerService:
 
     def slide_detail(self, slide_id: str) -> dict[str, Any]:
         state = self.state(slide_id)
-        layers = [{"id": k, "kind": "heat", "label": v.label, "vmin": v.vmin, "vmax": v.vmax}
-                  for k, v in state.heat.items()]
+        layers = [{"id": k, "kind": "heat", "label": v.label, "vmin": v.vmin, "vmax": v.vmax,
+                   "trust": state.trust.get(k)} for k, v in state.heat.items()]
         layers += [{"id": k, "kind": "outline", "label": v.label,
                     "color": "#{:02x}{:02x}{:02x}".format(*v.color)} for k, v in state.outlines.items()]
         width, height = state.slide.dimensions if state.slide is not None else (None, None)
@@ -378,18 +385,28 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
     return layers
 
 
-def _read_explanations(path: Path | None, n_tiles: int) -> dict[str, np.ndarray]:
-    """Per-tile scores of each method in ``explanations.h5`` (datasets of one value per tile)."""
+def _read_explanations(path: Path | None, n_tiles: int
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """(method -> per-tile scores, method -> its scores on the slide, fold and in-sample flag)
+    of ``explanations.h5``: the datasets its ``methods`` attribute lists (every dataset of one
+    value per tile but the lesion fractions in a file without it)."""
     if path is None:
-        return {}
+        return {}, {}, {}
+    import json
+
     import h5py
 
     out = {}
     with h5py.File(path, "r") as f:
+        listed = json.loads(f.attrs["methods"]) if "methods" in f.attrs else None
         for name, item in f.items():
-            if isinstance(item, h5py.Dataset) and item.shape == (n_tiles,):
+            if (isinstance(item, h5py.Dataset) and item.shape == (n_tiles,)
+                    and (name in listed if listed is not None else name != "lesion_fraction")):
                 out[str(name)] = np.asarray(item[:], np.float64)
-    return out
+        scores = json.loads(f.attrs["scores"]) if "scores" in f.attrs else {}
+        meta = {k: f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k]
+                for k in ("fold", "in_sample") if k in f.attrs}
+    return out, scores, meta
 
 
 def _segment_layers(folder: Path) -> dict[str, ZarrHeatLayer]:
@@ -416,3 +433,28 @@ def _segment_layers(folder: Path) -> dict[str, ZarrHeatLayer]:
                                          tuple(group[str(k)] for k in range(levels)),
                                          (0.0, 0.0), float(meta["downsample_level0"]))
     return layers
+
+
+def _trust(explanations: dict[str, np.ndarray], scores: dict[str, Any], meta: dict[str, Any],
+           trust_path: Path | None) -> dict[str, dict[str, Any]]:
+    """What the page shows beside each explanation layer (:mod:`wsi_mil.explain.trust`)."""
+    import json
+
+    from wsi_mil.explain.trust import fails_sanity, slide_trust, trust_line
+
+    recommended = None
+    if trust_path is not None:
+        try:
+            recommended = json.loads(trust_path.read_text(encoding="utf-8")).get("recommended")
+        except (OSError, ValueError):
+            recommended = None
+    where = ""
+    if "fold" in meta:
+        sample = "in sample" if meta.get("in_sample") else "out of sample"
+        where = f"  \u00b7  fold {meta['fold']}, {sample}"
+    return {f"explain_{method}": {
+        "method": method, "caption": trust_line(method, scores.get(method, {})) + where
+        + (f"  \u00b7  recommended for this run: {recommended}" if recommended else ""),
+        "fails_sanity": fails_sanity(scores.get(method, {})),
+        "figures": slide_trust(scores.get(method, {})), "recommended": recommended}
+        for method in explanations}

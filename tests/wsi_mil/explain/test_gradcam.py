@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tiling.reader import resize_rgb
-from wsi_mil.explain.gradcam import GradCamError, last_conv, tile_gradcam
+from wsi_mil.explain.gradcam import GradCamError, gradcam_layer, tile_gradcam
 from wsi_mil.mil.models import create_model
 
 
@@ -20,7 +20,8 @@ def test_gradcam_maps_for_efficientnet_lite0(device):
     from features.registry import create_encoder
 
     encoder = create_encoder("efficientnet_lite0", device=device)
-    assert last_conv(encoder.model).out_channels == encoder.dim
+    layer, to_input = gradcam_layer(encoder.model)
+    assert layer is encoder.model.global_pool and to_input  # after conv_head, bn2 and its act
     rng = np.random.default_rng(0)
     tiles = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
     tiles[1][:64] = 255  # half blank: the map must differ from the other tile's
@@ -38,7 +39,26 @@ def test_gradcam_maps_for_efficientnet_lite0(device):
 
 def test_gradcam_needs_a_convolution():
     with pytest.raises(GradCamError, match="CNN"):
-        last_conv(torch.nn.Linear(3, 3))
+        gradcam_layer(torch.nn.Linear(3, 3))
+
+
+def test_gradcam_reads_the_resnet_block_output_not_its_last_convolution():
+    """resnet50_trunc's last Conv2d (layer3.5.conv3) is before the bottleneck's skip addition;
+    Grad-CAM reads the pooled feature map: layer 3's output, skip and ReLU included."""
+    import timm
+
+    from features.registry import list_encoders
+
+    spec = next(s for s in list_encoders() if s.name == "resnet50_trunc")
+    model = spec.adapt(timm.create_model(spec.architecture, pretrained=False, num_classes=0))
+    layer, to_input = gradcam_layer(model)
+    assert layer is model.global_pool and to_input
+    seen = {}
+    layer.register_forward_hook(lambda _m, inputs, _o: seen.update(map=inputs[0]))
+    model.layer3.register_forward_hook(lambda _m, _i, output: seen.update(block=output))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert torch.equal(seen["map"], seen["block"])
 
 
 def test_gradcam_passes_the_bags_positions_to_a_model_that_uses_them(device):

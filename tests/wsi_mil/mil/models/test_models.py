@@ -39,8 +39,20 @@ def test_permutation_invariance(name, device):
     with torch.no_grad():
         a, b = model(x), model(x[perm])
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
-    if name != "max_pool":  # max-pool attention follows arbitrary ties; its logits do not
-        torch.testing.assert_close(a.attention[0][perm], b.attention[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a.attention[0][perm], b.attention[0], atol=1e-6, rtol=1e-5)
+
+
+def test_max_pool_shares_tied_dimensions_without_favouring_the_first_tile():
+    """Dead ReLU units are 0 on every tile: a tie each tile holds, so it is split equally
+    (argmax would credit all of them to tile 0)."""
+    model = make("max_pool")
+    with torch.no_grad():
+        for p in model.embed.parameters():
+            p.zero_()  # every unit dead: all 16 dimensions tied across the 5 tiles
+        weights = model(torch.randn(5, DIM)).attention[0]
+        chunked = model.predict_chunked(lambda s, e: torch.randn(e - s, DIM), 5, chunk_size=2)
+    torch.testing.assert_close(weights, torch.full((5,), 0.2))
+    torch.testing.assert_close(chunked.attention[0], torch.full((5,), 0.2))
 
 
 @pytest.mark.parametrize("name", MODELS)
