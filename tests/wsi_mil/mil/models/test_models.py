@@ -42,17 +42,19 @@ def test_permutation_invariance(name, device):
     torch.testing.assert_close(a.attention[0][perm], b.attention[0], atol=1e-6, rtol=1e-5)
 
 
-def test_max_pool_shares_tied_dimensions_without_favouring_the_first_tile():
+def test_max_pool_shares_tied_dimensions_without_favouring_the_first_tile(device):
     """Dead ReLU units are 0 on every tile: a tie each tile holds, so it is split equally
     (argmax would credit all of them to tile 0)."""
-    model = make("max_pool")
+    model = make("max_pool", device)
     with torch.no_grad():
         for p in model.embed.parameters():
             p.zero_()  # every unit dead: all 16 dimensions tied across the 5 tiles
-        weights = model(torch.randn(5, DIM)).attention[0]
-        chunked = model.predict_chunked(lambda s, e: torch.randn(e - s, DIM), 5, chunk_size=2)
-    torch.testing.assert_close(weights, torch.full((5,), 0.2))
-    torch.testing.assert_close(chunked.attention[0], torch.full((5,), 0.2))
+        weights = model(torch.randn(5, DIM, device=device)).attention[0]
+        chunked = model.predict_chunked(
+            lambda s, e: torch.randn(e - s, DIM, device=device), 5, chunk_size=2)
+    even = torch.full((5,), 0.2, device=device)
+    torch.testing.assert_close(weights, even)
+    torch.testing.assert_close(chunked.attention[0].to(device), even)
 
 
 @pytest.mark.parametrize("name", MODELS)
