@@ -68,7 +68,7 @@ TRAIN = ["--model", "gated_abmil", "--hidden-dims", "128", "--attention-dim", "6
 SEGMENTER = ["--net", "attention_unet", "--mpp", "2.0", "--tile-size", "64", "--channels", "8",
              "16", "32", "--lr", "0.003"]
 #: --quick: the fewest steps that still run every part of explain and segment-train.
-QUICK_EXPLAIN = ["--perturbation-steps", "2", "--perturbation-random", "1", "--bootstrap", "10"]
+QUICK_EXPLAIN = ["--flip-steps", "2", "--flip-random", "1", "--bootstrap", "10"]
 QUICK_SEGMENTER = ["--epochs", "1", "--tiles-per-slide", "8"]
 #: --quick: a one-epoch segmenter's speckled mask makes thousands of polygons, whose union and
 #: simplification take minutes on a CPU; a high threshold and no simplification keep it short.

@@ -13,6 +13,7 @@ defaults, validation split, epoch choice and thresholds included.
 
     python scripts/bench_train_defaults.py [--seeds 5] [--datasets fox tiger elephant]
         [--extra "--dropout 0.5"] [--workdir /tmp/wsi_mil_defaults] [--json out.json]
+        [--jobs 15]
 
 Timing is printed per run; nothing here is a pass/fail test.
 """
@@ -26,6 +27,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +46,11 @@ def write_dataset(name: str, root: Path) -> tuple[Path, Path]:
     from tiling.storage import write_text_atomic
     from wsi_mil.synthetic.bags import tiles_for
 
-    bags, labels = load_mil_dataset(DATA / f"{name}.data")
     features_dir = root / name / "features" / "corel"
     labels_csv = root / name / "labels.csv"
-    if labels_csv.is_file():
+    if labels_csv.is_file():  # written before (a carried workdir needs no ../shared/data)
         return features_dir, labels_csv
+    bags, labels = load_mil_dataset(DATA / f"{name}.data")
     rows = ["slide_id,label"]
     for i, (bag, label) in enumerate(zip(bags, labels)):
         slide_id = f"{name}_bag{i:03d}"
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["fox", "tiger", "elephant"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1, help="runs (set x seed) trained at once")
     parser.add_argument("--extra", default="", help="flags added to every wsi-mil train")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_defaults"))
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -89,14 +92,24 @@ def main() -> None:
     results = {}
     print(f"wsi-mil train {'(defaults)' if not extra else args.extra}: {args.folds}-fold CV, "
           f"{args.seeds} seed(s), model {MODEL}")
+    data = {name: write_dataset(name, args.workdir) for name in args.datasets}
+
+    def timed(name: str, seed: int) -> tuple[dict, float]:
+        start = time.perf_counter()
+        summary = train(*data[name], args.workdir / name / f"run_{tag}_s{seed}", seed,
+                        args.folds, extra)
+        return summary, time.perf_counter() - start
+
+    # --jobs trains runs side by side (each a single-threaded process): on a many-core machine
+    # every set and seed at once
+    pairs = [(name, seed) for name in args.datasets for seed in range(args.seeds)]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = dict(zip(pairs, pool.map(lambda pair: timed(*pair), pairs)))
     for name in args.datasets:
-        features_dir, labels_csv = write_dataset(name, args.workdir)
         acc, auc, pooled, seconds = [], [], [], []
         for seed in range(args.seeds):
-            start = time.perf_counter()
-            summary = train(features_dir, labels_csv,
-                            args.workdir / name / f"run_{tag}_s{seed}", seed, args.folds, extra)
-            seconds.append(time.perf_counter() - start)
+            summary, took = done[name, seed]
+            seconds.append(took)
             acc.append(summary["accuracy"]["mean"])
             auc.append(summary["auc"]["mean"])
             pooled.append(summary["pooled_out_of_fold"]["accuracy"])
