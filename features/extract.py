@@ -42,16 +42,17 @@ from features.stain import (
 )
 from tiling.slide import open_slide
 from tiling.tiles_file import read_tiles_file
+from wsi_mil.errors import WsiMilError
 
 __all__ = ["EmptyTilesError", "ExtractParams", "SlideMismatchError", "bag_is_current",
            "encode_tiles", "extract_slide", "fit_stain_reference"]
 
 
-class EmptyTilesError(ValueError):
+class EmptyTilesError(WsiMilError, ValueError):
     """A tiles file without a single tile: there is nothing to encode."""
 
 
-class SlideMismatchError(ValueError):
+class SlideMismatchError(WsiMilError, ValueError):
     """The slide given for a tiles file is not the slide that was tiled."""
 
 

@@ -37,7 +37,9 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from tiling.params import AnnotationParams
 from tiling.storage import atomic_output
+from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,9 @@ AREA_TYPES = ("polygon", "spline", "rectangle")
 POINT_TYPES = ("dot", "pointset")
 #: Rows of a mask summed at once when rasterising (bounds the temporary memory).
 _MASK_BLOCK_ROWS = 2048
-from tiling.params import AnnotationParams
 
 
-class AnnotationError(ValueError):
+class AnnotationError(WsiMilError, ValueError):
     """An annotation file that is missing, unreadable or in no format this module reads."""
 
 

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_mil.errors import WsiMilError
 
-class RolloutError(ValueError):
+
+class RolloutError(WsiMilError, ValueError):
     """A model attention rollout cannot explain (not a timm ViT)."""
 
 

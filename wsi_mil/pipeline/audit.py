@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 
 from tiling.storage import provenance, write_text_atomic
+from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.params import AuditParams
 
 AUDIT_JSON = "audit.json"
 AUDIT_MD = "audit.md"
 
 
-class AuditError(ValueError):
+class AuditError(WsiMilError, ValueError):
     """A labels CSV or features folder the audit cannot use."""
 
 

@@ -32,6 +32,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 NON_DAEMON_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 
 
-class ExecutorError(ValueError):
+class ExecutorError(WsiMilError, ValueError):
     """A Dask executor that cannot be reached, started or used as configured."""
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_mil.errors import WsiMilError
+
 if TYPE_CHECKING:
     from wsi_mil.pipeline.config import PipelineConfig
 
@@ -37,7 +39,7 @@ STATE_FILE = "run_state.json"
 CONFIG_FILE = "config.yaml"
 
 
-class PipelineError(RuntimeError):
+class PipelineError(WsiMilError, RuntimeError):
     """A stage that could not run at all (bad inputs), as opposed to single failed slides."""
 
 

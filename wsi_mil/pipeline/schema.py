@@ -28,8 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import WsiMilError
 
-class ConfigError(ValueError):
+
+class ConfigError(WsiMilError, ValueError):
     """A config file that cannot be read or does not match the schema; the message says where."""
 
 

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.segment.params import EXPLAIN_METHODS
 
 #: The methods each network has, in the order of the tables.
@@ -75,7 +76,7 @@ UNETR_PATCH = 16
 GRADCAM_MAX_DOWNSAMPLE = 8
 
 
-class AttributionError(ValueError):
+class AttributionError(WsiMilError, ValueError):
     """A method or layer the network does not have (the message names the alternatives)."""
 
 
