@@ -138,7 +138,7 @@ def extract_slide(
                           with_qc=params.tile_qc, jitter=params.stain_jitter,
                           seed=zlib.crc32(tiles.slide_id.encode()))
     encoded = encode_tiles(dataset, encoder, params, desc=tiles.slide_id)
-    features, qc = encoded if params.tile_qc else (encoded, None)
+    features, qc = encoded if isinstance(encoded, tuple) else (encoded, None)
     attrs = {**encoder.bag_attrs(params.dtype), "stain_method": "none"}
     if normaliser is not None:
         attrs.update(normaliser.attrs())

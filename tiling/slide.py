@@ -192,6 +192,7 @@ class ThumbnailStrips:
                                  "slide_mpp")
             downsample = max(1.0, float(target_mpp) / float(slide_mpp))
         else:
+            assert max_side is not None  # exactly one of the two, checked above
             downsample = max(1.0, max(width, height) / float(max_side))
         self.slide = slide
         self.level = level_for_downsample(slide, downsample)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     problems = sum(bool(e.problems) for e in index.slides.values())
     print(f"{len(index.slides)} slides from {index.root}"
           + (f" ({problems} with problems, shown in the page)" if problems else ""))
-    if params.rater:
+    if service.ratings is not None:
         print(f"ratings of {params.rater!r} go to {service.ratings.path}")
     print(f"viewer at {url_of(server, params.host)}  (Ctrl+C to stop)", flush=True)
     try:

@@ -103,7 +103,8 @@ def _wants_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _extract_one(tiles_path: Path, out_path: Path, encoder: str, weights: str | None,
+def _extract_one(tiles_path: Path, out_path: Path, encoder: str,
+                 weights: str | os.PathLike | None,
                  params: ExtractParams, slide_path: Path | None,
                  slides_dir: Path | None, normaliser: StainNormaliser | None = None) -> Path:
     from features.extract import extract_slide
