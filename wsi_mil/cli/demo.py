@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     for what, path in output_locations(result.out):
         print(f"  {what:<40} {path}")
     print("\nopen the overlay PNGs in any viewer, drag tiles.geojson onto the slide in QuPath, "
-          "or open heatmap.zarr in napari (README: 'Opening the exports').")
+          "or open heatmap.zarr in napari (docs/tutorial.md: 'Opening the exports').")
     return result.exit_code
 
 
