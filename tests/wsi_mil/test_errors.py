@@ -73,6 +73,12 @@ def test_traceback_flag_shows_the_traceback_of_a_user_error(tmp_path, capsys, mo
     assert err.rstrip().endswith("config file not found")
 
 
+def test_traceback_flag_after_the_verb_works_too(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    assert main(["run", str(tmp_path / "missing.yaml"), "--traceback"]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
 def test_environment_variable_shows_the_traceback_too(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(TRACEBACK_ENV, "1")
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2

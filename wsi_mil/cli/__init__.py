@@ -58,12 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     from wsi_mil import __version__
 
     parser.add_argument("--version", action="version", version=f"wsi-mil {__version__}")
-    parser.add_argument("--traceback", action="store_true",
-                        help=f"show the traceback of an error in the input too (or set "
-                        f"{TRACEBACK_ENV}=1); other errors always show theirs")
+    traceback_help = (f"show the traceback of an error in the input too (or set "
+                      f"{TRACEBACK_ENV}=1); other errors always show theirs")
+    parser.add_argument("--traceback", action="store_true", help=traceback_help)
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for module in VERBS.values():
         importlib.import_module(module).add_parser(subparsers)
+    for verb_parser in subparsers.choices.values():  # also after the verb: VERB ... --traceback
+        verb_parser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                                 help=traceback_help)
     return parser
 
 

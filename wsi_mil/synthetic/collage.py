@@ -160,9 +160,10 @@ def write_collage_cohort(ucsb_dir: str | os.PathLike, out_dir: str | os.PathLike
                                  slide.label == "tumor", params)
         path = out_dir / "slides" / f"{slide.slide_id}.tif"
         if not path.is_file():
-            write_pyramidal_tiff(path, image.shape[1], image.shape[0], MPP,
-                                 lambda x, y, w, h, im=image: im[y:y + h, x:x + w],  # type: ignore[misc]
-                                 tile=256)
+            def region(x: int, y: int, w: int, h: int, im: np.ndarray = image) -> np.ndarray:
+                return im[y:y + h, x:x + w]
+
+            write_pyramidal_tiff(path, image.shape[1], image.shape[0], MPP, region, tile=256)
         if lesions:
             write_asap_xml(out_dir / "annotations" / f"{slide.slide_id}.xml",
                            unary_union([box(x, y, x + w, y + h) for x, y, w, h in lesions]))
