@@ -25,6 +25,8 @@ SECTION_VERBS = {
     "evaluate": ("evaluate",), "segment": ("segment", "segment-train"),
     "explain": ("explain",), "executor": ("tile",),
 }
+#: keys whose flag is not named after them (the executor flags every per-slide verb shares)
+RENAMED_FLAGS = {"executor.kind": "--executor", "executor.address": "--scheduler"}
 
 
 def _verb_flags() -> dict[str, set[str]]:
@@ -58,8 +60,8 @@ def _default(f: dataclasses.Field) -> str:
     return f"`{yaml_value(value)}`"
 
 
-def _rows(cls: type, prefix: str, verbs: tuple[str, ...], flags: dict[str, set[str]]
-          ) -> list[str]:
+def _rows(cls: type, prefix: str, section: str, verbs: tuple[str, ...],
+          flags: dict[str, set[str]]) -> list[str]:
     from wsi_mil.cli.options import flag_name
     from wsi_mil.pipeline.config import _dataclass_type
     from wsi_mil.pipeline.schema import field_comments, ordered_fields
@@ -71,11 +73,12 @@ def _rows(cls: type, prefix: str, verbs: tuple[str, ...], flags: dict[str, set[s
         nested = _dataclass_type(hints[f.name])
         if nested is not None:
             rows.append(f"| `{key}` | {_default(f)} | | {_cell(comments.get(f.name, ''))} |")
-            rows += _rows(nested, f"{key}.", verbs, flags)
+            rows += _rows(nested, f"{key}.", section, verbs, flags)
             continue
         flag = ""
         for verb in verbs:
-            for candidate in (flag_name(key), flag_name(f.name)):
+            for candidate in (RENAMED_FLAGS.get(f"{section}.{key}", ""), flag_name(key),
+                              flag_name(f.name)):
                 if candidate in flags.get(verb, set()):
                     flag = f"`wsi-mil {verb} {candidate}`"
                     break
@@ -104,7 +107,7 @@ def reference_markdown() -> str:
         out += ["", f"## `{f.name}`", "", _cell(comments.get(f.name, ""))
                 + (" The section is optional (`null` by default)." if optional else ""), "",
                 header]
-        out += _rows(section, "", SECTION_VERBS.get(f.name, ()), flags)
+        out += _rows(section, "", f.name, SECTION_VERBS.get(f.name, ()), flags)
     return "\n".join(out) + "\n"
 
 
