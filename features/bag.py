@@ -39,13 +39,14 @@ from features.trident import (
 )
 from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
 from tiling.tiles_file import TilesFile
+from wsi_mil.errors import WsiMilError
 
 ENCODER_ATTRS = (
     "encoder", "encoder_dim", "weights", "weights_sha256", "input_size", "mean", "std", "dtype",
 )
 
 
-class BagError(ValueError):
+class BagError(WsiMilError, ValueError):
     """A feature bag that is missing, incomplete or not in the wsi-mil format."""
 
 

@@ -71,5 +71,5 @@ class ConchVisionTower(nn.Module):
         self.num_features = CONCH_V15_DIM
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        tokens = self.trunk.forward_features(images)
+        tokens = self.trunk.forward_features(images)  # type: ignore[operator]
         return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])

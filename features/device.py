@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from wsi_mil.errors import WsiMilError
 
-class DeviceError(ValueError):
+
+class DeviceError(WsiMilError, ValueError):
     """A device that was asked for but is not available here."""
 
 

@@ -42,16 +42,17 @@ from features.stain import (
 )
 from tiling.slide import open_slide
 from tiling.tiles_file import read_tiles_file
+from wsi_mil.errors import WsiMilError
 
 __all__ = ["EmptyTilesError", "ExtractParams", "SlideMismatchError", "bag_is_current",
            "encode_tiles", "extract_slide", "fit_stain_reference"]
 
 
-class EmptyTilesError(ValueError):
+class EmptyTilesError(WsiMilError, ValueError):
     """A tiles file without a single tile: there is nothing to encode."""
 
 
-class SlideMismatchError(ValueError):
+class SlideMismatchError(WsiMilError, ValueError):
     """The slide given for a tiles file is not the slide that was tiled."""
 
 
@@ -137,7 +138,7 @@ def extract_slide(
                           with_qc=params.tile_qc, jitter=params.stain_jitter,
                           seed=zlib.crc32(tiles.slide_id.encode()))
     encoded = encode_tiles(dataset, encoder, params, desc=tiles.slide_id)
-    features, qc = encoded if params.tile_qc else (encoded, None)
+    features, qc = encoded if isinstance(encoded, tuple) else (encoded, None)
     attrs = {**encoder.bag_attrs(params.dtype), "stain_method": "none"}
     if normaliser is not None:
         attrs.update(normaliser.attrs())

@@ -72,13 +72,14 @@ from features.weights import (
     weights_dir,
     weights_in_folder,
 )
+from wsi_mil.errors import WsiMilError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm:"
 
 
-class EncoderError(ValueError):
+class EncoderError(WsiMilError, ValueError):
     """An unknown encoder name or an encoder that cannot be built as asked."""
 
 

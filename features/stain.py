@@ -41,6 +41,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsi_mil.errors import WsiMilError
+
 STAIN_METHODS = ("none", "macenko", "reinhard")
 #: Per-tile QC measures stored in a bag's ``tile_qc`` dataset, in column order.
 QC_COLUMNS = ("focus", "background", "pen")
@@ -55,7 +57,7 @@ LIGHT = 240.0
 ANGLE_PERCENTILE = 1.0
 
 
-class StainError(ValueError):
+class StainError(WsiMilError, ValueError):
     """A stain target or method that cannot be used."""
 
 

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from tiling.storage import atomic_output, decode_attr, encode_attr
+from wsi_mil.errors import WsiMilError
 
 #: ``bag_format`` attribute of a bag read from a TRIDENT file.
 TRIDENT_FORMAT = "trident"
@@ -40,7 +41,7 @@ COORDS_ATTRS = ("patch_size", "patch_size_level0", "level0_magnification",
 FOLDER_PREFIX = "features_"
 
 
-class TridentError(ValueError):
+class TridentError(WsiMilError, ValueError):
     """A TRIDENT feature file that cannot be read as a bag."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from wsi_mil.errors import WsiMilError
+
 #: File types a weights file may have.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 #: Files tried, in order, in a Hugging Face repository.
@@ -34,7 +36,7 @@ HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 HUB_PREFIX = "hf-hub:"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(WsiMilError, RuntimeError):
     """Weights that cannot be found, read, or fitted to the encoder's architecture."""
 
 

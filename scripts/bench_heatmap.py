@@ -181,7 +181,8 @@ def run_clam(slide_path: Path, out: Path, size: int, clam: Path) -> dict:
         from wsi_core.WholeSlideImage import WholeSlideImage
     except ImportError as exc:
         raise SystemExit(f"--clam {clam}: cannot import CLAM's wsi_core.WholeSlideImage ({exc}); "
-                         f"give the root of a CLAM checkout with its requirements installed")
+                         f"give the root of a CLAM checkout with its requirements installed"
+                         ) from exc
     prediction = make_prediction(slide_path)
     tissue = tissue_polygon()
     contour = np.asarray(tissue.exterior.coords, dtype=np.int32).reshape(-1, 1, 2)

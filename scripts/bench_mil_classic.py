@@ -21,13 +21,14 @@ them (two layers of 256 and 128 units, attention of 64), recalled from their app
 re-read. The optimiser is MI-Net's, as the rest of the protocol: SGD, lr 5e-4, Nesterov
 momentum 0.9, L2 weight decay 5e-3 (the library's ``optimizer: sgd``); Adam with the same lr
 and decay (``--optimizer adam``, this script's earlier choice) scored 0.02 lower on Tiger, up
-to 0.011 on Elephant and 0.003-0.021 on Fox: 3 of the 6 cells within, against 6 (README). Fixed
+to 0.011 on Elephant and 0.003-0.021 on Fox: 3 of the 6 cells within, against 6
+(docs/benchmarks.md). Fixed
 for every data set and both models: ``abmil`` and ``gated_abmil`` from
 :func:`wsi_mil.mil.models.create_model` with the library's own dropout placement (after each
 hidden layer and in the attention network) at MI-Net's rate 0.5 (``--dropout``; the library's
 default is 0.25), ``--epochs`` epochs, the last one kept, accuracy at the 0.5 decision.
-MI-Net's own three layers (``--hidden-dims 256 128 64``) scored no higher with Adam (README,
-"Classic MIL benchmarks").
+MI-Net's own three layers (``--hidden-dims 256 128 64``) scored no higher with Adam
+(docs/benchmarks.md, "Classic MIL benchmarks").
 
 **Features as given** (``--scaling none``, the default), as ``wsi-mil train`` uses feature
 bags. Why not z-scored: 108 of the 230 features are near-constant (std < 1e-3 over all
@@ -35,8 +36,8 @@ instances, with rare spikes). Z-scored with each training part's statistics (thi
 earlier choice, ``--scaling train``), a spike that only test bags hold is divided by ~1e-6 and
 reaches 1e6-6e7 in 8 of 10 folds of every set, which dominates those bags' attention and
 logits; with the whole data set's statistics (MI-Net's, ``--scaling dataset``), spikes reach
-~36 standard deviations and the network fits them. Both cost accuracy (README, "Classic MIL
-benchmarks": 2-run table). The Corel features are already roughly standardised (|x| mostly
+~36 standard deviations and the network fits them. Both cost accuracy (docs/benchmarks.md, "Classic
+MIL benchmarks": 2-run table). The Corel features are already roughly standardised (|x| mostly
 below 5).
 
 What the earlier protocol cost (it held out a ninth of each training part, 20 bags, and kept

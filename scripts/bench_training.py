@@ -165,7 +165,9 @@ def main() -> int:
         if results[part]:
             print(part, results[part], flush=True)
     e, p = results["epoch"], results["predict"]
-    gpu = (lambda r: f", GPU peak {r['peak_gpu_gb']} GB" if r["peak_gpu_gb"] is not None else "")
+    def gpu(r: dict) -> str:
+        return f", GPU peak {r['peak_gpu_gb']} GB" if r["peak_gpu_gb"] is not None else ""
+
     print(f"\ntraining on {args.device}: {e['bags']} bags x {args.tiles} tiles x {args.dim}: "
           f"{e['epoch_s']} s/epoch (epochs: {e['epochs_s']} s; "
           f"{'in memory' if e['in_memory'] else 'streamed from HDF5'}, {e['torch_threads']} "

@@ -10,6 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Lowest first. A module may import its own layer and any layer below it.
 LAYERS = (
+    "wsi_mil.errors",  # the base class of user errors: imports nothing, every layer uses it
     "tiling",
     "features",
     "wsi_mil.metrics",

@@ -37,7 +37,9 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from tiling.params import AnnotationParams
 from tiling.storage import atomic_output
+from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,9 @@ AREA_TYPES = ("polygon", "spline", "rectangle")
 POINT_TYPES = ("dot", "pointset")
 #: Rows of a mask summed at once when rasterising (bounds the temporary memory).
 _MASK_BLOCK_ROWS = 2048
-from tiling.params import AnnotationParams
 
 
-class AnnotationError(ValueError):
+class AnnotationError(WsiMilError, ValueError):
     """An annotation file that is missing, unreadable or in no format this module reads."""
 
 
@@ -175,7 +176,9 @@ def read_asap_xml(path: str | os.PathLike, params: AnnotationParams = Annotation
         kind = annotation.get("Type", "Polygon").lower()
         coords = sorted(annotation.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
         try:
-            vertices = [(float(c.get("X")), float(c.get("Y"))) for c in coords]
+            # a missing X/Y is None: float(None) raises the TypeError caught below
+            vertices = [(float(c.get("X")), float(c.get("Y")))  # type: ignore[arg-type]
+                        for c in coords]
         except (TypeError, ValueError) as exc:
             raise AnnotationError(f"{path}: annotation {name!r} has a coordinate without a "
                                   f"numeric X/Y ({exc})") from exc
@@ -243,10 +246,13 @@ def read_geojson(path: str | os.PathLike, params: AnnotationParams = AnnotationP
                               f"a list of Features)")
     collector = _Collector(path, params)
     for i, feature in enumerate(features):
-        geometry = (feature or {}).get("geometry") or {}
+        geometry: dict[str, Any] = (feature or {}).get("geometry") or {}
         group = _geojson_class(feature.get("properties"))
-        kind, coords = geometry.get("type"), geometry.get("coordinates")
+        kind = geometry.get("type")
+        coords: Any = geometry.get("coordinates")  # nested lists; checked below
         label = f"feature {i} (class {group!r})"
+        if kind in ("Polygon", "MultiPolygon", "Point", "MultiPoint") and not coords:
+            raise AnnotationError(f"{path}: {label}: a {kind} without coordinates")
         if kind == "Polygon":
             collector.add_polygon(group, coords[0], coords[1:], label)
         elif kind == "MultiPolygon":

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from wsi_mil.errors import WsiMilError
+
 #: Whole-slide formats OpenSlide reads (Aperio, Hamamatsu, MIRAX, generic TIFF, Leica,
 #: Ventana, Philips, DICOM).
 WSI_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn",
@@ -26,7 +28,7 @@ _OWN_OUTPUT = re.compile(r"(\.preview\.png|\.tmp)$", re.IGNORECASE)
 _SERIES_UID_TAG = b"\x20\x00\x0e\x00UI"
 
 
-class SlideDiscoveryError(ValueError):
+class SlideDiscoveryError(WsiMilError, ValueError):
     """An input that is not a slide, or two inputs that would write the same outputs."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from wsi_mil.errors import InputError
+
 
 @dataclass(frozen=True)
 class SlideGeometry:
@@ -29,7 +31,7 @@ class SlideGeometry:
         needed = ("slide_width", "slide_height", "slide_mpp", "tile_size_level0", "stride")
         missing = [k for k in needed if k not in attrs]
         if missing:
-            raise ValueError(f"{source}: slide/tiling attributes missing {missing} (the heatmap "
+            raise InputError(f"{source}: slide/tiling attributes missing {missing} (the heatmap "
                              f"needs the tiling geometry carried over from the tiles file; "
                              f"for TRIDENT feature files pass --slides so it is read from the "
                              f"slide)")

@@ -36,11 +36,12 @@ from tiling.slide import level_for_downsample, open_slide, read_thumbnail, slide
 from tiling.tiles_file import read_tiles_file, write_tiles_file
 from tiling.tissue import background_masks, detect_tissue, mask_area_um2, tissue_params_of
 from tiling.tissue_geojson import mask_to_polygons, write_tissue_geojson
+from wsi_mil.errors import WsiMilError
 
 TILES_DIR = "tiles"
 
 
-class TilingError(ValueError):
+class TilingError(WsiMilError, ValueError):
     """A slide that cannot be tiled with the given parameters (the message says why)."""
 
 

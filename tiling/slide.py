@@ -21,6 +21,7 @@ import numpy as np
 import openslide
 
 from tiling.reader import rgba_to_rgb_on_white
+from wsi_mil.errors import WsiMilError
 
 #: Level-0 µm/px outside this range is treated as a placeholder, not a measurement: scanners
 #: work between ~0.05 (100x) and ~10 (1x overview); 72/96/300 dpi give 353/265/85 µm/px.
@@ -34,11 +35,11 @@ MPP_HELP = ("supply it with --mpp MPP (one value for every slide) or --mpp-csv F
             "(a CSV with columns slide_id,mpp)")
 
 
-class SlideOpenError(OSError):
+class SlideOpenError(WsiMilError, OSError):
     """A slide that OpenSlide (and its image fallback) cannot open; the message says why."""
 
 
-class SlideMppError(ValueError):
+class SlideMppError(WsiMilError, ValueError):
     """A slide whose level-0 resolution is unknown or unusable, with how to supply one."""
 
 
@@ -90,7 +91,7 @@ def _isotropic(path: Path, x: float, y: float, source: str) -> float:
     return x if x == y else (x + y) / 2
 
 
-def _tiff_tag_mpp(path: Path) -> tuple[float, float] | None | str:
+def _tiff_tag_mpp(path: Path) -> tuple[float, float] | str | None:
     """(x, y) µm/px from the first TIFF page's resolution tags; None if absent, or why unusable."""
     import tifffile  # only needed for the rare slide whose mpp OpenSlide does not report
 
@@ -191,6 +192,7 @@ class ThumbnailStrips:
                                  "slide_mpp")
             downsample = max(1.0, float(target_mpp) / float(slide_mpp))
         else:
+            assert max_side is not None  # exactly one of the two, checked above
             downsample = max(1.0, max(width, height) / float(max_side))
         self.slide = slide
         self.level = level_for_downsample(slide, downsample)

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
+from wsi_mil.errors import WsiMilError
 
 #: Attributes every tiles file carries; a file missing one is not a wsi-mil tiles file.
 REQUIRED_ATTRS = (
@@ -25,7 +26,7 @@ REQUIRED_ATTRS = (
 )
 
 
-class TilesFileError(ValueError):
+class TilesFileError(WsiMilError, ValueError):
     """A tiles file that is missing, unreadable or not in the wsi-mil format."""
 
 

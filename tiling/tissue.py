@@ -21,7 +21,7 @@ The threshold (``tissue_method``):
   is at least ``GLASS_MARGIN`` above the median saturation of the near-white pixels, so a
   slide with tinted glass (saturation ~20) keeps Otsu's split instead of taking its glass
   for tissue. Measured by ``scripts/bench_tissue.py`` against a per-pixel reference mask
-  (README, tiling step). The median blur is 16 µm: enough to remove nuclei-sized gaps and
+  (docs/tutorial.md, step 2). The median blur is 16 µm: enough to remove nuclei-sized gaps and
   noise, while a wider one erases thin strands of stroma (a median filter removes any
   structure narrower than half its width).
 * ``"otsu"``: Otsu floored at ``min_saturation`` only, CLAM's rule (``sthresh`` with Otsu).

@@ -19,11 +19,12 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 
 from tiling.storage import write_text_atomic
+from wsi_mil.errors import WsiMilError
 
 TISSUE_CLASS = {"name": "Tissue", "color": [0, 160, 0]}
 
 
-class TissueGeoJSONError(ValueError):
+class TissueGeoJSONError(WsiMilError, ValueError):
     """A tissue GeoJSON file that is missing or not a GeoJSON of polygons."""
 
 

@@ -96,7 +96,10 @@ def test_hed_jitter_changes_stain_not_structure():
     b = hed_jitter(image, np.random.default_rng(0), 0.05)
     c = hed_jitter(image, np.random.default_rng(1), 0.05)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    grey = lambda x: x.astype(float).mean(-1).ravel()
+
+    def grey(x: np.ndarray) -> np.ndarray:
+        return x.astype(float).mean(-1).ravel()
+
     assert np.corrcoef(grey(image), grey(a))[0, 1] > 0.95
 
 

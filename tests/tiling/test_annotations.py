@@ -129,6 +129,11 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
     other.write_text("x")
     with pytest.raises(AnnotationError, match="unknown annotation format"):
         read_annotations(other)
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "Feature", "geometry": {"type": "Polygon"}, "properties": {}}')
+    with pytest.raises(AnnotationError, match=r"empty\.geojson: feature 0 .*Polygon without "
+                                              r"coordinates"):
+        read_annotations(empty)
 
 
 def test_mask_is_exact_at_pixel_centres() -> None:

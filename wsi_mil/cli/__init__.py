@@ -4,15 +4,21 @@ A verb module defines ``add_parser(subparsers)`` (which sets ``func`` on its par
 flags are generated from its parameter dataclass (:mod:`wsi_mil.cli.options`). Building the
 parser imports no numpy, torch, scipy or matplotlib: the verb imports what it needs inside the
 function it runs, so ``wsi-mil --help`` answers at once and ``wsi-mil tile`` never loads torch.
+
+Errors: a :class:`wsi_mil.errors.WsiMilError` is the user's input being wrong and prints as one
+line (exit 2); anything else is a bug or a broken machine (a CUDA error, a full disk) and shows
+its traceback. ``--traceback`` or ``WSI_MIL_TRACEBACK=1`` shows the traceback of a user error
+too, for a bug report.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 
 #: verb -> module that defines it, in the order of the pipeline.
 VERBS = {
@@ -39,20 +45,28 @@ VERBS = {
 }
 
 
+#: Environment variable that shows the traceback of a user error, like ``--traceback``.
+TRACEBACK_ENV = "WSI_MIL_TRACEBACK"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsi-mil",
         description="Whole-slide images to tiles, features, attention-MIL models, heatmaps "
         "and QuPath exports.",
     )
-    try:
-        installed = version("wsi-mil")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        installed = "unknown"
-    parser.add_argument("--version", action="version", version=f"wsi-mil {installed}")
+    from wsi_mil import __version__
+
+    parser.add_argument("--version", action="version", version=f"wsi-mil {__version__}")
+    traceback_help = (f"show the traceback of an error in the input too (or set "
+                      f"{TRACEBACK_ENV}=1); other errors always show theirs")
+    parser.add_argument("--traceback", action="store_true", help=traceback_help)
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for module in VERBS.values():
         importlib.import_module(module).add_parser(subparsers)
+    for verb_parser in subparsers.choices.values():  # also after the verb: VERB ... --traceback
+        verb_parser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                                 help=traceback_help)
     return parser
 
 
@@ -65,14 +79,15 @@ def _print_warning(message: Warning | str, category: type[Warning], filename: st
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    from wsi_mil.cli.options import OptionError
-    from wsi_mil.pipeline.executors import ExecutorError
+    from wsi_mil.errors import WsiMilError
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _print_warning
     try:
         return int(args.func(args) or 0)
-    except (OptionError, ExecutorError) as exc:  # bad flags, unreachable cluster: one line
+    except WsiMilError as exc:  # the input is wrong: one line naming it
+        if args.traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            traceback.print_exc()
         print(f"wsi-mil {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the batch cancelled its queued slides; outputs stay atomic

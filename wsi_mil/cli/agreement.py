@@ -8,21 +8,16 @@ number of slides each rater scored, and writes the table as CSV.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.viewer.ratings import QUESTIONS, RatingError, read_ratings_dir, write_agreement
+    from wsi_mil.viewer.ratings import QUESTIONS, read_ratings_dir, write_agreement
 
-    try:
-        ratings = read_ratings_dir(args.ratings)
-        out = Path(args.out) if args.out else Path(args.ratings).resolve().parent / \
-            "agreement.csv"
-        rows = write_agreement(out, ratings)
-    except (RatingError, ValueError, OSError) as exc:
-        print(f"wsi-mil agreement: error: {exc}", file=sys.stderr)
-        return 2
+    ratings = read_ratings_dir(args.ratings)
+    out = Path(args.out) if args.out else Path(args.ratings).resolve().parent / \
+        "agreement.csv"
+    rows = write_agreement(out, ratings)
     questions = dict(QUESTIONS)
     print("slides scored: " + ", ".join(f"{r} {len(s)}" for r, s in sorted(ratings.items())))
     print(f"{'question':<11} {'method':<16} {'kappa':>7} {'slides':>7}")

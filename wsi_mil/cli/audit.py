@@ -7,10 +7,9 @@ The flags are the fields of :class:`~wsi_mil.metrics.params.AuditParams`; the wo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from wsi_mil.cli.options import OptionError, add_options, options_from_args
+from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.metrics.params import AuditParams
 
 
@@ -39,12 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.audit import audit_cohort
 
-    try:
-        params = options_from_args(AuditParams, args)
-        audit_cohort(args.features, args.labels, args.out, params, args.run, args.device)
-    except (OptionError, ValueError, FileNotFoundError) as exc:
-        print(f"wsi-mil audit: error: {exc}", file=sys.stderr)
-        return 2
+    params = options_from_args(AuditParams, args)
+    audit_cohort(args.features, args.labels, args.out, params, args.run, args.device)
     print((Path(args.out) / "audit.md").read_text(encoding="utf-8").rstrip())
     print(f"\nwritten: {Path(args.out) / 'audit.json'}")
     return 0

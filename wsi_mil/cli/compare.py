@@ -7,7 +7,6 @@ work is :func:`wsi_mil.pipeline.evaluate.compare_predictions`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -30,11 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.evaluate import compare_predictions
 
-    try:
-        result = compare_predictions(args.a, args.b, args.labels, args.out, args.negative_class)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"wsi-mil compare: error: {exc}", file=sys.stderr)
-        return 2
+    result = compare_predictions(args.a, args.b, args.labels, args.out, args.negative_class)
     low, high = result["ci95"]
     print(f"{result['n_slides']} slides ({result['n_positive']} {result['positive_class']}, "
           f"{result['n_negative']} other): AUC A {result['auc_a']:.3f}, B {result['auc_b']:.3f}")

@@ -42,13 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.evaluate import evaluate_cohort
 
     section = options_from_args(EvaluateSection, args)
-    try:
-        metrics, lesion = evaluate_cohort(args.predictions, args.labels, section, args.out,
-                                          run_dir=args.run, features_dir=args.features,
-                                          segment_dir=args.segment)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"wsi-mil evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    metrics, lesion = evaluate_cohort(args.predictions, args.labels, section, args.out,
+                                      run_dir=args.run, features_dir=args.features,
+                                      segment_dir=args.segment)
     auc, ci = metrics["auc"], metrics["auc_ci95"]
     auc_text = "n/a" if auc is None else f"{auc:.3f}"
     if ci is not None:

@@ -21,8 +21,8 @@ def add_executor_options(parser: argparse.ArgumentParser, *,
     """Add the two flags; ``workers_flag`` names the flag whose value sizes a LocalCluster."""
     docs = field_comments(ExecutorParams)
     group = parser.add_argument_group(
-        "executor", "where the slides run: this machine, or a Dask cluster (see README, "
-        "'On a cluster')")
+        "executor", "where the slides run: this machine, or a Dask cluster (see "
+        "docs/cluster.md)")
     group.add_argument("--executor", choices=EXECUTOR_KINDS, default="local",
                        help=f"{docs['kind']} (default: local)")
     local = (f"; without it, a Dask LocalCluster of {workers_flag} processes is started here"

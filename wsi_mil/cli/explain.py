@@ -7,7 +7,6 @@ config section); the work is :func:`wsi_mil.pipeline.explain.explain_slides`.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
@@ -17,15 +16,11 @@ from wsi_mil.explain.params import ExplainParams
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.explain import STAGE, explain_slides
 
-    try:
-        params = options_from_args(ExplainParams, args)
-        result = explain_slides(args.run, args.features, args.out, params,
-                                annotations_dir=args.annotations, slides_dir=args.slides,
-                                workers=args.workers, overwrite=args.overwrite,
-                                executor=executor_from_args(args, workers=args.workers))
-    except (ValueError, FileNotFoundError) as exc:  # bad parameters or folders: one clear line
-        print(f"wsi-mil explain: error: {exc}", file=sys.stderr)
-        return 2
+    params = options_from_args(ExplainParams, args)
+    result = explain_slides(args.run, args.features, args.out, params,
+                            annotations_dir=args.annotations, slides_dir=args.slides,
+                            workers=args.workers, overwrite=args.overwrite,
+                            executor=executor_from_args(args, workers=args.workers))
     print(result.summary(STAGE))
     print(f"trust report and cohort table: {args.out}/cohort_table.md")
     _print_recommendation(args.out)

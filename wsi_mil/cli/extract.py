@@ -7,7 +7,6 @@ The flags are the fields of the ``extract`` config section; the work is
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,12 @@ from wsi_mil.pipeline.config import ExtractSection
 
 
 def run(args: argparse.Namespace) -> int:
-    from features.registry import EncoderError
-    from features.stain import StainError
-    from features.weights import WeightsError
-    from tiling.discover import SlideDiscoveryError
     from wsi_mil.pipeline.extract import STAGE, extract_slides
 
     section = options_from_args(ExtractSection, args)
     executor = executor_from_args(args)
-    try:
-        result = extract_slides(args.tiles, args.out, section.encoder, section.weights,
-                                section.params(), args.slides, args.overwrite, executor=executor)
-    except (EncoderError, WeightsError, SlideDiscoveryError, FileNotFoundError, StainError,
-            ValueError) as exc:
-        print(f"wsi-mil extract: error: {exc}", file=sys.stderr)
-        return 2
+    result = extract_slides(args.tiles, args.out, section.encoder, section.weights,
+                            section.params(), args.slides, args.overwrite, executor=executor)
     print(result.summary(STAGE))
     return result.exit_code
 

@@ -7,7 +7,6 @@ config section); the work is :func:`wsi_mil.pipeline.heatmap.heatmap_slides`.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
@@ -19,14 +18,10 @@ def run(args: argparse.Namespace) -> int:
 
     params = options_from_args(HeatmapParams, args)
     executor = executor_from_args(args, workers=args.workers)
-    try:
-        result = heatmap_slides(args.predictions, args.out, params, slides_dir=args.slides,
-                                tiles_dir=args.tiles, encoder=args.encoder, weights=args.weights,
-                                workers=args.workers, overwrite=args.overwrite,
-                                executor=executor, explanations_dir=args.explanations)
-    except (ValueError, FileNotFoundError) as exc:  # bad parameters or folders: one clear line
-        print(f"wsi-mil heatmap: error: {exc}", file=sys.stderr)
-        return 2
+    result = heatmap_slides(args.predictions, args.out, params, slides_dir=args.slides,
+                            tiles_dir=args.tiles, encoder=args.encoder, weights=args.weights,
+                            workers=args.workers, overwrite=args.overwrite,
+                            executor=executor, explanations_dir=args.explanations)
     print(result.summary(STAGE))
     return result.exit_code
 

@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.pipeline.schema import field_comments, ordered_fields
 
 #: Separates a nested field from its parent in argparse ``dest`` names (``froc.dilation_um``).
 _NEST = "."
 
 
-class OptionError(ValueError):
+class OptionError(WsiMilError, ValueError):
     """Flags that do not make valid parameters (the dataclass's own check failed)."""
 
 

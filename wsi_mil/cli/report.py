@@ -8,7 +8,6 @@ The flags are the fields of :class:`~wsi_mil.export.params.ReportParams`; the wo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
@@ -47,15 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.report import REPORT_DIR, report_slides
 
-    try:
-        params = options_from_args(ReportParams, args)
-        result = report_slides(args.predictions, args.out, params,
-                               annotations_dir=args.annotations, segment_dir=args.segment,
-                               reports_dir=args.reports, vocabulary=args.vocabulary,
-                               workers=args.workers, overwrite=args.overwrite)
-    except (ValueError, OSError) as exc:  # bad folders, vocabulary or parameters: one line
-        print(f"wsi-mil report: error: {exc}", file=sys.stderr)
-        return 2
+    params = options_from_args(ReportParams, args)
+    result = report_slides(args.predictions, args.out, params,
+                           annotations_dir=args.annotations, segment_dir=args.segment,
+                           reports_dir=args.reports, vocabulary=args.vocabulary,
+                           workers=args.workers, overwrite=args.overwrite)
     print(result.summary("report"))
     print(f"written to {args.out / REPORT_DIR}/: <slide_id>.json/.md/.html, index.md, "
           f"index.html, alignment.csv")

@@ -19,7 +19,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.config import (
-        ConfigError,
         default_config_text,
         load_config,
         resolved_config_text,
@@ -32,23 +31,14 @@ def run(args: argparse.Namespace) -> int:
         print("wsi-mil run: error: give a CONFIG file (start from configs/default.yaml or "
               "wsi-mil run --print-defaults)", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config, _overrides(args))
-    except ConfigError as exc:
-        print(f"wsi-mil run: error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, _overrides(args))
     if args.check:
         print(resolved_config_text(config), end="")
         print(f"{args.config}: valid", file=sys.stderr)
         return 0
     from wsi_mil.pipeline.run import CONFIG_FILE, run_pipeline
 
-    try:
-        result = run_pipeline(config, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # incl. PipelineError
-        # a stage that cannot run at all (bad labels, missing weights, no slides): one line
-        print(f"wsi-mil run: error: {exc}", file=sys.stderr)
-        return 2
+    result = run_pipeline(config, overwrite=args.overwrite)
     print(f"outputs in {config.out} (resolved config: {config.out / CONFIG_FILE})")
     return result.exit_code
 

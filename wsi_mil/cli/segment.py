@@ -7,7 +7,6 @@ The flags are the fields of :class:`~wsi_mil.segment.params.SegmentParams`; the 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
@@ -44,17 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.segment import explain_methods_note, segment_slides
 
-    try:
-        params = options_from_args(SegmentParams, args)
-        note = explain_methods_note(args.model, params)
-        if note:
-            print(note)
-        result = segment_slides(args.predictions, args.model, args.out, params,
-                                slides=args.slides, workers=args.workers,
-                                overwrite=args.overwrite, annotations_dir=args.annotations)
-    except (ValueError, OSError) as exc:  # no model, no predictions, unknown slide folder
-        print(f"wsi-mil segment: error: {exc}", file=sys.stderr)
-        return 2
+    params = options_from_args(SegmentParams, args)
+    note = explain_methods_note(args.model, params)
+    if note:
+        print(note)
+    result = segment_slides(args.predictions, args.model, args.out, params,
+                            slides=args.slides, workers=args.workers,
+                            overwrite=args.overwrite, annotations_dir=args.annotations)
     print(result.summary("segment"))
     print(f"written to {args.out / 'segment'}/<slide_id>/: mask.zarr, lesions.geojson, "
           f"outline.png, segment.json" + (", explain.zarr, explain.png, explain.json"

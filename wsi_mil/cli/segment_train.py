@@ -8,7 +8,6 @@ The flags are the fields of :class:`~wsi_mil.segment.params.SegmentTrainParams`;
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
@@ -44,15 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.segment import segment_train
 
     params = options_from_args(SegmentTrainParams, args)
-    try:
-        card = segment_train(args.slides, args.annotations, args.out, params,
-                             labels_csv=args.labels, split=args.split,
-                             negative_class=args.negative_class)
-    # bad inputs: missing slides, annotations, labels or mpp (ValueError subclasses naming the
-    # file), unreadable slides (OSError)
-    except (ValueError, OSError) as exc:
-        print(f"wsi-mil segment-train: error: {exc}", file=sys.stderr)
-        return 2
+    card = segment_train(args.slides, args.annotations, args.out, params,
+                         labels_csv=args.labels, split=args.split,
+                         negative_class=args.negative_class)
     print(f"{card['net']}: best validation Dice {card['best_val_dice']:.3f} at epoch "
           f"{card['best_epoch']} ({len(card['train_slides'])} training, "
           f"{len(card['val_slides'])} validation slides)")

@@ -18,20 +18,14 @@ from wsi_mil.pipeline.config import SlidesSection
 
 
 def run(args: argparse.Namespace) -> int:
-    from tiling.discover import SlideDiscoveryError
-    from tiling.slide import SlideMppError
     from wsi_mil.pipeline.tile import STAGE, tile_slides
 
     slides = options_from_args(SlidesSection, args)
     params = options_from_args(TilingParams, args)
     executor = executor_from_args(args, workers=args.workers)
-    try:
-        result = tile_slides(list(slides.inputs), args.out, params, recursive=slides.recursive,
-                             mpp=slides.mpp, mpp_csv=slides.mpp_csv, workers=args.workers,
-                             overwrite=args.overwrite, executor=executor)
-    except (SlideDiscoveryError, SlideMppError, ValueError) as exc:
-        print(f"wsi-mil tile: error: {exc}", file=sys.stderr)
-        return 2
+    result = tile_slides(list(slides.inputs), args.out, params, recursive=slides.recursive,
+                         mpp=slides.mpp, mpp_csv=slides.mpp_csv, workers=args.workers,
+                         overwrite=args.overwrite, executor=executor)
     print(result.summary(STAGE))
     if result.failed:
         print(f"failures recorded in {Path(args.out) / 'failures.csv'}", file=sys.stderr)

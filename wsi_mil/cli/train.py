@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
@@ -35,11 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.mil.train import train_run
 
     params = options_from_args(TrainParams, args)
-    try:
-        summary = train_run(args.features, args.labels, args.out, params)
-    except (ValueError, FileNotFoundError) as exc:  # bad labels or bags: one line, no traceback
-        print(f"wsi-mil train: error: {exc}", file=sys.stderr)
-        return 2
+    summary = train_run(args.features, args.labels, args.out, params)
     n = summary["n_folds"]
     for name in ("auc", "accuracy", "balanced_accuracy", "f1", "brier", "ece"):
         value = summary[name]

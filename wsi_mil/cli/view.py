@@ -9,32 +9,32 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wsi_mil.cli.options import OptionError, add_options, options_from_args
+from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.errors import InputError
 from wsi_mil.viewer.params import ViewerParams
 
 
 def run(args: argparse.Namespace) -> int:
+    params = options_from_args(ViewerParams, args)
+    if params.rater is not None:
+        from wsi_mil.viewer.ratings import check_rater
+
+        check_rater(params.rater)
+    from wsi_mil.viewer.project import ProjectIndex
+
+    index = ProjectIndex.build(args.project, predictions=args.predictions,
+                               heatmaps=args.heatmaps, slides=args.slides, tiles=args.tiles,
+                               annotations=args.annotations, segment=args.segment)
+    import logging
+
+    from wsi_mil.viewer.app import is_loopback, make_server, url_of
+    from wsi_mil.viewer.service import ViewerService
+
+    service = ViewerService(index, params)
     try:
-        params = options_from_args(ViewerParams, args)
-        if params.rater is not None:
-            from wsi_mil.viewer.ratings import check_rater
-
-            check_rater(params.rater)
-        from wsi_mil.viewer.project import ProjectIndex
-
-        index = ProjectIndex.build(args.project, predictions=args.predictions,
-                                   heatmaps=args.heatmaps, slides=args.slides, tiles=args.tiles,
-                                   annotations=args.annotations, segment=args.segment)
-        import logging
-
-        from wsi_mil.viewer.app import is_loopback, make_server, url_of
-        from wsi_mil.viewer.service import ViewerService
-
-        service = ViewerService(index, params)
         server = make_server(service, params)
-    except (OptionError, ValueError, OSError) as exc:  # bad folder, name, port in use: one line
-        print(f"wsi-mil view: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # the port is taken or the address is not this machine's
+        raise InputError(f"cannot listen on {params.host}:{params.port} ({exc})") from exc
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per tile request
     if not is_loopback(params.host):
         print(f"wsi-mil view: warning: listening on {params.host}, not on this machine only: "
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     problems = sum(bool(e.problems) for e in index.slides.values())
     print(f"{len(index.slides)} slides from {index.root}"
           + (f" ({problems} with problems, shown in the page)" if problems else ""))
-    if params.rater:
+    if service.ratings is not None:
         print(f"ratings of {params.rater!r} go to {service.ratings.path}")
     print(f"viewer at {url_of(server, params.host)}  (Ctrl+C to stop)", flush=True)
     try:

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_mil.errors import WsiMilError
 
-class RolloutError(ValueError):
+
+class RolloutError(WsiMilError, ValueError):
     """A model attention rollout cannot explain (not a timm ViT)."""
 
 
@@ -54,8 +56,9 @@ class AttentionRecorder:
         self.maps = []
         for block in self.blocks:
             self._fused.append(block.fused_attn)
-            block.fused_attn = False
-            self._hooks.append(block.attn_drop.register_forward_hook(self._record))
+            block.fused_attn = False  # type: ignore[assignment]  # timm's flag, not a submodule
+            self._hooks.append(
+                block.attn_drop.register_forward_hook(self._record))  # type: ignore[union-attr]
         return self.maps
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -93,6 +96,7 @@ def rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean") -> to
         mixed = 0.5 * fused + 0.5 * eye
         mixed = mixed / mixed.sum(dim=-1, keepdim=True)
         result = mixed if result is None else mixed @ result
+    assert result is not None  # at least one layer, checked above
     return result
 
 

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.mil.models import MILModel
 
 
-class GradCamError(ValueError):
+class GradCamError(WsiMilError, ValueError):
     """An encoder Grad-CAM cannot explain (no convolution)."""
 
 

@@ -71,6 +71,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.params import METHOD_NAMES, RENAMED, ExplainParams
 from wsi_mil.mil.models import MILModel
 from wsi_mil.mil.models.pooling import _PoolingMIL
@@ -88,7 +89,7 @@ MAX_QUADRATIC_TILES = ExplainParams.max_quadratic_tiles
 MAX_PERTURBATION_TILES = ExplainParams.max_perturbation_tiles
 
 
-class ExplainError(ValueError):
+class ExplainError(WsiMilError, ValueError):
     """A method that cannot explain this model or bag."""
 
 
@@ -285,7 +286,7 @@ def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, meth
     # bounds first: a refused bag must not cost a forward pass (minutes at 100 000 tiles)
     if method in (*TRANSFORMER_ONLY, "attention_x_gradient") and is_transformer(model):
         _check_quadratic(model, n, max_quadratic_tiles, method)
-    looped = method == "perturbation" and is_transformer(model) or (
+    looped = (method == "perturbation" and is_transformer(model)) or (
         method == "keep_one" and isinstance(model, TransMIL))
     if looped and n > max_perturbation_tiles:
         raise ExplainError(f"{method} on {model.name} runs the model on a bag per tile; bags "

@@ -89,7 +89,7 @@ class ExplainParams:
         if self.ig_steps < 2 or self.flip_steps < 0 or self.flip_random < 1:
             raise ValueError("ExplainParams: ig_steps must be >= 2, flip_steps >= 0 and "
                              "flip_random >= 1")
-        if self.fold is not None and self.fold < 0 or self.fallback_fold < 0:
+        if (self.fold is not None and self.fold < 0) or self.fallback_fold < 0:
             raise ValueError("ExplainParams: fold and fallback_fold must be >= 0")
         if self.max_perturbation_tiles < 1 or self.max_quadratic_tiles < 1:
             raise ValueError("ExplainParams: max_perturbation_tiles and max_quadratic_tiles "

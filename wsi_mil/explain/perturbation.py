@@ -133,14 +133,15 @@ def keep_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
     for start in range(0, x.shape[0], chunk):
         h = model.embed(x[start:start + chunk])
         if model.uses_coords:  # a one-tile bag's position, relative to its corner, is 0
-            h = h + model.position(h.new_zeros((1, 2))).to(h.dtype)
+            h = h + model.position(h.new_zeros((1, 2))).to(h.dtype)  # type: ignore[operator]
         tokens = torch.cat([model.cls_token.expand(len(h), 1, -1).to(h.dtype),
                             h.unsqueeze(1)], dim=1)
         if isinstance(model, TransformerMIL):
             for layer in model.layers:
                 tokens = layer(tokens, False)[0]
         else:  # TransMIL: a one-tile bag is a 1 x 1 square (no padding tiles)
-            tokens = model.layer2(model.ppeg(model.layer1(tokens, False)[0], 1), False)[0]
+            mixed = model.ppeg(model.layer1(tokens, False)[0], 1)  # type: ignore[operator]
+            tokens = model.layer2(mixed, False)[0]  # type: ignore[operator]
         logits.append(model.classify(model.norm(tokens)[:, :1])[:, target])
     return torch.cat(logits).double().cpu().numpy() - zero
 

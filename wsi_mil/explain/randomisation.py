@@ -101,7 +101,8 @@ def _reinitialise(model: nn.Module, names: list[str]) -> None:
 
 def _copy(model: MILModel) -> MILModel:
     if hasattr(model, "records"):
-        model.records = []  # recorded attention is part of an autograd graph: not copyable
+        # recorded attention is part of an autograd graph: not copyable
+        model.records = []  # type: ignore[assignment]
     return copy.deepcopy(model)
 
 

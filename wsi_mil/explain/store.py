@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from wsi_mil.errors import InputError, MissingInputError
+
 EXPLANATIONS = "explanations.h5"
 
 
@@ -30,10 +32,10 @@ def read_explanations(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: explanations file not found")
+        raise MissingInputError(f"{path}: explanations file not found")
     with h5py.File(path, "r") as f:
         if not f.attrs.get("complete", False):
-            raise ValueError(f"{path}: not a complete explanations file")
+            raise InputError(f"{path}: not a complete explanations file")
         methods = json.loads(f.attrs["methods"])
         maps = {m: f[m][:] for m in methods}
         attrs = {k: f.attrs[k] for k in f.attrs}

@@ -32,6 +32,7 @@ from shapely.geometry.polygon import orient
 
 from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output, write_text_atomic
+from wsi_mil.errors import InputError
 from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import normalise_scores
 from wsi_mil.mil.predictions import SlidePrediction
@@ -107,7 +108,7 @@ def write_tiles_geojson(path: str | os.PathLike, prediction: SlidePrediction,
     values = np.column_stack([prediction.attention, percentile,
                               prediction.tile_probs]).astype(np.float64)
     if values.size and not np.isfinite(values).all():
-        raise ValueError(f"{prediction.slide_id}: predictions hold non-finite scores; "
+        raise InputError(f"{prediction.slide_id}: predictions hold non-finite scores; "
                          f"GeoJSON measurements must be numbers")
     positive = prediction.positive_index(params.positive_class)
     classes = np.array([json.dumps({"name": name, "color": list(color)}, separators=(",", ":"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -105,7 +105,7 @@ def write_heatmap_zarr(
     levels = pyramid(level0, params.zarr_chunk)
 
     version = params.ome_zarr_version
-    zarr_format = 2 if version == "0.4" else 3
+    zarr_format: Literal[2, 3] = 2 if version == "0.4" else 3
     multiscales = multiscales_metadata(prediction.slide_id, grid, geometry, len(levels), version)
     omero = {
         "name": prediction.slide_id,
@@ -149,5 +149,5 @@ def write_heatmap_zarr(
                 chunks=(1, min(chunk, data.shape[1]), min(chunk, data.shape[2])),
                 fill_value=float("nan"), **options)
             array[...] = data
-        group.attrs.update(attributes)
+        group.attrs.update(attributes)  # type: ignore[arg-type]  # zarr's JSON type
     return path

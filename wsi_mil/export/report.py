@@ -239,9 +239,9 @@ TEXT_COLUMNS = (("status", "status"), ("label", "class"), ("mentions", "mentions
                 ("attention_mass", "attention mass"), ("attended_tiles", "attended tiles"))
 
 
-def _tables(report: dict[str, Any], params: ReportParams) -> list[tuple[str, list, list]]:
+def _tables(report: dict[str, Any], params: ReportParams) -> list[tuple[str, tuple, list]]:
     """(heading, columns, rows) of the report's tables, for both page formats."""
-    tables = [("Regions", REGION_COLUMNS, report["regions"])]
+    tables: list[tuple[str, tuple, list]] = [("Regions", REGION_COLUMNS, report["regions"])]
     if report["lesions"]:
         shown = report["lesions"][:params.max_lesions_listed]
         tables.append((f"Segmented lesions ({len(shown)} largest of {len(report['lesions'])})",

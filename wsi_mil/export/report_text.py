@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsi_mil.errors import WsiMilError
+
 #: Pre-negation cues used when the vocabulary lists none (a subset of NegEx's).
 DEFAULT_NEGATIONS = ("no", "not", "without", "negative for", "free of", "absence of",
                      "absent", "no evidence of", "no sign of", "no signs of", "rules out",
@@ -43,7 +45,7 @@ _SENTENCE = re.compile(r"[.;!?]+|\n\s*\n")
 _WORD = re.compile(r"\w+")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(WsiMilError, ValueError):
     """A vocabulary file that cannot be used (the message names the file and the problem)."""
 
 

@@ -197,8 +197,8 @@ def legend_band(width: int, entries: Sequence[tuple[Sequence[int], str]]) -> np.
     font = _font_px(width)
     height = round(font * 2.2)
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    handles = [Line2D([], [], color=np.asarray(c) / 255.0,
-                                       linewidth=max(2.0, font / 6), label=text)
+    handles = [Line2D([], [], color=(c[0] / 255.0, c[1] / 255.0, c[2] / 255.0),
+                      linewidth=max(2.0, font / 6), label=text)
                for c, text in entries]
     fig.legend(handles=handles, loc="center", ncol=len(handles), frameon=False,
                fontsize=0.8 * font * 72 / DPI)

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from tiling.lattice import SlideGeometry, TileGrid
+from wsi_mil.errors import InputError
 from wsi_mil.heatmaps.params import ATTENTION, NORMALISATIONS, HeatmapParams
 from wsi_mil.metrics.attention import minmax_scale
 from wsi_mil.mil.predictions import SlidePrediction
@@ -92,7 +93,7 @@ def tile_scores(prediction: SlidePrediction, score: str) -> np.ndarray:
                           dtype=np.float64)
     if score in prediction.extra_scores:
         return np.asarray(prediction.extra_scores[score], dtype=np.float64)
-    raise ValueError(f"{prediction.slide_id}: unknown score {score!r}; choose from "
+    raise InputError(f"{prediction.slide_id}: unknown score {score!r}; choose from "
                      f"{score_names(prediction)}")
 
 

@@ -37,13 +37,14 @@ from features.bag import (
     read_bag_tile_labels,
     read_bag_view,
 )
+from wsi_mil.errors import WsiMilError
 from wsi_mil.mil.labels import LabelTable
 
 #: rows read at a time when scanning a streamed bag for NaN/inf.
 SCAN_CHUNK = 65536
 
 
-class BagSetError(ValueError):
+class BagSetError(WsiMilError, ValueError):
     """Bags that cannot be used together, or that do not match the labels."""
 
 

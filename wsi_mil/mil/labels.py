@@ -20,11 +20,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsi_mil.errors import WsiMilError
+
 REQUIRED_COLUMNS = ("slide_id", "label")
 SPLITS = ("train", "val", "test")
 
 
-class LabelsError(ValueError):
+class LabelsError(WsiMilError, ValueError):
     """A labels CSV that is missing, malformed or inconsistent."""
 
 

@@ -98,10 +98,10 @@ class TrainParams:
     parallel_folds: int = 1
 
     def __post_init__(self) -> None:
-        from wsi_mil.mil.models import list_models  # the registry needs torch: only here
+        from wsi_mil.mil.model_names import MODEL_NAMES  # the registry's names, without torch
 
         checks = {
-            "model": (self.model in list_models(), f"one of {list_models()}"),
+            "model": (self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
             "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             "monitor": (self.monitor in MONITORS, f"one of {MONITORS}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),

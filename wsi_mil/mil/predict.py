@@ -31,6 +31,7 @@ import torch
 
 from features.bag import BagError, open_bag_features, read_bag_attrs, read_bag_coords
 from features.device import resolve_device
+from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.calibration import apply_temperature
 from wsi_mil.metrics.slide import predict_indices
 from wsi_mil.mil.bags import BagSetError, bag_grid_coords
@@ -43,7 +44,7 @@ from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_probs, ensemble_thres
 _NOT_COPIED = ("num_tiles", "complete", "created", "wsi_mil_version")
 
 
-class RunError(ValueError):
+class RunError(WsiMilError, ValueError):
     """A run folder without usable models."""
 
 

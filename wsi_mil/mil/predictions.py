@@ -18,11 +18,12 @@ import h5py
 import numpy as np
 
 from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
+from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.attention import minmax_scale
 from wsi_mil.mil.labels import recognise_negative_class
 
 
-class PredictionFileError(ValueError):
+class PredictionFileError(WsiMilError, ValueError):
     """A predictions file that is missing or not in the wsi-mil format."""
 
 

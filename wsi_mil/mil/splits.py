@@ -24,12 +24,13 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tiling.storage import csv_text
+from wsi_mil.errors import WsiMilError
 from wsi_mil.mil.labels import LabelTable, patients_in_slide_ids
 
 ROLES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(WsiMilError, ValueError):
     """A cohort that cannot be split as asked."""
 
 

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from features.device import resolve_device
 from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
+from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.attention import attention_entropies
 from wsi_mil.metrics.calibration import apply_temperature, fit_temperature
 from wsi_mil.metrics.slide import predict_indices, slide_auc, slide_metrics
@@ -59,7 +60,7 @@ from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_threshold, fold_thres
 SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "brier", "ece")
 
 
-class TrainingError(ValueError):
+class TrainingError(WsiMilError, ValueError):
     """A fold that cannot be trained as asked (its validation gives no usable score)."""
 
 

@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 
 from tiling.storage import provenance, write_text_atomic
+from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.params import AuditParams
 
 AUDIT_JSON = "audit.json"
 AUDIT_MD = "audit.md"
 
 
-class AuditError(ValueError):
+class AuditError(WsiMilError, ValueError):
     """A labels CSV or features folder the audit cannot use."""
 
 
@@ -130,8 +131,9 @@ def audit_cohort(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     report["site_label_association"] = asdict(association)
 
     flagged_tiles: dict[str, np.ndarray] = {}
-    qcs = {s: read_bag_dataset(bags[s], "tile_qc") for s in ids}
-    if all(q is not None for q in qcs.values()):
+    read = {s: read_bag_dataset(bags[s], "tile_qc") for s in ids}
+    qcs = {s: q for s, q in read.items() if q is not None}
+    if len(qcs) == len(read):
         tissue = np.concatenate([q[q[:, 1] <= params.background, 0] for q in qcs.values()])
         median_focus = float(np.median(tissue)) if len(tissue) else 0.0
         flagged_tiles = {s: _tile_flags(q, median_focus, params) for s, q in qcs.items()}

@@ -255,7 +255,7 @@ class PipelineConfig:
     #: Slides processed in parallel by tile, predict and heatmap (extraction has its own).
     workers: int = 1
     #: Where the per-slide stages (tile, extract, predict, heatmap, explain) run: this
-    #: machine, or a Dask cluster (README, "On a cluster"); training stays here.
+    #: machine, or a Dask cluster (docs/cluster.md); training stays here.
     executor: ExecutorParams = field(default_factory=ExecutorParams)
     #: Where the slides are and how their resolution is known.
     slides: SlidesSection = field(default_factory=SlidesSection)

@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_mil.errors import InputError, MissingInputError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -26,13 +28,13 @@ if TYPE_CHECKING:
 def read_predictions_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """(class names, rows) of a ``predictions.csv``."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: predictions.csv not found (run wsi-mil predict)")
+        raise MissingInputError(f"{path}: predictions.csv not found (run wsi-mil predict)")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         classes = [c[len("prob_"):] for c in header if c.startswith("prob_")]
         if "slide_id" not in header or "predicted_label" not in header or len(classes) < 2:
-            raise ValueError(f"{path}: not a wsi-mil predictions.csv (header {header})")
+            raise InputError(f"{path}: not a wsi-mil predictions.csv (header {header})")
         return classes, list(reader)
 
 
@@ -165,7 +167,7 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
         warnings.warn(f"{pred_dir}: {len(missing)} labelled slide(s) have no prediction, "
                       f"e.g. {missing[:5]}", stacklevel=2)
     if not scored:
-        raise ValueError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
+        raise InputError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
     in_sample = [r["slide_id"] for r in scored if r.get("in_sample") == "true"]
     if in_sample:
         warnings.warn(
@@ -185,9 +187,9 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
     unit = "slides"
     if level == "patient":
         if not table.has_patient_id:
-            raise ValueError(f"{labels_csv}: patient-level metrics need a patient_id column")
+            raise InputError(f"{labels_csv}: patient-level metrics need a patient_id column")
         if np.isnan(thresholds).any():
-            raise ValueError(f"{pred_dir / 'predictions.csv'}: no threshold column (written by "
+            raise InputError(f"{pred_dir / 'predictions.csv'}: no threshold column (written by "
                              f"an older wsi-mil predict): predict again to score patients")
         patients = [labels[r["slide_id"]].patient_id for r in scored]
         ids, y, probs, thresholds = aggregate_patients(patients, y, probs, thresholds,
@@ -259,9 +261,9 @@ def compare_predictions(a_dir: str | os.PathLike, b_dir: str | os.PathLike,
     classes, rows_a = read_predictions_csv(a_dir / "predictions.csv")
     classes_b, rows_b = read_predictions_csv(b_dir / "predictions.csv")
     if classes != classes_b:
-        raise ValueError(f"{a_dir} predicts classes {classes}, {b_dir} predicts {classes_b}")
+        raise InputError(f"{a_dir} predicts classes {classes}, {b_dir} predicts {classes_b}")
     if len(classes) != 2:
-        raise ValueError(f"compare needs two classes, {a_dir} has {classes}")
+        raise InputError(f"compare needs two classes, {a_dir} has {classes}")
     labels = read_labels(labels_csv, class_names=tuple(classes)).by_slide()
     negative = choose_negative_class(classes, negative_class or recorded_negative_class(a_dir),
                                      source=str(a_dir))
@@ -274,7 +276,7 @@ def compare_predictions(a_dir: str | os.PathLike, b_dir: str | os.PathLike,
         warnings.warn(f"{len(only)} labelled slide(s) are predicted in only one of {a_dir} and "
                       f"{b_dir} (e.g. {', '.join(only[:3])}) and are left out", stacklevel=2)
     if not shared:
-        raise ValueError(f"{a_dir} and {b_dir} share no labelled slide of {labels_csv}")
+        raise InputError(f"{a_dir} and {b_dir} share no labelled slide of {labels_csv}")
     for name, rows in ((a_dir, a), (b_dir, b)):
         in_sample = [s for s in shared if rows[s].get("in_sample") == "true"]
         if in_sample:

@@ -30,8 +30,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
 
 if TYPE_CHECKING:
@@ -43,22 +44,27 @@ if TYPE_CHECKING:
 NON_DAEMON_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 
 
-class ExecutorError(ValueError):
+class ExecutorError(WsiMilError, ValueError):
     """A Dask executor that cannot be reached, started or used as configured."""
 
 
 class Job(Protocol):
     """What the executors need of a job (:class:`wsi_mil.pipeline.batch.SlideJob`)."""
 
-    slide: str
-    resources: Mapping[str, float] | None
+    @property
+    def slide(self) -> str: ...
+
+    @property
+    def resources(self) -> Mapping[str, float] | None: ...
 
 
+#: a job type; the executors hand each job back as they got it
+J = TypeVar("J", bound=Job)
 RunOne = Callable[[Any], "str | None"]
 
 
-def run_jobs(jobs: Sequence[Job], run_one: RunOne, *, stage: str, workers: int = 1,
-             executor: ExecutorParams | None = None) -> Iterator[tuple[Job, str | None]]:
+def run_jobs(jobs: Sequence[J], run_one: RunOne, *, stage: str, workers: int = 1,
+             executor: ExecutorParams | None = None) -> Iterator[tuple[J, str | None]]:
     """Run ``run_one(job)`` for every job and yield ``(job, its result)`` as each finishes.
 
     ``run_one`` must be a module-level function returning None or an error text (it catches
@@ -75,8 +81,8 @@ def run_jobs(jobs: Sequence[Job], run_one: RunOne, *, stage: str, workers: int =
         yield from _pool_jobs(jobs, run_one, workers)
 
 
-def _pool_jobs(jobs: Sequence[Job], run_one: RunOne,
-               workers: int) -> Iterator[tuple[Job, str | None]]:
+def _pool_jobs(jobs: Sequence[J], run_one: RunOne,
+               workers: int) -> Iterator[tuple[J, str | None]]:
     # spawn, not fork: a forked child of a process that ran OpenCV/OpenMP threads can deadlock.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_one, job): job for job in jobs}
@@ -213,7 +219,7 @@ def slurm_cluster(cluster: ClusterParams) -> Any:
     return SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-def _check_resources(client: Client, jobs: Sequence[Job], where: str) -> None:
+def _check_resources(client: Client, jobs: Sequence[J], where: str) -> None:
     """Refuse jobs that need a resource none of the connected workers offers.
 
     Dask would keep such tasks waiting forever. With no worker connected yet (SLURM jobs still
@@ -236,8 +242,8 @@ def _check_resources(client: Client, jobs: Sequence[Job], where: str) -> None:
             f"`dask worker {where} {flags}` (or use device: cpu)")
 
 
-def _dask_jobs(jobs: Sequence[Job], run_one: RunOne, stage: str,
-               executor: ExecutorParams) -> Iterator[tuple[Job, str | None]]:
+def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
+               executor: ExecutorParams) -> Iterator[tuple[J, str | None]]:
     from distributed import as_completed as dask_as_completed
 
     from wsi_mil.pipeline.batch import _describe

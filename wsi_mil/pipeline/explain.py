@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from tiling.storage import atomic_output, provenance, write_text_atomic
+from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.explain.params import METHOD_NAMES, ExplainParams
 from wsi_mil.explain.store import EXPLANATIONS, read_explanations
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
@@ -65,7 +66,7 @@ METRICS = (
 def _target_index(class_names: list[str], negative_index: int, target: str | None) -> int | None:
     if target is not None:
         if target not in class_names:
-            raise ValueError(f"explain target {target!r} is not a class of the run "
+            raise InputError(f"explain target {target!r} is not a class of the run "
                              f"({class_names})")
         return class_names.index(target)
     if len(class_names) == 2:
@@ -166,7 +167,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     features = read_bag_features(bag_path).astype(np.float32)
     coords = read_bag_coords(bag_path)
     if features.shape[1] != run.in_dim:
-        raise ValueError(f"{bag_path}: {features.shape[1]} features per tile, the run was trained "
+        raise InputError(f"{bag_path}: {features.shape[1]} features per tile, the run was trained "
                          f"on {run.in_dim}")
     lesions, fractions = None, None
     if annotation_path is not None:
@@ -463,11 +464,11 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     params = params or ExplainParams()
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     if not features_dir.is_dir():
-        raise FileNotFoundError(f"{features_dir}: features folder not found")
+        raise MissingInputError(f"{features_dir}: features folder not found")
     if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"{run_dir}: run folder not found")
+        raise MissingInputError(f"{run_dir}: run folder not found")
     if annotations_dir is not None and not Path(annotations_dir).is_dir():
-        raise FileNotFoundError(f"{annotations_dir}: annotations folder not found")
+        raise MissingInputError(f"{annotations_dir}: annotations folder not found")
     slides: dict[str, Path] = {}
     if slides_dir is not None:
         from tiling.discover import find_slides, slide_id_for
@@ -480,7 +481,7 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
                                 annotation, slides.get(bag.stem))
         jobs.append(SlideJob(slide=bag.stem, output=out_dir / bag.stem, run=job))
     if not jobs:
-        raise FileNotFoundError(f"{features_dir}: no feature bags (*.h5)")
+        raise MissingInputError(f"{features_dir}: no feature bags (*.h5)")
     result = run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
                        is_complete=functools.partial(is_complete, figure=params.figure),
                        workers=workers, overwrite=overwrite, executor=executor)

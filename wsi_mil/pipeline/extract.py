@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.params import ExtractParams
+from wsi_mil.errors import MissingInputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
 
@@ -38,10 +39,10 @@ def find_tiles_files(tiles: str | os.PathLike) -> list[Path]:
     if tiles.is_file():
         return [tiles]
     if not tiles.is_dir():
-        raise FileNotFoundError(f"{tiles}: no such tiles file or folder")
+        raise MissingInputError(f"{tiles}: no such tiles file or folder")
     found = sorted(p for p in tiles.glob("*.h5") if p.is_file())
     if not found:
-        raise FileNotFoundError(f"{tiles}: no tiles files (*.h5); run `wsi-mil tile` first")
+        raise MissingInputError(f"{tiles}: no tiles files (*.h5); run `wsi-mil tile` first")
     return found
 
 
@@ -64,7 +65,7 @@ def locate_slide(tiles_path: Path, attrs: dict[str, Any], slides: dict[str, Path
     if recorded.exists():
         return recorded
     where = f" and no slide with id {slide_id!r} under {slides_dir}" if slides_dir else ""
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{tiles_path}: slide {recorded} not found{where}; pass --slides DIR where it now is"
     )
 
@@ -102,7 +103,8 @@ def _wants_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _extract_one(tiles_path: Path, out_path: Path, encoder: str, weights: str | None,
+def _extract_one(tiles_path: Path, out_path: Path, encoder: str,
+                 weights: str | os.PathLike | None,
                  params: ExtractParams, slide_path: Path | None,
                  slides_dir: Path | None, normaliser: StainNormaliser | None = None) -> Path:
     from features.extract import extract_slide

@@ -22,6 +22,7 @@ from typing import Any
 
 from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output, provenance, write_text_atomic
+from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.export.geojson import write_segmentation_geojson, write_tiles_geojson
 from wsi_mil.export.ome_zarr import write_heatmap_zarr
 from wsi_mil.heatmaps.params import HeatmapParams
@@ -72,7 +73,7 @@ def heatmap_slides(
     """
     predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
     if not predictions_dir.is_dir():
-        raise FileNotFoundError(f"{predictions_dir}: predictions folder not found")
+        raise MissingInputError(f"{predictions_dir}: predictions folder not found")
     slides = _slides_by_id(slides_dir)
     jobs = []
     for path in sorted(predictions_dir.glob("*.h5")):
@@ -96,7 +97,7 @@ def _missing_slide(prediction_path: Path, slides_dir: str) -> None:
     from wsi_mil.mil.predictions import read_prediction
 
     slide_id = read_prediction(prediction_path).slide_id
-    raise FileNotFoundError(f"{slides_dir}: no slide with id {slide_id!r} (the PNGs need it)")
+    raise MissingInputError(f"{slides_dir}: no slide with id {slide_id!r} (the PNGs need it)")
 
 
 # --------------------------------------------------------------------------- one slide
@@ -150,7 +151,7 @@ def heatmap_slide(
         maps, attrs = read_explanations(Path(explanations_dir) / prediction.slide_id
                                         / EXPLANATIONS)
         if any(len(v) != len(prediction.coords) for v in maps.values()):
-            raise ValueError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
+            raise InputError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
                              f"do not have its {len(prediction.coords)} tiles")
         prediction.extra_scores.update(maps)
         explanation = explanation_trust(params.score, maps, attrs, prediction,
@@ -241,7 +242,7 @@ def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams
     slide = open_slide(slide_path)
     try:
         if tuple(slide.dimensions) != (geometry.width, geometry.height):
-            raise ValueError(f"{slide_path}: slide is {slide.dimensions[0]}x{slide.dimensions[1]} "
+            raise InputError(f"{slide_path}: slide is {slide.dimensions[0]}x{slide.dimensions[1]} "
                              f"px but the predictions of {prediction.slide_id} were made on a "
                              f"{geometry.width}x{geometry.height} px slide (wrong --slides?)")
         # each picture is streamed from the slide band by band, never held whole
@@ -270,7 +271,7 @@ def _load_encoder(prediction: SlidePrediction, name: str | None, weights: str | 
 
     name = name or prediction.attrs.get("encoder")
     if not name:
-        raise ValueError(f"{prediction.slide_id}: rollout needs an encoder; the predictions do "
+        raise InputError(f"{prediction.slide_id}: rollout needs an encoder; the predictions do "
                          f"not record one, pass --encoder (and --weights)")
     if weights is None and name == prediction.attrs.get("encoder"):
         recorded = prediction.attrs.get("weights")

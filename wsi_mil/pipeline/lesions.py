@@ -128,6 +128,7 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
             row["tile_specificity"] = float(1.0 - predicted.mean()) if predicted.size else None
             rows.append(row)
             continue
+        assert annotations is not None  # the lesions were read from them
         fractions = tile_fractions(lesions, pred.coords, tile)
         seg = tile_segmentation(tumour_prob, fractions, pred.coords, tile, mpp,
                                 params.seg_threshold, params.min_fraction,
@@ -143,10 +144,11 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
                        pointing_precision_at_k=game.precision_at_k, pointing_chance=game.chance)
         limit = params.perturbation_max_slides
         if run is not None and (limit is None or len(curves["deletion"]) < limit):
+            assert features_dir is not None  # a run is loaded only with its features
             bag = Path(features_dir) / f"{slide_id}.h5"
             grid = (read_grid_coords(bag) if any(fm.model.uses_coords for fm in run.folds)
                     else None)
-            score = run_score_fn(run, read_features(bag, np.float32), pos, coords=grid)
+            score = run_score_fn(run, read_features(bag, np.dtype(np.float32)), pos, coords=grid)
             for kind in ("deletion", "insertion"):
                 curve = perturbation_curve(pred.attention, score, kind, params.perturbation_steps,
                                            params.perturbation_random, params.seed)

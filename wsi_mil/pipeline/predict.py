@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_mil.errors import InputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
 
@@ -102,11 +103,11 @@ def split_slide_ids(labels_csv: str | os.PathLike | None, split: str) -> list[st
     from wsi_mil.mil.labels import read_labels
 
     if labels_csv is None:
-        raise ValueError(f"predicting split {split!r} needs the labels CSV that holds the split")
+        raise InputError(f"predicting split {split!r} needs the labels CSV that holds the split")
     table = read_labels(labels_csv)
     ids = [row.slide_id for row in table.rows if row.split == split]
     if not ids:
         splits = sorted({str(row.split) for row in table.rows})
-        raise ValueError(f"{labels_csv}: no slide in split {split!r}; splits present: "
+        raise InputError(f"{labels_csv}: no slide in split {split!r}; splits present: "
                          f"{', '.join(splits)}")
     return ids

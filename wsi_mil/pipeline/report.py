@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.export.params import ReportParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
@@ -59,7 +60,7 @@ def report_one(prediction_path: Path, folder: Path, params: ReportParams,
         try:
             text = text_path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{text_path}: not UTF-8 text ({exc})") from exc
+            raise InputError(f"{text_path}: not UTF-8 text ({exc})") from exc
     report = slide_report(prediction, annotations, segmented, text, vocabulary, params,
                           _sources(prediction_path, annotation, segment, text_path,
                                    vocabulary_path))
@@ -92,11 +93,11 @@ def report_slides(predictions_dir: str | os.PathLike, out_dir: str | os.PathLike
     out = Path(out_dir) / REPORT_DIR
     paths = sorted(Path(predictions_dir).glob("*.h5"))
     if not paths:
-        raise FileNotFoundError(f"{predictions_dir}: no predictions (<slide_id>.h5) to report on")
+        raise MissingInputError(f"{predictions_dir}: no predictions (<slide_id>.h5) to report on")
     for name, folder in (("--annotations", annotations_dir), ("--segment", segment_dir),
                          ("--reports", reports_dir)):
         if folder is not None and not Path(folder).is_dir():
-            raise FileNotFoundError(f"{folder}: {name} folder not found")
+            raise MissingInputError(f"{folder}: {name} folder not found")
     if (reports_dir is None) != (vocabulary is None):
         raise VocabularyError("report texts need a vocabulary and a vocabulary needs report "
                               "texts: give --reports and --vocabulary together")

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_mil.errors import WsiMilError
+
 if TYPE_CHECKING:
     from wsi_mil.pipeline.config import PipelineConfig
 
@@ -37,7 +39,7 @@ STATE_FILE = "run_state.json"
 CONFIG_FILE = "config.yaml"
 
 
-class PipelineError(RuntimeError):
+class PipelineError(WsiMilError, RuntimeError):
     """A stage that could not run at all (bad inputs), as opposed to single failed slides."""
 
 
@@ -202,6 +204,7 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
     def run_cohort(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.pipeline.cohort import generate_cohort
 
+        assert config.cohort is not None  # the cohort stage is scheduled only with a cohort
         before = {p.name for p in (config.cohort_dir / "slides").glob("*.tif")}
         cohort = generate_cohort(config.cohort_dir, config.cohort, overwrite=redo)
         made = len({s.path.name for s in cohort.slides} - before) if not redo else len(
@@ -229,6 +232,7 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
     def run_train(redo: bool) -> tuple[str, bool, int]:
         from wsi_mil.mil.train import train_run
 
+        assert config.labels_csv is not None  # PipelineConfig requires labels to train
         summary_file = config.run_dir / "summary.json"
         if summary_file.is_file() and not redo:
             return f"skipped: {summary_file} exists (trained with these parameters)", False, 0
@@ -262,6 +266,7 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
         from wsi_mil.pipeline.segment import segment_slides, segment_train
 
         section, model = config.segment, config.segmenter_dir
+        assert section is not None  # the segment stage is scheduled only with a segment section
         trained = ""
         if section.model is None and (redo or not (model / "model_card.json").is_file()):
             if config.annotations_dir is None:

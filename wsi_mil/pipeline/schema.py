@@ -28,8 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import WsiMilError
 
-class ConfigError(ValueError):
+
+class ConfigError(WsiMilError, ValueError):
     """A config file that cannot be read or does not match the schema; the message says where."""
 
 
@@ -230,12 +232,12 @@ def field_comments(cls: type) -> Mapping[str, str]:
         node_of_class = classes.get(klass.__name__)
         if node_of_class is None:
             continue
-        previous: ast.AnnAssign | None = None
+        previous: tuple[str, int] | None = None  # (name, last line) of the field above
         for node in node_of_class.body:
             if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
                 continue
             line = source[node.lineno - 1]
-            above = []
+            above: list[str] = []
             k = node.lineno - 2
             while k >= 0 and source[k].strip().startswith("#"):
                 above.insert(0, source[k].strip().lstrip("#:").strip())
@@ -244,9 +246,9 @@ def field_comments(cls: type) -> Mapping[str, str]:
             if "#" in line[node.end_col_offset:]:
                 inline = line[node.end_col_offset:].split("#", 1)[1].strip()
             text = " ".join(above) or inline
-            if not text and previous is not None and previous.end_lineno == node.lineno - 1:
-                text = comments.get(previous.target.id, "")  # one comment over a group of fields
+            if not text and previous is not None and previous[1] == node.lineno - 1:
+                text = comments.get(previous[0], "")  # one comment over a group of fields
             if text:
                 comments[node.target.id] = text
-            previous = node
+            previous = (node.target.id, node.end_lineno or node.lineno)
     return types.MappingProxyType(comments)  # cached: read-only

@@ -15,6 +15,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
@@ -92,7 +93,7 @@ def explain_methods_note(model_dir: str | os.PathLike, params: SegmentParams) ->
     kept = available_methods(net, params.explain)
     missing = [m for m in params.explain if m not in kept]
     if not kept:
-        raise ValueError(f"{model_dir}: a {net} segmenter has none of the explanations "
+        raise InputError(f"{model_dir}: a {net} segmenter has none of the explanations "
                          f"{list(params.explain)}; it has {list(NETWORK_METHODS[net])}")
     if missing:
         return f"explain: a {net} segmenter has no {', '.join(missing)} (skipped)"
@@ -122,11 +123,11 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
     card = read_model_card(model_dir)  # a missing model is one error, not one per slide
     explain_methods_note(model_dir, params)  # a segmenter without any asked method: one error
     if annotations_dir is not None and not Path(annotations_dir).is_dir():
-        raise FileNotFoundError(f"{annotations_dir}: annotations folder not found")
+        raise MissingInputError(f"{annotations_dir}: annotations folder not found")
     found = check_unique_ids(find_slides(slides)) if slides else {}
     paths = sorted(Path(predictions_dir).glob("*.h5"))
     if not paths:
-        raise FileNotFoundError(f"{predictions_dir}: no predictions (<slide_id>.h5) to segment")
+        raise MissingInputError(f"{predictions_dir}: no predictions (<slide_id>.h5) to segment")
     jobs, annotations = [], {}
     for path in paths:
         if slide_ids is not None and path.stem not in slide_ids:

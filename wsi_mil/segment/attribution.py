@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.segment.params import EXPLAIN_METHODS
 
 #: The methods each network has, in the order of the tables.
@@ -75,7 +76,7 @@ UNETR_PATCH = 16
 GRADCAM_MAX_DOWNSAMPLE = 8
 
 
-class AttributionError(ValueError):
+class AttributionError(WsiMilError, ValueError):
     """A method or layer the network does not have (the message names the alternatives)."""
 
 
@@ -117,7 +118,7 @@ def _blocks(model: torch.nn.Module) -> list[Any]:
 def vit_attention(vit: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Every layer's attention ``[B, heads, T, T]`` of MONAI ``ViT`` ``vit`` on ``x``, kept by
     the ``SABlock``s themselves (``save_attn``, switched on for this call only)."""
-    attentions = [block.attn for block in vit.blocks]
+    attentions = [block.attn for block in vit.blocks]  # type: ignore[union-attr]
     before = [a.save_attn for a in attentions]
     try:
         for a in attentions:
@@ -138,6 +139,7 @@ def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
         a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
         a = a / a.sum(-1, keepdim=True)
         result = a if result is None else a @ result
+    assert result is not None, "no attention layers"
     return result
 
 
@@ -158,7 +160,7 @@ def attention_rollout_maps(model: torch.nn.Module, x: torch.Tensor, region: torc
                            ) -> np.ndarray:
     """Rollout of UNETR's ViT read from the outlined tokens (see the module docstring)."""
     _blocks(model)
-    matrix = rollout(vit_attention(model.vit, x))
+    matrix = rollout(vit_attention(model.vit, x))  # type: ignore[arg-type]
     return _numpy(_token_map(token_weights(region), matrix, x.shape[-1]))
 
 
@@ -356,7 +358,7 @@ def randomised_copy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
         for module in clone.modules():
             if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+                module.reset_parameters()  # type: ignore[operator]
                 reset.update(id(p) for p in module.parameters(recurse=False))
         for param in clone.parameters():
             if id(param) not in reset:

@@ -29,6 +29,7 @@ from tiling.params import AnnotationParams, TissueParams
 from tiling.reader import TileReader
 from tiling.slide import level_for_downsample, open_slide, read_thumbnail, slide_mpp
 from tiling.tissue import detect_tissue
+from wsi_mil.errors import WsiMilError
 from wsi_mil.segment.params import SegmentTrainParams
 
 #: Resolution (µm/px) of the thumbnail the tile centres are drawn on.
@@ -36,7 +37,7 @@ SAMPLING_MPP = 8.0
 KINDS = ("lesion", "border", "normal")
 
 
-class SegmentDataError(ValueError):
+class SegmentDataError(WsiMilError, ValueError):
     """Training inputs that cannot make a training set (the message says which and why)."""
 
 

@@ -311,8 +311,8 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
         if k in costly:
             extra = _costly_scores(model, randomised, net, tile[0], x, region, maps, seeds,
                                    gradcam_layer, params, methods)
-            for name, values in extra.items():
-                by_window[k]["scores"][name].update(values)
+            for name, window_scores in extra.items():
+                by_window[k]["scores"][name].update(window_scores)
             by_window[k]["costly"] = True
         if k in shown:
             down, mpp = layout.mask.downsample, layout.mask.mpp
@@ -324,7 +324,7 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
                 "scores": by_window.get(k, {}).get("scores", {}),
                 "label": f"window at ({windows_xy[k][0] * down:.0f}, "
                          f"{windows_xy[k][1] * down:.0f}) px\n{size * mpp:.0f} µm side"})
-    if figure_rows:
+    if figure_rows and figure_path is not None:  # rows are only gathered for a figure
         from wsi_mil.explain.figures import write_window_comparison_figure
 
         figure_rows.sort(key=lambda row: shown.index(row["window"]))

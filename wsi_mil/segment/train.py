@@ -34,6 +34,7 @@ import torch
 from features.device import resolve_device
 from tiling.params import AnnotationParams
 from tiling.storage import atomic_output, provenance, write_text_atomic
+from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.segmentation import overlap_scores
 from wsi_mil.segment.data import KINDS, TileSet, TrainingSlide, sample_slide, split_slides
 from wsi_mil.segment.nets import CLASSES, MEAN, STD, build_network, to_input
@@ -43,7 +44,7 @@ CHECKPOINT = "segmenter.pt"
 MODEL_CARD = "model_card.json"
 
 
-class SegmenterFileError(ValueError):
+class SegmenterFileError(WsiMilError, ValueError):
     """A model folder without a readable segmenter checkpoint or model card."""
 
 

@@ -43,10 +43,11 @@ from tiling.annotations import (
     write_asap_xml,
 )
 from tiling.storage import csv_text
+from wsi_mil.errors import MissingInputError
+from wsi_mil.synthetic.params import CohortParams
 from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
 LABEL_COLUMNS = ("slide_id", "label", "split")
-from wsi_mil.synthetic.params import CohortParams
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def _outline_files(outlines: Path | None) -> list[Path]:
         return []
     outlines = Path(outlines)
     if not outlines.is_dir():
-        raise FileNotFoundError(f"{outlines}: outline folder not found")
+        raise MissingInputError(f"{outlines}: outline folder not found")
     return sorted(outlines.rglob("*.json"))
 
 

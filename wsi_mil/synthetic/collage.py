@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tiling.storage import write_text_atomic
+from wsi_mil.errors import InputError, MissingInputError
 
 #: µm/px written into the slides (the UCSB images record none; see the module docstring).
 MPP = 0.5
@@ -79,7 +80,7 @@ def _field(path: Path) -> np.ndarray:
 
     image = tifffile.imread(path)
     if image.shape[:2] != (FIELD_H, FIELD_W):
-        raise ValueError(f"{path}: expected {FIELD_W}x{FIELD_H} px, got {image.shape[1]}x"
+        raise InputError(f"{path}: expected {FIELD_W}x{FIELD_H} px, got {image.shape[1]}x"
                          f"{image.shape[0]}")
     return np.ascontiguousarray(image[..., :3])
 
@@ -124,7 +125,7 @@ def plan_collage(batches: dict[str, dict[str, list[Path]]], params: CollageParam
     ``test_batches`` batches (in sorted order) are the test split."""
     names = sorted(batches)
     if len(names) <= params.test_batches:
-        raise ValueError(f"{len(names)} TMA batches: cannot hold {params.test_batches} out")
+        raise InputError(f"{len(names)} TMA batches: cannot hold {params.test_batches} out")
     test = set(names[-params.test_batches:])
     slides = []
     for batch in names:
@@ -147,7 +148,7 @@ def write_collage_cohort(ucsb_dir: str | os.PathLike, out_dir: str | os.PathLike
 
     batches = read_ucsb(ucsb_dir)
     if not batches:
-        raise FileNotFoundError(f"{ucsb_dir}: no UCSB images with labels (labels.csv, images/)")
+        raise MissingInputError(f"{ucsb_dir}: no UCSB images with labels (labels.csv, images/)")
     out_dir = Path(out_dir)
     (out_dir / "slides").mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
@@ -159,8 +160,10 @@ def write_collage_cohort(ucsb_dir: str | os.PathLike, out_dir: str | os.PathLike
                                  slide.label == "tumor", params)
         path = out_dir / "slides" / f"{slide.slide_id}.tif"
         if not path.is_file():
-            write_pyramidal_tiff(path, image.shape[1], image.shape[0], MPP,
-                                 lambda x, y, w, h, im=image: im[y:y + h, x:x + w], tile=256)
+            def region(x: int, y: int, w: int, h: int, im: np.ndarray = image) -> np.ndarray:
+                return im[y:y + h, x:x + w]
+
+            write_pyramidal_tiff(path, image.shape[1], image.shape[0], MPP, region, tile=256)
         if lesions:
             write_asap_xml(out_dir / "annotations" / f"{slide.slide_id}.xml",
                            unary_union([box(x, y, x + w, y + h) for x, y, w, h in lesions]))

@@ -83,6 +83,7 @@ def create_app(service: ViewerService) -> Flask:
     def post_rating(slide_id: str) -> Response:
         data = request.get_json(silent=True)
         path = service.submit_rating(slide_id, data)
+        assert service.ratings is not None  # submit_rating refuses when there is no rater
         return jsonify({"saved": True, "file": path.name, "count": service.ratings.count()})
 
     @app.get("/slides/<slide_id>.dzi")

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import WsiMilError
+
 PREDICTIONS_CSV = "predictions.csv"
 RATINGS_DIR = "ratings"
 
 
-class ProjectError(ValueError):
+class ProjectError(WsiMilError, ValueError):
     """A project folder (or explicit folder) the viewer cannot use; the message says why."""
 
 

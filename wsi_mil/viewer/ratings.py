@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tiling.storage import csv_text, write_text_atomic
+from wsi_mil.errors import WsiMilError
 
 #: (CSV column, question shown to the rater)
 QUESTIONS = (
@@ -35,7 +36,7 @@ RATER_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 MAX_COMMENT = 2000
 
 
-class RatingError(ValueError):
+class RatingError(WsiMilError, ValueError):
     """A rating or ratings file that is not valid; the message says what is wrong."""
 
 
@@ -154,8 +155,10 @@ def write_agreement(path: str | os.PathLike, ratings: dict[str, dict[str, dict[s
     """Per-question agreement of ``ratings`` written as CSV (question, method, kappa, counts)."""
     from wsi_mil.metrics.agreement import agreement
 
-    rows = agreement(ratings, QUESTION_KEYS)
     raters = sorted(ratings)
+    if len(raters) < 2:  # the user's folder holds too few raters: a user error, not a bug
+        raise RatingError(f"agreement needs at least 2 raters, got {len(raters)} ({raters})")
+    rows = agreement(ratings, QUESTION_KEYS)
     columns = ["question", "method", "kappa", "n_common_slides", "n_raters",
                *(f"n_slides_{r}" for r in raters)]
     table = [dict(zip(columns, [row.question, row.method,

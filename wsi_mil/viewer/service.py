@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.viewer.layers import (
     HeatLayer,
     OutlineLayer,
@@ -33,11 +34,11 @@ from wsi_mil.viewer.project import ProjectIndex, SlideEntry
 from wsi_mil.viewer.ratings import QUESTIONS, Rating, RatingsStore
 
 
-class ViewerNotFound(LookupError):
+class ViewerNotFound(WsiMilError, LookupError):
     """A request for something the project does not have (answered with 404)."""
 
 
-class ViewerBadRequest(ValueError):
+class ViewerBadRequest(WsiMilError, ValueError):
     """A malformed request (answered with 400)."""
 
 

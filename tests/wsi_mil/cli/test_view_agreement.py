@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from wsi_mil.cli import agreement as agreement_cli
+from wsi_mil.cli import main
 from wsi_mil.cli import view as view_cli
 from wsi_mil.viewer.ratings import COLUMNS
 
@@ -51,28 +52,23 @@ def test_agreement_two_raters(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 
 
 def test_agreement_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = parse(agreement_cli, ["agreement", str(tmp_path / "missing")])
-    assert args.func(args) == 2
+    assert main(["agreement", str(tmp_path / "missing")]) == 2
     assert "ratings folder not found" in capsys.readouterr().err
     write_ratings(tmp_path / "r", "solo", {"s": (1, 2, 3, 4)})
-    args = parse(agreement_cli, ["agreement", str(tmp_path / "r")])
-    assert args.func(args) == 2
+    assert main(["agreement", str(tmp_path / "r")]) == 2
     assert "at least 2 raters" in capsys.readouterr().err
     (tmp_path / "r" / "bad.csv").write_text("slide_id,match\ns,9\n")
-    assert args.func(args) == 2
+    assert main(["agreement", str(tmp_path / "r")]) == 2
     assert "bad.csv: not a ratings file" in capsys.readouterr().err
 
 
 def test_view_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    args = parse(view_cli, ["view", str(tmp_path / "nope")])
-    assert args.func(args) == 2
+    assert main(["view", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "project folder not found" in err
-    args = parse(view_cli, ["view", str(tmp_path), "--rater", "../evil"])
-    assert args.func(args) == 2
+    assert main(["view", str(tmp_path), "--rater", "../evil"]) == 2
     assert "rater name" in capsys.readouterr().err
-    args = parse(view_cli, ["view", str(tmp_path)])
-    assert args.func(args) == 2
+    assert main(["view", str(tmp_path)]) == 2
     assert "no slides to show" in capsys.readouterr().err
 
 
