@@ -28,8 +28,8 @@ class TrainParams:
     attention_dim: int = 256  # width of the attention network
     #: dropout in the embedding and attention networks. MI-Net's 0.5 scores higher on the classic
     #: MIL benchmarks and no lower on the UCSB images, but kept narrow networks trained on a few
-    #: bags from learning at all (README, "Classic MIL benchmarks"): 0.5 is a choice, not the
-    #: default.
+    #: bags from learning at all (docs/benchmarks.md, "Classic MIL benchmarks"): 0.5 is a
+    #: choice, not the default.
     dropout: float = 0.25
     k_sample: int = 8  # top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
     subtyping: bool = False  # CLAM: also push other classes' top tiles to "not this class"
@@ -55,15 +55,16 @@ class TrainParams:
     val_fraction: float = 0.2  # share of each fold's training patients kept for validation
     epochs: int = 50  # maximum epochs per fold
     lr: float = 5e-4  # peak learning rate
-    #: L2 (Adam, SGD) or decoupled (AdamW) weight decay. The default's strong L2 is what brought
-    #: the defaults to the published accuracy on the classic MIL sets: AdamW at 2e-4 with 1e-4
-    #: overfit 180 training bags before epoch 20 (every fold kept the ``min_epochs`` floor) and
-    #: scored Tiger 0.785, Elephant 0.820 against 0.845 and 0.857 published (README, "Classic
-    #: MIL benchmarks"; ``scripts/bench_train_rules.py`` screens the alternatives).
+    #: L2 (Adam, SGD) or decoupled (AdamW) weight decay. Strong L2 against overfitting small
+    #: cohorts: AdamW at 2e-4 with 1e-4 (the previous default) overfit 180 training bags before
+    #: epoch 20 (every fold kept the ``min_epochs`` floor) and scored Tiger 0.785 against 0.845
+    #: published (docs/benchmarks.md, "Classic MIL benchmarks"; ``scripts/bench_train_rules.py``
+    #: screens the alternatives).
     weight_decay: float = 5e-3
-    #: adam (L2 in the gradient: the setting of Ilse et al. 2018's appendix) | adamw | sgd (Nesterov momentum
-    #: 0.9: MI-Net's optimiser, which scripts/bench_mil_classic.py uses; with the default lr it
-    #: learns too slowly for a few dozen bags: the demo's tile Dice fell from 0.855 to 0.000)
+    #: adam (L2 in the gradient: the setting of Ilse et al. 2018's appendix) | adamw | sgd
+    #: (Nesterov momentum 0.9: MI-Net's optimiser, which scripts/bench_mil_classic.py uses; with
+    #: the default lr it learns too slowly for a few dozen bags: the demo's tile Dice fell from
+    #: 0.855 to 0.000)
     optimizer: str = "adam"
     schedule: str = "cosine"  # cosine | plateau | none
     patience: int = 10  # epochs without validation improvement before stopping
