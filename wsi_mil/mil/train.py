@@ -11,7 +11,9 @@ it), ``val_predictions.csv`` and ``test_predictions.csv``; and ``summary.json`` 
 folds, the metrics of the pooled out-of-fold predictions at each fold's own threshold, every
 threshold with its rule, and the ensemble's).
 
-Training choices, and why: AdamW with a cosine (or plateau) schedule; early stopping and model
+Training choices, and why: Adam with strong L2 weight decay (small cohorts overfit within 20
+epochs under AdamW's weak decoupled decay; see ``TrainParams.weight_decay``) and a cosine (or
+plateau) schedule; early stopping and model
 selection on the slide-level validation loss (smoother than AUC on a few dozen slides, and free
 of the pseudo-labelled segmentation and instance losses) from ``min_epochs`` on, restoring the
 best epoch; per-fold decision thresholds from every fold's validation predictions pooled minus
