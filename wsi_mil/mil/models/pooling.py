@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from wsi_mil.mil.models.base import MILModel, MILOutput
 from wsi_mil.mil.models.registry import register_model
@@ -21,10 +20,7 @@ class _PoolingMIL(MILModel):
 
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
-        self.classifier = nn.Linear(self.hidden_dim, n_classes)
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled[:, 0])
+        self.add_output_head()
 
 
 @register_model("mean_pool")
@@ -71,7 +67,7 @@ class MaxPoolMIL(_PoolingMIL):
         tile_logits = []
         for start in range(0, num_tiles, chunk_size):
             h = self.embed(read(start, min(start + chunk_size, num_tiles)).float())
-            tile_logits.append(self.tile_head(h).float())
+            tile_logits.append(self.tile_scores(h).float())
             value, index = h.max(dim=0)
             better = value > best
             best = torch.where(better, value, best)
