@@ -105,14 +105,20 @@ def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,
 def _bootstrap(n: int, statistic: Callable[[np.ndarray], float | None], n_boot: int,
                seed: int) -> list[float] | None:
     """Percentile bootstrap 95 % interval of ``statistic(indices)`` over ``n`` slides."""
+    import warnings
+
     if n_boot <= 0:
         return None
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(n_boot):
-        value = statistic(rng.integers(0, n, n))
-        if value is not None and np.isfinite(value):
-            values.append(value)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # a resample without a case or control at some time divides by zero inside
+        # scikit-survival; its metric is then NaN or None and is skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(n_boot):
+            value = statistic(rng.integers(0, n, n))
+            if value is not None and np.isfinite(value):
+                values.append(value)
     if len(values) < n_boot // 2:
         return None
     return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]

@@ -325,7 +325,7 @@ class BagDataset(torch.utils.data.Dataset):
                     scan_features(path)
         self._tile_labels = [np.concatenate([read_tile_labels(path) for _, path, _ in r.files()])
                              if r.has_tile_labels else None for r in self.records]
-        self._coords = ([_joined_grid_coords([read_grid_coords(path) for _, path, _ in r.files()])
+        self._coords = ([joined_grid_coords([read_grid_coords(path) for _, path, _ in r.files()])
                          for r in self.records] if with_coords else None)
 
     @classmethod
@@ -435,7 +435,7 @@ def collate_bags(items: Sequence[BagItem]) -> BagBatch:
                     coords, targets)
 
 
-def _joined_grid_coords(parts: list[np.ndarray]) -> np.ndarray:
+def joined_grid_coords(parts: list[np.ndarray]) -> np.ndarray:
     """One patient's slides' grid positions side by side (the module docstring says why):
     each slide's columns shifted to start two tiles right of the previous slide's last."""
     if len(parts) == 1:

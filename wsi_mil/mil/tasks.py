@@ -17,8 +17,11 @@ and evaluation.
   negatives weighted by inverse frequency (a fixed normaliser, as the classification loss); the
   head is one-vs-rest per target; attention models get one attention branch per target.
 * ``survival``: ``cox``, the Cox partial likelihood (Breslow's ties) over mini-batches of bags
-  (:func:`cox_loss`), the output a log relative hazard (the risk); the baseline survival is
-  Breslow's estimator on the fold's training slides (scikit-survival's ``BreslowEstimator``). Or
+  (:func:`cox_loss`), the output a log relative hazard (the risk), centred on the mean risk of
+  the fold's training slides (the partial likelihood does not see a constant added to every
+  risk, so each fold's risks have their own offset; centred, the folds' risks can be pooled and
+  averaged); the baseline survival is Breslow's estimator on the fold's training slides
+  (scikit-survival's ``BreslowEstimator``). Or
   ``nll``, the discrete-time negative log-likelihood of Zadeh & Schmid 2020 (as PORPOISE and
   nnMIL: :func:`discrete_nll`) over ``survival_bins`` intervals cut at quantiles of the fold's
   training event times; the risk is minus the sum of the survival over the intervals (PORPOISE's).
@@ -169,7 +172,7 @@ class Task:
             return 1.0 / (1.0 + np.exp(-logits))
         if self.kind == "survival":
             if self.params["survival_loss"] == "cox":
-                return logits[:, :1]
+                return logits[:, :1] - self.fitted.get("risk_offset", 0.0)
             return discrete_risk(logits)[:, None]
         return logits[:, :1] * self.fitted["target_std"] + self.fitted["target_mean"]
 
@@ -193,7 +196,7 @@ class Task:
             base_s = np.asarray(self.fitted["baseline_survival"], dtype=np.float64)
             index = np.searchsorted(base_t, times, side="right") - 1
             s0 = np.where(index >= 0, base_s[np.clip(index, 0, None)], 1.0)
-            return s0[None, :] ** np.exp(logits[:, :1])
+            return s0[None, :] ** np.exp(self.decode(logits))
         edges = np.asarray(self.fitted["bin_edges"], dtype=np.float64)
         survival = np.cumprod(1.0 / (1.0 + np.exp(logits)), axis=1)  # S after each interval
         passed = np.searchsorted(edges[1:], times, side="right")  # intervals fully survived
@@ -241,7 +244,7 @@ def _plain(value: Any) -> Any:
 
 #: fitted values a model.json may hold (per fold)
 FITTED_KEYS = ("bin_edges", "target_mean", "target_std", "baseline_times", "baseline_survival",
-               "survival_times")
+               "survival_times", "risk_offset")
 
 
 def make_task(params: TrainParams, labels: LabelTable,
@@ -286,16 +289,19 @@ def fit_task(task: Task, targets: np.ndarray) -> Task:
 
 
 def fit_baseline(task: Task, logits: np.ndarray, targets: np.ndarray) -> Task:
-    """A Cox task with its baseline survival: Breslow's estimator (scikit-survival) on the
-    fold's training slides' risks, times and events; other tasks unchanged."""
+    """A Cox task with its risk offset (the mean raw risk of the fold's training slides) and
+    baseline survival: Breslow's estimator (scikit-survival) on the training slides' centred
+    risks, times and events; other tasks unchanged."""
     if not (task.kind == "survival" and task.params["survival_loss"] == "cox"):
         return task
     from sksurv.linear_model.coxph import BreslowEstimator
 
     targets = np.asarray(targets, dtype=np.float64)
-    breslow = BreslowEstimator().fit(np.asarray(logits, np.float64).reshape(-1),
-                                     targets[:, 1] > 0, targets[:, 0])
-    fitted = dict(task.fitted, baseline_times=breslow.baseline_survival_.x.tolist(),
+    raw = np.asarray(logits, np.float64).reshape(-1)
+    offset = float(raw.mean())
+    breslow = BreslowEstimator().fit(raw - offset, targets[:, 1] > 0, targets[:, 0])
+    fitted = dict(task.fitted, risk_offset=offset,
+                  baseline_times=breslow.baseline_survival_.x.tolist(),
                   baseline_survival=breslow.baseline_survival_.y.tolist())
     return Task(task.kind, task.output_names, task.n_outputs, task.segmentation,
                 task.negative_index, fitted, dict(task.params))

@@ -594,6 +594,7 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
                               negative_index, device, None, task=fitted)
             fitted = fit_baseline(fitted, train.z(), train.t())
             record["risk_cut"] = float(np.median(fitted.decode(train.z())[:, 0]))
+            test.probs = [fitted.decode(test.z())]  # centred risks (Cox), for the line below
         record["fitted"] = fitted.fitted
         save_weights(fold_dir, result.model)
         write_text_atomic(fold_dir / "log.csv", csv_text(result.log))
