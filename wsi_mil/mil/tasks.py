@@ -317,3 +317,36 @@ def task_from_meta(meta: dict[str, Any]) -> Task:
     fitted = {k: meta[k] for k in FITTED_KEYS if k in meta}
     return Task(kind, names, int(meta["n_classes"]), segmentation, negative_index, fitted,
                 dict(meta.get("task_params") or {}))
+
+
+class RiskModel(torch.nn.Module):
+    """A discrete-time survival model seen through its risk, the quantity its explanations
+    explain (gradients need one number): its slide output and each tile's are the risk of its
+    hazard logits (:func:`discrete_risk`, differentiable). Every other task's explained
+    quantity is one of the model's own outputs (a class or target logit, the Cox risk, the
+    standardised value), so only this one needs wrapping."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.name = model.name
+        self.n_classes = 1
+        self.uses_coords = model.uses_coords
+        self.tile_head = None
+        self.one_branch_per_class = False
+
+    @staticmethod
+    def risk(logits: torch.Tensor) -> torch.Tensor:
+        return -torch.cumprod(torch.sigmoid(-logits.float()), dim=-1).sum(-1, keepdim=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, coords: torch.Tensor | None = None) -> Any:
+        out = self.model(x, mask, None, coords=coords)
+        return out._replace(logits=self.risk(out.logits), tile_logits=self.risk(out.tile_logits))
+
+
+def explained_model(model: torch.nn.Module, task: Task) -> torch.nn.Module:
+    """The model whose output ``target`` an explanation explains for ``task``."""
+    if task.kind == "survival" and task.params.get("survival_loss") == "nll":
+        return RiskModel(model)
+    return model

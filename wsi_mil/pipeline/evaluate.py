@@ -301,7 +301,7 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
     values = np.array([labels[s].values for s in ids], dtype=np.float64)
     thresholds = [r.get("threshold", "") for r in scored]
     survival = None
-    grid = recorded.get("survival_times")
+    grid = np.atleast_1d(np.asarray(recorded.get("survival_times", []), dtype=np.float64))
     if task == "survival":
         survival = _survival_curves(pred_dir, ids)
     unit = "slides"
@@ -336,13 +336,14 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
         groups = ["high risk" if r >= c else "low risk" for r, c in zip(outputs[:, 0], cuts)]
         every = table.values([r.slide_id for r in table.rows])
         metrics = survival_metrics(values[:, 0], values[:, 1], outputs[:, 0], survival,
-                                   grid or [], groups, n_boot=n_boot,
+                                   grid, groups, n_boot=n_boot,
                                    train=(every[:, 0], every[:, 1]))
     else:
         from wsi_mil.metrics.regression import regression_metrics
 
         metrics = regression_metrics(values[:, 0], outputs[:, 0], n_boot=n_boot)
-    metrics.update(extra, record, task=task, unit=unit, n_slides=len(ids),
+    metrics.update(extra)
+    metrics.update(record, task=task, unit=unit, n_slides=len(ids),
                    thresholds=sorted(set(thresholds)) if task != "regression" else None)
     suffix = "_patient" if level == "patient" else ""
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,10 @@ cohort, ``cohort_table.csv`` / ``cohort_table.md`` (method x metric, mean over t
 positive slides with a bootstrap 95 % CI) and ``cohort_scores.png`` (a bar chart).
 
 Every slide is explained for one model (``params.fold``), the class ``params.target`` (by
-default the class that is not the negative one). Scores need lesion annotations and are taken
+default the class that is not the negative one; for subtypes the predicted class). The
+explained quantity follows the run's task: a class logit, a multilabel target's logit (by
+default the most probable target's), the risk of a survival model, the value of a regression
+(:func:`wsi_mil.mil.tasks.explained_model`). Scores need lesion annotations and are taken
 on slides that have a lesion tile; the sanity check (Adebayo et al.) needs none.
 """
 
@@ -50,13 +53,14 @@ METRICS = (
 )
 
 
-def _target_index(class_names: list[str], negative_index: int, target: str | None) -> int | None:
+def _target_index(class_names: list[str], negative_index: int | None,
+                  target: str | None) -> int | None:
     if target is not None:
         if target not in class_names:
             raise ValueError(f"explain target {target!r} is not a class of the run "
                              f"({class_names})")
         return class_names.index(target)
-    if len(class_names) == 2:
+    if len(class_names) == 2 and negative_index is not None:
         return 1 - negative_index
     return None
 
@@ -108,10 +112,12 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     from wsi_mil.metrics.explain import randomisation_check, run_score_fn
     from wsi_mil.mil.bags import bag_grid_coords
     from wsi_mil.mil.predict import LoadedRun, cached_run
+    from wsi_mil.mil.tasks import explained_model
 
     bag_path, out_dir = Path(bag_path), Path(out_dir)
     run = cached_run(run_dir, params.fold, params.device)
-    model = run.folds[0].model
+    task = run.folds[0].task
+    model = explained_model(run.folds[0].model, task)
     attrs = read_bag_attrs(bag_path, slide_path)  # the slide completes a TRIDENT bag's
     features = read_bag_features(bag_path).astype(np.float32)
     coords = read_bag_coords(bag_path)
@@ -125,13 +131,16 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     # the tiles' grid positions, for a model that uses them (transformer_mil, sincos2d)
     grid = bag_grid_coords(bag_path, coords, attrs) if model.uses_coords else None
     with torch.no_grad():
-        probs = model(torch.from_numpy(features).to(run.device),
-                      coords=None if grid is None else torch.from_numpy(grid).to(run.device)
-                      ).logits.float().softmax(1)[0]
+        logits = run.folds[0].model(
+            torch.from_numpy(features).to(run.device),
+            coords=None if grid is None else torch.from_numpy(grid).to(run.device)).logits
+        probs = torch.from_numpy(task.decode(logits.float().cpu().numpy())[0])
     target = _target_index(run.class_names, run.negative_index, params.target)
     if target is None:
         target = int(probs.argmax())
-    methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)]
+    methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)
+               and not (model is not run.folds[0].model and m == "attention_x_gradient"
+                        and hasattr(run.folds[0].model, "records"))]  # a wrapped transformer
     # each slide its own random map (one seed for all would give every slide the same map)
     kwargs = {"target": target, "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
               "ig_steps": params.ig_steps,
@@ -173,7 +182,9 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
         path = Path(slide_path or attrs.get("slide_path", ""))
         write_comparison_figure(out_dir / FIGURE, path, attrs, coords, maps, scores, lesions,
                                 title=f"{bag_path.stem}: {model.name}, explaining "
-                                f"{run.class_names[target]} (P = {float(probs[target]):.2f})",
+                                f"{run.class_names[target]} ("
+                                f"{'P' if task.kind in ('classification', 'multilabel') else '='}"
+                                f" {float(probs[target]):.2f})",
                                 panel_side=params.figure_side)
     with atomic_output(out_dir / EXPLANATIONS) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("coords", data=coords)

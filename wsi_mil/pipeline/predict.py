@@ -58,7 +58,7 @@ def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
         label = (labels or {}).get(slide_id, "")
         in_sample = "true" if attrs.get("in_sample") else "false"
         threshold = attrs.get("threshold")
-        if isinstance(threshold, list):
+        if isinstance(threshold, (list, np.ndarray)):
             threshold = ";".join(f"{float(t):.6f}" for t in threshold)
         elif threshold is not None:
             threshold = f"{float(threshold):.6f}"
