@@ -27,7 +27,9 @@ splits), with the log-rank test (lifelines' ``multivariate_logrank_test``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -105,8 +107,6 @@ def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,
 def _bootstrap(n: int, statistic: Callable[[np.ndarray], float | None], n_boot: int,
                seed: int) -> list[float] | None:
     """Percentile bootstrap 95 % interval of ``statistic(indices)`` over ``n`` slides."""
-    import warnings
-
     if n_boot <= 0:
         return None
     rng = np.random.default_rng(seed)
@@ -124,6 +124,16 @@ def _bootstrap(n: int, statistic: Callable[[np.ndarray], float | None], n_boot: 
     return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
 
 
+@contextmanager
+def _quiet_lifelines() -> Iterator[None]:
+    """No deprecation warnings from lifelines' own pandas calls (under pandas 3: positional
+    arguments that pandas 4 will refuse): nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
 def logrank(time: np.ndarray, event: np.ndarray, groups: Sequence[str]) -> dict[str, Any] | None:
     """lifelines' log-rank test between the groups; None with fewer than two groups."""
     from lifelines.statistics import multivariate_logrank_test
@@ -131,8 +141,9 @@ def logrank(time: np.ndarray, event: np.ndarray, groups: Sequence[str]) -> dict[
     groups = np.asarray(groups)
     if len(np.unique(groups)) < 2:
         return None
-    result = multivariate_logrank_test(np.asarray(time, np.float64), groups,
-                                       np.asarray(event, bool))
+    with _quiet_lifelines():
+        result = multivariate_logrank_test(np.asarray(time, np.float64), groups,
+                                           np.asarray(event, bool))
     return {"p_value": float(result.p_value), "statistic": float(result.test_statistic),
             "test": "log-rank (lifelines multivariate_logrank_test)",
             "groups": {str(g): int((groups == g).sum()) for g in np.unique(groups)}}
@@ -212,8 +223,9 @@ def kaplan_meier_curves(time: np.ndarray, event: np.ndarray,
     curves = {}
     for group in sorted(np.unique(groups)):
         keep = groups == group
-        km = KaplanMeierFitter().fit(np.asarray(time, np.float64)[keep],
-                                     np.asarray(event, bool)[keep], label=str(group))
+        with _quiet_lifelines():
+            km = KaplanMeierFitter().fit(np.asarray(time, np.float64)[keep],
+                                         np.asarray(event, bool)[keep], label=str(group))
         band = km.confidence_interval_survival_function_
         curves[str(group)] = {
             "time": km.survival_function_.index.to_numpy(dtype=float).tolist(),
