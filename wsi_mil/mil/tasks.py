@@ -12,7 +12,8 @@ and evaluation.
 * ``classification``: softmax over the classes, class-weighted cross-entropy
   (:func:`wsi_mil.mil.train.slide_loss`); the segmentation head learns "lesion vs lesion-free"
   from the negative class, or, for subtypes (no negative class), each class against the others
-  (:mod:`wsi_mil.mil.models.segmentation`).
+  (:mod:`wsi_mil.mil.models.segmentation`), pseudo-labelled from that class's own attention
+  branch (attention models get one per class: :func:`wsi_mil.mil.train.model_kwargs`).
 * ``multilabel``: one sigmoid per target, binary cross-entropy with each target's positives and
   negatives weighted by inverse frequency (a fixed normaliser, as the classification loss); the
   head is one-vs-rest per target; attention models get one attention branch per target.

@@ -15,8 +15,8 @@ attention branch and one linear unit per output (CLAM-MB's layout, :meth:`add_ou
 every registered model supports every task. Only the attention-pooling models can take a branch
 per output (``supports_branches``: ``abmil``, ``gated_abmil``, ``clam_mb`` always): a
 transformer has one class token, the pooling baselines no learned attention to split, and
-``clam_sb`` is single-branch by definition; they serve multilabel runs with one shared pooled
-vector. ``segmentation_head=False`` (survival and regression, which have no tile classes) drops
+``clam_sb`` is single-branch by definition; they serve multilabel and subtype runs with one
+shared pooled vector. ``segmentation_head=False`` (survival and regression, which have no tile classes) drops
 the tile-level head: the per-tile scores are then the output head applied to each tile alone
 (:meth:`tile_scores`), whose attention-weighted mean is the slide's output for the attention
 models (the head is linear).

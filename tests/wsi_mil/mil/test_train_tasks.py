@@ -1,0 +1,174 @@
+"""Each task trained on generated bags whose answer is known (wsi_mil.synthetic.bags): the
+out-of-fold figures the issue asks for, and attention on the planted lesions, read back from
+the files ``predict`` writes; subtypes without a negative class; patient-level bags."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.predictions import read_prediction
+from wsi_mil.mil.train import train_run
+from wsi_mil.pipeline.evaluate import evaluate_predictions
+from wsi_mil.pipeline.predict import predict_slides
+from wsi_mil.synthetic.bags import PlantedBag, iter_task_bags, write_planted_bags
+
+FAST = {"hidden_dims": (32,), "attention_dim": 16, "lr": 5e-3, "device": "cpu",
+        "bootstrap": 0, "epochs": 30, "min_epochs": 10, "folds": 3, "use_tile_labels": False}
+
+
+def run_task(root, task, n=60, tiles=16, dim=8, **params):
+    """Generated bags of ``task`` trained, then predicted out of fold: (bags, summary, the
+    prediction files' folder)."""
+    bags = list(iter_task_bags(task, n, (tiles, 2 * tiles), dim, seed=0))
+    features, labels = write_planted_bags(root, bags, task=task, with_tile_labels=True)
+    summary = train_run(features, labels, root / "run", TrainParams(task=task,
+                                                                    **{**FAST, **params}))
+    predict_slides(root / "run", features, root, labels_csv=labels)
+    return bags, summary, labels
+
+
+def attention_tile_auc(root, bags: list[PlantedBag], dataset: str = "attention",
+                       column: int | None = None, kind: int = 1) -> float:
+    """AUC of the predicted attention for the tiles planted with lesion ``kind``, over the
+    bags that have some (and some tiles without)."""
+    scores, truth = [], []
+    for bag in bags:
+        if not (bag.kinds == kind).any() or (bag.kinds == kind).all():
+            continue
+        with h5py.File(root / "predictions" / f"{bag.slide_id}.h5", "r") as f:
+            values = f[dataset][:]
+        scores.append(values if column is None else values[:, column])
+        truth.append(bag.kinds == kind)
+    return float(roc_auc_score(np.concatenate(truth), np.concatenate(scores)))
+
+
+@pytest.mark.slow
+def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path):
+    bags, summary, labels = run_task(tmp_path, "survival", cox_batch_size=8)
+    pooled = summary["pooled_out_of_fold"]
+    assert pooled["harrell_c"] >= 0.75, pooled["harrell_c"]
+    assert pooled["logrank"]["p_value"] < 0.05
+    assert attention_tile_auc(tmp_path, bags) >= 0.8
+    metrics = evaluate_predictions(tmp_path, labels, n_boot=0)  # the files predict wrote
+    assert metrics["harrell_c"] == pytest.approx(pooled["harrell_c"])
+    assert (tmp_path / "km_risk_groups.png").is_file()
+    meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
+    assert meta["task"] == "survival" and meta["threshold_rule"].startswith("median risk")
+    assert "segmentation_head" in meta["kwargs"] and len(meta["baseline_times"]) > 1
+    prediction = read_prediction(next((tmp_path / "predictions").glob("*.h5")))
+    curve = np.asarray(prediction.attrs["survival"])
+    assert len(curve) == len(prediction.attrs["survival_times"])
+    assert np.all(np.diff(curve) <= 1e-9) and 0 <= curve.min()  # a survival curve falls
+
+
+@pytest.mark.slow
+def test_discrete_time_survival_trains_on_its_intervals(tmp_path):
+    bags, summary, _ = run_task(tmp_path, "survival", survival_loss="nll", survival_bins=4)
+    assert summary["pooled_out_of_fold"]["harrell_c"] >= 0.7
+    meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
+    assert meta["n_classes"] == 4 and len(meta["bin_edges"]) == 5
+    assert attention_tile_auc(tmp_path, bags) >= 0.8
+
+
+@pytest.mark.slow
+def test_regression_out_of_fold_r2_and_attention_on_the_lesions(tmp_path):
+    bags, summary, labels = run_task(tmp_path, "regression", regression_loss="huber")
+    pooled = summary["pooled_out_of_fold"]
+    assert pooled["r2"] >= 0.5, pooled["r2"]
+    low, high = evaluate_predictions(tmp_path, labels, n_boot=100)["r2_ci95"]
+    assert low <= pooled["r2"] <= high
+    assert attention_tile_auc(tmp_path, bags) >= 0.8
+    with (tmp_path / "predictions.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert set(row) >= {"slide_id", "label", "predicted_label", "value"}
+
+
+@pytest.mark.slow
+def test_multilabel_recovers_both_lesion_types_each_in_its_own_branch(tmp_path):
+    bags, summary, labels = run_task(tmp_path, "multilabel")
+    per_target = summary["pooled_out_of_fold"]["per_target"]
+    assert per_target["lesion_a"]["auc"] >= 0.9 and per_target["lesion_b"]["auc"] >= 0.9
+    # each target's attention branch finds its own lesion type, not the other one
+    own = [attention_tile_auc(tmp_path, bags, "branch_attention", t, kind=t + 1)
+           for t in range(2)]
+    other = [attention_tile_auc(tmp_path, bags, "branch_attention", t, kind=2 - t)
+             for t in range(2)]
+    assert min(own) >= 0.8, own
+    assert max(other) < 0.7, other
+    metrics = evaluate_predictions(tmp_path, labels, n_boot=0)
+    assert metrics["macro_auc"] == pytest.approx(summary["pooled_out_of_fold"]["macro_auc"])
+    assert 0 <= metrics["hamming_loss"] <= 1 and "subset_accuracy" in metrics
+
+
+def subtype_bags(n: int, tiles: int, dim: int, seed: int = 0) -> list[PlantedBag]:
+    """Two subtypes, each slide holding tiles of its own type (luad: direction 0, lusc: 1):
+    no class is lesion-free."""
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.standard_normal((dim, 2)))[0].T
+    out = []
+    for i in range(n):
+        kind = i % 2
+        features = rng.standard_normal((tiles, dim)).astype(np.float32)
+        planted = np.zeros(tiles, bool)
+        planted[rng.choice(tiles, tiles // 4, replace=False)] = True
+        features[planted] += 3.0 * directions[kind].astype(np.float32)
+        kinds = np.where(planted, kind + 1, 0).astype(np.int8)
+        out.append(PlantedBag(f"slide_{i:04d}", features, kind, planted, (), 0.0, kinds))
+    return out
+
+
+def test_subtypes_train_without_a_negative_class_and_the_head_is_per_class(tmp_path):
+    bags = subtype_bags(36, 12, 8)
+    features, _ = write_planted_bags(tmp_path, bags, with_tile_labels=True)
+    labels = tmp_path / "subtypes.csv"
+    labels.write_text("slide_id,label\n" + "".join(
+        f"{b.slide_id},{'lusc' if b.label else 'luad'}\n" for b in bags))
+    params = TrainParams(**{**FAST, "epochs": 12, "min_epochs": 6})
+    summary = train_run(features, labels, tmp_path / "run", params)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["negative_class"] is None and config["segmentation_head"] == "one_vs_rest"
+    assert summary["subtyping"] and summary["negative_class"] is None
+    predict_slides(tmp_path / "run", features, tmp_path, labels_csv=labels)
+    # the head is per class: P(luad) ranks luad's own tiles, P(lusc) lusc's
+    luad = attention_tile_auc(tmp_path, bags, "tile_probs", 0, kind=1)
+    lusc = attention_tile_auc(tmp_path, bags, "tile_probs", 1, kind=2)
+    assert luad >= 0.8 and lusc >= 0.8, (luad, lusc)
+    metrics = evaluate_predictions(tmp_path, labels, n_boot=0)
+    assert metrics["subtyping"] and metrics["auc"] >= 0.9
+
+
+def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_path):
+    bags = list(iter_task_bags("regression", 24, (8, 12), 6, seed=1))
+    features, labels = write_planted_bags(tmp_path, bags, task="regression")
+    # write_planted_bags groups slides into patients of two; give each patient one target
+    rows = list(csv.DictReader(labels.open()))
+    by_patient = {}
+    for row in rows:
+        row["target"] = by_patient.setdefault(row["patient_id"], row["target"])
+    labels.write_text("slide_id,target,patient_id\n" + "".join(
+        f"{r['slide_id']},{r['target']},{r['patient_id']}\n" for r in rows))
+    params = TrainParams(task="regression", bag_level="patient",
+                         **{**FAST, "epochs": 3, "min_epochs": 1})
+    summary = train_run(features, labels, tmp_path / "run", params)
+    assert summary["bag_level"] == "patient"
+    assert summary["pooled_out_of_fold"]["n_slides"] == 12  # one bag per patient
+    splits = list(csv.DictReader((tmp_path / "run" / "splits.csv").open()))
+    assert {r["slide_id"] for r in splits} == {b.slide_id for b in bags}  # slides keep ids
+    predict_slides(tmp_path / "run", features, tmp_path, labels_csv=labels)
+    with h5py.File(tmp_path / "predictions" / "slide_0000.h5", "r") as a, \
+            h5py.File(tmp_path / "predictions" / "slide_0001.h5", "r") as b:
+        assert a.attrs["patient_id"] == b.attrs["patient_id"] == "patient_0000"
+        assert a["coords"].shape[0] == bags[0].features.shape[0]  # its own tiles only
+        assert float(a.attrs["probs"][0]) == float(b.attrs["probs"][0])  # the patient's value
+        assert b["coords"].shape[0] == bags[1].features.shape[0]
+    with pytest.warns(UserWarning, match="scored per patient"):
+        metrics = evaluate_predictions(tmp_path, labels, n_boot=0)
+    assert metrics["unit"] == "patients" and metrics["n_patients"] == 12
