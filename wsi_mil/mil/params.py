@@ -102,19 +102,21 @@ class TrainParams:
     min_epochs: int = 20
     #: what early stopping and model selection watch on the validation slides: the slide-level
     #: loss (``loss``; never the segmentation head's or CLAM's instance loss, whose targets are
-    #: the model's own pseudo-labels), the slide ``auc``, or ``none`` (keep the last epoch).
+    #: the model's own pseudo-labels), the slide ``auc`` (the task's score: multilabel macro
+    #: AUC, survival Harrell's C, regression R²), or ``none`` (keep the last epoch).
     monitor: str = "loss"
     #: pooled validation slides of each class needed to choose the decision threshold (Youden's
     #: J on every fold's validation predictions together); with fewer, the threshold is 0.5.
     threshold_min_per_class: int = 20
     batch_size: int = 1  # bags per step (padded and masked when > 1)
     #: weight each bag's slide loss by its class's inverse frequency in the fold's training
-    #: bags, with a fixed normaliser (the bag count), in training and in the validation loss
-    #: that picks the epoch
+    #: bags (multilabel: each target's positives and negatives), with a fixed normaliser (the
+    #: bag count), in training and in the validation loss that picks the epoch (survival and
+    #: regression: no weights)
     class_weighting: bool = True
-    #: fit a temperature (Guo et al. 2017) on each fold's validation slides and apply it to that
-    #: fold's probabilities before thresholds are chosen (rankings and AUC are unchanged; ECE
-    #: and the Brier score show the effect)
+    #: classification: fit a temperature (Guo et al. 2017) on each fold's validation slides and
+    #: apply it to that fold's probabilities before thresholds are chosen (rankings and AUC are
+    #: unchanged; ECE and the Brier score show the effect)
     calibrate: bool = False
     max_train_tiles: int | None = None  # random tiles per training bag per step (None: all)
     memory_gb: float = 8.0  # hold bags in memory (float16) when they fit, else stream
@@ -140,6 +142,8 @@ class TrainParams:
             "huber_delta": (self.huber_delta > 0, "> 0"),
             "negative_class": (not (self.subtyping and self.negative_class is not None),
                                "None when subtyping is on (subtypes have no negative class)"),
+            "calibrate": (not self.calibrate or self.task == "classification",
+                          "false unless task is classification"),
             "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             "monitor": (self.monitor in MONITORS, f"one of {MONITORS}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
