@@ -396,6 +396,8 @@ def slide_title(prediction: SlidePrediction) -> str:
             index = prediction.positive_index(recorded if recorded in names else None)
         except PredictionFileError:
             index = None
+        if "task" in attrs and prediction.negative_class is None:
+            index = 1  # subtypes: the threshold is on the second class's score
         if index is not None:
             return (f"{head} ({names[index]} score {_fmt(float(probs[index]))}, "
                     f"threshold {_fmt(float(threshold))})")

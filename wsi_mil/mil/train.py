@@ -606,10 +606,9 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         save_weights(fold_dir, result.model)
         write_text_atomic(fold_dir / "log.csv", csv_text(result.log))
         write_text_atomic(fold_dir / "training.json", json.dumps(record) + "\n")
-        name = SCORE_NAMES[task.kind]
+        name = {"auc": "AUC", "c_index": "Harrell's C", "r2": "R²"}[SCORE_NAMES[task.kind]]
         score = monitor_score(fitted, test)
-        tqdm.write(f"fold {split.fold}: test {name.replace('_', '-')} "
-                   f"{'-' if score is None else f'{score:.3f}'} "
+        tqdm.write(f"fold {split.fold}: test {name} {'-' if score is None else f'{score:.3f}'} "
                    f"(best epoch {result.best_epoch + 1} of {len(result.log)})", file=sys.stderr)
         return record
 
