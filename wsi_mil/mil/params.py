@@ -44,7 +44,7 @@ class TrainParams:
     survival_bins: int = 4
     #: survival with cox: bags whose risks make one partial likelihood (one optimiser step): a
     #: bag's risk set is the bags of its mini-batch still event-free at its time
-    cox_batch_size: int = 32
+    cox_batch_size: int = 16
     #: regression: "mse" or "huber" (quadratic within huber_delta training standard deviations
     #: of the target, linear beyond: robust to a few wild values)
     regression_loss: Literal["mse", "huber"] = "mse"
