@@ -298,7 +298,8 @@ def _parse_task_row(path: Path, line: int, record: dict[str, str | None], seen: 
 def check_trainable(table: LabelTable) -> None:
     """What a model cannot be trained on even though every row is well formed: a class (or a
     multilabel target's 0 or 1) held by fewer than two slides, which no fold can both train
-    and test on, or a regression target that is the same on every slide."""
+    and test on, no event among the slides kept, or a regression target that is the same on
+    every slide."""
     def few(counts: dict[str, list[SlideLabel]], what: str) -> None:
         for name, rows in counts.items():
             if len(rows) < 2:
@@ -320,6 +321,9 @@ def check_trainable(table: LabelTable) -> None:
                     raise LabelsError(f"{table.path}: target {name!r} is {int(value)} on no "
                                       f"slide: a target needs slides with 0 and with 1")
                 few({f"{name}={int(value)}": rows}, "target value")
+    elif table.task == "survival" and not any(r.values[1] for r in table.rows):
+        raise LabelsError(f"{table.path}: every slide with a feature bag is censored (event 0): "
+                          f"a survival model needs observed events to learn from")
     elif table.task == "regression" and len({r.values[0] for r in table.rows}) < 2:
         raise LabelsError(f"{table.path}: every slide has the same {table.target_names[0]} "
                           f"({table.rows[0].values[0]:g}): nothing to learn")
