@@ -41,7 +41,7 @@ class ExtractParams:
     # OUT/trident/<mag>x_<px>px_<overlap>px_overlap/features_<encoder>/<slide_id>.h5).
     format: str = "wsi-mil"
     # Stain normalisation of every tile before encoding, in the reader processes: none,
-    # macenko or reinhard (torchstain), fitted to stain_target.
+    # macenko or reinhard (features.stain), fitted to stain_target.
     stain: str = "none"
     # Image (PNG/JPEG/TIFF of well-stained tissue) whose stain the tiles are normalised to.
     # None: a reference fitted to a montage of tiles drawn from every slide of the batch.

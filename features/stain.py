@@ -3,10 +3,16 @@
 Everything here runs in the tile-reader processes (:class:`features.dataset.TileDataset`), on
 uint8 RGB tiles, before the encoder sees them, so it costs reader time, not encoder time.
 
-* **Normalisation** (:class:`StainNormaliser`): Macenko (the stain matrix of each tile,
-  estimated from its optical densities, is replaced by the reference's) or Reinhard (each
-  tile's LAB means and standard deviations are moved to the reference's), both from
-  ``torchstain`` (its NumPy backend; maintained, no compiled dependency). Vahadane is not
+* **Normalisation** (:class:`StainNormaliser`): Macenko et al. (ISBI 2009: the stain matrix
+  of each tile, estimated from its optical densities, is replaced by the reference's) or
+  Reinhard et al. (2001: each tile's LAB means and standard deviations are moved to the
+  reference's, in OpenCV's LAB). Written here (:func:`macenko_matrices`, :func:`lab_stats`),
+  about forty lines of NumPy, rather than taken from ``torchstain``: its wheel installs a
+  top-level ``tests`` package into site-packages, which shadows the ``tests`` package of any
+  project that installs it (ours: worker processes could no longer import the test suite's
+  functions). The steps and constants (I0 = 240, optical-density threshold 0.15, the 1st/99th
+  angle percentiles, the 99th concentration percentile) are Macenko's as the common reference
+  implementations use them. Vahadane is not
   offered: the maintained implementations (``torch-staintools``, TIAToolbox) pull in
   torchvision and kornia or a whole toolbox for a sparse dictionary learning that is slower per
   tile than the encoder, and ``staintools`` (with ``spams``) is unmaintained since 2019. The
@@ -41,8 +47,12 @@ QC_COLUMNS = ("focus", "background", "pen")
 #: Macenko needs tissue: a tile with fewer optically dense pixels than this share is passed
 #: through unchanged (a stain matrix fitted to a handful of pixels is noise).
 MIN_TISSUE_SHARE = 0.05
-#: torchstain's optical-density threshold: pixels below it are background.
+#: Macenko's optical-density threshold: pixels with any channel below it are background.
 OD_BETA = 0.15
+#: Macenko's transmitted light intensity (bright-field background).
+LIGHT = 240.0
+#: Macenko's robust extremes: the stain vectors at the 1st and 99th percentile angles.
+ANGLE_PERCENTILE = 1.0
 
 
 class StainError(ValueError):
@@ -66,22 +76,18 @@ class StainNormaliser:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             if method == "macenko":
-                from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
-
                 if _tissue_share(image) < MIN_TISSUE_SHARE:
                     raise StainError(f"{target}: too little stained tissue to fit Macenko "
                                      f"(under {MIN_TISSUE_SHARE:.0%} of pixels)")
-                normaliser = NumpyMacenkoNormalizer()
-                normaliser.fit(image, beta=OD_BETA)
-                reference = {"stain_matrix": normaliser.HERef.tolist(),
-                             "max_concentrations": normaliser.maxCRef.tolist()}
+                try:
+                    matrix, _, max_concentrations = macenko_matrices(image)
+                except np.linalg.LinAlgError as exc:
+                    raise StainError(f"{target}: Macenko fit failed ({exc})") from exc
+                reference = {"stain_matrix": matrix.tolist(),
+                             "max_concentrations": max_concentrations.tolist()}
             else:
-                from torchstain.numpy.normalizers import NumpyReinhardNormalizer
-
-                normaliser = NumpyReinhardNormalizer()
-                normaliser.fit(image)
-                reference = {"lab_means": np.asarray(normaliser.target_means).tolist(),
-                             "lab_stds": np.asarray(normaliser.target_stds).tolist()}
+                means, stds = lab_stats(lab_image(image))
+                reference = {"lab_means": means.tolist(), "lab_stds": stds.tolist()}
         if not np.isfinite(np.concatenate([np.ravel(v) for v in reference.values()])).all():
             raise StainError(f"{target}: {method} fit gave non-finite values")
         return cls(method, reference, target)
@@ -93,25 +99,25 @@ class StainNormaliser:
             if self.method == "macenko":
                 if _tissue_share(tile) < MIN_TISSUE_SHARE:
                     return tile
-                from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
-
-                normaliser = NumpyMacenkoNormalizer()
-                normaliser.HERef = np.asarray(self.reference["stain_matrix"])
-                normaliser.maxCRef = np.asarray(self.reference["max_concentrations"])
                 try:
-                    out, _, _ = normaliser.normalize(tile, beta=OD_BETA, stains=False)
+                    _, concentrations, max_concentrations = macenko_matrices(tile)
                 except np.linalg.LinAlgError:
                     return tile
+                scale = max_concentrations / np.asarray(self.reference["max_concentrations"])
+                od = np.asarray(self.reference["stain_matrix"]) @ (concentrations
+                                                                   / scale[:, None])
+                out = np.minimum(LIGHT * np.exp(-od), 255.0).T.reshape(tile.shape)
             else:
-                from torchstain.numpy.normalizers import NumpyReinhardNormalizer
-
-                normaliser = NumpyReinhardNormalizer()
-                normaliser.target_means = np.asarray(self.reference["lab_means"])
-                normaliser.target_stds = np.asarray(self.reference["lab_stds"])
-                out = normaliser.normalize(tile)
+                lab = lab_image(tile)
+                means, stds = lab_stats(lab)
+                target_means = np.asarray(self.reference["lab_means"], dtype=np.float32)
+                target_stds = np.asarray(self.reference["lab_stds"], dtype=np.float32)
+                lab = (lab - means) / np.maximum(stds, 1e-6) * target_stds + target_means
+                lab[..., 0] = np.clip(lab[..., 0], 0, 100)
+                out = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB) * 255.0
         if not np.isfinite(out).all():
             return tile
-        return np.ascontiguousarray(out, dtype=np.uint8)
+        return np.ascontiguousarray(np.clip(out, 0, 255), dtype=np.uint8)
 
     def attrs(self) -> dict[str, Any]:
         """What a bag records about the normalisation."""
@@ -119,10 +125,47 @@ class StainNormaliser:
                 "stain_reference": json.dumps(self.reference)}
 
 
+def optical_density(tile: np.ndarray) -> np.ndarray:
+    """``-log((I + 1) / I0)`` per pixel and channel, ``[pixels, 3]``."""
+    return -np.log((tile.reshape(-1, 3).astype(np.float64) + 1) / LIGHT)
+
+
 def _tissue_share(tile: np.ndarray) -> float:
-    """Share of pixels whose optical density passes torchstain's background threshold."""
-    od = -np.log((tile.reshape(-1, 3).astype(np.float64) + 1) / 240)
-    return float(np.mean(~np.any(od < OD_BETA, axis=1)))
+    """Share of pixels whose optical density passes Macenko's background threshold."""
+    return float(np.mean(~np.any(optical_density(tile) < OD_BETA, axis=1)))
+
+
+def macenko_matrices(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Macenko's (stain matrix ``[3, 2]``, concentrations ``[2, pixels]``, 99th-percentile
+    concentrations ``[2]``) of a uint8 RGB image.
+
+    The optical densities of the tissue pixels are projected on the plane of their two main
+    principal directions; the stain vectors are the directions at the 1st and 99th percentile
+    angles in that plane, haematoxylin first (the one with the larger red optical density);
+    each pixel's concentrations are the least-squares unmixing of its optical density."""
+    od = optical_density(tile)
+    tissue = od[~np.any(od < OD_BETA, axis=1)]
+    _, vectors = np.linalg.eigh(np.cov(tissue.T))
+    plane = vectors[:, 1:3]  # the two largest eigenvalues' directions
+    projected = tissue @ plane
+    angle = np.arctan2(projected[:, 1], projected[:, 0])
+    low, high = np.percentile(angle, [ANGLE_PERCENTILE, 100 - ANGLE_PERCENTILE])
+    v_low = plane @ np.array([np.cos(low), np.sin(low)])
+    v_high = plane @ np.array([np.cos(high), np.sin(high)])
+    matrix = np.stack([v_low, v_high] if v_low[0] > v_high[0] else [v_high, v_low], axis=1)
+    concentrations = np.linalg.lstsq(matrix, od.T, rcond=None)[0]
+    return matrix, concentrations, np.percentile(concentrations, 99, axis=1)
+
+
+def lab_image(tile: np.ndarray) -> np.ndarray:
+    """OpenCV's LAB (L in [0, 100]) of a uint8 RGB tile, float32."""
+    return cv2.cvtColor(tile.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def lab_stats(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel means and standard deviations of a LAB image."""
+    flat = lab.reshape(-1, 3)
+    return flat.mean(axis=0), flat.std(axis=0)
 
 
 def read_target_image(path: str | os.PathLike) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Benchmark: the pixel segmenters (MONAI UNet, Attention U-Net, Swin-UNETR) on a generated
-cohort, against the tile head they refine.
+"""Benchmark: the pixel segmenters (MONAI UNet, Attention U-Net, Swin-UNETR, UNETR) on a
+generated cohort, against the tile head they refine, and the explanations of their lesion
+output.
 
 1. **Throughput**: windows per second of each network's forward pass (batch 16, RGB, at the
    benchmark's window size and at 256 px), on the CPU with the threads given (and on CUDA
@@ -14,8 +15,17 @@ cohort, against the tile head they refine.
    slides) and the Hausdorff distance are computed on the mask's own 2 µm/px lattice.
 3. **Share**: the share of a slide's tiles sent to the segmenter (flagged at probability
    >= 0.5, plus one ring of neighbours), per tumour slide.
+4. **Explanations** (``--explain-slides``, default 2 held-out tumour slides): ``segment
+   --explain`` with every method the network has, scored against the planted lesions in the
+   lesion-border windows (``wsi_mil.segment.explain``): the cost per window of each method, as
+   seconds and as forward passes of the network (the baseline: the mask's forward pass,
+   timed in the same pass over the same windows), and the overlap table per network (the plan's overlap, target > 0.70,
+   the mass share against the lesion's share of the window, pointing game, deletion/insertion,
+   the randomisation check), written to ``explain_<net>.md``. With ``--gradcam-stages``, Grad-CAM
+   again at every encoder stage of the network (``explain_gradcam_<stage>.md``), to choose
+   ``--explain-gradcam-layer``.
 
-    python scripts/bench_segment.py [--out DIR] [--threads 1] [--epochs 15]
+    python scripts/bench_segment.py [--out DIR] [--threads 1] [--epochs 15] [--nets ...]
 
 Writes ``bench_segment.json`` in ``--out`` and prints a table.
 """
@@ -36,11 +46,13 @@ from tiling.params import TilingParams
 from tiling.pipeline import tile_slide
 from wsi_mil.mil.predictions import read_prediction
 from wsi_mil.pipeline.cohort import generate_cohort
+from wsi_mil.segment.attribution import gradcam_stages
 from wsi_mil.segment.data import training_slides
 from wsi_mil.segment.evaluate import pixel_scores
+from wsi_mil.segment.explain import EXPLAIN_JSON, table_markdown, write_cohort_table
 from wsi_mil.segment.infer import segment_slide
 from wsi_mil.segment.nets import build_network, to_input
-from wsi_mil.segment.params import NETWORKS, SegmentParams, SegmentTrainParams
+from wsi_mil.segment.params import EXPLAIN_METHODS, NETWORKS, SegmentParams, SegmentTrainParams
 from wsi_mil.segment.train import load_segmenter, train_segmenter
 from wsi_mil.synthetic.params import CohortParams
 from wsi_mil.synthetic.predictions import annotation_prediction
@@ -48,7 +60,8 @@ from wsi_mil.synthetic.predictions import annotation_prediction
 
 def net_params(net: str, tile_size: int, epochs: int) -> SegmentTrainParams:
     return SegmentTrainParams(net=net, mpp=2.0, tile_size=tile_size, channels=(8, 16, 32),
-                              swin_feature_size=12, tiles_per_slide=48, epochs=epochs, lr=3e-3)
+                              swin_feature_size=12, unetr_feature_size=8, tiles_per_slide=48,
+                              epochs=epochs, lr=3e-3)
 
 
 @torch.no_grad()
@@ -67,17 +80,56 @@ def windows_per_second(net: str, size: int, device: str, seconds: float = 3.0) -
     return done / (time.perf_counter() - started)
 
 
+def explain_network(net: str, model: torch.nn.Module, card: dict, root: Path, slides: list,
+                    ig_steps: int,
+                    methods: tuple[str, ...] = EXPLAIN_METHODS, stage: str | None = None
+                    ) -> dict:
+    """``segment --explain methods`` on ``slides`` (Grad-CAM at ``stage``, default: its
+    default); the cost and the overlap table."""
+    params = SegmentParams(explain=methods, explain_ig_steps=ig_steps,
+                           explain_gradcam_layer=stage)
+    name = net if stage is None else f"{net}_gradcam_{stage}"
+    folder = root / f"explain_{name}"
+    started = time.perf_counter()
+    for slide in slides:
+        segment_slide(root / "predictions" / f"{slide.slide_id}.h5", model, card,
+                      folder / slide.slide_id, params, annotation_path=slide.annotation)
+    seconds = time.perf_counter() - started
+    rows = write_cohort_table(folder, seed=0)
+    table = table_markdown(rows)
+    (root / f"explain_{name}.md").write_text(table)
+    summaries = [json.loads((folder / s.slide_id / EXPLAIN_JSON).read_text()) for s in slides]
+    forward = float(np.mean([s["forward_seconds_per_window"] for s in summaries]))
+    cost = {m: float(np.mean([s["seconds_per_window"][m] for s in summaries]))
+            for m in summaries[0]["seconds_per_window"]}
+    print(f"{name}: explained {len(slides)} slides ({sum(s['windows'] for s in summaries)} "
+          f"windows, {sum(s['scored_windows'] for s in summaries)} scored) in {seconds:.0f} s; "
+          f"gradcam at {summaries[0]['gradcam_layer']}", flush=True)
+    for method, spent in cost.items():
+        print(f"  {method:22s} {1000 * spent:8.1f} ms per window = {spent / forward:6.1f} "
+              f"forward passes", flush=True)
+    print(table, flush=True)
+    return {"seconds": seconds, "seconds_per_window": cost, "forward_seconds": forward,
+            "gradcam_layer": summaries[0]["gradcam_layer"], "table": rows,
+            "slides": [s.slide_id for s in slides]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--epochs", type=int, default=15, help="training epochs per network")
     parser.add_argument("--nets", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--explain-slides", type=int, default=2,
+                        help="held-out tumour slides explained per network (0: none)")
+    parser.add_argument("--ig-steps", type=int, default=16, help="integrated gradients steps")
+    parser.add_argument("--gradcam-stages", action="store_true",
+                        help="also Grad-CAM at every encoder stage of each network")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_segment_"))
     report: dict = {"threads": args.threads, "epochs": args.epochs, "throughput": {},
-                    "quality": {}}
+                    "quality": {}, "explain": {}}
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for net in args.nets:
@@ -147,6 +199,15 @@ def main() -> None:
               f"vs {summary['tile_head_hausdorff_um']:.0f} µm; normal-slide specificity "
               f"{summary['normal_pixel_specificity']:.4f}; tiles segmented on tumour slides "
               f"{100 * summary['share_segmented_tumour']:.1f} %", flush=True)
+        explained = [t for t in test if t.label == "tumor"][:args.explain_slides]
+        if explained:
+            report["explain"][net] = explain_network(net, model, card, root, explained,
+                                                     args.ig_steps)
+        if explained and args.gradcam_stages:
+            report["explain"][net]["gradcam_stages"] = {
+                stage: explain_network(net, model, card, root, explained, args.ig_steps,
+                                       ("gradcam",), stage)["table"]
+                for stage in gradcam_stages(model, net)}
     (root / "bench_segment.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {root / 'bench_segment.json'}")
 

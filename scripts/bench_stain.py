@@ -5,7 +5,7 @@ Measured in one run, on the same tiles, in one process (one thread), best of ``-
 (a) plain: read a tile through OpenSlide and resize it to the encoder input (224 px): what the
     reader processes do for every tile today;
 (b) + tile QC (focus, background, pen: :func:`features.stain.tile_qc`);
-(c) + Macenko normalisation (torchstain, fitted to a montage of the tiles);
+(c) + Macenko normalisation (features.stain, fitted to a montage of the tiles);
 (d) + Reinhard normalisation;
 (e) + one HED-jittered view (the reading of one ``--stain-views`` view).
 

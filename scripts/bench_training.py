@@ -7,9 +7,14 @@
 2. ``predict`` on one 200 000-tile bag (a large slide at 20x): wall time and peak memory,
    which must stay under 2 GB.
 
-Each part runs in its own process so each peak is its own (``ru_maxrss``).
+Each part runs in its own process so each peak is its own (``ru_maxrss``; on CUDA also the
+GPU's, ``torch.cuda.max_memory_allocated``). ``--device cuda`` trains (bf16 autocast) and
+predicts on the GPU; ``--epochs N`` times N epochs (the first on a GPU includes its warm-up);
+``--part make`` only generates the bags (e.g. in the background while something else runs);
+``--json`` writes every figure.
 
     .venv/bin/python scripts/bench_training.py [--workdir /tmp/wsi_mil_bench] [--bags 400]
+        [--device cpu] [--epochs 1] [--json results.json]
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
+def peak_gpu_gb(device: str) -> float | None:
+    """The most GPU memory torch held at once in this process (None off CUDA)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+
+
 def make_cohort(workdir: Path, n_bags: int, n_tiles: int, dim: int) -> tuple[Path, Path]:
     from wsi_mil.synthetic.bags import iter_planted_bags, write_planted_bags
 
@@ -40,7 +54,8 @@ def make_cohort(workdir: Path, n_bags: int, n_tiles: int, dim: int) -> tuple[Pat
     return features_dir, labels_csv
 
 
-def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
+def epoch(features_dir: Path, labels_csv: Path, memory_gb: float, device: str = "cpu",
+          epochs: int = 1) -> dict:
     import torch
 
     from wsi_mil.mil.bags import BagDataset, match_bags
@@ -49,20 +64,28 @@ def epoch(features_dir: Path, labels_csv: Path, memory_gb: float) -> dict:
     from wsi_mil.mil.params import TrainParams
     from wsi_mil.mil.train import make_optimizer, run_epoch
 
-    params = TrainParams(memory_gb=memory_gb, device="cpu")
+    params = TrainParams(memory_gb=memory_gb, device=device)
     labels = read_labels(labels_csv)
     bag_set = match_bags(features_dir, labels)
     start = time.time()
     data = BagDataset(bag_set.records, bag_set.dim, memory_gb=params.memory_gb)
     load_s = time.time() - start
     torch.manual_seed(0)
-    model = create_model(params.model, bag_set.dim, 2, **params.model_kwargs())
-    start = time.time()
-    stats = run_epoch(model, data, params, 0, torch.device("cpu"), None,
-                      make_optimizer(model.parameters(), params), torch.Generator().manual_seed(0))
+    model = create_model(params.model, bag_set.dim, 2, **params.model_kwargs()).to(device)
+    optimizer = make_optimizer(model.parameters(), params)
+    generator = torch.Generator().manual_seed(0)
+    seconds, loss = [], float("nan")
+    for _ in range(epochs):
+        start = time.time()
+        loss = run_epoch(model, data, params, 0, torch.device(device), None, optimizer,
+                         generator).loss
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds.append(round(time.time() - start, 2))
     return {"bags": len(data), "in_memory": data.in_memory, "load_or_scan_s": round(load_s, 1),
-            "epoch_s": round(time.time() - start, 1), "train_loss": round(stats.loss, 4),
-            "torch_threads": torch.get_num_threads(), "peak_rss_gb": round(peak_rss_gb(), 2)}
+            "epoch_s": seconds[-1], "epochs_s": seconds, "train_loss": round(loss, 4),
+            "device": device, "torch_threads": torch.get_num_threads(),
+            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": peak_gpu_gb(device)}
 
 
 def make_large(workdir: Path, n_tiles: int, dim: int) -> Path:
@@ -75,7 +98,7 @@ def make_large(workdir: Path, n_tiles: int, dim: int) -> Path:
     return root
 
 
-def predict(workdir: Path, n_tiles: int, dim: int) -> dict:
+def predict(workdir: Path, n_tiles: int, dim: int, device: str = "cpu") -> dict:
     import torch
 
     from wsi_mil.mil.models import create_model
@@ -94,10 +117,10 @@ def predict(workdir: Path, n_tiles: int, dim: int) -> dict:
     before = peak_rss_gb()
     start = time.time()
     predict_slide(features_dir / "large_0000.h5", root / "predictions" / "large_0000.h5", run,
-                  PredictParams(device="cpu"))
-    return {"tiles": n_tiles, "predict_s": round(time.time() - start, 1),
+                  PredictParams(device=device))
+    return {"tiles": n_tiles, "predict_s": round(time.time() - start, 1), "device": device,
             "peak_rss_gb_before_predict": round(before, 2),
-            "peak_rss_gb": round(peak_rss_gb(), 2)}
+            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": peak_gpu_gb(device)}
 
 
 def main() -> int:
@@ -110,6 +133,9 @@ def main() -> int:
     parser.add_argument("--predict-tiles", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default, one per core)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs timed (each reported)")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--part", choices=["all", "make", "epoch", "predict"], default="all")
     args = parser.parse_args()
     if args.threads:
@@ -123,25 +149,33 @@ def main() -> int:
         return 0
     if args.part == "epoch":
         features_dir, labels_csv = make_cohort(args.workdir, args.bags, args.tiles, args.dim)
-        print(json.dumps(epoch(features_dir, labels_csv, args.memory_gb)))
+        print(json.dumps(epoch(features_dir, labels_csv, args.memory_gb, args.device,
+                               args.epochs)))
         return 0
     if args.part == "predict":
-        print(json.dumps(predict(args.workdir, args.predict_tiles, args.dim)))
+        print(json.dumps(predict(args.workdir, args.predict_tiles, args.dim, args.device)))
         return 0
     results = {}
     for part in ("make", "epoch", "predict"):
         cmd = [sys.executable, __file__, "--part", part] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "part"]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("part", "json")]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[part] = json.loads(out.strip().splitlines()[-1])
         if results[part]:
             print(part, results[part], flush=True)
     e, p = results["epoch"], results["predict"]
-    print(f"\ntraining: {e['bags']} bags x {args.tiles} tiles x {args.dim}: "
-          f"{e['epoch_s']} s/epoch ({'in memory' if e['in_memory'] else 'streamed from HDF5'}"
-          f", {e['torch_threads']} threads), peak memory {e['peak_rss_gb']} GB")
-    print(f"predict: {p['tiles']} tiles in {p['predict_s']} s, peak memory {p['peak_rss_gb']} GB "
-          f"({'under' if p['peak_rss_gb'] < 2 else 'OVER'} 2 GB)")
+    gpu = (lambda r: f", GPU peak {r['peak_gpu_gb']} GB" if r["peak_gpu_gb"] is not None else "")
+    print(f"\ntraining on {args.device}: {e['bags']} bags x {args.tiles} tiles x {args.dim}: "
+          f"{e['epoch_s']} s/epoch (epochs: {e['epochs_s']} s; "
+          f"{'in memory' if e['in_memory'] else 'streamed from HDF5'}, {e['torch_threads']} "
+          f"threads), peak memory {e['peak_rss_gb']} GB{gpu(e)}")
+    print(f"predict on {args.device}: {p['tiles']} tiles in {p['predict_s']} s, peak memory "
+          f"{p['peak_rss_gb']} GB ({'under' if p['peak_rss_gb'] < 2 else 'OVER'} 2 GB){gpu(p)}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"tiles_per_bag": args.tiles, "dim": args.dim,
+                                         **results}, indent=2) + "\n")
     return 0
 
 

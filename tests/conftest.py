@@ -1,4 +1,11 @@
-"""Shared fixtures: where the real test data lives, and skips with a reason when it does not."""
+"""Shared fixtures: where the real test data lives (skips with a reason when it does not), and
+the torch device of the device-aware tests.
+
+``WSI_MIL_TEST_DEVICE`` (default ``cpu``) is the device the model, feature, training, explain
+and segment tests run their models on: ``WSI_MIL_TEST_DEVICE=cuda`` runs them on the GPU
+(``scripts/gpu_check.sh`` does; see ``docs/gpu.md``). A device that is asked for but absent
+fails those tests with the reason; it never falls back to the CPU silently.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,37 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The environment variable naming the device of the device-aware tests.
+DEVICE_ENV = "WSI_MIL_TEST_DEVICE"
+
+
+def device_name_from_env() -> str:
+    """``$WSI_MIL_TEST_DEVICE``, or ``cpu`` when it is unset or empty."""
+    return os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+
+
+def pytest_report_header(config) -> str:
+    """The test device in pytest's header, so a log says where the models ran."""
+    name = device_name_from_env()
+    if name == "cpu":
+        return f"{DEVICE_ENV}: cpu"
+    import torch
+
+    gpu = torch.cuda.get_device_name() if name.startswith("cuda") and torch.cuda.is_available() \
+        else "not available"
+    return f"{DEVICE_ENV}: {name} ({gpu})"
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The torch device (``cpu``, ``cuda``, ``cuda:N``) the device-aware tests run on."""
+    from features.device import DeviceError, resolve_device
+
+    name = device_name_from_env()
+    try:
+        return str(resolve_device(name))
+    except DeviceError as exc:
+        pytest.fail(f"{DEVICE_ENV}={name}: {exc}", pytrace=False)
 
 
 def shared_data_dir() -> Path:

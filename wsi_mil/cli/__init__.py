@@ -35,6 +35,7 @@ VERBS = {
     "view": "wsi_mil.cli.view",
     "agreement": "wsi_mil.cli.agreement",
     "audit": "wsi_mil.cli.audit",
+    "report": "wsi_mil.cli.report",
 }
 
 

@@ -27,18 +27,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"wsi-mil explain: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary(STAGE))
-    print(f"cohort table: {args.out}/cohort_table.md")
+    print(f"trust report and cohort table: {args.out}/cohort_table.md")
+    _print_recommendation(args.out)
     return result.exit_code
+
+
+def _print_recommendation(out: str) -> None:
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "trust.json"
+    if not path.is_file():
+        return
+    trust = json.loads(path.read_text(encoding="utf-8"))
+    left = len(trust.get("in_sample_left_out", []))
+    best = trust.get("recommended") or (f"none passes the sanity check (most faithful: "
+                                        f"{trust.get('most_faithful')})")
+    print(f"scored {trust.get('scored', 0)} out-of-sample slides ({left} in sample left out); "
+          f"recommended method: {best}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "explain", help="explanation methods per slide, scored against lesion annotations",
-        description="For each feature bag: explanations.h5 (attention, rollout, relevance, "
-        "gradient x input, integrated gradients, attention x gradient, segmentation, random) "
-        "and comparison.png; for the cohort: cohort_table.csv/.md (lesion mass, pointing game, "
-        "energy pointing game, tile AUC/AP, deletion/insertion AUC vs random, randomisation "
-        "sanity check; mean and bootstrap 95% CI) and cohort_scores.png.")
+        "explain", help="explanation methods per slide, ranked by sanity, faithfulness and "
+        "localisation",
+        description="For each feature bag, explained out of fold (by the fold model that held "
+        "the slide out): explanations.h5 (attention, rollout, chefer_iccv2021, chefer_cvpr2021, "
+        "lrp, gradient x input, integrated gradients, attention x gradient, perturbation, "
+        "keep_one, segmentation, random) and comparison.png; for the out-of-sample slides: "
+        "cohort_table.csv/.md (the trust report: methods ranked by the model-randomisation "
+        "sanity check and faithfulness, i.e. patch flipping MoRF/LeRF AUPC against random "
+        "orders, with the recommended method; then lesion mass, pointing game, energy pointing "
+        "game, tile AUC/AP where lesions are annotated; mean and bootstrap 95% CI), trust.json "
+        "and cohort_scores.png. Full method list and figures: docs/explanations.md.")
     p.add_argument("--run", required=True, help="run folder of wsi-mil train")
     p.add_argument("--features", required=True, help="folder of <slide_id>.h5 feature bags")
     p.add_argument("--out", required=True, help="output folder (one subfolder per slide)")

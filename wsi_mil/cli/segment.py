@@ -20,7 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="For every predictions file, run the segmenter of segment-train on the "
         "tiles the segmentation head (or attention) flags, plus a margin, blend the windows "
         "into OUT/segment/<slide_id>/mask.zarr (an OME-Zarr pyramid), and write "
-        "lesions.geojson (QuPath annotations with area in µm²), outline.png and segment.json.",
+        "lesions.geojson (QuPath annotations with area in µm²), outline.png and segment.json. "
+        "With --explain METHODS, explanations of the segmenter's lesion output in the same "
+        "windows: explain.zarr (one pyramid per map), explain.png and explain.json, scored "
+        "against --annotations, and OUT/segment/explain_table.md for the cohort.",
     )
     p.add_argument("--predictions", required=True, type=Path,
                    help="folder of predictions/<slide_id>.h5 (from predict)")
@@ -29,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slides", type=Path, nargs="+", default=None,
                    help="slide files or folders (default: the slide paths the predictions "
                    "record)")
+    p.add_argument("--annotations", type=Path, default=None,
+                   help="folder of lesion annotations <slide_id>.xml/.json/.geojson the "
+                   "explanations are scored against (with --explain)")
     p.add_argument("--workers", type=int, default=1, help="parallel slide processes")
     p.add_argument("--overwrite", action="store_true", help="redo complete slides")
     add_options(p.add_argument_group("segmentation"), SegmentParams)
@@ -36,17 +42,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.pipeline.segment import segment_slides
+    from wsi_mil.pipeline.segment import explain_methods_note, segment_slides
 
-    params = options_from_args(SegmentParams, args)
     try:
+        params = options_from_args(SegmentParams, args)
+        note = explain_methods_note(args.model, params)
+        if note:
+            print(note)
         result = segment_slides(args.predictions, args.model, args.out, params,
                                 slides=args.slides, workers=args.workers,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, annotations_dir=args.annotations)
     except (ValueError, OSError) as exc:  # no model, no predictions, unknown slide folder
         print(f"wsi-mil segment: error: {exc}", file=sys.stderr)
         return 2
     print(result.summary("segment"))
     print(f"written to {args.out / 'segment'}/<slide_id>/: mask.zarr, lesions.geojson, "
-          f"outline.png, segment.json")
+          f"outline.png, segment.json" + (", explain.zarr, explain.png, explain.json"
+                                          if params.explain else ""))
+    if params.explain:
+        table = args.out / "segment" / "explain_table.md"
+        print(f"explanations: {table}" if table.is_file() else
+              "explanations: no slide was explained, so no cohort table")
+        if args.annotations is None:
+            print("explanations are not scored: give --annotations to score them against "
+                  "the lesions")
     return result.exit_code

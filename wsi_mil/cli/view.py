@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
         index = ProjectIndex.build(args.project, predictions=args.predictions,
                                    heatmaps=args.heatmaps, slides=args.slides, tiles=args.tiles,
-                                   annotations=args.annotations)
+                                   annotations=args.annotations, segment=args.segment)
         import logging
 
         from wsi_mil.viewer.app import is_loopback, make_server, url_of
@@ -59,7 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "view", help="interactive slide viewer with heatmap layers and expert ratings",
         description="Serve a project's slides in the browser: deep-zoom slide, heat layers "
-        "(attention, tile probabilities, stored explanations) under an opacity slider, "
+        "(attention, tile probabilities, stored explanations, the pixel segmenter's mask and "
+        "its explanation maps) under an opacity slider, "
         "segmentation/tissue/lesion outlines, per-tile measurements, and a rating panel "
         "that saves to PROJECT/ratings/<rater>.csv.")
     p.add_argument("project", nargs="?", help="project folder (the --out of wsi-mil run)")
@@ -70,5 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tiles", help="folder of <slide_id>.tissue.geojson (default: PROJECT/tiles)")
     p.add_argument("--annotations", help="lesion annotations folder (default: the run's "
                    "evaluate.annotations_dir)")
+    p.add_argument("--segment", help="folder of the pixel segmenter's <slide_id>/ outputs: "
+                   "its mask and explanation maps become heat layers (default: PROJECT/segment)")
     add_options(p, ViewerParams)
     p.set_defaults(func=run)

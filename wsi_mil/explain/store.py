@@ -1,9 +1,14 @@
 """``explain/<slide_id>/explanations.h5``: one slide's explanation maps, read back.
 
 Datasets: ``coords`` ``[N, 2]`` (the bag's tile order), one ``[N]`` dataset per method (attrs
-``model``, ``method``, ``target_class``, ``seconds``), ``lesion_fraction`` ``[N]`` when the slide
-was annotated. Attributes: ``methods`` and ``scores`` (JSON), the model, run and checkpoint,
-and ``complete`` = True, written last. Written by :mod:`wsi_mil.pipeline.explain`.
+``model``, ``method``, ``target_class``, ``seconds``; ``lrp`` also ``logit`` and
+``bias_share``, its conservation), ``lesion_fraction`` ``[N]`` when the slide was annotated.
+Attributes: ``methods``, ``scores`` (method -> metric -> value), ``patch_flipping``
+(``fractions``, the ``random`` curve, and per method its ``morf`` and ``lerf`` curves) and
+``mprt`` (the cascade's ``stages`` and per method the Spearman after each), all JSON; the
+model, run and checkpoint, ``fold`` (the fold model that explained the slide), ``in_sample``
+(whether that fold trained on it) and ``fold_choice`` (why that fold); and ``complete`` =
+True, written last. Written by :mod:`wsi_mil.pipeline.explain`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ EXPLANATIONS = "explanations.h5"
 
 
 def read_explanations(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(method -> per-tile scores, attributes with ``scores`` decoded) of an explanations file."""
+    """(method -> per-tile scores, attributes with the JSON ones decoded) of an explanations
+    file (``patch_flipping`` and ``mprt`` are {} in files of earlier releases)."""
     import h5py
 
     path = Path(path)
@@ -31,5 +37,6 @@ def read_explanations(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
         methods = json.loads(f.attrs["methods"])
         maps = {m: f[m][:] for m in methods}
         attrs = {k: f.attrs[k] for k in f.attrs}
-    attrs["scores"] = json.loads(attrs["scores"])
+    for key in ("scores", "patch_flipping", "mprt"):
+        attrs[key] = json.loads(attrs[key]) if key in attrs else {}
     return maps, attrs

@@ -154,15 +154,24 @@ def _figure_pixels(fig: Figure, width: int, height: int) -> np.ndarray:
 
 
 def text_band(width: int, title: str, subtitle: str = "") -> np.ndarray:
-    """A white band with a bold title line and an optional smaller line beneath."""
+    """A white band with a bold title and optional smaller lines beneath (``subtitle``, one
+    line per ``\\n``), each wrapped at word boundaries to the band's width."""
+    import textwrap
+
     font = _font_px(width)
-    height = round(font * (2.9 if subtitle else 1.8))
+    # average glyph widths of DejaVu Sans, bold title and regular 0.8x subtitle, in font px
+    titles = textwrap.wrap(title, max(20, int(width / (0.62 * font)))) or [""]
+    lines = [part for line in (subtitle.split("\n") if subtitle else [])
+             for part in textwrap.wrap(line, max(20, int(width / (0.8 * 0.55 * font))))]
+    height = round(font * (0.55 + 1.25 * len(titles) + 1.1 * len(lines)))
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     top = 1.0 - 0.25 * font / height
-    fig.text(0.5, top, title, ha="center", va="top", fontsize=font * 72 / DPI,
-             fontweight="bold")
-    if subtitle:
-        fig.text(0.5, top - 1.35 * font / height, subtitle, ha="center", va="top",
+    for i, line in enumerate(titles):
+        fig.text(0.5, top - 1.25 * i * font / height, line, ha="center", va="top",
+                 fontsize=font * 72 / DPI, fontweight="bold")
+    below = top - (1.25 * (len(titles) - 1) + 1.35) * font / height
+    for i, line in enumerate(lines):
+        fig.text(0.5, below - 1.1 * i * font / height, line, ha="center", va="top",
                  fontsize=0.8 * font * 72 / DPI, color="#333333")
     return _figure_pixels(fig, width, height)
 
@@ -413,11 +422,14 @@ def _canvas_of(prediction: SlidePrediction, thumbnail: Strips) -> tuple[SlideGeo
 
 def write_overlay_png(path: str | os.PathLike, prediction: SlidePrediction,
                       thumbnail: np.ndarray | Strips, params: HeatmapParams,
-                      tissue: Any = None, grid: TileGrid | None = None) -> Path:
+                      tissue: Any = None, grid: TileGrid | None = None,
+                      trust: tuple[list[str], bool] | None = None) -> Path:
     """``overlay.png``: the thumbnail (any size; the heat is computed at its size) with heat.
 
     ``thumbnail`` is an RGB array or bands of one (:class:`Strips`); given as bands, the
-    picture is streamed and never held whole.
+    picture is streamed and never held whole. ``trust``: (caption lines, fails the sanity
+    check) of an explanation map (:func:`wsi_mil.explain.trust.trust_parts`), written under
+    the title; a map that fails says so in the title.
     """
     thumbnail = as_strips(thumbnail)
     geometry, canvas = _canvas_of(prediction, thumbnail)
@@ -428,8 +440,13 @@ def write_overlay_png(path: str | os.PathLike, prediction: SlidePrediction,
     if params.tissue_clip and tissue is not None:
         details.append("clipped to tissue")
     width = canvas.width
+    title, lines = slide_title(prediction), ["  \u00b7  ".join(details)]
+    if trust is not None:
+        lines += trust[0]
+        if trust[1]:
+            title += f"  \u00b7  {params.score} map FAILS THE SANITY CHECK"
     return write_picture(
-        path, text_band(width, slide_title(prediction), "  \u00b7  ".join(details)),
+        path, text_band(width, title, "\n".join(lines)),
         overlay_bands(thumbnail, heat, params.cmap, params.alpha, tissue), canvas.height,
         colorbar_band(width, params.cmap, heat.vmin, heat.vmax, heat.label))
 

@@ -35,6 +35,20 @@ def attention_entropy(weights: np.ndarray, normalised: bool = False) -> float:
     return h
 
 
+def attention_entropies(weights: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(entropy in nats, normalised entropy) of each row of ``weights`` ``[B, N]`` over its
+    ``mask``ed entries, renormalised to sum to 1 (rows whose masked weights sum to 0 are left
+    out). The batched form of :func:`attention_entropy`, for training's per-epoch log."""
+    w = np.where(mask, np.asarray(weights, dtype=np.float64), 0.0)
+    total = w.sum(axis=1)
+    keep = total > 0
+    w, n = w[keep] / total[keep, None], mask[keep].sum(axis=1)
+    safe = np.where(w > 0, w, 1.0)
+    h = np.maximum(-(w * np.log(safe)).sum(axis=1), 0.0)
+    norm = np.where(n > 1, h / np.log(np.maximum(n, 2)), 0.0)
+    return h, norm
+
+
 def minmax_scale(values: np.ndarray) -> np.ndarray:
     """``values`` scaled to [0, 1] (float64); all-equal values (no ranking) map to 1."""
     values = np.asarray(values, dtype=np.float64)

@@ -14,9 +14,16 @@ the order of the bag (and of its predictions file):
   score falls or rises. The same curve for random orders (averaged) is the baseline: attention
   that explains the prediction gives a lower deletion AUC and a higher insertion AUC than random.
 * :func:`energy_pointing_game` (Score-CAM's share of the map's energy in the lesion),
-  :func:`tile_ranking` (tile-level ROC AUC and average precision against lesion tiles) and
-  :func:`randomisation_check` (Adebayo et al.'s sanity check) score any explanation map, not
-  only attention; :func:`bootstrap_mean` gives cohort means their confidence intervals.
+  :func:`tile_ranking` (tile-level ROC AUC and average precision against lesion tiles),
+  :func:`randomisation_check` and :func:`mprt` (Adebayo et al.'s sanity checks: full and
+  cascading model randomisation) and :func:`patch_flipping` (xMIL's faithfulness curves, no
+  annotation needed) score any explanation map, not only attention; :func:`bootstrap_mean`
+  gives cohort means their confidence intervals.
+
+Tiles on a lesion's border (``0 < fraction < min_fraction``) are neither lesion nor
+background: ``exclude_partial=True`` leaves them out of the pointing games and the tile
+ranking (their share of the lesion area still counts in :func:`lesion_attention_mass`); by
+default they count as background, as before.
 
 A MIL model cannot score an empty bag, so a bag never goes below one tile: the deletion curve
 ends with only the least attended tile left and the insertion curve starts from the single most
@@ -31,8 +38,6 @@ from typing import Any, Literal
 
 import numpy as np
 from sklearn.metrics import auc
-
-from wsi_mil.metrics.attention import minmax_scale
 
 #: ``score(subsets) -> scores``: for each sorted int64 array of tile indices (into the bag's tile
 #: order), the slide score (e.g. tumour probability) of the bag made of those tiles. It takes
@@ -57,6 +62,21 @@ def _check(attention: np.ndarray, lesion_fraction: np.ndarray) -> tuple[np.ndarr
     if attention.size == 0:
         raise ValueError("no tiles")
     return attention, lesion_fraction
+
+
+def _scored_tiles(scores: np.ndarray, lesion_fraction: np.ndarray, min_fraction: float,
+                  exclude_partial: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, in-lesion flags) of the tiles a tile-level score uses: all of them, or without
+    the partial-lesion tiles (``0 < fraction < min_fraction``) when ``exclude_partial``."""
+    scores, lesion_fraction = _check(scores, lesion_fraction)
+    keep = ~partial_tiles(lesion_fraction, min_fraction) if exclude_partial else slice(None)
+    return scores[keep], lesion_fraction[keep] >= min_fraction
+
+
+def partial_tiles(lesion_fraction: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+    """Tiles partly in a lesion, below the share that makes a lesion tile."""
+    fraction = np.asarray(lesion_fraction, dtype=np.float64).reshape(-1)
+    return (fraction > 0) & (fraction < min_fraction)
 
 
 @dataclass(frozen=True)
@@ -91,15 +111,16 @@ class PointingResult:
 
 
 def pointing_game(attention: np.ndarray, lesion_fraction: np.ndarray, k: int = 5,
-                  min_fraction: float = 0.5) -> PointingResult:
+                  min_fraction: float = 0.5, exclude_partial: bool = False) -> PointingResult:
     """Whether the top-1 / top-k attended tiles fall in a lesion.
 
-    A tile is "in a lesion" when at least ``min_fraction`` of its area is. Ties in attention are
-    broken by tile order, so the result is deterministic. Meaningful only on slides that have a
-    lesion tile; raises ``ValueError`` otherwise.
+    A tile is "in a lesion" when at least ``min_fraction`` of its area is; ``exclude_partial``
+    leaves the tiles partly in a lesion out of the game. Ties in attention are broken by tile
+    order, so the result is deterministic. Meaningful only on slides that have a lesion tile;
+    raises ``ValueError`` otherwise.
     """
-    attention, lesion_fraction = _check(attention, lesion_fraction)
-    in_lesion = lesion_fraction >= min_fraction
+    attention, in_lesion = _scored_tiles(attention, lesion_fraction, min_fraction,
+                                         exclude_partial)
     if not in_lesion.any():
         raise ValueError(f"no tile has a lesion fraction >= {min_fraction}: the pointing game "
                          "needs a slide with a lesion")
@@ -223,26 +244,108 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
     return score
 
 
+@dataclass(frozen=True)
+class PatchFlipping:
+    """xMIL's patch-flipping curves of one map on one slide, and their AUPC."""
+
+    fractions: np.ndarray  # share of the tiles removed, 0..1
+    morf: np.ndarray  # target probability, most relevant tiles removed first
+    lerf: np.ndarray  # least relevant first
+    random: np.ndarray  # mean over random orders
+    morf_aupc: float  # area under each curve: its mean over the steps (xMIL)
+    lerf_aupc: float
+    random_aupc: float
+
+    @property
+    def srg(self) -> float:
+        """xMIL's symmetric relevance gain, ``LeRF AUPC - MoRF AUPC``: faithfulness in one
+        number (0 for a map unrelated to the model, higher is better)."""
+        return self.lerf_aupc - self.morf_aupc
+
+
+def flip_order(scores: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Tiles from the most to the least relevant; ties in random order (seeded), never in
+    tile order, so a constant map flips like a random one."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    shuffled = np.random.default_rng(seed).permutation(scores.size)
+    return shuffled[np.argsort(-scores[shuffled], kind="stable")]
+
+
+def _flip_curve(order: np.ndarray, counts: np.ndarray, score: ScoreFn) -> np.ndarray:
+    subsets = [np.sort(order[k:]) for k in counts]
+    values = np.asarray(score(subsets), dtype=np.float64).reshape(-1)
+    if values.size != len(subsets):
+        raise ValueError(f"score returned {values.size} values for {len(subsets)} bags")
+    return values
+
+
+def patch_flipping(scores: np.ndarray, score: ScoreFn, steps: int = 20, n_random: int = 3,
+                   seed: int = 0, random_curve: np.ndarray | None = None) -> PatchFlipping:
+    """Patch flipping as xMIL runs it (Hense et al., NeurIPS 2024; ``xai/evaluation.py``
+    ``patch_drop_or_add``, ``approach="drop"``): tiles are removed from the bag in the order
+    of the map, most relevant first (MoRF) or least relevant first (LeRF), ``1 / steps`` of
+    the tiles at a time, and the bag is re-scored (``score``: the target probability of each
+    subset, an empty subset the all-zero bag) until none is left. The area under each curve
+    (AUPC, the mean of its ``steps + 1`` points as in xMIL's ``patch_flipping_measures``) is
+    low for MoRF and high for LeRF when the map ranks the tiles by what the model uses; random
+    orders (``n_random``, averaged, or ``random_curve`` when already computed for the slide)
+    lie between. xMIL removes 1 % per step; ``steps`` sets the resolution.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        raise ValueError("no tiles")
+    if steps < 1 or n_random < 1:
+        raise ValueError(f"steps and n_random must be at least 1, got {steps} and {n_random}")
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    counts = np.rint(fractions * scores.size).astype(int)
+    order = flip_order(scores, seed)
+    morf = _flip_curve(order, counts, score)
+    lerf = _flip_curve(order[::-1], counts, score)
+    if random_curve is None:
+        random_curve = random_flip_curve(scores.size, score, steps, n_random, seed)
+    return PatchFlipping(fractions, morf, lerf, random_curve, float(morf.mean()),
+                         float(lerf.mean()), float(np.mean(random_curve)))
+
+
+def random_flip_curve(n_tiles: int, score: ScoreFn, steps: int = 20, n_random: int = 3,
+                      seed: int = 0) -> np.ndarray:
+    """The patch-flipping curve of random tile orders, averaged: the baseline every map's
+    curves are compared with (one per slide, whatever the method)."""
+    counts = np.rint(np.linspace(0.0, 1.0, steps + 1) * n_tiles).astype(int)
+    rng = np.random.default_rng(seed + 1)
+    return np.mean([_flip_curve(rng.permutation(n_tiles), counts, score)
+                    for _ in range(n_random)], axis=0)
+
+
 def map_weights(scores: np.ndarray) -> np.ndarray:
     """Any explanation map as non-negative weights: negative evidence clipped to 0 (as Grad-CAM's
-    ReLU), so signed gradient maps can be scored with :func:`lesion_attention_mass`."""
+    ReLU), so signed attribution maps can be scored with :func:`lesion_attention_mass` and
+    :func:`energy_pointing_game`."""
     return np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 0.0, None)
 
 
 def energy_pointing_game(scores: np.ndarray, lesion_fraction: np.ndarray,
-                         min_fraction: float = 0.5) -> float:
-    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): the share of the map's
-    energy inside the lesion, ``sum_{i in lesion} s_i / sum_i s_i``, with the map min-max scaled
-    to [0, 1] first as Score-CAM does (so the value does not depend on the map's offset or
-    scale). A tile is in the lesion when at least ``min_fraction`` of it is. A constant map
-    scores the lesion's share of the tiles (its random baseline); NaN without a lesion tile.
+                         min_fraction: float = 0.5, exclude_partial: bool = False) -> float:
+    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): the share of a
+    non-negative map's energy inside the lesion, ``sum_{i in lesion} s_i / sum_i s_i``. A tile
+    is in the lesion when at least ``min_fraction`` of it is (``exclude_partial``: tiles partly
+    in it are left out).
+
+    The map must be non-negative: its zero is "no evidence". Score-CAM's min-max scaling is not
+    applied, because on a signed map it moves the zero (a map of lesion +1, background 0 and
+    five tiles -1 would give the background's zeros energy and score 0.18); a signed
+    attribution's positive part (:func:`map_weights`) is its evidence for the class. A constant
+    map scores the lesion's share of the tiles (its random baseline); NaN without a lesion tile
+    or without energy.
     """
-    scores, lesion_fraction = _check(scores, lesion_fraction)
-    in_lesion = lesion_fraction >= min_fraction
-    if not in_lesion.any():
+    scores, in_lesion = _scored_tiles(scores, lesion_fraction, min_fraction, exclude_partial)
+    if (scores < 0).any():
+        raise ValueError("energy_pointing_game needs a non-negative map (take the positive part "
+                         "of a signed attribution with map_weights)")
+    total = scores.sum()
+    if not in_lesion.any() or total <= 0:
         return float("nan")
-    scaled = minmax_scale(scores)
-    return float(scaled[in_lesion].sum() / scaled.sum())
+    return float(scores[in_lesion].sum() / total)
 
 
 @dataclass(frozen=True)
@@ -255,12 +358,12 @@ class TileRanking:
 
 
 def tile_ranking(scores: np.ndarray, lesion_fraction: np.ndarray,
-                 min_fraction: float = 0.5) -> TileRanking:
-    """Tile-level ROC AUC and average precision; NaN when every tile is on the same side."""
+                 min_fraction: float = 0.5, exclude_partial: bool = False) -> TileRanking:
+    """Tile-level ROC AUC and average precision; NaN when every tile is on the same side.
+    ``exclude_partial`` leaves the tiles partly in a lesion out of both classes."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    scores, lesion_fraction = _check(scores, lesion_fraction)
-    in_lesion = lesion_fraction >= min_fraction
+    scores, in_lesion = _scored_tiles(scores, lesion_fraction, min_fraction, exclude_partial)
     prevalence = float(in_lesion.mean())
     if in_lesion.all() or not in_lesion.any():
         return TileRanking(float("nan"), float("nan"), prevalence)
@@ -276,22 +379,36 @@ class RandomisationCheck:
     flagged: bool  # |spearman| >= threshold: the map barely depends on the learned weights
 
 
+def _is_constant(values: np.ndarray) -> bool:
+    """No ranking at all: every value equal up to rounding, relative to the values' size."""
+    return bool(np.ptp(values) <= 1e-9 * max(float(np.abs(values).max()), 1e-300))
+
+
 def randomisation_check(trained: np.ndarray, randomised: np.ndarray,
                         threshold: float = 0.5) -> RandomisationCheck:
     """Sanity check (Adebayo et al., NeurIPS 2018): an explanation of a model must change when
-    the model's weights are randomised. Identical maps (including two constant ones) correlate
-    1; a constant map against a varying one 0 (the correlation is undefined, and a map that
-    becomes constant did change)."""
+    the model's weights are randomised. The Spearman rank correlation of the two maps, so the
+    check does not depend on their scale (maps of 1e-9 are compared like maps of 1): identical
+    maps correlate 1, two constant maps too; a constant map against a varying one 0 (the
+    correlation is undefined, and a map that becomes constant did change)."""
     from scipy.stats import spearmanr
 
     trained, randomised = _check(trained, randomised)
-    if np.allclose(trained, randomised):
+    if np.array_equal(trained, randomised):
         rho = 1.0
-    elif np.ptp(trained) < 1e-12 or np.ptp(randomised) < 1e-12:
-        rho = 0.0
+    elif _is_constant(trained) or _is_constant(randomised):
+        rho = 1.0 if _is_constant(trained) and _is_constant(randomised) else 0.0
     else:
         rho = float(spearmanr(trained, randomised).statistic)
     return RandomisationCheck(spearman=rho, flagged=abs(rho) >= threshold)
+
+
+def mprt(trained: np.ndarray, cascade: list[np.ndarray]) -> list[float]:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018; Quantus' MPRT): the
+    Spearman correlation of the trained model's map with the map after each step of the
+    cascade (:mod:`wsi_mil.explain.randomisation`), output layers first. A map that explains
+    the model falls towards 0 from the first steps; one that does not stays near 1."""
+    return [randomisation_check(trained, m).spearman for m in cascade]
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class TrainParams:
     #: regression: "mse" or "huber" (quadratic within huber_delta training standard deviations
     #: of the target, linear beyond: robust to a few wild values)
     regression_loss: Literal["mse", "huber"] = "mse"
+    #: regression with huber: where the loss turns from quadratic to linear, in training
+    #: standard deviations of the target
     huber_delta: float = 1.0
     #: "slide": one bag per slide; "patient": one bag per patient_id pooling all of its slides'
     #: tiles (each tile keeps its slide; heatmaps go back to each slide)

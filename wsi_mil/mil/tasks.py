@@ -38,7 +38,7 @@ pandas and needs numba. Both are a few lines, tested against hand-computed value
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,34 +320,50 @@ def task_from_meta(meta: dict[str, Any]) -> Task:
                 dict(meta.get("task_params") or {}))
 
 
-class RiskModel(torch.nn.Module):
+class RiskModel:
     """A discrete-time survival model seen through its risk, the quantity its explanations
-    explain (gradients need one number): its slide output and each tile's are the risk of its
-    hazard logits (:func:`discrete_risk`, differentiable). Every other task's explained
-    quantity is one of the model's own outputs (a class or target logit, the Cox risk, the
-    standardised value), so only this one needs wrapping."""
+    explain (gradients need one number): its output head gives the risk of its hazard logits
+    (:func:`discrete_risk`, differentiable), so the slide output and each tile's are risks.
+    Every other task's explained quantity is one of the model's own outputs (a class or target
+    logit, the Cox risk, the standardised value), so only this one needs it.
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.name = model.name
-        self.n_classes = 1
-        self.uses_coords = model.uses_coords
-        self.tile_head = None
-        self.one_branch_per_class = False
+    A mixin, not a wrapper: :func:`risk_view` makes a copy of the model (sharing its weights)
+    whose class derives from this and the model's own, so every explanation method that looks
+    inside the model (the closed-form perturbations, LRP's rules, a transformer's recorded
+    attention, the randomisation cascade's layers) sees the same network."""
 
     @staticmethod
     def risk(logits: torch.Tensor) -> torch.Tensor:
         return -torch.cumprod(torch.sigmoid(-logits.float()), dim=-1).sum(-1, keepdim=True)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, coords: torch.Tensor | None = None) -> Any:
-        out = self.model(x, mask, None, coords=coords)
-        return out._replace(logits=self.risk(out.logits), tile_logits=self.risk(out.tile_logits))
+    def head_outputs(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.risk(super().head_outputs(pooled))  # type: ignore[misc]
+
+
+def risk_view(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (same weights) with one output, the risk of its hazard logits (
+    :class:`RiskModel`); its tile scores (no segmentation head) are each tile's risk."""
+    import copy
+
+    view = copy.copy(model)  # a new object over the same parameters and modules
+    view.__class__ = type(f"Risk{type(model).__name__}", (RiskModel, type(model)), {})
+    view.n_classes = 1
+    return view
 
 
 def explained_model(model: torch.nn.Module, task: Task) -> torch.nn.Module:
     """The model whose output ``target`` an explanation explains for ``task``."""
     if task.kind == "survival" and task.params.get("survival_loss") == "nll":
-        return RiskModel(model)
+        return risk_view(model)
     return model
+
+
+def explained_output(task: Task) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How the re-scoring of a bag (patch flipping) reads the explained model's outputs
+    ``[B, C]``: class probabilities (softmax), target probabilities (sigmoid), or as they are
+    (the risk, the standardised value)."""
+    if task.kind == "classification":
+        return lambda logits: logits.float().softmax(-1)
+    if task.kind == "multilabel":
+        return lambda logits: torch.sigmoid(logits.float())
+    return lambda logits: logits.float()

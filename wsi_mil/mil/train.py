@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from features.device import resolve_device
 from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
-from wsi_mil.metrics.attention import attention_entropy
+from wsi_mil.metrics.attention import attention_entropies
 from wsi_mil.metrics.calibration import apply_temperature, fit_temperature
 from wsi_mil.metrics.slide import predict_indices, slide_auc, slide_metrics
 from wsi_mil.mil.bags import BagDataset, collate_bags, match_bags, patient_bags
@@ -129,14 +129,10 @@ class EpochStats:
 
     def add_entropy(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
         """Record each bag's attention entropy (the weights renormalised over its real tiles)."""
-        weights = attention.detach().float().cpu().numpy()
-        real = mask.detach().cpu().numpy()
-        for w, m in zip(weights, real):
-            w = w[m]
-            if w.size and w.sum() > 0:
-                w = w / w.sum()
-                self.entropy.append(attention_entropy(w))
-                self.entropy_norm.append(attention_entropy(w, normalised=True))
+        h, norm = attention_entropies(attention.detach().float().cpu().numpy(),
+                                      mask.detach().cpu().numpy())
+        self.entropy += h.tolist()
+        self.entropy_norm += norm.tolist()
 
 
 def classification_task(n_classes: int, negative_index: int | None) -> Task:
@@ -302,9 +298,11 @@ def make_optimizer(parameters: Iterable[torch.Tensor], params: TrainParams, *,
                    fused: bool = False) -> torch.optim.Optimizer:
     """The optimiser ``params.optimizer`` names, over ``parameters`` (``model.parameters()``).
 
-    ``foreach`` by default: a few batched updates per step instead of a Python loop over tensors
-    (CPU too). ``fused``: one kernel for the whole update, for a few very large tensors (the
-    stacked networks of ``scripts/bench_mil_classic.py``: SGD 14 ms a step fused, 57 foreach).
+    ``fused``: one kernel for the whole update, on CPU and CUDA (training uses it: AdamW over
+    the default ``gated_abmil``'s 0.38 M parameters takes 1.8 ms a step fused against 4.9 ms
+    foreach on one CPU thread, a third of a small bag's whole step; the stacked networks of
+    ``scripts/bench_mil_classic.py``: SGD 14 ms fused, 57 foreach). Else ``foreach``: a few
+    batched updates per step instead of a Python loop over tensors.
     """
     kwargs = {"lr": params.lr, "weight_decay": params.weight_decay,
               ("fused" if fused else "foreach"): True}
@@ -335,7 +333,8 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
                             [r.label for r in train.records])
                if params.class_weighting else None)
     score_name = f"val_{SCORE_NAMES[task.kind]}"
-    optimizer = make_optimizer(model.parameters(), params)
+    optimizer = make_optimizer(model.parameters(), params,
+                               fused=device.type in ("cpu", "cuda"))
     scheduler: Any = None
     if params.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)

@@ -1,18 +1,30 @@
-"""The explain stage: every explanation method on every slide, scored against the lesions.
+"""The explain stage: every explanation method on every slide, scored for trust.
 
 Per slide, ``OUT/<slide_id>/explanations.h5`` (:mod:`wsi_mil.explain.store`: one dataset per
-method, in tile order, with attrs naming the model and method; ``coords``; ``lesion_fraction`` when annotated; the slide's
-scores as JSON in the ``scores`` attribute) and ``comparison.png`` (the thumbnail, then one
-heatmap per method with the lesion outline, titled with the method's tile AUC). Then, for the
-cohort, ``cohort_table.csv`` / ``cohort_table.md`` (method x metric, mean over the annotated
-positive slides with a bootstrap 95 % CI) and ``cohort_scores.png`` (a bar chart).
+method, in tile order, with attrs naming the model and method; ``coords``; ``lesion_fraction``
+when annotated; the slide's scores as JSON in the ``scores`` attribute, the patch-flipping
+curves in ``patch_flipping``, the cascading randomisation in ``mprt``; ``fold`` and
+``in_sample``) and ``comparison.png`` (the thumbnail, then one heatmap per method with the
+lesion outline, titled with its faithfulness, tile AUC and sanity verdict). Then, for the
+cohort, ``cohort_table.csv`` / ``cohort_table.md`` (the trust report: the methods ranked by
+sanity and faithfulness with localisation beside, the recommended method; then method x metric,
+mean over the out-of-sample slides with a bootstrap 95 % CI), ``trust.json`` (the ranking, read
+by ``wsi-mil heatmap`` and ``wsi-mil view``) and ``cohort_scores.png`` (a bar chart).
 
-Every slide is explained for one model (``params.fold``), the class ``params.target`` (by
-default the class that is not the negative one; for subtypes the predicted class). The
-explained quantity follows the run's task: a class logit, a multilabel target's logit (by
-default the most probable target's), the risk of a survival model, the value of a regression
-(:func:`wsi_mil.mil.tasks.explained_model`). Scores need lesion annotations and are taken
-on slides that have a lesion tile; the sanity check (Adebayo et al.) needs none.
+**Out of fold**: an explanation is of one model, so each slide of a cross-validated run is
+explained by the fold model that held it out, the fold :func:`wsi_mil.mil.predict.choose_folds`
+gives its out-of-fold prediction (``params.fold`` forces one fold for every slide); a slide no
+fold held out is explained by ``params.fallback_fold``. A slide that the explaining fold trained
+or validated on is *in sample*: it is explained and kept, but left out of the cohort tables,
+whose header says how many were. The class explained is ``params.target`` (by default the class
+that is not the negative one; for subtypes the predicted class). The explained quantity follows
+the run's task: a class logit, a multilabel target's logit (by default the most probable
+target's), the risk of a survival model, the value of a regression
+(:func:`wsi_mil.mil.tasks.explained_model`); patch flipping re-scores the bag by the same
+quantity read as the task reads it (a class probability, a target probability, the risk, the
+standardised value: :func:`wsi_mil.mil.tasks.explained_output`). Faithfulness (patch flipping)
+and the sanity checks need no annotation and are taken on every slide; localisation scores need
+lesion annotations and are taken on slides with a lesion tile.
 """
 
 from __future__ import annotations
@@ -38,18 +50,20 @@ from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "explain"
 FIGURE = "comparison.png"
+TRUST = "trust.json"
 #: the cohort table's metrics: (key in a slide's scores, column title), in table order.
 METRICS = (
+    ("srg", "faithfulness: LeRF − MoRF AUPC"),
+    ("morf_aupc", "MoRF AUPC"),
+    ("lerf_aupc", "LeRF AUPC"),
+    ("random_aupc", "random-order AUPC"),
+    ("sanity_spearman", "randomisation Spearman"),
+    ("mprt_mean", "MPRT mean absolute Spearman"),
     ("lesion_mass", "lesion mass"),
     ("pointing", "pointing game"),
     ("energy_pointing", "energy pointing"),
     ("tile_auc", "tile AUC"),
     ("tile_ap", "tile AP"),
-    ("deletion_auc", "deletion AUC"),
-    ("deletion_random_auc", "deletion AUC (random order)"),
-    ("insertion_auc", "insertion AUC"),
-    ("insertion_random_auc", "insertion AUC (random order)"),
-    ("sanity_spearman", "randomisation Spearman"),
 )
 
 
@@ -65,36 +79,71 @@ def _target_index(class_names: list[str], negative_index: int | None,
     return None
 
 
+def explaining_fold(run: Any, slide_id: str, params: ExplainParams) -> tuple[Any, bool, str]:
+    """(the fold model that explains ``slide_id``, whether it trained on the slide, why it).
+
+    Out of fold unless ``params.fold`` is set: the fold prediction uses for the slide's
+    out-of-fold prediction (:func:`wsi_mil.mil.predict.choose_folds`), one fold when several
+    held it out (``params.fallback_fold`` if among them); ``params.fallback_fold`` when none did.
+    """
+    from wsi_mil.mil.predict import RunError, choose_folds
+
+    by_fold = {fm.fold: fm for fm in run.folds}
+    roles = run.roles.get(slide_id, {})
+    wanted = params.fold if params.fold is not None else params.fallback_fold
+    if wanted not in by_fold:
+        name = "fold" if params.fold is not None else "fallback_fold"
+        raise RunError(f"{run.run_dir}: no fold_{wanted} (explain {name}); the run has folds "
+                       f"{sorted(by_fold)}")
+    if params.fold is not None:
+        fm, why = by_fold[params.fold], f"fold {params.fold}, as asked"
+    else:
+        chosen, _ = choose_folds(run, slide_id, None)
+        held = [f for f in chosen if roles.get(f.fold) == "test"]
+        if held:
+            fm = by_fold[wanted] if by_fold[wanted] in held else held[0]
+            why = f"out of fold: fold {fm.fold} held it out"
+        else:
+            fm = by_fold[wanted]
+            why = f"fallback fold {fm.fold}: no fold held it out"
+    in_sample = roles.get(fm.fold) in ("train", "val")
+    return fm, in_sample, why + (" (in sample: it trained on it)" if in_sample else "")
+
+
 def slide_scores(scores: np.ndarray, lesion_fraction: np.ndarray | None,
-                 score_fn: Any, params: ExplainParams) -> dict[str, float]:
-    """One method's localisation scores on one slide (NaN where a score does not apply)."""
+                 params: ExplainParams) -> dict[str, float]:
+    """One method's localisation scores on one slide (none without a lesion tile).
+
+    Signed maps are read by their positive part (evidence for the class; see
+    :data:`wsi_mil.explain.methods.SIGNED`) for the lesion mass and the energy pointing game;
+    the pointing game and the tile ranking use the map's order, sign included.
+    """
     from wsi_mil.metrics.explain import (
         energy_pointing_game,
         lesion_attention_mass,
         map_weights,
-        perturbation_curve,
+        partial_tiles,
         pointing_game,
         tile_ranking,
     )
 
     out: dict[str, float] = {}
-    if lesion_fraction is not None and (lesion_fraction >= params.min_fraction).any():
-        weights = map_weights(scores)
-        out["lesion_mass"] = (lesion_attention_mass(weights, lesion_fraction).mass
-                              if weights.sum() > 0 else float("nan"))
-        out["lesion_mass_uniform"] = float(np.mean(lesion_fraction))
-        out["pointing"] = float(pointing_game(scores, lesion_fraction, params.pointing_k,
-                                              params.min_fraction).hit)
-        out["energy_pointing"] = energy_pointing_game(scores, lesion_fraction,
-                                                      params.min_fraction)
-        ranking = tile_ranking(scores, lesion_fraction, params.min_fraction)
-        out["tile_auc"], out["tile_ap"] = ranking.auc, ranking.average_precision
-        out["tile_prevalence"] = ranking.prevalence
-        if params.perturbation_steps > 0:
-            for kind in ("deletion", "insertion"):
-                curve = perturbation_curve(scores, score_fn, kind, params.perturbation_steps,
-                                           params.perturbation_random, params.seed)
-                out[f"{kind}_auc"], out[f"{kind}_random_auc"] = curve.auc, curve.random_auc
+    if lesion_fraction is None or not (lesion_fraction >= params.min_fraction).any():
+        return out
+    weights = map_weights(scores)
+    out["lesion_mass"] = (lesion_attention_mass(weights, lesion_fraction).mass
+                          if weights.sum() > 0 else float("nan"))
+    out["lesion_mass_uniform"] = float(np.mean(lesion_fraction))
+    partial = params.exclude_partial
+    out["pointing"] = float(pointing_game(scores, lesion_fraction, params.pointing_k,
+                                          params.min_fraction, partial).hit)
+    out["energy_pointing"] = energy_pointing_game(weights, lesion_fraction, params.min_fraction,
+                                                  partial)
+    ranking = tile_ranking(scores, lesion_fraction, params.min_fraction, partial)
+    out["tile_auc"], out["tile_ap"] = ranking.auc, ranking.average_precision
+    out["tile_prevalence"] = ranking.prevalence
+    out["partial_tiles_left_out"] = float(partial_tiles(lesion_fraction, params.min_fraction)
+                                          .sum() if partial else 0)
     return out
 
 
@@ -108,16 +157,19 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
 
     from features.bag import read_bag_attrs, read_bag_coords, read_bag_features
     from tiling.annotations import read_annotations, tile_fractions
-    from wsi_mil.explain.methods import available_methods, explain, randomised_copy
-    from wsi_mil.metrics.explain import randomisation_check, run_score_fn
+    from wsi_mil.explain.methods import available_methods, explain
+    from wsi_mil.explain.perturbation import bag_scorer
+    from wsi_mil.explain.randomisation import cascading_randomisations
+    from wsi_mil.metrics.explain import mprt, patch_flipping, random_flip_curve
     from wsi_mil.mil.bags import bag_grid_coords
-    from wsi_mil.mil.predict import LoadedRun, cached_run
-    from wsi_mil.mil.tasks import explained_model
+    from wsi_mil.mil.predict import cached_run
+    from wsi_mil.mil.tasks import explained_model, explained_output
 
     bag_path, out_dir = Path(bag_path), Path(out_dir)
-    run = cached_run(run_dir, params.fold, params.device)
-    task = run.folds[0].task
-    model = explained_model(run.folds[0].model, task)
+    run = cached_run(run_dir, None, params.device)
+    fold_model, in_sample, fold_choice = explaining_fold(run, bag_path.stem, params)
+    task = fold_model.task
+    model = explained_model(fold_model.model, task)
     attrs = read_bag_attrs(bag_path, slide_path)  # the slide completes a TRIDENT bag's
     features = read_bag_features(bag_path).astype(np.float32)
     coords = read_bag_coords(bag_path)
@@ -130,28 +182,37 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
         fractions = tile_fractions(lesions, coords, float(attrs["tile_size_level0"]))
     # the tiles' grid positions, for a model that uses them (transformer_mil, sincos2d)
     grid = bag_grid_coords(bag_path, coords, attrs) if model.uses_coords else None
+    x = torch.from_numpy(features).to(run.device)
+    grid_t = None if grid is None else torch.from_numpy(grid).to(run.device)
     with torch.no_grad():
-        logits = run.folds[0].model(
-            torch.from_numpy(features).to(run.device),
-            coords=None if grid is None else torch.from_numpy(grid).to(run.device)).logits
-        probs = torch.from_numpy(task.decode(logits.float().cpu().numpy())[0])
+        probs = torch.from_numpy(task.decode(
+            fold_model.model(x, coords=grid_t).logits.float().cpu().numpy())[0])
+        # the explained quantity's raw output (of a discrete-time model: the risk)
+        logits = model(x, coords=grid_t).logits.float()[0]
     target = _target_index(run.class_names, run.negative_index, params.target)
     if target is None:
         target = int(probs.argmax())
-    methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)
-               and not (model is not run.folds[0].model and m == "attention_x_gradient"
-                        and hasattr(run.folds[0].model, "records"))]  # a wrapped transformer
+    methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)]
     # each slide its own random map (one seed for all would give every slide the same map)
     kwargs = {"target": target, "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
-              "ig_steps": params.ig_steps,
-              "max_quadratic_tiles": params.max_quadratic_tiles}
+              "ig_steps": params.ig_steps, "max_quadratic_tiles": params.max_quadratic_tiles,
+              "max_perturbation_tiles": params.max_perturbation_tiles}
     if grid is not None:
         kwargs["coords"] = grid
-    single = LoadedRun(run.run_dir, run.folds[:1], run.class_names, run.negative_index,
-                       run.threshold, run.encoder, run.in_dim, run.device)
-    score_fn = run_score_fn(single, features, target, coords=grid)
-    randomised = randomised_copy(model, params.seed) if params.sanity else None
-    maps, scores, seconds = {}, {}, {}
+    flips: dict[str, Any] = {}
+    scorer = random_curve = None
+    if params.flip_steps > 0:
+        scorer = bag_scorer(model, x, grid_t, target, output=explained_output(task))
+        random_curve = random_flip_curve(len(features), scorer, params.flip_steps,
+                                         params.flip_random, params.seed)
+        flips = {"fractions": np.linspace(0, 1, params.flip_steps + 1).tolist(),
+                 "random": random_curve.tolist()}
+    stages = []
+    if params.sanity:
+        stages = list(cascading_randomisations(model, params.seed))
+        if not params.sanity_cascade:
+            stages = stages[-1:]
+    maps, scores, seconds, cascade = {}, {}, {}, {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*required_grads.*")
         warnings.filterwarnings("ignore", message=".*requires_grad.*")
@@ -159,19 +220,30 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
             start = time.perf_counter()
             maps[method] = explain(model, features, method, **kwargs)
             seconds[method] = time.perf_counter() - start
-            scores[method] = slide_scores(maps[method], fractions, score_fn, params)
-            if randomised is not None:
-                check = randomisation_check(maps[method],
-                                            explain(randomised, features, method, **kwargs),
-                                            params.sanity_threshold)
-                scores[method].update(sanity_spearman=check.spearman,
-                                      sanity_flagged=float(check.flagged))
+            scores[method] = slide_scores(maps[method], fractions, params)
+            if scorer is not None:
+                curves = patch_flipping(maps[method], scorer, params.flip_steps,
+                                        params.flip_random, params.seed, random_curve)
+                scores[method].update(morf_aupc=curves.morf_aupc, lerf_aupc=curves.lerf_aupc,
+                                      random_aupc=curves.random_aupc, srg=curves.srg)
+                flips[method] = {"morf": curves.morf.tolist(), "lerf": curves.lerf.tolist()}
+            if stages:
+                rhos = mprt(maps[method], [explain(m, features, method, **kwargs)
+                                           for _, m in stages])
+                cascade[method] = rhos
+                # flagged when the fully randomised model's map still correlates, or the maps
+                # along the cascade do on average: the map barely depends on the weights
+                mean = float(np.mean(np.abs(rhos)))
+                scores[method].update(sanity_spearman=rhos[-1], mprt_mean=mean,
+                                      sanity_flagged=float(max(abs(rhos[-1]), mean)
+                                                           >= params.sanity_threshold))
     gradcam_note = "not asked for"
     if params.gradcam_topk > 0 and "attention" in maps:
         gradcam_note = _gradcam(out_dir, bag_path, slide_path, attrs, coords, model, features,
                                 maps["attention"], target, params.gradcam_topk, grid)
-    meta = {"model": model.name, "gradcam": gradcam_note, "fold": run.folds[0].fold, "run_path": str(run.run_dir),
-            "checkpoint_sha256": run.folds[0].sha256, "target_class": run.class_names[target],
+    meta = {"model": model.name, "gradcam": gradcam_note, "fold": fold_model.fold,
+            "in_sample": in_sample, "fold_choice": fold_choice, "run_path": str(run.run_dir),
+            "checkpoint_sha256": fold_model.sha256, "target_class": run.class_names[target],
             "probs": [float(p) for p in probs.cpu()], "class_names": run.class_names,
             "features_path": str(bag_path), "slide_id": bag_path.stem,
             "annotation_path": str(annotation_path) if annotation_path else None}
@@ -180,10 +252,11 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
         from wsi_mil.explain.figures import write_comparison_figure
 
         path = Path(slide_path or attrs.get("slide_path", ""))
+        sample = "in sample" if in_sample else "out of sample"
         write_comparison_figure(out_dir / FIGURE, path, attrs, coords, maps, scores, lesions,
-                                title=f"{bag_path.stem}: {model.name}, explaining "
-                                f"{run.class_names[target]} ("
-                                f"{'P' if task.kind in ('classification', 'multilabel') else '='}"
+                                title=f"{bag_path.stem}: {model.name} fold {fold_model.fold} "
+                                f"({sample}), explaining {run.class_names[target]} "
+                                f"({'P' if task.kind in ('classification', 'multilabel') else '='}"
                                 f" {float(probs[target]):.2f})",
                                 panel_side=params.figure_side)
     with atomic_output(out_dir / EXPLANATIONS) as tmp, h5py.File(tmp, "w") as f:
@@ -194,11 +267,16 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
             ds = f.create_dataset(method, data=values.astype(np.float32))
             ds.attrs.update(model=model.name, method=method, seconds=seconds[method],
                             target_class=run.class_names[target])
+            if method == "lrp":  # conservation: relevance + bias share = the logit
+                ds.attrs.update(logit=float(logits[target]),
+                                bias_share=float(logits[target]) - float(values.sum()))
         for key, value in {**meta, **provenance()}.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) or value is None \
                 else value
         f.attrs["methods"] = json.dumps(list(maps))
         f.attrs["scores"] = json.dumps(scores)
+        f.attrs["patch_flipping"] = json.dumps(flips)
+        f.attrs["mprt"] = json.dumps({"stages": [s.name for s, _ in stages], **cascade})
         f.attrs["params"] = json.dumps({k: (list(v) if isinstance(v, tuple) else v)
                                         for k, v in vars(params).items()})
         f.attrs["complete"] = True
@@ -206,11 +284,12 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 @functools.lru_cache(maxsize=2)
-def _encoder(name: str, weights: str | None) -> Any:
-    """The bag's encoder, loaded once per worker process for every slide of a batch."""
+def _encoder(name: str, weights: str | None, device: str) -> Any:
+    """The bag's encoder on the MIL model's device (Grad-CAM runs the two as one graph), loaded
+    once per worker process for every slide of a batch."""
     from features.registry import create_encoder
 
-    return create_encoder(name, weights=weights)
+    return create_encoder(name, weights=weights, device=device)
 
 
 def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, Any],
@@ -226,7 +305,8 @@ def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, An
     try:
         weights = attrs.get("weights")
         encoder = _encoder(str(attrs.get("encoder")),
-                           str(weights) if weights and Path(str(weights)).is_file() else None)
+                           str(weights) if weights and Path(str(weights)).is_file() else None,
+                           str(next(model.parameters()).device))
         slide = open_slide(Path(slide_path or attrs.get("slide_path", "")))
     except Exception as exc:  # noqa: BLE001 - Grad-CAM is an extra: say why it is missing
         return f"not run: {type(exc).__name__}: {exc}"
@@ -252,14 +332,15 @@ def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, An
 
 
 def is_complete(folder: Path, figure: bool) -> bool:
+    """A slide's folder holds a complete explanations file of this release (with its fold and
+    in-sample flag; an older file is redone) and, if asked for, its figure."""
     path = folder / EXPLANATIONS
     if not path.is_file() or (figure and not (folder / FIGURE).is_file()):
         return False
     try:
-        read_explanations(path)
+        return "in_sample" in read_explanations(path)[1]
     except (OSError, ValueError, KeyError):
         return False
-    return True
 
 
 def cohort_table(slide_scores_list: list[dict[str, dict[str, float]]], n_boot: int,
@@ -270,7 +351,8 @@ def cohort_table(slide_scores_list: list[dict[str, dict[str, float]]], n_boot: i
     methods = [m for m in METHOD_NAMES if any(m in s for s in slide_scores_list)]
     rows = []
     for method in methods:
-        for key, _ in METRICS + (("sanity_flagged", "flagged"),):
+        for key, _ in METRICS + (("sanity_flagged", "flagged"),
+                                 ("partial_tiles_left_out", "partial tiles left out")):
             values = np.array([s[method].get(key, np.nan) for s in slide_scores_list
                                if method in s], dtype=np.float64)
             ci = bootstrap_mean(values, n_boot, seed)
@@ -281,7 +363,7 @@ def cohort_table(slide_scores_list: list[dict[str, dict[str, float]]], n_boot: i
 
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:
-    """Method x metric as a Markdown table: ``mean [low, high]``."""
+    """Method x metric as a Markdown table: ``mean [low, high]``, and each metric's n."""
     keys = [k for k, _ in METRICS if any(r["metric"] == k for r in rows)]
     titles = dict(METRICS)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -296,6 +378,9 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         flagged = cell.get((method, "sanity_flagged"))
         name = method + (" (flagged)" if flagged and flagged["mean"] >= 0.5 else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    counts = {k: max((r["n"] for r in rows if r["metric"] == k), default=0) for k in keys}
+    lines.append("")
+    lines.append("n (slides) per column: " + ", ".join(f"{titles[k]} {counts[k]}" for k in keys))
     return "\n".join(lines) + "\n"
 
 
@@ -308,23 +393,72 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _header(models: list[str], n_total: int, n_scored: int, in_sample: list[str],
+            n_lesion: int, partial: float, params: ExplainParams) -> str:
+    how = (f"fold {params.fold} for every slide" if params.fold is not None else
+           f"out of fold (each slide by the fold that held it out; fallback fold "
+           f"{params.fallback_fold} where none did)")
+    left = (f"{len(in_sample)} in sample (the explaining fold trained or validated on them) "
+            f"are left out: {', '.join(in_sample[:10])}{' ...' if len(in_sample) > 10 else ''}"
+            if in_sample else "none was in sample")
+    partial_note = (f"{partial:.0f} partial-lesion tiles (0 < lesion fraction < "
+                    f"{params.min_fraction:g}) left out of tile AUC/AP and the pointing games"
+                    if params.exclude_partial else
+                    "partial-lesion tiles count as negatives (exclude_partial off)")
+    return (f"# Explanations of {', '.join(models) or 'no model'}\n\n"
+            f"Explained {how}: {n_total} slides, {n_scored} out of sample and scored here; "
+            f"{left}. Faithfulness (patch flipping, {params.flip_steps} steps, "
+            f"{params.flip_random} random orders) and sanity over the {n_scored} out-of-sample "
+            f"slides; localisation over the {n_lesion} of them with a lesion tile "
+            f"(lesion fraction >= {params.min_fraction:g}); {partial_note}.\n\n")
+
+
 def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str, Any]]:
-    """``cohort_table.csv``, ``cohort_table.md`` and ``cohort_scores.png`` from every slide's
-    explanations in ``out_dir``; the localisation scores use annotated slides only."""
-    per_slide = []
+    """``cohort_table.csv``, ``cohort_table.md``, ``trust.json`` and ``cohort_scores.png``
+    from every slide's explanations in ``out_dir``, out-of-sample slides only."""
+    from wsi_mil.explain.trust import most_faithful, rank_methods, ranking_markdown, recommended
+
+    per_slide, in_sample, models, n_total = [], [], set(), 0
     for path in sorted(out_dir.glob(f"*/{EXPLANATIONS}")):
         try:
-            per_slide.append(read_explanations(path)[1]["scores"])
+            attrs = read_explanations(path)[1]
         except (OSError, ValueError, KeyError):
             continue
+        n_total += 1
+        models.add(str(attrs.get("model")))
+        if bool(attrs.get("in_sample", False)):
+            in_sample.append(path.parent.name)
+        else:
+            per_slide.append(attrs["scores"])
     rows = cohort_table(per_slide, params.bootstrap, params.seed)
+    ranking = rank_methods(rows)
+    best, faithful = recommended(ranking), most_faithful(ranking)
+    n_lesion = max((r["n"] for r in rows if r["metric"] == "pointing"), default=0)
+    # the same count under every method of a slide: read it from the first
+    partial = sum(next(iter(s.values()), {}).get("partial_tiles_left_out", 0.0)
+                  for s in per_slide)
+    header = _header(sorted(models), n_total, len(per_slide), in_sample, n_lesion, partial, params)
+    report = ("## Trust report\n\n"
+              + (f"Recommended method: **{best}** (the most faithful of the methods that pass the "
+                 "sanity check; ranked by sanity, then faithfulness, localisation beside).\n\n"
+                 if best else "Every method fails the sanity check (flagged on half the slides "
+                 "or more): no recommendation. The most faithful is "
+                 f"**{faithful}**, but its maps depend on the data about as much as on the "
+                 "trained weights (read the sanity columns).\n\n")
+              + ranking_markdown(ranking) if rows else "No out-of-sample slide to score.\n")
     write_text_atomic(out_dir / "cohort_table.csv", _csv_text(rows))
-    write_text_atomic(out_dir / "cohort_table.md", table_markdown(rows))
+    write_text_atomic(out_dir / "cohort_table.md", header + report + "\n## All scores\n\n"
+                      + table_markdown(rows))
+    write_text_atomic(out_dir / TRUST, json.dumps({
+        "models": sorted(models), "recommended": best, "most_faithful": faithful,
+        "ranking": ranking,
+        "slides": n_total, "scored": len(per_slide), "in_sample_left_out": in_sample,
+        "with_lesion": n_lesion}, indent=2))
     if rows:
         from wsi_mil.explain.figures import write_cohort_chart
 
         write_cohort_chart(out_dir / "cohort_scores.png", rows,
-                           [k for k, _ in METRICS if "random_auc" not in k], dict(METRICS))
+                           [k for k, _ in METRICS if k != "random_aupc"], dict(METRICS))
     return rows
 
 

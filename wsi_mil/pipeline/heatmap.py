@@ -178,26 +178,32 @@ def heatmap_slide(
     out_dir = Path(out_dir)
     prediction = read_prediction(prediction_path)
     prediction.attrs = with_slide_attrs(prediction.attrs, slide_path)  # from a TRIDENT bag
+    explanation = None
     if explanations_dir is not None:
         from wsi_mil.explain.store import EXPLANATIONS, read_explanations
 
-        maps, _ = read_explanations(Path(explanations_dir) / prediction.slide_id / EXPLANATIONS)
+        maps, attrs = read_explanations(Path(explanations_dir) / prediction.slide_id
+                                        / EXPLANATIONS)
         if any(len(v) != len(prediction.coords) for v in maps.values()):
             raise ValueError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
                              f"do not have its {len(prediction.coords)} tiles")
         prediction.extra_scores.update(maps)
+        explanation = explanation_trust(params.score, maps, attrs, prediction,
+                                        Path(explanations_dir))
     geometry = SlideGeometry.from_attrs(prediction.attrs, str(prediction_path))
     grid = TileGrid.from_coords(prediction.coords, geometry)
     tissue_path = tissue_path_for(prediction, tiles_dir)
     tissue = load_tissue(tissue_path)
     slide_path = Path(slide_path or prediction.attrs.get("slide_path", ""))
 
-    maps = output_maps(prediction)
+    overlays = output_maps(prediction)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         if "png" in params.formats:
             _write_pngs(tmp, prediction, params, slide_path, geometry, grid, tissue,
-                        encoder_name, encoder_weights, maps)
+                        encoder_name, encoder_weights, overlays,
+                        None if explanation is None else (explanation["caption"],
+                                                          explanation["fails_sanity"]))
         if "zarr" in params.formats:
             write_heatmap_zarr(tmp / "heatmap.zarr", prediction, params, grid,
                                extra_attrs={"predictions": str(prediction_path)})
@@ -215,18 +221,54 @@ def heatmap_slide(
             "predicted_label": prediction.predicted_label,
             "task": prediction.task,
             "probs": dict(zip(prediction.class_names, map(float, prediction.probs))),
-            "per_output": maps if "png" in params.formats else {},
+            "per_output": overlays if "png" in params.formats else {},
             "tiles": len(prediction.coords),
             "params": dataclasses.asdict(params),
+            "explanation": explanation,
         }
         write_text_atomic(tmp / SUMMARY, json.dumps(summary, indent=2))
     return out_dir
 
 
+def explanation_trust(score: str, maps: dict[str, Any], attrs: dict[str, Any],
+                      prediction: SlidePrediction, explanations_dir: Path
+                      ) -> dict[str, Any] | None:
+    """What the heatmap says beside an explanation map: the method, its faithfulness and
+    sanity figures on this slide, the fold that explained it and the run's recommended method
+    (``trust.json`` of the explain stage); None when the map shown is not one the explain stage
+    scored (the predictions' attention of an ensemble, or of another fold, is not)."""
+    from wsi_mil.explain.trust import fails_sanity, slide_trust, trust_parts
+
+    if score not in maps:
+        return None
+    fold = int(attrs.get("fold", -1))
+    same_model = (list(prediction.attrs.get("folds", [])) == [fold]
+                  and str(prediction.attrs.get("run_path")) == str(attrs.get("run_path")))
+    if score == "attention" and not same_model:
+        return None  # the overlay shows the predictions' attention, not this fold's
+    scores = attrs["scores"].get(score, {})
+    sample = "in sample" if bool(attrs.get("in_sample", False)) else "out of sample"
+    recommended = None
+    trust_path = explanations_dir / "trust.json"
+    if trust_path.is_file():
+        try:
+            recommended = json.loads(trust_path.read_text(encoding="utf-8")).get("recommended")
+        except (OSError, ValueError):
+            recommended = None
+    caption = trust_parts(score, scores)
+    caption[-1] += (f"  \u00b7  fold {fold}, {sample}"
+                    + (f"  \u00b7  recommended for this run: {recommended}" if recommended
+                       else ""))
+    return {"method": score, "caption": caption, "fails_sanity": fails_sanity(scores),
+            "figures": slide_trust(scores), "fold": fold, "in_sample": sample == "in sample",
+            "recommended": recommended}
+
+
 def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams,
                 slide_path: Path, geometry: SlideGeometry, grid: TileGrid, tissue: Any,
                 encoder_name: str | None, encoder_weights: str | None,
-                maps: dict[str, str] | None = None) -> None:
+                maps: dict[str, str] | None = None,
+                trust: tuple[list[str], bool] | None = None) -> None:
     from tiling.reader import TileReader
     from tiling.slide import ThumbnailStrips, open_slide
     from wsi_mil.heatmaps.render import (
@@ -249,11 +291,12 @@ def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams
         else:
             thumbnail = ThumbnailStrips(slide, max_side=params.max_side,
                                         strip_pixels=STREAM_STRIP_PIXELS)
-        write_overlay_png(folder / "overlay.png", prediction, thumbnail, params, tissue, grid)
+        write_overlay_png(folder / "overlay.png", prediction, thumbnail, params, tissue, grid,
+                          trust)
         if prediction.has_segmentation:
             write_segmentation_png(folder / "segmentation.png", prediction, thumbnail, params,
                                    tissue, grid)
-        for name, score in (maps or {}).items():
+        for name, score in (maps or {}).items():  # attention or outputs: no trust caption
             write_overlay_png(folder / name, prediction, thumbnail,
                               dataclasses.replace(params, score=score), tissue, grid)
         if params.topk > 0:

@@ -278,7 +278,8 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
                        f"-> {model}; ")
         summary, new_outputs, failed = batch(segment_slides(
             out / "predictions", model, out, section.params(), workers=config.workers,
-            overwrite=redo, executor=config.executor), "segment")
+            overwrite=redo, executor=config.executor,
+            annotations_dir=config.annotations_dir if section.explain else None), "segment")
         return trained + summary, new_outputs or bool(trained), failed
 
     def run_explain(redo: bool) -> tuple[str, bool, int]:

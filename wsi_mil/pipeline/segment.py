@@ -59,51 +59,92 @@ def _cached_segmenter(model_dir: str, device: str) -> tuple[Any, dict[str, Any]]
 
 
 def _segment_one(prediction_path: Path, model_dir: Path, folder: Path, params: SegmentParams,
-                 slide_path: Path | None) -> Path:
+                 slide_path: Path | None, annotation_path: Path | None = None) -> Path:
     from wsi_mil.segment.infer import segment_slide
 
     model, card = _cached_segmenter(str(model_dir), params.device)
-    return segment_slide(prediction_path, model, card, folder, params, slide_path)
+    return segment_slide(prediction_path, model, card, folder, params, slide_path,
+                         annotation_path)
 
 
-def _is_current(folder: Path, checkpoint_sha256: str) -> bool:
+def _is_current(folder: Path, checkpoint_sha256: str, explain: tuple[str, ...] = (),
+                annotations: dict[Path, Path | None] | None = None) -> bool:
+    from wsi_mil.segment.explain import is_explained
     from wsi_mil.segment.infer import SUMMARY, is_segmented
 
     if not is_segmented(folder):
         return False
     summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
-    return summary.get("checkpoint_sha256") == checkpoint_sha256
+    if summary.get("checkpoint_sha256") != checkpoint_sha256:
+        return False
+    return not explain or is_explained(folder, explain, (annotations or {}).get(folder))
+
+
+def explain_methods_note(model_dir: str | os.PathLike, params: SegmentParams) -> str | None:
+    """What ``params.explain`` gives with this segmenter: None when every method applies, else a
+    line naming the ones its network does not have. Raises when it has none of them."""
+    from wsi_mil.segment.attribution import NETWORK_METHODS, available_methods
+    from wsi_mil.segment.train import read_model_card
+
+    if not params.explain:
+        return None
+    net = str(read_model_card(model_dir)["net"])
+    kept = available_methods(net, params.explain)
+    missing = [m for m in params.explain if m not in kept]
+    if not kept:
+        raise ValueError(f"{model_dir}: a {net} segmenter has none of the explanations "
+                         f"{list(params.explain)}; it has {list(NETWORK_METHODS[net])}")
+    if missing:
+        return f"explain: a {net} segmenter has no {', '.join(missing)} (skipped)"
+    return None
 
 
 def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathLike,
                    out_dir: str | os.PathLike, params: SegmentParams | None = None, *,
                    slides: list[str | os.PathLike] | None = None, workers: int = 1,
                    overwrite: bool = False, slide_ids: Collection[str] | None = None,
-                   executor: ExecutorParams | None = None) -> BatchResult:
+                   executor: ExecutorParams | None = None,
+                   annotations_dir: str | os.PathLike | None = None) -> BatchResult:
     """Segment every predicted slide of ``predictions_dir`` into ``out_dir/segment/<id>/``.
 
     The slide is the one the predictions record (``slide_path``), or the one of that id among
-    ``slides`` (files or folders) when given, for predictions made on another machine.
+    ``slides`` (files or folders) when given, for predictions made on another machine. With
+    ``params.explain``, the segmenter's explanations too, scored against the lesions of
+    ``annotations_dir`` (``<slide_id>.xml/.json/.geojson``) when given, and the cohort's
+    ``segment/explain_table.md`` after the batch.
     """
+    from tiling.annotations import find_annotation
     from tiling.discover import check_unique_ids, find_slides
     from wsi_mil.segment.train import read_model_card
 
     params = params or SegmentParams()
     out_dir = Path(out_dir)
     card = read_model_card(model_dir)  # a missing model is one error, not one per slide
+    explain_methods_note(model_dir, params)  # a segmenter without any asked method: one error
+    if annotations_dir is not None and not Path(annotations_dir).is_dir():
+        raise FileNotFoundError(f"{annotations_dir}: annotations folder not found")
     found = check_unique_ids(find_slides(slides)) if slides else {}
     paths = sorted(Path(predictions_dir).glob("*.h5"))
     if not paths:
         raise FileNotFoundError(f"{predictions_dir}: no predictions (<slide_id>.h5) to segment")
-    jobs = []
+    jobs, annotations = [], {}
     for path in paths:
         if slide_ids is not None and path.stem not in slide_ids:
             continue
         folder = out_dir / SEGMENT_DIR / path.stem
+        annotation = (find_annotation(annotations_dir, path.stem)
+                      if annotations_dir is not None and params.explain else None)
+        annotations[folder] = annotation
         jobs.append(SlideJob(path.stem, folder,
                              partial(_segment_one, path, Path(model_dir), folder, params,
-                                     found.get(path.stem))))
-    return run_batch(jobs, stage="segment", failures_csv=out_dir / "failures.csv",
-                     is_complete=partial(_is_current,
-                                         checkpoint_sha256=card["checkpoint_sha256"]),
-                     workers=workers, overwrite=overwrite, executor=executor)
+                                     found.get(path.stem), annotation)))
+    result = run_batch(jobs, stage="segment", failures_csv=out_dir / "failures.csv",
+                       is_complete=partial(_is_current,
+                                           checkpoint_sha256=card["checkpoint_sha256"],
+                                           explain=params.explain, annotations=annotations),
+                       workers=workers, overwrite=overwrite, executor=executor)
+    if params.explain:
+        from wsi_mil.segment.explain import write_cohort_table
+
+        write_cohort_table(out_dir / SEGMENT_DIR, seed=params.explain_seed)
+    return result

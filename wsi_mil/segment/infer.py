@@ -1,6 +1,6 @@
 """Segmenting the tiles the MIL model flags, stitched into a bounded-memory mask pyramid.
 
-For one slide's predictions file:
+For one slide's predictions file (the windows and pyramids are :mod:`wsi_mil.segment.windows`):
 
 1. **Flag**: tiles whose positive-class probability (the MIL segmentation head) reaches
    ``threshold``, or whose normalised attention reaches ``attention_threshold``, plus
@@ -25,6 +25,8 @@ For one slide's predictions file:
    clipped to the slide, simplified by ``simplify_px`` and written to ``lesions.geojson``
    (QuPath annotations classified as the positive class, with their area in µm²).
    ``outline.png`` draws them in red over a thumbnail, next to the tile head's outline in cyan.
+6. **Explanations** (``explain`` methods given): :mod:`wsi_mil.segment.explain` explains the
+   mask in the same windows into ``explain.zarr``, ``explain.json`` and ``explain.png``.
 """
 
 from __future__ import annotations
@@ -44,17 +46,23 @@ from scipy import ndimage
 from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
 
-from tiling.annotations import mask_shape
 from tiling.lattice import SlideGeometry, TileGrid
-from tiling.reader import TileReader
-from tiling.slide import level_for_downsample, open_slide, read_thumbnail
+from tiling.slide import open_slide, read_thumbnail
 from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.export.geojson import class_colors, segmentation_regions
-from wsi_mil.export.ome_zarr import multiscales_metadata
 from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import positive_cells
 from wsi_mil.mil.predictions import SlidePrediction, read_prediction
 from wsi_mil.segment.params import SegmentParams
+from wsi_mil.segment.windows import (
+    ChunkStitcher,
+    MaskGeometry,
+    finish_pyramid,
+    pyramid_arrays,
+    pyramid_attrs,
+    window_layout,
+    window_reader,
+)
 
 MASK = "mask.zarr"
 LESIONS = "lesions.geojson"
@@ -64,21 +72,6 @@ OUTPUT_FILES = (MASK, LESIONS, OUTLINE, SUMMARY)
 #: outline colours in outline.png (RGB): the segmenter's and the tile head's
 REFINED_RGB = (230, 20, 60)
 TILE_RGB = (0, 200, 255)
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskGeometry:
-    """The segmenter's pixel lattice over a slide: mask pixel (r, c) covers level-0
-    ``[c * downsample, (c + 1) * downsample)`` (the same rule as ``tiling.annotations``)."""
-
-    shape: tuple[int, int]  # (rows, cols) at level 0 of the mask pyramid
-    downsample: float  # level-0 px per mask px
-    mpp: float  # µm per mask px
-
-    @classmethod
-    def for_slide(cls, geometry: SlideGeometry, mpp: float) -> MaskGeometry:
-        return cls(shape=mask_shape(geometry.width, geometry.height, geometry.mpp, mpp),
-                   downsample=mpp / geometry.mpp, mpp=mpp)
 
 
 def flagged_tiles(prediction: SlidePrediction, grid: TileGrid, params: SegmentParams
@@ -99,103 +92,6 @@ def flagged_tiles(prediction: SlidePrediction, grid: TileGrid, params: SegmentPa
     return flagged, grown[rows, cols]
 
 
-def window_lattice(boxes: np.ndarray, tile_size: int, step: int, shape: tuple[int, int]
-                   ) -> np.ndarray:
-    """(row, col) lattice indices of the windows to run, sorted in raster order.
-
-    ``boxes`` are ``[K, 4]`` (x0, y0, x1, y1) areas in mask px that must be covered. A window
-    ``[k * step, k * step + tile_size)`` is kept when its centre lies within ``step / 2`` of a
-    box: every pixel of a box then has a window whose centre is at most ``step / 2`` away, so
-    it is inside that window (``step <= tile_size``).
-    """
-    if len(boxes) == 0:
-        return np.zeros((0, 2), np.int64)
-    half = tile_size / 2
-    pairs = []
-    for x0, y0, x1, y1 in np.asarray(boxes, np.float64):
-        kx = np.arange(np.ceil((x0 - step / 2 - half) / step),
-                       np.floor((x1 + step / 2 - half - 1e-9) / step) + 1)
-        ky = np.arange(np.ceil((y0 - step / 2 - half) / step),
-                       np.floor((y1 + step / 2 - half - 1e-9) / step) + 1)
-        gy, gx = np.meshgrid(ky, kx, indexing="ij")
-        pairs.append(np.column_stack([gy.ravel(), gx.ravel()]))
-    lattice = np.unique(np.concatenate(pairs).astype(np.int64), axis=0)  # sorted by row, col
-    # windows wholly off the mask (possible at the far edge) contribute nothing
-    inside = ((lattice[:, 0] * step < shape[0]) & (lattice[:, 1] * step < shape[1])
-              & ((lattice[:, 0] * step + tile_size) > 0) & ((lattice[:, 1] * step + tile_size) > 0))
-    return lattice[inside]
-
-
-class ChunkStitcher:
-    """Weighted sums of window probabilities per zarr chunk, written when complete.
-
-    ``last_use[chunk]`` is the index of the last window touching the chunk; after window ``i``
-    every chunk whose last use is ``<= i`` is final: normalised, written, and freed.
-    """
-
-    def __init__(self, array: Any, chunk: int, windows_xy: np.ndarray, tile_size: int):
-        self.array, self.chunk, self.size = array, chunk, tile_size
-        self.rows, self.cols = array.shape[1:]
-        self.sums: dict[tuple[int, int], np.ndarray] = {}
-        self.weights: dict[tuple[int, int], np.ndarray] = {}
-        self.last_use: dict[tuple[int, int], int] = {}
-        for i, (x, y) in enumerate(windows_xy):
-            for key in self._chunks_of(int(x), int(y)):
-                self.last_use[key] = i
-        self.written: set[tuple[int, int]] = set()
-        self.peak_chunks = 0
-
-    def _chunks_of(self, x: int, y: int) -> list[tuple[int, int]]:
-        c0, c1 = max(0, x) // self.chunk, (min(self.cols, x + self.size) - 1) // self.chunk
-        r0, r1 = max(0, y) // self.chunk, (min(self.rows, y + self.size) - 1) // self.chunk
-        return [(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
-
-    def add(self, x: int, y: int, probs: np.ndarray, weight: np.ndarray) -> None:
-        """Add one window (top-left mask px ``(x, y)``) of probabilities with its weights."""
-        n = self.chunk
-        for r, c in self._chunks_of(x, y):
-            key = (r, c)
-            if key not in self.sums:
-                h, w = min(n, self.rows - r * n), min(n, self.cols - c * n)
-                self.sums[key] = np.zeros((h, w), np.float32)
-                self.weights[key] = np.zeros((h, w), np.float32)
-            # overlap of the window and the chunk, in chunk and in window coordinates
-            gy0, gy1 = max(y, r * n), min(y + self.size, r * n + self.sums[key].shape[0])
-            gx0, gx1 = max(x, c * n), min(x + self.size, c * n + self.sums[key].shape[1])
-            chunk_part = (slice(gy0 - r * n, gy1 - r * n), slice(gx0 - c * n, gx1 - c * n))
-            window_part = (slice(gy0 - y, gy1 - y), slice(gx0 - x, gx1 - x))
-            self.sums[key][chunk_part] += probs[window_part] * weight[window_part]
-            self.weights[key][chunk_part] += weight[window_part]
-        self.peak_chunks = max(self.peak_chunks, len(self.sums))
-
-    def flush(self, done: int) -> None:
-        """Write every chunk no window after index ``done`` touches."""
-        n = self.chunk
-        for key in [k for k in self.sums if self.last_use[k] <= done]:
-            total, weight = self.sums.pop(key), self.weights.pop(key)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                prob = np.where(weight > 0, total / weight, 0.0)
-            r, c = key
-            self.array[0, r * n:r * n + prob.shape[0], c * n:c * n + prob.shape[1]] = \
-                np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)
-            self.written.add(key)
-
-
-def _downsample_level(source: Any, target: Any, chunks: set[tuple[int, int]], n: int
-                      ) -> set[tuple[int, int]]:
-    """Write the 2x mean of ``source`` into ``target`` for the parents of ``chunks``."""
-    parents = {(r // 2, c // 2) for r, c in chunks}
-    rows, cols = target.shape[1:]
-    for r, c in sorted(parents):
-        block = source[0, 2 * r * n:2 * (r + 1) * n, 2 * c * n:2 * (c + 1) * n].astype(np.float32)
-        h, w = min(n, rows - r * n), min(n, cols - c * n)
-        padded = np.zeros((2 * h, 2 * w), np.float32)
-        padded[:block.shape[0], :block.shape[1]] = block
-        mean = padded.reshape(h, 2, w, 2).mean(axis=(1, 3))
-        target[0, r * n:r * n + h, c * n:c * n + w] = np.rint(mean).astype(np.uint8)
-    return parents
-
-
 def run_pyramid(model: Any, card: dict[str, Any], prediction: SlidePrediction, slide: Any,
                 path: Path, selected: np.ndarray, params: SegmentParams) -> dict[str, Any]:
     """Run the segmenter over the windows covering the ``selected`` tiles and write the mask
@@ -205,69 +101,30 @@ def run_pyramid(model: Any, card: dict[str, Any], prediction: SlidePrediction, s
 
     from wsi_mil.segment.nets import to_input
 
-    geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
-    seg_mpp, size = float(card["input"]["mpp"]), int(card["input"]["tile_size"])
-    mask = MaskGeometry.for_slide(geometry, seg_mpp)
-    step = max(1, round(size * (1 - params.overlap)))
-    coords = np.asarray(prediction.coords, np.float64)[selected]
-    side = geometry.tile_size_level0 / mask.downsample
-    boxes = np.column_stack([coords / mask.downsample, coords / mask.downsample + side])
-    lattice = window_lattice(boxes, size, step, mask.shape)
-    windows_xy = lattice[:, ::-1] * step  # (x, y) top-left mask px, raster order
-
-    n = params.zarr_chunk
-    levels = [mask.shape]
-    while max(levels[-1]) > n:
-        levels.append(((levels[-1][0] + 1) // 2, (levels[-1][1] + 1) // 2))
+    layout = window_layout(card, prediction, selected, params)
+    windows_xy, size, n = layout.windows_xy, layout.size, params.zarr_chunk
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    arrays = [group.create_array(str(k), shape=(1, *shape), dtype="uint8",
-                                 chunks=(1, min(n, shape[0]), min(n, shape[1])), fill_value=0,
-                                 chunk_key_encoding={"name": "v2", "separator": "/"},
-                                 config={"write_empty_chunks": False})
-              for k, shape in enumerate(levels)]
+    arrays = pyramid_arrays(group, layout.mask.shape, n)
     stitcher = ChunkStitcher(arrays[0], n, windows_xy, size)
     device = next(model.parameters()).device
     weight = compute_importance_map((size, size), mode="gaussian", device="cpu").numpy()
-    read_level = level_for_downsample(slide, mask.downsample)
-    reader = TileReader(slide, {"read_level": read_level,
-                                "read_downsample": slide.level_downsamples[read_level],
-                                "tile_size": size, "tile_size_level0": size * mask.downsample})
+    read = window_reader(slide, layout)
     with torch.no_grad():
         for start in range(0, len(windows_xy), params.batch_size):
             batch = windows_xy[start:start + params.batch_size]
-            tiles = np.stack([reader.read(round(x * mask.downsample), round(y * mask.downsample))
-                              for x, y in batch])
-            probs = torch.softmax(model(to_input(tiles, device)), dim=1)[:, 1].cpu().numpy()
+            probs = torch.softmax(model(to_input(read(batch), device)), dim=1)[:, 1].cpu().numpy()
             for (x, y), prob in zip(batch, probs):
                 stitcher.add(int(x), int(y), prob, weight)
             stitcher.flush(start + len(batch) - 1)
-    chunks = stitcher.written
-    for k in range(1, len(arrays)):
-        chunks = _downsample_level(arrays[k - 1], arrays[k], chunks, n)
-
-    lattice_grid = TileGrid(origin=(0.0, 0.0), stride=mask.downsample, span=1, shape=mask.shape,
-                            cells=np.zeros((0, 2), np.int64))
-    multiscales = multiscales_metadata(prediction.slide_id, lattice_grid, geometry,
-                                       len(levels), "0.4")
-    multiscales["metadata"] = {"description": "lesion probability x 255 (uint8) of the pixel "
-                               "segmenter at level 0; each next level is the 2x2 mean of the "
-                               "one before; 0 where no window ran"}
-    group.attrs.update({
-        "multiscales": [multiscales],
-        "omero": {"version": "0.4", "name": prediction.slide_id, "channels": [{
-            "label": "lesion_probability", "color": "FF0000", "active": True,
-            "coefficient": 1.0, "family": "linear", "inverted": False,
-            "window": {"start": 0, "end": 255, "min": 0, "max": 255}}],
-            "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0}},
-        "wsi_mil": {**provenance(), "slide_id": prediction.slide_id, "mask_mpp": seg_mpp,
-                    "slide_mpp": geometry.mpp, "downsample_level0": mask.downsample,
-                    "shape": list(mask.shape), "chunk": n,
-                    "checkpoint_sha256": card.get("checkpoint_sha256"),
-                    "scale": "probability x 255"},
-    })
-    return {"windows": len(windows_xy), "mask_shape": list(mask.shape),
-            "mask_mpp": seg_mpp, "written_chunks": sorted(stitcher.written),
-            "peak_chunks_in_memory": stitcher.peak_chunks, "levels": len(levels)}
+    finish_pyramid(arrays, stitcher.written, n)
+    group.attrs.update(pyramid_attrs(
+        prediction, layout, len(arrays), n, "lesion_probability",
+        "lesion probability x 255 (uint8) of the pixel segmenter at level 0; each next level "
+        "is the 2x2 mean of the one before; 0 where no window ran", "FF0000", card,
+        "probability x 255"))
+    return {"windows": len(windows_xy), "mask_shape": list(layout.mask.shape),
+            "mask_mpp": layout.mask.mpp, "written_chunks": sorted(stitcher.written),
+            "peak_chunks_in_memory": stitcher.peak_chunks, "levels": len(arrays)}
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -371,9 +228,12 @@ def write_outline_png(path: Path, slide: Any, prediction: SlidePrediction, grid:
 
 def segment_slide(prediction_path: str | os.PathLike, model: Any, card: dict[str, Any],
                   out_dir: str | os.PathLike, params: SegmentParams | None = None,
-                  slide_path: str | os.PathLike | None = None) -> Path:
+                  slide_path: str | os.PathLike | None = None,
+                  annotation_path: str | os.PathLike | None = None) -> Path:
     """Write ``mask.zarr``, ``lesions.geojson``, ``outline.png`` and ``segment.json`` of one
-    slide into ``out_dir`` (its own folder, written whole and atomically)."""
+    slide into ``out_dir`` (its own folder, written whole and atomically); with
+    ``params.explain`` also the explanations, scored against the lesions of
+    ``annotation_path`` when given."""
     started = time.perf_counter()
     params = params or SegmentParams()
     out_dir = Path(out_dir)
@@ -406,10 +266,32 @@ def segment_slide(prediction_path: str | os.PathLike, model: Any, card: dict[str
                 "params": dataclasses.asdict(params),
                 "seconds": time.perf_counter() - started,
             }
+            if params.explain:
+                _explain(model, card, prediction, slide, tmp, selected, params,
+                         annotation_path)
             write_text_atomic(tmp / SUMMARY, json.dumps(summary, indent=2) + "\n")
     finally:
         slide.close()
     return out_dir
+
+
+def _explain(model: Any, card: dict[str, Any], prediction: SlidePrediction, slide: Any,
+             folder: Path, selected: np.ndarray, params: SegmentParams,
+             annotation_path: str | os.PathLike | None) -> None:
+    """``explain.zarr``, ``explain.png`` and ``explain.json`` in ``folder``."""
+    from tiling.annotations import read_annotations
+    from wsi_mil.segment.explain import EXPLAIN_JSON, EXPLAIN_PNG, EXPLAIN_ZARR, explain_pyramid
+
+    started = time.perf_counter()
+    lesions = (read_annotations(annotation_path).lesions if annotation_path is not None
+               else None)
+    done = explain_pyramid(model, card, prediction, slide, folder / EXPLAIN_ZARR, selected,
+                           params, lesions, folder / EXPLAIN_PNG)
+    summary = {**provenance(), "slide_id": prediction.slide_id,
+               "annotation_path": None if annotation_path is None else str(annotation_path),
+               "checkpoint_sha256": card.get("checkpoint_sha256"), **done,
+               "params": dataclasses.asdict(params), "seconds": time.perf_counter() - started}
+    write_text_atomic(folder / EXPLAIN_JSON, json.dumps(summary, indent=2) + "\n")
 
 
 def is_segmented(folder: Path) -> bool:

@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 #: The MONAI networks ``segment-train`` can train.
-NETWORKS = ("attention_unet", "swin_unetr", "unet")
-Network = Literal["attention_unet", "swin_unetr", "unet"]
+NETWORKS = ("attention_unet", "swin_unetr", "unet", "unetr")
+Network = Literal["attention_unet", "swin_unetr", "unet", "unetr"]
+#: Explanations ``segment --explain`` can compute, in the order of the tables (see
+#: :mod:`wsi_mil.segment.attribution` for what each is and which networks have it).
+EXPLAIN_METHODS = ("attention_rollout", "relevance", "gradcam", "attention_gates",
+                   "integrated_gradients", "random")
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,8 @@ class SegmentTrainParams:
     """How a pixel segmenter is trained on tiles cut around annotated lesions."""
 
     #: Network: "attention_unet" (MONAI AttentionUnet, attention gates on the skips),
-    #: "swin_unetr" (MONAI SwinUNETR in 2-D, a Swin-transformer encoder) or "unet" (MONAI UNet).
+    #: "swin_unetr" (MONAI SwinUNETR in 2-D, a Swin-transformer encoder), "unet" (MONAI UNet)
+    #: or "unetr" (MONAI UNETR in 2-D: a plain ViT encoder on 16-px patches).
     net: Network = "attention_unet"
     #: Resolution of the tiles and masks in µm/px (1.0: a 256-px tile spans 256 µm).
     mpp: float = 1.0
@@ -29,6 +34,14 @@ class SegmentTrainParams:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     #: SwinUNETR ``feature_size`` (a multiple of 12).
     swin_feature_size: int = 24
+    #: UNETR: width of its ViT's tokens (192, with 3 heads: ViT-Tiny's; MONAI's default 768 is
+    #: ViT-Base, 13x the weights, too many for a few hundred training tiles). The patch is
+    #: MONAI's fixed 16 px (its decoder climbs back to pixels in four 2x steps).
+    unetr_hidden_size: int = 192
+    #: UNETR: attention heads per layer (``unetr_hidden_size`` must divide by it).
+    unetr_heads: int = 3
+    #: UNETR: channels of its convolutional decoder's finest level (MONAI's ``feature_size``).
+    unetr_feature_size: int = 16
     #: Tiles cut from each training slide.
     tiles_per_slide: int = 64
     #: Shares of lesion, lesion-border and normal-tissue tiles on an annotated slide (slides
@@ -72,6 +85,11 @@ class SegmentTrainParams:
         if self.swin_feature_size < 12 or self.swin_feature_size % 12:
             raise ValueError(f"swin_feature_size must be a multiple of 12, "
                              f"got {self.swin_feature_size}")
+        if self.unetr_hidden_size < 1 or self.unetr_heads < 1 \
+                or self.unetr_hidden_size % self.unetr_heads or self.unetr_feature_size < 1:
+            raise ValueError(f"unetr_hidden_size ({self.unetr_hidden_size}) must be a positive "
+                             f"multiple of unetr_heads ({self.unetr_heads}), "
+                             f"unetr_feature_size positive")
         if len(self.balance) != 3 or min(self.balance) < 0 or sum(self.balance) <= 0:
             raise ValueError(f"balance needs three non-negative shares, got {self.balance}")
         if not 0 < self.val_fraction < 1:
@@ -114,8 +132,59 @@ class SegmentParams:
     png_max_side: int = 2048
     #: Torch device: "auto" (CUDA when available), "cpu" or "cuda".
     device: str = "auto"
+    #: Explanations of the segmenter's lesion output to compute in every window and stitch into
+    #: explain.zarr (attention_rollout, relevance, gradcam, attention_gates,
+    #: integrated_gradients, random; those the network does not have are skipped); none: no
+    #: explanations.
+    explain: tuple[str, ...] = ()
+    #: Integration steps of integrated_gradients (one forward and backward pass each).
+    explain_ig_steps: int = 16
+    #: Module of the network (a name of ``model.named_modules()``) whose output gradcam uses;
+    #: null: the deepest encoder stage at 1/8 of the window's side or finer.
+    explain_gradcam_layer: str | None = None
+    #: Windows whose annotated lesion covers a share of the window in [min, max] are scored:
+    #: the lesion-border windows (deep inside a lesion or far from one, any map scores the same).
+    explain_lesion_share: tuple[float, float] = (0.05, 0.95)
+    #: Scored windows per slide (those whose lesion share is nearest one half) that also get
+    #: the costly scores: deletion/insertion curves and the randomisation check.
+    explain_score_windows: int = 8
+    #: Steps of the pixel deletion and insertion curves (0: skip them).
+    explain_perturbation_steps: int = 10
+    #: Random patch orders averaged for the deletion/insertion baseline.
+    explain_perturbation_random: int = 2
+    #: Side in pixels of the square patches deletion/insertion remove or add.
+    explain_patch_px: int = 8
+    #: What a removed patch becomes: "mean" (the window's mean colour) or "blur" (the window
+    #: under a Gaussian blur of sigma ``explain_patch_px``; it keeps a region's colour, much of
+    #: the evidence in H&E, so deleting blurred patches hardly moves the score).
+    explain_fill: Literal["blur", "mean"] = "mean"
+    #: Run Adebayo et al.'s model-randomisation check (the maps of the network with every
+    #: weight re-initialised) on the costly-score windows.
+    explain_sanity: bool = True
+    #: Windows drawn per slide in explain.png (one row each: window, mask, one map per method).
+    explain_figure_windows: int = 3
+    #: Seed of the random maps, the random patch orders and the randomised network.
+    explain_seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "explain", tuple(self.explain))
+        object.__setattr__(self, "explain_lesion_share",
+                           tuple(float(v) for v in self.explain_lesion_share))
+        unknown = sorted(set(self.explain) - set(EXPLAIN_METHODS))
+        if unknown:
+            raise ValueError(f"explain: unknown method(s) {unknown}; choose from "
+                             f"{list(EXPLAIN_METHODS)}")
+        low, high = self.explain_lesion_share
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"explain_lesion_share must be two shares 0 <= min < max <= 1, "
+                             f"got {self.explain_lesion_share}")
+        if self.explain_ig_steps < 2 or self.explain_perturbation_steps < 0 \
+                or self.explain_perturbation_random < 1 or self.explain_patch_px < 1 \
+                or self.explain_score_windows < 0 or self.explain_figure_windows < 0:
+            raise ValueError("explain_ig_steps must be >= 2, explain_perturbation_random and "
+                             "explain_patch_px >= 1, the other explain counts >= 0")
+        if self.explain_fill not in ("blur", "mean"):
+            raise ValueError(f"explain_fill must be blur or mean, got {self.explain_fill!r}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.margin < 0:

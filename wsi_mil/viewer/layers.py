@@ -222,3 +222,59 @@ def encode_png(rgba: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return data.tobytes()
+
+
+@dataclass(frozen=True)
+class ZarrHeatLayer:
+    """A heat layer read from a uint8 x 255 zarr pyramid on the slide's pixels, a window at a
+    time: the pixel segmenter's ``mask.zarr`` and its ``explain.zarr/<method>`` maps, which at
+    1 µm/px are too large to hold whole (a Camelyon16 slide's level 0 is 24k x 48k). Level k
+    has cells of ``stride * 2**k`` level-0 px from ``origin`` (the mask pyramid's 2x means), as
+    :class:`HeatLayer`'s; a 0 is transparent (no window ran there, or nothing to show).
+    Sampling reads the cells under a Deep Zoom tile and samples them with :class:`HeatLayer`."""
+
+    name: str
+    label: str
+    arrays: tuple[Any, ...]  # zarr arrays [1, rows, cols] uint8, finest first
+    origin: tuple[float, float]
+    stride: float
+    vmin: float = 0.0
+    vmax: float = 1.0
+
+    def level_for(self, scale: float) -> int:
+        wanted = math.ceil(math.log2(max(scale / self.stride, 1.0)) - 1e-9)
+        return min(max(wanted, 0), len(self.arrays) - 1)
+
+    def _block(self, k: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        values = np.asarray(self.arrays[k][0, rows[0]:rows[1], cols[0]:cols[1]], np.float32)
+        values /= 255.0
+        values[values == 0] = np.nan
+        return values
+
+    def sample(self, window: TileWindow, interpolation: str) -> np.ndarray:
+        """The layer's values at the centres of the window's pixels (NaN off the heat)."""
+        k = self.level_for(window.scale)
+        stride = self.stride * 2**k
+        shape = self.arrays[k].shape[1:]
+        x0, y0, x1, y1 = window.bounds
+        c0 = min(max(math.floor((x0 - self.origin[0]) / stride) - 1, 0), shape[1])
+        c1 = min(max(math.ceil((x1 - self.origin[0]) / stride) + 1, 0), shape[1])
+        r0 = min(max(math.floor((y0 - self.origin[1]) / stride) - 1, 0), shape[0])
+        r1 = min(max(math.ceil((y1 - self.origin[1]) / stride) + 1, 0), shape[0])
+        if c1 <= c0 or r1 <= r0:
+            return np.full((window.height, window.width), np.nan, np.float32)
+        block = self._block(k, (r0, r1), (c0, c1))
+        local = HeatLayer(self.name, self.label, (block,),
+                          (self.origin[0] + c0 * stride, self.origin[1] + r0 * stride), stride,
+                          self.vmin, self.vmax)
+        return local.sample(window, interpolation)
+
+    def value_at(self, x: float, y: float) -> float | None:
+        """The level-0 value at level-0 point (x, y), None off the heat."""
+        c = math.floor((x - self.origin[0]) / self.stride)
+        r = math.floor((y - self.origin[1]) / self.stride)
+        rows, cols = self.arrays[0].shape[1:]
+        if not (0 <= r < rows and 0 <= c < cols):
+            return None
+        value = float(self.arrays[0][0, r, c]) / 255.0
+        return value if value > 0 else None

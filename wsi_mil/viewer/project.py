@@ -40,6 +40,10 @@ class SlideEntry:
     tissue_path: Path | None = None
     annotation_path: Path | None = None
     explanations_path: Path | None = None
+    #: the pixel segmenter's folder (``segment/<slide_id>/``: mask.zarr, explain.zarr)
+    segment_dir: Path | None = None
+    #: the explain stage's ranking of the methods (``trust.json`` beside the slides' folders)
+    trust_path: Path | None = None
     label: str = ""
     predicted_label: str = ""
     probs: dict[str, float] = field(default_factory=dict)
@@ -89,10 +93,12 @@ class ProjectIndex:
               heatmaps: str | os.PathLike | None = None,
               slides: str | os.PathLike | None = None,
               tiles: str | os.PathLike | None = None,
-              annotations: str | os.PathLike | None = None) -> ProjectIndex:
+              annotations: str | os.PathLike | None = None,
+              segment: str | os.PathLike | None = None) -> ProjectIndex:
         """Index a project folder (``wsi-mil run``'s output), or the explicit folders given.
 
-        Without ``project`` the project root is the folder above ``predictions``.
+        Without ``project`` the project root is the folder above ``predictions``; ``segment``:
+        the ``segment/`` folder of ``wsi-mil segment`` (default: the project's).
         """
         if project is None and predictions is None:
             raise ProjectError("give a project folder (the --out of wsi-mil run) or "
@@ -103,13 +109,16 @@ class ProjectIndex:
         pred_dir = Path(predictions) if predictions is not None else root / "predictions"
         heat_dir = Path(heatmaps) if heatmaps is not None else root / "heatmaps"
         tiles_dir = Path(tiles) if tiles is not None else root / "tiles"
-        for name, folder, given in (("--predictions", pred_dir, predictions),
+        segment_root = Path(segment) if segment is not None else root / "segment"
+        for name, folder, given in (("--segment", segment_root, segment),
+                                    ("--predictions", pred_dir, predictions),
                                     ("--heatmaps", heat_dir, heatmaps),
                                     ("--slides", slides, slides), ("--tiles", tiles_dir, tiles),
                                     ("--annotations", annotations, annotations)):
             if given is not None and not Path(folder).is_dir():
                 raise ProjectError(f"{folder}: {name} folder not found")
-        roots = [p.resolve() for p in (root, pred_dir, heat_dir, tiles_dir) if p.is_dir()]
+        roots = [p.resolve() for p in (root, pred_dir, heat_dir, tiles_dir, segment_root)
+                 if p.is_dir()]
         ann_dir = Path(annotations) if annotations is not None else _default_annotations(root)
 
         by_id = _slides_by_id(slides)
@@ -139,10 +148,16 @@ class ProjectIndex:
                 entry.segmentation_path = allowed(folder / "segmentation.geojson",
                                                   "segmentation.geojson")
             entry.tissue_path = allowed(tiles_dir / f"{slide_id}.tissue.geojson", "tissue outline")
-            for candidate in (root / "explanations" / slide_id / "explanations.h5",
+            for candidate in (root / "explain" / slide_id / "explanations.h5",
+                              root / "explanations" / slide_id / "explanations.h5",
                               heat_dir / slide_id / "explanations.h5"):
-                entry.explanations_path = entry.explanations_path or allowed(candidate,
-                                                                             "explanations.h5")
+                if entry.explanations_path is None:
+                    entry.explanations_path = allowed(candidate, "explanations.h5")
+                    if entry.explanations_path is not None:
+                        entry.trust_path = allowed(candidate.parent.parent / "trust.json",
+                                                   "trust.json")
+            seg = allowed(segment_root / slide_id, "segment folder")
+            entry.segment_dir = seg if seg is not None and seg.is_dir() else None
             attrs = _prediction_attrs(entry.prediction_path, entry, pred_dir.is_dir())
             entry.slide_path = by_id.get(slide_id)
             if entry.slide_path is None and attrs.get("slide_path"):

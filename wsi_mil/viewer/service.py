@@ -21,6 +21,7 @@ from wsi_mil.viewer.layers import (
     HeatLayer,
     OutlineLayer,
     TileWindow,
+    ZarrHeatLayer,
     encode_indexed_png,
     encode_png,
     palette_index,
@@ -53,10 +54,13 @@ class SlideState:
     deepzoom: Any = None
     serial: bool = False  # image fallback (PIL): reads must not overlap
     mpp: float | None = None
-    heat: dict[str, HeatLayer] = field(default_factory=dict)
+    heat: dict[str, HeatLayer | ZarrHeatLayer] = field(default_factory=dict)
     outlines: dict[str, OutlineLayer] = field(default_factory=dict)
     tissue: Any = None
     tiles: dict[str, Any] = field(default_factory=dict)  # per-tile measurements
+    #: heat layer id -> what the page shows beside an explanation map (method, caption with
+    #: its faithfulness and sanity figures on this slide, whether it fails the sanity check)
+    trust: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ViewerService:
@@ -148,11 +152,17 @@ class ViewerService:
                         prediction.tile_probs[:, i], "rank", probability=False)[:3],
                         f"tile {name} (percentile)")
             state.heat.update(_grid_layers(grid, columns))
-        explanations = _read_explanations(entry.explanations_path, len(prediction.coords))
+        explanations, scores, meta = _read_explanations(entry.explanations_path,
+                                                        len(prediction.coords))
+        state.trust = _trust(explanations, scores, meta, entry.trust_path)
         state.heat.update(_grid_layers(grid, {
             f"explain_{method}": (*normalise_scores(v, "rank", probability=False)[:3],
-                                  f"{method} (explanation, percentile)")
+                                  f"{method} (explanation, percentile)"
+                                  + (" \u2014 FAILS THE SANITY CHECK"
+                                     if state.trust[f"explain_{method}"]["fails_sanity"] else ""))
             for method, v in explanations.items()}))
+        if entry.segment_dir is not None:
+            state.heat.update(_segment_layers(entry.segment_dir))
 
         from scipy.stats import rankdata
 
@@ -200,8 +210,8 @@ class ViewerService:
 
     def slide_detail(self, slide_id: str) -> dict[str, Any]:
         state = self.state(slide_id)
-        layers = [{"id": k, "kind": "heat", "label": v.label, "vmin": v.vmin, "vmax": v.vmax}
-                  for k, v in state.heat.items()]
+        layers = [{"id": k, "kind": "heat", "label": v.label, "vmin": v.vmin, "vmax": v.vmax,
+                   "trust": state.trust.get(k)} for k, v in state.heat.items()]
         layers += [{"id": k, "kind": "outline", "label": v.label,
                     "color": "#{:02x}{:02x}{:02x}".format(*v.color)} for k, v in state.outlines.items()]
         width, height = state.slide.dimensions if state.slide is not None else (None, None)
@@ -380,15 +390,76 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
     return layers
 
 
-def _read_explanations(path: Path | None, n_tiles: int) -> dict[str, np.ndarray]:
-    """Per-tile scores of each method in ``explanations.h5`` (datasets of one value per tile)."""
+def _read_explanations(path: Path | None, n_tiles: int
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """(method -> per-tile scores, method -> its scores on the slide, fold and in-sample flag)
+    of ``explanations.h5``: the datasets its ``methods`` attribute lists (every dataset of one
+    value per tile but the lesion fractions in a file without it)."""
     if path is None:
-        return {}
+        return {}, {}, {}
+    import json
+
     import h5py
 
     out = {}
     with h5py.File(path, "r") as f:
+        listed = json.loads(f.attrs["methods"]) if "methods" in f.attrs else None
         for name, item in f.items():
-            if isinstance(item, h5py.Dataset) and item.shape == (n_tiles,):
+            if (isinstance(item, h5py.Dataset) and item.shape == (n_tiles,)
+                    and (name in listed if listed is not None else name != "lesion_fraction")):
                 out[str(name)] = np.asarray(item[:], np.float64)
-    return out
+        scores = json.loads(f.attrs["scores"]) if "scores" in f.attrs else {}
+        meta = {k: f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k]
+                for k in ("fold", "in_sample") if k in f.attrs}
+    return out, scores, meta
+
+
+def _segment_layers(folder: Path) -> dict[str, ZarrHeatLayer]:
+    """The pixel segmenter's layers of a ``segment/<slide_id>/`` folder: its lesion probability
+    (``mask.zarr``) and every explanation map (``explain.zarr/<method>``), read lazily."""
+    import zarr
+
+    from wsi_mil.segment.explain import EXPLAIN_ZARR
+    from wsi_mil.segment.infer import MASK
+
+    found = []
+    if (folder / MASK).is_dir():
+        found.append(("segment_mask", "segmenter P(lesion) (pixel mask)",
+                      zarr.open_group(str(folder / MASK), mode="r")))
+    if (folder / EXPLAIN_ZARR).is_dir():
+        maps = zarr.open_group(str(folder / EXPLAIN_ZARR), mode="r")
+        found += [(f"segment_{name}", f"segmenter {name} (explanation, window max = 1)",
+                   maps[name]) for name in sorted(maps.group_keys())]
+    layers = {}
+    for layer_id, label, group in found:
+        meta = dict(group.attrs)["wsi_mil"]
+        levels = len(dict(group.attrs)["multiscales"][0]["datasets"])
+        layers[layer_id] = ZarrHeatLayer(layer_id, label,
+                                         tuple(group[str(k)] for k in range(levels)),
+                                         (0.0, 0.0), float(meta["downsample_level0"]))
+    return layers
+
+
+def _trust(explanations: dict[str, np.ndarray], scores: dict[str, Any], meta: dict[str, Any],
+           trust_path: Path | None) -> dict[str, dict[str, Any]]:
+    """What the page shows beside each explanation layer (:mod:`wsi_mil.explain.trust`)."""
+    import json
+
+    from wsi_mil.explain.trust import fails_sanity, slide_trust, trust_line
+
+    recommended = None
+    if trust_path is not None:
+        try:
+            recommended = json.loads(trust_path.read_text(encoding="utf-8")).get("recommended")
+        except (OSError, ValueError):
+            recommended = None
+    where = ""
+    if "fold" in meta:
+        sample = "in sample" if meta.get("in_sample") else "out of sample"
+        where = f"  \u00b7  fold {meta['fold']}, {sample}"
+    return {f"explain_{method}": {
+        "method": method, "caption": trust_line(method, scores.get(method, {})) + where
+        + (f"  \u00b7  recommended for this run: {recommended}" if recommended else ""),
+        "fails_sanity": fails_sanity(scores.get(method, {})),
+        "figures": slide_trust(scores.get(method, {})), "recommended": recommended}
+        for method in explanations}

@@ -10,19 +10,19 @@ from wsi_mil.cli import main
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
-def test_train_predict_evaluate(tmp_path, capsys):
+def test_train_predict_evaluate(tmp_path, capsys, device):
     features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(12, (5, 15), 8,
                                                                          shift=4.0, seed=3))
     run = tmp_path / "run"
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
                  "--out", str(run), "--folds", "2", "--epochs", "2", "--lr", "1e-3",
                  "--seed", "1", "--hidden-dims", "16", "--attention-dim", "8",
-                 "--device", "cpu", "--bootstrap", "50"]) == 0
+                 "--device", device, "--bootstrap", "50"]) == 0
     assert "accuracy:" in capsys.readouterr().out
     assert (run / "summary.json").is_file() and (run / "fold_1" / "model.pt").is_file()
     out = tmp_path / "pred"
     assert main(["predict", "--run", str(run), "--features", str(features_dir), "--out",
-                 str(out), "--fold", "0"]) == 0
+                 str(out), "--fold", "0", "--device", device]) == 0
     assert len(list((out / "predictions").glob("*.h5"))) == 12
     assert "12 done" in capsys.readouterr().out
     assert main(["evaluate", "--predictions", str(out), "--labels", str(labels_csv),

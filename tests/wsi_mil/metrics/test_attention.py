@@ -30,3 +30,20 @@ def test_weights_that_are_not_a_distribution_are_refused():
         attention_entropy([0.5, 0.2])
     with pytest.raises(ValueError, match="at least one"):
         attention_entropy([])
+
+
+def test_batched_entropies_equal_the_single_bag_form():
+    import numpy as np
+
+    from wsi_mil.metrics.attention import attention_entropies, attention_entropy
+
+    rng = np.random.default_rng(0)
+    weights = rng.random((4, 6))
+    mask = np.array([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0], [0] * 6], dtype=bool)
+    weights[1, 2] = 0.0  # a zero weight contributes 0
+    h, norm = attention_entropies(weights, mask)
+    assert len(h) == 3  # the empty bag is left out
+    for row, (bag, m) in enumerate(zip(weights[:3], mask[:3])):
+        w = bag[m] / bag[m].sum()
+        assert h[row] == pytest.approx(attention_entropy(w))
+        assert norm[row] == pytest.approx(attention_entropy(w, normalised=True))

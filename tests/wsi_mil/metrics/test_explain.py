@@ -83,7 +83,7 @@ def test_perturbation_curve_uses_the_bag_subset() -> None:
         perturbation_curve(np.arange(4.0), lambda subsets: np.zeros(len(subsets)), "sideways")
 
 
-def test_run_score_fn_batches_equal_single_bags() -> None:
+def test_run_score_fn_batches_equal_single_bags(device) -> None:
     """Padded, masked batches score each subset exactly as the model does on it alone."""
     from types import SimpleNamespace
 
@@ -93,20 +93,21 @@ def test_run_score_fn_batches_equal_single_bags() -> None:
     from wsi_mil.mil.models import create_model
 
     torch.manual_seed(0)
-    models = [create_model("gated_abmil", 8, 2).eval() for _ in range(2)]
-    run = SimpleNamespace(device=torch.device("cpu"),
+    models = [create_model("gated_abmil", 8, 2).to(device).eval() for _ in range(2)]
+    run = SimpleNamespace(device=torch.device(device),
                           folds=[SimpleNamespace(model=m) for m in models])
     features = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     subsets = [np.arange(30), np.array([3]), np.array([0, 5, 29]), np.arange(10, 20)]
     # a tiny budget forces several batches
     scores = run_score_fn(run, features, 1, max_batch_values=8 * 30 * 2)(subsets)
     with torch.no_grad():
-        expected = [np.mean([m(torch.from_numpy(features[s])).logits.softmax(1)[0, 1].item()
-                             for m in models]) for s in subsets]
+        bags = [torch.from_numpy(features[s]).to(device) for s in subsets]
+        expected = [np.mean([m(bag).logits.softmax(1)[0, 1].item() for m in models])
+                    for bag in bags]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_run_score_fn_gives_each_subset_its_tiles_positions() -> None:
+def test_run_score_fn_gives_each_subset_its_tiles_positions(device) -> None:
     """A model that uses the tiles' positions scores a subset with those tiles' own coords."""
     from types import SimpleNamespace
 
@@ -117,15 +118,16 @@ def test_run_score_fn_gives_each_subset_its_tiles_positions() -> None:
 
     torch.manual_seed(0)
     model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0,
-                         positional="sincos2d").eval()
-    run = SimpleNamespace(device=torch.device("cpu"), folds=[SimpleNamespace(model=model)])
+                         positional="sincos2d").to(device).eval()
+    run = SimpleNamespace(device=torch.device(device), folds=[SimpleNamespace(model=model)])
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 8)).astype(np.float32)
     coords = np.stack([np.arange(30) % 6, np.arange(30) // 6], axis=1).astype(np.float32) + 9
     subsets = [np.arange(30), np.array([3]), np.array([0, 5, 29]), np.arange(10, 20)]
     scores = run_score_fn(run, features, 1, max_batch_values=8 * 30 * 2, coords=coords)(subsets)
     with torch.no_grad():
-        expected = [model(torch.from_numpy(features[s]), coords=torch.from_numpy(coords[s]))
+        expected = [model(torch.from_numpy(features[s]).to(device),
+                          coords=torch.from_numpy(coords[s]).to(device))
                     .logits.softmax(1)[0, 1].item() for s in subsets]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="without them"):

@@ -80,3 +80,25 @@ def test_sensitivity_at_specificity_and_fnr_against_hand_computed_values():
     assert sensitivity_at_specificity([True, True], [0.1, 0.2], 0.9) is None
     assert false_negative_rate(y, [s >= 0.5 for s in scores]) == 0.25
     assert false_negative_rate([False], [True]) is None
+
+
+def test_patients_are_positive_when_any_slide_is_and_combine_by_mean_or_max():
+    import numpy as np
+
+    from wsi_mil.metrics.slide import aggregate_patients
+
+    patients = ["p1", "p1", "p2", "p3", "p3"]
+    y = np.array([0, 1, 0, 0, 0])  # p1 has one positive slide: a positive patient
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2], [0.4, 0.6]])
+    thresholds = np.array([0.5, 0.5, 0.4, 0.6, 0.6])
+    ids, py, pp, pt = aggregate_patients(patients, y, probs, thresholds, 0, "mean")
+    assert ids == ["p1", "p2", "p3"] and py.tolist() == [1, 0, 0]
+    np.testing.assert_allclose(pp[:, 1], [0.4, 0.4, 0.4])
+    np.testing.assert_allclose(pt, [0.5, 0.4, 0.6])
+    _, _, pmax, _ = aggregate_patients(patients, y, probs, thresholds, 0, "max")
+    np.testing.assert_allclose(pmax[:, 1], [0.7, 0.4, 0.6])
+    three = np.array([[0.2, 0.5, 0.3]] * 5)
+    with pytest.raises(ValueError, match="'max' needs two classes"):
+        aggregate_patients(patients, y, three, thresholds, 0, "max")
+    with pytest.raises(ValueError, match="slides of different classes"):
+        aggregate_patients(patients, np.array([0, 2, 1, 1, 1]), three, thresholds, 0, "mean")

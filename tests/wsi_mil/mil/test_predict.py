@@ -17,29 +17,29 @@ from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, device):
     root = tmp_path_factory.mktemp("run")
     bags = planted_bags(16, (5, 40), 8, shift=4.0, seed=2)
     features_dir, labels_csv = write_planted_bags(root, bags)
     params = TrainParams(folds=2, epochs=2, min_epochs=1, hidden_dims=(16,), attention_dim=8,
-                         bootstrap=0, device="cpu")
+                         bootstrap=0, device=device)
     train_run(features_dir, labels_csv, root / "run", params)
     return root, features_dir, labels_csv
 
 
-def test_single_fold_prediction_matches_the_model(trained):
+def test_single_fold_prediction_matches_the_model(trained, device):
     root, features_dir, _ = trained
-    run = load_run(root / "run", fold=1, device="cpu")
+    run = load_run(root / "run", fold=1, device=device)
     bag = features_dir / "slide_0003.h5"
     pred = predict_bag(run, bag, chunk_size=4)
     with h5py.File(bag) as f:
-        x = torch.from_numpy(f["features"][:]).float()
+        x = torch.from_numpy(f["features"][:]).float().to(device)
         coords = f["coords"][:]
     with torch.no_grad():
         out = run.folds[0].model(x)
-    np.testing.assert_allclose(pred.probs, out.logits.softmax(1)[0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(pred.attention, out.raw_attention[0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(pred.tile_probs, out.tile_logits.softmax(-1)[0].numpy(),
+    np.testing.assert_allclose(pred.probs, out.logits.softmax(1)[0].cpu().numpy(), atol=1e-5)
+    np.testing.assert_allclose(pred.attention, out.raw_attention[0].cpu().numpy(), atol=1e-5)
+    np.testing.assert_allclose(pred.tile_probs, out.tile_logits.softmax(-1)[0].cpu().numpy(),
                                atol=1e-5)
     np.testing.assert_array_equal(pred.coords, coords)
     assert pred.attention_norm.min() == 0.0 and pred.attention_norm.max() == 1.0
@@ -48,11 +48,11 @@ def test_single_fold_prediction_matches_the_model(trained):
     assert pred.attrs["folds"] == [1] and pred.attrs["negative_class"] == "neg"
 
 
-def test_ensemble_combines_folds_in_log_odds(trained):
+def test_ensemble_combines_folds_in_log_odds(trained, device):
     root, features_dir, _ = trained
     bag = features_dir / "slide_0005.h5"
-    ensemble = predict_bag(load_run(root / "run", device="cpu"), bag, oof=False)
-    folds = [predict_bag(load_run(root / "run", fold=k, device="cpu"), bag) for k in (0, 1)]
+    ensemble = predict_bag(load_run(root / "run", device=device), bag, oof=False)
+    folds = [predict_bag(load_run(root / "run", fold=k, device=device), bag) for k in (0, 1)]
     # two classes: the ensemble's logit is the mean of the folds' logits ...
     logits = [np.log(f.probs[1] / f.probs[0]) for f in folds]
     assert np.log(ensemble.probs[1] / ensemble.probs[0]) == pytest.approx(np.mean(logits),
@@ -82,7 +82,7 @@ def test_run_errors(tmp_path, trained):
         load_run(root / "run", fold=7)
 
 
-def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained):
+def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained, device):
     from wsi_mil.pipeline.predict import predict_slides
 
     root, features_dir, labels_csv = trained
@@ -93,7 +93,7 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained):
     for path in list(features_dir.glob("*.h5"))[:3] + [features_dir.parent / "wide_0000.h5"]:
         (mixed / path.name).symlink_to(path)
     out = tmp_path / "pred"
-    result = predict_slides(root / "run", mixed, out, PredictParams(device="cpu"),
+    result = predict_slides(root / "run", mixed, out, PredictParams(device=device),
                             labels_csv=labels_csv)
     assert len(result.done) == 3 and [s for s, _ in result.failed] == ["wide_0000"]
     assert "12 features per tile" in (out / "failures.csv").read_text()
@@ -102,7 +102,7 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained):
     assert len(rows) == 4
     pred = read_prediction(out / "predictions" / f"{rows[1].split(',')[0]}.h5")
     assert pred.tile_probs.shape[1] == 2
-    again = predict_slides(root / "run", mixed, out, PredictParams(device="cpu"))
+    again = predict_slides(root / "run", mixed, out, PredictParams(device=device))
     assert len(again.skipped) == 3 and len(again.failed) == 1
 
 
@@ -120,12 +120,12 @@ def test_ensemble_attention_of_offset_raw_scores_equals_either_fold():
     np.testing.assert_allclose(norm, single_norm, atol=1e-6)
 
 
-def test_own_slides_are_predicted_out_of_fold_by_default(trained):
+def test_own_slides_are_predicted_out_of_fold_by_default(trained, device):
     from wsi_mil.mil.predict import read_roles
 
     root, features_dir, _ = trained
     roles = read_roles(root / "run" / "splits.csv")
-    run = load_run(root / "run", device="cpu")
+    run = load_run(root / "run", device=device)
     for bag in sorted(features_dir.glob("*.h5"))[:4]:
         held_out = [k for k, role in roles[bag.stem].items() if role == "test"]
         pred = predict_bag(run, bag)
@@ -135,27 +135,27 @@ def test_own_slides_are_predicted_out_of_fold_by_default(trained):
         assert forced.attrs["folds"] == [0, 1] and forced.attrs["in_sample"]
 
 
-def test_oof_required_fails_a_slide_no_fold_held_out(tmp_path, trained):
+def test_oof_required_fails_a_slide_no_fold_held_out(tmp_path, trained, device):
     root, _, _ = trained
     stranger = write_planted_bags(tmp_path, planted_bags(1, 6, 8, prefix="new"))[0]
-    run = load_run(root / "run", device="cpu")
+    run = load_run(root / "run", device=device)
     bag = next(stranger.glob("*.h5"))
     assert not predict_bag(run, bag).attrs["in_sample"]  # unseen: the whole ensemble
     with pytest.raises(RunError, match="no out-of-fold prediction"):
         predict_bag(run, bag, oof=True)
 
 
-def test_evaluate_warns_on_in_sample_predictions(tmp_path, trained):
+def test_evaluate_warns_on_in_sample_predictions(tmp_path, trained, device):
     from wsi_mil.pipeline.evaluate import evaluate_predictions
     from wsi_mil.pipeline.predict import predict_slides
 
     root, features_dir, labels_csv = trained
-    predict_slides(root / "run", features_dir, tmp_path / "in", PredictParams(device="cpu",
+    predict_slides(root / "run", features_dir, tmp_path / "in", PredictParams(device=device,
                                                                               oof=False))
     with pytest.warns(UserWarning, match="in-sample and optimistic"):
         metrics = evaluate_predictions(tmp_path / "in", labels_csv, n_boot=0)
     assert len(metrics["in_sample_slides"]) == 16
-    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device="cpu"))
+    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device=device))
     import warnings
 
     with warnings.catch_warnings():
@@ -163,13 +163,14 @@ def test_evaluate_warns_on_in_sample_predictions(tmp_path, trained):
         assert evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0)["in_sample_slides"] == []
 
 
-def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, trained):
+def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, trained,
+                                                                      device):
     import csv
 
     from wsi_mil.pipeline.predict import predict_slides
 
     root, features_dir, _ = trained
-    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device="cpu"))
+    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device=device))
     with (root / "run" / "splits.csv").open() as f:
         held_out = {r["slide_id"]: int(r["fold"]) for r in csv.DictReader(f)
                     if r["role"] == "test"}
@@ -185,7 +186,7 @@ def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, t
         assert row["predicted_label"] == ("pos" if positive else "neg")
 
 
-def test_patient_level_evaluation_and_compare(tmp_path, trained):
+def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     import csv
 
     from wsi_mil.pipeline.evaluate import compare_predictions, evaluate_predictions
@@ -198,7 +199,7 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained):
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text("slide_id,label,patient_id\n" + "".join(
         f"{r['slide_id']},{r['label']},{r['label']}{i // 4}\n" for i, r in enumerate(rows)))
-    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device="cpu"))
+    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device=device))
     slide = evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0)
     assert slide["level"] == "slide" and slide["n_slides"] == 16
     assert 0 <= slide["brier"] <= 1 and 0 <= slide["ece"] <= 1

@@ -115,7 +115,7 @@ def test_regression_target_is_standardised_with_the_training_slides(tmp_path):
 
 @pytest.mark.parametrize("task", ["classification", "multilabel", "survival", "regression"])
 @pytest.mark.parametrize("model", list_models())
-def test_every_model_supports_every_task(tmp_path, model, task):
+def test_every_model_supports_every_task(tmp_path, model, task, device):
     """One output head for all: each registered model gives the task's outputs and per-tile
     scores, and its loss back-propagates (multilabel: a branch per target where the model can
     have one)."""
@@ -128,17 +128,17 @@ def test_every_model_supports_every_task(tmp_path, model, task):
     negative = 0 if task == "classification" else None
     spec = fit_task(make_task(params, table, negative), table.values(list("abcd")))
     torch.manual_seed(0)
-    net = create_model(model, 6, spec.n_outputs, **model_kwargs(params, spec))
-    x = torch.randn(4, 9, 6)
-    out = net(x, coords=torch.rand(4, 9, 2) if net.uses_coords else None)
+    net = create_model(model, 6, spec.n_outputs, **model_kwargs(params, spec)).to(device)
+    x = torch.randn(4, 9, 6, device=device)
+    out = net(x, coords=torch.rand(4, 9, 2, device=device) if net.uses_coords else None)
     assert out.logits.shape == (4, spec.n_outputs)
     assert out.tile_logits.shape == (4, 9, spec.n_outputs)
     if task == "multilabel":
         assert out.branch_attention.shape[-1] == (3 if net.supports_branches
                                                   or net.one_branch_per_class else 1)
     assert (net.tile_head is None) == (task in ("survival", "regression"))
-    targets = torch.tensor(table.values(list("abcd")), dtype=torch.float32)
-    loss = spec.slide_loss(out.logits, torch.tensor([0, 1, 0, 1]), targets, None)
+    targets = torch.tensor(table.values(list("abcd")), dtype=torch.float32, device=device)
+    loss = spec.slide_loss(out.logits, torch.tensor([0, 1, 0, 1], device=device), targets, None)
     loss.backward()
     assert torch.isfinite(loss)
-    assert spec.decode(out.logits.detach().numpy()).shape == (4, len(spec.output_names))
+    assert spec.decode(out.logits.detach().cpu().numpy()).shape == (4, len(spec.output_names))

@@ -1,5 +1,5 @@
 """Training: gated attention-MIL finds planted positive tiles from slide labels alone, and a
-run folder is written as the contract says."""
+run folder is written as the contract says (on the test device, ``WSI_MIL_TEST_DEVICE``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.train import class_weights, make_optimizer, slide_loss, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
-FAST = {"hidden_dims": (32,), "attention_dim": 16, "lr": 2e-3, "device": "cpu", "bootstrap": 50}
+
+@pytest.fixture
+def fast(device) -> dict:
+    """Small, quick training settings on the test device (``WSI_MIL_TEST_DEVICE``)."""
+    return {"hidden_dims": (32,), "attention_dim": 16, "lr": 2e-3, "device": device,
+            "bootstrap": 50}
 
 
 def dataset(bags):
@@ -26,10 +31,10 @@ def dataset(bags):
                                   [b.slide_id for b in bags])
 
 
-def test_gated_abmil_learns_planted_tiles_weakly():
+def test_gated_abmil_learns_planted_tiles_weakly(fast, device):
     bags = planted_bags(90, (30, 60), 24, planted_fraction=0.1, shift=3.0, seed=0)
     train, val, test = bags[:60], bags[60:70], bags[70:]
-    params = TrainParams(epochs=12, patience=12, **FAST)
+    params = TrainParams(epochs=12, patience=12, **fast)
     torch.manual_seed(0)
     model = create_model("gated_abmil", 24, 2, **params.model_kwargs())
     result = train_fold(model, dataset(train), dataset(val), params, negative_index=0, seed=0)
@@ -37,7 +42,7 @@ def test_gated_abmil_learns_planted_tiles_weakly():
     slide_scores, tile_scores, tile_truth = [], [], []
     with torch.no_grad():
         for bag in test:
-            out = model(torch.from_numpy(bag.features))
+            out = model(torch.from_numpy(bag.features).to(device))
             slide_scores.append(out.logits.softmax(1)[0, 1].item())
             tile_scores += out.tile_logits.softmax(-1)[0, :, 1].tolist()
             tile_truth += bag.planted.tolist()
@@ -47,10 +52,10 @@ def test_gated_abmil_learns_planted_tiles_weakly():
     assert tile_auc >= 0.9, tile_auc
 
 
-def test_train_run_writes_the_run_folder(tmp_path):
+def test_train_run_writes_the_run_folder(tmp_path, fast):
     bags = planted_bags(24, (10, 20), 8, shift=4.0, seed=1)
     features_dir, labels_csv = write_planted_bags(tmp_path, bags, with_tile_labels=True)
-    params = TrainParams(folds=3, epochs=2, min_epochs=1, model="clam_sb", k_sample=3, **FAST)
+    params = TrainParams(folds=3, epochs=2, min_epochs=1, model="clam_sb", k_sample=3, **fast)
     summary = train_run(features_dir, labels_csv, tmp_path / "run", params)
     run = tmp_path / "run"
     config = yaml.safe_load((run / "config.yaml").read_text())
@@ -113,7 +118,7 @@ def test_positional_setting_reaches_transformer_mil_only():
         TrainParams(model="transformer_mil", positional="sincos2d", hidden_dims=(30,))
 
 
-def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_path):
+def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_path, fast, device):
     """The run reads the bags' grid positions for the model (it refuses to run without
     them), model.json rebuilds the positional model, and prediction passes the positions."""
     from wsi_mil.mil.bags import read_grid_coords
@@ -123,27 +128,27 @@ def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_pat
     features_dir, labels_csv = write_planted_bags(tmp_path, bags)
     params = TrainParams(folds=2, epochs=1, min_epochs=1, model="transformer_mil",
                          positional="sincos2d", batch_size=2, max_train_tiles=6,
-                         **{**FAST, "hidden_dims": (16,), "bootstrap": 0})
+                         **{**fast, "hidden_dims": (16,), "bootstrap": 0})
     train_run(features_dir, labels_csv, tmp_path / "run", params)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["train"]["positional"] == "sincos2d"
     meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
     assert meta["model"] == "transformer_mil" and meta["kwargs"]["positional"] == "sincos2d"
-    run = load_run(tmp_path / "run", fold=0, device="cpu")
+    run = load_run(tmp_path / "run", fold=0, device=device)
     model = run.folds[0].model
     assert model.uses_coords
     bag = features_dir / "slide_0005.h5"
     pred = predict_bag(run, bag, chunk_size=3)
     with h5py.File(bag) as f:
-        x = torch.from_numpy(f["features"][:]).float()
-    grid = torch.from_numpy(read_grid_coords(bag))
+        x = torch.from_numpy(f["features"][:]).float().to(device)
+    grid = torch.from_numpy(read_grid_coords(bag)).to(device)
     with torch.no_grad():
         out = model(x, coords=grid)
         moved = grid.clone()
         moved[0] += 40.0
         other = model(x, coords=moved)
-    np.testing.assert_allclose(pred.probs, out.logits.softmax(1)[0].numpy(), atol=1e-5)
-    assert not np.allclose(pred.probs, other.logits.softmax(1)[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(pred.probs, out.logits.softmax(1)[0].cpu().numpy(), atol=1e-5)
+    assert not np.allclose(pred.probs, other.logits.softmax(1)[0].cpu().numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="without them"):
         model(x)
 
@@ -171,7 +176,7 @@ def test_class_weights_change_the_gradient_of_one_bag():
 
 
 @pytest.mark.slow
-def test_class_weighting_raises_the_minority_recall():
+def test_class_weighting_raises_the_minority_recall(fast, device):
     # 48 training bags, 8 positive; weak planted signal. At the 0.5 cut the unweighted model
     # calls few positives; the weighted one, trained on equal class totals, calls more.
     recalls = {True: [], False: []}
@@ -182,14 +187,14 @@ def test_class_weighting_raises_the_minority_recall():
         train, test = pos + neg[:40], [b for b in bags if b.label][8:48]
         for weighting in (True, False):
             params = TrainParams(epochs=15, min_epochs=15, monitor="none",
-                                 class_weighting=weighting, seg_weight=0.0, **FAST)
+                                 class_weighting=weighting, seg_weight=0.0, **fast)
             torch.manual_seed(seed)
             model = create_model("gated_abmil", 16, 2, **params.model_kwargs())
             result = train_fold(model, dataset(train), dataset(train[:4] + train[-4:]), params,
                                 negative_index=0, seed=seed)
             with torch.no_grad():
-                p = [result.model.eval()(torch.from_numpy(b.features)).logits.softmax(1)[0, 1]
-                     for b in test]
+                p = [result.model.eval()(torch.from_numpy(b.features).to(device))
+                     .logits.softmax(1)[0, 1] for b in test]
             recalls[weighting].append(float(np.mean([float(v) >= 0.5 for v in p])))
     assert all(w > u for w, u in zip(recalls[True], recalls[False]))
     assert np.mean(recalls[True]) > np.mean(recalls[False]) + 0.1

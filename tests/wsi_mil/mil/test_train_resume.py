@@ -9,10 +9,10 @@ from wsi_mil.mil.train import finished_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
-def test_resume_keeps_complete_folds_and_retrains_the_rest(tmp_path):
+def test_resume_keeps_complete_folds_and_retrains_the_rest(tmp_path, device):
     features, labels = write_planted_bags(tmp_path, planted_bags(16, 12, 8, seed=1))
     params = TrainParams(folds=2, epochs=2, min_epochs=1, patience=1, bootstrap=0,
-                         hidden_dims=(16,), attention_dim=8, device="cpu")
+                         hidden_dims=(16,), attention_dim=8, device=device)
     run = tmp_path / "run"
     first = train_run(features, labels, run, params)
     fold0, fold1 = run / "fold_0", run / "fold_1"
@@ -27,10 +27,10 @@ def test_resume_keeps_complete_folds_and_retrains_the_rest(tmp_path):
     assert json.loads((run / "summary.json").read_text())["n_folds"] == 2
 
 
-def test_resume_retrains_when_the_settings_changed(tmp_path):
+def test_resume_retrains_when_the_settings_changed(tmp_path, device):
     features, labels = write_planted_bags(tmp_path, planted_bags(16, 12, 8, seed=1))
     params = TrainParams(folds=2, epochs=2, min_epochs=1, patience=1, bootstrap=0,
-                         hidden_dims=(16,), attention_dim=8, device="cpu")
+                         hidden_dims=(16,), attention_dim=8, device=device)
     run = tmp_path / "run"
     train_run(features, labels, run, params)
     kept = (run / "fold_0" / "model.pt").stat().st_mtime_ns

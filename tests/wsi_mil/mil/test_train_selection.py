@@ -19,7 +19,12 @@ from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.train import TrainingError, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
-SMALL = {"hidden_dims": (16,), "attention_dim": 8, "lr": 2e-3, "device": "cpu", "bootstrap": 0}
+
+@pytest.fixture
+def small(device) -> dict:
+    """Small training settings on the test device (``WSI_MIL_TEST_DEVICE``)."""
+    return {"hidden_dims": (16,), "attention_dim": 8, "lr": 2e-3, "device": device,
+            "bootstrap": 0}
 
 
 def dataset(bags):
@@ -27,9 +32,9 @@ def dataset(bags):
                                   [b.slide_id for b in bags])
 
 
-def test_selection_watches_the_slide_loss_and_skips_early_epochs():
+def test_selection_watches_the_slide_loss_and_skips_early_epochs(small):
     bags = planted_bags(40, (8, 16), 12, shift=2.0, seed=3)
-    params = TrainParams(epochs=8, min_epochs=4, patience=100, seg_weight=1.0, **SMALL)
+    params = TrainParams(epochs=8, min_epochs=4, patience=100, seg_weight=1.0, **small)
     torch.manual_seed(0)
     model = create_model("gated_abmil", 12, 2, **params.model_kwargs())
     result = train_fold(model, dataset(bags[:30]), dataset(bags[30:]), params, 0, seed=0)
@@ -40,9 +45,9 @@ def test_selection_watches_the_slide_loss_and_skips_early_epochs():
     assert not any(row["best"] for row in result.log[:3])
 
 
-def test_log_has_attention_entropy_per_epoch():
+def test_log_has_attention_entropy_per_epoch(small):
     bags = planted_bags(12, (3, 9), 6, seed=4)
-    params = TrainParams(model="mean_pool", epochs=2, min_epochs=1, **SMALL)
+    params = TrainParams(model="mean_pool", epochs=2, min_epochs=1, **small)
     model = create_model("mean_pool", 6, 2, **params.model_kwargs())
     result = train_fold(model, dataset(bags[:8]), dataset(bags[8:]), params, 0, seed=0)
     # mean pooling attends uniformly: the entropy of a bag of N tiles is ln N, normalised 1
@@ -59,11 +64,11 @@ def _read(path):
 
 
 @pytest.mark.parametrize("min_per_class", [1, 1000])
-def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_class):
+def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_class, small):
     bags = planted_bags(24, (6, 12), 8, shift=1.0, seed=5)
     features, labels = write_planted_bags(tmp_path, bags)
     params = TrainParams(folds=3, epochs=2, min_epochs=1, threshold_min_per_class=min_per_class,
-                         **SMALL)
+                         **small)
     summary = train_run(features, labels, tmp_path / "run", params)
     run = tmp_path / "run"
     val_rows = [r for k in range(3) for r in _read(run / f"fold_{k}" / "val_predictions.csv")]
@@ -96,9 +101,9 @@ def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_cl
     assert summary["ensemble_threshold"] == pytest.approx(1 / (1 + np.exp(-logits.mean())))
 
 
-def test_a_fold_whose_validation_is_all_nan_fails_clearly():
+def test_a_fold_whose_validation_is_all_nan_fails_clearly(small):
     bags = planted_bags(12, (3, 6), 6, seed=4)
-    params = TrainParams(epochs=2, min_epochs=1, **SMALL)
+    params = TrainParams(epochs=2, min_epochs=1, **small)
     model = create_model("gated_abmil", 6, 2, **params.model_kwargs())
     with torch.no_grad():  # a diverged model: every logit, loss and score is NaN
         for weight in model.parameters():

@@ -1,6 +1,7 @@
 """Each task trained on generated bags whose answer is known (wsi_mil.synthetic.bags): the
 out-of-fold figures the issue asks for, and attention on the planted lesions, read back from
-the files ``predict`` writes; subtypes without a negative class; patient-level bags."""
+the files ``predict`` writes; subtypes without a negative class; patient-level bags (on the
+test device, ``WSI_MIL_TEST_DEVICE``)."""
 
 from __future__ import annotations
 
@@ -13,25 +14,31 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from wsi_mil.mil.params import TrainParams
+from wsi_mil.mil.params import PredictParams, TrainParams
 from wsi_mil.mil.predictions import read_prediction
 from wsi_mil.mil.train import train_run
 from wsi_mil.pipeline.evaluate import evaluate_predictions
 from wsi_mil.pipeline.predict import predict_slides
 from wsi_mil.synthetic.bags import PlantedBag, iter_task_bags, write_planted_bags
 
-FAST = {"hidden_dims": (32,), "attention_dim": 16, "lr": 5e-3, "device": "cpu",
-        "bootstrap": 0, "epochs": 30, "min_epochs": 10, "folds": 3, "use_tile_labels": False}
+
+@pytest.fixture
+def fast(device) -> dict:
+    """Small, quick training settings on the test device (``WSI_MIL_TEST_DEVICE``)."""
+    return {"hidden_dims": (32,), "attention_dim": 16, "lr": 5e-3, "device": device,
+            "bootstrap": 0, "epochs": 30, "min_epochs": 10, "folds": 3,
+            "use_tile_labels": False}
 
 
-def run_task(root, task, n=60, tiles=16, dim=8, **params):
+def run_task(root, fast, task, n=60, tiles=16, dim=8, **params):
     """Generated bags of ``task`` trained, then predicted out of fold: (bags, summary, the
     prediction files' folder)."""
     bags = list(iter_task_bags(task, n, (tiles, 2 * tiles), dim, seed=0))
     features, labels = write_planted_bags(root, bags, task=task, with_tile_labels=True)
     summary = train_run(features, labels, root / "run", TrainParams(task=task,
-                                                                    **{**FAST, **params}))
-    predict_slides(root / "run", features, root, labels_csv=labels)
+                                                                    **{**fast, **params}))
+    predict_slides(root / "run", features, root, PredictParams(device=fast["device"]),
+                   labels_csv=labels)
     return bags, summary, labels
 
 
@@ -51,8 +58,8 @@ def attention_tile_auc(root, bags: list[PlantedBag], dataset: str = "attention",
 
 
 @pytest.mark.slow
-def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path):
-    bags, summary, labels = run_task(tmp_path, "survival", cox_batch_size=8)
+def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path, fast):
+    bags, summary, labels = run_task(tmp_path, fast, "survival", cox_batch_size=8)
     pooled = summary["pooled_out_of_fold"]
     assert pooled["harrell_c"] >= 0.75, pooled["harrell_c"]
     assert pooled["logrank"]["p_value"] < 0.05
@@ -70,9 +77,9 @@ def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path):
 
 
 @pytest.mark.slow
-def test_discrete_time_survival_trains_on_its_intervals(tmp_path):
+def test_discrete_time_survival_trains_on_its_intervals(tmp_path, fast):
     # four hazards per bag overfit a few dozen training bags more than one Cox risk: more bags
-    bags, summary, _ = run_task(tmp_path, "survival", n=120, survival_loss="nll")
+    bags, summary, _ = run_task(tmp_path, fast, "survival", n=120, survival_loss="nll")
     assert summary["pooled_out_of_fold"]["harrell_c"] >= 0.7
     meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
     assert meta["n_classes"] == 4 and len(meta["bin_edges"]) == 5
@@ -80,8 +87,8 @@ def test_discrete_time_survival_trains_on_its_intervals(tmp_path):
 
 
 @pytest.mark.slow
-def test_regression_out_of_fold_r2_and_attention_on_the_lesions(tmp_path):
-    bags, summary, labels = run_task(tmp_path, "regression", tiles=24, epochs=40,
+def test_regression_out_of_fold_r2_and_attention_on_the_lesions(tmp_path, fast):
+    bags, summary, labels = run_task(tmp_path, fast, "regression", tiles=24, epochs=40,
                                      regression_loss="huber")
     pooled = summary["pooled_out_of_fold"]
     assert pooled["r2"] >= 0.5, pooled["r2"]
@@ -94,8 +101,8 @@ def test_regression_out_of_fold_r2_and_attention_on_the_lesions(tmp_path):
 
 
 @pytest.mark.slow
-def test_multilabel_recovers_both_lesion_types_each_in_its_own_branch(tmp_path):
-    bags, summary, labels = run_task(tmp_path, "multilabel")
+def test_multilabel_recovers_both_lesion_types_each_in_its_own_branch(tmp_path, fast):
+    bags, summary, labels = run_task(tmp_path, fast, "multilabel")
     per_target = summary["pooled_out_of_fold"]["per_target"]
     assert per_target["lesion_a"]["auc"] >= 0.9 and per_target["lesion_b"]["auc"] >= 0.9
     # each target's attention branch finds its own lesion type, not the other one
@@ -110,15 +117,16 @@ def test_multilabel_recovers_both_lesion_types_each_in_its_own_branch(tmp_path):
     assert 0 <= metrics["hamming_loss"] <= 1 and "subset_accuracy" in metrics
 
 
-def test_subtypes_train_without_a_negative_class_and_the_head_is_per_class(tmp_path):
+def test_subtypes_train_without_a_negative_class_and_the_head_is_per_class(tmp_path, fast):
     bags = list(iter_task_bags("subtypes", 36, 12, 8, seed=0))  # luad and lusc lesions
     features, labels = write_planted_bags(tmp_path, bags, task="subtypes")
-    params = TrainParams(**{**FAST, "epochs": 12, "min_epochs": 6})
+    params = TrainParams(**{**fast, "epochs": 12, "min_epochs": 6})
     summary = train_run(features, labels, tmp_path / "run", params)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["negative_class"] is None and config["segmentation_head"] == "one_vs_rest"
     assert summary["subtyping"] and summary["negative_class"] is None
-    predict_slides(tmp_path / "run", features, tmp_path, labels_csv=labels)
+    predict_slides(tmp_path / "run", features, tmp_path, PredictParams(device=fast["device"]),
+                   labels_csv=labels)
     # the head is per class: P(luad) ranks luad's own tiles, P(lusc) lusc's
     luad = attention_tile_auc(tmp_path, bags, "tile_probs", 0, kind=1)
     lusc = attention_tile_auc(tmp_path, bags, "tile_probs", 1, kind=2)
@@ -127,17 +135,18 @@ def test_subtypes_train_without_a_negative_class_and_the_head_is_per_class(tmp_p
     assert metrics["subtyping"] and metrics["auc"] >= 0.9
 
 
-def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_path):
+def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_path, fast):
     bags = list(iter_task_bags("regression", 24, (8, 12), 6, seed=1, slides_per_patient=2))
     features, labels = write_planted_bags(tmp_path, bags, task="regression")
     params = TrainParams(task="regression", bag_level="patient",
-                         **{**FAST, "epochs": 3, "min_epochs": 1})
+                         **{**fast, "epochs": 3, "min_epochs": 1})
     summary = train_run(features, labels, tmp_path / "run", params)
     assert summary["bag_level"] == "patient"
     assert summary["pooled_out_of_fold"]["n_slides"] == 12  # one bag per patient
     splits = list(csv.DictReader((tmp_path / "run" / "splits.csv").open()))
     assert {r["slide_id"] for r in splits} == {b.slide_id for b in bags}  # slides keep ids
-    predict_slides(tmp_path / "run", features, tmp_path, labels_csv=labels)
+    predict_slides(tmp_path / "run", features, tmp_path, PredictParams(device=fast["device"]),
+                   labels_csv=labels)
     with h5py.File(tmp_path / "predictions" / "slide_0000.h5", "r") as a, \
             h5py.File(tmp_path / "predictions" / "slide_0001.h5", "r") as b:
         assert a.attrs["patient_id"] == b.attrs["patient_id"] == "patient_0000"

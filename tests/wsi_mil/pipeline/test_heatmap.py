@@ -93,3 +93,51 @@ def test_real_slide_tiled_by_the_pipeline(tmp_path, shared_slide):
     stride = float(tiles.attrs["stride"])
     group = zarr.open_group(str(folder / "heatmap.zarr"), mode="r")
     assert group["0"].shape == (4, int(np.ceil(2967 / stride)), int(np.ceil(2220 / stride)))
+
+
+def _explanations(folder, n_tiles, flagged):
+    """A hand-written explanations.h5 with an lrp map and its trust figures."""
+    import h5py
+    import numpy as np
+
+    path = folder / "lesion" / "explanations.h5"
+    path.parent.mkdir(parents=True)
+    scores = {"lrp": {"srg": 0.31, "morf_aupc": 0.42, "lerf_aupc": 0.73, "random_aupc": 0.6,
+                      "sanity_spearman": 0.7 if flagged else 0.08,
+                      "sanity_flagged": float(flagged)}}
+    with h5py.File(path, "w") as f:
+        f.create_dataset("lrp", data=np.linspace(-1, 1, n_tiles))
+        f.attrs.update(methods=json.dumps(["lrp"]), scores=json.dumps(scores), fold=2,
+                       in_sample=False, complete=True)
+    (folder / "trust.json").write_text(json.dumps({"recommended": "lrp"}))
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_an_explanation_map_carries_its_trust_figures(tmp_path, inputs, flagged):
+    from wsi_mil.mil.predictions import read_prediction
+
+    prediction_path, tiles = inputs
+    _explanations(tmp_path / "explain", len(read_prediction(prediction_path).coords), flagged)
+    params = HeatmapParams(max_side=256, topk=0, score="lrp")
+    folder = heatmap_slide(prediction_path, tmp_path / "out" / "lesion", params, tiles_dir=tiles,
+                           explanations_dir=tmp_path / "explain")
+    shown = json.loads((folder / "heatmap.json").read_text())["explanation"]
+    assert shown["method"] == "lrp" and shown["fold"] == 2 and shown["recommended"] == "lrp"
+    assert shown["figures"]["srg"] == pytest.approx(0.31)
+    assert shown["fails_sanity"] is flagged
+    caption = " ".join(shown["caption"])
+    assert "LeRF \u2212 MoRF AUPC 0.31" in caption and "out of sample" in caption
+    assert ("FAILS THE SANITY CHECK" in caption) is flagged
+    assert (folder / "overlay.png").stat().st_size > 0
+
+
+def test_the_predictions_attention_is_not_given_another_models_figures(tmp_path, inputs):
+    from wsi_mil.mil.predictions import read_prediction
+    from wsi_mil.pipeline.heatmap import explanation_trust
+
+    prediction = read_prediction(inputs[0])
+    scores = {"attention": {"srg": 0.2, "sanity_flagged": 0.0}}
+    attrs = {"fold": 2, "scores": scores, "run_path": "elsewhere"}
+    maps = {"attention": prediction.attention}
+    assert explanation_trust("attention", maps, attrs, prediction, tmp_path) is None
+    assert explanation_trust("lrp", maps, attrs, prediction, tmp_path) is None

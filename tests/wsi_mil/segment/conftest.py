@@ -1,4 +1,5 @@
-"""Fixtures of the segmentation tests: a segmenter whose answer is known exactly.
+"""Fixtures of the segmentation tests: a segmenter whose answer is known exactly, and model
+folders of tiny networks with random weights.
 
 :class:`DarkPixels` marks every pixel darker than glass as lesion, pixel by pixel, so a
 stitched mask must reproduce the painted shapes exactly: any offset, scale or blending error
@@ -8,11 +9,18 @@ memory test runs (a trained network would only add weights, not change the bookk
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
+from wsi_mil.segment.nets import build_network
+from wsi_mil.segment.params import SegmentTrainParams
 
 
 class DarkPixels(torch.nn.Module):
@@ -51,7 +59,36 @@ def grid_prediction(path, slide_path, width: int, height: int, mpp: float, tile:
                "slide_path": str(slide_path), "negative_class": "normal"}))
 
 
-@pytest.fixture
+def write_model(folder, net: str = "unet", lesion_bias: float = 0.0) -> None:
+    """A model folder as segment-train leaves it, with random weights; ``lesion_bias`` is added
+    to the lesion logit of the last convolution (a random network's mask is salt and pepper,
+    whose outlines take long to merge; a bias of a few units makes most windows all lesion)."""
+    torch.manual_seed(0)
+    params = SegmentTrainParams(net=net, mpp=2.0, tile_size=64, channels=(8, 16, 32))
+    network = build_network(params)
+    convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    last = [m for m in network.modules()
+            if isinstance(m, convolutions) and m.out_channels == 2][-1]
+    with torch.no_grad():
+        last.bias[1] += lesion_bias
+    buffer = io.BytesIO()
+    torch.save(network.state_dict(), buffer)
+    folder.mkdir(parents=True)
+    (folder / "segmenter.pt").write_bytes(buffer.getvalue())
+    (folder / "model_card.json").write_text(json.dumps({
+        "format": "wsi-mil segmenter", "net": net, "params": dataclasses.asdict(params),
+        "input": {"mpp": 2.0, "tile_size": 64}, "checkpoint": "segmenter.pt",
+        "checkpoint_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}))
+
+
+@pytest.fixture(scope="session")
+def random_segmenter():
+    """``write(folder, net, lesion_bias)``: a model folder of a tiny network with random
+    weights."""
+    return write_model
+
+
+@pytest.fixture(scope="session")
 def segment_helpers():
     """(DarkPixels, dark_card, grid_prediction) for the tests of this folder."""
     return DarkPixels, dark_card, grid_prediction

@@ -1,5 +1,5 @@
-"""Pixel segmentation: window layout, blending, training masks, alignment, and a trained
-segmenter against the tile head on held-out generated slides."""
+"""Pixel segmentation: window layout, blending, training masks, alignment (the segmenter on the
+test device, ``WSI_MIL_TEST_DEVICE``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import zarr
 
 from tiling.annotations import geometry_mask, read_annotations
 from wsi_mil.segment.data import TrainingSlide, kind_counts, sample_slide
-from wsi_mil.segment.infer import ChunkStitcher, segment_slide, window_lattice
+from wsi_mil.segment.infer import segment_slide
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
+from wsi_mil.segment.windows import ChunkStitcher, window_lattice
 from wsi_mil.synthetic.pyramid_tiff import Ellipse, Rect, shapes_render, write_pyramidal_tiff
 
 
@@ -95,7 +96,7 @@ def test_training_masks_never_mark_exclusion_regions(tmp_path):
 
 
 @pytest.mark.slow
-def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers):
+def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers, device):
     DarkPixels, dark_card, grid_prediction = segment_helpers
     width, height, mpp = 2000, 1600, 0.5
     disc = (1000.3, 777.7, 150.0)
@@ -110,8 +111,8 @@ def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers
                    for cx, cy, r in (disc, edge))
 
     grid_prediction(tmp_path / "disc.h5", slide, width, height, mpp, tile, near)
-    out = segment_slide(tmp_path / "disc.h5", DarkPixels(), dark_card(2.0, 64), tmp_path / "seg",
-                        SegmentParams(simplify_px=0.0, zarr_chunk=128))
+    out = segment_slide(tmp_path / "disc.h5", DarkPixels().to(device), dark_card(2.0, 64),
+                        tmp_path / "seg", SegmentParams(simplify_px=0.0, zarr_chunk=128))
     group = zarr.open_group(str(out / "mask.zarr"), mode="r")
     mask = group["0"][0] >= 128
     assert mask.shape == (math.ceil(height / 4), math.ceil(width / 4))

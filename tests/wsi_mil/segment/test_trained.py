@@ -1,5 +1,6 @@
-"""A segmenter trained for a few epochs on a generated cohort (through the command line),
-scored on its held-out slides against the planted lesions and the tile head."""
+"""A segmenter trained for a few epochs on a generated cohort (through the command line, on the
+test device ``WSI_MIL_TEST_DEVICE``), scored on its held-out slides against the planted lesions
+and the tile head."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def segmented(tmp_path_factory):
+def segmented(tmp_path_factory, device):
     """Train (CLI segment-train) on the train split, segment (CLI segment) the test split."""
     import torch
 
@@ -35,7 +36,7 @@ def segmented(tmp_path_factory):
                  str(cohort.annotations_dir), "--labels", str(cohort.labels_csv), "--split",
                  "train", "--out", str(model), "--net", "unet", "--mpp", "2.0", "--tile-size",
                  "64", "--channels", "8", "16", "32", "--tiles-per-slide", "48", "--epochs",
-                 "12", "--lr", "0.003"]) == 0
+                 "12", "--lr", "0.003", "--device", device]) == 0
     test = [s for s in cohort.slides if s.split == "test"]
     for slide in test:
         tiles = tile_slide(slide.path, root / "tiled", TilingParams(target_mpp=1.0,
@@ -43,7 +44,7 @@ def segmented(tmp_path_factory):
         annotation_prediction(tiles, slide.annotation,
                               root / "predictions" / f"{slide.slide_id}.h5")
     assert main(["segment", "--predictions", str(root / "predictions"), "--model", str(model),
-                 "--out", str(root)]) == 0
+                 "--out", str(root), "--device", device]) == 0
     return root, cohort, test
 
 
@@ -84,7 +85,7 @@ def test_evaluation_reports_pixel_masks_beside_the_tile_head(segmented):
     assert "pixel_dice" in header and "tile_pixel_dice" in header
 
 
-def test_segment_outputs_are_complete_and_resumable(segmented, capsys):
+def test_segment_outputs_are_complete_and_resumable(segmented, capsys, device):
     root, _, test = segmented
     for slide in test:
         folder = root / "segment" / slide.slide_id
@@ -96,7 +97,7 @@ def test_segment_outputs_are_complete_and_resumable(segmented, capsys):
             assert all(f["properties"]["measurements"]["area_um2"] >= 200
                        for f in geojson["features"])
     assert main(["segment", "--predictions", str(root / "predictions"), "--model",
-                 str(root / "model"), "--out", str(root)]) == 0
+                 str(root / "model"), "--out", str(root), "--device", device]) == 0
     assert f"0 done, {len(test)} skipped" in capsys.readouterr().out
 
 

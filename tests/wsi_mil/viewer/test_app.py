@@ -163,6 +163,42 @@ def test_measurements_and_explanations(project: Path, planted) -> None:
     assert tile.status_code == 200 and decode(tile.data)[..., 3].max() == 255
 
 
+def test_an_explanation_layer_shows_its_trust_figures(project: Path) -> None:
+    """The explain stage's layout (OUT/explain/<slide>/explanations.h5, OUT/explain/trust.json):
+    each map's method, faithfulness and sanity on the slide; a map failing sanity says so."""
+    import json
+
+    import h5py
+
+    from tiling.storage import atomic_output
+
+    with h5py.File(project / "predictions" / "planted.h5", "r") as f:
+        n_tiles = f["coords"].shape[0]
+    explanations = project / "explain" / "planted" / "explanations.h5"
+    explanations.parent.mkdir(parents=True)
+    scores = {"lrp": {"srg": 0.3, "morf_aupc": 0.4, "lerf_aupc": 0.7, "random_aupc": 0.55,
+                      "sanity_spearman": 0.1, "sanity_flagged": 0.0},
+              "segmentation": {"srg": 0.1, "sanity_spearman": 0.8, "sanity_flagged": 1.0}}
+    with atomic_output(explanations) as tmp, h5py.File(tmp, "w") as f:
+        for method in scores:
+            f[method] = np.arange(n_tiles, dtype=np.float32)
+        f["lesion_fraction"] = np.zeros(n_tiles, dtype=np.float32)
+        f.attrs.update(methods=json.dumps(list(scores)), scores=json.dumps(scores), fold=1,
+                       in_sample=False, complete=True)
+    (project / "explain" / "trust.json").write_text(json.dumps({"recommended": "lrp"}))
+    app, _ = client(project)
+    layers = {layer["id"]: layer for layer in app.get("/api/slides/planted").get_json()["layers"]}
+    assert "explain_lesion_fraction" not in layers  # not a method
+    lrp, seg = layers["explain_lrp"], layers["explain_segmentation"]
+    assert not lrp["trust"]["fails_sanity"] and "FAILS" not in lrp["label"]
+    assert "LeRF \u2212 MoRF AUPC 0.30" in lrp["trust"]["caption"]
+    assert "fold 1, out of sample" in lrp["trust"]["caption"]
+    assert "recommended for this run: lrp" in lrp["trust"]["caption"]
+    assert seg["trust"]["fails_sanity"] and "FAILS THE SANITY CHECK" in seg["label"]
+    assert "FAILS THE SANITY CHECK" in seg["trust"]["caption"]
+    assert layers["attention"]["trust"] is None
+
+
 REFUSED = [
     ("/slides/nothere.dzi", 404),
     ("/slides/planted_files/99/0_0.jpeg", 404),

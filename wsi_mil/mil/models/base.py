@@ -29,7 +29,8 @@ Every model's ``forward`` and ``predict_chunked`` accept the tiles' grid positio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
@@ -73,6 +74,8 @@ class MILModel(nn.Module, ABC):
     uses_coords: bool = False
     #: whether the model can give each output its own attention branch (``branch_per_output``)
     supports_branches: bool = False
+    #: set inside :meth:`lrp_rules` only: pooling treats its weights as constants
+    lrp_rule: bool = False
 
     def __init__(self, in_dim: int, n_classes: int,
                  hidden_dims: Sequence[int] = TrainParams.hidden_dims,
@@ -150,6 +153,26 @@ class MILModel(nn.Module, ABC):
         return None
 
     # -- shared machinery ------------------------------------------------------------------
+    @contextmanager
+    def lrp_rules(self) -> Iterator[None]:
+        """The forward pass under the xMIL rules of layer-wise relevance propagation, inside the
+        ``with`` block (Hense et al., "xMIL", NeurIPS 2024; their ``AttentionMILModel.
+        activations(detach_attn=True)`` and ``TransMIL.activations``): the values are unchanged,
+        but the backward pass treats as constants the attention weights (the AH-rule: attention
+        is a gate, relevance flows through the values only), every LayerNorm's scale (the
+        LN-rule, Ali et al., ICML 2022) and the slope of every element-wise non-linearity other
+        than ReLU (relevance passes it unchanged). Every remaining operation is linear or ReLU,
+        so gradient x input of the logit is LRP-0 relevance (:mod:`wsi_mil.explain.lrp`).
+        Every module with an ``lrp_rule`` flag takes part; never used in training."""
+        flagged = [m for m in self.modules() if hasattr(m, "lrp_rule")]
+        for m in flagged:
+            m.lrp_rule = True
+        try:
+            yield
+        finally:
+            for m in flagged:
+                m.lrp_rule = False
+
     def config(self) -> dict[str, Any]:
         """What :func:`create_model` needs to rebuild this model (saved beside the weights)."""
         return {"model": self.name, "in_dim": self.in_dim, "n_classes": self.n_classes,
@@ -178,10 +201,13 @@ class MILModel(nn.Module, ABC):
 
     def pool(self, h: torch.Tensor, raw: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax over real tiles; returns (weights ``[B, N, K]``, pooled ``[B, K, H]``)."""
+        """Softmax over real tiles; returns (weights ``[B, N, K]``, pooled ``[B, K, H]``).
+
+        Under :meth:`lrp_rules` the weights enter the pooled vectors as constants (a gate)."""
         scores = raw.float().masked_fill(~mask.unsqueeze(-1), float("-inf"))
         weights = torch.softmax(scores, dim=1) * mask.unsqueeze(-1)
-        pooled = torch.einsum("bnk,bnh->bkh", weights.to(h.dtype), h)
+        gate = weights.detach() if self.lrp_rule else weights
+        pooled = torch.einsum("bnk,bnh->bkh", gate.to(h.dtype), h)
         return weights, pooled
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,

@@ -3,6 +3,11 @@
 They show how much a learned attention adds. Their "attention" is still reported with the same
 contract (non-negative, sums to 1 over real tiles, 0 on padding) so heatmaps work for them too:
 uniform for the mean, and for the max each tile's share of the embedding dimensions it wins.
+A dimension that several tiles tie for (a ReLU unit dead on every tile is 0 on all of them)
+is shared equally among them: crediting it to the first of them, as ``argmax`` does, gave the
+first tile of a bag over half the weight when many units were dead. Neither model's
+"attention" is in the graph of its logits, so gradients with respect to it do not exist
+(:func:`wsi_mil.explain.methods.available_methods` does not offer such methods for them).
 """
 
 from __future__ import annotations
@@ -41,11 +46,14 @@ class MaxPoolMIL(_PoolingMIL):
 
     def pool(self, h: torch.Tensor, raw: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Element-wise max over real tiles; each tile's weight is its share of the dimensions,
+        a tied dimension split equally among the tiles that hold its maximum."""
         masked = h.float().masked_fill(~mask.unsqueeze(-1), float("-inf"))
-        pooled, winners = masked.max(dim=1)  # [B, H] each
-        wins = torch.zeros(h.shape[:2], device=h.device)
-        wins.scatter_add_(1, winners, torch.ones_like(winners, dtype=wins.dtype))
-        weights = (wins / h.shape[-1]).unsqueeze(-1)
+        pooled = masked.max(dim=1).values  # [B, H]
+        with torch.no_grad():
+            ties = (masked == pooled.unsqueeze(1)) & mask.unsqueeze(-1)  # [B, N, H]
+            share = ties / ties.sum(dim=1, keepdim=True).clamp_min(1)
+            weights = (share.sum(-1) / h.shape[-1]).unsqueeze(-1)
         return weights, pooled.unsqueeze(1).to(h.dtype)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
@@ -59,20 +67,22 @@ class MaxPoolMIL(_PoolingMIL):
     def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
                         chunk_size: int = 16384,
                         coords: torch.Tensor | None = None) -> MILOutput:
-        """One pass: running maximum and the index of the tile that holds it, per dimension
-        (``coords`` ignored)."""
+        """Three passes over the chunks (``coords`` ignored): the running maximum per dimension,
+        then how many tiles tie for it, then each tile's share of the dimensions it holds, as
+        :meth:`pool` computes them on the whole bag."""
         device = next(self.parameters()).device
         best = torch.full((self.hidden_dim,), float("-inf"), device=device)
-        winner = torch.zeros(self.hidden_dim, dtype=torch.long, device=device)
         tile_logits = []
-        for start in range(0, num_tiles, chunk_size):
-            h = self.embed(read(start, min(start + chunk_size, num_tiles)).float())
+        chunks = [(s, min(s + chunk_size, num_tiles)) for s in range(0, num_tiles, chunk_size)]
+        for start, end in chunks:
+            h = self.embed(read(start, end).float())
             tile_logits.append(self.tile_scores(h).float())
-            value, index = h.max(dim=0)
-            better = value > best
-            best = torch.where(better, value, best)
-            winner = torch.where(better, index + start, winner)
-        wins = torch.bincount(winner, minlength=num_tiles).float()
+            best = torch.maximum(best, h.float().max(dim=0).values)
+        ties = torch.zeros(self.hidden_dim, device=device)
+        for start, end in chunks:
+            ties += (self.embed(read(start, end).float()).float() == best).sum(dim=0)
+        wins = torch.cat([((self.embed(read(start, end).float()).float() == best)
+                           / ties.clamp_min(1)).sum(dim=1) for start, end in chunks])
         logits = self.classify(best.view(1, 1, -1))
         weights = wins / self.hidden_dim
         return MILOutput(logits, weights.unsqueeze(0), wins.unsqueeze(0),

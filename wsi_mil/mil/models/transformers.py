@@ -77,9 +77,11 @@ class ScaleDetachableLayerNorm(nn.LayerNorm):
     """
 
     detach_scale: bool = False
+    #: set by :meth:`MILModel.lrp_rules`: the same LN-rule, as part of the LRP rules
+    lrp_rule: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.detach_scale:
+        if not (self.detach_scale or self.lrp_rule):
             return super().forward(x)
         centred = x - x.mean(-1, keepdim=True)
         scale = (centred.pow(2).mean(-1, keepdim=True) + self.eps).rsqrt().detach()
@@ -165,7 +167,16 @@ class _TransformerMIL(MILModel):
 
 
 class ExactSelfAttention(nn.Module):
-    """Multi-head softmax self-attention whose matrix can be recorded (and differentiated)."""
+    """Multi-head softmax self-attention whose matrix can be recorded (and differentiated).
+
+    Under :meth:`MILModel.lrp_rules` (``lrp_rule``) the attention is a gate (xMIL's AH-rule):
+    queries and keys are detached, so the backward pass reaches the tokens through the values
+    only; the fused kernel still runs (memory linear in the bag). A matrix recorded then is a
+    leaf of the graph, so the LRP relevance of the attention itself can be read from its
+    gradient (Chefer et al., CVPR 2021: :mod:`wsi_mil.explain.methods`).
+    """
+
+    lrp_rule: bool = False
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -177,20 +188,45 @@ class ExactSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor,
                                                              torch.Tensor | None]:
-        """``x`` ``[T, H]`` -> (output ``[T, H]``, class-token row ``[heads, T]``, matrix)."""
-        t, dim = x.shape
-        q, k, v = self.qkv(x).view(t, 3, self.heads, dim // self.heads).permute(1, 2, 0, 3)
+        """``x`` ``[..., T, H]`` -> (output ``[..., T, H]``, class-token row ``[..., heads,
+        T]``, matrix ``[..., heads, T, T]`` or None); leading dimensions are separate sequences
+        (the forward pass runs one bag at a time; a batch of one-tile bags runs at once in
+        :func:`wsi_mil.explain.perturbation.keep_one`)."""
+        *lead, t, dim = x.shape
+        q, k, v = (self.qkv(x).view(*lead, t, 3, self.heads, dim // self.heads)
+                   .movedim(-3, 0).transpose(-2, -3))
+        if self.lrp_rule:
+            q, k = q.detach(), k.detach()
         scale = 1.0 / math.sqrt(dim // self.heads)
         drop = self.dropout if self.training else 0.0
         if record:
             matrix = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
+            if self.lrp_rule:
+                matrix.requires_grad_(True)
             out = F.dropout(matrix, drop, self.training) @ v
-            cls_row = matrix[:, 0]
+            cls_row = matrix[..., 0, :]
         else:
             matrix = None
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-            cls_row = torch.softmax((q[:, :1] @ k.transpose(-1, -2))[:, 0] * scale, dim=-1)
-        return self.out(out.transpose(0, 1).reshape(t, dim)), cls_row, matrix
+            cls_row = torch.softmax((q[..., :1, :] @ k.transpose(-1, -2))[..., 0, :] * scale,
+                                    dim=-1)
+        return self.out(out.transpose(-2, -3).reshape(*lead, t, dim)), cls_row, matrix
+
+
+class RelevanceGELU(nn.GELU):
+    """``nn.GELU`` (same output, no parameters) that passes relevance unchanged under the LRP
+    rules: written ``x * (gelu(x) / x)`` with the ratio held constant, its gradient x input is
+    ``gelu(x)`` itself, the identity rule LRP applies to element-wise activations (the plain
+    gradient, ``x gelu'(x)``, would not conserve relevance)."""
+
+    lrp_rule: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.lrp_rule:
+            return y
+        ratio = torch.where(x.abs() > 1e-12, y / torch.where(x == 0, 1.0, x), 0.5)
+        return x * ratio.detach()
 
 
 class EncoderLayer(nn.Module):
@@ -200,8 +236,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = ScaleDetachableLayerNorm(dim), ScaleDetachableLayerNorm(dim)
         self.attn = ExactSelfAttention(dim, heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), RelevanceGELU(),
+                                 nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor, record: bool):
         out, cls_row, matrix = self.attn(self.norm1(x), record)
@@ -298,10 +334,14 @@ class PPEG(nn.Module):
         self.proj2 = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
-        cls, feat = x[:1], x[1:]
-        grid = feat.T.reshape(1, -1, side, side)
+        """``x`` ``[1 + side^2, H]`` (class token first), or ``[B, 1 + side^2, H]``: bags of
+        the same size at once (one-tile bags in :func:`wsi_mil.explain.perturbation.keep_one`)."""
+        batch = x if x.dim() == 3 else x.unsqueeze(0)
+        cls, feat = batch[:, :1], batch[:, 1:]
+        grid = feat.transpose(1, 2).reshape(len(batch), -1, side, side)
         grid = self.proj(grid) + grid + self.proj1(grid) + self.proj2(grid)
-        return torch.cat([cls, grid.flatten(2)[0].T])
+        out = torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+        return out if x.dim() == 3 else out[0]
 
 
 class NystromLayer(nn.Module):
@@ -313,7 +353,15 @@ class NystromLayer(nn.Module):
     autograd graph (the package only returns it detached from the output); the output equals the
     package's (tested). It is the approximation the model uses, not an exact softmax: rows need
     not sum to 1 and entries can be slightly negative.
+
+    Under :meth:`MILModel.lrp_rules` the Nyström attention is a gate, as in xMIL's
+    ``Attention.xforward``: its three softmax factors and the pseudo-inverse are computed from
+    detached queries and keys, and the output is ``factors @ V`` plus the depth-wise residual
+    convolution of ``V`` (which mixes neighbouring tokens: relevance flows through it); without
+    ``record`` the factors are multiplied right to left, never forming the ``T x T`` matrix.
     """
+
+    lrp_rule: bool = False
 
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
@@ -325,18 +373,24 @@ class NystromLayer(nn.Module):
                                      residual=True, dropout=dropout)
 
     def forward(self, x: torch.Tensor, record: bool):
-        y = self.norm(x).unsqueeze(0)
-        if not record:  # the class token's row from the factors: n x landmarks, never n x n
-            out, (attn1, attn2_inv, attn3) = self.attn(y, return_attn_matrices=True)
-            pad = attn1.shape[2] - x.shape[0]
-            cls_row = (attn1[0, :, pad:pad + 1] @ attn2_inv[0] @ attn3[0])[:, 0, pad:]
-            out, matrix = out[0], None
-        else:
-            out, matrix = self._recorded(y)
-            cls_row = matrix[:, 0]
-        return x + out, cls_row, matrix
+        """``x`` ``[T, H]``, or ``[B, T, H]``: bags of the same size at once (not with
+        ``record`` or the LRP rules, which explain one bag)."""
+        batched = x.dim() == 3
+        y = self.norm(x) if batched else self.norm(x).unsqueeze(0)
+        if record or self.lrp_rule:
+            out, cls_row, matrix = self._explicit(y, record)
+            return x + out, cls_row, matrix
+        # the class token's row from the factors: n x landmarks, never n x n
+        out, (attn1, attn2_inv, attn3) = self.attn(y, return_attn_matrices=True)
+        pad = attn1.shape[2] - x.shape[-2]
+        cls_row = (attn1[:, :, pad:pad + 1] @ attn2_inv @ attn3)[:, :, 0, pad:]
+        return (x + out, cls_row, None) if batched else (x + out[0], cls_row[0], None)
 
-    def _recorded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _explicit(self, x: torch.Tensor, materialise: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The package's attention recomputed from its own projections and pseudo-inverse:
+        (output ``[n, H]``, class-token row ``[heads, n]``, the ``[heads, n, n]`` matrix when
+        ``materialise``, else None). Queries and keys are detached under the LRP rules."""
         from nystrom_attention.nystrom_attention import moore_penrose_iter_pinv
 
         a = self.attn
@@ -345,6 +399,8 @@ class NystromLayer(nn.Module):
         x = F.pad(x, (0, 0, pad, 0))
         q, k, v = a.to_qkv(x).chunk(3, dim=-1)
         q, k, v = (t.reshape(1, t.shape[1], a.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.lrp_rule:
+            q, k = q.detach(), k.detach()
         q = q * a.scale
         segment = math.ceil(n / m)
         q_l = q.reshape(1, a.heads, m, segment, -1).sum(3) / segment
@@ -352,12 +408,20 @@ class NystromLayer(nn.Module):
         attn1 = torch.softmax(q @ k_l.transpose(-1, -2), dim=-1)
         attn2 = torch.softmax(q_l @ k_l.transpose(-1, -2), dim=-1)
         attn3 = torch.softmax(q_l @ k.transpose(-1, -2), dim=-1)
-        matrix = attn1 @ moore_penrose_iter_pinv(attn2, a.pinv_iterations) @ attn3
+        inverse = moore_penrose_iter_pinv(attn2, a.pinv_iterations)
         # the front padding's values are 0 (to_qkv has no bias): only the real tokens' block
-        # of the matrix reaches the output, so it is the block recorded
-        matrix = matrix[0, :, pad:, pad:]
-        out = matrix @ v[0, :, pad:] + a.res_conv(v)[0, :, pad:]
-        return a.to_out(out.transpose(0, 1).reshape(n, -1)), matrix
+        # of the matrix reaches the output, so it is the block used
+        residual = a.res_conv(v)[0, :, pad:]
+        if materialise:
+            matrix = (attn1 @ inverse @ attn3)[0, :, pad:, pad:]
+            if self.lrp_rule:
+                matrix.requires_grad_(True)
+            out, cls_row = matrix @ v[0, :, pad:] + residual, matrix[:, 0]
+        else:
+            left, right = attn1[0, :, pad:], attn3[0, :, :, pad:]
+            out = left @ (inverse[0] @ (right @ v[0, :, pad:])) + residual
+            cls_row, matrix = (left[:, :1] @ inverse[0] @ right)[:, 0], None
+        return a.to_out(out.transpose(0, 1).reshape(n, -1)), cls_row, matrix
 
 
 @register_model("transmil")

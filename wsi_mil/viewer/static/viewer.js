@@ -173,6 +173,11 @@ function setOutline(box) {
 function updateColorbar() {
   const layer = (state.detail?.layers || []).find((l) => l.id === $("heat-layer").value);
   $("colorbar").hidden = !layer;
+  // an explanation map: which method, its faithfulness and sanity on this slide
+  const trust = layer && layer.trust;
+  $("trust").hidden = !trust;
+  $("trust").textContent = trust ? trust.caption : "";
+  $("trust").classList.toggle("fails", !!(trust && trust.fails_sanity));
   if (!layer) return;
   $("colorbar-ramp").style.background = `linear-gradient(to right, ${state.config.colorbar.join(", ")})`;
   $("cb-min").textContent = fmt(layer.vmin, 2);
