@@ -76,17 +76,20 @@ def uno_c(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarr
 def td_auc(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray,
            times: np.ndarray) -> tuple[list[float], float] | None:
     """(AUC at each time, their mean weighted by the survival function): scikit-survival's
-    ``cumulative_dynamic_auc``."""
+    ``cumulative_dynamic_auc``. A time at which the scored slides hold no case (no event yet) or
+    no control is undefined (None; numpy's 0/0 warning is not shown: a few test slides of a
+    fold often have such a time); None when the mean is."""
     from sksurv.metrics import cumulative_dynamic_auc
 
     try:
-        aucs, mean = cumulative_dynamic_auc(train, structured(time, event),
-                                            np.asarray(risk, np.float64), times)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs, mean = cumulative_dynamic_auc(train, structured(time, event),
+                                                np.asarray(risk, np.float64), times)
     except (ValueError, ZeroDivisionError):
         return None
     if not np.isfinite(mean):
         return None
-    return [float(a) for a in aucs], float(mean)
+    return [float(a) if np.isfinite(a) else None for a in aucs], float(mean)
 
 
 def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,

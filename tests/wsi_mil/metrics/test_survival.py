@@ -90,3 +90,15 @@ def test_logrank_is_lifelines(cohort):
     assert result["p_value"] == pytest.approx(reference)
     assert result["groups"] == {"high risk": 30, "low risk": 30}
     assert logrank(time, event, ["all"] * len(time)) is None
+
+
+def test_td_auc_at_a_time_without_cases_is_none_and_prints_nothing():
+    from wsi_mil.metrics.survival import structured, td_auc
+
+    time, event = np.array([5.0, 6.0, 7.0, 8.0]), np.array([0.0, 1.0, 1.0, 1.0])
+    train = structured(time, event)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's 0/0 would raise here
+        result = td_auc(train, time, event, np.array([4.0, 3.0, 2.0, 1.0]),
+                        np.array([5.5, 6.5]))  # by 5.5 no slide has had its event
+    assert result is None

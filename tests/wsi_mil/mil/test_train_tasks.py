@@ -57,6 +57,30 @@ def attention_tile_auc(root, bags: list[PlantedBag], dataset: str = "attention",
     return float(roc_auc_score(np.concatenate(truth), np.concatenate(scores)))
 
 
+def explanation_tile_auc(root, bags: list[PlantedBag], device: str,
+                         method: str = "integrated_gradients") -> float:
+    """AUC of the explain stage's ``method`` maps (each bag explained out of fold, by the fold
+    model that held it out) for the planted tiles, over the bags that have some."""
+    from wsi_mil.explain.params import ExplainParams
+    from wsi_mil.explain.store import EXPLANATIONS, read_explanations
+    from wsi_mil.pipeline.explain import explain_slide
+
+    params = ExplainParams(methods=(method,), sanity=False, figure=False, gradcam_topk=0,
+                           flip_steps=0, device=device)
+    scores, truth = [], []
+    for bag in bags:
+        if not bag.planted.any() or bag.planted.all():
+            continue
+        out = root / "explain" / bag.slide_id
+        explain_slide(root / "features" / "planted" / f"{bag.slide_id}.h5", out, root / "run",
+                      params)
+        maps, attrs = read_explanations(out / EXPLANATIONS)
+        assert not attrs["in_sample"]
+        scores.append(maps[method])
+        truth.append(bag.planted)
+    return float(roc_auc_score(np.concatenate(truth), np.concatenate(scores)))
+
+
 @pytest.mark.slow
 def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path, fast):
     bags, summary, labels = run_task(tmp_path, fast, "survival", cox_batch_size=8)
@@ -64,6 +88,7 @@ def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path, fas
     assert pooled["harrell_c"] >= 0.75, pooled["harrell_c"]
     assert pooled["logrank"]["p_value"] < 0.05
     assert attention_tile_auc(tmp_path, bags) >= 0.8
+    assert explanation_tile_auc(tmp_path, bags, fast["device"]) >= 0.8  # the risk's
     metrics = evaluate_predictions(tmp_path, labels, n_boot=0)  # the files predict wrote
     assert metrics["harrell_c"] == pytest.approx(pooled["harrell_c"])
     assert (tmp_path / "km_risk_groups.png").is_file()
@@ -84,6 +109,8 @@ def test_discrete_time_survival_trains_on_its_intervals(tmp_path, fast):
     meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
     assert meta["n_classes"] == 4 and len(meta["bin_edges"]) == 5
     assert attention_tile_auc(tmp_path, bags) >= 0.8
+    # explained through its risk (wsi_mil.mil.tasks.risk_view)
+    assert explanation_tile_auc(tmp_path, bags, fast["device"]) >= 0.8
 
 
 @pytest.mark.slow
@@ -95,6 +122,7 @@ def test_regression_out_of_fold_r2_and_attention_on_the_lesions(tmp_path, fast):
     low, high = evaluate_predictions(tmp_path, labels, n_boot=100)["r2_ci95"]
     assert low <= pooled["r2"] <= high
     assert attention_tile_auc(tmp_path, bags) >= 0.8
+    assert explanation_tile_auc(tmp_path, bags, fast["device"]) >= 0.8  # the value's
     with (tmp_path / "predictions.csv").open() as f:
         row = next(csv.DictReader(f))
     assert set(row) >= {"slide_id", "label", "predicted_label", "value"}
