@@ -101,11 +101,15 @@ def print_task_metrics(metrics: dict, out: Path) -> None:
     if task == "multilabel":
         print(f"{head}: macro AUC {_fmt(metrics['macro_auc'], metrics['macro_auc_ci95'])}, "
               f"Hamming loss {metrics['hamming_loss']:.3f}, subset accuracy "
-              f"{metrics['subset_accuracy']:.3f} (each target at its threshold: "
-              f"{', '.join(metrics['thresholds'])})")
-        for target, m in metrics["per_target"].items():
+              f"{metrics['subset_accuracy']:.3f} (each target at the threshold of the fold "
+              f"that predicted the slide)")
+        # the recorded thresholds: one "t1;t2;..." per fold, a value per target
+        cuts = [[float(v) for v in str(t).split(";")] for t in metrics["thresholds"]]
+        for j, (target, m) in enumerate(metrics["per_target"].items()):
+            at = sorted({round(c[j], 3) for c in cuts if len(c) > j})
             print(f"  {target}: AUC {_fmt(m['auc'], m['auc_ci95'])}, sensitivity "
-                  f"{_fmt(m['sensitivity'])}, specificity {_fmt(m['specificity'])}")
+                  f"{_fmt(m['sensitivity'])}, specificity {_fmt(m['specificity'])} "
+                  f"(threshold{'s' if len(at) > 1 else ''} {', '.join(f'{v:.3f}' for v in at)})")
         picture = f"roc{suffix}.png"
     elif task == "survival":
         print(f"{head}, {metrics['n_events']} events: Harrell's C "
