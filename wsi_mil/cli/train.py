@@ -83,17 +83,18 @@ def task_summary_lines(summary: dict) -> list[str]:
     from wsi_mil.mil.task_runs import TASK_SUMMARY_METRICS
 
     task, n = summary["task"], summary["n_folds"]
+    unit = "patients" if summary.get("bag_level") == "patient" else "slides"  # one bag each
     lines = [f"task {task}: {', '.join(summary['class_names'])}"
-             + (" (patient-level bags)" if summary.get("bag_level") == "patient" else "")]
+             + (" (patient-level bags)" if unit == "patients" else "")]
     for name in TASK_SUMMARY_METRICS[task]:
         value = summary[name]
         if value["mean"] is None:
             continue
         spread = f" ± {value['std']:.3f} (sd)" if value["std"] is not None else ""
-        lines.append(f"{name}: {value['mean']:.3f}{spread} over {n} fold(s), test slides")
+        lines.append(f"{name}: {value['mean']:.3f}{spread} over {n} fold(s), test {unit}")
     pooled = summary.get("pooled_out_of_fold")
     if pooled is not None:
-        head = f"pooled out of fold ({pooled['n_slides']} slides"
+        head = f"pooled out of fold ({pooled['n_slides']} {unit}"
         if task == "multilabel":
             lines.append(f"{head}, each target at each fold's threshold): macro AUC "
                          f"{_fmt(pooled['macro_auc'], pooled['macro_auc_ci95'])}, Hamming loss "
@@ -113,7 +114,7 @@ def task_summary_lines(summary: dict) -> list[str]:
             if logrank:
                 groups = ", ".join(f"{g} {k}" for g, k in logrank["groups"].items())
                 lines.append(f"  risk groups ({groups}; each fold's cut: the median risk of its "
-                             f"training slides): log-rank p {logrank['p_value']:.3g}")
+                             f"training {unit}): log-rank p {logrank['p_value']:.3g}")
         else:
             lines.append(f"{head}): R² {_fmt(pooled['r2'], pooled['r2_ci95'])}, MAE "
                          f"{_fmt(pooled['mae'], pooled['mae_ci95'])}")

@@ -356,7 +356,8 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
     elif task == "survival":
         plot_risk_groups(out / f"km_risk_groups{suffix}.png", values[:, 0], values[:, 1], groups,
                          metrics.get("logrank"), note + "; groups at each fold's cut (median "
-                         "risk of its training slides)")
+                         "risk of its training " + ("patients)" if recorded.get("bag_level")
+                                                    == "patient" else "slides)"))
     else:
         plot_scatter(out / f"scatter{suffix}.png", values[:, 0], outputs[:, 0], metrics,
                      names[0], note)
