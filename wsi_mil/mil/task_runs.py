@@ -142,7 +142,8 @@ def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelT
                                params.bootstrap, params.seed)
         metrics["thresholds"] = "each fold's own, for its test slides"
         summary["pooled_out_of_fold"] = metrics
-        _pooled_figure(out_dir, task, labels, ids, out, groups, metrics)
+        _pooled_figure(out_dir, task, labels, ids, out, groups, metrics,
+                       "patients" if params.bag_level == "patient" else "slides")
     return summary
 
 
@@ -201,15 +202,17 @@ def _headline(task: Task, metrics: dict[str, Any]) -> str:
 
 def _pooled_figure(out_dir: Path, task: Task, labels: LabelTable, ids: list[str],
                    outputs: np.ndarray, groups: list[str] | None,
-                   metrics: dict[str, Any]) -> None:
-    """``km_risk_groups.png`` or ``scatter.png`` of the pooled out-of-fold predictions."""
+                   metrics: dict[str, Any], unit: str = "slides") -> None:
+    """``km_risk_groups.png`` or ``scatter.png`` of the pooled out-of-fold predictions (one per
+    bag: ``unit`` says whether a bag is a slide or a patient)."""
     from wsi_mil.metrics.figures import plot_risk_groups, plot_scatter
 
     values = labels.values(ids)
-    note = f"pooled out of fold, {len(ids)} slides of {labels.path.name}"
+    note = f"pooled out of fold, {len(ids)} {unit} of {labels.path.name}"
     if task.kind == "survival":
+        rule = RISK_CUT_RULE.replace("slides", unit)
         plot_risk_groups(out_dir / "km_risk_groups.png", values[:, 0], values[:, 1], groups,
-                         metrics.get("logrank"), f"{note}; each fold's cut: {RISK_CUT_RULE}")
+                         metrics.get("logrank"), f"{note}; each fold's cut: {rule}")
     elif task.kind == "regression":
         plot_scatter(out_dir / "scatter.png", values[:, 0], outputs[:, 0], metrics,
                      task.output_names[0], note)
