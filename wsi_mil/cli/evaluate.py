@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     metrics, lesion = evaluate_cohort(args.predictions, args.labels, section, args.out,
                                       run_dir=args.run, features_dir=args.features,
                                       segment_dir=args.segment)
+    if metrics.get("task", "classification") != "classification":
+        print_task_metrics(metrics, args.out or args.predictions)
+        return 0
     auc, ci = metrics["auc"], metrics["auc_ci95"]
     auc_text = "n/a" if auc is None else f"{auc:.3f}"
     if ci is not None:
@@ -54,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"patient level: {metrics['n_patients']} patients from {metrics['n_slides_scored']} "
               f"slides, each patient the {metrics['patient_aggregate']} of its slides' "
               f"probabilities, positive when any of its slides is")
+    if metrics.get("subtyping"):
+        print(f"subtypes {metrics['class_names']} (no negative class); F1 and the sensitivities "
+              f"take {metrics['positive_class']} as positive")
     print(f"{metrics['n_slides']} {unit}: AUC {auc_text}, accuracy {metrics['accuracy']:.3f}, "
           f"F1 {metrics['f1']:.3f}; decided at {metrics['thresholds']}")
     print(f"calibration: Brier score {metrics['brier']:.3f}, ECE {metrics['ece']:.3f} "
@@ -79,3 +85,50 @@ def run(args: argparse.Namespace) -> int:
     print(f"written to {args.out or args.predictions}: metrics{suffix}.json, roc{suffix}.png, "
           f"confusion_matrix{suffix}.png, calibration{suffix}.png")
     return 0
+
+
+def print_task_metrics(metrics: dict, out: Path) -> None:
+    """What ``evaluate`` prints for a multilabel, survival or regression run."""
+    from wsi_mil.cli.train import _fmt
+
+    task, unit = metrics["task"], metrics["unit"]
+    suffix = "_patient" if unit == "patients" else ""
+    head = f"{metrics['n_slides']} {unit}"
+    if task == "multilabel":
+        print(f"{head}: macro AUC {_fmt(metrics['macro_auc'], metrics['macro_auc_ci95'])}, "
+              f"Hamming loss {metrics['hamming_loss']:.3f}, subset accuracy "
+              f"{metrics['subset_accuracy']:.3f} (each target at the threshold of the fold "
+              f"that predicted the slide)")
+        # the recorded thresholds: one "t1;t2;..." per fold, a value per target
+        cuts = [[float(v) for v in str(t).split(";")] for t in metrics["thresholds"]]
+        for j, (target, m) in enumerate(metrics["per_target"].items()):
+            at = sorted({round(c[j], 3) for c in cuts if len(c) > j})
+            print(f"  {target}: AUC {_fmt(m['auc'], m['auc_ci95'])}, sensitivity "
+                  f"{_fmt(m['sensitivity'])}, specificity {_fmt(m['specificity'])} "
+                  f"(threshold{'s' if len(at) > 1 else ''} {', '.join(f'{v:.3f}' for v in at)})")
+        picture = f"roc{suffix}.png"
+    elif task == "survival":
+        print(f"{head}, {metrics['n_events']} events: Harrell's C "
+              f"{_fmt(metrics['harrell_c'], metrics['harrell_c_ci95'])}, Uno's C "
+              f"{_fmt(metrics['uno_c'], metrics['uno_c_ci95'])}")
+        print(f"time-dependent AUC {_fmt(metrics['td_auc_mean'], metrics['td_auc_mean_ci95'])} "
+              f"(mean over times {', '.join(f'{t:.3g}' for t in metrics['td_auc_times'])}); "
+              f"integrated Brier score "
+              f"{_fmt(metrics['integrated_brier'], metrics['integrated_brier_ci95'])}")
+        logrank = metrics.get("logrank")
+        if logrank:
+            groups = ", ".join(f"{g} {k}" for g, k in logrank["groups"].items())
+            print(f"risk groups ({groups}) at the run's cuts: log-rank p "
+                  f"{logrank['p_value']:.3g}")
+        picture = f"km_risk_groups{suffix}.png"
+    else:
+        print(f"{head}: R² {_fmt(metrics['r2'], metrics['r2_ci95'])}, MAE "
+              f"{_fmt(metrics['mae'], metrics['mae_ci95'])}, RMSE "
+              f"{_fmt(metrics['rmse'], metrics['rmse_ci95'])}")
+        print(f"Pearson r {_fmt(metrics['pearson_r'], metrics['pearson_r_ci95'])}, Spearman r "
+              f"{_fmt(metrics['spearman_r'], metrics['spearman_r_ci95'])}")
+        picture = f"scatter{suffix}.png"
+    if metrics["in_sample_slides"]:
+        print(f"IN-SAMPLE: {len(metrics['in_sample_slides'])} slides were predicted by a model "
+              f"that trained on them", file=sys.stderr)
+    print(f"written to {out}: metrics{suffix}.json, {picture}")

@@ -305,6 +305,8 @@ def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, meth
         branch = target if weights.shape[-1] > 1 else 0
         return weights[:, branch].double().cpu().numpy()
     if method == "segmentation":
+        if getattr(model, "tile_head", True) is None:  # no head: the tile's own risk or value
+            return out.tile_logits[0].float()[:, target].double().cpu().numpy()
         return out.tile_logits[0].float().softmax(-1)[:, target].double().cpu().numpy()
     if method == "rollout":
         return rollout_scores(model, x, coords, max_quadratic_tiles)

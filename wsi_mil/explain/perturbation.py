@@ -147,19 +147,22 @@ def keep_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
 
 
 def bag_scorer(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-               target: int, max_batch_values: int = 1 << 24
+               target: int, max_batch_values: int = 1 << 24,
+               output: Callable[[torch.Tensor], torch.Tensor] | None = None
                ) -> Callable[[list[np.ndarray]], np.ndarray]:
     """A :data:`wsi_mil.metrics.explain.ScoreFn`: the softmax probability of ``target`` for the
     bag restricted to each subset of tile indices (an empty subset: the all-zero bag).
+    ``output`` reads the logits ``[B, C]`` otherwise (another task's outputs:
+    :func:`wsi_mil.mil.tasks.explained_output`).
 
     Per-tile models pool the subset from embeddings computed once (in padded, masked batches
     of at most ``max_batch_values`` values); transformers run a forward pass per subset. Each
     distinct subset is scored once.
     """
+    read = output or (lambda logits: logits.float().softmax(1))
     model.eval()
     with torch.no_grad():
-        zero = float(model(torch.zeros_like(x), coords=coords).logits.float().softmax(1)[0,
-                                                                                       target])
+        zero = float(read(model(torch.zeros_like(x), coords=coords).logits)[0, target])
         per_tile = not isinstance(model, _TransformerMIL)
         if per_tile:
             h = model.embed(x)
@@ -177,13 +180,13 @@ def bag_scorer(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
             batch[i, :len(subset)], scores[i, :len(subset)] = h[index], raw[index]
             mask[i, :len(subset)] = True
         _, pooled = model.pool(batch, scores, mask)
-        return model.classify(pooled).float().softmax(1)[:, target].tolist()
+        return read(model.classify(pooled))[:, target].float().tolist()
 
     @torch.no_grad()
     def forward_probability(subset: np.ndarray) -> float:
         index = torch.from_numpy(np.asarray(subset, dtype=np.int64)).to(x.device)
         grid = None if coords is None else coords[index]
-        return float(model(x[index], coords=grid).logits.float().softmax(1)[0, target])
+        return float(read(model(x[index], coords=grid).logits)[0, target])
 
     def score(subsets: list[np.ndarray]) -> np.ndarray:
         keys = [np.asarray(s, dtype=np.int64).tobytes() for s in subsets]

@@ -103,14 +103,16 @@ def write_tiles_geojson(path: str | os.PathLike, prediction: SlidePrediction,
     """
     path = Path(path)
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
-    names = ["attention", "attention_percentile", *[f"prob_{c}" for c in prediction.class_names]]
+    prefix = "prob_" if prediction.has_segmentation else "tile_"  # a risk or value: no probability
+    names = ["attention", "attention_percentile", *[f"{prefix}{c}" for c in prediction.class_names]]
     percentile, *_ = normalise_scores(prediction.attention, "rank", probability=False)
     values = np.column_stack([prediction.attention, percentile,
                               prediction.tile_probs]).astype(np.float64)
     if values.size and not np.isfinite(values).all():
         raise InputError(f"{prediction.slide_id}: predictions hold non-finite scores; "
                          f"GeoJSON measurements must be numbers")
-    positive = prediction.positive_index(params.positive_class)
+    positive = (prediction.positive_index(params.positive_class)
+                if prediction.has_segmentation else 0)
     classes = np.array([json.dumps({"name": name, "color": list(color)}, separators=(",", ":"))
                         for name, color in zip(prediction.class_names,
                                                class_colors(prediction.class_names, positive))],

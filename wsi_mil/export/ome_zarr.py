@@ -98,7 +98,8 @@ def write_heatmap_zarr(
     grid = grid or TileGrid.from_coords(prediction.coords, geometry)
     attention, *_ = normalise_scores(tile_scores(prediction, "attention"), params.normalize,
                                      probability=False)
-    names = ["attention", "attention_raw", *[f"prob_{c}" for c in prediction.class_names]]
+    prefix = "prob_" if prediction.has_segmentation else "tile_"  # a risk or value: no probability
+    names = ["attention", "attention_raw", *[f"{prefix}{c}" for c in prediction.class_names]]
     columns = [attention, prediction.attention,
                *[prediction.tile_probs[:, i] for i in range(len(prediction.class_names))]]
     level0 = np.stack([grid.stitch(column) for column in columns]).astype(np.float32)
@@ -111,7 +112,7 @@ def write_heatmap_zarr(
         "name": prediction.slide_id,
         "channels": [{
             "label": name,
-            "color": CHANNEL_COLORS["prob" if name.startswith("prob_") else name],
+            "color": CHANNEL_COLORS["prob" if name.startswith(("prob_", "tile_")) else name],
             "active": name == "attention",
             "coefficient": 1.0, "family": "linear", "inverted": False,
             "window": _window(level0[i], probability=name.startswith("prob_")

@@ -389,6 +389,15 @@ def slide_title(prediction: SlidePrediction) -> str:
     head = f"{prediction.slide_id}  \u00b7  predicted {label}"
     if len(probs) != len(names):
         return head
+    task = prediction.task
+    if task == "multilabel":
+        return f"{head} ({', '.join(f'{n} {_fmt(float(p))}' for n, p in zip(names, probs))})"
+    if task == "survival":
+        cut = attrs.get("threshold")
+        cut_text = "" if cut is None else f", cut {_fmt(float(cut))}"
+        return f"{head} (risk {_fmt(float(probs[0]))}{cut_text})"
+    if task == "regression":
+        return f"{prediction.slide_id}  \u00b7  predicted {names[0]} {float(probs[0]):.4g}"
     threshold = attrs.get("threshold")
     if len(names) == 2 and threshold is not None and math.isfinite(float(threshold)):
         recorded = attrs.get("positive_class")
@@ -396,6 +405,8 @@ def slide_title(prediction: SlidePrediction) -> str:
             index = prediction.positive_index(recorded if recorded in names else None)
         except PredictionFileError:
             index = None
+        if "task" in attrs and prediction.negative_class is None:
+            index = 1  # subtypes: the threshold is on the second class's score
         if index is not None:
             return (f"{head} ({names[index]} score {_fmt(float(probs[index]))}, "
                     f"threshold {_fmt(float(threshold))})")

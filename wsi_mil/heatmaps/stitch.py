@@ -263,9 +263,12 @@ class HeatSource:
         geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
         grid = grid or TileGrid.from_coords(prediction.coords, geometry)
         raw = tile_scores(prediction, params.score)
+        probability = params.score in prediction.class_names and prediction.has_segmentation
         values, self.vmin, self.vmax, scale = normalise_scores(
-            raw, params.normalize, probability=params.score in prediction.class_names)
-        name = f"P({params.score})" if params.score in prediction.class_names else params.score
+            raw, params.normalize, probability=probability)
+        name = (f"P({params.score})" if probability
+                else f"tile {params.score}" if params.score in prediction.class_names
+                else params.score)
         self.label = f"{name} ({scale})"
         self.canvas = canvas
         self.sampler = CanvasSampler(grid.stitch(values), grid, canvas)

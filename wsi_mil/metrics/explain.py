@@ -188,6 +188,15 @@ def perturbation_curve(attention: np.ndarray, score: ScoreFn,
                              random_auc=float(auc(fractions, random_scores)))
 
 
+def _score(fold: Any, logits: Any, index: int) -> np.ndarray:
+    """Output ``index`` of a fold's raw outputs as its task reads them (a class probability, a
+    target probability, the risk, the value; :mod:`wsi_mil.mil.tasks`)."""
+    task = getattr(fold, "task", None)
+    if task is None:
+        return logits.float().softmax(1)[:, index].cpu().numpy()
+    return task.decode(logits.float().cpu().numpy())[:, index]
+
+
 def run_score_fn(run: Any, features: np.ndarray, class_index: int,
                  max_batch_values: int = 1 << 25, coords: np.ndarray | None = None) -> ScoreFn:
     """A :data:`ScoreFn` re-scoring subsets of one bag with a trained run.
@@ -217,8 +226,8 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
             mask[i, :len(subset)] = True
             if positions is not None:
                 positions[i, :len(subset)] = grid[index]
-        probs = [fm.model(batch, mask, coords=positions).logits.float().softmax(1)[:, class_index]
-                 .cpu().numpy() for fm in run.folds]
+        probs = [_score(fm, fm.model(batch, mask, coords=positions).logits, class_index)
+                 for fm in run.folds]
         return np.mean(probs, axis=0)
 
     def score(subsets: list[np.ndarray]) -> np.ndarray:

@@ -15,6 +15,12 @@ A model that uses the tiles' positions (``model.uses_coords``: ``transformer_mil
 ``positional="sincos2d"``) gets them as grid positions (:func:`grid_coords`: level-0 px divided
 by the tile stride), read only for such a model (``BagDataset(..., with_coords=True)``) and
 kept in memory either way (16 bytes a tile, under 1 % of its features).
+
+Patient-level bags (``TrainParams.bag_level = "patient"``, :func:`patient_bags`) pool every
+slide of a patient into one bag: its record lists its slides (``parts``), whose tiles are
+concatenated in that order, so each tile still belongs to one slide (STAMP's
+``encode_patients``). For a model that uses positions, each slide's grid is placed to the right
+of the previous one's, two tiles apart, so tiles of different slides never share a position.
 """
 
 from __future__ import annotations
@@ -52,11 +58,20 @@ class BagSetError(WsiMilError, ValueError):
 class BagRecord:
     """One bag on disk, matched to its label."""
 
-    slide_id: str
+    slide_id: str  # the bag's id: the slide's, or the patient's for a patient-level bag
     path: Path
-    label: int
+    label: int  # the class index (classification), else the stratum of the folds
     num_tiles: int
     has_tile_labels: bool
+    #: the task's numbers (multilabel 0/1 targets, survival time and event, regression value)
+    target: tuple[float, ...] = ()
+    #: a patient-level bag's slides, in tile order: (slide id, bag file, tiles); empty for a
+    #: slide's own bag
+    parts: tuple[tuple[str, Path, int], ...] = ()
+
+    def files(self) -> tuple[tuple[str, Path, int], ...]:
+        """(slide id, bag file, tiles) of every slide whose tiles this bag holds."""
+        return self.parts or ((self.slide_id, self.path, self.num_tiles),)
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class BagItem:
     label: int
     tile_labels: torch.Tensor | None  # [N] float32 (lesion fraction), or None
     coords: torch.Tensor | None = None  # [N, 2] float32 grid positions (column, row), or None
+    target: tuple[float, ...] = ()  # the task's numbers (see BagRecord.target)
 
 
 @dataclass
@@ -91,11 +107,13 @@ class BagBatch:
     labels: torch.Tensor  # [B] int64
     tile_labels: torch.Tensor  # [B, N] float32, NaN where unknown or padded
     coords: torch.Tensor | None = None  # [B, N, 2] float32 grid positions, 0 on padding
+    targets: torch.Tensor | None = None  # [B, T] float32, the task's numbers (BagRecord.target)
 
     def to(self, device: torch.device | str) -> BagBatch:
         return BagBatch(self.slide_ids, self.features.to(device), self.mask.to(device),
                         self.labels.to(device), self.tile_labels.to(device),
-                        None if self.coords is None else self.coords.to(device))
+                        None if self.coords is None else self.coords.to(device),
+                        None if self.targets is None else self.targets.to(device))
 
 
 def find_bags(features_dir: str | os.PathLike) -> dict[str, Path]:
@@ -143,6 +161,7 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
                       f"and are skipped: {shown}", stacklevel=2)
     records: list[BagRecord] = []
     encoder: tuple[str, int, Path] | None = None
+    strata = dict(zip((r.slide_id for r in labels.rows), labels.strata().tolist()))
     for slide_id in wanted:
         path = bags[slide_id]
         try:
@@ -163,12 +182,32 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
                 f"{path}: encoder {name!r} with {dim} features, but {encoder[2]} has "
                 f"{encoder[0]!r} with {encoder[1]}: bags of one model must come from one encoder"
             )
-        records.append(BagRecord(slide_id, path, labels.class_index(by_slide[slide_id].label),
-                                 int(shape[0]), has_tile_labels))
+        records.append(BagRecord(slide_id, path, int(strata[slide_id]), int(shape[0]),
+                                 has_tile_labels, tuple(by_slide[slide_id].values)))
     if encoder is None:
         raise BagSetError(f"{labels.path}: no slides to match in {features_dir}")
     return BagSet(tuple(records), encoder=encoder[0], dim=encoder[1], skipped=skipped,
                   missing=absent)
+
+
+def patient_bags(bag_set: BagSet, patients: LabelTable,
+                 members: dict[str, tuple[str, ...]]) -> BagSet:
+    """The bags of ``bag_set`` pooled per patient (:func:`wsi_mil.mil.labels.patient_table`
+    gives ``patients``, one row per patient, and ``members``, its slides): one record per
+    patient whose slides have a bag, its parts in the labels CSV's order."""
+    by_slide = {r.slide_id: r for r in bag_set.records}
+    strata = dict(zip((r.slide_id for r in patients.rows), patients.strata().tolist()))
+    records = []
+    for row in patients.rows:
+        slides = [by_slide[s] for s in members[row.slide_id] if s in by_slide]
+        if not slides:
+            continue
+        records.append(BagRecord(
+            row.slide_id, slides[0].path, int(strata[row.slide_id]),
+            sum(r.num_tiles for r in slides), all(r.has_tile_labels for r in slides),
+            tuple(row.values), tuple((r.slide_id, r.path, r.num_tiles) for r in slides)))
+    return BagSet(tuple(records), bag_set.encoder, bag_set.dim, bag_set.skipped,
+                  bag_set.missing)
 
 
 def _check_finite(path: Path | str, features: np.ndarray, offset: int = 0) -> None:
@@ -272,40 +311,47 @@ class BagDataset(torch.utils.data.Dataset):
         self._features: list[torch.Tensor] | None = None
         self._view_features: list[list[torch.Tensor]] = [[] for _ in self.records]
         if self.in_memory:
-            self._features = [torch.from_numpy(read_features(r.path)) for r in self.records]
+            self._features = [torch.from_numpy(np.concatenate(
+                [read_features(path) for _, path, _ in r.files()])) for r in self.records]
             for i, (r, views) in enumerate(zip(self.records, self._views)):
                 for view in range(1, views + 1):
-                    values = read_bag_view(r.path, view)
+                    values = np.concatenate([read_bag_view(path, view)
+                                             for _, path, _ in r.files()])
                     _check_finite(r.path, values)
                     self._view_features[i].append(torch.from_numpy(
                         values.astype(np.float16, copy=False)))
         else:
             for r in self.records:
-                scan_features(r.path)
-        self._tile_labels = [read_tile_labels(r.path) if r.has_tile_labels else None
-                             for r in self.records]
-        self._coords = ([read_grid_coords(r.path) for r in self.records] if with_coords
-                        else None)
+                for _, path, _ in r.files():
+                    scan_features(path)
+        self._tile_labels = [np.concatenate([read_tile_labels(path) for _, path, _ in r.files()])
+                             if r.has_tile_labels else None for r in self.records]
+        self._coords = ([joined_grid_coords([read_grid_coords(path) for _, path, _ in r.files()])
+                         for r in self.records] if with_coords else None)
 
     @classmethod
     def from_arrays(cls, bags: Sequence[np.ndarray], labels: Sequence[int],
                     slide_ids: Sequence[str] | None = None,
                     tile_labels: Sequence[np.ndarray | None] | None = None,
                     max_tiles: int | None = None, seed: int = 0,
-                    coords: Sequence[np.ndarray] | None = None) -> BagDataset:
+                    coords: Sequence[np.ndarray] | None = None,
+                    targets: Sequence[Sequence[float]] | None = None) -> BagDataset:
         """An in-memory dataset from arrays (benchmarks on non-slide MIL data, tests).
 
         The arrays are kept as float32: such data sets are small, and classic MIL features
         are not encoder outputs that float16 was chosen for. ``coords``: per bag its tiles'
         grid positions ``[N, 2]`` (already in grid units, see :func:`grid_coords`), or None.
+        ``targets``: per bag the task's numbers (see :attr:`BagRecord.target`).
         """
         self = cls.__new__(cls)
         self.dim = int(bags[0].shape[1])
         self.max_tiles = max_tiles
         self.rng = np.random.default_rng(seed)
         ids = list(slide_ids) if slide_ids is not None else [f"bag_{i}" for i in range(len(bags))]
-        self.records = [BagRecord(s, Path(s), int(y), int(b.shape[0]), False)
-                        for s, b, y in zip(ids, bags, labels, strict=True)]
+        targets = list(targets) if targets is not None else [()] * len(bags)
+        self.records = [BagRecord(s, Path(s), int(y), int(b.shape[0]), False,
+                                  tuple(float(v) for v in t))
+                        for s, b, y, t in zip(ids, bags, labels, targets, strict=True)]
         for s, b in zip(ids, bags):
             if b.ndim != 2 or b.shape[0] == 0:
                 raise BagSetError(f"{s}: empty bag or features of shape {b.shape}")
@@ -342,8 +388,13 @@ class BagDataset(torch.utils.data.Dataset):
                         else self._features[index])
             if keep is not None:
                 features = features[torch.from_numpy(keep)]
-        else:
+        elif not record.parts:
             features = torch.from_numpy(read_bag_view(record.path, view, keep))
+        else:
+            features = torch.from_numpy(np.concatenate(
+                [read_bag_view(path, view) for _, path, _ in record.files()]))
+            if keep is not None:
+                features = features[torch.from_numpy(keep)]
         tile_labels = self._tile_labels[index]
         if tile_labels is not None:
             tile_labels = torch.from_numpy(tile_labels if keep is None else tile_labels[keep])
@@ -351,7 +402,8 @@ class BagDataset(torch.utils.data.Dataset):
         if self._coords is not None:
             coords = torch.from_numpy(self._coords[index] if keep is None
                                       else self._coords[index][keep])
-        return BagItem(record.slide_id, features, record.label, tile_labels, coords)
+        return BagItem(record.slide_id, features, record.label, tile_labels, coords,
+                       record.target)
 
 
 def collate_bags(items: Sequence[BagItem]) -> BagBatch:
@@ -378,5 +430,22 @@ def collate_bags(items: Sequence[BagItem]) -> BagBatch:
         for i, item in enumerate(items):
             coords[i, :item.coords.shape[0]] = item.coords.float()
     labels = torch.tensor([item.label for item in items], dtype=torch.long)
+    targets = torch.tensor([item.target for item in items], dtype=torch.float32).reshape(
+        len(items), -1)
     return BagBatch([item.slide_id for item in items], features, mask, labels, tile_labels,
-                    coords)
+                    coords, targets)
+
+
+def joined_grid_coords(parts: list[np.ndarray]) -> np.ndarray:
+    """One patient's slides' grid positions side by side (the module docstring says why):
+    each slide's columns shifted to start two tiles right of the previous slide's last."""
+    if len(parts) == 1:
+        return parts[0]
+    out, left = [], 0.0
+    for grid in parts:
+        grid = grid.copy()
+        grid[:, 0] += left - grid[:, 0].min()
+        grid[:, 1] -= grid[:, 1].min()
+        left = float(grid[:, 0].max()) + 2.0
+        out.append(grid)
+    return np.concatenate(out)

@@ -15,6 +15,12 @@ MONITORS = ("loss", "auc", "none")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 #: positional information of ``transformer_mil`` (see ``models.transformers.TransformerMIL``).
 POSITIONAL = ("none", "sincos2d")
+#: what a run learns from the labels CSV (docs/tasks.md): one class per slide, several 0/1
+#: targets per slide, a time to an event, or a number.
+TASKS = ("classification", "multilabel", "survival", "regression")
+SURVIVAL_LOSSES = ("cox", "nll")
+REGRESSION_LOSSES = ("mse", "huber")
+BAG_LEVELS = ("slide", "patient")
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,30 @@ class TrainParams:
     #: MIL model (registry name): gated_abmil, abmil, clam_sb, clam_mb, mean_pool, max_pool,
     #: transformer_mil, transmil.
     model: str = DEFAULT_MODEL
+    #: what the labels CSV holds and the model learns (docs/tasks.md): "classification" (one
+    #: class per slide, the label column), "multilabel" (several 0/1 targets per slide, one
+    #: column each), "survival" (time and event columns) or "regression" (a number per slide)
+    task: Literal["classification", "multilabel", "survival", "regression"] = "classification"
+    #: multilabel: the labels CSV's 0/1 target columns (empty: every column but slide_id,
+    #: patient_id and split); regression: the column of the number to predict (empty: target)
+    targets: tuple[str, ...] = ()
+    #: survival: "cox" (Cox partial likelihood over mini-batches of cox_batch_size bags) or "nll"
+    #: (the discrete-time negative log-likelihood of Zadeh & Schmid 2020 over survival_bins)
+    survival_loss: Literal["cox", "nll"] = "cox"
+    #: survival with nll: time intervals, cut at quantiles of the training slides' event times
+    survival_bins: int = 4
+    #: survival with cox: bags whose risks make one partial likelihood (one optimiser step): a
+    #: bag's risk set is the bags of its mini-batch still event-free at its time
+    cox_batch_size: int = 16
+    #: regression: "mse" or "huber" (quadratic within huber_delta training standard deviations
+    #: of the target, linear beyond: robust to a few wild values)
+    regression_loss: Literal["mse", "huber"] = "mse"
+    #: regression with huber: where the loss turns from quadratic to linear, in training
+    #: standard deviations of the target
+    huber_delta: float = 1.0
+    #: "slide": one bag per slide; "patient": one bag per patient_id pooling all of its slides'
+    #: tiles (each tile keeps its slide; heatmaps go back to each slide)
+    bag_level: Literal["slide", "patient"] = "slide"
     hidden_dims: tuple[int, ...] = (512,)  # widths of the tile embedding MLP
     attention_dim: int = 256  # width of the attention network
     #: dropout in the embedding and attention networks. MI-Net's 0.5 scores higher on the classic
@@ -32,7 +62,12 @@ class TrainParams:
     #: choice, not the default.
     dropout: float = 0.25
     k_sample: int = 8  # top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
-    subtyping: bool = False  # CLAM: also push other classes' top tiles to "not this class"
+    #: classification: the classes are subtypes and none is lesion-free (luad/lusc,
+    #: benign/malignant taken as two tissue types): no negative class, the segmentation head
+    #: learns each class's tiles against the other classes' (one-vs-rest), and CLAM's instance
+    #: loss also pushes the other classes' top tiles to "not this class" (CLAM's subtyping).
+    #: Also taken when no class has a negative name and negative_class is not given.
+    subtyping: bool = False
     #: transformer_mil only: the tiles' positions on the slide, "none" (the model sees a set of
     #: tiles) or "sincos2d" (a fixed 2-D sine-cosine embedding of each tile's grid position,
     #: relative to the corner of the bag's bounding box, added to its token; the last hidden
@@ -46,7 +81,8 @@ class TrainParams:
     #: even when tile labels are there.
     use_tile_labels: bool = True
     #: Class whose slides hold no lesion (all their tiles negative); None: recognised from its
-    #: name (normal, negative, benign, none, 0, ...), else an error asking for it.
+    #: name (normal, negative, benign, none, 0, ...), else none (the classes are subtypes, see
+    #: subtyping).
     negative_class: str | None = None
     #: Labelled slides without a feature bag (their tiling or extraction failed): "skip" leaves
     #: them out with a warning that lists them, "error" stops.
@@ -75,19 +111,21 @@ class TrainParams:
     min_epochs: int = 20
     #: what early stopping and model selection watch on the validation slides: the slide-level
     #: loss (``loss``; never the segmentation head's or CLAM's instance loss, whose targets are
-    #: the model's own pseudo-labels), the slide ``auc``, or ``none`` (keep the last epoch).
+    #: the model's own pseudo-labels), the slide ``auc`` (the task's score: multilabel macro
+    #: AUC, survival Harrell's C, regression R²), or ``none`` (keep the last epoch).
     monitor: str = "loss"
     #: pooled validation slides of each class needed to choose the decision threshold (Youden's
     #: J on every fold's validation predictions together); with fewer, the threshold is 0.5.
     threshold_min_per_class: int = 20
     batch_size: int = 1  # bags per step (padded and masked when > 1)
     #: weight each bag's slide loss by its class's inverse frequency in the fold's training
-    #: bags, with a fixed normaliser (the bag count), in training and in the validation loss
-    #: that picks the epoch
+    #: bags (multilabel: each target's positives and negatives), with a fixed normaliser (the
+    #: bag count), in training and in the validation loss that picks the epoch (survival and
+    #: regression: no weights)
     class_weighting: bool = True
-    #: fit a temperature (Guo et al. 2017) on each fold's validation slides and apply it to that
-    #: fold's probabilities before thresholds are chosen (rankings and AUC are unchanged; ECE
-    #: and the Brier score show the effect)
+    #: classification: fit a temperature (Guo et al. 2017) on each fold's validation slides and
+    #: apply it to that fold's probabilities before thresholds are chosen (rankings and AUC are
+    #: unchanged; ECE and the Brier score show the effect)
     calibrate: bool = False
     max_train_tiles: int | None = None  # random tiles per training bag per step (None: all)
     memory_gb: float = 8.0  # hold bags in memory (float16) when they fit, else stream
@@ -103,6 +141,18 @@ class TrainParams:
 
         checks = {
             "model": (self.model in MODEL_NAMES, f"one of {list(MODEL_NAMES)}"),
+            "task": (self.task in TASKS, f"one of {TASKS}"),
+            "survival_loss": (self.survival_loss in SURVIVAL_LOSSES, f"one of {SURVIVAL_LOSSES}"),
+            "regression_loss": (self.regression_loss in REGRESSION_LOSSES,
+                                f"one of {REGRESSION_LOSSES}"),
+            "bag_level": (self.bag_level in BAG_LEVELS, f"one of {BAG_LEVELS}"),
+            "survival_bins": (self.survival_bins >= 2, ">= 2"),
+            "cox_batch_size": (self.cox_batch_size >= 2, ">= 2"),
+            "huber_delta": (self.huber_delta > 0, "> 0"),
+            "negative_class": (not (self.subtyping and self.negative_class is not None),
+                               "None when subtyping is on (subtypes have no negative class)"),
+            "calibrate": (not self.calibrate or self.task == "classification",
+                          "false unless task is classification"),
             "schedule": (self.schedule in SCHEDULES, f"one of {SCHEDULES}"),
             "monitor": (self.monitor in MONITORS, f"one of {MONITORS}"),
             "optimizer": (self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}"),
@@ -128,6 +178,10 @@ class TrainParams:
             if not ok:
                 raise ValueError(f"TrainParams.{name} = {getattr(self, name)!r}: must be {expected}")
         object.__setattr__(self, "hidden_dims", tuple(int(w) for w in self.hidden_dims))
+        object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
+        if self.task == "regression" and len(self.targets) > 1:
+            raise ValueError(f"TrainParams.targets = {self.targets!r}: regression predicts one "
+                             f"column, name at most one")
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"hidden_dims": self.hidden_dims,
@@ -141,6 +195,7 @@ class TrainParams:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["hidden_dims"] = list(self.hidden_dims)
+        out["targets"] = list(self.targets)
         return out
 
 

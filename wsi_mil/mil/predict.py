@@ -12,6 +12,14 @@ Each fold's probabilities pass through its temperature (1 unless the run was tra
 fold's own threshold; the ensemble of several folds combines their probabilities in log-odds
 and decides at the threshold whose logit is the mean of theirs (:mod:`wsi_mil.mil.thresholds`
 says why), and averages their tile probabilities and attention (:func:`ensemble_attention`).
+
+Every task (:mod:`wsi_mil.mil.tasks`) is predicted the same way; what a fold's outputs mean is
+its recorded task's: class probabilities, target probabilities (each target combined in
+log-odds and decided at its own threshold, as a binary class), a risk with its survival curve
+(the ensemble: the mean of the folds' risks and curves, the high/low risk group at the mean of
+their cuts), a value (the mean of the folds'). A run trained on patient-level bags predicts a
+patient's slides together (:func:`predict_patient`) and writes one file per slide with its own
+tiles, all carrying the patient's outputs.
 """
 
 from __future__ import annotations
@@ -33,12 +41,12 @@ from features.bag import BagError, open_bag_features, read_bag_attrs, read_bag_c
 from features.device import resolve_device
 from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.calibration import apply_temperature
-from wsi_mil.metrics.slide import predict_indices
 from wsi_mil.mil.bags import BagSetError, bag_grid_coords
 from wsi_mil.mil.models import MILModel, create_model
 from wsi_mil.mil.params import PredictParams
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
-from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_probs, ensemble_threshold
+from wsi_mil.mil.tasks import Task, task_from_meta
+from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_probs, ensemble_threshold, logit
 
 #: bag attributes that describe the bag file itself rather than the slide, not copied over.
 _NOT_COPIED = ("num_tiles", "complete", "created", "wsi_mil_version")
@@ -60,6 +68,11 @@ class FoldModel:
         """The fold's temperature (``--calibrate``), 1 for an uncalibrated run."""
         return float(self.meta.get("temperature", 1.0))
 
+    @property
+    def task(self) -> Task:
+        """The fold's task, with what it fitted (:func:`wsi_mil.mil.tasks.task_from_meta`)."""
+        return task_from_meta(self.meta)
+
 
 @dataclass
 class LoadedRun:
@@ -67,9 +80,11 @@ class LoadedRun:
 
     run_dir: Path
     folds: list[FoldModel]
-    class_names: list[str]
-    negative_index: int
-    threshold: float  # of all loaded folds together (:meth:`decision_threshold` of ``folds``)
+    class_names: list[str]  # the outputs' names: classes, targets, risk, the target column
+    negative_index: int | None  # None: subtypes, or a task without classes
+    #: of all loaded folds together (:meth:`decision_threshold` of ``folds``): a probability,
+    #: one per target, a risk cut, or None (regression)
+    threshold: Any
     encoder: str
     in_dim: int
     device: torch.device
@@ -83,14 +98,35 @@ class LoadedRun:
             return self.folds[0].sha256
         return hashlib.sha256("".join(f.sha256 for f in self.folds).encode()).hexdigest()
 
+    @property
+    def task(self) -> Task:
+        """The run's task (the first fold's; every fold records the same kind and outputs)."""
+        return self.folds[0].task
+
+    @property
+    def bag_level(self) -> str:
+        """"slide", or "patient" for a run trained on patient-level bags."""
+        return str(self.folds[0].meta.get("bag_level", "slide"))
+
     @staticmethod
-    def decision_threshold(chosen: list[FoldModel]) -> tuple[float, str]:
+    def decision_threshold(chosen: list[FoldModel]) -> tuple[Any, str]:
         """(threshold, rule) of the fold models that predict a slide: one fold's own, or the
-        ensemble's (:func:`wsi_mil.mil.thresholds.ensemble_threshold`)."""
+        ensemble's: :func:`wsi_mil.mil.thresholds.ensemble_threshold` of a class's or each
+        target's, the mean of the risk cuts, none for a regression."""
         if len(chosen) == 1:
-            return float(chosen[0].meta["threshold"]), str(
+            value = chosen[0].meta.get("threshold")
+            return (float(value) if isinstance(value, (int, float)) else value), str(
                 chosen[0].meta.get("threshold_rule", f"fold {chosen[0].fold}'s threshold"))
-        return ensemble_threshold([float(fm.meta["threshold"]) for fm in chosen]), ENSEMBLE_RULE
+        kind = chosen[0].task.kind
+        values = [fm.meta.get("threshold") for fm in chosen]
+        if kind == "multilabel":
+            return [ensemble_threshold([v[t] for v in values])
+                    for t in range(len(values[0]))], ENSEMBLE_RULE
+        if kind == "survival":
+            return float(np.mean(values)), "mean of the folds' risk cuts"
+        if kind == "regression":
+            return None, "none: the predicted value is the output"
+        return ensemble_threshold([float(v) for v in values]), ENSEMBLE_RULE
 
 
 def _sha256(path: Path) -> str:
@@ -129,13 +165,14 @@ def load_run(run_dir: str | os.PathLike, fold: int | None = None,
     folds = [load_fold(d, torch_device) for d in fold_dirs]
     first = folds[0].meta
     for f in folds[1:]:
-        for key in ("class_names", "in_dim", "encoder", "negative_class"):
-            if f.meta[key] != first[key]:
-                raise RunError(f"{run_dir}: fold {f.fold} has {key} {f.meta[key]!r}, "
-                               f"fold {folds[0].fold} has {first[key]!r}")
+        for key in ("class_names", "in_dim", "encoder", "negative_class", "task", "bag_level"):
+            if f.meta.get(key) != first.get(key):
+                raise RunError(f"{run_dir}: fold {f.fold} has {key} {f.meta.get(key)!r}, "
+                               f"fold {folds[0].fold} has {first.get(key)!r}")
     class_names = list(first["class_names"])
+    negative = first.get("negative_class")
     return LoadedRun(run_dir, folds, class_names,
-                     class_names.index(first["negative_class"]),
+                     class_names.index(negative) if negative in class_names else None,
                      LoadedRun.decision_threshold(folds)[0],
                      str(first["encoder"]), int(first["in_dim"]), torch_device,
                      read_roles(run_dir / "splits.csv"))
@@ -203,6 +240,27 @@ def _load_cached(run_dir: str, fold: int | None, device: str) -> LoadedRun:
     return load_run(run_dir, fold, device)
 
 
+def combine_outputs(chosen: list[FoldModel], logits: list[np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the slide's outputs, its survival curve at the run's times or None) from each chosen
+    fold's raw outputs ``[C]`` (the module docstring says how each task combines them)."""
+    task = chosen[0].task
+    if task.kind == "classification":
+        probs = ensemble_probs([apply_temperature(fm.task.decode(z)[0], fm.temperature)
+                                for fm, z in zip(chosen, logits, strict=True)])
+        return probs, None
+    decoded = [fm.task.decode(z)[0] for fm, z in zip(chosen, logits, strict=True)]
+    if task.kind == "multilabel":
+        return 1.0 / (1.0 + np.exp(-np.mean([logit(d) for d in decoded], axis=0))), None
+    outputs = np.mean(decoded, axis=0)
+    if task.kind == "survival":
+        times = task.fitted["survival_times"]
+        curve = np.mean([fm.task.survival(z, times)[0]
+                         for fm, z in zip(chosen, logits, strict=True)], axis=0)
+        return outputs, curve
+    return outputs, None
+
+
 @torch.no_grad()
 def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
                 chunk_size: int = 16384, oof: bool | None = None,
@@ -212,54 +270,129 @@ def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
     a TRIDENT bag's attributes with its slide's size and µm/px, so the predictions carry what
     heatmaps need."""
     bag_path = Path(bag_path)
-    attrs = read_bag_attrs(bag_path, slide_path)
-    with open_bag_features(bag_path) as data:
-        n, dim = data.shape
-        if n == 0:
-            raise BagError(f"{bag_path}: empty bag (no tiles)")
-        if dim != run.in_dim:
-            raise BagError(f"{bag_path}: {dim} features per tile (encoder "
-                           f"{attrs.get('encoder')!r}), but {run.run_dir} was trained on "
-                           f"{run.in_dim} ({run.encoder!r})")
+    return _predict(run, bag_path.stem, [(bag_path.stem, bag_path, slide_path)], chunk_size,
+                    oof)[0]
+
+
+def predict_patient(run: LoadedRun, patient_id: str,
+                    parts: list[tuple[str, Path, str | os.PathLike | None]],
+                    chunk_size: int = 16384, oof: bool | None = None) -> list[SlidePrediction]:
+    """Predict one patient-level bag (a run trained with ``bag_level: patient``): ``parts``
+    are its slides (slide id, bag file, slide file or None) in the order training pooled them.
+    One prediction per slide, with that slide's tiles, attention from the pooled bag (a
+    slide's share of the patient's attention) and the patient's outputs."""
+    return _predict(run, patient_id, parts, chunk_size, oof)
+
+
+@torch.no_grad()
+def _predict(run: LoadedRun, bag_id: str,
+             parts: list[tuple[str, Path, str | os.PathLike | None]], chunk_size: int,
+             oof: bool | None) -> list[SlidePrediction]:
+    """The prediction of one bag made of ``parts``' tiles, in order, split back per part."""
+    from contextlib import ExitStack
+
+    attrs_of, coords_of, sizes = [], [], []
+    with ExitStack() as stack:
+        datasets = []
+        for _, bag_path, slide_path in parts:
+            attrs = read_bag_attrs(bag_path, slide_path)
+            data = stack.enter_context(open_bag_features(bag_path))
+            n, dim = data.shape
+            if n == 0:
+                raise BagError(f"{bag_path}: empty bag (no tiles)")
+            if dim != run.in_dim:
+                raise BagError(f"{bag_path}: {dim} features per tile (encoder "
+                               f"{attrs.get('encoder')!r}), but {run.run_dir} was trained on "
+                               f"{run.in_dim} ({run.encoder!r})")
+            attrs_of.append(attrs)
+            coords_of.append(read_bag_coords(bag_path))
+            datasets.append(data)
+            sizes.append(n)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        n = int(offsets[-1])
 
         def read(start: int, end: int) -> torch.Tensor:
-            chunk = torch.from_numpy(data[start:end]).to(run.device)
+            pieces = []
+            for k, data in enumerate(datasets):
+                lo, hi = max(start, offsets[k]), min(end, offsets[k + 1])
+                if lo < hi:
+                    pieces.append(data[lo - offsets[k]:hi - offsets[k]])
+            chunk = torch.from_numpy(np.concatenate(pieces) if len(pieces) > 1
+                                     else pieces[0]).to(run.device)
             if not torch.isfinite(chunk).all():
-                raise BagError(f"{bag_path}: NaN/inf features in tiles {start}..{end - 1}")
+                raise BagError(f"{parts[0][1] if len(parts) == 1 else bag_id}: NaN/inf "
+                               f"features in tiles {start}..{end - 1}")
             return chunk
 
-        chosen, in_sample = choose_folds(run, bag_path.stem, oof)
-        coords = read_bag_coords(bag_path)
+        chosen, in_sample = choose_folds(run, bag_id if run.bag_level == "slide"
+                                         else _patient_key(run, parts), oof)
         grid = None  # the tiles' grid positions, for a model that uses them (others ignore them)
         if any(fm.model.uses_coords for fm in chosen):
+            from wsi_mil.mil.bags import joined_grid_coords
+
             try:
-                grid = torch.from_numpy(bag_grid_coords(bag_path, coords, attrs)).to(run.device)
+                grid = torch.from_numpy(joined_grid_coords(
+                    [bag_grid_coords(path, c, a) for (_, path, _), c, a
+                     in zip(parts, coords_of, attrs_of)])).to(run.device)
             except BagSetError as exc:
                 raise BagError(str(exc)) from exc
         outputs = [fm.model.predict_chunked(read, n, chunk_size, coords=grid) for fm in chosen]
-    probs = ensemble_probs([apply_temperature(o.logits.float().softmax(1)[0].cpu().numpy(),
-                                              fm.temperature)
-                            for o, fm in zip(outputs, chosen, strict=True)])
+    task = chosen[0].task
+    probs, curve = combine_outputs(chosen, [o.logits.float().cpu().numpy() for o in outputs])
     threshold, rule = run.decision_threshold(chosen)
     attention, attention_norm = ensemble_attention(
         [o.raw_attention[0].float().cpu().numpy() for o in outputs])
-    tile_probs = np.mean([o.tile_logits[0].float().softmax(1).cpu().numpy() for o in outputs],
-                         axis=0)
-    predicted = int(predict_indices(probs[None], threshold, run.negative_index)[0])
-    slide_attrs = {k: v for k, v in attrs.items() if k not in _NOT_COPIED}
-    slide_attrs.update(
-        run_id=run.run_dir.name, run_path=str(run.run_dir.resolve()),
-        checkpoint_sha256=run.checkpoint_sha256, folds=[fm.fold for fm in chosen],
-        in_sample=in_sample, out_of_fold=len(chosen) < len(run.folds),
-        model=run.folds[0].meta["model"], threshold=threshold, threshold_rule=rule,
-        negative_class=run.class_names[run.negative_index], features_path=str(bag_path),
-    )
-    return SlidePrediction(
-        slide_id=bag_path.stem, coords=coords, attention=attention,
-        attention_norm=attention_norm, tile_probs=tile_probs.astype(np.float32),
-        probs=probs.astype(np.float32), class_names=run.class_names,
-        predicted_label=run.class_names[predicted], attrs=slide_attrs,
-    )
+    tile_probs = np.mean([fm.task.decode_tiles(o.tile_logits[0].float().cpu().numpy())
+                          for fm, o in zip(chosen, outputs, strict=True)], axis=0)
+    branch = _branch_attention(outputs, task)
+    predicted = task.predicted_labels(probs[None], threshold)[0]
+    shared = {
+        "run_id": run.run_dir.name, "run_path": str(run.run_dir.resolve()),
+        "checkpoint_sha256": run.checkpoint_sha256, "folds": [fm.fold for fm in chosen],
+        "in_sample": in_sample, "out_of_fold": len(chosen) < len(run.folds),
+        "model": run.folds[0].meta["model"], "threshold": threshold, "threshold_rule": rule,
+        "negative_class": (None if run.negative_index is None
+                        else run.class_names[run.negative_index]),
+        "task": task.kind, "segmentation": task.segmentation, "bag_level": run.bag_level}
+    if curve is not None:
+        shared.update(survival_times=[float(t) for t in task.fitted["survival_times"]],
+                      survival=[float(v) for v in curve])
+    if run.bag_level == "patient":
+        shared.update(patient_id=bag_id, bag_slides=[slide_id for slide_id, _, _ in parts])
+    out = []
+    for k, (slide_id, bag_path, _) in enumerate(parts):
+        lo, hi = int(offsets[k]), int(offsets[k + 1])
+        slide_attrs = {key: v for key, v in attrs_of[k].items() if key not in _NOT_COPIED}
+        slide_attrs.update(shared, features_path=str(bag_path))
+        if branch is not None:
+            slide_attrs["branch_names"] = list(run.class_names)
+        prediction = SlidePrediction(
+            slide_id=slide_id, coords=coords_of[k], attention=attention[lo:hi],
+            attention_norm=attention_norm[lo:hi], tile_probs=tile_probs[lo:hi].astype(np.float32),
+            probs=np.asarray(probs, dtype=np.float32), class_names=run.class_names,
+            predicted_label=predicted, attrs=slide_attrs)
+        if branch is not None:
+            prediction.branch_attention = branch[lo:hi]
+        out.append(prediction)
+    return out
+
+
+def _patient_key(run: LoadedRun, parts: list[tuple[str, Path, Any]]) -> str:
+    """The slide a patient-level bag's fold roles are read from (every slide of a patient has
+    its patient's roles in splits.csv)."""
+    for slide_id, _, _ in parts:
+        if slide_id in run.roles:
+            return slide_id
+    return parts[0][0]
+
+
+def _branch_attention(outputs: list[Any], task: Task) -> np.ndarray | None:
+    """Each output's own attention branch ``[N, K]`` (the mean over the chosen folds of their
+    pooling weights), for models with one branch per class or target; None otherwise."""
+    weights = [o.branch_attention[0].float().cpu().numpy() for o in outputs]
+    if weights[0].shape[1] <= 1 or weights[0].shape[1] != len(task.output_names):
+        return None
+    return np.mean(weights, axis=0).astype(np.float32)
 
 
 def predict_slide(bag_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -269,6 +402,19 @@ def predict_slide(bag_path: str | os.PathLike, out_path: str | os.PathLike,
     run = cached_run(run_dir, params.fold, params.device)
     return write_prediction(out_path, predict_bag(run, bag_path, params.chunk_size, params.oof,
                                                   slide_path))
+
+
+def predict_patient_slides(parts: list[tuple[str, Path, str | os.PathLike | None]],
+                           patient_id: str, pred_dir: str | os.PathLike,
+                           run_dir: str | os.PathLike,
+                           params: PredictParams = PredictParams()) -> Path:
+    """The per-patient step of a patient-level run: one ``<slide_id>.h5`` per slide of the
+    patient (:func:`predict_patient`); returns the folder."""
+    run = cached_run(run_dir, params.fold, params.device)
+    pred_dir = Path(pred_dir)
+    for prediction in predict_patient(run, patient_id, parts, params.chunk_size, params.oof):
+        write_prediction(pred_dir / f"{prediction.slide_id}.h5", prediction)
+    return pred_dir
 
 
 def is_current_prediction(path: Path, checkpoint_sha256: str) -> bool:

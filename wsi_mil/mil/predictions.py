@@ -2,9 +2,14 @@
 
 Datasets: ``coords`` ``[N, 2]`` (level-0, same order as the bag), ``attention`` ``[N]`` (raw
 scores, before softmax), ``attention_norm`` ``[N]`` in [0, 1], ``tile_probs`` ``[N, C]`` from
-the segmentation head. Attributes: slide-level ``probs`` ``[C]``, ``predicted_label``,
-``class_names``, ``run_id``, ``checkpoint_sha256``, plus the bag's slide and tiling attributes
-(so a heatmap can find the slide and its geometry from this file alone).
+the segmentation head (or, for a task without one, the output head on each tile: its risk or
+value), and, for a model with one attention branch per class or target, ``branch_attention``
+``[N, C]`` (each branch's pooling weights). Attributes: slide-level ``probs`` ``[C]`` (the
+task's outputs: class or target probabilities, the risk, the value), ``predicted_label``,
+``class_names`` (the outputs' names), ``task``, ``run_id``, ``checkpoint_sha256``, for survival
+``survival_times`` and ``survival`` (the predicted survival curve), for a patient-level bag
+``patient_id`` and ``bag_slides``, plus the bag's slide and tiling attributes (so a heatmap can
+find the slide and its geometry from this file alone).
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class SlidePrediction:
     #: more per-tile scores by name, e.g. the explain stage's maps, that a heatmap can show
     #: (not stored in the predictions file)
     extra_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    #: float32 [N, C]: each class's or target's own attention branch (models with one per
+    #: output), else None
+    branch_attention: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.coords.shape[0]
@@ -63,17 +71,45 @@ class SlidePrediction:
         value = self.attrs.get("negative_class")
         return None if value is None else str(value)
 
+    @property
+    def task(self) -> str:
+        """The run's task (a file from before tasks: classification)."""
+        return str(self.attrs.get("task", "classification"))
+
+    @property
+    def has_segmentation(self) -> bool:
+        """Whether ``tile_probs`` are a segmentation head's probabilities (survival and
+        regression runs have none: their tile scores are risks or values)."""
+        return self.task in ("classification", "multilabel")
+
+    def branch_scores(self) -> dict[str, np.ndarray]:
+        """Each output's own attention (``attention:<name>``) for models with a branch per
+        class or target; {} otherwise."""
+        if self.branch_attention is None:
+            return {}
+        return {f"attention:{name}": self.branch_attention[:, i]
+                for i, name in enumerate(self.class_names)}
+
     def positive_index(self, positive_class: str | None = None) -> int:
         """Column of ``tile_probs`` that is the lesion map: ``positive_class`` if named, else the
         one class that is not the run's negative class (for a file that records none, the class
-        with a negative name). This is the single rule heatmaps,
-        GeoJSON, segmentation and the FROC share, so they always outline the same class."""
+        with a negative name). For subtypes (no negative class) and multilabel targets, the
+        predicted class or the most probable target, whose one-vs-rest map it is. This is the
+        single rule heatmaps, GeoJSON, segmentation and the FROC share, so they always outline
+        the same class."""
         names = list(self.class_names)
+        if not self.has_segmentation:
+            raise PredictionFileError(f"{self.slide_id}: a {self.task} run has no segmentation "
+                                      f"head (its tile scores are {names[0]}s)")
         if positive_class is not None:
             if positive_class not in names:
                 raise PredictionFileError(f"{self.slide_id}: positive class {positive_class!r} "
                                           f"is not one of {names}")
             return names.index(positive_class)
+        if self.task == "multilabel":
+            return int(np.argmax(self.probs))
+        if "task" in self.attrs and self.negative_class is None:  # subtypes
+            return names.index(self.predicted_label)
         negative = self.negative_class or recognise_negative_class(names)
         others = [n for n in names if n != negative]
         if negative not in names or len(others) != 1:
@@ -105,6 +141,9 @@ def write_prediction(path: str | os.PathLike, prediction: SlidePrediction) -> Pa
         f.create_dataset("attention_norm",
                          data=np.asarray(prediction.attention_norm, np.float32))
         f.create_dataset("tile_probs", data=np.asarray(prediction.tile_probs, np.float32))
+        if prediction.branch_attention is not None:
+            f.create_dataset("branch_attention",
+                             data=np.asarray(prediction.branch_attention, np.float32))
         write_attrs(f, attrs)
     return path
 
@@ -123,6 +162,8 @@ def read_prediction(path: str | os.PathLike) -> SlidePrediction:
                                           f"missing datasets {missing}")
             attrs = read_attrs(f)
             data = {k: f[k][:] for k in ("coords", "attention", "attention_norm", "tile_probs")}
+            if "branch_attention" in f:
+                data["branch_attention"] = f["branch_attention"][:]
     except OSError as exc:
         raise PredictionFileError(f"{path}: cannot read HDF5 file ({exc})") from exc
     return SlidePrediction(

@@ -70,7 +70,7 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
                 seed: int = 0) -> list[FoldSplit]:
     """Folds for a cohort: the CSV's ``split`` column if present, else grouped k-fold CV."""
     ids = np.array([r.slide_id for r in labels.rows])
-    y = np.array([labels.class_index(r.label) for r in labels.rows])
+    y = labels.strata()  # the class, or what another task's folds are stratified by
     groups = np.array([r.patient_id for r in labels.rows])
     if not 0 < val_fraction < 1:
         raise SplitError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -99,8 +99,9 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
                          f"group(s) (need 2 <= folds <= groups)")
     largest_class = int(np.bincount(y).max())
     if folds > largest_class:
+        what = "class" if labels.task == "classification" else "stratum"
         raise SplitError(f"{labels.path}: cannot make {folds} stratified folds when the largest "
-                         f"class has {largest_class} slide(s); use --folds {largest_class} or "
+                         f"{what} has {largest_class} slide(s); use --folds {largest_class} or "
                          f"fewer")
     out = []
     for k, test_idx in enumerate(_grouped_parts(ids, y, groups, folds, seed)):
@@ -144,10 +145,17 @@ def warn_shared_patients(labels: LabelTable) -> None:
         stacklevel=3)
 
 
-def splits_csv(splits: list[FoldSplit], labels: LabelTable) -> str:
-    """``splits.csv``: one row per (fold, slide) with its role, label and patient."""
+def splits_csv(splits: list[FoldSplit], labels: LabelTable,
+               members: dict[str, tuple[str, ...]] | None = None) -> str:
+    """``splits.csv``: one row per (fold, slide) with its role, label and patient.
+
+    ``members``: for patient-level bags, each bag's (patient's) slides: every slide gets its
+    patient's role, so a slide is always looked up by its own id.
+    """
     rows = labels.by_slide()
+    members = members or {}
     return csv_text(({"fold": split.fold, "slide_id": slide_id, "role": role,
-                      "label": rows[slide_id].label, "patient_id": rows[slide_id].patient_id}
-                     for split in splits for role in ROLES for slide_id in getattr(split, role)),
+                      "label": rows[bag].label, "patient_id": rows[bag].patient_id}
+                     for split in splits for role in ROLES for bag in getattr(split, role)
+                     for slide_id in members.get(bag, (bag,))),
                     ("fold", "slide_id", "role", "label", "patient_id"))

@@ -51,12 +51,13 @@ from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.attention import attention_entropies
 from wsi_mil.metrics.calibration import apply_temperature, fit_temperature
 from wsi_mil.metrics.slide import predict_indices, slide_auc, slide_metrics
-from wsi_mil.mil.bags import BagDataset, collate_bags, match_bags
-from wsi_mil.mil.labels import LabelTable, read_labels
+from wsi_mil.mil.bags import BagDataset, collate_bags, match_bags, patient_bags
+from wsi_mil.mil.labels import LabelsError, LabelTable, check_trainable, patient_table, read_labels
 from wsi_mil.mil.models import MILModel, create_model
-from wsi_mil.mil.models.segmentation import segmentation_loss
+from wsi_mil.mil.models.segmentation import one_vs_rest_segmentation_loss, segmentation_loss
 from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.splits import FoldSplit, make_splits, splits_csv
+from wsi_mil.mil.tasks import Task, fit_baseline, fit_task, make_task
 from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_threshold, fold_thresholds
 
 SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "brier", "ece")
@@ -104,7 +105,9 @@ class EpochStats:
     seg_loss: float = 0.0
     instance_loss: float = 0.0
     labels: list[int] = field(default_factory=list)
-    probs: list[np.ndarray] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)  # the task's outputs (decoded)
+    logits: list[np.ndarray] = field(default_factory=list)  # the model's raw outputs
+    targets: list[np.ndarray] = field(default_factory=list)  # the task's numbers per bag
     #: per bag: attention entropy in nats and normalised by log(tiles) (see metrics.attention)
     entropy: list[float] = field(default_factory=list)
     entropy_norm: list[float] = field(default_factory=list)
@@ -114,6 +117,14 @@ class EpochStats:
 
     def p(self) -> np.ndarray:
         return np.concatenate(self.probs) if self.probs else np.zeros((0, 0))
+
+    def z(self) -> np.ndarray:
+        """Raw outputs ``[n, outputs]``."""
+        return np.concatenate(self.logits) if self.logits else np.zeros((0, 0))
+
+    def t(self) -> np.ndarray:
+        """The task's numbers ``[n, T]`` (multilabel targets, time and event, value)."""
+        return np.concatenate(self.targets) if self.targets else np.zeros((0, 0))
 
     def mean_entropy(self, normalised: bool = False) -> float | None:
         values = self.entropy_norm if normalised else self.entropy
@@ -127,11 +138,45 @@ class EpochStats:
         self.entropy_norm += norm.tolist()
 
 
-def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negative_index: int,
-              device: torch.device, weights: torch.Tensor | None,
+def classification_task(n_classes: int, negative_index: int | None) -> Task:
+    """The classification task of a model trained outside a run (tests, benchmarks)."""
+    names = tuple(str(c) for c in range(n_classes))
+    return Task("classification", names, n_classes,
+                "negative" if negative_index is not None else "one_vs_rest", negative_index)
+
+
+def auxiliary_loss(task: Task, out: Any, batch: Any, params: TrainParams, model: MILModel,
+                   device: torch.device) -> torch.Tensor:
+    """The segmentation head's loss of a batch, as the task teaches it (see
+    :mod:`wsi_mil.mil.models.segmentation`); 0 without a head or with ``seg_weight`` 0."""
+    if params.seg_weight <= 0 or task.segmentation is None:
+        return torch.zeros((), device=device)
+    tile_labels = (batch.tile_labels if params.use_tile_labels
+                   else torch.full_like(batch.tile_labels, float("nan")))
+    if task.segmentation == "negative":
+        return segmentation_loss(out, batch.mask, batch.labels, tile_labels,
+                                 negative_index=task.negative_index, k=params.k_sample,
+                                 threshold=params.tile_label_threshold,
+                                 rank_by_attention=model.ranks_by_attention)
+    present = (batch.targets if task.kind == "multilabel"
+               else F.one_hot(batch.labels, task.n_outputs).float())
+    return one_vs_rest_segmentation_loss(out, batch.mask, present, tile_labels,
+                                         k=params.k_sample, threshold=params.tile_label_threshold,
+                                         rank_by_attention=model.ranks_by_attention)
+
+
+def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams,
+              negative_index: int | None, device: torch.device, weights: torch.Tensor | None,
               optimizer: torch.optim.Optimizer | None = None,
-              generator: torch.Generator | None = None) -> EpochStats:
-    """One pass over ``dataset``: trains when ``optimizer`` is given, else evaluates."""
+              generator: torch.Generator | None = None, task: Task | None = None) -> EpochStats:
+    """One pass over ``dataset``: trains when ``optimizer`` is given, else evaluates.
+
+    ``task`` (default: classification with ``negative_index``) gives the slide loss. A task
+    whose loss needs several bags at once (Cox) gathers ``cox_batch_size`` bags' outputs and
+    steps once on their partial likelihood; evaluated, its loss is the partial likelihood of
+    the whole set (one number per epoch, the same every epoch's selection compares).
+    """
+    task = task or classification_task(model.n_classes, negative_index)
     training = optimizer is not None
     model.train(training)
     loader = torch.utils.data.DataLoader(
@@ -140,43 +185,108 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams, negativ
     )
     stats, n = EpochStats(), 0
     weights = None if weights is None else weights.to(device)
+    grouped = task.groups_bags
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def grouped_step(final: bool) -> None:
+        """The Cox loss of the pending bags (a mini-batch of ``cox_batch_size``), stepped."""
+        size = sum(len(z) for z, _, _ in pending)
+        if not pending or (not final and size < params.cox_batch_size):
+            return
+        logits, labels, targets = (torch.cat([p[i] for p in pending]) for i in range(3))
+        pending.clear()
+        if size < 2:
+            return  # one bag has no risk set
+        loss = task.slide_loss(logits, labels, targets, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.loss += float(loss.detach()) * size
+        stats.slide_loss += float(loss.detach()) * size
+
     for batch in loader:
         batch = batch.to(device)
+        instance_labels = (batch.labels if task.kind == "classification"
+                           else batch.targets if task.kind == "multilabel" else None)
         with torch.set_grad_enabled(training), torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
         ):
-            out = model(batch.features, batch.mask, batch.labels if training else None,
+            out = model(batch.features, batch.mask, instance_labels if training else None,
                         coords=batch.coords)
-            slide = slide_loss(out.logits, batch.labels, weights)
-            loss = slide
-            if out.instance_loss is not None:
-                loss = params.bag_weight * slide + (1 - params.bag_weight) * out.instance_loss
-            seg = torch.zeros((), device=device)
-            if params.seg_weight > 0:
-                tile_labels = (batch.tile_labels if params.use_tile_labels
-                               else torch.full_like(batch.tile_labels, float("nan")))
-                seg = segmentation_loss(out, batch.mask, batch.labels, tile_labels,
-                                        negative_index=negative_index, k=params.k_sample,
-                                        threshold=params.tile_label_threshold,
-                                        rank_by_attention=model.ranks_by_attention)
+            seg = auxiliary_loss(task, out, batch, params, model, device)
+            if grouped:
+                slide = torch.zeros((), device=device)
+                loss = params.seg_weight * seg
+            else:
+                slide = task.slide_loss(out.logits, batch.labels, batch.targets, weights)
+                loss = slide
+                if out.instance_loss is not None:
+                    loss = params.bag_weight * slide + (1 - params.bag_weight) * out.instance_loss
                 loss = loss + params.seg_weight * seg
-        if training:
+        if grouped:
+            pending.append((out.logits if training else out.logits.detach(), batch.labels,
+                            batch.targets))
+            if training:
+                grouped_step(final=False)
+        elif training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         size = len(batch.slide_ids)
         n += size
-        stats.loss += float(loss.detach()) * size
-        stats.slide_loss += float(slide.detach()) * size
+        if not grouped:
+            stats.loss += float(loss.detach()) * size
+            stats.slide_loss += float(slide.detach()) * size
         stats.seg_loss += float(seg.detach()) * size
         if out.instance_loss is not None:
             stats.instance_loss += float(out.instance_loss.detach()) * size
         stats.labels += batch.labels.tolist()
-        stats.probs.append(out.logits.float().softmax(dim=1).detach().cpu().numpy())
+        logits = out.logits.float().detach().cpu().numpy()
+        stats.logits.append(logits)
+        stats.probs.append(task.decode(logits))
+        stats.targets.append(batch.targets.detach().cpu().numpy())
         stats.add_entropy(out.attention, batch.mask)
+    if grouped and training:
+        grouped_step(final=True)
+    elif grouped and pending:  # evaluation: the partial likelihood of the whole set
+        logits, labels, targets = (torch.cat([p[i] for p in pending]) for i in range(3))
+        with torch.no_grad():
+            value = float(task.slide_loss(logits, labels, targets, weights)) * len(logits)
+        stats.loss += value
+        stats.slide_loss += value
     for name in ("loss", "slide_loss", "seg_loss", "instance_loss"):
         setattr(stats, name, getattr(stats, name) / max(n, 1))
     return stats
+
+
+def monitor_score(task: Task, stats: EpochStats) -> float | None:
+    """The task's validation score (``monitor: auc``, ``log.csv``'s ``val_<name>``): the slide
+    AUC, the multilabel macro AUC, Harrell's C, R²; None where undefined."""
+    if not len(stats.labels) or not np.isfinite(stats.p()).all():
+        return None
+    if task.kind == "classification":
+        negative = 0 if task.negative_index is None else task.negative_index
+        return slide_auc(stats.y(), stats.p(), negative)
+    if task.kind == "multilabel":
+        from wsi_mil.metrics.multilabel import macro_auc
+
+        return macro_auc(stats.t().astype(int), stats.p())
+    if task.kind == "survival":
+        from wsi_mil.metrics.survival import harrell_c
+
+        targets = stats.t()
+        return harrell_c(targets[:, 0], targets[:, 1], stats.p()[:, 0])
+    targets = stats.t()
+    if len(targets) < 2 or np.ptp(targets[:, 0]) == 0:
+        return None
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(targets[:, 0], stats.p()[:, 0]))
+
+
+#: what ``log.csv`` calls each task's validation score
+SCORE_NAMES = {"classification": "auc", "multilabel": "auc", "survival": "c_index",
+               "regression": "r2"}
 
 
 @dataclass
@@ -206,7 +316,8 @@ def make_optimizer(parameters: Iterable[torch.Tensor], params: TrainParams, *,
 
 
 def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: TrainParams,
-               negative_index: int, *, seed: int, desc: str = "train") -> FoldResult:
+               negative_index: int | None, *, seed: int, desc: str = "train",
+               task: Task | None = None) -> FoldResult:
     """Train with early stopping on ``val``; the returned model holds the best epoch's weights.
 
     The epoch kept is the best by ``params.monitor`` on the validation slides, looked for only
@@ -220,8 +331,11 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
     """
     device = resolve_device(params.device)
     model.to(device)
-    weights = (class_weights([r.label for r in train.records], model.n_classes)
+    task = task or classification_task(model.n_classes, negative_index)
+    weights = (task.weights(np.array([r.target for r in train.records]),
+                            [r.label for r in train.records])
                if params.class_weighting else None)
+    score_name = f"val_{SCORE_NAMES[task.kind]}"
     optimizer = make_optimizer(model.parameters(), params,
                                fused=device.type in ("cpu", "cuda"))
     scheduler: Any = None
@@ -241,10 +355,9 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
     for epoch in bar:
         start = time.perf_counter()
         tr = run_epoch(model, train, params, negative_index, device, weights, optimizer,
-                       generator)
-        va = run_epoch(model, val, params, negative_index, device, weights)
-        finite = len(va.labels) > 0 and bool(np.isfinite(va.p()).all())
-        auc = slide_auc(va.y(), va.p(), negative_index) if finite else None
+                       generator, task=task)
+        va = run_epoch(model, val, params, negative_index, device, weights, task=task)
+        auc = monitor_score(task, va)
         if params.monitor == "none":  # fixed epoch count: the last epoch is the one kept
             score = float(epoch)
         elif params.monitor == "auc" and auc is not None:
@@ -262,7 +375,7 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
                     "train_slide_loss": tr.slide_loss, "train_seg_loss": tr.seg_loss,
                     "train_instance_loss": tr.instance_loss,
                     "train_attention_entropy": tr.mean_entropy(), "val_loss": va.loss,
-                    "val_slide_loss": va.slide_loss, "val_auc": auc,
+                    "val_slide_loss": va.slide_loss, score_name: auc,
                     "val_attention_entropy": va.mean_entropy(),
                     "val_attention_entropy_norm": va.mean_entropy(normalised=True),
                     "best": improved,
@@ -307,12 +420,35 @@ def summarise(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 def prediction_rows(slide_ids: tuple[str, ...], probs: np.ndarray, predicted: np.ndarray,
                     labels: LabelTable) -> list[dict[str, Any]]:
+    """A classification's ``val/test_predictions.csv`` rows (``predicted``: class indices)."""
     by_slide = labels.by_slide()
     rows = []
     for slide_id, p, k in zip(slide_ids, probs, predicted, strict=True):
         row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
                "predicted_label": labels.class_names[int(k)]}
         row.update({f"prob_{c}": round(float(v), 6) for c, v in zip(labels.class_names, p)})
+        rows.append(row)
+    return rows
+
+
+def output_columns(task: Task) -> list[str]:
+    """The per-slide output columns of ``predictions.csv``: ``prob_<class or target>``,
+    ``risk`` (survival), ``value`` (regression)."""
+    if task.kind in ("classification", "multilabel"):
+        return [f"prob_{name}" for name in task.output_names]
+    return ["risk"] if task.kind == "survival" else ["value"]
+
+
+def task_prediction_rows(slide_ids: list[str], outputs: np.ndarray, predicted: list[str],
+                         labels: LabelTable, task: Task) -> list[dict[str, Any]]:
+    """``val/test_predictions.csv`` rows of any task: the label, the predicted label and the
+    task's output columns (:func:`output_columns`)."""
+    by_slide = labels.by_slide()
+    rows = []
+    for slide_id, values, label in zip(slide_ids, outputs, predicted, strict=True):
+        row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
+               "predicted_label": label}
+        row.update({c: round(float(v), 6) for c, v in zip(output_columns(task), values)})
         rows.append(row)
     return rows
 
@@ -339,8 +475,49 @@ def _same_run(previous: Path, config: dict[str, Any]) -> bool:
         old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         return False
-    keys = ("train", "features", "labels", "class_names", "negative_class", "n_slides", "n_folds")
+    keys = ("train", "features", "labels", "task", "class_names", "negative_class", "n_slides",
+            "n_folds")
     return all(old.get(key) == config.get(key) for key in keys)
+
+
+def model_kwargs(params: TrainParams, task: Task) -> dict[str, Any]:
+    """The model's constructor arguments for ``task``: the parameters' own, plus one attention
+    branch per output where the segmentation head is one-vs-rest (multilabel targets, and
+    subtypes: each class's tiles are pseudo-labelled from that class's own attention, CLAM-MB's
+    layout, where the model can have it: :mod:`wsi_mil.mil.models.base`), no segmentation head
+    without tile classes (survival, regression), and CLAM's subtyping term for classes without
+    a negative one.
+
+    Why a branch per subtype: with one shared attention, a model that tells luad from lusc can
+    attend to luad's tiles alone (their absence says lusc), and lusc's tiles are then never
+    among the most attended, so lusc's head would learn nothing (tile AUC 0.42 for lusc,
+    0.87 for luad on generated subtypes, ``tests/wsi_mil/mil/test_train_tasks.py``)."""
+    from wsi_mil.mil.models.registry import model_class
+
+    kwargs = params.model_kwargs()
+    cls = model_class(params.model)
+    if task.segmentation == "one_vs_rest" and cls.supports_branches:
+        kwargs["branch_per_output"] = True
+    if task.segmentation is None:
+        kwargs["segmentation_head"] = False
+    if task.kind == "classification" and task.negative_index is None and "subtyping" in kwargs:
+        kwargs["subtyping"] = True
+    return kwargs
+
+
+def read_training_labels(labels_csv: str | os.PathLike, params: TrainParams
+                         ) -> tuple[LabelTable, int | None]:
+    """The labels CSV of ``params.task`` and the negative class's index (classification with
+    one; None for subtypes and the other tasks), checked as far as the CSV alone allows."""
+    labels = read_labels(labels_csv, task=params.task, targets=params.targets)
+    negative_index = None
+    if params.task == "classification":
+        negative_index = labels.negative_index_or_none(params.negative_class, params.subtyping)
+    elif params.negative_class is not None or params.subtyping:
+        raise LabelsError(f"{labels_csv}: negative_class and subtyping are classification "
+                          f"settings; the task is {params.task}")
+    check_trainable(labels)
+    return labels, negative_index
 
 
 def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
@@ -348,26 +525,39 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
               resume: bool = False) -> dict[str, Any]:
     """Train every fold, write the run folder, and return the summary (also ``summary.json``).
 
-    With ``resume``, a fold whose files are complete (:func:`finished_fold`) from a run with
-    the same settings, bags and labels is kept, not retrained: a run killed at fold 4 of 5
-    restarts at fold 4.
+    Every check of the labels and bags runs before anything is written, so a malformed labels
+    CSV leaves no run folder behind. With ``resume``, a fold whose files are complete
+    (:func:`finished_fold`) from a run with the same settings, bags and labels is kept, not
+    retrained: a run killed at fold 4 of 5 restarts at fold 4.
     """
     params = TrainParams() if params is None else params
     features_dir, out_dir = Path(features_dir), Path(out_dir)
-    labels = read_labels(labels_csv)
-    negative_index = labels.negative_index(params.negative_class)
+    labels, negative_index = read_training_labels(labels_csv, params)
     bag_set = match_bags(features_dir, labels, missing=params.missing_bags)
     if bag_set.missing:  # left out with a warning: the splits are made of the slides that exist
         labels = labels.restricted_to({r.slide_id for r in bag_set.records})
+    members: dict[str, tuple[str, ...]] = {}
+    if params.bag_level == "patient":
+        if not labels.has_patient_id:
+            raise LabelsError(f"{labels_csv}: --bag-level patient needs a patient_id column")
+        labels, members = patient_table(labels)
+        bag_set = patient_bags(bag_set, labels, members)
+        labels = labels.restricted_to({r.slide_id for r in bag_set.records})
+    check_trainable(labels)
+    task = make_task(params, labels, negative_index)
     splits = make_splits(labels, params.folds, params.val_fraction, params.seed)
     config = {
         "train": params.to_dict(),
         "features": str(features_dir.resolve()),
         "labels": str(Path(labels_csv).resolve()),
+        "task": task.kind,
         "encoder": bag_set.encoder,
         "in_dim": bag_set.dim,
-        "class_names": list(labels.class_names),
-        "negative_class": labels.class_names[negative_index],
+        "class_names": list(task.output_names),
+        "negative_class": (None if negative_index is None
+                           else labels.class_names[negative_index]),
+        "segmentation_head": task.segmentation,
+        "bag_level": params.bag_level,
         "n_slides": len(bag_set.records),
         "left_out_no_bag": list(bag_set.missing),
         "n_folds": len(splits),
@@ -376,7 +566,7 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = resume and _same_run(out_dir / "config.yaml", config)
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    write_text_atomic(out_dir / "splits.csv", splits_csv(splits, labels))
+    write_text_atomic(out_dir / "splits.csv", splits_csv(splits, labels, members))
     records = {r.slide_id: r for r in bag_set.records}
 
     def dataset(ids: tuple[str, ...], seed: int, train: bool, with_coords: bool) -> BagDataset:
@@ -388,24 +578,39 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         seed = params.seed + split.fold
         seed_everything(seed)
         fold_dir = out_dir / f"fold_{split.fold}"
-        model = create_model(params.model, bag_set.dim, len(labels.class_names),
-                             **params.model_kwargs())
+        fitted = fit_task(task, labels.values(list(split.train)))
+        model = create_model(params.model, bag_set.dim, task.n_outputs,
+                             **model_kwargs(params, task))
         coords = model.uses_coords  # the bags' tile positions, read only for a model using them
         result = train_fold(model, dataset(split.train, seed, True, coords),
                             dataset(split.val, seed, False, coords),
-                            params, negative_index, seed=seed, desc=f"fold {split.fold}")
+                            params, negative_index, seed=seed, desc=f"fold {split.fold}",
+                            task=fitted)
+        device = resolve_device(params.device)
         test = run_epoch(result.model, dataset(split.test, seed, False, coords), params,
-                         negative_index, resolve_device(params.device), None)
+                         negative_index, device, None, task=fitted)
+        record: dict[str, Any] = {"fold": split.fold, "model_config": result.model.config(),
+                                  "best_epoch": result.best_epoch, "epochs_run": len(result.log),
+                                  "n_train": len(split.train), "n_val": len(split.val)}
+        if task.kind == "classification":
+            record.update(val={"slide_ids": list(split.val), "probs": result.val.p().tolist()},
+                          test={"slide_ids": list(split.test), "probs": test.p().tolist()})
+        else:
+            record.update(val={"slide_ids": list(split.val), "logits": result.val.z().tolist()},
+                          test={"slide_ids": list(split.test), "logits": test.z().tolist()})
+        if task.kind == "survival":  # the baseline and the risk cut, on the training slides
+            train = run_epoch(result.model, dataset(split.train, seed, False, coords), params,
+                              negative_index, device, None, task=fitted)
+            fitted = fit_baseline(fitted, train.z(), train.t())
+            record["risk_cut"] = float(np.median(fitted.decode(train.z())[:, 0]))
+            test.probs = [fitted.decode(test.z())]  # centred risks (Cox), for the line below
+        record["fitted"] = fitted.fitted
         save_weights(fold_dir, result.model)
         write_text_atomic(fold_dir / "log.csv", csv_text(result.log))
-        record = {"fold": split.fold, "model_config": result.model.config(),
-                  "best_epoch": result.best_epoch, "epochs_run": len(result.log),
-                  "n_train": len(split.train), "n_val": len(split.val),
-                  "val": {"slide_ids": list(split.val), "probs": result.val.p().tolist()},
-                  "test": {"slide_ids": list(split.test), "probs": test.p().tolist()}}
         write_text_atomic(fold_dir / "training.json", json.dumps(record) + "\n")
-        auc = slide_auc(test.y(), test.p(), negative_index)
-        tqdm.write(f"fold {split.fold}: test AUC {'-' if auc is None else f'{auc:.3f}'} "
+        name = {"auc": "AUC", "c_index": "Harrell's C", "r2": "R²"}[SCORE_NAMES[task.kind]]
+        score = monitor_score(fitted, test)
+        tqdm.write(f"fold {split.fold}: test {name} {'-' if score is None else f'{score:.3f}'} "
                    f"(best epoch {result.best_epoch + 1} of {len(result.log)})", file=sys.stderr)
         return record
 
@@ -420,7 +625,13 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
             todo.append(split)
     trained += map_folds(train_one, todo, params.parallel_folds)
     trained.sort(key=lambda record: record["fold"])
-    summary = finish_run(out_dir, trained, labels, negative_index, params, bag_set.encoder)
+    if task.kind == "classification":
+        summary = finish_run(out_dir, trained, labels, negative_index, params, bag_set.encoder)
+    else:
+        from wsi_mil.mil.task_runs import finish_task_run
+
+        summary = finish_task_run(out_dir, trained, labels, task, params, bag_set.encoder)
+    summary.update(task=task.kind, bag_level=params.bag_level)
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -443,7 +654,7 @@ def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[di
 
 
 def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
-               negative_index: int, params: TrainParams, encoder: str) -> dict[str, Any]:
+               negative_index: int | None, params: TrainParams, encoder: str) -> dict[str, Any]:
     """The run-level step after every fold is trained: calibration, thresholds, fold files.
 
     With ``params.calibrate``, each fold's temperature is fitted on its own validation
@@ -454,9 +665,16 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
     ``metrics.json``, ``val_predictions.csv`` and ``test_predictions.csv``; returns the summary
     (mean ± std over folds, pooled out-of-fold metrics at each fold's own threshold, every
     threshold with its rule, and the ensemble's threshold for new slides).
+
+    Subtypes (``negative_index`` None): with two classes the second in sorted order plays the
+    positive class for the figures and the threshold that need one (AUC, the threshold and
+    accuracy are the same either way round; F1 and the sensitivities are that class's); with
+    more, every slide is decided by its largest probability.
     """
     classes = list(labels.class_names)
     by_slide = labels.by_slide()
+    subtypes = negative_index is None
+    negative_index = 0 if subtypes else negative_index
 
     def y_of(ids: list[str]) -> np.ndarray:
         return np.array([labels.class_index(by_slide[s].label) for s in ids], dtype=int)
@@ -493,8 +711,10 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
                        best_epoch=record["best_epoch"], epochs_run=record["epochs_run"],
                        n_train=record["n_train"], n_val=record["n_val"],
                        validation=slide_metrics(vy, vp, vk, classes, negative_index, n_boot=0))
-        meta = {**record["model_config"], "class_names": classes,
-                "negative_class": classes[negative_index], "threshold": threshold,
+        meta = {**record["model_config"], "task": "classification", "class_names": classes,
+                "negative_class": None if subtypes else classes[negative_index],
+                "segmentation": "one_vs_rest" if subtypes else "negative",
+                "bag_level": params.bag_level, "threshold": threshold,
                 "threshold_rule": decision.rule, "temperature": temperatures[fold],
                 "encoder": encoder, "fold": fold, "best_epoch": record["best_epoch"],
                 "run": out_dir.name}
@@ -511,6 +731,8 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
                    f"none of its {len(ids)} test slides among them)", file=sys.stderr)
     ensemble = ensemble_threshold([d.threshold for d in chosen])
     summary = {"model": params.model, "class_names": classes, "n_folds": len(trained),
+               "negative_class": None if subtypes else classes[negative_index],
+               "subtyping": subtypes,
                "thresholds": [d.as_dict() for d in chosen],
                "ensemble_threshold": ensemble,
                "ensemble_threshold_rule": ENSEMBLE_RULE if len(chosen) > 1 else chosen[0].rule,

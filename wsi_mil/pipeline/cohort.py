@@ -1,4 +1,6 @@
-"""The cohort stage: write a synthetic cohort's slides in parallel, then its labels CSV."""
+"""The cohort stage: write a synthetic cohort's slides in parallel, then its labels CSVs:
+``labels.csv`` (normal/tumor), and ``labels_survival.csv`` and ``labels_regression.csv`` whose
+times and targets depend on each slide's lesion burden (docs/tasks.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,13 @@ from pathlib import Path
 
 from tiling.storage import write_text_atomic
 from wsi_mil.pipeline.batch import SlideJob, run_batch
-from wsi_mil.synthetic.cohort import Cohort, labels_csv_text, plan_cohort, write_slide
+from wsi_mil.synthetic.cohort import (
+    Cohort,
+    labels_csv_text,
+    plan_cohort,
+    task_labels_csv_text,
+    write_slide,
+)
 from wsi_mil.synthetic.params import CohortParams
 
 
@@ -34,4 +42,6 @@ def generate_cohort(out_dir: str | os.PathLike, params: CohortParams = CohortPar
                            f"{result.failed}")
     labels_csv = root / "labels.csv"
     write_text_atomic(labels_csv, labels_csv_text(slides))
+    for task in ("survival", "regression"):
+        write_text_atomic(root / f"labels_{task}.csv", task_labels_csv_text(planned, params, task))
     return Cohort(root=root, slides=tuple(slides), labels_csv=labels_csv)

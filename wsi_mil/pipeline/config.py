@@ -248,7 +248,8 @@ class PipelineConfig:
     out: Path
     #: Name of the training run (``OUT/runs/<name>/``).
     name: str = "run"
-    #: Labels CSV ``slide_id,label[,patient_id][,split]`` (null only with a ``cohort``).
+    #: Labels CSV ``slide_id,label[,patient_id][,split]``, or the train.task's format
+    #: (docs/tasks.md) (null only with a ``cohort``).
     labels: Path | None = None
     #: Stages to run, in pipeline order; a stage whose outputs are complete is skipped anyway.
     stages: tuple[str, ...] = STAGES
@@ -320,7 +321,13 @@ class PipelineConfig:
 
     @property
     def labels_csv(self) -> Path | None:
-        return self.cohort_dir / "labels.csv" if self.cohort is not None else self.labels
+        """The labels CSV; a generated cohort's for the run's task (its survival and
+        regression labels are ``labels_<task>.csv``)."""
+        if self.cohort is None:
+            return self.labels
+        task = self.train.task
+        return self.cohort_dir / ("labels.csv" if task in ("classification", "multilabel")
+                                  else f"labels_{task}.csv")
 
     @property
     def annotations_dir(self) -> Path | None:

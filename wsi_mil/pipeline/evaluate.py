@@ -6,6 +6,14 @@ matrix, ROC points, Brier score and ECE), ``roc.png``, ``confusion_matrix.png`` 
 ``_patient`` suffix. Slides are decided as the predictions file states them (each at the
 threshold that decided it: its fold's own out of fold, or the ensemble's): evaluation never
 re-tunes a threshold on the slides it scores. A patient is decided at its slides' threshold.
+
+The other tasks (the run's task is read from the predictions files) write their own metrics
+(:func:`evaluate_task`): multilabel, per-target AUC with CIs, macro AUC, Hamming loss, subset
+accuracy and ``roc.png`` (one curve per target); survival, Harrell's and Uno's C, the
+time-dependent AUC and the integrated Brier score with CIs and ``km_risk_groups.png`` (Kaplan-Meier
+curves of the predicted risk groups, log-rank p); regression, R², MAE, RMSE, Pearson and
+Spearman r with CIs and ``scatter.png``. A run trained on patient-level bags is scored per
+patient (its slides carry the patient's outputs).
 """
 
 from __future__ import annotations
@@ -41,13 +49,21 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 def recorded_negative_class(pred_dir: Path) -> str | None:
     """The negative class a predictions file records (from the run), if any."""
+    value = recorded_attrs(pred_dir).get("negative_class")
+    return None if value is None else str(value)
+
+
+def recorded_attrs(pred_dir: Path) -> dict[str, Any]:
+    """The attributes of the first predictions file of ``pred_dir`` ({} without one): the
+    run's task, negative class, bag level, survival times."""
     import h5py
+
+    from tiling.storage import read_attrs
 
     for path in sorted((pred_dir / "predictions").glob("*.h5"))[:1]:
         with h5py.File(path, "r") as f:
-            value = f.attrs.get("negative_class")
-            return None if value is None else str(value)
-    return None
+            return read_attrs(f)
+    return {}
 
 
 
@@ -151,6 +167,14 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
 
     pred_dir = Path(predictions_dir)
     out = Path(out_dir) if out_dir is not None else pred_dir
+    recorded = recorded_attrs(pred_dir)
+    if recorded.get("bag_level") == "patient" and level != "patient":
+        warnings.warn(f"{pred_dir}: the run was trained on patient-level bags, so its slides "
+                      f"carry their patient's outputs: scored per patient", stacklevel=2)
+        level = "patient"
+    if recorded.get("task", "classification") != "classification":
+        return evaluate_task(pred_dir, labels_csv, out, recorded, n_boot=n_boot, split=split,
+                             level=level)
     classes, rows = read_predictions_csv(pred_dir / "predictions.csv")
     table = read_labels(labels_csv, class_names=tuple(classes))
     labels = table.by_slide()
@@ -175,9 +199,14 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
             f"model that trained on them (e.g. {', '.join(in_sample[:3])}): these metrics are "
             f"in-sample and optimistic. Predict a cross-validated run's own slides out of fold "
             f"(wsi-mil predict, the default) or score held-out slides only", stacklevel=2)
-    negative = choose_negative_class(classes, negative_class or recorded_negative_class(pred_dir),
-                                     source=str(pred_dir))
-    negative_index = classes.index(negative)
+    subtypes = "task" in recorded and recorded.get("negative_class") is None \
+        and negative_class is None
+    if subtypes:  # no negative class: the second class plays positive where one is needed
+        negative, negative_index = None, 0
+    else:
+        negative = choose_negative_class(classes, negative_class or recorded_negative_class(
+            pred_dir), source=str(pred_dir))
+        negative_index = classes.index(negative)
     y = np.array([classes.index(labels[r["slide_id"]].label) for r in scored])
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in scored])
     predicted = np.array([classes.index(r["predicted_label"]) for r in scored])
@@ -199,7 +228,8 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
         extra.update(patient_aggregate=patient_aggregate, n_patients=len(ids),
                      n_slides_scored=len(scored))
     metrics = slide_metrics(y, probs, predicted, classes, negative_index, n_boot=n_boot)
-    metrics.update(extra, unit=unit, negative_class=negative, unlabelled_predictions=unlabelled,
+    metrics.update(extra, unit=unit, negative_class=negative, subtyping=subtypes,
+                   unlabelled_predictions=unlabelled,
                    in_sample_slides=in_sample, missing_predictions=missing,
                    thresholds=(describe_thresholds(thresholds)
                                if not np.isnan(thresholds).any() else "not recorded"))
@@ -210,6 +240,150 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
     plot_confusion(out / f"confusion_matrix{suffix}.png", metrics)
     plot_calibration(out / f"calibration{suffix}.png", metrics)
     return metrics
+
+
+def _predicted_rows(pred_dir: Path, labels_csv: str | os.PathLike, labels: dict[str, Any],
+                    rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """(the predicted rows with a label, what the metrics record about the rest), with the
+    warnings of :func:`evaluate_predictions` (unlabelled, unpredicted, in-sample slides)."""
+    scored = [r for r in rows if r["slide_id"] in labels]
+    unlabelled = len(rows) - len(scored)
+    predicted_ids = {r["slide_id"] for r in rows}
+    missing = sorted(s for s in labels if s not in predicted_ids)
+    if unlabelled:
+        warnings.warn(f"{labels_csv}: {unlabelled} predicted slide(s) have no label and are "
+                      f"not scored", stacklevel=3)
+    if missing:
+        warnings.warn(f"{pred_dir}: {len(missing)} labelled slide(s) have no prediction, "
+                      f"e.g. {missing[:5]}", stacklevel=3)
+    if not scored:
+        raise ValueError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
+    in_sample = [r["slide_id"] for r in scored if r.get("in_sample") == "true"]
+    if in_sample:
+        warnings.warn(
+            f"{pred_dir}: {len(in_sample)} of {len(scored)} scored slide(s) were predicted by a "
+            f"model that trained on them (e.g. {', '.join(in_sample[:3])}): these metrics are "
+            f"in-sample and optimistic. Predict a cross-validated run's own slides out of fold "
+            f"(wsi-mil predict, the default) or score held-out slides only", stacklevel=3)
+    return scored, {"unlabelled_predictions": unlabelled, "in_sample_slides": in_sample,
+                    "missing_predictions": missing}
+
+
+def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
+                  recorded: dict[str, Any], *, n_boot: int = 1000, split: str | None = None,
+                  level: str = "slide") -> dict[str, Any]:
+    """Metrics of a multilabel, survival or regression run's predictions (the module
+    docstring), per slide or per patient (a patient: the mean of its slides' outputs, its
+    slides' common label, for multilabel a target present when any slide has it)."""
+    import numpy as np
+
+    from tiling.storage import write_text_atomic
+    from wsi_mil.metrics.figures import plot_risk_groups, plot_scatter, plot_target_rocs
+    from wsi_mil.mil.labels import read_labels
+
+    task = str(recorded["task"])
+    names = [str(c) for c in recorded["class_names"]]
+    path = pred_dir / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions.csv not found (run wsi-mil predict)")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    columns = ([f"prob_{c}" for c in names] if task == "multilabel"
+               else ["risk"] if task == "survival" else ["value"])
+    if rows and any(c not in rows[0] for c in columns):
+        raise ValueError(f"{path}: not the predictions.csv of a {task} run (needs {columns})")
+    table = read_labels(labels_csv, task=task,
+                        targets=tuple(names) if task != "survival" else ())
+    labels = table.by_slide()
+    if split is not None:
+        labels = {s: row for s, row in labels.items() if row.split == split}
+    scored, record = _predicted_rows(pred_dir, labels_csv, labels, rows)
+    ids = [r["slide_id"] for r in scored]
+    outputs = np.array([[float(r[c]) for c in columns] for r in scored])
+    values = np.array([labels[s].values for s in ids], dtype=np.float64)
+    thresholds = [r.get("threshold", "") for r in scored]
+    survival = None
+    grid = np.atleast_1d(np.asarray(recorded.get("survival_times", []), dtype=np.float64))
+    if task == "survival":
+        survival = _survival_curves(pred_dir, ids)
+    unit = "slides"
+    extra: dict[str, Any] = {"level": level}
+    if level == "patient":
+        if not table.has_patient_id:
+            raise ValueError(f"{labels_csv}: patient-level metrics need a patient_id column")
+        patients = [labels[s].patient_id for s in ids]
+        order = list(dict.fromkeys(patients))
+        index = {p: [i for i, q in enumerate(patients) if q == p] for p in order}
+        for p, members in index.items():
+            if task != "multilabel" and len({tuple(values[i]) for i in members}) > 1:
+                raise ValueError(f"patient {p!r} has slides with different labels; "
+                                 f"patient-level metrics need one label per patient")
+        outputs = np.array([outputs[m].mean(axis=0) for m in index.values()])
+        values = np.array([values[m].max(axis=0) for m in index.values()])
+        if survival is not None:
+            survival = np.array([survival[m].mean(axis=0) for m in index.values()])
+        thresholds = [thresholds[m[0]] for m in index.values()]
+        extra.update(n_patients=len(order), n_slides_scored=len(ids))
+        ids, unit = order, "patients"
+    if task == "multilabel":
+        from wsi_mil.metrics.multilabel import multilabel_metrics
+
+        cuts = np.array([[float(t) for t in c.split(";")] for c in thresholds])
+        metrics = multilabel_metrics(values.astype(int), outputs, (outputs >= cuts).astype(int),
+                                     names, n_boot=n_boot)
+    elif task == "survival":
+        from wsi_mil.metrics.survival import survival_metrics
+
+        cuts = np.array([float(t) for t in thresholds])
+        groups = ["high risk" if r >= c else "low risk" for r, c in zip(outputs[:, 0], cuts)]
+        every = table.values([r.slide_id for r in table.rows])
+        metrics = survival_metrics(values[:, 0], values[:, 1], outputs[:, 0], survival,
+                                   grid, groups, n_boot=n_boot,
+                                   train=(every[:, 0], every[:, 1]))
+    else:
+        from wsi_mil.metrics.regression import regression_metrics
+
+        metrics = regression_metrics(values[:, 0], outputs[:, 0], n_boot=n_boot)
+    metrics.update(extra)
+    metrics.update(record, task=task, unit=unit, n_slides=len(ids),
+                   thresholds=sorted(set(thresholds)) if task != "regression" else None)
+    suffix = "_patient" if level == "patient" else ""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"metrics{suffix}.json", json.dumps(metrics, indent=2) + "\n")
+    note = (f"{len(ids)} {unit} of {Path(labels_csv).name}"
+            + (", out of fold" if not record["in_sample_slides"] else ", SOME IN-SAMPLE"))
+    if task == "multilabel":
+        plot_target_rocs(out / f"roc{suffix}.png", metrics, note + "; decided at each target's "
+                         "validation threshold")
+    elif task == "survival":
+        plot_risk_groups(out / f"km_risk_groups{suffix}.png", values[:, 0], values[:, 1], groups,
+                         metrics.get("logrank"), note + "; groups at each fold's cut (median "
+                         "risk of its training " + ("patients)" if recorded.get("bag_level")
+                                                    == "patient" else "slides)"))
+    else:
+        plot_scatter(out / f"scatter{suffix}.png", values[:, 0], outputs[:, 0], metrics,
+                     names[0], note)
+    return metrics
+
+
+def _survival_curves(pred_dir: Path, slide_ids: list[str]) -> np.ndarray | None:
+    """Each slide's predicted survival curve (its predictions file's ``survival``)."""
+    import h5py
+    import numpy as np
+
+    from tiling.storage import read_attrs
+
+    curves = []
+    for slide_id in slide_ids:
+        path = pred_dir / "predictions" / f"{slide_id}.h5"
+        if not path.is_file():
+            return None
+        with h5py.File(path, "r") as f:
+            attrs = read_attrs(f)
+        if "survival" not in attrs:
+            return None
+        curves.append(np.atleast_1d(np.asarray(attrs["survival"], dtype=np.float64)))
+    return np.array(curves)
 
 
 def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike,
@@ -235,6 +409,11 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
                                    patient_aggregate=section.patient_aggregate)
     annotations = annotations_dir if annotations_dir is not None else section.annotations_dir
     if annotations is None:
+        return metrics, {}
+    if metrics.get("task", "classification") != "classification":
+        warnings.warn(f"{annotations}: lesion metrics (FROC, tile Dice, pointing game) score a "
+                      f"classification's lesion map; a {metrics['task']} run is scored with "
+                      f"wsi-mil explain --annotations-dir instead", stacklevel=2)
         return metrics, {}
     scored = {row["slide_id"] for row in read_predictions_csv(pred_dir / "predictions.csv")[1]}
     labels = {r.slide_id: r.label for r in read_labels(labels_csv).rows
@@ -265,9 +444,13 @@ def compare_predictions(a_dir: str | os.PathLike, b_dir: str | os.PathLike,
     if len(classes) != 2:
         raise InputError(f"compare needs two classes, {a_dir} has {classes}")
     labels = read_labels(labels_csv, class_names=tuple(classes)).by_slide()
-    negative = choose_negative_class(classes, negative_class or recorded_negative_class(a_dir),
-                                     source=str(a_dir))
-    positive = classes[1 - classes.index(negative)]
+    recorded = recorded_attrs(a_dir)
+    if "task" in recorded and recorded.get("negative_class") is None and negative_class is None:
+        positive = classes[1]  # subtypes: AUC is the same either way round
+    else:
+        negative = choose_negative_class(classes, negative_class or recorded_negative_class(
+            a_dir), source=str(a_dir))
+        positive = classes[1 - classes.index(negative)]
     a = {r["slide_id"]: r for r in rows_a if r["slide_id"] in labels}
     b = {r["slide_id"]: r for r in rows_b if r["slide_id"] in labels}
     shared = sorted(set(a) & set(b))

@@ -17,9 +17,14 @@ gives its out-of-fold prediction (``params.fold`` forces one fold for every slid
 fold held out is explained by ``params.fallback_fold``. A slide that the explaining fold trained
 or validated on is *in sample*: it is explained and kept, but left out of the cohort tables,
 whose header says how many were. The class explained is ``params.target`` (by default the class
-that is not the negative one). Faithfulness (patch flipping) and the sanity checks need no
-annotation and are taken on every slide; localisation scores need lesion annotations and are
-taken on slides with a lesion tile.
+that is not the negative one; for subtypes the predicted class). The explained quantity follows
+the run's task: a class logit, a multilabel target's logit (by default the most probable
+target's), the risk of a survival model, the value of a regression
+(:func:`wsi_mil.mil.tasks.explained_model`); patch flipping re-scores the bag by the same
+quantity read as the task reads it (a class probability, a target probability, the risk, the
+standardised value: :func:`wsi_mil.mil.tasks.explained_output`). Faithfulness (patch flipping)
+and the sanity checks need no annotation and are taken on every slide; localisation scores need
+lesion annotations and are taken on slides with a lesion tile.
 """
 
 from __future__ import annotations
@@ -63,13 +68,14 @@ METRICS = (
 )
 
 
-def _target_index(class_names: list[str], negative_index: int, target: str | None) -> int | None:
+def _target_index(class_names: list[str], negative_index: int | None,
+                  target: str | None) -> int | None:
     if target is not None:
         if target not in class_names:
             raise InputError(f"explain target {target!r} is not a class of the run "
                              f"({class_names})")
         return class_names.index(target)
-    if len(class_names) == 2:
+    if len(class_names) == 2 and negative_index is not None:
         return 1 - negative_index
     return None
 
@@ -158,11 +164,13 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     from wsi_mil.metrics.explain import mprt, patch_flipping, random_flip_curve
     from wsi_mil.mil.bags import bag_grid_coords
     from wsi_mil.mil.predict import cached_run
+    from wsi_mil.mil.tasks import explained_model, explained_output
 
     bag_path, out_dir = Path(bag_path), Path(out_dir)
     run = cached_run(run_dir, None, params.device)
     fold_model, in_sample, fold_choice = explaining_fold(run, bag_path.stem, params)
-    model = fold_model.model
+    task = fold_model.task
+    model = explained_model(fold_model.model, task)
     attrs = read_bag_attrs(bag_path, slide_path)  # the slide completes a TRIDENT bag's
     features = read_bag_features(bag_path).astype(np.float32)
     coords = read_bag_coords(bag_path)
@@ -178,8 +186,10 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     x = torch.from_numpy(features).to(run.device)
     grid_t = None if grid is None else torch.from_numpy(grid).to(run.device)
     with torch.no_grad():
+        probs = torch.from_numpy(task.decode(
+            fold_model.model(x, coords=grid_t).logits.float().cpu().numpy())[0])
+        # the explained quantity's raw output (of a discrete-time model: the risk)
         logits = model(x, coords=grid_t).logits.float()[0]
-    probs = logits.softmax(0)
     target = _target_index(run.class_names, run.negative_index, params.target)
     if target is None:
         target = int(probs.argmax())
@@ -193,7 +203,7 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     flips: dict[str, Any] = {}
     scorer = random_curve = None
     if params.flip_steps > 0:
-        scorer = bag_scorer(model, x, grid_t, target)
+        scorer = bag_scorer(model, x, grid_t, target, output=explained_output(task))
         random_curve = random_flip_curve(len(features), scorer, params.flip_steps,
                                          params.flip_random, params.seed)
         flips = {"fractions": np.linspace(0, 1, params.flip_steps + 1).tolist(),
@@ -247,7 +257,8 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
         write_comparison_figure(out_dir / FIGURE, path, attrs, coords, maps, scores, lesions,
                                 title=f"{bag_path.stem}: {model.name} fold {fold_model.fold} "
                                 f"({sample}), explaining {run.class_names[target]} "
-                                f"(P = {float(probs[target]):.2f})",
+                                f"({'P' if task.kind in ('classification', 'multilabel') else '='}"
+                                f" {float(probs[target]):.2f})",
                                 panel_side=params.figure_side)
     with atomic_output(out_dir / EXPLANATIONS) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("coords", data=coords)

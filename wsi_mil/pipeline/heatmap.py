@@ -4,6 +4,14 @@ One folder per slide, ``OUT/<slide_id>/``, from ``PREDICTIONS/<slide_id>.h5``; t
 slides whose folder already holds every requested output and records failures in
 ``OUT/failures.csv``.
 
+Every task gets the same pictures where they apply: ``overlay.png`` (attention), ``topk.png``,
+the exports, and ``segmentation.png`` / ``segmentation.geojson`` where the run has a segmentation
+head (classification and multilabel; survival and regression have none). Besides, one overlay
+per output, ``overlay_<name>.png``: each class's or target's own attention branch (models with
+one per output), else, for subtypes and multilabel targets, that output's one-vs-rest tile
+probability, and for survival and regression the tile risk or value (the output of a bag of the
+tile alone). A patient-level run's files are per slide already, so are its pictures.
+
 One slide's folder is written whole and atomically (as ``<slide_id>.tmp`` then renamed), so a
 folder at its final name always holds every output that was asked for, and a killed run leaves
 nothing that looks finished. ``heatmap.json`` inside records the parameters and sources, so the
@@ -103,11 +111,13 @@ def _missing_slide(prediction_path: Path, slides_dir: str) -> None:
 # --------------------------------------------------------------------------- one slide
 
 
-def expected_files(params: HeatmapParams) -> list[str]:
-    """Names a complete slide folder holds for these parameters."""
+def expected_files(params: HeatmapParams, task: str = "classification") -> list[str]:
+    """Names a complete slide folder holds for these parameters (a survival or regression run
+    has no segmentation files)."""
     names = [SUMMARY]
     for fmt in params.formats:
-        names += FORMAT_FILES[fmt]
+        names += [n for n in FORMAT_FILES[fmt]
+                  if task in ("classification", "multilabel") or "segmentation" not in n]
     if "png" in params.formats and params.topk > 0:
         names.append("topk.png")
         if params.rollout:
@@ -116,8 +126,33 @@ def expected_files(params: HeatmapParams) -> list[str]:
 
 
 def is_complete(folder: Path, params: HeatmapParams) -> bool:
-    """Whether a slide's folder holds every output these parameters ask for."""
-    return folder.is_dir() and all((folder / name).exists() for name in expected_files(params))
+    """Whether a slide's folder holds every output these parameters ask for (for the task its
+    ``heatmap.json`` records)."""
+    if not (folder / SUMMARY).is_file():
+        return False
+    try:
+        task = json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError):
+        return False
+    return all((folder / name).exists()
+               for name in expected_files(params, task or "classification"))
+
+
+def output_maps(prediction: SlidePrediction) -> dict[str, str]:
+    """file name -> score of the per-output overlays (see the module docstring)."""
+    import re
+
+    branches = prediction.branch_scores()
+    prediction.extra_scores.update(branches)
+    one_per_output = (prediction.task in ("survival", "regression")
+                      or prediction.attrs.get("segmentation") == "one_vs_rest")
+    if not branches and not one_per_output:
+        return {}
+    out = {}
+    for name in prediction.class_names:
+        score = f"attention:{name}" if branches else name
+        out[f"overlay_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"] = score
+    return out
 
 
 def heatmap_slide(
@@ -162,11 +197,12 @@ def heatmap_slide(
     tissue = load_tissue(tissue_path)
     slide_path = Path(slide_path or prediction.attrs.get("slide_path", ""))
 
+    overlays = output_maps(prediction)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         if "png" in params.formats:
             _write_pngs(tmp, prediction, params, slide_path, geometry, grid, tissue,
-                        encoder_name, encoder_weights,
+                        encoder_name, encoder_weights, overlays,
                         None if explanation is None else (explanation["caption"],
                                                           explanation["fails_sanity"]))
         if "zarr" in params.formats:
@@ -174,8 +210,9 @@ def heatmap_slide(
                                extra_attrs={"predictions": str(prediction_path)})
         if "geojson" in params.formats:
             write_tiles_geojson(tmp / "tiles.geojson", prediction, params)
-            write_segmentation_geojson(tmp / "segmentation.geojson", prediction, grid,
-                                       positive_cells(prediction, grid, params), params)
+            if prediction.has_segmentation:
+                write_segmentation_geojson(tmp / "segmentation.geojson", prediction, grid,
+                                           positive_cells(prediction, grid, params), params)
         summary = {
             **provenance(),
             "slide_id": prediction.slide_id,
@@ -183,7 +220,9 @@ def heatmap_slide(
             "slide_path": str(slide_path) if "png" in params.formats else None,
             "tissue": str(tissue_path) if tissue_path else None,
             "predicted_label": prediction.predicted_label,
+            "task": prediction.task,
             "probs": dict(zip(prediction.class_names, map(float, prediction.probs))),
+            "per_output": overlays if "png" in params.formats else {},
             "tiles": len(prediction.coords),
             "params": dataclasses.asdict(params),
             "explanation": explanation,
@@ -229,6 +268,7 @@ def explanation_trust(score: str, maps: dict[str, Any], attrs: dict[str, Any],
 def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams,
                 slide_path: Path, geometry: SlideGeometry, grid: TileGrid, tissue: Any,
                 encoder_name: str | None, encoder_weights: str | None,
+                maps: dict[str, str] | None = None,
                 trust: tuple[list[str], bool] | None = None) -> None:
     from tiling.reader import TileReader
     from tiling.slide import ThumbnailStrips, open_slide
@@ -254,8 +294,12 @@ def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams
                                         strip_pixels=STREAM_STRIP_PIXELS)
         write_overlay_png(folder / "overlay.png", prediction, thumbnail, params, tissue, grid,
                           trust)
-        write_segmentation_png(folder / "segmentation.png", prediction, thumbnail, params,
-                               tissue, grid)
+        if prediction.has_segmentation:
+            write_segmentation_png(folder / "segmentation.png", prediction, thumbnail, params,
+                                   tissue, grid)
+        for name, score in (maps or {}).items():  # attention or outputs: no trust caption
+            write_overlay_png(folder / name, prediction, thumbnail,
+                              dataclasses.replace(params, score=score), tissue, grid)
         if params.topk > 0:
             encoder = None
             if params.rollout:

@@ -238,10 +238,12 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
             return f"skipped: {summary_file} exists (trained with these parameters)", False, 0
         summary = train_run(config.features_dir, config.labels_csv, config.run_dir,
                             config.train, resume=not redo)
-        auc = summary.get("auc", {}).get("mean")
+        name = {"multilabel": "macro_auc", "survival": "harrell_c", "regression": "r2"}.get(
+            summary.get("task", "classification"), "auc")
+        score = summary.get(name, {}).get("mean")
         text = f"{summary['n_folds']} fold(s) -> {config.run_dir}"
-        if auc is not None:
-            text += f", test AUC {auc:.3f} (mean over folds)"
+        if score is not None:
+            text += f", test {name.replace('_', ' ')} {score:.3f} (mean over folds)"
         return text, True, 0
 
     def run_predict(redo: bool) -> tuple[str, bool, int]:
@@ -304,8 +306,20 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
             features_dir=config.features_dir, split=config.predict.split,
             segment_dir=config.segment_dir if config.segment is not None else None)
         result.metrics, result.lesion = metrics, lesion
-        text = (f"{metrics['n_slides']} slides: AUC {_fmt(metrics.get('auc'))}, "
-                f"accuracy {_fmt(metrics.get('accuracy'))}")
+        task = metrics.get("task", "classification")
+        if task == "classification":
+            text = (f"{metrics['n_slides']} slides: AUC {_fmt(metrics.get('auc'))}, "
+                    f"accuracy {_fmt(metrics.get('accuracy'))}")
+        elif task == "multilabel":
+            text = (f"{metrics['n_slides']} slides: macro AUC {_fmt(metrics['macro_auc'])}, "
+                    f"subset accuracy {_fmt(metrics['subset_accuracy'])}")
+        elif task == "survival":
+            text = (f"{metrics['n_slides']} slides: Harrell's C {_fmt(metrics['harrell_c'])}, "
+                    f"Uno's C {_fmt(metrics['uno_c'])}, integrated Brier "
+                    f"{_fmt(metrics['integrated_brier'])}")
+        else:
+            text = (f"{metrics['n_slides']} slides: R² {_fmt(metrics['r2'])}, MAE "
+                    f"{_fmt(metrics['mae'])}")
         if lesion:
             seg, explain = lesion["segmentation"], lesion["explain"]
             text += (f"; FROC {_fmt(lesion['froc'])}, tile Dice {_fmt(seg['dice'])}, "

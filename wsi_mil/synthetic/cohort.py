@@ -376,6 +376,42 @@ def labels_csv_text(slides: list[CohortSlide]) -> str:
                      for s in slides), LABEL_COLUMNS)
 
 
+#: lesion share of the tissue at which a slide's burden z reaches 1 (the largest planted
+#: lesions cover about that much)
+FULL_BURDEN = 0.4
+
+
+def lesion_burden(design: SlideDesign) -> float:
+    """The slide's lesion burden z in [0, 1]: its lesions' share of its tissue area over
+    :data:`FULL_BURDEN` (0 for a normal slide)."""
+    if design.lesions.is_empty or design.tissue.area == 0:
+        return 0.0
+    return float(min(1.0, design.lesions.area / design.tissue.area / FULL_BURDEN))
+
+
+def task_labels_csv_text(planned: list[tuple[CohortSlide, int]], params: CohortParams,
+                         task: str) -> str:
+    """A survival (``slide_id,time,event,split``) or regression (``slide_id,target,split``)
+    labels CSV of the cohort whose numbers depend on each slide's lesion burden as the
+    generated bags' do (:mod:`wsi_mil.synthetic.bags`): ``T = 60 exp(-2.5 z + 0.4 e)``
+    censored at a uniform time in [0, 120], or ``10 z + e``; the noise is drawn from the
+    cohort's seed, so the same cohort gets the same numbers."""
+    rng = np.random.default_rng([params.seed, 25])
+    rows = []
+    for slide, seed in planned:
+        z = lesion_burden(design_slide(seed, slide.label == "tumor", params))
+        noise, censor = rng.standard_normal(), rng.uniform(0.0, 120.0)
+        if task == "survival":
+            event_time = 60.0 * np.exp(-2.5 * z + 0.4 * noise)
+            rows.append({"slide_id": slide.slide_id,
+                         "time": round(float(min(event_time, censor)), 3),
+                         "event": int(event_time <= censor), "split": slide.split})
+        else:
+            rows.append({"slide_id": slide.slide_id, "target": round(10.0 * z + noise, 4),
+                         "split": slide.split})
+    return csv_text(rows)
+
+
 def plan_cohort(out_dir: str | os.PathLike, params: CohortParams) -> list[tuple[CohortSlide, int]]:
     """Every slide of the cohort under ``out_dir`` with its seed (nothing is written):
     ``write_slide(slide, seed, params)`` makes one, deterministically."""

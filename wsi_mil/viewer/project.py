@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wsi_mil.errors import WsiMilError
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -49,13 +51,24 @@ class SlideEntry:
     probs: dict[str, float] = field(default_factory=dict)
     #: problems found while indexing (shown in the page, the rest of the cohort still works)
     problems: list[str] = field(default_factory=list)
+    task: str = "classification"  # the run's (its predictions record it)
 
     def summary(self) -> dict[str, Any]:
-        """The slide's row in the page's list."""
-        probability = self.probs.get(self.predicted_label)
+        """The slide's row in the page's list: the predicted class's probability, the most
+        probable target's (multilabel), the risk (survival) or the value (regression), under
+        ``score_name``."""
+        if self.task in ("survival", "regression"):
+            name, probability = next(iter(self.probs.items()), ("", None))
+        elif self.task == "multilabel":
+            name, probability = "P max", max(self.probs.values(), default=None)
+        else:
+            name, probability = "P", self.probs.get(self.predicted_label)
         return {"slide_id": self.slide_id, "label": self.label,
                 "predicted_label": self.predicted_label,
                 "probability": None if probability is None else round(float(probability), 4),
+                "score_name": name, "task": self.task,
+                # a label and a prediction of the same kind, so a mismatch is an error
+                "comparable": self.task in ("classification", "multilabel"),
                 "probs": self.probs, "problems": list(self.problems)}
 
 
@@ -163,9 +176,12 @@ class ProjectIndex:
                 attrs.get("predicted_label", ""))
             entry.probs = {k.removeprefix("prob_"): float(v) for k, v in row.items()
                            if k.startswith("prob_") and v not in ("", None)}
+            entry.task = str(attrs.get("task", "classification"))
+            if entry.task in ("survival", "regression"):  # one output: risk or value
+                entry.probs = {}
             if not entry.probs and "probs" in attrs:
-                entry.probs = {str(c): float(p) for c, p in zip(attrs["class_names"],
-                                                                attrs["probs"])}
+                entry.probs = {str(c): float(p) for c, p in zip(
+                    attrs["class_names"], np.atleast_1d(attrs["probs"]))}
             entries[slide_id] = entry
         return cls(root=root, slides=entries, ratings_dir=root / RATINGS_DIR,
                    heatmap_settings=_heatmap_settings(entries))

@@ -145,8 +145,13 @@ class ViewerService:
                                                          self.normalize, probability=False)
             columns = {"attention": (values, vmin, vmax, f"attention ({scale})")}
             for i, name in enumerate(names):
-                columns[f"prob_{name}"] = (prediction.tile_probs[:, i], 0.0, 1.0,
-                                           f"P({name}) (tile probability)")
+                if prediction.has_segmentation:
+                    columns[f"prob_{name}"] = (prediction.tile_probs[:, i], 0.0, 1.0,
+                                               f"P({name}) (tile probability)")
+                else:  # survival, regression: the tile's own risk or value
+                    columns[f"tile_{name}"] = (*normalise_scores(
+                        prediction.tile_probs[:, i], "rank", probability=False)[:3],
+                        f"tile {name} (percentile)")
             state.heat.update(_grid_layers(grid, columns))
         explanations, scores, meta = _read_explanations(entry.explanations_path,
                                                         len(prediction.coords))

@@ -53,14 +53,20 @@ def test_train_rejects_unknown_model(tmp_path, capsys):
     assert "TrainParams.model = 'nope'" in capsys.readouterr().err
 
 
-def test_train_without_a_recognisable_negative_class_asks_for_it(tmp_path, capsys):
+def test_train_without_a_recognisable_negative_class_trains_subtypes_and_says_so(
+        tmp_path, capsys, device):
+    """No class named as lesion-free: the classes are subtypes (docs/tasks.md), not an error."""
     features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(8, 3, 4))
     text = labels_csv.read_text().replace(",neg", ",luminal").replace(",pos", ",basal")
     labels_csv.write_text(text)
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
-                 "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "--negative-class" in err and "Traceback" not in err
+                 "--out", str(tmp_path / "run"), "--folds", "2", "--epochs", "1",
+                 "--hidden-dims", "8", "--attention-dim", "4", "--bootstrap", "0",
+                 "--device", device]) == 0
+    out = capsys.readouterr().out
+    assert "subtypes ['basal', 'luminal'] (no negative class)" in out
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "negative_class: null" in config and "segmentation_head: one_vs_rest" in config
 
 
 def test_train_leaves_out_labelled_slides_without_a_bag(tmp_path, capsys):

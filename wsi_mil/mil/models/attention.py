@@ -42,19 +42,17 @@ class GatedAttentionNet(nn.Module):
 
 class _AttentionMIL(MILModel):
     gated: bool = True
+    supports_branches = True
 
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         net = GatedAttentionNet if self.gated else AttentionNet
         self.attention = net(self.hidden_dim, self.hparams["attention_dim"],
-                             self.hparams["dropout"])
-        self.classifier = nn.Linear(self.hidden_dim, n_classes)
+                             self.hparams["dropout"], self.branches)
+        self.add_output_head()
 
     def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
         return self.attention(h)
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled[:, 0])
 
 
 @register_model("gated_abmil")

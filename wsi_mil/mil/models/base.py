@@ -7,6 +7,20 @@ branches: 1, or one per class for CLAM-MB) and ``classify`` (per bag, from the `
 vectors). Pooling is the softmax over a bag's real tiles of the raw scores, so padded tiles get
 exactly zero weight and the result does not depend on tile order.
 
+**One output head for every task.** A model has ``n_classes`` outputs, whatever they mean: a
+classification's class logits, a multilabel run's target logits, a Cox risk, a discrete-time
+survival model's hazard logits, a regression's value (the task, :mod:`wsi_mil.mil.tasks`, reads
+them). The head is a linear map of the pooled vector, or, with ``branch_per_output``, one
+attention branch and one linear unit per output (CLAM-MB's layout, :meth:`add_output_head`), so
+every registered model supports every task. Only the attention-pooling models can take a branch
+per output (``supports_branches``: ``abmil``, ``gated_abmil``, ``clam_mb`` always): a
+transformer has one class token, the pooling baselines no learned attention to split, and
+``clam_sb`` is single-branch by definition; they serve multilabel and subtype runs with one
+shared pooled vector. ``segmentation_head=False`` (survival and regression, which have no tile classes) drops
+the tile-level head: the per-tile scores are then the output head applied to each tile alone
+(:meth:`tile_scores`), whose attention-weighted mean is the slide's output for the attention
+models (the head is linear).
+
 Every model's ``forward`` and ``predict_chunked`` accept the tiles' grid positions
 (``coords``, see :func:`wsi_mil.mil.bags.grid_coords`); a model that uses them sets
 :attr:`MILModel.uses_coords` (so the loaders know to read them), every other model ignores them.
@@ -28,10 +42,10 @@ from wsi_mil.mil.params import TrainParams
 class MILOutput(NamedTuple):
     """What a model says about a batch of ``B`` bags of up to ``N`` tiles and ``C`` classes."""
 
-    logits: torch.Tensor  # [B, C] slide logits
+    logits: torch.Tensor  # [B, C] slide outputs (logits of classes or targets, risk, value)
     attention: torch.Tensor  # [B, N] softmax over real tiles, 0 on padding (predicted branch)
     raw_attention: torch.Tensor  # [B, N] scores before the softmax, 0 on padding
-    tile_logits: torch.Tensor  # [B, N, C] segmentation head, per tile
+    tile_logits: torch.Tensor  # [B, N, C] segmentation head (or the output head) per tile
     branch_attention: torch.Tensor  # [B, N, K] softmax weights of every attention branch
     instance_loss: torch.Tensor | None  # CLAM's instance-clustering loss, when a label is given
 
@@ -58,36 +72,80 @@ class MILModel(nn.Module, ABC):
     #: instance (``transformer_mil`` with ``positional="sincos2d"``). Loaders read the bags'
     #: coordinates only for such a model; every other model ignores ``coords``.
     uses_coords: bool = False
+    #: whether the model can give each output its own attention branch (``branch_per_output``)
+    supports_branches: bool = False
     #: set inside :meth:`lrp_rules` only: pooling treats its weights as constants
     lrp_rule: bool = False
 
     def __init__(self, in_dim: int, n_classes: int,
                  hidden_dims: Sequence[int] = TrainParams.hidden_dims,
                  attention_dim: int = TrainParams.attention_dim,
-                 dropout: float = TrainParams.dropout) -> None:
-        """The defaults are :class:`wsi_mil.mil.params.TrainParams`' (one definition each)."""
+                 dropout: float = TrainParams.dropout, *,
+                 branch_per_output: bool = False, segmentation_head: bool = True) -> None:
+        """The defaults are :class:`wsi_mil.mil.params.TrainParams`' (one definition each).
+
+        ``n_classes``: the number of outputs (the module docstring says what they can be).
+        """
         super().__init__()
-        if n_classes < 2:
-            raise ValueError(f"a MIL classifier needs at least 2 classes, got {n_classes}")
+        if n_classes < 1:
+            raise ValueError(f"a MIL model needs at least 1 output, got {n_classes}")
         hidden_dims = tuple(int(w) for w in hidden_dims)
         if not hidden_dims:
             raise ValueError("hidden_dims needs at least one width")
+        if branch_per_output and not (self.supports_branches or self.one_branch_per_class):
+            raise ValueError(f"{self.name}: cannot give each output its own attention branch "
+                             f"(only abmil, gated_abmil and clam_mb can)")
         self.in_dim, self.n_classes = int(in_dim), int(n_classes)
         self.hidden_dim = hidden_dims[-1]
         self.hparams: dict[str, Any] = {"hidden_dims": list(hidden_dims),
                                         "attention_dim": int(attention_dim),
                                         "dropout": float(dropout)}
+        if branch_per_output:  # recorded only when set, so older runs' model.json still match
+            self.one_branch_per_class = True
+            self.hparams["branch_per_output"] = True
+        if not segmentation_head:
+            self.hparams["segmentation_head"] = False
         self.embed = embedding_mlp(in_dim, hidden_dims, dropout)
-        self.tile_head = nn.Linear(self.hidden_dim, n_classes)
+        self.tile_head = nn.Linear(self.hidden_dim, n_classes) if segmentation_head else None
+
+    @property
+    def branches(self) -> int:
+        """Attention branches: one per output (CLAM-MB layout) or one."""
+        return self.n_classes if self.one_branch_per_class else 1
+
+    def add_output_head(self) -> None:
+        """The output head (the module docstring): ``classifier``, a linear map of the one
+        pooled vector, or ``classifiers``, one linear unit per output's branch. A subclass calls
+        it where it built its classifier before, so seeded initialisation is unchanged."""
+        if self.one_branch_per_class:
+            self.classifiers = nn.ModuleList(nn.Linear(self.hidden_dim, 1)
+                                             for _ in range(self.n_classes))
+        else:
+            self.classifier = nn.Linear(self.hidden_dim, self.n_classes)
+
+    def head_outputs(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[..., C]`` of the output head on pooled vectors ``[..., K, H]``."""
+        if self.one_branch_per_class:
+            return torch.cat([head(pooled[..., c, :]) for c, head in enumerate(self.classifiers)],
+                             dim=-1)
+        return self.classifier(pooled[..., 0, :])
+
+    def tile_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-tile scores ``[..., N, C]`` from tile embeddings (or tokens) ``[..., N, H]``: the
+        segmentation head's logits, or, without one, the output head on each tile alone."""
+        if self.tile_head is not None:
+            return self.tile_head(h)
+        return self.head_outputs(h.unsqueeze(-2).expand(*h.shape[:-1], self.branches,
+                                                        h.shape[-1]))
 
     # -- pieces a subclass defines ---------------------------------------------------------
     @abstractmethod
     def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
         """Raw scores ``[..., N, K]`` from tile embeddings ``[..., N, H]``."""
 
-    @abstractmethod
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Slide logits ``[B, C]`` from pooled vectors ``[B, K, H]``."""
+        """Slide outputs ``[B, C]`` from pooled vectors ``[B, K, H]`` (the output head)."""
+        return self.head_outputs(pooled)
 
     def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor | None:
@@ -176,7 +234,7 @@ class MILModel(nn.Module, ABC):
         raw_attention = raw.float().gather(2, branch.view(-1, 1, 1).expand(-1, h.shape[1], 1))
         raw_attention = raw_attention[..., 0].masked_fill(~mask, 0.0)
         inst = None if labels is None else self.instance_loss(h, weights, mask, labels)
-        return MILOutput(logits, attention, raw_attention, self.tile_head(h), weights, inst)
+        return MILOutput(logits, attention, raw_attention, self.tile_scores(h), weights, inst)
 
     def _branch(self, logits: torch.Tensor) -> torch.Tensor:
         """The attention branch reported per bag: the only one, or the predicted class's."""
@@ -200,7 +258,7 @@ class MILModel(nn.Module, ABC):
         for start in range(0, num_tiles, chunk_size):
             h = self.embed(read(start, min(start + chunk_size, num_tiles)).float())
             raws.append(self.attention_scores(h).float())
-            tile_logits.append(self.tile_head(h).float())
+            tile_logits.append(self.tile_scores(h).float())
         raw = torch.cat(raws)  # [N, K]
         weights = torch.softmax(raw, dim=0)
         pooled = torch.zeros(raw.shape[1], self.hidden_dim, device=raw.device)

@@ -37,9 +37,8 @@ class _CLAM(MILModel):
                  subtyping: bool = False, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.hparams.update(k_sample=int(k_sample), subtyping=bool(subtyping))
-        branches = n_classes if self.one_branch_per_class else 1
         self.attention = GatedAttentionNet(self.hidden_dim, self.hparams["attention_dim"],
-                                           self.hparams["dropout"], branches)
+                                           self.hparams["dropout"], self.branches)
         self.instance_classifiers = nn.ModuleList(
             nn.Linear(self.hidden_dim, 2) for _ in range(n_classes)
         )
@@ -49,8 +48,15 @@ class _CLAM(MILModel):
 
     def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:
-        """Mean over bags of CLAM's instance loss (cross-entropy on top/bottom-k tiles)."""
+        """Mean over bags of CLAM's instance loss (cross-entropy on top/bottom-k tiles).
+
+        ``labels`` ``[B]`` class indices, or ``[B, C]`` 0/1 targets (a multilabel run): every
+        target present in a bag is an "in class" output for it, and the top tiles of an
+        absent target's branch are pushed to "not this class" (the subtyping term: a slide
+        without the target has none of its tiles).
+        """
         k = self.hparams["k_sample"]
+        multilabel = labels.dim() == 2
         losses = []
         for b in range(h.shape[0]):
             real = mask[b]
@@ -59,16 +65,17 @@ class _CLAM(MILModel):
             for c in range(self.n_classes):
                 scores = wb[:, c if self.one_branch_per_class else 0]
                 top, bottom = top_bottom_k(scores, k)
-                if c == int(labels[b]):
+                present = bool(labels[b, c] > 0.5) if multilabel else c == int(labels[b])
+                if present:
                     idx = torch.cat([top, bottom])
                     target = torch.cat([torch.ones_like(top), torch.zeros_like(bottom)])
-                elif self.hparams["subtyping"]:
+                elif self.hparams["subtyping"] or multilabel:
                     idx, target = top, torch.zeros_like(top)
                 else:
                     continue
                 logits = self.instance_classifiers[c](hb[idx])
                 total = total + F.cross_entropy(logits.float(), target)
-            if self.hparams["subtyping"]:
+            if self.hparams["subtyping"] or multilabel:
                 total = total / self.n_classes
             losses.append(total)
         return torch.stack(losses).mean()
@@ -80,10 +87,7 @@ class CLAMSingleBranch(_CLAM):
 
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
-        self.classifier = nn.Linear(self.hidden_dim, n_classes)
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled[:, 0])
+        self.add_output_head()
 
 
 @register_model("clam_mb")
@@ -94,7 +98,4 @@ class CLAMMultiBranch(_CLAM):
 
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
-        self.classifiers = nn.ModuleList(nn.Linear(self.hidden_dim, 1) for _ in range(n_classes))
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.cat([head(pooled[:, c]) for c, head in enumerate(self.classifiers)], dim=1)
+        self.add_output_head()

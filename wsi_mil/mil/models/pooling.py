@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from wsi_mil.mil.models.base import MILModel, MILOutput
 from wsi_mil.mil.models.registry import register_model
@@ -26,10 +25,7 @@ class _PoolingMIL(MILModel):
 
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
-        self.classifier = nn.Linear(self.hidden_dim, n_classes)
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(pooled[:, 0])
+        self.add_output_head()
 
 
 @register_model("mean_pool")
@@ -80,7 +76,7 @@ class MaxPoolMIL(_PoolingMIL):
         chunks = [(s, min(s + chunk_size, num_tiles)) for s in range(0, num_tiles, chunk_size)]
         for start, end in chunks:
             h = self.embed(read(start, end).float())
-            tile_logits.append(self.tile_head(h).float())
+            tile_logits.append(self.tile_scores(h).float())
             best = torch.maximum(best, h.float().max(dim=0).values)
         ties = torch.zeros(self.hidden_dim, device=device)
         for start, end in chunks:

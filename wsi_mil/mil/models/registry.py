@@ -31,6 +31,13 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_class(name: str) -> type[MILModel]:
+    """The registered class of ``name`` (what it supports, before one is built)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown MIL model {name!r}; available: {list_models()}")
+    return _MODELS[name]
+
+
 def create_model(name: str, in_dim: int, n_classes: int, **kwargs: Any) -> MILModel:
     """Build a registered model; an unknown name lists the known ones."""
     if name not in _MODELS:

@@ -97,7 +97,7 @@ class _TransformerMIL(MILModel):
         super().__init__(in_dim, n_classes, **kwargs)
         self.cls_token = nn.Parameter(torch.randn(1, 1, self.hidden_dim) * 0.02)
         self.norm = ScaleDetachableLayerNorm(self.hidden_dim)
-        self.classifier = nn.Linear(self.hidden_dim, n_classes)
+        self.add_output_head()
         #: filled by ``forward(..., record=True)``: one :class:`AttentionRecord` per layer, for
         #: the last bag of the batch (explanations run on one bag at a time).
         self.records: list[AttentionRecord] = []
@@ -119,10 +119,6 @@ class _TransformerMIL(MILModel):
         """Not defined: a tile's attention depends on the whole bag, not on its embedding alone
         (the transformer's ``forward`` replaces the base class's per-tile pooling)."""
         raise TypeError(f"{self.name}: attention is computed over the whole bag in forward()")
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Slide logits from the class token's output ``[B, 1, H]``."""
-        return self.classifier(pooled[:, 0])
 
     @abstractmethod
     def encode(self, x: torch.Tensor, record: bool,
@@ -151,7 +147,7 @@ class _TransformerMIL(MILModel):
                                       None if coords is None else coords[i, real])
             tokens = self.norm(tokens)
             logits.append(self.classify(tokens[:1].unsqueeze(0)))
-            tile_logits[i, real] = self.tile_head(tokens[1:]).to(tile_logits.dtype)
+            tile_logits[i, real] = self.tile_scores(tokens[1:]).to(tile_logits.dtype)
             attention[i, real] = att.to(attention.dtype)
         raw = torch.log(attention.clamp_min(1e-30)).masked_fill(~mask, 0.0)
         return MILOutput(torch.cat(logits), attention, raw, tile_logits,

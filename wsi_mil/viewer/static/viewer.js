@@ -43,7 +43,7 @@ function renderList() {
     row.classList.toggle("current", s.slide_id === state.current);
     row.classList.toggle("problem", s.problems.length > 0);
     row.classList.toggle("rated", state.rated.has(s.slide_id));
-    row.classList.toggle("wrong", !!s.label && !!s.predicted_label && s.label !== s.predicted_label);
+    row.classList.toggle("wrong", s.comparable !== false && !!s.label && !!s.predicted_label && s.label !== s.predicted_label);
     row.title = s.problems.join("\n");
     for (const v of [s.slide_id, s.label, s.predicted_label, fmt(s.probability, 2)]) {
       const cell = document.createElement("td"); cell.textContent = v; row.append(cell);
@@ -52,6 +52,9 @@ function renderList() {
     return row;
   }));
   for (const th of $("slides").tHead.rows[0].cells) {
+    if (th.dataset.key === "probability" && state.slides.length && state.slides[0].score_name) {
+      th.textContent = state.slides[0].score_name;  // P, P max, risk, or the regression target
+    }
     th.classList.toggle("asc", th.dataset.key === key && dir > 0);
     th.classList.toggle("desc", th.dataset.key === key && dir < 0);
   }
