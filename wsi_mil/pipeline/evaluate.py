@@ -221,8 +221,22 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
             raise InputError(f"{pred_dir / 'predictions.csv'}: no threshold column (written by "
                              f"an older wsi-mil predict): predict again to score patients")
         patients = [labels[r["slide_id"]].patient_id for r in scored]
+        mixed = sorted({p for p in patients
+                        if len({int(v) for v, q in zip(y, patients) if q == p}) > 1})
         ids, y, probs, thresholds = aggregate_patients(patients, y, probs, thresholds,
                                                        negative_index, patient_aggregate)
+        if mixed:  # one lymph-node patient with one positive node is expected; most is not
+            warnings.warn(f"{labels_csv}: {len(mixed)} of {len(ids)} patients have slides of "
+                          f"both classes (e.g. {mixed[0]}) and count as positive: check that "
+                          f"patient_id names patients (a TMA batch, block or site is not one)",
+                          stacklevel=2)
+        per_class = np.bincount(y, minlength=len(classes))
+        if per_class.min() < 5:
+            warnings.warn(f"{labels_csv}: the patient level has "
+                          + ", ".join(f"{n} {c}" for c, n in zip(classes, per_class))
+                          + " patient(s): with fewer than 5 of a class the AUC, its confidence "
+                          "interval and the accuracy say little", stacklevel=2)
+        extra.update(mixed_label_patients=len(mixed))
         predicted = predict_indices(probs, thresholds, negative_index)
         unit = "patients"
         extra.update(patient_aggregate=patient_aggregate, n_patients=len(ids),

@@ -221,6 +221,16 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
 
         assert metrics["auc"] == pytest.approx(roc_auc_score(y, p))
     assert (tmp_path / "oof" / "metrics_patient.json").is_file()
+    assert metrics["mixed_label_patients"] == 0
+    # "patients" that are batches holding both classes (UCSB's TMA batches): a warning
+    batch_csv = tmp_path / "batches.csv"
+    batch_csv.write_text("slide_id,label,patient_id\n" + "".join(
+        f"{r['slide_id']},{r['label']},b{i % 3}\n" for i, r in enumerate(rows)))
+    mixed = sum(len({r["label"] for j, r in enumerate(rows) if j % 3 == b}) > 1 for b in range(3))
+    assert mixed > 0
+    with pytest.warns(UserWarning, match=f"{mixed} of 3 patients have slides of both classes"):
+        batches = evaluate_predictions(tmp_path / "oof", batch_csv, n_boot=0, level="patient")
+    assert batches["mixed_label_patients"] == mixed
     result = compare_predictions(tmp_path / "oof", tmp_path / "oof", labels_csv,
                                  tmp_path / "cmp")
     assert result["difference"] == 0 and result["n_slides"] == 16
