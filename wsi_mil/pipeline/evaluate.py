@@ -67,6 +67,14 @@ def recorded_attrs(pred_dir: Path) -> dict[str, Any]:
 
 
 
+def figure_provenance(metrics: dict[str, Any]) -> str:
+    """What a figure scores: how many slides or patients, and whether any model saw them."""
+    in_sample = len(metrics.get("in_sample_slides") or [])
+    where = ("out of sample" if not in_sample
+             else f"{in_sample} slide(s) IN-SAMPLE (predicted by a model that trained on them)")
+    return f"{metrics['n_slides']} {metrics.get('unit', 'slides')}, {where}"
+
+
 def plot_roc(path: Path, metrics: dict[str, Any]) -> None:
     from matplotlib.figure import Figure
 
@@ -81,8 +89,9 @@ def plot_roc(path: Path, metrics: dict[str, Any]) -> None:
     title = "ROC" if auc is None else f"ROC, AUC {auc:.3f}"
     if ci is not None:
         title += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title,
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
            xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(f"{title}\n{figure_provenance(metrics)}", fontsize=10)
     if metrics["roc"]:
         ax.legend(loc="lower right")
     fig.tight_layout()
@@ -104,9 +113,9 @@ def plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
     ax.plot(points["mean_predicted"], points["observed"], marker="o", lw=2, label="model")
     what = metrics["calibrated_quantity"]
     ax.set(xlabel=f"mean predicted ({what})", ylabel="observed frequency", xlim=(0, 1),
-           ylim=(0, 1.01),
-           title=f"ECE {metrics['ece']:.3f} ({metrics['ece_bins']} bins), Brier "
-                 f"{metrics['brier']:.3f}\n{metrics['n_slides']} {metrics.get('unit', 'slides')}")
+           ylim=(0, 1.01))
+    ax.set_title(f"ECE {metrics['ece']:.3f} ({metrics['ece_bins']} bins), Brier "
+                 f"{metrics['brier']:.3f}\n{figure_provenance(metrics)}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as tmp:
@@ -130,9 +139,9 @@ def plot_confusion(path: Path, metrics: dict[str, Any]) -> None:
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xticks(range(len(names)), names)
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted", ylabel="true",
-           title=f"accuracy {metrics['accuracy']:.3f} (n={metrics['n_slides']} "
-                 f"{metrics.get('unit', 'slides')})")
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(f"accuracy {metrics['accuracy']:.3f}\n{figure_provenance(metrics)}\n"
+                 f"decided at {metrics.get('thresholds', 'not recorded')}", fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
