@@ -374,6 +374,20 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+def prediction_provenance(attrs: dict) -> str | None:
+    """Which model predicted the slide, as a figure must say: "out of fold (fold 2)" (the fold
+    that held it out), "ensemble of 5 folds, none trained on it", or IN-SAMPLE. None for files
+    written before ``in_sample`` was recorded."""
+    if "in_sample" not in attrs:
+        return None
+    folds = [int(f) for f in np.atleast_1d(attrs.get("folds", []))]
+    if bool(attrs["in_sample"]):
+        return "IN-SAMPLE: predicted by a model that trained on this slide"
+    if bool(attrs.get("out_of_fold")) and len(folds) == 1:
+        return f"out of fold (fold {folds[0]})"
+    return f"ensemble of {len(folds)} folds, none trained on this slide"
+
+
 def slide_title(prediction: SlidePrediction) -> str:
     """"<slide id> · predicted <label> (<positive class> score 0.730, threshold 0.410)".
 
@@ -435,6 +449,9 @@ def write_overlay_png(path: str | os.PathLike, prediction: SlidePrediction,
     geometry, canvas = _canvas_of(prediction, thumbnail)
     heat = HeatSource(prediction, canvas, params, tissue, grid)
     details = [f"{canvas.mpp(geometry):.3g} \u00b5m/px"]
+    provenance = prediction_provenance(prediction.attrs)
+    if provenance is not None:
+        details.insert(0, provenance)
     if params.smooth_um > 0:
         details.append(f"Gaussian \u03c3 = {params.smooth_um:g} \u00b5m")
     if params.tissue_clip and tissue is not None:

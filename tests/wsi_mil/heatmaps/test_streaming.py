@@ -111,3 +111,14 @@ def test_title_gives_the_score_and_the_threshold(lesion, lesion_slide):
     # without a threshold only the predicted class's score is shown
     prediction.attrs.pop("threshold")
     assert slide_title(prediction).endswith(f"predicted {name} (score 0.700)")
+
+
+def test_overlay_says_which_model_predicted_the_slide():
+    from wsi_mil.heatmaps.render import prediction_provenance
+
+    assert prediction_provenance({}) is None  # written before in_sample was recorded
+    assert prediction_provenance({"in_sample": False, "out_of_fold": True, "folds": [2]}) \
+        == "out of fold (fold 2)"
+    assert prediction_provenance({"in_sample": False, "out_of_fold": False,
+                                  "folds": [0, 1, 2]}).startswith("ensemble of 3 folds")
+    assert prediction_provenance({"in_sample": True, "folds": [0]}).startswith("IN-SAMPLE")
