@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tiling.storage import csv_text, write_text_atomic
 from wsi_mil.pipeline.executor_params import ExecutorParams
-from wsi_mil.pipeline.executors import run_jobs
+from wsi_mil.pipeline.executors import describe_failure, run_jobs
 
 FAILURE_COLUMNS = ("slide", "stage", "error")
 
@@ -56,16 +56,12 @@ class BatchResult:
                 f"{len(self.failed)} failed")
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
-
-
 def _run_one(job: SlideJob) -> str | None:
     """Run a job; return None on success or the error text (raised errors never escape)."""
     try:
         job.run()
     except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the batch
-        return _describe(exc)
+        return describe_failure(exc)
     return None
 
 

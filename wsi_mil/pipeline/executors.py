@@ -242,11 +242,14 @@ def _check_resources(client: Client, jobs: Sequence[J], where: str) -> None:
             f"`dask worker {where} {flags}` (or use device: cpu)")
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A failed slide's one line in ``failures.csv``: the error's class and message."""
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
 def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
                executor: ExecutorParams) -> Iterator[tuple[J, str | None]]:
     from distributed import as_completed as dask_as_completed
-
-    from wsi_mil.pipeline.batch import _describe
 
     if not jobs:
         return
@@ -266,7 +269,7 @@ def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
                 try:
                     result = future.result()
                 except Exception as exc:  # noqa: BLE001 - KilledWorker, unpicklable jobs, ...
-                    result = _describe(exc)
+                    result = describe_failure(exc)
                 yield futures[future], result
         except BaseException:  # Ctrl-C or the consumer stopped: run nothing more
             client.cancel(list(futures), force=True)
