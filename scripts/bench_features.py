@@ -395,9 +395,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(results: dict[str, Any], path: Path | None) -> None:
+    """The figures so far, atomically: a step killed by its timeout leaves the last whole file."""
+    from tiling.storage import write_text_atomic
+
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -230,8 +230,10 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
             raise InputError(f"{pred_dir / 'predictions.csv'}: no threshold column (written by "
                              f"an older wsi-mil predict): predict again to score patients")
         patients = [labels[r["slide_id"]].patient_id for r in scored]
-        mixed = sorted({p for p in patients
-                        if len({int(v) for v, q in zip(y, patients) if q == p}) > 1})
+        classes_of: dict[str, set[int]] = {}
+        for patient, label in zip(patients, y):
+            classes_of.setdefault(patient, set()).add(int(label))
+        mixed = sorted(p for p, found in classes_of.items() if len(found) > 1)
         ids, y, probs, thresholds = aggregate_patients(patients, y, probs, thresholds,
                                                        negative_index, patient_aggregate)
         if mixed:  # one lymph-node patient with one positive node is expected; most is not
