@@ -27,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="CSV slide_id,label[,patient_id][,split] (classification; the other "
                    "tasks' formats: docs/tasks.md)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain every fold (by default a fold whose files are complete, from a "
+                   "run with the same settings, bags and labels, is kept: an interrupted run "
+                   "resumes)")
     add_options(p.add_argument_group("training"), TrainParams)
     p.set_defaults(func=run)
 
@@ -35,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.mil.train import train_run
 
     params = options_from_args(TrainParams, args)
-    summary = train_run(args.features, args.labels, args.out, params)
+    summary = train_run(args.features, args.labels, args.out, params,
+                        resume=not args.overwrite)
     if summary.get("task", "classification") != "classification":
         for line in task_summary_lines(summary):
             print(line)

@@ -2,7 +2,9 @@
 
 **Per fold.** Fold ``k``'s threshold decides fold ``k``'s test slides. It is chosen (by
 :func:`wsi_mil.metrics.slide.pooled_threshold`: Youden's J when the pool holds
-``min_per_class`` slides of each class, else 0.5) on the validation predictions of *every*
+``min_per_class`` slides of each class, else 0.5; Youden's J only where a nested check on
+held-out validation folds finds it beats 0.5: :func:`nested_rule`) on the validation
+predictions of *every*
 fold's model pooled, **minus every prediction of a slide in fold k's test part**. Why the
 exclusion: fold ``j``'s validation slides are carved from everything outside fold ``j``'s test,
 so they include other folds' test slides; one threshold from all folds' validation predictions
@@ -27,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import balanced_accuracy_score
 
-from wsi_mil.metrics.slide import pooled_threshold
+from wsi_mil.metrics.slide import choose_threshold, pooled_threshold, positive_index
 
 #: a probability's logit is taken after clipping to [EPS, 1 - EPS] (a 0 or 1 has no logit)
 EPS = 1e-7
@@ -56,18 +59,67 @@ def fold_thresholds(val_ids: Sequence[Sequence[str]], val_y: Sequence[np.ndarray
                     folds: Sequence[int], negative_index: int,
                     min_per_class: int) -> list[FoldThreshold]:
     """Each fold's threshold from every fold's validation predictions except fold k's test
-    slides' (the module docstring says why). The ``i``-th entry of each sequence belongs to
-    fold ``folds[i]``; ``val_p`` are class probabilities ``[n, C]``."""
+    slides' (the module docstring says why), with Youden's J kept only where the nested check
+    (:func:`nested_rule`) finds it beats 0.5 on validation slides it did not see. The ``i``-th
+    entry of each sequence belongs to fold ``folds[i]``; ``val_p`` are class probabilities
+    ``[n, C]``."""
     ids = np.concatenate([np.asarray(v, dtype=str) for v in val_ids]) if val_ids else np.zeros(0)
     y = np.concatenate(val_y) if val_y else np.zeros(0, dtype=int)
     p = np.concatenate(val_p) if val_p else np.zeros((0, 2))
+    source = (np.concatenate([np.full(len(v), i) for i, v in enumerate(val_ids)])
+              if val_ids else np.zeros(0, dtype=int))
     out = []
     for fold, test in zip(folds, test_ids, strict=True):
         keep = ~np.isin(ids, np.asarray(test, dtype=str))
         threshold, rule = pooled_threshold(y[keep], p[keep], negative_index, min_per_class)
+        if rule.startswith("Youden"):
+            threshold, rule = nested_rule(ids[keep], y[keep], p[keep], source[keep],
+                                          negative_index, threshold, rule)
         out.append(FoldThreshold(int(fold), float(threshold), rule,
                                  tuple(str(s) for s in ids[keep])))
     return out
+
+
+def nested_rule(ids: np.ndarray, y: np.ndarray, p: np.ndarray, source: np.ndarray,
+                negative_index: int, youden: float, youden_rule: str) -> tuple[float, str]:
+    """Youden's J on the pool, or 0.5, whichever judged held-out validation slides better.
+
+    Why a check: a Youden cut taken from several fold models' validation predictions pooled is
+    applied to one model's test predictions, whose scale differs from the pool's; on small
+    cohorts that mismatch and the cut's own variance can cost more than the 0.5 it replaces (0.5
+    is where a model trained with the class-weighted loss, the default, balances the two kinds
+    of error). Which of the two does better is an empirical question, answered here on
+    validation predictions only: each source fold's validation slides in turn are decided by a
+    Youden cut taken from the rest of the pool (rows of the same slide ids excluded too) and by
+    0.5; the decisions of every held-out fold are pooled and scored by balanced accuracy (what
+    Youden's J maximises). Youden's J is kept only when it is strictly better; a tie keeps 0.5,
+    the rule that estimates nothing. With fewer than two source folds there is nothing to hold
+    out and the pool's Youden cut stands.
+    """
+    groups = np.unique(source)
+    if len(groups) < 2:
+        return youden, f"{youden_rule}; no nested check (one validation fold)"
+    pos = positive_index(2, negative_index)
+    truth, by_youden, by_half = [], [], []
+    for g in groups:
+        held = source == g
+        rest = ~held & ~np.isin(ids, ids[held])
+        if len(np.unique(y[rest] == pos)) < 2:
+            continue
+        cut = choose_threshold(y[rest], p[rest], negative_index)
+        truth.append(y[held] == pos)
+        by_youden.append(p[held, pos] >= cut)
+        by_half.append(p[held, pos] >= 0.5)
+    t = np.concatenate(truth) if truth else np.zeros(0, dtype=bool)
+    if len(np.unique(t)) < 2:
+        return youden, f"{youden_rule}; no nested check (too few slides of a class to hold out)"
+    score_youden = balanced_accuracy_score(t, np.concatenate(by_youden))
+    score_half = balanced_accuracy_score(t, np.concatenate(by_half))
+    check = (f"nested check over {len(truth)} held-out validation folds: balanced accuracy "
+             f"{score_youden:.3f} with Youden's J, {score_half:.3f} with 0.5")
+    if score_youden > score_half:
+        return youden, f"{youden_rule}; {check}"
+    return 0.5, f"0.5: {check}"
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:

@@ -88,3 +88,26 @@ def test_help_renders(verb, capsys):
         main([verb, "--help"])
     assert info.value.code == 0
     assert "--features" in capsys.readouterr().out or verb == "evaluate"
+
+
+def test_rerunning_train_keeps_complete_folds_and_overwrite_retrains_them(tmp_path, device):
+    """The same command again resumes (what the CLI says after an interrupt); --overwrite
+    trains every fold afresh."""
+    features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(12, (5, 15), 8,
+                                                                         shift=4.0, seed=3))
+    run = tmp_path / "run"
+    command = ["train", "--features", str(features_dir), "--labels", str(labels_csv),
+               "--out", str(run), "--folds", "2", "--epochs", "2", "--seed", "1",
+               "--hidden-dims", "16", "--attention-dim", "8", "--device", device,
+               "--bootstrap", "0"]
+    assert main(command) == 0
+    first = {k: (run / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in range(2)}
+    assert main(command) == 0
+    assert {k: (run / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in range(2)} == first
+    assert main([*command, "--overwrite"]) == 0
+    after = {k: (run / f"fold_{k}" / "model.pt").stat().st_mtime_ns for k in range(2)}
+    assert all(after[k] != first[k] for k in range(2))
+    # a changed setting is another run: nothing is kept
+    assert main([*command, "--lr", "3e-3"]) == 0
+    assert all((run / f"fold_{k}" / "model.pt").stat().st_mtime_ns != after[k]
+               for k in range(2))

@@ -86,8 +86,13 @@ def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_cl
         y = np.array([r["label"] == "pos" for r in pool], dtype=int)
         p = np.array([[float(r["prob_neg"]), float(r["prob_pos"])] for r in pool])
         if min_per_class == 1:
-            assert metrics["threshold"] == pytest.approx(choose_threshold(y, p), abs=1e-5)
-            assert metrics["threshold_rule"].startswith("Youden's J on pooled validation")
+            # Youden's J on the pool, or 0.5 where the nested check on held-out validation
+            # folds preferred it (tests/wsi_mil/mil/test_thresholds.py checks that choice)
+            assert "nested check" in metrics["threshold_rule"]
+            if metrics["threshold_rule"].startswith("Youden's J on pooled validation"):
+                assert metrics["threshold"] == pytest.approx(choose_threshold(y, p), abs=1e-5)
+            else:
+                assert metrics["threshold"] == 0.5
         else:
             assert metrics["threshold"] == 0.5 and "fewer than 1000" in metrics["threshold_rule"]
         assert json.loads((fold / "model.json").read_text())["threshold"] == metrics["threshold"]
