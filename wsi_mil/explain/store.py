@@ -47,7 +47,9 @@ class ExplanationsFileError(InputError):
 class Explanations:
     """The content of one slide's explanations file."""
 
-    coords: np.ndarray | None  #: int64 [N, 2] in the bag's order (None: a hand-made file)
+    #: int64 [N, 2] in the bag's order (None in a file made by other code, which the readers
+    #: accept: only the maps, ``methods`` and ``scores`` are needed to show and rank them)
+    coords: np.ndarray | None
     maps: dict[str, np.ndarray]  #: method -> float32 [N], in the order of ``methods``
     #: method -> its dataset's attributes (model, method, target_class, seconds; lrp: logit,
     #: bias_share)
@@ -146,8 +148,6 @@ def read_explanations(path: str | os.PathLike, *, require_complete: bool = True)
             fractions = f["lesion_fraction"][:] if "lesion_fraction" in f else None
     except OSError as exc:
         raise ExplanationsFileError(f"{path}: cannot read HDF5 file ({exc})") from exc
-    if require_complete and coords is None:
-        raise ExplanationsFileError(f"{path}: no 'coords' dataset")
     for key in ("scores", "patch_flipping", "mprt"):
         attrs.setdefault(key, {})
     return Explanations(coords=coords, maps=maps, map_attrs=map_attrs, attrs=attrs,
