@@ -117,6 +117,9 @@ def read_bag_attrs(path: str | os.PathLike,
             attrs = trident_bag_attrs(f, path) if trident else read_attrs(f)
         except TridentError as exc:
             raise BagError(str(exc)) from exc
+        missing = [] if trident else [k for k in ENCODER_ATTRS if k not in attrs]
+        if missing:
+            raise BagError(f"{path}: feature bag attributes missing {missing}")
         attrs["num_tiles"] = int(f["features"].shape[0])
         attrs["feature_dim"] = int(f["features"].shape[1]) if f["features"].ndim == 2 else 0
         attrs["has_tile_labels"] = "tile_labels" in f
