@@ -163,6 +163,8 @@ def check_contract(path: Path, heading: str, *, inherited: set[tuple[str, str]] 
 
 @pytest.fixture(scope="session")
 def file_contract() -> SimpleNamespace:
-    """``.check`` (:func:`check_contract`) and ``.documented`` (:func:`documented_entries`),
-    for the tests of each HDF5 contract against docs/formats.md."""
-    return SimpleNamespace(check=check_contract, documented=documented_entries)
+    """``.check`` (:func:`check_contract`), ``.documented`` (:func:`documented_entries`) and
+    ``.entries`` (:func:`h5_entries`), for the tests of each HDF5 contract against
+    docs/formats.md."""
+    return SimpleNamespace(check=check_contract, documented=documented_entries,
+                           entries=h5_entries)
