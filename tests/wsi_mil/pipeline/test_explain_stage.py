@@ -44,7 +44,7 @@ def planted_run(tmp_path_factory, device):
 
 
 @pytest.mark.slow
-def test_explain_stage_outputs(planted_run, device):
+def test_explain_stage_outputs(planted_run, device, file_contract):
     root, features, annotations = planted_run
     out = root / "explain"
     params = ExplainParams(flip_steps=4, flip_random=1, bootstrap=50, ig_steps=8, device=device,
@@ -70,6 +70,10 @@ def test_explain_stage_outputs(planted_run, device):
         lrp = f["lrp"]
         assert lrp[:].sum() + lrp.attrs["bias_share"] == pytest.approx(lrp.attrs["logit"],
                                                                        abs=1e-4)
+    # docs/formats.md lists exactly what the stage writes (an annotated slide, lrp among the
+    # methods: every entry)
+    file_contract.check(out / "slide_0001" / "explanations.h5",
+                        "explain/<slide_id>/explanations.h5")
     negative = read_explanations(out / "slide_0000" / "explanations.h5").scores
     assert "tile_auc" not in negative["attention"]  # no lesion: no localisation
     assert "srg" in negative["attention"]  # faithfulness needs no annotation
