@@ -72,6 +72,8 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(key: str, value: Any) -> Any:
+    """Inverse of :func:`_encode`: the JSON attributes decoded, ``null`` (a None written by
+    :func:`_encode`, e.g. no ``annotation_path``) back to None, NumPy scalars to Python ones."""
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if isinstance(value, str) and (key in JSON_ATTRS or value == "null"):
