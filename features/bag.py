@@ -7,9 +7,12 @@ fraction per tile, from annotations). Attributes: all of the tiles file's, plus 
 ``std``, ``dtype``, and ``pooling``, stain handling and tile QC when recorded) and
 ``complete`` = True, written last.
 
-This module is the only reader of feature bags: every stage reads them through
-:func:`read_bag_attrs`, :func:`open_bag_features`, :func:`read_bag_features`,
-:func:`read_bag_coords` and :func:`read_bag_tile_labels`. A file in TRIDENT's layout
+This module is the only code that opens feature bags: :func:`write_bag` and
+:func:`add_tile_labels` write them; every stage reads them through :func:`read_bag_attrs`,
+:func:`open_bag_features`, :func:`read_bag_features`, :func:`read_bag_coords`,
+:func:`read_bag_view`, :func:`read_bag_dataset` and :func:`read_bag_tile_labels`, whose errors
+(a missing, unreadable or half-written file, a missing dataset or attribute) are one-line
+:class:`BagError` naming the file. A file in TRIDENT's layout
 (:mod:`features.trident`) is read through the same functions, its attributes translated into
 ours, so ``train``, ``predict``, ``heatmap``, ``explain`` and ``view`` take a TRIDENT folder as
 they take ours. Given the slide (``slide_path``), a TRIDENT bag's attributes also carry the
@@ -88,15 +91,26 @@ def write_bag(
     return path
 
 
+@contextmanager
+def _open(path: str | os.PathLike) -> Iterator[h5py.File]:
+    """A bag open for reading; a missing or unreadable file is a :class:`BagError` naming it."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # FileNotFoundError too
+        raise BagError(f"{path}: cannot read feature bag ({exc})") from exc
+    with f:
+        yield f
+
+
 def is_complete_bag(path: str | os.PathLike) -> bool:
     """True when ``path`` is a readable bag whose ``complete`` attribute was written, or a
     TRIDENT feature file whose features and coordinates have the same number of rows."""
     try:
-        with h5py.File(path, "r") as f:
+        with _open(path) as f:
             if is_trident_file(f):
                 return f["features"].ndim == 2 and f["coords"].shape == (len(f["features"]), 2)
             return bool(f.attrs.get("complete", False)) and "features" in f
-    except (OSError, FileNotFoundError):
+    except (BagError, OSError):
         return False
 
 
@@ -111,12 +125,15 @@ def read_bag_attrs(path: str | os.PathLike,
     if not is_complete_bag(path):
         raise BagError(f"{path}: not a complete wsi-mil feature bag (nor a TRIDENT feature "
                        f"file with features and coords)")
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         try:
             trident = is_trident_file(f)
             attrs = trident_bag_attrs(f, path) if trident else read_attrs(f)
         except TridentError as exc:
             raise BagError(str(exc)) from exc
+        missing = [] if trident else [k for k in ENCODER_ATTRS if k not in attrs]
+        if missing:
+            raise BagError(f"{path}: feature bag attributes missing {missing}")
         attrs["num_tiles"] = int(f["features"].shape[0])
         attrs["feature_dim"] = int(f["features"].shape[1]) if f["features"].ndim == 2 else 0
         attrs["has_tile_labels"] = "tile_labels" in f
@@ -128,7 +145,9 @@ def read_bag_attrs(path: str | os.PathLike,
 @contextmanager
 def open_bag_features(path: str | os.PathLike) -> Iterator[h5py.Dataset]:
     """The bag's ``features`` dataset ``[N, D]``, open for reading in chunks (both layouts)."""
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
+        if "features" not in f:
+            raise BagError(f"{path}: no 'features' dataset")
         yield f["features"]
 
 
@@ -140,7 +159,7 @@ def read_bag_features(path: str | os.PathLike, rows: np.ndarray | None = None) -
 
 def read_bag_coords(path: str | os.PathLike) -> np.ndarray:
     """Level-0 (x, y) of each tile's top-left corner ``[N, 2]``."""
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         if "coords" not in f:
             raise BagError(f"{path}: no 'coords' dataset")
         return f["coords"][:]
@@ -148,7 +167,7 @@ def read_bag_coords(path: str | os.PathLike) -> np.ndarray:
 
 def read_bag_dataset(path: str | os.PathLike, name: str) -> np.ndarray | None:
     """A per-tile dataset of a bag (``tile_labels``, tile QC, ...), or None when absent."""
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         return f[name][:] if name in f else None
 
 
@@ -194,7 +213,7 @@ def read_bag_view(path: str | os.PathLike, view: int,
     plain features), only ``rows`` when given."""
     if view == 0:
         return read_bag_features(path, rows)
-    with h5py.File(path, "r") as f:
+    with _open(path) as f:
         if "stain_views" not in f or not 1 <= view <= f["stain_views"].shape[1]:
             raise BagError(f"{path}: no stain-augmented view {view}")
         data = f["stain_views"]

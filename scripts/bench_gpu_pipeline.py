@@ -172,13 +172,12 @@ def agreement(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]) -> dic
 
 def explain_seconds(folder: Path) -> dict[str, list[float]]:
     """Each method's seconds per slide, as ``explanations.h5`` records them."""
-    import h5py
+    from wsi_mil.explain.store import read_explanations
 
     seconds: dict[str, list[float]] = {}
     for path in sorted(folder.glob("*/explanations.h5")):
-        with h5py.File(path, "r") as f:
-            for method in json.loads(f.attrs["methods"]):
-                seconds.setdefault(method, []).append(float(f[method].attrs["seconds"]))
+        for method, attrs in read_explanations(path).map_attrs.items():
+            seconds.setdefault(method, []).append(float(attrs["seconds"]))
     return seconds
 
 

@@ -76,8 +76,7 @@ def run_stages(slides: Path, out: Path, executor,
     a warm-up pass over ``warm`` slides before the timed pass, so the per-slide costs are
     those of warm workers, as on a long run.
     """
-    import h5py
-
+    from tiling.tiles_file import read_tiles_file
     from wsi_mil.pipeline.executors import executor_session
 
     start = time.perf_counter()
@@ -87,8 +86,7 @@ def run_stages(slides: Path, out: Path, executor,
         tile_s, extract_s = _pass([slides], out, executor)
     tiles = 0
     for path in (out / "tiles").glob("*.h5"):
-        with h5py.File(path, "r") as f:
-            tiles += len(f["coords"])
+        tiles += len(read_tiles_file(path))
     return tile_s, extract_s, tiles, startup
 
 

@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +43,7 @@ PUBLISHED = {"attention": (0.745, 0.798), "gated attention": (0.755, 0.799)}
 
 def tile_and_extract(workdir: Path, threads: int) -> Path:
     """Tile every image and encode its tiles; returns the features folder (cached)."""
+    from features.bag import read_bag_attrs
     from features.extract import ExtractParams, extract_slide
     from features.params import DEFAULT_ENCODER
     from features.registry import create_encoder
@@ -67,8 +67,7 @@ def tile_and_extract(workdir: Path, threads: int) -> Path:
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
             extract_slide(tiles.tiles, image, bag, encoder,
                           ExtractParams(workers=0, threads=threads, progress=False))
-        with h5py.File(bag, "r") as f:
-            n_tiles += f["features"].shape[0]
+        n_tiles += int(read_bag_attrs(bag)["num_tiles"])
         print(f"[{i + 1}/{len(images)}] {image.stem}: {time.time() - start:.0f} s",
               file=sys.stderr, flush=True)
     print(f"{len(images)} images, {n_tiles} tiles ({n_tiles / len(images):.1f} per image), "

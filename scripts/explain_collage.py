@@ -21,7 +21,6 @@ two busy CPU cores for the two default models.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -77,8 +76,7 @@ def labels_without_split(labels_csv: Path, out: Path) -> Path:
 def ppeg_share(run_dir: Path, features_dir: Path) -> tuple[float, float]:
     """(mean, max) over the slides of :func:`wsi_mil.explain.methods.ppeg_mixing_share` for the
     fold model that explained each slide (out of fold)."""
-    import h5py
-
+    from features.bag import read_bag_features
     from wsi_mil.explain.methods import ppeg_mixing_share
     from wsi_mil.explain.params import ExplainParams
     from wsi_mil.mil.predict import cached_run
@@ -87,8 +85,7 @@ def ppeg_share(run_dir: Path, features_dir: Path) -> tuple[float, float]:
     run, shares = cached_run(run_dir, None, "cpu"), []
     for bag in sorted(features_dir.glob("*.h5")):
         fold_model, _, _ = explaining_fold(run, bag.stem, ExplainParams())
-        with h5py.File(bag, "r") as f:
-            shares.append(ppeg_mixing_share(fold_model.model, f["features"][:]))
+        shares.append(ppeg_mixing_share(fold_model.model, read_bag_features(bag)))
     return float(np.mean(shares)), float(np.max(shares))
 
 
@@ -161,11 +158,10 @@ def main() -> int:
         print(f"{result.summary('explain')} in {time.time() - t0:.0f} s; tables in {out}")
         print((out / "cohort_table.md").read_text())
         seconds = {}
-        import h5py
+        from wsi_mil.explain.store import read_explanations
         for path in sorted(out.glob("*/explanations.h5")):
-            with h5py.File(path, "r") as f:
-                for method in json.loads(f.attrs["methods"]):
-                    seconds.setdefault(method, []).append(float(f[method].attrs["seconds"]))
+            for method, attrs in read_explanations(path).map_attrs.items():
+                seconds.setdefault(method, []).append(float(attrs["seconds"]))
         print("seconds per slide: " + ", ".join(f"{m} {sum(v) / len(v):.2f}"
                                                   for m, v in seconds.items()))
         if name == "transmil":

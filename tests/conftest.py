@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -90,3 +91,80 @@ def tiles_attrs():
         return {**attrs, **overrides}
 
     return make
+
+
+FORMATS_PAGE = REPO_ROOT / "docs" / "formats.md"
+
+
+def documented_entries(heading: str) -> dict[tuple[str, str], str]:
+    """``(kind, name) -> when`` of the table under the formats page's ``### `` heading that
+    contains ``heading``: kind is ``dataset``, ``attribute`` (of the file) or ``attribute of
+    <dataset>``; when is ``always`` or what adds the entry."""
+    lines = FORMATS_PAGE.read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("### ") and heading in line]
+    assert len(starts) == 1, f"{FORMATS_PAGE}: {len(starts)} headings with {heading!r}"
+    rows: list[tuple[tuple[str, str], str]] = []
+    for line in lines[starts[0] + 1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("| `"):
+            name, kind, when = (cell.strip() for cell in line.strip("|").split("|")[:3])
+            rows.append(((kind.replace("`", ""), name.strip("`")), when))
+    keys = [key for key, _ in rows]
+    assert rows and len(set(keys)) == len(keys), f"{heading}: no table, or a row twice"
+    return dict(rows)
+
+
+def h5_entries(path: Path) -> set[tuple[str, str]]:
+    """``(kind, name)`` of everything in an HDF5 file, as :func:`documented_entries` lists
+    them."""
+    import h5py
+
+    found = set()
+    with h5py.File(path, "r") as f:
+        found |= {("attribute", str(k)) for k in f.attrs}
+        for name, item in f.items():
+            found.add(("dataset", str(name)))
+            found |= {(f"attribute of {name}", str(k)) for k in item.attrs}
+    return found
+
+
+def check_contract(path: Path, heading: str, *, inherited: set[tuple[str, str]] = frozenset(),
+                   not_written: set[tuple[str, str]] = frozenset()) -> None:
+    """A file written by its stage holds exactly what the formats page documents under
+    ``heading``: every entry but ``not_written`` (conditional entries the test's file does not
+    exercise), and nothing else but ``inherited`` (another contract's entries it carries).
+    A documented dataset named ``<...>`` stands for every dataset the table does not name."""
+    documented = documented_entries(heading)
+    placeholders = [name for kind, name in documented if kind == "dataset"
+                    and name.startswith("<")]
+    found = h5_entries(path)
+    if placeholders:
+        named = {name for kind, name in documented if kind == "dataset"} - set(placeholders)
+        of = "attribute of "
+
+        def generic(kind: str, name: str) -> tuple[str, str]:
+            if kind == "dataset" and name not in named:
+                return kind, placeholders[0]
+            if kind.startswith(of) and kind[len(of):] not in named:
+                return of + placeholders[0], name
+            return kind, name
+
+        found = {generic(kind, name) for kind, name in found}
+    always = {key for key, when in documented.items() if when == "always"}
+    assert not always & set(not_written), "an entry marked always cannot be left unwritten"
+    assert not always - found, f"{path}: documented but not written: {sorted(always - found)}"
+    undocumented = found - set(documented) - set(inherited)
+    assert not undocumented, f"{path}: written but not in docs/formats.md: {sorted(undocumented)}"
+    unexercised = set(documented) - found - set(inherited)
+    assert unexercised == set(not_written), \
+        f"{path}: documented entries the test did not see: {sorted(unexercised)}"
+
+
+@pytest.fixture(scope="session")
+def file_contract() -> SimpleNamespace:
+    """``.check`` (:func:`check_contract`), ``.documented`` (:func:`documented_entries`) and
+    ``.entries`` (:func:`h5_entries`), for the tests of each HDF5 contract against
+    docs/formats.md."""
+    return SimpleNamespace(check=check_contract, documented=documented_entries,
+                           entries=h5_entries)

@@ -2,7 +2,17 @@ import h5py
 import numpy as np
 import pytest
 
-from features.bag import BagError, add_tile_labels, is_complete_bag, read_bag_attrs, write_bag
+from features.bag import (
+    BagError,
+    add_tile_labels,
+    is_complete_bag,
+    read_bag_attrs,
+    read_bag_coords,
+    read_bag_features,
+    read_bag_tile_labels,
+    read_bag_view,
+    write_bag,
+)
 from tiling.tiles_file import read_tiles_file, write_tiles_file
 
 ENCODER = {"encoder": "toy", "encoder_dim": 4, "weights": "none", "weights_sha256": "0" * 64,
@@ -53,3 +63,32 @@ def test_add_tile_labels(tmp_path, tiles):
         assert f.attrs["tile_labels_source"] == "lesions.xml"
     with pytest.raises(BagError, match="2 tile labels for 3 tiles"):
         add_tile_labels(path, [0.0, 1.0], source="x")
+
+
+def test_round_trip_of_every_reader(tmp_path, tiles):
+    feats = np.arange(12, dtype=np.float16).reshape(3, 4)
+    views = np.stack([feats + 1, feats + 2], axis=1)
+    path = write_bag(tmp_path / "s1.h5", feats, tiles, ENCODER, {"stain_views": views})
+    add_tile_labels(path, [0.0, 1.0, 0.5], source="test")
+    np.testing.assert_array_equal(read_bag_features(path, np.array([0, 2])), feats[[0, 2]])
+    np.testing.assert_array_equal(read_bag_coords(path), tiles.coords)
+    np.testing.assert_array_equal(read_bag_view(path, 2), feats + 2)
+    assert read_bag_tile_labels(path).tolist() == [0.0, 1.0, 0.5]
+    attrs = read_bag_attrs(path)
+    assert (attrs["feature_dim"], attrs["has_tile_labels"]) == (4, True)
+    assert attrs["tile_labels_source"] == "test" and attrs["tiles_file"] == str(tiles.path)
+
+
+def test_a_missing_dataset_or_attribute_or_file_is_named(tmp_path, tiles):
+    path = write_bag(tmp_path / "s1.h5", np.zeros((3, 4), np.float16), tiles, ENCODER)
+    with h5py.File(path, "a") as f:
+        del f.attrs["weights"]
+        del f["coords"]
+    with pytest.raises(BagError, match=r"s1.h5: feature bag attributes missing \['weights'\]"):
+        read_bag_attrs(path)
+    with pytest.raises(BagError, match="s1.h5: no 'coords' dataset"):
+        read_bag_coords(path)
+    with pytest.raises(BagError, match="s1.h5: no stain-augmented view 1"):
+        read_bag_view(path, 1)
+    with pytest.raises(BagError, match="absent.h5: cannot read feature bag"):
+        read_bag_features(tmp_path / "absent.h5")

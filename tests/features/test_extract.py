@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from features.bag import ENCODER_ATTRS, is_complete_bag, read_bag_attrs
+from features.bag import (
+    ENCODER_ATTRS,
+    add_tile_labels,
+    export_trident,
+    is_complete_bag,
+    read_bag_attrs,
+)
 from features.dataset import TileDataset
 from features.extract import (
     EmptyTilesError,
@@ -109,6 +115,28 @@ def test_bag_follows_the_contract(tmp_path, make_tiles, generated_slide, lite0, 
         np.testing.assert_array_equal(f["coords"][:], tiles.coords)
         np.testing.assert_array_equal(f["tissue_fraction"][:], tiles.tissue_fraction)
         assert f.attrs["complete"]
+
+
+@pytest.mark.slow
+def test_bag_and_trident_copy_hold_exactly_what_the_docs_list(tmp_path, make_tiles,
+                                                              generated_slide, lite0, quiet,
+                                                              file_contract):
+    """docs/formats.md's feature-bag table is what ``wsi-mil extract`` (with tile QC, a stain
+    view and lesion labels) writes on top of the tiles file's attributes, and its TRIDENT
+    table is what ``--format trident`` writes."""
+    tiles = make_tiles(make_tiles().coords[:6])  # a few tiles: the layout is the point
+    out = extract_slide(tiles.path, generated_slide, tmp_path / "features" / "gradient.h5", lite0,
+                        ExtractParams(stain_views=1, **quiet))
+    add_tile_labels(out, np.zeros(len(tiles)), source="test")
+    file_contract.check(out, "features/<encoder>/<slide_id>.h5",
+                        inherited={("attribute", key) for key in tiles.attrs},
+                        not_written={("attribute", "stain_target"),
+                                     ("attribute", "stain_reference")})  # --stain macenko
+    file_contract.check(export_trident(out), "TRIDENT copies")
+    always = {name for (kind, name), when
+              in file_contract.documented("features/<encoder>/<slide_id>.h5").items()
+              if kind == "attribute" and when == "always"}
+    assert set(ENCODER_ATTRS) <= always
 
 
 def test_partial_tmp_from_a_killed_run_is_redone(tmp_path, make_tiles, generated_slide, lite0,

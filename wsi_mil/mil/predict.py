@@ -33,7 +33,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
@@ -44,7 +43,13 @@ from wsi_mil.metrics.calibration import apply_temperature
 from wsi_mil.mil.bags import BagSetError, bag_grid_coords
 from wsi_mil.mil.models import MILModel, create_model
 from wsi_mil.mil.params import PredictParams
-from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
+from wsi_mil.mil.predictions import (
+    PredictionFileError,
+    SlidePrediction,
+    normalise_attention,
+    read_prediction_attrs,
+    write_prediction,
+)
 from wsi_mil.mil.tasks import Task, task_from_meta
 from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_probs, ensemble_threshold, logit
 
@@ -420,7 +425,6 @@ def predict_patient_slides(parts: list[tuple[str, Path, str | os.PathLike | None
 def is_current_prediction(path: Path, checkpoint_sha256: str) -> bool:
     """True when ``path`` is a predictions file written by these exact checkpoints."""
     try:
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get("checkpoint_sha256", "")) == checkpoint_sha256
-    except OSError:
+        return str(read_prediction_attrs(path).get("checkpoint_sha256", "")) == checkpoint_sha256
+    except PredictionFileError:
         return False

@@ -10,6 +10,10 @@ task's outputs: class or target probabilities, the risk, the value), ``predicted
 ``survival_times`` and ``survival`` (the predicted survival curve), for a patient-level bag
 ``patient_id`` and ``bag_slides``, plus the bag's slide and tiling attributes (so a heatmap can
 find the slide and its geometry from this file alone).
+
+This module is the only code that opens these files: :func:`write_prediction` (the predict
+stage), :func:`read_prediction` (the whole file) and :func:`read_prediction_attrs` (only its
+attributes, for tables over many slides).
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ from tiling.storage import atomic_output, provenance, read_attrs, write_attrs
 from wsi_mil.errors import WsiMilError
 from wsi_mil.metrics.attention import minmax_scale
 from wsi_mil.mil.labels import recognise_negative_class
+
+#: Datasets every predictions file has (``branch_attention`` only for a model with one
+#: attention branch per output).
+REQUIRED_DATASETS = ("coords", "attention", "attention_norm", "tile_probs")
+#: Attributes every predictions file has, beside the run's and the bag's.
+REQUIRED_ATTRS = ("slide_id", "probs", "predicted_label", "class_names")
 
 
 class PredictionFileError(WsiMilError, ValueError):
@@ -155,22 +165,41 @@ def read_prediction(path: str | os.PathLike) -> SlidePrediction:
         raise PredictionFileError(f"{path}: predictions file not found")
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("coords", "attention", "attention_norm", "tile_probs")
-                       if k not in f]
+            missing = [k for k in REQUIRED_DATASETS if k not in f]
             if missing:
                 raise PredictionFileError(f"{path}: not a wsi-mil predictions file, "
                                           f"missing datasets {missing}")
             attrs = read_attrs(f)
-            data = {k: f[k][:] for k in ("coords", "attention", "attention_norm", "tile_probs")}
+            missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+            if missing:
+                raise PredictionFileError(f"{path}: not a wsi-mil predictions file, "
+                                          f"missing attributes {missing}")
+            data = {k: f[k][:] for k in REQUIRED_DATASETS}
             if "branch_attention" in f:
                 data["branch_attention"] = f["branch_attention"][:]
     except OSError as exc:
         raise PredictionFileError(f"{path}: cannot read HDF5 file ({exc})") from exc
-    return SlidePrediction(
-        slide_id=str(attrs.pop("slide_id")),
-        probs=np.asarray(attrs.pop("probs"), dtype=np.float32),
-        class_names=[str(c) for c in attrs.pop("class_names")],
-        predicted_label=str(attrs.pop("predicted_label")),
-        attrs=attrs,
-        **data,
-    )
+    try:
+        return SlidePrediction(
+            slide_id=str(attrs.pop("slide_id")),
+            probs=np.asarray(attrs.pop("probs"), dtype=np.float32),
+            class_names=[str(c) for c in attrs.pop("class_names")],
+            predicted_label=str(attrs.pop("predicted_label")),
+            attrs=attrs,
+            **data,
+        )
+    except PredictionFileError as exc:  # shapes that do not agree
+        raise PredictionFileError(f"{path}: {exc}") from exc
+
+
+def read_prediction_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The attributes of one slide's predictions file (slide ``probs``, ``predicted_label``,
+    ``class_names``, the run, the bag's), without reading its per-tile arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionFileError(f"{path}: predictions file not found")
+    try:
+        with h5py.File(path, "r") as f:
+            return read_attrs(f)
+    except OSError as exc:
+        raise PredictionFileError(f"{path}: cannot read HDF5 file ({exc})") from exc

@@ -56,13 +56,10 @@ def recorded_negative_class(pred_dir: Path) -> str | None:
 def recorded_attrs(pred_dir: Path) -> dict[str, Any]:
     """The attributes of the first predictions file of ``pred_dir`` ({} without one): the
     run's task, negative class, bag level, survival times."""
-    import h5py
-
-    from tiling.storage import read_attrs
+    from wsi_mil.mil.predictions import read_prediction_attrs
 
     for path in sorted((pred_dir / "predictions").glob("*.h5"))[:1]:
-        with h5py.File(path, "r") as f:
-            return read_attrs(f)
+        return read_prediction_attrs(path)
     return {}
 
 
@@ -393,18 +390,16 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
 
 def _survival_curves(pred_dir: Path, slide_ids: list[str]) -> np.ndarray | None:
     """Each slide's predicted survival curve (its predictions file's ``survival``)."""
-    import h5py
     import numpy as np
 
-    from tiling.storage import read_attrs
+    from wsi_mil.mil.predictions import read_prediction_attrs
 
     curves = []
     for slide_id in slide_ids:
         path = pred_dir / "predictions" / f"{slide_id}.h5"
         if not path.is_file():
             return None
-        with h5py.File(path, "r") as f:
-            attrs = read_attrs(f)
+        attrs = read_prediction_attrs(path)
         if "survival" not in attrs:
             return None
         curves.append(np.atleast_1d(np.asarray(attrs["survival"], dtype=np.float64)))

@@ -42,10 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from tiling.storage import atomic_output, provenance, write_text_atomic
+from tiling.storage import atomic_output, write_text_atomic
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.explain.params import METHOD_NAMES, ExplainParams
-from wsi_mil.explain.store import EXPLANATIONS, read_explanations
+from wsi_mil.explain.store import (
+    EXPLANATIONS,
+    Explanations,
+    read_explanations,
+    write_explanations,
+)
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
 
@@ -153,7 +158,6 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
                   annotation_path: str | os.PathLike | None = None,
                   slide_path: str | os.PathLike | None = None) -> Path:
     """Explain one bag: ``out_dir/explanations.h5`` and (``params.figure``) ``comparison.png``."""
-    import h5py
     import torch
 
     from features.bag import read_bag_attrs, read_bag_coords, read_bag_features
@@ -260,27 +264,17 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
                                 f"({'P' if task.kind in ('classification', 'multilabel') else '='}"
                                 f" {float(probs[target]):.2f})",
                                 panel_side=params.figure_side)
-    with atomic_output(out_dir / EXPLANATIONS) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("coords", data=coords)
-        if fractions is not None:
-            f.create_dataset("lesion_fraction", data=fractions)
-        for method, values in maps.items():
-            ds = f.create_dataset(method, data=values.astype(np.float32))
-            ds.attrs.update(model=model.name, method=method, seconds=seconds[method],
-                            target_class=run.class_names[target])
-            if method == "lrp":  # conservation: relevance + bias share = the logit
-                ds.attrs.update(logit=float(logits[target]),
-                                bias_share=float(logits[target]) - float(values.sum()))
-        for key, value in {**meta, **provenance()}.items():
-            f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) or value is None \
-                else value
-        f.attrs["methods"] = json.dumps(list(maps))
-        f.attrs["scores"] = json.dumps(scores)
-        f.attrs["patch_flipping"] = json.dumps(flips)
-        f.attrs["mprt"] = json.dumps({"stages": [s.name for s, _ in stages], **cascade})
-        f.attrs["params"] = json.dumps({k: (list(v) if isinstance(v, tuple) else v)
-                                        for k, v in vars(params).items()})
-        f.attrs["complete"] = True
+    map_attrs = {method: {"model": model.name, "method": method, "seconds": seconds[method],
+                          "target_class": run.class_names[target]} for method in maps}
+    if "lrp" in maps:  # conservation: relevance + bias share = the logit
+        map_attrs["lrp"].update(logit=float(logits[target]),
+                                bias_share=float(logits[target]) - float(maps["lrp"].sum()))
+    write_explanations(out_dir / EXPLANATIONS, Explanations(
+        coords=coords, maps=maps, map_attrs=map_attrs, lesion_fraction=fractions,
+        attrs={**meta, "scores": scores, "patch_flipping": flips,
+               "mprt": {"stages": [s.name for s, _ in stages], **cascade},
+               "params": {k: (list(v) if isinstance(v, tuple) else v)
+                          for k, v in vars(params).items()}}))
     return out_dir
 
 
@@ -339,7 +333,7 @@ def is_complete(folder: Path, figure: bool) -> bool:
     if not path.is_file() or (figure and not (folder / FIGURE).is_file()):
         return False
     try:
-        return "in_sample" in read_explanations(path)[1]
+        return "in_sample" in read_explanations(path).attrs
     except (OSError, ValueError, KeyError):
         return False
 
@@ -422,7 +416,7 @@ def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str,
     per_slide, in_sample, models, n_total = [], [], set(), 0
     for path in sorted(out_dir.glob(f"*/{EXPLANATIONS}")):
         try:
-            attrs = read_explanations(path)[1]
+            attrs = read_explanations(path).attrs
         except (OSError, ValueError, KeyError):
             continue
         n_total += 1

@@ -183,8 +183,8 @@ def heatmap_slide(
     if explanations_dir is not None:
         from wsi_mil.explain.store import EXPLANATIONS, read_explanations
 
-        maps, attrs = read_explanations(Path(explanations_dir) / prediction.slide_id
-                                        / EXPLANATIONS)
+        stored = read_explanations(Path(explanations_dir) / prediction.slide_id / EXPLANATIONS)
+        maps, attrs = stored.maps, stored.attrs
         if any(len(v) != len(prediction.coords) for v in maps.values()):
             raise InputError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
                              f"do not have its {len(prediction.coords)} tiles")

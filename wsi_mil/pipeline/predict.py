@@ -32,10 +32,9 @@ def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
 
     Reads only the files' attributes, so it stays quick for large slides.
     """
-    import h5py
     import numpy as np
 
-    from tiling.storage import read_attrs
+    from wsi_mil.mil.predictions import read_prediction_attrs
 
     buffer = io.StringIO()
     writer = None
@@ -43,8 +42,7 @@ def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
         path = pred_dir / f"{slide_id}.h5"
         if not path.is_file():
             continue
-        with h5py.File(path, "r") as f:
-            attrs = read_attrs(f)
+        attrs = read_prediction_attrs(path)
         task = attrs.get("task", "classification")
         patient = attrs.get("bag_level") == "patient"
         if writer is None:

@@ -228,14 +228,11 @@ def _prediction_attrs(path: Path | None, entry: SlideEntry, expected: bool) -> d
         if expected:
             entry.problems.append("no predictions: the slide is shown without heat layers")
         return {}
-    import h5py
-
-    from tiling.storage import read_attrs
+    from wsi_mil.mil.predictions import PredictionFileError, read_prediction_attrs
 
     try:
-        with h5py.File(path, "r") as f:
-            return read_attrs(f)
-    except OSError as exc:
+        return read_prediction_attrs(path)
+    except PredictionFileError as exc:
         entry.problems.append(f"predictions {path.name} unreadable ({exc})")
         entry.prediction_path = None
         return {}

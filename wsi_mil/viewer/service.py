@@ -398,20 +398,13 @@ def _read_explanations(path: Path | None, n_tiles: int
     value per tile but the lesion fractions in a file without it)."""
     if path is None:
         return {}, {}, {}
-    import json
+    from wsi_mil.explain.store import read_explanations
 
-    import h5py
-
-    out = {}
-    with h5py.File(path, "r") as f:
-        listed = json.loads(f.attrs["methods"]) if "methods" in f.attrs else None
-        for name, item in f.items():
-            if (isinstance(item, h5py.Dataset) and item.shape == (n_tiles,)
-                    and (name in listed if listed is not None else name != "lesion_fraction")):
-                out[str(name)] = np.asarray(item[:], np.float64)
-        scores = json.loads(f.attrs["scores"]) if "scores" in f.attrs else {}
-        meta = {k: f.attrs[k].item() if hasattr(f.attrs[k], "item") else f.attrs[k]
-                for k in ("fold", "in_sample") if k in f.attrs}
+    stored = read_explanations(path, require_complete=False)
+    out = {name: np.asarray(values, np.float64) for name, values in sorted(stored.maps.items())
+           if values.shape == (n_tiles,)}
+    scores = stored.scores
+    meta = {k: stored.attrs[k] for k in ("fold", "in_sample") if k in stored.attrs}
     return out, scores, meta
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from wsi_mil.mil.params import PredictParams, TrainParams
-from wsi_mil.mil.predict import RunError, load_run, predict_bag
-from wsi_mil.mil.predictions import read_prediction
+from wsi_mil.mil.predict import RunError, load_run, predict_bag, predict_slide
+from wsi_mil.mil.predictions import REQUIRED_ATTRS, REQUIRED_DATASETS, read_prediction
 from wsi_mil.mil.train import train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
@@ -104,6 +104,28 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained, 
     assert pred.tile_probs.shape[1] == 2
     again = predict_slides(root / "run", mixed, out, PredictParams(device=device))
     assert len(again.skipped) == 3 and len(again.failed) == 1
+
+
+def test_a_predictions_file_holds_exactly_what_the_docs_list(tmp_path, trained, device,
+                                                             file_contract):
+    """docs/formats.md's predictions table is what ``wsi-mil predict`` writes on top of the
+    bag's attributes (a classification run of slide bags with one attention branch: no
+    survival curve, patient or branches), and its *always* rows are what the reader needs."""
+    root, features_dir, _ = trained
+    bag = features_dir / "slide_0002.h5"
+    path = predict_slide(bag, tmp_path / "slide_0002.h5", root / "run", PredictParams(device=device))
+    heading = "predictions/<slide_id>.h5"
+    file_contract.check(path, heading,
+                        inherited={key for key in file_contract.entries(bag)
+                                   if key[0] == "attribute"} - {("attribute", "complete")},
+                        not_written={("attribute", "survival_times"), ("attribute", "survival"),
+                                     ("attribute", "patient_id"), ("attribute", "bag_slides"),
+                                     ("dataset", "branch_attention"),
+                                     ("attribute", "branch_names")})
+    always = {key for key, when in file_contract.documented(heading).items() if when == "always"}
+    assert always == ({("dataset", name) for name in REQUIRED_DATASETS}
+                      | {("attribute", name) for name in REQUIRED_ATTRS}
+                      | {("attribute", "wsi_mil_version"), ("attribute", "created")})
 
 
 def test_ensemble_attention_of_offset_raw_scores_equals_either_fold():

@@ -74,7 +74,8 @@ def explanation_tile_auc(root, bags: list[PlantedBag], device: str,
         out = root / "explain" / bag.slide_id
         explain_slide(root / "features" / "planted" / f"{bag.slide_id}.h5", out, root / "run",
                       params)
-        maps, attrs = read_explanations(out / EXPLANATIONS)
+        stored = read_explanations(out / EXPLANATIONS)
+        maps, attrs = stored.maps, stored.attrs
         assert not attrs["in_sample"]
         scores.append(maps[method])
         truth.append(bag.planted)

@@ -44,14 +44,15 @@ def planted_run(tmp_path_factory, device):
 
 
 @pytest.mark.slow
-def test_explain_stage_outputs(planted_run, device):
+def test_explain_stage_outputs(planted_run, device, file_contract):
     root, features, annotations = planted_run
     out = root / "explain"
     params = ExplainParams(flip_steps=4, flip_random=1, bootstrap=50, ig_steps=8, device=device,
                            figure_side=128)
     result = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
     assert result.exit_code == 0 and len(result.done) == 16
-    maps, attrs = read_explanations(out / "slide_0001" / "explanations.h5")
+    stored = read_explanations(out / "slide_0001" / "explanations.h5")
+    maps, attrs = stored.maps, stored.attrs
     assert set(maps) == {"attention", "lrp", "gradient_x_input", "integrated_gradients",
                          "attention_x_gradient", "perturbation", "keep_one", "segmentation",
                          "random"}
@@ -69,7 +70,11 @@ def test_explain_stage_outputs(planted_run, device):
         lrp = f["lrp"]
         assert lrp[:].sum() + lrp.attrs["bias_share"] == pytest.approx(lrp.attrs["logit"],
                                                                        abs=1e-4)
-    negative = read_explanations(out / "slide_0000" / "explanations.h5")[1]["scores"]
+    # docs/formats.md lists exactly what the stage writes (an annotated slide, lrp among the
+    # methods: every entry)
+    file_contract.check(out / "slide_0001" / "explanations.h5",
+                        "explain/<slide_id>/explanations.h5")
+    negative = read_explanations(out / "slide_0000" / "explanations.h5").scores
     assert "tile_auc" not in negative["attention"]  # no lesion: no localisation
     assert "srg" in negative["attention"]  # faithfulness needs no annotation
     assert (out / "slide_0001" / "comparison.png").stat().st_size > 0
@@ -144,7 +149,7 @@ def test_every_slide_is_explained_by_the_fold_that_held_it_out(three_fold_run):
     out = root / "oof"
     assert explain_slides(root / "run", features, out, ExplainParams(**FAST)).exit_code == 0
     for slide, fold in held_out_by.items():
-        attrs = read_explanations(out / slide / "explanations.h5")[1]
+        attrs = read_explanations(out / slide / "explanations.h5").attrs
         assert attrs["fold"] == fold and not attrs["in_sample"], slide
     assert "9 slides, 9 out of sample" in (out / "cohort_table.md").read_text()
 
@@ -157,7 +162,7 @@ def test_one_fold_for_all_leaves_its_training_slides_out_of_the_table(three_fold
     explain_slides(root / "run", features, out, ExplainParams(fold=0, **FAST))
     in_sample = sorted(s for s, role in roles.items() if role in ("train", "val"))
     for slide, role in roles.items():
-        attrs = read_explanations(out / slide / "explanations.h5")[1]
+        attrs = read_explanations(out / slide / "explanations.h5").attrs
         assert attrs["fold"] == 0 and bool(attrs["in_sample"]) == (role != "test")
     table = (out / "cohort_table.md").read_text()
     assert f"9 slides, {9 - len(in_sample)} out of sample" in table
@@ -181,7 +186,8 @@ def test_pooling_baselines_explain_without_failures(tmp_path, model):
                            gradcam_topk=0, bootstrap=10, device="cpu")
     result = explain_slides(tmp_path / "run", features, tmp_path / "explain", params)
     assert result.failed == [] and len(result.done) == 9
-    maps, _ = read_explanations(tmp_path / "explain" / "slide_0000" / "explanations.h5")
+    stored = read_explanations(tmp_path / "explain" / "slide_0000" / "explanations.h5")
+    maps = stored.maps
     assert "attention_x_gradient" not in maps and {"lrp", "perturbation"} <= set(maps)
 
 

@@ -45,7 +45,8 @@ def test_survival_explanations_explain_the_risk(tmp_path, loss, device):
                            sanity=True, figure=False, gradcam_topk=0, ig_steps=256,
                            flip_steps=4, device=device)
     explain_slide(bag, tmp_path / "explain", tmp_path / "run", params)
-    maps, attrs = read_explanations(tmp_path / "explain" / EXPLANATIONS)
+    stored = read_explanations(tmp_path / "explain" / EXPLANATIONS)
+    maps, attrs = stored.maps, stored.attrs
     assert attrs["target_class"] == "risk"
     x = torch.from_numpy(read_bag_features(bag).astype(np.float32)).to(device)  # as stored
     model.to(device)
