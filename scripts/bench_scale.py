@@ -78,7 +78,7 @@ def run_stages(slides: Path, out: Path, executor,
     """
     import h5py
 
-    from wsi_mil.pipeline.executors import executor_session
+    from wsi_mil.executors import executor_session
 
     start = time.perf_counter()
     with executor_session(executor):
@@ -113,7 +113,7 @@ def main() -> None:
                         help="assumed shared file system bandwidth, GB/s (projection only)")
     args = parser.parse_args()
 
-    from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
+    from wsi_mil.config.executor import ClusterParams, ExecutorParams
 
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:

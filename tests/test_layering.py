@@ -11,8 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 #: Lowest first. A module may import its own layer and any layer below it.
 LAYERS = (
     "wsi_mil.errors",  # the base class of user errors: imports nothing, every layer uses it
+    # the dataclass schema and the executor settings: standard library only, every params.py
+    # may use them
+    "wsi_mil.config.schema",
+    "wsi_mil.config.executor",
     "tiling",
     "features",
+    "wsi_mil.executors",  # how jobs run (process pool, Dask): per-slide stages and folds
     "wsi_mil.metrics",
     "wsi_mil.mil",
     "wsi_mil.synthetic",
@@ -21,15 +26,16 @@ LAYERS = (
     "wsi_mil.export",
     "wsi_mil.segment",
     "wsi_mil.viewer",
+    "wsi_mil.config",  # the run configuration: every stage's params in one schema
     "wsi_mil.pipeline",
     "wsi_mil.cli",
 )
 
 
 def layer_of(module: str) -> int | None:
-    matches = [i for i, layer in enumerate(LAYERS)
-               if module == layer or module.startswith(layer + ".")]
-    return max(matches) if matches else None
+    """The layer of ``module``: the longest entry of :data:`LAYERS` it is or lies inside."""
+    matches = [layer for layer in LAYERS if module == layer or module.startswith(layer + ".")]
+    return LAYERS.index(max(matches, key=len)) if matches else None
 
 
 def _is_type_checking(node: ast.If) -> bool:

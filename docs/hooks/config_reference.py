@@ -2,7 +2,7 @@
 
 Each stage's parameters are one frozen dataclass whose ``#:`` field comments are their
 documentation; ``configs/default.yaml`` and every verb's flags are generated from the same
-classes (:mod:`wsi_mil.pipeline.config`, :mod:`wsi_mil.cli.options`). This hook writes them
+classes (:mod:`wsi_mil.config.pipeline`, :mod:`wsi_mil.cli.options`). This hook writes them
 as tables (YAML key, default, the verb's flag, what it does) where ``configuration.md`` holds
 the marker below, so the page cannot drift from the code. A flag is shown only when the verb's
 real parser has it.
@@ -47,7 +47,7 @@ def _cell(text: str) -> str:
 
 
 def _default(f: dataclasses.Field) -> str:
-    from wsi_mil.pipeline.config import yaml_value
+    from wsi_mil.config.pipeline import yaml_value
 
     if f.default is not dataclasses.MISSING:
         value = f.default
@@ -63,8 +63,8 @@ def _default(f: dataclasses.Field) -> str:
 def _rows(cls: type, prefix: str, section: str, verbs: tuple[str, ...],
           flags: dict[str, set[str]]) -> list[str]:
     from wsi_mil.cli.options import flag_name
-    from wsi_mil.pipeline.config import _dataclass_type
-    from wsi_mil.pipeline.schema import field_comments, ordered_fields
+    from wsi_mil.config.pipeline import _dataclass_type
+    from wsi_mil.config.schema import field_comments, ordered_fields
 
     comments, hints = field_comments(cls), typing.get_type_hints(cls)
     rows = []
@@ -90,8 +90,8 @@ def _rows(cls: type, prefix: str, section: str, verbs: tuple[str, ...],
 
 def reference_markdown() -> str:
     """Every key of a run config, section by section, as Markdown tables."""
-    from wsi_mil.pipeline.config import PipelineConfig, _dataclass_type
-    from wsi_mil.pipeline.schema import field_comments, ordered_fields
+    from wsi_mil.config.pipeline import PipelineConfig, _dataclass_type
+    from wsi_mil.config.schema import field_comments, ordered_fields
 
     flags = _verb_flags()
     header = "| key | default | flag | what it does |\n|---|---|---|---|"

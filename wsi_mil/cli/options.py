@@ -3,7 +3,7 @@
 ``add_options(parser, TrainParams)`` adds one ``--field-name`` flag per field, with the field's
 ``#:`` comment as help text and its default shown; ``options_from_args(TrainParams, args)``
 builds the dataclass from the flags that were given (the rest keep their defaults). The YAML
-runner maps the same dataclasses by the same field names (:mod:`wsi_mil.pipeline.schema`), so
+runner maps the same dataclasses by the same field names (:mod:`wsi_mil.config.schema`), so
 ``--tile-size 224`` and ``tiling: {tile_size: 224}`` are one parameter with one default.
 
 Flags of nested dataclass fields carry the field's name as a prefix (``--froc-dilation-um``
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.config.schema import field_comments, ordered_fields
 from wsi_mil.errors import WsiMilError
-from wsi_mil.pipeline.schema import field_comments, ordered_fields
 
 #: Separates a nested field from its parent in argparse ``dest`` names (``froc.dilation_um``).
 _NEST = "."

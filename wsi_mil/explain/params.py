@@ -6,7 +6,10 @@ each field's ``#:`` comment is its documentation (``--help`` and the YAML refere
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tiling.params import AnnotationParams
+from wsi_mil.metrics.params import FrocParams
 
 #: every explanation method, in the order of the tables (kept here so the CLI needs no torch).
 METHOD_NAMES = ("attention", "rollout", "chefer_iccv2021", "chefer_cvpr2021", "lrp",
@@ -94,3 +97,33 @@ class ExplainParams:
         if self.max_perturbation_tiles < 1 or self.max_quadratic_tiles < 1:
             raise ValueError("ExplainParams: max_perturbation_tiles and max_quadratic_tiles "
                              "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LesionEvalParams:
+    """Settings of the lesion-level evaluation."""
+
+    #: FROC constants and detection settings (official Camelyon16 values by default).
+    froc: FrocParams = field(default_factory=FrocParams)
+    #: Which annotation groups are lesion / exclusion.
+    annotations: AnnotationParams = field(default_factory=AnnotationParams)
+    #: Class whose tile probability is the tumour map; None: the class that is not negative.
+    positive_class: str | None = None
+    #: Tile probability at or above which a tile is segmented as tumour.
+    seg_threshold: float = 0.5
+    #: Lesion area fraction at or above which a tile is truly tumour.
+    min_fraction: float = 0.5
+    #: Normalised attention at or above which a tile counts as marked (region report).
+    attention_threshold: float = 0.5
+    #: k of the top-k pointing game.
+    pointing_k: int = 5
+    #: Steps of the deletion / insertion curves, and random orders averaged as baseline.
+    perturbation_steps: int = 20
+    perturbation_random: int = 5
+    #: At most this many tumour slides get perturbation curves (each costs
+    #: 2 x steps x (1 + random) forward passes); None: all.
+    perturbation_max_slides: int | None = None
+    #: Seed of the random orders.
+    seed: int = 0
+    #: Slides left out of the lesion-level evaluation (e.g. Camelyon16 test_049, a duplicate).
+    exclude: tuple[str, ...] = ()

@@ -134,7 +134,7 @@ def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers
 
 
 def test_segment_stage_runs_only_with_a_segment_section(tmp_path):
-    from wsi_mil.pipeline.config import ConfigError, parse_config
+    from wsi_mil.config.pipeline import ConfigError, parse_config
 
     base = {"out": str(tmp_path), "cohort": {"train_normal": 1}}
     assert "segment" not in parse_config(base).stages

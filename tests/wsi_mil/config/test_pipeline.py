@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsi_mil.pipeline.config import (
+from wsi_mil.config.pipeline import (
     ConfigError,
     PipelineConfig,
     default_config,
@@ -142,8 +142,8 @@ def test_cohort_supplies_slides_labels_and_annotations(tmp_path):
 
 def test_sections_map_onto_the_stage_dataclasses():
     from features.params import ExtractParams
+    from wsi_mil.explain.params import LesionEvalParams
     from wsi_mil.mil.params import PredictParams
-    from wsi_mil.pipeline.config import LesionEvalParams
 
     config = parse_config({"out": "o", "cohort": {},
                            "extract": {"encoder": "uni", "batch_size": 8},

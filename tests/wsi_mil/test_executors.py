@@ -18,9 +18,9 @@ import pytest
 
 from features.params import ExtractParams
 from tiling.params import TilingParams
+from wsi_mil.config.executor import ClusterParams, ExecutorParams
+from wsi_mil.executors import ExecutorError, run_jobs, slurm_cluster
 from wsi_mil.pipeline.batch import SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
-from wsi_mil.pipeline.executors import ExecutorError, run_jobs, slurm_cluster
 from wsi_mil.pipeline.extract import extract_slides
 from wsi_mil.pipeline.tile import tile_slides
 from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
@@ -102,8 +102,8 @@ def test_executor_params_are_checked():
 
 
 def test_the_executor_section_of_a_config(tmp_path):
-    from wsi_mil.pipeline.config import parse_config
-    from wsi_mil.pipeline.schema import ConfigError
+    from wsi_mil.config.pipeline import parse_config
+    from wsi_mil.config.schema import ConfigError
 
     base = {"out": str(tmp_path), "labels": "labels.csv", "slides": {"inputs": ["s/"]}}
     config = parse_config({**base, "executor": {

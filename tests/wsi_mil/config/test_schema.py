@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from wsi_mil.pipeline.config import (
+from wsi_mil.config.pipeline import (
     ConfigError,
     build_dataclass,
     dump_yaml,

@@ -29,19 +29,18 @@ from typing import Any, Literal
 import yaml
 
 from features.params import DEFAULT_ENCODER, ExtractParams, bag_folder_name
-from tiling.params import AnnotationParams, TilingParams
-from wsi_mil.explain.params import ExplainParams
-from wsi_mil.heatmaps.params import HeatmapParams
-from wsi_mil.metrics.params import FrocParams
-from wsi_mil.mil.params import PredictParams, TrainParams
-from wsi_mil.pipeline.executor_params import ExecutorParams
-from wsi_mil.pipeline.schema import (
+from tiling.params import TilingParams
+from wsi_mil.config.executor import ExecutorParams
+from wsi_mil.config.schema import (
     ConfigError,
     build_dataclass,
     field_comments,
     ordered_fields,
     suggest,
 )
+from wsi_mil.explain.params import ExplainParams, LesionEvalParams
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.mil.params import PredictParams, TrainParams
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 from wsi_mil.synthetic.params import CohortParams
 
@@ -155,37 +154,6 @@ class PredictSection(PredictParams):
         """The :class:`PredictParams` part, as the prediction functions take it."""
         return PredictParams(**{f.name: getattr(self, f.name)
                                 for f in dataclasses.fields(PredictParams)})
-
-
-@dataclass(frozen=True)
-class LesionEvalParams:
-    """Settings of the lesion-level evaluation."""
-
-    #: FROC constants and detection settings (official Camelyon16 values by default).
-    froc: FrocParams = field(default_factory=FrocParams)
-    #: Which annotation groups are lesion / exclusion.
-    annotations: AnnotationParams = field(default_factory=AnnotationParams)
-    #: Class whose tile probability is the tumour map; None: the class that is not negative.
-    positive_class: str | None = None
-    #: Tile probability at or above which a tile is segmented as tumour.
-    seg_threshold: float = 0.5
-    #: Lesion area fraction at or above which a tile is truly tumour.
-    min_fraction: float = 0.5
-    #: Normalised attention at or above which a tile counts as marked (region report).
-    attention_threshold: float = 0.5
-    #: k of the top-k pointing game.
-    pointing_k: int = 5
-    #: Steps of the deletion / insertion curves, and random orders averaged as baseline.
-    perturbation_steps: int = 20
-    perturbation_random: int = 5
-    #: At most this many tumour slides get perturbation curves (each costs
-    #: 2 x steps x (1 + random) forward passes); None: all.
-    perturbation_max_slides: int | None = None
-    #: Seed of the random orders.
-    seed: int = 0
-    #: Slides left out of the lesion-level evaluation (e.g. Camelyon16 test_049, a duplicate).
-    exclude: tuple[str, ...] = ()
-
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 :func:`run_jobs` takes the jobs of a batch and yields ``(job, error)`` as each one finishes,
 wherever it ran; :func:`wsi_mil.pipeline.batch.run_batch` turns that into skipped / done /
 failed, ``failures.csv`` and the progress bar, the same for every executor. The stages only
-pass an :class:`~wsi_mil.pipeline.executor_params.ExecutorParams` through.
+pass an :class:`~wsi_mil.config.executor.ExecutorParams` through.
 
 Why Dask distributed rather than our own scheduling: it already re-runs the task of a worker
 that died (SIGKILL, lost node) on another worker, up to ``distributed.scheduler.allowed-failures``
@@ -32,8 +32,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from wsi_mil.config.executor import ClusterParams, ExecutorParams
 from wsi_mil.errors import WsiMilError
-from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
 
 if TYPE_CHECKING:
     from distributed import Client

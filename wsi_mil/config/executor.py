@@ -1,7 +1,7 @@
 """Where the per-slide jobs run: this machine's process pool, or a Dask cluster.
 
 Kept free of Dask (stdlib only) so ``wsi-mil --help`` and the config checker load it fast; the
-executors themselves are in :mod:`wsi_mil.pipeline.executors`. These are the ``executor:``
+executors themselves are in :mod:`wsi_mil.executors`. These are the ``executor:``
 section of a YAML config and the ``--executor`` / ``--scheduler`` flags of the per-slide verbs.
 """
 
