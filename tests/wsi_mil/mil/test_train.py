@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import class_weights, make_optimizer, slide_loss, train_fold, train_run
+from wsi_mil.mil.tasks import class_weights, slide_loss
+from wsi_mil.mil.train import make_optimizer, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
