@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from wsi_mil.config.schema import field_comments, ordered_fields
+from wsi_mil.config.schema import allowed, field_comments, ordered_fields
 from wsi_mil.errors import WsiMilError
 
 #: Separates a nested field from its parent in argparse ``dest`` names (``froc.dilation_um``).
@@ -46,6 +46,8 @@ def _is_dataclass_type(hint: Any) -> bool:
 
 
 def _converter(kind: Any, nullable: bool) -> Callable[[str], Any]:
+    if typing.get_origin(kind) is typing.Literal:  # the values' type; argparse checks choices
+        kind = type(typing.get_args(kind)[0])
     base: Callable[[str], Any] = Path if kind is Path else kind
 
     def convert(text: str) -> Any:
@@ -113,6 +115,11 @@ def _argument(f: dataclasses.Field, hint: Any, doc: str) -> tuple[dict[str, Any]
     else:
         kwargs["type"] = _converter(kind, nullable)
     shown = "required" if default is dataclasses.MISSING else f"default: {_show(default)}"
+    # What is allowed: argparse lists a Literal's choices itself; a range, the choices of a
+    # list flag and the choices known at run time (the models) are checked by the class
+    # (check_fields), whose error names the key, so they are only shown here.
+    rules = [] if "choices" in kwargs else [allowed(f, hint)]
+    shown = "; ".join([shown, *filter(None, rules)])
     text = f"{doc} ({shown})" if doc else f"({shown})"
     kwargs["help"] = text.replace("%", "%%")  # argparse formats help with %
     return kwargs, default

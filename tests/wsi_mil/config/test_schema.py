@@ -8,14 +8,8 @@ from typing import Literal
 
 import pytest
 
-from wsi_mil.config.pipeline import (
-    ConfigError,
-    build_dataclass,
-    dump_yaml,
-    read_yaml,
-    suggest,
-    to_plain,
-)
+from wsi_mil.config.pipeline import dump_yaml, read_yaml, to_plain
+from wsi_mil.config.schema import ConfigError, build_dataclass, suggest
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from wsi_mil.synthetic.pyramid_tiff import Ellipse, Rect, shapes_render, write_p
 def test_params_reject_what_the_networks_cannot_take():
     with pytest.raises(ValueError, match="multiple of 32"):
         SegmentTrainParams(tile_size=100)
-    with pytest.raises(ValueError, match="net must be"):
+    with pytest.raises(ValueError, match="net = .vnet.: must be one of attention_unet"):
         SegmentTrainParams(net="vnet")
     with pytest.raises(ValueError, match="overlap"):
         SegmentParams(overlap=1.0)
