@@ -54,8 +54,10 @@ class ExtractParams:
     # Image (PNG/JPEG/TIFF of well-stained tissue) whose stain the tiles are normalised to.
     # None: a reference fitted to a montage of tiles drawn from every slide of the batch.
     stain_target: str | None = None
-    stain_views: int = constrained(0, ge=0)  # HED-jittered feature views per slide (training samples them); 0: none
-    stain_jitter: float = constrained(0.05, gt=0, lt=1)  # HED jitter: concentrations scaled by U(1-s, 1+s), shifted U(-s, s)
+    #: HED-jittered feature views per slide (training samples them); 0: none
+    stain_views: int = constrained(0, ge=0)
+    #: HED jitter: concentrations scaled by U(1-s, 1+s), shifted U(-s, s)
+    stain_jitter: float = constrained(0.05, gt=0, lt=1)
     tile_qc: bool = True  # store per-tile focus, background and pen measures (wsi-mil audit)
 
     def __post_init__(self) -> None:

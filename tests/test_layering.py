@@ -158,7 +158,8 @@ def test_the_graph_sees_a_lazy_circle_inside_a_package(tmp_path, monkeypatch):
     (tmp_path / "tiling").mkdir()
     (tmp_path / "features").mkdir()
     (tmp_path / "wsi_mil" / "pkg" / "a.py").write_text("from wsi_mil.pkg import b\n")
-    (tmp_path / "wsi_mil" / "pkg" / "b.py").write_text("def f():\n    from wsi_mil.pkg.a import x\n")
+    lazy = "def f():\n    from wsi_mil.pkg.a import x\n"
+    (tmp_path / "wsi_mil" / "pkg" / "b.py").write_text(lazy)
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     assert _cycles(_module_graph(top_level_only=True)) == []
     assert _cycles(_module_graph(top_level_only=False)) == [["wsi_mil.pkg.a", "wsi_mil.pkg.b"]]

@@ -3,9 +3,9 @@
 Each stage's parameters are one frozen dataclass whose ``#:`` field comments are their
 documentation; ``configs/default.yaml`` and every verb's flags are generated from the same
 classes (:mod:`wsi_mil.config.pipeline`, :mod:`wsi_mil.cli.options`). This hook writes them
-as tables (YAML key, default, the values allowed, the verb's flag, what it does) where ``configuration.md`` holds
-the marker below, so the page cannot drift from the code. A flag is shown only when the verb's
-real parser has it.
+as tables (YAML key, default, the values allowed, the verb's flag, what it does) where
+``configuration.md`` holds the marker below, so the page cannot drift from the code. A flag is
+shown only when the verb's real parser has it.
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ class TrainParams:
     #: bags from learning at all (docs/benchmarks.md, "Classic MIL benchmarks"): 0.5 is a
     #: choice, not the default.
     dropout: float = constrained(0.25, ge=0, lt=1)
-    k_sample: int = constrained(8, ge=1)  # top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
+    #: top/bottom-k tiles for CLAM's instance loss and head pseudo-labels
+    k_sample: int = constrained(8, ge=1)
     #: classification: the classes are subtypes and none is lesion-free (luad/lusc,
     #: benign/malignant taken as two tissue types): no negative class, the segmentation head
     #: learns each class's tiles against the other classes' (one-vs-rest), and CLAM's instance
@@ -94,9 +95,11 @@ class TrainParams:
     #: relative to the corner of the bag's bounding box, added to its token; the last hidden
     #: width must be divisible by 4). The prediction stays independent of the tiles' order either way.
     positional: Positional = "none"
-    bag_weight: float = constrained(0.7, ge=0, le=1)  # CLAM: weight of the slide loss against the instance loss
+    #: CLAM: weight of the slide loss against the instance loss
+    bag_weight: float = constrained(0.7, ge=0, le=1)
     seg_weight: float = constrained(0.5, ge=0)  # weight of the segmentation-head loss
-    tile_label_threshold: float = constrained(0.5, ge=0, le=1)  # lesion fraction from which a tile label is positive
+    #: lesion fraction from which a tile label is positive
+    tile_label_threshold: float = constrained(0.5, ge=0, le=1)
     #: Train the segmentation head on the bags' annotation-derived ``tile_labels`` where a bag
     #: has them (tile-level supervision); false: from slide labels only (weak supervision),
     #: even when tile labels are there.
@@ -108,8 +111,10 @@ class TrainParams:
     #: Labelled slides without a feature bag (their tiling or extraction failed): "skip" leaves
     #: them out with a warning that lists them, "error" stops.
     missing_bags: Literal["skip", "error"] = "skip"
-    folds: int = constrained(5, ge=1)  # cross-validation folds (ignored when the labels CSV has a split column)
-    val_fraction: float = constrained(0.2, ge=0, lt=1)  # share of each fold's training patients kept for validation
+    #: cross-validation folds (ignored when the labels CSV has a split column)
+    folds: int = constrained(5, ge=1)
+    #: share of each fold's training patients kept for validation
+    val_fraction: float = constrained(0.2, ge=0, lt=1)
     epochs: int = constrained(50, ge=1)  # maximum epochs per fold
     lr: float = constrained(5e-4, gt=0)  # peak learning rate
     #: L2 (Adam, SGD) or decoupled (AdamW) weight decay. Strong L2 against overfitting small
@@ -148,11 +153,14 @@ class TrainParams:
     #: apply it to that fold's probabilities before thresholds are chosen (rankings and AUC are
     #: unchanged; ECE and the Brier score show the effect)
     calibrate: bool = False
-    max_train_tiles: int | None = constrained(None, ge=1)  # random tiles per training bag per step (None: all)
-    memory_gb: float = constrained(8.0, ge=0)  # hold bags in memory (float16) when they fit, else stream
+    #: random tiles per training bag per step (None: all)
+    max_train_tiles: int | None = constrained(None, ge=1)
+    #: hold bags in memory (float16) when they fit, else stream
+    memory_gb: float = constrained(8.0, ge=0)
     seed: int = 0  # seeds splits, initialisation, shuffling and tile sampling
     device: str = device_field()
-    bootstrap: int = constrained(1000, ge=0)  # bootstrap resamples for the AUC confidence interval (0: none)
+    #: bootstrap resamples for the AUC confidence interval (0: none)
+    bootstrap: int = constrained(1000, ge=0)
     # Folds trained at once, each in its own process of a Dask LocalCluster on this machine
     # (1: one after another, here); a fold's files are the same either way.
     parallel_folds: int = constrained(1, ge=1)

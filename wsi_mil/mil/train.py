@@ -19,8 +19,8 @@ of the pseudo-labelled segmentation and instance losses) from ``min_epochs`` on,
 best epoch; per-fold decision thresholds from every fold's validation predictions pooled minus
 that fold's test slides (:mod:`wsi_mil.mil.thresholds`); the slide loss of each bag weighted by
 inverse class frequency and divided by the number of bags, in training and in the validation
-loss that picks the epoch (cohorts are rarely balanced; :func:`wsi_mil.mil.tasks.slide_loss` says why not
-PyTorch's weighted mean); optional temperature scaling on each fold's validation slides;
+loss that picks the epoch (cohorts are rarely balanced; ``mil.tasks.slide_loss`` says why
+not PyTorch's weighted mean); optional temperature scaling on each fold's validation slides;
 fixed seeds; bf16 autocast on CUDA only (CPU bf16 matmuls are slower than float32 on most
 CPUs).
 """
@@ -47,7 +47,9 @@ from tqdm import tqdm
 
 from features.device import resolve_device
 from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
+from wsi_mil.config.executor import ClusterParams, ExecutorParams
 from wsi_mil.errors import WsiMilError
+from wsi_mil.executors import map_ordered
 from wsi_mil.metrics.attention import attention_entropies
 from wsi_mil.metrics.calibration import apply_temperature, fit_temperature
 from wsi_mil.metrics.slide import predict_indices, slide_auc, slide_metrics
@@ -300,7 +302,7 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
     best one. The monitored loss is the slide-level loss alone: the segmentation head's and
     CLAM's instance losses train on targets the model picked itself (its most and least
     attended tiles), so they can fall while the slide decisions get worse. The validation
-    loss carries the training's class weights (:func:`wsi_mil.mil.tasks.slide_loss`), so the epoch is chosen on
+    loss carries the training's class weights (``mil.tasks.slide_loss``), so the epoch is chosen on
     the quantity that is optimised. A fold in which no eligible epoch gave a finite validation
     score raises :class:`TrainingError` rather than keeping the untrained weights.
     """
@@ -590,20 +592,14 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 
 
 def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[dict[str, Any]]:
-    """``train_one(split)`` for every split: here in order, or ``parallel`` at a time as
-    tasks of a Dask LocalCluster on this machine, one process and one torch thread per fold.
-
-    Dask (rather than a process pool) because ``train_one`` is a closure, which its
-    cloudpickle serialisation carries to the worker processes.
-    """
-    if parallel <= 1 or len(splits) <= 1:
-        return [train_one(split) for split in splits]
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=min(parallel, len(splits)), threads_per_worker=1,
-                      processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        return client.gather(client.map(train_one, splits, pure=False))
+    """``train_one(split)`` for every split: here in order, or ``parallel`` at a time on a Dask
+    LocalCluster on this machine, one worker process of one thread per fold (the executors,
+    :func:`wsi_mil.executors.map_ordered`, start and stop it)."""
+    executor = None
+    if parallel > 1 and len(splits) > 1:
+        executor = ExecutorParams(kind="dask", cluster=ClusterParams(
+            n_workers=min(parallel, len(splits)), threads_per_worker=1))
+    return map_ordered(train_one, splits, stage="train-fold", executor=executor)
 
 
 def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
