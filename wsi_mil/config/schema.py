@@ -134,7 +134,7 @@ def check_fields(params: Any) -> None:
     """Every field of a parameter dataclass against its declared choices (``Literal``) and range
     (:func:`constrained`); a ``ValueError`` naming the class, the key, the value and what is
     allowed. Called first by each parameter class's ``__post_init__``."""
-    cls = type(params)
+    cls: type = type(params)
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         value = getattr(params, f.name)

@@ -150,7 +150,10 @@ def write_cohort_outputs(out_dir: Path, params: ExplainParams) -> list[dict[str,
     from every slide's explanations in ``out_dir``, out-of-sample slides only."""
     from wsi_mil.explain.trust import most_faithful, rank_methods, ranking_markdown, recommended
 
-    per_slide, in_sample, models, n_total = [], [], set(), 0
+    per_slide: list[dict[str, dict[str, float]]] = []  # each slide's scores, by method
+    in_sample: list[str] = []
+    models: set[str] = set()
+    n_total = 0
     for path in sorted(out_dir.glob(f"*/{EXPLANATIONS}")):
         try:
             attrs = read_explanations(path)[1]
