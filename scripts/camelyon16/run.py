@@ -211,6 +211,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     # tiles each seed's model flags, scored beside that model's tile head.
     if params.segment_net:
         from wsi_mil.pipeline.segment import segment_slides, segment_train
+        from wsi_mil.segment.evaluate import SegmentedSlides
         from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 
         segmenter = out / "segmenter"
@@ -231,7 +232,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
                 "lesion_metrics_pixel", out / "test", evaluate_lesions,
                 test_dir / "predictions", test_labels, annotations_dir,
                 test_dir / "lesions_pixel", LesionEvalParams(exclude=EXCLUDED, seed=int(seed)),
-                segment_dir=test_dir / "segment")["pixel_segmentation"]
+                pixels=SegmentedSlides(test_dir / "segment"))["pixel_segmentation"]
 
     first = out / "test" / f"{selected}_seed{params.seeds[0]}"
     chosen = choose_heatmap_slides(first / "predictions.csv", params.heatmaps, annotated)

@@ -130,6 +130,21 @@ def _within(value: Any, annotation: Any, bounds: Mapping[str, float],
     return True
 
 
+def field_problem(f: dataclasses.Field, annotation: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for field ``f`` (``must be >= 1``), or None when it is
+    allowed: its choices (``Literal`` or declared) and its range."""
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds", {})
+    if _within(value, annotation, bounds, choices):
+        return None
+    bad, each = value, ""
+    if isinstance(value, (tuple, list)):  # name the first wrong item
+        bad = next(v for v in value if not _within((v,), annotation, bounds, choices))
+        each = f"{bad!r} is not allowed, each item "
+    hint = (suggest(bad, [str(c) for c in field_choices(f, annotation) or ()])
+            if isinstance(bad, str) else "")
+    return f"{each}must be {allowed(f, annotation)}{hint}"
+
+
 def check_fields(params: Any) -> None:
     """Every field of a parameter dataclass against its declared choices (``Literal``) and range
     (:func:`constrained`); a ``ValueError`` naming the class, the key, the value and what is
@@ -138,17 +153,9 @@ def check_fields(params: Any) -> None:
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         value = getattr(params, f.name)
-        choices = f.metadata.get("choices")
-        if not _within(value, hints[f.name], f.metadata.get("bounds", {}), choices):
-            bad, each = value, ""
-            if isinstance(value, (tuple, list)):  # name the first wrong item
-                bounds = f.metadata.get("bounds", {})
-                bad = next(v for v in value if not _within((v,), hints[f.name], bounds, choices))
-                each = f"{bad!r} is not allowed, each item "
-            hint = (suggest(bad, [str(c) for c in field_choices(f, hints[f.name]) or ()])
-                    if isinstance(bad, str) else "")
-            raise ValueError(f"{cls.__name__}.{f.name} = {value!r}: {each}must be "
-                             f"{allowed(f, hints[f.name])}{hint}")
+        problem = field_problem(f, hints[f.name], value)
+        if problem:
+            raise ValueError(f"{cls.__name__}.{f.name} = {value!r}: {problem}")
 
 
 def suggest(key: str, candidates: typing.Iterable[str]) -> str:
@@ -297,6 +304,9 @@ def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = coerce(value, hints[name], _child(where, name))
+        problem = field_problem(fields[name], hints[name], kwargs[name])
+        if problem:  # the key's own place in the file, before the class sees it
+            _fail(_child(where, name), f"{kwargs[name]!r}: {problem}")
     missing = [name for name, f in fields.items() if name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -97,7 +97,7 @@ def test_key_at_the_wrong_level_is_pointed_to_its_section():
 
 def test_stage_validation_errors_are_config_errors():
     with pytest.raises(ConfigError,
-                       match=r"c.yaml: tiling: TilingParams.tile_size = 0: must be >= 1"):
+                       match=r"c.yaml: tiling.tile_size: 0: must be >= 1"):
         parse_config({"out": "o", "cohort": {}, "tiling": {"tile_size": 0}}, source="c.yaml")
     with pytest.raises(ConfigError, match=r"train: .*gated_abmill.*one of"):
         parse_config({"out": "o", "cohort": {}, "train": {"model": "gated_abmill"}})
