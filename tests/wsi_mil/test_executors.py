@@ -416,3 +416,23 @@ def test_parallel_folds_write_the_same_fold_files(tmp_path):
         b = json.loads((tmp_path / "two" / f"fold_{k}" / "training.json").read_text())
         assert a["test"]["slide_ids"] == b["test"]["slide_ids"]
         np.testing.assert_allclose(a["test"]["probs"], b["test"]["probs"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_map_ordered_runs_a_closure_on_dask_and_raises_its_error_here():
+    """Training's folds go through map_ordered: results in order, a fold's exception here."""
+    from wsi_mil.executors import map_ordered
+
+    executor = ExecutorParams(kind="dask",
+                              cluster=ClusterParams(n_workers=2, threads_per_worker=1))
+    offset = 10  # a closure, as train_run's fold function is
+
+    def fold(k: int) -> int:
+        if k == 1:
+            raise ValueError("fold 1 has no positive slide")
+        return offset * k
+
+    assert map_ordered(fold, [0, 2], stage="t") == map_ordered(fold, [0, 2], stage="t",
+                                                              executor=executor) == [0, 20]
+    with pytest.raises(ValueError, match="fold 1 has no positive slide"):
+        map_ordered(fold, [0, 1], stage="t", executor=executor)

@@ -3,7 +3,6 @@ run folder is written as the contract says (on the test device, ``WSI_MIL_TEST_D
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import h5py
@@ -13,8 +12,6 @@ import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from wsi_mil.config.executor import ClusterParams, ExecutorParams
-from wsi_mil.executors import map_ordered
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
@@ -208,41 +205,3 @@ def test_class_weighting_raises_the_minority_recall(fast, device):
             recalls[weighting].append(float(np.mean([float(v) >= 0.5 for v in p])))
     assert all(w > u for w, u in zip(recalls[True], recalls[False]))
     assert np.mean(recalls[True]) > np.mean(recalls[False]) + 0.1
-
-
-
-@pytest.mark.slow
-def test_parallel_folds_run_through_the_executor_with_the_same_results(tmp_path, fast):
-    """parallel_folds > 1 trains the folds as tasks of a Dask LocalCluster that the executors
-    start (wsi_mil.executors.map_ordered); every fold's outputs match training them here."""
-    bags = planted_bags(8, (8, 12), 8, shift=4.0, seed=2)
-    features_dir, labels_csv = write_planted_bags(tmp_path, bags)
-    params = TrainParams(folds=2, epochs=1, min_epochs=1,
-                         **{**fast, "device": "cpu", "bootstrap": 0})
-    here = train_run(features_dir, labels_csv, tmp_path / "here", params)
-    there = train_run(features_dir, labels_csv, tmp_path / "dask",
-                      dataclasses.replace(params, parallel_folds=2))
-    for fold in range(2):
-        a, b = (json.loads((tmp_path / run / f"fold_{fold}" / "training.json").read_text())
-                for run in ("here", "dask"))
-        assert a["best_epoch"] == b["best_epoch"]
-        assert a["test"]["slide_ids"] == b["test"]["slide_ids"]
-        np.testing.assert_allclose(a["test"]["probs"], b["test"]["probs"], atol=1e-5)
-    assert here["pooled_out_of_fold"]["auc"] == pytest.approx(there["pooled_out_of_fold"]["auc"])
-
-
-@pytest.mark.slow
-def test_a_failing_fold_raises_its_own_error_here():
-    executor = ExecutorParams(kind="dask",
-                              cluster=ClusterParams(n_workers=2, threads_per_worker=1))
-    offset = 10  # a closure, as train_run's fold function is
-
-    def fold(k: int) -> int:
-        if k == 1:
-            raise ValueError("fold 1 has no positive slide")
-        return offset * k
-
-    assert map_ordered(fold, [0, 2], stage="t") == map_ordered(fold, [0, 2], stage="t",
-                                                              executor=executor) == [0, 20]
-    with pytest.raises(ValueError, match="fold 1 has no positive slide"):
-        map_ordered(fold, [0, 1], stage="t", executor=executor)
