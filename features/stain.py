@@ -41,9 +41,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from features.params import STAIN_METHODS
 from wsi_mil.errors import WsiMilError
 
-STAIN_METHODS = ("none", "macenko", "reinhard")
 #: Per-tile QC measures stored in a bag's ``tile_qc`` dataset, in column order.
 QC_COLUMNS = ("focus", "background", "pen")
 #: Macenko needs tissue: a tile with fewer optically dense pixels than this share is passed

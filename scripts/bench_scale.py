@@ -77,7 +77,7 @@ def run_stages(slides: Path, out: Path, executor,
     those of warm workers, as on a long run.
     """
     from tiling.tiles_file import read_tiles_file
-    from wsi_mil.pipeline.executors import executor_session
+    from wsi_mil.executors import executor_session
 
     start = time.perf_counter()
     with executor_session(executor):
@@ -111,7 +111,7 @@ def main() -> None:
                         help="assumed shared file system bandwidth, GB/s (projection only)")
     args = parser.parse_args()
 
-    from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
+    from wsi_mil.config.executor import ClusterParams, ExecutorParams
 
     work = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:

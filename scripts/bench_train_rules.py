@@ -61,7 +61,8 @@ def screen(name: str, overrides: dict, seed: int, workdir: Path) -> dict[str, fl
     from wsi_mil.mil.models import create_model
     from wsi_mil.mil.params import TrainParams
     from wsi_mil.mil.splits import make_splits
-    from wsi_mil.mil.train import class_weights, make_optimizer, run_epoch, seed_everything
+    from wsi_mil.mil.tasks import class_weights
+    from wsi_mil.mil.train import make_optimizer, run_epoch, seed_everything
 
     params = TrainParams(device="cpu", seed=seed, folds=10, **overrides)
     features_dir, labels_csv = write_dataset(name, workdir)

@@ -6,9 +6,9 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+from wsi_mil.config.pipeline import PipelineConfig
+from wsi_mil.config.schema import field_comments
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.pipeline.config import PipelineConfig
-from wsi_mil.pipeline.schema import field_comments
 
 REPO = Path(__file__).resolve().parents[1]
 

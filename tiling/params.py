@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from wsi_mil.config.schema import check_fields, constrained
+
 
 @dataclass(frozen=True)
 class TissueParams:
@@ -17,21 +19,21 @@ class TissueParams:
 
     #: µm/px of the low-resolution image tissue is detected on (read from the pyramid level
     #: just finer than this, then shrunk). 8 µm/px gives 16 mask px across a 128 µm tile.
-    tissue_mpp: float = 8.0
+    tissue_mpp: float = constrained(8.0, gt=0)
     #: Least long side in px of the tissue image: a slide too small for it at ``tissue_mpp``
     #: (a 275 µm field is 34 px at 8 µm/px) is detected at a finer µm/px, never finer than
     #: the slide itself.
-    tissue_min_side: int = 512
+    tissue_min_side: int = constrained(512, ge=1)
     #: "auto": Otsu's threshold kept within [``min_saturation``, ``max_saturation``], right
     #: on whole slides and on fields that are all tissue (see tiling/tissue.py); "otsu":
     #: Otsu floored at ``min_saturation`` only (CLAM's rule); "fixed": ``saturation_threshold``.
     tissue_method: Literal["auto", "otsu", "fixed"] = "auto"
     #: Saturation (0-255) above which a pixel is tissue when ``tissue_method="fixed"``.
-    saturation_threshold: int = 20
+    saturation_threshold: int = constrained(20, ge=0, le=255)
     #: Lowest threshold Otsu may pick, so empty glass (saturation noise) never becomes tissue.
-    min_saturation: int = 10
+    min_saturation: int = constrained(10, ge=0, le=255)
     #: Highest threshold "auto" may pick: glass lies below it, faint stroma above it.
-    max_saturation: int = 15
+    max_saturation: int = constrained(15, ge=0, le=255)
     #: Median blur diameter in µm applied to the saturation before thresholding (a wider one
     #: erases thin strands of tissue).
     median_blur_um: float = 16.0
@@ -43,38 +45,26 @@ class TissueParams:
     max_hole_um2: float = 10_000.0
     #: Size filters relative to the slide: ``min_region_um2`` and ``max_hole_um2`` never exceed
     #: this fraction of the slide's area, so a small field keeps its small pieces of tissue.
-    size_filter_fraction: float = 0.01
+    size_filter_fraction: float = constrained(0.01, ge=0, le=1)
     #: Pixels darker than this (HSV value, 0-255) are never tissue: black ink, dust, edges.
-    black_level: int = 30
+    black_level: int = constrained(30, ge=0, le=255)
     #: Remove pen-ink hues (``pen_hue_deg``) from the tissue mask.
     pen_filter: bool = False
     #: Hue range in degrees (0-360) treated as pen ink when ``pen_filter``; the default covers
     #: green, cyan and blue inks, which H&E (pink 300-360, purple 240-300) does not reach.
     pen_hue_deg: tuple[float, float] = (60.0, 200.0)
     #: Tiles whose low-resolution pixels are more than this fraction near-white are dropped.
-    max_white_fraction: float = 0.9
+    max_white_fraction: float = constrained(0.9, ge=0, le=1)
     #: Tiles whose low-resolution pixels are more than this fraction near-black are dropped.
-    max_black_fraction: float = 0.5
+    max_black_fraction: float = constrained(0.5, ge=0, le=1)
     #: A pixel is near-white when all three channels are at least this (0-255).
-    white_level: int = 220
+    white_level: int = constrained(220, ge=0, le=255)
 
     def __post_init__(self) -> None:
-        if not self.tissue_mpp > 0:
-            raise ValueError(f"tissue_mpp must be positive, got {self.tissue_mpp}")
-        if self.tissue_method not in ("auto", "otsu", "fixed"):
-            raise ValueError("tissue_method must be 'auto', 'otsu' or 'fixed', got "
-                             f"{self.tissue_method!r}")
+        check_fields(self)  # every Literal and range above
         if self.tissue_method == "auto" and self.min_saturation > self.max_saturation:
             raise ValueError(f"min_saturation {self.min_saturation} exceeds max_saturation "
                              f"{self.max_saturation}")
-        if self.tissue_min_side < 1:
-            raise ValueError(f"tissue_min_side must be at least 1, got {self.tissue_min_side}")
-        if not 0.0 <= self.size_filter_fraction <= 1.0:
-            raise ValueError("size_filter_fraction must lie in [0, 1], got "
-                             f"{self.size_filter_fraction}")
-        for name in ("max_white_fraction", "max_black_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if len(self.pen_hue_deg) != 2:
             raise ValueError(f"pen_hue_deg must be (low, high) degrees, got {self.pen_hue_deg}")
 
@@ -85,32 +75,22 @@ class TilingParams(TissueParams):
     """Every setting of the tiling stage (the tissue-detection fields come from TissueParams)."""
 
     #: µm/px the tiles are laid and read at (0.5 ~ "20x", 0.25 ~ "40x"; used exactly).
-    target_mpp: float = 0.5
+    target_mpp: float = constrained(0.5, gt=0)
     #: Tile side in px at ``target_mpp``.
-    tile_size: int = 256
+    tile_size: int = constrained(256, ge=1)
     #: Least tissue fraction (0-1) of a kept tile; tiles with no tissue are never kept.
-    min_tissue: float = 0.25
+    min_tissue: float = constrained(0.25, ge=0, le=1)
     #: Fraction (0 <= overlap < 1) of a tile shared with its neighbour; stride = size * (1 - overlap).
-    overlap: float = 0.0
+    overlap: float = constrained(0.0, ge=0, lt=1)
     #: Largest allowed enlargement when ``target_mpp`` is finer than the slide (see module doc).
-    max_upsample: float = 1.1
+    max_upsample: float = constrained(1.1, ge=1)
     #: Also lay tiles that overhang the right and bottom edges (the overhang reads as white
     #: glass; ``min_tissue`` applies to the part inside the slide), so a strip of tissue
     #: narrower than a tile is not lost: 13 percent of a 500 px field tiled in 233 px tiles.
     edge_tiles: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.target_mpp > 0:
-            raise ValueError(f"target_mpp must be positive, got {self.target_mpp}")
-        if self.tile_size < 1:
-            raise ValueError(f"tile_size must be at least 1, got {self.tile_size}")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"min_tissue must lie in [0, 1], got {self.min_tissue}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
-        if self.max_upsample < 1.0:
-            raise ValueError(f"max_upsample must be at least 1, got {self.max_upsample}")
+        super().__post_init__()  # checks every field, these included
 
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from features.params import ExtractParams
     from features.registry import create_encoder, list_encoders
     from tiling.params import TilingParams
+    from wsi_mil.config.executor import ExecutorParams
+    from wsi_mil.config.pipeline import PipelineConfig, load_config
     from wsi_mil.explain.params import ExplainParams
     from wsi_mil.heatmaps.params import HeatmapParams
     from wsi_mil.mil.models import create_model, list_models
@@ -34,9 +36,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from wsi_mil.mil.predictions import read_prediction
     from wsi_mil.mil.train import train_run
     from wsi_mil.pipeline.cohort import generate_cohort
-    from wsi_mil.pipeline.config import PipelineConfig, load_config
     from wsi_mil.pipeline.evaluate import evaluate_predictions
-    from wsi_mil.pipeline.executor_params import ExecutorParams
     from wsi_mil.pipeline.explain import explain_slides
     from wsi_mil.pipeline.extract import extract_slides
     from wsi_mil.pipeline.heatmap import heatmap_slides
@@ -64,7 +64,7 @@ _API = {
     "SegmentTrainParams": "wsi_mil.segment.params",
     "SegmentParams": "wsi_mil.segment.params",
     "CohortParams": "wsi_mil.synthetic.params",
-    "ExecutorParams": "wsi_mil.pipeline.executor_params",
+    "ExecutorParams": "wsi_mil.config.executor",
     # the stages, in pipeline order
     "generate_cohort": "wsi_mil.pipeline.cohort",
     "tile_slides": "wsi_mil.pipeline.tile",
@@ -77,8 +77,8 @@ _API = {
     "segment_slides": "wsi_mil.pipeline.segment",
     "evaluate_predictions": "wsi_mil.pipeline.evaluate",
     # everything from one config
-    "PipelineConfig": "wsi_mil.pipeline.config",
-    "load_config": "wsi_mil.pipeline.config",
+    "PipelineConfig": "wsi_mil.config.pipeline",
+    "load_config": "wsi_mil.config.pipeline",
     "run_pipeline": "wsi_mil.pipeline.run",
     # files, models and encoders
     "read_prediction": "wsi_mil.mil.predictions",

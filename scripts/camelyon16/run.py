@@ -11,7 +11,7 @@
 5. for each seed, the selected model's 5-fold ensemble predicts the 129 official test slides
    (``wsi_mil.pipeline.predict.predict_slides``), scored at slide level
    (``wsi_mil.pipeline.evaluate.evaluate_predictions``: AUC with bootstrap CI, accuracy at the
-   validation-chosen threshold) and lesion level (``wsi_mil.pipeline.lesions``: FROC, Dice,
+   validation-chosen threshold) and lesion level (``wsi_mil.explain.lesions``: FROC, Dice,
    pointing game, deletion / insertion AUC, region report);
 6. heatmaps of chosen test slides (``wsi_mil.pipeline.heatmap.heatmap_slides``);
 7. ``results.json`` (with the time and disk each stage took) and ``report.md``
@@ -121,14 +121,14 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     """Run every stage; return (and write) ``results.json``."""
     from features.extract import ExtractParams
     from tiling.params import TilingParams
+    from wsi_mil.explain.lesions import evaluate_lesions
+    from wsi_mil.explain.params import LesionEvalParams
     from wsi_mil.heatmaps.params import HeatmapParams
     from wsi_mil.mil.params import PredictParams, TrainParams
     from wsi_mil.mil.train import train_run
-    from wsi_mil.pipeline.config import LesionEvalParams
     from wsi_mil.pipeline.evaluate import evaluate_predictions
     from wsi_mil.pipeline.extract import extract_slides
     from wsi_mil.pipeline.heatmap import heatmap_slides
-    from wsi_mil.pipeline.lesions import evaluate_lesions
     from wsi_mil.pipeline.predict import predict_slides
     from wsi_mil.pipeline.tile import tile_slides
 
@@ -211,6 +211,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     # tiles each seed's model flags, scored beside that model's tile head.
     if params.segment_net:
         from wsi_mil.pipeline.segment import segment_slides, segment_train
+        from wsi_mil.segment.evaluate import SegmentedSlides
         from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 
         segmenter = out / "segmenter"
@@ -231,7 +232,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
                 "lesion_metrics_pixel", out / "test", evaluate_lesions,
                 test_dir / "predictions", test_labels, annotations_dir,
                 test_dir / "lesions_pixel", LesionEvalParams(exclude=EXCLUDED, seed=int(seed)),
-                segment_dir=test_dir / "segment")["pixel_segmentation"]
+                pixels=SegmentedSlides(test_dir / "segment"))["pixel_segmentation"]
 
     first = out / "test" / f"{selected}_seed{params.seeds[0]}"
     chosen = choose_heatmap_slides(first / "predictions.csv", params.heatmaps, annotated)

@@ -52,7 +52,7 @@ def test_every_exception_class_derives_from_the_base():
 
 def test_user_errors_keep_their_builtin_base():
     from tiling.slide import SlideOpenError
-    from wsi_mil.pipeline.schema import ConfigError
+    from wsi_mil.config.schema import ConfigError
 
     assert issubclass(SlideOpenError, OSError) and issubclass(ConfigError, ValueError)
 

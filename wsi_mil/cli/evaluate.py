@@ -3,7 +3,7 @@ metrics when lesion annotations are given.
 
 The flags are the fields of the ``evaluate`` config section; the work is
 :func:`wsi_mil.pipeline.evaluate.evaluate_predictions` (and
-:func:`wsi_mil.pipeline.lesions.evaluate_lesions` with ``--annotations-dir``).
+:func:`wsi_mil.explain.lesions.evaluate_lesions` with ``--annotations-dir``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
-from wsi_mil.pipeline.config import EvaluateSection
+from wsi_mil.config.pipeline import EvaluateSection
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

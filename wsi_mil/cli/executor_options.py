@@ -1,7 +1,7 @@
 """``--executor`` and ``--scheduler``: where a per-slide verb runs its slides.
 
 They are the ``kind`` and ``address`` of the ``executor`` config section
-(:class:`~wsi_mil.pipeline.executor_params.ExecutorParams`), under the names a cluster user
+(:class:`~wsi_mil.config.executor.ExecutorParams`), under the names a cluster user
 expects (Dask calls the address the scheduler's); their help text is those fields' comments.
 A cluster to start (``executor.cluster``: LocalCluster sizes, SLURM jobs) is only set in a
 config file: a command line of twenty SLURM flags is a config file.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from wsi_mil.cli.options import OptionError
-from wsi_mil.pipeline.executor_params import EXECUTOR_KINDS, ClusterParams, ExecutorParams
-from wsi_mil.pipeline.schema import field_comments
+from wsi_mil.config.executor import EXECUTOR_KINDS, ClusterParams, ExecutorParams
+from wsi_mil.config.schema import field_comments
 
 
 def add_executor_options(parser: argparse.ArgumentParser, *,

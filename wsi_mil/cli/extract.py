@@ -12,7 +12,7 @@ from typing import Any
 
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
-from wsi_mil.pipeline.config import ExtractSection
+from wsi_mil.config.pipeline import ExtractSection
 
 
 def run(args: argparse.Namespace) -> int:

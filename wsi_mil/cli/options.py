@@ -3,7 +3,7 @@
 ``add_options(parser, TrainParams)`` adds one ``--field-name`` flag per field, with the field's
 ``#:`` comment as help text and its default shown; ``options_from_args(TrainParams, args)``
 builds the dataclass from the flags that were given (the rest keep their defaults). The YAML
-runner maps the same dataclasses by the same field names (:mod:`wsi_mil.pipeline.schema`), so
+runner maps the same dataclasses by the same field names (:mod:`wsi_mil.config.schema`), so
 ``--tile-size 224`` and ``tiling: {tile_size: 224}`` are one parameter with one default.
 
 Flags of nested dataclass fields carry the field's name as a prefix (``--froc-dilation-um``
@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.config.schema import allowed, field_comments, ordered_fields
 from wsi_mil.errors import WsiMilError
-from wsi_mil.pipeline.schema import field_comments, ordered_fields
 
 #: Separates a nested field from its parent in argparse ``dest`` names (``froc.dilation_um``).
 _NEST = "."
@@ -46,6 +46,8 @@ def _is_dataclass_type(hint: Any) -> bool:
 
 
 def _converter(kind: Any, nullable: bool) -> Callable[[str], Any]:
+    if typing.get_origin(kind) is typing.Literal:  # the values' type; argparse checks choices
+        kind = type(typing.get_args(kind)[0])
     base: Callable[[str], Any] = Path if kind is Path else kind
 
     def convert(text: str) -> Any:
@@ -113,6 +115,11 @@ def _argument(f: dataclasses.Field, hint: Any, doc: str) -> tuple[dict[str, Any]
     else:
         kwargs["type"] = _converter(kind, nullable)
     shown = "required" if default is dataclasses.MISSING else f"default: {_show(default)}"
+    # What is allowed: argparse lists a Literal's choices itself; a range, the choices of a
+    # list flag and the choices known at run time (the models) are checked by the class
+    # (check_fields), whose error names the key, so they are only shown here.
+    rules = [] if "choices" in kwargs else [allowed(f, hint)]
+    shown = "; ".join([shown, *filter(None, rules)])
     text = f"{doc} ({shown})" if doc else f"({shown})"
     kwargs["help"] = text.replace("%", "%%")  # argparse formats help with %
     return kwargs, default

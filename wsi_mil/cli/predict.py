@@ -11,7 +11,7 @@ from pathlib import Path
 
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
-from wsi_mil.pipeline.config import PredictSection
+from wsi_mil.config.pipeline import PredictSection
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

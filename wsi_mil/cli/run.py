@@ -18,7 +18,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.pipeline.config import (
+    from wsi_mil.config.pipeline import (
         default_config_text,
         load_config,
         resolved_config_text,

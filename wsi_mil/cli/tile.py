@@ -14,7 +14,7 @@ from pathlib import Path
 from tiling.params import TilingParams
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
-from wsi_mil.pipeline.config import SlidesSection
+from wsi_mil.config.pipeline import SlidesSection
 
 
 def run(args: argparse.Namespace) -> int:

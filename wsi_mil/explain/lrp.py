@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from wsi_mil.mil.models import MILModel
+from wsi_mil.mil.models.base import logits_fn
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,6 @@ def lrp_relevance(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
                   target: int) -> Relevance:
     """LRP relevance per tile of ``model``'s ``target`` logit on one bag ``x`` ``[N, D]``."""
     from captum.attr import InputXGradient
-
-    from wsi_mil.explain.methods import logits_fn
 
     model.eval()
     with model.lrp_rules():

@@ -74,6 +74,7 @@ import torch
 from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.params import METHOD_NAMES, RENAMED, ExplainParams
 from wsi_mil.mil.models import MILModel
+from wsi_mil.mil.models.base import logits_fn
 from wsi_mil.mil.models.pooling import _PoolingMIL
 from wsi_mil.mil.models.transformers import TransMIL, _TransformerMIL
 
@@ -211,14 +212,6 @@ def attention_x_gradient_scores(model: MILModel, x: torch.Tensor, coords: torch.
     (grad,) = torch.autograd.grad(out.logits[0, target], weights)
     branch = target if weights.shape[-1] > 1 else 0
     return (weights * grad)[0, :, branch].detach().double().cpu().numpy()
-
-
-def logits_fn(model: MILModel, coords: torch.Tensor | None):
-    """The logits of a batch of copies of the bag (Captum's calls), at the bag's positions."""
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        c = None if coords is None else coords.expand(batch.shape[0], -1, -1)
-        return model(batch, coords=c).logits
-    return forward
 
 
 def gradient_x_input_scores(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,

@@ -73,6 +73,28 @@ def task_metrics(task: Task, labels: LabelTable, ids: list[str], outputs: np.nda
     return regression_metrics(values[:, 0], outputs[:, 0], n_boot=n_boot, seed=seed)
 
 
+def output_columns(task: Task) -> list[str]:
+    """The per-slide output columns of ``predictions.csv``: ``prob_<class or target>``,
+    ``risk`` (survival), ``value`` (regression)."""
+    if task.kind in ("classification", "multilabel"):
+        return [f"prob_{name}" for name in task.output_names]
+    return ["risk"] if task.kind == "survival" else ["value"]
+
+
+def task_prediction_rows(slide_ids: list[str], outputs: np.ndarray, predicted: list[str],
+                         labels: LabelTable, task: Task) -> list[dict[str, Any]]:
+    """``val/test_predictions.csv`` rows of any task: the label, the predicted label and the
+    task's output columns (:func:`output_columns`)."""
+    by_slide = labels.by_slide()
+    rows = []
+    for slide_id, values, label in zip(slide_ids, outputs, predicted, strict=True):
+        row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
+               "predicted_label": label}
+        row.update({c: round(float(v), 6) for c, v in zip(output_columns(task), values)})
+        rows.append(row)
+    return rows
+
+
 def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
                     task: Task, params: TrainParams, encoder: str) -> dict[str, Any]:
     """Fold files and the summary of a multilabel, survival or regression run (module
@@ -113,8 +135,6 @@ def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelT
                 "fold": fold, "best_epoch": r["best_epoch"], "run": out_dir.name}
         write_text_atomic(fold_dir / "model.json", json.dumps(meta, indent=2) + "\n")
         write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        from wsi_mil.mil.train import task_prediction_rows
-
         for part in ("val", "test"):
             pids, pout, plabels, _, _ = parts[part]
             write_text_atomic(fold_dir / f"{part}_predictions.csv",

@@ -10,7 +10,7 @@ scale, the Cox baseline). A run records its task in every ``model.json``
 and evaluation.
 
 * ``classification``: softmax over the classes, class-weighted cross-entropy
-  (:func:`wsi_mil.mil.train.slide_loss`); the segmentation head learns "lesion vs lesion-free"
+  (:func:`slide_loss`); the segmentation head learns "lesion vs lesion-free"
   from the negative class, or, for subtypes (no negative class), each class against the others
   (:mod:`wsi_mil.mil.models.segmentation`), pseudo-labelled from that class's own attention
   branch (attention models get one per class: :func:`wsi_mil.mil.train.model_kwargs`).
@@ -51,6 +51,31 @@ from wsi_mil.mil.params import TrainParams
 
 #: percentiles of the labelled event times at which survival curves are reported and scored
 SURVIVAL_PERCENTILES = tuple(range(10, 91, 10))
+
+
+def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``N / (C_present * n_c)``: each class present contributes the
+    same total weight, and the weight per bag averages 1 over the training bags."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = max(int((counts > 0).sum()), 1)
+    weights = np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def slide_loss(logits: torch.Tensor, labels: torch.Tensor,
+               weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of each bag times its class's weight, summed and divided by the number of
+    bags (a fixed normaliser).
+
+    Not ``F.cross_entropy(..., weight=w)``: that is a *weighted mean*, divided by the sum of the
+    batch's weights, so for one bag per step (the default) the weight cancels and the loss and
+    its gradient are exactly the unweighted ones. Dividing by the bag count keeps the weights'
+    effect at any batch size, and the loss scale (the weights average 1 over training bags).
+    """
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    if weights is not None:
+        losses = losses * weights[labels]
+    return losses.mean()
 
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
@@ -124,8 +149,6 @@ class Task:
         """Per-class (classification) or per-target positive/negative (multilabel) weights of
         the training bags, inverse to their frequency (each averaging 1); None otherwise."""
         if self.kind == "classification":
-            from wsi_mil.mil.train import class_weights
-
             return class_weights(list(labels), self.n_outputs)
         if self.kind == "multilabel":
             targets = np.asarray(targets, dtype=np.float64).reshape(-1, self.n_outputs)
@@ -140,8 +163,6 @@ class Task:
                    weights: torch.Tensor | None) -> torch.Tensor:
         """The task's slide loss of a batch (of a Cox mini-batch: its risk set)."""
         if self.kind == "classification":
-            from wsi_mil.mil.train import slide_loss
-
             return slide_loss(logits, labels, weights)
         logits = logits.float()
         if self.kind == "multilabel":

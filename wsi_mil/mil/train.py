@@ -19,8 +19,8 @@ of the pseudo-labelled segmentation and instance losses) from ``min_epochs`` on,
 best epoch; per-fold decision thresholds from every fold's validation predictions pooled minus
 that fold's test slides (:mod:`wsi_mil.mil.thresholds`); the slide loss of each bag weighted by
 inverse class frequency and divided by the number of bags, in training and in the validation
-loss that picks the epoch (cohorts are rarely balanced; :func:`slide_loss` says why not
-PyTorch's weighted mean); optional temperature scaling on each fold's validation slides;
+loss that picks the epoch (cohorts are rarely balanced; ``mil.tasks.slide_loss`` says why
+not PyTorch's weighted mean); optional temperature scaling on each fold's validation slides;
 fixed seeds; bf16 autocast on CUDA only (CPU bf16 matmuls are slower than float32 on most
 CPUs).
 """
@@ -47,7 +47,9 @@ from tqdm import tqdm
 
 from features.device import resolve_device
 from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
+from wsi_mil.config.executor import ClusterParams, ExecutorParams
 from wsi_mil.errors import WsiMilError
+from wsi_mil.executors import map_ordered
 from wsi_mil.metrics.attention import attention_entropies
 from wsi_mil.metrics.calibration import apply_temperature, fit_temperature
 from wsi_mil.metrics.slide import predict_indices, slide_auc, slide_metrics
@@ -71,31 +73,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights ``N / (C_present * n_c)``: each class present contributes the
-    same total weight, and the weight per bag averages 1 over the training bags."""
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    present = max(int((counts > 0).sum()), 1)
-    weights = np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(weights, dtype=torch.float32)
-
-
-def slide_loss(logits: torch.Tensor, labels: torch.Tensor,
-               weights: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy of each bag times its class's weight, summed and divided by the number of
-    bags (a fixed normaliser).
-
-    Not ``F.cross_entropy(..., weight=w)``: that is a *weighted mean*, divided by the sum of the
-    batch's weights, so for one bag per step (the default) the weight cancels and the loss and
-    its gradient are exactly the unweighted ones. Dividing by the bag count keeps the weights'
-    effect at any batch size, and the loss scale (the weights average 1 over training bags).
-    """
-    losses = F.cross_entropy(logits.float(), labels, reduction="none")
-    if weights is not None:
-        losses = losses * weights[labels]
-    return losses.mean()
 
 
 @dataclass
@@ -325,7 +302,7 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
     best one. The monitored loss is the slide-level loss alone: the segmentation head's and
     CLAM's instance losses train on targets the model picked itself (its most and least
     attended tiles), so they can fall while the slide decisions get worse. The validation
-    loss carries the training's class weights (:func:`slide_loss`), so the epoch is chosen on
+    loss carries the training's class weights (``mil.tasks.slide_loss``), so the epoch is chosen on
     the quantity that is optimised. A fold in which no eligible epoch gave a finite validation
     score raises :class:`TrainingError` rather than keeping the untrained weights.
     """
@@ -427,28 +404,6 @@ def prediction_rows(slide_ids: tuple[str, ...], probs: np.ndarray, predicted: np
         row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
                "predicted_label": labels.class_names[int(k)]}
         row.update({f"prob_{c}": round(float(v), 6) for c, v in zip(labels.class_names, p)})
-        rows.append(row)
-    return rows
-
-
-def output_columns(task: Task) -> list[str]:
-    """The per-slide output columns of ``predictions.csv``: ``prob_<class or target>``,
-    ``risk`` (survival), ``value`` (regression)."""
-    if task.kind in ("classification", "multilabel"):
-        return [f"prob_{name}" for name in task.output_names]
-    return ["risk"] if task.kind == "survival" else ["value"]
-
-
-def task_prediction_rows(slide_ids: list[str], outputs: np.ndarray, predicted: list[str],
-                         labels: LabelTable, task: Task) -> list[dict[str, Any]]:
-    """``val/test_predictions.csv`` rows of any task: the label, the predicted label and the
-    task's output columns (:func:`output_columns`)."""
-    by_slide = labels.by_slide()
-    rows = []
-    for slide_id, values, label in zip(slide_ids, outputs, predicted, strict=True):
-        row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
-               "predicted_label": label}
-        row.update({c: round(float(v), 6) for c, v in zip(output_columns(task), values)})
         rows.append(row)
     return rows
 
@@ -637,20 +592,14 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 
 
 def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[dict[str, Any]]:
-    """``train_one(split)`` for every split: here in order, or ``parallel`` at a time as
-    tasks of a Dask LocalCluster on this machine, one process and one torch thread per fold.
-
-    Dask (rather than a process pool) because ``train_one`` is a closure, which its
-    cloudpickle serialisation carries to the worker processes.
-    """
-    if parallel <= 1 or len(splits) <= 1:
-        return [train_one(split) for split in splits]
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=min(parallel, len(splits)), threads_per_worker=1,
-                      processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        return client.gather(client.map(train_one, splits, pure=False))
+    """``train_one(split)`` for every split: here in order, or ``parallel`` at a time on a Dask
+    LocalCluster on this machine, one worker process of one thread per fold (the executors,
+    :func:`wsi_mil.executors.map_ordered`, start and stop it)."""
+    executor = None
+    if parallel > 1 and len(splits) > 1:
+        executor = ExecutorParams(kind="dask", cluster=ClusterParams(
+            n_workers=min(parallel, len(splits)), threads_per_worker=1))
+    return map_ordered(train_one, splits, stage="train-fold", executor=executor)
 
 
 def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,

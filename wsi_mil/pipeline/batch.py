@@ -5,7 +5,7 @@ the same way: a slide whose output is complete is skipped, a slide that raises i
 ``failures.csv`` (slide, stage, error) and the batch carries on, and the caller exits non-zero
 when anything failed. Each job is a picklable callable of one slide to one output, with no
 state shared between slides, so a process pool or a Dask cluster can schedule them; which
-one runs them is decided in one place, :func:`wsi_mil.pipeline.executors.run_jobs`.
+one runs them is decided in one place, :func:`wsi_mil.executors.run_jobs`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 from tqdm import tqdm
 
 from tiling.storage import csv_text, write_text_atomic
-from wsi_mil.pipeline.executor_params import ExecutorParams
-from wsi_mil.pipeline.executors import describe_failure, run_jobs
+from wsi_mil.config.executor import ExecutorParams
+from wsi_mil.executors import describe_failure, run_jobs
 
 FAILURE_COLUMNS = ("slide", "stage", "error")
 

@@ -126,8 +126,8 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
 
 def demo_config(out: str | os.PathLike | None = None, quick: bool = False,
                 segment: bool = False):
-    """The demo's validated :class:`~wsi_mil.pipeline.config.PipelineConfig`."""
-    from wsi_mil.pipeline.config import parse_config
+    """The demo's validated :class:`~wsi_mil.config.pipeline.PipelineConfig`."""
+    from wsi_mil.config.pipeline import parse_config
 
     data = yaml.safe_load(DEMO_CONFIG)
     if quick:

@@ -30,7 +30,7 @@ from wsi_mil.errors import InputError, MissingInputError
 if TYPE_CHECKING:
     import numpy as np
 
-    from wsi_mil.pipeline.config import EvaluateSection
+    from wsi_mil.config.pipeline import EvaluateSection
 
 
 def read_predictions_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -419,8 +419,9 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
     section's). ``split``: score only that split of the labels CSV (the one predicted).
     ``segment_dir``: pixel masks of
     ``wsi-mil segment`` to score beside the tile head."""
+    from wsi_mil.explain.lesions import evaluate_lesions
     from wsi_mil.mil.labels import read_labels
-    from wsi_mil.pipeline.lesions import evaluate_lesions
+    from wsi_mil.segment.evaluate import SegmentedSlides
 
     pred_dir = Path(predictions_dir)
     out = Path(out_dir) if out_dir is not None else pred_dir
@@ -440,7 +441,7 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
               if r.slide_id in scored}  # this run's predictions, not older ones
     lesion = evaluate_lesions(pred_dir / "predictions", labels, annotations, out,
                               section.params(), run_dir=run_dir, features_dir=features_dir,
-                              segment_dir=segment_dir)
+                              pixels=SegmentedSlides(segment_dir) if segment_dir else None)
     return metrics, lesion
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.params import ExtractParams
+from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import MissingInputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ExecutorParams
 
 if TYPE_CHECKING:
     from features.registry import Encoder

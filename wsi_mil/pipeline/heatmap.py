@@ -30,6 +30,7 @@ from typing import Any
 
 from tiling.lattice import SlideGeometry, TileGrid
 from tiling.storage import atomic_output, provenance, write_text_atomic
+from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.export.geojson import write_segmentation_geojson, write_tiles_geojson
 from wsi_mil.export.ome_zarr import write_heatmap_zarr
@@ -37,7 +38,6 @@ from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import load_tissue, positive_cells, tissue_path_for
 from wsi_mil.mil.predictions import SlidePrediction, read_prediction
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "heatmap"
 #: files each format puts in a slide's folder (what "complete" means for a re-run)

@@ -17,9 +17,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ExecutorParams
 
 if TYPE_CHECKING:
     from wsi_mil.mil.params import PredictParams

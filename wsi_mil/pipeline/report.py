@@ -18,10 +18,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.export.params import ReportParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ExecutorParams
 
 REPORT_DIR = "report"
 STAGE = "report"

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_mil.errors import WsiMilError
 
 if TYPE_CHECKING:
-    from wsi_mil.pipeline.config import PipelineConfig
+    from wsi_mil.config.pipeline import PipelineConfig
 
 STATE_FILE = "run_state.json"
 CONFIG_FILE = "config.yaml"
@@ -77,7 +77,7 @@ def _stage_params(config: PipelineConfig) -> dict[str, Any]:
     Settings that change speed, not results (devices, workers, batch sizes, progress bars,
     memory budgets) are left out, so moving a run to a GPU does not redo it.
     """
-    from wsi_mil.pipeline.config import to_plain
+    from wsi_mil.config.pipeline import to_plain
 
     train = to_plain(config.train)
     for runtime_only in ("device", "memory_gb", "parallel_folds"):
@@ -101,7 +101,7 @@ def _stage_params(config: PipelineConfig) -> dict[str, Any]:
 
 def _segment_params(config: PipelineConfig) -> Any:
     """The segment section without its runtime-only settings (device, batch size)."""
-    from wsi_mil.pipeline.config import to_plain
+    from wsi_mil.config.pipeline import to_plain
 
     section = to_plain(config.segment)
     if section is not None:
@@ -165,8 +165,8 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
     make the exit code non-zero); a stage that cannot run at all raises.
     """
     from tiling.storage import write_text_atomic
-    from wsi_mil.pipeline.config import resolved_config_text
-    from wsi_mil.pipeline.executors import executor_session
+    from wsi_mil.config.pipeline import resolved_config_text
+    from wsi_mil.executors import executor_session
 
     out = config.out
     out.mkdir(parents=True, exist_ok=True)

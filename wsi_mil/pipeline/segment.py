@@ -15,9 +15,9 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ExecutorParams
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 
 SEGMENT_DIR = "segment"

@@ -13,8 +13,8 @@ from tiling.discover import check_unique_ids, find_slides
 from tiling.params import TilingParams
 from tiling.pipeline import TILES_DIR, is_tiled, summary_line, tile_slide, tiling_outputs
 from tiling.slide import read_mpp_csv
+from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ExecutorParams
 
 STAGE = "tile"
 

@@ -154,3 +154,25 @@ def summarise_pixels(rows: list[dict[str, Any]], hits: list[Any]) -> dict[str, A
         summary["froc_sensitivities"] = dict(zip([str(r) for r in result.fp_rates],
                                                  result.sensitivities.tolist()))
     return summary
+
+
+class SegmentedSlides:
+    """The ``pixels`` of :func:`wsi_mil.explain.lesions.evaluate_lesions`: the masks of
+    ``wsi-mil segment`` in ``segment_dir`` (one folder per slide) scored beside the tile head."""
+
+    def __init__(self, segment_dir: str | os.PathLike) -> None:
+        self.segment_dir = Path(segment_dir)
+
+    def slide(self, slide_id: str, prediction: Any, positive_index: int, lesions: Any,
+              head_threshold: float) -> tuple[dict[str, float], Detections] | None:
+        """(the slide's ``pixel_*`` columns, its mask detections); None: not segmented."""
+        from wsi_mil.segment.infer import is_segmented
+
+        folder = self.segment_dir / slide_id
+        if not is_segmented(folder):
+            return None
+        scores = slide_pixel_scores(folder, prediction, positive_index, lesions, head_threshold)
+        return pixel_row(scores), scores.detections
+
+    def summary(self, rows: list[dict[str, Any]], hits: list[Any]) -> dict[str, Any] | None:
+        return summarise_pixels(rows, hits)

@@ -11,8 +11,8 @@ import pytest
 
 from wsi_mil.cli import build_parser
 from wsi_mil.cli.options import flag_name, option_fields, options_from_args
-from wsi_mil.pipeline.config import PipelineConfig, parse_config
-from wsi_mil.pipeline.schema import build_dataclass
+from wsi_mil.config.pipeline import PipelineConfig, parse_config
+from wsi_mil.config.schema import build_dataclass
 
 #: config section -> the verb whose flags set it.
 SECTION_VERB = {
@@ -127,7 +127,7 @@ def test_list_flags_take_commas_or_spaces_and_nested_flags_reach_nested_fields()
     assert options_from_args(HeatmapParams, args).formats == ("png", "zarr")
     args = parser.parse_args(["evaluate", "--predictions", "p", "--labels", "l.csv",
                               "--froc-dilation-um", "50", "--exclude", "a", "b"])
-    from wsi_mil.pipeline.config import EvaluateSection
+    from wsi_mil.config.pipeline import EvaluateSection
 
     section = options_from_args(EvaluateSection, args)
     assert section.froc.dilation_um == 50.0 and section.exclude == ("a", "b")

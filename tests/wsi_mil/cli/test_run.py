@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wsi_mil.pipeline.config import parse_config
+from wsi_mil.config.pipeline import parse_config
 from wsi_mil.pipeline.run import Ledger, PipelineError, run_pipeline
 
 

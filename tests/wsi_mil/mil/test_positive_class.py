@@ -10,12 +10,12 @@ import pytest
 
 from tiling.annotations import write_asap_xml
 from tiling.lattice import SlideGeometry, TileGrid
+from wsi_mil.explain.lesions import evaluate_lesions
 from wsi_mil.export.geojson import write_segmentation_geojson
 from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import positive_cells
 from wsi_mil.mil.labels import LabelsError, choose_negative_class
 from wsi_mil.mil.predictions import PredictionFileError, write_prediction
-from wsi_mil.pipeline.lesions import evaluate_lesions
 
 
 @pytest.mark.parametrize("names, negative", [

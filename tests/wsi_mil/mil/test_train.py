@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import class_weights, make_optimizer, slide_loss, train_fold, train_run
+from wsi_mil.mil.tasks import class_weights, slide_loss
+from wsi_mil.mil.train import make_optimizer, train_fold, train_run
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
@@ -106,10 +107,16 @@ def test_sgd_takes_nesterov_steps_with_l2_decay():
 
 
 def test_positional_setting_reaches_transformer_mil_only():
+    """The factory gives each model the settings it declares and drops the others."""
     params = TrainParams(model="transformer_mil", positional="sincos2d")
-    assert params.model_kwargs()["positional"] == "sincos2d"
-    assert "positional" not in TrainParams().model_kwargs()
-    assert TrainParams(model="transformer_mil").model_kwargs()["positional"] == "none"
+    model = create_model("transformer_mil", 8, 2, **params.model_kwargs())
+    assert model.hparams["positional"] == "sincos2d" and model.uses_coords
+    gated = create_model("gated_abmil", 8, 2, **TrainParams().model_kwargs())
+    assert "positional" not in gated.hparams and "k_sample" not in gated.hparams
+    clam = create_model("clam_sb", 8, 2, **TrainParams(k_sample=3).model_kwargs())
+    assert clam.hparams["k_sample"] == 3 and "positional" not in clam.hparams
+    with pytest.raises(TypeError, match="no MIL model takes \\['dropuot'\\]"):
+        create_model("gated_abmil", 8, 2, dropuot=0.1)
     with pytest.raises(ValueError, match="TrainParams.positional = 'sincos2d'.*transformer_mil"):
         TrainParams(model="gated_abmil", positional="sincos2d")
     with pytest.raises(ValueError, match="TrainParams.positional = 'learned'"):

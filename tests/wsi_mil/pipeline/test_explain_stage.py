@@ -194,7 +194,7 @@ def test_pooling_baselines_explain_without_failures(tmp_path, model):
 def test_explain_stage_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="features folder"):
         explain_slides(tmp_path / "run", tmp_path / "nowhere", tmp_path / "out")
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="'saliency' is not allowed, each item must be one of"):
         ExplainParams(methods=("saliency",))
     with pytest.raises(ValueError, match="relevance is now chefer_iccv2021"):
         ExplainParams(methods=("relevance",))

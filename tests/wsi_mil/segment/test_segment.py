@@ -21,7 +21,7 @@ from wsi_mil.synthetic.pyramid_tiff import Ellipse, Rect, shapes_render, write_p
 def test_params_reject_what_the_networks_cannot_take():
     with pytest.raises(ValueError, match="multiple of 32"):
         SegmentTrainParams(tile_size=100)
-    with pytest.raises(ValueError, match="net must be"):
+    with pytest.raises(ValueError, match="net = .vnet.: must be one of attention_unet"):
         SegmentTrainParams(net="vnet")
     with pytest.raises(ValueError, match="overlap"):
         SegmentParams(overlap=1.0)
@@ -134,7 +134,7 @@ def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers
 
 
 def test_segment_stage_runs_only_with_a_segment_section(tmp_path):
-    from wsi_mil.pipeline.config import ConfigError, parse_config
+    from wsi_mil.config.pipeline import ConfigError, parse_config
 
     base = {"out": str(tmp_path), "cohort": {"train_normal": 1}}
     assert "segment" not in parse_config(base).stages

@@ -12,10 +12,10 @@ from tiling.annotations import read_annotations
 from tiling.params import TilingParams
 from tiling.pipeline import tile_slide
 from wsi_mil.cli import main
+from wsi_mil.explain.lesions import evaluate_lesions
 from wsi_mil.mil.predictions import read_prediction
 from wsi_mil.pipeline.cohort import generate_cohort
-from wsi_mil.pipeline.lesions import evaluate_lesions
-from wsi_mil.segment.evaluate import pixel_scores
+from wsi_mil.segment.evaluate import SegmentedSlides, pixel_scores
 from wsi_mil.synthetic.params import CohortParams
 from wsi_mil.synthetic.predictions import annotation_prediction
 
@@ -76,7 +76,7 @@ def test_evaluation_reports_pixel_masks_beside_the_tile_head(segmented):
     root, cohort, test = segmented
     labels = {s.slide_id: s.label for s in test}
     summary = evaluate_lesions(root / "predictions", labels, cohort.annotations_dir,
-                               root / "evaluation", segment_dir=root / "segment")
+                               root / "evaluation", pixels=SegmentedSlides(root / "segment"))
     pixel = summary["pixel_segmentation"]
     assert pixel["n_slides"] == len(test)
     assert pixel["mask"]["dice"] > pixel["tile_head"]["dice"]

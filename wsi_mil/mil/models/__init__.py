@@ -7,10 +7,17 @@ tiles, 0 on padding), raw attention scores and per-tile class scores from the ti
 segmentation head.
 """
 
-from wsi_mil.mil.models import attention, clam, pooling, transformers  # noqa: F401 - registers the models
+import importlib
+import pkgutil
+
 from wsi_mil.mil.models.base import MILModel, MILOutput
 from wsi_mil.mil.models.registry import create_model, list_models, register_model
 from wsi_mil.mil.params import DEFAULT_MODEL
+
+# Importing every module of this package registers its models: a new model is one new module
+# (or one class in an existing one), listed nowhere else.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["DEFAULT_MODEL", "MILModel", "MILOutput", "create_model", "list_models",
            "register_model"]

@@ -270,3 +270,13 @@ class MILModel(nn.Module, ABC):
         branch = int(self._branch(logits)[0])
         return MILOutput(logits, weights[:, branch].unsqueeze(0), raw[:, branch].unsqueeze(0),
                          torch.cat(tile_logits).unsqueeze(0), weights.unsqueeze(0), None)
+
+
+def logits_fn(model: MILModel, coords: torch.Tensor | None
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits of a batch of copies of the bag (Captum's calls), at the bag's positions: the
+    forward function every gradient explanation attributes (:mod:`wsi_mil.explain`)."""
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        c = None if coords is None else coords.expand(batch.shape[0], -1, -1)
+        return model(batch, coords=c).logits
+    return forward

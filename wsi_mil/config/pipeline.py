@@ -29,19 +29,19 @@ from typing import Any, Literal
 import yaml
 
 from features.params import DEFAULT_ENCODER, ExtractParams, bag_folder_name
-from tiling.params import AnnotationParams, TilingParams
-from wsi_mil.explain.params import ExplainParams
-from wsi_mil.heatmaps.params import HeatmapParams
-from wsi_mil.metrics.params import FrocParams
-from wsi_mil.mil.params import PredictParams, TrainParams
-from wsi_mil.pipeline.executor_params import ExecutorParams
-from wsi_mil.pipeline.schema import (
+from tiling.params import TilingParams
+from wsi_mil.config.executor import ExecutorParams
+from wsi_mil.config.schema import (
     ConfigError,
     build_dataclass,
+    check_fields,
+    constrained,
     field_comments,
     ordered_fields,
-    suggest,
 )
+from wsi_mil.explain.params import ExplainParams, LesionEvalParams
+from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.mil.params import PredictParams, TrainParams
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 from wsi_mil.synthetic.params import CohortParams
 
@@ -123,9 +123,12 @@ class SlidesSection:
     #: Search the folders in ``inputs`` recursively.
     recursive: bool = False
     #: Level-0 µm/px for every slide, overriding the metadata (null: use the metadata).
-    mpp: float | None = None
+    mpp: float | None = constrained(None, gt=0)
     #: CSV ``slide_id,mpp`` of per-slide overrides (wins over ``mpp``).
     mpp_csv: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -158,37 +161,6 @@ class PredictSection(PredictParams):
 
 
 @dataclass(frozen=True)
-class LesionEvalParams:
-    """Settings of the lesion-level evaluation."""
-
-    #: FROC constants and detection settings (official Camelyon16 values by default).
-    froc: FrocParams = field(default_factory=FrocParams)
-    #: Which annotation groups are lesion / exclusion.
-    annotations: AnnotationParams = field(default_factory=AnnotationParams)
-    #: Class whose tile probability is the tumour map; None: the class that is not negative.
-    positive_class: str | None = None
-    #: Tile probability at or above which a tile is segmented as tumour.
-    seg_threshold: float = 0.5
-    #: Lesion area fraction at or above which a tile is truly tumour.
-    min_fraction: float = 0.5
-    #: Normalised attention at or above which a tile counts as marked (region report).
-    attention_threshold: float = 0.5
-    #: k of the top-k pointing game.
-    pointing_k: int = 5
-    #: Steps of the deletion / insertion curves, and random orders averaged as baseline.
-    perturbation_steps: int = 20
-    perturbation_random: int = 5
-    #: At most this many tumour slides get perturbation curves (each costs
-    #: 2 x steps x (1 + random) forward passes); None: all.
-    perturbation_max_slides: int | None = None
-    #: Seed of the random orders.
-    seed: int = 0
-    #: Slides left out of the lesion-level evaluation (e.g. Camelyon16 test_049, a duplicate).
-    exclude: tuple[str, ...] = ()
-
-
-
-@dataclass(frozen=True)
 class EvaluateSection(LesionEvalParams):
     """Evaluation (YAML section ``evaluate``): slide metrics, and lesion metrics
     (:class:`LesionEvalParams`) when lesion annotations are known."""
@@ -198,7 +170,7 @@ class EvaluateSection(LesionEvalParams):
     #: own annotations).
     annotations_dir: Path | None = None
     #: Bootstrap resamples of the slide AUC's 95 % confidence interval (0: none).
-    bootstrap: int = 1000
+    bootstrap: int = constrained(1000, ge=0)
     #: Negative class of the slide metrics (null: the one the run recorded).
     negative_class: str | None = None
     #: Unit the metrics count: "slide", or "patient" (a patient's slides combined by
@@ -208,13 +180,6 @@ class EvaluateSection(LesionEvalParams):
     #: How a patient's slide probabilities are combined at level patient: "mean", or "max"
     #: (two classes only: the patient's most positive slide).
     patient_aggregate: Literal["mean", "max"] = "mean"
-
-    def __post_init__(self) -> None:
-        inherited = getattr(super(), "__post_init__", None)
-        if inherited is not None:
-            inherited()
-        if self.bootstrap < 0:
-            raise ValueError(f"bootstrap must be 0 or more, got {self.bootstrap}")
 
     def params(self) -> LesionEvalParams:
         """The :class:`LesionEvalParams` part, as :func:`evaluate_lesions` takes it."""
@@ -252,9 +217,9 @@ class PipelineConfig:
     #: (docs/tasks.md) (null only with a ``cohort``).
     labels: Path | None = None
     #: Stages to run, in pipeline order; a stage whose outputs are complete is skipped anyway.
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = constrained(STAGES, choices=STAGES)
     #: Slides processed in parallel by tile, predict and heatmap (extraction has its own).
-    workers: int = 1
+    workers: int = constrained(1, ge=1)
     #: Where the per-slide stages (tile, extract, predict, heatmap, explain) run: this
     #: machine, or a Dask cluster (docs/cluster.md); training stays here.
     executor: ExecutorParams = field(default_factory=ExecutorParams)
@@ -283,12 +248,7 @@ class PipelineConfig:
     explain: ExplainParams | None = None
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"stages: unknown stage {unknown[0]!r}{suggest(unknown[0], STAGES)}; "
-                             f"stages are {', '.join(STAGES)}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        check_fields(self)  # the stages' names, workers >= 1
         if self.cohort is not None:
             if self.slides.inputs or self.labels is not None:
                 raise ValueError("a cohort brings its own slides and labels: leave slides.inputs "

@@ -18,9 +18,9 @@ import pytest
 
 from features.params import ExtractParams
 from tiling.params import TilingParams
+from wsi_mil.config.executor import ClusterParams, ExecutorParams
+from wsi_mil.executors import ExecutorError, run_jobs, slurm_cluster
 from wsi_mil.pipeline.batch import SlideJob, run_batch
-from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
-from wsi_mil.pipeline.executors import ExecutorError, run_jobs, slurm_cluster
 from wsi_mil.pipeline.extract import extract_slides
 from wsi_mil.pipeline.tile import tile_slides
 from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
@@ -102,8 +102,8 @@ def test_executor_params_are_checked():
 
 
 def test_the_executor_section_of_a_config(tmp_path):
-    from wsi_mil.pipeline.config import parse_config
-    from wsi_mil.pipeline.schema import ConfigError
+    from wsi_mil.config.pipeline import parse_config
+    from wsi_mil.config.schema import ConfigError
 
     base = {"out": str(tmp_path), "labels": "labels.csv", "slides": {"inputs": ["s/"]}}
     config = parse_config({**base, "executor": {
@@ -416,3 +416,23 @@ def test_parallel_folds_write_the_same_fold_files(tmp_path):
         b = json.loads((tmp_path / "two" / f"fold_{k}" / "training.json").read_text())
         assert a["test"]["slide_ids"] == b["test"]["slide_ids"]
         np.testing.assert_allclose(a["test"]["probs"], b["test"]["probs"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_map_ordered_runs_a_closure_on_dask_and_raises_its_error_here():
+    """Training's folds go through map_ordered: results in order, a fold's exception here."""
+    from wsi_mil.executors import map_ordered
+
+    executor = ExecutorParams(kind="dask",
+                              cluster=ClusterParams(n_workers=2, threads_per_worker=1))
+    offset = 10  # a closure, as train_run's fold function is
+
+    def fold(k: int) -> int:
+        if k == 1:
+            raise ValueError("fold 1 has no positive slide")
+        return offset * k
+
+    assert map_ordered(fold, [0, 2], stage="t") == map_ordered(fold, [0, 2], stage="t",
+                                                              executor=executor) == [0, 20]
+    with pytest.raises(ValueError, match="fold 1 has no positive slide"):
+        map_ordered(fold, [0, 1], stage="t", executor=executor)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from wsi_mil.pipeline.config import (
+from wsi_mil.config.pipeline import dump_yaml, read_yaml, to_plain
+from wsi_mil.config.schema import (
     ConfigError,
+    allowed,
     build_dataclass,
-    dump_yaml,
-    read_yaml,
+    check_fields,
+    constrained,
+    field_comments,
     suggest,
-    to_plain,
 )
 
 
@@ -134,3 +138,48 @@ def test_read_yaml_errors_name_the_file(tmp_path):
 def test_suggest_only_when_close():
     assert suggest("epoks", ["epochs", "lr"]) == " (did you mean 'epochs'?)"
     assert suggest("zzz", ["epochs", "lr"]) == ""
+
+
+@dataclass(frozen=True)
+class Limited:
+    """Declared constraints, checked in one place."""
+
+    #: an enumeration
+    mode: Literal["fast", "exact"] = "fast"
+    #: a count
+    count: int = constrained(1, ge=1)
+    #: a share
+    share: float | None = constrained(None, gt=0, le=1)
+    #: names known at run time
+    names: tuple[str, ...] = constrained((), choices=("alpha", "beta"))
+    shared: str = constrained("auto", doc="the documentation of a field defined once")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def test_check_fields_names_the_key_the_value_and_what_is_allowed():
+    assert Limited(share=1.0, names=("beta",)).share == 1.0
+    assert Limited().share is None  # None is allowed where the type allows it
+    with pytest.raises(ValueError, match=r"^Limited.count = 0: must be >= 1$"):
+        Limited(count=0)
+    with pytest.raises(ValueError, match=r"^Limited.share = 0.0: must be in \(0, 1\]$"):
+        Limited(share=0.0)
+    with pytest.raises(ValueError, match=r"mode = 'fats': must be one of fast, exact "
+                                         r"\(did you mean 'fast'\?\)"):
+        Limited(mode="fats")
+    with pytest.raises(ValueError, match=r"'gamma' is not allowed, each item must be one of "
+                                         r"alpha, beta"):
+        Limited(names=("alpha", "gamma"))
+
+
+def test_the_loader_names_the_key_in_the_file_and_help_shows_the_rule():
+    with pytest.raises(ConfigError, match=r"^f.yaml: s.count: 0: must be >= 1$"):
+        build_dataclass(Limited, {"count": 0}, where="f.yaml: s")
+    hints = typing.get_type_hints(Limited)
+    rules = {f.name: allowed(f, hints[f.name]) for f in dataclasses.fields(Limited)}
+    assert rules == {"mode": "one of fast, exact", "count": ">= 1", "share": "in (0, 1]",
+                     "names": "one of alpha, beta", "shared": ""}
+    comments = field_comments(Limited)
+    assert comments["shared"] == "the documentation of a field defined once"
+    assert comments["count"] == "a count" and comments["share"] == "a share"

@@ -11,6 +11,14 @@ Why not pydantic or jsonargparse: both would add a heavy import to every ``wsi-m
 meant ("did you mean 'tile_size'?"), and neither reads ``#:`` attribute comments, the
 documentation convention Sphinx autodoc uses, which is what keeps the help text and the shipped
 ``configs/default.yaml`` in one place. The checking here is small: the types the stages use.
+
+**Constraints are declared on the field, checked in one place.** Every enumerated setting is a
+``typing.Literal``; a numeric range is declared with :func:`constrained` (``epochs: int =
+constrained(50, ge=1)``). :func:`check_fields`, called first by every parameter class's
+``__post_init__``, checks both for a value from YAML, a flag or Python alike, and names the
+class, the key, the value and what is allowed; :func:`allowed` gives the same text to ``--help``
+and the configuration reference. A parameter class keeps a hand-written check only for what
+involves several fields (``positional`` needs ``model: transformer_mil``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,121 @@ from wsi_mil.errors import WsiMilError
 
 class ConfigError(WsiMilError, ValueError):
     """A config file that cannot be read or does not match the schema; the message says where."""
+
+
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def constrained(default: Any, *, ge: float | None = None, gt: float | None = None,
+                le: float | None = None, lt: float | None = None,
+                choices: typing.Sequence[Any] | None = None, doc: str | None = None) -> Any:
+    """A dataclass field whose value (or, for a tuple, each item) must lie in the given range,
+    or be one of ``choices`` (for a list known only at run time, such as the registered models;
+    a fixed list is a ``Literal``). ``None`` is allowed when the field's type allows it. ``doc``
+    documents a field defined once and shared by several classes (a ``#:`` comment on the
+    field wins)."""
+    bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+              if value is not None}
+    metadata: dict[str, Any] = {"bounds": bounds}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if doc is not None:
+        metadata["doc"] = doc
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _range_text(bounds: Mapping[str, float]) -> str:
+    low = bounds.get("ge", bounds.get("gt"))
+    high = bounds.get("le", bounds.get("lt"))
+    if low is not None and high is not None:
+        left = "[" if "ge" in bounds else "("
+        right = "]" if "le" in bounds else ")"
+        return f"in {left}{low:g}, {high:g}{right}"
+    return " and ".join(f"{_BOUND_TEXT[name]} {value:g}" for name, value in bounds.items())
+
+
+def _choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The values of the ``Literal`` inside ``annotation`` (``X | None``, ``tuple[X, ...]``)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None) and arg is not Ellipsis:
+                found = _choices(arg)
+                if found is not None:
+                    return found
+    return None
+
+
+def field_choices(f: dataclasses.Field, annotation: Any) -> tuple[Any, ...] | None:
+    """The values a field may take: its ``Literal``'s, or the ``choices`` it was declared with."""
+    return f.metadata.get("choices") or _choices(annotation)
+
+
+def allowed(f: dataclasses.Field, annotation: Any) -> str:
+    """What a field accepts beyond its type (``one of a, b`` / ``>= 1`` / ``in [0, 1]``), or an
+    empty string: the same words in errors, ``--help`` and the configuration reference."""
+    choices = field_choices(f, annotation)
+    parts = [f"one of {', '.join(str(c) for c in choices)}"] if choices else []
+    if f.metadata.get("bounds"):
+        parts.append(_range_text(f.metadata["bounds"]))
+    return "; ".join(parts)
+
+
+@functools.cache
+def _hints(cls: type) -> Mapping[str, Any]:
+    return types.MappingProxyType(typing.get_type_hints(cls))
+
+
+def _within(value: Any, annotation: Any, bounds: Mapping[str, float],
+            choices: tuple[Any, ...] | None) -> bool:
+    if value is None:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = options[0] if len(options) == 1 else Any
+    if isinstance(value, (tuple, list)):
+        inner = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return all(_within(v, inner[0] if len(inner) == 1 else Any, bounds, choices)
+                   for v in value)
+    choices = choices or _choices(annotation)
+    if choices is not None and value not in choices:
+        return False
+    if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
+        checks = {"ge": value >= bounds.get("ge", value), "gt": "gt" not in bounds
+                  or value > bounds["gt"], "le": value <= bounds.get("le", value),
+                  "lt": "lt" not in bounds or value < bounds["lt"]}
+        return all(checks.values())
+    return True
+
+
+def field_problem(f: dataclasses.Field, annotation: Any, value: Any) -> str | None:
+    """What is wrong with ``value`` for field ``f`` (``must be >= 1``), or None when it is
+    allowed: its choices (``Literal`` or declared) and its range."""
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("bounds", {})
+    if _within(value, annotation, bounds, choices):
+        return None
+    bad, each = value, ""
+    if isinstance(value, (tuple, list)):  # name the first wrong item
+        bad = next(v for v in value if not _within((v,), annotation, bounds, choices))
+        each = f"{bad!r} is not allowed, each item "
+    hint = (suggest(bad, [str(c) for c in field_choices(f, annotation) or ()])
+            if isinstance(bad, str) else "")
+    return f"{each}must be {allowed(f, annotation)}{hint}"
+
+
+def check_fields(params: Any) -> None:
+    """Every field of a parameter dataclass against its declared choices (``Literal``) and range
+    (:func:`constrained`); a ``ValueError`` naming the class, the key, the value and what is
+    allowed. Called first by each parameter class's ``__post_init__``."""
+    cls: type = type(params)
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        value = getattr(params, f.name)
+        problem = field_problem(f, hints[f.name], value)
+        if problem:
+            raise ValueError(f"{cls.__name__}.{f.name} = {value!r}: {problem}")
 
 
 def suggest(key: str, candidates: typing.Iterable[str]) -> str:
@@ -181,6 +304,9 @@ def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = coerce(value, hints[name], _child(where, name))
+        problem = field_problem(fields[name], hints[name], kwargs[name])
+        if problem:  # the key's own place in the file, before the class sees it
+            _fail(_child(where, name), f"{kwargs[name]!r}: {problem}")
     missing = [name for name, f in fields.items() if name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -232,6 +358,7 @@ def field_comments(cls: type) -> Mapping[str, str]:
         node_of_class = classes.get(klass.__name__)
         if node_of_class is None:
             continue
+        own_fields = {f.name: f for f in dataclasses.fields(klass)}
         previous: tuple[str, int] | None = None  # (name, last line) of the field above
         for node in node_of_class.body:
             if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
@@ -246,6 +373,9 @@ def field_comments(cls: type) -> Mapping[str, str]:
             if "#" in line[node.end_col_offset:]:
                 inline = line[node.end_col_offset:].split("#", 1)[1].strip()
             text = " ".join(above) or inline
+            shared = own_fields.get(node.target.id)
+            if not text and shared is not None and "doc" in shared.metadata:
+                text = shared.metadata["doc"]  # a field defined once for several classes
             if not text and previous is not None and previous[1] == node.lineno - 1:
                 text = comments.get(previous[0], "")  # one comment over a group of fields
             if text:

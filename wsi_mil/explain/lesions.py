@@ -26,13 +26,14 @@ import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from tiling.annotations import find_annotation, read_annotations, tile_fractions
 from tiling.lattice import stride_level0
 from tiling.storage import csv_text, write_text_atomic
+from wsi_mil.explain.params import LesionEvalParams
 from wsi_mil.metrics.explain import (
     attention_weights,
     lesion_attention_mass,
@@ -44,7 +45,6 @@ from wsi_mil.metrics.froc import froc, slide_hits, tile_detections
 from wsi_mil.metrics.regions import region_report, rows_to_csv, summarise_regions
 from wsi_mil.metrics.segmentation import tile_segmentation
 from wsi_mil.mil.predictions import read_prediction
-from wsi_mil.pipeline.config import LesionEvalParams
 
 #: Why a slide's value is missing from a cohort mean, per metric.
 EXCLUDED_BECAUSE = {
@@ -60,6 +60,18 @@ EXCLUDED_BECAUSE = {
 }
 
 
+class PixelEvaluation(Protocol):
+    """Pixel masks scored beside the tile head (:class:`wsi_mil.segment.evaluate.SegmentedSlides`:
+    the segment stage sits above this one, so it comes in as an argument, not an import)."""
+
+    def slide(self, slide_id: str, prediction: Any, positive_index: int, lesions: Any,
+              head_threshold: float) -> tuple[dict[str, float], Any] | None:
+        """(the slide's ``pixel_*`` columns, its mask detections), or None: not segmented."""
+
+    def summary(self, rows: list[dict[str, Any]], hits: list[Any]) -> dict[str, Any] | None:
+        """The cohort's ``pixel_segmentation`` summary from the rows and the mask detections."""
+
+
 def _nanmean(values: list[float]) -> float | None:
     finite = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(finite)) if finite else None
@@ -70,12 +82,12 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
                      params: LesionEvalParams = LesionEvalParams(),
                      run_dir: str | os.PathLike | None = None,
                      features_dir: str | os.PathLike | None = None,
-                     segment_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                     pixels: PixelEvaluation | None = None) -> dict[str, Any]:
     """Evaluate every prediction in ``predictions_dir`` whose slide is in ``labels``
     (slide id -> class name); see the module docstring. Returns the summary.
 
-    ``segment_dir`` (``OUT/segment`` of ``wsi-mil segment``): the pixel masks found there are
-    scored beside the tile head (:mod:`wsi_mil.segment.evaluate`), as ``pixel_*`` columns and
+    ``pixels`` (``SegmentedSlides(OUT/segment)`` of :mod:`wsi_mil.segment.evaluate`): the pixel
+    masks of ``wsi-mil segment`` are scored beside the tile head, as ``pixel_*`` columns and
     the summary's ``pixel_segmentation``."""
     from wsi_mil.mil.bags import read_features, read_grid_coords
     from wsi_mil.mil.predict import cached_run
@@ -113,16 +125,11 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
         hits.append(slide)
         row.update(n_detections=len(detections.probs), false_positives=len(slide.fp_probs),
                    lesions=len(slide.lesion_probs), itc_lesions=slide.n_itc)
-        if segment_dir is not None:
-            from wsi_mil.segment.evaluate import pixel_row, slide_pixel_scores
-            from wsi_mil.segment.infer import is_segmented
-
-            if is_segmented(Path(segment_dir) / slide_id):
-                pixel = slide_pixel_scores(Path(segment_dir) / slide_id, pred, pos, lesions,
-                                           params.seg_threshold)
-                row.update(pixel_row(pixel))
-                pixel_hits.append(slide_hits(pixel.detections, width, height, mpp, lesions,
-                                             params.froc))
+        scored = (pixels.slide(slide_id, pred, pos, lesions, params.seg_threshold)
+                  if pixels is not None else None)
+        if scored is not None:
+            row.update(scored[0])
+            pixel_hits.append(slide_hits(scored[1], width, height, mpp, lesions, params.froc))
         if lesions is None:
             predicted = tumour_prob >= params.seg_threshold
             row["tile_specificity"] = float(1.0 - predicted.mean()) if predicted.size else None
@@ -164,10 +171,8 @@ def evaluate_lesions(predictions_dir: str | os.PathLike, labels: dict[str, str],
                       stacklevel=2)
     summary = _summarise(rows, hits, curves, unannotated, params)
     summary["regions"] = summarise_regions(region_rows)
-    if segment_dir is not None:
-        from wsi_mil.segment.evaluate import summarise_pixels
-
-        summary["pixel_segmentation"] = summarise_pixels(rows, pixel_hits)
+    if pixels is not None:
+        summary["pixel_segmentation"] = pixels.summary(rows, pixel_hits)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "lesion_per_slide.csv", csv_text(rows) if rows else "")
     write_text_atomic(out_dir / "regions.csv", rows_to_csv(region_rows))

@@ -1,9 +1,9 @@
-"""The one place that decides how per-slide jobs run: a local process pool or a Dask cluster.
+"""The one place that decides how jobs run: a local process pool or a Dask cluster.
 
 :func:`run_jobs` takes the jobs of a batch and yields ``(job, error)`` as each one finishes,
 wherever it ran; :func:`wsi_mil.pipeline.batch.run_batch` turns that into skipped / done /
 failed, ``failures.csv`` and the progress bar, the same for every executor. The stages only
-pass an :class:`~wsi_mil.pipeline.executor_params.ExecutorParams` through.
+pass an :class:`~wsi_mil.config.executor.ExecutorParams` through.
 
 Why Dask distributed rather than our own scheduling: it already re-runs the task of a worker
 that died (SIGKILL, lost node) on another worker, up to ``distributed.scheduler.allowed-failures``
@@ -13,6 +13,10 @@ re-run after its worker died finds at most a ``.tmp`` that it deletes and redoes
 whose worker died after the output was moved into place is written again with the same content.
 Not covered: a worker the scheduler presumes dead (no heartbeat, a network partition) that in
 fact still runs its slide writes the same ``NAME.tmp`` as the re-run, and the two can collide.
+
+Training's folds run here too (:func:`map_ordered`, through
+:func:`wsi_mil.mil.train.map_folds`): a fold is a closure over the run's bags and settings,
+which Dask's cloudpickle carries to a worker process and a process pool could not.
 
 Dask is imported only when a Dask executor is used. One Dask client (and the cluster wsi-mil
 started for it) can be kept open across several batches with :func:`executor_session`, as
@@ -32,8 +36,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from wsi_mil.config.executor import ClusterParams, ExecutorParams
 from wsi_mil.errors import WsiMilError
-from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -61,6 +65,9 @@ class Job(Protocol):
 #: a job type; the executors hand each job back as they got it
 J = TypeVar("J", bound=Job)
 RunOne = Callable[[Any], "str | None"]
+#: an item of :func:`map_ordered` and its result
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def run_jobs(jobs: Sequence[J], run_one: RunOne, *, stage: str, workers: int = 1,
@@ -79,6 +86,24 @@ def run_jobs(jobs: Sequence[J], run_one: RunOne, *, stage: str, workers: int = 1
             yield job, run_one(job)
     else:
         yield from _pool_jobs(jobs, run_one, workers)
+
+
+def map_ordered(fn: Callable[[T], R], items: Sequence[T], *, stage: str,
+                executor: ExecutorParams | None = None) -> list[R]:
+    """``[fn(item) for item in items]``, here in order, or as tasks of the executor's Dask
+    cluster (``fn`` may be a closure: cloudpickle carries it); the first exception is raised
+    here, as if the call had run here, and the tasks not yet run are cancelled."""
+    if executor is None or not executor.distributed or len(items) <= 1:
+        return [fn(item) for item in items]
+    with _client(executor) as client:
+        run_id = uuid.uuid4().hex[:8]
+        futures = client.map(fn, list(items), pure=False,
+                             key=[f"{stage}-{index}-{run_id}" for index in range(len(items))])
+        try:
+            return client.gather(futures)
+        except BaseException:
+            client.cancel(futures, force=True)
+            raise
 
 
 def _pool_jobs(jobs: Sequence[J], run_one: RunOne,

@@ -1,19 +1,21 @@
 """Where the per-slide jobs run: this machine's process pool, or a Dask cluster.
 
 Kept free of Dask (stdlib only) so ``wsi-mil --help`` and the config checker load it fast; the
-executors themselves are in :mod:`wsi_mil.pipeline.executors`. These are the ``executor:``
+executors themselves are in :mod:`wsi_mil.executors`. These are the ``executor:``
 section of a YAML config and the ``--executor`` / ``--scheduler`` flags of the per-slide verbs.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
+from wsi_mil.config.schema import check_fields, constrained
+
 #: Executor kinds: ``local`` (a process pool on this machine) or ``dask`` (a Dask cluster).
-EXECUTOR_KINDS = ("local", "dask")
-#: Clusters wsi-mil can start itself: a Dask LocalCluster, or SLURM jobs through dask-jobqueue.
-CLUSTER_KINDS = ("local", "slurm")
+ExecutorKind = Literal["local", "dask"]
+EXECUTOR_KINDS: tuple[str, ...] = typing.get_args(ExecutorKind)
 
 
 @dataclass(frozen=True)
@@ -27,25 +29,25 @@ class ClusterParams:
     #: local (Dask LocalCluster on this machine) or slurm (dask-jobqueue SLURMCluster jobs).
     kind: Literal["local", "slurm"] = "local"
     #: local: worker processes (null: one per CPU).
-    n_workers: int | None = None
+    n_workers: int | None = constrained(None, ge=1)
     #: local: threads of each worker process (one slide at a time per thread).
-    threads_per_worker: int = 1
+    threads_per_worker: int = constrained(1, ge=1)
     #: slurm: partition the jobs are submitted to (null: the cluster's default).
     queue: str | None = None
     #: slurm: account the jobs are charged to (null: your default).
     account: str | None = None
     #: slurm: CPU cores of one job.
-    cores: int = 8
+    cores: int = constrained(8, ge=1)
     #: slurm: Dask worker processes per job (the job's cores and memory are shared among them).
-    processes: int = 1
+    processes: int = constrained(1, ge=1)
     #: slurm: memory of one job (SLURM's --mem, e.g. 32GB).
     memory: str = "32GB"
     #: slurm: wall-time limit of one job (HH:MM:SS); workers stop there and their slides move on.
     walltime: str = "04:00:00"
     #: slurm: jobs submitted (each one node or part of one).
-    jobs: int = 1
+    jobs: int = constrained(1, ge=1)
     #: slurm: GPUs of one job (--gres=gpu:N); each worker process then offers a GPU resource.
-    gpus: int = 0
+    gpus: int = constrained(0, ge=0)
     #: slurm: network interface the workers and scheduler talk over (e.g. ib0); null: default.
     interface: str | None = None
     #: slurm: extra #SBATCH lines' options, e.g. [--constraint=a100, --qos=long].
@@ -59,15 +61,7 @@ class ClusterParams:
     local_directory: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in CLUSTER_KINDS:
-            raise ValueError(f"cluster kind must be one of {CLUSTER_KINDS}, got {self.kind!r}")
-        for name in ("threads_per_worker", "cores", "processes", "jobs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"cluster {name} must be at least 1, got {getattr(self, name)}")
-        if self.n_workers is not None and self.n_workers < 1:
-            raise ValueError(f"cluster n_workers must be at least 1, got {self.n_workers}")
-        if self.gpus < 0:
-            raise ValueError(f"cluster gpus must be 0 or more, got {self.gpus}")
+        check_fields(self)  # every Literal and range above
         if self.processes > self.cores:
             raise ValueError(f"cluster processes ({self.processes}) cannot exceed cores "
                              f"({self.cores}): each worker process needs a core")
@@ -83,15 +77,14 @@ class ExecutorParams:
     """
 
     #: local (process pool on this machine) or dask (a Dask cluster).
-    kind: Literal["local", "dask"] = "local"
+    kind: ExecutorKind = "local"
     #: dask: address of a running scheduler, e.g. tcp://HOST:8786 (null: start ``cluster``).
     address: str | None = None
     #: dask: the cluster to start when there is no ``address`` (null: a LocalCluster).
     cluster: ClusterParams | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in EXECUTOR_KINDS:
-            raise ValueError(f"executor kind must be one of {EXECUTOR_KINDS}, got {self.kind!r}")
+        check_fields(self)
         if self.kind == "local" and (self.address is not None or self.cluster is not None):
             raise ValueError("executor address and cluster need kind: dask (kind is local)")
         if self.address is not None and self.cluster is not None:
