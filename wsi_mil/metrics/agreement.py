@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsi_mil.extras import require_extra
+
 #: the ordinal scale of the ratings
 CATEGORIES = (1, 2, 3, 4, 5)
 
@@ -48,6 +50,7 @@ def cohen_quadratic_kappa(a: Sequence[int], b: Sequence[int]) -> float:
 
 def fleiss_kappa(scores: np.ndarray) -> float:
     """Fleiss' kappa of ``scores`` ``[n_slides, n_raters]`` (every rater scored every slide)."""
+    require_extra("agreement", "Fleiss' kappa")
     from statsmodels.stats.inter_rater import aggregate_raters
     from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 

@@ -34,9 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from wsi_mil.extras import require_extra
+
 
 def structured(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     """scikit-survival's structured array of (event, time)."""
+    require_extra("survival", "survival metrics")
     from sksurv.util import Surv
 
     return Surv.from_arrays(np.asarray(event, dtype=bool), np.asarray(time, dtype=np.float64))
@@ -44,6 +47,7 @@ def structured(time: np.ndarray, event: np.ndarray) -> np.ndarray:
 
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
     """Harrell's concordance index (scikit-survival); None without a comparable pair."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import concordance_index_censored
 
     try:
@@ -64,6 +68,7 @@ def evaluation_times(time: np.ndarray, grid: Sequence[float]) -> np.ndarray:
 def uno_c(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray,
           tau: float) -> float | None:
     """Uno's IPCW concordance index truncated at ``tau`` (scikit-survival)."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import concordance_index_ipcw
 
     try:
@@ -79,6 +84,7 @@ def td_auc(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndar
     ``cumulative_dynamic_auc``. A time at which the scored slides hold no case (no event yet) or
     no control is undefined (None; numpy's 0/0 warning is not shown: a few test slides of a
     fold often have such a time); None when the mean is."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import cumulative_dynamic_auc
 
     try:
@@ -96,6 +102,7 @@ def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,
                      survival: np.ndarray, times: np.ndarray) -> float | None:
     """Integrated Brier score of survival probabilities ``[n, len(times)]`` (scikit-survival);
     None with fewer than two times (nothing to integrate)."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import integrated_brier_score
 
     if len(times) < 2:
@@ -139,6 +146,7 @@ def _quiet_lifelines() -> Iterator[None]:
 
 def logrank(time: np.ndarray, event: np.ndarray, groups: Sequence[str]) -> dict[str, Any] | None:
     """lifelines' log-rank test between the groups; None with fewer than two groups."""
+    require_extra("survival", "survival metrics")
     from lifelines.statistics import multivariate_logrank_test
 
     groups = np.asarray(groups)
@@ -220,6 +228,7 @@ def kaplan_meier_curves(time: np.ndarray, event: np.ndarray,
                         groups: Sequence[str]) -> dict[str, dict[str, list[float]]]:
     """Each group's Kaplan-Meier curve (lifelines' ``KaplanMeierFitter``): times, survival and
     its 95 % confidence band."""
+    require_extra("survival", "survival metrics")
     from lifelines import KaplanMeierFitter
 
     groups = np.asarray(groups)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from wsi_mil.extras import require_extra
 from wsi_mil.mil.labels import LabelTable
 from wsi_mil.mil.params import TrainParams
 
@@ -260,7 +261,8 @@ def make_task(params: TrainParams, labels: LabelTable,
     if kind == "multilabel":
         names = tuple(labels.target_names)
         return Task(kind, names, len(names), "one_vs_rest")
-    if kind == "survival":
+    if kind == "survival":  # its metrics (and Cox's baseline) need the extra: say so first
+        require_extra("survival", "a survival task")
         choices["survival_loss"] = params.survival_loss
         n = 1 if params.survival_loss == "cox" else params.survival_bins
         times = labels.values([r.slide_id for r in labels.rows])
@@ -295,6 +297,7 @@ def fit_baseline(task: Task, logits: np.ndarray, targets: np.ndarray) -> Task:
     risks, times and events; other tasks unchanged."""
     if not (task.kind == "survival" and task.params["survival_loss"] == "cox"):
         return task
+    require_extra("survival", "a Cox survival model")
     from sksurv.linear_model.coxph import BreslowEstimator
 
     targets = np.asarray(targets, dtype=np.float64)

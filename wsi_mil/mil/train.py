@@ -645,6 +645,9 @@ def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[di
     """
     if parallel <= 1 or len(splits) <= 1:
         return [train_one(split) for split in splits]
+    from wsi_mil.extras import require_extra
+
+    require_extra("cluster", "training folds in parallel (parallel_folds > 1)")
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=min(parallel, len(splits)), threads_per_worker=1,

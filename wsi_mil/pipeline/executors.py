@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.executor_params import ClusterParams, ExecutorParams
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ def _client(executor: ExecutorParams) -> Iterator[Client]:
 
 
 def _open_session(executor: ExecutorParams) -> _Session:
+    require_extra("cluster", "a Dask executor")
     import dask
     from distributed import Client
 
@@ -172,6 +174,7 @@ def dashboard_link(client: Client) -> str | None:
 
 def start_cluster(cluster: ClusterParams) -> Any:
     """Start the cluster of ``cluster`` (its workers may still be queued, for SLURM)."""
+    require_extra("cluster", "a Dask cluster")
     if cluster.kind == "local":
         from distributed import LocalCluster
 
@@ -249,6 +252,7 @@ def describe_failure(exc: BaseException) -> str:
 
 def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
                executor: ExecutorParams) -> Iterator[tuple[J, str | None]]:
+    require_extra("cluster", "a Dask executor")
     from distributed import as_completed as dask_as_completed
 
     if not jobs:

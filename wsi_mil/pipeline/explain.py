@@ -46,6 +46,7 @@ from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.explain.params import METHOD_NAMES, ExplainParams
 from wsi_mil.explain.store import EXPLANATIONS, read_explanations
+from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.pipeline.executor_params import ExecutorParams
 
@@ -470,6 +471,7 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
                    overwrite: bool = False,
                    executor: ExecutorParams | None = None) -> BatchResult:
     """Explain every bag of ``features_dir`` with the run, then write the cohort outputs."""
+    require_extra("explain", "explaining a run")
     from tiling.annotations import find_annotation
 
     params = params or ExplainParams()

@@ -35,6 +35,7 @@ from features.device import resolve_device
 from tiling.params import AnnotationParams
 from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.errors import WsiMilError
+from wsi_mil.extras import require_extra
 from wsi_mil.metrics.segmentation import overlap_scores
 from wsi_mil.segment.data import KINDS, TileSet, TrainingSlide, sample_slide, split_slides
 from wsi_mil.segment.nets import CLASSES, MEAN, STD, build_network, to_input
@@ -116,6 +117,7 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
     val = _sample(val_slides, params, rng, annotation_params, log)
     device = resolve_device(params.device)
     model = build_network(params).to(device)
+    require_extra("segment", "training a pixel segmenter")
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -158,6 +160,7 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
     buffer = io.BytesIO()
     torch.save(best_state, buffer)
     blob = buffer.getvalue()
+    require_extra("segment", "training a pixel segmenter")
     import monai
 
     card = {
