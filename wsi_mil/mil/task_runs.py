@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from tiling.storage import csv_text, write_text_atomic
 from wsi_mil.mil.labels import LabelTable
 from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.tasks import Task
 from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_threshold, fold_thresholds
+
+logger = logging.getLogger(__name__)
 
 #: each task's headline metrics, summarised as mean ± std over folds
 TASK_SUMMARY_METRICS = {
@@ -123,7 +125,7 @@ def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelT
         for key, value in zip(("ids", "outputs", "decided", "survival", "groups"),
                               (ids, out, decided, survival, groups)):
             pooled[key].append(value)
-        tqdm.write(f"fold {fold}: {_headline(task, metrics)}")
+        logger.info("fold %s: %s", fold, _headline(task, metrics))
     names = TASK_SUMMARY_METRICS[task.kind]
     summary: dict[str, Any] = {"model": params.model, "class_names": list(task.output_names),
                                "n_folds": len(trained),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,7 @@ SEGMENT_DIR = "segment"
 def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.PathLike,
                   out_dir: str | os.PathLike, params: SegmentTrainParams | None = None, *,
                   labels_csv: str | os.PathLike | None = None, split: str | None = None,
-                  negative_class: str | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  negative_class: str | None = None) -> dict[str, Any]:
     """Train a segmenter on the annotated slides among ``slides`` (and, with a labels CSV, on
     its negative-class slides as lesion-free tissue); only ``split`` slides when given."""
     require_extra("segment", "pixel segmentation")
@@ -51,7 +50,7 @@ def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.Pat
     if not chosen:
         raise SegmentDataError(f"{annotations_dir}: no slide of {', '.join(map(str, slides))} "
                                f"has an annotation file <slide_id>.xml/.json/.geojson there")
-    return train_segmenter(chosen, out_dir, params or SegmentTrainParams(), log=log)
+    return train_segmenter(chosen, out_dir, params or SegmentTrainParams())
 
 
 @lru_cache(maxsize=2)
