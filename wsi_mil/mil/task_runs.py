@@ -61,6 +61,7 @@ def task_metrics(task: Task, labels: LabelTable, ids: list[str], outputs: np.nda
     if task.kind == "multilabel":
         from wsi_mil.metrics.multilabel import multilabel_metrics
 
+        assert decided is not None  # a multilabel run decides every target at its threshold
         return multilabel_metrics(values.astype(int), outputs, decided, task.output_names,
                                   n_boot=n_boot, seed=seed)
     if task.kind == "survival":
@@ -83,8 +84,9 @@ def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelT
     outputs = {r["fold"]: {part: fitted[r["fold"]].decode(np.asarray(r[part]["logits"]))
                            for part in ("val", "test")} for r in trained}
     decisions = _decisions(task, trained, labels, outputs, params)
-    fold_metrics, pooled = [], {"ids": [], "outputs": [], "decided": [], "survival": [],
-                                "groups": []}
+    fold_metrics: list[dict[str, Any]] = []
+    pooled: dict[str, list[Any]] = {"ids": [], "outputs": [], "decided": [], "survival": [],
+                                    "groups": []}
     for r in trained:
         fold, fold_task = r["fold"], fitted[r["fold"]]
         threshold, rule = decisions[fold]
@@ -213,6 +215,7 @@ def _pooled_figure(out_dir: Path, task: Task, labels: LabelTable, ids: list[str]
     note = f"pooled out of fold, {len(ids)} {unit} of {labels.path.name}"
     if task.kind == "survival":
         rule = RISK_CUT_RULE.replace("slides", unit)
+        assert groups is not None  # a survival run splits its bags into risk groups
         plot_risk_groups(out_dir / "km_risk_groups.png", values[:, 0], values[:, 1], groups,
                          metrics.get("logrank"), f"{note}; each fold's cut: {rule}")
     elif task.kind == "regression":

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.nn import functional as F
 
@@ -187,7 +188,7 @@ class Task:
             return 1.0 / (1.0 + np.exp(-tile_logits))
         return self.decode(tile_logits)
 
-    def survival(self, logits: np.ndarray, times: Sequence[float]) -> np.ndarray:
+    def survival(self, logits: np.ndarray, times: npt.ArrayLike) -> np.ndarray:
         """Survival probabilities ``[n, len(times)]`` of raw outputs: the fold's Breslow
         baseline to the power exp(risk) (Cox), or the product of the intervals' (1 - hazard)
         up to each time (discrete)."""
@@ -350,7 +351,8 @@ def risk_view(model: torch.nn.Module) -> torch.nn.Module:
 
     view = copy.copy(model)  # a new object over the same parameters and modules
     view.__class__ = type(f"Risk{type(model).__name__}", (RiskModel, type(model)), {})
-    view.n_classes = 1
+    # nn.Module's __setattr__ is typed for tensors and modules; n_classes is a plain int
+    view.n_classes = 1  # type: ignore[assignment]
     return view
 
 
