@@ -43,8 +43,8 @@ def require_extra(extra: str, feature: str) -> None:
     missing = [name for name in EXTRAS[extra] if not _findable(name)]
     if missing:
         raise MissingExtraError(
-            f"{feature} needs the optional '{extra}' packages ({', '.join(missing)} not "
-            f"installed): pip install \"wsi-mil[{extra}]\"")
+            f"{feature} needs the optional '{extra}' packages (cannot import "
+            f"{', '.join(missing)}): pip install \"wsi-mil[{extra}]\"")
 
 
 def _findable(name: str) -> bool:

@@ -37,8 +37,8 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
         require_extra("explain", "integrated gradients")
     message = str(caught.value)
     assert "\n" not in message
-    assert message == ('integrated gradients needs the optional \'explain\' packages (captum not '
-                       'installed): pip install "wsi-mil[explain]"')
+    assert message == ('integrated gradients needs the optional \'explain\' packages (cannot '
+                       'import captum): pip install "wsi-mil[explain]"')
     require_extra("segment", "pixel segmentation")  # installed here: no error
 
 
