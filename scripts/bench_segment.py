@@ -155,8 +155,7 @@ def main() -> None:
 
     for net in args.nets:
         started = time.perf_counter()
-        card = train_segmenter(slides, root / f"model_{net}", net_params(net, 64, args.epochs),
-                               log=lambda _: None)
+        card = train_segmenter(slides, root / f"model_{net}", net_params(net, 64, args.epochs))
         train_seconds = time.perf_counter() - started
         model, card = load_segmenter(root / f"model_{net}", "cpu")
         rows = []

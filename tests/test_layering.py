@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: Lowest first. A module may import its own layer and any layer below it.
 LAYERS = (
     "wsi_mil.errors",  # the base class of user errors: imports nothing, every layer uses it
+    "wsi_mil.extras",  # the optional extras and the check that names a missing one
+    "wsi_mil.console",  # the command's logging handler (tqdm only)
     # the dataclass schema and the executor settings: standard library only, every params.py
     # may use them
     "wsi_mil.config.schema",

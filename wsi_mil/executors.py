@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -36,8 +35,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from wsi_mil import console
 from wsi_mil.config.executor import ClusterParams, ExecutorParams
 from wsi_mil.errors import WsiMilError
+from wsi_mil.extras import require_extra
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 #: Dask's nanny starts workers as daemonic processes by default, and a daemonic process may
 #: not have children, so extraction would read tiles in the worker itself.
 NON_DAEMON_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+
+logger = logging.getLogger(__name__)
 
 
 class ExecutorError(WsiMilError, ValueError):
@@ -109,7 +112,10 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], *, stage: str,
 def _pool_jobs(jobs: Sequence[J], run_one: RunOne,
                workers: int) -> Iterator[tuple[J, str | None]]:
     # spawn, not fork: a forked child of a process that ran OpenCV/OpenMP threads can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    # the workers show their messages as this process does (wsi_mil.console)
+    initializer = console.install if console.installed() else None
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=initializer) as pool:
         futures = {pool.submit(run_one, job): job for job in jobs}
         try:
             for future in as_completed(futures):
@@ -167,6 +173,7 @@ def _client(executor: ExecutorParams) -> Iterator[Client]:
 
 
 def _open_session(executor: ExecutorParams) -> _Session:
+    require_extra("cluster", "a Dask executor")
     import dask
     from distributed import Client
 
@@ -183,10 +190,27 @@ def _open_session(executor: ExecutorParams) -> _Session:
     else:
         cluster = start_cluster(executor.cluster or ClusterParams())
         session = _Session(Client(cluster), cluster)
+    if console.installed():
+        _show_worker_messages(session.client)
     link = dashboard_link(session.client)
     if link:
-        print(f"Dask dashboard: {link}", file=sys.stderr)
+        logger.info("Dask dashboard: %s", link)
     return session
+
+
+def _show_worker_messages(client: Client) -> None:
+    """The workers, those that join later too, show the library's messages as this process
+    does (:mod:`wsi_mil.console`): a worker's lines go where its output goes (this terminal
+    for a LocalCluster, the job's log on SLURM)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class ConsolePlugin(WorkerPlugin):
+        name = "wsi-mil-console"
+
+        def setup(self, worker: Any) -> None:
+            console.install()
+
+    client.register_plugin(ConsolePlugin())
 
 
 def dashboard_link(client: Client) -> str | None:
@@ -197,6 +221,7 @@ def dashboard_link(client: Client) -> str | None:
 
 def start_cluster(cluster: ClusterParams) -> Any:
     """Start the cluster of ``cluster`` (its workers may still be queued, for SLURM)."""
+    require_extra("cluster", "a Dask cluster")
     if cluster.kind == "local":
         from distributed import LocalCluster
 
@@ -252,7 +277,7 @@ def _check_resources(client: Client, jobs: Sequence[J], where: str) -> None:
     """
     workers = client.scheduler_info(n_workers=-1).get("workers", {})
     if not workers:
-        print(f"waiting for Dask workers to join {where}", file=sys.stderr)
+        logger.info("waiting for Dask workers to join %s", where)
         return
     offered: set[str] = set()
     for info in workers.values():
@@ -274,6 +299,7 @@ def describe_failure(exc: BaseException) -> str:
 
 def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
                executor: ExecutorParams) -> Iterator[tuple[J, str | None]]:
+    require_extra("cluster", "a Dask executor")
     from distributed import as_completed as dask_as_completed
 
     if not jobs:

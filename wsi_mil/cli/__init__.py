@@ -5,6 +5,9 @@ flags are generated from its parameter dataclass (:mod:`wsi_mil.cli.options`). B
 parser imports no numpy, torch, scipy or matplotlib: the verb imports what it needs inside the
 function it runs, so ``wsi-mil --help`` answers at once and ``wsi-mil tile`` never loads torch.
 
+Output: the library logs (:mod:`logging`); :func:`main` installs the handler that prints its
+messages as plain lines (:mod:`wsi_mil.console`), the verbs print their own results.
+
 Errors: a :class:`wsi_mil.errors.WsiMilError` is the user's input being wrong and prints as one
 line (exit 2); anything else is a bug or a broken machine (a CUDA error, a full disk) and shows
 its traceback. ``--traceback`` or ``WSI_MIL_TRACEBACK=1`` shows the traceback of a user error
@@ -79,10 +82,12 @@ def _print_warning(message: Warning | str, category: type[Warning], filename: st
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    from wsi_mil import console
     from wsi_mil.errors import WsiMilError
 
     args = build_parser().parse_args(argv)
     warnings.showwarning = _print_warning
+    console.install()  # the library logs; the command shows it as before (wsi_mil.console)
     try:
         return int(args.func(args) or 0)
     except WsiMilError as exc:  # the input is wrong: one line naming it
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsi-mil {args.verb}: interrupted; run the same command again to resume",
               file=sys.stderr)
         return 130
+    finally:
+        console.uninstall()
 
 
 if __name__ == "__main__":

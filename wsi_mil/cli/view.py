@@ -15,6 +15,9 @@ from wsi_mil.viewer.params import ViewerParams
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_mil.extras import require_extra
+
+    require_extra("viewer", "wsi-mil view")  # before indexing the project
     params = options_from_args(ViewerParams, args)
     if params.rater is not None:
         from wsi_mil.viewer.ratings import check_rater

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.extras import require_extra
 from wsi_mil.mil.models import MILModel
 
 
@@ -59,6 +60,7 @@ def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
     """Grad-CAM maps ``[k, S, S]`` in [0, 1] (``S`` the encoder's input size) of tiles
     ``indices`` of the bag ``features`` ``[N, D]``, whose RGB images are ``tiles``;
     ``coords`` ``[N, 2]``: the bag's grid positions, for a model that uses them."""
+    require_extra("explain", "tile Grad-CAM")
     from captum.attr import LayerAttribution, LayerGradCam
 
     from tiling.reader import resize_rgb

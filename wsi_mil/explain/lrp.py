@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from wsi_mil.extras import require_extra
 from wsi_mil.mil.models import MILModel
 from wsi_mil.mil.models.base import logits_fn
 
@@ -59,6 +60,7 @@ class Relevance:
 def lrp_relevance(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
                   target: int) -> Relevance:
     """LRP relevance per tile of ``model``'s ``target`` logit on one bag ``x`` ``[N, D]``."""
+    require_extra("explain", "LRP")
     from captum.attr import InputXGradient
 
     model.eval()

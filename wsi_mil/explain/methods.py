@@ -73,6 +73,7 @@ import torch
 
 from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.params import METHOD_NAMES, RENAMED, ExplainParams
+from wsi_mil.extras import require_extra
 from wsi_mil.mil.models import MILModel
 from wsi_mil.mil.models.base import logits_fn
 from wsi_mil.mil.models.pooling import _PoolingMIL
@@ -216,6 +217,7 @@ def attention_x_gradient_scores(model: MILModel, x: torch.Tensor, coords: torch.
 
 def gradient_x_input_scores(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
                             target: int) -> np.ndarray:
+    require_extra("explain", "gradient x input")
     from captum.attr import InputXGradient
 
     attr = InputXGradient(logits_fn(model, coords)).attribute(x.unsqueeze(0), target=target)
@@ -226,6 +228,7 @@ def integrated_gradients_scores(model: MILModel, x: torch.Tensor, coords: torch.
                                 target: int, steps: int = 32) -> np.ndarray:
     """The zero baseline keeps the bag's tile positions: positions are context, not attributed
     (completeness reads ``logit(bag) - logit(zeros)`` at the same positions)."""
+    require_extra("explain", "integrated gradients")
     from captum.attr import IntegratedGradients
 
     attr = IntegratedGradients(logits_fn(model, coords)).attribute(

@@ -15,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
+
+from wsi_mil.extras import require_extra
 
 #: the ordinal scale of the ratings
 CATEGORIES = (1, 2, 3, 4, 5)
@@ -31,11 +34,12 @@ class QuestionAgreement:
     n_raters: int
 
 
-def cohen_quadratic_kappa(a: Sequence[int], b: Sequence[int]) -> float:
+def cohen_quadratic_kappa(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """Cohen's kappa with quadratic weights between two raters' scores of the same slides."""
     from sklearn.exceptions import UndefinedMetricWarning
     from sklearn.metrics import cohen_kappa_score
 
+    a, b = np.asarray(a), np.asarray(b)
     if len(a) != len(b):
         raise ValueError(f"{len(a)} scores against {len(b)}")
     if len(a) < 2:
@@ -48,6 +52,7 @@ def cohen_quadratic_kappa(a: Sequence[int], b: Sequence[int]) -> float:
 
 def fleiss_kappa(scores: np.ndarray) -> float:
     """Fleiss' kappa of ``scores`` ``[n_slides, n_raters]`` (every rater scored every slide)."""
+    require_extra("agreement", "Fleiss' kappa")
     from statsmodels.stats.inter_rater import aggregate_raters
     from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
 

@@ -224,7 +224,7 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
             index = torch.from_numpy(np.asarray(subset, dtype=np.int64)).to(run.device)
             batch[i, :len(subset)] = x[index]
             mask[i, :len(subset)] = True
-            if positions is not None:
+            if positions is not None and grid is not None:  # (positions exist with a grid)
                 positions[i, :len(subset)] = grid[index]
         probs = [_score(fm, fm.model(batch, mask, coords=positions).logits, class_index)
                  for fm in run.folds]

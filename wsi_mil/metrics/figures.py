@@ -5,11 +5,11 @@ curve per target. Each title says what is shown, how many slides, and what decid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -20,7 +20,7 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
-def plot_risk_groups(path: Path, time: np.ndarray, event: np.ndarray, groups: Sequence[str],
+def plot_risk_groups(path: Path, time: np.ndarray, event: np.ndarray, groups: npt.ArrayLike,
                      logrank: dict[str, Any] | None, note: str) -> None:
     """Kaplan-Meier curves (lifelines) of each predicted risk group with its 95 % band, the
     number at risk in the legend and the log-rank p-value in the title."""

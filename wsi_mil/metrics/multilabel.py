@@ -24,8 +24,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 def macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
     """Mean AUC over the targets that have both values among the slides (None if none has)."""
-    values = [_auc(y[:, t], probs[:, t]) for t in range(y.shape[1])]
-    values = [v for v in values if v is not None]
+    values = [v for t in range(y.shape[1]) if (v := _auc(y[:, t], probs[:, t])) is not None]
     return float(np.mean(values)) if values else None
 
 
@@ -58,17 +57,18 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
             fpr, tpr, _ = roc_curve(y[:, t], probs[:, t])
             roc[name] = {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist()}
     macro = macro_auc(y, probs)
-    ci = None
+    macro_ci: list[float] | None = None
     if macro is not None and n_boot > 0:
         rng = np.random.default_rng(seed)
-        values = []
+        values: list[float] = []
         for _ in range(n_boot):
             idx = rng.integers(0, len(y), len(y))
-            if all(len(np.unique(y[idx, t])) == 2 for t in range(y.shape[1])):
-                values.append(macro_auc(y[idx], probs[idx]))
+            if all(len(np.unique(y[idx, t])) == 2 for t in range(y.shape[1])) and (
+                    resampled := macro_auc(y[idx], probs[idx])) is not None:
+                values.append(resampled)
         if len(values) >= n_boot // 2:
-            ci = [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
+            macro_ci = [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
     return {"n_slides": len(y), "targets": list(targets), "per_target": per_target,
-            "macro_auc": macro, "macro_auc_ci95": ci,
+            "macro_auc": macro, "macro_auc_ci95": macro_ci,
             "hamming_loss": float(hamming_loss(y, predicted)),
             "subset_accuracy": float(accuracy_score(y, predicted)), "roc": roc}

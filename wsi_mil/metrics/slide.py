@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -126,7 +127,7 @@ def predict_indices(probs: np.ndarray, threshold: float | np.ndarray | None = No
     return np.where(probs[:, pos] >= threshold, pos, negative_index)
 
 
-def sensitivity_at_specificity(y_true: Sequence[bool], scores: Sequence[float],
+def sensitivity_at_specificity(y_true: npt.ArrayLike, scores: npt.ArrayLike,
                                specificity: float) -> float | None:
     """The highest sensitivity of any threshold whose specificity is at least ``specificity``
     (the operating points of the ROC curve; None without both classes).
@@ -142,7 +143,7 @@ def sensitivity_at_specificity(y_true: Sequence[bool], scores: Sequence[float],
     return float(tpr[allowed].max())
 
 
-def false_negative_rate(y_true: Sequence[bool], predicted: Sequence[bool]) -> float | None:
+def false_negative_rate(y_true: npt.ArrayLike, predicted: npt.ArrayLike) -> float | None:
     """Share of positive slides predicted negative (1 - sensitivity at the chosen threshold)."""
     y_true, predicted = np.asarray(y_true, dtype=bool), np.asarray(predicted, dtype=bool)
     if not y_true.any():
@@ -150,7 +151,7 @@ def false_negative_rate(y_true: Sequence[bool], predicted: Sequence[bool]) -> fl
     return float((~predicted[y_true]).mean())
 
 
-def slide_metrics(y: Sequence[int], probs: np.ndarray, predicted: Sequence[int],
+def slide_metrics(y: npt.ArrayLike, probs: np.ndarray, predicted: npt.ArrayLike,
                   class_names: Sequence[str], negative_index: int = 0,
                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """AUC (+ bootstrap 95 % CI), accuracy, balanced accuracy, F1, confusion matrix, ROC curve,

@@ -28,15 +28,19 @@ splits), with the log-rank test (lifelines' ``multivariate_logrank_test``).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+from wsi_mil.extras import require_extra
 
 
 def structured(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     """scikit-survival's structured array of (event, time)."""
+    require_extra("survival", "survival metrics")
     from sksurv.util import Surv
 
     return Surv.from_arrays(np.asarray(event, dtype=bool), np.asarray(time, dtype=np.float64))
@@ -44,6 +48,7 @@ def structured(time: np.ndarray, event: np.ndarray) -> np.ndarray:
 
 def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
     """Harrell's concordance index (scikit-survival); None without a comparable pair."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import concordance_index_censored
 
     try:
@@ -54,7 +59,7 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | 
         return None
 
 
-def evaluation_times(time: np.ndarray, grid: Sequence[float]) -> np.ndarray:
+def evaluation_times(time: np.ndarray, grid: npt.ArrayLike) -> np.ndarray:
     """The ``grid`` times strictly inside the scored slides' follow-up (IPCW needs both)."""
     time = np.asarray(time, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
@@ -64,6 +69,7 @@ def evaluation_times(time: np.ndarray, grid: Sequence[float]) -> np.ndarray:
 def uno_c(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray,
           tau: float) -> float | None:
     """Uno's IPCW concordance index truncated at ``tau`` (scikit-survival)."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import concordance_index_ipcw
 
     try:
@@ -74,11 +80,12 @@ def uno_c(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarr
 
 
 def td_auc(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-           times: np.ndarray) -> tuple[list[float], float] | None:
+           times: np.ndarray) -> tuple[list[float | None], float] | None:
     """(AUC at each time, their mean weighted by the survival function): scikit-survival's
     ``cumulative_dynamic_auc``. A time at which the scored slides hold no case (no event yet) or
     no control is undefined (None; numpy's 0/0 warning is not shown: a few test slides of a
     fold often have such a time); None when the mean is."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import cumulative_dynamic_auc
 
     try:
@@ -96,6 +103,7 @@ def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,
                      survival: np.ndarray, times: np.ndarray) -> float | None:
     """Integrated Brier score of survival probabilities ``[n, len(times)]`` (scikit-survival);
     None with fewer than two times (nothing to integrate)."""
+    require_extra("survival", "survival metrics")
     from sksurv.metrics import integrated_brier_score
 
     if len(times) < 2:
@@ -137,8 +145,9 @@ def _quiet_lifelines() -> Iterator[None]:
         yield
 
 
-def logrank(time: np.ndarray, event: np.ndarray, groups: Sequence[str]) -> dict[str, Any] | None:
+def logrank(time: np.ndarray, event: np.ndarray, groups: npt.ArrayLike) -> dict[str, Any] | None:
     """lifelines' log-rank test between the groups; None with fewer than two groups."""
+    require_extra("survival", "survival metrics")
     from lifelines.statistics import multivariate_logrank_test
 
     groups = np.asarray(groups)
@@ -153,8 +162,8 @@ def logrank(time: np.ndarray, event: np.ndarray, groups: Sequence[str]) -> dict[
 
 
 def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-                     survival: np.ndarray | None, grid: Sequence[float],
-                     groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
+                     survival: np.ndarray | None, grid: npt.ArrayLike,
+                     groups: npt.ArrayLike | None = None, n_boot: int = 1000, seed: int = 0,
                      train: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Harrell's and Uno's C, the time-dependent AUC and the integrated Brier score with
     bootstrap 95 % intervals, and the log-rank test of the risk ``groups`` (module docstring).
@@ -186,10 +195,13 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
 
     def boot_ibs(idx: np.ndarray) -> float | None:
         inside = evaluation_times(time[idx], times)
-        if len(inside) < 2:
+        if surv is None or len(inside) < 2:  # (bootstrapped only when there is a score)
             return None
         return integrated_brier(ref, time[idx], event[idx],
                                 surv[idx][:, np.isin(times, inside)], inside)
+
+    def boot_uno(idx: np.ndarray) -> float | None:
+        return None if tau is None else uno_c(ref, *at(idx), tau)
 
     def boot_auc(idx: np.ndarray) -> float | None:
         inside = evaluation_times(time[idx], times)
@@ -200,7 +212,7 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
         "n_slides": len(time), "n_events": int(event.sum()),
         "harrell_c": harrell, "harrell_c_ci95": boot(lambda i: harrell_c(*at(i)))
         if harrell is not None else None,
-        "uno_c": uno, "uno_c_ci95": boot(lambda i: uno_c(ref, *at(i), tau))
+        "uno_c": uno, "uno_c_ci95": boot(boot_uno)
         if uno is not None else None, "uno_c_tau": tau,
         "td_auc_times": times.tolist(),
         "td_auc": None if auc is None else auc[0],
@@ -217,9 +229,10 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
 
 
 def kaplan_meier_curves(time: np.ndarray, event: np.ndarray,
-                        groups: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+                        groups: npt.ArrayLike) -> dict[str, dict[str, list[float]]]:
     """Each group's Kaplan-Meier curve (lifelines' ``KaplanMeierFitter``): times, survival and
     its 95 % confidence band."""
+    require_extra("survival", "survival metrics")
     from lifelines import KaplanMeierFitter
 
     groups = np.asarray(groups)

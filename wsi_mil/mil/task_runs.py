@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from tiling.storage import csv_text, write_text_atomic
 from wsi_mil.mil.labels import LabelTable
 from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.tasks import Task
 from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_threshold, fold_thresholds
+
+logger = logging.getLogger(__name__)
 
 #: each task's headline metrics, summarised as mean ± std over folds
 TASK_SUMMARY_METRICS = {
@@ -59,6 +61,7 @@ def task_metrics(task: Task, labels: LabelTable, ids: list[str], outputs: np.nda
     if task.kind == "multilabel":
         from wsi_mil.metrics.multilabel import multilabel_metrics
 
+        assert decided is not None  # a multilabel run decides every target at its threshold
         return multilabel_metrics(values.astype(int), outputs, decided, task.output_names,
                                   n_boot=n_boot, seed=seed)
     if task.kind == "survival":
@@ -88,7 +91,7 @@ def task_prediction_rows(slide_ids: list[str], outputs: np.ndarray, predicted: l
     by_slide = labels.by_slide()
     rows = []
     for slide_id, values, label in zip(slide_ids, outputs, predicted, strict=True):
-        row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
+        row: dict[str, Any] = {"slide_id": slide_id, "label": by_slide[slide_id].label,
                "predicted_label": label}
         row.update({c: round(float(v), 6) for c, v in zip(output_columns(task), values)})
         rows.append(row)
@@ -103,8 +106,9 @@ def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelT
     outputs = {r["fold"]: {part: fitted[r["fold"]].decode(np.asarray(r[part]["logits"]))
                            for part in ("val", "test")} for r in trained}
     decisions = _decisions(task, trained, labels, outputs, params)
-    fold_metrics, pooled = [], {"ids": [], "outputs": [], "decided": [], "survival": [],
-                                "groups": []}
+    fold_metrics: list[dict[str, Any]] = []
+    pooled: dict[str, list[Any]] = {"ids": [], "outputs": [], "decided": [], "survival": [],
+                                    "groups": []}
     for r in trained:
         fold, fold_task = r["fold"], fitted[r["fold"]]
         threshold, rule = decisions[fold]
@@ -143,7 +147,7 @@ def finish_task_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelT
         for key, value in zip(("ids", "outputs", "decided", "survival", "groups"),
                               (ids, out, decided, survival, groups)):
             pooled[key].append(value)
-        tqdm.write(f"fold {fold}: {_headline(task, metrics)}")
+        logger.info("fold %s: %s", fold, _headline(task, metrics))
     names = TASK_SUMMARY_METRICS[task.kind]
     summary: dict[str, Any] = {"model": params.model, "class_names": list(task.output_names),
                                "n_folds": len(trained),
@@ -231,6 +235,7 @@ def _pooled_figure(out_dir: Path, task: Task, labels: LabelTable, ids: list[str]
     note = f"pooled out of fold, {len(ids)} {unit} of {labels.path.name}"
     if task.kind == "survival":
         rule = RISK_CUT_RULE.replace("slides", unit)
+        assert groups is not None  # a survival run splits its bags into risk groups
         plot_risk_groups(out_dir / "km_risk_groups.png", values[:, 0], values[:, 1], groups,
                          metrics.get("logrank"), f"{note}; each fold's cut: {rule}")
     elif task.kind == "regression":

@@ -43,9 +43,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.nn import functional as F
 
+from wsi_mil.extras import require_extra
 from wsi_mil.mil.labels import LabelTable
 from wsi_mil.mil.params import TrainParams
 
@@ -207,7 +209,7 @@ class Task:
             return 1.0 / (1.0 + np.exp(-tile_logits))
         return self.decode(tile_logits)
 
-    def survival(self, logits: np.ndarray, times: Sequence[float]) -> np.ndarray:
+    def survival(self, logits: np.ndarray, times: npt.ArrayLike) -> np.ndarray:
         """Survival probabilities ``[n, len(times)]`` of raw outputs: the fold's Breslow
         baseline to the power exp(risk) (Cox), or the product of the intervals' (1 - hazard)
         up to each time (discrete)."""
@@ -281,7 +283,8 @@ def make_task(params: TrainParams, labels: LabelTable,
     if kind == "multilabel":
         names = tuple(labels.target_names)
         return Task(kind, names, len(names), "one_vs_rest")
-    if kind == "survival":
+    if kind == "survival":  # its metrics (and Cox's baseline) need the extra: say so first
+        require_extra("survival", "a survival task")
         choices["survival_loss"] = params.survival_loss
         n = 1 if params.survival_loss == "cox" else params.survival_bins
         times = labels.values([r.slide_id for r in labels.rows])
@@ -316,6 +319,7 @@ def fit_baseline(task: Task, logits: np.ndarray, targets: np.ndarray) -> Task:
     risks, times and events; other tasks unchanged."""
     if not (task.kind == "survival" and task.params["survival_loss"] == "cox"):
         return task
+    require_extra("survival", "a Cox survival model")
     from sksurv.linear_model.coxph import BreslowEstimator
 
     targets = np.asarray(targets, dtype=np.float64)
@@ -368,7 +372,8 @@ def risk_view(model: torch.nn.Module) -> torch.nn.Module:
 
     view = copy.copy(model)  # a new object over the same parameters and modules
     view.__class__ = type(f"Risk{type(model).__name__}", (RiskModel, type(model)), {})
-    view.n_classes = 1
+    # nn.Module's __setattr__ is typed for tensors and modules; n_classes is a plain int
+    view.n_classes = 1  # type: ignore[assignment]
     return view
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -62,6 +63,7 @@ from wsi_mil.mil.splits import FoldSplit, make_splits, splits_csv
 from wsi_mil.mil.tasks import Task, fit_baseline, fit_task, make_task
 from wsi_mil.mil.thresholds import ENSEMBLE_RULE, ensemble_threshold, fold_thresholds
 
+logger = logging.getLogger(__name__)
 SUMMARY_METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "brier", "ece")
 
 
@@ -565,8 +567,9 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         write_text_atomic(fold_dir / "training.json", json.dumps(record) + "\n")
         name = {"auc": "AUC", "c_index": "Harrell's C", "r2": "R²"}[SCORE_NAMES[task.kind]]
         score = monitor_score(fitted, test)
-        tqdm.write(f"fold {split.fold}: test {name} {'-' if score is None else f'{score:.3f}'} "
-                   f"(best epoch {result.best_epoch + 1} of {len(result.log)})", file=sys.stderr)
+        logger.info("fold %s: test %s %s (best epoch %d of %d)", split.fold, name,
+                    "-" if score is None else f"{score:.3f}", result.best_epoch + 1,
+                    len(result.log))
         return record
 
     trained, todo = [], []
@@ -575,7 +578,7 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         finished = finished_fold(fold_dir) if resume else None
         if finished is not None:
             trained.append(finished)
-            tqdm.write(f"fold {split.fold}: trained in {fold_dir}, kept", file=sys.stderr)
+            logger.info("fold %s: trained in %s, kept", split.fold, fold_dir)
         else:
             todo.append(split)
     trained += map_folds(train_one, todo, params.parallel_folds)
@@ -675,9 +678,9 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
         pooled_rows.append((y, p, k))
         fold_metrics.append(metrics)
         auc = metrics["auc"]
-        tqdm.write(f"fold {fold}: test AUC {'-' if auc is None else f'{auc:.3f}'}, accuracy "
-                   f"{metrics['accuracy']:.3f} at threshold {threshold:.3f} ({decision.rule}; "
-                   f"none of its {len(ids)} test slides among them)", file=sys.stderr)
+        logger.info("fold %s: test AUC %s, accuracy %.3f at threshold %.3f (%s; none of its %d "
+                    "test slides among them)", fold, "-" if auc is None else f"{auc:.3f}",
+                    metrics["accuracy"], threshold, decision.rule, len(ids))
     ensemble = ensemble_threshold([d.threshold for d in chosen])
     summary = {"model": params.model, "class_names": classes, "n_folds": len(trained),
                "negative_class": None if subtypes else classes[negative_index],

@@ -11,8 +11,8 @@ one runs them is decided in one place, :func:`wsi_mil.executors.run_jobs`.
 from __future__ import annotations
 
 import csv
+import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.executors import describe_failure, run_jobs
 
 FAILURE_COLUMNS = ("slide", "stage", "error")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def run_batch(
             result.done.append(job.slide)
         else:
             result.failed.append((job.slide, error))
-            tqdm.write(f"[{stage}] {job.slide} failed: {error}", file=sys.stderr)
+            logger.warning("[%s] %s failed: %s", stage, job.slide, error)
 
     with tqdm(total=len(todo), desc=stage, unit="slide", disable=not todo) as bar:
         for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +159,7 @@ class DemoResult:
 
 
 def run_demo(out: str | os.PathLike | None = None, quick: bool = False,
-             overwrite: bool = False, log: Callable[[str], None] = print,
-             segment: bool = False) -> DemoResult:
+             overwrite: bool = False, segment: bool = False) -> DemoResult:
     """Run the demo pipeline (resuming a previous demo in ``out``) and collect its numbers.
 
     The numbers are read back from the files the run wrote (``evaluation/metrics.json`` and
@@ -169,7 +168,7 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False,
     from wsi_mil.pipeline.run import run_pipeline
 
     config = demo_config(out, quick, segment)
-    result = run_pipeline(config, overwrite=overwrite, log=log)
+    result = run_pipeline(config, overwrite=overwrite)
     metrics = json.loads((config.evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
     lesion = json.loads((config.evaluation_dir / "lesion_metrics.json").read_text(
         encoding="utf-8"))

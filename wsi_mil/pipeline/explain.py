@@ -51,6 +51,7 @@ from wsi_mil.explain.store import (
     read_explanations,
     write_explanations,
 )
+from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 
 STAGE = "explain"
@@ -290,6 +291,7 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
                    overwrite: bool = False,
                    executor: ExecutorParams | None = None) -> BatchResult:
     """Explain every bag of ``features_dir`` with the run, then write the cohort outputs."""
+    require_extra("explain", "explaining a run")
     from tiling.annotations import find_annotation
 
     params = params or ExplainParams()

@@ -24,6 +24,7 @@ changed; an interrupted training keeps its complete folds (``train_run(resume=Tr
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from wsi_mil.errors import WsiMilError
 if TYPE_CHECKING:
     from wsi_mil.config.pipeline import PipelineConfig
 
+logger = logging.getLogger(__name__)
 STATE_FILE = "run_state.json"
 CONFIG_FILE = "config.yaml"
 
@@ -157,8 +159,7 @@ class Ledger:
 # --------------------------------------------------------------------------- the stages
 
 
-def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> PipelineResult:
+def run_pipeline(config: PipelineConfig, *, overwrite: bool = False) -> PipelineResult:
     """Run the configured stages in order; see the module docstring for how it resumes.
 
     Stages with failed slides carry on (the failures are in the stage's ``failures.csv`` and
@@ -185,14 +186,14 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
         if tracked and not overwrite:
             redo, why = ledger.must_redo(name, ledger_params, upstream_changed)
         if redo:
-            log(f"[{name}] redoing every output: {why}")
+            logger.info("[%s] redoing every output: %s", name, why)
         if tracked:
             ledger.start(name, ledger_params, redo)
         started = time.perf_counter()
         summary, new_outputs, failed = body(redo)
         report = StageReport(name, summary, time.perf_counter() - started, new_outputs, failed)
         result.stages.append(report)
-        log(f"[{name}] {summary} ({report.seconds:.1f} s)")
+        logger.info("[%s] %s (%.1f s)", name, summary, report.seconds)
         if tracked:
             ledger.finish(name)
         upstream_changed = upstream_changed or new_outputs
@@ -277,8 +278,7 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False,
             split = ("train" if config.labels_csv is not None
                      and read_labels(config.labels_csv).has_split else None)
             card = segment_train(list(config.slide_inputs), config.annotations_dir, model,
-                                 section.train, labels_csv=config.labels_csv, split=split,
-                                 log=log)
+                                 section.train, labels_csv=config.labels_csv, split=split)
             trained = (f"trained {card['net']} (validation Dice {card['best_val_dice']:.3f}) "
                        f"-> {model}; ")
         summary, new_outputs, failed = batch(segment_slides(

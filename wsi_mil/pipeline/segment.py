@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError, MissingInputError
+from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 
@@ -26,10 +27,10 @@ SEGMENT_DIR = "segment"
 def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.PathLike,
                   out_dir: str | os.PathLike, params: SegmentTrainParams | None = None, *,
                   labels_csv: str | os.PathLike | None = None, split: str | None = None,
-                  negative_class: str | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  negative_class: str | None = None) -> dict[str, Any]:
     """Train a segmenter on the annotated slides among ``slides`` (and, with a labels CSV, on
     its negative-class slides as lesion-free tissue); only ``split`` slides when given."""
+    require_extra("segment", "pixel segmentation")
     from wsi_mil.mil.labels import read_labels
     from wsi_mil.segment.data import SegmentDataError, training_slides
     from wsi_mil.segment.train import train_segmenter
@@ -49,7 +50,7 @@ def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.Pat
     if not chosen:
         raise SegmentDataError(f"{annotations_dir}: no slide of {', '.join(map(str, slides))} "
                                f"has an annotation file <slide_id>.xml/.json/.geojson there")
-    return train_segmenter(chosen, out_dir, params or SegmentTrainParams(), log=log)
+    return train_segmenter(chosen, out_dir, params or SegmentTrainParams())
 
 
 @lru_cache(maxsize=2)
@@ -84,13 +85,16 @@ def _is_current(folder: Path, checkpoint_sha256: str, explain: tuple[str, ...] =
 def explain_methods_note(model_dir: str | os.PathLike, params: SegmentParams) -> str | None:
     """What ``params.explain`` gives with this segmenter: None when every method applies, else a
     line naming the ones its network does not have. Raises when it has none of them."""
-    from wsi_mil.segment.attribution import NETWORK_METHODS, available_methods
+    from wsi_mil.segment.attribution import CAPTUM_METHODS, NETWORK_METHODS, available_methods
     from wsi_mil.segment.train import read_model_card
 
     if not params.explain:
         return None
     net = str(read_model_card(model_dir)["net"])
     kept = available_methods(net, params.explain)
+    captum = [m for m in kept if m in CAPTUM_METHODS]
+    if captum:
+        require_extra("explain", f"the segmenter's {' and '.join(captum)}")
     missing = [m for m in params.explain if m not in kept]
     if not kept:
         raise InputError(f"{model_dir}: a {net} segmenter has none of the explanations "
@@ -114,6 +118,7 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
     ``annotations_dir`` (``<slide_id>.xml/.json/.geojson``) when given, and the cohort's
     ``segment/explain_table.md`` after the batch.
     """
+    require_extra("segment", "pixel segmentation")
     from tiling.annotations import find_annotation
     from tiling.discover import check_unique_ids, find_slides
     from wsi_mil.segment.train import read_model_card

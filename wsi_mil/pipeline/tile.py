@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from functools import partial
 from pathlib import Path
-
-from tqdm import tqdm
 
 from tiling.discover import check_unique_ids, find_slides
 from tiling.params import TilingParams
@@ -17,6 +15,7 @@ from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 
 STAGE = "tile"
+logger = logging.getLogger(__name__)
 
 
 def tile_and_report(slide_path: Path, out_dir: Path, params: TilingParams,
@@ -24,7 +23,7 @@ def tile_and_report(slide_path: Path, out_dir: Path, params: TilingParams,
     """Tile one slide and print its line (tissue area, tiles kept), so a slide that lost its
     tissue shows in the log as it happens, not only at ``extract``."""
     path = tile_slide(slide_path, out_dir, params, mpp)
-    tqdm.write(summary_line(path))
+    logger.info(summary_line(path))
     return path
 
 
@@ -55,8 +54,8 @@ def tile_slides(
     overrides = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}
     unknown = sorted(set(overrides) - set(by_id))
     if unknown:
-        print(f"warning: {mpp_csv} lists slides not among the inputs: {', '.join(unknown[:10])}"
-              + (" ..." if len(unknown) > 10 else ""), file=sys.stderr)
+        logger.warning("warning: %s lists slides not among the inputs: %s%s", mpp_csv,
+                       ", ".join(unknown[:10]), " ..." if len(unknown) > 10 else "")
     jobs = [
         SlideJob(slide=str(path), output=tiling_outputs(out_dir, slide_id).tiles,
                  run=partial(tile_and_report, path, out_dir, params, overrides.get(slide_id, mpp)))

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.extras import require_extra
 from wsi_mil.segment.params import EXPLAIN_METHODS
 
 #: The methods each network has, in the order of the tables.
@@ -70,6 +71,8 @@ NETWORK_METHODS = {
     "attention_unet": ("gradcam", "attention_gates", "integrated_gradients", "random"),
     "unet": ("gradcam", "integrated_gradients", "random"),
 }
+#: The methods computed with Captum (the 'explain' extra).
+CAPTUM_METHODS = ("gradcam", "integrated_gradients")
 #: UNETR's patch side in pixels (fixed by MONAI).
 UNETR_PATCH = 16
 #: A Grad-CAM stage is at most this many times coarser than the window (see the docstring).
@@ -95,6 +98,7 @@ def lesion_target(logits: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
 
 def _upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     """``[B, 1, h, w]`` -> ``[B, size, size]``, bilinear (Captum's interpolation)."""
+    require_extra("explain", "Grad-CAM of a segmenter")
     from captum.attr import LayerAttribution
 
     if maps.shape[-1] == size and maps.shape[-2] == size:
@@ -196,6 +200,7 @@ def gradcam_stages(model: torch.nn.Module, net: str) -> list[str]:
     if net in ("swin_unetr", "unetr"):
         return [n for n in ("encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
                 if n in names]
+    require_extra("segment", "a segmenter's Grad-CAM stages")
     from monai.networks.layers.simplelayers import SkipConnection
     from monai.networks.nets.attentionunet import AttentionLayer
 
@@ -242,6 +247,7 @@ def gradcam_layer_name(model: torch.nn.Module, net: str, tile_size: int,
 def gradcam_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor,
                  layer_name: str) -> np.ndarray:
     """Captum's LayerGradCam of the outlined lesion's log-odds at ``layer_name``."""
+    require_extra("explain", "Grad-CAM of a segmenter")
     from captum.attr import LayerGradCam
 
     layer = dict(model.named_modules())[layer_name]
@@ -255,6 +261,7 @@ def gradcam_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor,
 def attention_gate_maps(model: torch.nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
     """``attention_gates`` (mean of the levels) and ``attention_gates_level<k>`` (k = 1 at full
     resolution) of a MONAI AttentionUnet, each ``[B, T, T]`` in [0, 1]."""
+    require_extra("segment", "attention-gate maps of a segmenter")
     from monai.networks.nets.attentionunet import AttentionBlock
 
     gates: list[torch.Tensor] = []
@@ -288,6 +295,7 @@ def glass_input(x: torch.Tensor) -> torch.Tensor:
 def integrated_gradients_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor,
                               steps: int) -> np.ndarray:
     """Captum's IntegratedGradients from empty glass, channels summed."""
+    require_extra("explain", "integrated gradients of a segmenter")
     from captum.attr import IntegratedGradients
 
     with torch.enable_grad():

@@ -48,6 +48,7 @@ import zarr
 
 from tiling.annotations import geometry_mask
 from tiling.storage import write_text_atomic
+from wsi_mil.extras import require_extra
 from wsi_mil.metrics.pixel_explain import pixel_map_scores
 from wsi_mil.segment.params import SegmentParams
 from wsi_mil.segment.windows import (
@@ -207,6 +208,7 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
     ``lesions`` (level-0 polygons, None without annotation) are what the maps are scored
     against. Returns the content of ``explain.json``."""
     import torch
+    require_extra("segment", "explaining a segmenter")
     from monai.data.utils import compute_importance_map
 
     from wsi_mil.segment.attribution import (

@@ -50,6 +50,7 @@ from tiling.lattice import SlideGeometry, TileGrid
 from tiling.slide import open_slide, read_thumbnail
 from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.export.geojson import class_colors, segmentation_regions
+from wsi_mil.extras import require_extra
 from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import positive_cells
 from wsi_mil.mil.predictions import SlidePrediction, read_prediction
@@ -97,6 +98,7 @@ def run_pyramid(model: Any, card: dict[str, Any], prediction: SlidePrediction, s
     """Run the segmenter over the windows covering the ``selected`` tiles and write the mask
     pyramid at ``path`` (a zarr group); returns what was done."""
     import torch
+    require_extra("segment", "pixel segmentation")
     from monai.data.utils import compute_importance_map
 
     from wsi_mil.segment.nets import to_input

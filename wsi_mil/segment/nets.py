@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsi_mil.extras import require_extra
 from wsi_mil.segment.params import SegmentTrainParams
 
 #: Output classes of every segmenter: channel 1 is the lesion probability after softmax.
@@ -33,6 +34,7 @@ STD = (0.25, 0.25, 0.25)
 
 def build_network(params: SegmentTrainParams) -> torch.nn.Module:
     """The MONAI network ``params.net`` for RGB tiles of ``params.tile_size`` px."""
+    require_extra("segment", "a pixel segmenter")
     from monai.networks.nets import UNETR, AttentionUnet, SwinUNETR, UNet
 
     strides = (2,) * (len(params.channels) - 1)

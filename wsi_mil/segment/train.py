@@ -21,10 +21,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,13 @@ from features.device import resolve_device
 from tiling.params import AnnotationParams
 from tiling.storage import atomic_output, provenance, write_text_atomic
 from wsi_mil.errors import WsiMilError
+from wsi_mil.extras import require_extra
 from wsi_mil.metrics.segmentation import overlap_scores
 from wsi_mil.segment.data import KINDS, TileSet, TrainingSlide, sample_slide, split_slides
 from wsi_mil.segment.nets import CLASSES, MEAN, STD, build_network, to_input
 from wsi_mil.segment.params import SegmentTrainParams
 
+logger = logging.getLogger(__name__)
 CHECKPOINT = "segmenter.pt"
 MODEL_CARD = "model_card.json"
 
@@ -88,20 +90,19 @@ def pooled_dice(model: torch.nn.Module, data: TileSet, device: torch.device,
 
 
 def _sample(slides: list[TrainingSlide], params: SegmentTrainParams, rng: np.random.Generator,
-            annotation_params: AnnotationParams, log: Callable[[str], None]) -> TileSet:
+            annotation_params: AnnotationParams) -> TileSet:
     parts = []
     for slide in slides:
         part = sample_slide(slide, params, rng, annotation_params)
         counts = {k: int((part.kinds == i).sum()) for i, k in enumerate(KINDS)}
-        log(f"  {slide.slide_id}: {len(part.kinds)} tiles {counts}")
+        logger.info("  %s: %d tiles %s", slide.slide_id, len(part.kinds), counts)
         parts.append(part)
     return TileSet.concat(parts, params.tile_size)
 
 
 def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
                     params: SegmentTrainParams | None = None,
-                    annotation_params: AnnotationParams | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    annotation_params: AnnotationParams | None = None) -> dict[str, Any]:
     """Train a segmenter on tiles of ``slides``; write ``segmenter.pt`` and ``model_card.json``
     into ``out_dir``; return the model card."""
     out_dir = Path(out_dir)
@@ -110,12 +111,13 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     train_slides, val_slides = split_slides(slides, params.val_fraction, params.seed)
-    log(f"sampling tiles at {params.mpp} µm/px, {params.tile_size} px: "
-        f"{len(train_slides)} training, {len(val_slides)} validation slides")
-    train = _sample(train_slides, params, rng, annotation_params, log)
-    val = _sample(val_slides, params, rng, annotation_params, log)
+    logger.info("sampling tiles at %s µm/px, %s px: %d training, %d validation slides",
+                params.mpp, params.tile_size, len(train_slides), len(val_slides))
+    train = _sample(train_slides, params, rng, annotation_params)
+    val = _sample(val_slides, params, rng, annotation_params)
     device = resolve_device(params.device)
     model = build_network(params).to(device)
+    require_extra("segment", "training a pixel segmenter")
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -149,15 +151,16 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
         dice = pooled_dice(model, val, device, params.batch_size)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": dice,
                         "lr": float(scheduler.get_last_lr()[0])})
-        log(f"epoch {epoch}: loss {np.mean(losses):.4f}, validation Dice {dice:.4f}")
+        logger.info("epoch %d: loss %.4f, validation Dice %.4f", epoch, np.mean(losses), dice)
         if dice > best_dice:
             best_dice, best_epoch, best_state = dice, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= params.patience:
-            log(f"early stop: no better validation Dice for {params.patience} epochs")
+            logger.info("early stop: no better validation Dice for %d epochs", params.patience)
             break
     buffer = io.BytesIO()
     torch.save(best_state, buffer)
     blob = buffer.getvalue()
+    require_extra("segment", "training a pixel segmenter")
     import monai
 
     card = {

@@ -111,6 +111,7 @@ def iter_task_bags(task: str, n_bags: int, n_tiles: int | tuple[int, int], dim: 
                 else:
                     values = (round(float(10.0 * burden + rng.standard_normal()), 4),)
                 patient = (burden, values, np.array([True, False]))
+        assert patient is not None  # the first bag (i == 0) starts a patient
         burden, values, present = patient
         if task in ("multilabel", "subtypes"):
             order = rng.permutation(n)

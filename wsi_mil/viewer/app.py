@@ -14,11 +14,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from wsi_mil.extras import require_extra
 
-from wsi_mil.viewer.params import LOOPBACK_HOSTS, ViewerParams
-from wsi_mil.viewer.service import ViewerBadRequest, ViewerNotFound, ViewerService
+require_extra("viewer", "the viewer (wsi-mil view)")  # this module is the Flask app
+
+from flask import Flask, Response, jsonify, request, send_from_directory  # noqa: E402
+from werkzeug.exceptions import HTTPException  # noqa: E402
+
+from wsi_mil.viewer.params import LOOPBACK_HOSTS, ViewerParams  # noqa: E402
+from wsi_mil.viewer.service import ViewerBadRequest, ViewerNotFound, ViewerService  # noqa: E402
 
 STATIC = Path(__file__).parent / "static"
 #: tiles never change while the server runs (the project's files are read once)

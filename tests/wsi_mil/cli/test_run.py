@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -43,9 +44,9 @@ def _config(tmp_path, **tiling):
     })
 
 
-def test_partial_pipeline_resumes_and_redoes_on_changed_parameters(tmp_path):
-    logs: list[str] = []
-    first = run_pipeline(_config(tmp_path), log=logs.append)
+def test_partial_pipeline_resumes_and_redoes_on_changed_parameters(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="wsi_mil")  # the runner logs each stage's line
+    first = run_pipeline(_config(tmp_path))
     assert [r.stage for r in first.stages] == ["cohort", "tile"]
     assert first.stages[1].summary.startswith("tile: 2 done") and first.exit_code == 0
     out = tmp_path / "out"
@@ -55,14 +56,15 @@ def test_partial_pipeline_resumes_and_redoes_on_changed_parameters(tmp_path):
     state = json.loads((out / "run_state.json").read_text(encoding="utf-8"))
     assert state["tile"]["complete"] and state["cohort"]["complete"]
 
-    again = run_pipeline(_config(tmp_path), log=logs.append)
+    again = run_pipeline(_config(tmp_path))
     assert again.stages[0].summary.endswith("0 generated")
     assert again.stages[1].summary.startswith("tile: 0 done, 2 skipped")
     assert not any(r.new_outputs for r in again.stages)
 
-    changed = run_pipeline(_config(tmp_path, min_tissue=0.5), log=logs.append)
+    changed = run_pipeline(_config(tmp_path, min_tissue=0.5))
     assert changed.stages[1].summary.startswith("tile: 2 done, 0 skipped")
-    assert any("[tile] redoing every output: parameters changed" in line for line in logs)
+    assert any("[tile] redoing every output: parameters changed" in line
+               for line in caplog.messages)
 
 
 def test_run_command_check_prints_the_resolved_config(tmp_path, capsys):

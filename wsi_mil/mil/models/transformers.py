@@ -365,6 +365,9 @@ class NystromLayer(nn.Module):
 
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
+        from wsi_mil.extras import require_extra
+
+        require_extra("transmil", "the transmil model")
         from nystrom_attention import NystromAttention
 
         self.norm = ScaleDetachableLayerNorm(dim)
