@@ -13,6 +13,7 @@ LAYERS = (
     "wsi_mil.errors",  # the base class of user errors: imports nothing, every layer uses it
     "tiling",
     "features",
+    "wsi_mil.project",  # the project folder's layout: every stage, the viewer and the CLI use it
     "wsi_mil.metrics",
     "wsi_mil.mil",
     "wsi_mil.synthetic",

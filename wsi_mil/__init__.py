@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from wsi_mil.mil.models import create_model, list_models
     from wsi_mil.mil.params import PredictParams, TrainParams
     from wsi_mil.mil.predictions import read_prediction
-    from wsi_mil.mil.train import train_run
     from wsi_mil.pipeline.cohort import generate_cohort
     from wsi_mil.pipeline.config import PipelineConfig, load_config
     from wsi_mil.pipeline.evaluate import evaluate_predictions
@@ -44,6 +43,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from wsi_mil.pipeline.run import run_pipeline
     from wsi_mil.pipeline.segment import segment_slides, segment_train
     from wsi_mil.pipeline.tile import tile_slides
+    from wsi_mil.pipeline.train import train_run
+    from wsi_mil.project import Project
     from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
     from wsi_mil.synthetic.params import CohortParams
 
@@ -65,11 +66,13 @@ _API = {
     "SegmentParams": "wsi_mil.segment.params",
     "CohortParams": "wsi_mil.synthetic.params",
     "ExecutorParams": "wsi_mil.pipeline.executor_params",
+    # the project folder every stage writes into
+    "Project": "wsi_mil.project",
     # the stages, in pipeline order
     "generate_cohort": "wsi_mil.pipeline.cohort",
     "tile_slides": "wsi_mil.pipeline.tile",
     "extract_slides": "wsi_mil.pipeline.extract",
-    "train_run": "wsi_mil.mil.train",
+    "train_run": "wsi_mil.pipeline.train",
     "predict_slides": "wsi_mil.pipeline.predict",
     "heatmap_slides": "wsi_mil.pipeline.heatmap",
     "explain_slides": "wsi_mil.pipeline.explain",
@@ -99,6 +102,7 @@ __all__ = [
     "MissingInputError",
     "PipelineConfig",
     "PredictParams",
+    "Project",
     "SegmentParams",
     "SegmentTrainParams",
     "TilingParams",

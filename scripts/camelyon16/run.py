@@ -6,7 +6,7 @@
    (``wsi_mil.mil.lesion_labels.label_bags``), for the annotation-supervised segmentation
    head (the same model is also trained on slide labels alone: the weakly supervised head);
 4. for each candidate model and seed, 5-fold cross-validation on the 270 official training
-   slides (``wsi_mil.mil.train.train_run``); the model with the best mean out-of-fold AUC is
+   slides (``wsi_mil.mil.train.train_folds``); the model with the best mean out-of-fold AUC is
    selected (model selection never sees a test slide);
 5. for each seed, the selected model's 5-fold ensemble predicts the 129 official test slides
    (``wsi_mil.pipeline.predict.predict_slides``), scored at slide level
@@ -123,7 +123,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     from tiling.params import TilingParams
     from wsi_mil.heatmaps.params import HeatmapParams
     from wsi_mil.mil.params import PredictParams, TrainParams
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
     from wsi_mil.pipeline.config import LesionEvalParams
     from wsi_mil.pipeline.evaluate import evaluate_predictions
     from wsi_mil.pipeline.extract import extract_slides
@@ -145,7 +145,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     features = out / "features" / bag_folder_name(params.encoder)
     stages.run("tile_labels", features, write_tile_labels, features, manifest, annotations_dir)
 
-    train_csv = out / "labels_train.csv"  # no split column: train_run cross-validates on it
+    train_csv = out / "labels_train.csv"  # no split column: train_folds cross-validates on it
     write_text_atomic(train_csv, "slide_id,label\n" + "".join(
         f"{e.slide_id},{e.label}\n" for e in train))
     cv: dict[str, dict[str, float | None]] = {}
@@ -156,7 +156,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
             if summary_path.is_file():
                 summary = json.loads(summary_path.read_text())
             else:
-                summary = stages.run("train", out / "runs", train_run, features, train_csv,
+                summary = stages.run("train", out / "runs", train_folds, features, train_csv,
                                      run_dir, TrainParams(model=model, seed=seed,
                                                           folds=params.folds,
                                                           val_fraction=params.val_fraction,
@@ -201,7 +201,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
         per_seed[str(seed)] = test_run(out / "runs" / f"{selected}_seed{seed}", seed)
         weak_dir = out / "runs" / f"{selected}_seed{seed}_weak"
         if not (weak_dir / "summary.json").is_file():
-            stages.run("train_weak", out / "runs", train_run, features, train_csv, weak_dir,
+            stages.run("train_weak", out / "runs", train_folds, features, train_csv, weak_dir,
                        TrainParams(model=selected, seed=seed, folds=params.folds,
                                    val_fraction=params.val_fraction, epochs=params.epochs,
                                    device=params.device, bootstrap=0, use_tile_labels=False))

@@ -11,13 +11,16 @@ import argparse
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.explain.params import ExplainParams
+from wsi_mil.project import Project
 
 
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.explain import STAGE, explain_slides
 
     params = options_from_args(ExplainParams, args)
-    result = explain_slides(args.run, args.features, args.out, params,
+    # --out is the explanations folder itself (one subfolder per slide, the cohort table)
+    result = explain_slides(args.run, args.features,
+                            out=Project(args.out, explanations=args.out), params=params,
                             annotations_dir=args.annotations, slides_dir=args.slides,
                             workers=args.workers, overwrite=args.overwrite,
                             executor=executor_from_args(args, workers=args.workers))

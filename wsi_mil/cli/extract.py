@@ -13,6 +13,7 @@ from typing import Any
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.pipeline.config import ExtractSection
+from wsi_mil.project import Project
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,8 +21,11 @@ def run(args: argparse.Namespace) -> int:
 
     section = options_from_args(ExtractSection, args)
     executor = executor_from_args(args)
-    result = extract_slides(args.tiles, args.out, section.encoder, section.weights,
-                            section.params(), args.slides, args.overwrite, executor=executor)
+    # --out is the folder of the encoders' folders (PROJECT/features), not the project
+    result = extract_slides(args.tiles, out=Project(args.out, features=args.out),
+                            encoder=section.encoder, weights=section.weights,
+                            params=section.params(), slides_dir=args.slides,
+                            overwrite=args.overwrite, executor=executor)
     print(result.summary(STAGE))
     return result.exit_code
 

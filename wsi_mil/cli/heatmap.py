@@ -11,6 +11,7 @@ import argparse
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.project import Project
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
 
     params = options_from_args(HeatmapParams, args)
     executor = executor_from_args(args, workers=args.workers)
-    result = heatmap_slides(args.predictions, args.out, params, slides_dir=args.slides,
+    # --out is the heatmaps folder itself (one subfolder per slide, failures.csv)
+    result = heatmap_slides(args.predictions, out=Project(args.out, heatmaps=args.out),
+                            params=params, slides_dir=args.slides,
                             tiles_dir=args.tiles, encoder=args.encoder, weights=args.weights,
                             workers=args.workers, overwrite=args.overwrite,
                             executor=executor, explanations_dir=args.explanations)

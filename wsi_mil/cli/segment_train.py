@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.project import Project
 from wsi_mil.segment.params import SegmentTrainParams
 
 
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.segment import segment_train
 
     params = options_from_args(SegmentTrainParams, args)
-    card = segment_train(args.slides, args.annotations, args.out, params,
+    card = segment_train(args.slides, args.annotations,  # --out: the segmenter's own folder
+                         out=Project(args.out, segmenter=args.out), params=params,
                          labels_csv=args.labels, split=args.split,
                          negative_class=args.negative_class)
     print(f"{card['net']}: best validation Dice {card['best_val_dice']:.3f} at epoch "

@@ -1,7 +1,7 @@
 """``wsi-mil train``: fit MIL models on feature bags and slide labels (cross-validated).
 
 The flags are the fields of :class:`~wsi_mil.mil.params.TrainParams` (the ``train`` config
-section); the work is :func:`wsi_mil.mil.train.train_run`.
+section); the work is :func:`wsi_mil.pipeline.train.train_run`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.mil.params import TrainParams
+from wsi_mil.project import Project
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,10 +33,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.pipeline.train import train_run
 
     params = options_from_args(TrainParams, args)
-    summary = train_run(args.features, args.labels, args.out, params)
+    runs = args.out.parent  # --out is the run folder itself: runs/<name>
+    summary = train_run(args.features, args.labels, out=Project(runs, runs=runs),
+                        name=args.out.name, params=params)
     if summary.get("task", "classification") != "classification":
         for line in task_summary_lines(summary):
             print(line)
