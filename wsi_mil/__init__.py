@@ -6,10 +6,15 @@ The public Python API is ``__all__`` below: the stages' parameter classes, the s
 readers and factories, ``__version__`` and the user-error classes of :mod:`wsi_mil.errors`::
 
     import wsi_mil
-    wsi_mil.tile_slides(["slides/"], "project/", wsi_mil.TilingParams(target_mpp=0.5))
-    wsi_mil.extract_slides("project/tiles", "project/features")
-    wsi_mil.train_run("project/features/efficientnet_lite0", "labels.csv", "project/runs/abmil")
-    wsi_mil.predict_slides("project/runs/abmil", "project/features/efficientnet_lite0", "project/")
+    project = wsi_mil.Project("project/")
+    wsi_mil.tile_slides(["slides/"], out=project, params=wsi_mil.TilingParams(target_mpp=0.5))
+    wsi_mil.extract_slides(project.tiles_dir, out=project)
+    bags = project.features_dir("efficientnet_lite0")
+    wsi_mil.train_run(bags, "labels.csv", out=project, name="abmil")
+    wsi_mil.predict_slides(project.run_dir("abmil"), bags, out=project)
+
+Every stage function takes its inputs first, named for what they hold, then keywords only;
+``out`` is the project folder (:class:`Project`), where the stage writes its own folder.
 
 Names are imported on first use, so ``import wsi_mil`` stays instant and loads torch only when
 a stage that needs it is called.

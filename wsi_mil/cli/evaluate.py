@@ -99,7 +99,7 @@ def predictions_folder(given: Path) -> Path:
     ``--predictions`` meant the folder holding ``predictions.csv`` (predict's ``--out``) up to
     0.1.0; that spelling still works for one release, with a notice on stderr.
     """
-    if (given / PREDICTIONS_CSV).is_file() and (given / PREDICTIONS).is_dir():
+    if (given / PREDICTIONS_CSV).is_file():  # the new form has it beside, not inside
         print(f"wsi-mil evaluate: deprecated: --predictions {given} names predict's --out; "
               f"give the folder of .h5 files, --predictions {given / PREDICTIONS}",
               file=sys.stderr)
