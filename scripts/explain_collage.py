@@ -56,7 +56,7 @@ def tile_and_extract(cohort: Path, workdir: Path, threads: int) -> Path:
         if not bag.is_file():
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
             extract_slide(tiles.tiles, slide, bag, encoder,
-                          ExtractParams(workers=0, threads=threads, progress=False))
+                          ExtractParams(tile_readers=0, threads=threads, progress=False))
         print(f"[{i + 1}/{len(slides)}] {slide.stem}: {time.time() - start:.0f} s",
               file=sys.stderr, flush=True)
     return features_dir

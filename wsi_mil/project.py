@@ -21,7 +21,7 @@ A project is one folder that every stage fills, in the order the data flows::
 Every stage function writes into a project (its keyword ``out``) and every verb's ``--out`` is
 a project folder, so a folder argument means one thing everywhere. A folder given explicitly
 (``--predictions``, ``--heatmaps``, ...) replaces the project's own for that folder only:
-``Project(root, heatmaps=elsewhere)``.
+``Project(root, heatmaps=elsewhere)`` (``features``: the folder of one encoder's bags).
 
 This module imports nothing heavy (no torch, no h5py): the runner's ``--check``, the viewer and
 the command line use it before any stage runs.
@@ -102,14 +102,13 @@ class Project:
         """``tiles/<slide_id>.h5`` (+ tissue GeoJSON and preview PNG) of ``tile``."""
         return self._folder("tiles")
 
-    @property
-    def features_root(self) -> Path:
-        """``features/``: one folder of feature bags per encoder."""
-        return self._folder("features")
-
     def features_dir(self, encoder: str) -> Path:
-        """``features/<encoder>/``: the feature bags ``extract`` writes with ``encoder``."""
-        return self.features_root / bag_folder_name(encoder)
+        """``features/<encoder>/``: the feature bags ``extract`` writes with ``encoder`` (a
+        ``features`` folder given explicitly is that folder of bags itself, as ``--features``
+        is in every verb)."""
+        if "features" in self.overrides:
+            return self.overrides["features"]
+        return self.root / FEATURES / bag_folder_name(encoder)
 
     @property
     def runs_dir(self) -> Path:

@@ -138,7 +138,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     tiling = TilingParams(target_mpp=params.target_mpp, tile_size=params.tile_size)
     check(stages.run("tile", out / "tiles", tile_slides, [e.slide_path for e in manifest], out,
                      tiling, workers=params.workers), "tile")
-    extract = ExtractParams(device=params.device, workers=params.extract_workers,
+    extract = ExtractParams(device=params.device, tile_readers=params.extract_workers,
                             progress=False)
     check(stages.run("extract", out / "features", extract_slides, out / "tiles",
                      out / "features", params.encoder, params=extract), "extract")

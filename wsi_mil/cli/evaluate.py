@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.pipeline.config import EvaluateSection
 from wsi_mil.project import PREDICTIONS, PREDICTIONS_CSV, Project
 
@@ -27,9 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="folder of <slide_id>.h5 predictions (PROJECT/predictions; "
                    "predictions.csv beside it)")
     p.add_argument("--labels", required=True, type=Path, help="labels CSV slide_id,label,...")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where to write metrics.json and the PNGs (default: the folder "
-                   "holding predictions.csv)")
+    add_renamed(p, "--evaluation", "--out", type=Path, default=None,
+                help="folder to write metrics.json and the PNGs to (PROJECT/evaluation in "
+                "wsi-mil run; default: the folder holding predictions.csv)")
     p.add_argument("--run", type=Path, default=None,
                    help="run folder of the predictions (for deletion/insertion curves)")
     p.add_argument("--features", type=Path, default=None,
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     section = options_from_args(EvaluateSection, args)
     predictions = predictions_folder(args.predictions)
-    out = args.out or predictions.parent
+    out = args.evaluation or predictions.parent
     metrics, lesion = evaluate_cohort(predictions, args.labels, section=section,
                                       out=Project(out, evaluation=out),
                                       run_dir=args.run, features_dir=args.features,

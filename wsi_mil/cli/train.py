@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.mil.params import TrainParams
 from wsi_mil.project import Project
 
@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, type=Path,
                    help="CSV slide_id,label[,patient_id][,split] (classification; the other "
                    "tasks' formats: docs/tasks.md)")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    add_renamed(p, "--run", "--out", required=True, type=Path,
+                help="run folder to write (PROJECT/runs/<name>)")
     add_options(p.add_argument_group("training"), TrainParams)
     p.set_defaults(func=run)
 
@@ -36,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.train import train_run
 
     params = options_from_args(TrainParams, args)
-    runs = args.out.parent  # --out is the run folder itself: runs/<name>
+    runs = args.run.parent  # --run is the run folder itself: runs/<name>
     summary = train_run(args.features, args.labels, out=Project(runs, runs=runs),
-                        name=args.out.name, params=params)
+                        name=args.run.name, params=params)
     if summary.get("task", "classification") != "classification":
         for line in task_summary_lines(summary):
             print(line)
-        print(f"run written to {args.out}")
-        print(json.dumps({"summary": str(args.out / "summary.json")}))
+        print(f"run written to {args.run}")
+        print(json.dumps({"summary": str(args.run / "summary.json")}))
         return 0
     n = summary["n_folds"]
     if summary.get("subtyping"):
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
               f"{pooled['ece']:.3f}")
     print(f"threshold for new slides (the ensemble of {n} fold(s)): "
           f"{summary['ensemble_threshold']:.3f} ({summary['ensemble_threshold_rule']})")
-    print(f"run written to {args.out}")
-    print(json.dumps({"summary": str(args.out / "summary.json")}))
+    print(f"run written to {args.run}")
+    print(json.dumps({"summary": str(args.run / "summary.json")}))
     return 0
 
 
