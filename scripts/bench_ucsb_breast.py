@@ -98,7 +98,7 @@ def heatmaps(workdir: Path, features_dir: Path, run_dir: Path, count: int = 4) -
     out = workdir / "predict_fold0"
     predict_slides(run_dir, held_out, out=out, params=PredictParams(fold=0, device="cpu"))
     heat = workdir / "heatmaps"
-    heatmap_slides(out / "predictions", out=Project(workdir, heatmaps=heat),
+    heatmap_slides(out / "predictions", out=Project(heat, heatmaps=heat),
                    params=HeatmapParams(formats=("png",), topk=4),
                    tiles_dir=workdir / "tiles")
     for row in chosen:

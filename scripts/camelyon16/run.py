@@ -131,17 +131,18 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     from wsi_mil.pipeline.lesions import evaluate_lesions
     from wsi_mil.pipeline.predict import predict_slides
     from wsi_mil.pipeline.tile import tile_slides
+    from wsi_mil.project import Project
 
     stages = Stages()
     train = [e for e in manifest if e.split == "train"]
     test = [e for e in manifest if e.split == "test" and e.slide_id not in EXCLUDED]
     tiling = TilingParams(target_mpp=params.target_mpp, tile_size=params.tile_size)
-    check(stages.run("tile", out / "tiles", tile_slides, [e.slide_path for e in manifest], out,
-                     tiling, workers=params.workers), "tile")
+    check(stages.run("tile", out / "tiles", tile_slides, [e.slide_path for e in manifest],
+                     out=out, params=tiling, workers=params.workers), "tile")
     extract = ExtractParams(device=params.device, tile_readers=params.extract_workers,
                             progress=False)
-    check(stages.run("extract", out / "features", extract_slides, out / "tiles",
-                     out / "features", params.encoder, params=extract), "extract")
+    check(stages.run("extract", out / "features", extract_slides, out / "tiles", out=out,
+                     encoder=params.encoder, params=extract), "extract")
     features = out / "features" / bag_folder_name(params.encoder)
     stages.run("tile_labels", features, write_tile_labels, features, manifest, annotations_dir)
 
@@ -177,11 +178,12 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     annotated = {e.slide_id for e in test if e.annotation_path is not None}
     def test_run(run_dir: Path, seed: int) -> dict[str, Any]:
         test_dir = out / "test" / run_dir.name
-        check(stages.run("predict", out / "test", predict_slides, run_dir, features, test_dir,
-                         PredictParams(device=params.device), labels_csv=test_csv,
+        check(stages.run("predict", out / "test", predict_slides, run_dir, features, out=test_dir,
+                         params=PredictParams(device=params.device), labels_csv=test_csv,
                          slide_ids=list(test_labels)), "predict")
-        slide = stages.run("evaluate", out / "test", evaluate_predictions, test_dir, test_csv,
-                           n_boot=params.bootstrap)
+        slide = stages.run("evaluate", out / "test", evaluate_predictions,
+                           test_dir / "predictions", test_csv,
+                           out=Project(test_dir, evaluation=test_dir), n_boot=params.bootstrap)
         lesion = stages.run("lesion_metrics", out / "test", evaluate_lesions,
                             test_dir / "predictions", test_labels, annotations_dir,
                             test_dir / "lesions",
@@ -216,16 +218,19 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
         segmenter = out / "segmenter"
         if not (segmenter / "model_card.json").is_file():
             stages.run("segment_train", segmenter, segment_train,
-                       [e.slide_path for e in train], annotations_dir, segmenter,
-                       SegmentTrainParams(net=params.segment_net, epochs=params.segment_epochs,
-                                          mpp=params.segment_mpp,
-                                          tile_size=params.segment_tile_size,
-                                          device=params.device),
+                       [e.slide_path for e in train], annotations_dir,
+                       out=Project(out, segmenter=segmenter),
+                       params=SegmentTrainParams(net=params.segment_net,
+                                                 epochs=params.segment_epochs,
+                                                 mpp=params.segment_mpp,
+                                                 tile_size=params.segment_tile_size,
+                                                 device=params.device),
                        labels_csv=train_csv)
         for seed, result in per_seed.items():
             test_dir = Path(result["test_dir"])
             check(stages.run("segment", test_dir / "segment", segment_slides,
-                             test_dir / "predictions", segmenter, test_dir, SegmentParams(),
+                             test_dir / "predictions", segmenter, out=test_dir,
+                             params=SegmentParams(),
                              slide_ids=list(test_labels)), "segment")
             result["pixel"] = stages.run(
                 "lesion_metrics_pixel", out / "test", evaluate_lesions,
@@ -239,8 +244,8 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     chosen_dir.mkdir(parents=True, exist_ok=True)
     for slide_id in chosen:
         shutil.copy2(first / "predictions" / f"{slide_id}.h5", chosen_dir / f"{slide_id}.h5")
-    check(stages.run("heatmap", out / "heatmaps", heatmap_slides, chosen_dir, out / "heatmaps",
-                     HeatmapParams(formats=("png",)), tiles_dir=out / "tiles"), "heatmap")
+    check(stages.run("heatmap", out / "heatmaps", heatmap_slides, chosen_dir, out=out,
+                     params=HeatmapParams(formats=("png",)), tiles_dir=out / "tiles"), "heatmap")
 
     results = {
         "protocol": {**asdict(params), "models": list(params.models),

@@ -103,9 +103,10 @@ def add_renamed(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: 
     required = kwargs.pop("required", False)
     group = parser.add_mutually_exclusive_group(required=required)
     action = group.add_argument(new, **kwargs)
+    same = {key: kwargs[key] for key in ("type", "nargs") if key in kwargs}
     group.add_argument(old, dest=action.dest, action=_DeprecatedFlag, new=new,
-                       type=kwargs.get("type"), nargs=kwargs.get("nargs"),
-                       metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                       metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                       **same)
     return action
 
 

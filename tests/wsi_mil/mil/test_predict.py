@@ -161,7 +161,8 @@ def test_evaluate_warns_on_in_sample_predictions(tmp_path, trained, device):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        assert evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv, n_boot=0)["in_sample_slides"] == []
+        assert evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv,
+                                    n_boot=0)["in_sample_slides"] == []
 
 
 def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, trained,
@@ -206,7 +207,7 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     slide = evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv, n_boot=0)
     assert slide["level"] == "slide" and slide["n_slides"] == 16
     assert 0 <= slide["brier"] <= 1 and 0 <= slide["ece"] <= 1
-    assert (tmp_path / "oof" / "calibration.png").is_file()
+    assert (tmp_path / "oof" / "evaluation" / "calibration.png").is_file()
     patients = {}
     with labels_csv.open() as f:
         for r in csv.DictReader(f):
@@ -214,7 +215,8 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     with (tmp_path / "oof" / "predictions.csv").open() as f:
         prob = {r["slide_id"]: float(r["prob_pos"]) for r in csv.DictReader(f)}
     for aggregate, combine in (("mean", np.mean), ("max", np.max)):
-        metrics = evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv, n_boot=0, level="patient",
+        metrics = evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv, n_boot=0,
+                                       level="patient",
                                        patient_aggregate=aggregate)
         assert metrics["n_patients"] == len(patients) == 8 and metrics["n_slides_scored"] == 16
         assert metrics["unit"] == "patients" and metrics["patient_aggregate"] == aggregate
@@ -223,7 +225,7 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
         from sklearn.metrics import roc_auc_score
 
         assert metrics["auc"] == pytest.approx(roc_auc_score(y, p))
-    assert (tmp_path / "oof" / "metrics_patient.json").is_file()
+    assert (tmp_path / "oof" / "evaluation" / "metrics_patient.json").is_file()
     assert metrics["mixed_label_patients"] == 0
     # "patients" that are batches holding both classes (UCSB's TMA batches): a warning
     batch_csv = tmp_path / "batches.csv"
@@ -232,7 +234,8 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     mixed = sum(len({r["label"] for j, r in enumerate(rows) if j % 3 == b}) > 1 for b in range(3))
     assert mixed > 0
     with pytest.warns(UserWarning, match=f"{mixed} of 3 patients have slides of both classes"):
-        batches = evaluate_predictions(tmp_path / "oof" / "predictions", batch_csv, n_boot=0, level="patient")
+        batches = evaluate_predictions(tmp_path / "oof" / "predictions", batch_csv, n_boot=0,
+                                       level="patient")
     assert batches["mixed_label_patients"] == mixed
     result = compare_predictions(tmp_path / "oof", tmp_path / "oof", labels_csv,
                                  tmp_path / "cmp")

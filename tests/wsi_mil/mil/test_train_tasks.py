@@ -91,7 +91,7 @@ def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path, fas
     assert explanation_tile_auc(tmp_path, bags, fast["device"]) >= 0.8  # the risk's
     metrics = evaluate_predictions(tmp_path / "predictions", labels, n_boot=0)  # the files predict wrote
     assert metrics["harrell_c"] == pytest.approx(pooled["harrell_c"])
-    assert (tmp_path / "km_risk_groups.png").is_file()
+    assert (tmp_path / "evaluation" / "km_risk_groups.png").is_file()
     meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
     assert meta["task"] == "survival" and meta["threshold_rule"].startswith("median risk")
     assert "segmentation_head" in meta["kwargs"] and len(meta["baseline_times"]) > 1
