@@ -100,9 +100,9 @@ def predictions_folder(given: Path) -> Path:
     0.1.0; that spelling still works for one release, with a notice on stderr.
     """
     if (given / PREDICTIONS_CSV).is_file():  # the new form has it beside, not inside
-        print(f"wsi-mil evaluate: deprecated: --predictions {given} names predict's --out; "
-              f"give the folder of .h5 files, --predictions {given / PREDICTIONS}",
-              file=sys.stderr)
+        print(f"wsi-mil evaluate: --predictions naming the folder that holds predictions.csv is "
+              f"deprecated and goes in the next release: use --predictions "
+              f"{given / PREDICTIONS}", file=sys.stderr)
         return given / PREDICTIONS
     return given
 

@@ -41,4 +41,5 @@ def test_evaluate_predictions_is_the_folder_of_h5_files_the_old_form_warns(tmp_p
     assert main(["evaluate", "--predictions", str(project), "--labels", str(labels)]) == 2
     old = capsys.readouterr().err
     assert "unknown label 'c'" in old
-    assert f"deprecated: --predictions {project} names predict's --out" in old
+    assert "holds predictions.csv is deprecated and goes in the next release: use " \
+        f"--predictions {project / 'predictions'}" in old
