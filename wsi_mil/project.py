@@ -18,9 +18,10 @@ A project is one folder that every stage fills, in the order the data flows::
       ratings/                 the viewer's expert ratings                           (view)
       config.yaml  run_state.json  failures.csv
 
-Every stage function writes into a project (its keyword ``out``) and every verb's ``--out`` is
-a project folder, so a folder argument means one thing everywhere. A folder given explicitly
-(``--predictions``, ``--heatmaps``, ...) replaces the project's own for that folder only:
+Every stage function writes into a project (its keyword ``out``); on the command line a folder
+flag names what the folder holds (``--tiles``, ``--features``, ``--run``, ``--predictions``,
+``--heatmaps``, ...) and ``--out`` is a project folder, so a folder argument means one thing
+everywhere. A folder given explicitly replaces the project's own for that folder only:
 ``Project(root, heatmaps=elsewhere)`` (``features``: the folder of one encoder's bags).
 
 This module imports nothing heavy (no torch, no h5py): the runner's ``--check``, the viewer and
