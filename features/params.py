@@ -9,7 +9,7 @@ import multiprocessing
 import os
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from wsi_mil.config.schema import check_fields, constrained
 
@@ -31,11 +31,15 @@ def device_field() -> Any:
 class ExtractParams:
     """Settings of feature extraction (YAML section ``extract``)."""
 
+    #: former field names (YAML keys and flags) -> current; the old ones work for one release
+    RENAMED: ClassVar[dict[str, str]] = {"workers": "tile_readers"}
+
     batch_size: int = constrained(32, ge=1)  # tiles per forward pass
-    # Tile-reading processes (0 reads in the main process). None: one on a CPU, where the
-    # encoder is the bottleneck and one reader keeps up (reading costs ~5 % of encoding);
-    # all CPUs but one (at most 16) on a GPU, which encodes faster than a few readers read.
-    workers: int | None = constrained(None, ge=0)
+    # Tile-reading processes of one slide (0 reads in the main process). None: one on a CPU,
+    # where the encoder is the bottleneck and one reader keeps up (reading costs ~5 % of
+    # encoding); all CPUs but one (at most 16) on a GPU, which encodes faster than a few
+    # readers read. (Was ``workers`` until 0.1.0, which every other stage uses for slides.)
+    tile_readers: int | None = constrained(None, ge=0)
     device: str = device_field()
     dtype: Literal["float16", "float32"] = "float16"  # stored feature precision: float16 or float32
     prefetch: int = constrained(4, ge=1)  # batches each worker reads ahead of the encoder
@@ -71,8 +75,8 @@ class ExtractParams:
         """
         if multiprocessing.current_process().daemon:
             return 0
-        if self.workers is not None:
-            return self.workers
+        if self.tile_readers is not None:
+            return self.tile_readers
         if device_type == "cpu":
             return 1
         return max(1, min(16, available_cpus() - 1))

@@ -198,7 +198,7 @@ def measure_encoder(name: str, args: argparse.Namespace, tiles: TilesFile, slide
     encoder = (random_encoder(name, args.device) if args.random_weights
                else create_encoder(name, args.weights, device=args.device))
     device = encoder.device
-    params = {w: ExtractParams(batch_size=args.batch_size, workers=w, device=str(device),
+    params = {w: ExtractParams(batch_size=args.batch_size, tile_readers=w, device=str(device),
                                dtype=args.dtype, prefetch=args.prefetch, threads=args.threads,
                                progress=False) for w in worker_counts}
     first = params[worker_counts[0]]
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__, "read_only": [], "encoders": []}
         if args.read_only:
             dataset = TileDataset(tiles, slide, 224)
-            counts = [ExtractParams(workers=w).reader_workers(device.type) for w in worker_counts]
+            counts = [ExtractParams(tile_readers=w).reader_workers(device.type) for w in worker_counts]
             # warm-up, untimed: starts the fork server of the reader processes
             in_memory_tiles(dataset, args.batch_size * max(counts), args.batch_size,
                             max(counts), device)

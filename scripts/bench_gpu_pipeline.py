@@ -309,8 +309,9 @@ def main() -> int:
     features = {}
     for side, where in (("device", device), ("cpu", "cpu")):
         folder = out / f"features_{side}"
-        seconds[f"extract_{side}"] = cli(log, "extract", "--tiles", str(tiles_dir), "--out",
-                                          str(folder), "--encoder", ENCODER, *weights_args,
+        seconds[f"extract_{side}"] = cli(log, "extract", "--tiles", str(tiles_dir), "--features",
+                                          str(folder / ENCODER), "--encoder", ENCODER,
+                                          *weights_args,
                                           "--device", where, "--dtype", "float32",
                                           "--no-progress")
         features[side] = folder / ENCODER
@@ -321,7 +322,7 @@ def main() -> int:
     for name, (where, bags) in runs.items():
         run = out / "runs" / name
         seconds[f"train_{name}"] = cli(log, "train", "--features", str(bags), "--labels",
-                                       str(labels), "--out", str(run), "--epochs", epochs,
+                                       str(labels), "--run", str(run), "--epochs", epochs,
                                        "--device", where, *TRAIN)
         pred = out / "predictions" / name
         seconds[f"predict_{name}"] = cli(log, "predict", "--run", str(run), "--features",
@@ -343,7 +344,8 @@ def main() -> int:
     methods = ["integrated_gradients"] + (["lrp"] if "lrp" in METHOD_NAMES else [])
     explained = out / "explain"
     seconds["explain"] = cli(log, "explain", "--run", str(out / "runs" / "device"), "--features",
-                             str(features["device"]), "--out", str(explained), "--annotations",
+                             str(features["device"]), "--explanations", str(explained),
+                             "--annotations",
                              str(cohort / "annotations"), "--methods", *methods, "--device",
                              device, *(QUICK_EXPLAIN if args.quick else []))
     per_method = explain_seconds(explained)
@@ -361,7 +363,7 @@ def main() -> int:
     segmenter = out / "segmenter"
     seconds["segment_train"] = cli(log, "segment-train", "--slides", str(cohort / "slides"),
                                    "--annotations", str(cohort / "annotations"), "--labels",
-                                   str(labels), "--split", "train", "--out", str(segmenter),
+                                   str(labels), "--split", "train", "--model", str(segmenter),
                                    "--device", device, *SEGMENTER,
                                    *(QUICK_SEGMENTER if args.quick else
                                      ["--epochs", "15", "--tiles-per-slide", "48"]))

@@ -218,7 +218,7 @@ def stacked_logits(leaves: dict[str, torch.Tensor], model_name: str, n_hidden: i
 
 def library_models(model_name: str, params: TrainParams, in_dim: int,
                    seeds: list[int]) -> list[torch.nn.Module]:
-    """One library model per seed, initialised as :func:`wsi_mil.mil.train.train_run` does."""
+    """One library model per seed, initialised as :func:`wsi_mil.mil.train.train_folds` does."""
     models = []
     for seed in seeds:
         seed_everything(seed)

@@ -61,9 +61,9 @@ def _pass(slides: list[Path], out: Path, executor) -> tuple[float, float]:
     from wsi_mil.pipeline.tile import tile_slides
 
     start = time.perf_counter()
-    assert not tile_slides(slides, out, TilingParams(), executor=executor).failed
+    assert not tile_slides(slides, out=out, params=TilingParams(), executor=executor).failed
     tiled = time.perf_counter()
-    assert not extract_slides(out / "tiles", out / "features",
+    assert not extract_slides(out / "tiles", out=out,
                               params=ExtractParams(progress=False), executor=executor).failed
     return tiled - start, time.perf_counter() - tiled
 

@@ -68,7 +68,7 @@ def train(features_dir: Path, labels_csv: Path, out: Path, seed: int, folds: int
           extra: list[str]) -> dict:
     """Run ``wsi-mil train`` as a user would; the run's ``summary.json``."""
     command = [sys.executable, "-m", "wsi_mil", "train", "--features", str(features_dir),
-               "--labels", str(labels_csv), "--out", str(out), "--folds", str(folds),
+               "--labels", str(labels_csv), "--run", str(out), "--folds", str(folds),
                "--seed", str(seed), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

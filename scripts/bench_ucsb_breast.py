@@ -15,7 +15,7 @@ encoded by the default encoder (efficientnet_lite0, ImageNet weights; resized to
 Evaluation: ``gated_abmil`` with the library's training defaults and 5-fold stratified group
 cross-validation on ``patient_id`` (the TMA batch: cores of one batch never straddle train and
 test, which is stricter than an image-level split), repeated over seeds; accuracy at the run's
-one decision threshold, which :func:`wsi_mil.mil.train.train_run` chooses on the pooled
+one decision threshold, which :func:`wsi_mil.mil.train.train_folds` chooses on the pooled
 validation predictions of all folds (0.5 when a class has too few of them). Tiles and features
 are cached in ``--workdir``.
 
@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from wsi_mil.project import Project
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("WSI_MIL_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -66,7 +68,7 @@ def tile_and_extract(workdir: Path, threads: int) -> Path:
         if not bag.is_file():
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
             extract_slide(tiles.tiles, image, bag, encoder,
-                          ExtractParams(workers=0, threads=threads, progress=False))
+                          ExtractParams(tile_readers=0, threads=threads, progress=False))
         n_tiles += int(read_bag_attrs(bag)["num_tiles"])
         print(f"[{i + 1}/{len(images)}] {image.stem}: {time.time() - start:.0f} s",
               file=sys.stderr, flush=True)
@@ -93,9 +95,10 @@ def heatmaps(workdir: Path, features_dir: Path, run_dir: Path, count: int = 4) -
         if not link.exists():
             link.symlink_to(features_dir / link.name)
     out = workdir / "predict_fold0"
-    predict_slides(run_dir, held_out, out, PredictParams(fold=0, device="cpu"))
+    predict_slides(run_dir, held_out, out=out, params=PredictParams(fold=0, device="cpu"))
     heat = workdir / "heatmaps"
-    heatmap_slides(out / "predictions", heat, HeatmapParams(formats=("png",), topk=4),
+    heatmap_slides(out / "predictions", out=Project(heat, heatmaps=heat),
+                   params=HeatmapParams(formats=("png",), topk=4),
                    tiles_dir=workdir / "tiles")
     for row in chosen:
         print(f"  heatmap {heat / row['slide_id']} (true {row['label']}, "
@@ -113,7 +116,7 @@ def main() -> int:
     import torch
 
     from wsi_mil.mil.params import TrainParams
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
 
     torch.set_num_threads(args.threads)
     features_dir = tile_and_extract(args.workdir, args.threads)
@@ -122,7 +125,7 @@ def main() -> int:
     for seed in range(args.seeds):
         params = TrainParams(model="gated_abmil", folds=args.folds, seed=seed, device="cpu",
                              bootstrap=200)  # everything else: the library's defaults
-        summary = train_run(features_dir, UCSB / "labels.csv",
+        summary = train_folds(features_dir, UCSB / "labels.csv",
                             args.workdir / "runs" / f"gated_abmil_seed{seed}", params)
         pooled = summary["pooled_out_of_fold"]
         per_seed.append({"accuracy": summary["accuracy"]["mean"], "auc": summary["auc"]["mean"],

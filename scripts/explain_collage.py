@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_mil.project import Project
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("WSI_MIL_SHARED_DATA", REPO.parent / "shared" / "data"))
 UCSB = DATA / "ucsb_breast"
@@ -53,7 +55,7 @@ def tile_and_extract(cohort: Path, workdir: Path, threads: int) -> Path:
         if not bag.is_file():
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
             extract_slide(tiles.tiles, slide, bag, encoder,
-                          ExtractParams(workers=0, threads=threads, progress=False))
+                          ExtractParams(tile_readers=0, threads=threads, progress=False))
         print(f"[{i + 1}/{len(slides)}] {slide.stem}: {time.time() - start:.0f} s",
               file=sys.stderr, flush=True)
     return features_dir
@@ -113,7 +115,7 @@ def main() -> int:
 
     from wsi_mil.explain.params import ExplainParams
     from wsi_mil.mil.params import TrainParams
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
     from wsi_mil.pipeline.explain import explain_slides
     from wsi_mil.synthetic.collage import CollageParams, write_collage_cohort
 
@@ -135,7 +137,7 @@ def main() -> int:
                              epochs=args.epochs, patience=10, min_epochs=10, k_sample=4,
                              folds=args.folds, device="cpu", bootstrap=200, seed=0)
         t0 = time.time()
-        summary = train_run(features_dir, labels, run_dir, params, resume=True)
+        summary = train_folds(features_dir, labels, run_dir, params, resume=True)
         pooled = summary.get("pooled_out_of_fold", {}).get("auc")
         print(f"\n## {name}: pooled out-of-fold slide AUC "
               f"{'n/a' if pooled is None else f'{pooled:.3f}'} over {len(slides)} slides, "
@@ -150,8 +152,8 @@ def main() -> int:
         t0 = time.time()
         # TransMIL runs the model for every subset and left-out bag (seconds each on a CPU)
         slow = {"flip_steps": 10, "ig_steps": 16, "gradcam_topk": 0, "sanity_cascade": False}
-        result = explain_slides(run_dir, features_dir, out,
-                                ExplainParams(device="cpu", bootstrap=1000,
+        result = explain_slides(run_dir, features_dir, out=Project(out, explanations=out),
+                                params=ExplainParams(device="cpu", bootstrap=1000,
                                               **(slow if name == "transmil" else {})),
                                 annotations_dir=cohort / "annotations",
                                 slides_dir=cohort / "slides")

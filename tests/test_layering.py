@@ -20,6 +20,7 @@ LAYERS = (
     "wsi_mil.config.executor",
     "tiling",
     "features",
+    "wsi_mil.project",  # the project folder's layout: every stage, the viewer and the CLI use it
     "wsi_mil.executors",  # how jobs run (process pool, Dask): per-slide stages and folds
     "wsi_mil.metrics",
     "wsi_mil.mil",

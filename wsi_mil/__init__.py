@@ -6,10 +6,15 @@ The public Python API is ``__all__`` below: the stages' parameter classes, the s
 readers and factories, ``__version__`` and the user-error classes of :mod:`wsi_mil.errors`::
 
     import wsi_mil
-    wsi_mil.tile_slides(["slides/"], "project/", wsi_mil.TilingParams(target_mpp=0.5))
-    wsi_mil.extract_slides("project/tiles", "project/features")
-    wsi_mil.train_run("project/features/efficientnet_lite0", "labels.csv", "project/runs/abmil")
-    wsi_mil.predict_slides("project/runs/abmil", "project/features/efficientnet_lite0", "project/")
+    project = wsi_mil.Project("project/")
+    wsi_mil.tile_slides(["slides/"], out=project, params=wsi_mil.TilingParams(target_mpp=0.5))
+    wsi_mil.extract_slides(project.tiles_dir, out=project)
+    bags = project.features_dir("efficientnet_lite0")
+    wsi_mil.train_run(bags, "labels.csv", out=project, name="abmil")
+    wsi_mil.predict_slides(project.run_dir("abmil"), bags, out=project)
+
+Every stage function takes its inputs first, named for what they hold, then keywords only;
+``out`` is the project folder (:class:`Project`), where the stage writes its own folder.
 
 Names are imported on first use, so ``import wsi_mil`` stays instant and loads torch only when
 a stage that needs it is called.
@@ -34,7 +39,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from wsi_mil.mil.models import create_model, list_models
     from wsi_mil.mil.params import PredictParams, TrainParams
     from wsi_mil.mil.predictions import read_prediction
-    from wsi_mil.mil.train import train_run
     from wsi_mil.pipeline.cohort import generate_cohort
     from wsi_mil.pipeline.evaluate import evaluate_predictions
     from wsi_mil.pipeline.explain import explain_slides
@@ -44,6 +48,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from wsi_mil.pipeline.run import run_pipeline
     from wsi_mil.pipeline.segment import segment_slides, segment_train
     from wsi_mil.pipeline.tile import tile_slides
+    from wsi_mil.pipeline.train import train_run
+    from wsi_mil.project import Project
     from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
     from wsi_mil.synthetic.params import CohortParams
 
@@ -65,11 +71,13 @@ _API = {
     "SegmentParams": "wsi_mil.segment.params",
     "CohortParams": "wsi_mil.synthetic.params",
     "ExecutorParams": "wsi_mil.config.executor",
+    # the project folder every stage writes into
+    "Project": "wsi_mil.project",
     # the stages, in pipeline order
     "generate_cohort": "wsi_mil.pipeline.cohort",
     "tile_slides": "wsi_mil.pipeline.tile",
     "extract_slides": "wsi_mil.pipeline.extract",
-    "train_run": "wsi_mil.mil.train",
+    "train_run": "wsi_mil.pipeline.train",
     "predict_slides": "wsi_mil.pipeline.predict",
     "heatmap_slides": "wsi_mil.pipeline.heatmap",
     "explain_slides": "wsi_mil.pipeline.explain",
@@ -99,6 +107,7 @@ __all__ = [
     "MissingInputError",
     "PipelineConfig",
     "PredictParams",
+    "Project",
     "SegmentParams",
     "SegmentTrainParams",
     "TilingParams",

@@ -6,7 +6,7 @@
    (``wsi_mil.mil.lesion_labels.label_bags``), for the annotation-supervised segmentation
    head (the same model is also trained on slide labels alone: the weakly supervised head);
 4. for each candidate model and seed, 5-fold cross-validation on the 270 official training
-   slides (``wsi_mil.mil.train.train_run``); the model with the best mean out-of-fold AUC is
+   slides (``wsi_mil.mil.train.train_folds``); the model with the best mean out-of-fold AUC is
    selected (model selection never sees a test slide);
 5. for each seed, the selected model's 5-fold ensemble predicts the 129 official test slides
    (``wsi_mil.pipeline.predict.predict_slides``), scored at slide level
@@ -125,27 +125,28 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     from wsi_mil.explain.params import LesionEvalParams
     from wsi_mil.heatmaps.params import HeatmapParams
     from wsi_mil.mil.params import PredictParams, TrainParams
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
     from wsi_mil.pipeline.evaluate import evaluate_predictions
     from wsi_mil.pipeline.extract import extract_slides
     from wsi_mil.pipeline.heatmap import heatmap_slides
     from wsi_mil.pipeline.predict import predict_slides
     from wsi_mil.pipeline.tile import tile_slides
+    from wsi_mil.project import Project
 
     stages = Stages()
     train = [e for e in manifest if e.split == "train"]
     test = [e for e in manifest if e.split == "test" and e.slide_id not in EXCLUDED]
     tiling = TilingParams(target_mpp=params.target_mpp, tile_size=params.tile_size)
-    check(stages.run("tile", out / "tiles", tile_slides, [e.slide_path for e in manifest], out,
-                     tiling, workers=params.workers), "tile")
-    extract = ExtractParams(device=params.device, workers=params.extract_workers,
+    check(stages.run("tile", out / "tiles", tile_slides, [e.slide_path for e in manifest],
+                     out=out, params=tiling, workers=params.workers), "tile")
+    extract = ExtractParams(device=params.device, tile_readers=params.extract_workers,
                             progress=False)
-    check(stages.run("extract", out / "features", extract_slides, out / "tiles",
-                     out / "features", params.encoder, params=extract), "extract")
+    check(stages.run("extract", out / "features", extract_slides, out / "tiles", out=out,
+                     encoder=params.encoder, params=extract), "extract")
     features = out / "features" / bag_folder_name(params.encoder)
     stages.run("tile_labels", features, write_tile_labels, features, manifest, annotations_dir)
 
-    train_csv = out / "labels_train.csv"  # no split column: train_run cross-validates on it
+    train_csv = out / "labels_train.csv"  # no split column: train_folds cross-validates on it
     write_text_atomic(train_csv, "slide_id,label\n" + "".join(
         f"{e.slide_id},{e.label}\n" for e in train))
     cv: dict[str, dict[str, float | None]] = {}
@@ -156,7 +157,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
             if summary_path.is_file():
                 summary = json.loads(summary_path.read_text())
             else:
-                summary = stages.run("train", out / "runs", train_run, features, train_csv,
+                summary = stages.run("train", out / "runs", train_folds, features, train_csv,
                                      run_dir, TrainParams(model=model, seed=seed,
                                                           folds=params.folds,
                                                           val_fraction=params.val_fraction,
@@ -177,11 +178,12 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     annotated = {e.slide_id for e in test if e.annotation_path is not None}
     def test_run(run_dir: Path, seed: int) -> dict[str, Any]:
         test_dir = out / "test" / run_dir.name
-        check(stages.run("predict", out / "test", predict_slides, run_dir, features, test_dir,
-                         PredictParams(device=params.device), labels_csv=test_csv,
+        check(stages.run("predict", out / "test", predict_slides, run_dir, features, out=test_dir,
+                         params=PredictParams(device=params.device), labels_csv=test_csv,
                          slide_ids=list(test_labels)), "predict")
-        slide = stages.run("evaluate", out / "test", evaluate_predictions, test_dir, test_csv,
-                           n_boot=params.bootstrap)
+        slide = stages.run("evaluate", out / "test", evaluate_predictions,
+                           test_dir / "predictions", test_csv,
+                           out=Project(test_dir, evaluation=test_dir), n_boot=params.bootstrap)
         lesion = stages.run("lesion_metrics", out / "test", evaluate_lesions,
                             test_dir / "predictions", test_labels, annotations_dir,
                             test_dir / "lesions",
@@ -201,7 +203,7 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
         per_seed[str(seed)] = test_run(out / "runs" / f"{selected}_seed{seed}", seed)
         weak_dir = out / "runs" / f"{selected}_seed{seed}_weak"
         if not (weak_dir / "summary.json").is_file():
-            stages.run("train_weak", out / "runs", train_run, features, train_csv, weak_dir,
+            stages.run("train_weak", out / "runs", train_folds, features, train_csv, weak_dir,
                        TrainParams(model=selected, seed=seed, folds=params.folds,
                                    val_fraction=params.val_fraction, epochs=params.epochs,
                                    device=params.device, bootstrap=0, use_tile_labels=False))
@@ -217,16 +219,19 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
         segmenter = out / "segmenter"
         if not (segmenter / "model_card.json").is_file():
             stages.run("segment_train", segmenter, segment_train,
-                       [e.slide_path for e in train], annotations_dir, segmenter,
-                       SegmentTrainParams(net=params.segment_net, epochs=params.segment_epochs,
-                                          mpp=params.segment_mpp,
-                                          tile_size=params.segment_tile_size,
-                                          device=params.device),
+                       [e.slide_path for e in train], annotations_dir,
+                       out=Project(out, segmenter=segmenter),
+                       params=SegmentTrainParams(net=params.segment_net,
+                                                 epochs=params.segment_epochs,
+                                                 mpp=params.segment_mpp,
+                                                 tile_size=params.segment_tile_size,
+                                                 device=params.device),
                        labels_csv=train_csv)
         for seed, result in per_seed.items():
             test_dir = Path(result["test_dir"])
             check(stages.run("segment", test_dir / "segment", segment_slides,
-                             test_dir / "predictions", segmenter, test_dir, SegmentParams(),
+                             test_dir / "predictions", segmenter, out=test_dir,
+                             params=SegmentParams(),
                              slide_ids=list(test_labels)), "segment")
             result["pixel"] = stages.run(
                 "lesion_metrics_pixel", out / "test", evaluate_lesions,
@@ -240,8 +245,8 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     chosen_dir.mkdir(parents=True, exist_ok=True)
     for slide_id in chosen:
         shutil.copy2(first / "predictions" / f"{slide_id}.h5", chosen_dir / f"{slide_id}.h5")
-    check(stages.run("heatmap", out / "heatmaps", heatmap_slides, chosen_dir, out / "heatmaps",
-                     HeatmapParams(formats=("png",)), tiles_dir=out / "tiles"), "heatmap")
+    check(stages.run("heatmap", out / "heatmaps", heatmap_slides, chosen_dir, out=out,
+                     params=HeatmapParams(formats=("png",)), tiles_dir=out / "tiles"), "heatmap")
 
     results = {
         "protocol": {**asdict(params), "models": list(params.models),

@@ -39,7 +39,7 @@ def test_features_do_not_depend_on_workers_or_batch_size(tmp_path, make_tiles, g
     tiles = make_tiles()
     runs = {}
     for workers, batch_size in [(0, 32), (2, 32), (0, 1), (2, 1)]:
-        params = ExtractParams(workers=workers, batch_size=batch_size, dtype="float32", **quiet)
+        params = ExtractParams(tile_readers=workers, batch_size=batch_size, dtype="float32", **quiet)
         out = extract_slide(tiles.path, generated_slide, tmp_path / f"w{workers}b{batch_size}.h5",
                             lite0, params)
         runs[workers, batch_size] = read_features(out)
@@ -71,10 +71,10 @@ def test_extraction_on_the_test_device_matches_cpu_float32(tmp_path, make_tiles,
     tiles = make_tiles(coords=make_tiles().coords[:8], name="eight")
     reference = read_features(extract_slide(
         tiles.path, generated_slide, tmp_path / "cpu.h5", random_lite0("cpu"),
-        ExtractParams(workers=0, dtype="float32", progress=False, device="cpu")))
+        ExtractParams(tile_readers=0, dtype="float32", progress=False, device="cpu")))
     on_device = read_features(extract_slide(
         tiles.path, generated_slide, tmp_path / "device.h5", random_lite0(quiet["device"]),
-        ExtractParams(workers=2, dtype="float32", **quiet)))
+        ExtractParams(tile_readers=2, dtype="float32", **quiet)))
     assert np.linalg.norm(reference, axis=1).min() > 1.0  # real activations, not zeros
     relative = (np.linalg.norm(on_device - reference, axis=1)
                 / np.linalg.norm(reference, axis=1))
@@ -187,8 +187,8 @@ def test_params_are_validated():
         ExtractParams(dtype="bfloat16")
     with pytest.raises(ValueError, match="batch_size"):
         ExtractParams(batch_size=0)
-    with pytest.raises(ValueError, match="workers"):
-        ExtractParams(workers=-1)
+    with pytest.raises(ValueError, match="tile_readers"):
+        ExtractParams(tile_readers=-1)
 
 
 def test_real_svs_slide_end_to_end(tmp_path, shared_slide, lite0, quiet):
@@ -205,7 +205,7 @@ def test_real_svs_slide_end_to_end(tmp_path, shared_slide, lite0, quiet):
              "tissue_method": "otsu", "tissue_params": {}}
     tiles = read_tiles_file(write_tiles_file(tmp_path / "cmu.h5", coords, [1, 1, 1], attrs))
     out = extract_slide(tiles.path, slide, tmp_path / "bag.h5", lite0,
-                        ExtractParams(workers=1, **quiet))
+                        ExtractParams(tile_readers=1, **quiet))
     features = read_features(out).astype(np.float32)
     assert features.shape == (3, 1280) and np.isfinite(features).all()
     assert torch.from_numpy(features).std(dim=0).mean() > 0.01

@@ -130,7 +130,7 @@ def test_extraction_records_stain_qc_views_and_a_trident_copy(tmp_path, make_til
     from features.extract import ExtractParams, bag_is_current, extract_slide, fit_stain_reference
 
     tiles = make_tiles(coords=make_tiles().coords[:6])
-    params = ExtractParams(device="cpu", progress=False, workers=0, dtype="float32",
+    params = ExtractParams(device="cpu", progress=False, tile_readers=0, dtype="float32",
                            stain="reinhard", stain_views=2, format="trident")
     normaliser = fit_stain_reference(params, [TileDataset(tiles, generated_slide, 224)])
     assert normaliser.target.startswith("cohort (6 tiles of 1 slides")

@@ -89,12 +89,12 @@ def test_trident_layout_trains_and_predicts_identically(two_layouts, tmp_path):
     """The same features in TRIDENT's layout and in ours: the same run, the same predictions."""
     from wsi_mil.mil.params import TrainParams
     from wsi_mil.mil.predict import load_run, predict_bag
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
 
     ours, theirs, labels = two_layouts
     params = TrainParams(folds=2, epochs=2, min_epochs=1, hidden_dims=(16,), attention_dim=8,
                          bootstrap=0, device="cpu", seed=3)
-    summaries = {name: train_run(folder, labels, tmp_path / name, params)
+    summaries = {name: train_folds(folder, labels, tmp_path / name, params)
                  for name, folder in (("ours", ours), ("trident", theirs))}
     for key in ("auc", "balanced_accuracy"):
         assert summaries["ours"][key]["mean"] == summaries["trident"][key]["mean"]

@@ -170,7 +170,7 @@ def test_extraction_on_cuda_asks_each_slide_for_a_gpu(tmp_path):
                       dashboard_address=":0") as cluster:
         executor = ExecutorParams(kind="dask", address=cluster.scheduler_address)
         with pytest.raises(ExecutorError, match="offering GPU"):
-            extract_slides(tmp_path / "tiles", tmp_path / "features",
+            extract_slides(tmp_path / "tiles", out=tmp_path,
                            params=ExtractParams(device="cuda"), executor=executor)
 
 
@@ -209,8 +209,8 @@ def test_local_cluster_gives_the_same_tiles_features_and_failures(tmp_path):
     local_out, dask_out = tmp_path / "local", tmp_path / "dask"
     executor = ExecutorParams(kind="dask", cluster=ClusterParams(n_workers=2,
                                                                 threads_per_worker=1))
-    local_tiles = tile_slides([slides], local_out, TILING)
-    dask_tiles = tile_slides([slides], dask_out, TILING, executor=executor)
+    local_tiles = tile_slides([slides], out=local_out, params=TILING)
+    dask_tiles = tile_slides([slides], out=dask_out, params=TILING, executor=executor)
     assert len(local_tiles.failed) == len(dask_tiles.failed) == 1
     assert sorted(dask_tiles.done) == sorted(local_tiles.done)
     assert tiles_content(local_out / "tiles") == tiles_content(dask_out / "tiles")
@@ -218,14 +218,14 @@ def test_local_cluster_gives_the_same_tiles_features_and_failures(tmp_path):
 
     (tmp_path / "local" / "tiles" / "s03.h5").write_bytes(b"")  # a broken tiles file
     (tmp_path / "dask" / "tiles" / "s03.h5").write_bytes(b"")
-    extract_slides(local_out / "tiles", local_out / "features", params=EXTRACT)
-    dask_bags = extract_slides(dask_out / "tiles", dask_out / "features", params=EXTRACT,
+    extract_slides(local_out / "tiles", out=local_out, params=EXTRACT)
+    dask_bags = extract_slides(dask_out / "tiles", out=dask_out, params=EXTRACT,
                                executor=executor)
     assert len(dask_bags.done) == 7 and [s for s, _ in dask_bags.failed] == ["s03"]
     assert_same_features(features_of(local_out / "features" / "efficientnet_lite0"),
                          features_of(dask_out / "features" / "efficientnet_lite0"))
-    local_failures = (local_out / "features" / "failures.csv").read_text()
-    dask_failures = (dask_out / "features" / "failures.csv").read_text()
+    local_failures = (local_out / "failures.csv").read_text()
+    dask_failures = (dask_out / "failures.csv").read_text()
     assert local_failures.replace(str(local_out), "OUT") == \
         dask_failures.replace(str(dask_out), "OUT")
     assert not leftover_tmp(local_out, dask_out)
@@ -356,9 +356,9 @@ def test_a_real_cluster_survives_a_killed_worker(tmp_path, dask_cluster):
     bags = features / "efficientnet_lite0"
     assert sorted(p.name for p in bags.iterdir()) == [f"s{i:02d}.h5" for i in range(12)]
     local = tmp_path / "local"
-    assert not tile_slides([slides], local, TILING).failed
+    assert not tile_slides([slides], out=local, params=TILING).failed
     assert tiles_content(local / "tiles") == tiles_content(out / "tiles")
-    assert not extract_slides(local / "tiles", local / "features", params=EXTRACT).failed
+    assert not extract_slides(local / "tiles", out=local, params=EXTRACT).failed
     assert_same_features(features_of(local / "features" / "efficientnet_lite0"),
                          features_of(bags))
 
@@ -398,15 +398,15 @@ def _raise() -> None:
 def test_parallel_folds_write_the_same_fold_files(tmp_path):
     """``train.parallel_folds``: folds as Dask tasks give the files of folds run in turn."""
     from wsi_mil.mil.params import TrainParams
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
     from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
     bags = planted_bags(18, (8, 12), 8, shift=4.0, seed=1)
     features_dir, labels_csv = write_planted_bags(tmp_path, bags)
     fast = {"hidden_dims": (16,), "attention_dim": 8, "device": "cpu", "bootstrap": 0,
             "folds": 2, "epochs": 2, "min_epochs": 1}
-    one = train_run(features_dir, labels_csv, tmp_path / "one", TrainParams(**fast))
-    two = train_run(features_dir, labels_csv, tmp_path / "two",
+    one = train_folds(features_dir, labels_csv, tmp_path / "one", TrainParams(**fast))
+    two = train_folds(features_dir, labels_csv, tmp_path / "two",
                     TrainParams(parallel_folds=2, **fast))
     assert one["n_folds"] == two["n_folds"] == 2
     for k in range(2):

@@ -12,8 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.config.pipeline import EvaluateSection
+from wsi_mil.project import PREDICTIONS, PREDICTIONS_CSV, Project
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,10 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--annotations-dir also the lesion-level FROC, tile Dice and explainability scores.",
     )
     p.add_argument("--predictions", required=True, type=Path,
-                   help="output folder of predict (holding predictions.csv)")
+                   help="folder of <slide_id>.h5 predictions (PROJECT/predictions; "
+                   "predictions.csv beside it)")
     p.add_argument("--labels", required=True, type=Path, help="labels CSV slide_id,label,...")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where to write metrics.json and the PNGs (default: --predictions)")
+    add_renamed(p, "--evaluation", "--out", type=Path, default=None,
+                help="folder to write metrics.json and the PNGs to (PROJECT/evaluation in "
+                "wsi-mil run; default: the folder holding predictions.csv)")
     p.add_argument("--run", type=Path, default=None,
                    help="run folder of the predictions (for deletion/insertion curves)")
     p.add_argument("--features", type=Path, default=None,
@@ -42,11 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.evaluate import evaluate_cohort
 
     section = options_from_args(EvaluateSection, args)
-    metrics, lesion = evaluate_cohort(args.predictions, args.labels, section, args.out,
+    predictions = predictions_folder(args.predictions)
+    out = args.evaluation or predictions.parent
+    metrics, lesion = evaluate_cohort(predictions, args.labels, section=section,
+                                      out=Project(out, evaluation=out),
                                       run_dir=args.run, features_dir=args.features,
                                       segment_dir=args.segment)
     if metrics.get("task", "classification") != "classification":
-        print_task_metrics(metrics, args.out or args.predictions)
+        print_task_metrics(metrics, out)
         return 0
     auc, ci = metrics["auc"], metrics["auc_ci95"]
     auc_text = "n/a" if auc is None else f"{auc:.3f}"
@@ -82,9 +88,23 @@ def run(args: argparse.Namespace) -> int:
                   f"{pixel['tile_head']['dice']}), FROC {pixel['froc']} "
                   f"({pixel['n_slides']} segmented slides)")
     suffix = "_patient" if unit == "patients" else ""
-    print(f"written to {args.out or args.predictions}: metrics{suffix}.json, roc{suffix}.png, "
+    print(f"written to {out}: metrics{suffix}.json, roc{suffix}.png, "
           f"confusion_matrix{suffix}.png, calibration{suffix}.png")
     return 0
+
+
+def predictions_folder(given: Path) -> Path:
+    """The folder of ``<slide_id>.h5`` predictions that ``--predictions`` names.
+
+    ``--predictions`` meant the folder holding ``predictions.csv`` (predict's ``--out``) up to
+    0.1.0; that spelling still works for one release, with a notice on stderr.
+    """
+    if (given / PREDICTIONS_CSV).is_file():  # the new form has it beside, not inside
+        print(f"wsi-mil evaluate: --predictions naming the folder that holds predictions.csv is "
+              f"deprecated and goes in the next release: use --predictions "
+              f"{given / PREDICTIONS}", file=sys.stderr)
+        return given / PREDICTIONS
+    return given
 
 
 def print_task_metrics(metrics: dict, out: Path) -> None:

@@ -9,21 +9,25 @@ from __future__ import annotations
 import argparse
 
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.explain.params import ExplainParams
+from wsi_mil.project import Project
 
 
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.explain import STAGE, explain_slides
 
     params = options_from_args(ExplainParams, args)
-    result = explain_slides(args.run, args.features, args.out, params,
+    # the explanations folder itself (one subfolder per slide, the cohort table, failures.csv)
+    result = explain_slides(args.run, args.features,
+                            out=Project(args.explanations, explanations=args.explanations),
+                            params=params,
                             annotations_dir=args.annotations, slides_dir=args.slides,
                             workers=args.workers, overwrite=args.overwrite,
                             executor=executor_from_args(args, workers=args.workers))
     print(result.summary(STAGE))
-    print(f"trust report and cohort table: {args.out}/cohort_table.md")
-    _print_recommendation(args.out)
+    print(f"trust report and cohort table: {args.explanations}/cohort_table.md")
+    _print_recommendation(args.explanations)
     return result.exit_code
 
 
@@ -57,7 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and cohort_scores.png. Full method list and figures: docs/explanations.md.")
     p.add_argument("--run", required=True, help="run folder of wsi-mil train")
     p.add_argument("--features", required=True, help="folder of <slide_id>.h5 feature bags")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per slide)")
+    add_renamed(p, "--explanations", "--out", required=True,
+                help="explanations folder to write (PROJECT/explain): one subfolder per slide, "
+                "the cohort table")
     p.add_argument("--annotations", help="folder of <slide_id>.xml/.geojson/.json lesion "
                    "annotations (without it only the sanity check is scored)")
     p.add_argument("--slides", help="folder of slides for the thumbnails (default: slide_path "

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.heatmaps.params import HeatmapParams
+from wsi_mil.project import Project
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
 
     params = options_from_args(HeatmapParams, args)
     executor = executor_from_args(args, workers=args.workers)
-    result = heatmap_slides(args.predictions, args.out, params, slides_dir=args.slides,
+    # the heatmaps folder itself (one subfolder per slide, and failures.csv)
+    result = heatmap_slides(args.predictions, out=Project(args.heatmaps, heatmaps=args.heatmaps),
+                            params=params, slides_dir=args.slides,
                             tiles_dir=args.tiles, encoder=args.encoder, weights=args.weights,
                             workers=args.workers, overwrite=args.overwrite,
                             executor=executor, explanations_dir=args.explanations)
@@ -33,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "thumbnail), segmentation.png, topk.png, heatmap.zarr (OME-Zarr, for napari) and "
         "tiles.geojson / segmentation.geojson (drag onto the slide in QuPath).")
     p.add_argument("--predictions", required=True, help="folder of <slide_id>.h5 predictions")
-    p.add_argument("--out", required=True, help="output folder (one subfolder per slide)")
+    add_renamed(p, "--heatmaps", "--out", required=True,
+                help="heatmaps folder to write (PROJECT/heatmaps): one subfolder per slide")
     p.add_argument("--slides", help="folder of slides (default: slide_path in the predictions)")
     p.add_argument("--tiles", help="tiles folder holding <slide_id>.tissue.geojson "
                    "(default: beside the tiles file recorded in the predictions)")

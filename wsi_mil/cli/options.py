@@ -9,12 +9,17 @@ runner maps the same dataclasses by the same field names (:mod:`wsi_mil.config.s
 Flags of nested dataclass fields carry the field's name as a prefix (``--froc-dilation-um``
 for ``evaluate: {froc: {dilation_um: ...}}``). Booleans are ``--x`` / ``--no-x``; a field that
 may be None accepts ``none``.
+
+A renamed flag keeps its old spelling for one release (:func:`add_renamed`, and a params
+class's ``RENAMED`` for its fields, which also keeps the old YAML key): it does what the new
+one does, is left out of ``--help`` and prints a one-line notice on stderr when used.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -76,6 +81,35 @@ class _ListAction(argparse.Action):
             parser.error(f"{option_string}: {exc}")
 
     metadata_type: Callable[[str], Any] = str
+
+
+class _DeprecatedFlag(argparse.Action):
+    """The old spelling of a renamed flag: stores what the new one stores, and says so."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated and goes in the next release: "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: str, old: str,
+                **kwargs: Any) -> argparse.Action:
+    """The flag ``new`` (``kwargs`` as ``add_argument`` takes them) and its former spelling
+    ``old``, which still works for one release (see the module docstring); given both, argparse
+    says they exclude each other. Returns the new flag's action."""
+    required = kwargs.pop("required", False)
+    group = parser.add_mutually_exclusive_group(required=required)
+    action = group.add_argument(new, **kwargs)
+    same = {key: kwargs[key] for key in ("type", "nargs") if key in kwargs}
+    group.add_argument(old, dest=action.dest, action=_DeprecatedFlag, new=new,
+                       metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+                       **same)
+    return action
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -148,6 +182,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
     """One flag per field of ``cls`` (see the module docstring); ``positional`` fields become
     positional arguments (``tile INPUT...``), ``exclude`` ones are left to the verb."""
     exclude, positional = set(exclude), set(positional)
+    renamed = {new: old for old, new in getattr(cls, "RENAMED", {}).items()}
     for dest, f, hint, doc in option_fields(cls):
         if dest in exclude:
             continue
@@ -156,6 +191,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             kwargs.pop("help")
             parser.add_argument(dest, help=doc.replace("%", "%%"),
                                 metavar=dest.removesuffix("s").upper(), **kwargs)
+        elif dest in renamed:
+            add_renamed(parser, flag_name(dest), flag_name(renamed[dest]), dest=dest,
+                        default=argparse.SUPPRESS, **kwargs)
         else:
             parser.add_argument(flag_name(dest), dest=dest, default=argparse.SUPPRESS, **kwargs)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.config.pipeline import PredictSection
+from wsi_mil.project import Project
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -42,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.predict import predict_slides
 
     section = options_from_args(PredictSection, args)
-    result = predict_slides(args.run, args.features, args.out, section.params(),
+    result = predict_slides(args.run, args.features, out=args.out, params=section.params(),
                             labels_csv=args.labels, workers=args.workers,
                             overwrite=args.overwrite, split=section.split,
                             executor=executor_from_args(args, workers=args.workers),
                             slides_dir=args.slides)
     print(result.summary("predict"))
-    csv_path = Path(args.out) / "predictions.csv"
+    csv_path = Project(args.out).predictions_csv
     if csv_path.is_file():
         import csv
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.export.params import ReportParams
+from wsi_mil.project import Project
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,14 +45,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.pipeline.report import REPORT_DIR, report_slides
+    from wsi_mil.pipeline.report import report_slides
 
     params = options_from_args(ReportParams, args)
-    result = report_slides(args.predictions, args.out, params,
+    result = report_slides(args.predictions, out=args.out, params=params,
                            annotations_dir=args.annotations, segment_dir=args.segment,
                            reports_dir=args.reports, vocabulary=args.vocabulary,
                            workers=args.workers, overwrite=args.overwrite)
     print(result.summary("report"))
-    print(f"written to {args.out / REPORT_DIR}/: <slide_id>.json/.md/.html, index.md, "
+    print(f"written to {Project(args.out).report_dir}/: <slide_id>.json/.md/.html, index.md, "
           f"index.html, alignment.csv")
     return result.exit_code

@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
         print(resolved_config_text(config), end="")
         print(f"{args.config}: valid", file=sys.stderr)
         return 0
-    from wsi_mil.pipeline.run import CONFIG_FILE, run_pipeline
+    from wsi_mil.pipeline.run import run_pipeline
 
     result = run_pipeline(config, overwrite=args.overwrite)
-    print(f"outputs in {config.out} (resolved config: {config.out / CONFIG_FILE})")
+    print(f"outputs in {config.out} (resolved config: {config.project.config_file})")
     return result.exit_code
 
 

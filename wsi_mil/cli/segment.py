@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.project import Project
 from wsi_mil.segment.params import SegmentParams
 
 
@@ -47,15 +48,15 @@ def run(args: argparse.Namespace) -> int:
     note = explain_methods_note(args.model, params)
     if note:
         print(note)
-    result = segment_slides(args.predictions, args.model, args.out, params,
+    result = segment_slides(args.predictions, args.model, out=args.out, params=params,
                             slides=args.slides, workers=args.workers,
                             overwrite=args.overwrite, annotations_dir=args.annotations)
     print(result.summary("segment"))
-    print(f"written to {args.out / 'segment'}/<slide_id>/: mask.zarr, lesions.geojson, "
+    print(f"written to {Project(args.out).segment_dir}/<slide_id>/: mask.zarr, lesions.geojson, "
           f"outline.png, segment.json" + (", explain.zarr, explain.png, explain.json"
                                           if params.explain else ""))
     if params.explain:
-        table = args.out / "segment" / "explain_table.md"
+        table = Project(args.out).segment_dir / "explain_table.md"
         print(f"explanations: {table}" if table.is_file() else
               "explanations: no slide was explained, so no cohort table")
         if args.annotations is None:

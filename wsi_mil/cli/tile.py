@@ -15,6 +15,7 @@ from tiling.params import TilingParams
 from wsi_mil.cli.executor_options import add_executor_options, executor_from_args
 from wsi_mil.cli.options import add_options, options_from_args
 from wsi_mil.config.pipeline import SlidesSection
+from wsi_mil.project import Project
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,12 +24,13 @@ def run(args: argparse.Namespace) -> int:
     slides = options_from_args(SlidesSection, args)
     params = options_from_args(TilingParams, args)
     executor = executor_from_args(args, workers=args.workers)
-    result = tile_slides(list(slides.inputs), args.out, params, recursive=slides.recursive,
+    result = tile_slides(list(slides.inputs), out=args.out, params=params,
+                         recursive=slides.recursive,
                          mpp=slides.mpp, mpp_csv=slides.mpp_csv, workers=args.workers,
                          overwrite=args.overwrite, executor=executor)
     print(result.summary(STAGE))
     if result.failed:
-        print(f"failures recorded in {Path(args.out) / 'failures.csv'}", file=sys.stderr)
+        print(f"failures recorded in {Project(args.out).failures_csv}", file=sys.stderr)
     return result.exit_code
 
 

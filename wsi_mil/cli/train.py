@@ -1,7 +1,7 @@
 """``wsi-mil train``: fit MIL models on feature bags and slide labels (cross-validated).
 
 The flags are the fields of :class:`~wsi_mil.mil.params.TrainParams` (the ``train`` config
-section); the work is :func:`wsi_mil.mil.train.train_run`.
+section); the work is :func:`wsi_mil.pipeline.train.train_run`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.mil.params import TrainParams
+from wsi_mil.project import Project
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, type=Path,
                    help="CSV slide_id,label[,patient_id][,split] (classification; the other "
                    "tasks' formats: docs/tasks.md)")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    add_renamed(p, "--run", "--out", required=True, type=Path,
+                help="run folder to write (PROJECT/runs/<name>)")
     p.add_argument("--overwrite", action="store_true",
                    help="retrain every fold (by default a fold whose files are complete, from a "
                    "run with the same settings, bags and labels, is kept: an interrupted run "
@@ -36,16 +38,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.pipeline.train import train_run
 
     params = options_from_args(TrainParams, args)
-    summary = train_run(args.features, args.labels, args.out, params,
+    runs = args.run.parent  # --run is the run folder itself: runs/<name>
+    summary = train_run(args.features, args.labels, out=Project(runs, runs=runs),
+                        name=args.run.name, params=params,
                         resume=not args.overwrite)
     if summary.get("task", "classification") != "classification":
         for line in task_summary_lines(summary):
             print(line)
-        print(f"run written to {args.out}")
-        print(json.dumps({"summary": str(args.out / "summary.json")}))
+        print(f"run written to {args.run}")
+        print(json.dumps({"summary": str(args.run / "summary.json")}))
         return 0
     n = summary["n_folds"]
     if summary.get("subtyping"):
@@ -65,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
               f"{pooled['ece']:.3f}")
     print(f"threshold for new slides (the ensemble of {n} fold(s)): "
           f"{summary['ensemble_threshold']:.3f} ({summary['ensemble_threshold_rule']})")
-    print(f"run written to {args.out}")
-    print(json.dumps({"summary": str(args.out / "summary.json")}))
+    print(f"run written to {args.run}")
+    print(json.dumps({"summary": str(args.run / "summary.json")}))
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from features.params import DEFAULT_ENCODER, ExtractParams, bag_folder_name
+from features.params import DEFAULT_ENCODER, ExtractParams
 from tiling.params import TilingParams
 from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.config.schema import (
@@ -42,6 +42,7 @@ from wsi_mil.config.schema import (
 from wsi_mil.explain.params import ExplainParams, LesionEvalParams
 from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.mil.params import PredictParams, TrainParams
+from wsi_mil.project import Project
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 from wsi_mil.synthetic.params import CohortParams
 
@@ -270,10 +271,15 @@ class PipelineConfig:
         if "explain" in self.stages and self.explain is None:
             object.__setattr__(self, "stages", tuple(s for s in self.stages if s != "explain"))
 
-    # Where each stage reads and writes, in one place so run, demo and README agree.
+    # Where each stage reads and writes: the project folder ``out`` (wsi_mil.project owns the
+    # names); the properties below are the config's choices on top (run name, encoder, cohort).
+    @property
+    def project(self) -> Project:
+        return Project(self.out)
+
     @property
     def cohort_dir(self) -> Path:
-        return self.out / "cohort"
+        return self.project.cohort_dir
 
     @property
     def slide_inputs(self) -> tuple[Path, ...]:
@@ -297,44 +303,44 @@ class PipelineConfig:
 
     @property
     def tiles_dir(self) -> Path:
-        return self.out / "tiles"
+        return self.project.tiles_dir
 
     @property
     def segmenter_dir(self) -> Path:
         """The segmenter's model folder: ``segment.model``, or ``OUT/segmenter`` to train."""
         if self.segment is not None and self.segment.model is not None:
             return self.segment.model
-        return self.out / "segmenter"
+        return self.project.segmenter_dir
 
     @property
     def segment_dir(self) -> Path:
-        return self.out / "segment"
+        return self.project.segment_dir
 
     @property
     def features_dir(self) -> Path:
         """``OUT/features/<encoder>``."""
-        return self.out / "features" / bag_folder_name(self.extract.encoder)
+        return self.project.features_dir(self.extract.encoder)
 
     @property
     def run_dir(self) -> Path:
-        return self.out / "runs" / self.name
+        return self.project.run_dir(self.name)
 
     @property
     def predictions_dir(self) -> Path:
-        """The folder ``predict`` writes into (``predictions/`` and ``predictions.csv``)."""
-        return self.out
+        """The folder of ``<slide_id>.h5`` predictions (``predictions.csv`` lies beside it)."""
+        return self.project.predictions_dir
 
     @property
     def heatmaps_dir(self) -> Path:
-        return self.out / "heatmaps"
+        return self.project.heatmaps_dir
 
     @property
     def evaluation_dir(self) -> Path:
-        return self.out / "evaluation"
+        return self.project.evaluation_dir
 
     @property
     def explain_dir(self) -> Path:
-        return self.out / "explain"
+        return self.project.explanations_dir
 
 
 def _absolute(config: PipelineConfig, base: Path) -> PipelineConfig:

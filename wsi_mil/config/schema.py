@@ -32,6 +32,7 @@ import inspect
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -292,6 +293,7 @@ def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
         _fail(where, f"must be a mapping of keys to values, not {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
+    data = _renamed_keys(cls, data, where)
     unknown = [str(k) for k in data if k not in fields]
     if unknown:
         key = unknown[0]
@@ -315,6 +317,20 @@ def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         _fail(where or "config", str(exc))
+
+
+def _renamed_keys(cls: type, data: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``data`` with the former keys of ``cls.RENAMED`` (old -> new) under their new names, each
+    with a one-line deprecation warning; both spellings at once is an error."""
+    renamed = getattr(cls, "RENAMED", {})
+    for old in [k for k in data if k in renamed]:
+        new = renamed[old]
+        if new in data:
+            _fail(_child(where, old), f"the former name of {new!r}: give only {new}")
+        warnings.warn(f"{_child(where, old)}: deprecated key, goes in the next release: use "
+                      f"{new}", FutureWarning, stacklevel=3)
+        data = {(new if k == old else k): v for k, v in data.items()}
+    return data
 
 
 def ordered_fields(cls_or_obj: Any) -> list[dataclasses.Field]:

@@ -477,9 +477,9 @@ def read_training_labels(labels_csv: str | os.PathLike, params: TrainParams
     return labels, negative_index
 
 
-def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-              out_dir: str | os.PathLike, params: TrainParams | None = None,
-              resume: bool = False) -> dict[str, Any]:
+def train_folds(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
+                out_dir: str | os.PathLike, params: TrainParams | None = None,
+                resume: bool = False) -> dict[str, Any]:
     """Train every fold, write the run folder, and return the summary (also ``summary.json``).
 
     Every check of the labels and bags runs before anything is written, so a malformed labels

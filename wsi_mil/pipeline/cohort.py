@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tiling.storage import write_text_atomic
 from wsi_mil.pipeline.batch import SlideJob, run_batch
+from wsi_mil.project import Project
 from wsi_mil.synthetic.cohort import (
     Cohort,
     labels_csv_text,
@@ -35,7 +36,7 @@ def generate_cohort(out_dir: str | os.PathLike, params: CohortParams = CohortPar
         annotation = by_path[path].annotation
         return path.exists() and (annotation is None or annotation.exists())
 
-    result = run_batch(jobs, stage="cohort", failures_csv=root / "failures.csv",
+    result = run_batch(jobs, stage="cohort", failures_csv=Project(root).failures_csv,
                        is_complete=complete, workers=params.workers, overwrite=overwrite)
     if result.failed:
         raise RuntimeError(f"{root}: generating {len(result.failed)} slide(s) failed: "

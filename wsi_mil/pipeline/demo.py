@@ -226,17 +226,20 @@ def _most_positive_slide(predictions_csv: Path) -> str | None:
 def output_locations(out: Path) -> list[tuple[str, Path]]:
     """Where each kind of output of the demo is, for the closing message (the example
     heatmap is the slide the model finds most tumour-like)."""
-    example = out / "heatmaps" / (_most_positive_slide(out / "predictions.csv") or "<slide_id>")
+    config = demo_config(out)
+    project = config.project
+    example = project.heatmaps_dir / (_most_positive_slide(project.predictions_csv)
+                                      or "<slide_id>")
     return [
-        ("synthetic slides, lesion XML, labels", out / "cohort"),
-        ("tiles, tissue GeoJSON, previews", out / "tiles"),
-        ("feature bags", out / "features" / "efficientnet_lite0"),
-        ("trained model (runs/demo)", out / "runs" / "demo"),
-        ("predictions", out / "predictions.csv"),
+        ("synthetic slides, lesion XML, labels", config.cohort_dir),
+        ("tiles, tissue GeoJSON, previews", config.tiles_dir),
+        ("feature bags", config.features_dir),
+        (f"trained model (runs/{config.name})", config.run_dir),
+        ("predictions", project.predictions_csv),
         ("heatmap overlay (most tumour-like slide)", example / "overlay.png"),
         ("QuPath export (same slide)", example / "tiles.geojson"),
-        ("metrics, ROC, lesion scores", out / "evaluation"),
-        *([("pixel vs tile outline (same slide)", out / "segment" / example.name / "outline.png")]
-          if (out / "segment").is_dir() else []),
-        ("resolved config", out / "config.yaml"),
+        ("metrics, ROC, lesion scores", config.evaluation_dir),
+        *([("pixel vs tile outline (same slide)", config.segment_dir / example.name
+            / "outline.png")] if config.segment_dir.is_dir() else []),
+        ("resolved config", project.config_file),
     ]

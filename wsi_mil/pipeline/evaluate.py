@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_mil.errors import InputError, MissingInputError
+from wsi_mil.project import Project
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,18 +48,18 @@ def read_predictions_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 
 
-def recorded_negative_class(pred_dir: Path) -> str | None:
+def recorded_negative_class(predictions_dir: Path) -> str | None:
     """The negative class a predictions file records (from the run), if any."""
-    value = recorded_attrs(pred_dir).get("negative_class")
+    value = recorded_attrs(predictions_dir).get("negative_class")
     return None if value is None else str(value)
 
 
-def recorded_attrs(pred_dir: Path) -> dict[str, Any]:
-    """The attributes of the first predictions file of ``pred_dir`` ({} without one): the
-    run's task, negative class, bag level, survival times."""
+def recorded_attrs(predictions_dir: Path) -> dict[str, Any]:
+    """The attributes of the first predictions file (``<slide_id>.h5``) of ``predictions_dir``
+    ({} without one): the run's task, negative class, bag level, survival times."""
     from wsi_mil.mil.predictions import read_prediction_attrs
 
-    for path in sorted((pred_dir / "predictions").glob("*.h5"))[:1]:
+    for path in sorted(predictions_dir.glob("*.h5"))[:1]:
         return read_prediction_attrs(path)
     return {}
 
@@ -156,32 +157,34 @@ def describe_thresholds(thresholds: np.ndarray) -> str:
             f"the one that decided it: out of fold, its fold's own)")
 
 
-def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-                         out_dir: str | os.PathLike | None = None,
+def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike, *,
+                         out: str | os.PathLike | Project | None = None,
                          negative_class: str | None = None,
-                         n_boot: int = 1000, split: str | None = None, *,
+                         n_boot: int = 1000, split: str | None = None,
                          level: str = "slide", patient_aggregate: str = "mean"
                          ) -> dict[str, Any]:
-    """Metrics of the labelled slides in ``predictions.csv`` (only those of ``split`` of the
-    labels CSV when given, e.g. ``test``), per slide or per patient (``level``); writes JSON
-    and three PNGs."""
+    """Metrics of the labelled slides predicted in ``predictions_dir`` (its ``<slide_id>.h5``
+    and the ``predictions.csv`` beside it; only the slides of ``split`` of the labels CSV when
+    given, e.g. ``test``), per slide or per patient (``level``); writes JSON and three PNGs
+    into the project ``out``'s ``evaluation/`` (default: the project of the predictions)."""
     import numpy as np
 
     from tiling.storage import write_text_atomic
     from wsi_mil.metrics.slide import aggregate_patients, predict_indices, slide_metrics
     from wsi_mil.mil.labels import choose_negative_class, read_labels
 
-    pred_dir = Path(predictions_dir)
-    out = Path(out_dir) if out_dir is not None else pred_dir
-    recorded = recorded_attrs(pred_dir)
+    source = _predictions_project(predictions_dir)
+    pred_dir = source.root  # named in messages
+    out_dir = Project.of(out if out is not None else source).evaluation_dir
+    recorded = recorded_attrs(source.predictions_dir)
     if recorded.get("bag_level") == "patient" and level != "patient":
         warnings.warn(f"{pred_dir}: the run was trained on patient-level bags, so its slides "
                       f"carry their patient's outputs: scored per patient", stacklevel=2)
         level = "patient"
     if recorded.get("task", "classification") != "classification":
-        return evaluate_task(pred_dir, labels_csv, out, recorded, n_boot=n_boot, split=split,
+        return evaluate_task(source, labels_csv, out_dir, recorded, n_boot=n_boot, split=split,
                              level=level)
-    classes, rows = read_predictions_csv(pred_dir / "predictions.csv")
+    classes, rows = read_predictions_csv(source.predictions_csv)
     table = read_labels(labels_csv, class_names=tuple(classes))
     labels = table.by_slide()
     if split is not None:
@@ -211,7 +214,7 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
         negative, negative_index = None, 0
     else:
         negative = choose_negative_class(classes, negative_class or recorded_negative_class(
-            pred_dir), source=str(pred_dir))
+            source.predictions_dir), source=str(pred_dir))
         negative_index = classes.index(negative)
     y = np.array([classes.index(labels[r["slide_id"]].label) for r in scored])
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in scored])
@@ -224,7 +227,7 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
         if not table.has_patient_id:
             raise InputError(f"{labels_csv}: patient-level metrics need a patient_id column")
         if np.isnan(thresholds).any():
-            raise InputError(f"{pred_dir / 'predictions.csv'}: no threshold column (written by "
+            raise InputError(f"{source.predictions_csv}: no threshold column (written by "
                              f"an older wsi-mil predict): predict again to score patients")
         patients = [labels[r["slide_id"]].patient_id for r in scored]
         classes_of: dict[str, set[int]] = {}
@@ -256,11 +259,11 @@ def evaluate_predictions(predictions_dir: str | os.PathLike, labels_csv: str | o
                    thresholds=(describe_thresholds(thresholds)
                                if not np.isnan(thresholds).any() else "not recorded"))
     suffix = "_patient" if level == "patient" else ""
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / f"metrics{suffix}.json", json.dumps(metrics, indent=2) + "\n")
-    plot_roc(out / f"roc{suffix}.png", metrics)
-    plot_confusion(out / f"confusion_matrix{suffix}.png", metrics)
-    plot_calibration(out / f"calibration{suffix}.png", metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / f"metrics{suffix}.json", json.dumps(metrics, indent=2) + "\n")
+    plot_roc(out_dir / f"roc{suffix}.png", metrics)
+    plot_confusion(out_dir / f"confusion_matrix{suffix}.png", metrics)
+    plot_calibration(out_dir / f"calibration{suffix}.png", metrics)
     return metrics
 
 
@@ -291,7 +294,13 @@ def _predicted_rows(pred_dir: Path, labels_csv: str | os.PathLike, labels: dict[
                     "missing_predictions": missing}
 
 
-def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
+def _predictions_project(predictions_dir: str | os.PathLike) -> Project:
+    """The project of a predictions folder: its ``predictions.csv`` lies beside the folder."""
+    predictions_dir = Path(predictions_dir)
+    return Project(predictions_dir.parent, predictions=predictions_dir)
+
+
+def evaluate_task(source: Project, labels_csv: str | os.PathLike, out: Path,
                   recorded: dict[str, Any], *, n_boot: int = 1000, split: str | None = None,
                   level: str = "slide") -> dict[str, Any]:
     """Metrics of a multilabel, survival or regression run's predictions (the module
@@ -305,7 +314,7 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
 
     task = str(recorded["task"])
     names = [str(c) for c in recorded["class_names"]]
-    path = pred_dir / "predictions.csv"
+    pred_dir, path = source.root, source.predictions_csv
     if not path.is_file():
         raise FileNotFoundError(f"{path}: predictions.csv not found (run wsi-mil predict)")
     with path.open(newline="", encoding="utf-8") as f:
@@ -327,7 +336,7 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
     survival = None
     grid = np.atleast_1d(np.asarray(recorded.get("survival_times", []), dtype=np.float64))
     if task == "survival":
-        survival = _survival_curves(pred_dir, ids)
+        survival = _survival_curves(source.predictions_dir, ids)
     unit = "slides"
     extra: dict[str, Any] = {"level": level}
     if level == "patient":
@@ -388,7 +397,7 @@ def evaluate_task(pred_dir: Path, labels_csv: str | os.PathLike, out: Path,
     return metrics
 
 
-def _survival_curves(pred_dir: Path, slide_ids: list[str]) -> np.ndarray | None:
+def _survival_curves(predictions_dir: Path, slide_ids: list[str]) -> np.ndarray | None:
     """Each slide's predicted survival curve (its predictions file's ``survival``)."""
     import numpy as np
 
@@ -396,7 +405,7 @@ def _survival_curves(pred_dir: Path, slide_ids: list[str]) -> np.ndarray | None:
 
     curves = []
     for slide_id in slide_ids:
-        path = pred_dir / "predictions" / f"{slide_id}.h5"
+        path = predictions_dir / f"{slide_id}.h5"
         if not path.is_file():
             return None
         attrs = read_prediction_attrs(path)
@@ -406,16 +415,17 @@ def _survival_curves(pred_dir: Path, slide_ids: list[str]) -> np.ndarray | None:
     return np.array(curves)
 
 
-def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-                    section: EvaluateSection, out_dir: str | os.PathLike | None = None, *,
+def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.PathLike, *,
+                    section: EvaluateSection, out: str | os.PathLike | Project | None = None,
                     annotations_dir: str | os.PathLike | None = None,
                     run_dir: str | os.PathLike | None = None,
                     features_dir: str | os.PathLike | None = None,
                     split: str | None = None,
                     segment_dir: str | os.PathLike | None = None
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(slide metrics, lesion metrics or ``{}``) of a predict output folder: the slide metrics
-    always, the lesion metrics when lesion annotations are known (``annotations_dir``, else the
+    """(slide metrics, lesion metrics or ``{}``) of a predictions folder (as
+    :func:`evaluate_predictions`), written to the project ``out``'s ``evaluation/``: the slide
+    metrics always, the lesion metrics when lesion annotations are known (``annotations_dir``, else the
     section's). ``split``: score only that split of the labels CSV (the one predicted).
     ``segment_dir``: pixel masks of
     ``wsi-mil segment`` to score beside the tile head."""
@@ -423,10 +433,10 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
     from wsi_mil.mil.labels import read_labels
     from wsi_mil.segment.evaluate import SegmentedSlides
 
-    pred_dir = Path(predictions_dir)
-    out = Path(out_dir) if out_dir is not None else pred_dir
-    metrics = evaluate_predictions(pred_dir, labels_csv, out, section.negative_class,
-                                   n_boot=section.bootstrap, split=split, level=section.level,
+    source = _predictions_project(predictions_dir)
+    project = Project.of(out if out is not None else source)
+    metrics = evaluate_predictions(predictions_dir, labels_csv, out=project,
+                                   negative_class=section.negative_class, n_boot=section.bootstrap, split=split, level=section.level,
                                    patient_aggregate=section.patient_aggregate)
     annotations = annotations_dir if annotations_dir is not None else section.annotations_dir
     if annotations is None:
@@ -436,10 +446,10 @@ def evaluate_cohort(predictions_dir: str | os.PathLike, labels_csv: str | os.Pat
                       f"classification's lesion map; a {metrics['task']} run is scored with "
                       f"wsi-mil explain --annotations-dir instead", stacklevel=2)
         return metrics, {}
-    scored = {row["slide_id"] for row in read_predictions_csv(pred_dir / "predictions.csv")[1]}
+    scored = {row["slide_id"] for row in read_predictions_csv(source.predictions_csv)[1]}
     labels = {r.slide_id: r.label for r in read_labels(labels_csv).rows
               if r.slide_id in scored}  # this run's predictions, not older ones
-    lesion = evaluate_lesions(pred_dir / "predictions", labels, annotations, out,
+    lesion = evaluate_lesions(source.predictions_dir, labels, annotations, project.evaluation_dir,
                               section.params(), run_dir=run_dir, features_dir=features_dir,
                               pixels=SegmentedSlides(segment_dir) if segment_dir else None)
     return metrics, lesion
@@ -449,7 +459,8 @@ def compare_predictions(a_dir: str | os.PathLike, b_dir: str | os.PathLike,
                         labels_csv: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                         negative_class: str | None = None) -> dict[str, Any]:
     """DeLong's test (:func:`wsi_mil.metrics.auc_comparison.delong_test`) of the AUC difference
-    between two predict output folders on the slides both predicted and the labels CSV labels;
+    between the predictions of two projects (the ``--out`` of two predicts: their
+    ``predictions.csv`` and ``predictions/``) on the slides both predicted and the labels CSV labels;
     writes ``compare.json`` into ``out_dir`` when given. Two classes only."""
     import numpy as np
 
@@ -458,19 +469,19 @@ def compare_predictions(a_dir: str | os.PathLike, b_dir: str | os.PathLike,
     from wsi_mil.mil.labels import choose_negative_class, read_labels
 
     a_dir, b_dir = Path(a_dir), Path(b_dir)
-    classes, rows_a = read_predictions_csv(a_dir / "predictions.csv")
-    classes_b, rows_b = read_predictions_csv(b_dir / "predictions.csv")
+    classes, rows_a = read_predictions_csv(Project(a_dir).predictions_csv)
+    classes_b, rows_b = read_predictions_csv(Project(b_dir).predictions_csv)
     if classes != classes_b:
         raise InputError(f"{a_dir} predicts classes {classes}, {b_dir} predicts {classes_b}")
     if len(classes) != 2:
         raise InputError(f"compare needs two classes, {a_dir} has {classes}")
     labels = read_labels(labels_csv, class_names=tuple(classes)).by_slide()
-    recorded = recorded_attrs(a_dir)
+    recorded = recorded_attrs(Project(a_dir).predictions_dir)
     if "task" in recorded and recorded.get("negative_class") is None and negative_class is None:
         positive = classes[1]  # subtypes: AUC is the same either way round
     else:
         negative = choose_negative_class(classes, negative_class or recorded_negative_class(
-            a_dir), source=str(a_dir))
+            Project(a_dir).predictions_dir), source=str(a_dir))
         positive = classes[1 - classes.index(negative)]
     a = {r["slide_id"]: r for r in rows_a if r["slide_id"] in labels}
     b = {r["slide_id"]: r for r in rows_b if r["slide_id"] in labels}

@@ -53,6 +53,7 @@ from wsi_mil.explain.store import (
 )
 from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 
 STAGE = "explain"
 FIGURE = "comparison.png"
@@ -284,18 +285,20 @@ def is_complete(folder: Path, figure: bool) -> bool:
         return False
 
 
-def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
-                   out_dir: str | os.PathLike, params: ExplainParams | None = None,
+def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike, *,
+                   out: str | os.PathLike | Project, params: ExplainParams | None = None,
                    annotations_dir: str | os.PathLike | None = None,
                    slides_dir: str | os.PathLike | None = None, workers: int = 1,
                    overwrite: bool = False,
                    executor: ExecutorParams | None = None) -> BatchResult:
-    """Explain every bag of ``features_dir`` with the run, then write the cohort outputs."""
+    """Explain every bag of ``features_dir`` with the run into the project ``out``'s
+    ``explain/<slide_id>/``, then write the cohort outputs there."""
     require_extra("explain", "explaining a run")
     from tiling.annotations import find_annotation
 
     params = params or ExplainParams()
-    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    project = Project.of(out)
+    features_dir, out_dir = Path(features_dir), project.explanations_dir
     if not features_dir.is_dir():
         raise MissingInputError(f"{features_dir}: features folder not found")
     if not Path(run_dir).is_dir():
@@ -315,7 +318,7 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
         jobs.append(SlideJob(slide=bag.stem, output=out_dir / bag.stem, run=job))
     if not jobs:
         raise MissingInputError(f"{features_dir}: no feature bags (*.h5)")
-    result = run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
+    result = run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
                        is_complete=functools.partial(is_complete, figure=params.figure),
                        workers=workers, overwrite=overwrite, executor=executor)
     write_cohort_outputs(out_dir, params)

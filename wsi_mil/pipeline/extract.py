@@ -1,4 +1,4 @@
-"""The extraction stage: tiles files -> feature bags ``OUT/<encoder>/<slide_id>.h5``.
+"""The extraction stage: tiles files -> feature bags ``PROJECT/features/<encoder>/<slide_id>.h5``.
 
 Locally the encoder is loaded once and the slides are encoded one after another, each with its
 own parallel tile readers (the parallelism is inside a slide, where the encoder is the
@@ -7,7 +7,7 @@ its encoder loaded across the slides it gets (:func:`cached_encoder`); an encode
 each slide ask for a worker's ``GPU`` resource.
 A slide is found from its tiles file's ``slide_path``, or by slide id under ``slides_dir``
 when the slides were moved since tiling. Complete bags made from the same tiles with the same
-weights and stain handling are skipped; failures go to ``OUT/failures.csv``. With stain
+weights and stain handling are skipped; failures go to ``PROJECT/failures.csv``. With stain
 normalisation, the reference is fitted once for the batch (to the target image, or to tiles of
 every slide) before any slide is encoded, and every bag records it.
 """
@@ -24,6 +24,7 @@ from features.params import ExtractParams
 from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import MissingInputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 
 if TYPE_CHECKING:
     from features.registry import Encoder
@@ -144,8 +145,9 @@ def batch_stain_reference(tiles_files: list[Path], params: ExtractParams,
 
 
 def extract_slides(
-    tiles: str | os.PathLike,
-    out: str | os.PathLike,
+    tiles_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | Project,
     encoder: str = "efficientnet_lite0",
     weights: str | os.PathLike | None = None,
     params: ExtractParams | None = None,
@@ -153,7 +155,8 @@ def extract_slides(
     overwrite: bool = False,
     executor: ExecutorParams | None = None,
 ) -> BatchResult:
-    """Encode every tiles file under ``tiles`` into ``out/<encoder>/<slide_id>.h5``.
+    """Encode every tiles file of ``tiles_dir`` (a folder, or one tiles file) into the project
+    ``out``'s ``features/<encoder>/<slide_id>.h5``.
 
     Raises (before any slide is touched) when the tiles folder, the slides folder or the
     encoder's weights are unusable, or when the device is missing here and the slides are
@@ -163,7 +166,7 @@ def extract_slides(
     from features.extract import bag_is_current
 
     params = params or ExtractParams()
-    tiles_files = find_tiles_files(tiles)
+    tiles_files = find_tiles_files(tiles_dir)
     slides = index_slides(slides_dir) if slides_dir is not None else {}
     model = cached_encoder(encoder, weights)  # its name and weights' hash decide what is done
     if executor is None or not executor.distributed:  # else only the workers need the device
@@ -171,8 +174,8 @@ def extract_slides(
     resources = {"GPU": 1} if _wants_gpu(params.device) else None
     where = Path(slides_dir) if slides_dir is not None else None
     normaliser = batch_stain_reference(tiles_files, params, slides, where, model.input_size)
-    out = Path(out)
-    bag_dir = out / model.slug
+    project = Project.of(out)
+    bag_dir = project.features_dir(model.name)
     tiles_for = {bag_dir / f"{path.stem}.h5": path for path in tiles_files}
     jobs = [
         SlideJob(slide=path.stem, output=bag, resources=resources,
@@ -181,7 +184,7 @@ def extract_slides(
         for bag, path in tiles_for.items()
     ]
     return run_batch(
-        jobs, stage=STAGE, failures_csv=out / "failures.csv",
+        jobs, stage=STAGE, failures_csv=project.failures_csv,
         is_complete=lambda bag: bag_is_current(bag, tiles_for[bag], model, params.dtype, params),
         workers=1, overwrite=overwrite, executor=executor,
     )

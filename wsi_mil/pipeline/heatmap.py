@@ -1,8 +1,8 @@
 """The heatmap stage: overlays, outlines, top-k tiles, zarr and QuPath GeoJSON per slide.
 
-One folder per slide, ``OUT/<slide_id>/``, from ``PREDICTIONS/<slide_id>.h5``; the batch skips
-slides whose folder already holds every requested output and records failures in
-``OUT/failures.csv``.
+One folder per slide, ``PROJECT/heatmaps/<slide_id>/``, from ``PREDICTIONS/<slide_id>.h5``; the
+batch skips slides whose folder already holds every requested output and records failures in
+``PROJECT/failures.csv``.
 
 Every task gets the same pictures where they apply: ``overlay.png`` (attention), ``topk.png``,
 the exports, and ``segmentation.png`` / ``segmentation.geojson`` where the run has a segmentation
@@ -38,6 +38,7 @@ from wsi_mil.heatmaps.params import HeatmapParams
 from wsi_mil.heatmaps.stitch import load_tissue, positive_cells, tissue_path_for
 from wsi_mil.mil.predictions import SlidePrediction, read_prediction
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 
 STAGE = "heatmap"
 #: files each format puts in a slide's folder (what "complete" means for a re-run)
@@ -59,8 +60,9 @@ def _slides_by_id(slides_dir: str | os.PathLike | None) -> dict[str, Path]:
 
 def heatmap_slides(
     predictions_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    params: HeatmapParams,
+    *,
+    out: str | os.PathLike | Project,
+    params: HeatmapParams | None = None,
     slides_dir: str | os.PathLike | None = None,
     tiles_dir: str | os.PathLike | None = None,
     encoder: str | None = None,
@@ -70,7 +72,8 @@ def heatmap_slides(
     executor: ExecutorParams | None = None,
     explanations_dir: str | os.PathLike | None = None,
 ) -> BatchResult:
-    """Heatmaps and exports for every ``<slide_id>.h5`` in ``predictions_dir``.
+    """Heatmaps and exports for every ``<slide_id>.h5`` in ``predictions_dir``, into the project
+    ``out``'s ``heatmaps/<slide_id>/``.
 
     ``explanations_dir`` (the explain stage's output) lets ``params.score`` name a stored
     explanation method.
@@ -79,7 +82,9 @@ def heatmap_slides(
     ``slide_path`` each predictions file records. A slide missing from ``slides_dir`` fails
     (only when PNGs are asked for, the only outputs that read pixels).
     """
-    predictions_dir, out_dir = Path(predictions_dir), Path(out_dir)
+    params = params or HeatmapParams()
+    project = Project.of(out)
+    predictions_dir, out_dir = Path(predictions_dir), project.heatmaps_dir
     if not predictions_dir.is_dir():
         raise MissingInputError(f"{predictions_dir}: predictions folder not found")
     slides = _slides_by_id(slides_dir)
@@ -95,7 +100,7 @@ def heatmap_slides(
                                     encoder_name=encoder, encoder_weights=weights,
                                     explanations_dir=explanations_dir)
         jobs.append(SlideJob(slide=slide_id, output=out_dir / slide_id, run=job))
-    return run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
+    return run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
                      is_complete=functools.partial(is_complete, params=params),
                      workers=workers, overwrite=overwrite, executor=executor)
 

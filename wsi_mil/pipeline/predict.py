@@ -1,4 +1,5 @@
-"""The prediction stage: every feature bag of a folder predicted by a trained run.
+"""The prediction stage: every feature bag of a folder predicted by a trained run, into the
+project's ``predictions/<slide_id>.h5`` and ``predictions.csv``.
 
 ``predictions.csv`` has one row per slide: ``slide_id, label, predicted_label, in_sample,
 threshold`` and the task's outputs, ``prob_<class>`` (classification), ``prob_<target>``
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 
 if TYPE_CHECKING:
     from wsi_mil.mil.params import PredictParams
@@ -67,14 +69,14 @@ def predictions_csv_text(pred_dir: Path, slide_ids: list[str],
     return buffer.getvalue()
 
 
-def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
-                   out_dir: str | os.PathLike, params: PredictParams | None = None, *,
+def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike, *,
+                   out: str | os.PathLike | Project, params: PredictParams | None = None,
                    labels_csv: str | os.PathLike | None = None, workers: int = 1,
                    overwrite: bool = False, split: str | None = None,
                    slide_ids: Collection[str] | None = None,
                    executor: ExecutorParams | None = None,
                    slides_dir: str | os.PathLike | None = None) -> BatchResult:
-    """Predict every bag of ``features_dir``, or only the slides of ``split`` in the labels CSV
+    """Predict every bag of ``features_dir`` into the project ``out``, or only the slides of ``split`` in the labels CSV
     (e.g. ``test``: the held-out slides), or only ``slide_ids``; skip those already predicted
     by this run. ``slides_dir`` (searched by slide id) gives bags that do not record their
     slide, as TRIDENT's do not, its path, size and µm/px, so heatmaps can be drawn."""
@@ -85,8 +87,8 @@ def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
     from wsi_mil.mil.predict import cached_run, is_current_prediction, predict_slide
 
     params = params or PredictParams()
-    out_dir = Path(out_dir)
-    pred_dir = out_dir / "predictions"
+    project = Project.of(out)
+    pred_dir = project.predictions_dir
     run = cached_run(run_dir, params.fold, params.device)
     task = run.task
     labels = None
@@ -114,12 +116,12 @@ def predict_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike,
                                  params, slides.get(slide_id)))
                 for slide_id, path in bags.items()]
         complete = partial(is_current_prediction, checkpoint_sha256=run.checkpoint_sha256)
-    result = run_batch(jobs, stage="predict", failures_csv=out_dir / "failures.csv",
+    result = run_batch(jobs, stage="predict", failures_csv=project.failures_csv,
                        is_complete=complete, workers=workers, overwrite=overwrite,
                        executor=executor)
     text = predictions_csv_text(pred_dir, list(bags), labels)
     if text:
-        write_text_atomic(out_dir / "predictions.csv", text)
+        write_text_atomic(project.predictions_csv, text)
     return result
 
 

@@ -22,8 +22,8 @@ from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.export.params import ReportParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 
-REPORT_DIR = "report"
 STAGE = "report"
 
 
@@ -76,21 +76,23 @@ def _is_current(path: Path, sources: dict[str, str | None], params: ReportParams
     return made.get("sources") == sources and made.get("params") == dataclasses.asdict(params)
 
 
-def report_slides(predictions_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                  params: ReportParams | None = None, *,
+def report_slides(predictions_dir: str | os.PathLike, *, out: str | os.PathLike | Project,
+                  params: ReportParams | None = None,
                   annotations_dir: str | os.PathLike | None = None,
                   segment_dir: str | os.PathLike | None = None,
                   reports_dir: str | os.PathLike | None = None,
                   vocabulary: str | os.PathLike | None = None, workers: int = 1,
                   overwrite: bool = False, executor: ExecutorParams | None = None
                   ) -> BatchResult:
-    """A report for every ``predictions_dir/<slide_id>.h5`` into ``out_dir/report/``."""
+    """A report for every ``predictions_dir/<slide_id>.h5`` into the project ``out``'s
+    ``report/``."""
     from tiling.annotations import find_annotation
     from wsi_mil.export.report_text import VocabularyError, read_vocabulary
     from wsi_mil.mil.predictions import read_prediction
 
     params = params or ReportParams()
-    out = Path(out_dir) / REPORT_DIR
+    project = Project.of(out)
+    out = project.report_dir
     paths = sorted(Path(predictions_dir).glob("*.h5"))
     if not paths:
         raise MissingInputError(f"{predictions_dir}: no predictions (<slide_id>.h5) to report on")
@@ -119,7 +121,7 @@ def report_slides(predictions_dir: str | os.PathLike, out_dir: str | os.PathLike
         expected[output] = _sources(path, annotation, segment, text, vocab)
         jobs.append(SlideJob(path.stem, output, partial(report_one, path, out, params,
                                                         annotation, segment, text, vocab)))
-    result = run_batch(jobs, stage=STAGE, failures_csv=Path(out_dir) / "failures.csv",
+    result = run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
                        is_complete=lambda output: _is_current(output, expected[output], params),
                        workers=workers, overwrite=overwrite, executor=executor)
     write_index(out, [p.stem for p in paths])

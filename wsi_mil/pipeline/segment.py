@@ -19,17 +19,17 @@ from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.errors import InputError, MissingInputError
 from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 
-SEGMENT_DIR = "segment"
 
-
-def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.PathLike,
-                  out_dir: str | os.PathLike, params: SegmentTrainParams | None = None, *,
+def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.PathLike, *,
+                  out: str | os.PathLike | Project, params: SegmentTrainParams | None = None,
                   labels_csv: str | os.PathLike | None = None, split: str | None = None,
                   negative_class: str | None = None) -> dict[str, Any]:
     """Train a segmenter on the annotated slides among ``slides`` (and, with a labels CSV, on
-    its negative-class slides as lesion-free tissue); only ``split`` slides when given."""
+    its negative-class slides as lesion-free tissue); only ``split`` slides when given. The
+    segmenter is written to the project ``out``'s ``segmenter/``."""
     require_extra("segment", "pixel segmentation")
     from wsi_mil.mil.labels import read_labels
     from wsi_mil.segment.data import SegmentDataError, training_slides
@@ -50,7 +50,7 @@ def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.Pat
     if not chosen:
         raise SegmentDataError(f"{annotations_dir}: no slide of {', '.join(map(str, slides))} "
                                f"has an annotation file <slide_id>.xml/.json/.geojson there")
-    return train_segmenter(chosen, out_dir, params or SegmentTrainParams())
+    return train_segmenter(chosen, Project.of(out).segmenter_dir, params or SegmentTrainParams())
 
 
 @lru_cache(maxsize=2)
@@ -104,13 +104,14 @@ def explain_methods_note(model_dir: str | os.PathLike, params: SegmentParams) ->
     return None
 
 
-def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathLike,
-                   out_dir: str | os.PathLike, params: SegmentParams | None = None, *,
+def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
+                   out: str | os.PathLike | Project, params: SegmentParams | None = None,
                    slides: list[str | os.PathLike] | None = None, workers: int = 1,
                    overwrite: bool = False, slide_ids: Collection[str] | None = None,
                    executor: ExecutorParams | None = None,
                    annotations_dir: str | os.PathLike | None = None) -> BatchResult:
-    """Segment every predicted slide of ``predictions_dir`` into ``out_dir/segment/<id>/``.
+    """Segment every predicted slide of ``predictions_dir`` into the project ``out``'s
+    ``segment/<slide_id>/``.
 
     The slide is the one the predictions record (``slide_path``), or the one of that id among
     ``slides`` (files or folders) when given, for predictions made on another machine. With
@@ -124,7 +125,7 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
     from wsi_mil.segment.train import read_model_card
 
     params = params or SegmentParams()
-    out_dir = Path(out_dir)
+    project = Project.of(out)
     card = read_model_card(model_dir)  # a missing model is one error, not one per slide
     explain_methods_note(model_dir, params)  # a segmenter without any asked method: one error
     if annotations_dir is not None and not Path(annotations_dir).is_dir():
@@ -137,14 +138,14 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
     for path in paths:
         if slide_ids is not None and path.stem not in slide_ids:
             continue
-        folder = out_dir / SEGMENT_DIR / path.stem
+        folder = project.segment_dir / path.stem
         annotation = (find_annotation(annotations_dir, path.stem)
                       if annotations_dir is not None and params.explain else None)
         annotations[folder] = annotation
         jobs.append(SlideJob(path.stem, folder,
                              partial(_segment_one, path, Path(model_dir), folder, params,
                                      found.get(path.stem), annotation)))
-    result = run_batch(jobs, stage="segment", failures_csv=out_dir / "failures.csv",
+    result = run_batch(jobs, stage="segment", failures_csv=project.failures_csv,
                        is_complete=partial(_is_current,
                                            checkpoint_sha256=card["checkpoint_sha256"],
                                            explain=params.explain, annotations=annotations),
@@ -152,5 +153,5 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
     if params.explain:
         from wsi_mil.segment.explain import write_cohort_table
 
-        write_cohort_table(out_dir / SEGMENT_DIR, seed=params.explain_seed)
+        write_cohort_table(project.segment_dir, seed=params.explain_seed)
     return result

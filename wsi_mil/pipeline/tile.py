@@ -1,4 +1,5 @@
-"""The tiling stage over a folder of slides: one tiles file per slide, failures recorded."""
+"""The tiling stage over a folder of slides: one tiles file per slide in the project's
+``tiles/``, failures recorded in its ``failures.csv``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 from tiling.discover import check_unique_ids, find_slides
 from tiling.params import TilingParams
-from tiling.pipeline import TILES_DIR, is_tiled, summary_line, tile_slide, tiling_outputs
+from tiling.pipeline import is_tiled, summary_line, tile_slide, tiling_outputs
 from tiling.slide import read_mpp_csv
 from wsi_mil.config.executor import ExecutorParams
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
+from wsi_mil.project import Project
 
 STAGE = "tile"
 logger = logging.getLogger(__name__)
@@ -28,10 +30,10 @@ def tile_and_report(slide_path: Path, out_dir: Path, params: TilingParams,
 
 
 def tile_slides(
-    inputs: list[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    params: TilingParams | None = None,
+    slides: list[str | os.PathLike],
     *,
+    out: str | os.PathLike | Project,
+    params: TilingParams | None = None,
     recursive: bool = False,
     mpp: float | None = None,
     mpp_csv: str | os.PathLike | None = None,
@@ -39,18 +41,20 @@ def tile_slides(
     overwrite: bool = False,
     executor: ExecutorParams | None = None,
 ) -> BatchResult:
-    """Tile every slide found in ``inputs`` into ``out_dir``; see the module docstring.
+    """Tile every slide found in ``slides`` (files or folders) into the project ``out``'s
+    ``tiles/``; see the module docstring.
 
     The mpp override of a slide is its row in ``mpp_csv`` if any, else ``mpp`` if given, else
     the slide's own metadata. Raises SlideDiscoveryError / SlideMppError for bad inputs (before
     any slide is tiled); errors of single slides go to ``failures.csv``.
     """
     params = params or TilingParams()
-    out_dir = Path(out_dir)
-    previews = (out_dir / TILES_DIR).resolve()  # only our own previews, not slides kept in out
-    slides = [s for s in find_slides(inputs, recursive=recursive)
-              if previews not in s.resolve().parents]  # never tile our own previews
-    by_id = check_unique_ids(slides)
+    project = Project.of(out)
+    out_dir = project.root  # tile_slide writes its tiles/ (the project's: tiling knows the name)
+    previews = project.tiles_dir.resolve()  # only our own previews, not slides kept in out
+    found = [s for s in find_slides(slides, recursive=recursive)
+             if previews not in s.resolve().parents]  # never tile our own previews
+    by_id = check_unique_ids(found)
     overrides = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}
     unknown = sorted(set(overrides) - set(by_id))
     if unknown:
@@ -62,7 +66,7 @@ def tile_slides(
         for slide_id, path in by_id.items()
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    return run_batch(jobs, stage=STAGE, failures_csv=out_dir / "failures.csv",
+    return run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
                      is_complete=is_tiled, workers=workers, overwrite=overwrite,
                      executor=executor)
 

@@ -33,6 +33,7 @@ import numpy as np
 from features.bag import add_tile_labels, write_bag
 from tiling.storage import write_text_atomic
 from tiling.tiles_file import TilesFile
+from wsi_mil.project import Project
 
 ENCODER = "planted"
 
@@ -165,7 +166,7 @@ def write_planted_bags(root: str | os.PathLike, bags: Iterable[PlantedBag], *,
     ``slides_per_patient``.
     """
     root = Path(root)
-    features_dir = root / "features" / ENCODER
+    features_dir = Project(root).features_dir(ENCODER)
     columns = TASK_COLUMNS.get(task, ("label",))
     rows = [",".join(("slide_id", *columns, "patient_id"))]
     for i, bag in enumerate(bags):

@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.errors import WsiMilError
-
-PREDICTIONS_CSV = "predictions.csv"
-RATINGS_DIR = "ratings"
+from wsi_mil.project import Project
 
 
 class ProjectError(WsiMilError, ValueError):
@@ -108,10 +106,10 @@ class ProjectIndex:
         root = Path(project) if project is not None else Path(predictions).parent
         if not root.is_dir():
             raise ProjectError(f"{root}: project folder not found")
-        pred_dir = Path(predictions) if predictions is not None else root / "predictions"
-        heat_dir = Path(heatmaps) if heatmaps is not None else root / "heatmaps"
-        tiles_dir = Path(tiles) if tiles is not None else root / "tiles"
-        segment_root = Path(segment) if segment is not None else root / "segment"
+        folders = Project(root, predictions=predictions, heatmaps=heatmaps, tiles=tiles,
+                          segment=segment)
+        pred_dir, heat_dir = folders.predictions_dir, folders.heatmaps_dir
+        tiles_dir, segment_root = folders.tiles_dir, folders.segment_dir
         for name, folder, given in (("--segment", segment_root, segment),
                                     ("--predictions", pred_dir, predictions),
                                     ("--heatmaps", heat_dir, heatmaps),
@@ -129,7 +127,7 @@ class ProjectIndex:
         if not ids:
             raise ProjectError(f"{root}: no slides to show (no {pred_dir}/<slide_id>.h5 "
                                f"predictions{' and no slides in ' + str(slides) if slides else ''})")
-        table = _predictions_table(root / PREDICTIONS_CSV, roots)
+        table = _predictions_table(Project(root).predictions_csv, roots)
         entries = {}
         for slide_id in ids:
             entry = SlideEntry(slide_id)
@@ -150,8 +148,7 @@ class ProjectIndex:
                 entry.segmentation_path = allowed(folder / "segmentation.geojson",
                                                   "segmentation.geojson")
             entry.tissue_path = allowed(tiles_dir / f"{slide_id}.tissue.geojson", "tissue outline")
-            for candidate in (root / "explain" / slide_id / "explanations.h5",
-                              root / "explanations" / slide_id / "explanations.h5",
+            for candidate in (folders.explanations_dir / slide_id / "explanations.h5",
                               heat_dir / slide_id / "explanations.h5"):
                 if entry.explanations_path is None:
                     entry.explanations_path = allowed(candidate, "explanations.h5")
@@ -183,7 +180,7 @@ class ProjectIndex:
                 entry.probs = {str(c): float(p) for c, p in zip(
                     attrs["class_names"], np.atleast_1d(attrs["probs"]))}
             entries[slide_id] = entry
-        return cls(root=root, slides=entries, ratings_dir=root / RATINGS_DIR,
+        return cls(root=root, slides=entries, ratings_dir=folders.ratings_dir,
                    heatmap_settings=_heatmap_settings(entries))
 
 
@@ -198,7 +195,7 @@ def _slides_by_id(slides_dir: str | os.PathLike | None) -> dict[str, Path]:
 def _default_annotations(root: Path) -> Path | None:
     """The lesion annotations a run used (``evaluate.annotations_dir`` of its config.yaml),
     else the demo cohort's ``cohort/annotations``."""
-    config = root / "config.yaml"
+    config = Project(root).config_file
     if config.is_file():
         import yaml
 
@@ -210,7 +207,7 @@ def _default_annotations(root: Path) -> Path | None:
             data, dict) else None
         if folder and Path(folder).is_dir():
             return Path(folder)
-    demo = root / "cohort" / "annotations"
+    demo = Project(root).cohort_dir / "annotations"
     return demo if demo.is_dir() else None
 
 

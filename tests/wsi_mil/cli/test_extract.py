@@ -67,7 +67,8 @@ def test_extract_records_failures_skips_complete_bags_and_finds_moved_slides(
         tmp_path, cohort, capsys):
     tiles, moved = cohort
     out = tmp_path / "features"
-    args = ["extract", "--tiles", str(tiles), "--out", str(out), "--workers", "0"]
+    args = ["extract", "--tiles", str(tiles), "--features", str(out / "efficientnet_lite0"),
+            "--tile-readers", "0"]
     assert main(args) == 1
     assert is_complete_bag(out / "efficientnet_lite0" / "a.h5")
     assert not (out / "efficientnet_lite0" / "b.h5").exists()
@@ -76,8 +77,15 @@ def test_extract_records_failures_skips_complete_bags_and_finds_moved_slides(
     assert "b.tiff not found" in row["error"] and "--slides" in row["error"]
     assert "1 done, 0 skipped (complete), 1 failed" in capsys.readouterr().out
 
-    assert main(args + ["--slides", str(moved)]) == 0
-    assert "1 done, 1 skipped (complete), 0 failed" in capsys.readouterr().out
+    # the former spelling (until 0.1.0): --out is the folder of the encoders' folders
+    former = ["extract", "--tiles", str(tiles), "--out", str(out), "--workers", "0"]
+    assert main(former + ["--slides", str(moved)]) == 0
+    printed = capsys.readouterr()
+    assert "1 done, 1 skipped (complete), 0 failed" in printed.out
+    assert f"--out is deprecated and goes in the next release: use --features " \
+           f"{out / 'efficientnet_lite0'}" in printed.err
+    assert "--workers is deprecated and goes in the next release: use --tile-readers" \
+        in printed.err
     attrs = read_bag_attrs(out / "efficientnet_lite0" / "b.h5")
     assert attrs["encoder"] == "efficientnet_lite0" and attrs["num_tiles"] == 3
     assert failures(out) == []

@@ -79,7 +79,8 @@ def _cases() -> list[tuple[str, type, str]]:
 @pytest.mark.parametrize("section, cls, verb", _cases(), ids=lambda v: str(v))
 def test_every_field_is_a_flag_with_the_yaml_default(section, cls, verb):
     parser = _subparsers()[verb]
-    by_dest = {a.dest: a for a in parser._actions}
+    by_dest = {a.dest: a for a in parser._actions  # not a former spelling (hidden)
+               if a.help != argparse.SUPPRESS}
     yaml_defaults = build_dataclass(cls, {}, where=f"test: {section}")
     nested_elsewhere = {n for (s, n) in NESTED_VERB if s == section}
     for dest, f, _hint, doc in option_fields(cls):
@@ -132,3 +133,45 @@ def test_list_flags_take_commas_or_spaces_and_nested_flags_reach_nested_fields()
     section = options_from_args(EvaluateSection, args)
     assert section.froc.dilation_um == 50.0 and section.exclude == ("a", "b")
     assert section.froc.itc_axis_um == 275.0  # the rest of the nested section keeps defaults
+
+
+#: (verb and its other required arguments, former spelling, new spelling, destination): every
+#: flag renamed in 0.2.0, whose former spelling works for one release
+RENAMED_FLAGS = [
+    (["train", "--features", "f", "--labels", "l.csv"], "--out", "--run", "run"),
+    (["heatmap", "--predictions", "p"], "--out", "--heatmaps", "heatmaps"),
+    (["explain", "--run", "r", "--features", "f"], "--out", "--explanations", "explanations"),
+    (["evaluate", "--predictions", "p", "--labels", "l.csv"], "--out", "--evaluation",
+     "evaluation"),
+    (["segment-train", "--slides", "s", "--annotations", "a"], "--out", "--model", "model"),
+    (["extract", "--tiles", "t", "--features", "f"], "--workers", "--tile-readers",
+     "tile_readers"),
+]
+
+
+@pytest.mark.parametrize(("argv", "old", "new", "dest"), RENAMED_FLAGS,
+                         ids=[f"{a[0]} {o}" for a, o, _, _ in RENAMED_FLAGS])
+def test_a_renamed_flag_still_works_and_says_so(argv, old, new, dest, capsys):
+    parser = build_parser()
+    value = "3" if dest == "tile_readers" else "somewhere"
+    by_new = vars(parser.parse_args([*argv, new, value]))
+    assert "deprecated" not in capsys.readouterr().err
+    by_old = vars(parser.parse_args([*argv, old, value]))
+    notice = capsys.readouterr().err
+    assert by_old[dest] == by_new[dest] and str(by_new[dest]) == value
+    assert f"{old} is deprecated and goes in the next release: use {new}" in notice
+    assert len(notice.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):  # not both
+        parser.parse_args([*argv, old, value, new, value])
+    former = [a for a in _subparsers()[argv[0]]._actions if old in a.option_strings]
+    assert [a.help for a in former] == [argparse.SUPPRESS]  # left out of --help
+
+
+def test_a_renamed_yaml_key_still_works_and_warns():
+    with pytest.warns(FutureWarning, match="extract.workers: deprecated key.*use tile_readers"):
+        config = parse_config({"out": "o", "slides": {"inputs": ["s"]}, "labels": "l.csv",
+                               "extract": {"workers": 3}})
+    assert config.extract.tile_readers == 3
+    with pytest.raises(ValueError, match="give only tile_readers"):
+        parse_config({"out": "o", "slides": {"inputs": ["s"]}, "labels": "l.csv",
+                      "extract": {"workers": 3, "tile_readers": 2}})

@@ -15,7 +15,7 @@ def test_train_predict_evaluate(tmp_path, capsys, device):
                                                                          shift=4.0, seed=3))
     run = tmp_path / "run"
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
-                 "--out", str(run), "--folds", "2", "--epochs", "2", "--lr", "1e-3",
+                 "--run", str(run), "--folds", "2", "--epochs", "2", "--lr", "1e-3",
                  "--seed", "1", "--hidden-dims", "16", "--attention-dim", "8",
                  "--device", device, "--bootstrap", "50"]) == 0
     assert "accuracy:" in capsys.readouterr().out
@@ -25,7 +25,7 @@ def test_train_predict_evaluate(tmp_path, capsys, device):
                  str(out), "--fold", "0", "--device", device]) == 0
     assert len(list((out / "predictions").glob("*.h5"))) == 12
     assert "12 done" in capsys.readouterr().out
-    assert main(["evaluate", "--predictions", str(out), "--labels", str(labels_csv),
+    assert main(["evaluate", "--predictions", str(out / "predictions"), "--labels", str(labels_csv),
                  "--bootstrap", "50"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_slides"] == 12 and metrics["negative_class"] == "neg"
@@ -49,7 +49,7 @@ def test_evaluate_rejects_labels_outside_the_model_classes(tmp_path, capsys):
 def test_train_rejects_unknown_model(tmp_path, capsys):
     features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(4, 3, 4))
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
-                 "--out", str(tmp_path / "run"), "--model", "nope"]) == 2
+                 "--run", str(tmp_path / "run"), "--model", "nope"]) == 2
     assert "TrainParams.model = 'nope'" in capsys.readouterr().err
 
 
@@ -60,7 +60,7 @@ def test_train_without_a_recognisable_negative_class_trains_subtypes_and_says_so
     text = labels_csv.read_text().replace(",neg", ",luminal").replace(",pos", ",basal")
     labels_csv.write_text(text)
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
-                 "--out", str(tmp_path / "run"), "--folds", "2", "--epochs", "1",
+                 "--run", str(tmp_path / "run"), "--folds", "2", "--epochs", "1",
                  "--hidden-dims", "8", "--attention-dim", "4", "--bootstrap", "0",
                  "--device", device]) == 0
     out = capsys.readouterr().out
@@ -73,13 +73,13 @@ def test_train_leaves_out_labelled_slides_without_a_bag(tmp_path, capsys):
     features_dir, labels_csv = write_planted_bags(tmp_path, planted_bags(12, 4, 4, shift=4.0))
     next(iter(sorted(features_dir.glob("*.h5")))).unlink()
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
-                 "--out", str(tmp_path / "run"), "--folds", "2", "--epochs", "1",
+                 "--run", str(tmp_path / "run"), "--folds", "2", "--epochs", "1",
                  "--min-epochs", "1", "--hidden-dims", "8", "--attention-dim", "4",
                  "--device", "cpu", "--bootstrap", "0"]) == 0
     err = capsys.readouterr().err
     assert "1 labelled slide(s) have no bag" in err and "left out" in err
     assert main(["train", "--features", str(features_dir), "--labels", str(labels_csv),
-                 "--out", str(tmp_path / "run2"), "--missing-bags", "error"]) == 2
+                 "--run", str(tmp_path / "run2"), "--missing-bags", "error"]) == 2
 
 
 @pytest.mark.parametrize("verb", ["train", "predict", "evaluate"])

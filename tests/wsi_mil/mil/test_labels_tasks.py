@@ -118,7 +118,7 @@ def test_cli_train_refuses_malformed_labels_with_one_line_and_writes_nothing(
     labels = write(tmp_path, "slide_id," + header + "\n"
                    + "\n".join(r.format(*ids) for r in rows) + "\n")
     out = tmp_path / "run"
-    code = main(["train", "--features", str(bags), "--labels", str(labels), "--out", str(out),
+    code = main(["train", "--features", str(bags), "--labels", str(labels), "--run", str(out),
                  *args])
     stderr = capsys.readouterr().err
     assert code == 2, stderr

@@ -12,7 +12,7 @@ import torch
 from wsi_mil.mil.params import PredictParams, TrainParams
 from wsi_mil.mil.predict import RunError, load_run, predict_bag, predict_slide
 from wsi_mil.mil.predictions import REQUIRED_ATTRS, REQUIRED_DATASETS, read_prediction
-from wsi_mil.mil.train import train_run
+from wsi_mil.mil.train import train_folds
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
@@ -23,7 +23,7 @@ def trained(tmp_path_factory, device):
     features_dir, labels_csv = write_planted_bags(root, bags)
     params = TrainParams(folds=2, epochs=2, min_epochs=1, hidden_dims=(16,), attention_dim=8,
                          bootstrap=0, device=device)
-    train_run(features_dir, labels_csv, root / "run", params)
+    train_folds(features_dir, labels_csv, root / "run", params)
     return root, features_dir, labels_csv
 
 
@@ -93,7 +93,7 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained, 
     for path in list(features_dir.glob("*.h5"))[:3] + [features_dir.parent / "wide_0000.h5"]:
         (mixed / path.name).symlink_to(path)
     out = tmp_path / "pred"
-    result = predict_slides(root / "run", mixed, out, PredictParams(device=device),
+    result = predict_slides(root / "run", mixed, out=out, params=PredictParams(device=device),
                             labels_csv=labels_csv)
     assert len(result.done) == 3 and [s for s, _ in result.failed] == ["wide_0000"]
     assert "12 features per tile" in (out / "failures.csv").read_text()
@@ -102,7 +102,7 @@ def test_predict_slides_writes_contract_and_records_failures(tmp_path, trained, 
     assert len(rows) == 4
     pred = read_prediction(out / "predictions" / f"{rows[1].split(',')[0]}.h5")
     assert pred.tile_probs.shape[1] == 2
-    again = predict_slides(root / "run", mixed, out, PredictParams(device=device))
+    again = predict_slides(root / "run", mixed, out=out, params=PredictParams(device=device))
     assert len(again.skipped) == 3 and len(again.failed) == 1
 
 
@@ -172,17 +172,19 @@ def test_evaluate_warns_on_in_sample_predictions(tmp_path, trained, device):
     from wsi_mil.pipeline.predict import predict_slides
 
     root, features_dir, labels_csv = trained
-    predict_slides(root / "run", features_dir, tmp_path / "in", PredictParams(device=device,
-                                                                              oof=False))
+    predict_slides(root / "run", features_dir, out=tmp_path / "in",
+                   params=PredictParams(device=device, oof=False))
     with pytest.warns(UserWarning, match="in-sample and optimistic"):
-        metrics = evaluate_predictions(tmp_path / "in", labels_csv, n_boot=0)
+        metrics = evaluate_predictions(tmp_path / "in" / "predictions", labels_csv, n_boot=0)
     assert len(metrics["in_sample_slides"]) == 16
-    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device=device))
+    predict_slides(root / "run", features_dir, out=tmp_path / "oof",
+                   params=PredictParams(device=device))
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        assert evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0)["in_sample_slides"] == []
+        assert evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv,
+                                    n_boot=0)["in_sample_slides"] == []
 
 
 def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, trained,
@@ -192,7 +194,8 @@ def test_out_of_fold_slides_are_decided_at_their_own_folds_threshold(tmp_path, t
     from wsi_mil.pipeline.predict import predict_slides
 
     root, features_dir, _ = trained
-    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device=device))
+    predict_slides(root / "run", features_dir, out=tmp_path / "oof",
+                   params=PredictParams(device=device))
     with (root / "run" / "splits.csv").open() as f:
         held_out = {r["slide_id"]: int(r["fold"]) for r in csv.DictReader(f)
                     if r["role"] == "test"}
@@ -221,11 +224,12 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text("slide_id,label,patient_id\n" + "".join(
         f"{r['slide_id']},{r['label']},{r['label']}{i // 4}\n" for i, r in enumerate(rows)))
-    predict_slides(root / "run", features_dir, tmp_path / "oof", PredictParams(device=device))
-    slide = evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0)
+    predict_slides(root / "run", features_dir, out=tmp_path / "oof",
+                   params=PredictParams(device=device))
+    slide = evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv, n_boot=0)
     assert slide["level"] == "slide" and slide["n_slides"] == 16
     assert 0 <= slide["brier"] <= 1 and 0 <= slide["ece"] <= 1
-    assert (tmp_path / "oof" / "calibration.png").is_file()
+    assert (tmp_path / "oof" / "evaluation" / "calibration.png").is_file()
     patients = {}
     with labels_csv.open() as f:
         for r in csv.DictReader(f):
@@ -233,7 +237,8 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     with (tmp_path / "oof" / "predictions.csv").open() as f:
         prob = {r["slide_id"]: float(r["prob_pos"]) for r in csv.DictReader(f)}
     for aggregate, combine in (("mean", np.mean), ("max", np.max)):
-        metrics = evaluate_predictions(tmp_path / "oof", labels_csv, n_boot=0, level="patient",
+        metrics = evaluate_predictions(tmp_path / "oof" / "predictions", labels_csv, n_boot=0,
+                                       level="patient",
                                        patient_aggregate=aggregate)
         assert metrics["n_patients"] == len(patients) == 8 and metrics["n_slides_scored"] == 16
         assert metrics["unit"] == "patients" and metrics["patient_aggregate"] == aggregate
@@ -242,7 +247,7 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
         from sklearn.metrics import roc_auc_score
 
         assert metrics["auc"] == pytest.approx(roc_auc_score(y, p))
-    assert (tmp_path / "oof" / "metrics_patient.json").is_file()
+    assert (tmp_path / "oof" / "evaluation" / "metrics_patient.json").is_file()
     assert metrics["mixed_label_patients"] == 0
     # "patients" that are batches holding both classes (UCSB's TMA batches): a warning
     batch_csv = tmp_path / "batches.csv"
@@ -251,7 +256,8 @@ def test_patient_level_evaluation_and_compare(tmp_path, trained, device):
     mixed = sum(len({r["label"] for j, r in enumerate(rows) if j % 3 == b}) > 1 for b in range(3))
     assert mixed > 0
     with pytest.warns(UserWarning, match=f"{mixed} of 3 patients have slides of both classes"):
-        batches = evaluate_predictions(tmp_path / "oof", batch_csv, n_boot=0, level="patient")
+        batches = evaluate_predictions(tmp_path / "oof" / "predictions", batch_csv, n_boot=0,
+                                       level="patient")
     assert batches["mixed_label_patients"] == mixed
     result = compare_predictions(tmp_path / "oof", tmp_path / "oof", labels_csv,
                                  tmp_path / "cmp")

@@ -16,7 +16,7 @@ from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
 from wsi_mil.mil.tasks import class_weights, slide_loss
-from wsi_mil.mil.train import make_optimizer, train_fold, train_run
+from wsi_mil.mil.train import make_optimizer, train_fold, train_folds
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
@@ -57,7 +57,7 @@ def test_train_run_writes_the_run_folder(tmp_path, fast):
     bags = planted_bags(24, (10, 20), 8, shift=4.0, seed=1)
     features_dir, labels_csv = write_planted_bags(tmp_path, bags, with_tile_labels=True)
     params = TrainParams(folds=3, epochs=2, min_epochs=1, model="clam_sb", k_sample=3, **fast)
-    summary = train_run(features_dir, labels_csv, tmp_path / "run", params)
+    summary = train_folds(features_dir, labels_csv, tmp_path / "run", params)
     run = tmp_path / "run"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["train"]["model"] == "clam_sb" and config["class_names"] == ["neg", "pos"]
@@ -136,7 +136,7 @@ def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_pat
     params = TrainParams(folds=2, epochs=1, min_epochs=1, model="transformer_mil",
                          positional="sincos2d", batch_size=2, max_train_tiles=6,
                          **{**fast, "hidden_dims": (16,), "bootstrap": 0})
-    train_run(features_dir, labels_csv, tmp_path / "run", params)
+    train_folds(features_dir, labels_csv, tmp_path / "run", params)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["train"]["positional"] == "sincos2d"
     meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())

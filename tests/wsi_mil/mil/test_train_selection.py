@@ -16,7 +16,7 @@ from wsi_mil.metrics.slide import choose_threshold
 from wsi_mil.mil.bags import BagDataset
 from wsi_mil.mil.models import create_model
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import TrainingError, train_fold, train_run
+from wsi_mil.mil.train import TrainingError, train_fold, train_folds
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
@@ -69,7 +69,7 @@ def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_cl
     features, labels = write_planted_bags(tmp_path, bags)
     params = TrainParams(folds=3, epochs=2, min_epochs=1, threshold_min_per_class=min_per_class,
                          **small)
-    summary = train_run(features, labels, tmp_path / "run", params)
+    summary = train_folds(features, labels, tmp_path / "run", params)
     run = tmp_path / "run"
     val_rows = [r for k in range(3) for r in _read(run / f"fold_{k}" / "val_predictions.csv")]
     splits = _read(run / "splits.csv")

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from wsi_mil.mil.params import PredictParams, TrainParams
 from wsi_mil.mil.predictions import read_prediction
-from wsi_mil.mil.train import train_run
+from wsi_mil.mil.train import train_folds
 from wsi_mil.pipeline.evaluate import evaluate_predictions
 from wsi_mil.pipeline.predict import predict_slides
 from wsi_mil.synthetic.bags import PlantedBag, iter_task_bags, write_planted_bags
@@ -35,9 +35,9 @@ def run_task(root, fast, task, n=60, tiles=16, dim=8, **params):
     prediction files' folder)."""
     bags = list(iter_task_bags(task, n, (tiles, 2 * tiles), dim, seed=0))
     features, labels = write_planted_bags(root, bags, task=task, with_tile_labels=True)
-    summary = train_run(features, labels, root / "run", TrainParams(task=task,
+    summary = train_folds(features, labels, root / "run", TrainParams(task=task,
                                                                     **{**fast, **params}))
-    predict_slides(root / "run", features, root, PredictParams(device=fast["device"]),
+    predict_slides(root / "run", features, out=root, params=PredictParams(device=fast["device"]),
                    labels_csv=labels)
     return bags, summary, labels
 
@@ -90,9 +90,9 @@ def test_survival_out_of_fold_c_index_and_attention_on_the_lesions(tmp_path, fas
     assert pooled["logrank"]["p_value"] < 0.05
     assert attention_tile_auc(tmp_path, bags) >= 0.8
     assert explanation_tile_auc(tmp_path, bags, fast["device"]) >= 0.8  # the risk's
-    metrics = evaluate_predictions(tmp_path, labels, n_boot=0)  # the files predict wrote
+    metrics = evaluate_predictions(tmp_path / "predictions", labels, n_boot=0)  # the files predict wrote
     assert metrics["harrell_c"] == pytest.approx(pooled["harrell_c"])
-    assert (tmp_path / "km_risk_groups.png").is_file()
+    assert (tmp_path / "evaluation" / "km_risk_groups.png").is_file()
     meta = json.loads((tmp_path / "run" / "fold_0" / "model.json").read_text())
     assert meta["task"] == "survival" and meta["threshold_rule"].startswith("median risk")
     assert "segmentation_head" in meta["kwargs"] and len(meta["baseline_times"]) > 1
@@ -120,7 +120,7 @@ def test_regression_out_of_fold_r2_and_attention_on_the_lesions(tmp_path, fast):
                                      regression_loss="huber")
     pooled = summary["pooled_out_of_fold"]
     assert pooled["r2"] >= 0.5, pooled["r2"]
-    low, high = evaluate_predictions(tmp_path, labels, n_boot=100)["r2_ci95"]
+    low, high = evaluate_predictions(tmp_path / "predictions", labels, n_boot=100)["r2_ci95"]
     assert low <= pooled["r2"] <= high
     assert attention_tile_auc(tmp_path, bags) >= 0.8
     assert explanation_tile_auc(tmp_path, bags, fast["device"]) >= 0.8  # the value's
@@ -141,7 +141,7 @@ def test_multilabel_recovers_both_lesion_types_each_in_its_own_branch(tmp_path, 
              for t in range(2)]
     assert min(own) >= 0.8, own
     assert max(other) < 0.7, other
-    metrics = evaluate_predictions(tmp_path, labels, n_boot=0)
+    metrics = evaluate_predictions(tmp_path / "predictions", labels, n_boot=0)
     assert metrics["macro_auc"] == pytest.approx(summary["pooled_out_of_fold"]["macro_auc"])
     assert 0 <= metrics["hamming_loss"] <= 1 and "subset_accuracy" in metrics
 
@@ -150,17 +150,18 @@ def test_subtypes_train_without_a_negative_class_and_the_head_is_per_class(tmp_p
     bags = list(iter_task_bags("subtypes", 36, 12, 8, seed=0))  # luad and lusc lesions
     features, labels = write_planted_bags(tmp_path, bags, task="subtypes")
     params = TrainParams(**{**fast, "epochs": 12, "min_epochs": 6})
-    summary = train_run(features, labels, tmp_path / "run", params)
+    summary = train_folds(features, labels, tmp_path / "run", params)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["negative_class"] is None and config["segmentation_head"] == "one_vs_rest"
     assert summary["subtyping"] and summary["negative_class"] is None
-    predict_slides(tmp_path / "run", features, tmp_path, PredictParams(device=fast["device"]),
+    predict_slides(tmp_path / "run", features, out=tmp_path,
+                   params=PredictParams(device=fast["device"]),
                    labels_csv=labels)
     # the head is per class: P(luad) ranks luad's own tiles, P(lusc) lusc's
     luad = attention_tile_auc(tmp_path, bags, "tile_probs", 0, kind=1)
     lusc = attention_tile_auc(tmp_path, bags, "tile_probs", 1, kind=2)
     assert luad >= 0.8 and lusc >= 0.8, (luad, lusc)
-    metrics = evaluate_predictions(tmp_path, labels, n_boot=0)
+    metrics = evaluate_predictions(tmp_path / "predictions", labels, n_boot=0)
     assert metrics["subtyping"] and metrics["auc"] >= 0.9
 
 
@@ -169,12 +170,13 @@ def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_pa
     features, labels = write_planted_bags(tmp_path, bags, task="regression")
     params = TrainParams(task="regression", bag_level="patient",
                          **{**fast, "epochs": 3, "min_epochs": 1})
-    summary = train_run(features, labels, tmp_path / "run", params)
+    summary = train_folds(features, labels, tmp_path / "run", params)
     assert summary["bag_level"] == "patient"
     assert summary["pooled_out_of_fold"]["n_slides"] == 12  # one bag per patient
     splits = list(csv.DictReader((tmp_path / "run" / "splits.csv").open()))
     assert {r["slide_id"] for r in splits} == {b.slide_id for b in bags}  # slides keep ids
-    predict_slides(tmp_path / "run", features, tmp_path, PredictParams(device=fast["device"]),
+    predict_slides(tmp_path / "run", features, out=tmp_path,
+                   params=PredictParams(device=fast["device"]),
                    labels_csv=labels)
     with h5py.File(tmp_path / "predictions" / "slide_0000.h5", "r") as a, \
             h5py.File(tmp_path / "predictions" / "slide_0001.h5", "r") as b:
@@ -183,5 +185,5 @@ def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_pa
         assert float(a.attrs["probs"][0]) == float(b.attrs["probs"][0])  # the patient's value
         assert b["coords"].shape[0] == bags[1].features.shape[0]
     with pytest.warns(UserWarning, match="scored per patient"):
-        metrics = evaluate_predictions(tmp_path, labels, n_boot=0)
+        metrics = evaluate_predictions(tmp_path / "predictions", labels, n_boot=0)
     assert metrics["unit"] == "patients" and metrics["n_patients"] == 12

@@ -100,10 +100,10 @@ def test_a_trained_run_is_probed_too(tmp_path):
     """With a run: its attention-pooled embedding carries the cast, and its attention on
     flagged tiles is measured (none of these tiles is glass, pen or blurred)."""
     from wsi_mil.mil.params import TrainParams
-    from wsi_mil.mil.train import train_run
+    from wsi_mil.mil.train import train_folds
 
     features, labels = write_cohort(tmp_path, cast=True, label_follows_site=True, seed=1)
-    train_run(features, labels, tmp_path / "run",
+    train_folds(features, labels, tmp_path / "run",
               TrainParams(folds=2, epochs=2, min_epochs=1, hidden_dims=(8,), attention_dim=4,
                           bootstrap=0, device="cpu"))
     report = audit_cohort(features, labels, tmp_path / "audit", FAST, run_dir=tmp_path / "run")

@@ -16,8 +16,9 @@ from shapely.ops import unary_union
 from tiling.annotations import write_asap_xml
 from wsi_mil.explain.params import ExplainParams
 from wsi_mil.mil.params import TrainParams
-from wsi_mil.mil.train import train_run
+from wsi_mil.mil.train import train_folds
 from wsi_mil.pipeline.explain import explain_slides, read_explanations
+from wsi_mil.project import Project
 from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 
@@ -38,7 +39,7 @@ def planted_run(tmp_path_factory, device):
     params = TrainParams(model="gated_abmil", hidden_dims=(32,), attention_dim=16, epochs=15,
                          monitor="none", lr=2e-3, folds=2, k_sample=3, device=device,
                          bootstrap=0)
-    train_run(features, labels, root / "run", params)
+    train_folds(features, labels, root / "run", params)
     yield root, features, annotations
     torch.set_num_threads(threads)
 
@@ -49,7 +50,8 @@ def test_explain_stage_outputs(planted_run, device, file_contract):
     out = root / "explain"
     params = ExplainParams(flip_steps=4, flip_random=1, bootstrap=50, ig_steps=8, device=device,
                            figure_side=128)
-    result = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
+    result = explain_slides(root / "run", features, out=Project(out, explanations=out),
+                            params=params, annotations_dir=annotations)
     assert result.exit_code == 0 and len(result.done) == 16
     stored = read_explanations(out / "slide_0001" / "explanations.h5")
     maps, attrs = stored.maps, stored.attrs
@@ -91,7 +93,8 @@ def test_explain_stage_outputs(planted_run, device, file_contract):
     assert trust["ranking"][-1]["method"] == "random"
     assert (out / "cohort_scores.png").is_file()
     # a second run skips complete slides
-    again = explain_slides(root / "run", features, out, params, annotations_dir=annotations)
+    again = explain_slides(root / "run", features, out=Project(out, explanations=out),
+                            params=params, annotations_dir=annotations)
     assert len(again.skipped) == 16
 
 
@@ -131,7 +134,7 @@ def three_fold_run(tmp_path_factory):
     params = TrainParams(model="gated_abmil", hidden_dims=(8,), attention_dim=4, epochs=1,
                          min_epochs=1, monitor="none", folds=3, k_sample=2, device="cpu",
                          bootstrap=0)
-    train_run(features, labels, root / "run", params)
+    train_folds(features, labels, root / "run", params)
     yield root, features
     torch.set_num_threads(threads)
 
@@ -147,7 +150,8 @@ def test_every_slide_is_explained_by_the_fold_that_held_it_out(three_fold_run):
                        if r["role"] == "test"}
     assert sorted(set(held_out_by.values())) == [0, 1, 2] and len(held_out_by) == 9
     out = root / "oof"
-    assert explain_slides(root / "run", features, out, ExplainParams(**FAST)).exit_code == 0
+    assert explain_slides(root / "run", features, out=Project(out, explanations=out),
+                            params=ExplainParams(**FAST)).exit_code == 0
     for slide, fold in held_out_by.items():
         attrs = read_explanations(out / slide / "explanations.h5").attrs
         assert attrs["fold"] == fold and not attrs["in_sample"], slide
@@ -159,7 +163,8 @@ def test_one_fold_for_all_leaves_its_training_slides_out_of_the_table(three_fold
     with (root / "run" / "splits.csv").open() as f:
         roles = {r["slide_id"]: r["role"] for r in csv.DictReader(f) if r["fold"] == "0"}
     out = root / "fold0"
-    explain_slides(root / "run", features, out, ExplainParams(fold=0, **FAST))
+    explain_slides(root / "run", features, out=Project(out, explanations=out),
+                            params=ExplainParams(fold=0, **FAST))
     in_sample = sorted(s for s, role in roles.items() if role in ("train", "val"))
     for slide, role in roles.items():
         attrs = read_explanations(out / slide / "explanations.h5").attrs
@@ -179,12 +184,12 @@ def test_pooling_baselines_explain_without_failures(tmp_path, model):
     torch.set_num_threads(1)
     bags = planted_bags(9, 12, 8, planted_fraction=0.25, shift=4.0, seed=2)
     features, labels = write_planted_bags(tmp_path, bags)
-    train_run(features, labels, tmp_path / "run",
+    train_folds(features, labels, tmp_path / "run",
               TrainParams(model=model, hidden_dims=(8,), epochs=1, min_epochs=1, monitor="none",
                           folds=3, device="cpu", bootstrap=0))
     params = ExplainParams(flip_steps=2, flip_random=1, ig_steps=2, figure=False,
                            gradcam_topk=0, bootstrap=10, device="cpu")
-    result = explain_slides(tmp_path / "run", features, tmp_path / "explain", params)
+    result = explain_slides(tmp_path / "run", features, out=tmp_path, params=params)
     assert result.failed == [] and len(result.done) == 9
     stored = read_explanations(tmp_path / "explain" / "slide_0000" / "explanations.h5")
     maps = stored.maps
@@ -193,7 +198,7 @@ def test_pooling_baselines_explain_without_failures(tmp_path, model):
 
 def test_explain_stage_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="features folder"):
-        explain_slides(tmp_path / "run", tmp_path / "nowhere", tmp_path / "out")
+        explain_slides(tmp_path / "run", tmp_path / "nowhere", out=tmp_path / "out")
     with pytest.raises(ValueError, match="'saliency' is not allowed, each item must be one of"):
         ExplainParams(methods=("saliency",))
     with pytest.raises(ValueError, match="relevance is now chefer_iccv2021"):
