@@ -1,9 +1,11 @@
 """Imports run one way: no module imports a package of a higher layer (an AST walk, so a lazy
-import inside a function counts too; ``if TYPE_CHECKING:`` blocks are type hints, not imports)."""
+import inside a function counts too; ``if TYPE_CHECKING:`` blocks are type hints, not imports),
+and docs/architecture.md lists exactly these layers in this order."""
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -170,3 +172,27 @@ def test_the_graph_sees_a_lazy_circle_inside_a_package(tmp_path, monkeypatch):
 
 def test_the_circle_finder_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+def _module(cell: str) -> str:
+    """`wsi_mil/config/schema.py` -> wsi_mil.config.schema; `tiling/` -> tiling."""
+    path = cell.strip().strip("`").removesuffix("/").removesuffix(".py")
+    return path.replace("/", ".")
+
+
+def test_the_architecture_page_lists_the_layers_in_order():
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if re.match(r"\| `", line)]
+    assert [_module(row.split("|")[1]) for row in rows] == list(LAYERS)
+
+
+def test_every_package_and_top_level_module_has_a_layer():
+    missing = []
+    for package in ("tiling", "features", "wsi_mil"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            if module in ("wsi_mil.__init__", "wsi_mil.__main__"):
+                continue
+            if layer_of(module) is None:
+                missing.append(module)
+    assert not missing, missing
