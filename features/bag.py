@@ -45,7 +45,14 @@ from tiling.tiles_file import TilesFile
 from wsi_mil.errors import WsiMilError
 
 ENCODER_ATTRS = (
-    "encoder", "encoder_dim", "weights", "weights_sha256", "input_size", "mean", "std", "dtype",
+    "encoder",
+    "encoder_dim",
+    "weights",
+    "weights_sha256",
+    "input_size",
+    "mean",
+    "std",
+    "dtype",
 )
 
 
@@ -76,15 +83,17 @@ def write_bag(
     attrs = {**tiles.attrs, **encoder_attrs, **provenance(), "tiles_file": str(tiles.path)}
     path = Path(path)
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=features, chunks=(min(len(features), 1024) or 1,
-                                                           features.shape[1]))
+        f.create_dataset(
+            "features", data=features, chunks=(min(len(features), 1024) or 1, features.shape[1])
+        )
         f.create_dataset("coords", data=tiles.coords)
         f.create_dataset("tissue_fraction", data=tiles.tissue_fraction)
         for name, values in (datasets or {}).items():
             values = np.asarray(values)
             if values.shape[0] != len(tiles):
-                raise BagError(f"{path}: dataset {name} has {values.shape[0]} rows for "
-                               f"{len(tiles)} tiles")
+                raise BagError(
+                    f"{path}: dataset {name} has {values.shape[0]} rows for {len(tiles)} tiles"
+                )
             f.create_dataset(name, data=values)
         write_attrs(f, attrs)
         f.attrs["complete"] = True
@@ -114,8 +123,9 @@ def is_complete_bag(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_bag_attrs(path: str | os.PathLike,
-                   slide_path: str | os.PathLike | None = None) -> dict[str, Any]:
+def read_bag_attrs(
+    path: str | os.PathLike, slide_path: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """The attributes of a complete bag (ours, or a TRIDENT file's translated into ours), with
     ``num_tiles``, ``feature_dim`` and ``has_tile_labels``; a clear error otherwise.
 
@@ -123,8 +133,10 @@ def read_bag_attrs(path: str | os.PathLike,
     carry them already and ignore it)."""
     path = Path(path)
     if not is_complete_bag(path):
-        raise BagError(f"{path}: not a complete wsi-mil feature bag (nor a TRIDENT feature "
-                       f"file with features and coords)")
+        raise BagError(
+            f"{path}: not a complete wsi-mil feature bag (nor a TRIDENT feature "
+            f"file with features and coords)"
+        )
     with _open(path) as f:
         try:
             trident = is_trident_file(f)
@@ -176,12 +188,16 @@ def trident_copy_path(bag_path: Path, attrs: Mapping[str, Any] | None = None) ->
     overlap/features_<encoder>/<slide_id>.h5`` for a bag ``OUT/<encoder>/<slide_id>.h5``."""
     attrs = dict(attrs) if attrs is not None else read_bag_attrs(bag_path)
     subfolder, _ = trident_subfolder(attrs)
-    return (bag_path.parent.parent / "trident" / subfolder
-            / f"features_{bag_path.parent.name}" / bag_path.name)
+    return (
+        bag_path.parent.parent
+        / "trident"
+        / subfolder
+        / f"features_{bag_path.parent.name}"
+        / bag_path.name
+    )
 
 
-def export_trident(bag_path: str | os.PathLike, out_path: str | os.PathLike | None = None
-                   ) -> Path:
+def export_trident(bag_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
     """Copy one of our bags in TRIDENT's layout (default :func:`trident_copy_path`), so
     TRIDENT's slide encoders and its users' scripts read it; the encoder's attributes ride
     along on ``features``, where TRIDENT ignores them and we read them back."""
@@ -191,24 +207,28 @@ def export_trident(bag_path: str | os.PathLike, out_path: str | os.PathLike | No
         raise BagError(f"{bag_path}: already a TRIDENT feature file")
     _, coords_attrs = trident_subfolder(attrs)
     out_path = Path(out_path) if out_path is not None else trident_copy_path(bag_path, attrs)
-    feature_attrs = {"name": str(attrs["slide_id"]),
-                     **{k: attrs[k] for k in ENCODER_ATTRS if k in attrs}}
-    return write_trident_bag(out_path, read_bag_features(bag_path), read_bag_coords(bag_path),
-                             coords_attrs, feature_attrs)
+    feature_attrs = {
+        "name": str(attrs["slide_id"]),
+        **{k: attrs[k] for k in ENCODER_ATTRS if k in attrs},
+    }
+    return write_trident_bag(
+        out_path,
+        read_bag_features(bag_path),
+        read_bag_coords(bag_path),
+        coords_attrs,
+        feature_attrs,
+    )
 
 
-def with_slide_attrs(attrs: dict[str, Any],
-                     slide_path: str | os.PathLike | None) -> dict[str, Any]:
+def with_slide_attrs(attrs: dict[str, Any], slide_path: str | os.PathLike | None) -> dict[str, Any]:
     """Attributes of a TRIDENT bag, or of predictions made from one, completed from the slide
     when they lack its size and µm/px (a stage that has the slide calls this; ours pass)."""
-    if ("slide_width" in attrs or slide_path is None
-            or attrs.get("bag_format") != TRIDENT_FORMAT):
+    if "slide_width" in attrs or slide_path is None or attrs.get("bag_format") != TRIDENT_FORMAT:
         return attrs
     return {**attrs, **slide_attrs(slide_path, attrs)}
 
 
-def read_bag_view(path: str | os.PathLike, view: int,
-                  rows: np.ndarray | None = None) -> np.ndarray:
+def read_bag_view(path: str | os.PathLike, view: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Features ``[N, D]`` of a bag's stain-augmented ``view`` (1..``stain_views``; 0 is the
     plain features), only ``rows`` when given."""
     if view == 0:
@@ -232,9 +252,7 @@ def add_tile_labels(path: str | os.PathLike, tile_labels: np.ndarray, source: st
     attrs = read_bag_attrs(path)
     tile_labels = np.asarray(tile_labels, dtype=np.float32).reshape(-1)
     if tile_labels.shape[0] != attrs["num_tiles"]:
-        raise BagError(
-            f"{path}: {tile_labels.shape[0]} tile labels for {attrs['num_tiles']} tiles"
-        )
+        raise BagError(f"{path}: {tile_labels.shape[0]} tile labels for {attrs['num_tiles']} tiles")
     with atomic_output(path) as tmp:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:

@@ -51,8 +51,9 @@ class AttentionalPooler(nn.Module):
         batch = tokens.shape[0]
         keys, values = self.to_kv(self.ln_k(tokens)).chunk(2, dim=-1)
         queries = self.to_q(self.ln_q(self.query)).expand(batch, -1, -1)
-        out = F.scaled_dot_product_attention(self._heads(queries), self._heads(keys),
-                                             self._heads(values))
+        out = F.scaled_dot_product_attention(
+            self._heads(queries), self._heads(keys), self._heads(values)
+        )
         return self.to_out(out.transpose(1, 2).reshape(batch, queries.shape[1], -1))
 
 
@@ -64,8 +65,13 @@ class ConchVisionTower(nn.Module):
         import timm
 
         self.trunk = timm.create_model(
-            "vit_large_patch16_224", pretrained=False, num_classes=0, img_size=224,
-            init_values=1.0, dynamic_img_size=True)
+            "vit_large_patch16_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=224,
+            init_values=1.0,
+            dynamic_img_size=True,
+        )
         self.attn_pool_contrast = AttentionalPooler(CONCH_V15_DIM, 1024, n_head=8, n_queries=1)
         self.ln_contrast = nn.LayerNorm(CONCH_V15_DIM)
         self.num_features = CONCH_V15_DIM

@@ -41,9 +41,17 @@ from tiling.tiles_file import TilesFile
 class TileDataset(Dataset):
     """The tiles of one slide as uint8 RGB ``[input_size, input_size, 3]``, in ``coords`` order."""
 
-    def __init__(self, tiles: TilesFile, slide_path: str | os.PathLike, input_size: int,
-                 normaliser: StainNormaliser | None = None, with_qc: bool = False,
-                 view: int = 0, jitter: float = 0.05, seed: int = 0):
+    def __init__(
+        self,
+        tiles: TilesFile,
+        slide_path: str | os.PathLike,
+        input_size: int,
+        normaliser: StainNormaliser | None = None,
+        with_qc: bool = False,
+        view: int = 0,
+        jitter: float = 0.05,
+        seed: int = 0,
+    ):
         self.coords = tiles.coords
         self.attrs = dict(tiles.attrs)
         self.slide_path = Path(slide_path)

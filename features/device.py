@@ -23,8 +23,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise DeviceError(f"device {device!r}: not a torch device (auto, cpu, cuda, cuda:N, "
-                          f"mps)") from exc
+        raise DeviceError(
+            f"device {device!r}: not a torch device (auto, cpu, cuda, cuda:N, mps)"
+        ) from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r} asked for, but CUDA is not available")
     if resolved.type == "mps" and not torch.backends.mps.is_available():

@@ -44,8 +44,15 @@ from tiling.slide import open_slide
 from tiling.tiles_file import read_tiles_file
 from wsi_mil.errors import WsiMilError
 
-__all__ = ["EmptyTilesError", "ExtractParams", "SlideMismatchError", "bag_is_current",
-           "encode_tiles", "extract_slide", "fit_stain_reference"]
+__all__ = [
+    "EmptyTilesError",
+    "ExtractParams",
+    "SlideMismatchError",
+    "bag_is_current",
+    "encode_tiles",
+    "extract_slide",
+    "fit_stain_reference",
+]
 
 
 class EmptyTilesError(WsiMilError, ValueError):
@@ -63,17 +70,23 @@ def encode_tiles(
     the tiles' QC measures ``[N, 3]`` too when ``dataset.with_qc``."""
     features = np.empty((len(dataset), encoder.dim), dtype=params.dtype)
     qc = np.empty((len(dataset), len(QC_COLUMNS)), np.float32) if dataset.with_qc else None
-    loader = tile_loader(dataset, params.batch_size, params.reader_workers(encoder.device.type),
-                         encoder.device, params.prefetch)
+    loader = tile_loader(
+        dataset,
+        params.batch_size,
+        params.reader_workers(encoder.device.type),
+        encoder.device,
+        params.prefetch,
+    )
     done = 0
-    with tqdm(total=len(dataset), desc=desc, unit="tile", leave=False,
-              disable=not params.progress) as bar:
+    with tqdm(
+        total=len(dataset), desc=desc, unit="tile", leave=False, disable=not params.progress
+    ) as bar:
         for batch in loader:
             if qc is not None:
                 batch, batch_qc = batch
-                qc[done:done + len(batch_qc)] = batch_qc.numpy()
+                qc[done : done + len(batch_qc)] = batch_qc.numpy()
             out = encoder.encode(batch)
-            features[done:done + len(out)] = out.cpu().numpy()
+            features[done : done + len(out)] = out.cpu().numpy()
             done += len(out)
             bar.update(len(out))
     if done != len(dataset):
@@ -131,12 +144,20 @@ def extract_slide(
     if threads is not None:
         torch.set_num_threads(threads)
     if params.stain != "none" and normaliser is None:
-        raise StainError(f"{tiles_path}: stain {params.stain!r} asked for without a fitted "
-                         f"reference (fit_stain_reference)")
+        raise StainError(
+            f"{tiles_path}: stain {params.stain!r} asked for without a fitted "
+            f"reference (fit_stain_reference)"
+        )
     normaliser = normaliser if params.stain != "none" else None
-    dataset = TileDataset(tiles, slide_path, encoder.input_size, normaliser=normaliser,
-                          with_qc=params.tile_qc, jitter=params.stain_jitter,
-                          seed=zlib.crc32(tiles.slide_id.encode()))
+    dataset = TileDataset(
+        tiles,
+        slide_path,
+        encoder.input_size,
+        normaliser=normaliser,
+        with_qc=params.tile_qc,
+        jitter=params.stain_jitter,
+        seed=zlib.crc32(tiles.slide_id.encode()),
+    )
     encoded = encode_tiles(dataset, encoder, params, desc=tiles.slide_id)
     features, qc = encoded if isinstance(encoded, tuple) else (encoded, None)
     attrs = {**encoder.bag_attrs(params.dtype), "stain_method": "none"}
@@ -148,12 +169,19 @@ def extract_slide(
         attrs["tile_qc_columns"] = list(QC_COLUMNS)
     if params.stain_views:
         views = np.empty((len(tiles), params.stain_views, encoder.dim), dtype=params.dtype)
-        plain = TileDataset(tiles, slide_path, encoder.input_size, normaliser=normaliser,
-                            jitter=params.stain_jitter, seed=dataset.seed)
+        plain = TileDataset(
+            tiles,
+            slide_path,
+            encoder.input_size,
+            normaliser=normaliser,
+            jitter=params.stain_jitter,
+            seed=dataset.seed,
+        )
         for view in range(1, params.stain_views + 1):
             plain.view = view
-            views[:, view - 1] = encode_tiles(plain, encoder, params,
-                                              desc=f"{tiles.slide_id} view {view}")
+            views[:, view - 1] = encode_tiles(
+                plain, encoder, params, desc=f"{tiles.slide_id} view {view}"
+            )
         datasets["stain_views"] = views
         attrs.update(stain_views=params.stain_views, stain_jitter=params.stain_jitter)
     path = write_bag(out_path, features, tiles, attrs, datasets)
@@ -162,9 +190,13 @@ def extract_slide(
     return path
 
 
-def fit_stain_reference(params: ExtractParams, datasets: list[TileDataset],
-                        tiles_per_slide: int = 8, max_tiles: int = 256,
-                        seed: int = 0) -> StainNormaliser | None:
+def fit_stain_reference(
+    params: ExtractParams,
+    datasets: list[TileDataset],
+    tiles_per_slide: int = 8,
+    max_tiles: int = 256,
+    seed: int = 0,
+) -> StainNormaliser | None:
     """The stain normaliser of a batch: fitted to ``params.stain_target`` when given, else to a
     montage of up to ``tiles_per_slide`` tiles of each slide (at most ``max_tiles`` in all,
     drawn at random with ``seed``), so every slide is normalised to
@@ -185,8 +217,13 @@ def fit_stain_reference(params: ExtractParams, datasets: list[TileDataset],
     return StainNormaliser.fit(params.stain, cohort_montage(tiles), target)
 
 
-def bag_is_current(bag_path: str | os.PathLike, tiles_path: str | os.PathLike,
-                   encoder: Encoder, dtype: str, params: ExtractParams | None = None) -> bool:
+def bag_is_current(
+    bag_path: str | os.PathLike,
+    tiles_path: str | os.PathLike,
+    encoder: Encoder,
+    dtype: str,
+    params: ExtractParams | None = None,
+) -> bool:
     """True when ``bag_path`` is complete and was made from these tiles with these weights.
 
     A bag left by other weights under the same encoder name, at another precision, or from a
@@ -199,15 +236,20 @@ def bag_is_current(bag_path: str | os.PathLike, tiles_path: str | os.PathLike,
     try:
         tiles = read_tiles_file(tiles_path)
         attrs = read_bag_attrs(bag_path)
-        current = (attrs.get("weights_sha256") == encoder.weights_sha256
-                   and attrs.get("dtype") == dtype
-                   and np.array_equal(read_bag_coords(bag_path), tiles.coords))
+        current = (
+            attrs.get("weights_sha256") == encoder.weights_sha256
+            and attrs.get("dtype") == dtype
+            and np.array_equal(read_bag_coords(bag_path), tiles.coords)
+        )
         if params is not None and current:
-            current = (attrs.get("stain_method", "none") == params.stain
-                       and int(attrs.get("stain_views", 0)) == params.stain_views
-                       and ("tile_qc_columns" in attrs or not params.tile_qc)
-                       and (params.format != "trident"
-                            or trident_copy_path(Path(bag_path), attrs).is_file()))
+            current = (
+                attrs.get("stain_method", "none") == params.stain
+                and int(attrs.get("stain_views", 0)) == params.stain_views
+                and ("tile_qc_columns" in attrs or not params.tile_qc)
+                and (
+                    params.format != "trident" or trident_copy_path(Path(bag_path), attrs).is_file()
+                )
+            )
         return current
     except (OSError, ValueError, KeyError):
         return False

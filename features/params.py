@@ -23,8 +23,9 @@ STAIN_METHODS: tuple[str, ...] = typing.get_args(StainMethod)
 def device_field() -> Any:
     """The ``device`` field of every stage that runs a network (one definition; the choice is
     :func:`features.device.resolve_device`'s)."""
-    return constrained("auto", doc="torch device: auto (cuda, then mps, then cpu), cpu, cuda, "
-                       "cuda:N or mps")
+    return constrained(
+        "auto", doc="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"
+    )
 
 
 @dataclass(frozen=True)

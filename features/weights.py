@@ -55,13 +55,15 @@ def local_weights_candidates(name: str, filenames: Sequence[str] = HUB_FILENAMES
     ``<name>.safetensors`` (or ``.pth``, ...), else a folder ``<name>/`` holding the files its
     hub repository names (a copy of the model's Hugging Face repository, as downloaded)."""
     folder = weights_dir()
-    return ([folder / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES]
-            + [folder / name / filename for filename in filenames])
+    return [folder / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES] + [
+        folder / name / filename for filename in filenames
+    ]
 
 
 def find_local_weights(name: str, filenames: Sequence[str] = HUB_FILENAMES) -> Path | None:
-    return next((path for path in local_weights_candidates(name, filenames) if path.is_file()),
-                None)
+    return next(
+        (path for path in local_weights_candidates(name, filenames) if path.is_file()), None
+    )
 
 
 def weights_in_folder(folder: Path, filenames: Sequence[str] = HUB_FILENAMES) -> Path:
@@ -74,8 +76,9 @@ def weights_in_folder(folder: Path, filenames: Sequence[str] = HUB_FILENAMES) ->
     if len(found) == 1:
         return found[0]
     shown = ", ".join(p.name for p in found) or "no weights files"
-    raise WeightsError(f"{folder}: expected one of {', '.join(filenames)} in this folder, "
-                       f"found {shown}")
+    raise WeightsError(
+        f"{folder}: expected one of {', '.join(filenames)} in this folder, found {shown}"
+    )
 
 
 def hub_offline() -> bool:
@@ -94,8 +97,12 @@ def cached_hub_file(repo_id: str, filenames: Sequence[str] = HUB_FILENAMES) -> P
     return None
 
 
-def hub_file(repo_id: str, where_to_put: str, filenames: Sequence[str] = HUB_FILENAMES,
-             licence_note: str = "") -> Path:
+def hub_file(
+    repo_id: str,
+    where_to_put: str,
+    filenames: Sequence[str] = HUB_FILENAMES,
+    licence_note: str = "",
+) -> Path:
     """The weights file of a hub repository: from the cache, else downloaded when online.
 
     ``where_to_put`` finishes the error message, so it tells the user how to proceed offline.
@@ -156,7 +163,9 @@ def _unwrap(state: Mapping, path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: no tensors found (top-level keys: {list(state)[:10]})")
     tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
     if any(k.startswith("backbone.") for k in tensors):  # DINO-style wrapper: keep the backbone
-        tensors = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+        tensors = {
+            k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")
+        }
     return tensors
 
 
@@ -185,13 +194,28 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 #: Blocks per stage of EfficientNet-B0/Lite0; efficientnet_pytorch numbers blocks flat.
 EFFICIENTNET_B0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
-_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-               "_fc": "classifier"}
+_EFFNET_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 # The first stage is timm's DepthwiseSeparableConv (no expansion); the rest InvertedResidual.
-_EFFNET_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-              "_bn2": "bn2"}
-_EFFNET_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-              "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_EFFNET_DS = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
+_EFFNET_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 
 
 def is_efficientnet_pytorch_layout(state: Mapping[str, torch.Tensor]) -> bool:
@@ -218,14 +242,18 @@ def efficientnet_pytorch_to_timm(
 # --- Hugging Face transformers ViT layout -> timm ---------------------------------------------
 
 _HF_VIT_LAYER = {
-    "layernorm_before": "norm1", "attention.output.dense": "attn.proj",
-    "layernorm_after": "norm2", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "attention.output.dense": "attn.proj",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
 }
 
 
 def is_hf_vit_layout(state: Mapping[str, torch.Tensor]) -> bool:
-    return (any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
-            and not is_hf_dinov2_layout(state))
+    return any(
+        k.endswith("embeddings.patch_embeddings.projection.weight") for k in state
+    ) and not is_hf_dinov2_layout(state)
 
 
 def hf_vit_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -264,18 +292,23 @@ def hf_vit_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
             raise WeightsError(f"unknown key in a transformers ViT state dict: {key}")
     for (index, param), parts in qkv.items():
         out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat(
-            [parts["query"], parts["key"], parts["value"]], dim=0)
+            [parts["query"], parts["key"], parts["value"]], dim=0
+        )
     return out
 
 
 # --- Hugging Face transformers Dinov2Model layout -> timm ------------------------------------
 
 _HF_DINOV2_LAYER = {
-    "norm1": "norm1", "attention.output.dense": "attn.proj", "norm2": "norm2",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "norm1": "norm1",
+    "attention.output.dense": "attn.proj",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
     # SwiGLU feed-forward (ViT-g): transformers' weights_in is timm's packed SwiGLU fc1, with
     # the same halves (silu(first) * second, timm's SwiGLUPacked with gate_last=False)
-    "mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2",
+    "mlp.weights_in": "mlp.fc1",
+    "mlp.weights_out": "mlp.fc2",
 }
 
 
@@ -321,7 +354,8 @@ def hf_dinov2_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
             raise WeightsError(f"unknown key in a transformers Dinov2 state dict: {key}")
     for (index, param), parts in qkv.items():
         out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat(
-            [parts["query"], parts["key"], parts["value"]], dim=0)
+            [parts["query"], parts["key"], parts["value"]], dim=0
+        )
     return out
 
 

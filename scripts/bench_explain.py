@@ -88,10 +88,18 @@ def main() -> int:
     parser.add_argument("--max-quadratic-tiles", type=int, default=12000)
     parser.add_argument("--max-perturbation-tiles", type=int, default=1000)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--methods", nargs="+", help="only these (default: every method the "
-                        "model supports; attention always runs, as the baseline)")
-    parser.add_argument("--budget", type=float, default=120.0,
-                        help="skip a (model, size, method) predicted to exceed this (s)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        help="only these (default: every method the "
+        "model supports; attention always runs, as the baseline)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=120.0,
+        help="skip a (model, size, method) predicted to exceed this (s)",
+    )
     parser.add_argument("--train-bags", type=int, default=10)
     parser.add_argument("--train-tiles", type=int, default=2000)
     args = parser.parse_args()
@@ -106,9 +114,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     import captum.attr  # noqa: F401 - imported before timing (the first lrp call would pay it)
+
     device = torch.device(args.device)
-    print(f"device {device}, {torch.get_num_threads()} threads, {args.dim} features, "
-          f"integrated_gradients with {args.ig_steps} steps")
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, {args.dim} features, "
+        f"integrated_gradients with {args.ig_steps} steps"
+    )
     print("| model | tiles | method | seconds | x attention | peak memory (MB) |")
     print("|---|---|---|---|---|---|")
     total = time.perf_counter()
@@ -118,53 +129,79 @@ def main() -> int:
         previous: dict[str, tuple[float, int]] = {}  # method -> (seconds, tiles) last measured
         explain(model, np.random.default_rng(0).standard_normal((64, args.dim)), "attention")
         for n in args.sizes:
-            bag = torch.from_numpy(np.random.default_rng(n).standard_normal(
-                (n, args.dim), dtype=np.float32)).to(device)
+            bag = torch.from_numpy(
+                np.random.default_rng(n).standard_normal((n, args.dim), dtype=np.float32)
+            ).to(device)
             baseline = None
             for method in available_methods(model):
                 if args.methods and method not in (*args.methods, "attention"):
                     continue
                 # exact attention is quadratic in the bag; a pass per tile left out adds a
                 # factor n; one-tile bags (keep_one) are linear
-                power = 1 if method == "keep_one" else (
-                    (name == "transformer_mil") + (method == "perturbation") + 1
-                    if name != "gated_abmil" else 1)
+                power = (
+                    1
+                    if method == "keep_one"
+                    else (
+                        (name == "transformer_mil") + (method == "perturbation") + 1
+                        if name != "gated_abmil"
+                        else 1
+                    )
+                )
                 predicted = None
                 if method in previous:
                     predicted = previous[method][0] * (n / previous[method][1]) ** power
                 elif baseline is not None and method == "perturbation" and name != "gated_abmil":
                     predicted = baseline * n  # one forward pass per tile left out
                 if predicted is not None and predicted > args.budget:
-                    print(f"| {name} | {n} | {method} | skipped: predicted {predicted:.0f} s "
-                          f"> budget | | |", flush=True)
+                    print(
+                        f"| {name} | {n} | {method} | skipped: predicted {predicted:.0f} s "
+                        f"> budget | | |",
+                        flush=True,
+                    )
                     previous[method] = (predicted, n)  # the next size is predicted from this
                     continue
                 try:
                     with PeakMemory(args.device) as memory:
                         start = time.perf_counter()
-                        explain(model, bag, method, target=1, ig_steps=args.ig_steps,
-                                max_quadratic_tiles=args.max_quadratic_tiles,
-                                max_perturbation_tiles=args.max_perturbation_tiles)
+                        explain(
+                            model,
+                            bag,
+                            method,
+                            target=1,
+                            ig_steps=args.ig_steps,
+                            max_quadratic_tiles=args.max_quadratic_tiles,
+                            max_perturbation_tiles=args.max_perturbation_tiles,
+                        )
                         if device.type == "cuda":
                             torch.cuda.synchronize()
                         seconds = time.perf_counter() - start
                 except ExplainError as exc:
-                    print(f"| {name} | {n} | {method} | refused: {str(exc).split(';')[1].strip()} "
-                          "| | |", flush=True)
+                    print(
+                        f"| {name} | {n} | {method} | refused: {str(exc).split(';')[1].strip()} "
+                        "| | |",
+                        flush=True,
+                    )
                     continue
                 previous[method] = (seconds, n)
                 baseline = seconds if method == "attention" else baseline
                 ratio = f"{seconds / baseline:.1f}" if baseline else ""
-                print(f"| {name} | {n} | {method} | {seconds:.2f} | {ratio} | "
-                      f"{memory.peak / 2**20:.0f} |", flush=True)
+                print(
+                    f"| {name} | {n} | {method} | {seconds:.2f} | {ratio} | "
+                    f"{memory.peak / 2**20:.0f} |",
+                    flush=True,
+                )
     print(f"\nexplanations: {time.perf_counter() - total:.0f} s in all")
     if args.train_bags < 1:
         return 0
-    print(f"\ntraining, {args.train_bags} bags x {args.train_tiles} tiles x {args.dim} "
-          "features, batch size 1")
+    print(
+        f"\ntraining, {args.train_bags} bags x {args.train_tiles} tiles x {args.dim} "
+        "features, batch size 1"
+    )
     rng = np.random.default_rng(0)
-    bags = [rng.standard_normal((args.train_tiles, args.dim), dtype=np.float32)
-            for _ in range(args.train_bags)]
+    bags = [
+        rng.standard_normal((args.train_tiles, args.dim), dtype=np.float32)
+        for _ in range(args.train_bags)
+    ]
     data = BagDataset.from_arrays(bags, [i % 2 for i in range(args.train_bags)])
     print("| model | seconds per epoch |")
     print("|---|---|")

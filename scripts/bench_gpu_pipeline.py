@@ -58,15 +58,45 @@ from tiling.tiles_file import read_tiles_file
 
 #: A cohort like the demo's --quick one, with the demo's tiling and training settings
 #: (wsi_mil.pipeline.demo); tinier with --quick.
-COHORT = {"train_normal": 5, "train_tumor": 5, "test_normal": 3, "test_tumor": 3,
-          "size_px": 2048}
-QUICK_COHORT = {"train_normal": 2, "train_tumor": 2, "test_normal": 1, "test_tumor": 1,
-                "size_px": 2048}
-TRAIN = ["--model", "gated_abmil", "--hidden-dims", "128", "--attention-dim", "64",
-         "--lr", "0.0005", "--patience", "5", "--seed", "0", "--bootstrap", "0"]
+COHORT = {"train_normal": 5, "train_tumor": 5, "test_normal": 3, "test_tumor": 3, "size_px": 2048}
+QUICK_COHORT = {
+    "train_normal": 2,
+    "train_tumor": 2,
+    "test_normal": 1,
+    "test_tumor": 1,
+    "size_px": 2048,
+}
+TRAIN = [
+    "--model",
+    "gated_abmil",
+    "--hidden-dims",
+    "128",
+    "--attention-dim",
+    "64",
+    "--lr",
+    "0.0005",
+    "--patience",
+    "5",
+    "--seed",
+    "0",
+    "--bootstrap",
+    "0",
+]
 #: The demo's segmenter (wsi_mil.pipeline.demo.SEGMENT_OVERRIDES).
-SEGMENTER = ["--net", "attention_unet", "--mpp", "2.0", "--tile-size", "64", "--channels", "8",
-             "16", "32", "--lr", "0.003"]
+SEGMENTER = [
+    "--net",
+    "attention_unet",
+    "--mpp",
+    "2.0",
+    "--tile-size",
+    "64",
+    "--channels",
+    "8",
+    "16",
+    "32",
+    "--lr",
+    "0.003",
+]
 #: --quick: the fewest steps that still run every part of explain and segment-train.
 QUICK_EXPLAIN = ["--flip-steps", "2", "--flip-random", "1", "--bootstrap", "10"]
 QUICK_SEGMENTER = ["--epochs", "1", "--tiles-per-slide", "8"]
@@ -75,20 +105,36 @@ QUICK_SEGMENTER = ["--epochs", "1", "--tiles-per-slide", "8"]
 QUICK_SEGMENT = {"mask_threshold": 0.9, "simplify_px": 0.0}
 ENCODER = "efficientnet_lite0"
 #: What a run makes in --out besides the cohort and its tiles.
-DERIVED = ("features_device", "features_cpu", "runs", "predictions", "explain", "segmenter",
-           "segment_out", "big_segment")
+DERIVED = (
+    "features_device",
+    "features_cpu",
+    "runs",
+    "predictions",
+    "explain",
+    "segmenter",
+    "segment_out",
+    "big_segment",
+)
 
 
 def cli(log: Path, *args: str) -> float:
     """Run ``python -m wsi_mil ARGS`` (output appended to ``log``); its wall seconds."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p]),
+    }
     start = time.perf_counter()
     with log.open("a") as out:
         out.write(f"\n$ wsi-mil {' '.join(args)}\n")
         out.flush()
-        done = subprocess.run([sys.executable, "-m", "wsi_mil", *args], check=False,
-                              stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "wsi_mil", *args],
+            check=False,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+        )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"wsi-mil {args[0]} exited {done.returncode}; see {log}")
@@ -122,25 +168,34 @@ def without_autocast(encoder: Encoder, tiles: torch.Tensor) -> torch.Tensor:
 def precision(encoders: dict[str, tuple[Encoder, Encoder]], tiles: torch.Tensor) -> dict:
     """Per encoder: the device's features (as extraction computes them, and in float32)
     against the CPU's float32 ones on ``tiles``."""
+
     def batched(fn) -> np.ndarray:
-        return np.concatenate([fn(tiles[i:i + 32]).cpu().numpy()
-                               for i in range(0, len(tiles), 32)])
+        return np.concatenate(
+            [fn(tiles[i : i + 32]).cpu().numpy() for i in range(0, len(tiles), 32)]
+        )
 
     out = {}
     for name, (on_device, on_cpu) in encoders.items():
         ref = batched(on_cpu.encode)
         figures: dict[str, Any] = {"tiles": len(tiles), "weights": on_cpu.weights}
-        for label, got in (("", batched(on_device.encode)),
-                           ("float32_", batched(partial(without_autocast, on_device)))):
+        for label, got in (
+            ("", batched(on_device.encode)),
+            ("float32_", batched(partial(without_autocast, on_device))),
+        ):
             relative = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-            cosine = (got * ref).sum(1) / (np.linalg.norm(got, axis=1)
-                                           * np.linalg.norm(ref, axis=1))
-            figures.update({
-                f"{label}max_relative_l2": float(relative.max()),
-                f"{label}median_relative_l2": float(np.median(relative)),
-                f"{label}max_abs_diff_over_max_abs": float(np.abs(got - ref).max()
-                                                          / np.abs(ref).max()),
-                f"{label}min_cosine": float(cosine.min())})
+            cosine = (got * ref).sum(1) / (
+                np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+            )
+            figures.update(
+                {
+                    f"{label}max_relative_l2": float(relative.max()),
+                    f"{label}median_relative_l2": float(np.median(relative)),
+                    f"{label}max_abs_diff_over_max_abs": float(
+                        np.abs(got - ref).max() / np.abs(ref).max()
+                    ),
+                    f"{label}min_cosine": float(cosine.min()),
+                }
+            )
         out[name] = figures
     return out
 
@@ -199,14 +254,25 @@ def big_bag_explain(run: Path, methods: list[str], tiles: int, device: str) -> d
         explain(model, bag, method, target=1)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        out[method] = {"seconds": round(time.perf_counter() - start, 3),
-                       "peak_gpu_gb": (round(torch.cuda.max_memory_allocated() / 1024**3, 3)
-                                       if device.startswith("cuda") else None)}
+        out[method] = {
+            "seconds": round(time.perf_counter() - start, 3),
+            "peak_gpu_gb": (
+                round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+                if device.startswith("cuda")
+                else None
+            ),
+        }
     return {"tiles": tiles, "features": int(model.in_dim), "methods": out}
 
 
-def big_slide_segment(slide_path: Path, model_dir: Path, out: Path, lesion_mm: float,
-                      device: str, settings: dict[str, float]) -> dict:
+def big_slide_segment(
+    slide_path: Path,
+    model_dir: Path,
+    out: Path,
+    lesion_mm: float,
+    device: str,
+    settings: dict[str, float],
+) -> dict:
     """``segment`` of one large slide whose central ``lesion_mm`` square is flagged (a
     predictions file on a 128 µm grid made for it): seconds and the area segmented."""
     from tiling.slide import open_slide
@@ -220,30 +286,52 @@ def big_slide_segment(slide_path: Path, model_dir: Path, out: Path, lesion_mm: f
     mpp = float(handle.properties["openslide.mpp-x"])
     handle.close()
     tile = round(128 / mpp)
-    xs, ys = np.meshgrid(np.arange(0, width - tile + 1, tile),
-                         np.arange(0, height - tile + 1, tile))
+    xs, ys = np.meshgrid(
+        np.arange(0, width - tile + 1, tile), np.arange(0, height - tile + 1, tile)
+    )
     coords = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.int64)
     half = lesion_mm * 1000 / mpp / 2
     centre = coords + tile / 2
-    flag = ((np.abs(centre[:, 0] - width / 2) < half)
-            & (np.abs(centre[:, 1] - height / 2) < half)).astype(np.float32)
+    flag = (
+        (np.abs(centre[:, 0] - width / 2) < half) & (np.abs(centre[:, 1] - height / 2) < half)
+    ).astype(np.float32)
     prediction = out / "big_prediction.h5"
-    write_prediction(prediction, SlidePrediction(
-        slide_id="big", coords=coords, attention=flag, attention_norm=normalise_attention(flag),
-        tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
-        probs=np.array([0.0, 1.0], np.float32), class_names=["normal", "tumor"],
-        predicted_label="tumor",
-        attrs={"slide_width": width, "slide_height": height, "slide_mpp": mpp,
-               "tile_size_level0": float(tile), "stride": float(tile),
-               "slide_path": str(slide_path), "negative_class": "normal"}))
+    write_prediction(
+        prediction,
+        SlidePrediction(
+            slide_id="big",
+            coords=coords,
+            attention=flag,
+            attention_norm=normalise_attention(flag),
+            tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
+            probs=np.array([0.0, 1.0], np.float32),
+            class_names=["normal", "tumor"],
+            predicted_label="tumor",
+            attrs={
+                "slide_width": width,
+                "slide_height": height,
+                "slide_mpp": mpp,
+                "tile_size_level0": float(tile),
+                "stride": float(tile),
+                "slide_path": str(slide_path),
+                "negative_class": "normal",
+            },
+        ),
+    )
     model, card = load_segmenter(model_dir, device)
     start = time.perf_counter()
-    folder = segment_slide(prediction, model, card, out / "big_segment",
-                           SegmentParams(device=device, **settings))
+    folder = segment_slide(
+        prediction, model, card, out / "big_segment", SegmentParams(device=device, **settings)
+    )
     seconds = time.perf_counter() - start
     summary = json.loads((folder / "segment.json").read_text())
-    return {"slide_px": [width, height], "mpp": mpp, "lesion_mm": lesion_mm,
-            "tiles_segmented": summary["tiles_segmented"], "seconds": round(seconds, 2)}
+    return {
+        "slide_px": [width, height],
+        "mpp": mpp,
+        "lesion_mm": lesion_mm,
+        "tiles_segmented": summary["tiles_segmented"],
+        "seconds": round(seconds, 2),
+    }
 
 
 def main() -> int:
@@ -251,14 +339,20 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="the device compared with the CPU")
     parser.add_argument("--out", type=Path, required=True, help="work folder")
     parser.add_argument("--quick", action="store_true", help="a tiny cohort, few epochs")
-    parser.add_argument("--big-bag", type=int, default=100_000,
-                        help="tiles of the bag explained by the library")
-    parser.add_argument("--big-slide", type=Path, default=None,
-                        help="a large slide to segment over a flagged square")
+    parser.add_argument(
+        "--big-bag", type=int, default=100_000, help="tiles of the bag explained by the library"
+    )
+    parser.add_argument(
+        "--big-slide",
+        type=Path,
+        default=None,
+        help="a large slide to segment over a flagged square",
+    )
     parser.add_argument("--lesion-mm", type=float, default=4.0)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
-    parser.add_argument("--prepare", action="store_true",
-                        help="only generate and tile the cohort (no GPU needed)")
+    parser.add_argument(
+        "--prepare", action="store_true", help="only generate and tile the cohort (no GPU needed)"
+    )
     args = parser.parse_args()
     out, device = args.out, args.device
     out.mkdir(parents=True, exist_ok=True)
@@ -273,17 +367,38 @@ def main() -> int:
     # the cohort and its tiles (the demo's 128 µm tiles at 1 µm/px)
     cohort = out / "cohort"
     sizes = QUICK_COHORT if args.quick else COHORT
-    seconds["cohort"] = cli(log, "cohort", "--out", str(cohort), "--seed", "0", "--workers",
-                            str(min(8, cpus)), *[f"--{k.replace('_', '-')}={v}"
-                                                 for k, v in sizes.items()])
-    seconds["tile"] = cli(log, "tile", str(cohort / "slides"), "--out", str(out / "tiles"),
-                          "--target-mpp", "1.0", "--tile-size", "128", "--workers",
-                          str(min(8, cpus)))
+    seconds["cohort"] = cli(
+        log,
+        "cohort",
+        "--out",
+        str(cohort),
+        "--seed",
+        "0",
+        "--workers",
+        str(min(8, cpus)),
+        *[f"--{k.replace('_', '-')}={v}" for k, v in sizes.items()],
+    )
+    seconds["tile"] = cli(
+        log,
+        "tile",
+        str(cohort / "slides"),
+        "--out",
+        str(out / "tiles"),
+        "--target-mpp",
+        "1.0",
+        "--tile-size",
+        "128",
+        "--workers",
+        str(min(8, cpus)),
+    )
     if args.prepare:
         return 0
-    results: dict[str, Any] = {"device": device, "cpus": cpus, "torch": torch.__version__,
-                               "gpu": (torch.cuda.get_device_name(device)
-                                       if device.startswith("cuda") else None)}
+    results: dict[str, Any] = {
+        "device": device,
+        "cpus": cpus,
+        "torch": torch.__version__,
+        "gpu": (torch.cuda.get_device_name(device) if device.startswith("cuda") else None),
+    }
     weights, weights_note = lite0_weights(out)
     weights_args = ["--weights", weights] if weights else []
     results["encoder"] = {"name": ENCODER, "weights": weights_note}
@@ -297,10 +412,16 @@ def main() -> int:
         dataset = TileDataset(tiles_file, tiles_file.attrs["slide_path"], 224)
         tiles += [dataset.read(i) for i in range(min(64 - len(tiles), len(dataset)))]
     tiles = torch.from_numpy(np.stack(tiles))
-    encoders = {ENCODER: (create_encoder(ENCODER, weights, device=device),
-                          create_encoder(ENCODER, weights, device="cpu")),
-                "vit_small_dino (random weights)": (random_encoder("vit_small_dino", device),
-                                                    random_encoder("vit_small_dino", "cpu"))}
+    encoders = {
+        ENCODER: (
+            create_encoder(ENCODER, weights, device=device),
+            create_encoder(ENCODER, weights, device="cpu"),
+        ),
+        "vit_small_dino (random weights)": (
+            random_encoder("vit_small_dino", device),
+            random_encoder("vit_small_dino", "cpu"),
+        ),
+    }
     results["precision"] = precision(encoders, tiles)
     del encoders
 
@@ -309,31 +430,71 @@ def main() -> int:
     features = {}
     for side, where in (("device", device), ("cpu", "cpu")):
         folder = out / f"features_{side}"
-        seconds[f"extract_{side}"] = cli(log, "extract", "--tiles", str(tiles_dir), "--features",
-                                          str(folder / ENCODER), "--encoder", ENCODER,
-                                          *weights_args,
-                                          "--device", where, "--dtype", "float32",
-                                          "--no-progress")
+        seconds[f"extract_{side}"] = cli(
+            log,
+            "extract",
+            "--tiles",
+            str(tiles_dir),
+            "--features",
+            str(folder / ENCODER),
+            "--encoder",
+            ENCODER,
+            *weights_args,
+            "--device",
+            where,
+            "--dtype",
+            "float32",
+            "--no-progress",
+        )
         features[side] = folder / ENCODER
     epochs = "3" if args.quick else "20"
-    runs = {"device": (device, features["device"]), "cpu": ("cpu", features["cpu"]),
-            "device_features_on_cpu": ("cpu", features["device"])}
+    runs = {
+        "device": (device, features["device"]),
+        "cpu": ("cpu", features["cpu"]),
+        "device_features_on_cpu": ("cpu", features["device"]),
+    }
     predictions = {}
     for name, (where, bags) in runs.items():
         run = out / "runs" / name
-        seconds[f"train_{name}"] = cli(log, "train", "--features", str(bags), "--labels",
-                                       str(labels), "--run", str(run), "--epochs", epochs,
-                                       "--device", where, *TRAIN)
+        seconds[f"train_{name}"] = cli(
+            log,
+            "train",
+            "--features",
+            str(bags),
+            "--labels",
+            str(labels),
+            "--run",
+            str(run),
+            "--epochs",
+            epochs,
+            "--device",
+            where,
+            *TRAIN,
+        )
         pred = out / "predictions" / name
-        seconds[f"predict_{name}"] = cli(log, "predict", "--run", str(run), "--features",
-                                         str(bags), "--out", str(pred), "--labels", str(labels),
-                                         "--split", "test", "--device", where)
+        seconds[f"predict_{name}"] = cli(
+            log,
+            "predict",
+            "--run",
+            str(run),
+            "--features",
+            str(bags),
+            "--out",
+            str(pred),
+            "--labels",
+            str(labels),
+            "--split",
+            "test",
+            "--device",
+            where,
+        )
         predictions[name] = read_predictions(pred / "predictions.csv")
     results["agreement"] = {
         "test_slides": len(predictions["device"]),
         "device_vs_cpu": agreement(predictions["device"], predictions["cpu"]),
-        "device_features_trained_on_cpu_vs_cpu": agreement(predictions["device_features_on_cpu"],
-                                                           predictions["cpu"]),
+        "device_features_trained_on_cpu_vs_cpu": agreement(
+            predictions["device_features_on_cpu"], predictions["cpu"]
+        ),
         "test_auc": {name: test_auc(rows) for name, rows in predictions.items()},
         "epochs_max": int(epochs),
     }
@@ -343,40 +504,78 @@ def main() -> int:
 
     methods = ["integrated_gradients"] + (["lrp"] if "lrp" in METHOD_NAMES else [])
     explained = out / "explain"
-    seconds["explain"] = cli(log, "explain", "--run", str(out / "runs" / "device"), "--features",
-                             str(features["device"]), "--explanations", str(explained),
-                             "--annotations",
-                             str(cohort / "annotations"), "--methods", *methods, "--device",
-                             device, *(QUICK_EXPLAIN if args.quick else []))
+    seconds["explain"] = cli(
+        log,
+        "explain",
+        "--run",
+        str(out / "runs" / "device"),
+        "--features",
+        str(features["device"]),
+        "--explanations",
+        str(explained),
+        "--annotations",
+        str(cohort / "annotations"),
+        "--methods",
+        *methods,
+        "--device",
+        device,
+        *(QUICK_EXPLAIN if args.quick else []),
+    )
     per_method = explain_seconds(explained)
     n_bags = len(list(features["device"].glob("*.h5")))
     results["explain"] = {
-        "methods_asked": methods, "methods_run": sorted(per_method), "slides": n_bags,
+        "methods_asked": methods,
+        "methods_run": sorted(per_method),
+        "slides": n_bags,
         "cli_seconds_per_slide": round(seconds["explain"] / n_bags, 3),
-        "method_seconds_per_slide_median": {m: round(float(np.median(v)), 4)
-                                            for m, v in per_method.items()},
+        "method_seconds_per_slide_median": {
+            m: round(float(np.median(v)), 4) for m, v in per_method.items()
+        },
         "tiles_per_slide_median": int(np.median([len(read_tiles_file(p)) for p in tiles_files])),
-        "big_bag": big_bag_explain(out / "runs" / "device", methods,
-                                   args.big_bag, device),
+        "big_bag": big_bag_explain(out / "runs" / "device", methods, args.big_bag, device),
     }
     segment = QUICK_SEGMENT if args.quick else {}
     segmenter = out / "segmenter"
-    seconds["segment_train"] = cli(log, "segment-train", "--slides", str(cohort / "slides"),
-                                   "--annotations", str(cohort / "annotations"), "--labels",
-                                   str(labels), "--split", "train", "--model", str(segmenter),
-                                   "--device", device, *SEGMENTER,
-                                   *(QUICK_SEGMENTER if args.quick else
-                                     ["--epochs", "15", "--tiles-per-slide", "48"]))
+    seconds["segment_train"] = cli(
+        log,
+        "segment-train",
+        "--slides",
+        str(cohort / "slides"),
+        "--annotations",
+        str(cohort / "annotations"),
+        "--labels",
+        str(labels),
+        "--split",
+        "train",
+        "--model",
+        str(segmenter),
+        "--device",
+        device,
+        *SEGMENTER,
+        *(QUICK_SEGMENTER if args.quick else ["--epochs", "15", "--tiles-per-slide", "48"]),
+    )
     segmented = out / "segment_out"
-    seconds["segment"] = cli(log, "segment", "--predictions",
-                             str(out / "predictions" / "device" / "predictions"), "--model",
-                             str(segmenter), "--out", str(segmented), "--device", device,
-                             "--attention-threshold", "0.5", *[
-                                 f"--{k.replace('_', '-')}={v}" for k, v in segment.items()])
-    summaries = [json.loads(p.read_text())
-                 for p in sorted(segmented.glob("segment/*/segment.json"))]
+    seconds["segment"] = cli(
+        log,
+        "segment",
+        "--predictions",
+        str(out / "predictions" / "device" / "predictions"),
+        "--model",
+        str(segmenter),
+        "--out",
+        str(segmented),
+        "--device",
+        device,
+        "--attention-threshold",
+        "0.5",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in segment.items()],
+    )
+    summaries = [
+        json.loads(p.read_text()) for p in sorted(segmented.glob("segment/*/segment.json"))
+    ]
     results["segment"] = {
-        "net": "attention_unet", "slides": len(summaries),
+        "net": "attention_unet",
+        "slides": len(summaries),
         "cli_seconds_per_slide": round(seconds["segment"] / max(1, len(summaries)), 3),
         "seconds_per_slide_median": round(float(np.median([s["seconds"] for s in summaries])), 3),
         "tiles_segmented_median": int(np.median([s["tiles_segmented"] for s in summaries])),
@@ -385,8 +584,9 @@ def main() -> int:
     results["cli_seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     write_results(results, args.json)  # before the big slide, which may not finish in time
     if args.big_slide is not None:
-        results["segment"]["big_slide"] = big_slide_segment(args.big_slide, segmenter, out,
-                                                             args.lesion_mm, device, segment)
+        results["segment"]["big_slide"] = big_slide_segment(
+            args.big_slide, segmenter, out, args.lesion_mm, device, segment
+        )
         write_results(results, args.json)
     print(json.dumps(results, indent=2))
     return 0

@@ -73,8 +73,9 @@ def ensure_slide(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         cx, cy, rx, ry = (f * SIDE for f in TISSUE)
         print(f"writing the {SIDE} px benchmark slide to {path} (once)", flush=True)
-        write_pyramidal_tiff(path, SIDE, SIDE, MPP, shapes_render([Ellipse(cx, cy, rx, ry)]),
-                             quality=80)
+        write_pyramidal_tiff(
+            path, SIDE, SIDE, MPP, shapes_render([Ellipse(cx, cy, rx, ry)]), quality=80
+        )
     return path
 
 
@@ -91,27 +92,46 @@ def make_prediction(slide_path: Path):
     centres = coords + TILE_LEVEL0 / 2
     coords = coords[contains_xy(tissue_polygon(), centres[:, 0], centres[:, 1])]
     rng = np.random.default_rng(0)
-    field = cv2.resize(rng.normal(size=(20, 20)).astype(np.float32), (len(xs), len(xs)),
-                       interpolation=cv2.INTER_CUBIC)
+    field = cv2.resize(
+        rng.normal(size=(20, 20)).astype(np.float32),
+        (len(xs), len(xs)),
+        interpolation=cv2.INTER_CUBIC,
+    )
     cells = coords // STRIDE
     attention = field[cells[:, 1], cells[:, 0]] + 0.3 * rng.normal(size=len(coords))
     lesion = np.zeros(len(coords))
     for fx, fy, fr in ((0.3, 0.4, 0.06), (0.62, 0.55, 0.09), (0.45, 0.72, 0.03)):
-        d = np.hypot(coords[:, 0] + TILE_LEVEL0 / 2 - fx * SIDE,
-                     coords[:, 1] + TILE_LEVEL0 / 2 - fy * SIDE)
+        d = np.hypot(
+            coords[:, 0] + TILE_LEVEL0 / 2 - fx * SIDE, coords[:, 1] + TILE_LEVEL0 / 2 - fy * SIDE
+        )
         lesion = np.maximum(lesion, np.clip((fr * SIDE - d) / (0.015 * SIDE), 0, 1))
     attention = (attention + 4 * lesion).astype(np.float32)
     prob = np.clip(0.05 + 0.9 * lesion + 0.05 * rng.normal(size=len(coords)), 0, 1)
-    attrs = {"slide_path": str(slide_path), "slide_width": SIDE, "slide_height": SIDE,
-             "slide_mpp": MPP, "tile_size_level0": float(TILE_LEVEL0), "stride": float(STRIDE),
-             "tile_size": TILE_LEVEL0, "target_mpp": MPP, "read_level": 0,
-             "read_downsample": 1.0, "threshold": 0.5, "negative_class": "normal"}
+    attrs = {
+        "slide_path": str(slide_path),
+        "slide_width": SIDE,
+        "slide_height": SIDE,
+        "slide_mpp": MPP,
+        "tile_size_level0": float(TILE_LEVEL0),
+        "stride": float(STRIDE),
+        "tile_size": TILE_LEVEL0,
+        "target_mpp": MPP,
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "threshold": 0.5,
+        "negative_class": "normal",
+    }
     return SlidePrediction(
-        slide_id="bench", coords=coords, attention=attention,
+        slide_id="bench",
+        coords=coords,
+        attention=attention,
         attention_norm=normalise_attention(attention),
         tile_probs=np.stack([1 - prob, prob], axis=1).astype(np.float32),
-        probs=np.array([0.1, 0.9], np.float32), class_names=["normal", "tumor"],
-        predicted_label="tumor", attrs=attrs)
+        probs=np.array([0.1, 0.9], np.float32),
+        class_names=["normal", "tumor"],
+        predicted_label="tumor",
+        attrs=attrs,
+    )
 
 
 def run_ours(slide_path: Path, out: Path, size: int) -> dict:
@@ -127,8 +147,14 @@ def run_ours(slide_path: Path, out: Path, size: int) -> dict:
     slide = open_slide(slide_path)
     grid = TileGrid.from_coords(prediction.coords, SlideGeometry.from_attrs(prediction.attrs))
     thumbnail = ThumbnailStrips(slide, max_side=size, strip_pixels=STREAM_STRIP_PIXELS)
-    write_overlay_png(out / f"overlay_ours_{size}.png", prediction, thumbnail,
-                      HeatmapParams(max_side=size), tissue, grid)
+    write_overlay_png(
+        out / f"overlay_ours_{size}.png",
+        prediction,
+        thumbnail,
+        HeatmapParams(max_side=size),
+        tissue,
+        grid,
+    )
     slide.close()
     return result(start, baseline, prediction)
 
@@ -155,8 +181,8 @@ def run_naive(slide_path: Path, out: Path, size: int) -> dict:
     counter = np.zeros((height, width), dtype=np.uint16)
     patch = int(np.ceil(TILE_LEVEL0 / ds))
     for (x, y), score in zip(np.ceil(prediction.coords / ds).astype(int), scores):
-        overlay[y:y + patch, x:x + patch] += score
-        counter[y:y + patch, x:x + patch] += 1
+        overlay[y : y + patch, x : x + patch] += score
+        counter[y : y + patch, x : x + patch] += 1
     painted = counter > 0
     overlay[painted] /= counter[painted]
     del counter
@@ -180,9 +206,10 @@ def run_clam(slide_path: Path, out: Path, size: int, clam: Path) -> dict:
     try:
         from wsi_core.WholeSlideImage import WholeSlideImage
     except ImportError as exc:
-        raise SystemExit(f"--clam {clam}: cannot import CLAM's wsi_core.WholeSlideImage ({exc}); "
-                         f"give the root of a CLAM checkout with its requirements installed"
-                         ) from exc
+        raise SystemExit(
+            f"--clam {clam}: cannot import CLAM's wsi_core.WholeSlideImage ({exc}); "
+            f"give the root of a CLAM checkout with its requirements installed"
+        ) from exc
     prediction = make_prediction(slide_path)
     tissue = tissue_polygon()
     contour = np.asarray(tissue.exterior.coords, dtype=np.int32).reshape(-1, 1, 2)
@@ -194,35 +221,65 @@ def run_clam(slide_path: Path, out: Path, size: int, clam: Path) -> dict:
     # the level of the output size (create_heatmaps.py: heatmap_args.vis_level)
     vis_level = int(np.argmin([abs(d[0] - SIDE / size) for d in wsi.level_downsamples]))
     heatmap = wsi.visHeatmap(
-        scores=scores, coords=prediction.coords.copy(), vis_level=vis_level,
-        cmap="jet", alpha=0.4, convert_to_percentiles=True, blur=False, custom_downsample=1,
-        binarize=False, blank_canvas=False, thresh=-1, patch_size=(TILE_LEVEL0, TILE_LEVEL0),
-        overlap=0.5, top_left=None, bot_right=None)
+        scores=scores,
+        coords=prediction.coords.copy(),
+        vis_level=vis_level,
+        cmap="jet",
+        alpha=0.4,
+        convert_to_percentiles=True,
+        blur=False,
+        custom_downsample=1,
+        binarize=False,
+        blank_canvas=False,
+        thresh=-1,
+        patch_size=(TILE_LEVEL0, TILE_LEVEL0),
+        overlap=0.5,
+        top_left=None,
+        bot_right=None,
+    )
     heatmap.save(out / f"overlay_clam_{size}.jpg", quality=100)  # save_ext: jpg
     return result(start, baseline, prediction)
 
 
 def result(start: float, baseline: float, prediction) -> dict:
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": rss_mb(),
-            "baseline_rss_mb": baseline, "tiles": len(prediction.coords)}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": rss_mb(),
+        "baseline_rss_mb": baseline,
+        "tiles": len(prediction.coords),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2560, 10240],
-                        help="longest side of the overlay in px (the slide is 40 960 px)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[2560, 10240],
+        help="longest side of the overlay in px (the slide is 40 960 px)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each renderer")
-    parser.add_argument("--clam", type=Path, default=None,
-                        help="root of a CLAM checkout: also measure CLAM's own visHeatmap")
-    parser.add_argument("--slide-dir", type=Path,
-                        default=Path(tempfile.gettempdir()) / "wsi_mil_bench",
-                        help="where the generated slide is written once and reused")
+    parser.add_argument(
+        "--clam",
+        type=Path,
+        default=None,
+        help="root of a CLAM checkout: also measure CLAM's own visHeatmap",
+    )
+    parser.add_argument(
+        "--slide-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "wsi_mil_bench",
+        help="where the generated slide is written once and reused",
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep the pictures here")
     parser.add_argument("--run", choices=RENDERERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clam is not None and not (args.clam / "wsi_core" / "WholeSlideImage.py").is_file():
-        parser.error(f"--clam {args.clam}: no wsi_core/WholeSlideImage.py there (give the root "
-                     f"of a CLAM checkout)")
+        parser.error(
+            f"--clam {args.clam}: no wsi_core/WholeSlideImage.py there (give the root "
+            f"of a CLAM checkout)"
+        )
     slide = ensure_slide(args.slide_dir)
     if args.run:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -234,21 +291,37 @@ def main() -> int:
         print(json.dumps(measured))
         return 0
     modes = [m for m in RENDERERS if m != "clam" or args.clam is not None]
-    labels = {"ours": "wsi-mil overlay.png (streamed)",
-              "naive": "naive (full arrays at the output level)",
-              "clam": "CLAM WholeSlideImage.visHeatmap"}
+    labels = {
+        "ours": "wsi-mil overlay.png (streamed)",
+        "naive": "naive (full arrays at the output level)",
+        "clam": "CLAM WholeSlideImage.visHeatmap",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        print(f"slide {SIDE} x {SIDE} px at {MPP} µm/px, tiles of {TILE_LEVEL0} level-0 px "
-              f"every {STRIDE} px; best of {args.repeat} runs each")
-        print(f"{'size':>6} {'renderer':<42} {'seconds':>8} {'peak RSS MB':>12} "
-              f"{'above baseline MB':>18}")
+        print(
+            f"slide {SIDE} x {SIDE} px at {MPP} µm/px, tiles of {TILE_LEVEL0} level-0 px "
+            f"every {STRIDE} px; best of {args.repeat} runs each"
+        )
+        print(
+            f"{'size':>6} {'renderer':<42} {'seconds':>8} {'peak RSS MB':>12} "
+            f"{'above baseline MB':>18}"
+        )
         for size in args.sizes:
             runs: dict[str, list[dict]] = {mode: [] for mode in modes}
             for _ in range(args.repeat):  # alternate, so machine load hits all alike
                 for mode in modes:
-                    cmd = [sys.executable, __file__, "--run", mode, "--out", str(out),
-                           "--sizes", str(size), "--slide-dir", str(args.slide_dir)]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--run",
+                        mode,
+                        "--out",
+                        str(out),
+                        "--sizes",
+                        str(size),
+                        "--slide-dir",
+                        str(args.slide_dir),
+                    ]
                     if args.clam is not None:
                         cmd += ["--clam", str(args.clam)]
                     proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
@@ -259,15 +332,19 @@ def main() -> int:
             # the fastest run of each (the least disturbed by other load)
             best = {mode: min(r, key=lambda run: run["seconds"]) for mode, r in runs.items()}
             for mode, r in best.items():
-                print(f"{size:>6} {labels[mode]:<42} {r['seconds']:>8.2f} "
-                      f"{r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] - r['baseline_rss_mb']:>18.0f}")
+                print(
+                    f"{size:>6} {labels[mode]:<42} {r['seconds']:>8.2f} "
+                    f"{r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] - r['baseline_rss_mb']:>18.0f}"
+                )
             ours = best["ours"]
             for mode in modes[1:]:
                 other = best[mode]
                 work = [max(r["peak_rss_mb"] - r["baseline_rss_mb"], 1.0) for r in (ours, other)]
-                print(f"{size:>6} against {mode}: {other['seconds'] / ours['seconds']:.1f}x "
-                      f"faster, {other['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x less peak RSS, "
-                      f"{work[1] / work[0]:.1f}x less above baseline ({ours['tiles']} tiles)")
+                print(
+                    f"{size:>6} against {mode}: {other['seconds'] / ours['seconds']:.1f}x "
+                    f"faster, {other['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x less peak RSS, "
+                    f"{work[1] / work[0]:.1f}x less above baseline ({ours['tiles']} tiles)"
+                )
     return 0
 
 

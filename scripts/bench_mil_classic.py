@@ -97,11 +97,22 @@ BASELINE_STEPS = 30
 
 def protocol(model: str, args: argparse.Namespace) -> TrainParams:
     """The training settings of the protocol, as the library's own parameters."""
-    return TrainParams(model=model, hidden_dims=tuple(args.hidden_dims), attention_dim=64,
-                       dropout=args.dropout, optimizer=args.optimizer, lr=5e-4,
-                       weight_decay=args.weight_decay, schedule="none", epochs=args.epochs,
-                       monitor="none", class_weighting=False, seg_weight=0.0, bootstrap=0,
-                       device="cpu")
+    return TrainParams(
+        model=model,
+        hidden_dims=tuple(args.hidden_dims),
+        attention_dim=64,
+        dropout=args.dropout,
+        optimizer=args.optimizer,
+        lr=5e-4,
+        weight_decay=args.weight_decay,
+        schedule="none",
+        epochs=args.epochs,
+        monitor="none",
+        class_weighting=False,
+        seg_weight=0.0,
+        bootstrap=0,
+        device="cpu",
+    )
 
 
 def load_mil_dataset(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -121,8 +132,9 @@ def load_mil_dataset(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
     return bags, np.asarray(labels)
 
 
-def cv_splits(labels: np.ndarray, seed: int,
-              hold_out_val: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def cv_splits(
+    labels: np.ndarray, seed: int, hold_out_val: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(fit, validation, test) bag indices of the 10 stratified folds of one seed.
 
     Validation (a stratified ninth of the training part) is empty unless ``hold_out_val``.
@@ -144,7 +156,9 @@ def scaled(x: torch.Tensor, mask: torch.Tensor, fit: np.ndarray, scaling: str) -
     every real instance (``dataset``, MI-Net's) or of the training bags ``fit`` (``train``)."""
     if scaling == "none":
         return x
-    inst = x[mask] if scaling == "dataset" else x[torch.from_numpy(fit)][mask[torch.from_numpy(fit)]]
+    inst = (
+        x[mask] if scaling == "dataset" else x[torch.from_numpy(fit)][mask[torch.from_numpy(fit)]]
+    )
     return (x - inst.mean(0)) / (inst.std(0) + 1e-6) * mask.unsqueeze(-1)
 
 
@@ -153,8 +167,8 @@ def pad_bags(bags: list[np.ndarray], n: int) -> tuple[torch.Tensor, torch.Tensor
     x = torch.zeros(len(bags), n, bags[0].shape[1])
     mask = torch.zeros(len(bags), n, dtype=torch.bool)
     for i, b in enumerate(bags):
-        x[i, :len(b)] = torch.from_numpy(b)
-        mask[i, :len(b)] = True
+        x[i, : len(b)] = torch.from_numpy(b)
+        mask[i, : len(b)] = True
     return x, mask
 
 
@@ -166,15 +180,21 @@ def stacked_leaves(models: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
     :func:`library_state` turns them back into state dicts' layout.
     """
     stacked, _ = stack_module_state(models)
-    return {name: (value.transpose(1, 2).contiguous() if name.endswith(".weight") else value)
-            .detach().requires_grad_() for name, value in stacked.items()}
+    return {
+        name: (value.transpose(1, 2).contiguous() if name.endswith(".weight") else value)
+        .detach()
+        .requires_grad_()
+        for name, value in stacked.items()
+    }
 
 
 def library_state(leaves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stacked state dicts ``{name: [M, ...]}`` in the library's layout, from
     :func:`stacked_leaves`."""
-    return {name: (value.transpose(1, 2) if name.endswith(".weight") else value).detach()
-            for name, value in leaves.items()}
+    return {
+        name: (value.transpose(1, 2) if name.endswith(".weight") else value).detach()
+        for name, value in leaves.items()
+    }
 
 
 def dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -188,9 +208,15 @@ def dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return h * (torch.rand_like(h) >= p) * (1.0 / (1.0 - p))
 
 
-def stacked_logits(leaves: dict[str, torch.Tensor], model_name: str, n_hidden: int,
-                   x: torch.Tensor, mask: torch.Tensor, p_drop: float,
-                   training: bool) -> torch.Tensor:
+def stacked_logits(
+    leaves: dict[str, torch.Tensor],
+    model_name: str,
+    n_hidden: int,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    p_drop: float,
+    training: bool,
+) -> torch.Tensor:
     """Slide logits ``[M, B, 2]`` of ``M`` stacked ``abmil``/``gated_abmil`` networks.
 
     ``leaves`` come from :func:`stacked_leaves`; ``x`` ``[M, B, N, D]`` and ``mask``
@@ -216,8 +242,9 @@ def stacked_logits(leaves: dict[str, torch.Tensor], model_name: str, n_hidden: i
     return linear(pooled, "classifier")
 
 
-def library_models(model_name: str, params: TrainParams, in_dim: int,
-                   seeds: list[int]) -> list[torch.nn.Module]:
+def library_models(
+    model_name: str, params: TrainParams, in_dim: int, seeds: list[int]
+) -> list[torch.nn.Module]:
     """One library model per seed, initialised as :func:`wsi_mil.mil.train.train_folds` does."""
     models = []
     for seed in seeds:
@@ -226,8 +253,9 @@ def library_models(model_name: str, params: TrainParams, in_dim: int,
     return models
 
 
-def stacked_optimizer(leaves: dict[str, torch.Tensor],
-                      params: TrainParams) -> torch.optim.Optimizer:
+def stacked_optimizer(
+    leaves: dict[str, torch.Tensor], params: TrainParams
+) -> torch.optim.Optimizer:
     """The library's optimiser (:func:`wsi_mil.mil.train.make_optimizer`) over the stacked
     parameters of every network, fused: one kernel for the whole update (per step of the 150
     stacked networks, one thread: SGD 14 ms fused against 57 ``foreach``, Adam 9x faster than
@@ -235,8 +263,13 @@ def stacked_optimizer(leaves: dict[str, torch.Tensor],
     return make_optimizer(leaves.values(), params, fused=True)
 
 
-def check_stacked_forward(models: list[torch.nn.Module], leaves: dict[str, torch.Tensor],
-                          model_name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
+def check_stacked_forward(
+    models: list[torch.nn.Module],
+    leaves: dict[str, torch.Tensor],
+    model_name: str,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+) -> None:
     """Fail loudly unless :func:`stacked_logits` equals the library models' own forward."""
     n_hidden = len(models[0].hparams["hidden_dims"])
     with torch.no_grad():
@@ -249,9 +282,15 @@ def check_stacked_forward(models: list[torch.nn.Module], leaves: dict[str, torch
             raise RuntimeError(f"stacked forward differs from {model_name} (network {i})")
 
 
-def one_by_one_cpu_s(models: list[torch.nn.Module], params: TrainParams, xs: torch.Tensor,
-                     masks: torch.Tensor, ys: torch.Tensor, fit_idx: torch.Tensor,
-                     epochs: int) -> float:
+def one_by_one_cpu_s(
+    models: list[torch.nn.Module],
+    params: TrainParams,
+    xs: torch.Tensor,
+    masks: torch.Tensor,
+    ys: torch.Tensor,
+    fit_idx: torch.Tensor,
+    epochs: int,
+) -> float:
     """CPU-seconds the same training would take one network at a time: the baseline.
 
     Measured on :data:`BASELINE_STEPS` per-bag steps of two library models with the library's
@@ -276,9 +315,12 @@ def one_by_one_cpu_s(models: list[torch.nn.Module], params: TrainParams, xs: tor
     return per_step * len(models) * fit_idx.shape[1] * epochs
 
 
-def run_cvs(datasets: dict[str, tuple[list[np.ndarray], np.ndarray]], model_name: str,
-            seeds: list[int], args: argparse.Namespace
-            ) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+def run_cvs(
+    datasets: dict[str, tuple[list[np.ndarray], np.ndarray]],
+    model_name: str,
+    seeds: list[int],
+    args: argparse.Namespace,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
     """Test accuracy per data set and seed (each a full 10-fold CV), all networks together.
 
     Returns ``{dataset: {rule: [accuracy per seed]}}``, the rule ``last_epoch`` (the protocol)
@@ -297,8 +339,9 @@ def run_cvs(datasets: dict[str, tuple[list[np.ndarray], np.ndarray]], model_name
                 masks.append(mask)
                 ys.append(torch.from_numpy(labels).long())
     xs, masks, ys = torch.stack(xs), torch.stack(masks), torch.stack(ys)  # [M, B, ...]
-    models = library_models(model_name, params, xs.shape[-1],
-                            [seed * 100 + fold for _, seed, fold, *_ in jobs])
+    models = library_models(
+        model_name, params, xs.shape[-1], [seed * 100 + fold for _, seed, fold, *_ in jobs]
+    )
     leaves = stacked_leaves(models)
     check_stacked_forward(models, leaves, model_name, xs, masks)
     n_hidden = len(params.hidden_dims)
@@ -321,9 +364,15 @@ def run_cvs(datasets: dict[str, tuple[list[np.ndarray], np.ndarray]], model_name
             bag = fit_idx[rows, order[:, step]]
             bag_mask = masks[rows, bag]
             n = int(bag_mask.sum(1).max())
-            logits = stacked_logits(leaves, model_name, n_hidden,
-                                    xs[rows, bag, :n].unsqueeze(1),
-                                    bag_mask[:, :n].unsqueeze(1), params.dropout, True)[:, 0]
+            logits = stacked_logits(
+                leaves,
+                model_name,
+                n_hidden,
+                xs[rows, bag, :n].unsqueeze(1),
+                bag_mask[:, :n].unsqueeze(1),
+                params.dropout,
+                True,
+            )[:, 0]
             loss = F.cross_entropy(logits, ys[rows, bag], reduction="sum")
             opt.zero_grad()
             loss.backward()
@@ -331,22 +380,32 @@ def run_cvs(datasets: dict[str, tuple[list[np.ndarray], np.ndarray]], model_name
         if not args.val_rules and epoch < args.epochs - 1:
             continue  # the protocol looks at the last epoch only
         with torch.no_grad():
-            logits = stacked_logits(leaves, model_name, n_hidden, xs[rows[:, None], eval_idx],
-                                    masks[rows[:, None], eval_idx], 0.0, False)
+            logits = stacked_logits(
+                leaves,
+                model_name,
+                n_hidden,
+                xs[rows[:, None], eval_idx],
+                masks[rows[:, None], eval_idx],
+                0.0,
+                False,
+            )
             target = ys[rows[:, None], eval_idx]
             if n_val:
-                val_loss[epoch] = F.cross_entropy(logits[:, :n_val].permute(0, 2, 1),
-                                                  target[:, :n_val], reduction="none").mean(1)
+                val_loss[epoch] = F.cross_entropy(
+                    logits[:, :n_val].permute(0, 2, 1), target[:, :n_val], reduction="none"
+                ).mean(1)
             test_ok[epoch] = (logits.argmax(-1) == target).numpy()[:, n_val:]
     timing = {"stacked_cpu_s": time.process_time() - train_start, "one_by_one_cpu_s": baseline_s}
     out: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for rule in (VAL_RULES if args.val_rules else ("last_epoch",)):
+    for rule in VAL_RULES if args.val_rules else ("last_epoch",):
         epochs = np.array([chosen_epoch(val_loss[:, j], rule) for j in range(len(jobs))])
         correct = test_ok[epochs, np.arange(len(jobs))].sum(1)
         for name, (_, labels) in datasets.items():
             mine = np.array([j[0] == name for j in jobs])
-            out[name][rule] = [float(correct[mine & np.array([j[1] == s for j in jobs])].sum()
-                                     / len(labels)) for s in seeds]
+            out[name][rule] = [
+                float(correct[mine & np.array([j[1] == s for j in jobs])].sum() / len(labels))
+                for s in seeds
+            ]
             out[name][rule + ":mean_epoch"] = [float(epochs[mine].mean() + 1)]
     return out, timing
 
@@ -367,14 +426,21 @@ def chosen_epoch(val_loss: np.ndarray, rule: str) -> int:
 
 
 def print_table(results: dict[str, dict[str, dict[str, list[float]]]], title: str) -> None:
-    print(f"\n{title}\n(ours: mean ± std over seeds [SEM]; published: Ilse et al. 2018 "
-          f"Table 1, mean ± SEM; 'within': ours >= published - published SEM)")
-    rules = [r for r in next(iter(next(iter(results.values())).values()))
-             if not r.endswith(":mean_epoch")]
+    print(
+        f"\n{title}\n(ours: mean ± std over seeds [SEM]; published: Ilse et al. 2018 "
+        f"Table 1, mean ± SEM; 'within': ours >= published - published SEM)"
+    )
+    rules = [
+        r
+        for r in next(iter(next(iter(results.values())).values()))
+        if not r.endswith(":mean_epoch")
+    ]
     for rule in rules:
         print(f"\nepoch kept: {rule}")
-        print(f"{'dataset':9s} {'model':12s} {'seeds':>5s} {'ours':>22s} {'published':>14s}"
-              f"  within  mean epoch")
+        print(
+            f"{'dataset':9s} {'model':12s} {'seeds':>5s} {'ours':>22s} {'published':>14s}"
+            f"  within  mean epoch"
+        )
         for dataset, per_model in results.items():
             for model_name, per_rule in per_model.items():
                 accs = per_rule[rule]
@@ -383,9 +449,11 @@ def print_table(results: dict[str, dict[str, dict[str, list[float]]]], title: st
                 sem = std / np.sqrt(len(accs))
                 pub, pub_err = PUBLISHED[dataset][model_name]
                 ok = "yes" if mean >= pub - pub_err else "NO"
-                print(f"{dataset:9s} {model_name:12s} {len(accs):5d} {mean:8.3f} ± {std:.3f} "
-                      f"[{sem:.3f}] {pub:8.3f} ± {pub_err:.3f}  {ok:6s}  "
-                      f"{per_rule[rule + ':mean_epoch'][0]:5.1f}")
+                print(
+                    f"{dataset:9s} {model_name:12s} {len(accs):5d} {mean:8.3f} ± {std:.3f} "
+                    f"[{sem:.3f}] {pub:8.3f} ± {pub_err:.3f}  {ok:6s}  "
+                    f"{per_rule[rule + ':mean_epoch'][0]:5.1f}"
+                )
 
 
 def main() -> int:
@@ -395,25 +463,51 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--weight-decay", type=float, default=5e-3)
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
-                        help="SGD with Nesterov momentum 0.9 (MI-Net's) or Adam (this script's "
-                             "earlier choice), lr 5e-4 either way")
-    parser.add_argument("--dropout", type=float, default=0.5,
-                        help="dropout after each hidden layer and in the attention network "
-                             "(MI-Net's rate; the library's default is 0.25)")
-    parser.add_argument("--val-rules", action="store_true",
-                        help="hold out a ninth of each training part and report the epoch "
-                             "choices of VAL_RULES instead of the protocol")
-    parser.add_argument("--hidden-dims", type=int, nargs="+", default=[256, 128],
-                        help="widths of the instance network's hidden layers")
-    parser.add_argument("--scaling", choices=("none", "dataset", "train"), default="none",
-                        help="features as given (none), or z-scored with the statistics of "
-                             "all instances (dataset, MI-Net) or of the training part (train)")
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="SGD with Nesterov momentum 0.9 (MI-Net's) or Adam (this script's "
+        "earlier choice), lr 5e-4 either way",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.5,
+        help="dropout after each hidden layer and in the attention network "
+        "(MI-Net's rate; the library's default is 0.25)",
+    )
+    parser.add_argument(
+        "--val-rules",
+        action="store_true",
+        help="hold out a ninth of each training part and report the epoch "
+        "choices of VAL_RULES instead of the protocol",
+    )
+    parser.add_argument(
+        "--hidden-dims",
+        type=int,
+        nargs="+",
+        default=[256, 128],
+        help="widths of the instance network's hidden layers",
+    )
+    parser.add_argument(
+        "--scaling",
+        choices=("none", "dataset", "train"),
+        default="none",
+        help="features as given (none), or z-scored with the statistics of "
+        "all instances (dataset, MI-Net) or of the training part (train)",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=None,
-                        help="write results here after every model")
-    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
-                        help="only print the table of results written by earlier runs")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write results here after every model"
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only print the table of results written by earlier runs",
+    )
     args = parser.parse_args()
     if args.from_json:
         merged: dict = {}
@@ -432,23 +526,42 @@ def main() -> int:
         for dataset in args.datasets:
             results[dataset][model_name] = per_dataset[dataset]
             rule = next(iter(per_dataset[dataset]))
-            print(f"{dataset:9s} {model_name:12s} {np.mean(per_dataset[dataset][rule]):.3f} "
-                  f"({time.time() - start:.0f} s, {time.process_time() - cpu_start:.0f} "
-                  f"CPU-s)", file=sys.stderr, flush=True)
+            print(
+                f"{dataset:9s} {model_name:12s} {np.mean(per_dataset[dataset][rule]):.3f} "
+                f"({time.time() - start:.0f} s, {time.process_time() - cpu_start:.0f} "
+                f"CPU-s)",
+                file=sys.stderr,
+                flush=True,
+            )
         if args.json:
-            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "results": results, "timings": timings}, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "args": {k: str(v) for k, v in vars(args).items()},
+                        "results": results,
+                        "timings": timings,
+                    },
+                    indent=2,
+                )
+            )
     cpu_min = (time.process_time() - cpu_start) / 60
-    print_table(results, f"10-fold CV x {args.seeds} seeds, {time.time() - start:.0f} s wall, "
-                         f"{cpu_min:.1f} CPU-minutes, {args.threads} thread(s); {args.optimizer}, "
-                         f"dropout {args.dropout}, weight decay {args.weight_decay}, "
-                         f"{args.epochs} epochs")
-    print("\ntraining speed (baseline: the same networks trained one at a time with the "
-          f"library's optimiser, timed on 2 x {BASELINE_STEPS} steps and scaled)")
+    print_table(
+        results,
+        f"10-fold CV x {args.seeds} seeds, {time.time() - start:.0f} s wall, "
+        f"{cpu_min:.1f} CPU-minutes, {args.threads} thread(s); {args.optimizer}, "
+        f"dropout {args.dropout}, weight decay {args.weight_decay}, "
+        f"{args.epochs} epochs",
+    )
+    print(
+        "\ntraining speed (baseline: the same networks trained one at a time with the "
+        f"library's optimiser, timed on 2 x {BASELINE_STEPS} steps and scaled)"
+    )
     for model_name, t in timings.items():
-        print(f"{model_name:12s} stacked {t['stacked_cpu_s'] / 60:6.1f} CPU-min, one at a time "
-              f"{t['one_by_one_cpu_s'] / 60:6.1f} CPU-min: "
-              f"{t['one_by_one_cpu_s'] / t['stacked_cpu_s']:.1f}x faster")
+        print(
+            f"{model_name:12s} stacked {t['stacked_cpu_s'] / 60:6.1f} CPU-min, one at a time "
+            f"{t['one_by_one_cpu_s'] / 60:6.1f} CPU-min: "
+            f"{t['one_by_one_cpu_s'] / t['stacked_cpu_s']:.1f}x faster"
+        )
     return 0
 
 

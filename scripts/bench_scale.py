@@ -39,8 +39,8 @@ def make_cohort(folder: Path, n: int, size: int) -> Path:
         radius = int(size * rng.uniform(0.25, 0.35))
 
         def render(x: int, y: int, w: int, h: int, cx=cx, cy=cy, radius=radius, i=i):
-            yy, xx = np.mgrid[y:y + h, x:x + w]
-            inside = (xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2
+            yy, xx = np.mgrid[y : y + h, x : x + w]
+            inside = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
             texture = ((xx // 7 + yy // 5 + i) % 3 * 25).astype(np.uint8)
             image = np.full((h, w, 3), 245, np.uint8)
             image[inside] = np.stack([200 - texture, 90 + texture, 170 - texture], -1)[inside]
@@ -63,13 +63,13 @@ def _pass(slides: list[Path], out: Path, executor) -> tuple[float, float]:
     start = time.perf_counter()
     assert not tile_slides(slides, out=out, params=TilingParams(), executor=executor).failed
     tiled = time.perf_counter()
-    assert not extract_slides(out / "tiles", out=out,
-                              params=ExtractParams(progress=False), executor=executor).failed
+    assert not extract_slides(
+        out / "tiles", out=out, params=ExtractParams(progress=False), executor=executor
+    ).failed
     return tiled - start, time.perf_counter() - tiled
 
 
-def run_stages(slides: Path, out: Path, executor,
-               warm: int) -> tuple[float, float, int, float]:
+def run_stages(slides: Path, out: Path, executor, warm: int) -> tuple[float, float, int, float]:
     """(tiling s, extraction s, tiles, start-up s) of one pass over the slides.
 
     The start-up (cluster and worker processes, imports, each worker loading its encoder) is
@@ -94,8 +94,12 @@ def scheduler_overhead(n_tasks: int) -> float:
     """Seconds of wall time per empty task through a running 2-worker LocalCluster."""
     from distributed import Client, LocalCluster, wait
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         wait(client.map(_noop, range(50), pure=False))  # warm up
         start = time.perf_counter()
         wait(client.map(_noop, range(n_tasks), pure=False))
@@ -107,8 +111,12 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=24)
     parser.add_argument("--size", type=int, default=2048, help="slide side in px (0.5 µm/px)")
     parser.add_argument("--noop", type=int, default=2000, help="empty tasks for the overhead")
-    parser.add_argument("--fs-gbps", type=float, default=5.0,
-                        help="assumed shared file system bandwidth, GB/s (projection only)")
+    parser.add_argument(
+        "--fs-gbps",
+        type=float,
+        default=5.0,
+        help="assumed shared file system bandwidth, GB/s (projection only)",
+    )
     args = parser.parse_args()
 
     from wsi_mil.config.executor import ClusterParams, ExecutorParams
@@ -120,37 +128,47 @@ def main() -> None:
         runs = {"local (1 process)": local}
         for n in (1, 2):
             executor = ExecutorParams(kind="dask", cluster=ClusterParams(n_workers=n))
-            runs[f"dask, {n} worker(s)"] = run_stages(slides, work / f"dask{n}", executor,
-                                                      warm=2 * n)
+            runs[f"dask, {n} worker(s)"] = run_stages(
+                slides, work / f"dask{n}", executor, warm=2 * n
+            )
         overhead = scheduler_overhead(args.noop)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     n, tiles = args.slides, local[2]
-    print(f"\nMEASURED on this machine: {n} slides of {args.size}x{args.size} px, "
-          f"{tiles} tiles in all ({tiles / n:.0f} per slide)\n")
+    print(
+        f"\nMEASURED on this machine: {n} slides of {args.size}x{args.size} px, "
+        f"{tiles} tiles in all ({tiles / n:.0f} per slide)\n"
+    )
     print("| run | start-up s | tile s/slide | extract s/slide | wall (tile+extract) s |")
     print("|---|---:|---:|---:|---:|")
     for name, (tile_s, extract_s, _, startup) in runs.items():
-        print(f"| {name} | {startup:.1f} | {tile_s / n:.3f} | {extract_s / n:.3f} | "
-              f"{tile_s + extract_s:.1f} |")
+        print(
+            f"| {name} | {startup:.1f} | {tile_s / n:.3f} | {extract_s / n:.3f} | "
+            f"{tile_s + extract_s:.1f} |"
+        )
     one = sum(runs["dask, 1 worker(s)"][:2])
     two = sum(runs["dask, 2 worker(s)"][:2])
     speedup = one / two
     print(f"\nspeed-up 1 -> 2 Dask workers: {speedup:.2f}x (efficiency {speedup / 2:.0%})")
-    print(f"scheduler overhead: {overhead * 1e3:.2f} ms per task "
-          f"({args.noop} empty tasks, 2 workers)")
+    print(
+        f"scheduler overhead: {overhead * 1e3:.2f} ms per task ({args.noop} empty tasks, 2 workers)"
+    )
 
     per_slide = (local[0] + local[1]) / n  # one worker's seconds per slide, both stages
     tasks_per_slide = 2  # one tiling task and one extraction task
     # bytes a slide's extraction reads: its tiles at 256 px RGB, JPEG ~ 1/10 of raw
     slide_bytes = tiles / n * 256 * 256 * 3 / 10
-    print(f"\nPROJECTION (not measured) for 10 000 slides like these: {per_slide:.2f} s of "
-          f"one worker per slide; scheduler {overhead * 1e3:.2f} ms per task, "
-          f"{tasks_per_slide} tasks per slide, handled one at a time; shared file system "
-          f"{args.fs_gbps:g} GB/s for ~{slide_bytes / 1e6:.2f} MB read per slide\n")
-    print("| workers | compute-bound h | scheduler-bound h | file-system-bound h | "
-          "projected h | limit |")
+    print(
+        f"\nPROJECTION (not measured) for 10 000 slides like these: {per_slide:.2f} s of "
+        f"one worker per slide; scheduler {overhead * 1e3:.2f} ms per task, "
+        f"{tasks_per_slide} tasks per slide, handled one at a time; shared file system "
+        f"{args.fs_gbps:g} GB/s for ~{slide_bytes / 1e6:.2f} MB read per slide\n"
+    )
+    print(
+        "| workers | compute-bound h | scheduler-bound h | file-system-bound h | "
+        "projected h | limit |"
+    )
     print("|---:|---:|---:|---:|---:|---|")
     total = 10_000
     for workers in (10, 100, 1000):
@@ -159,11 +177,15 @@ def main() -> None:
         filesystem = total * slide_bytes / (args.fs_gbps * 1e9)
         bound = max(compute, scheduler, filesystem)
         limit = {compute: "workers", scheduler: "scheduler", filesystem: "file system"}[bound]
-        print(f"| {workers} | {compute / 3600:.2f} | {scheduler / 3600:.3f} | "
-              f"{filesystem / 3600:.3f} | {bound / 3600:.2f} | {limit} |")
+        print(
+            f"| {workers} | {compute / 3600:.2f} | {scheduler / 3600:.3f} | "
+            f"{filesystem / 3600:.3f} | {bound / 3600:.2f} | {limit} |"
+        )
     stop = per_slide / (tasks_per_slide * overhead)
-    print(f"\nscaling stops (scheduler) near {stop:.0f} workers for this per-slide cost: "
-          f"beyond it the scheduler hands out tasks more slowly than workers finish them")
+    print(
+        f"\nscaling stops (scheduler) near {stop:.0f} workers for this per-slide cost: "
+        f"beyond it the scheduler hands out tasks more slowly than workers finish them"
+    )
 
 
 if __name__ == "__main__":

@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             encoder.encode(batch)
         encoder_ms = 1000 * (time.perf_counter() - start) / (args.repeat * len(batch))
-    print(f"slide {slide.name}: {len(indices)} tiles of 256 px at 0.5 µm/px -> 224 px, one "
-          f"process, 1 thread, best of {args.repeat}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"slide {slide.name}: {len(indices)} tiles of 256 px at 0.5 µm/px -> 224 px, one "
+        f"process, 1 thread, best of {args.repeat}; load average {os.getloadavg()[0]:.2f}"
+    )
     base = results["(a) read + resize"]
     for name, ms in results.items():
         print(f"{name:<20} {ms:7.2f} ms/tile   x{ms / base:5.2f} of (a)")

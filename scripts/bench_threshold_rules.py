@@ -41,8 +41,9 @@ def fold_records(run: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(run.glob("fold_*/training.json"))]
 
 
-def accuracies(run: Path, labels: dict[str, str], positive: str) -> tuple[dict[str, float],
-                                                                           dict[str, int]]:
+def accuracies(
+    run: Path, labels: dict[str, str], positive: str
+) -> tuple[dict[str, float], dict[str, int]]:
     """Mean test accuracy over folds under each rule, and how often the nested check kept
     Youden's J or 0.5."""
     records = fold_records(run)
@@ -50,21 +51,39 @@ def accuracies(run: Path, labels: dict[str, str], positive: str) -> tuple[dict[s
     def y(ids: list[str]) -> np.ndarray:
         return np.array([labels[s] == positive for s in ids], dtype=int)
 
-    args = ([r["val"]["slide_ids"] for r in records], [y(r["val"]["slide_ids"]) for r in records],
-            [np.asarray(r["val"]["probs"]) for r in records],
-            [r["test"]["slide_ids"] for r in records], [r["fold"] for r in records], 0)
-    chosen = {"half": thresholds.fold_thresholds(*args, min_per_class=10**9),
-              "nested": thresholds.fold_thresholds(*args, min_per_class=MIN_VAL_PER_CLASS)}
-    with mock.patch.object(thresholds, "nested_rule",
-                           lambda ids, y_, p, s, n, cut, rule: (cut, rule)):
+    args = (
+        [r["val"]["slide_ids"] for r in records],
+        [y(r["val"]["slide_ids"]) for r in records],
+        [np.asarray(r["val"]["probs"]) for r in records],
+        [r["test"]["slide_ids"] for r in records],
+        [r["fold"] for r in records],
+        0,
+    )
+    chosen = {
+        "half": thresholds.fold_thresholds(*args, min_per_class=10**9),
+        "nested": thresholds.fold_thresholds(*args, min_per_class=MIN_VAL_PER_CLASS),
+    }
+    with mock.patch.object(
+        thresholds, "nested_rule", lambda ids, y_, p, s, n, cut, rule: (cut, rule)
+    ):
         chosen["youden"] = thresholds.fold_thresholds(*args, min_per_class=MIN_VAL_PER_CLASS)
     out = {}
     for rule in RULES:
-        out[rule] = float(np.mean([
-            np.mean((np.asarray(r["test"]["probs"])[:, 1] >= t.threshold)
-                    == y(r["test"]["slide_ids"])) for r, t in zip(records, chosen[rule])]))
-    kept = {"youden": sum(t.rule.startswith("Youden") for t in chosen["nested"]),
-            "0.5": sum(not t.rule.startswith("Youden") for t in chosen["nested"])}
+        out[rule] = float(
+            np.mean(
+                [
+                    np.mean(
+                        (np.asarray(r["test"]["probs"])[:, 1] >= t.threshold)
+                        == y(r["test"]["slide_ids"])
+                    )
+                    for r, t in zip(records, chosen[rule])
+                ]
+            )
+        )
+    kept = {
+        "youden": sum(t.rule.startswith("Youden") for t in chosen["nested"]),
+        "0.5": sum(not t.rule.startswith("Youden") for t in chosen["nested"]),
+    }
     return out, kept
 
 
@@ -73,12 +92,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_defaults"))
     parser.add_argument("--datasets", nargs="+", default=["fox", "tiger", "elephant"])
     parser.add_argument("--tag", default="defaults", help="runs named run_<tag>_s<seed>")
-    parser.add_argument("--fresh", type=int, nargs="*", default=[],
-                        help="seeds to summarise on their own as well")
+    parser.add_argument(
+        "--fresh", type=int, nargs="*", default=[], help="seeds to summarise on their own as well"
+    )
     args = parser.parse_args()
     kept_total = {"youden": 0, "0.5": 0}
-    print("set | " + " | ".join(RULES) + (" | fresh seeds: " + " | ".join(RULES)
-                                          if args.fresh else ""))
+    print(
+        "set | "
+        + " | ".join(RULES)
+        + (" | fresh seeds: " + " | ".join(RULES) if args.fresh else "")
+    )
     for name in args.datasets:
         with (args.workdir / name / "labels.csv").open(newline="") as f:
             labels = {row["slide_id"]: row["label"] for row in csv.DictReader(f)}
@@ -88,15 +111,24 @@ def main() -> None:
             by_seed[seed], kept = accuracies(run, labels, "pos")
             for key in kept:
                 kept_total[key] += kept[key]
-            print(f"  {name} seed {seed}: " + ", ".join(f"{r} {by_seed[seed][r]:.3f}"
-                                                         for r in RULES))
+            print(
+                f"  {name} seed {seed}: " + ", ".join(f"{r} {by_seed[seed][r]:.3f}" for r in RULES)
+            )
         mean = {r: np.mean([v[r] for v in by_seed.values()]) for r in RULES}
-        fresh = {r: np.mean([by_seed[s][r] for s in args.fresh if s in by_seed])
-                 for r in RULES} if args.fresh else {}
-        print(f"{name} ({len(by_seed)} runs) | " + " | ".join(f"{mean[r]:.3f}" for r in RULES)
-              + (" | " + " | ".join(f"{fresh[r]:.3f}" for r in RULES) if fresh else ""))
-    print(f"nested check: Youden's J kept in {kept_total['youden']} fold thresholds, 0.5 in "
-          f"{kept_total['0.5']}")
+        fresh = (
+            {r: np.mean([by_seed[s][r] for s in args.fresh if s in by_seed]) for r in RULES}
+            if args.fresh
+            else {}
+        )
+        print(
+            f"{name} ({len(by_seed)} runs) | "
+            + " | ".join(f"{mean[r]:.3f}" for r in RULES)
+            + (" | " + " | ".join(f"{fresh[r]:.3f}" for r in RULES) if fresh else "")
+        )
+    print(
+        f"nested check: Youden's J kept in {kept_total['youden']} fold thresholds, 0.5 in "
+        f"{kept_total['0.5']}"
+    )
 
 
 if __name__ == "__main__":

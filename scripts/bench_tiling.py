@@ -58,10 +58,21 @@ def generated_slide(cache: Path, size: int) -> Path:
     path = cache / f"camelyon_like_{size}px_0.25mpp.tif"
     if not path.exists():
         start = time.perf_counter()
-        write_pyramidal_tiff(path, size, size, 0.25, shapes_render(camelyon_like_shapes(size)),
-                             tile=256, compression="jpeg", quality=90)
-        print(f"generated {path.name}: {path.stat().st_size / 1e6:.0f} MB in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        write_pyramidal_tiff(
+            path,
+            size,
+            size,
+            0.25,
+            shapes_render(camelyon_like_shapes(size)),
+            tile=256,
+            compression="jpeg",
+            quality=90,
+        )
+        print(
+            f"generated {path.name}: {path.stat().st_size / 1e6:.0f} MB in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     return path
 
 
@@ -101,8 +112,17 @@ def child(mode: str, slide: str, out: str, mpp: float | None, repeat: int) -> No
 
 
 def measure(mode: str, slide: Path, out: Path, mpp: float | None, repeat: int) -> dict:
-    command = [sys.executable, __file__, "--child", mode, str(slide), str(out), str(mpp or ""),
-               "--repeat", str(repeat)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        str(slide),
+        str(out),
+        str(mpp or ""),
+        "--repeat",
+        str(repeat),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode:
         raise RuntimeError(f"{mode} {slide} failed:\n{done.stderr}")
@@ -112,11 +132,13 @@ def measure(mode: str, slide: Path, out: Path, mpp: float | None, repeat: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=50_000, help="generated slide side in px")
-    parser.add_argument("--cache", type=Path,
-                        default=Path(tempfile.gettempdir()) / "wsi-mil-bench-tiling")
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "wsi-mil-bench-tiling"
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--child", nargs=4, metavar=("MODE", "SLIDE", "OUT", "MPP"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=4, metavar=("MODE", "SLIDE", "OUT", "MPP"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         mode, slide, out, mpp = args.child
@@ -131,17 +153,22 @@ def main() -> None:
             slides.append((data / "slides" / name, mpp))
         else:
             print(f"(skipping {name}: not found under {data / 'slides'})")
-    header = (f"{'slide':40} {'tile s':>8} {'tiles':>7} {'peak MB':>8} {'floor s':>8} "
-              f"{'lvl':>3} {'ratio':>6}")
+    header = (
+        f"{'slide':40} {'tile s':>8} {'tiles':>7} {'peak MB':>8} {'floor s':>8} "
+        f"{'lvl':>3} {'ratio':>6}"
+    )
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as out:
         for slide, mpp in slides:
             floor = measure("floor", slide, Path(out), mpp, args.repeat)
             tiled = measure("tile", slide, Path(out), mpp, args.repeat)
-            print(f"{slide.name[:40]:40} {tiled['seconds']:8.3f} {tiled['tiles']:7d} "
-                  f"{tiled['peak_rss_mb']:8.0f} {floor['seconds']:8.3f} {floor['level']:3d} "
-                  f"{tiled['seconds'] / floor['seconds']:6.2f}", flush=True)
+            print(
+                f"{slide.name[:40]:40} {tiled['seconds']:8.3f} {tiled['tiles']:7d} "
+                f"{tiled['peak_rss_mb']:8.0f} {floor['seconds']:8.3f} {floor['level']:3d} "
+                f"{tiled['seconds'] / floor['seconds']:6.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

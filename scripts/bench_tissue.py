@@ -81,8 +81,10 @@ def small_fields(workdir: Path) -> list[Case]:
     cases = []
     for image in sorted((DATA / "ucsb_breast" / "images").glob("*.tif")):
         rgb = cv2.imread(str(image))
-        for corner, crop in (("tl", rgb[:SMALL_SIDE, :SMALL_SIDE]),
-                             ("br", rgb[-SMALL_SIDE:, -SMALL_SIDE:])):
+        for corner, crop in (
+            ("tl", rgb[:SMALL_SIDE, :SMALL_SIDE]),
+            ("br", rgb[-SMALL_SIDE:, -SMALL_SIDE:]),
+        ):
             path = folder / f"{image.stem}_{corner}.tif"
             if not path.is_file():
                 cv2.imwrite(str(path), np.ascontiguousarray(crop))
@@ -123,22 +125,26 @@ def measure(case: Case, out: Path, overrides: dict[str, Any]) -> dict[str, float
     if outputs.tiles.is_file():
         tiles_file = read_tiles_file(outputs.tiles)
         for x, y in tiles_file.coords:
-            tiles[int(y):int(np.ceil(y + size)), int(x):int(np.ceil(x + size))] = True
+            tiles[int(y) : int(np.ceil(y + size)), int(x) : int(np.ceil(x + size))] = True
         n_tiles = len(tiles_file)
     xs = grid_positions(width, size, stride, params.edge_tiles)
     ys = grid_positions(height, size, stride, params.edge_tiles)
     if xs.size and ys.size:
-        grid[:int(np.ceil(ys[-1] + size)), :int(np.ceil(xs[-1] + size))] = True
+        grid[: int(np.ceil(ys[-1] + size)), : int(np.ceil(xs[-1] + size))] = True
     ref_px = max(1, int(reference.sum()))
     tissue = tissue.astype(bool)
     return {
-        "set": case.set_name, "image": case.path.stem, "width": width, "height": height,
+        "set": case.set_name,
+        "image": case.path.stem,
+        "width": width,
+        "height": height,
         "reference_share": round(float(reference.mean()), 4),
         "mask": round(float((reference & tissue).sum() / ref_px), 4),
         "tiles": round(float((reference & tiles).sum() / ref_px), 4),
         "grid": round(float((reference & grid).sum() / ref_px), 4),
         "glass": round(float((tissue & ~reference).sum() / max(1, int(tissue.sum()))), 4),
-        "n_tiles": n_tiles, "error": error,
+        "n_tiles": n_tiles,
+        "error": error,
     }
 
 
@@ -159,22 +165,30 @@ def overrides(pairs: list[str]) -> dict[str, Any]:
 
 def cases(workdir: Path) -> list[Case]:
     slides = DATA / "slides"
-    ucsb = [Case("ucsb", p, UCSB_MPP)
-            for p in sorted((DATA / "ucsb_breast" / "images").glob("*.tif"))]
+    ucsb = [
+        Case("ucsb", p, UCSB_MPP) for p in sorted((DATA / "ucsb_breast" / "images").glob("*.tif"))
+    ]
     if not ucsb:
         raise SystemExit(f"{DATA / 'ucsb_breast' / 'images'}: no .tif images")
     found = ucsb + small_fields(workdir)
-    for set_name, name, mpp in (("cmu1", "CMU-1-Small-Region.svs", None),
-                                ("tcga", "TCGA-CR-7395-01A-01-TS1.svs", 0.5)):
+    for set_name, name, mpp in (
+        ("cmu1", "CMU-1-Small-Region.svs", None),
+        ("tcga", "TCGA-CR-7395-01A-01-TS1.svs", 0.5),
+    ):
         if (slides / name).is_file():
             found.append(Case(set_name, slides / name, mpp))
     return found
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = [("| set | images | 0 tiles | tissue in mask: mean (min) | tissue in kept tiles: "
-              "mean (min) | in the tile grid at all: mean | images with tiles >= 95 % | glass "
-              "in mask: mean |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| set | images | 0 tiles | tissue in mask: mean (min) | tissue in kept tiles: "
+            "mean (min) | in the tile grid at all: mean | images with tiles >= 95 % | glass "
+            "in mask: mean |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for set_name in dict.fromkeys(r["set"] for r in rows):
         group = [r for r in rows if r["set"] == set_name]
         mask = np.array([r["mask"] for r in group])
@@ -182,9 +196,11 @@ def summarise(rows: list[dict]) -> str:
         grid = np.array([r["grid"] for r in group])
         glass = np.array([r["glass"] for r in group])
         empty = sum(r["n_tiles"] == 0 for r in group)
-        lines.append(f"| {set_name} | {len(group)} | {empty} | {mask.mean():.1%} ({mask.min():.1%})"
-                     f" | {tiles.mean():.1%} ({tiles.min():.1%}) | {grid.mean():.1%} | "
-                     f"{int((tiles >= 0.95).sum())} | {glass.mean():.1%} |")
+        lines.append(
+            f"| {set_name} | {len(group)} | {empty} | {mask.mean():.1%} ({mask.min():.1%})"
+            f" | {tiles.mean():.1%} ({tiles.min():.1%}) | {grid.mean():.1%} | "
+            f"{int((tiles >= 0.95).sum())} | {glass.mean():.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -192,8 +208,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_bench_tissue"))
     parser.add_argument("--csv", type=Path, help="write the per-image figures here")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="a TilingParams field to change from its default (repeatable)")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TilingParams field to change from its default (repeatable)",
+    )
     args = parser.parse_args()
     changed = overrides(args.param)
     out = args.workdir / "out"

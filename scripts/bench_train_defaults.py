@@ -54,22 +54,48 @@ def write_dataset(name: str, root: Path) -> tuple[Path, Path]:
     rows = ["slide_id,label"]
     for i, (bag, label) in enumerate(zip(bags, labels)):
         slide_id = f"{name}_bag{i:03d}"
-        attrs = {"encoder": "corel", "encoder_dim": bag.shape[1], "weights": "none",
-                 "weights_sha256": "", "input_size": 0, "mean": [0.0], "std": [1.0],
-                 "dtype": "float32"}
-        write_bag(features_dir / f"{slide_id}.h5", bag.astype(np.float32),
-                  tiles_for(slide_id, len(bag)), attrs)
+        attrs = {
+            "encoder": "corel",
+            "encoder_dim": bag.shape[1],
+            "weights": "none",
+            "weights_sha256": "",
+            "input_size": 0,
+            "mean": [0.0],
+            "std": [1.0],
+            "dtype": "float32",
+        }
+        write_bag(
+            features_dir / f"{slide_id}.h5",
+            bag.astype(np.float32),
+            tiles_for(slide_id, len(bag)),
+            attrs,
+        )
         rows.append(f"{slide_id},{'pos' if label else 'neg'}")
     write_text_atomic(labels_csv, "\n".join(rows) + "\n")
     return features_dir, labels_csv
 
 
-def train(features_dir: Path, labels_csv: Path, out: Path, seed: int, folds: int,
-          extra: list[str]) -> dict:
+def train(
+    features_dir: Path, labels_csv: Path, out: Path, seed: int, folds: int, extra: list[str]
+) -> dict:
     """Run ``wsi-mil train`` as a user would; the run's ``summary.json``."""
-    command = [sys.executable, "-m", "wsi_mil", "train", "--features", str(features_dir),
-               "--labels", str(labels_csv), "--run", str(out), "--folds", str(folds),
-               "--seed", str(seed), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "wsi_mil",
+        "train",
+        "--features",
+        str(features_dir),
+        "--labels",
+        str(labels_csv),
+        "--run",
+        str(out),
+        "--folds",
+        str(folds),
+        "--seed",
+        str(seed),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -90,14 +116,17 @@ def main() -> None:
     extra = shlex.split(args.extra)
     tag = "defaults" if not extra else "_".join(a.lstrip("-") for a in extra)
     results = {}
-    print(f"wsi-mil train {'(defaults)' if not extra else args.extra}: {args.folds}-fold CV, "
-          f"{args.seeds} seed(s), model {MODEL}")
+    print(
+        f"wsi-mil train {'(defaults)' if not extra else args.extra}: {args.folds}-fold CV, "
+        f"{args.seeds} seed(s), model {MODEL}"
+    )
     data = {name: write_dataset(name, args.workdir) for name in args.datasets}
 
     def timed(name: str, seed: int) -> tuple[dict, float]:
         start = time.perf_counter()
-        summary = train(*data[name], args.workdir / name / f"run_{tag}_s{seed}", seed,
-                        args.folds, extra)
+        summary = train(
+            *data[name], args.workdir / name / f"run_{tag}_s{seed}", seed, args.folds, extra
+        )
         return summary, time.perf_counter() - start
 
     # --jobs trains runs side by side (each a single-threaded process): on a many-core machine
@@ -113,19 +142,31 @@ def main() -> None:
             acc.append(summary["accuracy"]["mean"])
             auc.append(summary["auc"]["mean"])
             pooled.append(summary["pooled_out_of_fold"]["accuracy"])
-            print(f"  {name} seed {seed}: accuracy {acc[-1]:.3f}, AUC {auc[-1]:.3f}, pooled "
-                  f"out-of-fold accuracy {pooled[-1]:.3f} ({seconds[-1]:.0f} s)", flush=True)
+            print(
+                f"  {name} seed {seed}: accuracy {acc[-1]:.3f}, AUC {auc[-1]:.3f}, pooled "
+                f"out-of-fold accuracy {pooled[-1]:.3f} ({seconds[-1]:.0f} s)",
+                flush=True,
+            )
         mean, sem = PUBLISHED[name][MODEL]
         sd = float(np.std(acc, ddof=1)) if len(acc) > 1 else float("nan")
-        results[name] = {"accuracy": float(np.mean(acc)), "accuracy_sd_over_seeds": sd,
-                         "auc": float(np.mean(auc)), "pooled_accuracy": float(np.mean(pooled)),
-                         "published": mean, "published_sem": sem,
-                         "within_one_sem": bool(np.mean(acc) >= mean - sem),
-                         "seconds_per_run": float(np.mean(seconds)), "per_seed": acc}
-        print(f"{name}: accuracy {np.mean(acc):.3f} (sd {sd:.3f} over {len(acc)} seeds), AUC "
-              f"{np.mean(auc):.3f}; published {mean:.3f} ± {sem:.3f}: "
-              f"{'within' if results[name]['within_one_sem'] else 'below'} one SEM "
-              f"(bound {mean - sem:.3f})", flush=True)
+        results[name] = {
+            "accuracy": float(np.mean(acc)),
+            "accuracy_sd_over_seeds": sd,
+            "auc": float(np.mean(auc)),
+            "pooled_accuracy": float(np.mean(pooled)),
+            "published": mean,
+            "published_sem": sem,
+            "within_one_sem": bool(np.mean(acc) >= mean - sem),
+            "seconds_per_run": float(np.mean(seconds)),
+            "per_seed": acc,
+        }
+        print(
+            f"{name}: accuracy {np.mean(acc):.3f} (sd {sd:.3f} over {len(acc)} seeds), AUC "
+            f"{np.mean(auc):.3f}; published {mean:.3f} ± {sem:.3f}: "
+            f"{'within' if results[name]['within_one_sem'] else 'below'} one SEM "
+            f"(bound {mean - sem:.3f})",
+            flush=True,
+        )
     if args.json is not None:
         args.json.write_text(json.dumps({"extra": args.extra, "results": results}, indent=2))
 

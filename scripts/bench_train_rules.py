@@ -73,14 +73,20 @@ def screen(name: str, overrides: dict, seed: int, workdir: Path) -> dict[str, fl
     scores: dict[str, list[float]] = {rule: [] for rule in RULES}
     for split in make_splits(labels, params.folds, params.val_fraction, params.seed):
         seed_everything(params.seed + split.fold)
-        train, val, test = (BagDataset([records[s] for s in ids], bags.dim)
-                            for ids in (split.train, split.val, split.test))
+        train, val, test = (
+            BagDataset([records[s] for s in ids], bags.dim)
+            for ids in (split.train, split.val, split.test)
+        )
         model = create_model(params.model, bags.dim, 2, **params.model_kwargs())
-        weights = (class_weights([r.label for r in train.records], 2)
-                   if params.class_weighting else None)
+        weights = (
+            class_weights([r.label for r in train.records], 2) if params.class_weighting else None
+        )
         optimizer = make_optimizer(model.parameters(), params, fused=True)
-        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
-                    if params.schedule == "cosine" else None)
+        schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
+            if params.schedule == "cosine"
+            else None
+        )
         generator = torch.Generator().manual_seed(params.seed + split.fold)
         history = []  # per epoch: validation slide loss, validation AUC, test accuracy at 0.5
         for _ in range(params.epochs):
@@ -89,8 +95,13 @@ def screen(name: str, overrides: dict, seed: int, workdir: Path) -> dict[str, fl
                 schedule.step()
             v = run_epoch(model, val, params, 0, device, weights)
             t = run_epoch(model, test, params, 0, device, None)
-            history.append((v.slide_loss, slide_auc(v.y(), v.p(), 0) or 0.5,
-                            float(np.mean((t.p()[:, 1] >= 0.5) == t.y()))))
+            history.append(
+                (
+                    v.slide_loss,
+                    slide_auc(v.y(), v.p(), 0) or 0.5,
+                    float(np.mean((t.p()[:, 1] >= 0.5) == t.y())),
+                )
+            )
         h = np.array(history)
         scores["last"].append(h[-1, 2])
         scores["val_loss_from_5"].append(h[4 + np.argmin(h[4:, 0]), 2])
@@ -102,8 +113,13 @@ def screen(name: str, overrides: dict, seed: int, workdir: Path) -> dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("datasets", nargs="+", choices=["fox", "tiger", "elephant"])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="TrainParams fields changed from the defaults")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainParams fields changed from the defaults",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_defaults"))
     args = parser.parse_args()
@@ -112,9 +128,12 @@ def main() -> None:
     for name in args.datasets:
         start = time.perf_counter()
         result = screen(name, overrides, args.seed, args.workdir)
-        print(f"{name} {' '.join(args.set) or 'defaults'} seed {args.seed}: "
-              + ", ".join(f"{rule} {acc:.3f}" for rule, acc in result.items())
-              + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{name} {' '.join(args.set) or 'defaults'} seed {args.seed}: "
+            + ", ".join(f"{rule} {acc:.3f}" for rule, acc in result.items())
+            + f" ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

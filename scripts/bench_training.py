@@ -54,8 +54,9 @@ def make_cohort(workdir: Path, n_bags: int, n_tiles: int, dim: int) -> tuple[Pat
     return features_dir, labels_csv
 
 
-def epoch(features_dir: Path, labels_csv: Path, memory_gb: float, device: str = "cpu",
-          epochs: int = 1) -> dict:
+def epoch(
+    features_dir: Path, labels_csv: Path, memory_gb: float, device: str = "cpu", epochs: int = 1
+) -> dict:
     import torch
 
     from wsi_mil.mil.bags import BagDataset, match_bags
@@ -77,15 +78,24 @@ def epoch(features_dir: Path, labels_csv: Path, memory_gb: float, device: str = 
     seconds, loss = [], float("nan")
     for _ in range(epochs):
         start = time.time()
-        loss = run_epoch(model, data, params, 0, torch.device(device), None, optimizer,
-                         generator).loss
+        loss = run_epoch(
+            model, data, params, 0, torch.device(device), None, optimizer, generator
+        ).loss
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds.append(round(time.time() - start, 2))
-    return {"bags": len(data), "in_memory": data.in_memory, "load_or_scan_s": round(load_s, 1),
-            "epoch_s": seconds[-1], "epochs_s": seconds, "train_loss": round(loss, 4),
-            "device": device, "torch_threads": torch.get_num_threads(),
-            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": peak_gpu_gb(device)}
+    return {
+        "bags": len(data),
+        "in_memory": data.in_memory,
+        "load_or_scan_s": round(load_s, 1),
+        "epoch_s": seconds[-1],
+        "epochs_s": seconds,
+        "train_loss": round(loss, 4),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+        "peak_gpu_gb": peak_gpu_gb(device),
+    }
 
 
 def make_large(workdir: Path, n_tiles: int, dim: int) -> Path:
@@ -112,15 +122,33 @@ def predict(workdir: Path, n_tiles: int, dim: int, device: str = "cpu") -> dict:
     torch.manual_seed(0)
     model = create_model(params.model, dim, 2, **params.model_kwargs())
     run = root / "run"
-    save_model(run / "fold_0", model, {"class_names": ["neg", "pos"], "negative_class": "neg",
-                                       "threshold": 0.5, "encoder": "planted", "fold": 0})
+    save_model(
+        run / "fold_0",
+        model,
+        {
+            "class_names": ["neg", "pos"],
+            "negative_class": "neg",
+            "threshold": 0.5,
+            "encoder": "planted",
+            "fold": 0,
+        },
+    )
     before = peak_rss_gb()
     start = time.time()
-    predict_slide(features_dir / "large_0000.h5", root / "predictions" / "large_0000.h5", run,
-                  PredictParams(device=device))
-    return {"tiles": n_tiles, "predict_s": round(time.time() - start, 1), "device": device,
-            "peak_rss_gb_before_predict": round(before, 2),
-            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": peak_gpu_gb(device)}
+    predict_slide(
+        features_dir / "large_0000.h5",
+        root / "predictions" / "large_0000.h5",
+        run,
+        PredictParams(device=device),
+    )
+    return {
+        "tiles": n_tiles,
+        "predict_s": round(time.time() - start, 1),
+        "device": device,
+        "peak_rss_gb_before_predict": round(before, 2),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+        "peak_gpu_gb": peak_gpu_gb(device),
+    }
 
 
 def main() -> int:
@@ -131,8 +159,9 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--memory-gb", type=float, default=8.0)
     parser.add_argument("--predict-tiles", type=int, default=200_000)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: torch's default, one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed (each reported)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
@@ -149,8 +178,7 @@ def main() -> int:
         return 0
     if args.part == "epoch":
         features_dir, labels_csv = make_cohort(args.workdir, args.bags, args.tiles, args.dim)
-        print(json.dumps(epoch(features_dir, labels_csv, args.memory_gb, args.device,
-                               args.epochs)))
+        print(json.dumps(epoch(features_dir, labels_csv, args.memory_gb, args.device, args.epochs)))
         return 0
     if args.part == "predict":
         print(json.dumps(predict(args.workdir, args.predict_tiles, args.dim, args.device)))
@@ -158,26 +186,34 @@ def main() -> int:
     results = {}
     for part in ("make", "epoch", "predict"):
         cmd = [sys.executable, __file__, "--part", part] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k not in ("part", "json")]
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if k not in ("part", "json")
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[part] = json.loads(out.strip().splitlines()[-1])
         if results[part]:
             print(part, results[part], flush=True)
     e, p = results["epoch"], results["predict"]
+
     def gpu(r: dict) -> str:
         return f", GPU peak {r['peak_gpu_gb']} GB" if r["peak_gpu_gb"] is not None else ""
 
-    print(f"\ntraining on {args.device}: {e['bags']} bags x {args.tiles} tiles x {args.dim}: "
-          f"{e['epoch_s']} s/epoch (epochs: {e['epochs_s']} s; "
-          f"{'in memory' if e['in_memory'] else 'streamed from HDF5'}, {e['torch_threads']} "
-          f"threads), peak memory {e['peak_rss_gb']} GB{gpu(e)}")
-    print(f"predict on {args.device}: {p['tiles']} tiles in {p['predict_s']} s, peak memory "
-          f"{p['peak_rss_gb']} GB ({'under' if p['peak_rss_gb'] < 2 else 'OVER'} 2 GB){gpu(p)}")
+    print(
+        f"\ntraining on {args.device}: {e['bags']} bags x {args.tiles} tiles x {args.dim}: "
+        f"{e['epoch_s']} s/epoch (epochs: {e['epochs_s']} s; "
+        f"{'in memory' if e['in_memory'] else 'streamed from HDF5'}, {e['torch_threads']} "
+        f"threads), peak memory {e['peak_rss_gb']} GB{gpu(e)}"
+    )
+    print(
+        f"predict on {args.device}: {p['tiles']} tiles in {p['predict_s']} s, peak memory "
+        f"{p['peak_rss_gb']} GB ({'under' if p['peak_rss_gb'] < 2 else 'OVER'} 2 GB){gpu(p)}"
+    )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"tiles_per_bag": args.tiles, "dim": args.dim,
-                                         **results}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"tiles_per_bag": args.tiles, "dim": args.dim, **results}, indent=2) + "\n"
+        )
     return 0
 
 

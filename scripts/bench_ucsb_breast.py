@@ -67,13 +67,23 @@ def tile_and_extract(workdir: Path, threads: int) -> Path:
         bag = features_dir / f"{image.stem}.h5"
         if not bag.is_file():
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
-            extract_slide(tiles.tiles, image, bag, encoder,
-                          ExtractParams(tile_readers=0, threads=threads, progress=False))
+            extract_slide(
+                tiles.tiles,
+                image,
+                bag,
+                encoder,
+                ExtractParams(tile_readers=0, threads=threads, progress=False),
+            )
         n_tiles += int(read_bag_attrs(bag)["num_tiles"])
-        print(f"[{i + 1}/{len(images)}] {image.stem}: {time.time() - start:.0f} s",
-              file=sys.stderr, flush=True)
-    print(f"{len(images)} images, {n_tiles} tiles ({n_tiles / len(images):.1f} per image), "
-          f"tiled and encoded in {time.time() - start:.0f} s")
+        print(
+            f"[{i + 1}/{len(images)}] {image.stem}: {time.time() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"{len(images)} images, {n_tiles} tiles ({n_tiles / len(images):.1f} per image), "
+        f"tiled and encoded in {time.time() - start:.0f} s"
+    )
     return features_dir
 
 
@@ -87,7 +97,7 @@ def heatmaps(workdir: Path, features_dir: Path, run_dir: Path, count: int = 4) -
     with (run_dir / "fold_0" / "test_predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     rows.sort(key=lambda r: (r["label"] != "malignant", r["slide_id"]))
-    chosen = rows[:count - 1] + [r for r in rows if r["label"] == "benign"][:1]
+    chosen = rows[: count - 1] + [r for r in rows if r["label"] == "benign"][:1]
     held_out = workdir / "heldout_fold0"
     held_out.mkdir(parents=True, exist_ok=True)
     for row in chosen:
@@ -97,12 +107,17 @@ def heatmaps(workdir: Path, features_dir: Path, run_dir: Path, count: int = 4) -
     out = workdir / "predict_fold0"
     predict_slides(run_dir, held_out, out=out, params=PredictParams(fold=0, device="cpu"))
     heat = workdir / "heatmaps"
-    heatmap_slides(out / "predictions", out=Project(heat, heatmaps=heat),
-                   params=HeatmapParams(formats=("png",), topk=4),
-                   tiles_dir=workdir / "tiles")
+    heatmap_slides(
+        out / "predictions",
+        out=Project(heat, heatmaps=heat),
+        params=HeatmapParams(formats=("png",), topk=4),
+        tiles_dir=workdir / "tiles",
+    )
     for row in chosen:
-        print(f"  heatmap {heat / row['slide_id']} (true {row['label']}, "
-              f"predicted {row['predicted_label']}, p(malignant) {row['prob_malignant']})")
+        print(
+            f"  heatmap {heat / row['slide_id']} (true {row['label']}, "
+            f"predicted {row['predicted_label']}, p(malignant) {row['prob_malignant']})"
+        )
     return heat
 
 
@@ -123,21 +138,39 @@ def main() -> int:
     per_seed = []
     start = time.time()
     for seed in range(args.seeds):
-        params = TrainParams(model="gated_abmil", folds=args.folds, seed=seed, device="cpu",
-                             bootstrap=200)  # everything else: the library's defaults
-        summary = train_folds(features_dir, UCSB / "labels.csv",
-                            args.workdir / "runs" / f"gated_abmil_seed{seed}", params)
+        params = TrainParams(
+            model="gated_abmil", folds=args.folds, seed=seed, device="cpu", bootstrap=200
+        )  # everything else: the library's defaults
+        summary = train_folds(
+            features_dir,
+            UCSB / "labels.csv",
+            args.workdir / "runs" / f"gated_abmil_seed{seed}",
+            params,
+        )
         pooled = summary["pooled_out_of_fold"]
-        per_seed.append({"accuracy": summary["accuracy"]["mean"], "auc": summary["auc"]["mean"],
-                         "pooled_auc": pooled["auc"], "pooled_accuracy": pooled["accuracy"]})
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_seed[-1].items()),
-              file=sys.stderr, flush=True)
-    print(f"\ngated_abmil, {args.folds}-fold grouped CV (patient_id = TMA batch) x "
-          f"{args.seeds} seeds, {time.time() - start:.0f} s of training")
+        per_seed.append(
+            {
+                "accuracy": summary["accuracy"]["mean"],
+                "auc": summary["auc"]["mean"],
+                "pooled_auc": pooled["auc"],
+                "pooled_accuracy": pooled["accuracy"],
+            }
+        )
+        print(
+            f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_seed[-1].items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"\ngated_abmil, {args.folds}-fold grouped CV (patient_id = TMA batch) x "
+        f"{args.seeds} seeds, {time.time() - start:.0f} s of training"
+    )
     for key in ("accuracy", "auc", "pooled_accuracy", "pooled_auc"):
         values = np.array([s[key] for s in per_seed], dtype=float)
-        print(f"  {key:16s} {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
-              f"  (per seed: {' '.join(f'{v:.3f}' for v in values)})")
+        print(
+            f"  {key:16s} {values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+            f"  (per seed: {' '.join(f'{v:.3f}' for v in values)})"
+        )
     for name, (acc, auc) in PUBLISHED.items():
         print(f"  Ilse et al. 2018, {name}: accuracy {acc:.3f}, AUC {auc:.3f}")
     (args.workdir / "results.json").write_text(json.dumps(per_seed, indent=2))

@@ -54,10 +54,18 @@ def tile_and_extract(cohort: Path, workdir: Path, threads: int) -> Path:
         bag = features_dir / f"{slide.stem}.h5"
         if not bag.is_file():
             encoder = encoder or create_encoder(DEFAULT_ENCODER)
-            extract_slide(tiles.tiles, slide, bag, encoder,
-                          ExtractParams(tile_readers=0, threads=threads, progress=False))
-        print(f"[{i + 1}/{len(slides)}] {slide.stem}: {time.time() - start:.0f} s",
-              file=sys.stderr, flush=True)
+            extract_slide(
+                tiles.tiles,
+                slide,
+                bag,
+                encoder,
+                ExtractParams(tile_readers=0, threads=threads, progress=False),
+            )
+        print(
+            f"[{i + 1}/{len(slides)}] {slide.stem}: {time.time() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return features_dir
 
 
@@ -94,21 +102,38 @@ def ppeg_share(run_dir: Path, features_dir: Path) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/wsi_mil_collage"))
-    parser.add_argument("--per-batch", type=int, default=1,
-                        help="positive and negative slides per TMA batch")
-    parser.add_argument("--grid", type=int, nargs=2, default=(8, 8),
-                        help="slide size in 128 px tiles (columns rows)")
+    parser.add_argument(
+        "--per-batch", type=int, default=1, help="positive and negative slides per TMA batch"
+    )
+    parser.add_argument(
+        "--grid",
+        type=int,
+        nargs=2,
+        default=(8, 8),
+        help="slide size in 128 px tiles (columns rows)",
+    )
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--models", nargs="+", default=list(MODELS),
-                        help="also: transmil (its explanations take minutes per slide)")
-    parser.add_argument("--folds", type=int, default=3,
-                        help="cross-validation folds, grouped by TMA batch")
-    parser.add_argument("--ppeg-only", action="store_true",
-                        help="for transmil: train (or resume) and measure how much its PPEG "
-                        "mixes the tile tokens, without the explanations (hours on a CPU)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        help="also: transmil (its explanations take minutes per slide)",
+    )
+    parser.add_argument(
+        "--folds", type=int, default=3, help="cross-validation folds, grouped by TMA batch"
+    )
+    parser.add_argument(
+        "--ppeg-only",
+        action="store_true",
+        help="for transmil: train (or resume) and measure how much its PPEG "
+        "mixes the tile tokens, without the explanations (hours on a CPU)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--figure-slide", help="slide whose comparison figure is copied to "
-                        "--figure-out (default: the first test tumour slide)")
+    parser.add_argument(
+        "--figure-slide",
+        help="slide whose comparison figure is copied to "
+        "--figure-out (default: the first test tumour slide)",
+    )
     parser.add_argument("--figure-out", type=Path, help="copy that figure here (README)")
     args = parser.parse_args()
     import torch
@@ -122,54 +147,83 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     cohort = args.workdir / "cohort"
     start = time.time()
-    slides = write_collage_cohort(UCSB, cohort, CollageParams(per_batch=args.per_batch,
-                                                                 grid=tuple(args.grid),
-                                                                 lesion_tiles=(2, 4)))
+    slides = write_collage_cohort(
+        UCSB,
+        cohort,
+        CollageParams(per_batch=args.per_batch, grid=tuple(args.grid), lesion_tiles=(2, 4)),
+    )
     tumours = [s for s in slides if s.label == "tumor"]
-    print(f"collage cohort: {len(slides)} slides ({len(tumours)} with a lesion) from "
-          f"{len({s.batch for s in slides})} TMA batches, {time.time() - start:.0f} s")
+    print(
+        f"collage cohort: {len(slides)} slides ({len(tumours)} with a lesion) from "
+        f"{len({s.batch for s in slides})} TMA batches, {time.time() - start:.0f} s"
+    )
     features_dir = tile_and_extract(cohort, args.workdir, args.threads)
     labels = labels_without_split(cohort / "labels.csv", args.workdir / "labels_cv.csv")
     print(f"tiled and encoded in {time.time() - start:.0f} s")
     for name in args.models:
         run_dir = args.workdir / "runs_cv" / name
-        params = TrainParams(model=name, hidden_dims=(256,), attention_dim=128, dropout=0.25,
-                             epochs=args.epochs, patience=10, min_epochs=10, k_sample=4,
-                             folds=args.folds, device="cpu", bootstrap=200, seed=0)
+        params = TrainParams(
+            model=name,
+            hidden_dims=(256,),
+            attention_dim=128,
+            dropout=0.25,
+            epochs=args.epochs,
+            patience=10,
+            min_epochs=10,
+            k_sample=4,
+            folds=args.folds,
+            device="cpu",
+            bootstrap=200,
+            seed=0,
+        )
         t0 = time.time()
         summary = train_folds(features_dir, labels, run_dir, params, resume=True)
         pooled = summary.get("pooled_out_of_fold", {}).get("auc")
-        print(f"\n## {name}: pooled out-of-fold slide AUC "
-              f"{'n/a' if pooled is None else f'{pooled:.3f}'} over {len(slides)} slides, "
-              f"{args.folds} folds grouped by TMA batch (trained in {time.time() - t0:.0f} s)")
+        print(
+            f"\n## {name}: pooled out-of-fold slide AUC "
+            f"{'n/a' if pooled is None else f'{pooled:.3f}'} over {len(slides)} slides, "
+            f"{args.folds} folds grouped by TMA batch (trained in {time.time() - t0:.0f} s)"
+        )
         if name == "transmil" and args.ppeg_only:
             mean, top = ppeg_share(run_dir, features_dir)
-            print(f"PPEG mixing share (|convolutions| / |PPEG output| per tile token): mean "
-                  f"{mean:.3f}, max {top:.3f} over the {len(slides)} slides, each by the fold "
-                  "that held it out")
+            print(
+                f"PPEG mixing share (|convolutions| / |PPEG output| per tile token): mean "
+                f"{mean:.3f}, max {top:.3f} over the {len(slides)} slides, each by the fold "
+                "that held it out"
+            )
             continue
         out = args.workdir / "explain_oof" / name
         t0 = time.time()
         # TransMIL runs the model for every subset and left-out bag (seconds each on a CPU)
         slow = {"flip_steps": 10, "ig_steps": 16, "gradcam_topk": 0, "sanity_cascade": False}
-        result = explain_slides(run_dir, features_dir, out=Project(out, explanations=out),
-                                params=ExplainParams(device="cpu", bootstrap=1000,
-                                              **(slow if name == "transmil" else {})),
-                                annotations_dir=cohort / "annotations",
-                                slides_dir=cohort / "slides")
+        result = explain_slides(
+            run_dir,
+            features_dir,
+            out=Project(out, explanations=out),
+            params=ExplainParams(
+                device="cpu", bootstrap=1000, **(slow if name == "transmil" else {})
+            ),
+            annotations_dir=cohort / "annotations",
+            slides_dir=cohort / "slides",
+        )
         print(f"{result.summary('explain')} in {time.time() - t0:.0f} s; tables in {out}")
         print((out / "cohort_table.md").read_text())
         seconds = {}
         from wsi_mil.explain.store import read_explanations
+
         for path in sorted(out.glob("*/explanations.h5")):
             for method, attrs in read_explanations(path).map_attrs.items():
                 seconds.setdefault(method, []).append(float(attrs["seconds"]))
-        print("seconds per slide: " + ", ".join(f"{m} {sum(v) / len(v):.2f}"
-                                                  for m, v in seconds.items()))
+        print(
+            "seconds per slide: "
+            + ", ".join(f"{m} {sum(v) / len(v):.2f}" for m, v in seconds.items())
+        )
         if name == "transmil":
             mean, top = ppeg_share(run_dir, features_dir)
-            print(f"PPEG mixing share (|convolutions| / |PPEG output| per tile token): mean "
-                  f"{mean:.3f}, max {top:.3f} over the slides")
+            print(
+                f"PPEG mixing share (|convolutions| / |PPEG output| per tile token): mean "
+                f"{mean:.3f}, max {top:.3f} over the slides"
+            )
         if args.figure_out is not None and name == args.models[0]:
             chosen = args.figure_slide or tumours[0].slide_id
             args.figure_out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,11 @@ def pytest_report_header(config) -> str:
         return f"{DEVICE_ENV}: cpu"
     import torch
 
-    gpu = torch.cuda.get_device_name() if name.startswith("cuda") and torch.cuda.is_available() \
+    gpu = (
+        torch.cuda.get_device_name()
+        if name.startswith("cuda") and torch.cuda.is_available()
         else "not available"
+    )
     return f"{DEVICE_ENV}: {name} ({gpu})"
 
 
@@ -82,10 +85,20 @@ def tiles_attrs():
 
     def make(**overrides):
         attrs = {
-            "slide_path": "/data/s1.svs", "slide_id": "s1", "slide_width": 1000,
-            "slide_height": 800, "slide_mpp": 0.25, "mpp_source": "metadata", "target_mpp": 0.5,
-            "tile_size": 256, "tile_size_level0": 512.0, "read_level": 1, "read_downsample": 2.0,
-            "stride": 512.0, "min_tissue": 0.5, "tissue_method": "otsu",
+            "slide_path": "/data/s1.svs",
+            "slide_id": "s1",
+            "slide_width": 1000,
+            "slide_height": 800,
+            "slide_mpp": 0.25,
+            "mpp_source": "metadata",
+            "target_mpp": 0.5,
+            "tile_size": 256,
+            "tile_size_level0": 512.0,
+            "read_level": 1,
+            "read_downsample": 2.0,
+            "stride": 512.0,
+            "min_tissue": 0.5,
+            "tissue_method": "otsu",
             "tissue_params": {"blur": 7},
         }
         return {**attrs, **overrides}
@@ -104,7 +117,7 @@ def documented_entries(heading: str) -> dict[tuple[str, str], str]:
     starts = [i for i, line in enumerate(lines) if line.startswith("### ") and heading in line]
     assert len(starts) == 1, f"{FORMATS_PAGE}: {len(starts)} headings with {heading!r}"
     rows: list[tuple[tuple[str, str], str]] = []
-    for line in lines[starts[0] + 1:]:
+    for line in lines[starts[0] + 1 :]:
         if line.startswith("#"):
             break
         if line.startswith("| `"):
@@ -129,15 +142,19 @@ def h5_entries(path: Path) -> set[tuple[str, str]]:
     return found
 
 
-def check_contract(path: Path, heading: str, *, inherited: set[tuple[str, str]] = frozenset(),
-                   not_written: set[tuple[str, str]] = frozenset()) -> None:
+def check_contract(
+    path: Path,
+    heading: str,
+    *,
+    inherited: set[tuple[str, str]] = frozenset(),
+    not_written: set[tuple[str, str]] = frozenset(),
+) -> None:
     """A file written by its stage holds exactly what the formats page documents under
     ``heading``: every entry but ``not_written`` (conditional entries the test's file does not
     exercise), and nothing else but ``inherited`` (another contract's entries it carries).
     A documented dataset named ``<...>`` stands for every dataset the table does not name."""
     documented = documented_entries(heading)
-    placeholders = [name for kind, name in documented if kind == "dataset"
-                    and name.startswith("<")]
+    placeholders = [name for kind, name in documented if kind == "dataset" and name.startswith("<")]
     found = h5_entries(path)
     if placeholders:
         named = {name for kind, name in documented if kind == "dataset"} - set(placeholders)
@@ -146,7 +163,7 @@ def check_contract(path: Path, heading: str, *, inherited: set[tuple[str, str]] 
         def generic(kind: str, name: str) -> tuple[str, str]:
             if kind == "dataset" and name not in named:
                 return kind, placeholders[0]
-            if kind.startswith(of) and kind[len(of):] not in named:
+            if kind.startswith(of) and kind[len(of) :] not in named:
                 return of + placeholders[0], name
             return kind, name
 
@@ -157,8 +174,9 @@ def check_contract(path: Path, heading: str, *, inherited: set[tuple[str, str]] 
     undocumented = found - set(documented) - set(inherited)
     assert not undocumented, f"{path}: written but not in docs/formats.md: {sorted(undocumented)}"
     unexercised = set(documented) - found - set(inherited)
-    assert unexercised == set(not_written), \
+    assert unexercised == set(not_written), (
         f"{path}: documented entries the test did not see: {sorted(unexercised)}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -166,5 +184,4 @@ def file_contract() -> SimpleNamespace:
     """``.check`` (:func:`check_contract`), ``.documented`` (:func:`documented_entries`) and
     ``.entries`` (:func:`h5_entries`), for the tests of each HDF5 contract against
     docs/formats.md."""
-    return SimpleNamespace(check=check_contract, documented=documented_entries,
-                           entries=h5_entries)
+    return SimpleNamespace(check=check_contract, documented=documented_entries, entries=h5_entries)

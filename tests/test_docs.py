@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def hook():
     spec = importlib.util.spec_from_file_location(
-        "config_reference", REPO / "docs" / "hooks" / "config_reference.py")
+        "config_reference", REPO / "docs" / "hooks" / "config_reference.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -39,9 +39,12 @@ def _h5py_use(tree: ast.AST) -> tuple[bool, list[int]]:
             imports |= (node.module or "").split(".")[0] == "h5py"
         elif isinstance(node, ast.Call):
             func = node.func
-            if ((isinstance(func, ast.Attribute) and func.attr == "File"
-                 and isinstance(func.value, ast.Name) and func.value.id == "h5py")
-                    or (isinstance(func, ast.Name) and func.id == "File")):
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "File"
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "h5py"
+            ) or (isinstance(func, ast.Name) and func.id == "File"):
                 calls.append(node.lineno)
     return imports, calls
 

@@ -47,7 +47,8 @@ def layer_of(module: str) -> int | None:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(tree: ast.AST) -> list[tuple[int, str]]:
@@ -80,14 +81,18 @@ def test_layers_import_downwards_only():
             for lineno, target in imports(ast.parse(path.read_text(encoding="utf-8"))):
                 other = layer_of(target)
                 if other is not None and other > own:
-                    violations.append(f"{path.relative_to(REPO)}:{lineno} imports {target} "
-                                      f"({LAYERS[other]} is above {LAYERS[own]})")
+                    violations.append(
+                        f"{path.relative_to(REPO)}:{lineno} imports {target} "
+                        f"({LAYERS[other]} is above {LAYERS[own]})"
+                    )
     assert not violations, "\n".join(violations)
 
 
 def test_the_walk_sees_lazy_imports_and_skips_type_checking_blocks():
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import wsi_mil.cli\n"
-                     "def f():\n    from wsi_mil.pipeline import run\n")
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import wsi_mil.cli\n"
+        "def f():\n    from wsi_mil.pipeline import run\n"
+    )
     assert [m for _, m in imports(tree)] == ["typing", "wsi_mil.pipeline"]
 
 
@@ -172,6 +177,7 @@ def test_the_graph_sees_a_lazy_circle_inside_a_package(tmp_path, monkeypatch):
 
 def test_the_circle_finder_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
 
 def _module(cell: str) -> str:
     """`wsi_mil/config/schema.py` -> wsi_mil.config.schema; `tiling/` -> tiling."""

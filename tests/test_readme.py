@@ -22,8 +22,14 @@ def python_example() -> str:
 def test_from_python_example_runs(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(python_example(), encoding="utf-8")
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"test AUC \d\.\d{3}, accuracy \d\.\d{3}", done.stdout), done.stdout
     assert (tmp_path / "py_demo" / "heatmaps" / "test_001" / "overlay.png").is_file()

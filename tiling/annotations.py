@@ -105,32 +105,48 @@ def canonical_class(name: str, params: AnnotationParams) -> str:
     return name.strip()
 
 
-def _polygon(shell: Sequence[Sequence[float]], holes: Sequence[Sequence[Sequence[float]]],
-             path: Path, label: str) -> MultiPolygon | None:
+def _polygon(
+    shell: Sequence[Sequence[float]],
+    holes: Sequence[Sequence[Sequence[float]]],
+    path: Path,
+    label: str,
+) -> MultiPolygon | None:
     """A valid polygon from raw rings, or None (with a warning) when it has no area to keep."""
     shell_arr = np.asarray(shell, dtype=np.float64).reshape(-1, 2)
     if len(np.unique(shell_arr, axis=0)) < 3:
-        warnings.warn(f"{path}: polygon {label} has {len(np.unique(shell_arr, axis=0))} distinct "
-                      f"vertices (fewer than 3), skipped", AnnotationWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: polygon {label} has {len(np.unique(shell_arr, axis=0))} distinct "
+            f"vertices (fewer than 3), skipped",
+            AnnotationWarning,
+            stacklevel=3,
+        )
         return None
     hole_rings = []
     for k, hole in enumerate(holes):
         ring = np.asarray(hole, dtype=np.float64).reshape(-1, 2)
         if len(np.unique(ring, axis=0)) < 3:
-            warnings.warn(f"{path}: hole {k} of polygon {label} has fewer than 3 distinct "
-                          f"vertices, skipped", AnnotationWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: hole {k} of polygon {label} has fewer than 3 distinct vertices, skipped",
+                AnnotationWarning,
+                stacklevel=3,
+            )
         else:
             hole_rings.append(ring)
     polygon = Polygon(shell_arr, hole_rings)
     if not polygon.is_valid:
-        logger.info("%s: polygon %s is invalid (%s), repaired with make_valid", path, label,
-                    shapely.is_valid_reason(polygon))
+        logger.info(
+            "%s: polygon %s is invalid (%s), repaired with make_valid",
+            path,
+            label,
+            shapely.is_valid_reason(polygon),
+        )
         result = as_multipolygon(shapely.make_valid(polygon))
     else:
         result = MultiPolygon([polygon])
     if result.is_empty or result.area == 0:
-        warnings.warn(f"{path}: polygon {label} has no area, skipped", AnnotationWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"{path}: polygon {label} has no area, skipped", AnnotationWarning, stacklevel=3
+        )
         return None
     return result
 
@@ -153,14 +169,16 @@ class _Collector:
         self.points.setdefault(canonical_class(group, self.params), []).append(arr)
 
     def result(self) -> SlideAnnotations:
-        regions = {name: as_multipolygon(shapely.union_all(parts))
-                   for name, parts in self.polygons.items()}
+        regions = {
+            name: as_multipolygon(shapely.union_all(parts)) for name, parts in self.polygons.items()
+        }
         points = {name: np.concatenate(parts) for name, parts in self.points.items()}
         return SlideAnnotations(path=self.path, regions=regions, points=points)
 
 
-def read_asap_xml(path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
-                  ) -> SlideAnnotations:
+def read_asap_xml(
+    path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
+) -> SlideAnnotations:
     """Read an ASAP XML file (the format Camelyon16/17 ship)."""
     path = Path(path)
     try:
@@ -177,11 +195,14 @@ def read_asap_xml(path: str | os.PathLike, params: AnnotationParams = Annotation
         coords = sorted(annotation.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
         try:
             # a missing X/Y is None: float(None) raises the TypeError caught below
-            vertices = [(float(c.get("X")), float(c.get("Y")))  # type: ignore[arg-type]
-                        for c in coords]
+            vertices = [
+                (float(c.get("X")), float(c.get("Y")))  # type: ignore[arg-type]
+                for c in coords
+            ]
         except (TypeError, ValueError) as exc:
-            raise AnnotationError(f"{path}: annotation {name!r} has a coordinate without a "
-                                  f"numeric X/Y ({exc})") from exc
+            raise AnnotationError(
+                f"{path}: annotation {name!r} has a coordinate without a numeric X/Y ({exc})"
+            ) from exc
         label = f"{name!r} (group {group!r})"
         if kind in POINT_TYPES:
             collector.add_points(group, vertices)
@@ -191,13 +212,17 @@ def read_asap_xml(path: str | os.PathLike, params: AnnotationParams = Annotation
                 vertices = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
             collector.add_polygon(group, vertices, [], label)
         else:
-            warnings.warn(f"{path}: annotation {label} of type {kind!r} is not an area or a "
-                          f"point, skipped", AnnotationWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: annotation {label} of type {kind!r} is not an area or a point, skipped",
+                AnnotationWarning,
+                stacklevel=2,
+            )
     return collector.result()
 
 
-def read_camelyon_json(path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
-                       ) -> SlideAnnotations:
+def read_camelyon_json(
+    path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
+) -> SlideAnnotations:
     """Read the JSON form of Camelyon16 outlines: ``{"positive": [...], "negative": [...]}``.
 
     ``positive`` polygons are tumour (ASAP groups Tumor/_0/_1) and ``negative`` ones exclusion
@@ -206,8 +231,9 @@ def read_camelyon_json(path: str | os.PathLike, params: AnnotationParams = Annot
     path = Path(path)
     data = _load_json(path)
     if not isinstance(data, dict) or not ({"positive", "negative"} & set(data)):
-        raise AnnotationError(f"{path}: not a Camelyon16 JSON outline file (needs keys "
-                              f"'positive'/'negative')")
+        raise AnnotationError(
+            f"{path}: not a Camelyon16 JSON outline file (needs keys 'positive'/'negative')"
+        )
     collector = _Collector(path, params)
     for key, group in (("positive", TUMOR), ("negative", EXCLUSION)):
         for i, item in enumerate(data.get(key, [])):
@@ -229,8 +255,9 @@ def _geojson_class(properties: Mapping[str, Any] | None) -> str:
     return str(properties.get("name") or "Unclassified")
 
 
-def read_geojson(path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
-                 ) -> SlideAnnotations:
+def read_geojson(
+    path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
+) -> SlideAnnotations:
     """Read QuPath GeoJSON (FeatureCollection, Feature list or one Feature); class from
     ``properties.classification``."""
     path = Path(path)
@@ -242,8 +269,9 @@ def read_geojson(path: str | os.PathLike, params: AnnotationParams = AnnotationP
     elif isinstance(data, list):
         features = data
     else:
-        raise AnnotationError(f"{path}: not GeoJSON (expected a FeatureCollection, a Feature or "
-                              f"a list of Features)")
+        raise AnnotationError(
+            f"{path}: not GeoJSON (expected a FeatureCollection, a Feature or a list of Features)"
+        )
     collector = _Collector(path, params)
     for i, feature in enumerate(features):
         geometry: dict[str, Any] = (feature or {}).get("geometry") or {}
@@ -263,8 +291,11 @@ def read_geojson(path: str | os.PathLike, params: AnnotationParams = AnnotationP
         elif kind == "MultiPoint":
             collector.add_points(group, coords)
         else:
-            warnings.warn(f"{path}: {label} has geometry {kind!r}, not an area or a point, "
-                          f"skipped", AnnotationWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: {label} has geometry {kind!r}, not an area or a point, skipped",
+                AnnotationWarning,
+                stacklevel=2,
+            )
     return collector.result()
 
 
@@ -277,8 +308,9 @@ def _load_json(path: Path) -> Any:
         raise AnnotationError(f"{path}: cannot read JSON ({exc})") from exc
 
 
-def read_annotations(path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
-                     ) -> SlideAnnotations:
+def read_annotations(
+    path: str | os.PathLike, params: AnnotationParams = AnnotationParams()
+) -> SlideAnnotations:
     """Read any supported annotation file, choosing the reader from its name and content."""
     path = Path(path)
     if not path.is_file():
@@ -293,8 +325,10 @@ def read_annotations(path: str | os.PathLike, params: AnnotationParams = Annotat
         if isinstance(data, dict) and ({"positive", "negative"} & set(data)):
             return read_camelyon_json(path, params)
         return read_geojson(path, params)
-    raise AnnotationError(f"{path}: unknown annotation format {suffix!r} (expected ASAP .xml, "
-                          f"Camelyon16 .json or QuPath .geojson)")
+    raise AnnotationError(
+        f"{path}: unknown annotation format {suffix!r} (expected ASAP .xml, "
+        f"Camelyon16 .json or QuPath .geojson)"
+    )
 
 
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
@@ -319,8 +353,12 @@ def mask_shape(width: int, height: int, slide_mpp: float, mpp: float) -> tuple[i
     return max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale))
 
 
-def geometry_mask(geometry: BaseGeometry, shape: tuple[int, int], scale: float,
-                  origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def geometry_mask(
+    geometry: BaseGeometry,
+    shape: tuple[int, int],
+    scale: float,
+    origin: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """Rasterise polygons into a bool mask of ``shape`` (rows, cols), exactly at pixel centres.
 
     Mask pixel (r, c) covers level-0 ``[origin + c / scale, origin + (c + 1) / scale)`` and is
@@ -370,31 +408,40 @@ def geometry_mask(geometry: BaseGeometry, shape: tuple[int, int], scale: float,
     np.add.at(diff, (span_row - r0, enter - c0), 1)
     np.add.at(diff, (span_row - r0, leave - c0), -1)
     for start in range(0, r1 - r0, _MASK_BLOCK_ROWS):
-        block = diff[start:start + _MASK_BLOCK_ROWS, :c1 - c0]
-        mask[r0 + start:r0 + start + block.shape[0], c0:c1] = np.cumsum(block, axis=1) > 0
+        block = diff[start : start + _MASK_BLOCK_ROWS, : c1 - c0]
+        mask[r0 + start : r0 + start + block.shape[0], c0:c1] = np.cumsum(block, axis=1) > 0
     return mask
 
 
-def lesion_mask(annotations: SlideAnnotations | BaseGeometry, slide_width: int,
-                slide_height: int, slide_mpp: float, mpp: float) -> np.ndarray:
+def lesion_mask(
+    annotations: SlideAnnotations | BaseGeometry,
+    slide_width: int,
+    slide_height: int,
+    slide_mpp: float,
+    mpp: float,
+) -> np.ndarray:
     """A bool mask of the lesions of a slide at ``mpp`` µm/px, covering the whole slide."""
     geometry = annotations.lesions if isinstance(annotations, SlideAnnotations) else annotations
     if mpp <= 0 or slide_mpp <= 0:
-        raise ValueError(f"mask and slide resolution must be positive (got mpp={mpp}, "
-                         f"slide_mpp={slide_mpp})")
-    return geometry_mask(geometry, mask_shape(slide_width, slide_height, slide_mpp, mpp),
-                         slide_mpp / mpp)
+        raise ValueError(
+            f"mask and slide resolution must be positive (got mpp={mpp}, slide_mpp={slide_mpp})"
+        )
+    return geometry_mask(
+        geometry, mask_shape(slide_width, slide_height, slide_mpp, mpp), slide_mpp / mpp
+    )
 
 
 def tile_boxes(coords: np.ndarray, tile_size_level0: float) -> np.ndarray:
     """Shapely boxes of tiles given their level-0 top-left corners."""
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    return shapely.box(coords[:, 0], coords[:, 1], coords[:, 0] + tile_size_level0,
-                       coords[:, 1] + tile_size_level0)
+    return shapely.box(
+        coords[:, 0], coords[:, 1], coords[:, 0] + tile_size_level0, coords[:, 1] + tile_size_level0
+    )
 
 
-def tile_fractions(geometry: BaseGeometry, coords: np.ndarray, tile_size_level0: float
-                   ) -> np.ndarray:
+def tile_fractions(
+    geometry: BaseGeometry, coords: np.ndarray, tile_size_level0: float
+) -> np.ndarray:
     """Exact fraction of each tile's area covered by ``geometry`` (float32 ``[N]`` in [0, 1]).
 
     Tiles wholly inside a polygon count 1 without clipping; only tiles on a boundary are
@@ -421,8 +468,7 @@ def tile_fractions(geometry: BaseGeometry, coords: np.ndarray, tile_size_level0:
     return np.clip(fractions, 0.0, 1.0).astype(np.float32)
 
 
-def points_in_tiles(points: np.ndarray, coords: np.ndarray, tile_size_level0: float
-                    ) -> np.ndarray:
+def points_in_tiles(points: np.ndarray, coords: np.ndarray, tile_size_level0: float) -> np.ndarray:
     """For each point, the index of the tile containing it, or -1 (int64 ``[K]``)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     result = np.full(len(points), -1, dtype=np.int64)
@@ -436,8 +482,12 @@ def points_in_tiles(points: np.ndarray, coords: np.ndarray, tile_size_level0: fl
     return result
 
 
-def write_asap_xml(path: str | os.PathLike, lesions: BaseGeometry, tumor_group: str = "_0",
-                   exclusion_group: str = "_2") -> Path:
+def write_asap_xml(
+    path: str | os.PathLike,
+    lesions: BaseGeometry,
+    tumor_group: str = "_0",
+    exclusion_group: str = "_2",
+) -> Path:
     """Write lesion polygons as ASAP XML the way Camelyon16 does, atomically.
 
     Each polygon's outline goes in ``tumor_group`` and each of its holes, as a polygon of its
@@ -447,15 +497,23 @@ def write_asap_xml(path: str | os.PathLike, lesions: BaseGeometry, tumor_group: 
     container = ET.SubElement(root, "Annotations")
     count = 0
     for polygon in as_multipolygon(lesions).geoms:
-        rings = [(polygon.exterior, tumor_group)] + [(r, exclusion_group) for r in
-                                                     polygon.interiors]
+        rings = [(polygon.exterior, tumor_group)] + [
+            (r, exclusion_group) for r in polygon.interiors
+        ]
         for ring, group in rings:
-            annotation = ET.SubElement(container, "Annotation", Name=f"Annotation {count}",
-                                       Type="Polygon", PartOfGroup=group, Color="#F4FA58")
+            annotation = ET.SubElement(
+                container,
+                "Annotation",
+                Name=f"Annotation {count}",
+                Type="Polygon",
+                PartOfGroup=group,
+                Color="#F4FA58",
+            )
             coordinates = ET.SubElement(annotation, "Coordinates")
             for order, (x, y) in enumerate(np.asarray(ring.coords)[:-1]):
-                ET.SubElement(coordinates, "Coordinate", Order=str(order), X=f"{x:.4f}",
-                              Y=f"{y:.4f}")
+                ET.SubElement(
+                    coordinates, "Coordinate", Order=str(order), X=f"{x:.4f}", Y=f"{y:.4f}"
+                )
             count += 1
     groups = ET.SubElement(root, "AnnotationGroups")
     for group, color in ((tumor_group, "#FF0000"), (exclusion_group, "#00FF00")):

@@ -17,8 +17,9 @@ from wsi_mil.errors import WsiMilError
 
 #: Whole-slide formats OpenSlide reads (Aperio, Hamamatsu, MIRAX, generic TIFF, Leica,
 #: Ventana, Philips, DICOM).
-WSI_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn",
-                            ".bif", ".svslide", ".dcm"})
+WSI_EXTENSIONS = frozenset(
+    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide", ".dcm"}
+)
 #: Plain images, opened through OpenSlide's image fallback (small images only).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 SLIDE_EXTENSIONS = WSI_EXTENSIONS | IMAGE_EXTENSIONS
@@ -33,8 +34,12 @@ class SlideDiscoveryError(WsiMilError, ValueError):
 
 
 def _is_slide_file(path: Path) -> bool:
-    return (path.suffix.lower() in SLIDE_EXTENSIONS and not path.name.startswith(".")
-            and not _OWN_OUTPUT.search(path.name) and path.is_file())
+    return (
+        path.suffix.lower() in SLIDE_EXTENSIONS
+        and not path.name.startswith(".")
+        and not _OWN_OUTPUT.search(path.name)
+        and path.is_file()
+    )
 
 
 def _series_uid(path: Path) -> bytes | None:
@@ -44,8 +49,8 @@ def _series_uid(path: Path) -> bytes | None:
     at = head.find(_SERIES_UID_TAG)
     if at < 0 or at + 8 > len(head):
         return None
-    length = int.from_bytes(head[at + 6:at + 8], "little")
-    return head[at + 8:at + 8 + length].rstrip(b"\x00 ")
+    length = int.from_bytes(head[at + 6 : at + 8], "little")
+    return head[at + 8 : at + 8 + length].rstrip(b"\x00 ")
 
 
 def _folder_slides(folder: Path, recursive: bool) -> list[Path]:

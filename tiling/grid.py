@@ -66,12 +66,15 @@ def _table_at(table: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     i = np.minimum(np.floor(y).astype(np.int64), max(h - 1, 0))
     j = np.minimum(np.floor(x).astype(np.int64), max(w - 1, 0))
     fy, fx = y - i, x - j
-    return (table[i, j] * (1 - fy) * (1 - fx) + table[i, j + 1] * (1 - fy) * fx
-            + table[i + 1, j] * fy * (1 - fx) + table[i + 1, j + 1] * fy * fx)
+    return (
+        table[i, j] * (1 - fy) * (1 - fx)
+        + table[i, j + 1] * (1 - fy) * fx
+        + table[i + 1, j] * fy * (1 - fx)
+        + table[i + 1, j + 1] * fy * fx
+    )
 
 
-def region_fractions(table: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: float
-                     ) -> np.ndarray:
+def region_fractions(table: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: float) -> np.ndarray:
     """Mean mask value over squares ``[x, x + size) x [y, y + size)`` in mask px, all pairs.
 
     ``ys`` and ``xs`` are 1-D; the result is ``[len(ys), len(xs)]``. Squares are clipped to the
@@ -82,8 +85,12 @@ def region_fractions(table: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: fl
     y1 = np.clip(ys + size, 0, h)[:, None]
     x0 = np.clip(xs, 0, w)[None, :]
     x1 = np.clip(xs + size, 0, w)[None, :]
-    total = (_table_at(table, y1, x1) - _table_at(table, y0, x1)
-             - _table_at(table, y1, x0) + _table_at(table, y0, x0))
+    total = (
+        _table_at(table, y1, x1)
+        - _table_at(table, y0, x1)
+        - _table_at(table, y1, x0)
+        + _table_at(table, y0, x0)
+    )
     return np.clip(total / (size * size), 0.0, 1.0)
 
 
@@ -112,17 +119,26 @@ def tile_grid(
     ys = grid_positions(height, tile_size_level0, stride, edge_tiles)
     size = tile_size_level0 / mask_downsample
     mx, my = xs / mask_downsample, ys / mask_downsample
-    inside = (np.clip((height - ys) / tile_size_level0, 0.0, 1.0)[:, None]
-              * np.clip((width - xs) / tile_size_level0, 0.0, 1.0)[None, :])
+    inside = (
+        np.clip((height - ys) / tile_size_level0, 0.0, 1.0)[:, None]
+        * np.clip((width - xs) / tile_size_level0, 0.0, 1.0)[None, :]
+    )
     fraction = region_fractions(summed_area_table(tissue), my, mx, size)
     keep = (fraction >= min_tissue * inside) & (fraction > 0)
     if white is not None and max_white_fraction < 1.0:
-        keep &= (region_fractions(summed_area_table(white), my, mx, size)
-                 <= max_white_fraction * inside)
+        keep &= (
+            region_fractions(summed_area_table(white), my, mx, size) <= max_white_fraction * inside
+        )
     if black is not None and max_black_fraction < 1.0:
-        keep &= (region_fractions(summed_area_table(black), my, mx, size)
-                 <= max_black_fraction * inside)
+        keep &= (
+            region_fractions(summed_area_table(black), my, mx, size) <= max_black_fraction * inside
+        )
     rows, cols = np.nonzero(keep)
     coords = np.stack([xs[cols], ys[rows]], axis=1).astype(np.int64).reshape(-1, 2)
-    return TileLayout(coords=coords, tissue_fraction=fraction[rows, cols].astype(np.float32),
-                    candidates=int(xs.size * ys.size), columns=xs, rows=ys)
+    return TileLayout(
+        coords=coords,
+        tissue_fraction=fraction[rows, cols].astype(np.float32),
+        candidates=int(xs.size * ys.size),
+        columns=xs,
+        rows=ys,
+    )

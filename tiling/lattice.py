@@ -31,15 +31,19 @@ class SlideGeometry:
         needed = ("slide_width", "slide_height", "slide_mpp", "tile_size_level0", "stride")
         missing = [k for k in needed if k not in attrs]
         if missing:
-            raise InputError(f"{source}: slide/tiling attributes missing {missing} (the heatmap "
-                             f"needs the tiling geometry carried over from the tiles file; "
-                             f"for TRIDENT feature files pass --slides so it is read from the "
-                             f"slide)")
-        return cls(width=int(attrs["slide_width"]), height=int(attrs["slide_height"]),
-                   mpp=float(attrs["slide_mpp"]),
-                   tile_size_level0=float(attrs["tile_size_level0"]),
-                   stride_level0=stride_level0(attrs))
-
+            raise InputError(
+                f"{source}: slide/tiling attributes missing {missing} (the heatmap "
+                f"needs the tiling geometry carried over from the tiles file; "
+                f"for TRIDENT feature files pass --slides so it is read from the "
+                f"slide)"
+            )
+        return cls(
+            width=int(attrs["slide_width"]),
+            height=int(attrs["slide_height"]),
+            mpp=float(attrs["slide_mpp"]),
+            tile_size_level0=float(attrs["tile_size_level0"]),
+            stride_level0=stride_level0(attrs),
+        )
 
 
 def stride_level0(attrs: Mapping[str, Any]) -> float:
@@ -48,7 +52,6 @@ def stride_level0(attrs: Mapping[str, Any]) -> float:
     if not stride > 0:
         raise ValueError(f"tile stride must be positive, got {stride}")
     return stride
-
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,21 @@ class TileGrid:
         else:
             origin = np.zeros(2)
         cells_xy = np.rint((coords - origin) / stride).astype(np.int64)
-        cols = max(math.ceil((geometry.width - origin[0]) / stride),
-                   int(cells_xy[:, 0].max()) + span if len(coords) else 1)
-        rows = max(math.ceil((geometry.height - origin[1]) / stride),
-                   int(cells_xy[:, 1].max()) + span if len(coords) else 1)
-        return cls(origin=(float(origin[0]), float(origin[1])), stride=stride, span=span,
-                   shape=(rows, cols), cells=cells_xy[:, ::-1].copy())
+        cols = max(
+            math.ceil((geometry.width - origin[0]) / stride),
+            int(cells_xy[:, 0].max()) + span if len(coords) else 1,
+        )
+        rows = max(
+            math.ceil((geometry.height - origin[1]) / stride),
+            int(cells_xy[:, 1].max()) + span if len(coords) else 1,
+        )
+        return cls(
+            origin=(float(origin[0]), float(origin[1])),
+            stride=stride,
+            span=span,
+            shape=(rows, cols),
+            cells=cells_xy[:, ::-1].copy(),
+        )
 
     def stitch(self, values: np.ndarray) -> np.ndarray:
         """Per-cell mean of the values of the tiles covering it; NaN where no tile lies.
@@ -102,4 +114,3 @@ class TileGrid:
         with np.errstate(invalid="ignore", divide="ignore"):
             grid = (sums / counts).astype(np.float32)
         return grid.reshape(rows, cols)
-

@@ -63,11 +63,11 @@ class TissueParams:
     def __post_init__(self) -> None:
         check_fields(self)  # every Literal and range above
         if self.tissue_method == "auto" and self.min_saturation > self.max_saturation:
-            raise ValueError(f"min_saturation {self.min_saturation} exceeds max_saturation "
-                             f"{self.max_saturation}")
+            raise ValueError(
+                f"min_saturation {self.min_saturation} exceeds max_saturation {self.max_saturation}"
+            )
         if len(self.pen_hue_deg) != 2:
             raise ValueError(f"pen_hue_deg must be (low, high) degrees, got {self.pen_hue_deg}")
-
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,6 @@ class TilingParams(TissueParams):
         super().__post_init__()  # checks every field, these included
 
 
-
 @dataclass(frozen=True)
 class AnnotationParams:
     """Which annotation groups (classes) are lesion and which are cut out of a lesion."""
@@ -104,4 +103,3 @@ class AnnotationParams:
     #: Group / class names (case-insensitive) drawn inside a lesion to exclude non-tumour tissue:
     #: Camelyon16 ``_2``.
     exclusion_groups: tuple[str, ...] = ("_2", "exclusion", "ignore")
-

@@ -61,9 +61,11 @@ class TilingOutputs:
 def tiling_outputs(out_dir: str | os.PathLike, slide_id: str) -> TilingOutputs:
     """Where the outputs of ``slide_id`` go under ``out_dir``: ``out_dir/tiles/<slide_id>.*``."""
     folder = Path(out_dir) / TILES_DIR
-    return TilingOutputs(tiles=folder / f"{slide_id}.h5",
-                         tissue_geojson=folder / f"{slide_id}.tissue.geojson",
-                         preview=folder / f"{slide_id}.preview.png")
+    return TilingOutputs(
+        tiles=folder / f"{slide_id}.h5",
+        tissue_geojson=folder / f"{slide_id}.tissue.geojson",
+        preview=folder / f"{slide_id}.preview.png",
+    )
 
 
 def is_tiled(tiles_path: str | os.PathLike) -> bool:
@@ -80,25 +82,40 @@ def tissue_mpp(params: TilingParams, mpp: float, width: int, height: int) -> flo
     return max(mpp, min(params.tissue_mpp, long_side_um / params.tissue_min_side))
 
 
-def _no_tiles_message(slide_path: Path, preview: Path, params: TilingParams, candidates: int,
-                      tissue_um2: float, slide_um2: float, threshold: float,
-                      tile_size_level0: float) -> str:
+def _no_tiles_message(
+    slide_path: Path,
+    preview: Path,
+    params: TilingParams,
+    candidates: int,
+    tissue_um2: float,
+    slide_um2: float,
+    threshold: float,
+    tile_size_level0: float,
+) -> str:
     """Why a slide got no tile, and what to change (one line, for failures.csv)."""
-    found = (f"{slide_path}: 0 tiles kept of {candidates} laid (tissue found "
-             f"{tissue_um2 / 1e6:.3g} mm², {tissue_um2 / slide_um2:.0%} of the slide, saturation "
-             f"threshold {threshold:g} by {params.tissue_method}; look at {preview})")
+    found = (
+        f"{slide_path}: 0 tiles kept of {candidates} laid (tissue found "
+        f"{tissue_um2 / 1e6:.3g} mm², {tissue_um2 / slide_um2:.0%} of the slide, saturation "
+        f"threshold {threshold:g} by {params.tissue_method}; look at {preview})"
+    )
     if candidates == 0:
-        remedy = (f"the slide is smaller than one tile ({tile_size_level0:.0f} level-0 px): use "
-                  "a smaller --tile-size or a coarser --target-mpp")
+        remedy = (
+            f"the slide is smaller than one tile ({tile_size_level0:.0f} level-0 px): use "
+            "a smaller --tile-size or a coarser --target-mpp"
+        )
     elif tissue_um2 == 0:
-        remedy = ("no tissue was found: for faint tissue try --tissue-method fixed "
-                  "--saturation-threshold 8, for tissue darker than --black-level "
-                  f"{params.black_level} lower it; leave the slide out if it is empty")
+        remedy = (
+            "no tissue was found: for faint tissue try --tissue-method fixed "
+            "--saturation-threshold 8, for tissue darker than --black-level "
+            f"{params.black_level} lower it; leave the slide out if it is empty"
+        )
     else:
-        remedy = (f"no tile holds --min-tissue {params.min_tissue:g} of tissue with at most "
-                  f"--max-white-fraction {params.max_white_fraction:g} of near-white: lower "
-                  "--min-tissue (e.g. 0.05), raise --max-white-fraction or use a smaller "
-                  "--tile-size")
+        remedy = (
+            f"no tile holds --min-tissue {params.min_tissue:g} of tissue with at most "
+            f"--max-white-fraction {params.max_white_fraction:g} of near-white: lower "
+            "--min-tissue (e.g. 0.05), raise --max-white-fraction or use a smaller "
+            "--tile-size"
+        )
     return f"{found}: {remedy}"
 
 
@@ -107,14 +124,20 @@ def summary_line(tiles_path: str | os.PathLike) -> str:
     tiles = read_tiles_file(tiles_path)
     a = tiles.attrs
     slide_um2 = a["slide_width"] * a["slide_height"] * a["slide_mpp"] ** 2
-    return (f"{a['slide_id']}: tissue {a['tissue_area_um2'] / 1e6:.3g} mm² "
-            f"({a['tissue_area_um2'] / slide_um2:.0%} of the slide), {len(tiles)} of "
-            f"{a['candidate_tiles']} tiles kept (saturation threshold "
-            f"{a['tissue_threshold']:g}, {a['tissue_params']['tissue_method']})")
+    return (
+        f"{a['slide_id']}: tissue {a['tissue_area_um2'] / 1e6:.3g} mm² "
+        f"({a['tissue_area_um2'] / slide_um2:.0%} of the slide), {len(tiles)} of "
+        f"{a['candidate_tiles']} tiles kept (saturation threshold "
+        f"{a['tissue_threshold']:g}, {a['tissue_params']['tissue_method']})"
+    )
 
 
-def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
-               params: TilingParams | None = None, mpp_override: float | None = None) -> Path:
+def tile_slide(
+    slide_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: TilingParams | None = None,
+    mpp_override: float | None = None,
+) -> Path:
     """Tile one slide into ``out_dir/tiles/<slide_id>.h5`` (+ tissue GeoJSON and preview PNG).
 
     Raises ``SlideOpenError``, ``SlideMppError`` or :class:`TilingError` (also when no tile is
@@ -142,13 +165,25 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
         read_level = level_for_downsample(slide, downsample)
         read_downsample = float(slide.level_downsamples[read_level])
 
-        thumb = read_thumbnail(slide, target_mpp=tissue_mpp(params, mpp, width, height),
-                               slide_mpp=mpp)
+        thumb = read_thumbnail(
+            slide, target_mpp=tissue_mpp(params, mpp, width, height), slide_mpp=mpp
+        )
         tissue = detect_tissue(thumb.image, thumb.downsample, mpp, params)
         white, black = background_masks(thumb.image, params)
-        grid = tile_grid(width, height, tile_size_level0, stride, thumb.downsample, tissue.mask,
-                         params.min_tissue, white, black, params.max_white_fraction,
-                         params.max_black_fraction, params.edge_tiles)
+        grid = tile_grid(
+            width,
+            height,
+            tile_size_level0,
+            stride,
+            thumb.downsample,
+            tissue.mask,
+            params.min_tissue,
+            white,
+            black,
+            params.max_white_fraction,
+            params.max_black_fraction,
+            params.edge_tiles,
+        )
         preview = thumb
         if max(thumb.image.shape[:2]) < min(PREVIEW_MIN_SIDE, max(width, height)):
             preview = read_thumbnail(slide, max_side=PREVIEW_MIN_SIDE)
@@ -156,16 +191,34 @@ def tile_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike,
     finally:
         slide.close()
 
-    write_tissue_geojson(outputs.tissue_geojson, mask_to_polygons(tissue.mask, thumb.downsample),
-                         slide_id)
-    write_preview(outputs.preview, preview.image, preview.downsample, tissue.mask, grid.coords,
-                  tile_size_level0, grid.columns, grid.rows)
+    write_tissue_geojson(
+        outputs.tissue_geojson, mask_to_polygons(tissue.mask, thumb.downsample), slide_id
+    )
+    write_preview(
+        outputs.preview,
+        preview.image,
+        preview.downsample,
+        tissue.mask,
+        grid.coords,
+        tile_size_level0,
+        grid.columns,
+        grid.rows,
+    )
     tissue_um2 = mask_area_um2(tissue, mpp)
     if len(grid.coords) == 0:
         outputs.tiles.unlink(missing_ok=True)  # an older tiling of the slide is no longer true
-        raise TilingError(_no_tiles_message(slide_path, outputs.preview, params, grid.candidates,
-                                            tissue_um2, width * height * mpp * mpp,
-                                            tissue.threshold, tile_size_level0))
+        raise TilingError(
+            _no_tiles_message(
+                slide_path,
+                outputs.preview,
+                params,
+                grid.candidates,
+                tissue_um2,
+                width * height * mpp * mpp,
+                tissue.threshold,
+                tile_size_level0,
+            )
+        )
     attrs = {
         "slide_path": str(slide_path.resolve()),
         "slide_id": slide_id,

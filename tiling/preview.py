@@ -41,10 +41,15 @@ THICK_TILE_PX = 48
 PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
-def render_preview(thumbnail: np.ndarray, downsample: float, tissue: np.ndarray,
-                   coords: np.ndarray, tile_size_level0: float,
-                   columns: np.ndarray | None = None, rows: np.ndarray | None = None
-                   ) -> np.ndarray:
+def render_preview(
+    thumbnail: np.ndarray,
+    downsample: float,
+    tissue: np.ndarray,
+    coords: np.ndarray,
+    tile_size_level0: float,
+    columns: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """The preview as a BGR image: ``thumbnail`` (RGB) spans ``downsample`` level-0 px per px.
 
     ``tissue`` is the tissue mask over the whole slide at any scale; it is resized to the preview.
@@ -57,14 +62,19 @@ def render_preview(thumbnail: np.ndarray, downsample: float, tissue: np.ndarray,
     size = (max(1, round(thumbnail.shape[1] * scale)), max(1, round(thumbnail.shape[0] * scale)))
     image = cv2.cvtColor(thumbnail, cv2.COLOR_RGB2BGR)
     if scale != 1.0:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1.0
-                           else cv2.INTER_NEAREST)
+        image = cv2.resize(
+            image, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_NEAREST
+        )
     if tissue.shape[:2] != image.shape[:2]:
         tissue = cv2.resize(tissue.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
     px_per_level0 = scale / downsample
     tile_px = tile_size_level0 * px_per_level0
-    if (columns is not None and rows is not None and tile_px >= MIN_GRID_CELL_PX
-            and 0 < columns.size * rows.size <= MAX_GRID_CELLS):
+    if (
+        columns is not None
+        and rows is not None
+        and tile_px >= MIN_GRID_CELL_PX
+        and 0 < columns.size * rows.size <= MAX_GRID_CELLS
+    ):
         for y in rows:
             for x in columns:
                 x0, y0 = round(x * px_per_level0), round(y * px_per_level0)
@@ -80,22 +90,27 @@ def render_preview(thumbnail: np.ndarray, downsample: float, tissue: np.ndarray,
     else:
         shade = np.zeros(image.shape[:2], np.uint8)
         for (x0, y0), (x1, y1) in zip(corners, far):
-            shade[y0:y1 + 1, x0:x1 + 1] = 1
+            shade[y0 : y1 + 1, x0 : x1 + 1] = 1
         tint = (0.6 * image + 0.4 * np.array(TILE_BGR)).astype(np.uint8)
         image[shade.astype(bool)] = tint[shade.astype(bool)]
-    contours, _ = cv2.findContours(tissue.astype(np.uint8), cv2.RETR_CCOMP,
-                                   cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(tissue.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, TISSUE_BGR, 2 if max(size) > 512 else 1)
     return image
 
 
-def write_preview(path: str | os.PathLike, thumbnail: np.ndarray, downsample: float,
-                  tissue: np.ndarray, coords: np.ndarray, tile_size_level0: float,
-                  columns: np.ndarray | None = None, rows: np.ndarray | None = None) -> Path:
+def write_preview(
+    path: str | os.PathLike,
+    thumbnail: np.ndarray,
+    downsample: float,
+    tissue: np.ndarray,
+    coords: np.ndarray,
+    tile_size_level0: float,
+    columns: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+) -> Path:
     """Render and write the preview PNG atomically (see :func:`render_preview`)."""
     path = Path(path)
-    image = render_preview(thumbnail, downsample, tissue, coords, tile_size_level0, columns,
-                           rows)
+    image = render_preview(thumbnail, downsample, tissue, coords, tile_size_level0, columns, rows)
     ok, encoded = cv2.imencode(".png", image, PNG_OPTIONS)
     if not ok:
         raise OSError(f"{path}: OpenCV could not encode the preview PNG")

@@ -31,8 +31,10 @@ MPP_XY_TOLERANCE = 0.01
 #: Most level pixels read in one request when shrinking a level to a thumbnail (64 MB RGBA).
 STRIP_PIXELS = 16 * 1024 * 1024
 
-MPP_HELP = ("supply it with --mpp MPP (one value for every slide) or --mpp-csv FILE "
-            "(a CSV with columns slide_id,mpp)")
+MPP_HELP = (
+    "supply it with --mpp MPP (one value for every slide) or --mpp-csv FILE "
+    "(a CSV with columns slide_id,mpp)"
+)
 
 
 class SlideOpenError(WsiMilError, OSError):
@@ -113,8 +115,9 @@ def _tiff_tag_mpp(path: Path) -> tuple[float, float] | str | None:
     return microns_per_unit * xres[1] / xres[0], microns_per_unit * yres[1] / yres[0]
 
 
-def slide_mpp(slide: Any, path: str | os.PathLike, override: float | None = None
-              ) -> tuple[float, str]:
+def slide_mpp(
+    slide: Any, path: str | os.PathLike, override: float | None = None
+) -> tuple[float, str]:
     """Level-0 µm/px of a slide and where it came from: ``"override"`` or ``"metadata"``.
 
     The override wins. Otherwise OpenSlide's mpp properties, then the TIFF resolution tags (inch
@@ -129,7 +132,10 @@ def slide_mpp(slide: Any, path: str | os.PathLike, override: float | None = None
         return override, "override"
     ignored: list[str] = []
     props = slide.properties
-    mpp_x, mpp_y = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
+    mpp_x, mpp_y = (
+        props.get(openslide.PROPERTY_NAME_MPP_X),
+        props.get(openslide.PROPERTY_NAME_MPP_Y),
+    )
     if mpp_x is not None and mpp_y is not None:
         x, y = float(mpp_x), float(mpp_y)
         if _plausible(x) and _plausible(y):
@@ -144,8 +150,9 @@ def slide_mpp(slide: Any, path: str | os.PathLike, override: float | None = None
             return _isotropic(path, x, y, "the TIFF resolution tags"), "metadata"
         ignored.append(f"TIFF resolution {x:g}/{y:g} µm/px (implausible, a placeholder)")
     found = f" (ignored: {'; '.join(ignored)})" if ignored else ""
-    raise SlideMppError(f"{path}: the slide does not record its resolution (µm/px){found}; "
-                        f"{MPP_HELP}")
+    raise SlideMppError(
+        f"{path}: the slide does not record its resolution (µm/px){found}; {MPP_HELP}"
+    )
 
 
 def level_for_downsample(slide: Any, downsample: float) -> int:
@@ -180,16 +187,23 @@ class ThumbnailStrips:
     :data:`STRIP_PIXELS`). Never upsamples: a target finer than level 0 gives level 0.
     """
 
-    def __init__(self, slide: Any, *, max_side: int | None = None,
-                 target_mpp: float | None = None, slide_mpp: float | None = None,
-                 strip_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        slide: Any,
+        *,
+        max_side: int | None = None,
+        target_mpp: float | None = None,
+        slide_mpp: float | None = None,
+        strip_pixels: int | None = None,
+    ) -> None:
         if (max_side is None) == (target_mpp is None):
             raise ValueError("read_thumbnail needs exactly one of max_side or target_mpp")
         width, height = slide.level_dimensions[0]
         if target_mpp is not None:
             if slide_mpp is None:
-                raise ValueError("read_thumbnail(target_mpp=...) needs the slide's level-0 "
-                                 "slide_mpp")
+                raise ValueError(
+                    "read_thumbnail(target_mpp=...) needs the slide's level-0 slide_mpp"
+                )
             downsample = max(1.0, float(target_mpp) / float(slide_mpp))
         else:
             assert max_side is not None  # exactly one of the two, checked above
@@ -201,8 +215,11 @@ class ThumbnailStrips:
         self.height = max(1, round(height / downsample))
         self.downsample = downsample
         # the level is the thumbnail up to rounding of its size: use it as it is
-        self.level_as_is = abs(level_w - self.width) <= 1 and abs(level_h - self.height) <= 1 \
+        self.level_as_is = (
+            abs(level_w - self.width) <= 1
+            and abs(level_h - self.height) <= 1
             and (max_side is None or max(level_w, level_h) <= max_side)
+        )
         if self.level_as_is:
             self.width, self.height = level_w, level_h
             self.downsample = width / level_w
@@ -231,13 +248,12 @@ def read_thumbnail(
     slide_mpp: float | None = None,
 ) -> Thumbnail:
     """The whole slide as one RGB image (:class:`ThumbnailStrips` assembled)."""
-    strips = ThumbnailStrips(slide, max_side=max_side, target_mpp=target_mpp,
-                             slide_mpp=slide_mpp)
+    strips = ThumbnailStrips(slide, max_side=max_side, target_mpp=target_mpp, slide_mpp=slide_mpp)
     if strips.level_as_is:
         return Thumbnail(read_level_region(slide, strips.level), strips.downsample)
     image = np.empty((strips.height, strips.width, 3), np.uint8)
     for y0, rows in strips:
-        image[y0:y0 + len(rows)] = rows
+        image[y0 : y0 + len(rows)] = rows
     return Thumbnail(image, strips.downsample)
 
 
@@ -253,8 +269,9 @@ def read_mpp_csv(path: str | os.PathLike) -> dict[str, float]:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not {"slide_id", "mpp"} <= set(reader.fieldnames):
-                raise SlideMppError(f"{path}: an mpp CSV needs the columns slide_id,mpp "
-                                    f"(found {reader.fieldnames})")
+                raise SlideMppError(
+                    f"{path}: an mpp CSV needs the columns slide_id,mpp (found {reader.fieldnames})"
+                )
             table: dict[str, float] = {}
             for line, row in enumerate(reader, start=2):
                 slide_id = (row["slide_id"] or "").strip()
@@ -263,11 +280,15 @@ def read_mpp_csv(path: str | os.PathLike) -> dict[str, float]:
                 except (TypeError, ValueError):
                     mpp = float("nan")
                 if not slide_id or not (math.isfinite(mpp) and mpp > 0):
-                    raise SlideMppError(f"{path}, line {line}: need a slide_id and a positive "
-                                        f"mpp, got {row['slide_id']!r}, {row['mpp']!r}")
+                    raise SlideMppError(
+                        f"{path}, line {line}: need a slide_id and a positive "
+                        f"mpp, got {row['slide_id']!r}, {row['mpp']!r}"
+                    )
                 if slide_id in table and table[slide_id] != mpp:
-                    raise SlideMppError(f"{path}, line {line}: slide {slide_id!r} listed twice "
-                                        f"with different mpp ({table[slide_id]} and {mpp})")
+                    raise SlideMppError(
+                        f"{path}, line {line}: slide {slide_id!r} listed twice "
+                        f"with different mpp ({table[slide_id]} and {mpp})"
+                    )
                 table[slide_id] = mpp
     except FileNotFoundError as exc:
         raise SlideMppError(f"{path}: mpp CSV not found") from exc
@@ -292,13 +313,15 @@ def slide_info(path: str | Path) -> dict[str, Any]:
             "height": slide.dimensions[1],
             "levels": [
                 {"level": k, "width": w, "height": h, "downsample": float(ds)}
-                for k, ((w, h), ds) in enumerate(zip(slide.level_dimensions,
-                                                     slide.level_downsamples))
+                for k, ((w, h), ds) in enumerate(
+                    zip(slide.level_dimensions, slide.level_downsamples)
+                )
             ],
             **mpp_info,
             "objective_power": props.get("openslide.objective-power"),
-            "associated_images": {name: list(image.size)
-                                  for name, image in slide.associated_images.items()},
+            "associated_images": {
+                name: list(image.size) for name, image in slide.associated_images.items()
+            },
         }
     finally:
         slide.close()

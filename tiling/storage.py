@@ -89,8 +89,10 @@ def encode_attr(value: Any) -> Any:
         return str(value)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value
-    if isinstance(value, (list, tuple)) and value and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         return np.asarray(value)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
@@ -104,7 +106,7 @@ def decode_attr(value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if isinstance(value, str) and value.startswith(JSON_PREFIX):
-        return json.loads(value[len(JSON_PREFIX):])
+        return json.loads(value[len(JSON_PREFIX) :])
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":

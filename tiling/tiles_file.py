@@ -20,9 +20,23 @@ from wsi_mil.errors import WsiMilError
 
 #: Attributes every tiles file carries; a file missing one is not a wsi-mil tiles file.
 REQUIRED_ATTRS = (
-    "slide_path", "slide_id", "slide_width", "slide_height", "slide_mpp", "mpp_source",
-    "target_mpp", "tile_size", "tile_size_level0", "read_level", "read_downsample", "stride",
-    "min_tissue", "tissue_method", "tissue_params", "wsi_mil_version", "created",
+    "slide_path",
+    "slide_id",
+    "slide_width",
+    "slide_height",
+    "slide_mpp",
+    "mpp_source",
+    "target_mpp",
+    "tile_size",
+    "tile_size_level0",
+    "read_level",
+    "read_downsample",
+    "stride",
+    "min_tissue",
+    "tissue_method",
+    "tissue_params",
+    "wsi_mil_version",
+    "created",
 )
 
 

@@ -53,8 +53,10 @@ def tissue_params_of(params: TissueParams) -> dict[str, Any]:
     """The tissue fields of ``params`` (or of a subclass such as ``TilingParams``) as a dict."""
     names = [f.name for f in fields(TissueParams)]
     values = asdict(params)
-    return {name: list(values[name]) if isinstance(values[name], tuple) else values[name]
-            for name in names}
+    return {
+        name: list(values[name]) if isinstance(values[name], tuple) else values[name]
+        for name in names
+    }
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,9 @@ GLASS_MARGIN = 8
 MIN_GLASS_SHARE = 0.01
 
 
-def saturation_threshold(saturation: np.ndarray, params: TissueParams,
-                         near_white: np.ndarray | None = None) -> float:
+def saturation_threshold(
+    saturation: np.ndarray, params: TissueParams, near_white: np.ndarray | None = None
+) -> float:
     """The saturation above which a pixel is tissue, by ``params.tissue_method`` (module doc).
 
     ``near_white`` (all channels at least ``white_level``) locates glass for ``"auto"``.
@@ -132,8 +135,9 @@ def saturation_threshold(saturation: np.ndarray, params: TissueParams,
     return min(max(float(otsu), low), max(high, low))
 
 
-def detect_tissue(rgb: np.ndarray, downsample: float, slide_mpp: float,
-                  params: TissueParams) -> TissueMask:
+def detect_tissue(
+    rgb: np.ndarray, downsample: float, slide_mpp: float, params: TissueParams
+) -> TissueMask:
     """Tissue mask of a low-resolution RGB image whose pixels span ``downsample`` level-0 px."""
     mpp = slide_mpp * downsample
     px_area = mpp * mpp
@@ -152,10 +156,17 @@ def detect_tissue(rgb: np.ndarray, downsample: float, slide_mpp: float,
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         mask = cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
     relative = params.size_filter_fraction * mask.size  # in px, like the absolute sizes below
-    mask = _filter_regions(mask, min(params.min_region_um2 / px_area, relative),
-                           min(params.max_hole_um2 / px_area, relative))
-    return TissueMask(mask=mask, downsample=downsample, threshold=threshold,
-                      method=f"hsv-saturation-{params.tissue_method}")
+    mask = _filter_regions(
+        mask,
+        min(params.min_region_um2 / px_area, relative),
+        min(params.max_hole_um2 / px_area, relative),
+    )
+    return TissueMask(
+        mask=mask,
+        downsample=downsample,
+        threshold=threshold,
+        method=f"hsv-saturation-{params.tissue_method}",
+    )
 
 
 def background_masks(rgb: np.ndarray, params: TissueParams) -> tuple[np.ndarray, np.ndarray]:

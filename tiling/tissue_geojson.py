@@ -43,8 +43,9 @@ def mask_to_polygons(mask: np.ndarray, downsample: float) -> MultiPolygon:
     Contours run through the centres of the boundary pixels, so pixel ``(i, j)`` maps to
     level-0 ``((j + 0.5) * downsample, (i + 0.5) * downsample)``.
     """
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP,
-                                           cv2.CHAIN_APPROX_SIMPLE)
+    contours, hierarchy = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
+    )
     if hierarchy is None:
         return MultiPolygon()
     links = hierarchy[0]  # [next, previous, first_child, parent]
@@ -74,15 +75,17 @@ def tissue_feature_collection(polygons: MultiPolygon, slide_id: str) -> dict:
     features = []
     for number, polygon in enumerate(polygons.geoms, start=1):
         geometry = mapping(shapely.set_precision(polygon, 0.01))
-        features.append({
-            "type": "Feature",
-            "geometry": geometry,
-            "properties": {
-                "objectType": "annotation",
-                "name": f"{slide_id} tissue {number}",
-                "classification": TISSUE_CLASS,
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": geometry,
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"{slide_id} tissue {number}",
+                    "classification": TISSUE_CLASS,
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

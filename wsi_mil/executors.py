@@ -73,8 +73,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def run_jobs(jobs: Sequence[J], run_one: RunOne, *, stage: str, workers: int = 1,
-             executor: ExecutorParams | None = None) -> Iterator[tuple[J, str | None]]:
+def run_jobs(
+    jobs: Sequence[J],
+    run_one: RunOne,
+    *,
+    stage: str,
+    workers: int = 1,
+    executor: ExecutorParams | None = None,
+) -> Iterator[tuple[J, str | None]]:
     """Run ``run_one(job)`` for every job and yield ``(job, its result)`` as each finishes.
 
     ``run_one`` must be a module-level function returning None or an error text (it catches
@@ -91,8 +97,9 @@ def run_jobs(jobs: Sequence[J], run_one: RunOne, *, stage: str, workers: int = 1
         yield from _pool_jobs(jobs, run_one, workers)
 
 
-def map_ordered(fn: Callable[[T], R], items: Sequence[T], *, stage: str,
-                executor: ExecutorParams | None = None) -> list[R]:
+def map_ordered(
+    fn: Callable[[T], R], items: Sequence[T], *, stage: str, executor: ExecutorParams | None = None
+) -> list[R]:
     """``[fn(item) for item in items]``, here in order, or as tasks of the executor's Dask
     cluster (``fn`` may be a closure: cloudpickle carries it); the first exception is raised
     here, as if the call had run here, and the tasks not yet run are cancelled."""
@@ -100,8 +107,12 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], *, stage: str,
         return [fn(item) for item in items]
     with _client(executor) as client:
         run_id = uuid.uuid4().hex[:8]
-        futures = client.map(fn, list(items), pure=False,
-                             key=[f"{stage}-{index}-{run_id}" for index in range(len(items))])
+        futures = client.map(
+            fn,
+            list(items),
+            pure=False,
+            key=[f"{stage}-{index}-{run_id}" for index in range(len(items))],
+        )
         try:
             return client.gather(futures)
         except BaseException:
@@ -109,13 +120,13 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], *, stage: str,
             raise
 
 
-def _pool_jobs(jobs: Sequence[J], run_one: RunOne,
-               workers: int) -> Iterator[tuple[J, str | None]]:
+def _pool_jobs(jobs: Sequence[J], run_one: RunOne, workers: int) -> Iterator[tuple[J, str | None]]:
     # spawn, not fork: a forked child of a process that ran OpenCV/OpenMP threads can deadlock.
     # the workers show their messages as this process does (wsi_mil.console)
     initializer = console.install if console.installed() else None
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                             initializer=initializer) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=initializer
+    ) as pool:
         futures = {pool.submit(run_one, job): job for job in jobs}
         try:
             for future in as_completed(futures):
@@ -183,9 +194,11 @@ def _open_session(executor: ExecutorParams) -> _Session:
         try:
             client = Client(executor.address, timeout="10s")
         except OSError as exc:
-            raise ExecutorError(f"no Dask scheduler answered at {executor.address} ({exc}); "
-                                f"start one with `dask scheduler` and workers with "
-                                f"`dask worker {executor.address}`") from exc
+            raise ExecutorError(
+                f"no Dask scheduler answered at {executor.address} ({exc}); "
+                f"start one with `dask scheduler` and workers with "
+                f"`dask worker {executor.address}`"
+            ) from exc
         session = _Session(client)
     else:
         cluster = start_cluster(executor.cluster or ClusterParams())
@@ -228,9 +241,13 @@ def start_cluster(cluster: ClusterParams) -> Any:
         from features.params import available_cpus
 
         n_workers = cluster.n_workers or max(1, available_cpus() // cluster.threads_per_worker)
-        return LocalCluster(n_workers=n_workers, threads_per_worker=cluster.threads_per_worker,
-                            processes=True, resources=_local_resources(),
-                            silence_logs=logging.ERROR)
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=cluster.threads_per_worker,
+            processes=True,
+            resources=_local_resources(),
+            silence_logs=logging.ERROR,
+        )
     slurm = slurm_cluster(cluster)
     slurm.scale(jobs=cluster.jobs)
     return slurm
@@ -260,11 +277,18 @@ def slurm_cluster(cluster: ClusterParams) -> Any:
         per_worker = max(1, cluster.gpus // cluster.processes)
         worker_args += ["--resources", f"GPU={per_worker}"]
     kwargs: dict[str, Any] = {
-        "queue": cluster.queue, "account": cluster.account, "cores": cluster.cores,
-        "processes": cluster.processes, "memory": cluster.memory, "walltime": cluster.walltime,
-        "job_extra_directives": directives, "job_script_prologue": prologue,
-        "worker_extra_args": worker_args, "log_directory": cluster.log_directory,
-        "local_directory": cluster.local_directory, "interface": cluster.interface,
+        "queue": cluster.queue,
+        "account": cluster.account,
+        "cores": cluster.cores,
+        "processes": cluster.processes,
+        "memory": cluster.memory,
+        "walltime": cluster.walltime,
+        "job_extra_directives": directives,
+        "job_script_prologue": prologue,
+        "worker_extra_args": worker_args,
+        "log_directory": cluster.log_directory,
+        "local_directory": cluster.local_directory,
+        "interface": cluster.interface,
     }
     return SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})
 
@@ -289,7 +313,8 @@ def _check_resources(client: Client, jobs: Sequence[J], where: str) -> None:
         raise ExecutorError(
             f"these jobs need a worker offering {', '.join(missing)}, but none of the "
             f"{len(workers)} worker(s) at {where} does: start GPU workers with "
-            f"`dask worker {where} {flags}` (or use device: cpu)")
+            f"`dask worker {where} {flags}` (or use device: cpu)"
+        )
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -297,8 +322,9 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
-def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
-               executor: ExecutorParams) -> Iterator[tuple[J, str | None]]:
+def _dask_jobs(
+    jobs: Sequence[J], run_one: RunOne, stage: str, executor: ExecutorParams
+) -> Iterator[tuple[J, str | None]]:
     require_extra("cluster", "a Dask executor")
     from distributed import as_completed as dask_as_completed
 
@@ -312,8 +338,13 @@ def _dask_jobs(jobs: Sequence[J], run_one: RunOne, stage: str,
         for index, job in enumerate(jobs):
             # A readable, unique key: the dashboard shows the stage and the slide.
             key = f"{stage}-{Path(job.slide).name}-{run_id}-{index}"
-            future = client.submit(run_one, job, key=key, pure=False,
-                                   resources=dict(job.resources) if job.resources else None)
+            future = client.submit(
+                run_one,
+                job,
+                key=key,
+                pure=False,
+                resources=dict(job.resources) if job.resources else None,
+            )
             futures[future] = job
         try:
             for future in dask_as_completed(futures):

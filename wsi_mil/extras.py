@@ -44,7 +44,8 @@ def require_extra(extra: str, feature: str) -> None:
     if missing:
         raise MissingExtraError(
             f"{feature} needs the optional '{extra}' packages (cannot import "
-            f"{', '.join(missing)}): pip install \"wsi-mil[{extra}]\"")
+            f'{", ".join(missing)}): pip install "wsi-mil[{extra}]"'
+        )
 
 
 def _findable(name: str) -> bool:

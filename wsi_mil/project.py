@@ -55,9 +55,17 @@ FAILURES_CSV = "failures.csv"
 
 #: folders that may be given explicitly instead of the project's own (``Project(root, X=...)``)
 _FOLDERS = {
-    "tiles": TILES, "features": FEATURES, "runs": RUNS, "predictions": PREDICTIONS,
-    "heatmaps": HEATMAPS, "explanations": EXPLANATIONS, "segmenter": SEGMENTER,
-    "segment": SEGMENT, "report": REPORT, "evaluation": EVALUATION, "ratings": RATINGS,
+    "tiles": TILES,
+    "features": FEATURES,
+    "runs": RUNS,
+    "predictions": PREDICTIONS,
+    "heatmaps": HEATMAPS,
+    "explanations": EXPLANATIONS,
+    "segmenter": SEGMENTER,
+    "segment": SEGMENT,
+    "report": REPORT,
+    "evaluation": EVALUATION,
+    "ratings": RATINGS,
     "cohort": COHORT,
 }
 
@@ -74,11 +82,14 @@ class Project:
     def __init__(self, root: str | os.PathLike, **folders: str | os.PathLike | None):
         unknown = sorted(set(folders) - set(_FOLDERS))
         if unknown:
-            raise TypeError(f"Project: unknown folder(s) {', '.join(unknown)}; known: "
-                            f"{', '.join(sorted(_FOLDERS))}")
+            raise TypeError(
+                f"Project: unknown folder(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(_FOLDERS))}"
+            )
         self.root = Path(root)
-        self.overrides = {name: Path(folder) for name, folder in folders.items()
-                          if folder is not None}
+        self.overrides = {
+            name: Path(folder) for name, folder in folders.items() if folder is not None
+        }
 
     @classmethod
     def of(cls, project: str | os.PathLike | Project) -> Project:
@@ -181,8 +192,11 @@ class Project:
         return self.root / FAILURES_CSV
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Project) and self.root == other.root
-                and self.overrides == other.overrides)
+        return (
+            isinstance(other, Project)
+            and self.root == other.root
+            and self.overrides == other.overrides
+        )
 
     def __hash__(self) -> int:
         return hash((self.root, tuple(sorted(self.overrides.items()))))
@@ -190,4 +204,3 @@ class Project:
     def __repr__(self) -> str:
         extra = "".join(f", {k}={str(v)!r}" for k, v in self.overrides.items())
         return f"Project({str(self.root)!r}{extra})"
-

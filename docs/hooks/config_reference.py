@@ -20,10 +20,17 @@ MARKER = "<!-- generated: configuration reference -->"
 
 #: config section -> the verbs whose flags set it (the first one that has a flag is shown)
 SECTION_VERBS = {
-    "slides": ("tile",), "cohort": ("cohort",), "tiling": ("tile",), "extract": ("extract",),
-    "train": ("train",), "predict": ("predict",), "heatmap": ("heatmap",),
-    "evaluate": ("evaluate",), "segment": ("segment", "segment-train"),
-    "explain": ("explain",), "executor": ("tile",),
+    "slides": ("tile",),
+    "cohort": ("cohort",),
+    "tiling": ("tile",),
+    "extract": ("extract",),
+    "train": ("train",),
+    "predict": ("predict",),
+    "heatmap": ("heatmap",),
+    "evaluate": ("evaluate",),
+    "segment": ("segment", "segment-train"),
+    "explain": ("explain",),
+    "executor": ("tile",),
 }
 #: keys whose flag is not named after them (the executor flags every per-slide verb shares)
 RENAMED_FLAGS = {"executor.kind": "--executor", "executor.address": "--scheduler"}
@@ -42,8 +49,10 @@ def _cell(text: str) -> str:
     """A table cell: pipes escaped, and ``<`` / ``>`` outside code spans (``<slide_id>`` is
     not an HTML tag)."""
     parts = re.split(r"(``.*?``|`[^`]*`)", text.replace("\n", " "))
-    return "".join(part if i % 2 else part.replace("<", "&lt;").replace(">", "&gt;")
-                   for i, part in enumerate(parts)).replace("|", "\\|")
+    return "".join(
+        part if i % 2 else part.replace("<", "&lt;").replace(">", "&gt;")
+        for i, part in enumerate(parts)
+    ).replace("|", "\\|")
 
 
 def _default(f: dataclasses.Field) -> str:
@@ -60,8 +69,9 @@ def _default(f: dataclasses.Field) -> str:
     return f"`{yaml_value(value)}`"
 
 
-def _rows(cls: type, prefix: str, section: str, verbs: tuple[str, ...],
-          flags: dict[str, set[str]]) -> list[str]:
+def _rows(
+    cls: type, prefix: str, section: str, verbs: tuple[str, ...], flags: dict[str, set[str]]
+) -> list[str]:
     from wsi_mil.cli.options import flag_name
     from wsi_mil.config.pipeline import _dataclass_type
     from wsi_mil.config.schema import allowed, field_comments, ordered_fields
@@ -77,15 +87,20 @@ def _rows(cls: type, prefix: str, section: str, verbs: tuple[str, ...],
             continue
         flag = ""
         for verb in verbs:
-            for candidate in (RENAMED_FLAGS.get(f"{section}.{key}", ""), flag_name(key),
-                              flag_name(f.name)):
+            for candidate in (
+                RENAMED_FLAGS.get(f"{section}.{key}", ""),
+                flag_name(key),
+                flag_name(f.name),
+            ):
                 if candidate in flags.get(verb, set()):
                     flag = f"`wsi-mil {verb} {candidate}`"
                     break
             if flag:
                 break
-        rows.append(f"| `{key}` | {_default(f)} | {_cell(allowed(f, hints[f.name]))} | {flag} | "
-                    f"{_cell(comments.get(f.name, ''))} |")
+        rows.append(
+            f"| `{key}` | {_default(f)} | {_cell(allowed(f, hints[f.name]))} | {flag} | "
+            f"{_cell(comments.get(f.name, ''))} |"
+        )
     return rows
 
 
@@ -99,16 +114,25 @@ def reference_markdown() -> str:
     comments, hints = field_comments(PipelineConfig), typing.get_type_hints(PipelineConfig)
     top = [f for f in ordered_fields(PipelineConfig) if _dataclass_type(hints[f.name]) is None]
     out = ["## Top level", "", header]
-    out += [f"| `{f.name}` | {_default(f)} | {_cell(allowed(f, hints[f.name]))} | | "
-            f"{_cell(comments.get(f.name, ''))} |" for f in top]
+    out += [
+        f"| `{f.name}` | {_default(f)} | {_cell(allowed(f, hints[f.name]))} | | "
+        f"{_cell(comments.get(f.name, ''))} |"
+        for f in top
+    ]
     for f in ordered_fields(PipelineConfig):
         section = _dataclass_type(hints[f.name])
         if section is None:
             continue
         optional = type(None) in typing.get_args(hints[f.name])
-        out += ["", f"## `{f.name}`", "", _cell(comments.get(f.name, ""))
-                + (" The section is optional (`null` by default)." if optional else ""), "",
-                header]
+        out += [
+            "",
+            f"## `{f.name}`",
+            "",
+            _cell(comments.get(f.name, ""))
+            + (" The section is optional (`null` by default)." if optional else ""),
+            "",
+            header,
+        ]
         out += _rows(section, "", f.name, SECTION_VERBS.get(f.name, ()), flags)
     return "\n".join(out) + "\n"
 

@@ -138,14 +138,16 @@ def prepare(data: Path, out: Path, reference: Path | None) -> dict:
         entries.append(Entry(slide_id, label, split, path, annotations.get(slide_id)))
     present = {e.slide_id for e in entries}
     report = {
-        "data": str(data), "reference": str(reference) if reference else None,
+        "data": str(data),
+        "reference": str(reference) if reference else None,
         "train": sum(e.split == "train" for e in entries),
         "test": sum(e.split == "test" for e in entries),
         "tumor": sum(e.label == "tumor" for e in entries),
         "normal": sum(e.label == "normal" for e in entries),
         "missing_slides": sorted(s for s in expected if s not in present and s not in EXCLUDED),
-        "tumor_without_annotation": sorted(e.slide_id for e in entries
-                                           if e.label == "tumor" and e.annotation_path is None),
+        "tumor_without_annotation": sorted(
+            e.slide_id for e in entries if e.label == "tumor" and e.annotation_path is None
+        ),
         "test_without_label": unlabelled,
         "excluded": list(EXCLUDED),
     }
@@ -153,7 +155,8 @@ def prepare(data: Path, out: Path, reference: Path | None) -> dict:
     write_text_atomic(out / "labels.csv", "\n".join(lines) + "\n")
     manifest = ["slide_id,label,split,slide_path,annotation_path"] + [
         f"{e.slide_id},{e.label},{e.split},{e.slide_path},{e.annotation_path or ''}"
-        for e in entries]
+        for e in entries
+    ]
     write_text_atomic(out / "manifest.csv", "\n".join(manifest) + "\n")
     write_text_atomic(out / "prepare_report.json", json.dumps(report, indent=2) + "\n")
     return report
@@ -161,9 +164,16 @@ def prepare(data: Path, out: Path, reference: Path | None) -> dict:
 
 def read_manifest(path: Path) -> list[Entry]:
     with path.open(newline="", encoding="utf-8") as f:
-        return [Entry(r["slide_id"], r["label"], r["split"], Path(r["slide_path"]),
-                      Path(r["annotation_path"]) if r["annotation_path"] else None)
-                for r in csv.DictReader(f)]
+        return [
+            Entry(
+                r["slide_id"],
+                r["label"],
+                r["split"],
+                Path(r["slide_path"]),
+                Path(r["annotation_path"]) if r["annotation_path"] else None,
+            )
+            for r in csv.DictReader(f)
+        ]
 
 
 def write_tile_labels(features: Path, manifest: list[Entry], annotations_dir: Path) -> dict:
@@ -179,26 +189,36 @@ def write_tile_labels(features: Path, manifest: list[Entry], annotations_dir: Pa
         if entry.annotation_path is not None and not target.exists():
             target.symlink_to(entry.annotation_path.resolve())
     result = label_bags(features, annotations_dir, {e.slide_id: e.label for e in manifest})
-    return {"labelled": len(result.labelled), "normal": len(result.normal),
-            "unlabelled": result.unlabelled}
+    return {
+        "labelled": len(result.labelled),
+        "normal": len(result.normal),
+        "unlabelled": result.unlabelled,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True,
-                        help="folder of the official Camelyon16 download")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder of the official Camelyon16 download"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--reference", type=Path, default=default_reference(),
-                        help="labels CSV with the test labels (default: the project's "
-                             "camelyon16_labels.csv, else the download's reference.csv)")
-    parser.add_argument("--features", type=Path,
-                        help="feature bags to write tile labels into (after extraction)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=default_reference(),
+        help="labels CSV with the test labels (default: the project's "
+        "camelyon16_labels.csv, else the download's reference.csv)",
+    )
+    parser.add_argument(
+        "--features", type=Path, help="feature bags to write tile labels into (after extraction)"
+    )
     args = parser.parse_args(argv)
     report = prepare(args.data, args.out, args.reference)
     print(json.dumps(report, indent=2))
     if args.features is not None:
-        labelled = write_tile_labels(args.features, read_manifest(args.out / "manifest.csv"),
-                                     args.out / "annotations")
+        labelled = write_tile_labels(
+            args.features, read_manifest(args.out / "manifest.csv"), args.out / "annotations"
+        )
         print(f"tile labels: {json.dumps(labelled)}")
     return 1 if report["missing_slides"] or report["tumor_without_annotation"] else 0
 

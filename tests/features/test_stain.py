@@ -25,8 +25,9 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def render(h: np.ndarray, e: np.ndarray, size: int = 96, seed: int = 0,
-           io: float = 240.0) -> np.ndarray:
+def render(
+    h: np.ndarray, e: np.ndarray, size: int = 96, seed: int = 0, io: float = 240.0
+) -> np.ndarray:
     """An H&E image from Beer-Lambert: per pixel, concentrations of two known stains (some
     pixels nearly pure haematoxylin, some nearly pure eosin, most mixed, a little glass)."""
     rng = np.random.default_rng(seed)
@@ -74,8 +75,9 @@ def test_reinhard_matches_the_reference_lab_statistics():
     fitted = StainNormaliser.fit("reinhard", reference, "ref")
     out = fitted(render(H_OTHER, E_OTHER, seed=4))
     lab_out, lab_ref = rgb2lab(out), rgb2lab(reference)
-    np.testing.assert_allclose(lab_out.reshape(-1, 3).mean(0), lab_ref.reshape(-1, 3).mean(0),
-                               atol=2.0)
+    np.testing.assert_allclose(
+        lab_out.reshape(-1, 3).mean(0), lab_ref.reshape(-1, 3).mean(0), atol=2.0
+    )
 
 
 def test_glass_is_passed_through_and_bad_targets_are_named(tmp_path):
@@ -123,19 +125,28 @@ def test_cohort_montage_pools_the_tiles():
     assert montage.shape == (16, 24, 3) and montage[8, 8, 0] == 4 and montage[-1, -1, 0] == 255
 
 
-def test_extraction_records_stain_qc_views_and_a_trident_copy(tmp_path, make_tiles,
-                                                              generated_slide, lite0):
+def test_extraction_records_stain_qc_views_and_a_trident_copy(
+    tmp_path, make_tiles, generated_slide, lite0
+):
     from features.bag import read_bag_attrs, read_bag_dataset, read_bag_features
     from features.dataset import TileDataset
     from features.extract import ExtractParams, bag_is_current, extract_slide, fit_stain_reference
 
     tiles = make_tiles(coords=make_tiles().coords[:6])
-    params = ExtractParams(device="cpu", progress=False, tile_readers=0, dtype="float32",
-                           stain="reinhard", stain_views=2, format="trident")
+    params = ExtractParams(
+        device="cpu",
+        progress=False,
+        tile_readers=0,
+        dtype="float32",
+        stain="reinhard",
+        stain_views=2,
+        format="trident",
+    )
     normaliser = fit_stain_reference(params, [TileDataset(tiles, generated_slide, 224)])
     assert normaliser.target.startswith("cohort (6 tiles of 1 slides")
-    out = extract_slide(tiles.path, generated_slide, tmp_path / "out" / "lite0" / "g.h5",
-                        lite0, params, normaliser)
+    out = extract_slide(
+        tiles.path, generated_slide, tmp_path / "out" / "lite0" / "g.h5", lite0, params, normaliser
+    )
     attrs = read_bag_attrs(out)
     assert attrs["stain_method"] == "reinhard" and attrs["stain_views"] == 2
     assert attrs["tile_qc_columns"] == ["focus", "background", "pen"]
@@ -145,8 +156,9 @@ def test_extraction_records_stain_qc_views_and_a_trident_copy(tmp_path, make_til
     assert qc.shape == (6, 3) and views.shape == (6, 2, 1280)
     assert not np.allclose(views[:, 0], plain) and not np.allclose(views[:, 0], views[:, 1])
     assert bag_is_current(out, tiles.path, lite0, "float32", params)
-    assert not bag_is_current(out, tiles.path, lite0, "float32",
-                              ExtractParams(stain="macenko", dtype="float32"))
+    assert not bag_is_current(
+        out, tiles.path, lite0, "float32", ExtractParams(stain="macenko", dtype="float32")
+    )
     copies = list((tmp_path / "out" / "trident").rglob("*.h5"))
     assert len(copies) == 1 and copies[0].parent.name == "features_lite0"
 
@@ -157,19 +169,43 @@ def test_training_samples_the_stain_views(tmp_path):
     from tiling.tiles_file import read_tiles_file, write_tiles_file
     from wsi_mil.mil.bags import BagDataset, BagRecord
 
-    attrs = {"slide_path": "x.svs", "slide_id": "s", "slide_width": 100, "slide_height": 100,
-             "slide_mpp": 0.25, "mpp_source": "metadata", "target_mpp": 0.5, "tile_size": 10,
-             "tile_size_level0": 20, "read_level": 0, "read_downsample": 1.0, "stride": 20,
-             "min_tissue": 0.0, "tissue_method": "otsu", "tissue_params": {}}
+    attrs = {
+        "slide_path": "x.svs",
+        "slide_id": "s",
+        "slide_width": 100,
+        "slide_height": 100,
+        "slide_mpp": 0.25,
+        "mpp_source": "metadata",
+        "target_mpp": 0.5,
+        "tile_size": 10,
+        "tile_size_level0": 20,
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": 20,
+        "min_tissue": 0.0,
+        "tissue_method": "otsu",
+        "tissue_params": {},
+    }
     tiles = read_tiles_file(write_tiles_file(tmp_path / "t.h5", [[0, 0], [20, 0]], [1, 1], attrs))
-    encoder = {"encoder": "toy", "encoder_dim": 2, "weights": "none", "weights_sha256": "",
-               "input_size": 10, "mean": [0.0] * 3, "std": [1.0] * 3, "dtype": "float32",
-               "stain_views": 2}
+    encoder = {
+        "encoder": "toy",
+        "encoder_dim": 2,
+        "weights": "none",
+        "weights_sha256": "",
+        "input_size": 10,
+        "mean": [0.0] * 3,
+        "std": [1.0] * 3,
+        "dtype": "float32",
+        "stain_views": 2,
+    }
     views = np.stack([np.full((2, 2), 1.0), np.full((2, 2), 2.0)], axis=1).astype(np.float32)
-    path = write_bag(tmp_path / "s.h5", np.zeros((2, 2), np.float32), tiles, encoder,
-                     {"stain_views": views})
+    path = write_bag(
+        tmp_path / "s.h5", np.zeros((2, 2), np.float32), tiles, encoder, {"stain_views": views}
+    )
     record = BagRecord("s", path, 0, 2, False)
-    seen = {float(BagDataset([record], 2, stain_views=True, seed=i)[0].features[0, 0])
-            for i in range(12)}
+    seen = {
+        float(BagDataset([record], 2, stain_views=True, seed=i)[0].features[0, 0])
+        for i in range(12)
+    }
     assert seen == {0.0, 1.0, 2.0}
     assert {float(BagDataset([record], 2, seed=i)[0].features[0, 0]) for i in range(5)} == {0.0}

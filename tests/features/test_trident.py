@@ -24,17 +24,25 @@ from features.bag import (
 )
 
 
-def write_like_trident(path: Path, features: np.ndarray, coords: np.ndarray,
-                       coords_attrs: dict) -> Path:
+def write_like_trident(
+    path: Path, features: np.ndarray, coords: np.ndarray, coords_attrs: dict
+) -> Path:
     """TRIDENT's IO.save_h5(assets={features, coords}, attributes={features: {name,
     savetodir}, coords: coords_attrs})."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    attributes = {"features": {"name": path.stem, "savetodir": str(path.parent)},
-                  "coords": coords_attrs}
+    attributes = {
+        "features": {"name": path.stem, "savetodir": str(path.parent)},
+        "coords": coords_attrs,
+    }
     with h5py.File(path, "w") as f:
         for key, value in (("features", features), ("coords", coords)):
-            dset = f.create_dataset(key, shape=value.shape, maxshape=(None,) + value.shape[1:],
-                                    chunks=(1,) + value.shape[1:], dtype=value.dtype)
+            dset = f.create_dataset(
+                key,
+                shape=value.shape,
+                maxshape=(None,) + value.shape[1:],
+                chunks=(1,) + value.shape[1:],
+                dtype=value.dtype,
+            )
             dset[:] = value
             for name, attr in attributes[key].items():
                 dset.attrs[name] = json.dumps(attr) if isinstance(attr, dict) else attr
@@ -45,11 +53,21 @@ def trident_copy_of(our_dir: Path, trident_dir: Path) -> Path:
     """Each of our bags rewritten as TRIDENT would have written the same features (20x, 224
     px patches, no overlap, level 0 at 40x)."""
     for bag in sorted(our_dir.glob("*.h5")):
-        attrs = {"patch_size": 224, "patch_size_level0": 448, "level0_magnification": 40,
-                 "target_magnification": 20, "overlap": 0, "name": bag.stem,
-                 "savetodir": str(trident_dir)}
-        write_like_trident(trident_dir / bag.name, read_bag_features(bag).astype(np.float32),
-                           read_bag_coords(bag).astype(np.int64), attrs)
+        attrs = {
+            "patch_size": 224,
+            "patch_size_level0": 448,
+            "level0_magnification": 40,
+            "target_magnification": 20,
+            "overlap": 0,
+            "name": bag.stem,
+            "savetodir": str(trident_dir),
+        }
+        write_like_trident(
+            trident_dir / bag.name,
+            read_bag_features(bag).astype(np.float32),
+            read_bag_coords(bag).astype(np.int64),
+            attrs,
+        )
     return trident_dir
 
 
@@ -77,10 +95,18 @@ def test_a_trident_file_reads_as_a_bag(two_layouts):
 
 
 def test_overlap_sets_the_stride(tmp_path):
-    path = write_like_trident(tmp_path / "features_uni_v1" / "s.h5", np.zeros((2, 4), np.float32),
-                              np.array([[0, 0], [256, 0]]),
-                              {"patch_size": 256, "patch_size_level0": 512, "overlap": 128,
-                               "level0_magnification": 40, "target_magnification": 20})
+    path = write_like_trident(
+        tmp_path / "features_uni_v1" / "s.h5",
+        np.zeros((2, 4), np.float32),
+        np.array([[0, 0], [256, 0]]),
+        {
+            "patch_size": 256,
+            "patch_size_level0": 512,
+            "overlap": 128,
+            "level0_magnification": 40,
+            "target_magnification": 20,
+        },
+    )
     attrs = read_bag_attrs(path)
     assert attrs["stride"] == 256 and attrs["encoder"] == "uni_v1"
 
@@ -92,10 +118,20 @@ def test_trident_layout_trains_and_predicts_identically(two_layouts, tmp_path):
     from wsi_mil.mil.train import train_folds
 
     ours, theirs, labels = two_layouts
-    params = TrainParams(folds=2, epochs=2, min_epochs=1, hidden_dims=(16,), attention_dim=8,
-                         bootstrap=0, device="cpu", seed=3)
-    summaries = {name: train_folds(folder, labels, tmp_path / name, params)
-                 for name, folder in (("ours", ours), ("trident", theirs))}
+    params = TrainParams(
+        folds=2,
+        epochs=2,
+        min_epochs=1,
+        hidden_dims=(16,),
+        attention_dim=8,
+        bootstrap=0,
+        device="cpu",
+        seed=3,
+    )
+    summaries = {
+        name: train_folds(folder, labels, tmp_path / name, params)
+        for name, folder in (("ours", ours), ("trident", theirs))
+    }
     for key in ("auc", "balanced_accuracy"):
         assert summaries["ours"][key]["mean"] == summaries["trident"][key]["mean"]
     for bag in sorted(ours.glob("*.h5"))[:4]:
@@ -108,10 +144,18 @@ def test_trident_layout_trains_and_predicts_identically(two_layouts, tmp_path):
 
 def test_a_slide_completes_what_trident_does_not_record(tmp_path, generated_slide):
     """The generated slide (1536 x 1024 px, 0.25 µm/px): size, µm/px and the level to read."""
-    path = write_like_trident(tmp_path / "features_x" / "gradient.h5",
-                              np.ones((2, 4), np.float32), np.array([[0, 0], [448, 0]]),
-                              {"patch_size": 224, "patch_size_level0": 448, "overlap": 0,
-                               "level0_magnification": 40, "target_magnification": 20})
+    path = write_like_trident(
+        tmp_path / "features_x" / "gradient.h5",
+        np.ones((2, 4), np.float32),
+        np.array([[0, 0], [448, 0]]),
+        {
+            "patch_size": 224,
+            "patch_size_level0": 448,
+            "overlap": 0,
+            "level0_magnification": 40,
+            "target_magnification": 20,
+        },
+    )
     attrs = read_bag_attrs(path, slide_path=generated_slide)
     assert (attrs["slide_width"], attrs["slide_height"]) == (1536, 1024)
     assert attrs["slide_mpp"] == pytest.approx(0.25) and attrs["target_mpp"] == pytest.approx(0.5)
@@ -126,13 +170,23 @@ def test_our_bag_exports_to_trident_layout(tmp_path, make_tiles):
     from features.bag import write_bag
 
     tiles = make_tiles()
-    encoder = {"encoder": "toy", "encoder_dim": 3, "weights": "none", "weights_sha256": "0" * 64,
-               "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "dtype": "float32"}
+    encoder = {
+        "encoder": "toy",
+        "encoder_dim": 3,
+        "weights": "none",
+        "weights_sha256": "0" * 64,
+        "input_size": 224,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "dtype": "float32",
+    }
     features = np.random.default_rng(0).normal(size=(len(tiles), 3)).astype(np.float32)
     bag = write_bag(tmp_path / "out" / "toy" / "gradient.h5", features, tiles, encoder)
     copy = export_trident(bag)
-    assert copy == tmp_path / "out" / "trident" / "20x_224px_112px_overlap" / "features_toy" \
-        / "gradient.h5"
+    assert (
+        copy
+        == tmp_path / "out" / "trident" / "20x_224px_112px_overlap" / "features_toy" / "gradient.h5"
+    )
     with h5py.File(copy) as f:
         coords_attrs = dict(f["coords"].attrs)
         np.testing.assert_array_equal(f["features"][:], features)

@@ -27,8 +27,16 @@ def _bench():
 @pytest.mark.parametrize("model_name", ["abmil", "gated_abmil"])
 def test_stacked_training_equals_the_library_models(model_name, optimizer):
     bench = _bench()
-    params = TrainParams(model=model_name, hidden_dims=(12, 6), attention_dim=5, dropout=0.0,
-                         optimizer=optimizer, lr=1e-2, weight_decay=5e-3, device="cpu")
+    params = TrainParams(
+        model=model_name,
+        hidden_dims=(12, 6),
+        attention_dim=5,
+        dropout=0.0,
+        optimizer=optimizer,
+        lr=1e-2,
+        weight_decay=5e-3,
+        device="cpu",
+    )
     models = bench.library_models(model_name, params, 7, [0, 1, 2])
     leaves = bench.stacked_leaves(models)
     gen = torch.Generator().manual_seed(0)
@@ -39,10 +47,13 @@ def test_stacked_training_equals_the_library_models(model_name, optimizer):
     bench.check_stacked_forward(models, leaves, model_name, x, mask)
 
     opt = bench.stacked_optimizer(leaves, params)  # the script's own (stacked) optimiser
-    singles = [make_optimizer(m.parameters(), params) for m in models]  # the library's, one per network
+    singles = [
+        make_optimizer(m.parameters(), params) for m in models
+    ]  # the library's, one per network
     for b in range(2):  # one bag per network per step, as the benchmark trains
-        logits = bench.stacked_logits(leaves, model_name, 2, x[:, b:b + 1], mask[:, b:b + 1],
-                                      0.0, True)[:, 0]
+        logits = bench.stacked_logits(
+            leaves, model_name, 2, x[:, b : b + 1], mask[:, b : b + 1], 0.0, True
+        )[:, 0]
         opt.zero_grad()
         F.cross_entropy(logits, y[:, b], reduction="sum").backward()
         opt.step()
@@ -50,7 +61,7 @@ def test_stacked_training_equals_the_library_models(model_name, optimizer):
             model.train()
             out = model(x[i, b][mask[i, b]])
             single.zero_grad()
-            F.cross_entropy(out.logits, y[i, b:b + 1]).backward()
+            F.cross_entropy(out.logits, y[i, b : b + 1]).backward()
             single.step()
     stacked = bench.library_state(leaves)
     for i, model in enumerate(models):

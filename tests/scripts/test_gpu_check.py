@@ -19,14 +19,21 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="bash not f
 
 
 def run_script(*args: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=30, check=False, env={**os.environ, "OUT": str(out)})
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "OUT": str(out)},
+    )
 
 
 @needs_bash
 def test_gpu_check_is_valid_bash():
-    done = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True,
-                          timeout=30, check=False)
+    done = subprocess.run(
+        ["bash", "-n", str(SCRIPT)], capture_output=True, text=True, timeout=30, check=False
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -47,14 +54,17 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path):
     done = run_script("--fast", out=tmp_path / "out")
     assert done.returncode == 2 and "unknown argument --fast" in done.stderr
     done = run_script("--only", "tests,bench", out=tmp_path / "out")
-    assert done.returncode == 2 and "--only takes tests,features,training,pipeline, got bench" \
-        in done.stderr
+    assert (
+        done.returncode == 2
+        and "--only takes tests,features,training,pipeline, got bench" in done.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_summary_reports_a_failed_step_without_figures(tmp_path, capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_check_summary",
-                                                  SCRIPTS / "gpu_check_summary.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check_summary", SCRIPTS / "gpu_check_summary.py"
+    )
     summary = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(summary)
     status = tmp_path / "status.tsv"
@@ -63,10 +73,23 @@ def test_summary_reports_a_failed_step_without_figures(tmp_path, capsys, monkeyp
         '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1">'
         '<testcase classname="t" name="a"/><testcase classname="t" name="b"><failure/>'
         '</testcase><testcase classname="t" name="c"><skipped/></testcase></testsuite>'
-        '</testsuites>')
-    monkeypatch.setattr(sys, "argv", ["gpu_check_summary.py", "--out", str(tmp_path),
-                                      "--status", str(status), "--device", "cuda",
-                                      "--seconds", "300"])
+        "</testsuites>"
+    )
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "gpu_check_summary.py",
+            "--out",
+            str(tmp_path),
+            "--status",
+            str(status),
+            "--device",
+            "cuda",
+            "--seconds",
+            "300",
+        ],
+    )
     assert summary.main() == 1
     printed = capsys.readouterr().out
     assert "features timed out (200 s)" in printed

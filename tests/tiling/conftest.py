@@ -32,8 +32,9 @@ def make_slide(tmp_path_factory) -> Callable[..., Path]:
     folder = tmp_path_factory.mktemp("slides")
     made: dict[str, Path] = {}
 
-    def make(name: str, width: int, height: int, mpp: float,
-             shapes: Sequence[Shape] | Render, **kwargs) -> Path:
+    def make(
+        name: str, width: int, height: int, mpp: float, shapes: Sequence[Shape] | Render, **kwargs
+    ) -> Path:
         if name not in made:
             render = shapes if callable(shapes) else shapes_render(shapes)
             made[name] = write_pyramidal_tiff(folder / name, width, height, mpp, render, **kwargs)

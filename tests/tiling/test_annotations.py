@@ -38,12 +38,17 @@ LESION_AREA = 400 * 300 - 100 * 100 + 0.5 * 60 * 60
 def asap_xml(polygons: list[tuple[str, list]]) -> str:
     parts = []
     for i, (group, vertices) in enumerate(polygons):
-        coords = "".join(f'<Coordinate Order="{k}" X="{x}" Y="{y}" />'
-                         for k, (x, y) in enumerate(vertices))
-        parts.append(f'<Annotation Name="Annotation {i}" Type="Polygon" PartOfGroup="{group}" '
-                     f'Color="#F4FA58"><Coordinates>{coords}</Coordinates></Annotation>')
-    return (f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{"".join(parts)}'
-            f'</Annotations><AnnotationGroups /></ASAP_Annotations>')
+        coords = "".join(
+            f'<Coordinate Order="{k}" X="{x}" Y="{y}" />' for k, (x, y) in enumerate(vertices)
+        )
+        parts.append(
+            f'<Annotation Name="Annotation {i}" Type="Polygon" PartOfGroup="{group}" '
+            f'Color="#F4FA58"><Coordinates>{coords}</Coordinates></Annotation>'
+        )
+    return (
+        f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{"".join(parts)}'
+        f"</Annotations><AnnotationGroups /></ASAP_Annotations>"
+    )
 
 
 @pytest.fixture()
@@ -52,26 +57,61 @@ def same_lesion(tmp_path: Path) -> dict[str, Path]:
     xml = tmp_path / "lesion.xml"
     xml.write_text(asap_xml([("_0", SHELL), ("_2", HOLE), ("_1", TRIANGLE)]))
     js = tmp_path / "lesion.json"
-    js.write_text(json.dumps({
-        "positive": [{"name": "_0", "vertices": SHELL}, {"name": "_1", "vertices": TRIANGLE}],
-        "negative": [{"name": "_2", "vertices": HOLE}],
-    }))
+    js.write_text(
+        json.dumps(
+            {
+                "positive": [
+                    {"name": "_0", "vertices": SHELL},
+                    {"name": "_1", "vertices": TRIANGLE},
+                ],
+                "negative": [{"name": "_2", "vertices": HOLE}],
+            }
+        )
+    )
     tumor = {"name": "Tumor", "color": [200, 0, 0]}
     with_hole = tmp_path / "hole.geojson"
-    with_hole.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"objectType": "annotation", "classification": tumor},
-         "geometry": {"type": "MultiPolygon", "coordinates": [
-             [[*SHELL, SHELL[0]], [*HOLE, HOLE[0]]], [[*TRIANGLE, TRIANGLE[0]]]]}},
-    ]}))
+    with_hole.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"objectType": "annotation", "classification": tumor},
+                        "geometry": {
+                            "type": "MultiPolygon",
+                            "coordinates": [
+                                [[*SHELL, SHELL[0]], [*HOLE, HOLE[0]]],
+                                [[*TRIANGLE, TRIANGLE[0]]],
+                            ],
+                        },
+                    },
+                ],
+            }
+        )
+    )
     separate = tmp_path / "separate.geojson"
-    separate.write_text(json.dumps([
-        {"type": "Feature", "properties": {"classification": tumor},
-         "geometry": {"type": "Polygon", "coordinates": [[*SHELL, SHELL[0]]]}},
-        {"type": "Feature", "properties": {"classification": "Tumor"},
-         "geometry": {"type": "Polygon", "coordinates": [[*TRIANGLE, TRIANGLE[0]]]}},
-        {"type": "Feature", "properties": {"classification": {"name": "Exclusion"}},
-         "geometry": {"type": "Polygon", "coordinates": [[*HOLE, HOLE[0]]]}},
-    ]))
+    separate.write_text(
+        json.dumps(
+            [
+                {
+                    "type": "Feature",
+                    "properties": {"classification": tumor},
+                    "geometry": {"type": "Polygon", "coordinates": [[*SHELL, SHELL[0]]]},
+                },
+                {
+                    "type": "Feature",
+                    "properties": {"classification": "Tumor"},
+                    "geometry": {"type": "Polygon", "coordinates": [[*TRIANGLE, TRIANGLE[0]]]},
+                },
+                {
+                    "type": "Feature",
+                    "properties": {"classification": {"name": "Exclusion"}},
+                    "geometry": {"type": "Polygon", "coordinates": [[*HOLE, HOLE[0]]]},
+                },
+            ]
+        )
+    )
     return {"xml": xml, "json": js, "geojson_hole": with_hole, "geojson_separate": separate}
 
 
@@ -98,10 +138,17 @@ def test_group_names_become_canonical_classes(same_lesion: dict[str, Path]) -> N
 
 def test_degenerate_polygon_is_skipped_with_warning_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"positive": [
-        {"name": "_0", "vertices": SHELL},
-        {"name": "_8", "vertices": [[68078, 94925], [68057, 94946]]},
-    ], "negative": []}))
+    path.write_text(
+        json.dumps(
+            {
+                "positive": [
+                    {"name": "_0", "vertices": SHELL},
+                    {"name": "_8", "vertices": [[68078, 94925], [68057, 94946]]},
+                ],
+                "negative": [],
+            }
+        )
+    )
     with pytest.warns(AnnotationWarning, match=r"bad\.json.*'_8'.*fewer than 3"):
         annotations = read_annotations(path)
     assert annotations.lesions.area == pytest.approx(400 * 300)
@@ -131,8 +178,11 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
         read_annotations(other)
     empty = tmp_path / "empty.geojson"
     empty.write_text('{"type": "Feature", "geometry": {"type": "Polygon"}, "properties": {}}')
-    with pytest.raises(AnnotationError, match=r"empty\.geojson: feature 0 .*Polygon without "
-                                              r"coordinates"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"empty\.geojson: feature 0 .*Polygon without "
+        r"coordinates",
+    ):
         read_annotations(empty)
 
 
@@ -175,16 +225,23 @@ def test_tile_fractions_match_a_fine_mask() -> None:
     coords = np.column_stack([xs.ravel(), ys.ravel()])
     exact = tile_fractions(blob, coords, 125.0)
     fine = geometry_mask(blob, (1000, 1000), 1.0)
-    approx = np.array([fine[y:y + 125, x:x + 125].mean() for x, y in coords])
+    approx = np.array([fine[y : y + 125, x : x + 125].mean() for x, y in coords])
     np.testing.assert_allclose(exact, approx, atol=0.02)
 
 
 def test_lesion_fractions_of_a_tiles_file(tmp_path: Path, tiles_attrs, same_lesion) -> None:
-    path = write_tiles_file(tmp_path / "s1.h5", [[100, 100], [200, 200], [450, 100]],
-                            [1, 1, 1], tiles_attrs(tile_size_level0=100.0))
+    path = write_tiles_file(
+        tmp_path / "s1.h5",
+        [[100, 100], [200, 200], [450, 100]],
+        [1, 1, 1],
+        tiles_attrs(tile_size_level0=100.0),
+    )
     tiles = read_tiles_file(path)
-    fractions = tile_fractions(read_annotations(same_lesion["xml"]).lesions, tiles.coords,
-                               float(tiles.attrs["tile_size_level0"]))
+    fractions = tile_fractions(
+        read_annotations(same_lesion["xml"]).lesions,
+        tiles.coords,
+        float(tiles.attrs["tile_size_level0"]),
+    )
     np.testing.assert_allclose(fractions, [1.0, 0.0, 0.5], atol=1e-6)
 
 

@@ -8,8 +8,16 @@ from tiling.discover import SlideDiscoveryError, check_unique_ids, find_slides, 
 
 
 def test_folder_listing(tmp_path):
-    for name in ["a.svs", "b.ndpi", "c.tiff", "d.png", "notes.txt", "x.preview.png", "e.svs.tmp",
-                 ".hidden.svs"]:
+    for name in [
+        "a.svs",
+        "b.ndpi",
+        "c.tiff",
+        "d.png",
+        "notes.txt",
+        "x.preview.png",
+        "e.svs.tmp",
+        ".hidden.svs",
+    ]:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f.mrxs").write_bytes(b"")

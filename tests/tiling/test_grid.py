@@ -48,7 +48,9 @@ def test_fractions_are_exact_at_fractional_edges():
     got = region_fractions(table, ys, xs, size)
     for a, y in enumerate(ys):
         for b, x in enumerate(xs):
-            block = fine[round(y * 20):round((y + size) * 20), round(x * 20):round((x + size) * 20)]
+            block = fine[
+                round(y * 20) : round((y + size) * 20), round(x * 20) : round((x + size) * 20)
+            ]
             assert got[a, b] == pytest.approx(block.mean(), abs=0.01)
 
 

@@ -60,8 +60,9 @@ def test_ellipse_with_hole_count_matches_area(make_slide, tmp_path, overlap):
     tiles = read_tiles_file(tile_slide(slide, tmp_path, params))
     attrs = tiles.attrs
     size = attrs["tile_size_level0"]
-    assert size * attrs["slide_mpp"] == pytest.approx(params.tile_size * params.target_mpp,
-                                                      rel=1e-12)
+    assert size * attrs["slide_mpp"] == pytest.approx(
+        params.tile_size * params.target_mpp, rel=1e-12
+    )
     assert attrs["stride"] == pytest.approx(size * (1 - overlap))
     assert attrs["read_level"] == 1  # downsample 2.19 needed: level 1 (2.0) is the largest below
     # every kept tile lies in tissue (true fraction >= min_tissue, less mask-resolution slack)
@@ -78,8 +79,9 @@ def test_upsampling_is_bounded(make_slide, tmp_path):
     slide = make_slide("coarse.tif", 1024, 1024, 0.5, [Rect(0, 0, 1024, 1024)])
     with pytest.raises(TilingError, match="finer than the slide"):
         tile_slide(slide, tmp_path, TilingParams(target_mpp=0.25))
-    tiles = read_tiles_file(tile_slide(slide, tmp_path,
-                                       TilingParams(target_mpp=0.25, max_upsample=2.0)))
+    tiles = read_tiles_file(
+        tile_slide(slide, tmp_path, TilingParams(target_mpp=0.25, max_upsample=2.0))
+    )
     assert tiles.attrs["tile_size_level0"] == 128.0 and tiles.attrs["read_level"] == 0
     assert len(tiles) == 64
 
@@ -111,8 +113,13 @@ def test_stripped_tiff_tiles_through_image_fallback(shared_slide, tmp_path):
     with pytest.raises(TilingError, match=r"0 tiles kept of 24 laid .*look at .*preview\.png"):
         tile_slide(path, tmp_path, mpp_override=0.5)
     assert tiling_outputs(tmp_path, path.stem).preview.is_file()
-    everything = TilingParams(tissue_method="fixed", saturation_threshold=5, min_tissue=0.01,
-                              size_filter_fraction=0.0, max_white_fraction=1.0)
+    everything = TilingParams(
+        tissue_method="fixed",
+        saturation_threshold=5,
+        min_tissue=0.01,
+        size_filter_fraction=0.0,
+        max_white_fraction=1.0,
+    )
     tiles = read_tiles_file(tile_slide(path, tmp_path, everything, mpp_override=0.5))
     assert tiles.attrs["slide_vendor"] == "image"
     assert tiles.attrs["candidate_tiles"] == (1493 // 256 + 1) * (901 // 256 + 1)  # edge tiles
@@ -133,7 +140,7 @@ PALE = (236, 212, 228)  # saturation 26: pale stroma
 
 def faint_field(x: int, y: int, w: int, h: int) -> np.ndarray:
     """A 500 px field: dense tissue on the left, pale stroma to x = 460, glass beyond; noisy."""
-    yy, xx = np.mgrid[y:y + h, x:x + w]
+    yy, xx = np.mgrid[y : y + h, x : x + w]
     image = np.empty((h, w, 3), np.int16)
     image[:] = GLASS
     image[xx < 460] = PALE
@@ -146,7 +153,7 @@ def covered(coords: np.ndarray, size: float, truth: np.ndarray) -> float:
     """Share of ``truth`` (level-0 bool) inside the union of the tiles."""
     tiles = np.zeros_like(truth)
     for x, y in coords:
-        tiles[int(y):int(np.ceil(y + size)), int(x):int(np.ceil(x + size))] = True
+        tiles[int(y) : int(np.ceil(y + size)), int(x) : int(np.ceil(x + size))] = True
     return float((tiles & truth).sum() / truth.sum())
 
 
@@ -164,10 +171,14 @@ def test_small_field_with_faint_tissue_keeps_it(make_slide, tmp_path):
 
 
 def test_a_slide_without_tissue_fails_at_tiling(make_slide, tmp_path):
-    slide = make_slide("glass.tif", 1024, 1024, 0.5, lambda x, y, w, h: np.full(
-        (h, w, 3), 243, np.uint8))
-    with pytest.raises(TilingError, match=r"0 tiles kept of 16 laid .*no tissue was found.*"
-                                          r"--saturation-threshold"):
+    slide = make_slide(
+        "glass.tif", 1024, 1024, 0.5, lambda x, y, w, h: np.full((h, w, 3), 243, np.uint8)
+    )
+    with pytest.raises(
+        TilingError,
+        match=r"0 tiles kept of 16 laid .*no tissue was found.*"
+        r"--saturation-threshold",
+    ):
         tile_slide(slide, tmp_path)
     outputs = tiling_outputs(tmp_path, "glass")
     assert outputs.preview.is_file() and outputs.tissue_geojson.is_file()

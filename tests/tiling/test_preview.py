@@ -36,8 +36,9 @@ def test_a_tiny_slide_is_enlarged_and_shows_its_grid(tmp_path):
     thumb = np.full((34, 34, 3), 240, np.uint8)
     columns = rows = np.array([0, 233, 466])  # level-0 px, 233 px tiles, 16 level-0 px per px
     coords = np.array([[233, 233]])  # one kept tile
-    path = write_preview(tmp_path / "t.png", thumb, 500 / 34, np.zeros((34, 34), bool), coords,
-                         233.0, columns, rows)
+    path = write_preview(
+        tmp_path / "t.png", thumb, 500 / 34, np.zeros((34, 34), bool), coords, 233.0, columns, rows
+    )
     image = cv2.imread(str(path))
     assert image.shape == (PREVIEW_MIN_LONG, PREVIEW_MIN_LONG, 3)
     scale = PREVIEW_MIN_LONG / 500  # preview px per level-0 px

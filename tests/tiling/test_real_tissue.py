@@ -30,7 +30,7 @@ def kept_share(path, mpp: float, out) -> float:
     size = tiles.attrs["tile_size_level0"]
     covered = np.zeros(rgb.shape[:2], bool)
     for x, y in tiles.coords:
-        covered[int(y):int(np.ceil(y + size)), int(x):int(np.ceil(x + size))] = True
+        covered[int(y) : int(np.ceil(y + size)), int(x) : int(np.ceil(x + size))] = True
     reference = reference_mask(rgb)
     return float((covered & reference).sum() / reference.sum())
 

@@ -72,14 +72,22 @@ def test_missing_file_is_named(tmp_path):
 def test_tiff_tags_used_when_openslide_has_no_mpp(tmp_path):
     # a stripped TIFF opens through the image fallback, which reports no properties
     path = tmp_path / "plain.tif"
-    tifffile.imwrite(path, np.full((40, 60, 3), 200, np.uint8), resolution=(1e4 / 0.5, 1e4 / 0.5),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        np.full((40, 60, 3), 200, np.uint8),
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
     slide = open_slide(path)
     assert isinstance(slide, openslide.ImageSlide)
     assert slide_mpp(slide, path) == (0.5, "metadata")
     inch = tmp_path / "inch.tif"
-    tifffile.imwrite(inch, np.full((40, 60, 3), 200, np.uint8), resolution=(25400 / 0.25,) * 2,
-                     resolutionunit="INCH")
+    tifffile.imwrite(
+        inch,
+        np.full((40, 60, 3), 200, np.uint8),
+        resolution=(25400 / 0.25,) * 2,
+        resolutionunit="INCH",
+    )
     assert slide_mpp(open_slide(inch), inch) == (0.25, "metadata")
 
 
@@ -153,9 +161,11 @@ def test_mpp_csv(tmp_path):
     good = tmp_path / "mpp.csv"
     good.write_text("slide_id,mpp,note\na,0.25,x\nb,0.5,\n")
     assert read_mpp_csv(good) == {"a": 0.25, "b": 0.5}
-    for text, match in [("id,mpp\na,0.5\n", "columns slide_id,mpp"),
-                        ("slide_id,mpp\na,-1\n", "line 2"),
-                        ("slide_id,mpp\na,0.5\na,0.25\n", "twice")]:
+    for text, match in [
+        ("id,mpp\na,0.5\n", "columns slide_id,mpp"),
+        ("slide_id,mpp\na,-1\n", "line 2"),
+        ("slide_id,mpp\na,0.5\na,0.25\n", "twice"),
+    ]:
         bad = tmp_path / "bad.csv"
         bad.write_text(text)
         with pytest.raises(SlideMppError, match=match):

@@ -62,6 +62,9 @@ def test_a_tiled_slide_holds_exactly_what_the_docs_list(make_slide, tmp_path, fi
     slide = make_slide("contract.tif", 2048, 1536, 0.25, [Rect(512, 256, 1536, 1280)])
     path = tile_slide(slide, tmp_path, TilingParams(min_tissue=0.5))
     file_contract.check(path, "tiles/<slide_id>.h5")
-    always = {name for (kind, name), when in file_contract.documented("tiles/<slide_id>.h5").items()
-              if kind == "attribute" and when == "always"}
+    always = {
+        name
+        for (kind, name), when in file_contract.documented("tiles/<slide_id>.h5").items()
+        if kind == "attribute" and when == "always"
+    }
     assert always == set(REQUIRED_ATTRS)

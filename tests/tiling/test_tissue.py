@@ -39,8 +39,9 @@ def test_faint_tissue_needs_fixed_threshold():
     image[40:160, 180:280] = FAINT_PINK
     otsu = detect_tissue(image, DS, MPP, TissueParams(tissue_method="otsu"))
     assert otsu.mask[100, 60] and not otsu.mask[100, 230]
-    fixed = detect_tissue(image, DS, MPP, TissueParams(tissue_method="fixed",
-                                                       saturation_threshold=8))
+    fixed = detect_tissue(
+        image, DS, MPP, TissueParams(tissue_method="fixed", saturation_threshold=8)
+    )
     assert fixed.mask[100, 60] and fixed.mask[100, 230]
     assert fixed.threshold == 8 and fixed.method == "hsv-saturation-fixed"
 
@@ -140,6 +141,7 @@ def test_size_filters_are_relative_to_a_small_field():
     params = TissueParams(median_blur_um=0, closing_um=0)
     mask = detect_tissue(image, 11.0, 0.5, params).mask
     assert mask[8, 8] and not mask[30, 30]
-    absolute = detect_tissue(image, 11.0, 0.5, TissueParams(median_blur_um=0, closing_um=0,
-                                                            size_filter_fraction=1.0)).mask
+    absolute = detect_tissue(
+        image, 11.0, 0.5, TissueParams(median_blur_um=0, closing_um=0, size_filter_fraction=1.0)
+    ).mask
     assert not absolute.any()

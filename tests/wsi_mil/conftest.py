@@ -55,19 +55,30 @@ def lesion_fraction(coords: np.ndarray, size: float) -> np.ndarray:
 
 
 def tile_coords() -> np.ndarray:
-    xs, ys = np.meshgrid(np.arange(0, WIDTH - TILE + 1, STRIDE),
-                         np.arange(0, HEIGHT - TILE + 1, STRIDE))
+    xs, ys = np.meshgrid(
+        np.arange(0, WIDTH - TILE + 1, STRIDE), np.arange(0, HEIGHT - TILE + 1, STRIDE)
+    )
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
     centres = coords + TILE / 2
     return coords[contains_xy(TISSUE, centres[:, 0], centres[:, 1])]
 
 
 def slide_attrs(slide_path: Path | str) -> dict:
-    return {"slide_path": str(slide_path), "slide_id": "lesion", "slide_width": WIDTH,
-            "slide_height": HEIGHT, "slide_mpp": MPP, "mpp_source": "metadata",
-            "target_mpp": MPP, "tile_size": TILE, "tile_size_level0": float(TILE),
-            "read_level": 0, "read_downsample": 1.0, "stride": float(STRIDE),
-            "min_tissue": 0.5}
+    return {
+        "slide_path": str(slide_path),
+        "slide_id": "lesion",
+        "slide_width": WIDTH,
+        "slide_height": HEIGHT,
+        "slide_mpp": MPP,
+        "mpp_source": "metadata",
+        "target_mpp": MPP,
+        "tile_size": TILE,
+        "tile_size_level0": float(TILE),
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": float(STRIDE),
+        "min_tissue": 0.5,
+    }
 
 
 def make_prediction(slide_path: Path | str, slide_id: str = "lesion") -> SlidePrediction:
@@ -76,10 +87,15 @@ def make_prediction(slide_path: Path | str, slide_id: str = "lesion") -> SlidePr
     attention = (4.0 * fraction - 2.0).astype(np.float32)
     probs = np.stack([1.0 - fraction, fraction], axis=1).astype(np.float32)
     return SlidePrediction(
-        slide_id=slide_id, coords=coords, attention=attention,
-        attention_norm=normalise_attention(attention), tile_probs=probs,
-        probs=np.array([0.08, 0.92], np.float32), class_names=CLASSES,
-        predicted_label="tumor", attrs={**slide_attrs(slide_path), "slide_id": slide_id},
+        slide_id=slide_id,
+        coords=coords,
+        attention=attention,
+        attention_norm=normalise_attention(attention),
+        tile_probs=probs,
+        probs=np.array([0.08, 0.92], np.float32),
+        class_names=CLASSES,
+        predicted_label="tumor",
+        attrs={**slide_attrs(slide_path), "slide_id": slide_id},
     )
 
 
@@ -90,10 +106,19 @@ def write_predictions(folder: Path, slide_path: Path, slide_id: str = "lesion") 
 @pytest.fixture(scope="session")
 def lesion() -> SimpleNamespace:
     """The planted-lesion geometry and helpers, for tests to compare against."""
-    return SimpleNamespace(width=WIDTH, height=HEIGHT, mpp=MPP, tile=TILE, stride=STRIDE,
-                           tissue=TISSUE, lesion=LESION, classes=CLASSES,
-                           make_prediction=make_prediction, write_predictions=write_predictions,
-                           tile_coords=tile_coords)
+    return SimpleNamespace(
+        width=WIDTH,
+        height=HEIGHT,
+        mpp=MPP,
+        tile=TILE,
+        stride=STRIDE,
+        tissue=TISSUE,
+        lesion=LESION,
+        classes=CLASSES,
+        make_prediction=make_prediction,
+        write_predictions=write_predictions,
+        tile_coords=tile_coords,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -30,8 +30,12 @@ def test_a_notebook_routes_a_stage_s_messages(slides, tmp_path, caplog):
     assert result.done == [str(slides / "lesion.tiff")]
     by_level = {(r.name, r.levelno, r.getMessage().split(":")[0]) for r in caplog.records}
     assert ("wsi_mil.pipeline.tile", logging.INFO, "lesion") in by_level
-    assert any(r.name == "wsi_mil.pipeline.batch" and r.levelno == logging.WARNING
-               and "broken.tiff failed" in r.getMessage() for r in caplog.records)
+    assert any(
+        r.name == "wsi_mil.pipeline.batch"
+        and r.levelno == logging.WARNING
+        and "broken.tiff failed" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_a_notebook_silences_the_library_but_its_warnings(slides, tmp_path, caplog):
@@ -53,8 +57,9 @@ def test_the_command_prints_the_messages_as_plain_lines(slides, tmp_path, capsys
     assert main(["tile", str(slides), "--out", str(tmp_path / "out")]) == 1  # one failed
     out, err = capsys.readouterr()
     assert any(line.startswith("lesion: tissue ") for line in out.splitlines()), out
-    assert any(line.startswith("[tile] ") and "broken.tiff failed: " in line
-               for line in err.splitlines()), err
+    assert any(
+        line.startswith("[tile] ") and "broken.tiff failed: " in line for line in err.splitlines()
+    ), err
     assert not console.installed()  # removed when the command returns
 
 

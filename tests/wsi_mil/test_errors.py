@@ -16,9 +16,11 @@ from wsi_mil.errors import WsiMilError
 REPO = Path(__file__).resolve().parents[2]
 
 #: built-in exception classes by name (``ValueError``, ``OSError``, ...), warnings left out
-BUILTIN_ERRORS = {name for name, value in vars(builtins).items()
-                  if isinstance(value, type) and issubclass(value, Exception)
-                  and not issubclass(value, Warning)}
+BUILTIN_ERRORS = {
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception) and not issubclass(value, Warning)
+}
 
 
 def exception_classes() -> list[tuple[str, str]]:
@@ -31,8 +33,9 @@ def exception_classes() -> list[tuple[str, str]]:
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if not isinstance(node, ast.ClassDef):
                     continue
-                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
-                         for b in node.bases}
+                bases = {
+                    b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+                }
                 if bases & BUILTIN_ERRORS or any(b.endswith("Error") for b in bases):
                     found.append((module, node.name))
     return found
@@ -45,8 +48,11 @@ def test_the_walk_finds_the_known_errors():
 
 def test_every_exception_class_derives_from_the_base():
     classes = exception_classes()
-    not_ours = [f"{module}.{name}" for module, name in classes
-                if not issubclass(getattr(importlib.import_module(module), name), WsiMilError)]
+    not_ours = [
+        f"{module}.{name}"
+        for module, name in classes
+        if not issubclass(getattr(importlib.import_module(module), name), WsiMilError)
+    ]
     assert not not_ours, f"user-facing errors not derived from WsiMilError: {not_ours}"
 
 
@@ -88,11 +94,14 @@ def test_environment_variable_shows_the_traceback_too(tmp_path, capsys, monkeypa
 def test_an_unexpected_error_shows_its_traceback():
     """A torch/CUDA failure is a RuntimeError: it is not the user's input, so the command shows
     where it happened instead of one line that hides it."""
-    code = ("import sys\nimport wsi_mil.cli.info as info\n"
-            "def boom(args):\n    raise RuntimeError('CUDA error: device-side assert triggered')\n"
-            "info.run = boom\nfrom wsi_mil.cli import main\nsys.exit(main(['info', 'x.svs']))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False)
+    code = (
+        "import sys\nimport wsi_mil.cli.info as info\n"
+        "def boom(args):\n    raise RuntimeError('CUDA error: device-side assert triggered')\n"
+        "info.run = boom\nfrom wsi_mil.cli import main\nsys.exit(main(['info', 'x.svs']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr
     assert "in boom" in done.stderr

@@ -38,8 +38,8 @@ def _render(seed: int):
     radius = int(rng.integers(110, 160))
 
     def render(x: int, y: int, w: int, h: int) -> np.ndarray:
-        yy, xx = np.mgrid[y:y + h, x:x + w]
-        inside = (xx - cx) ** 2 + (yy - cy) ** 2 < radius ** 2
+        yy, xx = np.mgrid[y : y + h, x : x + w]
+        inside = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
         texture = ((xx // 7 + yy // 5 + seed) % 3 * 25).astype(np.uint8)
         image = np.full((h, w, 3), 245, np.uint8)
         image[inside] = np.stack([200 - texture, 90 + texture, 170 - texture], -1)[inside]
@@ -106,11 +106,27 @@ def test_the_executor_section_of_a_config(tmp_path):
     from wsi_mil.config.schema import ConfigError
 
     base = {"out": str(tmp_path), "labels": "labels.csv", "slides": {"inputs": ["s/"]}}
-    config = parse_config({**base, "executor": {
-        "kind": "dask", "cluster": {"kind": "slurm", "queue": "gpu", "jobs": 8, "gpus": 1,
-                                    "job_script_prologue": ["module load cuda"]}}})
-    assert config.executor == ExecutorParams(kind="dask", cluster=ClusterParams(
-        kind="slurm", queue="gpu", jobs=8, gpus=1, job_script_prologue=("module load cuda",)))
+    config = parse_config(
+        {
+            **base,
+            "executor": {
+                "kind": "dask",
+                "cluster": {
+                    "kind": "slurm",
+                    "queue": "gpu",
+                    "jobs": 8,
+                    "gpus": 1,
+                    "job_script_prologue": ["module load cuda"],
+                },
+            },
+        }
+    )
+    assert config.executor == ExecutorParams(
+        kind="dask",
+        cluster=ClusterParams(
+            kind="slurm", queue="gpu", jobs=8, gpus=1, job_script_prologue=("module load cuda",)
+        ),
+    )
     assert parse_config(base).executor == ExecutorParams()  # local unless asked
     with pytest.raises(ConfigError, match=r"executor\.cluster\.queu: unknown key.*'queue'"):
         parse_config({**base, "executor": {"kind": "dask", "cluster": {"queu": "gpu"}}})
@@ -118,11 +134,20 @@ def test_the_executor_section_of_a_config(tmp_path):
 
 def test_slurm_config_builds_the_expected_job_script():
     """The ``cluster: {kind: slurm, ...}`` section as dask-jobqueue writes it (no SLURM here)."""
-    params = ClusterParams(kind="slurm", queue="gpu", account="pathology", cores=8,
-                           processes=1, memory="32GB", walltime="02:30:00", jobs=4, gpus=1,
-                           job_extra_directives=("--constraint=a100",),
-                           job_script_prologue=("module load cuda/12.1",),
-                           log_directory="/scratch/logs")
+    params = ClusterParams(
+        kind="slurm",
+        queue="gpu",
+        account="pathology",
+        cores=8,
+        processes=1,
+        memory="32GB",
+        walltime="02:30:00",
+        jobs=4,
+        gpus=1,
+        job_extra_directives=("--constraint=a100",),
+        job_script_prologue=("module load cuda/12.1",),
+        log_directory="/scratch/logs",
+    )
     import dask
     import dask_jobqueue  # noqa: F401 - loads the jobqueue config defaults
 
@@ -133,11 +158,18 @@ def test_slurm_config_builds_the_expected_job_script():
     finally:
         cluster.close()
     lines = script.splitlines()
-    for expected in ("#SBATCH -p gpu", "#SBATCH -A pathology", "#SBATCH -n 1",
-                     "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:30:00",
-                     "#SBATCH --constraint=a100", "#SBATCH --gres=gpu:1",
-                     "#SBATCH -e /scratch/logs/dask-worker-%J.err",
-                     "export DASK_DISTRIBUTED__WORKER__DAEMON=False", "module load cuda/12.1"):
+    for expected in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A pathology",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH -t 02:30:00",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH -e /scratch/logs/dask-worker-%J.err",
+        "export DASK_DISTRIBUTED__WORKER__DAEMON=False",
+        "module load cuda/12.1",
+    ):
         assert expected in lines, f"{expected!r} not in\n{script}"
     assert any(line.startswith("#SBATCH --mem=") for line in lines)
     command = lines[-1]
@@ -152,8 +184,9 @@ def test_a_job_needing_a_gpu_no_worker_offers_is_refused():
     """Dask would leave it waiting forever; the error says how to start GPU workers."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as cluster:
         executor = ExecutorParams(kind="dask", address=cluster.scheduler_address)
         jobs = [SlideJob("a", Path("a"), run=int, resources={"GPU": 1})]
         with pytest.raises(ExecutorError, match="--resources GPU=1"):
@@ -166,12 +199,17 @@ def test_extraction_on_cuda_asks_each_slide_for_a_gpu(tmp_path):
 
     (tmp_path / "tiles").mkdir()
     (tmp_path / "tiles" / "s00.h5").write_bytes(b"")  # never opened: refused before running
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as cluster:
         executor = ExecutorParams(kind="dask", address=cluster.scheduler_address)
         with pytest.raises(ExecutorError, match="offering GPU"):
-            extract_slides(tmp_path / "tiles", out=tmp_path,
-                           params=ExtractParams(device="cuda"), executor=executor)
+            extract_slides(
+                tmp_path / "tiles",
+                out=tmp_path,
+                params=ExtractParams(device="cuda"),
+                executor=executor,
+            )
 
 
 def _ok(job: SlideJob) -> None:
@@ -186,11 +224,16 @@ def test_stopping_the_iteration_cancels_the_jobs_not_run():
     """What Ctrl-C does to ``run_batch``: the jobs still queued are cancelled, not left."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         executor = ExecutorParams(kind="dask", address=cluster.scheduler_address)
         jobs = [SlideJob("0.01", Path("a"), run=int)] + [
-            SlideJob("5", Path(f"b{i}"), run=int) for i in range(4)]
+            SlideJob("5", Path(f"b{i}"), run=int) for i in range(4)
+        ]
         results = run_jobs(jobs, _slow, stage="wait", executor=executor)
         assert next(results)[0] is jobs[0]
         results.close()  # as a KeyboardInterrupt in the consumer does
@@ -207,8 +250,7 @@ def test_stopping_the_iteration_cancels_the_jobs_not_run():
 def test_local_cluster_gives_the_same_tiles_features_and_failures(tmp_path):
     slides = make_slides(tmp_path / "slides", 8, bad=True)
     local_out, dask_out = tmp_path / "local", tmp_path / "dask"
-    executor = ExecutorParams(kind="dask", cluster=ClusterParams(n_workers=2,
-                                                                threads_per_worker=1))
+    executor = ExecutorParams(kind="dask", cluster=ClusterParams(n_workers=2, threads_per_worker=1))
     local_tiles = tile_slides([slides], out=local_out, params=TILING)
     dask_tiles = tile_slides([slides], out=dask_out, params=TILING, executor=executor)
     assert len(local_tiles.failed) == len(dask_tiles.failed) == 1
@@ -219,15 +261,17 @@ def test_local_cluster_gives_the_same_tiles_features_and_failures(tmp_path):
     (tmp_path / "local" / "tiles" / "s03.h5").write_bytes(b"")  # a broken tiles file
     (tmp_path / "dask" / "tiles" / "s03.h5").write_bytes(b"")
     extract_slides(local_out / "tiles", out=local_out, params=EXTRACT)
-    dask_bags = extract_slides(dask_out / "tiles", out=dask_out, params=EXTRACT,
-                               executor=executor)
+    dask_bags = extract_slides(dask_out / "tiles", out=dask_out, params=EXTRACT, executor=executor)
     assert len(dask_bags.done) == 7 and [s for s, _ in dask_bags.failed] == ["s03"]
-    assert_same_features(features_of(local_out / "features" / "efficientnet_lite0"),
-                         features_of(dask_out / "features" / "efficientnet_lite0"))
+    assert_same_features(
+        features_of(local_out / "features" / "efficientnet_lite0"),
+        features_of(dask_out / "features" / "efficientnet_lite0"),
+    )
     local_failures = (local_out / "failures.csv").read_text()
     dask_failures = (dask_out / "failures.csv").read_text()
-    assert local_failures.replace(str(local_out), "OUT") == \
-        dask_failures.replace(str(dask_out), "OUT")
+    assert local_failures.replace(str(local_out), "OUT") == dask_failures.replace(
+        str(dask_out), "OUT"
+    )
     assert not leftover_tmp(local_out, dask_out)
 
 
@@ -247,9 +291,13 @@ class DaskProcesses:
         log = self.folder / f"dask_{len(self.procs)}.log"
         self.logs.append(log)
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_" + args[0],
-                                     *args[1:]], stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, env={**os.environ, **(env or {})})
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_" + args[0], *args[1:]],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+            )
         self.procs.append(proc)
         return proc
 
@@ -269,8 +317,11 @@ class DaskProcesses:
                 pass
 
     def tail(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
-                         for log in self.logs if log.exists())
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+            for log in self.logs
+            if log.exists()
+        )
 
 
 @pytest.fixture
@@ -279,24 +330,48 @@ def dask_cluster(tmp_path):
     procs = DaskProcesses(tmp_path)
     scheduler_file = tmp_path / "scheduler.json"
     try:
-        procs.start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                    "--scheduler-file", str(scheduler_file))
+        procs.start(
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        )
         deadline = time.monotonic() + 60
         while not scheduler_file.exists():
             assert time.monotonic() < deadline, "scheduler did not start\n" + procs.tail()
             time.sleep(0.2)
         address = json.loads(scheduler_file.read_text())["address"]
         for _ in range(2):
-            procs.start("worker", address, "--nworkers", "1", "--nthreads", "1", "--host",
-                        "127.0.0.1", "--no-dashboard", "--death-timeout", "60")
+            procs.start(
+                "worker",
+                address,
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--death-timeout",
+                "60",
+            )
         yield address, procs
     finally:
         procs.stop()
 
 
 def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wsi_mil", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "wsi_mil", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
@@ -317,8 +392,11 @@ def _kill_a_busy_worker(address: str, stage: str, timeout: float) -> bool:
         pids = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [worker for worker, keys in client.processing().items()
-                    if any(str(key).startswith(f"{stage}-") for key in keys)]
+            busy = [
+                worker
+                for worker, keys in client.processing().items()
+                if any(str(key).startswith(f"{stage}-") for key in keys)
+            ]
             if busy:
                 pids = pids or client.run(os.getpid)
                 if busy[0] in pids:
@@ -337,13 +415,13 @@ def test_a_real_cluster_survives_a_killed_worker(tmp_path, dask_cluster):
     tiling_flags = ["--target-mpp", "1", "--tile-size", "64"]
     dask_flags = ["--executor", "dask", "--scheduler", address]
 
-    code, output = _finish(_cli("tile", str(slides), "--out", str(out), *tiling_flags,
-                                *dask_flags), 180)
+    code, output = _finish(
+        _cli("tile", str(slides), "--out", str(out), *tiling_flags, *dask_flags), 180
+    )
     assert code == 0, output + procs.tail()
     assert "tile: 12 done" in output
 
-    extract = _cli("extract", "--tiles", str(out / "tiles"), "--out", str(features),
-                   *dask_flags)
+    extract = _cli("extract", "--tiles", str(out / "tiles"), "--out", str(features), *dask_flags)
     killed = _kill_a_busy_worker(address, "extract", timeout=120)
     code, output = _finish(extract, 300)
     assert killed, "no worker was seen holding an extraction task\n" + output
@@ -359,12 +437,12 @@ def test_a_real_cluster_survives_a_killed_worker(tmp_path, dask_cluster):
     assert not tile_slides([slides], out=local, params=TILING).failed
     assert tiles_content(local / "tiles") == tiles_content(out / "tiles")
     assert not extract_slides(local / "tiles", out=local, params=EXTRACT).failed
-    assert_same_features(features_of(local / "features" / "efficientnet_lite0"),
-                         features_of(bags))
+    assert_same_features(features_of(local / "features" / "efficientnet_lite0"), features_of(bags))
 
     # A re-run resumes: nothing left to do.
-    code, output = _finish(_cli("extract", "--tiles", str(out / "tiles"), "--out",
-                                str(features), *dask_flags), 120)
+    code, output = _finish(
+        _cli("extract", "--tiles", str(out / "tiles"), "--out", str(features), *dask_flags), 120
+    )
     assert code == 0 and "0 done, 12 skipped" in output, output
 
 
@@ -373,15 +451,21 @@ def test_run_batch_records_worker_exceptions_like_local_ones(tmp_path):
     from distributed import LocalCluster
 
     def jobs():
-        return [SlideJob("good", tmp_path / "good", run=int),
-                SlideJob("bad", tmp_path / "bad", run=_raise)]
+        return [
+            SlideJob("good", tmp_path / "good", run=int),
+            SlideJob("bad", tmp_path / "bad", run=_raise),
+        ]
 
     local = run_batch(jobs(), stage="x", failures_csv=tmp_path / "local.csv")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=":0") as cluster:
-        remote = run_batch(jobs(), stage="x", failures_csv=tmp_path / "dask.csv",
-                           executor=ExecutorParams(kind="dask",
-                                                   address=cluster.scheduler_address))
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as cluster:
+        remote = run_batch(
+            jobs(),
+            stage="x",
+            failures_csv=tmp_path / "dask.csv",
+            executor=ExecutorParams(kind="dask", address=cluster.scheduler_address),
+        )
     assert local.failed == remote.failed == [("bad", "ValueError: slide 'bad' is broken")]
     rows = list(csv.DictReader((tmp_path / "dask.csv").open()))
     assert rows == [{"slide": "bad", "stage": "x", "error": "ValueError: slide 'bad' is broken"}]
@@ -403,11 +487,19 @@ def test_parallel_folds_write_the_same_fold_files(tmp_path):
 
     bags = planted_bags(18, (8, 12), 8, shift=4.0, seed=1)
     features_dir, labels_csv = write_planted_bags(tmp_path, bags)
-    fast = {"hidden_dims": (16,), "attention_dim": 8, "device": "cpu", "bootstrap": 0,
-            "folds": 2, "epochs": 2, "min_epochs": 1}
+    fast = {
+        "hidden_dims": (16,),
+        "attention_dim": 8,
+        "device": "cpu",
+        "bootstrap": 0,
+        "folds": 2,
+        "epochs": 2,
+        "min_epochs": 1,
+    }
     one = train_folds(features_dir, labels_csv, tmp_path / "one", TrainParams(**fast))
-    two = train_folds(features_dir, labels_csv, tmp_path / "two",
-                    TrainParams(parallel_folds=2, **fast))
+    two = train_folds(
+        features_dir, labels_csv, tmp_path / "two", TrainParams(parallel_folds=2, **fast)
+    )
     assert one["n_folds"] == two["n_folds"] == 2
     for k in range(2):
         names = sorted(p.name for p in (tmp_path / "one" / f"fold_{k}").iterdir())
@@ -423,8 +515,7 @@ def test_map_ordered_runs_a_closure_on_dask_and_raises_its_error_here():
     """Training's folds go through map_ordered: results in order, a fold's exception here."""
     from wsi_mil.executors import map_ordered
 
-    executor = ExecutorParams(kind="dask",
-                              cluster=ClusterParams(n_workers=2, threads_per_worker=1))
+    executor = ExecutorParams(kind="dask", cluster=ClusterParams(n_workers=2, threads_per_worker=1))
     offset = 10  # a closure, as train_run's fold function is
 
     def fold(k: int) -> int:
@@ -432,7 +523,10 @@ def test_map_ordered_runs_a_closure_on_dask_and_raises_its_error_here():
             raise ValueError("fold 1 has no positive slide")
         return offset * k
 
-    assert map_ordered(fold, [0, 2], stage="t") == map_ordered(fold, [0, 2], stage="t",
-                                                              executor=executor) == [0, 20]
+    assert (
+        map_ordered(fold, [0, 2], stage="t")
+        == map_ordered(fold, [0, 2], stage="t", executor=executor)
+        == [0, 20]
+    )
     with pytest.raises(ValueError, match="fold 1 has no positive slide"):
         map_ordered(fold, [0, 1], stage="t", executor=executor)

@@ -24,7 +24,8 @@ def _block(monkeypatch, *names: str) -> None:
 def test_the_table_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     runtime = set(extras) - {"all", "dev"}
     assert runtime == set(EXTRAS)
     assert extras["all"] == [f"wsi-mil[{','.join(EXTRAS)}]"]
@@ -37,8 +38,10 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
         require_extra("explain", "integrated gradients")
     message = str(caught.value)
     assert "\n" not in message
-    assert message == ('integrated gradients needs the optional \'explain\' packages (cannot '
-                       'import captum): pip install "wsi-mil[explain]"')
+    assert message == (
+        "integrated gradients needs the optional 'explain' packages (cannot "
+        'import captum): pip install "wsi-mil[explain]"'
+    )
     require_extra("segment", "pixel segmentation")  # installed here: no error
 
 
@@ -54,21 +57,27 @@ for package in (tiling, features, wsi_mil):
             importlib.import_module(info.name)
 print(",".join(m for m in {EXTRA_MODULES!r} if m in sys.modules))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout.strip()
     assert out == "", f"a core module imports an extra's package: {out}"
 
 
-@pytest.mark.parametrize(("argv", "extra"), [
-    (["view", "{tmp}"], "viewer"),
-    (["explain", "--run", "{tmp}", "--features", "{tmp}", "--out", "{tmp}/x"], "explain"),
-    (["segment-train", "--slides", "{tmp}", "--annotations", "{tmp}", "--out", "{tmp}/x"], "segment"),
-    (["agreement", "{tmp}/ratings"], "agreement"),
-])
-def test_a_verb_without_its_extra_says_which_to_install(argv, extra, tmp_path, monkeypatch,
-                                                        capsys):
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (["view", "{tmp}"], "viewer"),
+        (["explain", "--run", "{tmp}", "--features", "{tmp}", "--out", "{tmp}/x"], "explain"),
+        (
+            ["segment-train", "--slides", "{tmp}", "--annotations", "{tmp}", "--out", "{tmp}/x"],
+            "segment",
+        ),
+        (["agreement", "{tmp}/ratings"], "agreement"),
+    ],
+)
+def test_a_verb_without_its_extra_says_which_to_install(argv, extra, tmp_path, monkeypatch, capsys):
     _block(monkeypatch, *EXTRAS[extra])
     monkeypatch.delitem(sys.modules, "wsi_mil.viewer.app", raising=False)
     _write_ratings(tmp_path)
@@ -91,15 +100,22 @@ def _write_ratings(project: Path) -> None:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             for slide in ("s0", "s1"):
-                writer.writerow({"slide_id": slide, "rater": rater, "comment": "",
-                                 "submitted": "", **dict.fromkeys(QUESTION_KEYS, score)})
+                writer.writerow(
+                    {
+                        "slide_id": slide,
+                        "rater": rater,
+                        "comment": "",
+                        "submitted": "",
+                        **dict.fromkeys(QUESTION_KEYS, score),
+                    }
+                )
 
 
 def test_transmil_without_its_extra_says_which_to_install(monkeypatch):
     from wsi_mil.mil.models import create_model
 
     _block(monkeypatch, "nystrom_attention")
-    with pytest.raises(MissingExtraError, match=r'wsi-mil\[transmil\]'):
+    with pytest.raises(MissingExtraError, match=r"wsi-mil\[transmil\]"):
         create_model("transmil", in_dim=16, n_classes=2)
 
 
@@ -107,7 +123,7 @@ def test_parallel_folds_without_the_cluster_extra_say_which_to_install(monkeypat
     from wsi_mil.mil.train import map_folds
 
     _block(monkeypatch, *EXTRAS["cluster"])
-    with pytest.raises(MissingExtraError, match=r'wsi-mil\[cluster\]'):
+    with pytest.raises(MissingExtraError, match=r"wsi-mil\[cluster\]"):
         map_folds(lambda split: {}, [object(), object()], parallel=2)  # type: ignore[list-item]
 
 
@@ -117,7 +133,7 @@ def test_survival_metrics_without_their_extra_say_which_to_install(monkeypatch):
     from wsi_mil.metrics.survival import harrell_c
 
     _block(monkeypatch, "sksurv")
-    with pytest.raises(MissingExtraError, match=r'wsi-mil\[survival\]'):
+    with pytest.raises(MissingExtraError, match=r"wsi-mil\[survival\]"):
         harrell_c(np.array([1.0, 2.0]), np.array([1, 1]), np.array([0.5, 0.2]))
 
 
@@ -129,20 +145,39 @@ def test_the_core_stages_run_without_any_extra(tmp_path, monkeypatch):
     from wsi_mil.pipeline.run import run_pipeline
 
     _block(monkeypatch, *EXTRA_MODULES)
-    config = parse_config({
-        "out": str(tmp_path / "out"),
-        "cohort": {"train_normal": 3, "train_tumor": 3, "test_normal": 1, "test_tumor": 1,
-                   "size_px": 1024},
-        "tiling": {"target_mpp": 1.0, "tile_size": 128},
-        "extract": {"encoder": "efficientnet_lite0", "batch_size": 32, "device": "cpu"},
-        "train": {"epochs": 2, "hidden_dims": [16], "attention_dim": 8, "bootstrap": 10,
-                  "device": "cpu"},
-        "predict": {"split": "test"},
-        "heatmap": {"max_side": 256, "formats": ["png", "geojson"]},
-        "evaluate": {"bootstrap": 10},
-    })
+    config = parse_config(
+        {
+            "out": str(tmp_path / "out"),
+            "cohort": {
+                "train_normal": 3,
+                "train_tumor": 3,
+                "test_normal": 1,
+                "test_tumor": 1,
+                "size_px": 1024,
+            },
+            "tiling": {"target_mpp": 1.0, "tile_size": 128},
+            "extract": {"encoder": "efficientnet_lite0", "batch_size": 32, "device": "cpu"},
+            "train": {
+                "epochs": 2,
+                "hidden_dims": [16],
+                "attention_dim": 8,
+                "bootstrap": 10,
+                "device": "cpu",
+            },
+            "predict": {"split": "test"},
+            "heatmap": {"max_side": 256, "formats": ["png", "geojson"]},
+            "evaluate": {"bootstrap": 10},
+        }
+    )
     result = run_pipeline(config)
     assert result.exit_code == 0
-    assert [r.stage for r in result.stages] == ["cohort", "tile", "extract", "train", "predict",
-                                                "heatmap", "evaluate"]
+    assert [r.stage for r in result.stages] == [
+        "cohort",
+        "tile",
+        "extract",
+        "train",
+        "predict",
+        "heatmap",
+        "evaluate",
+    ]
     assert len(list((tmp_path / "out" / "heatmaps").glob("*/overlay.png"))) == 2

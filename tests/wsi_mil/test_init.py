@@ -19,24 +19,44 @@ HEAVY = ("torch", "timm", "monai", "numpy", "scipy", "sklearn", "matplotlib")
 def imported_heavy(code: str) -> list[str]:
     """Heavy modules in ``sys.modules`` after ``code`` ran in a fresh interpreter."""
     probe = f"{code}\nimport sys\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=True)
-    return [m for m in done.stdout.strip().splitlines()[-1].split(",") if m] if \
-        done.stdout.strip() else []
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return (
+        [m for m in done.stdout.strip().splitlines()[-1].split(",") if m]
+        if done.stdout.strip()
+        else []
+    )
 
 
 def type_checking_imports() -> dict[str, str]:
     """name -> module of the ``if TYPE_CHECKING:`` imports in ``wsi_mil/__init__.py``."""
     tree = ast.parse((REPO / "wsi_mil" / "__init__.py").read_text(encoding="utf-8"))
-    block = next(node for node in tree.body
-                 if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
-    return {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom)
-            for alias in node.names}
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+    )
+    return {
+        alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
 
 
 def test_all_is_the_lazy_api_plus_the_eager_names():
     assert set(wsi_mil.__all__) == set(wsi_mil._API) | {
-        "__version__", "WsiMilError", "InputError", "MissingInputError"}
+        "__version__",
+        "WsiMilError",
+        "InputError",
+        "MissingInputError",
+    }
     assert len(wsi_mil.__all__) == len(set(wsi_mil.__all__))
 
 
@@ -66,8 +86,10 @@ def test_import_and_load_config_import_no_torch():
 
 
 def test_run_check_imports_no_torch():
-    code = ("import contextlib, io\nfrom wsi_mil.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()), "
-            "contextlib.redirect_stderr(io.StringIO()):\n"
-            "    assert main(['run', 'configs/default.yaml', '--check']) == 0")
+    code = (
+        "import contextlib, io\nfrom wsi_mil.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), "
+        "contextlib.redirect_stderr(io.StringIO()):\n"
+        "    assert main(['run', 'configs/default.yaml', '--check']) == 0"
+    )
     assert imported_heavy(code) == []

@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: the layout's names (the values of wsi_mil.project's constants); a run folder has a
 #: config.yaml of its own (mil.train writes it), so that name alone is not the project's
-NAMES = {value for name, value in vars(layout).items()
-         if name.isupper() and isinstance(value, str)} - {layout.CONFIG_FILE}
+NAMES = {
+    value for name, value in vars(layout).items() if name.isupper() and isinstance(value, str)
+} - {layout.CONFIG_FILE}
 
 
 def test_the_layout_on_disk(tmp_path):
@@ -49,16 +50,22 @@ def test_a_folder_given_elsewhere_replaces_only_that_folder(tmp_path):
 
 def test_project_imports_no_torch():
     code = "import sys, wsi_mil; wsi_mil.Project('x'); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     assert out.stdout.strip() == "False"
 
 
 def _joins_with_layout_names(tree: ast.AST) -> list[tuple[int, str]]:
     """(line, name) of every ``path / "<layout name>"`` (a path joined with a folder name)."""
-    return [(node.lineno, node.right.value) for node in ast.walk(tree)
-            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)
-            and isinstance(node.right, ast.Constant) and node.right.value in NAMES]
+    return [
+        (node.lineno, node.right.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Div)
+        and isinstance(node.right, ast.Constant)
+        and node.right.value in NAMES
+    ]
 
 
 def test_no_module_but_project_joins_a_layout_name():

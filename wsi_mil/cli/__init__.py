@@ -61,20 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     from wsi_mil import __version__
 
     parser.add_argument("--version", action="version", version=f"wsi-mil {__version__}")
-    traceback_help = (f"show the traceback of an error in the input too (or set "
-                      f"{TRACEBACK_ENV}=1); other errors always show theirs")
+    traceback_help = (
+        f"show the traceback of an error in the input too (or set "
+        f"{TRACEBACK_ENV}=1); other errors always show theirs"
+    )
     parser.add_argument("--traceback", action="store_true", help=traceback_help)
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for module in VERBS.values():
         importlib.import_module(module).add_parser(subparsers)
     for verb_parser in subparsers.choices.values():  # also after the verb: VERB ... --traceback
-        verb_parser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
-                                 help=traceback_help)
+        verb_parser.add_argument(
+            "--traceback", action="store_true", default=argparse.SUPPRESS, help=traceback_help
+        )
     return parser
 
 
-def _print_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                   file: object = None, line: str | None = None) -> None:
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
     """Warnings (a slide left out, an in-sample score) as one readable line, not a source
     location: they are messages to the user."""
     print(f"warning: {message}", file=sys.stderr)
@@ -96,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsi-mil {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the batch cancelled its queued slides; outputs stay atomic
-        print(f"wsi-mil {args.verb}: interrupted; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            f"wsi-mil {args.verb}: interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     finally:
         console.uninstall()

@@ -17,19 +17,25 @@ from wsi_mil.synthetic.params import CohortParams
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.cohort import generate_cohort
 
-    cohort = generate_cohort(args.out, options_from_args(CohortParams, args),
-                             overwrite=args.overwrite)
+    cohort = generate_cohort(
+        args.out, options_from_args(CohortParams, args), overwrite=args.overwrite
+    )
     n_tumor = sum(s.label == "tumor" for s in cohort.slides)
-    print(f"{len(cohort.slides)} slides ({n_tumor} with tumour) in {cohort.root / 'slides'}; "
-          f"labels {cohort.labels_csv}; lesion outlines in {cohort.root / 'annotations'}")
-    print(f"survival and regression labels from each slide's lesion burden (docs/tasks.md): "
-          f"{cohort.root / 'labels_survival.csv'}, {cohort.root / 'labels_regression.csv'}")
+    print(
+        f"{len(cohort.slides)} slides ({n_tumor} with tumour) in {cohort.root / 'slides'}; "
+        f"labels {cohort.labels_csv}; lesion outlines in {cohort.root / 'annotations'}"
+    )
+    print(
+        f"survival and regression labels from each slide's lesion burden (docs/tasks.md): "
+        f"{cohort.root / 'labels_survival.csv'}, {cohort.root / 'labels_regression.csv'}"
+    )
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "cohort", help="generate a synthetic cohort with planted lesions (no download)",
+        "cohort",
+        help="generate a synthetic cohort with planted lesions (no download)",
         description="Write DIR/slides/*.tif (pyramidal TIFF, H&E-like), DIR/annotations/*.xml "
         "(ASAP lesion outlines) and DIR/labels.csv with a Camelyon16-style train/test split, "
         "and DIR/labels_survival.csv, DIR/labels_regression.csv (times and targets from each "

@@ -12,7 +12,8 @@ from pathlib import Path
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "compare", help="DeLong's test of the AUC difference between two prediction sets",
+        "compare",
+        help="DeLong's test of the AUC difference between two prediction sets",
         description="Compare the AUCs of two predict output folders (each holding "
         "predictions.csv) on the labelled slides both predicted, with DeLong's paired test: "
         "the difference, its 95%% confidence interval and the two-sided p-value.",
@@ -21,8 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("b", type=Path, help="predict output folder of model B")
     p.add_argument("--labels", required=True, type=Path, help="labels CSV slide_id,label,...")
     p.add_argument("--out", type=Path, default=None, help="write compare.json here")
-    p.add_argument("--negative-class", default=None,
-                   help="negative class (default: the one the runs recorded)")
+    p.add_argument(
+        "--negative-class", default=None, help="negative class (default: the one the runs recorded)"
+    )
     p.set_defaults(func=run)
 
 
@@ -31,10 +33,14 @@ def run(args: argparse.Namespace) -> int:
 
     result = compare_predictions(args.a, args.b, args.labels, args.out, args.negative_class)
     low, high = result["ci95"]
-    print(f"{result['n_slides']} slides ({result['n_positive']} {result['positive_class']}, "
-          f"{result['n_negative']} other): AUC A {result['auc_a']:.3f}, B {result['auc_b']:.3f}")
-    print(f"A - B = {result['difference']:+.3f} (95% CI {low:+.3f} to {high:+.3f}), DeLong "
-          f"z = {result['z']:.2f}, two-sided p = {result['p_value']:.3g}")
+    print(
+        f"{result['n_slides']} slides ({result['n_positive']} {result['positive_class']}, "
+        f"{result['n_negative']} other): AUC A {result['auc_a']:.3f}, B {result['auc_b']:.3f}"
+    )
+    print(
+        f"A - B = {result['difference']:+.3f} (95% CI {low:+.3f} to {high:+.3f}), DeLong "
+        f"z = {result['z']:.2f}, two-sided p = {result['p_value']:.3g}"
+    )
     if args.out is not None:
         print(f"written to {args.out / 'compare.json'}")
     return 0

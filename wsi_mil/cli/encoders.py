@@ -18,26 +18,48 @@ def encoders_table() -> str:
 
     specs = list_encoders()
     rows = [("name", "dim", "input", "pooling", "licence", "weights")]
-    rows += [(s.name + (" (default)" if s.name == DEFAULT_ENCODER else ""), str(s.dim),
-              str(s.input_size), s.pooling, s.licence + (" (gated)" if s.gated else ""),
-              s.weights_status()) for s in specs]
+    rows += [
+        (
+            s.name + (" (default)" if s.name == DEFAULT_ENCODER else ""),
+            str(s.dim),
+            str(s.input_size),
+            s.pooling,
+            s.licence + (" (gated)" if s.gated else ""),
+            s.weights_status(),
+        )
+        for s in specs
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5]
-             for row in rows]
-    lines += ["", (f"Weights: --weights FILE or FOLDER, or <name>.safetensors (.pth, .bin) or a "
-              f"folder <name>/ in {weights_dir()} (set WSI_MIL_WEIGHTS to change it), or the "
-              f"Hugging Face cache; the hub is asked only when HF_HUB_OFFLINE is unset. "
-              f"docs/encoders.md says more."), ""]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths)) + "  " + row[5]
+        for row in rows
+    ]
+    lines += [
+        "",
+        (
+            f"Weights: --weights FILE or FOLDER, or <name>.safetensors (.pth, .bin) or a "
+            f"folder <name>/ in {weights_dir()} (set WSI_MIL_WEIGHTS to change it), or the "
+            f"Hugging Face cache; the hub is asked only when HF_HUB_OFFLINE is unset. "
+            f"docs/encoders.md says more."
+        ),
+        "",
+    ]
     for spec in specs:
         lines.append(f"{spec.name}: {spec.description}; {spec.architecture}")
         if spec.hub_id:
-            lines.append(f"    hub: {spec.hub_id} ({', '.join(spec.hub_filenames)})"
-                         + (", gated: accept its terms on the model page first"
-                            if spec.gated else ""))
+            lines.append(
+                f"    hub: {spec.hub_id} ({', '.join(spec.hub_filenames)})"
+                + (", gated: accept its terms on the model page first" if spec.gated else "")
+            )
         if spec.card:
             lines.append(f"    settings from: {spec.card}")
-    lines += ["", ("timm:<architecture>: any timm model, with --weights PATH or "
-                   "--weights hf-hub:<repo>; pooled features of the model's width.")]
+    lines += [
+        "",
+        (
+            "timm:<architecture>: any timm model, with --weights PATH or "
+            "--weights hf-hub:<repo>; pooled features of the model's width."
+        ),
+    ]
     return "\n".join(lines)
 
 
@@ -48,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "encoders", help="list the feature encoders and where their weights are expected",
+        "encoders",
+        help="list the feature encoders and where their weights are expected",
         description="List the encoder registry: output dimension, input size, token pooling, "
         "licence, architecture, and whether each encoder's weights are available locally "
         "(checked without the network). docs/encoders.md has the table and how to get weights.",

@@ -16,19 +16,31 @@ from wsi_mil.config.executor import EXECUTOR_KINDS, ClusterParams, ExecutorParam
 from wsi_mil.config.schema import field_comments
 
 
-def add_executor_options(parser: argparse.ArgumentParser, *,
-                         workers_flag: str | None = "--workers") -> None:
+def add_executor_options(
+    parser: argparse.ArgumentParser, *, workers_flag: str | None = "--workers"
+) -> None:
     """Add the two flags; ``workers_flag`` names the flag whose value sizes a LocalCluster."""
     docs = field_comments(ExecutorParams)
     group = parser.add_argument_group(
-        "executor", "where the slides run: this machine, or a Dask cluster (see "
-        "docs/cluster.md)")
-    group.add_argument("--executor", choices=EXECUTOR_KINDS, default="local",
-                       help=f"{docs['kind']} (default: local)")
-    local = (f"; without it, a Dask LocalCluster of {workers_flag} processes is started here"
-             if workers_flag else "; without it, a Dask LocalCluster is started here")
-    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                       help=docs["address"].split(" (null:")[0] + local)
+        "executor", "where the slides run: this machine, or a Dask cluster (see docs/cluster.md)"
+    )
+    group.add_argument(
+        "--executor",
+        choices=EXECUTOR_KINDS,
+        default="local",
+        help=f"{docs['kind']} (default: local)",
+    )
+    local = (
+        f"; without it, a Dask LocalCluster of {workers_flag} processes is started here"
+        if workers_flag
+        else "; without it, a Dask LocalCluster is started here"
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help=docs["address"].split(" (null:")[0] + local,
+    )
 
 
 def executor_from_args(args: argparse.Namespace, workers: int | None = None) -> ExecutorParams:

@@ -22,18 +22,24 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if info["mpp"] is not None:
         lines.append(f"  mpp (level 0):     {info['mpp']} µm/px ({info['mpp_source']})")
-        lines.append(f"  physical size:     {info['width'] * info['mpp'] / 1000:.2f} x "
-                     f"{info['height'] * info['mpp'] / 1000:.2f} mm")
+        lines.append(
+            f"  physical size:     {info['width'] * info['mpp'] / 1000:.2f} x "
+            f"{info['height'] * info['mpp'] / 1000:.2f} mm"
+        )
     else:
         lines.append(f"  mpp (level 0):     unknown: {info['mpp_problem']}")
     lines.append(f"  objective power:   {info['objective_power'] or 'not recorded'}")
     lines.append(f"  levels:            {len(info['levels'])}")
     for level in info["levels"]:
-        lines.append(f"    {level['level']}: {level['width']} x {level['height']} px, "
-                     f"downsample {level['downsample']:.4g}")
+        lines.append(
+            f"    {level['level']}: {level['width']} x {level['height']} px, "
+            f"downsample {level['downsample']:.4g}"
+        )
     images = info["associated_images"]
-    lines.append("  associated images: " + (", ".join(
-        f"{name} ({w} x {h})" for name, (w, h) in images.items()) or "none"))
+    lines.append(
+        "  associated images: "
+        + (", ".join(f"{name} ({w} x {h})" for name, (w, h) in images.items()) or "none")
+    )
     return "\n".join(lines)
 
 
@@ -59,10 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "info", help="show a slide's vendor, size, levels, resolution and associated images",
+        "info",
+        help="show a slide's vendor, size, levels, resolution and associated images",
         description="Show what OpenSlide reads from each slide: vendor, size, levels and "
         "downsamples, level-0 µm/px and its source, objective power, associated images.",
     )
-    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide file(s) or DICOM folder(s)")
+    parser.add_argument(
+        "slides", nargs="+", metavar="SLIDE", help="slide file(s) or DICOM folder(s)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.set_defaults(func=run)

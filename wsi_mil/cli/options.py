@@ -71,8 +71,13 @@ def _converter(kind: Any, nullable: bool) -> Callable[[str], Any]:
 class _ListAction(argparse.Action):
     """A list flag that takes ``a b c`` or ``a,b,c`` (as the YAML list ``[a, b, c]``)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         items = [part.strip() for value in values for part in str(value).split(",")]
         convert = self.metadata_type
         try:
@@ -90,15 +95,24 @@ class _DeprecatedFlag(argparse.Action):
         self.new = new
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        print(f"{parser.prog}: {option_string} is deprecated and goes in the next release: "
-              f"use {self.new}", file=sys.stderr)
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: {option_string} is deprecated and goes in the next release: "
+            f"use {self.new}",
+            file=sys.stderr,
+        )
         setattr(namespace, self.dest, values)
 
 
-def add_renamed(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: str, old: str,
-                **kwargs: Any) -> argparse.Action:
+def add_renamed(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: str, old: str, **kwargs: Any
+) -> argparse.Action:
     """The flag ``new`` (``kwargs`` as ``add_argument`` takes them) and its former spelling
     ``old``, which still works for one release (see the module docstring); given both, argparse
     says they exclude each other. Returns the new flag's action."""
@@ -106,9 +120,16 @@ def add_renamed(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: 
     group = parser.add_mutually_exclusive_group(required=required)
     action = group.add_argument(new, **kwargs)
     same = {key: kwargs[key] for key in ("type", "nargs") if key in kwargs}
-    group.add_argument(old, dest=action.dest, action=_DeprecatedFlag, new=new,
-                       metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-                       **same)
+    group.add_argument(
+        old,
+        dest=action.dest,
+        action=_DeprecatedFlag,
+        new=new,
+        metavar=action.metavar,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        **same,
+    )
     return action
 
 
@@ -144,7 +165,9 @@ def _argument(f: dataclasses.Field, hint: Any, doc: str) -> tuple[dict[str, Any]
         if fixed:
             kwargs.update(nargs=len(args), type=item)
         else:
-            action = type("ListOf" + item.__name__, (_ListAction,), {"metadata_type": staticmethod(item)})
+            action = type(
+                "ListOf" + item.__name__, (_ListAction,), {"metadata_type": staticmethod(item)}
+            )
             kwargs.update(nargs="+", action=action)
     else:
         kwargs["type"] = _converter(kind, nullable)
@@ -177,8 +200,13 @@ def flag_name(dest: str) -> str:
     return "--" + dest.replace(_NEST, "-").replace("_", "-")
 
 
-def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
-                exclude: Iterable[str] = (), positional: Iterable[str] = ()) -> None:
+def add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    positional: Iterable[str] = (),
+) -> None:
     """One flag per field of ``cls`` (see the module docstring); ``positional`` fields become
     positional arguments (``tile INPUT...``), ``exclude`` ones are left to the verb."""
     exclude, positional = set(exclude), set(positional)
@@ -189,11 +217,18 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         kwargs, _ = _argument(f, hint, doc)
         if dest in positional:
             kwargs.pop("help")
-            parser.add_argument(dest, help=doc.replace("%", "%%"),
-                                metavar=dest.removesuffix("s").upper(), **kwargs)
+            parser.add_argument(
+                dest, help=doc.replace("%", "%%"), metavar=dest.removesuffix("s").upper(), **kwargs
+            )
         elif dest in renamed:
-            add_renamed(parser, flag_name(dest), flag_name(renamed[dest]), dest=dest,
-                        default=argparse.SUPPRESS, **kwargs)
+            add_renamed(
+                parser,
+                flag_name(dest),
+                flag_name(renamed[dest]),
+                dest=dest,
+                default=argparse.SUPPRESS,
+                **kwargs,
+            )
         else:
             parser.add_argument(flag_name(dest), dest=dest, default=argparse.SUPPRESS, **kwargs)
 

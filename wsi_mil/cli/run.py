@@ -28,8 +28,11 @@ def run(args: argparse.Namespace) -> int:
         print(default_config_text(), end="")
         return 0
     if args.config is None:
-        print("wsi-mil run: error: give a CONFIG file (start from configs/default.yaml or "
-              "wsi-mil run --print-defaults)", file=sys.stderr)
+        print(
+            "wsi-mil run: error: give a CONFIG file (start from configs/default.yaml or "
+            "wsi-mil run --print-defaults)",
+            file=sys.stderr,
+        )
         return 2
     config = load_config(args.config, _overrides(args))
     if args.check:
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "run", help="run every stage from one YAML config (resumable)",
+        "run",
+        help="run every stage from one YAML config (resumable)",
         description="Validate CONFIG (an unknown or misspelt key is an error naming it), write "
         "the resolved config to OUT/config.yaml and run the stages in order: cohort (if "
         "configured), tile, extract, train, predict, heatmap, evaluate. Re-running resumes: "
@@ -54,13 +58,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, nargs="?", help="YAML config file")
     p.add_argument("--out", type=Path, default=None, help="override the config's out folder")
-    p.add_argument("--stages", default=None,
-                   help="comma-separated subset of stages to run (default: the config's)")
+    p.add_argument(
+        "--stages",
+        default=None,
+        help="comma-separated subset of stages to run (default: the config's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo every output of every stage")
-    p.add_argument("--check", action="store_true",
-                   help="only validate the config and print it resolved (every key)")
-    p.add_argument("--print-defaults", action="store_true",
-                   help="print a config with every key, its default and its documentation "
-                   "(configs/default.yaml) and exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the config and print it resolved (every key)",
+    )
+    p.add_argument(
+        "--print-defaults",
+        action="store_true",
+        help="print a config with every key, its default and its documentation "
+        "(configs/default.yaml) and exit",
+    )
     p.set_defaults(func=run)
-

@@ -16,7 +16,8 @@ from wsi_mil.segment.params import SegmentParams
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "segment", help="pixel lesion masks in the tiles the MIL model flags",
+        "segment",
+        help="pixel lesion masks in the tiles the MIL model flags",
         description="For every predictions file, run the segmenter of segment-train on the "
         "tiles the segmentation head (or attention) flags, plus a margin, blend the windows "
         "into OUT/segment/<slide_id>/mask.zarr (an OME-Zarr pyramid), and write "
@@ -25,16 +26,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "windows: explain.zarr (one pyramid per map), explain.png and explain.json, scored "
         "against --annotations, and OUT/segment/explain_table.md for the cohort.",
     )
-    p.add_argument("--predictions", required=True, type=Path,
-                   help="folder of predictions/<slide_id>.h5 (from predict)")
+    p.add_argument(
+        "--predictions",
+        required=True,
+        type=Path,
+        help="folder of predictions/<slide_id>.h5 (from predict)",
+    )
     p.add_argument("--model", required=True, type=Path, help="model folder of segment-train")
     p.add_argument("--out", required=True, type=Path, help="output folder (gets segment/)")
-    p.add_argument("--slides", type=Path, nargs="+", default=None,
-                   help="slide files or folders (default: the slide paths the predictions "
-                   "record)")
-    p.add_argument("--annotations", type=Path, default=None,
-                   help="folder of lesion annotations <slide_id>.xml/.json/.geojson the "
-                   "explanations are scored against (with --explain)")
+    p.add_argument(
+        "--slides",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="slide files or folders (default: the slide paths the predictions record)",
+    )
+    p.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="folder of lesion annotations <slide_id>.xml/.json/.geojson the "
+        "explanations are scored against (with --explain)",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel slide processes")
     p.add_argument("--overwrite", action="store_true", help="redo complete slides")
     add_options(p.add_argument_group("segmentation"), SegmentParams)
@@ -48,18 +61,31 @@ def run(args: argparse.Namespace) -> int:
     note = explain_methods_note(args.model, params)
     if note:
         print(note)
-    result = segment_slides(args.predictions, args.model, out=args.out, params=params,
-                            slides=args.slides, workers=args.workers,
-                            overwrite=args.overwrite, annotations_dir=args.annotations)
+    result = segment_slides(
+        args.predictions,
+        args.model,
+        out=args.out,
+        params=params,
+        slides=args.slides,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        annotations_dir=args.annotations,
+    )
     print(result.summary("segment"))
-    print(f"written to {Project(args.out).segment_dir}/<slide_id>/: mask.zarr, lesions.geojson, "
-          f"outline.png, segment.json" + (", explain.zarr, explain.png, explain.json"
-                                          if params.explain else ""))
+    print(
+        f"written to {Project(args.out).segment_dir}/<slide_id>/: mask.zarr, lesions.geojson, "
+        f"outline.png, segment.json"
+        + (", explain.zarr, explain.png, explain.json" if params.explain else "")
+    )
     if params.explain:
         table = Project(args.out).segment_dir / "explain_table.md"
-        print(f"explanations: {table}" if table.is_file() else
-              "explanations: no slide was explained, so no cohort table")
+        print(
+            f"explanations: {table}"
+            if table.is_file()
+            else "explanations: no slide was explained, so no cohort table"
+        )
         if args.annotations is None:
-            print("explanations are not scored: give --annotations to score them against "
-                  "the lesions")
+            print(
+                "explanations are not scored: give --annotations to score them against the lesions"
+            )
     return result.exit_code

@@ -24,10 +24,17 @@ def run(args: argparse.Namespace) -> int:
     slides = options_from_args(SlidesSection, args)
     params = options_from_args(TilingParams, args)
     executor = executor_from_args(args, workers=args.workers)
-    result = tile_slides(list(slides.inputs), out=args.out, params=params,
-                         recursive=slides.recursive,
-                         mpp=slides.mpp, mpp_csv=slides.mpp_csv, workers=args.workers,
-                         overwrite=args.overwrite, executor=executor)
+    result = tile_slides(
+        list(slides.inputs),
+        out=args.out,
+        params=params,
+        recursive=slides.recursive,
+        mpp=slides.mpp,
+        mpp_csv=slides.mpp_csv,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        executor=executor,
+    )
     print(result.summary(STAGE))
     if result.failed:
         print(f"failures recorded in {Project(args.out).failures_csv}", file=sys.stderr)
@@ -36,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "tile", help="find tissue and lay tiles at a physical resolution (µm/px)",
+        "tile",
+        help="find tissue and lay tiles at a physical resolution (µm/px)",
         description="Tile slides at target_mpp: detect tissue on a low-resolution level, lay a "
         "grid of tile_size px tiles, and write OUT/tiles/<slide_id>.h5 with a tissue GeoJSON "
         "(QuPath) and a preview PNG. Complete slides are skipped; failures go to "

@@ -63,8 +63,10 @@ class ClusterParams:
     def __post_init__(self) -> None:
         check_fields(self)  # every Literal and range above
         if self.processes > self.cores:
-            raise ValueError(f"cluster processes ({self.processes}) cannot exceed cores "
-                             f"({self.cores}): each worker process needs a core")
+            raise ValueError(
+                f"cluster processes ({self.processes}) cannot exceed cores "
+                f"({self.cores}): each worker process needs a core"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,15 @@ class ExecutorParams:
         if self.kind == "local" and (self.address is not None or self.cluster is not None):
             raise ValueError("executor address and cluster need kind: dask (kind is local)")
         if self.address is not None and self.cluster is not None:
-            raise ValueError("executor: give either address (a running scheduler) or cluster "
-                             "(one to start), not both")
+            raise ValueError(
+                "executor: give either address (a running scheduler) or cluster "
+                "(one to start), not both"
+            )
         if self.address is not None and "://" not in self.address:
-            raise ValueError(f"executor address {self.address!r} must be a scheduler address "
-                             f"such as tcp://HOST:8786")
+            raise ValueError(
+                f"executor address {self.address!r} must be a scheduler address "
+                f"such as tcp://HOST:8786"
+            )
 
     @property
     def distributed(self) -> bool:

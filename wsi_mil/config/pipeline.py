@@ -78,8 +78,9 @@ _Dumper.add_representer(list, _represent_list)
 
 def yaml_value(value: Any) -> str:
     """One value as inline YAML (``null``, ``0.5``, ``[png, zarr]``, ``'0.4'``)."""
-    text = yaml.dump(to_plain(value), Dumper=_Dumper, default_flow_style=True,
-                     allow_unicode=True, width=10_000)
+    text = yaml.dump(
+        to_plain(value), Dumper=_Dumper, default_flow_style=True, allow_unicode=True, width=10_000
+    )
     return text.removesuffix("\n...\n").strip()
 
 
@@ -95,15 +96,22 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
-                          f"not {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections, not {type(data).__name__}"
+        )
     return dict(data)
 
 
 def dump_yaml(value: Any, header: str = "") -> str:
     """YAML text of a dataclass or mapping, keys in declaration order, with a comment header."""
-    body = yaml.dump(to_plain(value), Dumper=_Dumper, sort_keys=False,
-                     default_flow_style=False, allow_unicode=True, width=100)
+    body = yaml.dump(
+        to_plain(value),
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
     lines = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
     return lines + body
 
@@ -111,8 +119,17 @@ def dump_yaml(value: Any, header: str = "") -> str:
 # --------------------------------------------------------------------------- the pipeline schema
 
 #: The stages ``wsi-mil run`` knows, in the order they run.
-STAGES = ("cohort", "tile", "extract", "train", "predict", "heatmap", "segment", "explain",
-          "evaluate")
+STAGES = (
+    "cohort",
+    "tile",
+    "extract",
+    "train",
+    "predict",
+    "heatmap",
+    "segment",
+    "explain",
+    "evaluate",
+)
 
 
 @dataclass(frozen=True)
@@ -143,8 +160,9 @@ class ExtractSection(ExtractParams):
 
     def params(self) -> ExtractParams:
         """The :class:`ExtractParams` part, as the extraction functions take it."""
-        return ExtractParams(**{f.name: getattr(self, f.name)
-                                for f in dataclasses.fields(ExtractParams)})
+        return ExtractParams(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(ExtractParams)}
+        )
 
 
 @dataclass(frozen=True)
@@ -157,8 +175,9 @@ class PredictSection(PredictParams):
 
     def params(self) -> PredictParams:
         """The :class:`PredictParams` part, as the prediction functions take it."""
-        return PredictParams(**{f.name: getattr(self, f.name)
-                                for f in dataclasses.fields(PredictParams)})
+        return PredictParams(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(PredictParams)}
+        )
 
 
 @dataclass(frozen=True)
@@ -184,8 +203,9 @@ class EvaluateSection(LesionEvalParams):
 
     def params(self) -> LesionEvalParams:
         """The :class:`LesionEvalParams` part, as :func:`evaluate_lesions` takes it."""
-        return LesionEvalParams(**{f.name: getattr(self, f.name)
-                                   for f in dataclasses.fields(LesionEvalParams)})
+        return LesionEvalParams(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(LesionEvalParams)}
+        )
 
 
 @dataclass(frozen=True)
@@ -201,8 +221,9 @@ class SegmentSection(SegmentParams):
 
     def params(self) -> SegmentParams:
         """The :class:`SegmentParams` part, as :func:`segment_slides` takes it."""
-        return SegmentParams(**{f.name: getattr(self, f.name)
-                                for f in dataclasses.fields(SegmentParams)})
+        return SegmentParams(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(SegmentParams)}
+        )
 
 
 @dataclass(frozen=True)
@@ -252,18 +273,26 @@ class PipelineConfig:
         check_fields(self)  # the stages' names, workers >= 1
         if self.cohort is not None:
             if self.slides.inputs or self.labels is not None:
-                raise ValueError("a cohort brings its own slides and labels: leave slides.inputs "
-                                 "and labels unset, or remove the cohort section")
+                raise ValueError(
+                    "a cohort brings its own slides and labels: leave slides.inputs "
+                    "and labels unset, or remove the cohort section"
+                )
         else:
             if not self.slides.inputs and "tile" in self.stages:
-                raise ValueError("no slides: set slides.inputs (files or folders), or add a "
-                                 "cohort section to generate a synthetic cohort")
+                raise ValueError(
+                    "no slides: set slides.inputs (files or folders), or add a "
+                    "cohort section to generate a synthetic cohort"
+                )
             if self.labels is None and {"train", "evaluate"} & set(self.stages):
-                raise ValueError("no labels: set labels (a CSV slide_id,label[,patient_id]"
-                                 "[,split]) to train or evaluate")
+                raise ValueError(
+                    "no labels: set labels (a CSV slide_id,label[,patient_id]"
+                    "[,split]) to train or evaluate"
+                )
             if self.labels is None and self.predict.split and "predict" in self.stages:
-                raise ValueError(f"predict.split is {self.predict.split!r} but there are no "
-                                 f"labels to read the split from: set labels")
+                raise ValueError(
+                    f"predict.split is {self.predict.split!r} but there are no "
+                    f"labels to read the split from: set labels"
+                )
         if "cohort" in self.stages and self.cohort is None:
             object.__setattr__(self, "stages", tuple(s for s in self.stages if s != "cohort"))
         if "segment" in self.stages and self.segment is None:
@@ -292,8 +321,9 @@ class PipelineConfig:
         if self.cohort is None:
             return self.labels
         task = self.train.task
-        return self.cohort_dir / ("labels.csv" if task in ("classification", "multilabel")
-                                  else f"labels_{task}.csv")
+        return self.cohort_dir / (
+            "labels.csv" if task in ("classification", "multilabel") else f"labels_{task}.csv"
+        )
 
     @property
     def annotations_dir(self) -> Path | None:
@@ -352,16 +382,18 @@ def _absolute(config: PipelineConfig, base: Path) -> PipelineConfig:
         if isinstance(value, tuple):
             return tuple(fix(v) for v in value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes = {f.name: fix(getattr(value, f.name)) for f in dataclasses.fields(value)
-                       if f.init}
+            changes = {
+                f.name: fix(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init
+            }
             return dataclasses.replace(value, **changes)
         return value
 
     return fix(config)
 
 
-def parse_config(data: Mapping[str, Any], source: str = "<config>",
-                 base: Path | None = None) -> PipelineConfig:
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", base: Path | None = None
+) -> PipelineConfig:
     """A validated :class:`PipelineConfig` from a mapping (as YAML gives it).
 
     Relative paths are taken from ``base`` (default: the current folder), as the command-line
@@ -371,8 +403,9 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>",
     return _absolute(config, Path.cwd() if base is None else base)
 
 
-def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None
-                ) -> PipelineConfig:
+def load_config(
+    path: str | os.PathLike, overrides: Mapping[str, Any] | None = None
+) -> PipelineConfig:
     """Read and validate a YAML config file; ``overrides`` (e.g. ``{"out": DIR}``) win."""
     data = read_yaml(path)
     for key, value in (overrides or {}).items():
@@ -382,8 +415,11 @@ def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = N
 
 def resolved_config_text(config: PipelineConfig) -> str:
     """The resolved config as YAML: every key, defaults included, paths absolute."""
-    return dump_yaml(config, header="wsi-mil resolved run configuration (every key, defaults "
-                     "included).\nRe-run with: wsi-mil run THIS_FILE")
+    return dump_yaml(
+        config,
+        header="wsi-mil resolved run configuration (every key, defaults "
+        "included).\nRe-run with: wsi-mil run THIS_FILE",
+    )
 
 
 def _dataclass_type(annotation: Any) -> type | None:
@@ -449,8 +485,11 @@ This file is generated from the stages' parameter dataclasses: wsi-mil run --pri
 
 def default_config() -> PipelineConfig:
     """The template config: placeholder inputs, every stage at its defaults."""
-    return PipelineConfig(out=Path("out/my_run"), labels=Path("labels.csv"),
-                          slides=SlidesSection(inputs=(Path("slides"),)))
+    return PipelineConfig(
+        out=Path("out/my_run"),
+        labels=Path("labels.csv"),
+        slides=SlidesSection(inputs=(Path("slides"),)),
+    )
 
 
 def default_config_text() -> str:

@@ -47,16 +47,26 @@ class ConfigError(WsiMilError, ValueError):
 _BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
-def constrained(default: Any, *, ge: float | None = None, gt: float | None = None,
-                le: float | None = None, lt: float | None = None,
-                choices: typing.Sequence[Any] | None = None, doc: str | None = None) -> Any:
+def constrained(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: typing.Sequence[Any] | None = None,
+    doc: str | None = None,
+) -> Any:
     """A dataclass field whose value (or, for a tuple, each item) must lie in the given range,
     or be one of ``choices`` (for a list known only at run time, such as the registered models;
     a fixed list is a ``Literal``). ``None`` is allowed when the field's type allows it. ``doc``
     documents a field defined once and shared by several classes (a ``#:`` comment on the
     field wins)."""
-    bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
-              if value is not None}
+    bounds = {
+        name: value
+        for name, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+        if value is not None
+    }
     metadata: dict[str, Any] = {"bounds": bounds}
     if choices is not None:
         metadata["choices"] = tuple(choices)
@@ -109,8 +119,9 @@ def _hints(cls: type) -> Mapping[str, Any]:
     return types.MappingProxyType(typing.get_type_hints(cls))
 
 
-def _within(value: Any, annotation: Any, bounds: Mapping[str, float],
-            choices: tuple[Any, ...] | None) -> bool:
+def _within(
+    value: Any, annotation: Any, bounds: Mapping[str, float], choices: tuple[Any, ...] | None
+) -> bool:
     if value is None:
         return True
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -118,15 +129,17 @@ def _within(value: Any, annotation: Any, bounds: Mapping[str, float],
         annotation = options[0] if len(options) == 1 else Any
     if isinstance(value, (tuple, list)):
         inner = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-        return all(_within(v, inner[0] if len(inner) == 1 else Any, bounds, choices)
-                   for v in value)
+        return all(_within(v, inner[0] if len(inner) == 1 else Any, bounds, choices) for v in value)
     choices = choices or _choices(annotation)
     if choices is not None and value not in choices:
         return False
     if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
-        checks = {"ge": value >= bounds.get("ge", value), "gt": "gt" not in bounds
-                  or value > bounds["gt"], "le": value <= bounds.get("le", value),
-                  "lt": "lt" not in bounds or value < bounds["lt"]}
+        checks = {
+            "ge": value >= bounds.get("ge", value),
+            "gt": "gt" not in bounds or value > bounds["gt"],
+            "le": value <= bounds.get("le", value),
+            "lt": "lt" not in bounds or value < bounds["lt"],
+        }
         return all(checks.values())
     return True
 
@@ -141,8 +154,11 @@ def field_problem(f: dataclasses.Field, annotation: Any, value: Any) -> str | No
     if isinstance(value, (tuple, list)):  # name the first wrong item
         bad = next(v for v in value if not _within((v,), annotation, bounds, choices))
         each = f"{bad!r} is not allowed, each item "
-    hint = (suggest(bad, [str(c) for c in field_choices(f, annotation) or ()])
-            if isinstance(bad, str) else "")
+    hint = (
+        suggest(bad, [str(c) for c in field_choices(f, annotation) or ()])
+        if isinstance(bad, str)
+        else ""
+    )
     return f"{each}must be {allowed(f, annotation)}{hint}"
 
 
@@ -297,20 +313,31 @@ def build_dataclass(cls: type, data: Any, *, where: str) -> Any:
     unknown = [str(k) for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        section = where.rsplit(" ", 1)[-1].rstrip(":") if where and not where.endswith(":") \
+        section = (
+            where.rsplit(" ", 1)[-1].rstrip(":")
+            if where and not where.endswith(":")
             else "the top level"
+        )
         valid = ", ".join(f.name for f in ordered_fields(cls))
         hint = suggest(key, fields) or suggest_nested(key, _nested_keys(cls, hints))
-        _fail(_child(where, key), f"unknown key{hint}; valid keys in "
-              f"{section if section == 'the top level' else repr(section)}: {valid}")
+        _fail(
+            _child(where, key),
+            f"unknown key{hint}; valid keys in "
+            f"{section if section == 'the top level' else repr(section)}: {valid}",
+        )
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = coerce(value, hints[name], _child(where, name))
         problem = field_problem(fields[name], hints[name], kwargs[name])
         if problem:  # the key's own place in the file, before the class sees it
             _fail(_child(where, name), f"{kwargs[name]!r}: {problem}")
-    missing = [name for name, f in fields.items() if name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         _fail(where or "config", f"missing required key(s): {', '.join(missing)}")
     try:
@@ -327,8 +354,11 @@ def _renamed_keys(cls: type, data: Mapping[str, Any], where: str) -> Mapping[str
         new = renamed[old]
         if new in data:
             _fail(_child(where, old), f"the former name of {new!r}: give only {new}")
-        warnings.warn(f"{_child(where, old)}: deprecated key, goes in the next release: use "
-                      f"{new}", FutureWarning, stacklevel=3)
+        warnings.warn(
+            f"{_child(where, old)}: deprecated key, goes in the next release: use {new}",
+            FutureWarning,
+            stacklevel=3,
+        )
         data = {(new if k == old else k): v for k, v in data.items()}
     return data
 
@@ -352,8 +382,9 @@ def _module_classes(path: str) -> tuple[list[str], dict[str, ast.ClassDef]]:
     of every verb reads the field comments of a dozen classes from a few files."""
     source = Path(path).read_text(encoding="utf-8")
     tree = ast.parse(source)
-    return source.splitlines(), {node.name: node for node in tree.body
-                                 if isinstance(node, ast.ClassDef)}
+    return source.splitlines(), {
+        node.name: node for node in tree.body if isinstance(node, ast.ClassDef)
+    }
 
 
 @functools.cache
@@ -386,8 +417,8 @@ def field_comments(cls: type) -> Mapping[str, str]:
                 above.insert(0, source[k].strip().lstrip("#:").strip())
                 k -= 1
             inline = ""
-            if "#" in line[node.end_col_offset:]:
-                inline = line[node.end_col_offset:].split("#", 1)[1].strip()
+            if "#" in line[node.end_col_offset :]:
+                inline = line[node.end_col_offset :].split("#", 1)[1].strip()
             text = " ".join(above) or inline
             shared = own_fields.get(node.target.id)
             if not text and shared is not None and "doc" in shared.metadata:

@@ -32,8 +32,11 @@ class RolloutError(WsiMilError, ValueError):
 
 def attention_blocks(model: nn.Module) -> list[nn.Module]:
     """timm attention modules (those with ``fused_attn`` and an ``attn_drop`` after softmax)."""
-    return [m for m in model.modules()
-            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+    return [
+        m
+        for m in model.modules()
+        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+    ]
 
 
 class AttentionRecorder:
@@ -42,8 +45,10 @@ class AttentionRecorder:
     def __init__(self, model: nn.Module):
         self.blocks = attention_blocks(model)
         if not self.blocks:
-            raise RolloutError(f"{type(model).__name__} has no timm attention blocks; attention "
-                               f"rollout needs a ViT encoder")
+            raise RolloutError(
+                f"{type(model).__name__} has no timm attention blocks; attention "
+                f"rollout needs a ViT encoder"
+            )
         self.maps: list[torch.Tensor] = []
         self._fused: list[Any] = []
         self._hooks: list[Any] = []
@@ -57,12 +62,15 @@ class AttentionRecorder:
         for block in self.blocks:
             self._fused.append(block.fused_attn)
             block.fused_attn = False  # type: ignore[assignment]  # timm's flag, not a submodule
-            self._hooks.append(
-                block.attn_drop.register_forward_hook(self._record))  # type: ignore[union-attr]
+            self._hooks.append(block.attn_drop.register_forward_hook(self._record))  # type: ignore[union-attr]
         return self.maps
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         for hook in self._hooks:
             hook.remove()
         for block, fused in zip(self.blocks, self._fused):
@@ -104,13 +112,16 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
     """(rows, cols) of patch tokens of a timm ViT."""
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
-        raise RolloutError(f"{type(model).__name__} has no patch_embed.grid_size; attention "
-                           f"rollout needs a ViT encoder")
+        raise RolloutError(
+            f"{type(model).__name__} has no patch_embed.grid_size; attention "
+            f"rollout needs a ViT encoder"
+        )
     return int(grid[0]), int(grid[1])
 
 
-def attention_rollout(model: nn.Module, images: torch.Tensor,
-                      head_fusion: str = "mean") -> np.ndarray:
+def attention_rollout(
+    model: nn.Module, images: torch.Tensor, head_fusion: str = "mean"
+) -> np.ndarray:
     """Rollout maps ``[B, rows, cols]`` of normalised images ``[B, 3, H, W]``.
 
     The map is the class token's row of the rollout over the patch tokens (prefix tokens such as
@@ -138,8 +149,9 @@ def attention_rollout(model: nn.Module, images: torch.Tensor,
     return weights.reshape(-1, rows, cols).cpu().numpy()
 
 
-def encoder_rollout(encoder: Any, tiles: Sequence[np.ndarray],
-                    head_fusion: str = "mean") -> np.ndarray:
+def encoder_rollout(
+    encoder: Any, tiles: Sequence[np.ndarray], head_fusion: str = "mean"
+) -> np.ndarray:
     """Rollout maps of uint8 RGB tiles through a ``features.registry.Encoder`` (resized to its
     input size and normalised exactly as for feature extraction)."""
     from tiling.reader import resize_rgb

@@ -44,8 +44,9 @@ def tile_stride(attrs: Mapping[str, Any]) -> float:
     return float(attrs["tile_size_level0"])
 
 
-def score_grid(coords: np.ndarray, values: np.ndarray, stride: float,
-               width: float, height: float) -> np.ndarray:
+def score_grid(
+    coords: np.ndarray, values: np.ndarray, stride: float, width: float, height: float
+) -> np.ndarray:
     """Per-tile ``values`` on the tile grid (NaN where there is no tile)."""
     cols, rows = int(np.ceil(width / stride)), int(np.ceil(height / stride))
     grid = np.full((rows, cols), np.nan, dtype=np.float32)
@@ -62,10 +63,17 @@ def _outline(ax: Any, lesions: Any, scale: float) -> None:
         ax.plot(np.asarray(x) / scale, np.asarray(y) / scale, color="black", linewidth=1.0)
 
 
-def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Mapping[str, Any],
-                            coords: np.ndarray, maps: Mapping[str, np.ndarray],
-                            scores: Mapping[str, Mapping[str, float]], lesions: Any,
-                            title: str, panel_side: int = 384) -> Path:
+def write_comparison_figure(
+    path: str | os.PathLike,
+    slide_path: Path,
+    attrs: Mapping[str, Any],
+    coords: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    scores: Mapping[str, Mapping[str, float]],
+    lesions: Any,
+    title: str,
+    panel_side: int = 384,
+) -> Path:
     """Thumbnail, then one heatmap per method, titled with its faithfulness (LeRF - MoRF AUPC),
     tile AUC, Spearman with the fully randomised model and mean |Spearman| over the cascade; a
     map that fails the sanity check says so in red."""
@@ -82,8 +90,9 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     rows = int(np.ceil(panels / cols))
     aspect = height / width
     # room for each row's three-line titles; constrained layout keeps them off the row above
-    fig = Figure(figsize=(3.0 * cols, (3.0 * aspect + 0.7) * rows + 0.4), dpi=110,
-                 layout="constrained")
+    fig = Figure(
+        figsize=(3.0 * cols, (3.0 * aspect + 0.7) * rows + 0.4), dpi=110, layout="constrained"
+    )
     fig.suptitle(title, fontsize=10)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
     for ax in axes:
@@ -91,16 +100,32 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     if image is not None:
         axes[0].imshow(image, extent=extent)
     _outline(axes[0], lesions, scale)
-    axes[0].set_title("slide" if lesions is None else "slide (no lesion annotated)"
-                      if lesions.is_empty else "slide (lesion outlined)", fontsize=8)
+    axes[0].set_title(
+        "slide"
+        if lesions is None
+        else "slide (no lesion annotated)"
+        if lesions.is_empty
+        else "slide (lesion outlined)",
+        fontsize=8,
+    )
     for ax, (method, values) in zip(axes[1:], maps.items()):
         if image is not None:
             ax.imshow(image, extent=extent)
         ranks = rankdata(values) / max(len(values), 1)
-        ax.imshow(score_grid(coords, ranks, stride, width, height), cmap="inferno", alpha=0.75,
-                  vmin=0, vmax=1, interpolation="nearest",
-                  extent=(0, np.ceil(width / stride) * stride / scale,
-                          np.ceil(height / stride) * stride / scale, 0))
+        ax.imshow(
+            score_grid(coords, ranks, stride, width, height),
+            cmap="inferno",
+            alpha=0.75,
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            extent=(
+                0,
+                np.ceil(width / stride) * stride / scale,
+                np.ceil(height / stride) * stride / scale,
+                0,
+            ),
+        )
         _outline(ax, lesions, scale)
         ax.set_xlim(0, width / scale)
         ax.set_ylim(height / scale, 0)
@@ -116,8 +141,13 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
                 sanity += f", cascade |\u03c1| {s['mprt_mean']:.2f}"
             figures.append(sanity)
         fails = bool(s.get("sanity_flagged"))
-        label = (method + (" FAILS SANITY" if fails else "") + "\n" + ", ".join(figures[:2])
-                 + ("\n" + figures[2] if len(figures) > 2 else ""))
+        label = (
+            method
+            + (" FAILS SANITY" if fails else "")
+            + "\n"
+            + ", ".join(figures[:2])
+            + ("\n" + figures[2] if len(figures) > 2 else "")
+        )
         ax.set_title(label, fontsize=7, color="firebrick" if fails else "black")
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -125,8 +155,12 @@ def write_comparison_figure(path: str | os.PathLike, slide_path: Path, attrs: Ma
     return path
 
 
-def write_cohort_chart(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
-                       metrics: Sequence[str], titles: Mapping[str, str]) -> Path:
+def write_cohort_chart(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    titles: Mapping[str, str],
+) -> Path:
     """Grouped bars: one panel per metric, one bar per method, 95 % CI as error bars."""
     from matplotlib.figure import Figure
 
@@ -143,8 +177,13 @@ def write_cohort_chart(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]
         means = np.array([cell[(m, metric)]["mean"] for m in present])
         low = means - np.array([cell[(m, metric)]["low"] for m in present])
         high = np.array([cell[(m, metric)]["high"] for m in present]) - means
-        ax.bar(range(len(present)), means, yerr=[low, high], capsize=2,
-               color=[colors[m] for m in present])
+        ax.bar(
+            range(len(present)),
+            means,
+            yerr=[low, high],
+            capsize=2,
+            color=[colors[m] for m in present],
+        )
         ax.set_xticks(range(len(present)))
         ax.set_xticklabels(present, rotation=60, ha="right", fontsize=7)
         ax.set_title(titles.get(metric, metric), fontsize=9)
@@ -163,9 +202,13 @@ def _mask_outline(ax: Any, mask: np.ndarray | None, color: str) -> None:
     ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=1.0)
 
 
-def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Mapping[str, Any]],
-                                   title: str, score_keys: Sequence[tuple[str, str]],
-                                   panel_inches: float = 2.2) -> Path:
+def write_window_comparison_figure(
+    path: str | os.PathLike,
+    windows: Sequence[Mapping[str, Any]],
+    title: str,
+    score_keys: Sequence[tuple[str, str]],
+    panel_inches: float = 2.2,
+) -> Path:
     """One row per segmenter window: the window (lesion annotation outlined in black), the
     segmenter's lesion probability (its mask outlined in red), then one map per method over
     the window, titled with its scores; the layout of :func:`write_comparison_figure`.
@@ -181,8 +224,11 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
     methods = list(dict.fromkeys(m for w in windows for m in w["maps"]))
     cols = 2 + len(methods)
     rows = max(1, len(windows))
-    fig = Figure(figsize=(panel_inches * cols, (panel_inches + 0.7) * rows + 0.6), dpi=110,
-                 layout="constrained")
+    fig = Figure(
+        figsize=(panel_inches * cols, (panel_inches + 0.7) * rows + 0.6),
+        dpi=110,
+        layout="constrained",
+    )
     fig.suptitle(title + "\nblack: the annotated lesion; red: the segmenter's mask", fontsize=10)
     for r, window in enumerate(windows):
         axes = [fig.add_subplot(rows, cols, r * cols + i + 1) for i in range(cols)]
@@ -191,16 +237,20 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
         tile, truth = window["tile"], window.get("truth")
         axes[0].imshow(tile)
         _mask_outline(axes[0], truth, "black")
-        axes[0].set_title(window["label"] if truth is not None
-                          else f"{window['label']}\n(no annotation)", fontsize=7)
+        axes[0].set_title(
+            window["label"] if truth is not None else f"{window['label']}\n(no annotation)",
+            fontsize=7,
+        )
         probability = np.asarray(window["probability"], np.float32)
         axes[1].imshow(tile)
         axes[1].imshow(probability, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         _mask_outline(axes[1], probability >= window["mask_threshold"], "red")
         _mask_outline(axes[1], truth, "black")
         scores = window.get("scores", {})
-        axes[1].set_title(_score_title("segmenter P(lesion)", scores.get("prediction", {}),
-                                       score_keys), fontsize=7)
+        axes[1].set_title(
+            _score_title("segmenter P(lesion)", scores.get("prediction", {}), score_keys),
+            fontsize=7,
+        )
         for ax, method in zip(axes[2:], methods):
             values = window["maps"].get(method)
             if values is None:
@@ -208,8 +258,7 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
             shown = np.clip(np.asarray(values, np.float32), 0, None)
             top = float(shown.max())
             ax.imshow(tile)
-            ax.imshow(shown / top if top > 0 else shown, cmap="inferno", alpha=0.75, vmin=0,
-                      vmax=1)
+            ax.imshow(shown / top if top > 0 else shown, cmap="inferno", alpha=0.75, vmin=0, vmax=1)
             _mask_outline(ax, truth, "black")
             name = method if top > 0 else f"{method} (empty map)"
             ax.set_title(_score_title(name, scores.get(method, {}), score_keys), fontsize=7)
@@ -221,9 +270,10 @@ def write_window_comparison_figure(path: str | os.PathLike, windows: Sequence[Ma
 
 def _score_title(name: str, scores: Mapping[str, float], keys: Sequence[tuple[str, str]]) -> str:
     """The method, then its scores two to a line (and the sanity flag)."""
-    parts = [f"{short} {scores[key]:.2f}" for key, short in keys
-             if np.isfinite(scores.get(key, np.nan))]
+    parts = [
+        f"{short} {scores[key]:.2f}" for key, short in keys if np.isfinite(scores.get(key, np.nan))
+    ]
     if scores.get("sanity_flagged"):
         parts.append("fails sanity")
-    lines = [", ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+    lines = [", ".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
     return "\n".join([name, *lines])

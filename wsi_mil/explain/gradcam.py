@@ -42,21 +42,32 @@ def gradcam_layer(model: nn.Module) -> tuple[nn.Module, bool]:
     pooling), else the output of its last convolution."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise GradCamError(f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a CNN "
-                           "encoder (use attention rollout for ViTs)")
+        raise GradCamError(
+            f"{type(model).__name__} has no Conv2d layer: Grad-CAM needs a CNN "
+            "encoder (use attention rollout for ViTs)"
+        )
     pool = getattr(model, "global_pool", None)
     if not isinstance(pool, nn.Module):
-        pools = [m for m in model.modules()
-                 if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+        pools = [
+            m
+            for m in model.modules()
+            if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+        ]
         pool = pools[-1] if pools else None
     if pool is not None:
         return pool, True
     return convs[-1], False
 
 
-def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
-                 indices: Sequence[int], tiles: Sequence[np.ndarray],
-                 target: int, coords: np.ndarray | None = None) -> np.ndarray:
+def tile_gradcam(
+    encoder: Any,
+    model: MILModel,
+    features: np.ndarray,
+    indices: Sequence[int],
+    tiles: Sequence[np.ndarray],
+    target: int,
+    coords: np.ndarray | None = None,
+) -> np.ndarray:
     """Grad-CAM maps ``[k, S, S]`` in [0, 1] (``S`` the encoder's input size) of tiles
     ``indices`` of the bag ``features`` ``[N, D]``, whose RGB images are ``tiles``;
     ``coords`` ``[N, 2]``: the bag's grid positions, for a model that uses them."""
@@ -67,8 +78,11 @@ def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
 
     device = encoder.device
     bag = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
-    grid = (None if coords is None
-            else torch.as_tensor(np.asarray(coords, dtype=np.float32), device=device))
+    grid = (
+        None
+        if coords is None
+        else torch.as_tensor(np.asarray(coords, dtype=np.float32), device=device)
+    )
     layer, to_input = gradcam_layer(encoder.model)
     encoder.model.eval()
     model.eval()
@@ -85,7 +99,8 @@ def tile_gradcam(encoder: Any, model: MILModel, features: np.ndarray,
             return model(bags, coords=positions).logits
 
         cam = LayerGradCam(slide_logits, layer).attribute(
-            x, target=target, relu_attributions=True, attribute_to_layer_input=to_input)
+            x, target=target, relu_attributions=True, attribute_to_layer_input=to_input
+        )
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")[0, 0]
         cam = cam.detach().cpu().numpy()
         top = cam.max()

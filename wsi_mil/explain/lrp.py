@@ -57,8 +57,9 @@ class Relevance:
     bias_share: float  # relevance absorbed by biases and constant inputs: logit - sum(tiles)
 
 
-def lrp_relevance(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-                  target: int) -> Relevance:
+def lrp_relevance(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int
+) -> Relevance:
     """LRP relevance per tile of ``model``'s ``target`` logit on one bag ``x`` ``[N, D]``."""
     require_extra("explain", "LRP")
     from captum.attr import InputXGradient

@@ -83,8 +83,14 @@ METHODS = METHOD_NAMES
 #: methods that need a transformer's per-layer attention matrices.
 TRANSFORMER_ONLY = ("rollout", "chefer_iccv2021", "chefer_cvpr2021")
 #: methods whose maps are signed attributions (negative: evidence against the target).
-SIGNED = ("lrp", "gradient_x_input", "integrated_gradients", "attention_x_gradient",
-          "perturbation", "keep_one")
+SIGNED = (
+    "lrp",
+    "gradient_x_input",
+    "integrated_gradients",
+    "attention_x_gradient",
+    "perturbation",
+    "keep_one",
+)
 #: default largest bag for which a transformer's full attention matrices are built.
 MAX_QUADRATIC_TILES = ExplainParams.max_quadratic_tiles
 #: default largest bag on which a transformer leaves each tile out in turn.
@@ -117,20 +123,29 @@ def _as_bag(model: MILModel, bag: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(bag) if not isinstance(bag, torch.Tensor) else bag)
     x = x.to(device=device, dtype=torch.float32)
     if x.dim() != 2 or x.shape[0] == 0:
-        raise ExplainError(f"a bag is [tiles, features] with at least one tile, got "
-                           f"{tuple(x.shape)}")
+        raise ExplainError(
+            f"a bag is [tiles, features] with at least one tile, got {tuple(x.shape)}"
+        )
     return x
 
 
 def _check_quadratic(model: MILModel, n: int, max_tiles: int, method: str) -> None:
     if n > max_tiles:
-        raise ExplainError(f"{method} on {model.name} builds {n} x {n} attention matrices; "
-                           f"bags above {max_tiles} tiles are refused (raise "
-                           "max_quadratic_tiles if memory allows)")
+        raise ExplainError(
+            f"{method} on {model.name} builds {n} x {n} attention matrices; "
+            f"bags above {max_tiles} tiles are refused (raise "
+            "max_quadratic_tiles if memory allows)"
+        )
 
 
-def _recorded(model: _TransformerMIL, x: torch.Tensor, coords: torch.Tensor | None,
-              target: int, max_tiles: int, method: str) -> torch.Tensor:
+def _recorded(
+    model: _TransformerMIL,
+    x: torch.Tensor,
+    coords: torch.Tensor | None,
+    target: int,
+    max_tiles: int,
+    method: str,
+) -> torch.Tensor:
     """Forward with recorded attention; returns the target logit (graph kept)."""
     _check_quadratic(model, x.shape[0], max_tiles, method)
     return model(x, coords=coords, record=True).logits[0, target]
@@ -142,8 +157,9 @@ def _to_tiles(row: torch.Tensor, tiles: torch.Tensor, n: int) -> np.ndarray:
     return out.detach().double().cpu().numpy()
 
 
-def rollout_scores(model: _TransformerMIL, x: torch.Tensor, coords: torch.Tensor | None,
-                   max_tiles: int) -> np.ndarray:
+def rollout_scores(
+    model: _TransformerMIL, x: torch.Tensor, coords: torch.Tensor | None, max_tiles: int
+) -> np.ndarray:
     """Abnar & Zuidema's rollout over the recorded layers (see the module docstring)."""
     with torch.no_grad():
         _recorded(model, x, coords, 0, max_tiles, "rollout")
@@ -166,9 +182,13 @@ def _weighted_rollout(cams: list[torch.Tensor]) -> torch.Tensor:
     return relevance
 
 
-def chefer_iccv2021_scores(model: _TransformerMIL, x: torch.Tensor,
-                           coords: torch.Tensor | None, target: int,
-                           max_tiles: int) -> np.ndarray:
+def chefer_iccv2021_scores(
+    model: _TransformerMIL,
+    x: torch.Tensor,
+    coords: torch.Tensor | None,
+    target: int,
+    max_tiles: int,
+) -> np.ndarray:
     """Chefer et al.'s ICCV 2021 gradient-weighted rollout (see the module docstring)."""
     logit = _recorded(model, x, coords, target, max_tiles, "chefer_iccv2021")
     matrices = [r.matrix for r in model.records]
@@ -178,9 +198,13 @@ def chefer_iccv2021_scores(model: _TransformerMIL, x: torch.Tensor,
         return _to_tiles(_weighted_rollout(cams)[0, 1:], model.records[0].tiles, x.shape[0])
 
 
-def chefer_cvpr2021_scores(model: _TransformerMIL, x: torch.Tensor,
-                           coords: torch.Tensor | None, target: int,
-                           max_tiles: int) -> np.ndarray:
+def chefer_cvpr2021_scores(
+    model: _TransformerMIL,
+    x: torch.Tensor,
+    coords: torch.Tensor | None,
+    target: int,
+    max_tiles: int,
+) -> np.ndarray:
     """Chefer et al.'s CVPR 2021 relevance: gradients times the LRP relevance of each attention
     matrix, rolled out (see the module docstring)."""
     logit = _recorded(model, x, coords, target, max_tiles, "chefer_cvpr2021")
@@ -193,13 +217,16 @@ def chefer_cvpr2021_scores(model: _TransformerMIL, x: torch.Tensor,
         lrp_grads = torch.autograd.grad(lrp_logit, matrices)
     with torch.no_grad():
         total = max(abs(float(lrp_logit)), 1e-12)  # relevance of magnitude 1 at the logit
-        cams = [(g * (a * lg / total)).clamp_min(0).mean(0)
-                for a, lg, g in zip(matrices, lrp_grads, grads)]
+        cams = [
+            (g * (a * lg / total)).clamp_min(0).mean(0)
+            for a, lg, g in zip(matrices, lrp_grads, grads)
+        ]
         return _to_tiles(_weighted_rollout(cams)[0, 1:], tiles, x.shape[0])
 
 
-def attention_x_gradient_scores(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-                                target: int, max_tiles: int) -> np.ndarray:
+def attention_x_gradient_scores(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int, max_tiles: int
+) -> np.ndarray:
     """Each tile's attention times the target logit's gradient with respect to it."""
     if is_transformer(model):
         with model.detached_norm_scale():  # the LN-rule (see the module docstring)
@@ -215,8 +242,9 @@ def attention_x_gradient_scores(model: MILModel, x: torch.Tensor, coords: torch.
     return (weights * grad)[0, :, branch].detach().double().cpu().numpy()
 
 
-def gradient_x_input_scores(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-                            target: int) -> np.ndarray:
+def gradient_x_input_scores(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int
+) -> np.ndarray:
     require_extra("explain", "gradient x input")
     from captum.attr import InputXGradient
 
@@ -224,24 +252,37 @@ def gradient_x_input_scores(model: MILModel, x: torch.Tensor, coords: torch.Tens
     return attr[0].sum(-1).detach().double().cpu().numpy()
 
 
-def integrated_gradients_scores(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-                                target: int, steps: int = 32) -> np.ndarray:
+def integrated_gradients_scores(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int, steps: int = 32
+) -> np.ndarray:
     """The zero baseline keeps the bag's tile positions: positions are context, not attributed
     (completeness reads ``logit(bag) - logit(zeros)`` at the same positions)."""
     require_extra("explain", "integrated gradients")
     from captum.attr import IntegratedGradients
 
     attr = IntegratedGradients(logits_fn(model, coords)).attribute(
-        x.unsqueeze(0), baselines=torch.zeros_like(x).unsqueeze(0), target=target,
-        n_steps=steps, method="gausslegendre", internal_batch_size=1)
+        x.unsqueeze(0),
+        baselines=torch.zeros_like(x).unsqueeze(0),
+        target=target,
+        n_steps=steps,
+        method="gausslegendre",
+        internal_batch_size=1,
+    )
     return attr[0].sum(-1).detach().double().cpu().numpy()
 
 
-def explain(model: MILModel, bag: np.ndarray | torch.Tensor, method: str, *,
-            target: int | None = None, seed: int = 0, ig_steps: int = 32,
-            max_quadratic_tiles: int = MAX_QUADRATIC_TILES,
-            max_perturbation_tiles: int = MAX_PERTURBATION_TILES,
-            coords: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+def explain(
+    model: MILModel,
+    bag: np.ndarray | torch.Tensor,
+    method: str,
+    *,
+    target: int | None = None,
+    seed: int = 0,
+    ig_steps: int = 32,
+    max_quadratic_tiles: int = MAX_QUADRATIC_TILES,
+    max_perturbation_tiles: int = MAX_PERTURBATION_TILES,
+    coords: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
     """Per-tile scores ``[N]`` of ``method`` for ``model`` on one bag ``[N, D]``.
 
     ``target`` is the class explained (None: the predicted class). ``coords`` ``[N, 2]``: the
@@ -255,25 +296,41 @@ def explain(model: MILModel, bag: np.ndarray | torch.Tensor, method: str, *,
         raise ExplainError(f"unknown explanation method {method!r}; choose from {list(METHODS)}")
     if method not in available_methods(model):
         if method in TRANSFORMER_ONLY:
-            raise ExplainError(f"{method} needs a transformer MIL model (transmil, "
-                               f"transformer_mil); {model.name} has a single attention pooling")
-        raise ExplainError(f"{method} does not apply to {model.name}: its attention is not in "
-                           "the graph of its logits")
+            raise ExplainError(
+                f"{method} needs a transformer MIL model (transmil, "
+                f"transformer_mil); {model.name} has a single attention pooling"
+            )
+        raise ExplainError(
+            f"{method} does not apply to {model.name}: its attention is not in "
+            "the graph of its logits"
+        )
     model.eval()
     try:
         x = _as_bag(model, bag)
-        c = None if coords is None else torch.as_tensor(np.asarray(coords), dtype=torch.float32,
-                                                          device=x.device)
-        return _explain(model, x, c, method, target, seed, ig_steps, max_quadratic_tiles,
-                        max_perturbation_tiles)
+        c = (
+            None
+            if coords is None
+            else torch.as_tensor(np.asarray(coords), dtype=torch.float32, device=x.device)
+        )
+        return _explain(
+            model, x, c, method, target, seed, ig_steps, max_quadratic_tiles, max_perturbation_tiles
+        )
     finally:
         if is_transformer(model):
             model.records = []  # free the recorded attention matrices and their graph
 
 
-def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, method: str,
-             target: int | None, seed: int, ig_steps: int, max_quadratic_tiles: int,
-             max_perturbation_tiles: int) -> np.ndarray:
+def _explain(
+    model: MILModel,
+    x: torch.Tensor,
+    coords: torch.Tensor | None,
+    method: str,
+    target: int | None,
+    seed: int,
+    ig_steps: int,
+    max_quadratic_tiles: int,
+    max_perturbation_tiles: int,
+) -> np.ndarray:
     from wsi_mil.explain import lrp, perturbation
 
     n = x.shape[0]
@@ -283,11 +340,14 @@ def _explain(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, meth
     if method in (*TRANSFORMER_ONLY, "attention_x_gradient") and is_transformer(model):
         _check_quadratic(model, n, max_quadratic_tiles, method)
     looped = (method == "perturbation" and is_transformer(model)) or (
-        method == "keep_one" and isinstance(model, TransMIL))
+        method == "keep_one" and isinstance(model, TransMIL)
+    )
     if looped and n > max_perturbation_tiles:
-        raise ExplainError(f"{method} on {model.name} runs the model on a bag per tile; bags "
-                           f"above {max_perturbation_tiles} tiles are refused (raise "
-                           "max_perturbation_tiles if time allows)")
+        raise ExplainError(
+            f"{method} on {model.name} runs the model on a bag per tile; bags "
+            f"above {max_perturbation_tiles} tiles are refused (raise "
+            "max_perturbation_tiles if time allows)"
+        )
     out = None
     if target is None or method in ("attention", "segmentation"):
         with torch.no_grad():
@@ -336,7 +396,8 @@ def ppeg_mixing_share(model: MILModel, bag: np.ndarray | torch.Tensor) -> float:
     x = _as_bag(model, bag)
     seen: dict[str, torch.Tensor] = {}
     hook = model.ppeg.register_forward_hook(
-        lambda _m, inputs, output: seen.update(inputs=inputs[0], output=output))
+        lambda _m, inputs, output: seen.update(inputs=inputs[0], output=output)
+    )
     try:
         model(x)
     finally:

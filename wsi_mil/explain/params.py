@@ -15,9 +15,20 @@ from wsi_mil.metrics.params import FrocParams
 from wsi_mil.mil.params import positive_class_field, positive_tile_threshold_field
 
 #: every explanation method, in the order of the tables (kept here so the CLI needs no torch).
-METHOD_NAMES = ("attention", "rollout", "chefer_iccv2021", "chefer_cvpr2021", "lrp",
-                "gradient_x_input", "integrated_gradients", "attention_x_gradient",
-                "perturbation", "keep_one", "segmentation", "random")
+METHOD_NAMES = (
+    "attention",
+    "rollout",
+    "chefer_iccv2021",
+    "chefer_cvpr2021",
+    "lrp",
+    "gradient_x_input",
+    "integrated_gradients",
+    "attention_x_gradient",
+    "perturbation",
+    "keep_one",
+    "segmentation",
+    "random",
+)
 #: names an earlier release used, and what they are called now.
 RENAMED = {"relevance": "chefer_iccv2021"}
 
@@ -85,8 +96,10 @@ class ExplainParams:
         object.__setattr__(self, "methods", tuple(self.methods))
         renamed = [f"{old} is now {RENAMED[old]}" for old in self.methods if old in RENAMED]
         if renamed:
-            raise ValueError(f"ExplainParams.methods: {'; '.join(renamed)} (the name says "
-                             f"which of Chefer et al.'s rules it is)")
+            raise ValueError(
+                f"ExplainParams.methods: {'; '.join(renamed)} (the name says "
+                f"which of Chefer et al.'s rules it is)"
+            )
         check_fields(self)  # every range above, and the methods' names
 
 

@@ -52,14 +52,16 @@ def _softmax_pooling(model: MILModel) -> bool:
     return not isinstance(model, _TransformerMIL) and type(model).pool is MILModel.pool
 
 
-def _forward_logit(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-                   target: int) -> float:
+def _forward_logit(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int
+) -> float:
     return float(model(x, coords=coords).logits[0, target])
 
 
 @torch.no_grad()
-def drop_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-             target: int) -> np.ndarray:
+def drop_one(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int
+) -> np.ndarray:
     """``logit(bag) - logit(bag without tile i)`` for every tile ``i`` of ``x`` ``[N, D]``.
 
     A one-tile bag without its tile is the all-zero tile (a model cannot score an empty bag).
@@ -77,8 +79,9 @@ def drop_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
         without = np.empty(n)
         for i in range(n):
             keep[i] = False
-            without[i] = _forward_logit(model, x[keep], None if coords is None
-                                        else coords[keep], target)
+            without[i] = _forward_logit(
+                model, x[keep], None if coords is None else coords[keep], target
+            )
             keep[i] = True
     return full - without
 
@@ -90,15 +93,15 @@ def _drop_one_softmax(model: MILModel, x: torch.Tensor, target: int) -> np.ndarr
     z, s = e.sum(0), e.T @ h  # [K], [K, H]
     logits = []
     for start in range(0, x.shape[0], CHUNK):
-        ei, hi = e[start:start + CHUNK], h[start:start + CHUNK]
+        ei, hi = e[start : start + CHUNK], h[start : start + CHUNK]
         pooled = (s - ei.unsqueeze(-1) * hi.unsqueeze(1)) / (z - ei).unsqueeze(-1)  # [c, K, H]
         logits.append(model.classify(pooled.float())[:, target].double())
     without = torch.cat(logits)
     for branch in range(e.shape[1]):  # a tile with over half the weight: recompute directly
         for i in torch.nonzero(e[:, branch] > 0.5 * z[branch]).flatten().tolist():
-            others = torch.cat([raw[:i], raw[i + 1:]])
+            others = torch.cat([raw[:i], raw[i + 1 :]])
             weights = torch.softmax(others, dim=0)  # [N - 1, K]
-            pooled = weights.T @ torch.cat([h[:i], h[i + 1:]])  # [K, H]
+            pooled = weights.T @ torch.cat([h[:i], h[i + 1 :]])  # [K, H]
             without[i] = model.classify(pooled.float().unsqueeze(0))[0, target].double()
     return without.cpu().numpy()
 
@@ -109,21 +112,23 @@ def _drop_one_max(model: MaxPoolMIL, x: torch.Tensor, target: int) -> np.ndarray
     alone = (h == top[0]) & ((h == top[0]).sum(0) == 1)  # tile i holds the maximum alone
     logits = []
     for start in range(0, x.shape[0], CHUNK):
-        pooled = torch.where(alone[start:start + CHUNK], top[1], top[0])  # [c, H]
+        pooled = torch.where(alone[start : start + CHUNK], top[1], top[0])  # [c, H]
         logits.append(model.classify(pooled.unsqueeze(1))[:, target])
     return torch.cat(logits).double().cpu().numpy()
 
 
 @torch.no_grad()
-def keep_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-             target: int) -> np.ndarray:
+def keep_one(
+    model: MILModel, x: torch.Tensor, coords: torch.Tensor | None, target: int
+) -> np.ndarray:
     """``logit({i}) - logit({0})`` for every tile ``i``: each tile alone, against one zero tile."""
-    zero = _forward_logit(model, torch.zeros_like(x[:1]), None if coords is None
-                          else coords[:1], target)
+    zero = _forward_logit(
+        model, torch.zeros_like(x[:1]), None if coords is None else coords[:1], target
+    )
     if not isinstance(model, _TransformerMIL):  # a one-tile bag pools to the tile's embedding
         logits = []
         for start in range(0, x.shape[0], CHUNK):
-            h = model.embed(x[start:start + CHUNK])
+            h = model.embed(x[start : start + CHUNK])
             k = model.attention_scores(h).shape[-1] if _softmax_pooling(model) else 1
             logits.append(model.classify(h.unsqueeze(1).expand(-1, k, -1))[:, target])
         return torch.cat(logits).double().cpu().numpy() - zero
@@ -131,11 +136,12 @@ def keep_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
     chunk = CHUNK if isinstance(model, TransformerMIL) else TRANSMIL_CHUNK
     logits = []
     for start in range(0, x.shape[0], chunk):
-        h = model.embed(x[start:start + chunk])
+        h = model.embed(x[start : start + chunk])
         if model.uses_coords:  # a one-tile bag's position, relative to its corner, is 0
             h = h + model.position(h.new_zeros((1, 2))).to(h.dtype)  # type: ignore[operator]
-        tokens = torch.cat([model.cls_token.expand(len(h), 1, -1).to(h.dtype),
-                            h.unsqueeze(1)], dim=1)
+        tokens = torch.cat(
+            [model.cls_token.expand(len(h), 1, -1).to(h.dtype), h.unsqueeze(1)], dim=1
+        )
         if isinstance(model, TransformerMIL):
             for layer in model.layers:
                 tokens = layer(tokens, False)[0]
@@ -146,10 +152,14 @@ def keep_one(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
     return torch.cat(logits).double().cpu().numpy() - zero
 
 
-def bag_scorer(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
-               target: int, max_batch_values: int = 1 << 24,
-               output: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> Callable[[list[np.ndarray]], np.ndarray]:
+def bag_scorer(
+    model: MILModel,
+    x: torch.Tensor,
+    coords: torch.Tensor | None,
+    target: int,
+    max_batch_values: int = 1 << 24,
+    output: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[list[np.ndarray]], np.ndarray]:
     """A :data:`wsi_mil.metrics.explain.ScoreFn`: the softmax probability of ``target`` for the
     bag restricted to each subset of tile indices (an empty subset: the all-zero bag).
     ``output`` reads the logits ``[B, C]`` otherwise (another task's outputs:
@@ -177,8 +187,8 @@ def bag_scorer(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
         mask = torch.zeros((len(subsets), length), dtype=torch.bool, device=h.device)
         for i, subset in enumerate(subsets):
             index = torch.from_numpy(np.asarray(subset, dtype=np.int64)).to(h.device)
-            batch[i, :len(subset)], scores[i, :len(subset)] = h[index], raw[index]
-            mask[i, :len(subset)] = True
+            batch[i, : len(subset)], scores[i, : len(subset)] = h[index], raw[index]
+            mask[i, : len(subset)] = True
         _, pooled = model.pool(batch, scores, mask)
         return read(model.classify(pooled))[:, target].float().tolist()
 
@@ -190,8 +200,11 @@ def bag_scorer(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
 
     def score(subsets: list[np.ndarray]) -> np.ndarray:
         keys = [np.asarray(s, dtype=np.int64).tobytes() for s in subsets]
-        todo = {k: np.asarray(s, dtype=np.int64) for k, s in zip(keys, subsets)
-                if k not in cache and len(s) > 0}
+        todo = {
+            k: np.asarray(s, dtype=np.int64)
+            for k, s in zip(keys, subsets)
+            if k not in cache and len(s) > 0
+        }
         for k, s in zip(keys, subsets):
             if len(s) == 0:
                 cache[k] = zero
@@ -200,9 +213,13 @@ def bag_scorer(model: MILModel, x: torch.Tensor, coords: torch.Tensor | None,
             start = 0
             while start < len(pending):  # grow the batch while it stays within budget
                 end = start + 1
-                while (end < len(pending) and (end + 1 - start) * max(
-                        len(s) for _, s in pending[start:end + 1]) * h.shape[1]
-                       <= max_batch_values):
+                while (
+                    end < len(pending)
+                    and (end + 1 - start)
+                    * max(len(s) for _, s in pending[start : end + 1])
+                    * h.shape[1]
+                    <= max_batch_values
+                ):
                     end += 1
                 part = pending[start:end]
                 cache.update(zip([k for k, _ in part], pooled_probability([s for _, s in part])))

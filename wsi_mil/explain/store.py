@@ -132,25 +132,31 @@ def read_explanations(path: str | os.PathLike, *, require_complete: bool = True)
                 if missing or not attrs["complete"]:
                     raise ExplanationsFileError(
                         f"{path}: not a complete explanations file (attributes missing "
-                        f"{missing or ['complete = True']})")
+                        f"{missing or ['complete = True']})"
+                    )
             if "methods" in attrs:
                 methods = [str(m) for m in attrs["methods"]]
             else:
-                methods = [str(k) for k, item in f.items()
-                           if isinstance(item, h5py.Dataset) and item.ndim == 1
-                           and k not in OTHER_DATASETS]
+                methods = [
+                    str(k)
+                    for k, item in f.items()
+                    if isinstance(item, h5py.Dataset) and item.ndim == 1 and k not in OTHER_DATASETS
+                ]
             absent = [m for m in methods if m not in f]
             if absent:
-                raise ExplanationsFileError(f"{path}: methods {absent} are listed but have no "
-                                            f"dataset")
+                raise ExplanationsFileError(
+                    f"{path}: methods {absent} are listed but have no dataset"
+                )
             maps = {m: f[m][:] for m in methods}
-            map_attrs = {m: {str(k): _decode(str(k), v) for k, v in f[m].attrs.items()}
-                         for m in methods}
+            map_attrs = {
+                m: {str(k): _decode(str(k), v) for k, v in f[m].attrs.items()} for m in methods
+            }
             coords = f["coords"][:] if "coords" in f else None
             fractions = f["lesion_fraction"][:] if "lesion_fraction" in f else None
     except OSError as exc:
         raise ExplanationsFileError(f"{path}: cannot read HDF5 file ({exc})") from exc
     for key in ("scores", "patch_flipping", "mprt"):
         attrs.setdefault(key, {})
-    return Explanations(coords=coords, maps=maps, map_attrs=map_attrs, attrs=attrs,
-                        lesion_fraction=fractions)
+    return Explanations(
+        coords=coords, maps=maps, map_attrs=map_attrs, attrs=attrs, lesion_fraction=fractions
+    )

@@ -28,8 +28,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: cohort-table metrics the ranking reads.
-RANKED = ("srg", "morf_aupc", "lerf_aupc", "random_aupc", "sanity_spearman", "mprt_mean",
-          "sanity_flagged", "tile_auc")
+RANKED = (
+    "srg",
+    "morf_aupc",
+    "lerf_aupc",
+    "random_aupc",
+    "sanity_spearman",
+    "mprt_mean",
+    "sanity_flagged",
+    "tile_auc",
+)
 
 
 def _finite(value: Any) -> float | None:
@@ -95,16 +103,21 @@ def verdict(entry: Mapping[str, Any]) -> str:
 
 def ranking_markdown(ranking: Sequence[Mapping[str, Any]]) -> str:
     """The trust report's table: rank, method, faithfulness, sanity, localisation, verdict."""
-    lines = [("| rank | method | faithfulness: LeRF − MoRF AUPC | MoRF / LeRF / random-order "
-             "AUPC | sanity: Spearman with the randomised model | MPRT: mean absolute Spearman "
-             "over the cascade | share of slides failing sanity | tile AUC | verdict |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| rank | method | faithfulness: LeRF − MoRF AUPC | MoRF / LeRF / random-order "
+            "AUPC | sanity: Spearman with the randomised model | MPRT: mean absolute Spearman "
+            "over the cascade | share of slides failing sanity | tile AUC | verdict |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in ranking:
         lines.append(
             f"| {e['rank']} | {e['method']} | {_fmt(e['srg'], 3)} | {_fmt(e['morf_aupc'], 3)} / "
             f"{_fmt(e['lerf_aupc'], 3)} / {_fmt(e['random_aupc'], 3)} | "
             f"{_fmt(e['sanity_spearman'])} | {_fmt(e['mprt_mean'])} | "
-            f"{_fmt(e['sanity_flagged'])} | {_fmt(e['tile_auc'], 3)} | {verdict(e)} |")
+            f"{_fmt(e['sanity_flagged'])} | {_fmt(e['tile_auc'], 3)} | {verdict(e)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -125,16 +138,23 @@ def trust_parts(method: str, scores: Mapping[str, Any]) -> list[str]:
     t = slide_trust(scores)
     head = method
     if t["srg"] is not None:
-        head += (f"  \u00b7  faithfulness: LeRF \u2212 MoRF AUPC {t['srg']:.2f} (MoRF "
-                 f"{_fmt(t['morf_aupc'])}, LeRF {_fmt(t['lerf_aupc'])}, random order "
-                 f"{_fmt(t['random_aupc'])})")
+        head += (
+            f"  \u00b7  faithfulness: LeRF \u2212 MoRF AUPC {t['srg']:.2f} (MoRF "
+            f"{_fmt(t['morf_aupc'])}, LeRF {_fmt(t['lerf_aupc'])}, random order "
+            f"{_fmt(t['random_aupc'])})"
+        )
     parts = [head]
     if t["passes"] is not None:
         state = "passes" if t["passes"] else "FAILS THE SANITY CHECK"
-        cascade = ("" if t["mprt_mean"] is None else
-                   f", mean absolute Spearman {_fmt(t['mprt_mean'])} over the cascade")
-        parts.append(f"sanity: Spearman {_fmt(t['sanity_spearman'])} with the randomised "
-                     f"model{cascade}, {state}")
+        cascade = (
+            ""
+            if t["mprt_mean"] is None
+            else f", mean absolute Spearman {_fmt(t['mprt_mean'])} over the cascade"
+        )
+        parts.append(
+            f"sanity: Spearman {_fmt(t['sanity_spearman'])} with the randomised "
+            f"model{cascade}, {state}"
+        )
     return parts
 
 

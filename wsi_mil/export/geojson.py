@@ -40,16 +40,26 @@ from wsi_mil.mil.predictions import SlidePrediction
 #: colour of the positive (segmentation) class, the same red as segmentation.png
 POSITIVE_COLOR = (230, 20, 60)
 #: colours of the other classes, in order (matplotlib tab10 without red)
-OTHER_COLORS = ((31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189),
-                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+OTHER_COLORS = (
+    (31, 119, 180),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 CHUNK = 20_000
 
 
 def class_colors(class_names: Sequence[str], positive_index: int) -> list[tuple[int, int, int]]:
     """One RGB colour per class: red for the positive class, distinct colours for the rest."""
     others = iter(OTHER_COLORS * (1 + len(class_names) // len(OTHER_COLORS)))
-    return [POSITIVE_COLOR if i == positive_index else next(others)
-            for i in range(len(class_names))]
+    return [
+        POSITIVE_COLOR if i == positive_index else next(others) for i in range(len(class_names))
+    ]
 
 
 #: decimals of measurements known to lie in [0, 1] (probabilities, percentiles)
@@ -63,11 +73,15 @@ def _feature_template(keys: Sequence[str], preformatted: Sequence[bool]) -> str:
     Compact separators: tiles.geojson is by far the largest file.
     """
     ring = ",".join(["[%s,%s]"] * 5)
-    measurements = ",".join(f"{json.dumps(k)}:" + ("%s" if text else "%.6g")
-                            for k, text in zip(keys, preformatted))
-    return ('{"type":"Feature","geometry":{"type":"Polygon","coordinates":[[' + ring
-            + ']]},"properties":{"objectType":"detection","classification":%s,'
-            '"measurements":{' + measurements + '}}}')
+    measurements = ",".join(
+        f"{json.dumps(k)}:" + ("%s" if text else "%.6g") for k, text in zip(keys, preformatted)
+    )
+    return (
+        '{"type":"Feature","geometry":{"type":"Polygon","coordinates":[['
+        + ring
+        + ']]},"properties":{"objectType":"detection","classification":%s,'
+        '"measurements":{' + measurements + "}}}"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,13 +102,15 @@ def _as_strings(values: np.ndarray, unit: bool) -> np.ndarray:
         return _unit_table()[np.rint(values * 10**UNIT_DECIMALS).astype(np.int64)]
     distinct, inverse = np.unique(values, return_inverse=True)
     integral = np.array_equal(distinct, np.round(distinct))
-    table = np.array([str(int(v)) if integral else format(v, ".10g")
-                      for v in distinct.tolist()], dtype=object)
+    table = np.array(
+        [str(int(v)) if integral else format(v, ".10g") for v in distinct.tolist()], dtype=object
+    )
     return table[inverse.reshape(-1)]
 
 
-def write_tiles_geojson(path: str | os.PathLike, prediction: SlidePrediction,
-                        params: HeatmapParams) -> Path:
+def write_tiles_geojson(
+    path: str | os.PathLike, prediction: SlidePrediction, params: HeatmapParams
+) -> Path:
     """Write ``tiles.geojson``: one QuPath detection per tile with its scores as measurements.
 
     Every number is turned into text once per distinct value (see :func:`_as_strings`) and the
@@ -106,30 +122,46 @@ def write_tiles_geojson(path: str | os.PathLike, prediction: SlidePrediction,
     prefix = "prob_" if prediction.has_segmentation else "tile_"  # a risk or value: no probability
     names = ["attention", "attention_percentile", *[f"{prefix}{c}" for c in prediction.class_names]]
     percentile, *_ = normalise_scores(prediction.attention, "rank", probability=False)
-    values = np.column_stack([prediction.attention, percentile,
-                              prediction.tile_probs]).astype(np.float64)
+    values = np.column_stack([prediction.attention, percentile, prediction.tile_probs]).astype(
+        np.float64
+    )
     if values.size and not np.isfinite(values).all():
-        raise InputError(f"{prediction.slide_id}: predictions hold non-finite scores; "
-                         f"GeoJSON measurements must be numbers")
-    positive = (prediction.positive_index(params.positive_class)
-                if prediction.has_segmentation else 0)
-    classes = np.array([json.dumps({"name": name, "color": list(color)}, separators=(",", ":"))
-                        for name, color in zip(prediction.class_names,
-                                               class_colors(prediction.class_names, positive))],
-                       dtype=object)
-    best = (np.argmax(prediction.tile_probs, axis=1) if prediction.tile_probs.size
-            else np.zeros(len(prediction.coords), np.int64))
+        raise InputError(
+            f"{prediction.slide_id}: predictions hold non-finite scores; "
+            f"GeoJSON measurements must be numbers"
+        )
+    positive = (
+        prediction.positive_index(params.positive_class) if prediction.has_segmentation else 0
+    )
+    classes = np.array(
+        [
+            json.dumps({"name": name, "color": list(color)}, separators=(",", ":"))
+            for name, color in zip(
+                prediction.class_names, class_colors(prediction.class_names, positive)
+            )
+        ],
+        dtype=object,
+    )
+    best = (
+        np.argmax(prediction.tile_probs, axis=1)
+        if prediction.tile_probs.size
+        else np.zeros(len(prediction.coords), np.int64)
+    )
     x0 = np.clip(prediction.coords[:, 0].astype(np.float64), 0, geometry.width)
     y0 = np.clip(prediction.coords[:, 1].astype(np.float64), 0, geometry.height)
     x1 = np.minimum(x0 + geometry.tile_size_level0, geometry.width)
     y1 = np.minimum(y0 + geometry.tile_size_level0, geometry.height)
     a, b, c, d = (_as_strings(np.round(v, 3), unit=False) for v in (x0, y0, x1, y1))
     # values in [0, 1] become table strings; others (raw attention) are formatted by the template
-    in_unit = [bool(values[:, j].min() >= 0 and values[:, j].max() <= 1) if values.size else True
-               for j in range(values.shape[1])]
+    in_unit = [
+        bool(values[:, j].min() >= 0 and values[:, j].max() <= 1) if values.size else True
+        for j in range(values.shape[1])
+    ]
     in_unit[0] = False
-    measurements = [_as_strings(values[:, j], unit=True) if in_unit[j] else values[:, j]
-                    for j in range(values.shape[1])]
+    measurements = [
+        _as_strings(values[:, j], unit=True) if in_unit[j] else values[:, j]
+        for j in range(values.shape[1])
+    ]
     columns = [a, b, c, b, c, d, a, d, a, b, classes[best], *measurements]
     template = _feature_template(names, in_unit)
 
@@ -156,8 +188,9 @@ def _cell_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return start_r, start_c, end_c
 
 
-def segmentation_regions(positive: np.ndarray, grid: TileGrid,
-                         geometry: SlideGeometry) -> list[tuple[shapely.Geometry, np.ndarray]]:
+def segmentation_regions(
+    positive: np.ndarray, grid: TileGrid, geometry: SlideGeometry
+) -> list[tuple[shapely.Geometry, np.ndarray]]:
     """Level-0 shapes (polygons with holes) of the positive cells, one per 8-connected region.
 
     Each region's cells are merged row run by row run (one box per run, not per cell) with
@@ -177,19 +210,25 @@ def segmentation_regions(positive: np.ndarray, grid: TileGrid,
     bounds = np.searchsorted(run_labels[order], np.arange(1, count + 2))
     regions = []
     for label in range(1, count + 1):
-        members = order[bounds[label - 1]:bounds[label]]
+        members = order[bounds[label - 1] : bounds[label]]
         merged = shapely.intersection(shapely.unary_union(boxes[members]), slide_box)
-        parts = [orient(p) for p in getattr(merged, "geoms", [merged])
-                 if p.geom_type == "Polygon" and not p.is_empty]
+        parts = [
+            orient(p)
+            for p in getattr(merged, "geoms", [merged])
+            if p.geom_type == "Polygon" and not p.is_empty
+        ]
         if parts:
-            regions.append((parts[0] if len(parts) == 1 else MultiPolygon(parts),
-                            labels == label))
+            regions.append((parts[0] if len(parts) == 1 else MultiPolygon(parts), labels == label))
     return regions
 
 
-def write_segmentation_geojson(path: str | os.PathLike, prediction: SlidePrediction,
-                               grid: TileGrid, positive: np.ndarray,
-                               params: HeatmapParams) -> Path:
+def write_segmentation_geojson(
+    path: str | os.PathLike,
+    prediction: SlidePrediction,
+    grid: TileGrid,
+    positive: np.ndarray,
+    params: HeatmapParams,
+) -> Path:
     """Write ``segmentation.geojson``: the positive regions as classified QuPath annotations."""
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
     index = prediction.positive_index(params.positive_class)
@@ -200,21 +239,23 @@ def write_segmentation_geojson(path: str | os.PathLike, prediction: SlidePredict
     attention = grid.stitch(percentile)
     features = []
     for number, (polygon, cells) in enumerate(segmentation_regions(positive, grid, geometry), 1):
-        features.append({
-            "type": "Feature",
-            "geometry": mapping(polygon),
-            "properties": {
-                "objectType": "annotation",
-                "name": f"{name} region {number}",
-                "classification": {"name": name, "color": color},
-                "measurements": {
-                    "area_um2": float(polygon.area * geometry.mpp ** 2),
-                    f"mean_prob_{name}": float(np.nanmean(probs[cells])),
-                    f"max_prob_{name}": float(np.nanmax(probs[cells])),
-                    "max_attention_percentile": float(np.nanmax(attention[cells])),
-                    "threshold": float(params.seg_threshold),
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": mapping(polygon),
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"{name} region {number}",
+                    "classification": {"name": name, "color": color},
+                    "measurements": {
+                        "area_um2": float(polygon.area * geometry.mpp**2),
+                        f"mean_prob_{name}": float(np.nanmean(probs[cells])),
+                        f"max_prob_{name}": float(np.nanmax(probs[cells])),
+                        "max_attention_percentile": float(np.nanmax(attention[cells])),
+                        "threshold": float(params.seg_threshold),
+                    },
                 },
-            },
-        })
+            }
+        )
     write_text_atomic(path, json.dumps({"type": "FeatureCollection", "features": features}))
     return Path(path)

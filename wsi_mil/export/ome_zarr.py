@@ -49,8 +49,9 @@ def _window(channel: np.ndarray, probability: bool) -> dict[str, float]:
     return {"start": low, "end": high, "min": low, "max": high}
 
 
-def multiscales_metadata(name: str, grid: TileGrid, geometry: SlideGeometry, n_levels: int,
-                         version: str) -> dict[str, Any]:
+def multiscales_metadata(
+    name: str, grid: TileGrid, geometry: SlideGeometry, n_levels: int, version: str
+) -> dict[str, Any]:
     """OME-Zarr ``multiscales`` entry: axes c/y/x in micrometres, scale and translation per level.
 
     Level k's pixel is ``2**k`` cells of ``stride * mpp`` µm. The translation puts each pixel's
@@ -61,24 +62,32 @@ def multiscales_metadata(name: str, grid: TileGrid, geometry: SlideGeometry, n_l
     datasets = []
     for k in range(n_levels):
         size = cell_um * 2**k
-        datasets.append({
-            "path": str(k),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, size, size]},
-                {"type": "translation",
-                 "translation": [0.0, origin_um[0] + size / 2, origin_um[1] + size / 2]},
-            ],
-        })
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, size, size]},
+                    {
+                        "type": "translation",
+                        "translation": [0.0, origin_um[0] + size / 2, origin_um[1] + size / 2],
+                    },
+                ],
+            }
+        )
     entry: dict[str, Any] = {
         "name": name,
-        "axes": [{"name": "c", "type": "channel"},
-                 {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
+        "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
         "datasets": datasets,
         "type": "mean",
-        "metadata": {"description": "level 0 is the tile grid (one pixel per tile stride, "
-                                    "overlapping tiles averaged); each next level is the "
-                                    "NaN-aware 2x2 mean of the one before"},
+        "metadata": {
+            "description": "level 0 is the tile grid (one pixel per tile stride, "
+            "overlapping tiles averaged); each next level is the "
+            "NaN-aware 2x2 mean of the one before"
+        },
     }
     if version == "0.4":
         entry = {"version": "0.4", **entry}
@@ -96,12 +105,16 @@ def write_heatmap_zarr(
     path = Path(path)
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
     grid = grid or TileGrid.from_coords(prediction.coords, geometry)
-    attention, *_ = normalise_scores(tile_scores(prediction, "attention"), params.normalize,
-                                     probability=False)
+    attention, *_ = normalise_scores(
+        tile_scores(prediction, "attention"), params.normalize, probability=False
+    )
     prefix = "prob_" if prediction.has_segmentation else "tile_"  # a risk or value: no probability
     names = ["attention", "attention_raw", *[f"{prefix}{c}" for c in prediction.class_names]]
-    columns = [attention, prediction.attention,
-               *[prediction.tile_probs[:, i] for i in range(len(prediction.class_names))]]
+    columns = [
+        attention,
+        prediction.attention,
+        *[prediction.tile_probs[:, i] for i in range(len(prediction.class_names))],
+    ]
     level0 = np.stack([grid.stitch(column) for column in columns]).astype(np.float32)
     levels = pyramid(level0, params.zarr_chunk)
 
@@ -110,14 +123,20 @@ def write_heatmap_zarr(
     multiscales = multiscales_metadata(prediction.slide_id, grid, geometry, len(levels), version)
     omero = {
         "name": prediction.slide_id,
-        "channels": [{
-            "label": name,
-            "color": CHANNEL_COLORS["prob" if name.startswith(("prob_", "tile_")) else name],
-            "active": name == "attention",
-            "coefficient": 1.0, "family": "linear", "inverted": False,
-            "window": _window(level0[i], probability=name.startswith("prob_")
-                              or name == "attention"),
-        } for i, name in enumerate(names)],
+        "channels": [
+            {
+                "label": name,
+                "color": CHANNEL_COLORS["prob" if name.startswith(("prob_", "tile_")) else name],
+                "active": name == "attention",
+                "coefficient": 1.0,
+                "family": "linear",
+                "inverted": False,
+                "window": _window(
+                    level0[i], probability=name.startswith("prob_") or name == "attention"
+                ),
+            }
+            for i, name in enumerate(names)
+        ],
         "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
     }
     wsi_mil_attrs = {
@@ -132,23 +151,34 @@ def write_heatmap_zarr(
         **dict(extra_attrs or {}),
     }
     if version == "0.4":
-        attributes = {"multiscales": [multiscales], "omero": {"version": "0.4", **omero},
-                      "wsi_mil": wsi_mil_attrs}
+        attributes = {
+            "multiscales": [multiscales],
+            "omero": {"version": "0.4", **omero},
+            "wsi_mil": wsi_mil_attrs,
+        }
     else:
-        attributes = {"ome": {"version": "0.5", "multiscales": [multiscales], "omero": omero},
-                      "wsi_mil": wsi_mil_attrs}
+        attributes = {
+            "ome": {"version": "0.5", "multiscales": [multiscales], "omero": omero},
+            "wsi_mil": wsi_mil_attrs,
+        }
 
     chunk = params.zarr_chunk
     with atomic_output(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
         for k, data in enumerate(levels):
             options: dict[str, Any] = (
-                {"chunk_key_encoding": {"name": "v2", "separator": "/"}} if zarr_format == 2
-                else {"dimension_names": ["c", "y", "x"]})
+                {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+                if zarr_format == 2
+                else {"dimension_names": ["c", "y", "x"]}
+            )
             array = group.create_array(
-                str(k), shape=data.shape, dtype="float32",
+                str(k),
+                shape=data.shape,
+                dtype="float32",
                 chunks=(1, min(chunk, data.shape[1]), min(chunk, data.shape[2])),
-                fill_value=float("nan"), **options)
+                fill_value=float("nan"),
+                **options,
+            )
             array[...] = data
         group.attrs.update(attributes)  # type: ignore[arg-type]  # zarr's JSON type
     return path

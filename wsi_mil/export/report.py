@@ -55,8 +55,13 @@ from wsi_mil.metrics.explain import attention_weights
 
 BACKGROUND = "background"
 #: statuses of the text alignment, in the order they are listed
-STATUSES = ("unsupported", "ruled out in text, found by model", "supported", "ruled out",
-            "not mentioned")
+STATUSES = (
+    "unsupported",
+    "ruled out in text, found by model",
+    "supported",
+    "ruled out",
+    "not mentioned",
+)
 
 
 def _union_of_tiles(coords: np.ndarray, size: float) -> Any:
@@ -79,31 +84,51 @@ class _Slide:
             return np.zeros(len(self.coords))
         return tile_fractions(geometry, self.coords, self.size).astype(np.float64)
 
-    def measure(self, label: str, source: str, geometry: Any, attended: np.ndarray,
-                positive: Any, fractions: np.ndarray | None = None) -> dict[str, Any]:
+    def measure(
+        self,
+        label: str,
+        source: str,
+        geometry: Any,
+        attended: np.ndarray,
+        positive: Any,
+        fractions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         """One region's row (see the module docstring)."""
         frac = self.fractions(geometry) if fractions is None else fractions
         total = float(frac.sum())
         area = 0.0 if geometry is None else float(geometry.area)
         nan = float("nan")
-        row = {"label": label, "source": source, "area_um2": area * self.mpp ** 2,
-               "n_tiles": int((frac > 0).sum()), "mean_attention": nan, "max_attention": nan,
-               "attention_mass": 0.0, "coverage_attention": nan,
-               "coverage_segmentation": nan}
+        row = {
+            "label": label,
+            "source": source,
+            "area_um2": area * self.mpp**2,
+            "n_tiles": int((frac > 0).sum()),
+            "mean_attention": nan,
+            "max_attention": nan,
+            "attention_mass": 0.0,
+            "coverage_attention": nan,
+            "coverage_segmentation": nan,
+        }
         if total > 0:
-            row.update(mean_attention=float((frac * self.attention).sum() / total),
-                       max_attention=float(self.attention[frac > 0].max()),
-                       attention_mass=float((frac * self.weights).sum()),
-                       coverage_attention=float((frac * attended).sum() / total))
+            row.update(
+                mean_attention=float((frac * self.attention).sum() / total),
+                max_attention=float(self.attention[frac > 0].max()),
+                attention_mass=float((frac * self.weights).sum()),
+                coverage_attention=float((frac * attended).sum() / total),
+            )
         if area > 0:
-            inside = 0.0 if positive is None or positive.is_empty else float(
-                shapely.intersection(geometry, positive).area)
+            inside = (
+                0.0
+                if positive is None or positive.is_empty
+                else float(shapely.intersection(geometry, positive).area)
+            )
             row["coverage_segmentation"] = inside / area
         return row
 
 
-def model_regions(prediction: Any, segmented: Any | None, params: ReportParams
-                  ) -> tuple[dict[str, Any], dict[str, str], str]:
+def model_regions(
+    prediction: Any, segmented: Any | None, params: ReportParams
+) -> tuple[dict[str, Any], dict[str, str], str]:
     """(class -> the model's region, class -> its source, the positive class)."""
     names = list(prediction.class_names)
     positive = names[prediction.positive_index(params.positive_class)]
@@ -119,8 +144,12 @@ def model_regions(prediction: Any, segmented: Any | None, params: ReportParams
     return regions, sources, positive
 
 
-def slide_regions(prediction: Any, annotations: SlideAnnotations | None,
-                  segmented: Any | None, params: ReportParams) -> dict[str, Any]:
+def slide_regions(
+    prediction: Any,
+    annotations: SlideAnnotations | None,
+    segmented: Any | None,
+    params: ReportParams,
+) -> dict[str, Any]:
     """The region rows of one slide and the pieces the text alignment needs."""
     slide = _Slide(prediction)
     attended = (slide.attention >= params.attention_threshold).astype(np.float64)
@@ -137,32 +166,55 @@ def slide_regions(prediction: Any, annotations: SlideAnnotations | None,
             annotated[name] = geometry
             frac = slide.fractions(geometry)
             covered += frac
-            rows.append(slide.measure(name, "annotation", geometry, attended, positive_region,
-                                      frac))
+            rows.append(
+                slide.measure(name, "annotation", geometry, attended, positive_region, frac)
+            )
     for name in prediction.class_names:
-        rows.append(slide.measure(name, sources[name], regions[name], attended,
-                                  positive_region))
+        rows.append(slide.measure(name, sources[name], regions[name], attended, positive_region))
     tissue = _union_of_tiles(slide.coords, slide.size)
-    outside = (tissue.difference(shapely.union_all(list(annotated.values())))
-               if annotated else tissue)
-    rows.append(slide.measure(BACKGROUND, "tissue outside annotations", outside, attended,
-                              positive_region, np.clip(1.0 - covered, 0.0, 1.0)))
+    outside = (
+        tissue.difference(shapely.union_all(list(annotated.values()))) if annotated else tissue
+    )
+    rows.append(
+        slide.measure(
+            BACKGROUND,
+            "tissue outside annotations",
+            outside,
+            attended,
+            positive_region,
+            np.clip(1.0 - covered, 0.0, 1.0),
+        )
+    )
     lesions = []
     if segmented is not None and not segmented.is_empty:
         truth = annotated.get(positive)
         for polygon in sorted(getattr(segmented, "geoms", [segmented]), key=lambda p: -p.area):
-            row = slide.measure(f"{positive} lesion", "segmenter", polygon, attended,
-                                positive_region)
-            row["inside_annotation"] = (float(shapely.intersection(polygon, truth).area
-                                              / polygon.area)
-                                        if truth is not None and polygon.area > 0 else None)
+            row = slide.measure(
+                f"{positive} lesion", "segmenter", polygon, attended, positive_region
+            )
+            row["inside_annotation"] = (
+                float(shapely.intersection(polygon, truth).area / polygon.area)
+                if truth is not None and polygon.area > 0
+                else None
+            )
             lesions.append(row)
-    return {"rows": rows, "lesions": lesions, "regions": regions, "annotated": annotated,
-            "positive": positive, "slide": slide, "attended": attended}
+    return {
+        "rows": rows,
+        "lesions": lesions,
+        "regions": regions,
+        "annotated": annotated,
+        "positive": positive,
+        "slide": slide,
+        "attended": attended,
+    }
 
 
-def align_text(mentions: list[Mention], regions: dict[str, Any], class_names: list[str],
-               negative_class: str | None) -> list[dict[str, Any]]:
+def align_text(
+    mentions: list[Mention],
+    regions: dict[str, Any],
+    class_names: list[str],
+    negative_class: str | None,
+) -> list[dict[str, Any]]:
     """One row per class: its mentions and the model's support (see the module docstring),
     unsupported classes first."""
     slide, attended = regions["slide"], regions["attended"]
@@ -170,35 +222,53 @@ def align_text(mentions: list[Mention], regions: dict[str, Any], class_names: li
     for name in class_names:
         said = [m for m in mentions if m.label == name]
         model_region = regions["regions"][name]
-        both = [g for g in (model_region, regions["annotated"].get(name))
-                if g is not None and not g.is_empty]
+        both = [
+            g
+            for g in (model_region, regions["annotated"].get(name))
+            if g is not None and not g.is_empty
+        ]
         frac = slide.fractions(shapely.union_all(both)) if both else np.zeros(len(attended))
-        segmented_um2 = float(model_region.area) * slide.mpp ** 2
+        segmented_um2 = float(model_region.area) * slide.mpp**2
         attended_tiles = int(((frac > 0) & (attended > 0)).sum())
         found = segmented_um2 > 0 or attended_tiles > 0
         affirmed = [m for m in said if not m.negated]
         if affirmed:
             status = "supported" if found else "unsupported"
         elif said:
-            status = ("ruled out in text, found by model"
-                      if segmented_um2 > 0 and name != negative_class else "ruled out")
+            status = (
+                "ruled out in text, found by model"
+                if segmented_um2 > 0 and name != negative_class
+                else "ruled out"
+            )
         elif segmented_um2 > 0 and name != negative_class:
             status = "not mentioned"
         else:
             continue
-        rows.append({"label": name, "status": status, "mentions": len(affirmed),
-                     "negated_mentions": len(said) - len(affirmed),
-                     "segmented_area_um2": segmented_um2,
-                     "attention_mass": float((frac * slide.weights).sum()),
-                     "attended_tiles": attended_tiles,
-                     "phrases": sorted({m.text.lower() for m in said}),
-                     "evidence": [asdict(m) for m in said]})
+        rows.append(
+            {
+                "label": name,
+                "status": status,
+                "mentions": len(affirmed),
+                "negated_mentions": len(said) - len(affirmed),
+                "segmented_area_um2": segmented_um2,
+                "attention_mass": float((frac * slide.weights).sum()),
+                "attended_tiles": attended_tiles,
+                "phrases": sorted({m.text.lower() for m in said}),
+                "evidence": [asdict(m) for m in said],
+            }
+        )
     return sorted(rows, key=lambda r: STATUSES.index(r["status"]))
 
 
-def slide_report(prediction: Any, annotations: SlideAnnotations | None, segmented: Any | None,
-                 text: str | None, vocabulary: Vocabulary | None, params: ReportParams,
-                 sources: dict[str, str | None]) -> dict[str, Any]:
+def slide_report(
+    prediction: Any,
+    annotations: SlideAnnotations | None,
+    segmented: Any | None,
+    text: str | None,
+    vocabulary: Vocabulary | None,
+    params: ReportParams,
+    sources: dict[str, str | None],
+) -> dict[str, Any]:
     """The whole report of one slide as a JSON-able dict; ``sources`` names the input files."""
     from wsi_mil.mil.labels import recognise_negative_class
 
@@ -206,16 +276,24 @@ def slide_report(prediction: Any, annotations: SlideAnnotations | None, segmente
     names = list(prediction.class_names)
     negative = prediction.negative_class or recognise_negative_class(names)
     report: dict[str, Any] = {
-        "slide_id": prediction.slide_id, "predicted_label": prediction.predicted_label,
+        "slide_id": prediction.slide_id,
+        "predicted_label": prediction.predicted_label,
         "probs": {c: float(p) for c, p in zip(prediction.class_names, prediction.probs)},
-        "positive_class": regions["positive"], "slide_mpp": regions["slide"].mpp,
-        "sources": sources, "params": asdict(params), "regions": regions["rows"],
-        "lesions": regions["lesions"], "text": None,
+        "positive_class": regions["positive"],
+        "slide_mpp": regions["slide"].mpp,
+        "sources": sources,
+        "params": asdict(params),
+        "regions": regions["rows"],
+        "lesions": regions["lesions"],
+        "text": None,
     }
     if text is not None and vocabulary is not None:
         mentions = find_mentions(text, vocabulary, params.negation_window)
-        report["text"] = {"characters": len(text), "mentions": len(mentions),
-                          "alignment": align_text(mentions, regions, names, negative)}
+        report["text"] = {
+            "characters": len(text),
+            "mentions": len(mentions),
+            "alignment": align_text(mentions, regions, names, negative),
+        }
     return report
 
 
@@ -229,24 +307,40 @@ def _fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
-REGION_COLUMNS = (("label", "region"), ("source", "source"), ("area_um2", "area µm²"),
-                  ("n_tiles", "tiles"), ("mean_attention", "mean attention"),
-                  ("max_attention", "max attention"), ("attention_mass", "attention mass"),
-                  ("coverage_attention", "share attended"),
-                  ("coverage_segmentation", "share segmented"))
-TEXT_COLUMNS = (("status", "status"), ("label", "class"), ("mentions", "mentions"),
-                ("negated_mentions", "negated"), ("segmented_area_um2", "segmented µm²"),
-                ("attention_mass", "attention mass"), ("attended_tiles", "attended tiles"))
+REGION_COLUMNS = (
+    ("label", "region"),
+    ("source", "source"),
+    ("area_um2", "area µm²"),
+    ("n_tiles", "tiles"),
+    ("mean_attention", "mean attention"),
+    ("max_attention", "max attention"),
+    ("attention_mass", "attention mass"),
+    ("coverage_attention", "share attended"),
+    ("coverage_segmentation", "share segmented"),
+)
+TEXT_COLUMNS = (
+    ("status", "status"),
+    ("label", "class"),
+    ("mentions", "mentions"),
+    ("negated_mentions", "negated"),
+    ("segmented_area_um2", "segmented µm²"),
+    ("attention_mass", "attention mass"),
+    ("attended_tiles", "attended tiles"),
+)
 
 
 def _tables(report: dict[str, Any], params: ReportParams) -> list[tuple[str, tuple, list]]:
     """(heading, columns, rows) of the report's tables, for both page formats."""
     tables: list[tuple[str, tuple, list]] = [("Regions", REGION_COLUMNS, report["regions"])]
     if report["lesions"]:
-        shown = report["lesions"][:params.max_lesions_listed]
-        tables.append((f"Segmented lesions ({len(shown)} largest of {len(report['lesions'])})",
-                       (*REGION_COLUMNS[2:7], ("inside_annotation", "share inside annotation")),
-                       shown))
+        shown = report["lesions"][: params.max_lesions_listed]
+        tables.append(
+            (
+                f"Segmented lesions ({len(shown)} largest of {len(report['lesions'])})",
+                (*REGION_COLUMNS[2:7], ("inside_annotation", "share inside annotation")),
+                shown,
+            )
+        )
     if report["text"] is not None:
         tables.append(("Report text and the model", TEXT_COLUMNS, report["text"]["alignment"]))
     return tables
@@ -255,17 +349,25 @@ def _tables(report: dict[str, Any], params: ReportParams) -> list[tuple[str, tup
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     probs = ", ".join(f"P({c}) {p:.3f}" for c, p in report["probs"].items())
     source = "pixel segmenter" if report["sources"].get("segment") else "tile head"
-    first = (f"Predicted **{report['predicted_label']}** ({probs}); the model's "
-             f"{report['positive_class']} region comes from the {source}.")
+    first = (
+        f"Predicted **{report['predicted_label']}** ({probs}); the model's "
+        f"{report['positive_class']} region comes from the {source}."
+    )
     lines = [first]
     text = report["text"]
     if text is None:
         lines.append("No report text was given: no text alignment.")
     else:
         flagged = [r for r in text["alignment"] if r["status"] == "unsupported"]
-        lines.append(f"{text['mentions']} mention(s) of the vocabulary in the text; "
-                     + (f"**not supported by the model: {', '.join(r['label'] for r in flagged)}**"
-                        if flagged else "every affirmed class is supported by the model") + ".")
+        lines.append(
+            f"{text['mentions']} mention(s) of the vocabulary in the text; "
+            + (
+                f"**not supported by the model: {', '.join(r['label'] for r in flagged)}**"
+                if flagged
+                else "every affirmed class is supported by the model"
+            )
+            + "."
+        )
     return lines
 
 
@@ -273,16 +375,20 @@ def report_markdown(report: dict[str, Any], params: ReportParams) -> str:
     """The report as a Markdown page."""
     out = [f"# {report['slide_id']}: regions, labels and text", "", *_summary_lines(report), ""]
     for heading, columns, rows in _tables(report, params):
-        out += [f"## {heading}", "", "| " + " | ".join(t for _, t in columns) + " |",
-                "|---" * len(columns) + "|"]
+        out += [
+            f"## {heading}",
+            "",
+            "| " + " | ".join(t for _, t in columns) + " |",
+            "|---" * len(columns) + "|",
+        ]
         out += ["| " + " | ".join(_fmt(r.get(k), k) for k, _ in columns) + " |" for r in rows]
         out.append("")
     if report["text"] is not None:
         out += ["## Mentions", ""]
         for row in report["text"]["alignment"]:
             for m in row["evidence"]:
-                neg = f" (negated by \"{m['cue']}\")" if m["negated"] else ""
-                out.append(f"- {row['label']}: \"{m['text']}\"{neg}, in: {m['sentence']}")
+                neg = f' (negated by "{m["cue"]}")' if m["negated"] else ""
+                out.append(f'- {row["label"]}: "{m["text"]}"{neg}, in: {m["sentence"]}')
         out.append("")
     out.append(f"Sources: {json.dumps(report['sources'])}")
     return "\n".join(out) + "\n"
@@ -316,12 +422,19 @@ def report_html(report: dict[str, Any], params: ReportParams) -> str:
 
     env = Environment(autoescape=True)
     summary = [line.replace("**", "") for line in _summary_lines(report)]
-    mentions = [(row["label"], m) for row in (report["text"] or {}).get("alignment", [])
-                for m in row["evidence"]]
+    mentions = [
+        (row["label"], m)
+        for row in (report["text"] or {}).get("alignment", [])
+        for m in row["evidence"]
+    ]
     return env.from_string(_HTML).render(
-        title=f"{report['slide_id']}: regions, labels and text", summary=summary,
-        tables=_tables(report, params), mentions=mentions, fmt=_fmt,
-        sources=json.dumps(report["sources"]))
+        title=f"{report['slide_id']}: regions, labels and text",
+        summary=summary,
+        tables=_tables(report, params),
+        mentions=mentions,
+        fmt=_fmt,
+        sources=json.dumps(report["sources"]),
+    )
 
 
 def write_report(folder: Path, report: dict[str, Any], params: ReportParams) -> list[Path]:

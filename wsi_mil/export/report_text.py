@@ -35,9 +35,21 @@ from pathlib import Path
 from wsi_mil.errors import WsiMilError
 
 #: Pre-negation cues used when the vocabulary lists none (a subset of NegEx's).
-DEFAULT_NEGATIONS = ("no", "not", "without", "negative for", "free of", "absence of",
-                     "absent", "no evidence of", "no sign of", "no signs of", "rules out",
-                     "ruled out", "denies")
+DEFAULT_NEGATIONS = (
+    "no",
+    "not",
+    "without",
+    "negative for",
+    "free of",
+    "absence of",
+    "absent",
+    "no evidence of",
+    "no sign of",
+    "no signs of",
+    "rules out",
+    "ruled out",
+    "denies",
+)
 #: Words that end a negation's reach (NegEx's termination terms).
 TERMINATORS = ("but", "however", "although", "except", "though", "yet")
 #: Sentence ends: . ; ! ? and blank lines (a single line break is taken as a wrapped line).
@@ -71,8 +83,7 @@ class Mention:
     sentence: str  # the sentence it stands in (white space collapsed)
 
 
-def read_vocabulary(path: str | os.PathLike, class_names: list[str] | None = None
-                    ) -> Vocabulary:
+def read_vocabulary(path: str | os.PathLike, class_names: list[str] | None = None) -> Vocabulary:
     """The vocabulary of a YAML file; with ``class_names``, every class must be one of them."""
     import yaml
 
@@ -83,14 +94,20 @@ def read_vocabulary(path: str | os.PathLike, class_names: list[str] | None = Non
         raise VocabularyError(f"{path}: vocabulary file not found") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise VocabularyError(f"{path}: unreadable vocabulary ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("classes"), dict) \
-            or not data["classes"]:
-        raise VocabularyError(f"{path}: a vocabulary is a mapping with 'classes': "
-                              "{class: [words or phrases]}")
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("classes"), dict)
+        or not data["classes"]
+    ):
+        raise VocabularyError(
+            f"{path}: a vocabulary is a mapping with 'classes': {{class: [words or phrases]}}"
+        )
     unknown_keys = sorted(set(data) - {"classes", "negations"})
     if unknown_keys:
-        raise VocabularyError(f"{path}: unknown key(s) {unknown_keys}; a vocabulary has "
-                              "'classes' and optionally 'negations'")
+        raise VocabularyError(
+            f"{path}: unknown key(s) {unknown_keys}; a vocabulary has "
+            "'classes' and optionally 'negations'"
+        )
     classes: dict[str, tuple[str, ...]] = {}
     for label, phrases in data["classes"].items():
         if isinstance(phrases, str):
@@ -102,8 +119,9 @@ def read_vocabulary(path: str | os.PathLike, class_names: list[str] | None = Non
     if class_names is not None:
         unknown = sorted(set(classes) - set(class_names))
         if unknown:
-            raise VocabularyError(f"{path}: {unknown} not among the run's classes "
-                                  f"{list(class_names)}")
+            raise VocabularyError(
+                f"{path}: {unknown} not among the run's classes {list(class_names)}"
+            )
     negations = data.get("negations", DEFAULT_NEGATIONS)
     if not isinstance(negations, list | tuple):
         raise VocabularyError(f"{path}: 'negations' must be a list of words or phrases")
@@ -114,8 +132,10 @@ def read_vocabulary(path: str | os.PathLike, class_names: list[str] | None = Non
 def _check_text(path: Path, where: str, items: list[object] | tuple[object, ...]) -> None:
     for item in items:
         if not isinstance(item, str) or not item.strip():
-            raise VocabularyError(f"{path}: {where} has {item!r}, not a word or phrase (YAML "
-                                  "reads no, yes, on, off unquoted as true/false: quote them)")
+            raise VocabularyError(
+                f"{path}: {where} has {item!r}, not a word or phrase (YAML "
+                "reads no, yes, on, off unquoted as true/false: quote them)"
+            )
 
 
 def _pattern(phrase: str) -> re.Pattern[str]:
@@ -138,21 +158,19 @@ def _negation(before: str, negations: tuple[str, ...], window: int) -> str | Non
     last cue within the ``window`` words before it and after the last terminator."""
     words = [w.lower() for w in _WORD.findall(before)][-window:] if window > 0 else []
     ends = [i for i, w in enumerate(words) if w in TERMINATORS]
-    padded = " " + " ".join(words[ends[-1] + 1:] if ends else words) + " "
+    padded = " " + " ".join(words[ends[-1] + 1 :] if ends else words) + " "
     hits = [(padded.rfind(f" {cue} "), cue) for cue in negations if f" {cue} " in padded]
     return max(hits)[1] if hits else None
 
 
-def find_mentions(text: str, vocabulary: Vocabulary, negation_window: int = 6
-                  ) -> list[Mention]:
+def find_mentions(text: str, vocabulary: Vocabulary, negation_window: int = 6) -> list[Mention]:
     """Every mention of a vocabulary phrase in ``text``, in reading order (see the module
     docstring for the matching and negation rules)."""
     found = []
     for label, phrases in vocabulary.classes.items():
         for phrase in phrases:
             for match in _pattern(phrase).finditer(text):
-                found.append((match.start(), -(match.end() - match.start()), label, phrase,
-                              match))
+                found.append((match.start(), -(match.end() - match.start()), label, phrase, match))
     found.sort(key=lambda f: (f[0], f[1]))
     kept, taken_until = [], -1
     for start, _, label, phrase, match in found:
@@ -164,8 +182,17 @@ def find_mentions(text: str, vocabulary: Vocabulary, negation_window: int = 6
     mentions = []
     for label, phrase, match in kept:
         s0, s1 = next((a, b) for a, b in sentences if a <= match.start() <= b)
-        cue = _negation(text[s0:match.start()], vocabulary.negations, negation_window)
-        mentions.append(Mention(label=label, phrase=phrase, text=match.group(0),
-                                start=match.start(), end=match.end(), negated=cue is not None,
-                                cue=cue, sentence=" ".join(text[s0:s1].split())))
+        cue = _negation(text[s0 : match.start()], vocabulary.negations, negation_window)
+        mentions.append(
+            Mention(
+                label=label,
+                phrase=phrase,
+                text=match.group(0),
+                start=match.start(),
+                end=match.end(),
+                negated=cue is not None,
+                cue=cue,
+                sentence=" ".join(text[s0:s1].split()),
+            )
+        )
     return mentions

@@ -18,7 +18,6 @@ FORMATS: tuple[Format, ...] = typing.get_args(Format)
 ATTENTION = "attention"
 
 
-
 @dataclass(frozen=True)
 class HeatmapParams:
     """Everything a user chooses about heatmaps and exports (``wsi-mil heatmap``, YAML ``heatmap``)."""

@@ -74,8 +74,9 @@ def colormap_lut(cmap: str) -> np.ndarray:
     return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
-def _blend_rows(rows: np.ndarray, values: np.ndarray, table: np.ndarray, vmin: float,
-                span: float, alpha: float) -> np.ndarray:
+def _blend_rows(
+    rows: np.ndarray, values: np.ndarray, table: np.ndarray, vmin: float, span: float, alpha: float
+) -> np.ndarray:
     """``rows`` (modified in place and returned) with the heat's colours blended in at ``alpha``
     where ``values`` is defined: whole-band uint8 operations (a colour lookup,
     ``cv2.addWeighted``, a masked copy) rather than boolean indexing."""
@@ -102,13 +103,20 @@ def _span(vmin: float, vmax: float) -> float:
 def blend_heat(thumbnail: np.ndarray, heat: Heatmap, cmap: str, alpha: float) -> np.ndarray:
     """The thumbnail with the heat's colours blended in at ``alpha`` where the heat is defined."""
     if thumbnail.shape[:2] != heat.values.shape:
-        raise ValueError(f"thumbnail {thumbnail.shape[:2]} and heatmap {heat.values.shape} "
-                         f"differ in size")
+        raise ValueError(
+            f"thumbnail {thumbnail.shape[:2]} and heatmap {heat.values.shape} differ in size"
+        )
     out = thumbnail.copy()
     table, span = _lut_table(cmap), _span(heat.vmin, heat.vmax)
     for y0 in range(0, out.shape[0], BLEND_ROWS):
-        _blend_rows(out[y0:y0 + BLEND_ROWS], heat.values[y0:y0 + BLEND_ROWS], table, heat.vmin,
-                    span, alpha)
+        _blend_rows(
+            out[y0 : y0 + BLEND_ROWS],
+            heat.values[y0 : y0 + BLEND_ROWS],
+            table,
+            heat.vmin,
+            span,
+            alpha,
+        )
     return out
 
 
@@ -117,17 +125,24 @@ def line_width(canvas_shape: Sequence[int]) -> int:
     return max(1, round(max(canvas_shape[:2]) / 700))
 
 
-def draw_outline(image: np.ndarray, mask: np.ndarray, color: Sequence[int],
-                 thickness: int, offset: int = 0) -> np.ndarray:
+def draw_outline(
+    image: np.ndarray, mask: np.ndarray, color: Sequence[int], thickness: int, offset: int = 0
+) -> np.ndarray:
     """Draw the boundaries (outer and holes) of a boolean mask onto an RGB image in place.
 
     ``offset``: the mask starts that many rows above the image (a band's margin, see
     :func:`outline_margin`); the margin's own cut edges fall outside the image.
     """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(image, contours, -1, tuple(int(c) for c in color), thickness,
-                     lineType=cv2.LINE_AA, offset=(0, -offset))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(
+        image,
+        contours,
+        -1,
+        tuple(int(c) for c in color),
+        thickness,
+        lineType=cv2.LINE_AA,
+        offset=(0, -offset),
+    )
     return image
 
 
@@ -161,18 +176,35 @@ def text_band(width: int, title: str, subtitle: str = "") -> np.ndarray:
     font = _font_px(width)
     # average glyph widths of DejaVu Sans, bold title and regular 0.8x subtitle, in font px
     titles = textwrap.wrap(title, max(20, int(width / (0.62 * font)))) or [""]
-    lines = [part for line in (subtitle.split("\n") if subtitle else [])
-             for part in textwrap.wrap(line, max(20, int(width / (0.8 * 0.55 * font))))]
+    lines = [
+        part
+        for line in (subtitle.split("\n") if subtitle else [])
+        for part in textwrap.wrap(line, max(20, int(width / (0.8 * 0.55 * font))))
+    ]
     height = round(font * (0.55 + 1.25 * len(titles) + 1.1 * len(lines)))
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     top = 1.0 - 0.25 * font / height
     for i, line in enumerate(titles):
-        fig.text(0.5, top - 1.25 * i * font / height, line, ha="center", va="top",
-                 fontsize=font * 72 / DPI, fontweight="bold")
+        fig.text(
+            0.5,
+            top - 1.25 * i * font / height,
+            line,
+            ha="center",
+            va="top",
+            fontsize=font * 72 / DPI,
+            fontweight="bold",
+        )
     below = top - (1.25 * (len(titles) - 1) + 1.35) * font / height
     for i, line in enumerate(lines):
-        fig.text(0.5, below - 1.1 * i * font / height, line, ha="center", va="top",
-                 fontsize=0.8 * font * 72 / DPI, color="#333333")
+        fig.text(
+            0.5,
+            below - 1.1 * i * font / height,
+            line,
+            ha="center",
+            va="top",
+            fontsize=0.8 * font * 72 / DPI,
+            color="#333333",
+        )
     return _figure_pixels(fig, width, height)
 
 
@@ -183,10 +215,15 @@ def colorbar_band(width: int, cmap: str, vmin: float, vmax: float, label: str) -
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     bar_height = 0.9 * font / height
     ax = fig.add_axes((0.2, 1.0 - 0.35 * font / height - bar_height, 0.6, bar_height))
-    colorbar = ColorbarBase(ax, cmap=matplotlib.colormaps[cmap],
-                            norm=Normalize(vmin=vmin, vmax=vmax), orientation="horizontal")
-    colorbar.ax.tick_params(labelsize=0.75 * font * 72 / DPI, length=0.3 * font,
-                            width=max(1.0, font / 20))
+    colorbar = ColorbarBase(
+        ax,
+        cmap=matplotlib.colormaps[cmap],
+        norm=Normalize(vmin=vmin, vmax=vmax),
+        orientation="horizontal",
+    )
+    colorbar.ax.tick_params(
+        labelsize=0.75 * font * 72 / DPI, length=0.3 * font, width=max(1.0, font / 20)
+    )
     colorbar.set_label(label, fontsize=0.85 * font * 72 / DPI)
     colorbar.outline.set_linewidth(max(0.8, font / 25))
     return _figure_pixels(fig, width, height)
@@ -197,11 +234,23 @@ def legend_band(width: int, entries: Sequence[tuple[Sequence[int], str]]) -> np.
     font = _font_px(width)
     height = round(font * 2.2)
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    handles = [Line2D([], [], color=(c[0] / 255.0, c[1] / 255.0, c[2] / 255.0),
-                      linewidth=max(2.0, font / 6), label=text)
-               for c, text in entries]
-    fig.legend(handles=handles, loc="center", ncol=len(handles), frameon=False,
-               fontsize=0.8 * font * 72 / DPI)
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=(c[0] / 255.0, c[1] / 255.0, c[2] / 255.0),
+            linewidth=max(2.0, font / 6),
+            label=text,
+        )
+        for c, text in entries
+    ]
+    fig.legend(
+        handles=handles,
+        loc="center",
+        ncol=len(handles),
+        frameon=False,
+        fontsize=0.8 * font * 72 / DPI,
+    )
     return _figure_pixels(fig, width, height)
 
 
@@ -223,7 +272,7 @@ class ArrayStrips:
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         for y0 in range(0, self.height, BLEND_ROWS):
-            yield y0, self.image[y0:y0 + BLEND_ROWS].copy()
+            yield y0, self.image[y0 : y0 + BLEND_ROWS].copy()
 
 
 def as_strips(thumbnail: np.ndarray | Strips) -> Strips:
@@ -246,22 +295,23 @@ def prefetched(items: Iterable[T]) -> Iterator[T]:
             yield item
 
 
-def write_png_rows(path: str | os.PathLike, width: int, height: int,
-                   bands: Iterable[np.ndarray]) -> Path:
+def write_png_rows(
+    path: str | os.PathLike, width: int, height: int, bands: Iterable[np.ndarray]
+) -> Path:
     """Write RGB uint8 bands of ``width`` px, ``height`` rows in all, top to bottom, as a PNG.
 
     pypng's writer takes the rows from an iterator and compresses them as they come, so only
     the band being made is ever in memory. Written atomically.
     """
     path = Path(path)
-    writer = png.Writer(width, height, greyscale=False, bitdepth=8,
-                        compression=PNG_COMPRESSION)
+    writer = png.Writer(width, height, greyscale=False, bitdepth=8, compression=PNG_COMPRESSION)
 
     def rows() -> Iterator[np.ndarray]:
         for band in bands:
             if band.ndim != 3 or band.shape[1:] != (width, 3):
-                raise ValueError(f"{path}: a band of shape {band.shape} in a {width}-px wide "
-                                 f"RGB picture")
+                raise ValueError(
+                    f"{path}: a band of shape {band.shape} in a {width}-px wide RGB picture"
+                )
             yield from np.ascontiguousarray(band, dtype=np.uint8).reshape(len(band), -1)
 
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
@@ -281,8 +331,9 @@ def write_png(path: str | os.PathLike, parts: np.ndarray | Sequence[np.ndarray])
     return write_png_rows(path, widths.pop(), sum(p.shape[0] for p in parts), parts)
 
 
-def overlay_bands(thumbnail: Strips, heat: HeatSource, cmap: str, alpha: float,
-                  tissue: Any = None) -> Iterator[np.ndarray]:
+def overlay_bands(
+    thumbnail: Strips, heat: HeatSource, cmap: str, alpha: float, tissue: Any = None
+) -> Iterator[np.ndarray]:
     """The thumbnail's bands with blended heat and the tissue outline, one band at a time."""
     table, span = _lut_table(cmap), _span(heat.vmin, heat.vmax)
     canvas = heat.canvas
@@ -292,13 +343,19 @@ def overlay_bands(thumbnail: Strips, heat: HeatSource, cmap: str, alpha: float,
         y1 = y0 + len(rows)
         picture = _blend_rows(rows, heat.rows(y0, y1), table, heat.vmin, span, alpha)
         if tissue is not None:
-            draw_outline(picture, rasterise_polygons(tissue, canvas, (y0 - margin, y1 + margin)),
-                         TISSUE_COLOR, thickness, offset=margin)
+            draw_outline(
+                picture,
+                rasterise_polygons(tissue, canvas, (y0 - margin, y1 + margin)),
+                TISSUE_COLOR,
+                thickness,
+                offset=margin,
+            )
         yield picture
 
 
-def segmentation_bands(thumbnail: Strips, positive: CanvasSampler,
-                       tissue: Any = None) -> Iterator[np.ndarray]:
+def segmentation_bands(
+    thumbnail: Strips, positive: CanvasSampler, tissue: Any = None
+) -> Iterator[np.ndarray]:
     """The thumbnail's bands with the positive cells tinted and outlined (and the tissue)."""
     canvas = positive.canvas
     thickness = line_width((canvas.height, canvas.width))
@@ -307,35 +364,47 @@ def segmentation_bands(thumbnail: Strips, positive: CanvasSampler,
     for y0, rows in prefetched(thumbnail):
         y1 = y0 + len(rows)
         cells = np.nan_to_num(positive.rows(y0 - margin, y1 + margin), nan=0.0) >= 0.5
-        inside = cells[margin:margin + len(rows)]
+        inside = cells[margin : margin + len(rows)]
         if inside.any():
-            tint = cv2.addWeighted(rows, 0.8, np.broadcast_to(colour, rows.shape).copy(), 0.2,
-                                   0.0)
+            tint = cv2.addWeighted(rows, 0.8, np.broadcast_to(colour, rows.shape).copy(), 0.2, 0.0)
             np.copyto(rows, tint, where=inside[..., None])
         if tissue is not None:
             tissue_margin = outline_margin(thickness)
-            draw_outline(rows, rasterise_polygons(tissue, canvas,
-                                                  (y0 - tissue_margin, y1 + tissue_margin)),
-                         TISSUE_COLOR, thickness, offset=tissue_margin)
+            draw_outline(
+                rows,
+                rasterise_polygons(tissue, canvas, (y0 - tissue_margin, y1 + tissue_margin)),
+                TISSUE_COLOR,
+                thickness,
+                offset=tissue_margin,
+            )
         draw_outline(rows, cells, SEGMENTATION_COLOR, 2 * thickness, offset=margin)
         yield rows
 
 
-def write_picture(path: str | os.PathLike, top: np.ndarray, bands: Iterator[np.ndarray],
-                  height: int, bottom: np.ndarray) -> Path:
+def write_picture(
+    path: str | os.PathLike,
+    top: np.ndarray,
+    bands: Iterator[np.ndarray],
+    height: int,
+    bottom: np.ndarray,
+) -> Path:
     """A PNG of a title band, the streamed picture (``height`` rows) and a bottom band."""
+
     def all_bands() -> Iterator[np.ndarray]:
         yield top
         yield from prefetched(bands)
         yield bottom
 
-    return write_png_rows(path, top.shape[1], top.shape[0] + height + bottom.shape[0],
-                          all_bands())
+    return write_png_rows(path, top.shape[1], top.shape[0] + height + bottom.shape[0], all_bands())
 
 
-def tile_grid_figure(tiles: Sequence[np.ndarray], captions: Sequence[str],
-                     title: str, overlays: Sequence[np.ndarray] | None = None,
-                     cmap: str = "jet") -> bytes:
+def tile_grid_figure(
+    tiles: Sequence[np.ndarray],
+    captions: Sequence[str],
+    title: str,
+    overlays: Sequence[np.ndarray] | None = None,
+    cmap: str = "jet",
+) -> bytes:
     """PNG bytes of tiles in a grid at their own resolution, each with a caption.
 
     With ``overlays`` (maps in [0, 1], any size), each map is drawn over its tile at 50 %.
@@ -355,16 +424,28 @@ def tile_grid_figure(tiles: Sequence[np.ndarray], captions: Sequence[str],
         r, c = divmod(i, cols)
         left = gap + c * (side + gap)
         top = header_px + r * (side + caption_px)
-        ax = fig.add_axes((left / width, 1.0 - (top + side) / height, side / width,
-                           side / height))
+        ax = fig.add_axes((left / width, 1.0 - (top + side) / height, side / width, side / height))
         ax.imshow(tile, interpolation="nearest")
         if overlays is not None:
-            ax.imshow(overlays[i], cmap=cmap, alpha=0.5, vmin=0.0, vmax=1.0,
-                      extent=(-0.5, tile.shape[1] - 0.5, tile.shape[0] - 0.5, -0.5),
-                      interpolation="bilinear")
+            ax.imshow(
+                overlays[i],
+                cmap=cmap,
+                alpha=0.5,
+                vmin=0.0,
+                vmax=1.0,
+                extent=(-0.5, tile.shape[1] - 0.5, tile.shape[0] - 0.5, -0.5),
+                interpolation="bilinear",
+            )
         ax.set_axis_off()
-        fig.text((left + side / 2) / width, 1.0 - (top + side + 4) / height, caption,
-                 ha="center", va="top", fontsize=8, linespacing=1.3)
+        fig.text(
+            (left + side / 2) / width,
+            1.0 - (top + side + 4) / height,
+            caption,
+            ha="center",
+            va="top",
+            fontsize=8,
+            linespacing=1.3,
+        )
     buffer = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buffer)
     return buffer.getvalue()
@@ -389,7 +470,7 @@ def prediction_provenance(attrs: dict) -> str | None:
 
 
 def slide_title(prediction: SlidePrediction) -> str:
-    """"<slide id> · predicted <label> (<positive class> score 0.730, threshold 0.410)".
+    """ "<slide id> · predicted <label> (<positive class> score 0.730, threshold 0.410)".
 
     For two classes the label was decided by the run's validation threshold (``threshold`` in
     the predictions' attributes) on the positive class's score, so the title shows exactly that
@@ -422,8 +503,10 @@ def slide_title(prediction: SlidePrediction) -> str:
         if "task" in attrs and prediction.negative_class is None:
             index = 1  # subtypes: the threshold is on the second class's score
         if index is not None:
-            return (f"{head} ({names[index]} score {_fmt(float(probs[index]))}, "
-                    f"threshold {_fmt(float(threshold))})")
+            return (
+                f"{head} ({names[index]} score {_fmt(float(probs[index]))}, "
+                f"threshold {_fmt(float(threshold))})"
+            )
     if label in names:
         return f"{head} (score {_fmt(float(probs[names.index(label)]))})"
     return head
@@ -434,10 +517,15 @@ def _canvas_of(prediction: SlidePrediction, thumbnail: Strips) -> tuple[SlideGeo
     return geometry, Canvas.of_size(geometry, thumbnail.width, thumbnail.height)
 
 
-def write_overlay_png(path: str | os.PathLike, prediction: SlidePrediction,
-                      thumbnail: np.ndarray | Strips, params: HeatmapParams,
-                      tissue: Any = None, grid: TileGrid | None = None,
-                      trust: tuple[list[str], bool] | None = None) -> Path:
+def write_overlay_png(
+    path: str | os.PathLike,
+    prediction: SlidePrediction,
+    thumbnail: np.ndarray | Strips,
+    params: HeatmapParams,
+    tissue: Any = None,
+    grid: TileGrid | None = None,
+    trust: tuple[list[str], bool] | None = None,
+) -> Path:
     """``overlay.png``: the thumbnail (any size; the heat is computed at its size) with heat.
 
     ``thumbnail`` is an RGB array or bands of one (:class:`Strips`); given as bands, the
@@ -463,14 +551,22 @@ def write_overlay_png(path: str | os.PathLike, prediction: SlidePrediction,
         if trust[1]:
             title += f"  \u00b7  {params.score} map FAILS THE SANITY CHECK"
     return write_picture(
-        path, text_band(width, title, "\n".join(lines)),
-        overlay_bands(thumbnail, heat, params.cmap, params.alpha, tissue), canvas.height,
-        colorbar_band(width, params.cmap, heat.vmin, heat.vmax, heat.label))
+        path,
+        text_band(width, title, "\n".join(lines)),
+        overlay_bands(thumbnail, heat, params.cmap, params.alpha, tissue),
+        canvas.height,
+        colorbar_band(width, params.cmap, heat.vmin, heat.vmax, heat.label),
+    )
 
 
-def write_segmentation_png(path: str | os.PathLike, prediction: SlidePrediction,
-                           thumbnail: np.ndarray | Strips, params: HeatmapParams,
-                           tissue: Any = None, grid: TileGrid | None = None) -> Path:
+def write_segmentation_png(
+    path: str | os.PathLike,
+    prediction: SlidePrediction,
+    thumbnail: np.ndarray | Strips,
+    params: HeatmapParams,
+    tissue: Any = None,
+    grid: TileGrid | None = None,
+) -> Path:
     """``segmentation.png``: the segmentation head's positive cells outlined on the thumbnail."""
     thumbnail = as_strips(thumbnail)
     geometry, canvas = _canvas_of(prediction, thumbnail)
@@ -483,9 +579,12 @@ def write_segmentation_png(path: str | os.PathLike, prediction: SlidePrediction,
     entries.append((SEGMENTATION_COLOR, f"P({name}) \u2265 {params.seg_threshold:g}"))
     width = canvas.width
     return write_picture(
-        path, text_band(width, slide_title(prediction), f"segmentation head: {name}"),
+        path,
+        text_band(width, slide_title(prediction), f"segmentation head: {name}"),
         segmentation_bands(thumbnail, CanvasSampler(cells, grid, canvas), tissue),
-        canvas.height, legend_band(width, entries))
+        canvas.height,
+        legend_band(width, entries),
+    )
 
 
 def top_tiles(prediction: SlidePrediction, k: int) -> np.ndarray:
@@ -493,9 +592,13 @@ def top_tiles(prediction: SlidePrediction, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(prediction.attention), kind="stable")[:k]
 
 
-def write_topk_png(path: str | os.PathLike, prediction: SlidePrediction,
-                   read_tile: Callable[[int, int], np.ndarray], params: HeatmapParams,
-                   encoder: Any = None) -> list[Path]:
+def write_topk_png(
+    path: str | os.PathLike,
+    prediction: SlidePrediction,
+    read_tile: Callable[[int, int], np.ndarray],
+    params: HeatmapParams,
+    encoder: Any = None,
+) -> list[Path]:
     """``topk.png``: the k most attended tiles at the resolution the encoder saw them.
 
     With ``encoder`` (a ViT ``features.registry.Encoder``), also ``topk_rollout.png`` (each
@@ -509,10 +612,12 @@ def write_topk_png(path: str | os.PathLike, prediction: SlidePrediction,
     index = prediction.positive_index(params.positive_class)
     name = prediction.class_names[index]
     tiles = [read_tile(int(prediction.coords[i, 0]), int(prediction.coords[i, 1])) for i in order]
-    captions = [f"#{rank} at ({prediction.coords[i, 0]}, {prediction.coords[i, 1]})\n"
-                f"attention {prediction.attention[i]:.3g} (pct {percentile[i]:.2f}), "
-                f"P({name}) {prediction.tile_probs[i, index]:.2f}"
-                for rank, i in enumerate(order, 1)]
+    captions = [
+        f"#{rank} at ({prediction.coords[i, 0]}, {prediction.coords[i, 1]})\n"
+        f"attention {prediction.attention[i]:.3g} (pct {percentile[i]:.2f}), "
+        f"P({name}) {prediction.tile_probs[i, index]:.2f}"
+        for rank, i in enumerate(order, 1)
+    ]
     title = f"{prediction.slide_id}: top {len(order)} tiles by attention"
     with atomic_output(path) as tmp:
         tmp.write_bytes(tile_grid_figure(tiles, captions, title))
@@ -525,15 +630,22 @@ def write_topk_png(path: str | os.PathLike, prediction: SlidePrediction,
         span = np.maximum(maps.max(axis=(1, 2), keepdims=True) - low, 1e-12)
         rollout_png = path.with_name(path.stem + "_rollout.png")
         with atomic_output(rollout_png) as tmp:
-            tmp.write_bytes(tile_grid_figure(
-                tiles, captions,
-                f"{title}  \u00b7  attention rollout ({encoder.name}, min-max per tile)",
-                overlays=list((maps - low) / span)))
+            tmp.write_bytes(
+                tile_grid_figure(
+                    tiles,
+                    captions,
+                    f"{title}  \u00b7  attention rollout ({encoder.name}, min-max per tile)",
+                    overlays=list((maps - low) / span),
+                )
+            )
         rollout_npz = path.with_name(path.stem + "_rollout.npz")
         with atomic_output(rollout_npz) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, maps=maps.astype(np.float32),
-                                coords=prediction.coords[order],
-                                attention=prediction.attention[order],
-                                encoder=np.array(encoder.name))
+            np.savez_compressed(
+                f,
+                maps=maps.astype(np.float32),
+                coords=prediction.coords[order],
+                attention=prediction.attention[order],
+                encoder=np.array(encoder.name),
+            )
         written += [rollout_png, rollout_npz]
     return written

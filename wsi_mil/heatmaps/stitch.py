@@ -44,8 +44,9 @@ class Canvas:
     downsample: tuple[float, float]
 
     @classmethod
-    def for_slide(cls, geometry: SlideGeometry, max_side: int | None = None,
-                  mpp: float | None = None) -> Canvas:
+    def for_slide(
+        cls, geometry: SlideGeometry, max_side: int | None = None, mpp: float | None = None
+    ) -> Canvas:
         """The canvas at ``mpp`` µm/px, or with its longest side ``max_side`` px."""
         if mpp is not None:
             factor = mpp / geometry.mpp
@@ -60,8 +61,11 @@ class Canvas:
     @classmethod
     def of_size(cls, geometry: SlideGeometry, width: int, height: int) -> Canvas:
         """The canvas matching a thumbnail of ``width`` x ``height`` px of the whole slide."""
-        return cls(width=int(width), height=int(height),
-                   downsample=(geometry.width / width, geometry.height / height))
+        return cls(
+            width=int(width),
+            height=int(height),
+            downsample=(geometry.width / width, geometry.height / height),
+        )
 
     def mpp(self, geometry: SlideGeometry) -> float:
         """µm per canvas pixel (the mean of x and y)."""
@@ -89,16 +93,19 @@ def tile_scores(prediction: SlidePrediction, score: str) -> np.ndarray:
     if score == ATTENTION:
         return np.asarray(prediction.attention, dtype=np.float64)
     if score in prediction.class_names:
-        return np.asarray(prediction.tile_probs[:, prediction.class_names.index(score)],
-                          dtype=np.float64)
+        return np.asarray(
+            prediction.tile_probs[:, prediction.class_names.index(score)], dtype=np.float64
+        )
     if score in prediction.extra_scores:
         return np.asarray(prediction.extra_scores[score], dtype=np.float64)
-    raise InputError(f"{prediction.slide_id}: unknown score {score!r}; choose from "
-                     f"{score_names(prediction)}")
+    raise InputError(
+        f"{prediction.slide_id}: unknown score {score!r}; choose from {score_names(prediction)}"
+    )
 
 
-def normalise_scores(scores: np.ndarray, method: str,
-                     probability: bool) -> tuple[np.ndarray, float, float, str]:
+def normalise_scores(
+    scores: np.ndarray, method: str, probability: bool
+) -> tuple[np.ndarray, float, float, str]:
     """Map tile scores for display: (values, vmin, vmax, description of the scale).
 
     ``rank`` turns each score into its percentile among the slide's tiles (CLAM's default):
@@ -185,8 +192,9 @@ def grid_to_canvas(grid_values: np.ndarray, grid: TileGrid, canvas: Canvas) -> n
 BAND_MARGIN = 2
 
 
-def rasterise_polygons(geometry: Any, canvas: Canvas,
-                       rows: tuple[int, int] | None = None) -> np.ndarray:
+def rasterise_polygons(
+    geometry: Any, canvas: Canvas, rows: tuple[int, int] | None = None
+) -> np.ndarray:
     """A boolean canvas mask of level-0 shapely (Multi)Polygons, holes left out.
 
     Pixels the boundary passes through count as inside (cv2's rule), a one-pixel margin that
@@ -221,9 +229,9 @@ def rasterise_polygons(geometry: Any, canvas: Canvas,
         holes = [ring_points(ring) for ring in polygon.interiors]
         if holes:
             cv2.fillPoly(mask, holes, 0, lineType=cv2.LINE_8, shift=shift)
-    mask[:max(0, -y0)] = 0
-    mask[max(0, canvas.height - y0):] = 0
-    return mask[margin:len(mask) - margin].astype(bool)
+    mask[: max(0, -y0)] = 0
+    mask[max(0, canvas.height - y0) :] = 0
+    return mask[margin : len(mask) - margin].astype(bool)
 
 
 def smooth(values: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -233,10 +241,12 @@ def smooth(values: np.ndarray, sigma_px: float) -> np.ndarray:
     valid = ~np.isnan(values)
     filled = np.where(valid, values, 0.0).astype(np.float32)
     weight = valid.astype(np.float32)
-    blurred = cv2.GaussianBlur(filled, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px,
-                               borderType=cv2.BORDER_CONSTANT)
-    norm = cv2.GaussianBlur(weight, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px,
-                            borderType=cv2.BORDER_CONSTANT)
+    blurred = cv2.GaussianBlur(
+        filled, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px, borderType=cv2.BORDER_CONSTANT
+    )
+    norm = cv2.GaussianBlur(
+        weight, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px, borderType=cv2.BORDER_CONSTANT
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         out = blurred / norm
     out[~valid] = np.nan
@@ -258,17 +268,28 @@ class HeatSource:
     there are tiles. Memory: the grid plus one band, whatever the canvas size.
     """
 
-    def __init__(self, prediction: SlidePrediction, canvas: Canvas, params: HeatmapParams,
-                 tissue: Any = None, grid: TileGrid | None = None) -> None:
+    def __init__(
+        self,
+        prediction: SlidePrediction,
+        canvas: Canvas,
+        params: HeatmapParams,
+        tissue: Any = None,
+        grid: TileGrid | None = None,
+    ) -> None:
         geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
         grid = grid or TileGrid.from_coords(prediction.coords, geometry)
         raw = tile_scores(prediction, params.score)
         probability = params.score in prediction.class_names and prediction.has_segmentation
         values, self.vmin, self.vmax, scale = normalise_scores(
-            raw, params.normalize, probability=probability)
-        name = (f"P({params.score})" if probability
-                else f"tile {params.score}" if params.score in prediction.class_names
-                else params.score)
+            raw, params.normalize, probability=probability
+        )
+        name = (
+            f"P({params.score})"
+            if probability
+            else f"tile {params.score}"
+            if params.score in prediction.class_names
+            else params.score
+        )
         self.label = f"{name} ({scale})"
         self.canvas = canvas
         self.sampler = CanvasSampler(grid.stitch(values), grid, canvas)
@@ -280,7 +301,7 @@ class HeatSource:
         halo = smoothing_halo(self.sigma_px)
         heat = self.sampler.rows(y0 - halo, y1 + halo)
         if halo:
-            heat = smooth(heat, self.sigma_px)[halo:halo + y1 - y0]
+            heat = smooth(heat, self.sigma_px)[halo : halo + y1 - y0]
         if self.tissue is not None:
             heat[~rasterise_polygons(self.tissue, self.canvas, (y0, y1))] = np.nan
         return heat
@@ -295,11 +316,14 @@ def compute_heatmap(
 ) -> Heatmap:
     """The whole heatmap of ``params.score`` on ``canvas`` (see :class:`HeatSource`)."""
     source = HeatSource(prediction, canvas, params, tissue, grid)
-    return Heatmap(values=source.rows(0, canvas.height), vmin=source.vmin, vmax=source.vmax,
-                   label=source.label)
+    return Heatmap(
+        values=source.rows(0, canvas.height), vmin=source.vmin, vmax=source.vmax, label=source.label
+    )
 
 
-def positive_cells(prediction: SlidePrediction, grid: TileGrid, params: HeatmapParams) -> np.ndarray:
+def positive_cells(
+    prediction: SlidePrediction, grid: TileGrid, params: HeatmapParams
+) -> np.ndarray:
     """Boolean grid of cells whose (overlap-averaged) positive-class probability >= threshold.
 
     The same cells are outlined in segmentation.png and merged into segmentation.geojson.
@@ -310,7 +334,9 @@ def positive_cells(prediction: SlidePrediction, grid: TileGrid, params: HeatmapP
         return np.nan_to_num(probs, nan=-1.0) >= params.seg_threshold
 
 
-def tissue_path_for(prediction: SlidePrediction, tiles_dir: str | os.PathLike | None) -> Path | None:
+def tissue_path_for(
+    prediction: SlidePrediction, tiles_dir: str | os.PathLike | None
+) -> Path | None:
     """The tiling step's ``<slide_id>.tissue.geojson``: in ``tiles_dir``, else beside the tiles
     file the bag came from (recorded as ``tiles_file``); None when there is none."""
     name = f"{prediction.slide_id}.tissue.geojson"
@@ -322,7 +348,6 @@ def tissue_path_for(prediction: SlidePrediction, tiles_dir: str | os.PathLike | 
     return next((p for p in candidates if p.is_file()), None)
 
 
-
 def load_tissue(path: Path | None) -> Any:
     """Level-0 tissue (Multi)Polygon from the tiling step, or None."""
     if path is None:
@@ -330,4 +355,3 @@ def load_tissue(path: Path | None) -> Any:
     from tiling.tissue_geojson import read_tissue_geojson
 
     return read_tissue_geojson(path)
-

@@ -66,8 +66,9 @@ def fleiss_kappa(scores: np.ndarray) -> float:
         return float(sm_fleiss_kappa(counts, method="fleiss"))
 
 
-def agreement(ratings: Mapping[str, Mapping[str, Mapping[str, int]]],
-              questions: Sequence[str]) -> list[QuestionAgreement]:
+def agreement(
+    ratings: Mapping[str, Mapping[str, Mapping[str, int]]], questions: Sequence[str]
+) -> list[QuestionAgreement]:
     """Per-question agreement of ``ratings`` (rater -> slide id -> question -> score)."""
     raters = sorted(ratings)
     if len(raters) < 2:
@@ -75,8 +76,9 @@ def agreement(ratings: Mapping[str, Mapping[str, Mapping[str, int]]],
     common = sorted(set.intersection(*(set(ratings[r]) for r in raters)))
     rows = []
     for question in questions:
-        table = np.array([[int(ratings[r][s][question]) for r in raters] for s in common],
-                         dtype=np.int64).reshape(len(common), len(raters))
+        table = np.array(
+            [[int(ratings[r][s][question]) for r in raters] for s in common], dtype=np.int64
+        ).reshape(len(common), len(raters))
         if len(raters) == 2:
             kappa, method = cohen_quadratic_kappa(table[:, 0], table[:, 1]), "cohen_quadratic"
         else:

@@ -23,8 +23,9 @@ import numpy as np
 from scipy.stats import norm, rankdata
 
 
-def structural_components(scores: np.ndarray, positive: np.ndarray
-                          ) -> tuple[float, np.ndarray, np.ndarray]:
+def structural_components(
+    scores: np.ndarray, positive: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """(AUC, V10 over positives, V01 over negatives) of one score vector."""
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
     x, y = scores[positive], scores[~positive]
@@ -35,14 +36,15 @@ def structural_components(scores: np.ndarray, positive: np.ndarray
     return float(v10.mean()), v10, v01
 
 
-def delong_test(scores_a: np.ndarray, scores_b: np.ndarray,
-                positive: np.ndarray) -> dict[str, Any]:
+def delong_test(scores_a: np.ndarray, scores_b: np.ndarray, positive: np.ndarray) -> dict[str, Any]:
     """DeLong's test of AUC(a) - AUC(b) on the same slides (``positive``: bool truth)."""
     positive = np.asarray(positive, dtype=bool)
     m, n = int(positive.sum()), int((~positive).sum())
     if m < 2 or n < 2:
-        raise ValueError(f"DeLong's test needs at least 2 positive and 2 negative slides, got "
-                         f"{m} positive and {n} negative")
+        raise ValueError(
+            f"DeLong's test needs at least 2 positive and 2 negative slides, got "
+            f"{m} positive and {n} negative"
+        )
     auc_a, v10_a, v01_a = structural_components(scores_a, positive)
     auc_b, v10_b, v01_b = structural_components(scores_b, positive)
     s10 = np.cov(np.stack([v10_a, v10_b]), ddof=1)
@@ -55,6 +57,15 @@ def delong_test(scores_a: np.ndarray, scores_b: np.ndarray,
     z = diff / se if se > 0 else 0.0
     p_value = float(2 * norm.sf(abs(z))) if se > 0 else 1.0
     half = float(norm.ppf(0.975) * se)
-    return {"auc_a": auc_a, "auc_b": auc_b, "difference": diff, "se": se, "z": float(z),
-            "p_value": p_value, "ci95": [diff - half, diff + half],
-            "n_positive": m, "n_negative": n, "test": "DeLong (paired, two-sided)"}
+    return {
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "difference": diff,
+        "se": se,
+        "z": float(z),
+        "p_value": p_value,
+        "ci95": [diff - half, diff + half],
+        "n_positive": m,
+        "n_negative": n,
+        "test": "DeLong (paired, two-sided)",
+    }

@@ -34,8 +34,9 @@ N_BINS = 15
 EPS = 1e-12
 
 
-def calibration_target(y: np.ndarray, probs: np.ndarray,
-                       positive: int | None) -> tuple[np.ndarray, np.ndarray]:
+def calibration_target(
+    y: np.ndarray, probs: np.ndarray, positive: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(outcome in {0, 1}, probability of that outcome) that calibration is measured on: the
     positive class's probability for two classes (``positive`` its index), else the top-label
     confidence and whether the top label is right."""
@@ -57,8 +58,9 @@ def brier_score(y: np.ndarray, probs: np.ndarray, positive: int | None) -> float
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def expected_calibration_error(outcome: np.ndarray, prob: np.ndarray,
-                               n_bins: int = N_BINS) -> float:
+def expected_calibration_error(
+    outcome: np.ndarray, prob: np.ndarray, n_bins: int = N_BINS
+) -> float:
     """ECE of probabilities ``prob`` of binary ``outcome`` (see the module docstring)."""
     outcome, prob = np.asarray(outcome, dtype=float), np.asarray(prob, dtype=np.float64)
     if outcome.size == 0:
@@ -73,8 +75,9 @@ def expected_calibration_error(outcome: np.ndarray, prob: np.ndarray,
     return float(total / outcome.size)
 
 
-def calibration_metrics(y: np.ndarray, probs: np.ndarray, positive: int | None,
-                        n_bins: int = N_BINS) -> dict[str, Any]:
+def calibration_metrics(
+    y: np.ndarray, probs: np.ndarray, positive: int | None, n_bins: int = N_BINS
+) -> dict[str, Any]:
     """Brier score, ECE and the reliability curve's points, JSON-ready."""
     outcome, prob = calibration_target(y, probs, positive)
     observed, predicted = calibration_curve(outcome, prob, n_bins=n_bins, strategy="uniform")
@@ -82,10 +85,13 @@ def calibration_metrics(y: np.ndarray, probs: np.ndarray, positive: int | None,
         "brier": brier_score(y, probs, positive),
         "ece": expected_calibration_error(outcome, prob, n_bins),
         "ece_bins": n_bins,
-        "calibrated_quantity": ("positive-class probability" if positive is not None
-                                else "top-label confidence"),
-        "reliability": {"mean_predicted": predicted.round(6).tolist(),
-                        "observed": observed.round(6).tolist()},
+        "calibrated_quantity": (
+            "positive-class probability" if positive is not None else "top-label confidence"
+        ),
+        "reliability": {
+            "mean_predicted": predicted.round(6).tolist(),
+            "observed": observed.round(6).tolist(),
+        },
     }
 
 
@@ -115,6 +121,5 @@ def fit_temperature(y: np.ndarray, probs: np.ndarray) -> float:
         log_norm = np.log(np.exp(scaled).sum(axis=1))
         return float(np.mean(log_norm - scaled[np.arange(len(y)), y]))
 
-    best = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded",
-                           options={"xatol": 1e-6})
+    best = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded", options={"xatol": 1e-6})
     return float(np.exp(best.x))

@@ -64,8 +64,9 @@ def _check(attention: np.ndarray, lesion_fraction: np.ndarray) -> tuple[np.ndarr
     return attention, lesion_fraction
 
 
-def _scored_tiles(scores: np.ndarray, lesion_fraction: np.ndarray, min_fraction: float,
-                  exclude_partial: bool) -> tuple[np.ndarray, np.ndarray]:
+def _scored_tiles(
+    scores: np.ndarray, lesion_fraction: np.ndarray, min_fraction: float, exclude_partial: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, in-lesion flags) of the tiles a tile-level score uses: all of them, or without
     the partial-lesion tiles (``0 < fraction < min_fraction``) when ``exclude_partial``."""
     scores, lesion_fraction = _check(scores, lesion_fraction)
@@ -92,8 +93,9 @@ def lesion_attention_mass(weights: np.ndarray, lesion_fraction: np.ndarray) -> L
     scores) and lesion area fractions fᵢ; ``uniform`` is the mean fᵢ (the random baseline)."""
     weights, lesion_fraction = _check(weights, lesion_fraction)
     if (weights < 0).any():
-        raise ValueError("attention weights must be non-negative (apply attention_weights to "
-                         "raw scores)")
+        raise ValueError(
+            "attention weights must be non-negative (apply attention_weights to raw scores)"
+        )
     total = weights.sum()
     mass = float((weights * lesion_fraction).sum() / total) if total > 0 else float("nan")
     return LesionMass(mass=mass, uniform=float(lesion_fraction.mean()))
@@ -110,8 +112,13 @@ class PointingResult:
     chance: float  # share of tiles in a lesion: the hit rate of a random pick
 
 
-def pointing_game(attention: np.ndarray, lesion_fraction: np.ndarray, k: int = 5,
-                  min_fraction: float = 0.5, exclude_partial: bool = False) -> PointingResult:
+def pointing_game(
+    attention: np.ndarray,
+    lesion_fraction: np.ndarray,
+    k: int = 5,
+    min_fraction: float = 0.5,
+    exclude_partial: bool = False,
+) -> PointingResult:
     """Whether the top-1 / top-k attended tiles fall in a lesion.
 
     A tile is "in a lesion" when at least ``min_fraction`` of its area is; ``exclude_partial``
@@ -119,16 +126,22 @@ def pointing_game(attention: np.ndarray, lesion_fraction: np.ndarray, k: int = 5
     order, so the result is deterministic. Meaningful only on slides that have a lesion tile;
     raises ``ValueError`` otherwise.
     """
-    attention, in_lesion = _scored_tiles(attention, lesion_fraction, min_fraction,
-                                         exclude_partial)
+    attention, in_lesion = _scored_tiles(attention, lesion_fraction, min_fraction, exclude_partial)
     if not in_lesion.any():
-        raise ValueError(f"no tile has a lesion fraction >= {min_fraction}: the pointing game "
-                         "needs a slide with a lesion")
+        raise ValueError(
+            f"no tile has a lesion fraction >= {min_fraction}: the pointing game "
+            "needs a slide with a lesion"
+        )
     k = max(1, min(int(k), attention.size))
     order = np.argsort(-attention, kind="stable")
     top = in_lesion[order[:k]]
-    return PointingResult(hit=bool(top[0]), hit_at_k=bool(top.any()),
-                          precision_at_k=float(top.mean()), k=k, chance=float(in_lesion.mean()))
+    return PointingResult(
+        hit=bool(top[0]),
+        hit_at_k=bool(top.any()),
+        precision_at_k=float(top.mean()),
+        k=k,
+        chance=float(in_lesion.mean()),
+    )
 
 
 @dataclass(frozen=True)
@@ -148,8 +161,8 @@ def _kept(order: np.ndarray, fraction: float, kind: str) -> np.ndarray:
     n = order.size
     moved = round(fraction * n)
     if kind == "deletion":
-        return order[min(moved, n - 1):]
-    return order[:max(moved, 1)]
+        return order[min(moved, n - 1) :]
+    return order[: max(moved, 1)]
 
 
 def _curve(order: np.ndarray, fractions: np.ndarray, score: ScoreFn, kind: str) -> np.ndarray:
@@ -160,9 +173,14 @@ def _curve(order: np.ndarray, fractions: np.ndarray, score: ScoreFn, kind: str) 
     return scores
 
 
-def perturbation_curve(attention: np.ndarray, score: ScoreFn,
-                       kind: Literal["deletion", "insertion"] = "deletion", steps: int = 20,
-                       n_random: int = 5, seed: int = 0) -> PerturbationCurve:
+def perturbation_curve(
+    attention: np.ndarray,
+    score: ScoreFn,
+    kind: Literal["deletion", "insertion"] = "deletion",
+    steps: int = 20,
+    n_random: int = 5,
+    seed: int = 0,
+) -> PerturbationCurve:
     """Re-score the slide while removing (deletion) or adding (insertion) tiles by attention.
 
     ``score`` re-scores the bag restricted to each subset of tiles (see :data:`ScoreFn`). The
@@ -180,12 +198,18 @@ def perturbation_curve(attention: np.ndarray, score: ScoreFn,
     order = np.argsort(-attention, kind="stable")
     scores = _curve(order, fractions, score, kind)
     rng = np.random.default_rng(seed)
-    random_scores = np.mean([_curve(rng.permutation(attention.size), fractions, score, kind)
-                             for _ in range(n_random)], axis=0)
-    return PerturbationCurve(kind=kind, fractions=fractions, scores=scores,
-                             auc=float(auc(fractions, scores)),
-                             random_scores=random_scores,
-                             random_auc=float(auc(fractions, random_scores)))
+    random_scores = np.mean(
+        [_curve(rng.permutation(attention.size), fractions, score, kind) for _ in range(n_random)],
+        axis=0,
+    )
+    return PerturbationCurve(
+        kind=kind,
+        fractions=fractions,
+        scores=scores,
+        auc=float(auc(fractions, scores)),
+        random_scores=random_scores,
+        random_auc=float(auc(fractions, random_scores)),
+    )
 
 
 def _score(fold: Any, logits: Any, index: int) -> np.ndarray:
@@ -197,8 +221,13 @@ def _score(fold: Any, logits: Any, index: int) -> np.ndarray:
     return task.decode(logits.float().cpu().numpy())[:, index]
 
 
-def run_score_fn(run: Any, features: np.ndarray, class_index: int,
-                 max_batch_values: int = 1 << 25, coords: np.ndarray | None = None) -> ScoreFn:
+def run_score_fn(
+    run: Any,
+    features: np.ndarray,
+    class_index: int,
+    max_batch_values: int = 1 << 25,
+    coords: np.ndarray | None = None,
+) -> ScoreFn:
     """A :data:`ScoreFn` re-scoring subsets of one bag with a trained run.
 
     ``run`` is a :class:`wsi_mil.mil.predict.LoadedRun` (one fold or the fold ensemble, whose slide
@@ -211,8 +240,11 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
     import torch
 
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(run.device)
-    grid = (None if coords is None
-            else torch.as_tensor(np.asarray(coords, dtype=np.float32)).to(run.device))
+    grid = (
+        None
+        if coords is None
+        else torch.as_tensor(np.asarray(coords, dtype=np.float32)).to(run.device)
+    )
 
     @torch.no_grad()
     def score_batch(subsets: list[np.ndarray]) -> np.ndarray:
@@ -222,20 +254,25 @@ def run_score_fn(run: Any, features: np.ndarray, class_index: int,
         positions = None if grid is None else grid.new_zeros((len(subsets), length, 2))
         for i, subset in enumerate(subsets):
             index = torch.from_numpy(np.asarray(subset, dtype=np.int64)).to(run.device)
-            batch[i, :len(subset)] = x[index]
-            mask[i, :len(subset)] = True
+            batch[i, : len(subset)] = x[index]
+            mask[i, : len(subset)] = True
             if positions is not None and grid is not None:  # (positions exist with a grid)
-                positions[i, :len(subset)] = grid[index]
-        probs = [_score(fm, fm.model(batch, mask, coords=positions).logits, class_index)
-                 for fm in run.folds]
+                positions[i, : len(subset)] = grid[index]
+        probs = [
+            _score(fm, fm.model(batch, mask, coords=positions).logits, class_index)
+            for fm in run.folds
+        ]
         return np.mean(probs, axis=0)
 
     def score(subsets: list[np.ndarray]) -> np.ndarray:
         scores, start = [], 0
         while start < len(subsets):
             end = start + 1  # grow the batch while the padded batch stays within budget
-            while (end < len(subsets) and (end + 1 - start)
-                   * max(len(s) for s in subsets[start:end + 1]) * x.shape[1] <= max_batch_values):
+            while (
+                end < len(subsets)
+                and (end + 1 - start) * max(len(s) for s in subsets[start : end + 1]) * x.shape[1]
+                <= max_batch_values
+            ):
                 end += 1
             scores.append(score_batch(subsets[start:end]))
             start = end
@@ -279,8 +316,14 @@ def _flip_curve(order: np.ndarray, counts: np.ndarray, score: ScoreFn) -> np.nda
     return values
 
 
-def patch_flipping(scores: np.ndarray, score: ScoreFn, steps: int = 20, n_random: int = 3,
-                   seed: int = 0, random_curve: np.ndarray | None = None) -> PatchFlipping:
+def patch_flipping(
+    scores: np.ndarray,
+    score: ScoreFn,
+    steps: int = 20,
+    n_random: int = 3,
+    seed: int = 0,
+    random_curve: np.ndarray | None = None,
+) -> PatchFlipping:
     """Patch flipping as xMIL runs it (Hense et al., NeurIPS 2024; ``xai/evaluation.py``
     ``patch_drop_or_add``, ``approach="drop"``): tiles are removed from the bag in the order
     of the map, most relevant first (MoRF) or least relevant first (LeRF), ``1 / steps`` of
@@ -303,18 +346,27 @@ def patch_flipping(scores: np.ndarray, score: ScoreFn, steps: int = 20, n_random
     lerf = _flip_curve(order[::-1], counts, score)
     if random_curve is None:
         random_curve = random_flip_curve(scores.size, score, steps, n_random, seed)
-    return PatchFlipping(fractions, morf, lerf, random_curve, float(morf.mean()),
-                         float(lerf.mean()), float(np.mean(random_curve)))
+    return PatchFlipping(
+        fractions,
+        morf,
+        lerf,
+        random_curve,
+        float(morf.mean()),
+        float(lerf.mean()),
+        float(np.mean(random_curve)),
+    )
 
 
-def random_flip_curve(n_tiles: int, score: ScoreFn, steps: int = 20, n_random: int = 3,
-                      seed: int = 0) -> np.ndarray:
+def random_flip_curve(
+    n_tiles: int, score: ScoreFn, steps: int = 20, n_random: int = 3, seed: int = 0
+) -> np.ndarray:
     """The patch-flipping curve of random tile orders, averaged: the baseline every map's
     curves are compared with (one per slide, whatever the method)."""
     counts = np.rint(np.linspace(0.0, 1.0, steps + 1) * n_tiles).astype(int)
     rng = np.random.default_rng(seed + 1)
-    return np.mean([_flip_curve(rng.permutation(n_tiles), counts, score)
-                    for _ in range(n_random)], axis=0)
+    return np.mean(
+        [_flip_curve(rng.permutation(n_tiles), counts, score) for _ in range(n_random)], axis=0
+    )
 
 
 def map_weights(scores: np.ndarray) -> np.ndarray:
@@ -324,8 +376,12 @@ def map_weights(scores: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), 0.0, None)
 
 
-def energy_pointing_game(scores: np.ndarray, lesion_fraction: np.ndarray,
-                         min_fraction: float = 0.5, exclude_partial: bool = False) -> float:
+def energy_pointing_game(
+    scores: np.ndarray,
+    lesion_fraction: np.ndarray,
+    min_fraction: float = 0.5,
+    exclude_partial: bool = False,
+) -> float:
     """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): the share of a
     non-negative map's energy inside the lesion, ``sum_{i in lesion} s_i / sum_i s_i``. A tile
     is in the lesion when at least ``min_fraction`` of it is (``exclude_partial``: tiles partly
@@ -340,8 +396,10 @@ def energy_pointing_game(scores: np.ndarray, lesion_fraction: np.ndarray,
     """
     scores, in_lesion = _scored_tiles(scores, lesion_fraction, min_fraction, exclude_partial)
     if (scores < 0).any():
-        raise ValueError("energy_pointing_game needs a non-negative map (take the positive part "
-                         "of a signed attribution with map_weights)")
+        raise ValueError(
+            "energy_pointing_game needs a non-negative map (take the positive part "
+            "of a signed attribution with map_weights)"
+        )
     total = scores.sum()
     if not in_lesion.any() or total <= 0:
         return float("nan")
@@ -357,8 +415,12 @@ class TileRanking:
     prevalence: float  # share of lesion tiles: the average precision of a random map
 
 
-def tile_ranking(scores: np.ndarray, lesion_fraction: np.ndarray,
-                 min_fraction: float = 0.5, exclude_partial: bool = False) -> TileRanking:
+def tile_ranking(
+    scores: np.ndarray,
+    lesion_fraction: np.ndarray,
+    min_fraction: float = 0.5,
+    exclude_partial: bool = False,
+) -> TileRanking:
     """Tile-level ROC AUC and average precision; NaN when every tile is on the same side.
     ``exclude_partial`` leaves the tiles partly in a lesion out of both classes."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -367,8 +429,11 @@ def tile_ranking(scores: np.ndarray, lesion_fraction: np.ndarray,
     prevalence = float(in_lesion.mean())
     if in_lesion.all() or not in_lesion.any():
         return TileRanking(float("nan"), float("nan"), prevalence)
-    return TileRanking(float(roc_auc_score(in_lesion, scores)),
-                       float(average_precision_score(in_lesion, scores)), prevalence)
+    return TileRanking(
+        float(roc_auc_score(in_lesion, scores)),
+        float(average_precision_score(in_lesion, scores)),
+        prevalence,
+    )
 
 
 @dataclass(frozen=True)
@@ -384,8 +449,9 @@ def _is_constant(values: np.ndarray) -> bool:
     return bool(np.ptp(values) <= 1e-9 * max(float(np.abs(values).max()), 1e-300))
 
 
-def randomisation_check(trained: np.ndarray, randomised: np.ndarray,
-                        threshold: float = 0.5) -> RandomisationCheck:
+def randomisation_check(
+    trained: np.ndarray, randomised: np.ndarray, threshold: float = 0.5
+) -> RandomisationCheck:
     """Sanity check (Adebayo et al., NeurIPS 2018): an explanation of a model must change when
     the model's weights are randomised. The Spearman rank correlation of the two maps, so the
     check does not depend on their scale (maps of 1e-9 are compared like maps of 1): identical
@@ -421,8 +487,9 @@ class MeanCI:
     n: int
 
 
-def bootstrap_mean(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                   level: float = 0.95) -> MeanCI:
+def bootstrap_mean(
+    values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> MeanCI:
     """Mean of the finite ``values`` and the percentile bootstrap interval over them."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     values = values[np.isfinite(values)]

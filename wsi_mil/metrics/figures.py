@@ -20,8 +20,14 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
-def plot_risk_groups(path: Path, time: np.ndarray, event: np.ndarray, groups: npt.ArrayLike,
-                     logrank: dict[str, Any] | None, note: str) -> None:
+def plot_risk_groups(
+    path: Path,
+    time: np.ndarray,
+    event: np.ndarray,
+    groups: npt.ArrayLike,
+    logrank: dict[str, Any] | None,
+    note: str,
+) -> None:
     """Kaplan-Meier curves (lifelines) of each predicted risk group with its 95 % band, the
     number at risk in the legend and the log-rank p-value in the title."""
     from matplotlib.figure import Figure
@@ -37,21 +43,38 @@ def plot_risk_groups(path: Path, time: np.ndarray, event: np.ndarray, groups: np
         colour = colours.get(name)
         n = int((groups == name).sum())
         events = int(np.asarray(event)[groups == name].sum())
-        ax.step(curve["time"], curve["survival"], where="post", color=colour, lw=2,
-                label=f"{name} (n={n}, {events} events)")
-        ax.fill_between(curve["time"], curve["lower"], curve["upper"], step="post",
-                        color=colour, alpha=0.15)
+        ax.step(
+            curve["time"],
+            curve["survival"],
+            where="post",
+            color=colour,
+            lw=2,
+            label=f"{name} (n={n}, {events} events)",
+        )
+        ax.fill_between(
+            curve["time"], curve["lower"], curve["upper"], step="post", color=colour, alpha=0.15
+        )
     p = "n/a" if logrank is None else f"{logrank['p_value']:.3g}"
-    ax.set(xlabel="time", ylabel="survival probability (Kaplan-Meier)", ylim=(0, 1.02),
-           title=f"Predicted risk groups, log-rank p = {p}")
+    ax.set(
+        xlabel="time",
+        ylabel="survival probability (Kaplan-Meier)",
+        ylim=(0, 1.02),
+        title=f"Predicted risk groups, log-rank p = {p}",
+    )
     ax.legend(loc="lower left", fontsize=8)
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, color="#444444")
     fig.subplots_adjust(bottom=0.18)
     _save(fig, path)
 
 
-def plot_scatter(path: Path, y: np.ndarray, predicted: np.ndarray, metrics: dict[str, Any],
-                 target: str, note: str) -> None:
+def plot_scatter(
+    path: Path,
+    y: np.ndarray,
+    predicted: np.ndarray,
+    metrics: dict[str, Any],
+    target: str,
+    note: str,
+) -> None:
     """Predicted against true values with the identity line; R², MAE and Pearson's r in the
     title."""
     from matplotlib.figure import Figure
@@ -67,9 +90,12 @@ def plot_scatter(path: Path, y: np.ndarray, predicted: np.ndarray, metrics: dict
         value = metrics.get(name)
         return "n/a" if value is None else f"{value:.3f}"
 
-    ax.set(xlabel=f"true {target}", ylabel=f"predicted {target}",
-           title=f"R² {fmt('r2')}, MAE {fmt('mae')}, Pearson r {fmt('pearson_r')}\n"
-                 f"{metrics['n_slides']} slides")
+    ax.set(
+        xlabel=f"true {target}",
+        ylabel=f"predicted {target}",
+        title=f"R² {fmt('r2')}, MAE {fmt('mae')}, Pearson r {fmt('pearson_r')}\n"
+        f"{metrics['n_slides']} slides",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, color="#444444")
     fig.subplots_adjust(bottom=0.14)
@@ -87,10 +113,15 @@ def plot_target_rocs(path: Path, metrics: dict[str, Any], note: str) -> None:
         ax.plot(curve["fpr"], curve["tpr"], lw=2, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     macro = metrics.get("macro_auc")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
-           ylim=(0, 1.01), title=f"ROC per target, macro AUC "
-                                 f"{'n/a' if macro is None else f'{macro:.3f}'}\n"
-                                 f"{metrics['n_slides']} slides")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title=f"ROC per target, macro AUC "
+        f"{'n/a' if macro is None else f'{macro:.3f}'}\n"
+        f"{metrics['n_slides']} slides",
+    )
     if metrics["roc"]:
         ax.legend(loc="lower right", fontsize=8)
     fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7, color="#444444")

@@ -53,13 +53,19 @@ class Detections:
 
     def __post_init__(self) -> None:
         if not (len(self.probs) == len(self.x) == len(self.y)):
-            raise ValueError(f"{len(self.probs)} probabilities for {len(self.x)} x and "
-                             f"{len(self.y)} y coordinates")
+            raise ValueError(
+                f"{len(self.probs)} probabilities for {len(self.x)} x and "
+                f"{len(self.y)} y coordinates"
+            )
 
 
-def tile_detections(coords: np.ndarray, tile_probs: np.ndarray, tile_size_level0: float,
-                    params: FrocParams = FrocParams(),
-                    stride_level0: float | None = None) -> Detections:
+def tile_detections(
+    coords: np.ndarray,
+    tile_probs: np.ndarray,
+    tile_size_level0: float,
+    params: FrocParams = FrocParams(),
+    stride_level0: float | None = None,
+) -> Detections:
     """Local maxima of a tile-probability map as detections at tile centres (level-0 px).
 
     The map is the tiles' lattice (:class:`tiling.lattice.TileGrid`, the reconstruction the
@@ -72,15 +78,23 @@ def tile_detections(coords: np.ndarray, tile_probs: np.ndarray, tile_size_level0
     if len(coords) == 0:
         return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
     stride = tile_size_level0 if stride_level0 is None else stride_level0
-    lattice = TileGrid.from_coords(coords, SlideGeometry(
-        width=0, height=0, mpp=1.0, tile_size_level0=tile_size_level0, stride_level0=stride))
+    lattice = TileGrid.from_coords(
+        coords,
+        SlideGeometry(
+            width=0, height=0, mpp=1.0, tile_size_level0=tile_size_level0, stride_level0=stride
+        ),
+    )
     rows, cols = lattice.cells[:, 0], lattice.cells[:, 1]
     grid = np.full((rows.max() + 1, cols.max() + 1), -1.0)  # -1: no tile (below any prob)
     index = np.full(grid.shape, -1, dtype=np.int64)
     grid[rows, cols] = tile_probs
     index[rows, cols] = np.arange(len(coords))
-    peaks = peak_local_max(grid, min_distance=max(1, params.min_distance_tiles),
-                           threshold_abs=params.min_probability, exclude_border=False)
+    peaks = peak_local_max(
+        grid,
+        min_distance=max(1, params.min_distance_tiles),
+        threshold_abs=params.min_probability,
+        exclude_border=False,
+    )
     # a plateau of equal maxima comes back as all its pixels: keep one per connected plateau
     marked = np.zeros(grid.shape, dtype=bool)
     marked[peaks[:, 0], peaks[:, 1]] = True
@@ -88,16 +102,21 @@ def tile_detections(coords: np.ndarray, tile_probs: np.ndarray, tile_size_level0
     _, first = np.unique(plateaus[peaks[:, 0], peaks[:, 1]], return_index=True)
     tiles = np.sort(index[peaks[first, 0], peaks[first, 1]])
     half = tile_size_level0 / 2.0
-    return Detections(probs=tile_probs[tiles], x=coords[tiles, 0] + half,
-                      y=coords[tiles, 1] + half)
+    return Detections(probs=tile_probs[tiles], x=coords[tiles, 0] + half, y=coords[tiles, 1] + half)
 
 
-def evaluation_mask(lesions: BaseGeometry, slide_width: int, slide_height: int,
-                    slide_mpp: float, params: FrocParams = FrocParams()) -> np.ndarray:
+def evaluation_mask(
+    lesions: BaseGeometry,
+    slide_width: int,
+    slide_height: int,
+    slide_mpp: float,
+    params: FrocParams = FrocParams(),
+) -> np.ndarray:
     """Labelled lesions (int32, 0 = background) at ``params.mask_mpp``, grown and filled as
     the official evaluation mask is."""
-    mask = lesion_mask(as_multipolygon(lesions), slide_width, slide_height, slide_mpp,
-                       params.mask_mpp)
+    mask = lesion_mask(
+        as_multipolygon(lesions), slide_width, slide_height, slide_mpp, params.mask_mpp
+    )
     distance = ndimage.distance_transform_edt(~mask)
     grown = distance < params.dilation_um / (2.0 * params.mask_mpp)
     filled = ndimage.binary_fill_holes(grown)
@@ -107,8 +126,11 @@ def evaluation_mask(lesions: BaseGeometry, slide_width: int, slide_height: int,
 def itc_labels(evaluation: np.ndarray, params: FrocParams = FrocParams()) -> set[int]:
     """Labels of the evaluation mask that are isolated tumour cells (major axis too short)."""
     threshold_px = params.itc_axis_um / params.mask_mpp
-    return {int(region.label) for region in regionprops(evaluation)
-            if region.axis_major_length < threshold_px}
+    return {
+        int(region.label)
+        for region in regionprops(evaluation)
+        if region.axis_major_length < threshold_px
+    }
 
 
 @dataclass(frozen=True)
@@ -120,8 +142,14 @@ class SlideHits:
     n_itc: int  # ITC lesions (neither counted nor penalised)
 
 
-def slide_hits(detections: Detections, slide_width: int, slide_height: int, slide_mpp: float,
-               lesions: BaseGeometry | None, params: FrocParams = FrocParams()) -> SlideHits:
+def slide_hits(
+    detections: Detections,
+    slide_width: int,
+    slide_height: int,
+    slide_mpp: float,
+    lesions: BaseGeometry | None,
+    params: FrocParams = FrocParams(),
+) -> SlideHits:
     """True and false positives of one slide (``lesions`` None or empty: a normal slide)."""
     probs = np.asarray(detections.probs, dtype=np.float64)
     if lesions is None or as_multipolygon(lesions).is_empty:
@@ -174,8 +202,13 @@ def froc(hits: Sequence[SlideHits], fp_rates: Sequence[float] = FP_RATES) -> Fro
     fp_curve = np.append(total_fps, 0)[::-1].astype(np.float64) / len(hits)
     sens_curve = np.append(total_tps, 0)[::-1].astype(np.float64) / n_lesions
     sensitivities = np.interp(np.asarray(fp_rates, dtype=np.float64), fp_curve, sens_curve)
-    return FrocResult(fps_per_slide=fp_curve, sensitivity=sens_curve, fp_rates=tuple(fp_rates),
-                      sensitivities=sensitivities, score=float(np.mean(sensitivities)),
-                      n_slides=len(hits), n_lesions=n_lesions,
-                      n_itc=int(sum(h.n_itc for h in hits)))
-
+    return FrocResult(
+        fps_per_slide=fp_curve,
+        sensitivity=sens_curve,
+        fp_rates=tuple(fp_rates),
+        sensitivities=sensitivities,
+        score=float(np.mean(sensitivities)),
+        n_slides=len(hits),
+        n_lesions=n_lesions,
+        n_itc=int(sum(h.n_itc for h in hits)),
+    )

@@ -28,9 +28,14 @@ def macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def multilabel_metrics(y: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
-                       targets: Sequence[str], n_boot: int = 1000,
-                       seed: int = 0) -> dict[str, Any]:
+def multilabel_metrics(
+    y: np.ndarray,
+    probs: np.ndarray,
+    predicted: np.ndarray,
+    targets: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Per-target and overall metrics (module docstring); ``y``, ``predicted``: 0/1
     ``[n, T]``, ``probs`` ``[n, T]``."""
     from wsi_mil.metrics.slide import bootstrap_auc_ci
@@ -46,8 +51,12 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
         pos, neg = y[:, t] == 1, y[:, t] == 0
         per_target[name] = {
             "auc": auc,
-            "auc_ci95": (list(ci) if auc is not None and (ci := bootstrap_auc_ci(
-                y[:, t], two, 0, n_boot, seed)) is not None else None),
+            "auc_ci95": (
+                list(ci)
+                if auc is not None
+                and (ci := bootstrap_auc_ci(y[:, t], two, 0, n_boot, seed)) is not None
+                else None
+            ),
             "sensitivity": float(predicted[pos, t].mean()) if pos.any() else None,
             "specificity": float(1 - predicted[neg, t].mean()) if neg.any() else None,
             "brier": float(brier_score_loss(y[:, t], probs[:, t])),
@@ -63,12 +72,20 @@ def multilabel_metrics(y: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
         values: list[float] = []
         for _ in range(n_boot):
             idx = rng.integers(0, len(y), len(y))
-            if all(len(np.unique(y[idx, t])) == 2 for t in range(y.shape[1])) and (
-                    resampled := macro_auc(y[idx], probs[idx])) is not None:
+            if (
+                all(len(np.unique(y[idx, t])) == 2 for t in range(y.shape[1]))
+                and (resampled := macro_auc(y[idx], probs[idx])) is not None
+            ):
                 values.append(resampled)
         if len(values) >= n_boot // 2:
             macro_ci = [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
-    return {"n_slides": len(y), "targets": list(targets), "per_target": per_target,
-            "macro_auc": macro, "macro_auc_ci95": macro_ci,
-            "hamming_loss": float(hamming_loss(y, predicted)),
-            "subset_accuracy": float(accuracy_score(y, predicted)), "roc": roc}
+    return {
+        "n_slides": len(y),
+        "targets": list(targets),
+        "per_target": per_target,
+        "macro_auc": macro,
+        "macro_auc_ci95": macro_ci,
+        "hamming_loss": float(hamming_loss(y, predicted)),
+        "subset_accuracy": float(accuracy_score(y, predicted)),
+        "roc": roc,
+    }

@@ -29,7 +29,6 @@ class FrocParams:
         check_fields(self)
 
 
-
 @dataclass(frozen=True)
 class AuditParams:
     """Settings of ``wsi-mil audit`` (the shortcut audit, :mod:`wsi_mil.pipeline.audit`)."""

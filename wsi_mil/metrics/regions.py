@@ -40,16 +40,26 @@ class RegionRow:
     marked_segmentation: float  # share with tumour probability >= probability_threshold
 
 
-def _row(slide_id: str, region: str, kind: str, weights: np.ndarray, attention: np.ndarray,
-         tumor_prob: np.ndarray, attention_threshold: float, probability_threshold: float
-         ) -> RegionRow:
+def _row(
+    slide_id: str,
+    region: str,
+    kind: str,
+    weights: np.ndarray,
+    attention: np.ndarray,
+    tumor_prob: np.ndarray,
+    attention_threshold: float,
+    probability_threshold: float,
+) -> RegionRow:
     touched = weights > 0
     total = float(weights.sum())
     nan = float("nan")
     if total <= 0:
         return RegionRow(slide_id, region, kind, 0, 0.0, nan, nan, nan, nan)
     return RegionRow(
-        slide_id=slide_id, region=region, kind=kind, n_tiles=int(touched.sum()),
+        slide_id=slide_id,
+        region=region,
+        kind=kind,
+        n_tiles=int(touched.sum()),
         area_tiles=total,
         mean_attention=float((weights * attention).sum() / total),
         max_attention=float(attention[touched].max()),
@@ -58,10 +68,16 @@ def _row(slide_id: str, region: str, kind: str, weights: np.ndarray, attention: 
     )
 
 
-def region_report(annotations: SlideAnnotations, slide_id: str, coords: np.ndarray,
-                  attention: np.ndarray, tumor_prob: np.ndarray, tile_size_level0: float,
-                  attention_threshold: float = 0.5, probability_threshold: float = 0.5
-                  ) -> list[RegionRow]:
+def region_report(
+    annotations: SlideAnnotations,
+    slide_id: str,
+    coords: np.ndarray,
+    attention: np.ndarray,
+    tumor_prob: np.ndarray,
+    tile_size_level0: float,
+    attention_threshold: float = 0.5,
+    probability_threshold: float = 0.5,
+) -> list[RegionRow]:
     """One row per annotated class, per point class, and one for the unannotated tissue.
 
     ``attention`` is the normalised attention in [0, 1] and ``tumor_prob`` the tumour column of

@@ -15,8 +15,13 @@ from typing import Any
 import numpy as np
 
 
-def _bootstrap(y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], float],
-               n_boot: int, seed: int) -> list[float] | None:
+def _bootstrap(
+    y: np.ndarray,
+    p: np.ndarray,
+    fn: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int,
+    seed: int,
+) -> list[float] | None:
     if n_boot <= 0:
         return None
     rng = np.random.default_rng(seed)
@@ -31,8 +36,9 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, fn: Callable[[np.ndarray, np.ndarra
     return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
 
 
-def regression_metrics(y: np.ndarray, predicted: np.ndarray, n_boot: int = 1000,
-                       seed: int = 0) -> dict[str, Any]:
+def regression_metrics(
+    y: np.ndarray, predicted: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """R², MAE, RMSE, Pearson's and Spearman's r of ``predicted`` against ``y``, with bootstrap
     95 % intervals."""
     from scipy.stats import pearsonr, spearmanr
@@ -57,9 +63,13 @@ def regression_metrics(y: np.ndarray, predicted: np.ndarray, n_boot: int = 1000,
 
     varied = len(y) > 2 and np.ptp(y) > 0 and np.ptp(predicted) > 0
     out: dict[str, Any] = {"n_slides": len(y)}
-    for name, fn, needs_variation in (("r2", r2, False), ("mae", mae, False),
-                                      ("rmse", rmse, False), ("pearson_r", pearson, True),
-                                      ("spearman_r", spearman, True)):
+    for name, fn, needs_variation in (
+        ("r2", r2, False),
+        ("mae", mae, False),
+        ("rmse", rmse, False),
+        ("pearson_r", pearson, True),
+        ("spearman_r", spearman, True),
+    ):
         if needs_variation and not varied:
             out[name], out[f"{name}_ci95"] = None, None
             continue

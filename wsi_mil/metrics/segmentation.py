@@ -78,8 +78,9 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~binary_erosion(mask)
 
 
-def hausdorff(predicted: np.ndarray, truth: np.ndarray,
-              spacing: float | tuple[float, float] = 1.0) -> tuple[float, float]:
+def hausdorff(
+    predicted: np.ndarray, truth: np.ndarray, spacing: float | tuple[float, float] = 1.0
+) -> tuple[float, float]:
     """(Hausdorff distance, HD95) between the boundaries of two bool masks, in the unit of
     ``spacing`` (per pixel, or per axis): 0 when both masks are empty, NaN when one is."""
     predicted, truth = boundary(predicted), boundary(truth)
@@ -91,14 +92,22 @@ def hausdorff(predicted: np.ndarray, truth: np.ndarray,
     a, b = np.argwhere(predicted) * scale, np.argwhere(truth) * scale
     a_to_b = cKDTree(b).query(a)[0]
     b_to_a = cKDTree(a).query(b)[0]
-    return (float(max(a_to_b.max(), b_to_a.max())),
-            float(max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95))))
+    return (
+        float(max(a_to_b.max(), b_to_a.max())),
+        float(max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95))),
+    )
 
 
-def tile_segmentation(tile_probs: np.ndarray, lesion_fraction: np.ndarray, coords: np.ndarray,
-                      tile_size_level0: float, slide_mpp: float, threshold: float = 0.5,
-                      min_fraction: float = 0.5,
-                      stride_level0: float | None = None) -> SegmentationScores:
+def tile_segmentation(
+    tile_probs: np.ndarray,
+    lesion_fraction: np.ndarray,
+    coords: np.ndarray,
+    tile_size_level0: float,
+    slide_mpp: float,
+    threshold: float = 0.5,
+    min_fraction: float = 0.5,
+    stride_level0: float | None = None,
+) -> SegmentationScores:
     """Scores of one slide's tile predictions; the Hausdorff distances are between the
     boundaries of the predicted and annotated positive tiles on the tiles' lattice (the
     tiles' level-0 corners divided by the stride, the tile size unless given; one cell is a
@@ -107,8 +116,10 @@ def tile_segmentation(tile_probs: np.ndarray, lesion_fraction: np.ndarray, coord
     lesion_fraction = np.asarray(lesion_fraction, dtype=np.float64).reshape(-1)
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     if not (tile_probs.size == lesion_fraction.size == len(coords)):
-        raise ValueError(f"{tile_probs.size} tile probabilities, {lesion_fraction.size} lesion "
-                         f"fractions and {len(coords)} coordinates: they must match")
+        raise ValueError(
+            f"{tile_probs.size} tile probabilities, {lesion_fraction.size} lesion "
+            f"fractions and {len(coords)} coordinates: they must match"
+        )
     predicted = tile_probs >= threshold
     truth = lesion_fraction >= min_fraction
     step = tile_size_level0 if stride_level0 is None else stride_level0
@@ -119,15 +130,24 @@ def tile_segmentation(tile_probs: np.ndarray, lesion_fraction: np.ndarray, coord
     grid_pred[cells[predicted, 1], cells[predicted, 0]] = True
     grid_true[cells[truth, 1], cells[truth, 0]] = True
     hd, hd95 = hausdorff(grid_pred, grid_true, step * slide_mpp)
-    return SegmentationScores(**overlap_scores(predicted, truth), hausdorff_um=hd, hd95_um=hd95,
-                              n_predicted=int(predicted.sum()), n_true=int(truth.sum()))
+    return SegmentationScores(
+        **overlap_scores(predicted, truth),
+        hausdorff_um=hd,
+        hd95_um=hd95,
+        n_predicted=int(predicted.sum()),
+        n_true=int(truth.sum()),
+    )
 
 
-def mask_segmentation(predicted: np.ndarray, truth: np.ndarray, mpp: float
-                      ) -> SegmentationScores:
+def mask_segmentation(predicted: np.ndarray, truth: np.ndarray, mpp: float) -> SegmentationScores:
     """Scores of two bool masks at ``mpp`` µm/px."""
     predicted = np.asarray(predicted, dtype=bool)
     truth = np.asarray(truth, dtype=bool)
     hd, hd95 = hausdorff(predicted, truth, mpp)
-    return SegmentationScores(**overlap_scores(predicted, truth), hausdorff_um=hd, hd95_um=hd95,
-                              n_predicted=int(predicted.sum()), n_true=int(truth.sum()))
+    return SegmentationScores(
+        **overlap_scores(predicted, truth),
+        hausdorff_um=hd,
+        hd95_um=hd95,
+        n_predicted=int(predicted.sum()),
+        n_true=int(truth.sum()),
+    )

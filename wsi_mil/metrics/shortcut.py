@@ -32,8 +32,9 @@ class ProbeResult:
     permutations: int
 
 
-def site_probe(vectors: np.ndarray, sites: np.ndarray, folds: int = 5, permutations: int = 200,
-               seed: int = 0) -> ProbeResult:
+def site_probe(
+    vectors: np.ndarray, sites: np.ndarray, folds: int = 5, permutations: int = 200, seed: int = 0
+) -> ProbeResult:
     """Balanced accuracy of predicting ``sites`` from ``vectors`` ``[slides, D]`` (stratified
     k-fold, standardised features, L2 logistic regression), and its permutation p-value."""
     from sklearn.linear_model import LogisticRegression
@@ -48,8 +49,10 @@ def site_probe(vectors: np.ndarray, sites: np.ndarray, folds: int = 5, permutati
         raise ValueError(f"the probe needs at least two sites, got {list(classes)}")
     folds = int(min(folds, counts.min()))
     if folds < 2:
-        raise ValueError(f"every site needs at least two slides for a cross-validated probe; "
-                         f"site {classes[counts.argmin()]!r} has {counts.min()}")
+        raise ValueError(
+            f"every site needs at least two slides for a cross-validated probe; "
+            f"site {classes[counts.argmin()]!r} has {counts.min()}"
+        )
     from threadpoolctl import threadpool_limits
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
@@ -57,10 +60,23 @@ def site_probe(vectors: np.ndarray, sites: np.ndarray, folds: int = 5, permutati
     # thousands of fits on a few dozen slides: BLAS threads only contend (measured 5x slower)
     with threadpool_limits(limits=1):
         score, _, p_value = permutation_test_score(
-            model, vectors, sites, scoring="balanced_accuracy", cv=cv,
-            n_permutations=permutations, random_state=seed)
-    return ProbeResult(float(score), 1.0 / len(classes), float(p_value), len(sites),
-                       len(classes), folds, permutations)
+            model,
+            vectors,
+            sites,
+            scoring="balanced_accuracy",
+            cv=cv,
+            n_permutations=permutations,
+            random_state=seed,
+        )
+    return ProbeResult(
+        float(score),
+        1.0 / len(classes),
+        float(p_value),
+        len(sites),
+        len(classes),
+        folds,
+        permutations,
+    )
 
 
 @dataclass(frozen=True)

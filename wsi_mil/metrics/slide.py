@@ -43,13 +43,19 @@ def slide_auc(y: np.ndarray, probs: np.ndarray, negative_index: int = 0) -> floa
     if pos is not None:
         return float(roc_auc_score(y == pos, probs[:, pos]))
     probs = probs / probs.sum(axis=1, keepdims=True)
-    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro",
-                               labels=list(range(n_classes))))
+    return float(
+        roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    )
 
 
-def bootstrap_auc_ci(y: np.ndarray, probs: np.ndarray, negative_index: int = 0,
-                     n_boot: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_auc_ci(
+    y: np.ndarray,
+    probs: np.ndarray,
+    negative_index: int = 0,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of :func:`slide_auc` (resamples missing a class skipped).
 
     None when ``n_boot`` is 0 or too few resamples contain every class.
@@ -93,8 +99,12 @@ def choose_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: i
 MIN_VAL_PER_CLASS = 20
 
 
-def pooled_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: int = 0,
-                     min_per_class: int = MIN_VAL_PER_CLASS) -> tuple[float, str]:
+def pooled_threshold(
+    y_val: np.ndarray,
+    probs_val: np.ndarray,
+    negative_index: int = 0,
+    min_per_class: int = MIN_VAL_PER_CLASS,
+) -> tuple[float, str]:
     """A decision threshold and the rule that gave it, from pooled validation scores.
 
     ``y_val``/``probs_val`` are validation predictions of several folds' models pooled (for a
@@ -110,14 +120,18 @@ def pooled_threshold(y_val: np.ndarray, probs_val: np.ndarray, negative_index: i
     pos = positive_index(2, negative_index)
     counts = np.bincount((y_val == pos).astype(int), minlength=2)
     if counts.min() < min_per_class:
-        return 0.5, (f"0.5: pooled validation has {counts[0]} negative / {counts[1]} positive "
-                     f"slides, fewer than {min_per_class} of a class")
+        return 0.5, (
+            f"0.5: pooled validation has {counts[0]} negative / {counts[1]} positive "
+            f"slides, fewer than {min_per_class} of a class"
+        )
     return choose_threshold(y_val, probs_val, negative_index), (
-        f"Youden's J on pooled validation ({counts[0]} negative / {counts[1]} positive slides)")
+        f"Youden's J on pooled validation ({counts[0]} negative / {counts[1]} positive slides)"
+    )
 
 
-def predict_indices(probs: np.ndarray, threshold: float | np.ndarray | None = None,
-                    negative_index: int = 0) -> np.ndarray:
+def predict_indices(
+    probs: np.ndarray, threshold: float | np.ndarray | None = None, negative_index: int = 0
+) -> np.ndarray:
     """Class indices: positive when its probability reaches ``threshold`` (binary; one number,
     or one per row), else argmax."""
     probs = np.asarray(probs)
@@ -127,8 +141,9 @@ def predict_indices(probs: np.ndarray, threshold: float | np.ndarray | None = No
     return np.where(probs[:, pos] >= threshold, pos, negative_index)
 
 
-def sensitivity_at_specificity(y_true: npt.ArrayLike, scores: npt.ArrayLike,
-                               specificity: float) -> float | None:
+def sensitivity_at_specificity(
+    y_true: npt.ArrayLike, scores: npt.ArrayLike, specificity: float
+) -> float | None:
     """The highest sensitivity of any threshold whose specificity is at least ``specificity``
     (the operating points of the ROC curve; None without both classes).
 
@@ -151,9 +166,15 @@ def false_negative_rate(y_true: npt.ArrayLike, predicted: npt.ArrayLike) -> floa
     return float((~predicted[y_true]).mean())
 
 
-def slide_metrics(y: npt.ArrayLike, probs: np.ndarray, predicted: npt.ArrayLike,
-                  class_names: Sequence[str], negative_index: int = 0,
-                  n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def slide_metrics(
+    y: npt.ArrayLike,
+    probs: np.ndarray,
+    predicted: npt.ArrayLike,
+    class_names: Sequence[str],
+    negative_index: int = 0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """AUC (+ bootstrap 95 % CI), accuracy, balanced accuracy, F1, confusion matrix, ROC curve,
     calibration (Brier score, ECE, reliability points: :mod:`wsi_mil.metrics.calibration`), and
     for two classes the sensitivity at 90 % and 95 % specificity and the false-negative rate at
@@ -170,12 +191,11 @@ def slide_metrics(y: npt.ArrayLike, probs: np.ndarray, predicted: npt.ArrayLike,
     auc = slide_auc(y, probs, negative_index)
     ci = bootstrap_auc_ci(y, probs, negative_index, n_boot, seed) if auc is not None else None
     if pos is not None:
-        f1 = f1_score(y, predicted, labels=labels, pos_label=pos, average="binary",
-                      zero_division=0)
+        f1 = f1_score(y, predicted, labels=labels, pos_label=pos, average="binary", zero_division=0)
     else:
         f1 = f1_score(y, predicted, labels=labels, average="macro", zero_division=0)
     roc: dict[str, Any] = {}
-    for c in ([pos] if pos is not None else labels):
+    for c in [pos] if pos is not None else labels:
         if len(np.unique(y == c)) == 2:
             fpr, tpr, _ = roc_curve(y == c, probs[:, c])
             roc[class_names[c]] = {"fpr": fpr.round(6).tolist(), "tpr": tpr.round(6).tolist()}
@@ -187,24 +207,33 @@ def slide_metrics(y: npt.ArrayLike, probs: np.ndarray, predicted: npt.ArrayLike,
         "auc_ci95": list(ci) if ci is not None else None,
         "accuracy": float(accuracy_score(y, predicted)),
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted))
-        if len(np.unique(y)) > 1 else None,
+        if len(np.unique(y)) > 1
+        else None,
         "f1": float(f1),
         "confusion_matrix": confusion_matrix(y, predicted, labels=labels).tolist(),
         # binary only: the screening operating points and the misses at the chosen threshold
         "sensitivity_at_90_specificity": sensitivity_at_specificity(y == pos, probs[:, pos], 0.90)
-        if pos is not None else None,
+        if pos is not None
+        else None,
         "sensitivity_at_95_specificity": sensitivity_at_specificity(y == pos, probs[:, pos], 0.95)
-        if pos is not None else None,
+        if pos is not None
+        else None,
         "false_negative_rate": false_negative_rate(y == pos, predicted == pos)
-        if pos is not None else None,
+        if pos is not None
+        else None,
         "roc": roc,
         **calibration_metrics(y, probs, pos),
     }
 
 
-def aggregate_patients(patients: Sequence[str], y: np.ndarray, probs: np.ndarray,
-                       thresholds: np.ndarray, negative_index: int, aggregate: str = "mean"
-                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def aggregate_patients(
+    patients: Sequence[str],
+    y: np.ndarray,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    negative_index: int,
+    aggregate: str = "mean",
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """(patient ids, labels, probabilities, thresholds) with one row per patient.
 
     A patient's label is positive when any of its slides is (two classes; a lymph-node
@@ -228,8 +257,10 @@ def aggregate_patients(patients: Sequence[str], y: np.ndarray, probs: np.ndarray
         if pos is not None:
             out_y.append(pos if (y[idx] == pos).any() else negative_index)
         elif len(set(y[idx].tolist())) > 1:
-            raise ValueError(f"patient {patient!r} has slides of different classes; "
-                             f"patient-level metrics need one class per patient")
+            raise ValueError(
+                f"patient {patient!r} has slides of different classes; "
+                f"patient-level metrics need one class per patient"
+            )
         else:
             out_y.append(int(y[idx][0]))
         if aggregate == "max":

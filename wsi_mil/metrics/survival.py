@@ -52,9 +52,11 @@ def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | 
     from sksurv.metrics import concordance_index_censored
 
     try:
-        return float(concordance_index_censored(np.asarray(event, bool),
-                                                np.asarray(time, np.float64),
-                                                np.asarray(risk, np.float64))[0])
+        return float(
+            concordance_index_censored(
+                np.asarray(event, bool), np.asarray(time, np.float64), np.asarray(risk, np.float64)
+            )[0]
+        )
     except (ValueError, ZeroDivisionError):
         return None
 
@@ -66,21 +68,26 @@ def evaluation_times(time: np.ndarray, grid: npt.ArrayLike) -> np.ndarray:
     return grid[(grid > time.min()) & (grid < time.max())]
 
 
-def uno_c(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-          tau: float) -> float | None:
+def uno_c(
+    train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray, tau: float
+) -> float | None:
     """Uno's IPCW concordance index truncated at ``tau`` (scikit-survival)."""
     require_extra("survival", "survival metrics")
     from sksurv.metrics import concordance_index_ipcw
 
     try:
-        return float(concordance_index_ipcw(train, structured(time, event),
-                                            np.asarray(risk, np.float64), tau=tau)[0])
+        return float(
+            concordance_index_ipcw(
+                train, structured(time, event), np.asarray(risk, np.float64), tau=tau
+            )[0]
+        )
     except (ValueError, ZeroDivisionError):
         return None
 
 
-def td_auc(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-           times: np.ndarray) -> tuple[list[float | None], float] | None:
+def td_auc(
+    train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndarray, times: np.ndarray
+) -> tuple[list[float | None], float] | None:
     """(AUC at each time, their mean weighted by the survival function): scikit-survival's
     ``cumulative_dynamic_auc``. A time at which the scored slides hold no case (no event yet) or
     no control is undefined (None; numpy's 0/0 warning is not shown: a few test slides of a
@@ -90,8 +97,9 @@ def td_auc(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndar
 
     try:
         with np.errstate(invalid="ignore", divide="ignore"):
-            aucs, mean = cumulative_dynamic_auc(train, structured(time, event),
-                                                np.asarray(risk, np.float64), times)
+            aucs, mean = cumulative_dynamic_auc(
+                train, structured(time, event), np.asarray(risk, np.float64), times
+            )
     except (ValueError, ZeroDivisionError):
         return None
     if not np.isfinite(mean):
@@ -99,8 +107,9 @@ def td_auc(train: np.ndarray, time: np.ndarray, event: np.ndarray, risk: np.ndar
     return [float(a) if np.isfinite(a) else None for a in aucs], float(mean)
 
 
-def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,
-                     survival: np.ndarray, times: np.ndarray) -> float | None:
+def integrated_brier(
+    train: np.ndarray, time: np.ndarray, event: np.ndarray, survival: np.ndarray, times: np.ndarray
+) -> float | None:
     """Integrated Brier score of survival probabilities ``[n, len(times)]`` (scikit-survival);
     None with fewer than two times (nothing to integrate)."""
     require_extra("survival", "survival metrics")
@@ -109,14 +118,18 @@ def integrated_brier(train: np.ndarray, time: np.ndarray, event: np.ndarray,
     if len(times) < 2:
         return None
     try:
-        return float(integrated_brier_score(train, structured(time, event),
-                                            np.asarray(survival, np.float64), times))
+        return float(
+            integrated_brier_score(
+                train, structured(time, event), np.asarray(survival, np.float64), times
+            )
+        )
     except (ValueError, ZeroDivisionError):
         return None
 
 
-def _bootstrap(n: int, statistic: Callable[[np.ndarray], float | None], n_boot: int,
-               seed: int) -> list[float] | None:
+def _bootstrap(
+    n: int, statistic: Callable[[np.ndarray], float | None], n_boot: int, seed: int
+) -> list[float] | None:
     """Percentile bootstrap 95 % interval of ``statistic(indices)`` over ``n`` slides."""
     if n_boot <= 0:
         return None
@@ -154,17 +167,28 @@ def logrank(time: np.ndarray, event: np.ndarray, groups: npt.ArrayLike) -> dict[
     if len(np.unique(groups)) < 2:
         return None
     with _quiet_lifelines():
-        result = multivariate_logrank_test(np.asarray(time, np.float64), groups,
-                                           np.asarray(event, bool))
-    return {"p_value": float(result.p_value), "statistic": float(result.test_statistic),
-            "test": "log-rank (lifelines multivariate_logrank_test)",
-            "groups": {str(g): int((groups == g).sum()) for g in np.unique(groups)}}
+        result = multivariate_logrank_test(
+            np.asarray(time, np.float64), groups, np.asarray(event, bool)
+        )
+    return {
+        "p_value": float(result.p_value),
+        "statistic": float(result.test_statistic),
+        "test": "log-rank (lifelines multivariate_logrank_test)",
+        "groups": {str(g): int((groups == g).sum()) for g in np.unique(groups)},
+    }
 
 
-def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
-                     survival: np.ndarray | None, grid: npt.ArrayLike,
-                     groups: npt.ArrayLike | None = None, n_boot: int = 1000, seed: int = 0,
-                     train: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+def survival_metrics(
+    time: np.ndarray,
+    event: np.ndarray,
+    risk: np.ndarray,
+    survival: np.ndarray | None,
+    grid: npt.ArrayLike,
+    groups: npt.ArrayLike | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    train: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Harrell's and Uno's C, the time-dependent AUC and the integrated Brier score with
     bootstrap 95 % intervals, and the log-rank test of the risk ``groups`` (module docstring).
 
@@ -197,8 +221,9 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
         inside = evaluation_times(time[idx], times)
         if surv is None or len(inside) < 2:  # (bootstrapped only when there is a score)
             return None
-        return integrated_brier(ref, time[idx], event[idx],
-                                surv[idx][:, np.isin(times, inside)], inside)
+        return integrated_brier(
+            ref, time[idx], event[idx], surv[idx][:, np.isin(times, inside)], inside
+        )
 
     def boot_uno(idx: np.ndarray) -> float | None:
         return None if tau is None else uno_c(ref, *at(idx), tau)
@@ -209,11 +234,13 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
         return None if result is None else result[1]
 
     out: dict[str, Any] = {
-        "n_slides": len(time), "n_events": int(event.sum()),
-        "harrell_c": harrell, "harrell_c_ci95": boot(lambda i: harrell_c(*at(i)))
-        if harrell is not None else None,
-        "uno_c": uno, "uno_c_ci95": boot(boot_uno)
-        if uno is not None else None, "uno_c_tau": tau,
+        "n_slides": len(time),
+        "n_events": int(event.sum()),
+        "harrell_c": harrell,
+        "harrell_c_ci95": boot(lambda i: harrell_c(*at(i))) if harrell is not None else None,
+        "uno_c": uno,
+        "uno_c_ci95": boot(boot_uno) if uno is not None else None,
+        "uno_c_tau": tau,
         "td_auc_times": times.tolist(),
         "td_auc": None if auc is None else auc[0],
         "td_auc_mean": None if auc is None else auc[1],
@@ -221,15 +248,16 @@ def survival_metrics(time: np.ndarray, event: np.ndarray, risk: np.ndarray,
         "integrated_brier": ibs,
         "integrated_brier_ci95": boot(boot_ibs) if ibs is not None else None,
         "evaluation_times": "percentiles 10-90 of the run's labelled event times, within the "
-                            "scored slides' follow-up",
+        "scored slides' follow-up",
     }
     if groups is not None:
         out["logrank"] = logrank(time, event, groups)
     return out
 
 
-def kaplan_meier_curves(time: np.ndarray, event: np.ndarray,
-                        groups: npt.ArrayLike) -> dict[str, dict[str, list[float]]]:
+def kaplan_meier_curves(
+    time: np.ndarray, event: np.ndarray, groups: npt.ArrayLike
+) -> dict[str, dict[str, list[float]]]:
     """Each group's Kaplan-Meier curve (lifelines' ``KaplanMeierFitter``): times, survival and
     its 95 % confidence band."""
     require_extra("survival", "survival metrics")
@@ -240,8 +268,9 @@ def kaplan_meier_curves(time: np.ndarray, event: np.ndarray,
     for group in sorted(np.unique(groups)):
         keep = groups == group
         with _quiet_lifelines():
-            km = KaplanMeierFitter().fit(np.asarray(time, np.float64)[keep],
-                                         np.asarray(event, bool)[keep], label=str(group))
+            km = KaplanMeierFitter().fit(
+                np.asarray(time, np.float64)[keep], np.asarray(event, bool)[keep], label=str(group)
+            )
         band = km.confidence_interval_survival_function_
         curves[str(group)] = {
             "time": km.survival_function_.index.to_numpy(dtype=float).tolist(),

@@ -110,10 +110,15 @@ class BagBatch:
     targets: torch.Tensor | None = None  # [B, T] float32, the task's numbers (BagRecord.target)
 
     def to(self, device: torch.device | str) -> BagBatch:
-        return BagBatch(self.slide_ids, self.features.to(device), self.mask.to(device),
-                        self.labels.to(device), self.tile_labels.to(device),
-                        None if self.coords is None else self.coords.to(device),
-                        None if self.targets is None else self.targets.to(device))
+        return BagBatch(
+            self.slide_ids,
+            self.features.to(device),
+            self.mask.to(device),
+            self.labels.to(device),
+            self.tile_labels.to(device),
+            None if self.coords is None else self.coords.to(device),
+            None if self.targets is None else self.targets.to(device),
+        )
 
 
 def find_bags(features_dir: str | os.PathLike) -> dict[str, Path]:
@@ -124,14 +129,24 @@ def find_bags(features_dir: str | os.PathLike) -> dict[str, Path]:
     bags = {p.stem: p for p in sorted(features_dir.glob("*.h5")) if p.is_file()}
     if not bags:
         nested = sorted({p.parent.name for p in features_dir.glob("*/*.h5")})
-        hint = (f"; it holds encoder folders {nested}: pass one of them, "
-                f"e.g. {features_dir / nested[0]}") if nested else ""
+        hint = (
+            (
+                f"; it holds encoder folders {nested}: pass one of them, "
+                f"e.g. {features_dir / nested[0]}"
+            )
+            if nested
+            else ""
+        )
         raise BagSetError(f"{features_dir}: no feature bags (*.h5){hint}")
     return bags
 
 
-def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
-               slide_ids: Sequence[str] | None = None, missing: str = "error") -> BagSet:
+def match_bags(
+    features_dir: str | os.PathLike,
+    labels: LabelTable,
+    slide_ids: Sequence[str] | None = None,
+    missing: str = "error",
+) -> BagSet:
     """Match the bags of ``features_dir`` to ``labels`` (restricted to ``slide_ids`` if given).
 
     Labelled slides without a bag are an error naming them (``missing="error"``) or are left
@@ -147,18 +162,24 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
     absent = tuple(s for s in wanted if s not in bags)
     if absent:
         shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
-        message = (f"{labels.path}: {len(absent)} labelled slide(s) have no bag in "
-                   f"{features_dir}: {shown}")
+        message = (
+            f"{labels.path}: {len(absent)} labelled slide(s) have no bag in {features_dir}: {shown}"
+        )
         if missing == "error":
-            raise BagSetError(f"{message} (see the failures.csv of tile and extract; "
-                              f"--missing-bags skip trains on the others)")
+            raise BagSetError(
+                f"{message} (see the failures.csv of tile and extract; "
+                f"--missing-bags skip trains on the others)"
+            )
         warnings.warn(f"{message}; they are left out of training", stacklevel=2)
         wanted = [s for s in wanted if s in bags]
     skipped = tuple(s for s in bags if s not in by_slide)
     if skipped:
         shown = ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else "")
-        warnings.warn(f"{features_dir}: {len(skipped)} bag(s) have no label in {labels.path} "
-                      f"and are skipped: {shown}", stacklevel=2)
+        warnings.warn(
+            f"{features_dir}: {len(skipped)} bag(s) have no label in {labels.path} "
+            f"and are skipped: {shown}",
+            stacklevel=2,
+        )
     records: list[BagRecord] = []
     encoder: tuple[str, int, Path] | None = None
     strata = dict(zip((r.slide_id for r in labels.rows), labels.strata().tolist()))
@@ -182,16 +203,26 @@ def match_bags(features_dir: str | os.PathLike, labels: LabelTable,
                 f"{path}: encoder {name!r} with {dim} features, but {encoder[2]} has "
                 f"{encoder[0]!r} with {encoder[1]}: bags of one model must come from one encoder"
             )
-        records.append(BagRecord(slide_id, path, int(strata[slide_id]), int(shape[0]),
-                                 has_tile_labels, tuple(by_slide[slide_id].values)))
+        records.append(
+            BagRecord(
+                slide_id,
+                path,
+                int(strata[slide_id]),
+                int(shape[0]),
+                has_tile_labels,
+                tuple(by_slide[slide_id].values),
+            )
+        )
     if encoder is None:
         raise BagSetError(f"{labels.path}: no slides to match in {features_dir}")
-    return BagSet(tuple(records), encoder=encoder[0], dim=encoder[1], skipped=skipped,
-                  missing=absent)
+    return BagSet(
+        tuple(records), encoder=encoder[0], dim=encoder[1], skipped=skipped, missing=absent
+    )
 
 
-def patient_bags(bag_set: BagSet, patients: LabelTable,
-                 members: dict[str, tuple[str, ...]]) -> BagSet:
+def patient_bags(
+    bag_set: BagSet, patients: LabelTable, members: dict[str, tuple[str, ...]]
+) -> BagSet:
     """The bags of ``bag_set`` pooled per patient (:func:`wsi_mil.mil.labels.patient_table`
     gives ``patients``, one row per patient, and ``members``, its slides): one record per
     patient whose slides have a bag, its parts in the labels CSV's order."""
@@ -202,20 +233,27 @@ def patient_bags(bag_set: BagSet, patients: LabelTable,
         slides = [by_slide[s] for s in members[row.slide_id] if s in by_slide]
         if not slides:
             continue
-        records.append(BagRecord(
-            row.slide_id, slides[0].path, int(strata[row.slide_id]),
-            sum(r.num_tiles for r in slides), all(r.has_tile_labels for r in slides),
-            tuple(row.values), tuple((r.slide_id, r.path, r.num_tiles) for r in slides)))
-    return BagSet(tuple(records), bag_set.encoder, bag_set.dim, bag_set.skipped,
-                  bag_set.missing)
+        records.append(
+            BagRecord(
+                row.slide_id,
+                slides[0].path,
+                int(strata[row.slide_id]),
+                sum(r.num_tiles for r in slides),
+                all(r.has_tile_labels for r in slides),
+                tuple(row.values),
+                tuple((r.slide_id, r.path, r.num_tiles) for r in slides),
+            )
+        )
+    return BagSet(tuple(records), bag_set.encoder, bag_set.dim, bag_set.skipped, bag_set.missing)
 
 
 def _check_finite(path: Path | str, features: np.ndarray, offset: int = 0) -> None:
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
         row = offset + int(np.flatnonzero(bad)[0])
-        raise BagSetError(f"{path}: {int(bad.sum())} tile(s) with NaN/inf features "
-                          f"(first at row {row})")
+        raise BagSetError(
+            f"{path}: {int(bad.sum())} tile(s) with NaN/inf features (first at row {row})"
+        )
 
 
 def read_features(path: Path, dtype: np.dtype = np.float16) -> np.ndarray:
@@ -229,7 +267,7 @@ def scan_features(path: Path) -> None:
     """Check a bag for NaN/inf chunk by chunk, without holding it in memory."""
     with open_bag_features(path) as data:
         for start in range(0, data.shape[0], SCAN_CHUNK):
-            _check_finite(path, data[start:start + SCAN_CHUNK], offset=start)
+            _check_finite(path, data[start : start + SCAN_CHUNK], offset=start)
 
 
 def grid_coords(coords: np.ndarray, stride: float) -> np.ndarray:
@@ -250,8 +288,10 @@ def bag_grid_coords(path: Path | str, coords: np.ndarray, attrs: dict) -> np.nda
     """:func:`grid_coords` of a bag's ``coords`` ``[N, 2]`` and ``attrs`` (its ``stride``),
     already read from ``path``, with an error naming the file when either is unusable."""
     if attrs.get("stride") is None:
-        raise BagSetError(f"{path}: no 'stride' attribute (the tiling's level-0 step), needed "
-                          f"to place the tiles on their grid")
+        raise BagSetError(
+            f"{path}: no 'stride' attribute (the tiling's level-0 step), needed "
+            f"to place the tiles on their grid"
+        )
     coords = np.asarray(coords)
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise BagSetError(f"{path}: coords of shape {coords.shape}, expected [tiles, 2]")
@@ -297,45 +337,72 @@ class BagDataset(torch.utils.data.Dataset):
     are always read as they are.
     """
 
-    def __init__(self, records: Sequence[BagRecord], dim: int, *, memory_gb: float = 8.0,
-                 max_tiles: int | None = None, seed: int = 0,
-                 with_coords: bool = False, stain_views: bool = False) -> None:
+    def __init__(
+        self,
+        records: Sequence[BagRecord],
+        dim: int,
+        *,
+        memory_gb: float = 8.0,
+        max_tiles: int | None = None,
+        seed: int = 0,
+        with_coords: bool = False,
+        stain_views: bool = False,
+    ) -> None:
         self.records = list(records)
         self.dim = dim
         self.max_tiles = max_tiles
         self.rng = np.random.default_rng(seed)
-        self._views = [int(read_bag_attrs(r.path).get("stain_views", 0)) if stain_views else 0
-                       for r in self.records]
+        self._views = [
+            int(read_bag_attrs(r.path).get("stain_views", 0)) if stain_views else 0
+            for r in self.records
+        ]
         need = sum(r.num_tiles * (1 + v) for r, v in zip(self.records, self._views)) * dim * 2
         self.in_memory = need <= memory_gb * 1024**3
         self._features: list[torch.Tensor] | None = None
         self._view_features: list[list[torch.Tensor]] = [[] for _ in self.records]
         if self.in_memory:
-            self._features = [torch.from_numpy(np.concatenate(
-                [read_features(path) for _, path, _ in r.files()])) for r in self.records]
+            self._features = [
+                torch.from_numpy(np.concatenate([read_features(path) for _, path, _ in r.files()]))
+                for r in self.records
+            ]
             for i, (r, views) in enumerate(zip(self.records, self._views)):
                 for view in range(1, views + 1):
-                    values = np.concatenate([read_bag_view(path, view)
-                                             for _, path, _ in r.files()])
+                    values = np.concatenate([read_bag_view(path, view) for _, path, _ in r.files()])
                     _check_finite(r.path, values)
-                    self._view_features[i].append(torch.from_numpy(
-                        values.astype(np.float16, copy=False)))
+                    self._view_features[i].append(
+                        torch.from_numpy(values.astype(np.float16, copy=False))
+                    )
         else:
             for r in self.records:
                 for _, path, _ in r.files():
                     scan_features(path)
-        self._tile_labels = [np.concatenate([read_tile_labels(path) for _, path, _ in r.files()])
-                             if r.has_tile_labels else None for r in self.records]
-        self._coords = ([joined_grid_coords([read_grid_coords(path) for _, path, _ in r.files()])
-                         for r in self.records] if with_coords else None)
+        self._tile_labels = [
+            np.concatenate([read_tile_labels(path) for _, path, _ in r.files()])
+            if r.has_tile_labels
+            else None
+            for r in self.records
+        ]
+        self._coords = (
+            [
+                joined_grid_coords([read_grid_coords(path) for _, path, _ in r.files()])
+                for r in self.records
+            ]
+            if with_coords
+            else None
+        )
 
     @classmethod
-    def from_arrays(cls, bags: Sequence[np.ndarray], labels: Sequence[int],
-                    slide_ids: Sequence[str] | None = None,
-                    tile_labels: Sequence[np.ndarray | None] | None = None,
-                    max_tiles: int | None = None, seed: int = 0,
-                    coords: Sequence[np.ndarray] | None = None,
-                    targets: Sequence[Sequence[float]] | None = None) -> BagDataset:
+    def from_arrays(
+        cls,
+        bags: Sequence[np.ndarray],
+        labels: Sequence[int],
+        slide_ids: Sequence[str] | None = None,
+        tile_labels: Sequence[np.ndarray | None] | None = None,
+        max_tiles: int | None = None,
+        seed: int = 0,
+        coords: Sequence[np.ndarray] | None = None,
+        targets: Sequence[Sequence[float]] | None = None,
+    ) -> BagDataset:
         """An in-memory dataset from arrays (benchmarks on non-slide MIL data, tests).
 
         The arrays are kept as float32: such data sets are small, and classic MIL features
@@ -349,9 +416,10 @@ class BagDataset(torch.utils.data.Dataset):
         self.rng = np.random.default_rng(seed)
         ids = list(slide_ids) if slide_ids is not None else [f"bag_{i}" for i in range(len(bags))]
         targets = list(targets) if targets is not None else [()] * len(bags)
-        self.records = [BagRecord(s, Path(s), int(y), int(b.shape[0]), False,
-                                  tuple(float(v) for v in t))
-                        for s, b, y, t in zip(ids, bags, labels, targets, strict=True)]
+        self.records = [
+            BagRecord(s, Path(s), int(y), int(b.shape[0]), False, tuple(float(v) for v in t))
+            for s, b, y, t in zip(ids, bags, labels, targets, strict=True)
+        ]
         for s, b in zip(ids, bags):
             if b.ndim != 2 or b.shape[0] == 0:
                 raise BagSetError(f"{s}: empty bag or features of shape {b.shape}")
@@ -384,15 +452,15 @@ class BagDataset(torch.utils.data.Dataset):
         keep = self._subset(record.num_tiles)
         view = int(self.rng.integers(0, self._views[index] + 1)) if self._views[index] else 0
         if self._features is not None:
-            features = (self._view_features[index][view - 1] if view
-                        else self._features[index])
+            features = self._view_features[index][view - 1] if view else self._features[index]
             if keep is not None:
                 features = features[torch.from_numpy(keep)]
         elif not record.parts:
             features = torch.from_numpy(read_bag_view(record.path, view, keep))
         else:
-            features = torch.from_numpy(np.concatenate(
-                [read_bag_view(path, view) for _, path, _ in record.files()]))
+            features = torch.from_numpy(
+                np.concatenate([read_bag_view(path, view) for _, path, _ in record.files()])
+            )
             if keep is not None:
                 features = features[torch.from_numpy(keep)]
         tile_labels = self._tile_labels[index]
@@ -400,10 +468,10 @@ class BagDataset(torch.utils.data.Dataset):
             tile_labels = torch.from_numpy(tile_labels if keep is None else tile_labels[keep])
         coords = None
         if self._coords is not None:
-            coords = torch.from_numpy(self._coords[index] if keep is None
-                                      else self._coords[index][keep])
-        return BagItem(record.slide_id, features, record.label, tile_labels, coords,
-                       record.target)
+            coords = torch.from_numpy(
+                self._coords[index] if keep is None else self._coords[index][keep]
+            )
+        return BagItem(record.slide_id, features, record.label, tile_labels, coords, record.target)
 
 
 def collate_bags(items: Sequence[BagItem]) -> BagBatch:
@@ -428,12 +496,14 @@ def collate_bags(items: Sequence[BagItem]) -> BagBatch:
             raise BagSetError(f"bags {missing} have no coordinates, others of the batch do")
         coords = torch.zeros(len(items), n_max, 2, dtype=torch.float32)
         for i, item in enumerate(items):
-            coords[i, :item.coords.shape[0]] = item.coords.float()
+            coords[i, : item.coords.shape[0]] = item.coords.float()
     labels = torch.tensor([item.label for item in items], dtype=torch.long)
     targets = torch.tensor([item.target for item in items], dtype=torch.float32).reshape(
-        len(items), -1)
-    return BagBatch([item.slide_id for item in items], features, mask, labels, tile_labels,
-                    coords, targets)
+        len(items), -1
+    )
+    return BagBatch(
+        [item.slide_id for item in items], features, mask, labels, tile_labels, coords, targets
+    )
 
 
 def joined_grid_coords(parts: list[np.ndarray]) -> np.ndarray:

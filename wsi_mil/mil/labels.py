@@ -89,7 +89,8 @@ class LabelTable:
 
         rows = self.by_slide()
         return np.array([rows[s].values for s in slide_ids], dtype=np.float64).reshape(
-            len(slide_ids), -1)
+            len(slide_ids), -1
+        )
 
     def strata(self) -> np.ndarray:
         """What folds are stratified by, per row: the class; the combination of the multilabel
@@ -100,8 +101,9 @@ class LabelTable:
         if self.task == "classification":
             return np.array([self.class_index(r.label) for r in self.rows], dtype=int)
         if self.task == "multilabel":
-            return np.array([sum(int(v) << i for i, v in enumerate(r.values))
-                             for r in self.rows], dtype=int)
+            return np.array(
+                [sum(int(v) << i for i, v in enumerate(r.values)) for r in self.rows], dtype=int
+            )
         if self.task == "survival":
             return np.array([int(r.values[1]) for r in self.rows], dtype=int)
         values = np.array([r.values[0] for r in self.rows])
@@ -114,7 +116,9 @@ class LabelTable:
     def restricted_to(self, slide_ids: set[str] | frozenset[str]) -> LabelTable:
         """The same table with only the rows of ``slide_ids`` (the class names are kept, so a
         model trained on the rest still knows every class)."""
-        return dataclasses.replace(self, rows=tuple(r for r in self.rows if r.slide_id in slide_ids))
+        return dataclasses.replace(
+            self, rows=tuple(r for r in self.rows if r.slide_id in slide_ids)
+        )
 
     @property
     def has_split(self) -> bool:
@@ -124,7 +128,8 @@ class LabelTable:
         """Index of the "negative" class (every tile of such a slide is negative): the one
         named, else the one :func:`recognise_negative_class` finds, else an error."""
         return self.class_names.index(
-            choose_negative_class(self.class_names, negative_class, source=str(self.path)))
+            choose_negative_class(self.class_names, negative_class, source=str(self.path))
+        )
 
     def negative_index_or_none(self, negative_class: str | None, subtyping: bool) -> int | None:
         """:meth:`negative_index` for training: None (no negative class: the classes are
@@ -139,9 +144,25 @@ class LabelTable:
 
 #: Label names (lower case) taken for the negative class when none is named: the class whose
 #: slides hold no lesion, so the segmentation head learns "every tile negative" from them.
-NEGATIVE_NAMES = ("normal", "negative", "benign", "none", "no", "0", "false", "healthy",
-                  "control", "non-tumor", "non-tumour", "nontumor", "nontumour", "no_tumor",
-                  "no_tumour", "absent", "neg")
+NEGATIVE_NAMES = (
+    "normal",
+    "negative",
+    "benign",
+    "none",
+    "no",
+    "0",
+    "false",
+    "healthy",
+    "control",
+    "non-tumor",
+    "non-tumour",
+    "nontumor",
+    "nontumour",
+    "no_tumor",
+    "no_tumour",
+    "absent",
+    "neg",
+)
 
 
 def recognise_negative_class(class_names: tuple[str, ...] | list[str]) -> str | None:
@@ -150,8 +171,9 @@ def recognise_negative_class(class_names: tuple[str, ...] | list[str]) -> str | 
     return found[0] if len(found) == 1 else None
 
 
-def choose_negative_class(class_names: tuple[str, ...] | list[str], negative_class: str | None,
-                          *, source: str = "labels") -> str:
+def choose_negative_class(
+    class_names: tuple[str, ...] | list[str], negative_class: str | None, *, source: str = "labels"
+) -> str:
     """The negative class: ``negative_class`` if given (it must be a label), else the one class
     with a negative name. Sorting never decides: with labels ``epithelial``/``none`` the first
     sorted is the *positive* class, and a head trained on that flip learns the opposite map.
@@ -159,20 +181,27 @@ def choose_negative_class(class_names: tuple[str, ...] | list[str], negative_cla
     names = list(class_names)
     if negative_class is not None:
         if negative_class not in names:
-            raise LabelsError(f"{source}: negative class {negative_class!r} is not one of the "
-                              f"labels {names}")
+            raise LabelsError(
+                f"{source}: negative class {negative_class!r} is not one of the labels {names}"
+            )
         return negative_class
     recognised = recognise_negative_class(names)
     if recognised is None:
         raise LabelsError(
             f"{source}: cannot tell which of the labels {names} is the negative class (the "
             f"slides without lesion); name it with --negative-class (YAML: "
-            f"train.negative_class), e.g. --negative-class {names[0]}")
+            f"train.negative_class), e.g. --negative-class {names[0]}"
+        )
     return recognised
 
 
-def read_labels(path: str | os.PathLike, class_names: tuple[str, ...] | None = None, *,
-                task: str = "classification", targets: tuple[str, ...] = ()) -> LabelTable:
+def read_labels(
+    path: str | os.PathLike,
+    class_names: tuple[str, ...] | None = None,
+    *,
+    task: str = "classification",
+    targets: tuple[str, ...] = (),
+) -> LabelTable:
     """Read and check a labels CSV of ``task`` (the module docstring lists each format).
 
     Classification: ``class_names`` (e.g. those a trained model was trained with) makes any
@@ -205,12 +234,19 @@ def read_labels(path: str | os.PathLike, class_names: tuple[str, ...] | None = N
         raise LabelsError(f"{path}: labels CSV has a header but no rows")
     if task != "classification":
         if task == "survival" and not any(row.values[1] for row in rows):
-            raise LabelsError(f"{path}: every slide is censored (event 0): a survival model "
-                              f"needs observed events to learn from")
+            raise LabelsError(
+                f"{path}: every slide is censored (event 0): a survival model "
+                f"needs observed events to learn from"
+            )
         names = target_names if task == "multilabel" else ()
-        return LabelTable(path=path, rows=tuple(rows), class_names=names,
-                          has_patient_id="patient_id" in header, task=task,
-                          target_names=target_names)
+        return LabelTable(
+            path=path,
+            rows=tuple(rows),
+            class_names=names,
+            has_patient_id="patient_id" in header,
+            task=task,
+            target_names=target_names,
+        )
     if class_names is None:
         names = tuple(sorted({row.label for row in rows}))
         if len(names) < 2:
@@ -219,20 +255,24 @@ def read_labels(path: str | os.PathLike, class_names: tuple[str, ...] | None = N
             )
     else:
         names = tuple(class_names)
-    return LabelTable(path=path, rows=tuple(rows), class_names=names,
-                      has_patient_id="patient_id" in header)
+    return LabelTable(
+        path=path, rows=tuple(rows), class_names=names, has_patient_id="patient_id" in header
+    )
 
 
-def _task_columns(path: Path, header: list[str], task: str,
-                  targets: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _task_columns(
+    path: Path, header: list[str], task: str, targets: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(required columns, target names) of a labels CSV of ``task``."""
     if task == "classification":
         return REQUIRED_COLUMNS, ()
     if task == "multilabel":
         names = tuple(targets) or tuple(c for c in header if c not in ID_COLUMNS and c)
         if not names:
-            raise LabelsError(f"{path}: a multilabel labels CSV needs one 0/1 column per "
-                              f"target besides slide_id (header is {header})")
+            raise LabelsError(
+                f"{path}: a multilabel labels CSV needs one 0/1 column per "
+                f"target besides slide_id (header is {header})"
+            )
         return ("slide_id", *names), names
     if task == "survival":
         return ("slide_id", *SURVIVAL_COLUMNS), SURVIVAL_COLUMNS
@@ -252,9 +292,16 @@ def _number(where: str, slide_id: str, column: str, text: str) -> float:
     return value
 
 
-def _parse_task_row(path: Path, line: int, record: dict[str, str | None], seen: dict[str, int],
-                    task: str, names: tuple[str, ...]) -> SlideLabel:
+def _parse_task_row(
+    path: Path,
+    line: int,
+    record: dict[str, str | None],
+    seen: dict[str, int],
+    task: str,
+    names: tuple[str, ...],
+) -> SlideLabel:
     """One row of a multilabel, survival or regression labels CSV."""
+
     def cell(name: str) -> str:
         value = record.get(name)
         return "" if value is None else str(value).strip()
@@ -265,15 +312,17 @@ def _parse_task_row(path: Path, line: int, record: dict[str, str | None], seen: 
         raise LabelsError(f"{where}: empty slide_id")
     if slide_id in seen:
         raise LabelsError(
-            f"{where}: duplicate slide_id {slide_id!r} (first on line {seen[slide_id]})")
+            f"{where}: duplicate slide_id {slide_id!r} (first on line {seen[slide_id]})"
+        )
     seen[slide_id] = line
     if task == "multilabel":
         values = []
         for name in names:
             text = cell(name)
             if text not in ("0", "1"):
-                raise LabelsError(f"{where}: slide {slide_id!r} has target {name} {text!r}, "
-                                  f"expected 0 or 1")
+                raise LabelsError(
+                    f"{where}: slide {slide_id!r} has target {name} {text!r}, expected 0 or 1"
+                )
             values.append(float(text))
         label = ";".join(n for n, v in zip(names, values) if v) or "none"
     elif task == "survival":
@@ -282,8 +331,10 @@ def _parse_task_row(path: Path, line: int, record: dict[str, str | None], seen: 
             raise LabelsError(f"{where}: slide {slide_id!r} has a negative time {time:g}")
         event = cell("event")
         if event not in ("0", "1"):
-            raise LabelsError(f"{where}: slide {slide_id!r} has event {event!r}, expected 1 "
-                              f"(event observed) or 0 (censored)")
+            raise LabelsError(
+                f"{where}: slide {slide_id!r} has event {event!r}, expected 1 "
+                f"(event observed) or 0 (censored)"
+            )
         values = [time, float(event)]
         label = f"{time:g}" + ("" if event == "1" else "+")
     else:
@@ -292,9 +343,16 @@ def _parse_task_row(path: Path, line: int, record: dict[str, str | None], seen: 
     split = cell("split").lower() or None
     if split is not None and split not in SPLITS:
         raise LabelsError(
-            f"{where}: split {split!r} for slide {slide_id!r} is not one of {list(SPLITS)}")
-    return SlideLabel(slide_id=slide_id, label=label, patient_id=cell("patient_id") or slide_id,
-                      split=split, line=line, values=tuple(values))
+            f"{where}: split {split!r} for slide {slide_id!r} is not one of {list(SPLITS)}"
+        )
+    return SlideLabel(
+        slide_id=slide_id,
+        label=label,
+        patient_id=cell("patient_id") or slide_id,
+        split=split,
+        line=line,
+        values=tuple(values),
+    )
 
 
 def check_trainable(table: LabelTable) -> None:
@@ -302,13 +360,15 @@ def check_trainable(table: LabelTable) -> None:
     multilabel target's 0 or 1) held by fewer than two slides, which no fold can both train
     and test on, no event among the slides kept, or a regression target that is the same on
     every slide."""
+
     def few(counts: dict[str, list[SlideLabel]], what: str) -> None:
         for name, rows in counts.items():
             if len(rows) < 2:
                 raise LabelsError(
                     f"{table.path}, line {rows[0].line}: {what} {name!r} has only one slide "
                     f"({rows[0].slide_id!r}): every {what} needs at least two slides to be "
-                    f"trained and tested on")
+                    f"trained and tested on"
+                )
 
     if table.task == "classification":
         groups: dict[str, list[SlideLabel]] = {}
@@ -320,15 +380,21 @@ def check_trainable(table: LabelTable) -> None:
             for value in (0.0, 1.0):
                 rows = [r for r in table.rows if r.values[i] == value]
                 if not rows:
-                    raise LabelsError(f"{table.path}: target {name!r} is {int(value)} on no "
-                                      f"slide: a target needs slides with 0 and with 1")
+                    raise LabelsError(
+                        f"{table.path}: target {name!r} is {int(value)} on no "
+                        f"slide: a target needs slides with 0 and with 1"
+                    )
                 few({f"{name}={int(value)}": rows}, "target value")
     elif table.task == "survival" and not any(r.values[1] for r in table.rows):
-        raise LabelsError(f"{table.path}: every slide with a feature bag is censored (event 0): "
-                          f"a survival model needs observed events to learn from")
+        raise LabelsError(
+            f"{table.path}: every slide with a feature bag is censored (event 0): "
+            f"a survival model needs observed events to learn from"
+        )
     elif table.task == "regression" and len({r.values[0] for r in table.rows}) < 2:
-        raise LabelsError(f"{table.path}: every slide has the same {table.target_names[0]} "
-                          f"({table.rows[0].values[0]:g}): nothing to learn")
+        raise LabelsError(
+            f"{table.path}: every slide has the same {table.target_names[0]} "
+            f"({table.rows[0].values[0]:g}): nothing to learn"
+        )
 
 
 def patient_table(table: LabelTable) -> tuple[LabelTable, dict[str, tuple[str, ...]]]:
@@ -348,14 +414,18 @@ def patient_table(table: LabelTable) -> tuple[LabelTable, dict[str, tuple[str, .
                 raise LabelsError(
                     f"{table.path}, line {other.line}: patient {patient!r} has slides with "
                     f"different labels ({first.slide_id}: {first.label}, {other.slide_id}: "
-                    f"{other.label}); a patient-level bag needs one label per patient")
+                    f"{other.label}); a patient-level bag needs one label per patient"
+                )
             if other.split != first.split:
                 raise LabelsError(
                     f"{table.path}, line {other.line}: patient {patient!r} has slides in "
-                    f"different splits ({first.split}, {other.split})")
+                    f"different splits ({first.split}, {other.split})"
+                )
         rows.append(dataclasses.replace(first, slide_id=patient))
-    return (dataclasses.replace(table, rows=tuple(rows)),
-            {p: tuple(r.slide_id for r in slides) for p, slides in members.items()})
+    return (
+        dataclasses.replace(table, rows=tuple(rows)),
+        {p: tuple(r.slide_id for r in slides) for p, slides in members.items()},
+    )
 
 
 def _parse_row(
@@ -390,8 +460,13 @@ def _parse_row(
         raise LabelsError(
             f"{where}: split {split!r} for slide {slide_id!r} is not one of {list(SPLITS)}"
         )
-    return SlideLabel(slide_id=slide_id, label=label, patient_id=cell("patient_id") or slide_id,
-                      split=split, line=line)
+    return SlideLabel(
+        slide_id=slide_id,
+        label=label,
+        patient_id=cell("patient_id") or slide_id,
+        split=split,
+        line=line,
+    )
 
 
 #: Slide-naming conventions that carry the patient: (convention, pattern whose group 1 is the
@@ -403,8 +478,9 @@ PATIENT_PATTERNS = (
 )
 
 
-def patients_in_slide_ids(slide_ids: list[str] | tuple[str, ...]
-                          ) -> tuple[str, dict[str, list[str]]] | None:
+def patients_in_slide_ids(
+    slide_ids: list[str] | tuple[str, ...],
+) -> tuple[str, dict[str, list[str]]] | None:
     """(convention, {patient: slide ids}) of the patients that slide ids name with two or more
     slides, by :data:`PATIENT_PATTERNS`; None when no convention finds a shared patient."""
     for convention, pattern in PATIENT_PATTERNS:

@@ -22,8 +22,11 @@ from tiling.annotations import find_annotation, read_annotations, tile_fractions
 from tiling.params import AnnotationParams
 
 
-def bag_lesion_fractions(bag_path: str | os.PathLike, annotation_path: str | os.PathLike,
-                         params: AnnotationParams | None = None) -> np.ndarray:
+def bag_lesion_fractions(
+    bag_path: str | os.PathLike,
+    annotation_path: str | os.PathLike,
+    params: AnnotationParams | None = None,
+) -> np.ndarray:
     """Lesion fraction of every tile of a bag (float32 ``[N]``), from an annotation file."""
     attrs = read_bag_attrs(bag_path)
     coords = read_bag_coords(bag_path)
@@ -31,8 +34,11 @@ def bag_lesion_fractions(bag_path: str | os.PathLike, annotation_path: str | os.
     return tile_fractions(lesions, coords, float(attrs["tile_size_level0"]))
 
 
-def label_bag(bag_path: str | os.PathLike, annotation_path: str | os.PathLike | None,
-              params: AnnotationParams | None = None) -> np.ndarray:
+def label_bag(
+    bag_path: str | os.PathLike,
+    annotation_path: str | os.PathLike | None,
+    params: AnnotationParams | None = None,
+) -> np.ndarray:
     """Write ``tile_labels`` into a bag: lesion fractions, or zeros when ``annotation_path`` is
     None (a normal slide). Returns the labels written."""
     if annotation_path is None:
@@ -54,9 +60,13 @@ class LabelResult:
     unlabelled: list[str] = field(default_factory=list)  # lesion slide without annotation
 
 
-def label_bags(features_dir: str | os.PathLike, annotations_dir: str | os.PathLike,
-               slide_labels: Mapping[str, str], normal_label: str = "normal",
-               params: AnnotationParams | None = None) -> LabelResult:
+def label_bags(
+    features_dir: str | os.PathLike,
+    annotations_dir: str | os.PathLike,
+    slide_labels: Mapping[str, str],
+    normal_label: str = "normal",
+    params: AnnotationParams | None = None,
+) -> LabelResult:
     """Label every bag of ``features_dir`` whose slide is in ``slide_labels``.
 
     The annotation of slide ``s`` is ``annotations_dir/s.{xml,geojson,json}``
@@ -77,7 +87,10 @@ def label_bags(features_dir: str | os.PathLike, annotations_dir: str | os.PathLi
         else:
             result.unlabelled.append(slide_id)
     if result.unlabelled:
-        warnings.warn(f"{annotations_dir}: no annotation for {len(result.unlabelled)} slide(s) "
-                      f"not labelled {normal_label!r}, left without tile labels: "
-                      f"{', '.join(result.unlabelled)}", stacklevel=2)
+        warnings.warn(
+            f"{annotations_dir}: no annotation for {len(result.unlabelled)} slide(s) "
+            f"not labelled {normal_label!r}, left without tile labels: "
+            f"{', '.join(result.unlabelled)}",
+            stacklevel=2,
+        )
     return result

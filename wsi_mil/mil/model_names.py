@@ -23,9 +23,13 @@ def registered_names(folder: Path = MODELS_DIR) -> tuple[str, ...]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef):
                 for decorator in node.decorator_list:
-                    if (isinstance(decorator, ast.Call) and isinstance(decorator.func, ast.Name)
-                            and decorator.func.id == "register_model" and decorator.args
-                            and isinstance(decorator.args[0], ast.Constant)):
+                    if (
+                        isinstance(decorator, ast.Call)
+                        and isinstance(decorator.func, ast.Name)
+                        and decorator.func.id == "register_model"
+                        and decorator.args
+                        and isinstance(decorator.args[0], ast.Constant)
+                    ):
                         names.append(str(decorator.args[0].value))
     return tuple(sorted(names))
 

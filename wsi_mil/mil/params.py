@@ -31,18 +31,28 @@ POSITIVE_TILE_THRESHOLD = 0.5
 
 def positive_tile_threshold_field() -> Any:
     """The positive-tile threshold field of every stage that cuts the tile probabilities."""
-    return constrained(POSITIVE_TILE_THRESHOLD, ge=0.0, le=1.0, doc=(
-        "tile probability (of the positive class, from the MIL segmentation head) at or above "
-        "which a tile is positive (segmented as lesion)"))
+    return constrained(
+        POSITIVE_TILE_THRESHOLD,
+        ge=0.0,
+        le=1.0,
+        doc=(
+            "tile probability (of the positive class, from the MIL segmentation head) at or above "
+            "which a tile is positive (segmented as lesion)"
+        ),
+    )
 
 
 def positive_class_field() -> Any:
     """The ``positive_class`` field of every stage that reads the lesion map: one rule,
     :meth:`wsi_mil.mil.predictions.SlidePrediction.positive_index`."""
-    return constrained(None, doc=(
-        "class whose tile probability is the lesion map; null: the class that is not the run's "
-        "negative class (for subtypes the predicted class, for multilabel the most probable "
-        "target)"))
+    return constrained(
+        None,
+        doc=(
+            "class whose tile probability is the lesion map; null: the class that is not the run's "
+            "negative class (for subtypes the predicted class, for multilabel the most probable "
+            "target)"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -168,39 +178,55 @@ class TrainParams:
     def __post_init__(self) -> None:
         check_fields(self)  # every Literal and range above
         checks = {
-            "negative_class": (not (self.subtyping and self.negative_class is not None),
-                               "None when subtyping is on (subtypes have no negative class)"),
-            "calibrate": (not self.calibrate or self.task == "classification",
-                          "false unless task is classification"),
-            "positional": (self.positional == "none" or self.model == "transformer_mil",
-                           "'none' unless model is transformer_mil"),
-            "hidden_dims": (self.positional == "none"
-                            or (len(self.hidden_dims) > 0 and int(self.hidden_dims[-1]) % 4 == 0),
-                            "a last width divisible by 4 with positional sincos2d"),
+            "negative_class": (
+                not (self.subtyping and self.negative_class is not None),
+                "None when subtyping is on (subtypes have no negative class)",
+            ),
+            "calibrate": (
+                not self.calibrate or self.task == "classification",
+                "false unless task is classification",
+            ),
+            "positional": (
+                self.positional == "none" or self.model == "transformer_mil",
+                "'none' unless model is transformer_mil",
+            ),
+            "hidden_dims": (
+                self.positional == "none"
+                or (len(self.hidden_dims) > 0 and int(self.hidden_dims[-1]) % 4 == 0),
+                "a last width divisible by 4 with positional sincos2d",
+            ),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"TrainParams.{name} = {getattr(self, name)!r}: must be {expected}")
+                raise ValueError(
+                    f"TrainParams.{name} = {getattr(self, name)!r}: must be {expected}"
+                )
         object.__setattr__(self, "hidden_dims", tuple(int(w) for w in self.hidden_dims))
         object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
         if self.task == "regression" and len(self.targets) > 1:
-            raise ValueError(f"TrainParams.targets = {self.targets!r}: regression predicts one "
-                             f"column, name at most one")
+            raise ValueError(
+                f"TrainParams.targets = {self.targets!r}: regression predicts one "
+                f"column, name at most one"
+            )
 
     def model_kwargs(self) -> dict[str, Any]:
         """Every model setting; :func:`wsi_mil.mil.models.create_model` gives each model the ones
         it accepts (CLAM the ``k_sample`` and ``subtyping``, ``transformer_mil`` the
         ``positional``), so a new model's settings are added here and in its module only."""
-        return {"hidden_dims": self.hidden_dims, "attention_dim": self.attention_dim,
-                "dropout": self.dropout, "k_sample": self.k_sample, "subtyping": self.subtyping,
-                "positional": self.positional}
+        return {
+            "hidden_dims": self.hidden_dims,
+            "attention_dim": self.attention_dim,
+            "dropout": self.dropout,
+            "k_sample": self.k_sample,
+            "subtyping": self.subtyping,
+            "positional": self.positional,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["hidden_dims"] = list(self.hidden_dims)
         out["targets"] = list(self.targets)
         return out
-
 
 
 @dataclass(frozen=True)
@@ -221,4 +247,3 @@ class PredictParams:
 
     def __post_init__(self) -> None:
         check_fields(self)
-

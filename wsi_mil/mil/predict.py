@@ -110,7 +110,7 @@ class LoadedRun:
 
     @property
     def bag_level(self) -> str:
-        """"slide", or "patient" for a run trained on patient-level bags."""
+        """ "slide", or "patient" for a run trained on patient-level bags."""
         return str(self.folds[0].meta.get("bag_level", "slide"))
 
     @staticmethod
@@ -121,12 +121,14 @@ class LoadedRun:
         if len(chosen) == 1:
             value = chosen[0].meta.get("threshold")
             return (float(value) if isinstance(value, (int, float)) else value), str(
-                chosen[0].meta.get("threshold_rule", f"fold {chosen[0].fold}'s threshold"))
+                chosen[0].meta.get("threshold_rule", f"fold {chosen[0].fold}'s threshold")
+            )
         kind = chosen[0].task.kind
         values = [fm.meta.get("threshold") for fm in chosen]
         if kind == "multilabel":
-            return [ensemble_threshold([v[t] for v in values])
-                    for t in range(len(values[0]))], ENSEMBLE_RULE
+            return [
+                ensemble_threshold([v[t] for v in values]) for t in range(len(values[0]))
+            ], ENSEMBLE_RULE
         if kind == "survival":
             return float(np.mean(values)), "mean of the folds' risk cuts"
         if kind == "regression":
@@ -155,8 +157,9 @@ def load_fold(fold_dir: Path, device: torch.device) -> FoldModel:
     return FoldModel(int(meta.get("fold", 0)), model, meta, _sha256(weights))
 
 
-def load_run(run_dir: str | os.PathLike, fold: int | None = None,
-             device: str = "auto") -> LoadedRun:
+def load_run(
+    run_dir: str | os.PathLike, fold: int | None = None, device: str = "auto"
+) -> LoadedRun:
     """The run's fold ``fold``, or all its folds (an ensemble) when ``fold`` is None."""
     run_dir = Path(run_dir)
     fold_dirs = sorted(run_dir.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
@@ -172,15 +175,23 @@ def load_run(run_dir: str | os.PathLike, fold: int | None = None,
     for f in folds[1:]:
         for key in ("class_names", "in_dim", "encoder", "negative_class", "task", "bag_level"):
             if f.meta.get(key) != first.get(key):
-                raise RunError(f"{run_dir}: fold {f.fold} has {key} {f.meta.get(key)!r}, "
-                               f"fold {folds[0].fold} has {first.get(key)!r}")
+                raise RunError(
+                    f"{run_dir}: fold {f.fold} has {key} {f.meta.get(key)!r}, "
+                    f"fold {folds[0].fold} has {first.get(key)!r}"
+                )
     class_names = list(first["class_names"])
     negative = first.get("negative_class")
-    return LoadedRun(run_dir, folds, class_names,
-                     class_names.index(negative) if negative in class_names else None,
-                     LoadedRun.decision_threshold(folds)[0],
-                     str(first["encoder"]), int(first["in_dim"]), torch_device,
-                     read_roles(run_dir / "splits.csv"))
+    return LoadedRun(
+        run_dir,
+        folds,
+        class_names,
+        class_names.index(negative) if negative in class_names else None,
+        LoadedRun.decision_threshold(folds)[0],
+        str(first["encoder"]),
+        int(first["in_dim"]),
+        torch_device,
+        read_roles(run_dir / "splits.csv"),
+    )
 
 
 def read_roles(splits_csv: Path) -> dict[str, dict[int, str]]:
@@ -205,8 +216,10 @@ def choose_folds(run: LoadedRun, slide_id: str, oof: bool | None) -> tuple[list[
     if oof is not False and held_out and len(held_out) < len(run.folds):
         chosen = held_out
     elif oof is True and not held_out:
-        raise RunError(f"{slide_id}: no fold of {run.run_dir} held this slide out, so it has "
-                       f"no out-of-fold prediction (drop --oof to predict it with the ensemble)")
+        raise RunError(
+            f"{slide_id}: no fold of {run.run_dir} held this slide out, so it has "
+            f"no out-of-fold prediction (drop --oof to predict it with the ensemble)"
+        )
     else:
         chosen = run.folds
     in_sample = any(roles.get(fm.fold) in ("train", "val") for fm in chosen)
@@ -234,8 +247,9 @@ def ensemble_attention(raw: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return attention.astype(np.float32), norm
 
 
-def cached_run(run_dir: str | os.PathLike, fold: int | None = None,
-               device: str = "auto") -> LoadedRun:
+def cached_run(
+    run_dir: str | os.PathLike, fold: int | None = None, device: str = "auto"
+) -> LoadedRun:
     """A loaded run shared by the slides of a batch (each worker process loads it once)."""
     return _load_cached(str(Path(run_dir).resolve()), fold, device)
 
@@ -245,14 +259,19 @@ def _load_cached(run_dir: str, fold: int | None, device: str) -> LoadedRun:
     return load_run(run_dir, fold, device)
 
 
-def combine_outputs(chosen: list[FoldModel], logits: list[np.ndarray]
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
+def combine_outputs(
+    chosen: list[FoldModel], logits: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(the slide's outputs, its survival curve at the run's times or None) from each chosen
     fold's raw outputs ``[C]`` (the module docstring says how each task combines them)."""
     task = chosen[0].task
     if task.kind == "classification":
-        probs = ensemble_probs([apply_temperature(fm.task.decode(z)[0], fm.temperature)
-                                for fm, z in zip(chosen, logits, strict=True)])
+        probs = ensemble_probs(
+            [
+                apply_temperature(fm.task.decode(z)[0], fm.temperature)
+                for fm, z in zip(chosen, logits, strict=True)
+            ]
+        )
         return probs, None
     decoded = [fm.task.decode(z)[0] for fm, z in zip(chosen, logits, strict=True)]
     if task.kind == "multilabel":
@@ -260,28 +279,36 @@ def combine_outputs(chosen: list[FoldModel], logits: list[np.ndarray]
     outputs = np.mean(decoded, axis=0)
     if task.kind == "survival":
         times = task.fitted["survival_times"]
-        curve = np.mean([fm.task.survival(z, times)[0]
-                         for fm, z in zip(chosen, logits, strict=True)], axis=0)
+        curve = np.mean(
+            [fm.task.survival(z, times)[0] for fm, z in zip(chosen, logits, strict=True)], axis=0
+        )
         return outputs, curve
     return outputs, None
 
 
 @torch.no_grad()
-def predict_bag(run: LoadedRun, bag_path: str | os.PathLike,
-                chunk_size: int = 16384, oof: bool | None = None,
-                slide_path: str | os.PathLike | None = None) -> SlidePrediction:
+def predict_bag(
+    run: LoadedRun,
+    bag_path: str | os.PathLike,
+    chunk_size: int = 16384,
+    oof: bool | None = None,
+    slide_path: str | os.PathLike | None = None,
+) -> SlidePrediction:
     """Predict one bag, reading its features in chunks; the models are chosen by
     :func:`choose_folds` and combined as the module docstring says. ``slide_path`` completes
     a TRIDENT bag's attributes with its slide's size and µm/px, so the predictions carry what
     heatmaps need."""
     bag_path = Path(bag_path)
-    return _predict(run, bag_path.stem, [(bag_path.stem, bag_path, slide_path)], chunk_size,
-                    oof)[0]
+    return _predict(run, bag_path.stem, [(bag_path.stem, bag_path, slide_path)], chunk_size, oof)[0]
 
 
-def predict_patient(run: LoadedRun, patient_id: str,
-                    parts: list[tuple[str, Path, str | os.PathLike | None]],
-                    chunk_size: int = 16384, oof: bool | None = None) -> list[SlidePrediction]:
+def predict_patient(
+    run: LoadedRun,
+    patient_id: str,
+    parts: list[tuple[str, Path, str | os.PathLike | None]],
+    chunk_size: int = 16384,
+    oof: bool | None = None,
+) -> list[SlidePrediction]:
     """Predict one patient-level bag (a run trained with ``bag_level: patient``): ``parts``
     are its slides (slide id, bag file, slide file or None) in the order training pooled them.
     One prediction per slide, with that slide's tiles, attention from the pooled bag (a
@@ -290,9 +317,13 @@ def predict_patient(run: LoadedRun, patient_id: str,
 
 
 @torch.no_grad()
-def _predict(run: LoadedRun, bag_id: str,
-             parts: list[tuple[str, Path, str | os.PathLike | None]], chunk_size: int,
-             oof: bool | None) -> list[SlidePrediction]:
+def _predict(
+    run: LoadedRun,
+    bag_id: str,
+    parts: list[tuple[str, Path, str | os.PathLike | None]],
+    chunk_size: int,
+    oof: bool | None,
+) -> list[SlidePrediction]:
     """The prediction of one bag made of ``parts``' tiles, in order, split back per part."""
     from contextlib import ExitStack
 
@@ -306,9 +337,11 @@ def _predict(run: LoadedRun, bag_id: str,
             if n == 0:
                 raise BagError(f"{bag_path}: empty bag (no tiles)")
             if dim != run.in_dim:
-                raise BagError(f"{bag_path}: {dim} features per tile (encoder "
-                               f"{attrs.get('encoder')!r}), but {run.run_dir} was trained on "
-                               f"{run.in_dim} ({run.encoder!r})")
+                raise BagError(
+                    f"{bag_path}: {dim} features per tile (encoder "
+                    f"{attrs.get('encoder')!r}), but {run.run_dir} was trained on "
+                    f"{run.in_dim} ({run.encoder!r})"
+                )
             attrs_of.append(attrs)
             coords_of.append(read_bag_coords(bag_path))
             datasets.append(data)
@@ -321,24 +354,33 @@ def _predict(run: LoadedRun, bag_id: str,
             for k, data in enumerate(datasets):
                 lo, hi = max(start, offsets[k]), min(end, offsets[k + 1])
                 if lo < hi:
-                    pieces.append(data[lo - offsets[k]:hi - offsets[k]])
-            chunk = torch.from_numpy(np.concatenate(pieces) if len(pieces) > 1
-                                     else pieces[0]).to(run.device)
+                    pieces.append(data[lo - offsets[k] : hi - offsets[k]])
+            chunk = torch.from_numpy(np.concatenate(pieces) if len(pieces) > 1 else pieces[0]).to(
+                run.device
+            )
             if not torch.isfinite(chunk).all():
-                raise BagError(f"{parts[0][1] if len(parts) == 1 else bag_id}: NaN/inf "
-                               f"features in tiles {start}..{end - 1}")
+                raise BagError(
+                    f"{parts[0][1] if len(parts) == 1 else bag_id}: NaN/inf "
+                    f"features in tiles {start}..{end - 1}"
+                )
             return chunk
 
-        chosen, in_sample = choose_folds(run, bag_id if run.bag_level == "slide"
-                                         else _patient_key(run, parts), oof)
+        chosen, in_sample = choose_folds(
+            run, bag_id if run.bag_level == "slide" else _patient_key(run, parts), oof
+        )
         grid = None  # the tiles' grid positions, for a model that uses them (others ignore them)
         if any(fm.model.uses_coords for fm in chosen):
             from wsi_mil.mil.bags import joined_grid_coords
 
             try:
-                grid = torch.from_numpy(joined_grid_coords(
-                    [bag_grid_coords(path, c, a) for (_, path, _), c, a
-                     in zip(parts, coords_of, attrs_of)])).to(run.device)
+                grid = torch.from_numpy(
+                    joined_grid_coords(
+                        [
+                            bag_grid_coords(path, c, a)
+                            for (_, path, _), c, a in zip(parts, coords_of, attrs_of)
+                        ]
+                    )
+                ).to(run.device)
             except BagSetError as exc:
                 raise BagError(str(exc)) from exc
         outputs = [fm.model.predict_chunked(read, n, chunk_size, coords=grid) for fm in chosen]
@@ -346,22 +388,39 @@ def _predict(run: LoadedRun, bag_id: str,
     probs, curve = combine_outputs(chosen, [o.logits.float().cpu().numpy() for o in outputs])
     threshold, rule = run.decision_threshold(chosen)
     attention, attention_norm = ensemble_attention(
-        [o.raw_attention[0].float().cpu().numpy() for o in outputs])
-    tile_probs = np.mean([fm.task.decode_tiles(o.tile_logits[0].float().cpu().numpy())
-                          for fm, o in zip(chosen, outputs, strict=True)], axis=0)
+        [o.raw_attention[0].float().cpu().numpy() for o in outputs]
+    )
+    tile_probs = np.mean(
+        [
+            fm.task.decode_tiles(o.tile_logits[0].float().cpu().numpy())
+            for fm, o in zip(chosen, outputs, strict=True)
+        ],
+        axis=0,
+    )
     branch = _branch_attention(outputs, task)
     predicted = task.predicted_labels(probs[None], threshold)[0]
     shared = {
-        "run_id": run.run_dir.name, "run_path": str(run.run_dir.resolve()),
-        "checkpoint_sha256": run.checkpoint_sha256, "folds": [fm.fold for fm in chosen],
-        "in_sample": in_sample, "out_of_fold": len(chosen) < len(run.folds),
-        "model": run.folds[0].meta["model"], "threshold": threshold, "threshold_rule": rule,
-        "negative_class": (None if run.negative_index is None
-                        else run.class_names[run.negative_index]),
-        "task": task.kind, "segmentation": task.segmentation, "bag_level": run.bag_level}
+        "run_id": run.run_dir.name,
+        "run_path": str(run.run_dir.resolve()),
+        "checkpoint_sha256": run.checkpoint_sha256,
+        "folds": [fm.fold for fm in chosen],
+        "in_sample": in_sample,
+        "out_of_fold": len(chosen) < len(run.folds),
+        "model": run.folds[0].meta["model"],
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "negative_class": (
+            None if run.negative_index is None else run.class_names[run.negative_index]
+        ),
+        "task": task.kind,
+        "segmentation": task.segmentation,
+        "bag_level": run.bag_level,
+    }
     if curve is not None:
-        shared.update(survival_times=[float(t) for t in task.fitted["survival_times"]],
-                      survival=[float(v) for v in curve])
+        shared.update(
+            survival_times=[float(t) for t in task.fitted["survival_times"]],
+            survival=[float(v) for v in curve],
+        )
     if run.bag_level == "patient":
         shared.update(patient_id=bag_id, bag_slides=[slide_id for slide_id, _, _ in parts])
     out = []
@@ -372,10 +431,16 @@ def _predict(run: LoadedRun, bag_id: str,
         if branch is not None:
             slide_attrs["branch_names"] = list(run.class_names)
         prediction = SlidePrediction(
-            slide_id=slide_id, coords=coords_of[k], attention=attention[lo:hi],
-            attention_norm=attention_norm[lo:hi], tile_probs=tile_probs[lo:hi].astype(np.float32),
-            probs=np.asarray(probs, dtype=np.float32), class_names=run.class_names,
-            predicted_label=predicted, attrs=slide_attrs)
+            slide_id=slide_id,
+            coords=coords_of[k],
+            attention=attention[lo:hi],
+            attention_norm=attention_norm[lo:hi],
+            tile_probs=tile_probs[lo:hi].astype(np.float32),
+            probs=np.asarray(probs, dtype=np.float32),
+            class_names=run.class_names,
+            predicted_label=predicted,
+            attrs=slide_attrs,
+        )
         if branch is not None:
             prediction.branch_attention = branch[lo:hi]
         out.append(prediction)
@@ -400,19 +465,27 @@ def _branch_attention(outputs: list[Any], task: Task) -> np.ndarray | None:
     return np.mean(weights, axis=0).astype(np.float32)
 
 
-def predict_slide(bag_path: str | os.PathLike, out_path: str | os.PathLike,
-                  run_dir: str | os.PathLike, params: PredictParams = PredictParams(),
-                  slide_path: str | os.PathLike | None = None) -> Path:
+def predict_slide(
+    bag_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    params: PredictParams = PredictParams(),
+    slide_path: str | os.PathLike | None = None,
+) -> Path:
     """The per-slide step: bag in, ``predictions/<slide_id>.h5`` out (models cached)."""
     run = cached_run(run_dir, params.fold, params.device)
-    return write_prediction(out_path, predict_bag(run, bag_path, params.chunk_size, params.oof,
-                                                  slide_path))
+    return write_prediction(
+        out_path, predict_bag(run, bag_path, params.chunk_size, params.oof, slide_path)
+    )
 
 
-def predict_patient_slides(parts: list[tuple[str, Path, str | os.PathLike | None]],
-                           patient_id: str, pred_dir: str | os.PathLike,
-                           run_dir: str | os.PathLike,
-                           params: PredictParams = PredictParams()) -> Path:
+def predict_patient_slides(
+    parts: list[tuple[str, Path, str | os.PathLike | None]],
+    patient_id: str,
+    pred_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    params: PredictParams = PredictParams(),
+) -> Path:
     """The per-patient step of a patient-level run: one ``<slide_id>.h5`` per slide of the
     patient (:func:`predict_patient`); returns the folder."""
     run = cached_run(run_dir, params.fold, params.device)

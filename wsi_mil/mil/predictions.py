@@ -64,8 +64,11 @@ class SlidePrediction:
 
     def __post_init__(self) -> None:
         n = self.coords.shape[0]
-        shapes = {"attention": self.attention.shape, "attention_norm": self.attention_norm.shape,
-                  "tile_probs": self.tile_probs.shape[:1]}
+        shapes = {
+            "attention": self.attention.shape,
+            "attention_norm": self.attention_norm.shape,
+            "tile_probs": self.tile_probs.shape[:1],
+        }
         bad = {k: v for k, v in shapes.items() if v != (n,)}
         if bad:
             raise PredictionFileError(f"{self.slide_id}: {n} coords but {bad}")
@@ -73,7 +76,6 @@ class SlidePrediction:
             raise PredictionFileError(
                 f"{self.slide_id}: tile_probs {self.tile_probs.shape} for classes {self.class_names}"
             )
-
 
     @property
     def negative_class(self) -> str | None:
@@ -97,8 +99,10 @@ class SlidePrediction:
         class or target; {} otherwise."""
         if self.branch_attention is None:
             return {}
-        return {f"attention:{name}": self.branch_attention[:, i]
-                for i, name in enumerate(self.class_names)}
+        return {
+            f"attention:{name}": self.branch_attention[:, i]
+            for i, name in enumerate(self.class_names)
+        }
 
     def positive_index(self, positive_class: str | None = None) -> int:
         """Column of ``tile_probs`` that is the lesion map: ``positive_class`` if named, else the
@@ -109,12 +113,15 @@ class SlidePrediction:
         the same class."""
         names = list(self.class_names)
         if not self.has_segmentation:
-            raise PredictionFileError(f"{self.slide_id}: a {self.task} run has no segmentation "
-                                      f"head (its tile scores are {names[0]}s)")
+            raise PredictionFileError(
+                f"{self.slide_id}: a {self.task} run has no segmentation "
+                f"head (its tile scores are {names[0]}s)"
+            )
         if positive_class is not None:
             if positive_class not in names:
-                raise PredictionFileError(f"{self.slide_id}: positive class {positive_class!r} "
-                                          f"is not one of {names}")
+                raise PredictionFileError(
+                    f"{self.slide_id}: positive class {positive_class!r} is not one of {names}"
+                )
             return names.index(positive_class)
         if self.task == "multilabel":
             return int(np.argmax(self.probs))
@@ -125,7 +132,8 @@ class SlidePrediction:
         if negative not in names or len(others) != 1:
             raise PredictionFileError(
                 f"{self.slide_id}: classes {names} with negative class {negative!r}: name the "
-                f"class to outline with --positive-class")
+                f"class to outline with --positive-class"
+            )
         return names.index(others[0])
 
 
@@ -148,12 +156,12 @@ def write_prediction(path: str | os.PathLike, prediction: SlidePrediction) -> Pa
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("coords", data=np.asarray(prediction.coords, dtype=np.int64))
         f.create_dataset("attention", data=np.asarray(prediction.attention, np.float32))
-        f.create_dataset("attention_norm",
-                         data=np.asarray(prediction.attention_norm, np.float32))
+        f.create_dataset("attention_norm", data=np.asarray(prediction.attention_norm, np.float32))
         f.create_dataset("tile_probs", data=np.asarray(prediction.tile_probs, np.float32))
         if prediction.branch_attention is not None:
-            f.create_dataset("branch_attention",
-                             data=np.asarray(prediction.branch_attention, np.float32))
+            f.create_dataset(
+                "branch_attention", data=np.asarray(prediction.branch_attention, np.float32)
+            )
         write_attrs(f, attrs)
     return path
 
@@ -167,13 +175,15 @@ def read_prediction(path: str | os.PathLike) -> SlidePrediction:
         with h5py.File(path, "r") as f:
             missing = [k for k in REQUIRED_DATASETS if k not in f]
             if missing:
-                raise PredictionFileError(f"{path}: not a wsi-mil predictions file, "
-                                          f"missing datasets {missing}")
+                raise PredictionFileError(
+                    f"{path}: not a wsi-mil predictions file, missing datasets {missing}"
+                )
             attrs = read_attrs(f)
             missing = [k for k in REQUIRED_ATTRS if k not in attrs]
             if missing:
-                raise PredictionFileError(f"{path}: not a wsi-mil predictions file, "
-                                          f"missing attributes {missing}")
+                raise PredictionFileError(
+                    f"{path}: not a wsi-mil predictions file, missing attributes {missing}"
+                )
             data = {k: f[k][:] for k in REQUIRED_DATASETS}
             if "branch_attention" in f:
                 data["branch_attention"] = f["branch_attention"][:]

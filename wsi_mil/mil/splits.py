@@ -44,15 +44,17 @@ class FoldSplit:
     test: tuple[str, ...]
 
 
-def _grouped_parts(ids: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int,
-                   seed: int) -> list[np.ndarray]:
+def _grouped_parts(
+    ids: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int
+) -> list[np.ndarray]:
     """Indices of ``n_splits`` stratified, grouped parts of ``ids``."""
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [test for _, test in splitter.split(ids, y, groups)]
 
 
-def carve_validation(ids: np.ndarray, y: np.ndarray, groups: np.ndarray, val_fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def carve_validation(
+    ids: np.ndarray, y: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split ``ids`` into (train, val) with about ``val_fraction`` of the groups in val."""
     n_groups = len(np.unique(groups))
     # StratifiedGroupKFold cannot make more parts than the largest class has members, so on
@@ -66,8 +68,9 @@ def carve_validation(ids: np.ndarray, y: np.ndarray, groups: np.ndarray, val_fra
     return ids[train], ids[val]
 
 
-def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
-                seed: int = 0) -> list[FoldSplit]:
+def make_splits(
+    labels: LabelTable, folds: int = 5, val_fraction: float = 0.2, seed: int = 0
+) -> list[FoldSplit]:
     """Folds for a cohort: the CSV's ``split`` column if present, else grouped k-fold CV."""
     ids = np.array([r.slide_id for r in labels.rows])
     y = labels.strata()  # the class, or what another task's folds are stratified by
@@ -79,30 +82,37 @@ def make_splits(labels: LabelTable, folds: int = 5, val_fraction: float = 0.2,
     if labels.has_split:
         unassigned = [r.slide_id for r in labels.rows if r.split is None]
         if unassigned:
-            raise SplitError(f"{labels.path}: split column is empty for {len(unassigned)} "
-                             f"slide(s), e.g. {unassigned[:5]}")
+            raise SplitError(
+                f"{labels.path}: split column is empty for {len(unassigned)} "
+                f"slide(s), e.g. {unassigned[:5]}"
+            )
         split = np.array([r.split for r in labels.rows])
         test = ids[split == "test"]
         train_mask = split == "train"
         if (split == "val").any():
             train, val = ids[train_mask], ids[split == "val"]
         else:
-            train, val = carve_validation(ids[train_mask], y[train_mask], groups[train_mask],
-                                          val_fraction, seed)
+            train, val = carve_validation(
+                ids[train_mask], y[train_mask], groups[train_mask], val_fraction, seed
+            )
         if len(test) == 0:
             raise SplitError(f"{labels.path}: split column has no 'test' rows")
         check_patients_in_one_part(labels, {"train": train, "val": val, "test": test})
         return [FoldSplit(0, tuple(train), tuple(val), tuple(test))]
     n_groups = len(np.unique(groups))
     if folds < 2 or folds > n_groups:
-        raise SplitError(f"{labels.path}: cannot make {folds} folds from {n_groups} patient "
-                         f"group(s) (need 2 <= folds <= groups)")
+        raise SplitError(
+            f"{labels.path}: cannot make {folds} folds from {n_groups} patient "
+            f"group(s) (need 2 <= folds <= groups)"
+        )
     largest_class = int(np.bincount(y).max())
     if folds > largest_class:
         what = "class" if labels.task == "classification" else "stratum"
-        raise SplitError(f"{labels.path}: cannot make {folds} stratified folds when the largest "
-                         f"{what} has {largest_class} slide(s); use --folds {largest_class} or "
-                         f"fewer")
+        raise SplitError(
+            f"{labels.path}: cannot make {folds} stratified folds when the largest "
+            f"{what} has {largest_class} slide(s); use --folds {largest_class} or "
+            f"fewer"
+        )
     out = []
     for k, test_idx in enumerate(_grouped_parts(ids, y, groups, folds, seed)):
         rest = np.setdiff1d(np.arange(len(ids)), test_idx)
@@ -119,7 +129,8 @@ def check_patients_in_one_part(labels: LabelTable, parts: dict[str, np.ndarray])
     for part, ids in parts.items():
         for slide_id in ids:
             seen.setdefault(rows[str(slide_id)].patient_id, {}).setdefault(part, []).append(
-                str(slide_id))
+                str(slide_id)
+            )
     straddling = {p: by_part for p, by_part in seen.items() if len(by_part) > 1}
     if straddling:
         patient, by_part = next(iter(straddling.items()))
@@ -127,7 +138,8 @@ def check_patients_in_one_part(labels: LabelTable, parts: dict[str, np.ndarray])
         raise SplitError(
             f"{labels.path}: the split column puts {len(straddling)} patient(s) in more than one "
             f"part, e.g. patient {patient!r} ({where}); a patient's slides must all be in "
-            f"train, all in val or all in test")
+            f"train, all in val or all in test"
+        )
 
 
 def warn_shared_patients(labels: LabelTable) -> None:
@@ -142,11 +154,13 @@ def warn_shared_patients(labels: LabelTable) -> None:
         f"patient, but its slide ids look like {convention}s naming {len(shared)} patient(s) "
         f"with several slides (e.g. {patient}: {', '.join(ids[:3])}). Their slides can land on "
         f"both sides of a split and inflate every figure: add a patient_id column",
-        stacklevel=3)
+        stacklevel=3,
+    )
 
 
-def splits_csv(splits: list[FoldSplit], labels: LabelTable,
-               members: dict[str, tuple[str, ...]] | None = None) -> str:
+def splits_csv(
+    splits: list[FoldSplit], labels: LabelTable, members: dict[str, tuple[str, ...]] | None = None
+) -> str:
     """``splits.csv``: one row per (fold, slide) with its role, label and patient.
 
     ``members``: for patient-level bags, each bag's (patient's) slides: every slide gets its
@@ -154,8 +168,19 @@ def splits_csv(splits: list[FoldSplit], labels: LabelTable,
     """
     rows = labels.by_slide()
     members = members or {}
-    return csv_text(({"fold": split.fold, "slide_id": slide_id, "role": role,
-                      "label": rows[bag].label, "patient_id": rows[bag].patient_id}
-                     for split in splits for role in ROLES for bag in getattr(split, role)
-                     for slide_id in members.get(bag, (bag,))),
-                    ("fold", "slide_id", "role", "label", "patient_id"))
+    return csv_text(
+        (
+            {
+                "fold": split.fold,
+                "slide_id": slide_id,
+                "role": role,
+                "label": rows[bag].label,
+                "patient_id": rows[bag].patient_id,
+            }
+            for split in splits
+            for role in ROLES
+            for bag in getattr(split, role)
+            for slide_id in members.get(bag, (bag,))
+        ),
+        ("fold", "slide_id", "role", "label", "patient_id"),
+    )

@@ -64,8 +64,9 @@ def class_weights(labels: list[int], n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def slide_loss(logits: torch.Tensor, labels: torch.Tensor,
-               weights: torch.Tensor | None) -> torch.Tensor:
+def slide_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
     """Cross-entropy of each bag times its class's weight, summed and divided by the number of
     bags (a fixed normaliser).
 
@@ -88,18 +89,20 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     the bags of the same mini-batch still event-free at ``t_i`` (tied times in each other's risk
     set: Breslow). 0 (with a gradient) when the batch holds no event: it says nothing.
     """
-    risk, time, event = risk.float().reshape(-1), time.float().reshape(-1), event.float().reshape(-1)
+    risk, time, event = (
+        risk.float().reshape(-1),
+        time.float().reshape(-1),
+        event.float().reshape(-1),
+    )
     at_risk = time.unsqueeze(0) >= time.unsqueeze(1)  # [i, j]: j is in i's risk set
-    log_denominator = torch.logsumexp(risk.unsqueeze(0).masked_fill(~at_risk, float("-inf")),
-                                      dim=1)
+    log_denominator = torch.logsumexp(risk.unsqueeze(0).masked_fill(~at_risk, float("-inf")), dim=1)
     n_events = event.sum()
     if n_events == 0:
         return risk.sum() * 0.0
     return -((risk - log_denominator) * event).sum() / n_events
 
 
-def discrete_nll(logits: torch.Tensor, interval: torch.Tensor,
-                 event: torch.Tensor) -> torch.Tensor:
+def discrete_nll(logits: torch.Tensor, interval: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
     """The discrete-time survival negative log-likelihood (Zadeh & Schmid 2020), mean over bags.
 
     ``logits`` ``[n, J]``: the hazard logits of the J intervals (hazard ``h_j = sigmoid``, the
@@ -161,8 +164,13 @@ class Task:
             return torch.tensor(np.stack([w_neg, w_pos]), dtype=torch.float32)
         return None
 
-    def slide_loss(self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                   weights: torch.Tensor | None) -> torch.Tensor:
+    def slide_loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor | None,
+    ) -> torch.Tensor:
         """The task's slide loss of a batch (of a Cox mini-batch: its risk set)."""
         if self.kind == "classification":
             return slide_loss(logits, labels, weights)
@@ -176,8 +184,9 @@ class Task:
             time, event = targets[:, 0], targets[:, 1]
             if self.params["survival_loss"] == "cox":
                 return cox_loss(logits[:, 0], time, event)
-            edges = torch.as_tensor(self.fitted["bin_edges"][1:-1], dtype=time.dtype,
-                                    device=time.device)
+            edges = torch.as_tensor(
+                self.fitted["bin_edges"][1:-1], dtype=time.dtype, device=time.device
+            )
             return discrete_nll(logits, torch.bucketize(time, edges, right=True), event)
         scaled = (targets[:, 0] - self.fitted["target_mean"]) / self.fitted["target_std"]
         if self.params["regression_loss"] == "huber":
@@ -240,22 +249,30 @@ class Task:
             return [self.output_names[int(k)] for k in chosen]
         if self.kind == "multilabel":
             cuts = np.asarray(thresholds, dtype=np.float64).reshape(-1, len(self.output_names))
-            return [";".join(n for n, p, t in zip(self.output_names, row, cut) if p >= t)
-                    or "none" for row, cut in zip(outputs, np.broadcast_to(cuts, outputs.shape))]
+            return [
+                ";".join(n for n, p, t in zip(self.output_names, row, cut) if p >= t) or "none"
+                for row, cut in zip(outputs, np.broadcast_to(cuts, outputs.shape))
+            ]
         if self.kind == "survival":
-            cuts = np.broadcast_to(np.asarray(thresholds, dtype=np.float64).reshape(-1),
-                                   (len(outputs),))
+            cuts = np.broadcast_to(
+                np.asarray(thresholds, dtype=np.float64).reshape(-1), (len(outputs),)
+            )
             return ["high risk" if r >= c else "low risk" for r, c in zip(outputs[:, 0], cuts)]
         return [f"{v:.4g}" for v in outputs[:, 0]]
 
     # -- records ------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
         """What ``model.json`` records about the task (:func:`task_from_meta` reads it)."""
-        return {"task": self.kind, "class_names": list(self.output_names),
-                "negative_class": (None if self.negative_index is None
-                                   else self.output_names[self.negative_index]),
-                "segmentation": self.segmentation, "task_params": dict(self.params),
-                **{k: _plain(v) for k, v in self.fitted.items()}}
+        return {
+            "task": self.kind,
+            "class_names": list(self.output_names),
+            "negative_class": (
+                None if self.negative_index is None else self.output_names[self.negative_index]
+            ),
+            "segmentation": self.segmentation,
+            "task_params": dict(self.params),
+            **{k: _plain(v) for k, v in self.fitted.items()},
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -267,19 +284,30 @@ def _plain(value: Any) -> Any:
 
 
 #: fitted values a model.json may hold (per fold)
-FITTED_KEYS = ("bin_edges", "target_mean", "target_std", "baseline_times", "baseline_survival",
-               "survival_times", "risk_offset")
+FITTED_KEYS = (
+    "bin_edges",
+    "target_mean",
+    "target_std",
+    "baseline_times",
+    "baseline_survival",
+    "survival_times",
+    "risk_offset",
+)
 
 
-def make_task(params: TrainParams, labels: LabelTable,
-              negative_index: int | None = None) -> Task:
+def make_task(params: TrainParams, labels: LabelTable, negative_index: int | None = None) -> Task:
     """The task of a training run, before any fold is fitted."""
     kind = params.task
     choices: dict[str, Any] = {}
     if kind == "classification":
         names = tuple(labels.class_names)
-        return Task(kind, names, len(names),
-                    "negative" if negative_index is not None else "one_vs_rest", negative_index)
+        return Task(
+            kind,
+            names,
+            len(names),
+            "negative" if negative_index is not None else "one_vs_rest",
+            negative_index,
+        )
     if kind == "multilabel":
         names = tuple(labels.target_names)
         return Task(kind, names, len(names), "one_vs_rest")
@@ -290,8 +318,9 @@ def make_task(params: TrainParams, labels: LabelTable,
         times = labels.values([r.slide_id for r in labels.rows])
         events = times[:, 0][times[:, 1] > 0]
         grid = np.unique(np.percentile(events, SURVIVAL_PERCENTILES))
-        return Task(kind, ("risk",), n, None, fitted={"survival_times": grid.tolist()},
-                    params=choices)
+        return Task(
+            kind, ("risk",), n, None, fitted={"survival_times": grid.tolist()}, params=choices
+        )
     choices.update(regression_loss=params.regression_loss, huber_delta=params.huber_delta)
     return Task(kind, tuple(labels.target_names), 1, None, params=choices)
 
@@ -309,8 +338,15 @@ def fit_task(task: Task, targets: np.ndarray) -> Task:
     if task.kind == "regression":
         std = float(targets[:, 0].std())
         fitted.update(target_mean=float(targets[:, 0].mean()), target_std=std if std > 0 else 1.0)
-    return Task(task.kind, task.output_names, task.n_outputs, task.segmentation,
-                task.negative_index, fitted, dict(task.params))
+    return Task(
+        task.kind,
+        task.output_names,
+        task.n_outputs,
+        task.segmentation,
+        task.negative_index,
+        fitted,
+        dict(task.params),
+    )
 
 
 def fit_baseline(task: Task, logits: np.ndarray, targets: np.ndarray) -> Task:
@@ -326,11 +362,21 @@ def fit_baseline(task: Task, logits: np.ndarray, targets: np.ndarray) -> Task:
     raw = np.asarray(logits, np.float64).reshape(-1)
     offset = float(raw.mean())
     breslow = BreslowEstimator().fit(raw - offset, targets[:, 1] > 0, targets[:, 0])
-    fitted = dict(task.fitted, risk_offset=offset,
-                  baseline_times=breslow.baseline_survival_.x.tolist(),
-                  baseline_survival=breslow.baseline_survival_.y.tolist())
-    return Task(task.kind, task.output_names, task.n_outputs, task.segmentation,
-                task.negative_index, fitted, dict(task.params))
+    fitted = dict(
+        task.fitted,
+        risk_offset=offset,
+        baseline_times=breslow.baseline_survival_.x.tolist(),
+        baseline_survival=breslow.baseline_survival_.y.tolist(),
+    )
+    return Task(
+        task.kind,
+        task.output_names,
+        task.n_outputs,
+        task.segmentation,
+        task.negative_index,
+        fitted,
+        dict(task.params),
+    )
 
 
 def task_from_meta(meta: dict[str, Any]) -> Task:
@@ -341,8 +387,15 @@ def task_from_meta(meta: dict[str, Any]) -> Task:
     negative_index = names.index(negative) if negative in names else None
     segmentation = meta.get("segmentation", "negative" if kind == "classification" else None)
     fitted = {k: meta[k] for k in FITTED_KEYS if k in meta}
-    return Task(kind, names, int(meta["n_classes"]), segmentation, negative_index, fitted,
-                dict(meta.get("task_params") or {}))
+    return Task(
+        kind,
+        names,
+        int(meta["n_classes"]),
+        segmentation,
+        negative_index,
+        fitted,
+        dict(meta.get("task_params") or {}),
+    )
 
 
 class RiskModel:

@@ -47,17 +47,26 @@ class FoldThreshold:
     pool: tuple[str, ...]  # slide ids of the validation predictions it was chosen on
 
     def as_dict(self, with_pool: bool = False) -> dict[str, object]:
-        out: dict[str, object] = {"fold": self.fold, "threshold": self.threshold,
-                                  "rule": self.rule, "n_pool": len(self.pool)}
+        out: dict[str, object] = {
+            "fold": self.fold,
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "n_pool": len(self.pool),
+        }
         if with_pool:
             out["pool"] = sorted(set(self.pool))
         return out
 
 
-def fold_thresholds(val_ids: Sequence[Sequence[str]], val_y: Sequence[np.ndarray],
-                    val_p: Sequence[np.ndarray], test_ids: Sequence[Sequence[str]],
-                    folds: Sequence[int], negative_index: int,
-                    min_per_class: int) -> list[FoldThreshold]:
+def fold_thresholds(
+    val_ids: Sequence[Sequence[str]],
+    val_y: Sequence[np.ndarray],
+    val_p: Sequence[np.ndarray],
+    test_ids: Sequence[Sequence[str]],
+    folds: Sequence[int],
+    negative_index: int,
+    min_per_class: int,
+) -> list[FoldThreshold]:
     """Each fold's threshold from every fold's validation predictions except fold k's test
     slides' (the module docstring says why), with Youden's J kept only where the nested check
     (:func:`nested_rule`) finds it beats 0.5 on validation slides it did not see. The ``i``-th
@@ -66,22 +75,34 @@ def fold_thresholds(val_ids: Sequence[Sequence[str]], val_y: Sequence[np.ndarray
     ids = np.concatenate([np.asarray(v, dtype=str) for v in val_ids]) if val_ids else np.zeros(0)
     y = np.concatenate(val_y) if val_y else np.zeros(0, dtype=int)
     p = np.concatenate(val_p) if val_p else np.zeros((0, 2))
-    source = (np.concatenate([np.full(len(v), i) for i, v in enumerate(val_ids)])
-              if val_ids else np.zeros(0, dtype=int))
+    source = (
+        np.concatenate([np.full(len(v), i) for i, v in enumerate(val_ids)])
+        if val_ids
+        else np.zeros(0, dtype=int)
+    )
     out = []
     for fold, test in zip(folds, test_ids, strict=True):
         keep = ~np.isin(ids, np.asarray(test, dtype=str))
         threshold, rule = pooled_threshold(y[keep], p[keep], negative_index, min_per_class)
         if rule.startswith("Youden"):
-            threshold, rule = nested_rule(ids[keep], y[keep], p[keep], source[keep],
-                                          negative_index, threshold, rule)
-        out.append(FoldThreshold(int(fold), float(threshold), rule,
-                                 tuple(str(s) for s in ids[keep])))
+            threshold, rule = nested_rule(
+                ids[keep], y[keep], p[keep], source[keep], negative_index, threshold, rule
+            )
+        out.append(
+            FoldThreshold(int(fold), float(threshold), rule, tuple(str(s) for s in ids[keep]))
+        )
     return out
 
 
-def nested_rule(ids: np.ndarray, y: np.ndarray, p: np.ndarray, source: np.ndarray,
-                negative_index: int, youden: float, youden_rule: str) -> tuple[float, str]:
+def nested_rule(
+    ids: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    source: np.ndarray,
+    negative_index: int,
+    youden: float,
+    youden_rule: str,
+) -> tuple[float, str]:
     """Youden's J on the pool, or 0.5, whichever judged held-out validation slides better.
 
     Why a check: a Youden cut taken from several fold models' validation predictions pooled is
@@ -115,8 +136,10 @@ def nested_rule(ids: np.ndarray, y: np.ndarray, p: np.ndarray, source: np.ndarra
         return youden, f"{youden_rule}; no nested check (too few slides of a class to hold out)"
     score_youden = balanced_accuracy_score(t, np.concatenate(by_youden))
     score_half = balanced_accuracy_score(t, np.concatenate(by_half))
-    check = (f"nested check over {len(truth)} held-out validation folds: balanced accuracy "
-             f"{score_youden:.3f} with Youden's J, {score_half:.3f} with 0.5")
+    check = (
+        f"nested check over {len(truth)} held-out validation folds: balanced accuracy "
+        f"{score_youden:.3f} with Youden's J, {score_half:.3f} with 0.5"
+    )
     if score_youden > score_half:
         return youden, f"{youden_rule}; {check}"
     return 0.5, f"0.5: {check}"
@@ -149,6 +172,8 @@ def ensemble_threshold(thresholds: Sequence[float]) -> float:
     return float(1.0 / (1.0 + np.exp(-mean)))
 
 
-ENSEMBLE_RULE = ("ensemble: geometric mean of the folds' probabilities, threshold at the mean "
-                 "of the folds' threshold logits (positive when the folds' log-odds exceed "
-                 "their own thresholds' on average)")
+ENSEMBLE_RULE = (
+    "ensemble: geometric mean of the folds' probabilities, threshold at the mean "
+    "of the folds' threshold logits (positive when the folds' log-odds exceed "
+    "their own thresholds' on average)"
+)

@@ -111,8 +111,9 @@ class EpochStats:
 
     def add_entropy(self, attention: torch.Tensor, mask: torch.Tensor) -> None:
         """Record each bag's attention entropy (the weights renormalised over its real tiles)."""
-        h, norm = attention_entropies(attention.detach().float().cpu().numpy(),
-                                      mask.detach().cpu().numpy())
+        h, norm = attention_entropies(
+            attention.detach().float().cpu().numpy(), mask.detach().cpu().numpy()
+        )
         self.entropy += h.tolist()
         self.entropy_norm += norm.tolist()
 
@@ -120,34 +121,65 @@ class EpochStats:
 def classification_task(n_classes: int, negative_index: int | None) -> Task:
     """The classification task of a model trained outside a run (tests, benchmarks)."""
     names = tuple(str(c) for c in range(n_classes))
-    return Task("classification", names, n_classes,
-                "negative" if negative_index is not None else "one_vs_rest", negative_index)
+    return Task(
+        "classification",
+        names,
+        n_classes,
+        "negative" if negative_index is not None else "one_vs_rest",
+        negative_index,
+    )
 
 
-def auxiliary_loss(task: Task, out: Any, batch: Any, params: TrainParams, model: MILModel,
-                   device: torch.device) -> torch.Tensor:
+def auxiliary_loss(
+    task: Task, out: Any, batch: Any, params: TrainParams, model: MILModel, device: torch.device
+) -> torch.Tensor:
     """The segmentation head's loss of a batch, as the task teaches it (see
     :mod:`wsi_mil.mil.models.segmentation`); 0 without a head or with ``seg_weight`` 0."""
     if params.seg_weight <= 0 or task.segmentation is None:
         return torch.zeros((), device=device)
-    tile_labels = (batch.tile_labels if params.use_tile_labels
-                   else torch.full_like(batch.tile_labels, float("nan")))
+    tile_labels = (
+        batch.tile_labels
+        if params.use_tile_labels
+        else torch.full_like(batch.tile_labels, float("nan"))
+    )
     if task.segmentation == "negative":
-        return segmentation_loss(out, batch.mask, batch.labels, tile_labels,
-                                 negative_index=task.negative_index, k=params.k_sample,
-                                 threshold=params.tile_label_threshold,
-                                 rank_by_attention=model.ranks_by_attention)
-    present = (batch.targets if task.kind == "multilabel"
-               else F.one_hot(batch.labels, task.n_outputs).float())
-    return one_vs_rest_segmentation_loss(out, batch.mask, present, tile_labels,
-                                         k=params.k_sample, threshold=params.tile_label_threshold,
-                                         rank_by_attention=model.ranks_by_attention)
+        return segmentation_loss(
+            out,
+            batch.mask,
+            batch.labels,
+            tile_labels,
+            negative_index=task.negative_index,
+            k=params.k_sample,
+            threshold=params.tile_label_threshold,
+            rank_by_attention=model.ranks_by_attention,
+        )
+    present = (
+        batch.targets
+        if task.kind == "multilabel"
+        else F.one_hot(batch.labels, task.n_outputs).float()
+    )
+    return one_vs_rest_segmentation_loss(
+        out,
+        batch.mask,
+        present,
+        tile_labels,
+        k=params.k_sample,
+        threshold=params.tile_label_threshold,
+        rank_by_attention=model.ranks_by_attention,
+    )
 
 
-def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams,
-              negative_index: int | None, device: torch.device, weights: torch.Tensor | None,
-              optimizer: torch.optim.Optimizer | None = None,
-              generator: torch.Generator | None = None, task: Task | None = None) -> EpochStats:
+def run_epoch(
+    model: MILModel,
+    dataset: BagDataset,
+    params: TrainParams,
+    negative_index: int | None,
+    device: torch.device,
+    weights: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+    task: Task | None = None,
+) -> EpochStats:
     """One pass over ``dataset``: trains when ``optimizer`` is given, else evaluates.
 
     ``task`` (default: classification with ``negative_index``) gives the slide loss. A task
@@ -159,8 +191,11 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams,
     training = optimizer is not None
     model.train(training)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=params.batch_size if training else 1, shuffle=training,
-        collate_fn=collate_bags, generator=generator,
+        dataset,
+        batch_size=params.batch_size if training else 1,
+        shuffle=training,
+        collate_fn=collate_bags,
+        generator=generator,
     )
     stats, n = EpochStats(), 0
     weights = None if weights is None else weights.to(device)
@@ -185,13 +220,23 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams,
 
     for batch in loader:
         batch = batch.to(device)
-        instance_labels = (batch.labels if task.kind == "classification"
-                           else batch.targets if task.kind == "multilabel" else None)
-        with torch.set_grad_enabled(training), torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        instance_labels = (
+            batch.labels
+            if task.kind == "classification"
+            else batch.targets
+            if task.kind == "multilabel"
+            else None
+        )
+        with (
+            torch.set_grad_enabled(training),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
         ):
-            out = model(batch.features, batch.mask, instance_labels if training else None,
-                        coords=batch.coords)
+            out = model(
+                batch.features,
+                batch.mask,
+                instance_labels if training else None,
+                coords=batch.coords,
+            )
             seg = auxiliary_loss(task, out, batch, params, model, device)
             if grouped:
                 slide = torch.zeros((), device=device)
@@ -203,8 +248,9 @@ def run_epoch(model: MILModel, dataset: BagDataset, params: TrainParams,
                     loss = params.bag_weight * slide + (1 - params.bag_weight) * out.instance_loss
                 loss = loss + params.seg_weight * seg
         if grouped:
-            pending.append((out.logits if training else out.logits.detach(), batch.labels,
-                            batch.targets))
+            pending.append(
+                (out.logits if training else out.logits.detach(), batch.labels, batch.targets)
+            )
             if training:
                 grouped_step(final=False)
         elif training:
@@ -264,8 +310,12 @@ def monitor_score(task: Task, stats: EpochStats) -> float | None:
 
 
 #: what ``log.csv`` calls each task's validation score
-SCORE_NAMES = {"classification": "auc", "multilabel": "auc", "survival": "c_index",
-               "regression": "r2"}
+SCORE_NAMES = {
+    "classification": "auc",
+    "multilabel": "auc",
+    "survival": "c_index",
+    "regression": "r2",
+}
 
 
 @dataclass
@@ -276,8 +326,9 @@ class FoldResult:
     val: EpochStats
 
 
-def make_optimizer(parameters: Iterable[torch.Tensor], params: TrainParams, *,
-                   fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    parameters: Iterable[torch.Tensor], params: TrainParams, *, fused: bool = False
+) -> torch.optim.Optimizer:
     """The optimiser ``params.optimizer`` names, over ``parameters`` (``model.parameters()``).
 
     ``fused``: one kernel for the whole update, on CPU and CUDA (training uses it: AdamW over
@@ -286,17 +337,28 @@ def make_optimizer(parameters: Iterable[torch.Tensor], params: TrainParams, *,
     ``scripts/bench_mil_classic.py``: SGD 14 ms fused, 57 foreach). Else ``foreach``: a few
     batched updates per step instead of a Python loop over tensors.
     """
-    kwargs = {"lr": params.lr, "weight_decay": params.weight_decay,
-              ("fused" if fused else "foreach"): True}
+    kwargs = {
+        "lr": params.lr,
+        "weight_decay": params.weight_decay,
+        ("fused" if fused else "foreach"): True,
+    }
     if params.optimizer == "sgd":
         return torch.optim.SGD(parameters, momentum=0.9, nesterov=True, **kwargs)
     cls = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     return cls(parameters, **kwargs)
 
 
-def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: TrainParams,
-               negative_index: int | None, *, seed: int, desc: str = "train",
-               task: Task | None = None) -> FoldResult:
+def train_fold(
+    model: MILModel,
+    train: BagDataset,
+    val: BagDataset,
+    params: TrainParams,
+    negative_index: int | None,
+    *,
+    seed: int,
+    desc: str = "train",
+    task: Task | None = None,
+) -> FoldResult:
     """Train with early stopping on ``val``; the returned model holds the best epoch's weights.
 
     The epoch kept is the best by ``params.monitor`` on the validation slides, looked for only
@@ -311,30 +373,34 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
     device = resolve_device(params.device)
     model.to(device)
     task = task or classification_task(model.n_classes, negative_index)
-    weights = (task.weights(np.array([r.target for r in train.records]),
-                            [r.label for r in train.records])
-               if params.class_weighting else None)
+    weights = (
+        task.weights(np.array([r.target for r in train.records]), [r.label for r in train.records])
+        if params.class_weighting
+        else None
+    )
     score_name = f"val_{SCORE_NAMES[task.kind]}"
-    optimizer = make_optimizer(model.parameters(), params,
-                               fused=device.type in ("cpu", "cuda"))
+    optimizer = make_optimizer(model.parameters(), params, fused=device.type in ("cpu", "cuda"))
     scheduler: Any = None
     if params.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params.epochs)
     elif params.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
-                                                               patience=max(1, params.patience // 3))
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(1, params.patience // 3)
+        )
     generator = torch.Generator().manual_seed(seed)
     first = min(params.min_epochs, params.epochs) - 1  # the first epoch that may be kept
     best_score, best_epoch = -math.inf, first
     best_state = copy.deepcopy(model.state_dict())
     best_val = EpochStats()
     log: list[dict[str, Any]] = []
-    bar = tqdm(range(params.epochs), desc=desc, unit="epoch", leave=False, file=sys.stderr,
-               disable=None)
+    bar = tqdm(
+        range(params.epochs), desc=desc, unit="epoch", leave=False, file=sys.stderr, disable=None
+    )
     for epoch in bar:
         start = time.perf_counter()
-        tr = run_epoch(model, train, params, negative_index, device, weights, optimizer,
-                       generator, task=task)
+        tr = run_epoch(
+            model, train, params, negative_index, device, weights, optimizer, generator, task=task
+        )
         va = run_epoch(model, val, params, negative_index, device, weights, task=task)
         auc = monitor_score(task, va)
         if params.monitor == "none":  # fixed epoch count: the last epoch is the one kept
@@ -350,24 +416,37 @@ def train_fold(model: MILModel, train: BagDataset, val: BagDataset, params: Trai
         if improved:
             best_score, best_epoch, best_val = score, epoch, va
             best_state = copy.deepcopy(model.state_dict())
-        log.append({"epoch": epoch, "lr": lr, "train_loss": tr.loss,
-                    "train_slide_loss": tr.slide_loss, "train_seg_loss": tr.seg_loss,
-                    "train_instance_loss": tr.instance_loss,
-                    "train_attention_entropy": tr.mean_entropy(), "val_loss": va.loss,
-                    "val_slide_loss": va.slide_loss, score_name: auc,
-                    "val_attention_entropy": va.mean_entropy(),
-                    "val_attention_entropy_norm": va.mean_entropy(normalised=True),
-                    "best": improved,
-                    "seconds": round(time.perf_counter() - start, 3)})
-        bar.set_postfix(train=f"{tr.loss:.3f}", val=f"{va.slide_loss:.3f}",
-                        auc="-" if auc is None else f"{auc:.3f}")
+        log.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": tr.loss,
+                "train_slide_loss": tr.slide_loss,
+                "train_seg_loss": tr.seg_loss,
+                "train_instance_loss": tr.instance_loss,
+                "train_attention_entropy": tr.mean_entropy(),
+                "val_loss": va.loss,
+                "val_slide_loss": va.slide_loss,
+                score_name: auc,
+                "val_attention_entropy": va.mean_entropy(),
+                "val_attention_entropy_norm": va.mean_entropy(normalised=True),
+                "best": improved,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+        bar.set_postfix(
+            train=f"{tr.loss:.3f}",
+            val=f"{va.slide_loss:.3f}",
+            auc="-" if auc is None else f"{auc:.3f}",
+        )
         if epoch >= first and epoch - best_epoch >= params.patience:
             break
     if best_score == -math.inf:
         raise TrainingError(
             f"{desc}: every validation score from epoch {first + 1} on was NaN (validation "
             f"slide loss {log[-1]['val_slide_loss']}): no epoch can be chosen. Check the bags "
-            f"for NaN/inf features and the learning rate ({params.lr})")
+            f"for NaN/inf features and the learning rate ({params.lr})"
+        )
     model.load_state_dict(best_state)
     return FoldResult(model, best_epoch, log, best_val)
 
@@ -381,8 +460,9 @@ def save_weights(fold_dir: Path, model: MILModel) -> None:
 def save_model(fold_dir: Path, model: MILModel, meta: dict[str, Any]) -> None:
     """``model.pt`` and ``model.json`` (how to rebuild it, with ``meta``), atomically."""
     save_weights(fold_dir, model)
-    write_text_atomic(fold_dir / "model.json",
-                      json.dumps({**model.config(), **meta}, indent=2) + "\n")
+    write_text_atomic(
+        fold_dir / "model.json", json.dumps({**model.config(), **meta}, indent=2) + "\n"
+    )
 
 
 def summarise(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -391,20 +471,26 @@ def summarise(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in SUMMARY_METRICS:
         values = [m[name] for m in fold_metrics if m.get(name) is not None]
-        out[name] = {"mean": float(np.mean(values)) if values else None,
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                     "values": values}
+        out[name] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "values": values,
+        }
     return out
 
 
-def prediction_rows(slide_ids: tuple[str, ...], probs: np.ndarray, predicted: np.ndarray,
-                    labels: LabelTable) -> list[dict[str, Any]]:
+def prediction_rows(
+    slide_ids: tuple[str, ...], probs: np.ndarray, predicted: np.ndarray, labels: LabelTable
+) -> list[dict[str, Any]]:
     """A classification's ``val/test_predictions.csv`` rows (``predicted``: class indices)."""
     by_slide = labels.by_slide()
     rows = []
     for slide_id, p, k in zip(slide_ids, probs, predicted, strict=True):
-        row = {"slide_id": slide_id, "label": by_slide[slide_id].label,
-               "predicted_label": labels.class_names[int(k)]}
+        row = {
+            "slide_id": slide_id,
+            "label": by_slide[slide_id].label,
+            "predicted_label": labels.class_names[int(k)],
+        }
         row.update({f"prob_{c}": round(float(v), 6) for c, v in zip(labels.class_names, p)})
         rows.append(row)
     return rows
@@ -432,8 +518,16 @@ def _same_run(previous: Path, config: dict[str, Any]) -> bool:
         old = yaml.safe_load(previous.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         return False
-    keys = ("train", "features", "labels", "task", "class_names", "negative_class", "n_slides",
-            "n_folds")
+    keys = (
+        "train",
+        "features",
+        "labels",
+        "task",
+        "class_names",
+        "negative_class",
+        "n_slides",
+        "n_folds",
+    )
     return all(old.get(key) == config.get(key) for key in keys)
 
 
@@ -462,8 +556,9 @@ def model_kwargs(params: TrainParams, task: Task) -> dict[str, Any]:
     return kwargs
 
 
-def read_training_labels(labels_csv: str | os.PathLike, params: TrainParams
-                         ) -> tuple[LabelTable, int | None]:
+def read_training_labels(
+    labels_csv: str | os.PathLike, params: TrainParams
+) -> tuple[LabelTable, int | None]:
     """The labels CSV of ``params.task`` and the negative class's index (classification with
     one; None for subtypes and the other tasks), checked as far as the CSV alone allows."""
     labels = read_labels(labels_csv, task=params.task, targets=params.targets)
@@ -471,15 +566,21 @@ def read_training_labels(labels_csv: str | os.PathLike, params: TrainParams
     if params.task == "classification":
         negative_index = labels.negative_index_or_none(params.negative_class, params.subtyping)
     elif params.negative_class is not None or params.subtyping:
-        raise LabelsError(f"{labels_csv}: negative_class and subtyping are classification "
-                          f"settings; the task is {params.task}")
+        raise LabelsError(
+            f"{labels_csv}: negative_class and subtyping are classification "
+            f"settings; the task is {params.task}"
+        )
     check_trainable(labels)
     return labels, negative_index
 
 
-def train_folds(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-                out_dir: str | os.PathLike, params: TrainParams | None = None,
-                resume: bool = False) -> dict[str, Any]:
+def train_folds(
+    features_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: TrainParams | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train every fold, write the run folder, and return the summary (also ``summary.json``).
 
     Every check of the labels and bags runs before anything is written, so a malformed labels
@@ -511,8 +612,7 @@ def train_folds(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         "encoder": bag_set.encoder,
         "in_dim": bag_set.dim,
         "class_names": list(task.output_names),
-        "negative_class": (None if negative_index is None
-                           else labels.class_names[negative_index]),
+        "negative_class": (None if negative_index is None else labels.class_names[negative_index]),
         "segmentation_head": task.segmentation,
         "bag_level": params.bag_level,
         "n_slides": len(bag_set.records),
@@ -527,37 +627,73 @@ def train_folds(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     records = {r.slide_id: r for r in bag_set.records}
 
     def dataset(ids: tuple[str, ...], seed: int, train: bool, with_coords: bool) -> BagDataset:
-        return BagDataset([records[s] for s in ids], bag_set.dim, memory_gb=params.memory_gb,
-                          max_tiles=params.max_train_tiles if train else None, seed=seed,
-                          with_coords=with_coords, stain_views=train)
+        return BagDataset(
+            [records[s] for s in ids],
+            bag_set.dim,
+            memory_gb=params.memory_gb,
+            max_tiles=params.max_train_tiles if train else None,
+            seed=seed,
+            with_coords=with_coords,
+            stain_views=train,
+        )
 
     def train_one(split: FoldSplit) -> dict[str, Any]:
         seed = params.seed + split.fold
         seed_everything(seed)
         fold_dir = out_dir / f"fold_{split.fold}"
         fitted = fit_task(task, labels.values(list(split.train)))
-        model = create_model(params.model, bag_set.dim, task.n_outputs,
-                             **model_kwargs(params, task))
+        model = create_model(
+            params.model, bag_set.dim, task.n_outputs, **model_kwargs(params, task)
+        )
         coords = model.uses_coords  # the bags' tile positions, read only for a model using them
-        result = train_fold(model, dataset(split.train, seed, True, coords),
-                            dataset(split.val, seed, False, coords),
-                            params, negative_index, seed=seed, desc=f"fold {split.fold}",
-                            task=fitted)
+        result = train_fold(
+            model,
+            dataset(split.train, seed, True, coords),
+            dataset(split.val, seed, False, coords),
+            params,
+            negative_index,
+            seed=seed,
+            desc=f"fold {split.fold}",
+            task=fitted,
+        )
         device = resolve_device(params.device)
-        test = run_epoch(result.model, dataset(split.test, seed, False, coords), params,
-                         negative_index, device, None, task=fitted)
-        record: dict[str, Any] = {"fold": split.fold, "model_config": result.model.config(),
-                                  "best_epoch": result.best_epoch, "epochs_run": len(result.log),
-                                  "n_train": len(split.train), "n_val": len(split.val)}
+        test = run_epoch(
+            result.model,
+            dataset(split.test, seed, False, coords),
+            params,
+            negative_index,
+            device,
+            None,
+            task=fitted,
+        )
+        record: dict[str, Any] = {
+            "fold": split.fold,
+            "model_config": result.model.config(),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.log),
+            "n_train": len(split.train),
+            "n_val": len(split.val),
+        }
         if task.kind == "classification":
-            record.update(val={"slide_ids": list(split.val), "probs": result.val.p().tolist()},
-                          test={"slide_ids": list(split.test), "probs": test.p().tolist()})
+            record.update(
+                val={"slide_ids": list(split.val), "probs": result.val.p().tolist()},
+                test={"slide_ids": list(split.test), "probs": test.p().tolist()},
+            )
         else:
-            record.update(val={"slide_ids": list(split.val), "logits": result.val.z().tolist()},
-                          test={"slide_ids": list(split.test), "logits": test.z().tolist()})
+            record.update(
+                val={"slide_ids": list(split.val), "logits": result.val.z().tolist()},
+                test={"slide_ids": list(split.test), "logits": test.z().tolist()},
+            )
         if task.kind == "survival":  # the baseline and the risk cut, on the training slides
-            train = run_epoch(result.model, dataset(split.train, seed, False, coords), params,
-                              negative_index, device, None, task=fitted)
+            train = run_epoch(
+                result.model,
+                dataset(split.train, seed, False, coords),
+                params,
+                negative_index,
+                device,
+                None,
+                task=fitted,
+            )
             fitted = fit_baseline(fitted, train.z(), train.t())
             record["risk_cut"] = float(np.median(fitted.decode(train.z())[:, 0]))
             test.probs = [fitted.decode(test.z())]  # centred risks (Cox), for the line below
@@ -567,9 +703,14 @@ def train_folds(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         write_text_atomic(fold_dir / "training.json", json.dumps(record) + "\n")
         name = {"auc": "AUC", "c_index": "Harrell's C", "r2": "R²"}[SCORE_NAMES[task.kind]]
         score = monitor_score(fitted, test)
-        logger.info("fold %s: test %s %s (best epoch %d of %d)", split.fold, name,
-                    "-" if score is None else f"{score:.3f}", result.best_epoch + 1,
-                    len(result.log))
+        logger.info(
+            "fold %s: test %s %s (best epoch %d of %d)",
+            split.fold,
+            name,
+            "-" if score is None else f"{score:.3f}",
+            result.best_epoch + 1,
+            len(result.log),
+        )
         return record
 
     trained, todo = [], []
@@ -600,13 +741,21 @@ def map_folds(train_one: Any, splits: list[FoldSplit], parallel: int) -> list[di
     :func:`wsi_mil.executors.map_ordered`, start and stop it)."""
     executor = None
     if parallel > 1 and len(splits) > 1:
-        executor = ExecutorParams(kind="dask", cluster=ClusterParams(
-            n_workers=min(parallel, len(splits)), threads_per_worker=1))
+        executor = ExecutorParams(
+            kind="dask",
+            cluster=ClusterParams(n_workers=min(parallel, len(splits)), threads_per_worker=1),
+        )
     return map_ordered(train_one, splits, stage="train-fold", executor=executor)
 
 
-def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
-               negative_index: int | None, params: TrainParams, encoder: str) -> dict[str, Any]:
+def finish_run(
+    out_dir: Path,
+    trained: list[dict[str, Any]],
+    labels: LabelTable,
+    negative_index: int | None,
+    params: TrainParams,
+    encoder: str,
+) -> dict[str, Any]:
     """The run-level step after every fold is trained: calibration, thresholds, fold files.
 
     With ``params.calibrate``, each fold's temperature is fitted on its own validation
@@ -633,18 +782,24 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
 
     temperatures, probs = {}, {}
     for r in trained:
-        raw = {part: np.asarray(r[part]["probs"], dtype=np.float64).reshape(-1, len(classes))
-               for part in ("val", "test")}
-        temperature = (fit_temperature(y_of(r["val"]["slide_ids"]), raw["val"])
-                       if params.calibrate else 1.0)
+        raw = {
+            part: np.asarray(r[part]["probs"], dtype=np.float64).reshape(-1, len(classes))
+            for part in ("val", "test")
+        }
+        temperature = (
+            fit_temperature(y_of(r["val"]["slide_ids"]), raw["val"]) if params.calibrate else 1.0
+        )
         temperatures[r["fold"]] = temperature
         probs[r["fold"]] = {part: apply_temperature(p, temperature) for part, p in raw.items()}
-    chosen = fold_thresholds([r["val"]["slide_ids"] for r in trained],
-                             [y_of(r["val"]["slide_ids"]) for r in trained],
-                             [probs[r["fold"]]["val"] for r in trained],
-                             [r["test"]["slide_ids"] for r in trained],
-                             [r["fold"] for r in trained], negative_index,
-                             params.threshold_min_per_class)
+    chosen = fold_thresholds(
+        [r["val"]["slide_ids"] for r in trained],
+        [y_of(r["val"]["slide_ids"]) for r in trained],
+        [probs[r["fold"]]["val"] for r in trained],
+        [r["test"]["slide_ids"] for r in trained],
+        [r["fold"] for r in trained],
+        negative_index,
+        params.threshold_min_per_class,
+    )
     fold_metrics, pooled_rows = [], []
     for record, decision in zip(trained, chosen, strict=True):
         fold, threshold = record["fold"], decision.threshold
@@ -654,22 +809,37 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
             ids, p = record[part]["slide_ids"], probs[fold][part]
             parts[part] = (ids, y_of(ids), p, predict_indices(p, threshold, negative_index))
         ids, y, p, k = parts["test"]
-        metrics = slide_metrics(y, p, k, classes, negative_index, n_boot=params.bootstrap,
-                                seed=params.seed)
+        metrics = slide_metrics(
+            y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed
+        )
         _, vy, vp, vk = parts["val"]
-        metrics.update(fold=fold, threshold=threshold, threshold_rule=decision.rule,
-                       threshold_pool=sorted(set(decision.pool)),
-                       temperature=temperatures[fold],
-                       best_epoch=record["best_epoch"], epochs_run=record["epochs_run"],
-                       n_train=record["n_train"], n_val=record["n_val"],
-                       validation=slide_metrics(vy, vp, vk, classes, negative_index, n_boot=0))
-        meta = {**record["model_config"], "task": "classification", "class_names": classes,
-                "negative_class": None if subtypes else classes[negative_index],
-                "segmentation": "one_vs_rest" if subtypes else "negative",
-                "bag_level": params.bag_level, "threshold": threshold,
-                "threshold_rule": decision.rule, "temperature": temperatures[fold],
-                "encoder": encoder, "fold": fold, "best_epoch": record["best_epoch"],
-                "run": out_dir.name}
+        metrics.update(
+            fold=fold,
+            threshold=threshold,
+            threshold_rule=decision.rule,
+            threshold_pool=sorted(set(decision.pool)),
+            temperature=temperatures[fold],
+            best_epoch=record["best_epoch"],
+            epochs_run=record["epochs_run"],
+            n_train=record["n_train"],
+            n_val=record["n_val"],
+            validation=slide_metrics(vy, vp, vk, classes, negative_index, n_boot=0),
+        )
+        meta = {
+            **record["model_config"],
+            "task": "classification",
+            "class_names": classes,
+            "negative_class": None if subtypes else classes[negative_index],
+            "segmentation": "one_vs_rest" if subtypes else "negative",
+            "bag_level": params.bag_level,
+            "threshold": threshold,
+            "threshold_rule": decision.rule,
+            "temperature": temperatures[fold],
+            "encoder": encoder,
+            "fold": fold,
+            "best_epoch": record["best_epoch"],
+            "run": out_dir.name,
+        }
         write_text_atomic(fold_dir / "model.json", json.dumps(meta, indent=2) + "\n")
         write_text_atomic(fold_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         for part in ("val", "test"):
@@ -678,23 +848,40 @@ def finish_run(out_dir: Path, trained: list[dict[str, Any]], labels: LabelTable,
         pooled_rows.append((y, p, k))
         fold_metrics.append(metrics)
         auc = metrics["auc"]
-        logger.info("fold %s: test AUC %s, accuracy %.3f at threshold %.3f (%s; none of its %d "
-                    "test slides among them)", fold, "-" if auc is None else f"{auc:.3f}",
-                    metrics["accuracy"], threshold, decision.rule, len(ids))
+        logger.info(
+            "fold %s: test AUC %s, accuracy %.3f at threshold %.3f (%s; none of its %d "
+            "test slides among them)",
+            fold,
+            "-" if auc is None else f"{auc:.3f}",
+            metrics["accuracy"],
+            threshold,
+            decision.rule,
+            len(ids),
+        )
     ensemble = ensemble_threshold([d.threshold for d in chosen])
-    summary = {"model": params.model, "class_names": classes, "n_folds": len(trained),
-               "negative_class": None if subtypes else classes[negative_index],
-               "subtyping": subtypes,
-               "thresholds": [d.as_dict() for d in chosen],
-               "ensemble_threshold": ensemble,
-               "ensemble_threshold_rule": ENSEMBLE_RULE if len(chosen) > 1 else chosen[0].rule,
-               "calibration": ({"method": "temperature scaling on each fold's validation "
-                                "slides", "temperatures": list(temperatures.values())}
-                               if params.calibrate else None),
-               **summarise(fold_metrics)}
+    summary = {
+        "model": params.model,
+        "class_names": classes,
+        "n_folds": len(trained),
+        "negative_class": None if subtypes else classes[negative_index],
+        "subtyping": subtypes,
+        "thresholds": [d.as_dict() for d in chosen],
+        "ensemble_threshold": ensemble,
+        "ensemble_threshold_rule": ENSEMBLE_RULE if len(chosen) > 1 else chosen[0].rule,
+        "calibration": (
+            {
+                "method": "temperature scaling on each fold's validation slides",
+                "temperatures": list(temperatures.values()),
+            }
+            if params.calibrate
+            else None
+        ),
+        **summarise(fold_metrics),
+    }
     if len(trained) > 1:
         y, p, k = (np.concatenate([r[i] for r in pooled_rows]) for i in range(3))
         summary["pooled_out_of_fold"] = slide_metrics(
-            y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed)
+            y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed
+        )
         summary["pooled_out_of_fold"]["thresholds"] = "each fold's own, for its test slides"
     return summary

@@ -52,8 +52,10 @@ def read_site_column(labels_csv: str | os.PathLike, column: str) -> dict[str, tu
         header = [h.strip() for h in (reader.fieldnames or [])]
         for needed in ("slide_id", "label", column):
             if needed not in header:
-                raise AuditError(f"{path}: no {needed!r} column (columns: {', '.join(header)}); "
-                                 f"--column names the site column")
+                raise AuditError(
+                    f"{path}: no {needed!r} column (columns: {', '.join(header)}); "
+                    f"--column names the site column"
+                )
         rows = {}
         for row in reader:
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
@@ -69,8 +71,9 @@ def _tile_flags(qc: np.ndarray, median_focus: float, params: AuditParams) -> np.
     return (background > params.background) | (pen > params.pen) | blurred
 
 
-def _run_outputs(run_dir: Path, bags: dict[str, Path], device: str
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
+def _run_outputs(
+    run_dir: Path, bags: dict[str, Path], device: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str]:
     """Per slide: fold 0's attention-pooled embedding and its attention over the tiles."""
     import torch
 
@@ -85,8 +88,9 @@ def _run_outputs(run_dir: Path, bags: dict[str, Path], device: str
         for slide_id, path in bags.items():
             x = torch.from_numpy(read_bag_features(path)).float().to(run.device)
             if x.shape[1] != run.in_dim:
-                raise AuditError(f"{path}: {x.shape[1]} features per tile, {run_dir} was "
-                                 f"trained on {run.in_dim}")
+                raise AuditError(
+                    f"{path}: {x.shape[1]} features per tile, {run_dir} was trained on {run.in_dim}"
+                )
             out = model(x)
             weights = out.attention[0]
             if hasattr(model, "embed"):  # the vector the classifier reads: weights x h
@@ -99,10 +103,14 @@ def _run_outputs(run_dir: Path, bags: dict[str, Path], device: str
     return embeddings, attention, f"fold {fold.fold} of {run_dir}"
 
 
-def audit_cohort(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
-                 out_dir: str | os.PathLike, params: AuditParams | None = None,
-                 run_dir: str | os.PathLike | None = None,
-                 device: str = "cpu") -> dict[str, Any]:
+def audit_cohort(
+    features_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: AuditParams | None = None,
+    run_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Run the audit (see the module docstring); write ``audit.json`` and ``audit.md`` in
     ``out_dir`` and return the report."""
     from features.bag import read_bag_attrs, read_bag_dataset, read_bag_features
@@ -113,17 +121,22 @@ def audit_cohort(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
     rows = read_site_column(labels_csv, params.column)
     bags = {s: p for s, p in find_bags(features_dir).items() if s in rows}
     if len(bags) < 4:
-        raise AuditError(f"{features_dir}: only {len(bags)} bag(s) match slides of "
-                         f"{labels_csv} with a {params.column!r}; the audit needs several")
+        raise AuditError(
+            f"{features_dir}: only {len(bags)} bag(s) match slides of "
+            f"{labels_csv} with a {params.column!r}; the audit needs several"
+        )
     ids = sorted(bags)
     sites = np.array([rows[s][1] for s in ids])
     labels = np.array([rows[s][0] for s in ids])
     means = np.stack([read_bag_features(bags[s]).astype(np.float64).mean(axis=0) for s in ids])
     report: dict[str, Any] = {
-        "features": str(features_dir), "labels": str(labels_csv), "column": params.column,
-        "slides": len(ids), "sites": {str(k): int(v) for k, v in
-                                      zip(*np.unique(sites, return_counts=True))},
-        "params": asdict(params), **provenance(),
+        "features": str(features_dir),
+        "labels": str(labels_csv),
+        "column": params.column,
+        "slides": len(ids),
+        "sites": {str(k): int(v) for k, v in zip(*np.unique(sites, return_counts=True))},
+        "params": asdict(params),
+        **provenance(),
     }
     probe = site_probe(means, sites, params.folds, params.permutations, params.seed)
     report["probe_mean_features"] = asdict(probe)
@@ -143,23 +156,33 @@ def audit_cohort(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
         }
     else:
         missing = [s for s, q in qcs.items() if q is None]
-        report["tile_qc"] = {"missing": f"{len(missing)} bag(s) without tile QC (extracted "
-                             f"before it existed, or TRIDENT's): {', '.join(missing[:5])}"}
+        report["tile_qc"] = {
+            "missing": f"{len(missing)} bag(s) without tile QC (extracted "
+            f"before it existed, or TRIDENT's): {', '.join(missing[:5])}"
+        }
 
     if run_dir is not None:
         embeddings, attention, source = _run_outputs(Path(run_dir), bags, device)
-        run_probe = site_probe(np.stack([embeddings[s] for s in ids]), sites, params.folds,
-                               params.permutations, params.seed)
-        report["probe_run_embedding"] = {**asdict(run_probe), "model": source,
-                                         "in_sample": True}
+        run_probe = site_probe(
+            np.stack([embeddings[s] for s in ids]),
+            sites,
+            params.folds,
+            params.permutations,
+            params.seed,
+        )
+        report["probe_run_embedding"] = {**asdict(run_probe), "model": source, "in_sample": True}
         if flagged_tiles:
             shares = [flagged_share(attention[s], flagged_tiles[s]) for s in ids]
             tile_shares = [float(np.mean(flagged_tiles[s])) for s in ids]
             report["attention_on_flagged"] = {
                 "mean_attention_share": float(np.mean(shares)),
                 "mean_tile_share": float(np.mean(tile_shares)),
-                "slides_over": int(sum(a > max(params.attention_ratio * t, 0.1)
-                                       for a, t in zip(shares, tile_shares))),
+                "slides_over": int(
+                    sum(
+                        a > max(params.attention_ratio * t, 0.1)
+                        for a, t in zip(shares, tile_shares)
+                    )
+                ),
             }
         report["encoder"] = str(read_bag_attrs(bags[ids[0]]).get("encoder", "?"))
     report["findings"], report["verdict"] = verdict(report, params)
@@ -173,60 +196,92 @@ def audit_cohort(features_dir: str | os.PathLike, labels_csv: str | os.PathLike,
 def verdict(report: dict[str, Any], params: AuditParams) -> tuple[list[str], str]:
     """The findings, and one line: SHORTCUT RISK, CAUTION or PASS, with the reasons."""
     findings = []
-    associated = (report["site_label_association"]["p_value"] < params.alpha
-                  and report["site_label_association"]["cramers_v"] >= params.min_cramers_v)
-    for key, what in (("probe_mean_features", "mean features"),
-                      ("probe_run_embedding", "the run's attention-pooled embedding")):
+    associated = (
+        report["site_label_association"]["p_value"] < params.alpha
+        and report["site_label_association"]["cramers_v"] >= params.min_cramers_v
+    )
+    for key, what in (
+        ("probe_mean_features", "mean features"),
+        ("probe_run_embedding", "the run's attention-pooled embedding"),
+    ):
         probe = report.get(key)
         if probe and probe["p_value"] < params.alpha:
-            findings.append(f"the site is predictable from {what} (balanced accuracy "
-                            f"{probe['balanced_accuracy']:.2f}, chance {probe['chance']:.2f}, "
-                            f"permutation p = {probe['p_value']:.3f})")
+            findings.append(
+                f"the site is predictable from {what} (balanced accuracy "
+                f"{probe['balanced_accuracy']:.2f}, chance {probe['chance']:.2f}, "
+                f"permutation p = {probe['p_value']:.3f})"
+            )
     if associated:
         v = report["site_label_association"]
-        findings.append(f"the site goes with the label (Cramér's V {v['cramers_v']:.2f}, "
-                        f"p = {v['p_value']:.3g})")
+        findings.append(
+            f"the site goes with the label (Cramér's V {v['cramers_v']:.2f}, "
+            f"p = {v['p_value']:.3g})"
+        )
     flagged = report.get("attention_on_flagged")
     if flagged and flagged["mean_attention_share"] > max(
-            params.attention_ratio * flagged["mean_tile_share"], 0.1):
-        findings.append(f"attention favours background/pen/blurred tiles "
-                        f"({flagged['mean_attention_share']:.0%} of attention on "
-                        f"{flagged['mean_tile_share']:.0%} of tiles)")
+        params.attention_ratio * flagged["mean_tile_share"], 0.1
+    ):
+        findings.append(
+            f"attention favours background/pen/blurred tiles "
+            f"({flagged['mean_attention_share']:.0%} of attention on "
+            f"{flagged['mean_tile_share']:.0%} of tiles)"
+        )
     site_signal = any(f.startswith("the site is predictable") for f in findings)
     if (site_signal and associated) or any(f.startswith("attention favours") for f in findings):
         line = "SHORTCUT RISK: " + "; ".join(findings)
     elif findings:
-        line = "CAUTION: " + "; ".join(findings) + (
-            " (site information is present but does not go with the label)"
-            if site_signal else " (the site goes with the label, but the features do not "
-            "carry it detectably)")
+        line = (
+            "CAUTION: "
+            + "; ".join(findings)
+            + (
+                " (site information is present but does not go with the label)"
+                if site_signal
+                else " (the site goes with the label, but the features do not carry it detectably)"
+            )
+        )
     else:
-        line = (f"PASS: the site ({report['column']}) is not predictable above chance and "
-                f"attention does not favour artefacts")
+        line = (
+            f"PASS: the site ({report['column']}) is not predictable above chance and "
+            f"attention does not favour artefacts"
+        )
     return findings, line
 
 
 def audit_markdown(report: dict[str, Any]) -> str:
     """``audit.md``: the verdict, then one row per check."""
-    lines = [f"# Shortcut audit: {report['column']}", "", f"**{report['verdict']}**", "",
-             f"{report['slides']} slides; sites: "
-             + ", ".join(f"{k} ({v})" for k, v in report["sites"].items()), "",
-             "| check | value | reference | p |", "|---|---|---|---|"]
-    for key, what in (("probe_mean_features", "site probe, mean features"),
-                      ("probe_run_embedding", "site probe, run embedding (in-sample)")):
+    lines = [
+        f"# Shortcut audit: {report['column']}",
+        "",
+        f"**{report['verdict']}**",
+        "",
+        f"{report['slides']} slides; sites: "
+        + ", ".join(f"{k} ({v})" for k, v in report["sites"].items()),
+        "",
+        "| check | value | reference | p |",
+        "|---|---|---|---|",
+    ]
+    for key, what in (
+        ("probe_mean_features", "site probe, mean features"),
+        ("probe_run_embedding", "site probe, run embedding (in-sample)"),
+    ):
         probe = report.get(key)
         if probe:
-            lines.append(f"| {what} ({probe['folds']}-fold, {probe['permutations']} "
-                         f"permutations) | balanced accuracy {probe['balanced_accuracy']:.3f} | "
-                         f"chance {probe['chance']:.3f} | {probe['p_value']:.3f} |")
+            lines.append(
+                f"| {what} ({probe['folds']}-fold, {probe['permutations']} "
+                f"permutations) | balanced accuracy {probe['balanced_accuracy']:.3f} | "
+                f"chance {probe['chance']:.3f} | {probe['p_value']:.3f} |"
+            )
     v = report["site_label_association"]
     lines.append(f"| site vs label | Cramér's V {v['cramers_v']:.3f} | 0 | {v['p_value']:.3g} |")
     flagged = report.get("attention_on_flagged")
     if flagged:
-        lines.append(f"| attention on background/pen/blurred tiles | "
-                     f"{flagged['mean_attention_share']:.3f} | tile share "
-                     f"{flagged['mean_tile_share']:.3f} | {flagged['slides_over']} slide(s) over |")
+        lines.append(
+            f"| attention on background/pen/blurred tiles | "
+            f"{flagged['mean_attention_share']:.3f} | tile share "
+            f"{flagged['mean_tile_share']:.3f} | {flagged['slides_over']} slide(s) over |"
+        )
     elif "missing" in report.get("tile_qc", {}):
-        lines.append(f"| attention on artefacts | not measured | "
-                     f"{report['tile_qc']['missing']} | |")
+        lines.append(
+            f"| attention on artefacts | not measured | {report['tile_qc']['missing']} | |"
+        )
     return "\n".join(lines) + "\n"

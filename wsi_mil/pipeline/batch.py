@@ -53,8 +53,10 @@ class BatchResult:
         return 1 if self.failed else 0
 
     def summary(self, stage: str) -> str:
-        return (f"{stage}: {len(self.done)} done, {len(self.skipped)} skipped (complete), "
-                f"{len(self.failed)} failed")
+        return (
+            f"{stage}: {len(self.done)} done, {len(self.skipped)} skipped (complete), "
+            f"{len(self.failed)} failed"
+        )
 
 
 def _run_one(job: SlideJob) -> str | None:
@@ -111,8 +113,7 @@ def run_batch(
             logger.warning("[%s] %s failed: %s", stage, job.slide, error)
 
     with tqdm(total=len(todo), desc=stage, unit="slide", disable=not todo) as bar:
-        for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers,
-                                   executor=executor):
+        for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers, executor=executor):
             finish(job, error)
             bar.update()
     record_failures(Path(failures_csv), stage, result.failed)

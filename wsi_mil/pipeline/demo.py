@@ -94,8 +94,13 @@ evaluate:
 
 #: What ``--quick`` changes: a smaller cohort and shorter training (still held-out test slides).
 QUICK_OVERRIDES: dict[str, Any] = {
-    "cohort": {"train_normal": 5, "train_tumor": 5, "test_normal": 4, "test_tumor": 4,
-               "size_px": 2048},
+    "cohort": {
+        "train_normal": 5,
+        "train_tumor": 5,
+        "test_normal": 4,
+        "test_tumor": 4,
+        "size_px": 2048,
+    },
     "train": {"epochs": 20, "patience": 5},
     "heatmap": {"max_side": 512, "topk": 4, "formats": ["png", "geojson"]},
     "evaluate": {"bootstrap": 200},
@@ -106,10 +111,18 @@ QUICK_OVERRIDES: dict[str, Any] = {
 #: demo's tile size) trained on the training slides' lesions, run on the tiles the
 #: segmentation head or the attention flags.
 SEGMENT_OVERRIDES: dict[str, Any] = {
-    "segment": {"attention_threshold": 0.5,
-                "train": {"net": "attention_unet", "mpp": 2.0, "tile_size": 64,
-                          "channels": [8, 16, 32], "tiles_per_slide": 48, "epochs": 15,
-                          "lr": 0.003}},
+    "segment": {
+        "attention_threshold": 0.5,
+        "train": {
+            "net": "attention_unet",
+            "mpp": 2.0,
+            "tile_size": 64,
+            "channels": [8, 16, 32],
+            "tiles_per_slide": 48,
+            "epochs": 15,
+            "lr": 0.003,
+        },
+    },
 }
 
 
@@ -124,8 +137,7 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def demo_config(out: str | os.PathLike | None = None, quick: bool = False,
-                segment: bool = False):
+def demo_config(out: str | os.PathLike | None = None, quick: bool = False, segment: bool = False):
     """The demo's validated :class:`~wsi_mil.config.pipeline.PipelineConfig`."""
     from wsi_mil.config.pipeline import parse_config
 
@@ -136,7 +148,9 @@ def demo_config(out: str | os.PathLike | None = None, quick: bool = False,
         data = _merge(data, SEGMENT_OVERRIDES)
     if out is not None:
         data["out"] = str(out)
-    return parse_config(data, source="wsi_mil.pipeline.demo.DEMO_CONFIG" + (" (quick)" if quick else ""))
+    return parse_config(
+        data, source="wsi_mil.pipeline.demo.DEMO_CONFIG" + (" (quick)" if quick else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -158,8 +172,12 @@ class DemoResult:
     tile_pixel_dice: float | None = None
 
 
-def run_demo(out: str | os.PathLike | None = None, quick: bool = False,
-             overwrite: bool = False, segment: bool = False) -> DemoResult:
+def run_demo(
+    out: str | os.PathLike | None = None,
+    quick: bool = False,
+    overwrite: bool = False,
+    segment: bool = False,
+) -> DemoResult:
     """Run the demo pipeline (resuming a previous demo in ``out``) and collect its numbers.
 
     The numbers are read back from the files the run wrote (``evaluation/metrics.json`` and
@@ -170,17 +188,21 @@ def run_demo(out: str | os.PathLike | None = None, quick: bool = False,
     config = demo_config(out, quick, segment)
     result = run_pipeline(config, overwrite=overwrite)
     metrics = json.loads((config.evaluation_dir / "metrics.json").read_text(encoding="utf-8"))
-    lesion = json.loads((config.evaluation_dir / "lesion_metrics.json").read_text(
-        encoding="utf-8"))
+    lesion = json.loads((config.evaluation_dir / "lesion_metrics.json").read_text(encoding="utf-8"))
     return DemoResult(
-        out=config.out, exit_code=result.exit_code, slide_auc=metrics.get("auc"),
-        accuracy=metrics.get("accuracy"), tile_dice=lesion["segmentation"]["dice"],
-        pointing_game=lesion["explain"]["pointing_game"], n_test_slides=int(metrics["n_slides"]),
+        out=config.out,
+        exit_code=result.exit_code,
+        slide_auc=metrics.get("auc"),
+        accuracy=metrics.get("accuracy"),
+        tile_dice=lesion["segmentation"]["dice"],
+        pointing_game=lesion["explain"]["pointing_game"],
+        n_test_slides=int(metrics["n_slides"]),
         n_lesion_slides=int(lesion["n_tumour_annotated"]),
         seconds={r.stage: r.seconds for r in result.stages},
         pixel_dice=((lesion.get("pixel_segmentation") or {}).get("mask") or {}).get("dice"),
-        tile_pixel_dice=((lesion.get("pixel_segmentation") or {}).get("tile_head")
-                         or {}).get("dice"),
+        tile_pixel_dice=((lesion.get("pixel_segmentation") or {}).get("tile_head") or {}).get(
+            "dice"
+        ),
     )
 
 
@@ -191,19 +213,36 @@ def _fmt(value: float | None) -> str:
 def results_table(result: DemoResult) -> str:
     """The four headline numbers, each with what it measures."""
     rows = [
-        ("slide AUC", _fmt(result.slide_auc),
-         f"tumour vs normal, {result.n_test_slides} held-out slides"),
+        (
+            "slide AUC",
+            _fmt(result.slide_auc),
+            f"tumour vs normal, {result.n_test_slides} held-out slides",
+        ),
         ("accuracy", _fmt(result.accuracy), "at the threshold chosen on validation slides"),
-        ("tile-level Dice", _fmt(result.tile_dice),
-         f"segmentation head vs planted lesions, {result.n_lesion_slides} tumour slides"),
-        ("pointing game", _fmt(result.pointing_game),
-         "share of tumour slides whose most attended tile is in a lesion"),
+        (
+            "tile-level Dice",
+            _fmt(result.tile_dice),
+            f"segmentation head vs planted lesions, {result.n_lesion_slides} tumour slides",
+        ),
+        (
+            "pointing game",
+            _fmt(result.pointing_game),
+            "share of tumour slides whose most attended tile is in a lesion",
+        ),
     ]
     if result.pixel_dice is not None:
-        rows += [("pixel Dice", _fmt(result.pixel_dice),
-                  "pixel segmenter (flagged tiles) vs planted lesions"),
-                 ("tile head pixel Dice", _fmt(result.tile_pixel_dice),
-                  "the tile head's squares on the same pixels")]
+        rows += [
+            (
+                "pixel Dice",
+                _fmt(result.pixel_dice),
+                "pixel segmenter (flagged tiles) vs planted lesions",
+            ),
+            (
+                "tile head pixel Dice",
+                _fmt(result.tile_pixel_dice),
+                "the tile head's squares on the same pixels",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {name:<{width}}  {value:>5}   {what}" for name, value, what in rows)
 
@@ -228,8 +267,7 @@ def output_locations(out: Path) -> list[tuple[str, Path]]:
     heatmap is the slide the model finds most tumour-like)."""
     config = demo_config(out)
     project = config.project
-    example = project.heatmaps_dir / (_most_positive_slide(project.predictions_csv)
-                                      or "<slide_id>")
+    example = project.heatmaps_dir / (_most_positive_slide(project.predictions_csv) or "<slide_id>")
     return [
         ("synthetic slides, lesion XML, labels", config.cohort_dir),
         ("tiles, tissue GeoJSON, previews", config.tiles_dir),
@@ -239,7 +277,15 @@ def output_locations(out: Path) -> list[tuple[str, Path]]:
         ("heatmap overlay (most tumour-like slide)", example / "overlay.png"),
         ("QuPath export (same slide)", example / "tiles.geojson"),
         ("metrics, ROC, lesion scores", config.evaluation_dir),
-        *([("pixel vs tile outline (same slide)", config.segment_dir / example.name
-            / "outline.png")] if config.segment_dir.is_dir() else []),
+        *(
+            [
+                (
+                    "pixel vs tile outline (same slide)",
+                    config.segment_dir / example.name / "outline.png",
+                )
+            ]
+            if config.segment_dir.is_dir()
+            else []
+        ),
         ("resolved config", project.config_file),
     ]

@@ -71,9 +71,11 @@ def _expected_gradient(x0: int, y0: int, downsample: float, w: int, h: int) -> n
     return out
 
 
-def read_check(workdir: Path,
-               read_region: Callable[[object, tuple[int, int], int, tuple[int, int]], np.ndarray]
-               | None = None) -> Check:
+def read_check(
+    workdir: Path,
+    read_region: Callable[[object, tuple[int, int], int, tuple[int, int]], np.ndarray]
+    | None = None,
+) -> Check:
     """Write a known slide, read it back through OpenSlide at every level, compare.
 
     ``read_region(slide, location, level, size) -> uint8 RGB`` defaults to OpenSlide's own; the
@@ -87,20 +89,33 @@ def read_check(workdir: Path,
         return np.asarray(slide.read_region(location, level, size).convert("RGB"))
 
     read_region = read_region or openslide_read
-    path = write_pyramidal_tiff(workdir / "doctor-check.tiff", CHECK_SLIDE_SIZE, CHECK_SLIDE_SIZE,
-                                0.5, _gradient, tile=CHECK_TILE, compression="none",
-                                levels=CHECK_LEVELS)
+    path = write_pyramidal_tiff(
+        workdir / "doctor-check.tiff",
+        CHECK_SLIDE_SIZE,
+        CHECK_SLIDE_SIZE,
+        0.5,
+        _gradient,
+        tile=CHECK_TILE,
+        compression="none",
+        levels=CHECK_LEVELS,
+    )
     try:
         slide = openslide.OpenSlide(str(path))
     except openslide.OpenSlideError as exc:
-        return Check("openslide read", "fail",
-                     f"cannot open a generated TIFF ({exc}); OpenSlide 4 refuses to open slides "
-                     "when linked to unpatched pixman 0.38: use openslide-bin or pixman >= 0.40")
+        return Check(
+            "openslide read",
+            "fail",
+            f"cannot open a generated TIFF ({exc}); OpenSlide 4 refuses to open slides "
+            "when linked to unpatched pixman 0.38: use openslide-bin or pixman >= 0.40",
+        )
     worst = []
     with slide:
         if slide.level_count < CHECK_LEVELS:
-            return Check("openslide read", "fail",
-                         f"generated slide has {slide.level_count} levels, expected {CHECK_LEVELS}")
+            return Check(
+                "openslide read",
+                "fail",
+                f"generated slide has {slide.level_count} levels, expected {CHECK_LEVELS}",
+            )
         for level, x0, y0 in CHECK_READS:
             downsample = slide.level_downsamples[level]
             side = int(CHECK_READ_LEVEL0_SPAN // downsample)
@@ -109,15 +124,22 @@ def read_check(workdir: Path,
             worst.append((float(diff.max()), float((diff > READ_TOLERANCE).mean()), level))
     bad = [(d, frac, level) for d, frac, level in worst if d > READ_TOLERANCE]
     if bad:
-        details = ", ".join(f"level {level}: {frac:.0%} of pixels off (max {d:.0f})"
-                            for d, frac, level in bad)
-        return Check("openslide read", "fail",
-                     f"read_region returns wrong pixels ({details}): the pixman 0.38 corruption "
-                     "(openslide/openslide#291). Install openslide-bin (bundles a good pixman) "
-                     "or upgrade pixman to >= 0.40")
-    return Check("openslide read", "ok",
-                 f"levels 0-{CHECK_LEVELS - 1} at sub-pixel offsets match "
-                 f"(max diff {max(d for d, _, _ in worst):.1f})")
+        details = ", ".join(
+            f"level {level}: {frac:.0%} of pixels off (max {d:.0f})" for d, frac, level in bad
+        )
+        return Check(
+            "openslide read",
+            "fail",
+            f"read_region returns wrong pixels ({details}): the pixman 0.38 corruption "
+            "(openslide/openslide#291). Install openslide-bin (bundles a good pixman) "
+            "or upgrade pixman to >= 0.40",
+        )
+    return Check(
+        "openslide read",
+        "ok",
+        f"levels 0-{CHECK_LEVELS - 1} at sub-pixel offsets match "
+        f"(max diff {max(d for d, _, _ in worst):.1f})",
+    )
 
 
 def _loaded_pixman() -> list[str]:
@@ -135,15 +157,20 @@ def openslide_library_check() -> Check:
         import openslide
         import openslide.lowlevel
     except (ImportError, OSError) as exc:
-        return Check("openslide", "fail", f"cannot load OpenSlide ({exc}); "
-                     "python -m pip install openslide-python openslide-bin")
+        return Check(
+            "openslide",
+            "fail",
+            f"cannot load OpenSlide ({exc}); python -m pip install openslide-python openslide-bin",
+        )
     library = getattr(openslide.lowlevel._lib, "_name", "?")
     source = "openslide-bin (bundled pixman)" if "openslide_bin" in library else library
     pixman = _loaded_pixman()
     pixman_text = f"; pixman: {', '.join(Path(p).name for p in pixman)}" if pixman else ""
     bad_pixman = [p for p in pixman if ".so.0.38." in p]
-    detail = (f"library {openslide.__library_version__}, python {openslide.__version__}, "
-              f"from {source}{pixman_text}")
+    detail = (
+        f"library {openslide.__library_version__}, python {openslide.__version__}, "
+        f"from {source}{pixman_text}"
+    )
     if bad_pixman:
         return Check("openslide", "warn", detail + " (pixman 0.38 is the corrupting version)")
     return Check("openslide", "ok", detail)
@@ -167,7 +194,7 @@ def torch_check(device: str | None = None) -> Check:
         value = float((x @ x).sum().item())
     except (RuntimeError, AssertionError) as exc:
         return Check("torch", "fail", f"torch {torch.__version__}: device {device} fails ({exc})")
-    if value != 64.0 ** 3:
+    if value != 64.0**3:
         return Check("torch", "fail", f"torch {torch.__version__}: wrong result on {device}")
     where = device
     if device.startswith("cuda"):
@@ -178,9 +205,13 @@ def torch_check(device: str | None = None) -> Check:
     if device == "cpu":
         status = "warn"
         note = "; no GPU: extraction of a large cohort will be slow"
-    return Check("torch", status,
-                 f"torch {torch.__version__} (CUDA build {cuda_build}), device {where}, "
-                 f"{torch.get_num_threads()} CPU threads{note}", essential=True)
+    return Check(
+        "torch",
+        status,
+        f"torch {torch.__version__} (CUDA build {cuda_build}), device {where}, "
+        f"{torch.get_num_threads()} CPU threads{note}",
+        essential=True,
+    )
 
 
 def encoders_check() -> list[Check]:
@@ -198,11 +229,22 @@ def encoders_check() -> list[Check]:
         status = spec.weights_status()
         ready = status.startswith("ready")
         essential = spec.name == DEFAULT_ENCODER
-        detail = f"{spec.dim}-d, {status}" if ready else (
-            f"{spec.dim}-d, weights missing: put {spec.name}.safetensors (or .pth) in "
-            f"{weights_dir()} or pass --weights (wsi-mil encoders says more)")
-        checks.append(Check(f"encoder {spec.name}", "ok" if ready else
-                            ("fail" if essential else "warn"), detail, essential=essential))
+        detail = (
+            f"{spec.dim}-d, {status}"
+            if ready
+            else (
+                f"{spec.dim}-d, weights missing: put {spec.name}.safetensors (or .pth) in "
+                f"{weights_dir()} or pass --weights (wsi-mil encoders says more)"
+            )
+        )
+        checks.append(
+            Check(
+                f"encoder {spec.name}",
+                "ok" if ready else ("fail" if essential else "warn"),
+                detail,
+                essential=essential,
+            )
+        )
     return checks
 
 

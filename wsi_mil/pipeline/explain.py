@@ -57,12 +57,14 @@ from wsi_mil.project import Project
 
 STAGE = "explain"
 FIGURE = "comparison.png"
-def _target_index(class_names: list[str], negative_index: int | None,
-                  target: str | None) -> int | None:
+
+
+def _target_index(
+    class_names: list[str], negative_index: int | None, target: str | None
+) -> int | None:
     if target is not None:
         if target not in class_names:
-            raise InputError(f"explain target {target!r} is not a class of the run "
-                             f"({class_names})")
+            raise InputError(f"explain target {target!r} is not a class of the run ({class_names})")
         return class_names.index(target)
     if len(class_names) == 2 and negative_index is not None:
         return 1 - negative_index
@@ -83,8 +85,9 @@ def explaining_fold(run: Any, slide_id: str, params: ExplainParams) -> tuple[Any
     wanted = params.fold if params.fold is not None else params.fallback_fold
     if wanted not in by_fold:
         name = "fold" if params.fold is not None else "fallback_fold"
-        raise RunError(f"{run.run_dir}: no fold_{wanted} (explain {name}); the run has folds "
-                       f"{sorted(by_fold)}")
+        raise RunError(
+            f"{run.run_dir}: no fold_{wanted} (explain {name}); the run has folds {sorted(by_fold)}"
+        )
     if params.fold is not None:
         fm, why = by_fold[params.fold], f"fold {params.fold}, as asked"
     else:
@@ -100,10 +103,14 @@ def explaining_fold(run: Any, slide_id: str, params: ExplainParams) -> tuple[Any
     return fm, in_sample, why + (" (in sample: it trained on it)" if in_sample else "")
 
 
-def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
-                  run_dir: str | os.PathLike, params: ExplainParams,
-                  annotation_path: str | os.PathLike | None = None,
-                  slide_path: str | os.PathLike | None = None) -> Path:
+def explain_slide(
+    bag_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    params: ExplainParams,
+    annotation_path: str | os.PathLike | None = None,
+    slide_path: str | os.PathLike | None = None,
+) -> Path:
     """Explain one bag: ``out_dir/explanations.h5`` and (``params.figure``) ``comparison.png``."""
     import torch
 
@@ -126,8 +133,10 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     features = read_bag_features(bag_path).astype(np.float32)
     coords = read_bag_coords(bag_path)
     if features.shape[1] != run.in_dim:
-        raise InputError(f"{bag_path}: {features.shape[1]} features per tile, the run was trained "
-                         f"on {run.in_dim}")
+        raise InputError(
+            f"{bag_path}: {features.shape[1]} features per tile, the run was trained "
+            f"on {run.in_dim}"
+        )
     lesions, fractions = None, None
     if annotation_path is not None:
         lesions = read_annotations(annotation_path).lesions
@@ -137,8 +146,9 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
     x = torch.from_numpy(features).to(run.device)
     grid_t = None if grid is None else torch.from_numpy(grid).to(run.device)
     with torch.no_grad():
-        probs = torch.from_numpy(task.decode(
-            fold_model.model(x, coords=grid_t).logits.float().cpu().numpy())[0])
+        probs = torch.from_numpy(
+            task.decode(fold_model.model(x, coords=grid_t).logits.float().cpu().numpy())[0]
+        )
         # the explained quantity's raw output (of a discrete-time model: the risk)
         logits = model(x, coords=grid_t).logits.float()[0]
     target = _target_index(run.class_names, run.negative_index, params.target)
@@ -146,19 +156,26 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
         target = int(probs.argmax())
     methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)]
     # each slide its own random map (one seed for all would give every slide the same map)
-    kwargs = {"target": target, "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
-              "ig_steps": params.ig_steps, "max_quadratic_tiles": params.max_quadratic_tiles,
-              "max_perturbation_tiles": params.max_perturbation_tiles}
+    kwargs = {
+        "target": target,
+        "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
+        "ig_steps": params.ig_steps,
+        "max_quadratic_tiles": params.max_quadratic_tiles,
+        "max_perturbation_tiles": params.max_perturbation_tiles,
+    }
     if grid is not None:
         kwargs["coords"] = grid
     flips: dict[str, Any] = {}
     scorer = random_curve = None
     if params.flip_steps > 0:
         scorer = bag_scorer(model, x, grid_t, target, output=explained_output(task))
-        random_curve = random_flip_curve(len(features), scorer, params.flip_steps,
-                                         params.flip_random, params.seed)
-        flips = {"fractions": np.linspace(0, 1, params.flip_steps + 1).tolist(),
-                 "random": random_curve.tolist()}
+        random_curve = random_flip_curve(
+            len(features), scorer, params.flip_steps, params.flip_random, params.seed
+        )
+        flips = {
+            "fractions": np.linspace(0, 1, params.flip_steps + 1).tolist(),
+            "random": random_curve.tolist(),
+        }
     stages = []
     if params.sanity:
         stages = list(cascading_randomisations(model, params.seed))
@@ -174,54 +191,115 @@ def explain_slide(bag_path: str | os.PathLike, out_dir: str | os.PathLike,
             seconds[method] = time.perf_counter() - start
             scores[method] = slide_scores(maps[method], fractions, params)
             if scorer is not None:
-                curves = patch_flipping(maps[method], scorer, params.flip_steps,
-                                        params.flip_random, params.seed, random_curve)
-                scores[method].update(morf_aupc=curves.morf_aupc, lerf_aupc=curves.lerf_aupc,
-                                      random_aupc=curves.random_aupc, srg=curves.srg)
+                curves = patch_flipping(
+                    maps[method],
+                    scorer,
+                    params.flip_steps,
+                    params.flip_random,
+                    params.seed,
+                    random_curve,
+                )
+                scores[method].update(
+                    morf_aupc=curves.morf_aupc,
+                    lerf_aupc=curves.lerf_aupc,
+                    random_aupc=curves.random_aupc,
+                    srg=curves.srg,
+                )
                 flips[method] = {"morf": curves.morf.tolist(), "lerf": curves.lerf.tolist()}
             if stages:
-                rhos = mprt(maps[method], [explain(m, features, method, **kwargs)
-                                           for _, m in stages])
+                rhos = mprt(
+                    maps[method], [explain(m, features, method, **kwargs) for _, m in stages]
+                )
                 cascade[method] = rhos
                 # flagged when the fully randomised model's map still correlates, or the maps
                 # along the cascade do on average: the map barely depends on the weights
                 mean = float(np.mean(np.abs(rhos)))
-                scores[method].update(sanity_spearman=rhos[-1], mprt_mean=mean,
-                                      sanity_flagged=float(max(abs(rhos[-1]), mean)
-                                                           >= params.sanity_threshold))
+                scores[method].update(
+                    sanity_spearman=rhos[-1],
+                    mprt_mean=mean,
+                    sanity_flagged=float(max(abs(rhos[-1]), mean) >= params.sanity_threshold),
+                )
     gradcam_note = "not asked for"
     if params.gradcam_topk > 0 and "attention" in maps:
-        gradcam_note = _gradcam(out_dir, bag_path, slide_path, attrs, coords, model, features,
-                                maps["attention"], target, params.gradcam_topk, grid)
-    meta = {"model": model.name, "gradcam": gradcam_note, "fold": fold_model.fold,
-            "in_sample": in_sample, "fold_choice": fold_choice, "run_path": str(run.run_dir),
-            "checkpoint_sha256": fold_model.sha256, "target_class": run.class_names[target],
-            "probs": [float(p) for p in probs.cpu()], "class_names": run.class_names,
-            "features_path": str(bag_path), "slide_id": bag_path.stem,
-            "annotation_path": str(annotation_path) if annotation_path else None}
+        gradcam_note = _gradcam(
+            out_dir,
+            bag_path,
+            slide_path,
+            attrs,
+            coords,
+            model,
+            features,
+            maps["attention"],
+            target,
+            params.gradcam_topk,
+            grid,
+        )
+    meta = {
+        "model": model.name,
+        "gradcam": gradcam_note,
+        "fold": fold_model.fold,
+        "in_sample": in_sample,
+        "fold_choice": fold_choice,
+        "run_path": str(run.run_dir),
+        "checkpoint_sha256": fold_model.sha256,
+        "target_class": run.class_names[target],
+        "probs": [float(p) for p in probs.cpu()],
+        "class_names": run.class_names,
+        "features_path": str(bag_path),
+        "slide_id": bag_path.stem,
+        "annotation_path": str(annotation_path) if annotation_path else None,
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     if params.figure:
         from wsi_mil.explain.figures import write_comparison_figure
 
         path = Path(slide_path or attrs.get("slide_path", ""))
         sample = "in sample" if in_sample else "out of sample"
-        write_comparison_figure(out_dir / FIGURE, path, attrs, coords, maps, scores, lesions,
-                                title=f"{bag_path.stem}: {model.name} fold {fold_model.fold} "
-                                f"({sample}), explaining {run.class_names[target]} "
-                                f"({'P' if task.kind in ('classification', 'multilabel') else '='}"
-                                f" {float(probs[target]):.2f})",
-                                panel_side=params.figure_side)
-    map_attrs = {method: {"model": model.name, "method": method, "seconds": seconds[method],
-                          "target_class": run.class_names[target]} for method in maps}
+        write_comparison_figure(
+            out_dir / FIGURE,
+            path,
+            attrs,
+            coords,
+            maps,
+            scores,
+            lesions,
+            title=f"{bag_path.stem}: {model.name} fold {fold_model.fold} "
+            f"({sample}), explaining {run.class_names[target]} "
+            f"({'P' if task.kind in ('classification', 'multilabel') else '='}"
+            f" {float(probs[target]):.2f})",
+            panel_side=params.figure_side,
+        )
+    map_attrs = {
+        method: {
+            "model": model.name,
+            "method": method,
+            "seconds": seconds[method],
+            "target_class": run.class_names[target],
+        }
+        for method in maps
+    }
     if "lrp" in maps:  # conservation: relevance + bias share = the logit
-        map_attrs["lrp"].update(logit=float(logits[target]),
-                                bias_share=float(logits[target]) - float(maps["lrp"].sum()))
-    write_explanations(out_dir / EXPLANATIONS, Explanations(
-        coords=coords, maps=maps, map_attrs=map_attrs, lesion_fraction=fractions,
-        attrs={**meta, "scores": scores, "patch_flipping": flips,
-               "mprt": {"stages": [s.name for s, _ in stages], **cascade},
-               "params": {k: (list(v) if isinstance(v, tuple) else v)
-                          for k, v in vars(params).items()}}))
+        map_attrs["lrp"].update(
+            logit=float(logits[target]), bias_share=float(logits[target]) - float(maps["lrp"].sum())
+        )
+    write_explanations(
+        out_dir / EXPLANATIONS,
+        Explanations(
+            coords=coords,
+            maps=maps,
+            map_attrs=map_attrs,
+            lesion_fraction=fractions,
+            attrs={
+                **meta,
+                "scores": scores,
+                "patch_flipping": flips,
+                "mprt": {"stages": [s.name for s, _ in stages], **cascade},
+                "params": {
+                    k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(params).items()
+                },
+            },
+        ),
+    )
     return out_dir
 
 
@@ -234,9 +312,19 @@ def _encoder(name: str, weights: str | None, device: str) -> Any:
     return create_encoder(name, weights=weights, device=device)
 
 
-def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, Any],
-             coords: np.ndarray, model: Any, features: np.ndarray, attention: np.ndarray,
-             target: int, k: int, grid: np.ndarray | None = None) -> str:
+def _gradcam(
+    out_dir: Path,
+    bag_path: Path,
+    slide_path: Any,
+    attrs: dict[str, Any],
+    coords: np.ndarray,
+    model: Any,
+    features: np.ndarray,
+    attention: np.ndarray,
+    target: int,
+    k: int,
+    grid: np.ndarray | None = None,
+) -> str:
     """``gradcam.png`` (+ ``gradcam.npz``) of the k most attended tiles; returns what was done
     or why not (an encoder that is no CNN, weights or slide not available)."""
     from tiling.reader import TileReader, resize_rgb
@@ -246,9 +334,11 @@ def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, An
 
     try:
         weights = attrs.get("weights")
-        encoder = _encoder(str(attrs.get("encoder")),
-                           str(weights) if weights and Path(str(weights)).is_file() else None,
-                           str(next(model.parameters()).device))
+        encoder = _encoder(
+            str(attrs.get("encoder")),
+            str(weights) if weights and Path(str(weights)).is_file() else None,
+            str(next(model.parameters()).device),
+        )
         slide = open_slide(Path(slide_path or attrs.get("slide_path", "")))
     except Exception as exc:  # noqa: BLE001 - Grad-CAM is an extra: say why it is missing
         return f"not run: {type(exc).__name__}: {exc}"
@@ -262,10 +352,12 @@ def _gradcam(out_dir: Path, bag_path: Path, slide_path: Any, attrs: dict[str, An
     finally:
         slide.close()
     shown = [resize_rgb(np.ascontiguousarray(t), encoder.input_size) for t in tiles]
-    png = tile_grid_figure(shown, [f"tile {i} (attention rank {r + 1})"
-                                   for r, i in enumerate(order)],
-                           f"{bag_path.stem}: Grad-CAM of {encoder.name} for the slide logit",
-                           overlays=list(maps))
+    png = tile_grid_figure(
+        shown,
+        [f"tile {i} (attention rank {r + 1})" for r, i in enumerate(order)],
+        f"{bag_path.stem}: Grad-CAM of {encoder.name} for the slide logit",
+        overlays=list(maps),
+    )
     with atomic_output(out_dir / "gradcam.png") as tmp:
         tmp.write_bytes(png)
     with atomic_output(out_dir / "gradcam.npz") as tmp, tmp.open("wb") as f:
@@ -285,12 +377,18 @@ def is_complete(folder: Path, figure: bool) -> bool:
         return False
 
 
-def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike, *,
-                   out: str | os.PathLike | Project, params: ExplainParams | None = None,
-                   annotations_dir: str | os.PathLike | None = None,
-                   slides_dir: str | os.PathLike | None = None, workers: int = 1,
-                   overwrite: bool = False,
-                   executor: ExecutorParams | None = None) -> BatchResult:
+def explain_slides(
+    run_dir: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | Project,
+    params: ExplainParams | None = None,
+    annotations_dir: str | os.PathLike | None = None,
+    slides_dir: str | os.PathLike | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    executor: ExecutorParams | None = None,
+) -> BatchResult:
     """Explain every bag of ``features_dir`` with the run into the project ``out``'s
     ``explain/<slide_id>/``, then write the cohort outputs there."""
     require_extra("explain", "explaining a run")
@@ -313,13 +411,26 @@ def explain_slides(run_dir: str | os.PathLike, features_dir: str | os.PathLike, 
     jobs = []
     for bag in sorted(features_dir.glob("*.h5")):
         annotation = find_annotation(annotations_dir, bag.stem) if annotations_dir else None
-        job = functools.partial(explain_slide, bag, out_dir / bag.stem, run_dir, params,
-                                annotation, slides.get(bag.stem))
+        job = functools.partial(
+            explain_slide,
+            bag,
+            out_dir / bag.stem,
+            run_dir,
+            params,
+            annotation,
+            slides.get(bag.stem),
+        )
         jobs.append(SlideJob(slide=bag.stem, output=out_dir / bag.stem, run=job))
     if not jobs:
         raise MissingInputError(f"{features_dir}: no feature bags (*.h5)")
-    result = run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
-                       is_complete=functools.partial(is_complete, figure=params.figure),
-                       workers=workers, overwrite=overwrite, executor=executor)
+    result = run_batch(
+        jobs,
+        stage=STAGE,
+        failures_csv=project.failures_csv,
+        is_complete=functools.partial(is_complete, figure=params.figure),
+        workers=workers,
+        overwrite=overwrite,
+        executor=executor,
+    )
     write_cohort_outputs(out_dir, params)
     return result

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 STAGE = "extract"
 
 
-
 def find_tiles_files(tiles: str | os.PathLike) -> list[Path]:
     """The tiles files in a folder (``*.h5``, sorted), or the one file given."""
     tiles = Path(tiles)
@@ -47,7 +46,6 @@ def find_tiles_files(tiles: str | os.PathLike) -> list[Path]:
     return found
 
 
-
 def index_slides(slides_dir: str | os.PathLike) -> dict[str, Path]:
     """slide id -> slide, for every slide under ``slides_dir`` (recursively)."""
     from tiling.discover import check_unique_ids, find_slides
@@ -55,9 +53,12 @@ def index_slides(slides_dir: str | os.PathLike) -> dict[str, Path]:
     return check_unique_ids(find_slides([slides_dir], recursive=True))
 
 
-
-def locate_slide(tiles_path: Path, attrs: dict[str, Any], slides: dict[str, Path],
-                 slides_dir: str | os.PathLike | None) -> Path:
+def locate_slide(
+    tiles_path: Path,
+    attrs: dict[str, Any],
+    slides: dict[str, Path],
+    slides_dir: str | os.PathLike | None,
+) -> Path:
     """The slide of a tiles file: found by id under ``--slides``, else its recorded path."""
     slide_id = str(attrs["slide_id"])
     if slide_id in slides:
@@ -69,7 +70,6 @@ def locate_slide(tiles_path: Path, attrs: dict[str, Any], slides: dict[str, Path
     raise MissingInputError(
         f"{tiles_path}: slide {recorded} not found{where}; pass --slides DIR where it now is"
     )
-
 
 
 _encoders: dict[tuple[str, str | None], Encoder] = {}
@@ -104,23 +104,34 @@ def _wants_gpu(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _extract_one(tiles_path: Path, out_path: Path, encoder: str,
-                 weights: str | os.PathLike | None,
-                 params: ExtractParams, slide_path: Path | None,
-                 slides_dir: Path | None, normaliser: StainNormaliser | None = None) -> Path:
+def _extract_one(
+    tiles_path: Path,
+    out_path: Path,
+    encoder: str,
+    weights: str | os.PathLike | None,
+    params: ExtractParams,
+    slide_path: Path | None,
+    slides_dir: Path | None,
+    normaliser: StainNormaliser | None = None,
+) -> Path:
     from features.extract import extract_slide
     from tiling.tiles_file import read_tiles_file
 
     attrs = read_tiles_file(tiles_path).attrs
     known = {str(attrs["slide_id"]): slide_path} if slide_path is not None else {}
     slide = locate_slide(tiles_path, attrs, known, slides_dir)
-    return extract_slide(tiles_path, slide, out_path, cached_encoder(encoder, weights), params,
-                         normaliser)
+    return extract_slide(
+        tiles_path, slide, out_path, cached_encoder(encoder, weights), params, normaliser
+    )
 
 
-def batch_stain_reference(tiles_files: list[Path], params: ExtractParams,
-                          slides: dict[str, Path], slides_dir: Path | None,
-                          input_size: int) -> StainNormaliser | None:
+def batch_stain_reference(
+    tiles_files: list[Path],
+    params: ExtractParams,
+    slides: dict[str, Path],
+    slides_dir: Path | None,
+    input_size: int,
+) -> StainNormaliser | None:
     """The batch's stain normaliser (:func:`features.extract.fit_stain_reference`), fitted to
     the tiles of every slide that can be found and has tiles (the others fail in their own
     job, where failures.csv records them)."""
@@ -141,7 +152,6 @@ def batch_stain_reference(tiles_files: list[Path], params: ExtractParams,
             if len(tiles):
                 datasets.append(TileDataset(tiles, slide, input_size))
     return fit_stain_reference(params, datasets)
-
 
 
 def extract_slides(
@@ -178,14 +188,30 @@ def extract_slides(
     bag_dir = project.features_dir(model.name)
     tiles_for = {bag_dir / f"{path.stem}.h5": path for path in tiles_files}
     jobs = [
-        SlideJob(slide=path.stem, output=bag, resources=resources,
-                 run=functools.partial(_extract_one, path, bag, encoder, weights, params,
-                                       slides.get(path.stem), where, normaliser))
+        SlideJob(
+            slide=path.stem,
+            output=bag,
+            resources=resources,
+            run=functools.partial(
+                _extract_one,
+                path,
+                bag,
+                encoder,
+                weights,
+                params,
+                slides.get(path.stem),
+                where,
+                normaliser,
+            ),
+        )
         for bag, path in tiles_for.items()
     ]
     return run_batch(
-        jobs, stage=STAGE, failures_csv=project.failures_csv,
+        jobs,
+        stage=STAGE,
+        failures_csv=project.failures_csv,
         is_complete=lambda bag: bag_is_current(bag, tiles_for[bag], model, params.dtype, params),
-        workers=1, overwrite=overwrite, executor=executor,
+        workers=1,
+        overwrite=overwrite,
+        executor=executor,
     )
-

@@ -95,14 +95,27 @@ def heatmap_slides(
         if slides_dir is not None and slide_path is None and "png" in params.formats:
             job = functools.partial(_missing_slide, path, str(slides_dir))
         else:
-            job = functools.partial(heatmap_slide, path, out_dir / slide_id, params,
-                                    slide_path=slide_path, tiles_dir=tiles_dir,
-                                    encoder_name=encoder, encoder_weights=weights,
-                                    explanations_dir=explanations_dir)
+            job = functools.partial(
+                heatmap_slide,
+                path,
+                out_dir / slide_id,
+                params,
+                slide_path=slide_path,
+                tiles_dir=tiles_dir,
+                encoder_name=encoder,
+                encoder_weights=weights,
+                explanations_dir=explanations_dir,
+            )
         jobs.append(SlideJob(slide=slide_id, output=out_dir / slide_id, run=job))
-    return run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
-                     is_complete=functools.partial(is_complete, params=params),
-                     workers=workers, overwrite=overwrite, executor=executor)
+    return run_batch(
+        jobs,
+        stage=STAGE,
+        failures_csv=project.failures_csv,
+        is_complete=functools.partial(is_complete, params=params),
+        workers=workers,
+        overwrite=overwrite,
+        executor=executor,
+    )
 
 
 def _missing_slide(prediction_path: Path, slides_dir: str) -> None:
@@ -121,8 +134,11 @@ def expected_files(params: HeatmapParams, task: str = "classification") -> list[
     has no segmentation files)."""
     names = [SUMMARY]
     for fmt in params.formats:
-        names += [n for n in FORMAT_FILES[fmt]
-                  if task in ("classification", "multilabel") or "segmentation" not in n]
+        names += [
+            n
+            for n in FORMAT_FILES[fmt]
+            if task in ("classification", "multilabel") or "segmentation" not in n
+        ]
     if "png" in params.formats and params.topk > 0:
         names.append("topk.png")
         if params.rollout:
@@ -139,8 +155,9 @@ def is_complete(folder: Path, params: HeatmapParams) -> bool:
         task = json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get("task")
     except (OSError, ValueError):
         return False
-    return all((folder / name).exists()
-               for name in expected_files(params, task or "classification"))
+    return all(
+        (folder / name).exists() for name in expected_files(params, task or "classification")
+    )
 
 
 def output_maps(prediction: SlidePrediction) -> dict[str, str]:
@@ -149,8 +166,10 @@ def output_maps(prediction: SlidePrediction) -> dict[str, str]:
 
     branches = prediction.branch_scores()
     prediction.extra_scores.update(branches)
-    one_per_output = (prediction.task in ("survival", "regression")
-                      or prediction.attrs.get("segmentation") == "one_vs_rest")
+    one_per_output = (
+        prediction.task in ("survival", "regression")
+        or prediction.attrs.get("segmentation") == "one_vs_rest"
+    )
     if not branches and not one_per_output:
         return {}
     out = {}
@@ -191,11 +210,14 @@ def heatmap_slide(
         stored = read_explanations(Path(explanations_dir) / prediction.slide_id / EXPLANATIONS)
         maps, attrs = stored.maps, stored.attrs
         if any(len(v) != len(prediction.coords) for v in maps.values()):
-            raise InputError(f"{explanations_dir}: the explanations of {prediction.slide_id} "
-                             f"do not have its {len(prediction.coords)} tiles")
+            raise InputError(
+                f"{explanations_dir}: the explanations of {prediction.slide_id} "
+                f"do not have its {len(prediction.coords)} tiles"
+            )
         prediction.extra_scores.update(maps)
-        explanation = explanation_trust(params.score, maps, attrs, prediction,
-                                        Path(explanations_dir))
+        explanation = explanation_trust(
+            params.score, maps, attrs, prediction, Path(explanations_dir)
+        )
     geometry = SlideGeometry.from_attrs(prediction.attrs, str(prediction_path))
     grid = TileGrid.from_coords(prediction.coords, geometry)
     tissue_path = tissue_path_for(prediction, tiles_dir)
@@ -206,18 +228,39 @@ def heatmap_slide(
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         if "png" in params.formats:
-            _write_pngs(tmp, prediction, params, slide_path, geometry, grid, tissue,
-                        encoder_name, encoder_weights, overlays,
-                        None if explanation is None else (explanation["caption"],
-                                                          explanation["fails_sanity"]))
+            _write_pngs(
+                tmp,
+                prediction,
+                params,
+                slide_path,
+                geometry,
+                grid,
+                tissue,
+                encoder_name,
+                encoder_weights,
+                overlays,
+                None
+                if explanation is None
+                else (explanation["caption"], explanation["fails_sanity"]),
+            )
         if "zarr" in params.formats:
-            write_heatmap_zarr(tmp / "heatmap.zarr", prediction, params, grid,
-                               extra_attrs={"predictions": str(prediction_path)})
+            write_heatmap_zarr(
+                tmp / "heatmap.zarr",
+                prediction,
+                params,
+                grid,
+                extra_attrs={"predictions": str(prediction_path)},
+            )
         if "geojson" in params.formats:
             write_tiles_geojson(tmp / "tiles.geojson", prediction, params)
             if prediction.has_segmentation:
-                write_segmentation_geojson(tmp / "segmentation.geojson", prediction, grid,
-                                           positive_cells(prediction, grid, params), params)
+                write_segmentation_geojson(
+                    tmp / "segmentation.geojson",
+                    prediction,
+                    grid,
+                    positive_cells(prediction, grid, params),
+                    params,
+                )
         summary = {
             **provenance(),
             "slide_id": prediction.slide_id,
@@ -236,9 +279,13 @@ def heatmap_slide(
     return out_dir
 
 
-def explanation_trust(score: str, maps: dict[str, Any], attrs: dict[str, Any],
-                      prediction: SlidePrediction, explanations_dir: Path
-                      ) -> dict[str, Any] | None:
+def explanation_trust(
+    score: str,
+    maps: dict[str, Any],
+    attrs: dict[str, Any],
+    prediction: SlidePrediction,
+    explanations_dir: Path,
+) -> dict[str, Any] | None:
     """What the heatmap says beside an explanation map: the method, its faithfulness and
     sanity figures on this slide, the fold that explained it and the run's recommended method
     (``trust.json`` of the explain stage); None when the map shown is not one the explain stage
@@ -248,8 +295,9 @@ def explanation_trust(score: str, maps: dict[str, Any], attrs: dict[str, Any],
     if score not in maps:
         return None
     fold = int(attrs.get("fold", -1))
-    same_model = (list(prediction.attrs.get("folds", [])) == [fold]
-                  and str(prediction.attrs.get("run_path")) == str(attrs.get("run_path")))
+    same_model = list(prediction.attrs.get("folds", [])) == [fold] and str(
+        prediction.attrs.get("run_path")
+    ) == str(attrs.get("run_path"))
     if score == "attention" and not same_model:
         return None  # the overlay shows the predictions' attention, not this fold's
     scores = attrs["scores"].get(score, {})
@@ -262,19 +310,33 @@ def explanation_trust(score: str, maps: dict[str, Any], attrs: dict[str, Any],
         except (OSError, ValueError):
             recommended = None
     caption = trust_parts(score, scores)
-    caption[-1] += (f"  \u00b7  fold {fold}, {sample}"
-                    + (f"  \u00b7  recommended for this run: {recommended}" if recommended
-                       else ""))
-    return {"method": score, "caption": caption, "fails_sanity": fails_sanity(scores),
-            "figures": slide_trust(scores), "fold": fold, "in_sample": sample == "in sample",
-            "recommended": recommended}
+    caption[-1] += f"  \u00b7  fold {fold}, {sample}" + (
+        f"  \u00b7  recommended for this run: {recommended}" if recommended else ""
+    )
+    return {
+        "method": score,
+        "caption": caption,
+        "fails_sanity": fails_sanity(scores),
+        "figures": slide_trust(scores),
+        "fold": fold,
+        "in_sample": sample == "in sample",
+        "recommended": recommended,
+    }
 
 
-def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams,
-                slide_path: Path, geometry: SlideGeometry, grid: TileGrid, tissue: Any,
-                encoder_name: str | None, encoder_weights: str | None,
-                maps: dict[str, str] | None = None,
-                trust: tuple[list[str], bool] | None = None) -> None:
+def _write_pngs(
+    folder: Path,
+    prediction: SlidePrediction,
+    params: HeatmapParams,
+    slide_path: Path,
+    geometry: SlideGeometry,
+    grid: TileGrid,
+    tissue: Any,
+    encoder_name: str | None,
+    encoder_weights: str | None,
+    maps: dict[str, str] | None = None,
+    trust: tuple[list[str], bool] | None = None,
+) -> None:
     from tiling.reader import TileReader
     from tiling.slide import ThumbnailStrips, open_slide
     from wsi_mil.heatmaps.render import (
@@ -287,24 +349,39 @@ def _write_pngs(folder: Path, prediction: SlidePrediction, params: HeatmapParams
     slide = open_slide(slide_path)
     try:
         if tuple(slide.dimensions) != (geometry.width, geometry.height):
-            raise InputError(f"{slide_path}: slide is {slide.dimensions[0]}x{slide.dimensions[1]} "
-                             f"px but the predictions of {prediction.slide_id} were made on a "
-                             f"{geometry.width}x{geometry.height} px slide (wrong --slides?)")
+            raise InputError(
+                f"{slide_path}: slide is {slide.dimensions[0]}x{slide.dimensions[1]} "
+                f"px but the predictions of {prediction.slide_id} were made on a "
+                f"{geometry.width}x{geometry.height} px slide (wrong --slides?)"
+            )
         # each picture is streamed from the slide band by band, never held whole
         if params.mpp is not None:
-            thumbnail = ThumbnailStrips(slide, target_mpp=params.mpp, slide_mpp=geometry.mpp,
-                                        strip_pixels=STREAM_STRIP_PIXELS)
+            thumbnail = ThumbnailStrips(
+                slide,
+                target_mpp=params.mpp,
+                slide_mpp=geometry.mpp,
+                strip_pixels=STREAM_STRIP_PIXELS,
+            )
         else:
-            thumbnail = ThumbnailStrips(slide, max_side=params.max_side,
-                                        strip_pixels=STREAM_STRIP_PIXELS)
-        write_overlay_png(folder / "overlay.png", prediction, thumbnail, params, tissue, grid,
-                          trust)
+            thumbnail = ThumbnailStrips(
+                slide, max_side=params.max_side, strip_pixels=STREAM_STRIP_PIXELS
+            )
+        write_overlay_png(
+            folder / "overlay.png", prediction, thumbnail, params, tissue, grid, trust
+        )
         if prediction.has_segmentation:
-            write_segmentation_png(folder / "segmentation.png", prediction, thumbnail, params,
-                                   tissue, grid)
+            write_segmentation_png(
+                folder / "segmentation.png", prediction, thumbnail, params, tissue, grid
+            )
         for name, score in (maps or {}).items():  # attention or outputs: no trust caption
-            write_overlay_png(folder / name, prediction, thumbnail,
-                              dataclasses.replace(params, score=score), tissue, grid)
+            write_overlay_png(
+                folder / name,
+                prediction,
+                thumbnail,
+                dataclasses.replace(params, score=score),
+                tissue,
+                grid,
+            )
         if params.topk > 0:
             encoder = None
             if params.rollout:
@@ -320,8 +397,10 @@ def _load_encoder(prediction: SlidePrediction, name: str | None, weights: str | 
 
     name = name or prediction.attrs.get("encoder")
     if not name:
-        raise InputError(f"{prediction.slide_id}: rollout needs an encoder; the predictions do "
-                         f"not record one, pass --encoder (and --weights)")
+        raise InputError(
+            f"{prediction.slide_id}: rollout needs an encoder; the predictions do "
+            f"not record one, pass --encoder (and --weights)"
+        )
     if weights is None and name == prediction.attrs.get("encoder"):
         recorded = prediction.attrs.get("weights")
         weights = str(recorded) if recorded and Path(str(recorded)).is_file() else None

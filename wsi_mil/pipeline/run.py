@@ -88,17 +88,29 @@ def _stage_params(config: PipelineConfig) -> dict[str, Any]:
     return {
         "cohort": to_plain(config.cohort),
         # New slide inputs are simply tiled; a changed mpp or tiling parameter redoes them all.
-        "tile": {"mpp": config.slides.mpp, "mpp_csv": to_plain(config.slides.mpp_csv),
-                 "tiling": to_plain(config.tiling)},
-        "train": {"train": train, "labels": to_plain(config.labels_csv),
-                  "features": str(config.features_dir)},
-        "predict": {"fold": config.predict.fold, "split": config.predict.split,
-                    "oof": config.predict.oof,
-                    "run": str(config.run_dir)},
+        "tile": {
+            "mpp": config.slides.mpp,
+            "mpp_csv": to_plain(config.slides.mpp_csv),
+            "tiling": to_plain(config.tiling),
+        },
+        "train": {
+            "train": train,
+            "labels": to_plain(config.labels_csv),
+            "features": str(config.features_dir),
+        },
+        "predict": {
+            "fold": config.predict.fold,
+            "split": config.predict.split,
+            "oof": config.predict.oof,
+            "run": str(config.run_dir),
+        },
         "heatmap": to_plain(config.heatmap),
         "segment": _segment_params(config),
-        "explain": {"explain": to_plain(config.explain), "run": str(config.run_dir),
-                    "annotations": to_plain(config.annotations_dir)},
+        "explain": {
+            "explain": to_plain(config.explain),
+            "run": str(config.run_dir),
+            "annotations": to_plain(config.annotations_dir),
+        },
     }
 
 
@@ -124,8 +136,9 @@ class Ledger:
             try:
                 self.entries = json.loads(path.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                raise PipelineError(f"{path}: unreadable run state ({exc}); delete it to "
-                                    f"redo every stage") from exc
+                raise PipelineError(
+                    f"{path}: unreadable run state ({exc}); delete it to redo every stage"
+                ) from exc
 
     def must_redo(self, stage: str, params: Any, upstream_changed: bool) -> tuple[bool, str]:
         """(redo everything?, why) for a stage about to run with ``params``.
@@ -175,8 +188,7 @@ class StageRun:
 
 def _batch(result_of_batch: Any, name: str) -> tuple[str, bool, int]:
     """(summary, wrote anything, failed slides) of a per-slide stage's batch."""
-    return (result_of_batch.summary(name), bool(result_of_batch.done),
-            len(result_of_batch.failed))
+    return (result_of_batch.summary(name), bool(result_of_batch.done), len(result_of_batch.failed))
 
 
 def _cohort(run: StageRun) -> tuple[str, bool, int]:
@@ -187,31 +199,49 @@ def _cohort(run: StageRun) -> tuple[str, bool, int]:
     slides_dir = config.slide_inputs[0]
     before = {p.name for p in slides_dir.glob("*.tif")}
     cohort = generate_cohort(config.cohort_dir, config.cohort, overwrite=run.redo)
-    made = len({s.path.name for s in cohort.slides} - before) if not run.redo else len(
-        cohort.slides)
+    made = (
+        len({s.path.name for s in cohort.slides} - before) if not run.redo else len(cohort.slides)
+    )
     n_tumor = sum(s.label == "tumor" for s in cohort.slides)
-    return (f"{len(cohort.slides)} slides ({n_tumor} with tumour), {made} generated",
-            made > 0, 0)
+    return (f"{len(cohort.slides)} slides ({n_tumor} with tumour), {made} generated", made > 0, 0)
 
 
 def _tile(run: StageRun) -> tuple[str, bool, int]:
     from wsi_mil.pipeline.tile import tile_slides
 
     config = run.config
-    return _batch(tile_slides(list(config.slide_inputs), out=run.project, params=config.tiling,
-                              recursive=config.slides.recursive, mpp=config.slides.mpp,
-                              mpp_csv=config.slides.mpp_csv, workers=config.workers,
-                              overwrite=run.redo, executor=config.executor), "tile")
+    return _batch(
+        tile_slides(
+            list(config.slide_inputs),
+            out=run.project,
+            params=config.tiling,
+            recursive=config.slides.recursive,
+            mpp=config.slides.mpp,
+            mpp_csv=config.slides.mpp_csv,
+            workers=config.workers,
+            overwrite=run.redo,
+            executor=config.executor,
+        ),
+        "tile",
+    )
 
 
 def _extract(run: StageRun) -> tuple[str, bool, int]:
     from wsi_mil.pipeline.extract import extract_slides
 
     config = run.config
-    return _batch(extract_slides(config.tiles_dir, out=run.project,
-                                 encoder=config.extract.encoder, weights=config.extract.weights,
-                                 params=config.extract.params(), overwrite=run.redo,
-                                 executor=config.executor), "extract")
+    return _batch(
+        extract_slides(
+            config.tiles_dir,
+            out=run.project,
+            encoder=config.extract.encoder,
+            weights=config.extract.weights,
+            params=config.extract.params(),
+            overwrite=run.redo,
+            executor=config.executor,
+        ),
+        "extract",
+    )
 
 
 def _train(run: StageRun) -> tuple[str, bool, int]:
@@ -222,10 +252,17 @@ def _train(run: StageRun) -> tuple[str, bool, int]:
     summary_file = config.run_dir / "summary.json"
     if summary_file.is_file() and not run.redo:
         return f"skipped: {summary_file} exists (trained with these parameters)", False, 0
-    summary = train_run(config.features_dir, config.labels_csv, out=run.project,
-                        name=config.name, params=config.train, resume=not run.redo)
+    summary = train_run(
+        config.features_dir,
+        config.labels_csv,
+        out=run.project,
+        name=config.name,
+        params=config.train,
+        resume=not run.redo,
+    )
     name = {"multilabel": "macro_auc", "survival": "harrell_c", "regression": "r2"}.get(
-        summary.get("task", "classification"), "auc")
+        summary.get("task", "classification"), "auc"
+    )
     score = summary.get(name, {}).get("mean")
     text = f"{summary['n_folds']} fold(s) -> {config.run_dir}"
     if score is not None:
@@ -237,21 +274,40 @@ def _predict(run: StageRun) -> tuple[str, bool, int]:
     from wsi_mil.pipeline.predict import predict_slides
 
     config = run.config
-    return _batch(predict_slides(config.run_dir, config.features_dir, out=run.project,
-                                 params=config.predict.params(), labels_csv=config.labels_csv,
-                                 workers=config.workers, overwrite=run.redo,
-                                 split=config.predict.split,
-                                 executor=config.executor), "predict")
+    return _batch(
+        predict_slides(
+            config.run_dir,
+            config.features_dir,
+            out=run.project,
+            params=config.predict.params(),
+            labels_csv=config.labels_csv,
+            workers=config.workers,
+            overwrite=run.redo,
+            split=config.predict.split,
+            executor=config.executor,
+        ),
+        "predict",
+    )
 
 
 def _heatmap(run: StageRun) -> tuple[str, bool, int]:
     from wsi_mil.pipeline.heatmap import heatmap_slides
 
     config = run.config
-    return _batch(heatmap_slides(config.predictions_dir, out=run.project, params=config.heatmap,
-                                 tiles_dir=config.tiles_dir, encoder=config.extract.encoder,
-                                 weights=config.extract.weights, workers=config.workers,
-                                 overwrite=run.redo, executor=config.executor), "heatmap")
+    return _batch(
+        heatmap_slides(
+            config.predictions_dir,
+            out=run.project,
+            params=config.heatmap,
+            tiles_dir=config.tiles_dir,
+            encoder=config.extract.encoder,
+            weights=config.extract.weights,
+            workers=config.workers,
+            overwrite=run.redo,
+            executor=config.executor,
+        ),
+        "heatmap",
+    )
 
 
 def _segment(run: StageRun) -> tuple[str, bool, int]:
@@ -264,18 +320,39 @@ def _segment(run: StageRun) -> tuple[str, bool, int]:
     trained = ""
     if section.model is None and (run.redo or not (model / "model_card.json").is_file()):
         if config.annotations_dir is None:
-            raise PipelineError("segment: no lesion annotations to train a segmenter on "
-                                "(set evaluate.annotations_dir, or segment.model)")
-        split = ("train" if config.labels_csv is not None
-                 and read_labels(config.labels_csv).has_split else None)
-        card = segment_train(list(config.slide_inputs), config.annotations_dir, out=run.project,
-                             params=section.train, labels_csv=config.labels_csv, split=split)
-        trained = (f"trained {card['net']} (validation Dice {card['best_val_dice']:.3f}) "
-                   f"-> {model}; ")
-    summary, new_outputs, failed = _batch(segment_slides(
-        config.predictions_dir, model, out=run.project, params=section.params(),
-        workers=config.workers, overwrite=run.redo, executor=config.executor,
-        annotations_dir=config.annotations_dir if section.explain else None), "segment")
+            raise PipelineError(
+                "segment: no lesion annotations to train a segmenter on "
+                "(set evaluate.annotations_dir, or segment.model)"
+            )
+        split = (
+            "train"
+            if config.labels_csv is not None and read_labels(config.labels_csv).has_split
+            else None
+        )
+        card = segment_train(
+            list(config.slide_inputs),
+            config.annotations_dir,
+            out=run.project,
+            params=section.train,
+            labels_csv=config.labels_csv,
+            split=split,
+        )
+        trained = (
+            f"trained {card['net']} (validation Dice {card['best_val_dice']:.3f}) -> {model}; "
+        )
+    summary, new_outputs, failed = _batch(
+        segment_slides(
+            config.predictions_dir,
+            model,
+            out=run.project,
+            params=section.params(),
+            workers=config.workers,
+            overwrite=run.redo,
+            executor=config.executor,
+            annotations_dir=config.annotations_dir if section.explain else None,
+        ),
+        "segment",
+    )
     return trained + summary, new_outputs or bool(trained), failed
 
 
@@ -283,10 +360,20 @@ def _explain(run: StageRun) -> tuple[str, bool, int]:
     from wsi_mil.pipeline.explain import explain_slides
 
     config = run.config
-    return _batch(explain_slides(config.run_dir, config.features_dir, out=run.project,
-                                 params=config.explain, annotations_dir=config.annotations_dir,
-                                 slides_dir=None, workers=config.workers, overwrite=run.redo,
-                                 executor=config.executor), "explain")
+    return _batch(
+        explain_slides(
+            config.run_dir,
+            config.features_dir,
+            out=run.project,
+            params=config.explain,
+            annotations_dir=config.annotations_dir,
+            slides_dir=None,
+            workers=config.workers,
+            overwrite=run.redo,
+            executor=config.executor,
+        ),
+        "explain",
+    )
 
 
 def _evaluate(run: StageRun) -> tuple[str, bool, int]:
@@ -296,34 +383,49 @@ def _evaluate(run: StageRun) -> tuple[str, bool, int]:
     if config.labels_csv is None:
         raise PipelineError("evaluate needs labels")
     metrics, lesion = evaluate_cohort(
-        config.predictions_dir, config.labels_csv, section=config.evaluate, out=run.project,
-        annotations_dir=config.annotations_dir, run_dir=config.run_dir,
-        features_dir=config.features_dir, split=config.predict.split,
-        segment_dir=config.segment_dir if config.segment is not None else None)
+        config.predictions_dir,
+        config.labels_csv,
+        section=config.evaluate,
+        out=run.project,
+        annotations_dir=config.annotations_dir,
+        run_dir=config.run_dir,
+        features_dir=config.features_dir,
+        split=config.predict.split,
+        segment_dir=config.segment_dir if config.segment is not None else None,
+    )
     run.result.metrics, run.result.lesion = metrics, lesion
     task = metrics.get("task", "classification")
     if task == "classification":
-        text = (f"{metrics['n_slides']} slides: AUC {_fmt(metrics.get('auc'))}, "
-                f"accuracy {_fmt(metrics.get('accuracy'))}")
+        text = (
+            f"{metrics['n_slides']} slides: AUC {_fmt(metrics.get('auc'))}, "
+            f"accuracy {_fmt(metrics.get('accuracy'))}"
+        )
     elif task == "multilabel":
-        text = (f"{metrics['n_slides']} slides: macro AUC {_fmt(metrics['macro_auc'])}, "
-                f"subset accuracy {_fmt(metrics['subset_accuracy'])}")
+        text = (
+            f"{metrics['n_slides']} slides: macro AUC {_fmt(metrics['macro_auc'])}, "
+            f"subset accuracy {_fmt(metrics['subset_accuracy'])}"
+        )
     elif task == "survival":
-        text = (f"{metrics['n_slides']} slides: Harrell's C {_fmt(metrics['harrell_c'])}, "
-                f"Uno's C {_fmt(metrics['uno_c'])}, integrated Brier "
-                f"{_fmt(metrics['integrated_brier'])}")
+        text = (
+            f"{metrics['n_slides']} slides: Harrell's C {_fmt(metrics['harrell_c'])}, "
+            f"Uno's C {_fmt(metrics['uno_c'])}, integrated Brier "
+            f"{_fmt(metrics['integrated_brier'])}"
+        )
     else:
-        text = (f"{metrics['n_slides']} slides: R² {_fmt(metrics['r2'])}, MAE "
-                f"{_fmt(metrics['mae'])}")
+        text = f"{metrics['n_slides']} slides: R² {_fmt(metrics['r2'])}, MAE {_fmt(metrics['mae'])}"
     if lesion:
         seg, explain = lesion["segmentation"], lesion["explain"]
-        text += (f"; FROC {_fmt(lesion['froc'])}, tile Dice {_fmt(seg['dice'])}, "
-                 f"pointing game {_fmt(explain['pointing_game'])} "
-                 f"({lesion['n_tumour_annotated']} annotated tumour slides)")
+        text += (
+            f"; FROC {_fmt(lesion['froc'])}, tile Dice {_fmt(seg['dice'])}, "
+            f"pointing game {_fmt(explain['pointing_game'])} "
+            f"({lesion['n_tumour_annotated']} annotated tumour slides)"
+        )
         pixel = lesion.get("pixel_segmentation")
         if pixel:
-            text += (f"; pixel Dice {_fmt(pixel['mask']['dice'])} (tile head "
-                     f"{_fmt(pixel['tile_head']['dice'])} on the same pixels)")
+            text += (
+                f"; pixel Dice {_fmt(pixel['mask']['dice'])} (tile head "
+                f"{_fmt(pixel['tile_head']['dice'])} on the same pixels)"
+            )
     return text, False, 0
 
 
@@ -387,8 +489,9 @@ def run_pipeline(config: PipelineConfig, *, overwrite: bool = False) -> Pipeline
                 ledger.start(stage.name, ledger_params, redo)
             started = time.perf_counter()
             summary, new_outputs, failed = stage.body(StageRun(config, redo, result))
-            report = StageReport(stage.name, summary, time.perf_counter() - started,
-                                 new_outputs, failed)
+            report = StageReport(
+                stage.name, summary, time.perf_counter() - started, new_outputs, failed
+            )
             result.stages.append(report)
             logger.info("[%s] %s (%.1f s)", stage.name, summary, report.seconds)
             if stage.tracked:

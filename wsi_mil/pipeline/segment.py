@@ -23,10 +23,16 @@ from wsi_mil.project import Project
 from wsi_mil.segment.params import SegmentParams, SegmentTrainParams
 
 
-def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.PathLike, *,
-                  out: str | os.PathLike | Project, params: SegmentTrainParams | None = None,
-                  labels_csv: str | os.PathLike | None = None, split: str | None = None,
-                  negative_class: str | None = None) -> dict[str, Any]:
+def segment_train(
+    slides: list[str | os.PathLike],
+    annotations_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | Project,
+    params: SegmentTrainParams | None = None,
+    labels_csv: str | os.PathLike | None = None,
+    split: str | None = None,
+    negative_class: str | None = None,
+) -> dict[str, Any]:
     """Train a segmenter on the annotated slides among ``slides`` (and, with a labels CSV, on
     its negative-class slides as lesion-free tissue); only ``split`` slides when given. The
     segmenter is written to the project ``out``'s ``segmenter/``."""
@@ -48,8 +54,10 @@ def segment_train(slides: list[str | os.PathLike], annotations_dir: str | os.Pat
         raise SegmentDataError("a split needs a labels CSV to read it from (--labels)")
     chosen = training_slides(slides, annotations_dir, labels, negative, split_ids)
     if not chosen:
-        raise SegmentDataError(f"{annotations_dir}: no slide of {', '.join(map(str, slides))} "
-                               f"has an annotation file <slide_id>.xml/.json/.geojson there")
+        raise SegmentDataError(
+            f"{annotations_dir}: no slide of {', '.join(map(str, slides))} "
+            f"has an annotation file <slide_id>.xml/.json/.geojson there"
+        )
     return train_segmenter(chosen, Project.of(out).segmenter_dir, params or SegmentTrainParams())
 
 
@@ -60,17 +68,26 @@ def _cached_segmenter(model_dir: str, device: str) -> tuple[Any, dict[str, Any]]
     return load_segmenter(model_dir, device)
 
 
-def _segment_one(prediction_path: Path, model_dir: Path, folder: Path, params: SegmentParams,
-                 slide_path: Path | None, annotation_path: Path | None = None) -> Path:
+def _segment_one(
+    prediction_path: Path,
+    model_dir: Path,
+    folder: Path,
+    params: SegmentParams,
+    slide_path: Path | None,
+    annotation_path: Path | None = None,
+) -> Path:
     from wsi_mil.segment.infer import segment_slide
 
     model, card = _cached_segmenter(str(model_dir), params.device)
-    return segment_slide(prediction_path, model, card, folder, params, slide_path,
-                         annotation_path)
+    return segment_slide(prediction_path, model, card, folder, params, slide_path, annotation_path)
 
 
-def _is_current(folder: Path, checkpoint_sha256: str, explain: tuple[str, ...] = (),
-                annotations: dict[Path, Path | None] | None = None) -> bool:
+def _is_current(
+    folder: Path,
+    checkpoint_sha256: str,
+    explain: tuple[str, ...] = (),
+    annotations: dict[Path, Path | None] | None = None,
+) -> bool:
     from wsi_mil.segment.explain import is_explained
     from wsi_mil.segment.infer import SUMMARY, is_segmented
 
@@ -97,19 +114,28 @@ def explain_methods_note(model_dir: str | os.PathLike, params: SegmentParams) ->
         require_extra("explain", f"the segmenter's {' and '.join(captum)}")
     missing = [m for m in params.explain if m not in kept]
     if not kept:
-        raise InputError(f"{model_dir}: a {net} segmenter has none of the explanations "
-                         f"{list(params.explain)}; it has {list(NETWORK_METHODS[net])}")
+        raise InputError(
+            f"{model_dir}: a {net} segmenter has none of the explanations "
+            f"{list(params.explain)}; it has {list(NETWORK_METHODS[net])}"
+        )
     if missing:
         return f"explain: a {net} segmenter has no {', '.join(missing)} (skipped)"
     return None
 
 
-def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathLike, *,
-                   out: str | os.PathLike | Project, params: SegmentParams | None = None,
-                   slides: list[str | os.PathLike] | None = None, workers: int = 1,
-                   overwrite: bool = False, slide_ids: Collection[str] | None = None,
-                   executor: ExecutorParams | None = None,
-                   annotations_dir: str | os.PathLike | None = None) -> BatchResult:
+def segment_slides(
+    predictions_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | Project,
+    params: SegmentParams | None = None,
+    slides: list[str | os.PathLike] | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    slide_ids: Collection[str] | None = None,
+    executor: ExecutorParams | None = None,
+    annotations_dir: str | os.PathLike | None = None,
+) -> BatchResult:
     """Segment every predicted slide of ``predictions_dir`` into the project ``out``'s
     ``segment/<slide_id>/``.
 
@@ -139,17 +165,41 @@ def segment_slides(predictions_dir: str | os.PathLike, model_dir: str | os.PathL
         if slide_ids is not None and path.stem not in slide_ids:
             continue
         folder = project.segment_dir / path.stem
-        annotation = (find_annotation(annotations_dir, path.stem)
-                      if annotations_dir is not None and params.explain else None)
+        annotation = (
+            find_annotation(annotations_dir, path.stem)
+            if annotations_dir is not None and params.explain
+            else None
+        )
         annotations[folder] = annotation
-        jobs.append(SlideJob(path.stem, folder,
-                             partial(_segment_one, path, Path(model_dir), folder, params,
-                                     found.get(path.stem), annotation)))
-    result = run_batch(jobs, stage="segment", failures_csv=project.failures_csv,
-                       is_complete=partial(_is_current,
-                                           checkpoint_sha256=card["checkpoint_sha256"],
-                                           explain=params.explain, annotations=annotations),
-                       workers=workers, overwrite=overwrite, executor=executor)
+        jobs.append(
+            SlideJob(
+                path.stem,
+                folder,
+                partial(
+                    _segment_one,
+                    path,
+                    Path(model_dir),
+                    folder,
+                    params,
+                    found.get(path.stem),
+                    annotation,
+                ),
+            )
+        )
+    result = run_batch(
+        jobs,
+        stage="segment",
+        failures_csv=project.failures_csv,
+        is_complete=partial(
+            _is_current,
+            checkpoint_sha256=card["checkpoint_sha256"],
+            explain=params.explain,
+            annotations=annotations,
+        ),
+        workers=workers,
+        overwrite=overwrite,
+        executor=executor,
+    )
     if params.explain:
         from wsi_mil.segment.explain import write_cohort_table
 

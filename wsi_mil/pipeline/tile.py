@@ -20,8 +20,9 @@ STAGE = "tile"
 logger = logging.getLogger(__name__)
 
 
-def tile_and_report(slide_path: Path, out_dir: Path, params: TilingParams,
-                    mpp: float | None) -> Path:
+def tile_and_report(
+    slide_path: Path, out_dir: Path, params: TilingParams, mpp: float | None
+) -> Path:
     """Tile one slide and print its line (tissue area, tiles kept), so a slide that lost its
     tissue shows in the log as it happens, not only at ``extract``."""
     path = tile_slide(slide_path, out_dir, params, mpp)
@@ -52,21 +53,34 @@ def tile_slides(
     project = Project.of(out)
     out_dir = project.root  # tile_slide writes its tiles/ (the project's: tiling knows the name)
     previews = project.tiles_dir.resolve()  # only our own previews, not slides kept in out
-    found = [s for s in find_slides(slides, recursive=recursive)
-             if previews not in s.resolve().parents]  # never tile our own previews
+    found = [
+        s for s in find_slides(slides, recursive=recursive) if previews not in s.resolve().parents
+    ]  # never tile our own previews
     by_id = check_unique_ids(found)
     overrides = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}
     unknown = sorted(set(overrides) - set(by_id))
     if unknown:
-        logger.warning("warning: %s lists slides not among the inputs: %s%s", mpp_csv,
-                       ", ".join(unknown[:10]), " ..." if len(unknown) > 10 else "")
+        logger.warning(
+            "warning: %s lists slides not among the inputs: %s%s",
+            mpp_csv,
+            ", ".join(unknown[:10]),
+            " ..." if len(unknown) > 10 else "",
+        )
     jobs = [
-        SlideJob(slide=str(path), output=tiling_outputs(out_dir, slide_id).tiles,
-                 run=partial(tile_and_report, path, out_dir, params, overrides.get(slide_id, mpp)))
+        SlideJob(
+            slide=str(path),
+            output=tiling_outputs(out_dir, slide_id).tiles,
+            run=partial(tile_and_report, path, out_dir, params, overrides.get(slide_id, mpp)),
+        )
         for slide_id, path in by_id.items()
     ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    return run_batch(jobs, stage=STAGE, failures_csv=project.failures_csv,
-                     is_complete=is_tiled, workers=workers, overwrite=overwrite,
-                     executor=executor)
-
+    return run_batch(
+        jobs,
+        stage=STAGE,
+        failures_csv=project.failures_csv,
+        is_complete=is_tiled,
+        workers=workers,
+        overwrite=overwrite,
+        executor=executor,
+    )

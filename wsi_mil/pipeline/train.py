@@ -15,9 +15,15 @@ if TYPE_CHECKING:
     from wsi_mil.mil.params import TrainParams
 
 
-def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, *,
-              out: str | os.PathLike | Project, name: str = "run",
-              params: TrainParams | None = None, resume: bool = False) -> dict[str, Any]:
+def train_run(
+    features_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    *,
+    out: str | os.PathLike | Project,
+    name: str = "run",
+    params: TrainParams | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train on the bags of ``features_dir`` with the labels of ``labels_csv`` into the project
     ``out``'s ``runs/<name>/``, and return the summary (also ``summary.json`` there).
 
@@ -26,5 +32,6 @@ def train_run(features_dir: str | os.PathLike, labels_csv: str | os.PathLike, *,
     """
     from wsi_mil.mil.train import train_folds
 
-    return train_folds(features_dir, labels_csv, Project.of(out).run_dir(name), params,
-                       resume=resume)
+    return train_folds(
+        features_dir, labels_csv, Project.of(out).run_dir(name), params, resume=resume
+    )

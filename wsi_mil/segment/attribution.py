@@ -83,8 +83,7 @@ class AttributionError(WsiMilError, ValueError):
     """A method or layer the network does not have (the message names the alternatives)."""
 
 
-def available_methods(net: str, wanted: tuple[str, ...] | list[str] = EXPLAIN_METHODS
-                      ) -> list[str]:
+def available_methods(net: str, wanted: tuple[str, ...] | list[str] = EXPLAIN_METHODS) -> list[str]:
     """The methods of ``wanted`` that network ``net`` has, in table order."""
     have = NETWORK_METHODS.get(net, ())
     return [m for m in EXPLAIN_METHODS if m in wanted and m in have]
@@ -114,8 +113,10 @@ def _numpy(maps: torch.Tensor) -> np.ndarray:
 def _blocks(model: torch.nn.Module) -> list[Any]:
     vit = getattr(model, "vit", None)
     if vit is None:
-        raise AttributionError(f"{type(model).__name__} has no ViT encoder: attention_rollout "
-                               "and relevance need a UNETR")
+        raise AttributionError(
+            f"{type(model).__name__} has no ViT encoder: attention_rollout "
+            "and relevance need a UNETR"
+        )
     return list(vit.blocks)
 
 
@@ -160,21 +161,23 @@ def _token_map(rows: torch.Tensor, matrix: torch.Tensor, size: int) -> torch.Ten
     return _upsample(tokens.view(-1, 1, side, side), size)
 
 
-def attention_rollout_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor
-                           ) -> np.ndarray:
+def attention_rollout_maps(
+    model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor
+) -> np.ndarray:
     """Rollout of UNETR's ViT read from the outlined tokens (see the module docstring)."""
     _blocks(model)
     matrix = rollout(vit_attention(model.vit, x))  # type: ignore[arg-type]
     return _numpy(_token_map(token_weights(region), matrix, x.shape[-1]))
 
 
-def relevance_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor
-                   ) -> np.ndarray:
+def relevance_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor) -> np.ndarray:
     """Chefer et al.'s relevance of UNETR's ViT (see the module docstring)."""
     blocks = _blocks(model)
     kept: list[torch.Tensor] = []
-    hooks = [b.attn.drop_weights.register_forward_hook(lambda _m, _i, out: kept.append(out))
-             for b in blocks]
+    hooks = [
+        b.attn.drop_weights.register_forward_hook(lambda _m, _i, out: kept.append(out))
+        for b in blocks
+    ]
     try:
         with torch.enable_grad():
             target = lesion_target(model(x), region).sum()
@@ -198,8 +201,9 @@ def gradcam_stages(model: torch.nn.Module, net: str) -> list[str]:
     """Names of the network's encoder stages, shallowest first."""
     names = dict(model.named_modules())
     if net in ("swin_unetr", "unetr"):
-        return [n for n in ("encoder1", "encoder2", "encoder3", "encoder4", "encoder10")
-                if n in names]
+        return [
+            n for n in ("encoder1", "encoder2", "encoder3", "encoder4", "encoder10") if n in names
+        ]
     require_extra("segment", "a segmenter's Grad-CAM stages")
     from monai.networks.layers.simplelayers import SkipConnection
     from monai.networks.nets.attentionunet import AttentionLayer
@@ -215,22 +219,29 @@ def gradcam_stages(model: torch.nn.Module, net: str) -> list[str]:
     return stages
 
 
-def gradcam_layer_name(model: torch.nn.Module, net: str, tile_size: int,
-                       chosen: str | None = None) -> str:
+def gradcam_layer_name(
+    model: torch.nn.Module, net: str, tile_size: int, chosen: str | None = None
+) -> str:
     """The module Grad-CAM reads: ``chosen`` when given (checked), else the deepest encoder
     stage whose output is at most :data:`GRADCAM_MAX_DOWNSAMPLE` times coarser than the
     window (found by one forward pass of a blank window through hooks on the stages)."""
     names = dict(model.named_modules())
     if chosen is not None:
         if chosen not in names:
-            raise AttributionError(f"explain_gradcam_layer {chosen!r} is not a module of the "
-                                   f"{net} network; its encoder stages are "
-                                   f"{gradcam_stages(model, net)}")
+            raise AttributionError(
+                f"explain_gradcam_layer {chosen!r} is not a module of the "
+                f"{net} network; its encoder stages are "
+                f"{gradcam_stages(model, net)}"
+            )
         return chosen
     candidates = gradcam_stages(model, net)
     sides: dict[str, int] = {}
-    hooks = [names[n].register_forward_hook(
-        lambda _m, _i, out, n=n: sides.__setitem__(n, int(out.shape[-1]))) for n in candidates]
+    hooks = [
+        names[n].register_forward_hook(
+            lambda _m, _i, out, n=n: sides.__setitem__(n, int(out.shape[-1]))
+        )
+        for n in candidates
+    ]
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -244,8 +255,9 @@ def gradcam_layer_name(model: torch.nn.Module, net: str, tile_size: int,
     return fine[-1]
 
 
-def gradcam_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor,
-                 layer_name: str) -> np.ndarray:
+def gradcam_maps(
+    model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor, layer_name: str
+) -> np.ndarray:
     """Captum's LayerGradCam of the outlined lesion's log-odds at ``layer_name``."""
     require_extra("explain", "Grad-CAM of a segmenter")
     from captum.attr import LayerGradCam
@@ -253,7 +265,8 @@ def gradcam_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor,
     layer = dict(model.named_modules())[layer_name]
     with torch.enable_grad():
         cam = LayerGradCam(lambda inp: lesion_target(model(inp), region), layer).attribute(
-            x, relu_attributions=True)
+            x, relu_attributions=True
+        )
     return _numpy(_upsample(cam, x.shape[-1]))
 
 
@@ -265,8 +278,11 @@ def attention_gate_maps(model: torch.nn.Module, x: torch.Tensor) -> dict[str, np
     from monai.networks.nets.attentionunet import AttentionBlock
 
     gates: list[torch.Tensor] = []
-    hooks = [m.psi.register_forward_hook(lambda _m, _i, out: gates.append(out.detach()))
-             for m in model.modules() if isinstance(m, AttentionBlock)]
+    hooks = [
+        m.psi.register_forward_hook(lambda _m, _i, out: gates.append(out.detach()))
+        for m in model.modules()
+        if isinstance(m, AttentionBlock)
+    ]
     if not hooks:
         raise AttributionError(f"{type(model).__name__} has no attention gates")
     try:
@@ -292,16 +308,21 @@ def glass_input(x: torch.Tensor) -> torch.Tensor:
     return to_input(white, x.device).expand_as(x).contiguous()
 
 
-def integrated_gradients_maps(model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor,
-                              steps: int) -> np.ndarray:
+def integrated_gradients_maps(
+    model: torch.nn.Module, x: torch.Tensor, region: torch.Tensor, steps: int
+) -> np.ndarray:
     """Captum's IntegratedGradients from empty glass, channels summed."""
     require_extra("explain", "integrated gradients of a segmenter")
     from captum.attr import IntegratedGradients
 
     with torch.enable_grad():
         attr = IntegratedGradients(lambda inp: lesion_target(model(inp), region)).attribute(
-            x, baselines=glass_input(x), n_steps=steps, method="gausslegendre",
-            internal_batch_size=x.shape[0])
+            x,
+            baselines=glass_input(x),
+            n_steps=steps,
+            method="gausslegendre",
+            internal_batch_size=x.shape[0],
+        )
     return _numpy(attr.sum(1))
 
 
@@ -311,11 +332,18 @@ def random_maps(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 # -- all of them ---------------------------------------------------------------------------
-def explain_windows(model: torch.nn.Module, net: str, x: torch.Tensor, region: torch.Tensor,
-                    methods: list[str] | tuple[str, ...], *, ig_steps: int = 16,
-                    gradcam_layer: str | None = None, seeds: list[int] | None = None,
-                    timer: Callable[[str, float], None] | None = None
-                    ) -> dict[str, np.ndarray]:
+def explain_windows(
+    model: torch.nn.Module,
+    net: str,
+    x: torch.Tensor,
+    region: torch.Tensor,
+    methods: list[str] | tuple[str, ...],
+    *,
+    ig_steps: int = 16,
+    gradcam_layer: str | None = None,
+    seeds: list[int] | None = None,
+    timer: Callable[[str, float], None] | None = None,
+) -> dict[str, np.ndarray]:
     """Maps ``[B, T, T]`` of every method of ``methods`` (those ``net`` has) for windows ``x``
     and their outlined ``region``; ``gradcam_layer`` is a name from
     :func:`gradcam_layer_name`; ``seeds``: one per window, of its random map (default 0..B-1);
@@ -339,8 +367,9 @@ def explain_windows(model: torch.nn.Module, net: str, x: torch.Tensor, region: t
         elif method == "integrated_gradients":
             maps[method] = integrated_gradients_maps(model, x, region, ig_steps)
         else:
-            maps[method] = np.stack([random_maps(tuple(x.shape[-2:]), s)
-                                     for s in (seeds or range(x.shape[0]))])
+            maps[method] = np.stack(
+                [random_maps(tuple(x.shape[-2:]), s) for s in (seeds or range(x.shape[0]))]
+            )
         if timer is not None:
             timer(method, time.perf_counter() - started)
     return maps

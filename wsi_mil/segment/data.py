@@ -63,19 +63,29 @@ class TileSet:
     @classmethod
     def concat(cls, parts: list[TileSet], tile_size: int) -> TileSet:
         if not parts:
-            return cls(np.zeros((0, tile_size, tile_size, 3), np.uint8),
-                       np.zeros((0, tile_size, tile_size), np.uint8), np.zeros(0, np.int8),
-                       np.zeros((0, 2), np.int64), [])
-        return cls(np.concatenate([p.tiles for p in parts]),
-                   np.concatenate([p.masks for p in parts]),
-                   np.concatenate([p.kinds for p in parts]),
-                   np.concatenate([p.corners for p in parts]),
-                   [s for p in parts for s in p.slide_ids])
+            return cls(
+                np.zeros((0, tile_size, tile_size, 3), np.uint8),
+                np.zeros((0, tile_size, tile_size), np.uint8),
+                np.zeros(0, np.int8),
+                np.zeros((0, 2), np.int64),
+                [],
+            )
+        return cls(
+            np.concatenate([p.tiles for p in parts]),
+            np.concatenate([p.masks for p in parts]),
+            np.concatenate([p.kinds for p in parts]),
+            np.concatenate([p.corners for p in parts]),
+            [s for p in parts for s in p.slide_ids],
+        )
 
 
-def training_slides(slides: list[str | os.PathLike], annotations_dir: str | os.PathLike,
-                    labels: dict[str, str] | None = None, negative_class: str | None = None,
-                    split_ids: set[str] | None = None) -> list[TrainingSlide]:
+def training_slides(
+    slides: list[str | os.PathLike],
+    annotations_dir: str | os.PathLike,
+    labels: dict[str, str] | None = None,
+    negative_class: str | None = None,
+    split_ids: set[str] | None = None,
+) -> list[TrainingSlide]:
     """The slides to train on: every slide with an annotation file, plus, when ``labels`` are
     given, the slides of ``negative_class`` (whose tissue is all normal).
 
@@ -95,8 +105,7 @@ def training_slides(slides: list[str | os.PathLike], annotations_dir: str | os.P
     return chosen
 
 
-def _pick(mask: np.ndarray, count: int, rng: np.random.Generator, downsample: float
-          ) -> np.ndarray:
+def _pick(mask: np.ndarray, count: int, rng: np.random.Generator, downsample: float) -> np.ndarray:
     """``count`` level-0 (x, y) points in random pixels of ``mask`` (jittered within them)."""
     rows, cols = np.nonzero(mask)
     if count <= 0 or rows.size == 0:
@@ -106,8 +115,9 @@ def _pick(mask: np.ndarray, count: int, rng: np.random.Generator, downsample: fl
     return np.column_stack([cols[chosen] + jitter[:, 0], rows[chosen] + jitter[:, 1]]) * downsample
 
 
-def kind_counts(total: int, balance: tuple[float, float, float], available: list[bool]
-                ) -> list[int]:
+def kind_counts(
+    total: int, balance: tuple[float, float, float], available: list[bool]
+) -> list[int]:
     """Tiles of each kind: ``total`` split by ``balance`` over the kinds that are available."""
     shares = np.array([b if ok else 0.0 for b, ok in zip(balance, available)])
     if shares.sum() <= 0:
@@ -118,9 +128,13 @@ def kind_counts(total: int, balance: tuple[float, float, float], available: list
     return counts.tolist()
 
 
-def sample_slide(slide: TrainingSlide, params: SegmentTrainParams, rng: np.random.Generator,
-                 annotation_params: AnnotationParams | None = None,
-                 mpp_override: float | None = None) -> TileSet:
+def sample_slide(
+    slide: TrainingSlide,
+    params: SegmentTrainParams,
+    rng: np.random.Generator,
+    annotation_params: AnnotationParams | None = None,
+    mpp_override: float | None = None,
+) -> TileSet:
     """Cut ``params.tiles_per_slide`` tiles and their masks from one slide."""
     handle = open_slide(slide.path)
     try:
@@ -129,11 +143,20 @@ def sample_slide(slide: TrainingSlide, params: SegmentTrainParams, rng: np.rando
         downsample = params.mpp / mpp
         side0 = params.tile_size * downsample  # tile side in level-0 px
         read_level = level_for_downsample(handle, downsample)
-        reader = TileReader(handle, {"read_level": read_level,
-                                     "read_downsample": handle.level_downsamples[read_level],
-                                     "tile_size": params.tile_size, "tile_size_level0": side0})
-        lesions = (read_annotations(slide.annotation, annotation_params or AnnotationParams()).lesions
-                   if slide.annotation is not None else as_multipolygon(None))
+        reader = TileReader(
+            handle,
+            {
+                "read_level": read_level,
+                "read_downsample": handle.level_downsamples[read_level],
+                "tile_size": params.tile_size,
+                "tile_size_level0": side0,
+            },
+        )
+        lesions = (
+            read_annotations(slide.annotation, annotation_params or AnnotationParams()).lesions
+            if slide.annotation is not None
+            else as_multipolygon(None)
+        )
         thumb = read_thumbnail(handle, target_mpp=max(SAMPLING_MPP, mpp), slide_mpp=mpp)
         tissue = detect_tissue(thumb.image, thumb.downsample, mpp, TissueParams()).mask
         if not tissue.any():
@@ -148,8 +171,9 @@ def sample_slide(slide: TrainingSlide, params: SegmentTrainParams, rng: np.rando
             if not inside.any():  # lesions thinner than half a tile: their own pixels
                 inside = geometry_mask(lesions, shape, scale)
         regions = [inside, near & ~inside, tissue & ~near]
-        counts = kind_counts(params.tiles_per_slide, params.balance,
-                             [bool(r.any()) for r in regions])
+        counts = kind_counts(
+            params.tiles_per_slide, params.balance, [bool(r.any()) for r in regions]
+        )
         centres = [_pick(region, n, rng, thumb.downsample) for region, n in zip(regions, counts)]
         kinds = np.concatenate([np.full(len(c), k, np.int8) for k, c in enumerate(centres)])
         corners = np.concatenate(centres) - side0 / 2
@@ -161,22 +185,26 @@ def sample_slide(slide: TrainingSlide, params: SegmentTrainParams, rng: np.rando
         masks = np.empty((len(corners), size, size), np.uint8)
         for i, (x, y) in enumerate(corners):
             tiles[i] = reader.read(int(x), int(y))
-            masks[i] = geometry_mask(lesions, (size, size), 1.0 / downsample,
-                                     origin=(float(x), float(y)))
+            masks[i] = geometry_mask(
+                lesions, (size, size), 1.0 / downsample, origin=(float(x), float(y))
+            )
     finally:
         handle.close()
     return TileSet(tiles, masks, kinds, corners, [slide.slide_id] * len(corners))
 
 
-def split_slides(slides: list[TrainingSlide], val_fraction: float, seed: int
-                 ) -> tuple[list[TrainingSlide], list[TrainingSlide]]:
+def split_slides(
+    slides: list[TrainingSlide], val_fraction: float, seed: int
+) -> tuple[list[TrainingSlide], list[TrainingSlide]]:
     """(train, validation) slides: the validation share taken from slides with lesions and
     from slides without, so both sides see lesions."""
     lesion = [s for s in slides if s.annotation is not None]
     normal = [s for s in slides if s.annotation is None]
     if len(lesion) < 2:
-        raise SegmentDataError(f"segment-train needs at least 2 slides with a lesion annotation "
-                               f"(one to train on, one to validate), found {len(lesion)}")
+        raise SegmentDataError(
+            f"segment-train needs at least 2 slides with a lesion annotation "
+            f"(one to train on, one to validate), found {len(lesion)}"
+        )
     rng = np.random.default_rng(seed)
     train, val = [], []
     for group in (lesion, normal):

@@ -41,12 +41,18 @@ class PixelScores:
     mpp: float  # µm/px of the lattice they were computed on
 
 
-def tile_head_mask(coords: np.ndarray, positive: np.ndarray, tile_size_level0: float,
-                   shape: tuple[int, int], scale: float) -> np.ndarray:
+def tile_head_mask(
+    coords: np.ndarray,
+    positive: np.ndarray,
+    tile_size_level0: float,
+    shape: tuple[int, int],
+    scale: float,
+) -> np.ndarray:
     """The tile head's segmentation as pixels: the union of its positive tiles' squares."""
     coords = np.asarray(coords, np.float64)[np.asarray(positive, bool)]
-    boxes = shapely.box(coords[:, 0], coords[:, 1], coords[:, 0] + tile_size_level0,
-                        coords[:, 1] + tile_size_level0)
+    boxes = shapely.box(
+        coords[:, 0], coords[:, 1], coords[:, 0] + tile_size_level0, coords[:, 1] + tile_size_level0
+    )
     return geometry_mask(shapely.union_all(boxes) if len(boxes) else None, shape, scale)
 
 
@@ -62,8 +68,9 @@ def drop_small(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return keep[labels]
 
 
-def mask_detections(probability: np.ndarray, threshold: float, downsample: float,
-                    min_pixels: int = 1) -> Detections:
+def mask_detections(
+    probability: np.ndarray, threshold: float, downsample: float, min_pixels: int = 1
+) -> Detections:
     """One detection per connected lesion of the mask (of at least ``min_pixels``), at its most
     probable pixel (level-0 coordinates), with that probability."""
     labels, count = ndimage.label(probability >= threshold, structure=np.ones((3, 3), bool))
@@ -74,13 +81,23 @@ def mask_detections(probability: np.ndarray, threshold: float, downsample: float
         return Detections(np.zeros(0), np.zeros(0), np.zeros(0))
     peaks = ndimage.maximum_position(probability, labels, index)
     rows, cols = np.asarray(peaks, np.float64).reshape(-1, 2).T
-    return Detections(probs=np.asarray(ndimage.maximum(probability, labels, index), np.float64),
-                      x=(cols + 0.5) * downsample, y=(rows + 0.5) * downsample)
+    return Detections(
+        probs=np.asarray(ndimage.maximum(probability, labels, index), np.float64),
+        x=(cols + 0.5) * downsample,
+        y=(rows + 0.5) * downsample,
+    )
 
 
-def pixel_scores(folder: str | os.PathLike, prediction: Any, positive_index: int,
-                 lesions: Any, head_threshold: float, mask_threshold: float,
-                 eval_mpp: float = EVAL_MPP, min_area_um2: float = 0.0) -> PixelScores:
+def pixel_scores(
+    folder: str | os.PathLike,
+    prediction: Any,
+    positive_index: int,
+    lesions: Any,
+    head_threshold: float,
+    mask_threshold: float,
+    eval_mpp: float = EVAL_MPP,
+    min_area_um2: float = 0.0,
+) -> PixelScores:
     """Score ``folder/mask.zarr`` (a ``segment`` output) and the tile head of ``prediction``
     against ``lesions`` (level-0 polygons; None or empty on a normal slide). Components of the
     mask under ``min_area_um2`` are left out of the scores and the detections, as they are
@@ -89,28 +106,46 @@ def pixel_scores(folder: str | os.PathLike, prediction: Any, positive_index: int
     slide_mpp = float(prediction.attrs["slide_mpp"])
     scale = slide_mpp / mpp
     truth = geometry_mask(as_multipolygon(lesions), probability.shape, scale)
-    min_pixels = max(1, int(min_area_um2 / mpp ** 2))
+    min_pixels = max(1, int(min_area_um2 / mpp**2))
     predicted = drop_small(probability >= mask_threshold, min_pixels)
-    head = tile_head_mask(prediction.coords,
-                          prediction.tile_probs[:, positive_index] >= head_threshold,
-                          float(prediction.attrs["tile_size_level0"]), probability.shape, scale)
-    return PixelScores(mask=mask_segmentation(predicted, truth, mpp),
-                       tile_head=mask_segmentation(head, truth, mpp),
-                       detections=mask_detections(probability, mask_threshold, 1.0 / scale,
-                                                  min_pixels),
-                       mpp=mpp)
+    head = tile_head_mask(
+        prediction.coords,
+        prediction.tile_probs[:, positive_index] >= head_threshold,
+        float(prediction.attrs["tile_size_level0"]),
+        probability.shape,
+        scale,
+    )
+    return PixelScores(
+        mask=mask_segmentation(predicted, truth, mpp),
+        tile_head=mask_segmentation(head, truth, mpp),
+        detections=mask_detections(probability, mask_threshold, 1.0 / scale, min_pixels),
+        mpp=mpp,
+    )
 
 
-def slide_pixel_scores(folder: str | os.PathLike, prediction: Any, positive_index: int,
-                       lesions: Any, head_threshold: float, eval_mpp: float = EVAL_MPP
-                       ) -> PixelScores:
+def slide_pixel_scores(
+    folder: str | os.PathLike,
+    prediction: Any,
+    positive_index: int,
+    lesions: Any,
+    head_threshold: float,
+    eval_mpp: float = EVAL_MPP,
+) -> PixelScores:
     """:func:`pixel_scores` of a ``segment`` folder with the mask threshold and smallest
     lesion area it was made with (from its ``segment.json``)."""
     from wsi_mil.segment.infer import SUMMARY
 
     made = json.loads((Path(folder) / SUMMARY).read_text(encoding="utf-8"))["params"]
-    return pixel_scores(folder, prediction, positive_index, lesions, head_threshold,
-                        float(made["mask_threshold"]), eval_mpp, float(made["min_area_um2"]))
+    return pixel_scores(
+        folder,
+        prediction,
+        positive_index,
+        lesions,
+        head_threshold,
+        float(made["mask_threshold"]),
+        eval_mpp,
+        float(made["min_area_um2"]),
+    )
 
 
 def pixel_row(scores: PixelScores) -> dict[str, float]:
@@ -135,24 +170,35 @@ def summarise_pixels(rows: list[dict[str, Any]], hits: list[Any]) -> dict[str, A
     normal = [r for r in scored if "dice" not in r]
 
     def mean(key: str, chosen: list[dict[str, Any]]) -> float | None:
-        values = [float(r[key]) for r in chosen if r.get(key) is not None
-                  and not math.isnan(float(r[key]))]
+        values = [
+            float(r[key])
+            for r in chosen
+            if r.get(key) is not None and not math.isnan(float(r[key]))
+        ]
         return float(np.mean(values)) if values else None
 
     summary: dict[str, Any] = {
-        "n_slides": len(scored), "n_tumour": len(tumour), "eval_mpp": scored[0]["pixel_eval_mpp"],
-        "mask": {k: mean(f"pixel_{k}", tumour) for k in
-                 ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")},
-        "tile_head": {k: mean(f"tile_pixel_{k}", tumour) for k in
-                      ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")},
+        "n_slides": len(scored),
+        "n_tumour": len(tumour),
+        "eval_mpp": scored[0]["pixel_eval_mpp"],
+        "mask": {
+            k: mean(f"pixel_{k}", tumour)
+            for k in ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")
+        },
+        "tile_head": {
+            k: mean(f"tile_pixel_{k}", tumour)
+            for k in ("dice", "iou", "sensitivity", "specificity", "hausdorff_um", "hd95_um")
+        },
         "normal_specificity": mean("pixel_specificity", normal),
-        "froc": None, "froc_sensitivities": None,
+        "froc": None,
+        "froc_sensitivities": None,
     }
     if any(h.lesion_probs.size for h in hits):
         result = froc(hits)
         summary["froc"] = result.score
-        summary["froc_sensitivities"] = dict(zip([str(r) for r in result.fp_rates],
-                                                 result.sensitivities.tolist()))
+        summary["froc_sensitivities"] = dict(
+            zip([str(r) for r in result.fp_rates], result.sensitivities.tolist())
+        )
     return summary
 
 
@@ -163,8 +209,14 @@ class SegmentedSlides:
     def __init__(self, segment_dir: str | os.PathLike) -> None:
         self.segment_dir = Path(segment_dir)
 
-    def slide(self, slide_id: str, prediction: Any, positive_index: int, lesions: Any,
-              head_threshold: float) -> tuple[dict[str, float], Detections] | None:
+    def slide(
+        self,
+        slide_id: str,
+        prediction: Any,
+        positive_index: int,
+        lesions: Any,
+        head_threshold: float,
+    ) -> tuple[dict[str, float], Detections] | None:
         """(the slide's ``pixel_*`` columns, its mask detections); None: not segmented."""
         from wsi_mil.segment.infer import is_segmented
 

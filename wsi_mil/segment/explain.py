@@ -83,8 +83,12 @@ METRICS = (
     ("sanity_spearman", "randomisation Spearman"),
 )
 #: Scores in the titles of explain.png.
-FIGURE_SCORES = (("overlap", "overlap"), ("mass_share", "share"), ("pointing", "hit"),
-                 ("deletion_auc", "del"))
+FIGURE_SCORES = (
+    ("overlap", "overlap"),
+    ("mass_share", "share"),
+    ("pointing", "hit"),
+    ("deletion_auc", "del"),
+)
 
 
 def _display(values: np.ndarray) -> np.ndarray:
@@ -109,8 +113,15 @@ class _PatchScorer:
     once.
     """
 
-    def __init__(self, model: Any, tile: np.ndarray, region: np.ndarray, patch: int,
-                 fill: str, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tile: np.ndarray,
+        region: np.ndarray,
+        patch: int,
+        fill: str,
+        batch_size: int,
+    ) -> None:
         import cv2
         import torch
 
@@ -122,8 +133,9 @@ class _PatchScorer:
         if fill == "blur":
             filled = cv2.GaussianBlur(tile, (0, 0), sigmaX=float(patch))
         else:
-            filled = np.broadcast_to(tile.reshape(-1, 3).mean(0).round().astype(np.uint8),
-                                     tile.shape)
+            filled = np.broadcast_to(
+                tile.reshape(-1, 3).mean(0).round().astype(np.uint8), tile.shape
+            )
         both = to_input(np.stack([tile, np.ascontiguousarray(filled)]), self.device)
         self.original, self.filled = both[0], both[1]
         self.grid = -(-size // patch)
@@ -140,8 +152,11 @@ class _PatchScorer:
 
     def patch_means(self, values: np.ndarray) -> np.ndarray:
         """A pixel map's mean in each patch, in patch-index order."""
-        sums = np.bincount(self.cell_index, weights=np.asarray(values, np.float64).ravel(),
-                           minlength=self.n_patches)
+        sums = np.bincount(
+            self.cell_index,
+            weights=np.asarray(values, np.float64).ravel(),
+            minlength=self.n_patches,
+        )
         counts = np.bincount(self.cell_index, minlength=self.n_patches)
         return sums / np.maximum(counts, 1)
 
@@ -151,9 +166,8 @@ class _PatchScorer:
         keys = [np.asarray(s, np.int64).tobytes() for s in subsets]
         todo = list(dict.fromkeys(k for k in keys if k not in self.memo))
         for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start:start + self.batch_size]
-            keep = torch.zeros((len(chunk), self.n_patches), dtype=torch.bool,
-                               device=self.device)
+            chunk = todo[start : start + self.batch_size]
+            keep = torch.zeros((len(chunk), self.n_patches), dtype=torch.bool, device=self.device)
             for i, key in enumerate(chunk):
                 kept = np.frombuffer(key, np.int64).copy()
                 keep[i, torch.as_tensor(kept, device=self.device)] = True
@@ -166,10 +180,19 @@ class _PatchScorer:
         return np.array([self.memo[k] for k in keys])
 
 
-def _costly_scores(model: Any, randomised: Any, net: str, tile: np.ndarray, x: Any,
-                   region: Any, maps: dict[str, np.ndarray], seeds: list[int],
-                   gradcam_layer: str | None, params: SegmentParams, methods: list[str]
-                   ) -> dict[str, dict[str, float]]:
+def _costly_scores(
+    model: Any,
+    randomised: Any,
+    net: str,
+    tile: np.ndarray,
+    x: Any,
+    region: Any,
+    maps: dict[str, np.ndarray],
+    seeds: list[int],
+    gradcam_layer: str | None,
+    params: SegmentParams,
+    methods: list[str],
+) -> dict[str, dict[str, float]]:
     """Deletion/insertion and the randomisation check of every map of one window (an empty
     map, which orders nothing, gets neither)."""
     from wsi_mil.metrics.explain import perturbation_curve, randomisation_check
@@ -179,20 +202,33 @@ def _costly_scores(model: Any, randomised: Any, net: str, tile: np.ndarray, x: A
     maps = {name: values for name, values in maps.items() if (values[0] > 0).any()}
     mask = region[0].cpu().numpy()
     if params.explain_perturbation_steps > 0 and mask.any():
-        scorer = _PatchScorer(model, tile, mask, params.explain_patch_px, params.explain_fill,
-                              params.batch_size)
+        scorer = _PatchScorer(
+            model, tile, mask, params.explain_patch_px, params.explain_fill, params.batch_size
+        )
         for name, values in maps.items():
             order = scorer.patch_means(values[0])
             for kind in ("deletion", "insertion"):
-                curve = perturbation_curve(order, scorer, kind, params.explain_perturbation_steps,
-                                           params.explain_perturbation_random,
-                                           params.explain_seed)
+                curve = perturbation_curve(
+                    order,
+                    scorer,
+                    kind,
+                    params.explain_perturbation_steps,
+                    params.explain_perturbation_random,
+                    params.explain_seed,
+                )
                 out[name][f"{kind}_auc"] = curve.auc
                 out[name][f"{kind}_random_auc"] = curve.random_auc
     if randomised is not None:
-        other = explain_windows(randomised, net, x, region, methods,
-                                ig_steps=params.explain_ig_steps, gradcam_layer=gradcam_layer,
-                                seeds=seeds)
+        other = explain_windows(
+            randomised,
+            net,
+            x,
+            region,
+            methods,
+            ig_steps=params.explain_ig_steps,
+            gradcam_layer=gradcam_layer,
+            seeds=seeds,
+        )
         for name, values in maps.items():
             check = randomisation_check(values[0].ravel(), other[name][0].ravel())
             out[name]["sanity_spearman"] = check.spearman
@@ -200,14 +236,23 @@ def _costly_scores(model: Any, randomised: Any, net: str, tile: np.ndarray, x: A
     return out
 
 
-def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: Any, path: Path,
-                    selected: np.ndarray, params: SegmentParams, lesions: Any | None,
-                    figure_path: Path | None = None) -> dict[str, Any]:
+def explain_pyramid(
+    model: Any,
+    card: dict[str, Any],
+    prediction: Any,
+    slide: Any,
+    path: Path,
+    selected: np.ndarray,
+    params: SegmentParams,
+    lesions: Any | None,
+    figure_path: Path | None = None,
+) -> dict[str, Any]:
     """Run ``params.explain`` in the windows over the ``selected`` tiles, write the maps'
     pyramids into the zarr group at ``path`` and (``figure_path``) the comparison figure;
     ``lesions`` (level-0 polygons, None without annotation) are what the maps are scored
     against. Returns the content of ``explain.json``."""
     import torch
+
     require_extra("segment", "explaining a segmenter")
     from monai.data.utils import compute_importance_map
 
@@ -224,8 +269,11 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
     layout = window_layout(card, prediction, selected, params)
     windows_xy, size, n = layout.windows_xy, layout.size, params.zarr_chunk
     device = next(model.parameters()).device
-    gradcam_layer = (gradcam_layer_name(model, net, size, params.explain_gradcam_layer)
-                     if "gradcam" in methods else None)
+    gradcam_layer = (
+        gradcam_layer_name(model, net, size, params.explain_gradcam_layer)
+        if "gradcam" in methods
+        else None
+    )
     weight = compute_importance_map((size, size), mode="gaussian", device="cpu").numpy()
     read = window_reader(slide, layout)
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -241,8 +289,12 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
 
     def truth_of(xy: np.ndarray) -> np.ndarray:
         down = layout.mask.downsample
-        return geometry_mask(lesions, (size, size), 1.0 / down,
-                             origin=(float(round(xy[0] * down)), float(round(xy[1] * down))))
+        return geometry_mask(
+            lesions,
+            (size, size),
+            1.0 / down,
+            origin=(float(round(xy[0] * down)), float(round(xy[1] * down))),
+        )
 
     for start in range(0, len(windows_xy), params.batch_size):
         index = np.arange(start, min(start + params.batch_size, len(windows_xy)))
@@ -255,10 +307,17 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
             torch.cuda.synchronize()
         forward += time.perf_counter() - started  # the baseline of the methods' costs
         region = probs >= params.mask_threshold
-        maps = explain_windows(model, net, x, region, methods, ig_steps=params.explain_ig_steps,
-                               gradcam_layer=gradcam_layer,
-                               seeds=_window_seeds(slide_id, params.explain_seed, index),
-                               timer=timer)
+        maps = explain_windows(
+            model,
+            net,
+            x,
+            region,
+            methods,
+            ig_steps=params.explain_ig_steps,
+            gradcam_layer=gradcam_layer,
+            seeds=_window_seeds(slide_id, params.explain_seed, index),
+            timer=timer,
+        )
         for name, values in maps.items():
             if name not in pyramids:
                 arrays = pyramid_arrays(group.create_group(name), layout.mask.shape, n)
@@ -279,26 +338,44 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
                 continue
             scores = {name: pixel_map_scores(values[i], truth) for name, values in maps.items()}
             scores[REFERENCE] = pixel_map_scores(probs_np[i], truth)
-            scored.append({"window": int(k), "x": int(windows_xy[k][0]),
-                           "y": int(windows_xy[k][1]), "lesion_share": share,
-                           "outlined_share": float(outlined[k]), "scores": scores})
+            scored.append(
+                {
+                    "window": int(k),
+                    "x": int(windows_xy[k][0]),
+                    "y": int(windows_xy[k][1]),
+                    "lesion_share": share,
+                    "outlined_share": float(outlined[k]),
+                    "scores": scores,
+                }
+            )
     for name, (arrays, stitcher) in pyramids.items():
         finish_pyramid(arrays, stitcher.written, n)
-        group[name].attrs.update(pyramid_attrs(
-            prediction, layout, len(arrays), n, name,
-            f"{name} explanation of the segmenter's lesion output x 255 (uint8): each "
-            "window's non-negative map over its maximum, windows blended with Gaussian "
-            "weights; 0 where no window ran", "FFA500", card, "map / window maximum x 255"))
+        group[name].attrs.update(
+            pyramid_attrs(
+                prediction,
+                layout,
+                len(arrays),
+                n,
+                name,
+                f"{name} explanation of the segmenter's lesion output x 255 (uint8): each "
+                "window's non-negative map over its maximum, windows blended with Gaussian "
+                "weights; 0 where no window ran",
+                "FFA500",
+                card,
+                "map / window maximum x 255",
+            )
+        )
 
     # the costly scores and the figure, in the windows nearest a half-lesion
     if lesions is not None:
         ranked = [w["window"] for w in sorted(scored, key=lambda w: abs(w["lesion_share"] - 0.5))]
     else:
         ranked = [int(k) for k in np.argsort(-outlined, kind="stable") if outlined[k] > 0]
-    costly = set(ranked[:params.explain_score_windows]) if lesions is not None else set()
-    shown = ranked[:params.explain_figure_windows] if figure_path is not None else []
-    randomised = (randomised_copy(model, params.explain_seed)
-                  if params.explain_sanity and costly else None)
+    costly = set(ranked[: params.explain_score_windows]) if lesions is not None else set()
+    shown = ranked[: params.explain_figure_windows] if figure_path is not None else []
+    randomised = (
+        randomised_copy(model, params.explain_seed) if params.explain_sanity and costly else None
+    )
     by_window = {w["window"]: w for w in scored}
     figure_rows = []
     for k in sorted(costly | set(shown)):
@@ -308,51 +385,86 @@ def explain_pyramid(model: Any, card: dict[str, Any], prediction: Any, slide: An
             probs = torch.softmax(model(x), dim=1)[:, 1]
         region = probs >= params.mask_threshold
         seeds = _window_seeds(slide_id, params.explain_seed, np.array([k]))
-        maps = explain_windows(model, net, x, region, methods, ig_steps=params.explain_ig_steps,
-                               gradcam_layer=gradcam_layer, seeds=seeds)
+        maps = explain_windows(
+            model,
+            net,
+            x,
+            region,
+            methods,
+            ig_steps=params.explain_ig_steps,
+            gradcam_layer=gradcam_layer,
+            seeds=seeds,
+        )
         if k in costly:
-            extra = _costly_scores(model, randomised, net, tile[0], x, region, maps, seeds,
-                                   gradcam_layer, params, methods)
+            extra = _costly_scores(
+                model,
+                randomised,
+                net,
+                tile[0],
+                x,
+                region,
+                maps,
+                seeds,
+                gradcam_layer,
+                params,
+                methods,
+            )
             for name, window_scores in extra.items():
                 by_window[k]["scores"][name].update(window_scores)
             by_window[k]["costly"] = True
         if k in shown:
             down, mpp = layout.mask.downsample, layout.mask.mpp
-            figure_rows.append({
-                "window": k, "tile": tile[0],
-                "truth": None if lesions is None else truth_of(windows_xy[k]),
-                "probability": probs[0].cpu().numpy(), "mask_threshold": params.mask_threshold,
-                "maps": {name: values[0] for name, values in maps.items()},
-                "scores": by_window.get(k, {}).get("scores", {}),
-                "label": f"window at ({windows_xy[k][0] * down:.0f}, "
-                         f"{windows_xy[k][1] * down:.0f}) px\n{size * mpp:.0f} µm side"})
+            figure_rows.append(
+                {
+                    "window": k,
+                    "tile": tile[0],
+                    "truth": None if lesions is None else truth_of(windows_xy[k]),
+                    "probability": probs[0].cpu().numpy(),
+                    "mask_threshold": params.mask_threshold,
+                    "maps": {name: values[0] for name, values in maps.items()},
+                    "scores": by_window.get(k, {}).get("scores", {}),
+                    "label": f"window at ({windows_xy[k][0] * down:.0f}, "
+                    f"{windows_xy[k][1] * down:.0f}) px\n{size * mpp:.0f} µm side",
+                }
+            )
     if figure_rows and figure_path is not None:  # rows are only gathered for a figure
         from wsi_mil.explain.figures import write_window_comparison_figure
 
         figure_rows.sort(key=lambda row: shown.index(row["window"]))
         write_window_comparison_figure(
-            figure_path, figure_rows,
+            figure_path,
+            figure_rows,
             f"{slide_id}: explaining {net}'s lesion log-odds summed over its mask "
             f"(P >= {params.mask_threshold})\n"
-            + (f"scored against the annotation in the {len(shown)} windows nearest a "
-               "half-lesion (del: deletion AUC, lower is better)" if lesions is not None
-               else "no annotation: no scores; the most outlined windows"), FIGURE_SCORES)
+            + (
+                f"scored against the annotation in the {len(shown)} windows nearest a "
+                "half-lesion (del: deletion AUC, lower is better)"
+                if lesions is not None
+                else "no annotation: no scores; the most outlined windows"
+            ),
+            FIGURE_SCORES,
+        )
     names = list(pyramids)
     return {
-        "net": net, "methods": names, "gradcam_layer": gradcam_layer,
+        "net": net,
+        "methods": names,
+        "gradcam_layer": gradcam_layer,
         "target": "lesion log-odds summed over the segmenter's mask "
-                  f"(P(lesion) >= {params.mask_threshold}) in each window",
-        "windows": len(windows_xy), "annotated": lesions is not None,
+        f"(P(lesion) >= {params.mask_threshold}) in each window",
+        "windows": len(windows_xy),
+        "annotated": lesions is not None,
         "seconds_per_window": {m: seconds[m] / max(len(windows_xy), 1) for m in seconds},
         "forward_seconds_per_window": forward / max(len(windows_xy), 1),
-        "scored_windows": len(scored), "costly_windows": len(costly),
+        "scored_windows": len(scored),
+        "costly_windows": len(costly),
         "summary": summarise_windows(scored, names + [REFERENCE]),
         "scored": scored,
     }
 
 
-def summarise_windows(scored: list[dict[str, Any]], names: list[str]
-                      ) -> dict[str, dict[str, float]]:
+def summarise_windows(
+    scored: list[dict[str, Any]], names: list[str]
+) -> dict[str, dict[str, float]]:
     """Per map, the mean of each score over the scored windows that have it, ``windows`` (how
     many have a map with positive mass) and ``empty_share`` (the share that do not: a map
     that is empty in half the windows is scored on the other half only)."""
@@ -377,10 +489,12 @@ def is_explained(folder: Path, methods: tuple[str, ...], annotation: Path | None
     """Whether ``folder`` holds explanations made for ``methods`` and scored against
     ``annotation`` (so adding annotations later scores the slides)."""
     summary = read_explain_summary(folder)
-    return (summary is not None and (folder / EXPLAIN_ZARR).is_dir()
-            and summary.get("params", {}).get("explain") == list(methods)
-            and summary.get("annotation_path") == (None if annotation is None
-                                                   else str(annotation)))
+    return (
+        summary is not None
+        and (folder / EXPLAIN_ZARR).is_dir()
+        and summary.get("params", {}).get("explain") == list(methods)
+        and summary.get("annotation_path") == (None if annotation is None else str(annotation))
+    )
 
 
 def read_explain_summary(folder: Path) -> dict[str, Any] | None:
@@ -391,8 +505,9 @@ def read_explain_summary(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def cohort_rows(summaries: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0
-                ) -> list[dict[str, Any]]:
+def cohort_rows(
+    summaries: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
     """Rows ``net, method, metric, mean, low, high, n`` over the annotated slides (bootstrap
     95 % CI over slides), plus each method's ``seconds_per_window``."""
     from wsi_mil.metrics.explain import bootstrap_mean
@@ -404,16 +519,39 @@ def cohort_rows(summaries: list[dict[str, Any]], n_boot: int = 1000, seed: int =
         names = list(dict.fromkeys(m for s in chosen for m in s["methods"])) + [REFERENCE]
         for name in names:
             for key in [k for k, _ in METRICS] + ["sanity_flagged"]:
-                values = np.array([s["summary"].get(name, {}).get(key, np.nan)
-                                   for s in chosen if s.get("annotated")], np.float64)
+                values = np.array(
+                    [
+                        s["summary"].get(name, {}).get(key, np.nan)
+                        for s in chosen
+                        if s.get("annotated")
+                    ],
+                    np.float64,
+                )
                 ci = bootstrap_mean(values, n_boot, seed)
                 if ci.n:
-                    rows.append({"net": net, "method": name, "metric": key, "mean": ci.mean,
-                                 "low": ci.low, "high": ci.high, "n": ci.n})
-            rows += _cost_row(net, name, [s["seconds_per_window"][name] for s in chosen
-                                          if name in s.get("seconds_per_window", {})])
-        rows += _cost_row(net, FORWARD, [s["forward_seconds_per_window"] for s in chosen
-                                         if s.get("windows")])
+                    rows.append(
+                        {
+                            "net": net,
+                            "method": name,
+                            "metric": key,
+                            "mean": ci.mean,
+                            "low": ci.low,
+                            "high": ci.high,
+                            "n": ci.n,
+                        }
+                    )
+            rows += _cost_row(
+                net,
+                name,
+                [
+                    s["seconds_per_window"][name]
+                    for s in chosen
+                    if name in s.get("seconds_per_window", {})
+                ],
+            )
+        rows += _cost_row(
+            net, FORWARD, [s["forward_seconds_per_window"] for s in chosen if s.get("windows")]
+        )
     return rows
 
 
@@ -421,9 +559,17 @@ def _cost_row(net: str, method: str, cost: list[float]) -> list[dict[str, Any]]:
     """The seconds per window of a method (mean, min and max over slides)."""
     if not cost:
         return []
-    return [{"net": net, "method": method, "metric": "seconds_per_window",
-             "mean": float(np.mean(cost)), "low": float(np.min(cost)),
-             "high": float(np.max(cost)), "n": len(cost)}]
+    return [
+        {
+            "net": net,
+            "method": method,
+            "metric": "seconds_per_window",
+            "mean": float(np.mean(cost)),
+            "low": float(np.min(cost)),
+            "high": float(np.max(cost)),
+            "n": len(cost),
+        }
+    ]
 
 
 def table_markdown(rows: list[dict[str, Any]]) -> str:
@@ -433,8 +579,7 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     titles = dict(METRICS)
     cell = {(r["net"], r["method"], r["metric"]): r for r in rows}
     pairs = list(dict.fromkeys((r["net"], r["method"]) for r in rows))
-    columns = ["network", "method", *(titles[k] for k in keys), "ms per window",
-               "forward passes"]
+    columns = ["network", "method", *(titles[k] for k in keys), "ms per window", "forward passes"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for net, method in pairs:
         cells = []
@@ -446,44 +591,63 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         name = method + (" (flagged)" if flagged and flagged["mean"] >= 0.5 else "")
         base = cell.get((net, FORWARD, "seconds_per_window"))
         cells.append("" if cost is None else f"{1000 * cost['mean']:.1f}")
-        cells.append("" if cost is None or base is None or base["mean"] <= 0
-                     else f"{cost['mean'] / base['mean']:.1f}")
+        cells.append(
+            ""
+            if cost is None or base is None or base["mean"] <= 0
+            else f"{cost['mean'] / base['mean']:.1f}"
+        )
         lines.append("| " + " | ".join([net, name, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["net", "method", "metric", "mean", "low", "high",
-                                                "n"], lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer,
+        fieldnames=["net", "method", "metric", "mean", "low", "high", "n"],
+        lineterminator="\n",
+    )
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
-def write_cohort_table(segment_dir: Path, n_boot: int = 1000, seed: int = 0
-                       ) -> list[dict[str, Any]]:
+def write_cohort_table(
+    segment_dir: Path, n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
     """``explain_table.csv`` / ``.md`` and ``explain_scores.png`` in ``segment_dir`` from every
     slide's ``explain.json``; returns the rows (none when no slide was explained)."""
-    summaries = [s for s in (read_explain_summary(f) for f in sorted(segment_dir.iterdir())
-                             if f.is_dir()) if s is not None]
+    summaries = [
+        s
+        for s in (read_explain_summary(f) for f in sorted(segment_dir.iterdir()) if f.is_dir())
+        if s is not None
+    ]
     if not summaries:
         return []
     rows = cohort_rows(summaries, n_boot, seed)
     n_slides = sum(1 for s in summaries if s.get("annotated"))
     n_windows = sum(int(s.get("scored_windows", 0)) for s in summaries)
-    header = (f"Explanations of the segmenter's lesion output: mean over {n_slides} annotated "
-              f"slides of each slide's mean over its scored windows ({n_windows} in all), "
-              f"bootstrap 95 % CI over slides; ms per window over all "
-              f"{len(summaries)} explained slides, and as forward passes of the network timed "
-              f"in the same pass (one CPU or GPU, as the run had).\n\n")
+    header = (
+        f"Explanations of the segmenter's lesion output: mean over {n_slides} annotated "
+        f"slides of each slide's mean over its scored windows ({n_windows} in all), "
+        f"bootstrap 95 % CI over slides; ms per window over all "
+        f"{len(summaries)} explained slides, and as forward passes of the network timed "
+        f"in the same pass (one CPU or GPU, as the run had).\n\n"
+    )
     write_text_atomic(segment_dir / "explain_table.csv", _csv_text(rows))
     write_text_atomic(segment_dir / "explain_table.md", header + table_markdown(rows))
-    scored = [dict(r, method=f"{r['net']}/{r['method']}") for r in rows
-              if r["metric"] != "seconds_per_window"]
+    scored = [
+        dict(r, method=f"{r['net']}/{r['method']}")
+        for r in rows
+        if r["metric"] != "seconds_per_window"
+    ]
     if scored:
         from wsi_mil.explain.figures import write_cohort_chart
 
-        write_cohort_chart(segment_dir / "explain_scores.png", scored,
-                           [k for k, _ in METRICS if "random_auc" not in k], dict(METRICS))
+        write_cohort_chart(
+            segment_dir / "explain_scores.png",
+            scored,
+            [k for k, _ in METRICS if "random_auc" not in k],
+            dict(METRICS),
+        )
     return rows

@@ -75,8 +75,9 @@ REFINED_RGB = (230, 20, 60)
 TILE_RGB = (0, 200, 255)
 
 
-def flagged_tiles(prediction: SlidePrediction, grid: TileGrid, params: SegmentParams
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def flagged_tiles(
+    prediction: SlidePrediction, grid: TileGrid, params: SegmentParams
+) -> tuple[np.ndarray, np.ndarray]:
     """(flagged, selected) boolean arrays over the tiles: flagged by the head or attention,
     and selected = flagged plus ``margin`` rings of neighbouring tiles."""
     index = prediction.positive_index(params.positive_class)
@@ -93,11 +94,19 @@ def flagged_tiles(prediction: SlidePrediction, grid: TileGrid, params: SegmentPa
     return flagged, grown[rows, cols]
 
 
-def run_pyramid(model: Any, card: dict[str, Any], prediction: SlidePrediction, slide: Any,
-                path: Path, selected: np.ndarray, params: SegmentParams) -> dict[str, Any]:
+def run_pyramid(
+    model: Any,
+    card: dict[str, Any],
+    prediction: SlidePrediction,
+    slide: Any,
+    path: Path,
+    selected: np.ndarray,
+    params: SegmentParams,
+) -> dict[str, Any]:
     """Run the segmenter over the windows covering the ``selected`` tiles and write the mask
     pyramid at ``path`` (a zarr group); returns what was done."""
     import torch
+
     require_extra("segment", "pixel segmentation")
     from monai.data.utils import compute_importance_map
 
@@ -113,20 +122,34 @@ def run_pyramid(model: Any, card: dict[str, Any], prediction: SlidePrediction, s
     read = window_reader(slide, layout)
     with torch.no_grad():
         for start in range(0, len(windows_xy), params.batch_size):
-            batch = windows_xy[start:start + params.batch_size]
+            batch = windows_xy[start : start + params.batch_size]
             probs = torch.softmax(model(to_input(read(batch), device)), dim=1)[:, 1].cpu().numpy()
             for (x, y), prob in zip(batch, probs):
                 stitcher.add(int(x), int(y), prob, weight)
             stitcher.flush(start + len(batch) - 1)
     finish_pyramid(arrays, stitcher.written, n)
-    group.attrs.update(pyramid_attrs(
-        prediction, layout, len(arrays), n, "lesion_probability",
-        "lesion probability x 255 (uint8) of the pixel segmenter at level 0; each next level "
-        "is the 2x2 mean of the one before; 0 where no window ran", "FF0000", card,
-        "probability x 255"))
-    return {"windows": len(windows_xy), "mask_shape": list(layout.mask.shape),
-            "mask_mpp": layout.mask.mpp, "written_chunks": sorted(stitcher.written),
-            "peak_chunks_in_memory": stitcher.peak_chunks, "levels": len(arrays)}
+    group.attrs.update(
+        pyramid_attrs(
+            prediction,
+            layout,
+            len(arrays),
+            n,
+            "lesion_probability",
+            "lesion probability x 255 (uint8) of the pixel segmenter at level 0; each next level "
+            "is the 2x2 mean of the one before; 0 where no window ran",
+            "FF0000",
+            card,
+            "probability x 255",
+        )
+    )
+    return {
+        "windows": len(windows_xy),
+        "mask_shape": list(layout.mask.shape),
+        "mask_mpp": layout.mask.mpp,
+        "written_chunks": sorted(stitcher.written),
+        "peak_chunks_in_memory": stitcher.peak_chunks,
+        "levels": len(arrays),
+    }
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,9 +162,16 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return start_r, start_c, end_c
 
 
-def mask_polygons(array: Any, chunks: list[tuple[int, int]], chunk: int, downsample: float,
-                  threshold: float, geometry: SlideGeometry, simplify_px: float,
-                  min_area_um2: float) -> list[Any]:
+def mask_polygons(
+    array: Any,
+    chunks: list[tuple[int, int]],
+    chunk: int,
+    downsample: float,
+    threshold: float,
+    geometry: SlideGeometry,
+    simplify_px: float,
+    min_area_um2: float,
+) -> list[Any]:
     """Level-0 polygons of the mask pixels at or above ``threshold``, chunk by chunk.
 
     Each run of pixels becomes a box with pixel-edge corners, so boxes of neighbouring rows
@@ -150,49 +180,72 @@ def mask_polygons(array: Any, chunks: list[tuple[int, int]], chunk: int, downsam
     level = int(np.ceil(threshold * 255))
     pieces = []
     for r, c in chunks:
-        block = array[0, r * chunk:(r + 1) * chunk, c * chunk:(c + 1) * chunk] >= level
+        block = array[0, r * chunk : (r + 1) * chunk, c * chunk : (c + 1) * chunk] >= level
         if not block.any():
             continue
         rows, c0, c1 = _runs(block)
         y0, x0 = r * chunk, c * chunk
-        boxes = shapely.box((x0 + c0) * downsample, (y0 + rows) * downsample,
-                            (x0 + c1) * downsample, (y0 + rows + 1) * downsample)
+        boxes = shapely.box(
+            (x0 + c0) * downsample,
+            (y0 + rows) * downsample,
+            (x0 + c1) * downsample,
+            (y0 + rows + 1) * downsample,
+        )
         pieces.append(shapely.union_all(boxes))
     if not pieces:
         return []
-    merged = shapely.intersection(shapely.union_all(pieces),
-                                  shapely.box(0, 0, geometry.width, geometry.height))
+    merged = shapely.intersection(
+        shapely.union_all(pieces), shapely.box(0, 0, geometry.width, geometry.height)
+    )
     if simplify_px > 0:
         merged = shapely.simplify(merged, simplify_px * downsample, preserve_topology=True)
-    polygons = [orient(p) for p in getattr(merged, "geoms", [merged])
-                if p.geom_type == "Polygon" and not p.is_empty]
-    keep = [p for p in polygons if p.area * geometry.mpp ** 2 >= min_area_um2]
+    polygons = [
+        orient(p)
+        for p in getattr(merged, "geoms", [merged])
+        if p.geom_type == "Polygon" and not p.is_empty
+    ]
+    keep = [p for p in polygons if p.area * geometry.mpp**2 >= min_area_um2]
     return sorted(keep, key=lambda p: -p.area)
 
 
-def write_lesions_geojson(path: Path, polygons: list[Any], prediction: SlidePrediction,
-                          geometry: SlideGeometry, params: SegmentParams) -> None:
+def write_lesions_geojson(
+    path: Path,
+    polygons: list[Any],
+    prediction: SlidePrediction,
+    geometry: SlideGeometry,
+    params: SegmentParams,
+) -> None:
     """``lesions.geojson``: one classified QuPath annotation per lesion, area in µm²."""
     index = prediction.positive_index(params.positive_class)
     name = prediction.class_names[index]
     color = list(class_colors(prediction.class_names, index)[index])
-    features = [{
-        "type": "Feature",
-        "geometry": mapping(polygon),
-        "properties": {
-            "objectType": "annotation",
-            "name": f"{name} lesion {number}",
-            "classification": {"name": name, "color": color},
-            "measurements": {"area_um2": float(polygon.area * geometry.mpp ** 2),
-                             "perimeter_um": float(polygon.length * geometry.mpp),
-                             "mask_threshold": float(params.mask_threshold)},
-        },
-    } for number, polygon in enumerate(polygons, 1)]
+    features = [
+        {
+            "type": "Feature",
+            "geometry": mapping(polygon),
+            "properties": {
+                "objectType": "annotation",
+                "name": f"{name} lesion {number}",
+                "classification": {"name": name, "color": color},
+                "measurements": {
+                    "area_um2": float(polygon.area * geometry.mpp**2),
+                    "perimeter_um": float(polygon.length * geometry.mpp),
+                    "mask_threshold": float(params.mask_threshold),
+                },
+            },
+        }
+        for number, polygon in enumerate(polygons, 1)
+    ]
     write_text_atomic(path, json.dumps({"type": "FeatureCollection", "features": features}))
 
 
-def _draw(image: np.ndarray, shapes: list[Any], downsample: float, rgb: tuple[int, int, int],
-          thickness: int) -> None:
+def _draw(
+    image: np.ndarray,
+    shapes: list[Any],
+    downsample: float,
+    rgb: tuple[int, int, int],
+    thickness: int,
+) -> None:
     for shape in shapes:
         for polygon in getattr(shape, "geoms", [shape]):
             for ring in (polygon.exterior, *polygon.interiors):
@@ -200,16 +253,24 @@ def _draw(image: np.ndarray, shapes: list[Any], downsample: float, rgb: tuple[in
                 cv2.polylines(image, [points], True, rgb, thickness, lineType=cv2.LINE_AA)
 
 
-def write_outline_png(path: Path, slide: Any, prediction: SlidePrediction, grid: TileGrid,
-                      polygons: list[Any], params: SegmentParams) -> None:
+def write_outline_png(
+    path: Path,
+    slide: Any,
+    prediction: SlidePrediction,
+    grid: TileGrid,
+    polygons: list[Any],
+    params: SegmentParams,
+) -> None:
     """``outline.png``: the thumbnail with the segmenter's outlines (red) and the tile head's
     (cyan), the difference the segmenter makes at a glance."""
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
     thumb = read_thumbnail(slide, max_side=params.png_max_side)
     image = np.ascontiguousarray(thumb.image)
     head = HeatmapParams(positive_class=params.positive_class, seg_threshold=params.threshold)
-    tile_regions = [shape for shape, _ in segmentation_regions(
-        positive_cells(prediction, grid, head), grid, geometry)]
+    tile_regions = [
+        shape
+        for shape, _ in segmentation_regions(positive_cells(prediction, grid, head), grid, geometry)
+    ]
     thickness = max(1, round(max(image.shape) / 700))
     _draw(image, tile_regions, thumb.downsample, TILE_RGB, thickness)
     _draw(image, polygons, thumb.downsample, REFINED_RGB, thickness)
@@ -217,10 +278,23 @@ def write_outline_png(path: Path, slide: Any, prediction: SlidePrediction, grid:
     unit = max(1.0, max(image.shape[:2]) / 1000)  # legend size follows the picture's
     for i, (text, rgb) in enumerate(legend):
         y = round(unit * (20 + 20 * i))
-        cv2.rectangle(image, (round(6 * unit), y - round(11 * unit)),
-                      (round(18 * unit), y + round(1 * unit)), rgb, -1)
-        cv2.putText(image, text, (round(24 * unit), y), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * unit,
-                    (0, 0, 0), max(1, round(unit)), cv2.LINE_AA)
+        cv2.rectangle(
+            image,
+            (round(6 * unit), y - round(11 * unit)),
+            (round(18 * unit), y + round(1 * unit)),
+            rgb,
+            -1,
+        )
+        cv2.putText(
+            image,
+            text,
+            (round(24 * unit), y),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.5 * unit,
+            (0, 0, 0),
+            max(1, round(unit)),
+            cv2.LINE_AA,
+        )
     with atomic_output(path) as tmp:
         ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         if not ok:
@@ -228,10 +302,15 @@ def write_outline_png(path: Path, slide: Any, prediction: SlidePrediction, grid:
         tmp.write_bytes(encoded.tobytes())
 
 
-def segment_slide(prediction_path: str | os.PathLike, model: Any, card: dict[str, Any],
-                  out_dir: str | os.PathLike, params: SegmentParams | None = None,
-                  slide_path: str | os.PathLike | None = None,
-                  annotation_path: str | os.PathLike | None = None) -> Path:
+def segment_slide(
+    prediction_path: str | os.PathLike,
+    model: Any,
+    card: dict[str, Any],
+    out_dir: str | os.PathLike,
+    params: SegmentParams | None = None,
+    slide_path: str | os.PathLike | None = None,
+    annotation_path: str | os.PathLike | None = None,
+) -> Path:
     """Write ``mask.zarr``, ``lesions.geojson``, ``outline.png`` and ``segment.json`` of one
     slide into ``out_dir`` (its own folder, written whole and atomically); with
     ``params.explain`` also the explanations, scored against the lesions of
@@ -251,48 +330,79 @@ def segment_slide(prediction_path: str | os.PathLike, model: Any, card: dict[str
             done = run_pyramid(model, card, prediction, slide, tmp / MASK, selected, params)
             array = zarr.open_array(str(tmp / MASK / "0"), mode="r")
             mask = MaskGeometry.for_slide(geometry, done["mask_mpp"])
-            polygons = mask_polygons(array, done.pop("written_chunks"), params.zarr_chunk,
-                                     mask.downsample, params.mask_threshold, geometry,
-                                     params.simplify_px, params.min_area_um2)
+            polygons = mask_polygons(
+                array,
+                done.pop("written_chunks"),
+                params.zarr_chunk,
+                mask.downsample,
+                params.mask_threshold,
+                geometry,
+                params.simplify_px,
+                params.min_area_um2,
+            )
             write_lesions_geojson(tmp / LESIONS, polygons, prediction, geometry, params)
             write_outline_png(tmp / OUTLINE, slide, prediction, grid, polygons, params)
             summary = {
-                **provenance(), "slide_id": prediction.slide_id,
-                "predictions": str(prediction_path), "slide_path": str(slide_path),
-                "tiles": len(flagged), "tiles_flagged": int(flagged.sum()),
+                **provenance(),
+                "slide_id": prediction.slide_id,
+                "predictions": str(prediction_path),
+                "slide_path": str(slide_path),
+                "tiles": len(flagged),
+                "tiles_flagged": int(flagged.sum()),
                 "tiles_segmented": int(selected.sum()),
                 "share_segmented": float(selected.mean()) if len(selected) else 0.0,
-                **done, "lesions": len(polygons),
-                "lesion_area_um2": float(sum(p.area for p in polygons) * geometry.mpp ** 2),
-                "net": card.get("net"), "checkpoint_sha256": card.get("checkpoint_sha256"),
+                **done,
+                "lesions": len(polygons),
+                "lesion_area_um2": float(sum(p.area for p in polygons) * geometry.mpp**2),
+                "net": card.get("net"),
+                "checkpoint_sha256": card.get("checkpoint_sha256"),
                 "params": dataclasses.asdict(params),
                 "seconds": time.perf_counter() - started,
             }
             if params.explain:
-                _explain(model, card, prediction, slide, tmp, selected, params,
-                         annotation_path)
+                _explain(model, card, prediction, slide, tmp, selected, params, annotation_path)
             write_text_atomic(tmp / SUMMARY, json.dumps(summary, indent=2) + "\n")
     finally:
         slide.close()
     return out_dir
 
 
-def _explain(model: Any, card: dict[str, Any], prediction: SlidePrediction, slide: Any,
-             folder: Path, selected: np.ndarray, params: SegmentParams,
-             annotation_path: str | os.PathLike | None) -> None:
+def _explain(
+    model: Any,
+    card: dict[str, Any],
+    prediction: SlidePrediction,
+    slide: Any,
+    folder: Path,
+    selected: np.ndarray,
+    params: SegmentParams,
+    annotation_path: str | os.PathLike | None,
+) -> None:
     """``explain.zarr``, ``explain.png`` and ``explain.json`` in ``folder``."""
     from tiling.annotations import read_annotations
     from wsi_mil.segment.explain import EXPLAIN_JSON, EXPLAIN_PNG, EXPLAIN_ZARR, explain_pyramid
 
     started = time.perf_counter()
-    lesions = (read_annotations(annotation_path).lesions if annotation_path is not None
-               else None)
-    done = explain_pyramid(model, card, prediction, slide, folder / EXPLAIN_ZARR, selected,
-                           params, lesions, folder / EXPLAIN_PNG)
-    summary = {**provenance(), "slide_id": prediction.slide_id,
-               "annotation_path": None if annotation_path is None else str(annotation_path),
-               "checkpoint_sha256": card.get("checkpoint_sha256"), **done,
-               "params": dataclasses.asdict(params), "seconds": time.perf_counter() - started}
+    lesions = read_annotations(annotation_path).lesions if annotation_path is not None else None
+    done = explain_pyramid(
+        model,
+        card,
+        prediction,
+        slide,
+        folder / EXPLAIN_ZARR,
+        selected,
+        params,
+        lesions,
+        folder / EXPLAIN_PNG,
+    )
+    summary = {
+        **provenance(),
+        "slide_id": prediction.slide_id,
+        "annotation_path": None if annotation_path is None else str(annotation_path),
+        "checkpoint_sha256": card.get("checkpoint_sha256"),
+        **done,
+        "params": dataclasses.asdict(params),
+        "seconds": time.perf_counter() - started,
+    }
     write_text_atomic(folder / EXPLAIN_JSON, json.dumps(summary, indent=2) + "\n")
 
 
@@ -310,4 +420,4 @@ def read_mask_level(folder: str | os.PathLike, max_mpp: float) -> tuple[np.ndarr
     k = 0
     while k + 1 < levels and base * 2 ** (k + 1) <= max_mpp * (1 + 1e-9):
         k += 1
-    return group[str(k)][0].astype(np.float32) / 255.0, base * 2 ** k
+    return group[str(k)][0].astype(np.float32) / 255.0, base * 2**k

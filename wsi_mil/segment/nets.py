@@ -39,21 +39,43 @@ def build_network(params: SegmentTrainParams) -> torch.nn.Module:
 
     strides = (2,) * (len(params.channels) - 1)
     if params.net == "attention_unet":
-        return AttentionUnet(spatial_dims=2, in_channels=3, out_channels=len(CLASSES),
-                             channels=params.channels, strides=strides)
+        return AttentionUnet(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=len(CLASSES),
+            channels=params.channels,
+            strides=strides,
+        )
     if params.net == "unet":
-        return UNet(spatial_dims=2, in_channels=3, out_channels=len(CLASSES),
-                    channels=params.channels, strides=strides, num_res_units=1)
+        return UNet(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=len(CLASSES),
+            channels=params.channels,
+            strides=strides,
+            num_res_units=1,
+        )
     if params.net == "swin_unetr":
-        return SwinUNETR(spatial_dims=2, in_channels=3, out_channels=len(CLASSES),
-                         feature_size=params.swin_feature_size, depths=(2, 2, 2, 2),
-                         num_heads=(3, 6, 12, 24), window_size=7)
+        return SwinUNETR(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=len(CLASSES),
+            feature_size=params.swin_feature_size,
+            depths=(2, 2, 2, 2),
+            num_heads=(3, 6, 12, 24),
+            window_size=7,
+        )
     if params.net == "unetr":
-        return UNETR(in_channels=3, out_channels=len(CLASSES),
-                     img_size=(params.tile_size, params.tile_size),
-                     feature_size=params.unetr_feature_size,
-                     hidden_size=params.unetr_hidden_size, mlp_dim=4 * params.unetr_hidden_size,
-                     num_heads=params.unetr_heads, spatial_dims=2)
+        return UNETR(
+            in_channels=3,
+            out_channels=len(CLASSES),
+            img_size=(params.tile_size, params.tile_size),
+            feature_size=params.unetr_feature_size,
+            hidden_size=params.unetr_hidden_size,
+            mlp_dim=4 * params.unetr_hidden_size,
+            num_heads=params.unetr_heads,
+            spatial_dims=2,
+        )
     raise ValueError(f"unknown network {params.net!r}")
 
 

@@ -19,8 +19,14 @@ Network = Literal["attention_unet", "swin_unetr", "unet", "unetr"]
 NETWORKS: tuple[str, ...] = typing.get_args(Network)
 #: Explanations ``segment --explain`` can compute, in the order of the tables (see
 #: :mod:`wsi_mil.segment.attribution` for what each is and which networks have it).
-EXPLAIN_METHODS = ("attention_rollout", "relevance", "gradcam", "attention_gates",
-                   "integrated_gradients", "random")
+EXPLAIN_METHODS = (
+    "attention_rollout",
+    "relevance",
+    "gradcam",
+    "attention_gates",
+    "integrated_gradients",
+    "random",
+)
 
 
 @dataclass(frozen=True)
@@ -81,16 +87,25 @@ class SegmentTrainParams:
         if len(self.channels) < 2:
             raise ValueError(f"channels needs at least two positive values, got {self.channels}")
         if self.tile_size % 2 ** (len(self.channels) - 1):
-            raise ValueError(f"tile_size {self.tile_size} must be divisible by "
-                             f"2**{len(self.channels) - 1} for {len(self.channels)} levels")
+            raise ValueError(
+                f"tile_size {self.tile_size} must be divisible by "
+                f"2**{len(self.channels) - 1} for {len(self.channels)} levels"
+            )
         if self.swin_feature_size < 12 or self.swin_feature_size % 12:
-            raise ValueError(f"swin_feature_size must be a multiple of 12, "
-                             f"got {self.swin_feature_size}")
-        if self.unetr_hidden_size < 1 or self.unetr_heads < 1 \
-                or self.unetr_hidden_size % self.unetr_heads or self.unetr_feature_size < 1:
-            raise ValueError(f"unetr_hidden_size ({self.unetr_hidden_size}) must be a positive "
-                             f"multiple of unetr_heads ({self.unetr_heads}), "
-                             f"unetr_feature_size positive")
+            raise ValueError(
+                f"swin_feature_size must be a multiple of 12, got {self.swin_feature_size}"
+            )
+        if (
+            self.unetr_hidden_size < 1
+            or self.unetr_heads < 1
+            or self.unetr_hidden_size % self.unetr_heads
+            or self.unetr_feature_size < 1
+        ):
+            raise ValueError(
+                f"unetr_hidden_size ({self.unetr_hidden_size}) must be a positive "
+                f"multiple of unetr_heads ({self.unetr_heads}), "
+                f"unetr_feature_size positive"
+            )
         if len(self.balance) != 3 or sum(self.balance) <= 0:
             raise ValueError(f"balance needs three non-negative shares, got {self.balance}")
 
@@ -160,10 +175,13 @@ class SegmentParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "explain", tuple(self.explain))
-        object.__setattr__(self, "explain_lesion_share",
-                           tuple(float(v) for v in self.explain_lesion_share))
+        object.__setattr__(
+            self, "explain_lesion_share", tuple(float(v) for v in self.explain_lesion_share)
+        )
         check_fields(self)  # every Literal and range above
         low, high = self.explain_lesion_share
         if not 0 <= low < high <= 1:
-            raise ValueError(f"explain_lesion_share must be two shares 0 <= min < max <= 1, "
-                             f"got {self.explain_lesion_share}")
+            raise ValueError(
+                f"explain_lesion_share must be two shares 0 <= min < max <= 1, "
+                f"got {self.explain_lesion_share}"
+            )

@@ -58,8 +58,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random flips and 90-degree rotation of a batch of tiles and their masks
     (tissue has no orientation)."""
     k = int(torch.randint(4, (1,), generator=generator))
@@ -71,26 +72,32 @@ def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
 
 
 @torch.no_grad()
-def predict_tiles(model: torch.nn.Module, tiles: np.ndarray, device: torch.device,
-                  batch_size: int) -> np.ndarray:
+def predict_tiles(
+    model: torch.nn.Module, tiles: np.ndarray, device: torch.device, batch_size: int
+) -> np.ndarray:
     """Lesion probability of every pixel of uint8 RGB tiles ``[N, T, T, 3]`` (float32)."""
     model.eval()
     out = np.empty(tiles.shape[:3], np.float32)
     for start in range(0, len(tiles), batch_size):
-        logits = model(to_input(tiles[start:start + batch_size], device))
-        out[start:start + batch_size] = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
+        logits = model(to_input(tiles[start : start + batch_size], device))
+        out[start : start + batch_size] = torch.softmax(logits, dim=1)[:, 1].cpu().numpy()
     return out
 
 
-def pooled_dice(model: torch.nn.Module, data: TileSet, device: torch.device,
-                batch_size: int) -> float:
+def pooled_dice(
+    model: torch.nn.Module, data: TileSet, device: torch.device, batch_size: int
+) -> float:
     """Pixel Dice of the tile predictions (probability >= 0.5) pooled over all tiles."""
     predicted = predict_tiles(model, data.tiles, device, batch_size) >= 0.5
     return float(overlap_scores(predicted, data.masks.astype(bool))["dice"])
 
 
-def _sample(slides: list[TrainingSlide], params: SegmentTrainParams, rng: np.random.Generator,
-            annotation_params: AnnotationParams) -> TileSet:
+def _sample(
+    slides: list[TrainingSlide],
+    params: SegmentTrainParams,
+    rng: np.random.Generator,
+    annotation_params: AnnotationParams,
+) -> TileSet:
     parts = []
     for slide in slides:
         part = sample_slide(slide, params, rng, annotation_params)
@@ -100,9 +107,12 @@ def _sample(slides: list[TrainingSlide], params: SegmentTrainParams, rng: np.ran
     return TileSet.concat(parts, params.tile_size)
 
 
-def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
-                    params: SegmentTrainParams | None = None,
-                    annotation_params: AnnotationParams | None = None) -> dict[str, Any]:
+def train_segmenter(
+    slides: list[TrainingSlide],
+    out_dir: str | os.PathLike,
+    params: SegmentTrainParams | None = None,
+    annotation_params: AnnotationParams | None = None,
+) -> dict[str, Any]:
     """Train a segmenter on tiles of ``slides``; write ``segmenter.pt`` and ``model_card.json``
     into ``out_dir``; return the model card."""
     out_dir = Path(out_dir)
@@ -111,8 +121,13 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     train_slides, val_slides = split_slides(slides, params.val_fraction, params.seed)
-    logger.info("sampling tiles at %s µm/px, %s px: %d training, %d validation slides",
-                params.mpp, params.tile_size, len(train_slides), len(val_slides))
+    logger.info(
+        "sampling tiles at %s µm/px, %s px: %d training, %d validation slides",
+        params.mpp,
+        params.tile_size,
+        len(train_slides),
+        len(val_slides),
+    )
     train = _sample(train_slides, params, rng, annotation_params)
     val = _sample(val_slides, params, rng, annotation_params)
     device = resolve_device(params.device)
@@ -121,13 +136,15 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr,
-                                  weight_decay=params.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay
+    )
     steps_per_epoch = math.ceil(len(train.tiles) / params.batch_size)
     total = steps_per_epoch * params.epochs
     warmup = max(1, round(params.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: lr_factor(step, warmup, total))
+        optimiser, lambda step: lr_factor(step, warmup, total)
+    )
     generator = torch.Generator().manual_seed(params.seed)
     best_dice, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history = []
@@ -137,7 +154,7 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
         order = torch.randperm(len(train.tiles), generator=generator).numpy()
         losses = []
         for start in range(0, len(order), params.batch_size):
-            index = np.sort(order[start:start + params.batch_size])
+            index = np.sort(order[start : start + params.batch_size])
             x = to_input(train.tiles[index], device)
             y = torch.from_numpy(train.masks[index]).to(device).unsqueeze(1).long()
             if params.augment:
@@ -149,8 +166,14 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
             scheduler.step()
             losses.append(float(loss.detach()))
         dice = pooled_dice(model, val, device, params.batch_size)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": dice,
-                        "lr": float(scheduler.get_last_lr()[0])})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)),
+                "val_dice": dice,
+                "lr": float(scheduler.get_last_lr()[0]),
+            }
+        )
         logger.info("epoch %d: loss %.4f, validation Dice %.4f", epoch, np.mean(losses), dice)
         if dice > best_dice:
             best_dice, best_epoch, best_state = dice, epoch, copy.deepcopy(model.state_dict())
@@ -169,10 +192,17 @@ def train_segmenter(slides: list[TrainingSlide], out_dir: str | os.PathLike,
         "net": params.net,
         "params": dataclasses.asdict(params),
         "classes": list(CLASSES),
-        "input": {"channels": "RGB", "dtype": "uint8", "mpp": params.mpp,
-                  "tile_size": params.tile_size,
-                  "normalisation": {"formula": "(x / 255 - mean) / std", "mean": list(MEAN),
-                                    "std": list(STD)}},
+        "input": {
+            "channels": "RGB",
+            "dtype": "uint8",
+            "mpp": params.mpp,
+            "tile_size": params.tile_size,
+            "normalisation": {
+                "formula": "(x / 255 - mean) / std",
+                "mean": list(MEAN),
+                "std": list(STD),
+            },
+        },
         "loss": "monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)",
         "optimiser": "AdamW, linear warm-up then cosine decay",
         "train_slides": [s.slide_id for s in train_slides],
@@ -200,8 +230,9 @@ def read_model_card(model_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SegmenterFileError(f"{path}: no segmenter model card (train one with "
-                                 f"wsi-mil segment-train)") from exc
+        raise SegmenterFileError(
+            f"{path}: no segmenter model card (train one with wsi-mil segment-train)"
+        ) from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise SegmenterFileError(f"{path}: unreadable model card ({exc})") from exc
     if card.get("format") != "wsi-mil segmenter":
@@ -214,8 +245,9 @@ def card_params(card: dict[str, Any]) -> SegmentTrainParams:
     return SegmentTrainParams(**card["params"])
 
 
-def load_segmenter(model_dir: str | os.PathLike, device: str = "auto"
-                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_segmenter(
+    model_dir: str | os.PathLike, device: str = "auto"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained network of a model folder (in eval mode, on ``device``) and its card."""
     card = read_model_card(model_dir)
     path = Path(model_dir) / card.get("checkpoint", CHECKPOINT)

@@ -39,12 +39,16 @@ class MaskGeometry:
 
     @classmethod
     def for_slide(cls, geometry: SlideGeometry, mpp: float) -> MaskGeometry:
-        return cls(shape=mask_shape(geometry.width, geometry.height, geometry.mpp, mpp),
-                   downsample=mpp / geometry.mpp, mpp=mpp)
+        return cls(
+            shape=mask_shape(geometry.width, geometry.height, geometry.mpp, mpp),
+            downsample=mpp / geometry.mpp,
+            mpp=mpp,
+        )
 
 
-def window_lattice(boxes: np.ndarray, tile_size: int, step: int, shape: tuple[int, int]
-                   ) -> np.ndarray:
+def window_lattice(
+    boxes: np.ndarray, tile_size: int, step: int, shape: tuple[int, int]
+) -> np.ndarray:
     """(row, col) lattice indices of the windows to run, sorted in raster order.
 
     ``boxes`` are ``[K, 4]`` (x0, y0, x1, y1) areas in mask px that must be covered. A window
@@ -57,16 +61,24 @@ def window_lattice(boxes: np.ndarray, tile_size: int, step: int, shape: tuple[in
     half = tile_size / 2
     pairs = []
     for x0, y0, x1, y1 in np.asarray(boxes, np.float64):
-        kx = np.arange(np.ceil((x0 - step / 2 - half) / step),
-                       np.floor((x1 + step / 2 - half - 1e-9) / step) + 1)
-        ky = np.arange(np.ceil((y0 - step / 2 - half) / step),
-                       np.floor((y1 + step / 2 - half - 1e-9) / step) + 1)
+        kx = np.arange(
+            np.ceil((x0 - step / 2 - half) / step),
+            np.floor((x1 + step / 2 - half - 1e-9) / step) + 1,
+        )
+        ky = np.arange(
+            np.ceil((y0 - step / 2 - half) / step),
+            np.floor((y1 + step / 2 - half - 1e-9) / step) + 1,
+        )
         gy, gx = np.meshgrid(ky, kx, indexing="ij")
         pairs.append(np.column_stack([gy.ravel(), gx.ravel()]))
     lattice = np.unique(np.concatenate(pairs).astype(np.int64), axis=0)  # sorted by row, col
     # windows wholly off the mask (possible at the far edge) contribute nothing
-    inside = ((lattice[:, 0] * step < shape[0]) & (lattice[:, 1] * step < shape[1])
-              & ((lattice[:, 0] * step + tile_size) > 0) & ((lattice[:, 1] * step + tile_size) > 0))
+    inside = (
+        (lattice[:, 0] * step < shape[0])
+        & (lattice[:, 1] * step < shape[1])
+        & ((lattice[:, 0] * step + tile_size) > 0)
+        & ((lattice[:, 1] * step + tile_size) > 0)
+    )
     return lattice[inside]
 
 
@@ -120,23 +132,27 @@ class ChunkStitcher:
             with np.errstate(invalid="ignore", divide="ignore"):
                 prob = np.where(weight > 0, total / weight, 0.0)
             r, c = key
-            self.array[0, r * n:r * n + prob.shape[0], c * n:c * n + prob.shape[1]] = \
-                np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+            self.array[0, r * n : r * n + prob.shape[0], c * n : c * n + prob.shape[1]] = np.rint(
+                np.clip(prob, 0, 1) * 255
+            ).astype(np.uint8)
             self.written.add(key)
 
 
-def _downsample_level(source: Any, target: Any, chunks: set[tuple[int, int]], n: int
-                      ) -> set[tuple[int, int]]:
+def _downsample_level(
+    source: Any, target: Any, chunks: set[tuple[int, int]], n: int
+) -> set[tuple[int, int]]:
     """Write the 2x mean of ``source`` into ``target`` for the parents of ``chunks``."""
     parents = {(r // 2, c // 2) for r, c in chunks}
     rows, cols = target.shape[1:]
     for r, c in sorted(parents):
-        block = source[0, 2 * r * n:2 * (r + 1) * n, 2 * c * n:2 * (c + 1) * n].astype(np.float32)
+        block = source[0, 2 * r * n : 2 * (r + 1) * n, 2 * c * n : 2 * (c + 1) * n].astype(
+            np.float32
+        )
         h, w = min(n, rows - r * n), min(n, cols - c * n)
         padded = np.zeros((2 * h, 2 * w), np.float32)
-        padded[:block.shape[0], :block.shape[1]] = block
+        padded[: block.shape[0], : block.shape[1]] = block
         mean = padded.reshape(h, 2, w, 2).mean(axis=(1, 3))
-        target[0, r * n:r * n + h, c * n:c * n + w] = np.rint(mean).astype(np.uint8)
+        target[0, r * n : r * n + h, c * n : c * n + w] = np.rint(mean).astype(np.uint8)
     return parents
 
 
@@ -151,8 +167,9 @@ class WindowLayout:
     geometry: SlideGeometry
 
 
-def window_layout(card: dict[str, Any], prediction: SlidePrediction, selected: np.ndarray,
-                  params: SegmentParams) -> WindowLayout:
+def window_layout(
+    card: dict[str, Any], prediction: SlidePrediction, selected: np.ndarray, params: SegmentParams
+) -> WindowLayout:
     """The windows covering the ``selected`` tiles (see :func:`window_lattice`)."""
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
     seg_mpp, size = float(card["input"]["mpp"]), int(card["input"]["tile_size"])
@@ -169,9 +186,15 @@ def window_reader(slide: Any, layout: WindowLayout) -> Callable[[np.ndarray], np
     """``read(windows_xy) -> uint8 [K, T, T, 3]``: the RGB windows at the segmenter's µm/px."""
     down = layout.mask.downsample
     read_level = level_for_downsample(slide, down)
-    reader = TileReader(slide, {"read_level": read_level,
-                                "read_downsample": slide.level_downsamples[read_level],
-                                "tile_size": layout.size, "tile_size_level0": layout.size * down})
+    reader = TileReader(
+        slide,
+        {
+            "read_level": read_level,
+            "read_downsample": slide.level_downsamples[read_level],
+            "tile_size": layout.size,
+            "tile_size_level0": layout.size * down,
+        },
+    )
 
     def read(windows_xy: np.ndarray) -> np.ndarray:
         return np.stack([reader.read(round(x * down), round(y * down)) for x, y in windows_xy])
@@ -185,11 +208,18 @@ def pyramid_arrays(group: Any, shape: tuple[int, int], chunk: int) -> list[Any]:
     levels = [shape]
     while max(levels[-1]) > chunk:
         levels.append(((levels[-1][0] + 1) // 2, (levels[-1][1] + 1) // 2))
-    return [group.create_array(str(k), shape=(1, *level), dtype="uint8",
-                               chunks=(1, min(chunk, level[0]), min(chunk, level[1])),
-                               fill_value=0, chunk_key_encoding={"name": "v2", "separator": "/"},
-                               config={"write_empty_chunks": False})
-            for k, level in enumerate(levels)]
+    return [
+        group.create_array(
+            str(k),
+            shape=(1, *level),
+            dtype="uint8",
+            chunks=(1, min(chunk, level[0]), min(chunk, level[1])),
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            config={"write_empty_chunks": False},
+        )
+        for k, level in enumerate(levels)
+    ]
 
 
 def finish_pyramid(arrays: list[Any], written: set[tuple[int, int]], chunk: int) -> None:
@@ -199,27 +229,56 @@ def finish_pyramid(arrays: list[Any], written: set[tuple[int, int]], chunk: int)
         chunks = _downsample_level(arrays[k - 1], arrays[k], chunks, chunk)
 
 
-def pyramid_attrs(prediction: SlidePrediction, layout: WindowLayout, levels: int, chunk: int,
-                  label: str, description: str, color: str, card: dict[str, Any],
-                  scale: str) -> dict[str, Any]:
+def pyramid_attrs(
+    prediction: SlidePrediction,
+    layout: WindowLayout,
+    levels: int,
+    chunk: int,
+    label: str,
+    description: str,
+    color: str,
+    card: dict[str, Any],
+    scale: str,
+) -> dict[str, Any]:
     """OME-Zarr 0.4 ``multiscales`` and ``omero`` metadata (µm) of one uint8 x 255 channel,
     and the ``wsi_mil`` block readers use to place it on the slide."""
     mask, geometry = layout.mask, layout.geometry
-    lattice_grid = TileGrid(origin=(0.0, 0.0), stride=mask.downsample, span=1, shape=mask.shape,
-                            cells=np.zeros((0, 2), np.int64))
-    multiscales = multiscales_metadata(prediction.slide_id, lattice_grid, geometry, levels,
-                                       "0.4")
+    lattice_grid = TileGrid(
+        origin=(0.0, 0.0),
+        stride=mask.downsample,
+        span=1,
+        shape=mask.shape,
+        cells=np.zeros((0, 2), np.int64),
+    )
+    multiscales = multiscales_metadata(prediction.slide_id, lattice_grid, geometry, levels, "0.4")
     multiscales["metadata"] = {"description": description}
     return {
         "multiscales": [multiscales],
-        "omero": {"version": "0.4", "name": prediction.slide_id, "channels": [{
-            "label": label, "color": color, "active": True,
-            "coefficient": 1.0, "family": "linear", "inverted": False,
-            "window": {"start": 0, "end": 255, "min": 0, "max": 255}}],
-            "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0}},
-        "wsi_mil": {**provenance(), "slide_id": prediction.slide_id, "mask_mpp": mask.mpp,
-                    "slide_mpp": geometry.mpp, "downsample_level0": mask.downsample,
-                    "shape": list(mask.shape), "chunk": chunk,
-                    "checkpoint_sha256": card.get("checkpoint_sha256"),
-                    "scale": scale},
+        "omero": {
+            "version": "0.4",
+            "name": prediction.slide_id,
+            "channels": [
+                {
+                    "label": label,
+                    "color": color,
+                    "active": True,
+                    "coefficient": 1.0,
+                    "family": "linear",
+                    "inverted": False,
+                    "window": {"start": 0, "end": 255, "min": 0, "max": 255},
+                }
+            ],
+            "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
+        },
+        "wsi_mil": {
+            **provenance(),
+            "slide_id": prediction.slide_id,
+            "mask_mpp": mask.mpp,
+            "slide_mpp": geometry.mpp,
+            "downsample_level0": mask.downsample,
+            "shape": list(mask.shape),
+            "chunk": chunk,
+            "checkpoint_sha256": card.get("checkpoint_sha256"),
+            "scale": scale,
+        },
     }

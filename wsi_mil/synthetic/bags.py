@@ -51,16 +51,28 @@ class PlantedBag:
     #: per tile the planted lesion type (0: none, t + 1: type t), for multilabel bags
     kinds: np.ndarray | None = None
 
+
 #: the columns each task's labels CSV is written with (:func:`write_planted_bags`)
-TASK_COLUMNS = {"survival": ("time", "event"), "regression": ("target",),
-                "multilabel": ("lesion_a", "lesion_b"), "subtypes": ("label",)}
+TASK_COLUMNS = {
+    "survival": ("time", "event"),
+    "regression": ("target",),
+    "multilabel": ("lesion_a", "lesion_b"),
+    "subtypes": ("label",),
+}
 #: the classes of generated subtype bags (their lesion types 1 and 2)
 SUBTYPES = ("luad", "lusc")
 
 
-def iter_planted_bags(n_bags: int, n_tiles: int | tuple[int, int], dim: int, *,
-                      planted_fraction: float = 0.1, shift: float = 3.0, seed: int = 0,
-                      prefix: str = "slide") -> Iterator[PlantedBag]:
+def iter_planted_bags(
+    n_bags: int,
+    n_tiles: int | tuple[int, int],
+    dim: int,
+    *,
+    planted_fraction: float = 0.1,
+    shift: float = 3.0,
+    seed: int = 0,
+    prefix: str = "slide",
+) -> Iterator[PlantedBag]:
     """Half the bags (alternating) positive; ``n_tiles`` fixed or drawn from ``[lo, hi]``.
 
     Planted tiles are shifted by ``shift`` standard deviations along one unit direction.
@@ -81,9 +93,18 @@ def iter_planted_bags(n_bags: int, n_tiles: int | tuple[int, int], dim: int, *,
         yield PlantedBag(f"{prefix}_{i:04d}", features, label, planted)
 
 
-def iter_task_bags(task: str, n_bags: int, n_tiles: int | tuple[int, int], dim: int, *,
-                   max_fraction: float = 0.3, shift: float = 3.0, seed: int = 0,
-                   prefix: str = "slide", slides_per_patient: int = 1) -> Iterator[PlantedBag]:
+def iter_task_bags(
+    task: str,
+    n_bags: int,
+    n_tiles: int | tuple[int, int],
+    dim: int,
+    *,
+    max_fraction: float = 0.3,
+    shift: float = 3.0,
+    seed: int = 0,
+    prefix: str = "slide",
+    slides_per_patient: int = 1,
+) -> Iterator[PlantedBag]:
     """Bags for ``task`` (survival, regression, multilabel or subtypes) as the module docstring
     says; ``label`` is the class index for subtypes, else whether a lesion was planted."""
     if task not in TASK_COLUMNS:
@@ -97,18 +118,23 @@ def iter_task_bags(task: str, n_bags: int, n_tiles: int | tuple[int, int], dim: 
         kinds = np.zeros(n, dtype=np.int8)
         if i % slides_per_patient == 0:  # a new patient: its burden, numbers, lesion types
             if task in ("multilabel", "subtypes"):
-                present = (rng.random(2) < 0.5 if task == "multilabel"
-                           else np.arange(2) == (i // slides_per_patient) % 2)
-                values = (tuple(float(v) for v in present) if task == "multilabel"
-                          else (float(np.argmax(present)),))
+                present = (
+                    rng.random(2) < 0.5
+                    if task == "multilabel"
+                    else np.arange(2) == (i // slides_per_patient) % 2
+                )
+                values = (
+                    tuple(float(v) for v in present)
+                    if task == "multilabel"
+                    else (float(np.argmax(present)),)
+                )
                 patient = (float(present.mean()), values, present)
             else:
                 burden = float(rng.uniform(0.0, 1.0))
                 if task == "survival":
                     event_time = 60.0 * np.exp(-2.5 * burden + 0.4 * rng.standard_normal())
                     censor = rng.uniform(0.0, 120.0)
-                    values = (round(float(min(event_time, censor)), 3),
-                              float(event_time <= censor))
+                    values = (round(float(min(event_time, censor)), 3), float(event_time <= censor))
                 else:
                     values = (round(float(10.0 * burden + rng.standard_normal()), 4),)
                 patient = (burden, values, np.array([True, False]))
@@ -118,7 +144,7 @@ def iter_task_bags(task: str, n_bags: int, n_tiles: int | tuple[int, int], dim: 
             order = rng.permutation(n)
             k = max(1, round(0.5 * max_fraction * n))
             for t in np.flatnonzero(present):
-                tiles = order[t * k:(t + 1) * k]
+                tiles = order[t * k : (t + 1) * k]
                 kinds[tiles] = t + 1
                 features[tiles] += shift * directions[t]
         else:
@@ -131,8 +157,9 @@ def iter_task_bags(task: str, n_bags: int, n_tiles: int | tuple[int, int], dim: 
         yield PlantedBag(f"{prefix}_{i:04d}", features, label, kinds > 0, values, burden, kinds)
 
 
-def planted_bags(n_bags: int, n_tiles: int | tuple[int, int], dim: int,
-                 **kwargs) -> list[PlantedBag]:
+def planted_bags(
+    n_bags: int, n_tiles: int | tuple[int, int], dim: int, **kwargs
+) -> list[PlantedBag]:
     """:func:`iter_planted_bags` as a list."""
     return list(iter_planted_bags(n_bags, n_tiles, dim, **kwargs))
 
@@ -143,21 +170,34 @@ def tiles_for(slide_id: str, n: int, tile_size: int = 224) -> TilesFile:
     idx = np.arange(n)
     coords = np.stack([idx % side, idx // side], axis=1).astype(np.int64) * tile_size
     attrs = {
-        "slide_path": f"synthetic://{slide_id}", "slide_id": slide_id,
-        "slide_width": side * tile_size, "slide_height": side * tile_size, "slide_mpp": 0.5,
-        "mpp_source": "override", "target_mpp": 0.5, "tile_size": tile_size,
-        "tile_size_level0": float(tile_size), "read_level": 0, "read_downsample": 1.0,
-        "stride": tile_size, "min_tissue": 0.0, "tissue_method": "synthetic",
+        "slide_path": f"synthetic://{slide_id}",
+        "slide_id": slide_id,
+        "slide_width": side * tile_size,
+        "slide_height": side * tile_size,
+        "slide_mpp": 0.5,
+        "mpp_source": "override",
+        "target_mpp": 0.5,
+        "tile_size": tile_size,
+        "tile_size_level0": float(tile_size),
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": tile_size,
+        "min_tissue": 0.0,
+        "tissue_method": "synthetic",
         "tissue_params": {},
     }
-    return TilesFile(Path(f"synthetic://{slide_id}"), coords,
-                     np.ones(n, dtype=np.float32), attrs)
+    return TilesFile(Path(f"synthetic://{slide_id}"), coords, np.ones(n, dtype=np.float32), attrs)
 
 
-def write_planted_bags(root: str | os.PathLike, bags: Iterable[PlantedBag], *,
-                       with_tile_labels: bool = False, dtype: type = np.float16,
-                       task: str = "classification",
-                       slides_per_patient: int = 2) -> tuple[Path, Path]:
+def write_planted_bags(
+    root: str | os.PathLike,
+    bags: Iterable[PlantedBag],
+    *,
+    with_tile_labels: bool = False,
+    dtype: type = np.float16,
+    task: str = "classification",
+    slides_per_patient: int = 2,
+) -> tuple[Path, Path]:
     """Write ``root/features/planted/*.h5`` and ``root/labels.csv``: ``neg``/``pos`` labels, or
     the ``task``'s columns (:data:`TASK_COLUMNS`) from each bag's ``values`` (subtypes: the
     class names :data:`SUBTYPES`).
@@ -170,12 +210,23 @@ def write_planted_bags(root: str | os.PathLike, bags: Iterable[PlantedBag], *,
     columns = TASK_COLUMNS.get(task, ("label",))
     rows = [",".join(("slide_id", *columns, "patient_id"))]
     for i, bag in enumerate(bags):
-        encoder_attrs = {"encoder": ENCODER, "encoder_dim": bag.features.shape[1],
-                         "weights": "none", "weights_sha256": "", "input_size": 0,
-                         "mean": [0.0], "std": [1.0], "dtype": np.dtype(dtype).name}
+        encoder_attrs = {
+            "encoder": ENCODER,
+            "encoder_dim": bag.features.shape[1],
+            "weights": "none",
+            "weights_sha256": "",
+            "input_size": 0,
+            "mean": [0.0],
+            "std": [1.0],
+            "dtype": np.dtype(dtype).name,
+        }
         path = features_dir / f"{bag.slide_id}.h5"
-        write_bag(path, bag.features.astype(dtype), tiles_for(bag.slide_id, len(bag.planted)),
-                  encoder_attrs)
+        write_bag(
+            path,
+            bag.features.astype(dtype),
+            tiles_for(bag.slide_id, len(bag.planted)),
+            encoder_attrs,
+        )
         if with_tile_labels:
             add_tile_labels(path, bag.planted.astype(np.float32), "planted")
         if task == "classification":
@@ -183,11 +234,11 @@ def write_planted_bags(root: str | os.PathLike, bags: Iterable[PlantedBag], *,
         elif task == "subtypes":
             cells = [SUBTYPES[bag.label]]
         else:
-            cells = [f"{v:g}" if column != "event" and task != "multilabel" else f"{int(v)}"
-                     for column, v in zip(columns, bag.values)]
-        rows.append(",".join((bag.slide_id, *cells,
-                              f"patient_{i // slides_per_patient:04d}")))
+            cells = [
+                f"{v:g}" if column != "event" and task != "multilabel" else f"{int(v)}"
+                for column, v in zip(columns, bag.values)
+            ]
+        rows.append(",".join((bag.slide_id, *cells, f"patient_{i // slides_per_patient:04d}")))
     labels_csv = root / "labels.csv"
     write_text_atomic(labels_csv, "\n".join(rows) + "\n")
     return features_dir, labels_csv
-

@@ -96,8 +96,14 @@ class SlideDesign:
 # --------------------------------------------------------------------------- geometry
 
 
-def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float, aspect: float = 1.0,
-          vertices: int = 96) -> Polygon:
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    radius: float,
+    aspect: float = 1.0,
+    vertices: int = 96,
+) -> Polygon:
     """A smooth random closed shape: a circle with low-order harmonic wobbles."""
     theta = np.linspace(0.0, 2 * np.pi, vertices, endpoint=False)
     r = np.ones_like(theta)
@@ -170,11 +176,13 @@ def design_slide(slide_seed: int, tumor: bool, params: CohortParams) -> SlideDes
     if tumor:
         files = _outline_files(params.outlines)
         side = min(width, height)
-        sizes = [max(rng.uniform(*params.main_lesion) * side,
-                     params.main_lesion_min_um / params.mpp)]
-        sizes += [rng.uniform(*params.extra_lesion) * side
-                  for _ in range(int(rng.integers(params.extra_lesions[0],
-                                                   params.extra_lesions[1] + 1)))]
+        sizes = [
+            max(rng.uniform(*params.main_lesion) * side, params.main_lesion_min_um / params.mpp)
+        ]
+        sizes += [
+            rng.uniform(*params.extra_lesion) * side
+            for _ in range(int(rng.integers(params.extra_lesions[0], params.extra_lesions[1] + 1)))
+        ]
         placed = []
         for diameter in sizes:
             shape = _lesion_shape(rng, files, diameter)
@@ -190,10 +198,12 @@ def design_slide(slide_seed: int, tumor: bool, params: CohortParams) -> SlideDes
                 if room.contains(centre):
                     break
             placed.append(affinity.translate(shape, centre.x, centre.y).intersection(tissue))
-        lesions = as_multipolygon(MultiPolygon([p for g in placed
-                                                for p in as_multipolygon(g).geoms]).buffer(0))
-    return SlideDesign(width=width, height=height, mpp=params.mpp, tissue=tissue,
-                       lesions=lesions, seed=slide_seed)
+        lesions = as_multipolygon(
+            MultiPolygon([p for g in placed for p in as_multipolygon(g).geoms]).buffer(0)
+        )
+    return SlideDesign(
+        width=width, height=height, mpp=params.mpp, tissue=tissue, lesions=lesions, seed=slide_seed
+    )
 
 
 # --------------------------------------------------------------------------- texture
@@ -202,17 +212,21 @@ def design_slide(slide_seed: int, tumor: bool, params: CohortParams) -> SlideDes
 def _hash_uniform(seed: int, *keys: np.ndarray) -> np.ndarray:
     """Uniform [0, 1) floats hashed from integer arrays (splitmix64): position-deterministic."""
     with np.errstate(over="ignore"):
-        h = np.full(np.broadcast_shapes(*(k.shape for k in keys)),
-                    np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+        h = np.full(
+            np.broadcast_shapes(*(k.shape for k in keys)),
+            np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15),
+            dtype=np.uint64,
+        )
         for key in keys:
             h ^= (key.astype(np.int64) + (1 << 32)).astype(np.uint64) * np.uint64(
-                0xBF58476D1CE4E5B9)
+                0xBF58476D1CE4E5B9
+            )
             h ^= h >> np.uint64(30)
             h *= np.uint64(0xBF58476D1CE4E5B9)
             h ^= h >> np.uint64(27)
             h *= np.uint64(0x94D049BB133111EB)
             h ^= h >> np.uint64(31)
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 @dataclass(frozen=True)
@@ -241,8 +255,9 @@ TUMOR_CYTOPLASM = np.array([205.0, 140.0, 200.0])
 GLASS = np.array([243.0, 241.0, 244.0])
 
 
-def _nuclei_alpha(lattice: _Nuclei, seed: int, xs: np.ndarray, ys: np.ndarray, mpp: float
-                  ) -> np.ndarray:
+def _nuclei_alpha(
+    lattice: _Nuclei, seed: int, xs: np.ndarray, ys: np.ndarray, mpp: float
+) -> np.ndarray:
     """Coverage (0..1, anti-aliased, scaled by a per-nucleus stain intensity) of one lattice at
     pixel centres ``xs`` (row vector) and ``ys`` (column vector).
 
@@ -295,8 +310,11 @@ _NOISE_SIZE = 256
 @lru_cache(maxsize=8)
 def _noise_tile(seed: int) -> np.ndarray:
     """A periodic tile of pixel noise (+-5 grey levels), indexed by absolute position."""
-    return np.random.default_rng(seed + 11).uniform(-5.0, 5.0, (_NOISE_SIZE, _NOISE_SIZE)
-                                                    ).astype(np.float32)
+    return (
+        np.random.default_rng(seed + 11)
+        .uniform(-5.0, 5.0, (_NOISE_SIZE, _NOISE_SIZE))
+        .astype(np.float32)
+    )
 
 
 def render_region(design: SlideDesign, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -308,8 +326,9 @@ def render_region(design: SlideDesign, x: int, y: int, w: int, h: int) -> np.nda
     image[:] = GLASS
     if tissue.any():
         tumor = geometry_mask(design.lesions, (h, w), 1.0, origin=(x, y)) & tissue
-        base = np.where(tumor[..., None], TUMOR_CYTOPLASM.astype(np.float32),
-                        STROMA.astype(np.float32))
+        base = np.where(
+            tumor[..., None], TUMOR_CYTOPLASM.astype(np.float32), STROMA.astype(np.float32)
+        )
         base *= _fibres(design.seed, xs, ys, design.mpp)[..., None]
         for lattices, where in ((NORMAL_NUCLEI, tissue & ~tumor), (TUMOR_NUCLEI, tumor)):
             if not where.any():
@@ -341,7 +360,7 @@ class StripRenderer:
         if not (self.y <= y and y + h <= self.y + self.h):
             self.y, self.h = y, h
             self.strip = render_region(self.design, 0, y, self.design.width, h)
-        return self.strip[y - self.y:y - self.y + h, x:x + w]
+        return self.strip[y - self.y : y - self.y + h, x : x + w]
 
 
 # --------------------------------------------------------------------------- cohort
@@ -366,14 +385,22 @@ def write_slide(slide: CohortSlide, seed: int, params: CohortParams) -> Path:
     design = design_slide(seed, slide.label == "tumor", params)
     if slide.annotation is not None:
         write_asap_xml(slide.annotation, design.lesions)
-    return write_pyramidal_tiff(slide.path, design.width, design.height, design.mpp,
-                                StripRenderer(design), compression=params.compression)
+    return write_pyramidal_tiff(
+        slide.path,
+        design.width,
+        design.height,
+        design.mpp,
+        StripRenderer(design),
+        compression=params.compression,
+    )
 
 
 def labels_csv_text(slides: list[CohortSlide]) -> str:
     """The cohort's labels CSV (``slide_id,label,split``)."""
-    return csv_text(({"slide_id": s.slide_id, "label": s.label, "split": s.split}
-                     for s in slides), LABEL_COLUMNS)
+    return csv_text(
+        ({"slide_id": s.slide_id, "label": s.label, "split": s.split} for s in slides),
+        LABEL_COLUMNS,
+    )
 
 
 #: lesion share of the tissue at which a slide's burden z reaches 1 (the largest planted
@@ -389,8 +416,9 @@ def lesion_burden(design: SlideDesign) -> float:
     return float(min(1.0, design.lesions.area / design.tissue.area / FULL_BURDEN))
 
 
-def task_labels_csv_text(planned: list[tuple[CohortSlide, int]], params: CohortParams,
-                         task: str) -> str:
+def task_labels_csv_text(
+    planned: list[tuple[CohortSlide, int]], params: CohortParams, task: str
+) -> str:
     """A survival (``slide_id,time,event,split``) or regression (``slide_id,target,split``)
     labels CSV of the cohort whose numbers depend on each slide's lesion burden as the
     generated bags' do (:mod:`wsi_mil.synthetic.bags`): ``T = 60 exp(-2.5 z + 0.4 e)``
@@ -403,12 +431,22 @@ def task_labels_csv_text(planned: list[tuple[CohortSlide, int]], params: CohortP
         noise, censor = rng.standard_normal(), rng.uniform(0.0, 120.0)
         if task == "survival":
             event_time = 60.0 * np.exp(-2.5 * z + 0.4 * noise)
-            rows.append({"slide_id": slide.slide_id,
-                         "time": round(float(min(event_time, censor)), 3),
-                         "event": int(event_time <= censor), "split": slide.split})
+            rows.append(
+                {
+                    "slide_id": slide.slide_id,
+                    "time": round(float(min(event_time, censor)), 3),
+                    "event": int(event_time <= censor),
+                    "split": slide.split,
+                }
+            )
         else:
-            rows.append({"slide_id": slide.slide_id, "target": round(10.0 * z + noise, 4),
-                         "split": slide.split})
+            rows.append(
+                {
+                    "slide_id": slide.slide_id,
+                    "target": round(10.0 * z + noise, 4),
+                    "split": slide.split,
+                }
+            )
     return csv_text(rows)
 
 
@@ -421,10 +459,14 @@ def plan_cohort(out_dir: str | os.PathLike, params: CohortParams) -> list[tuple[
         seed = _slide_seed(params, index)
         width, height = slide_size(seed, params)
         slide = CohortSlide(
-            slide_id=slide_id, label=label, split=split,
+            slide_id=slide_id,
+            label=label,
+            split=split,
             path=root / "slides" / f"{slide_id}.tif",
             annotation=root / "annotations" / f"{slide_id}.xml" if label == "tumor" else None,
-            width=width, height=height, mpp=params.mpp,
+            width=width,
+            height=height,
+            mpp=params.mpp,
         )
         planned.append((slide, seed))
     return planned

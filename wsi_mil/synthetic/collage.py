@@ -71,7 +71,8 @@ def read_ucsb(root: str | os.PathLike) -> dict[str, dict[str, list[Path]]]:
             path = root / "images" / f"{row['slide_id']}.tif"
             if path.is_file():
                 batches.setdefault(row["patient_id"], {"benign": [], "malignant": []})[
-                    row["label"]].append(path)
+                    row["label"]
+                ].append(path)
     return {b: v for b, v in sorted(batches.items()) if v["benign"] and v["malignant"]}
 
 
@@ -80,13 +81,19 @@ def _field(path: Path) -> np.ndarray:
 
     image = tifffile.imread(path)
     if image.shape[:2] != (FIELD_H, FIELD_W):
-        raise InputError(f"{path}: expected {FIELD_W}x{FIELD_H} px, got {image.shape[1]}x"
-                         f"{image.shape[0]}")
+        raise InputError(
+            f"{path}: expected {FIELD_W}x{FIELD_H} px, got {image.shape[1]}x{image.shape[0]}"
+        )
     return np.ascontiguousarray(image[..., :3])
 
 
-def compose(rng: np.random.Generator, benign: list[Path], malignant: list[Path], tumor: bool,
-            params: CollageParams) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def compose(
+    rng: np.random.Generator,
+    benign: list[Path],
+    malignant: list[Path],
+    tumor: bool,
+    params: CollageParams,
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """One slide's pixels and its lesion rectangles (level-0 px)."""
     t, (cols, rows) = params.tile, params.grid
     width, height = cols * t, rows * t
@@ -97,48 +104,50 @@ def compose(rng: np.random.Generator, benign: list[Path], malignant: list[Path],
         field = _field(benign[int(rng.integers(len(benign)))])
         if rng.random() < 0.5:
             field = field[:, ::-1]
-        image[i * FIELD_H:(i + 1) * FIELD_H, j * FIELD_W:(j + 1) * FIELD_W] = field
+        image[i * FIELD_H : (i + 1) * FIELD_H, j * FIELD_W : (j + 1) * FIELD_W] = field
     image = image[:height, :width].copy()
     lesions: list[tuple[int, int, int, int]] = []
     occupied = np.zeros((rows, cols), bool)
     for _ in range(int(rng.integers(1, params.max_lesions + 1)) if tumor else 0):
-        w, h = (int(rng.integers(params.lesion_tiles[0], params.lesion_tiles[1] + 1))
-                for _ in range(2))
+        w, h = (
+            int(rng.integers(params.lesion_tiles[0], params.lesion_tiles[1] + 1)) for _ in range(2)
+        )
         for _attempt in range(20):  # lesions do not touch, so each is one polygon
             c, r = int(rng.integers(0, cols - w + 1)), int(rng.integers(0, rows - h + 1))
-            if not occupied[max(0, r - 1):r + h + 1, max(0, c - 1):c + w + 1].any():
+            if not occupied[max(0, r - 1) : r + h + 1, max(0, c - 1) : c + w + 1].any():
                 break
         else:
             continue
-        occupied[r:r + h, c:c + w] = True
+        occupied[r : r + h, c : c + w] = True
         source = _field(malignant[int(rng.integers(len(malignant)))])
         sc = int(rng.integers(0, FIELD_W // t - w + 1)) * t
         sr = int(rng.integers(0, FIELD_H // t - h + 1)) * t
-        image[r * t:(r + h) * t, c * t:(c + w) * t] = source[sr:sr + h * t, sc:sc + w * t]
+        image[r * t : (r + h) * t, c * t : (c + w) * t] = source[sr : sr + h * t, sc : sc + w * t]
         lesions.append((c * t, r * t, w * t, h * t))
     return image, lesions
 
 
-def plan_collage(batches: dict[str, dict[str, list[Path]]], params: CollageParams
-                 ) -> list[CollageSlide]:
+def plan_collage(
+    batches: dict[str, dict[str, list[Path]]], params: CollageParams
+) -> list[CollageSlide]:
     """Which slides to make: ``per_batch`` positives and negatives per batch; the last
     ``test_batches`` batches (in sorted order) are the test split."""
     names = sorted(batches)
     if len(names) <= params.test_batches:
         raise InputError(f"{len(names)} TMA batches: cannot hold {params.test_batches} out")
-    test = set(names[-params.test_batches:])
+    test = set(names[-params.test_batches :])
     slides = []
     for batch in names:
         split = "test" if batch in test else "train"
         for k in range(params.per_batch):
             for label in ("tumor", "normal"):
-                slides.append(CollageSlide(f"collage_{batch}_{label}_{k}", label, batch, split,
-                                           ()))
+                slides.append(CollageSlide(f"collage_{batch}_{label}_{k}", label, batch, split, ()))
     return slides
 
 
-def write_collage_cohort(ucsb_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                         params: CollageParams = CollageParams()) -> list[CollageSlide]:
+def write_collage_cohort(
+    ucsb_dir: str | os.PathLike, out_dir: str | os.PathLike, params: CollageParams = CollageParams()
+) -> list[CollageSlide]:
     """Write the cohort (slides, ASAP annotations, labels.csv) into ``out_dir``."""
     from shapely.geometry import box
     from shapely.ops import unary_union
@@ -156,19 +165,24 @@ def write_collage_cohort(ucsb_dir: str | os.PathLike, out_dir: str | os.PathLike
     for index, slide in enumerate(plan_collage(batches, params)):
         rng = np.random.default_rng([params.seed, index])
         fields = batches[slide.batch]
-        image, lesions = compose(rng, fields["benign"], fields["malignant"],
-                                 slide.label == "tumor", params)
+        image, lesions = compose(
+            rng, fields["benign"], fields["malignant"], slide.label == "tumor", params
+        )
         path = out_dir / "slides" / f"{slide.slide_id}.tif"
         if not path.is_file():
+
             def region(x: int, y: int, w: int, h: int, im: np.ndarray = image) -> np.ndarray:
-                return im[y:y + h, x:x + w]
+                return im[y : y + h, x : x + w]
 
             write_pyramidal_tiff(path, image.shape[1], image.shape[0], MPP, region, tile=256)
         if lesions:
-            write_asap_xml(out_dir / "annotations" / f"{slide.slide_id}.xml",
-                           unary_union([box(x, y, x + w, y + h) for x, y, w, h in lesions]))
-        written.append(CollageSlide(slide.slide_id, slide.label, slide.batch, slide.split,
-                                    tuple(lesions)))
+            write_asap_xml(
+                out_dir / "annotations" / f"{slide.slide_id}.xml",
+                unary_union([box(x, y, x + w, y + h) for x, y, w, h in lesions]),
+            )
+        written.append(
+            CollageSlide(slide.slide_id, slide.label, slide.batch, slide.split, tuple(lesions))
+        )
     rows = ["slide_id,label,patient_id,split"]
     rows += [f"{s.slide_id},{s.label},{s.batch},{s.split}" for s in written]
     write_text_atomic(out_dir / "labels.csv", "\n".join(rows) + "\n")

@@ -23,24 +23,31 @@ from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_
 CLASS_NAMES = ("normal", "tumor")
 
 
-def annotation_prediction(tiles_path: str | os.PathLike, annotation: str | os.PathLike | None,
-                          out_path: str | os.PathLike) -> Path:
+def annotation_prediction(
+    tiles_path: str | os.PathLike, annotation: str | os.PathLike | None, out_path: str | os.PathLike
+) -> Path:
     """Write the predictions file of a tiles file whose tile head is the lesion fraction."""
     tiles = read_tiles_file(tiles_path)
-    lesions = (read_annotations(annotation).lesions if annotation is not None
-               else as_multipolygon(None))
+    lesions = (
+        read_annotations(annotation).lesions if annotation is not None else as_multipolygon(None)
+    )
     fractions = tile_fractions(lesions, tiles.coords, float(tiles.attrs["tile_size_level0"]))
     positive = float(fractions.max()) if fractions.size else 0.0
     tile_probs = np.column_stack([1.0 - fractions, fractions]).astype(np.float32)
     prediction = SlidePrediction(
-        slide_id=tiles.slide_id, coords=tiles.coords,
+        slide_id=tiles.slide_id,
+        coords=tiles.coords,
         attention=fractions.astype(np.float32),
         attention_norm=normalise_attention(fractions),
         tile_probs=tile_probs,
         probs=np.array([1.0 - positive, positive], np.float32),
         class_names=list(CLASS_NAMES),
         predicted_label=CLASS_NAMES[int(positive >= 0.5)],
-        attrs={**tiles.attrs, "negative_class": CLASS_NAMES[0],
-               "tiles_file": str(tiles_path), "run_id": "annotation"},
+        attrs={
+            **tiles.attrs,
+            "negative_class": CLASS_NAMES[0],
+            "tiles_file": str(tiles_path),
+            "run_id": "annotation",
+        },
     )
     return write_prediction(out_path, prediction)

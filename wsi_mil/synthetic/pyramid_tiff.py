@@ -70,7 +70,9 @@ def mpp_to_resolution(mpp: float) -> tuple[int, int]:
 def pyramid_shapes(width: int, height: int, tile: int, levels: int | None) -> list[tuple[int, int]]:
     """(width, height) of each level: halved (rounded up) until a level fits in one tile."""
     shapes = [(width, height)]
-    while (levels is None and max(shapes[-1]) > tile) or (levels is not None and len(shapes) < levels):
+    while (levels is None and max(shapes[-1]) > tile) or (
+        levels is not None and len(shapes) < levels
+    ):
         w, h = shapes[-1]
         if w == 1 and h == 1:
             break
@@ -82,7 +84,10 @@ def _encoder(compression: str, quality: int) -> Callable[[np.ndarray], bytes]:
     """Encode one full tile exactly as tifffile would for the tags it writes."""
     if compression == "jpeg":
         return lambda tile: imagecodecs.jpeg8_encode(
-            tile, level=quality, subsampling=JPEG_SUBSAMPLING, colorspace="RGB",
+            tile,
+            level=quality,
+            subsampling=JPEG_SUBSAMPLING,
+            colorspace="RGB",
             outcolorspace="YCBCR",
         )
     if compression == "deflate":
@@ -101,10 +106,11 @@ def _tiles_of_strip(strip: np.ndarray, tile: int) -> Iterator[np.ndarray]:
     """Cut a strip (at most ``tile`` rows) into full tiles, padding edges by repetition."""
     width = strip.shape[1]
     for x in range(0, width, tile):
-        block = strip[:, x:x + tile]
+        block = strip[:, x : x + tile]
         if block.shape[0] != tile or block.shape[1] != tile:
-            block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1]), (0, 0)),
-                           mode="edge")
+            block = np.pad(
+                block, ((0, tile - block.shape[0]), (0, tile - block.shape[1]), (0, 0)), mode="edge"
+            )
         yield block
 
 
@@ -139,9 +145,22 @@ class _Shrinker:
 class _Level:
     """A lower pyramid level under construction: receives rows, spools its encoded tiles."""
 
-    def __init__(self, width: int, height: int, tile: int, encode: Callable[[np.ndarray], bytes],
-                 spool: BinaryIO, below: _Level | None):
-        self.width, self.height, self.tile, self.encode, self.spool = width, height, tile, encode, spool
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        tile: int,
+        encode: Callable[[np.ndarray], bytes],
+        spool: BinaryIO,
+        below: _Level | None,
+    ):
+        self.width, self.height, self.tile, self.encode, self.spool = (
+            width,
+            height,
+            tile,
+            encode,
+            spool,
+        )
         self.shrinker = _Shrinker(below) if below is not None else None
         self.pending: list[np.ndarray] = []  # rows received but not yet emitted as tiles
         self.pending_rows = 0
@@ -210,14 +229,19 @@ def write_pyramidal_tiff(
     encode = _encoder(compression, quality)
     resolution = mpp_to_resolution(mpp)
     page_args = {
-        "dtype": np.uint8, "tile": (tile, tile), "photometric": "rgb", "planarconfig": "contig",
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "photometric": "rgb",
+        "planarconfig": "contig",
         "compression": None if compression == "none" else compression,
         "subsampling": JPEG_SUBSAMPLING if compression == "jpeg" else None,
         "metadata": None,
     }
 
-    with atomic_output(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent,
-                                                                  prefix=".pyramid-") as spool_dir:
+    with (
+        atomic_output(path) as tmp,
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as spool_dir,
+    ):
         spool_paths = [Path(spool_dir) / f"level{k}.bin" for k in range(1, len(shapes))]
         spools = [open(p, "wb") for p in spool_paths]  # noqa: SIM115 - closed below
         try:
@@ -238,28 +262,39 @@ def write_pyramidal_tiff(
                         w = min(tile, width - x)
                         pixels = np.asarray(render(x, y, w, h), dtype=np.uint8)
                         if pixels.shape != (h, w, 3):
-                            raise ValueError(f"{path}: render({x}, {y}, {w}, {h}) returned shape "
-                                             f"{pixels.shape}, expected {(h, w, 3)}")
-                        strip[:, x:x + w] = pixels
+                            raise ValueError(
+                                f"{path}: render({x}, {y}, {w}, {h}) returned shape "
+                                f"{pixels.shape}, expected {(h, w, 3)}"
+                            )
+                        strip[:, x : x + w] = pixels
                     if shrinker is not None:
                         shrinker.feed(strip)
                     yield from (encode(block) for block in _tiles_of_strip(strip, tile))
 
             with tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2**31) as tif:
-                tif.write(level0_tiles(), **{**page_args, "shape": (height, width, 3)},
-                          resolution=(resolution, resolution), resolutionunit="CENTIMETER",
-                          description=f"wsi-mil synthetic slide; level-0 mpp={mpp!r}")
+                tif.write(
+                    level0_tiles(),
+                    **{**page_args, "shape": (height, width, 3)},
+                    resolution=(resolution, resolution),
+                    resolutionunit="CENTIMETER",
+                    description=f"wsi-mil synthetic slide; level-0 mpp={mpp!r}",
+                )
                 if shrinker is not None:
                     shrinker.finish()
                 for spool in spools:
                     spool.close()
                 for k, ((w, h), level, spool_path) in enumerate(
-                        zip(shapes[1:], lower, spool_paths), start=1):
+                    zip(shapes[1:], lower, spool_paths), start=1
+                ):
                     # lower levels carry their own (approximate, 2**k coarser) resolution
                     level_res = (resolution[0], resolution[1] * 2**k)
-                    tif.write(_spooled_tiles(spool_path, level.sizes),
-                              **{**page_args, "shape": (h, w, 3)}, subfiletype=1,
-                              resolution=(level_res, level_res), resolutionunit="CENTIMETER")
+                    tif.write(
+                        _spooled_tiles(spool_path, level.sizes),
+                        **{**page_args, "shape": (h, w, 3)},
+                        subfiletype=1,
+                        resolution=(level_res, level_res),
+                        resolutionunit="CENTIMETER",
+                    )
         finally:
             for spool in spools:
                 spool.close()
@@ -347,7 +382,7 @@ def shapes_render(
 
     def render(x: int, y: int, w: int, h: int) -> np.ndarray:
         tissue_all, background_all = blocks(h, w)
-        ys, xs = np.ogrid[y:y + h, x:x + w]
+        ys, xs = np.ogrid[y : y + h, x : x + w]
         inside: np.ndarray | None = None
         for shape in shapes:
             left, top, right, bottom = shape.bounds
@@ -360,7 +395,7 @@ def shapes_render(
         if inside is None or not inside.any():
             return background_all[:h, :w].copy()
         oy, ox = y % TEXTURE_PERIOD, x % TEXTURE_PERIOD
-        tissue = tissue_all[oy:oy + h, ox:ox + w]
+        tissue = tissue_all[oy : oy + h, ox : ox + w]
         if inside.all():
             return tissue.copy()
         image = background_all[:h, :w].copy()

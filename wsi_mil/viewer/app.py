@@ -38,12 +38,14 @@ def create_app(service: ViewerService) -> Flask:
     app.url_map.merge_slashes = False  # "//etc/passwd" is refused, not redirected
 
     if is_loopback(service.params.host):
+
         @app.before_request
         def loopback_only() -> tuple[Response, int] | None:
             # a page elsewhere cannot reach this server through a DNS name it controls
             # (DNS rebinding): on loopback only loopback names are answered
-            host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") \
-                else request.host
+            host = (
+                request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+            )
             if not is_loopback(host.strip("[]")):
                 return jsonify({"error": f"unexpected Host {request.host!r}"}), 400
             return None

@@ -24,8 +24,11 @@ from wsi_mil.heatmaps.stitch import Canvas, rasterise_polygons
 
 #: outline colours (RGB): the heatmap PNGs' segmentation and tissue colours, lesions in black
 OUTLINE_COLORS = {"segmentation": (230, 20, 60), "tissue": (20, 120, 40), "lesions": (0, 0, 0)}
-OUTLINE_NAMES = {"segmentation": "segmentation outline", "tissue": "tissue outline",
-                 "lesions": "lesion annotations"}
+OUTLINE_NAMES = {
+    "segmentation": "segmentation outline",
+    "tissue": "tissue outline",
+    "lesions": "lesion annotations",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,12 @@ class TileWindow:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) in level-0 px."""
-        return (self.x * self.scale, self.y * self.scale, (self.x + self.width) * self.scale,
-                (self.y + self.height) * self.scale)
+        return (
+            self.x * self.scale,
+            self.y * self.scale,
+            (self.x + self.width) * self.scale,
+            (self.y + self.height) * self.scale,
+        )
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,19 @@ class HeatLayer:
         """The layer's values at the centres of the window's pixels (NaN off the heat)."""
         k = self.level_for(window.scale)
         values = self.levels[k]
-        grid = TileGrid(origin=self.origin, stride=self.stride * 2**k, span=1,
-                        shape=values.shape, cells=np.zeros((0, 2), np.int64))
-        xs = ((window.x + np.arange(window.width) + 0.5) * window.scale - grid.origin[0]) \
-            / grid.stride
-        ys = ((window.y + np.arange(window.height) + 0.5) * window.scale - grid.origin[1]) \
-            / grid.stride
+        grid = TileGrid(
+            origin=self.origin,
+            stride=self.stride * 2**k,
+            span=1,
+            shape=values.shape,
+            cells=np.zeros((0, 2), np.int64),
+        )
+        xs = (
+            (window.x + np.arange(window.width) + 0.5) * window.scale - grid.origin[0]
+        ) / grid.stride
+        ys = (
+            (window.y + np.arange(window.height) + 0.5) * window.scale - grid.origin[1]
+        ) / grid.stride
         near = _gather(values, np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64))
         if interpolation != "linear":
             return near
@@ -105,8 +119,10 @@ class HeatLayer:
 
 def _gather(values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """values[rows x cols] with NaN outside the array."""
-    out = values[np.clip(rows, 0, values.shape[0] - 1)[:, None],
-                 np.clip(cols, 0, values.shape[1] - 1)[None, :]].astype(np.float32)
+    out = values[
+        np.clip(rows, 0, values.shape[0] - 1)[:, None],
+        np.clip(cols, 0, values.shape[1] - 1)[None, :],
+    ].astype(np.float32)
     out[(rows < 0) | (rows >= values.shape[0]), :] = np.nan
     out[:, (cols < 0) | (cols >= values.shape[1])] = np.nan
     return out
@@ -121,8 +137,9 @@ def palette_of(lut: np.ndarray) -> np.ndarray:
     return lut[np.rint(np.linspace(0, len(lut) - 1, TRANSPARENT)).astype(np.int64)]
 
 
-def palette_index(values: np.ndarray, vmin: float, vmax: float,
-                  mask: np.ndarray | None = None) -> np.ndarray:
+def palette_index(
+    values: np.ndarray, vmin: float, vmax: float, mask: np.ndarray | None = None
+) -> np.ndarray:
     """uint8 palette indices of the values on [vmin, vmax]; TRANSPARENT at NaN or ~mask.
 
     An indexed picture (one byte per pixel, the colours in the PNG palette) encodes several
@@ -159,16 +176,20 @@ def tissue_mask(tissue: Any, window: TileWindow) -> np.ndarray | None:
     minx, miny, maxx, maxy = tissue.bounds
     if maxx < x0 or maxy < y0 or minx > x1 or miny > y1:
         return np.zeros((window.height, window.width), bool)
-    if shapely.contains(tissue, shapely.box(x0 - window.scale, y0 - window.scale,
-                                            x1 + window.scale, y1 + window.scale)):
+    if shapely.contains(
+        tissue,
+        shapely.box(x0 - window.scale, y0 - window.scale, x1 + window.scale, y1 + window.scale),
+    ):
         return None
     if minx >= x0 and miny >= y0 and maxx <= x1 and maxy <= y1:
         local = shapely.transform(tissue, lambda xy: xy - (x0, y0))
     else:
-        local = shapely.transform(shapely.clip_by_rect(tissue, x0 - window.scale,
-                                                       y0 - window.scale, x1 + window.scale,
-                                                       y1 + window.scale),
-                                  lambda xy: xy - (x0, y0))
+        local = shapely.transform(
+            shapely.clip_by_rect(
+                tissue, x0 - window.scale, y0 - window.scale, x1 + window.scale, y1 + window.scale
+            ),
+            lambda xy: xy - (x0, y0),
+        )
     canvas = Canvas(window.width, window.height, (window.scale, window.scale))
     return rasterise_polygons(local, canvas)
 
@@ -192,33 +213,52 @@ class OutlineLayer:
         for polygon in parts:
             if polygon.geom_type != "Polygon" or polygon.is_empty:
                 continue
-            rings += [np.asarray(r.coords, np.float64)[:, :2]
-                      for r in (polygon.exterior, *polygon.interiors)]
-        boxes = (np.array([[*r.min(axis=0), *r.max(axis=0)] for r in rings])
-                 if rings else np.zeros((0, 4)))
-        return cls(name, OUTLINE_NAMES.get(name, name), tuple(rings), boxes,
-                   OUTLINE_COLORS.get(name, (0, 0, 0)))
+            rings += [
+                np.asarray(r.coords, np.float64)[:, :2]
+                for r in (polygon.exterior, *polygon.interiors)
+            ]
+        boxes = (
+            np.array([[*r.min(axis=0), *r.max(axis=0)] for r in rings])
+            if rings
+            else np.zeros((0, 4))
+        )
+        return cls(
+            name,
+            OUTLINE_NAMES.get(name, name),
+            tuple(rings),
+            boxes,
+            OUTLINE_COLORS.get(name, (0, 0, 0)),
+        )
 
     def render(self, window: TileWindow, width_px: int = 2) -> np.ndarray:
         """RGBA tile with the rings crossing the window drawn ``width_px`` wide."""
         rgba = np.zeros((window.height, window.width, 4), np.uint8)
         x0, y0, x1, y1 = window.bounds
         pad = width_px * window.scale
-        hit = np.flatnonzero((self.boxes[:, 2] >= x0 - pad) & (self.boxes[:, 0] <= x1 + pad)
-                             & (self.boxes[:, 3] >= y0 - pad) & (self.boxes[:, 1] <= y1 + pad))
+        hit = np.flatnonzero(
+            (self.boxes[:, 2] >= x0 - pad)
+            & (self.boxes[:, 0] <= x1 + pad)
+            & (self.boxes[:, 3] >= y0 - pad)
+            & (self.boxes[:, 1] <= y1 + pad)
+        )
         if hit.size == 0:
             return rgba
         shift = 4  # sub-pixel precision, as the PNG outlines
-        lines = [np.rint(((self.rings[i] - (x0, y0)) / window.scale - 0.5) * (1 << shift)
-                         ).astype(np.int32) for i in hit]
+        lines = [
+            np.rint(((self.rings[i] - (x0, y0)) / window.scale - 0.5) * (1 << shift)).astype(
+                np.int32
+            )
+            for i in hit
+        ]
         cv2.polylines(rgba, lines, True, (*self.color, 255), width_px, cv2.LINE_AA, shift)
         return rgba
 
 
 def encode_png(rgba: np.ndarray) -> bytes:
     """PNG bytes of an RGBA image (OpenCV: fast, and the viewer already depends on it)."""
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, data = cv2.imencode(
+        ".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return data.tobytes()
@@ -246,7 +286,7 @@ class ZarrHeatLayer:
         return min(max(wanted, 0), len(self.arrays) - 1)
 
     def _block(self, k: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        values = np.asarray(self.arrays[k][0, rows[0]:rows[1], cols[0]:cols[1]], np.float32)
+        values = np.asarray(self.arrays[k][0, rows[0] : rows[1], cols[0] : cols[1]], np.float32)
         values /= 255.0
         values[values == 0] = np.nan
         return values
@@ -264,9 +304,15 @@ class ZarrHeatLayer:
         if c1 <= c0 or r1 <= r0:
             return np.full((window.height, window.width), np.nan, np.float32)
         block = self._block(k, (r0, r1), (c0, c1))
-        local = HeatLayer(self.name, self.label, (block,),
-                          (self.origin[0] + c0 * stride, self.origin[1] + r0 * stride), stride,
-                          self.vmin, self.vmax)
+        local = HeatLayer(
+            self.name,
+            self.label,
+            (block,),
+            (self.origin[0] + c0 * stride, self.origin[1] + r0 * stride),
+            stride,
+            self.vmin,
+            self.vmax,
+        )
         return local.sample(window, interpolation)
 
     def value_at(self, x: float, y: float) -> float | None:

@@ -40,8 +40,7 @@ class ViewerParams:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.interpolation not in ("nearest", "linear"):
-            raise ValueError(f"interpolation must be nearest or linear, "
-                             f"got {self.interpolation!r}")
+            raise ValueError(f"interpolation must be nearest or linear, got {self.interpolation!r}")
         if not 16 <= self.tile_size <= 2048:
             raise ValueError(f"tile_size must be in 16..2048, got {self.tile_size}")
         if self.overlap not in (0, 1, 2):

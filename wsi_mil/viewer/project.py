@@ -61,13 +61,18 @@ class SlideEntry:
             name, probability = "P max", max(self.probs.values(), default=None)
         else:
             name, probability = "P", self.probs.get(self.predicted_label)
-        return {"slide_id": self.slide_id, "label": self.label,
-                "predicted_label": self.predicted_label,
-                "probability": None if probability is None else round(float(probability), 4),
-                "score_name": name, "task": self.task,
-                # a label and a prediction of the same kind, so a mismatch is an error
-                "comparable": self.task in ("classification", "multilabel"),
-                "probs": self.probs, "problems": list(self.problems)}
+        return {
+            "slide_id": self.slide_id,
+            "label": self.label,
+            "predicted_label": self.predicted_label,
+            "probability": None if probability is None else round(float(probability), 4),
+            "score_name": name,
+            "task": self.task,
+            # a label and a prediction of the same kind, so a mismatch is an error
+            "comparable": self.task in ("classification", "multilabel"),
+            "probs": self.probs,
+            "problems": list(self.problems),
+        }
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -88,45 +93,58 @@ class ProjectIndex:
     heatmap_settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, project: str | os.PathLike | None = None, *,
-              predictions: str | os.PathLike | None = None,
-              heatmaps: str | os.PathLike | None = None,
-              slides: str | os.PathLike | None = None,
-              tiles: str | os.PathLike | None = None,
-              annotations: str | os.PathLike | None = None,
-              segment: str | os.PathLike | None = None) -> ProjectIndex:
+    def build(
+        cls,
+        project: str | os.PathLike | None = None,
+        *,
+        predictions: str | os.PathLike | None = None,
+        heatmaps: str | os.PathLike | None = None,
+        slides: str | os.PathLike | None = None,
+        tiles: str | os.PathLike | None = None,
+        annotations: str | os.PathLike | None = None,
+        segment: str | os.PathLike | None = None,
+    ) -> ProjectIndex:
         """Index a project folder (``wsi-mil run``'s output), or the explicit folders given.
 
         Without ``project`` the project root is the folder above ``predictions``; ``segment``:
         the ``segment/`` folder of ``wsi-mil segment`` (default: the project's).
         """
         if project is None and predictions is None:
-            raise ProjectError("give a project folder (the --out of wsi-mil run) or "
-                               "--predictions")
+            raise ProjectError("give a project folder (the --out of wsi-mil run) or --predictions")
         root = Path(project) if project is not None else Path(predictions).parent
         if not root.is_dir():
             raise ProjectError(f"{root}: project folder not found")
-        folders = Project(root, predictions=predictions, heatmaps=heatmaps, tiles=tiles,
-                          segment=segment)
+        folders = Project(
+            root, predictions=predictions, heatmaps=heatmaps, tiles=tiles, segment=segment
+        )
         pred_dir, heat_dir = folders.predictions_dir, folders.heatmaps_dir
         tiles_dir, segment_root = folders.tiles_dir, folders.segment_dir
-        for name, folder, given in (("--segment", segment_root, segment),
-                                    ("--predictions", pred_dir, predictions),
-                                    ("--heatmaps", heat_dir, heatmaps),
-                                    ("--slides", slides, slides), ("--tiles", tiles_dir, tiles),
-                                    ("--annotations", annotations, annotations)):
+        for name, folder, given in (
+            ("--segment", segment_root, segment),
+            ("--predictions", pred_dir, predictions),
+            ("--heatmaps", heat_dir, heatmaps),
+            ("--slides", slides, slides),
+            ("--tiles", tiles_dir, tiles),
+            ("--annotations", annotations, annotations),
+        ):
             if given is not None and not Path(folder).is_dir():
                 raise ProjectError(f"{folder}: {name} folder not found")
-        roots = [p.resolve() for p in (root, pred_dir, heat_dir, tiles_dir, segment_root)
-                 if p.is_dir()]
+        roots = [
+            p.resolve() for p in (root, pred_dir, heat_dir, tiles_dir, segment_root) if p.is_dir()
+        ]
         ann_dir = Path(annotations) if annotations is not None else _default_annotations(root)
 
         by_id = _slides_by_id(slides)
-        ids = sorted({p.stem for p in pred_dir.glob("*.h5")} | set(by_id)) if pred_dir.is_dir() \
+        ids = (
+            sorted({p.stem for p in pred_dir.glob("*.h5")} | set(by_id))
+            if pred_dir.is_dir()
             else sorted(by_id)
+        )
         if not ids:
-            raise ProjectError(f"{root}: no slides to show (no {pred_dir}/<slide_id>.h5 "
-                               f"predictions{' and no slides in ' + str(slides) if slides else ''})")
+            raise ProjectError(
+                f"{root}: no slides to show (no {pred_dir}/<slide_id>.h5 "
+                f"predictions{' and no slides in ' + str(slides) if slides else ''})"
+            )
         table = _predictions_table(Project(root).predictions_csv, roots)
         entries = {}
         for slide_id in ids:
@@ -145,16 +163,20 @@ class ProjectIndex:
             if folder is not None and folder.is_dir():
                 entry.heatmap_dir = folder
                 entry.zarr_path = allowed(folder / "heatmap.zarr", "heatmap.zarr")
-                entry.segmentation_path = allowed(folder / "segmentation.geojson",
-                                                  "segmentation.geojson")
+                entry.segmentation_path = allowed(
+                    folder / "segmentation.geojson", "segmentation.geojson"
+                )
             entry.tissue_path = allowed(tiles_dir / f"{slide_id}.tissue.geojson", "tissue outline")
-            for candidate in (folders.explanations_dir / slide_id / "explanations.h5",
-                              heat_dir / slide_id / "explanations.h5"):
+            for candidate in (
+                folders.explanations_dir / slide_id / "explanations.h5",
+                heat_dir / slide_id / "explanations.h5",
+            ):
                 if entry.explanations_path is None:
                     entry.explanations_path = allowed(candidate, "explanations.h5")
                     if entry.explanations_path is not None:
-                        entry.trust_path = allowed(candidate.parent.parent / "trust.json",
-                                                   "trust.json")
+                        entry.trust_path = allowed(
+                            candidate.parent.parent / "trust.json", "trust.json"
+                        )
             seg = allowed(segment_root / slide_id, "segment folder")
             entry.segment_dir = seg if seg is not None and seg.is_dir() else None
             attrs = _prediction_attrs(entry.prediction_path, entry, pred_dir.is_dir())
@@ -170,18 +192,28 @@ class ProjectIndex:
             row = table.get(slide_id, {})
             entry.label = row.get("label", "")
             entry.predicted_label = row.get("predicted_label") or str(
-                attrs.get("predicted_label", ""))
-            entry.probs = {k.removeprefix("prob_"): float(v) for k, v in row.items()
-                           if k.startswith("prob_") and v not in ("", None)}
+                attrs.get("predicted_label", "")
+            )
+            entry.probs = {
+                k.removeprefix("prob_"): float(v)
+                for k, v in row.items()
+                if k.startswith("prob_") and v not in ("", None)
+            }
             entry.task = str(attrs.get("task", "classification"))
             if entry.task in ("survival", "regression"):  # one output: risk or value
                 entry.probs = {}
             if not entry.probs and "probs" in attrs:
-                entry.probs = {str(c): float(p) for c, p in zip(
-                    attrs["class_names"], np.atleast_1d(attrs["probs"]))}
+                entry.probs = {
+                    str(c): float(p)
+                    for c, p in zip(attrs["class_names"], np.atleast_1d(attrs["probs"]))
+                }
             entries[slide_id] = entry
-        return cls(root=root, slides=entries, ratings_dir=folders.ratings_dir,
-                   heatmap_settings=_heatmap_settings(entries))
+        return cls(
+            root=root,
+            slides=entries,
+            ratings_dir=folders.ratings_dir,
+            heatmap_settings=_heatmap_settings(entries),
+        )
 
 
 def _slides_by_id(slides_dir: str | os.PathLike | None) -> dict[str, Path]:
@@ -203,8 +235,9 @@ def _default_annotations(root: Path) -> Path | None:
             data = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             data = {}
-        folder = (data.get("evaluate") or {}).get("annotations_dir") if isinstance(
-            data, dict) else None
+        folder = (
+            (data.get("evaluate") or {}).get("annotations_dir") if isinstance(data, dict) else None
+        )
         if folder and Path(folder).is_dir():
             return Path(folder)
     demo = Project(root).cohort_dir / "annotations"

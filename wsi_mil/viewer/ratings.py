@@ -43,8 +43,10 @@ class RatingError(WsiMilError, ValueError):
 def check_rater(name: str) -> str:
     """The rater name if it is usable as ``<rater>.csv``, else a :class:`RatingError`."""
     if not RATER_PATTERN.fullmatch(name or ""):
-        raise RatingError(f"rater name {name!r} must be 1-64 letters, digits, '_', '.' or '-' "
-                          f"and must not start with '.'")
+        raise RatingError(
+            f"rater name {name!r} must be 1-64 letters, digits, '_', '.' or '-' "
+            f"and must not start with '.'"
+        )
     return name
 
 
@@ -74,12 +76,22 @@ class Rating:
             raise RatingError("comment must be text")
         if len(comment) > MAX_COMMENT:
             raise RatingError(f"comment longer than {MAX_COMMENT} characters")
-        return cls(slide_id, rater, scores, comment.strip(),
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return cls(
+            slide_id,
+            rater,
+            scores,
+            comment.strip(),
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
 
     def row(self) -> list[str]:
-        return [self.slide_id, self.rater, *(str(self.scores[k]) for k in QUESTION_KEYS),
-                self.comment, self.submitted]
+        return [
+            self.slide_id,
+            self.rater,
+            *(str(self.scores[k]) for k in QUESTION_KEYS),
+            self.comment,
+            self.submitted,
+        ]
 
 
 def read_ratings(path: str | os.PathLike) -> dict[str, Rating]:
@@ -101,8 +113,13 @@ def read_ratings(path: str | os.PathLike) -> dict[str, Rating]:
             raise RatingError(f"{path}, line {line}: scores must be whole numbers 1-5") from exc
         if any(v not in SCORES for v in scores.values()):
             raise RatingError(f"{path}, line {line}: scores must be 1-5, got {scores}")
-        ratings[row["slide_id"]] = Rating(row["slide_id"], row.get("rater") or path.stem, scores,
-                                          row.get("comment") or "", row.get("submitted") or "")
+        ratings[row["slide_id"]] = Rating(
+            row["slide_id"],
+            row.get("rater") or path.stem,
+            scores,
+            row.get("comment") or "",
+            row.get("submitted") or "",
+        )
     return ratings
 
 
@@ -150,8 +167,7 @@ def read_ratings_dir(folder: str | os.PathLike) -> dict[str, dict[str, dict[str,
     return raters
 
 
-def write_agreement(path: str | os.PathLike, ratings: dict[str, dict[str, dict[str, int]]]
-                    ) -> list:
+def write_agreement(path: str | os.PathLike, ratings: dict[str, dict[str, dict[str, int]]]) -> list:
     """Per-question agreement of ``ratings`` written as CSV (question, method, kappa, counts)."""
     from wsi_mil.metrics.agreement import agreement
 
@@ -159,11 +175,29 @@ def write_agreement(path: str | os.PathLike, ratings: dict[str, dict[str, dict[s
     if len(raters) < 2:  # the user's folder holds too few raters: a user error, not a bug
         raise RatingError(f"agreement needs at least 2 raters, got {len(raters)} ({raters})")
     rows = agreement(ratings, QUESTION_KEYS)
-    columns = ["question", "method", "kappa", "n_common_slides", "n_raters",
-               *(f"n_slides_{r}" for r in raters)]
-    table = [dict(zip(columns, [row.question, row.method,
-                                "" if row.kappa != row.kappa else f"{row.kappa:.6f}",
-                                row.n_common, row.n_raters,
-                                *(len(ratings[r]) for r in raters)])) for row in rows]
+    columns = [
+        "question",
+        "method",
+        "kappa",
+        "n_common_slides",
+        "n_raters",
+        *(f"n_slides_{r}" for r in raters),
+    ]
+    table = [
+        dict(
+            zip(
+                columns,
+                [
+                    row.question,
+                    row.method,
+                    "" if row.kappa != row.kappa else f"{row.kappa:.6f}",
+                    row.n_common,
+                    row.n_raters,
+                    *(len(ratings[r]) for r in raters),
+                ],
+            )
+        )
+        for row in rows
+    ]
     write_text_atomic(path, csv_text(table, columns))
     return rows

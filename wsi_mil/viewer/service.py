@@ -109,8 +109,9 @@ class ViewerService:
                 slide = open_slide(entry.slide_path)
                 state.slide = slide
                 state.serial = isinstance(slide, ImageSlide)
-                state.deepzoom = DeepZoomGenerator(slide, self.params.tile_size,
-                                                   self.params.overlap)
+                state.deepzoom = DeepZoomGenerator(
+                    slide, self.params.tile_size, self.params.overlap
+                )
             except Exception as exc:  # noqa: BLE001 - any unreadable slide: shown in the page
                 state.error = str(exc)
         if entry.prediction_path is not None:
@@ -131,37 +132,61 @@ class ViewerService:
         prediction.attrs = with_slide_attrs(prediction.attrs, entry.slide_path)  # TRIDENT bag
         geometry = SlideGeometry.from_attrs(prediction.attrs, str(entry.prediction_path))
         state.mpp = geometry.mpp
-        if state.slide is not None and tuple(state.slide.dimensions) != (geometry.width,
-                                                                         geometry.height):
-            raise ValueError(f"the slide is {state.slide.dimensions[0]}x"
-                             f"{state.slide.dimensions[1]} px but its predictions were made on "
-                             f"a {geometry.width}x{geometry.height} px slide")
+        if state.slide is not None and tuple(state.slide.dimensions) != (
+            geometry.width,
+            geometry.height,
+        ):
+            raise ValueError(
+                f"the slide is {state.slide.dimensions[0]}x"
+                f"{state.slide.dimensions[1]} px but its predictions were made on "
+                f"a {geometry.width}x{geometry.height} px slide"
+            )
         grid = TileGrid.from_coords(prediction.coords, geometry)
         names = prediction.class_names
         if entry.zarr_path is not None:
             state.heat.update(_zarr_layers(entry.zarr_path, geometry.mpp))
         else:
-            values, vmin, vmax, scale = normalise_scores(tile_scores(prediction, "attention"),
-                                                         self.normalize, probability=False)
+            values, vmin, vmax, scale = normalise_scores(
+                tile_scores(prediction, "attention"), self.normalize, probability=False
+            )
             columns = {"attention": (values, vmin, vmax, f"attention ({scale})")}
             for i, name in enumerate(names):
                 if prediction.has_segmentation:
-                    columns[f"prob_{name}"] = (prediction.tile_probs[:, i], 0.0, 1.0,
-                                               f"P({name}) (tile probability)")
+                    columns[f"prob_{name}"] = (
+                        prediction.tile_probs[:, i],
+                        0.0,
+                        1.0,
+                        f"P({name}) (tile probability)",
+                    )
                 else:  # survival, regression: the tile's own risk or value
-                    columns[f"tile_{name}"] = (*normalise_scores(
-                        prediction.tile_probs[:, i], "rank", probability=False)[:3],
-                        f"tile {name} (percentile)")
+                    columns[f"tile_{name}"] = (
+                        *normalise_scores(prediction.tile_probs[:, i], "rank", probability=False)[
+                            :3
+                        ],
+                        f"tile {name} (percentile)",
+                    )
             state.heat.update(_grid_layers(grid, columns))
-        explanations, scores, meta = _read_explanations(entry.explanations_path,
-                                                        len(prediction.coords))
+        explanations, scores, meta = _read_explanations(
+            entry.explanations_path, len(prediction.coords)
+        )
         state.trust = _trust(explanations, scores, meta, entry.trust_path)
-        state.heat.update(_grid_layers(grid, {
-            f"explain_{method}": (*normalise_scores(v, "rank", probability=False)[:3],
-                                  f"{method} (explanation, percentile)"
-                                  + (" \u2014 FAILS THE SANITY CHECK"
-                                     if state.trust[f"explain_{method}"]["fails_sanity"] else ""))
-            for method, v in explanations.items()}))
+        state.heat.update(
+            _grid_layers(
+                grid,
+                {
+                    f"explain_{method}": (
+                        *normalise_scores(v, "rank", probability=False)[:3],
+                        f"{method} (explanation, percentile)"
+                        + (
+                            " \u2014 FAILS THE SANITY CHECK"
+                            if state.trust[f"explain_{method}"]["fails_sanity"]
+                            else ""
+                        ),
+                    )
+                    for method, v in explanations.items()
+                },
+            )
+        )
         if entry.segment_dir is not None:
             state.heat.update(_segment_layers(entry.segment_dir))
 
@@ -187,19 +212,27 @@ class ViewerService:
             from tiling.tissue_geojson import read_tissue_geojson
 
             state.outlines["segmentation"] = OutlineLayer.from_geometry(
-                "segmentation", read_tissue_geojson(entry.segmentation_path))
+                "segmentation", read_tissue_geojson(entry.segmentation_path)
+            )
         if entry.annotation_path is not None:
             from tiling.annotations import read_annotations
 
             state.outlines["lesions"] = OutlineLayer.from_geometry(
-                "lesions", read_annotations(entry.annotation_path).lesions)
+                "lesions", read_annotations(entry.annotation_path).lesions
+            )
 
     # -- page data ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         stops = [f"rgb({r},{g},{b})" for r, g, b in self.lut[np.linspace(0, 255, 11).astype(int)]]
-        return {"rater": self.params.rater, "questions": [list(q) for q in QUESTIONS],
-                "cmap": self.cmap, "colorbar": stops, "interpolation": self.params.interpolation,
-                "project": str(self.index.root), "rated": self.rated_ids()}
+        return {
+            "rater": self.params.rater,
+            "questions": [list(q) for q in QUESTIONS],
+            "cmap": self.cmap,
+            "colorbar": stops,
+            "interpolation": self.params.interpolation,
+            "project": str(self.index.root),
+            "rated": self.rated_ids(),
+        }
 
     def rated_ids(self) -> list[str]:
         if self.ratings is None:
@@ -211,13 +244,36 @@ class ViewerService:
 
     def slide_detail(self, slide_id: str) -> dict[str, Any]:
         state = self.state(slide_id)
-        layers = [{"id": k, "kind": "heat", "label": v.label, "vmin": v.vmin, "vmax": v.vmax,
-                   "trust": state.trust.get(k)} for k, v in state.heat.items()]
-        layers += [{"id": k, "kind": "outline", "label": v.label,
-                    "color": "#{:02x}{:02x}{:02x}".format(*v.color)} for k, v in state.outlines.items()]
+        layers = [
+            {
+                "id": k,
+                "kind": "heat",
+                "label": v.label,
+                "vmin": v.vmin,
+                "vmax": v.vmax,
+                "trust": state.trust.get(k),
+            }
+            for k, v in state.heat.items()
+        ]
+        layers += [
+            {
+                "id": k,
+                "kind": "outline",
+                "label": v.label,
+                "color": "#{:02x}{:02x}{:02x}".format(*v.color),
+            }
+            for k, v in state.outlines.items()
+        ]
         width, height = state.slide.dimensions if state.slide is not None else (None, None)
-        return {**state.entry.summary(), "error": state.error, "layer_error": state.layer_error,
-                "width": width, "height": height, "mpp": state.mpp, "layers": layers}
+        return {
+            **state.entry.summary(),
+            "error": state.error,
+            "layer_error": state.layer_error,
+            "width": width,
+            "height": height,
+            "mpp": state.mpp,
+            "layers": layers,
+        }
 
     # -- Deep Zoom ----------------------------------------------------------------------
     def _deepzoom(self, slide_id: str) -> SlideState:
@@ -235,8 +291,9 @@ class ViewerService:
             raise ViewerNotFound(f"level {level} out of range 0..{dz.level_count - 1}")
         cols, rows = dz.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
-            raise ViewerNotFound(f"tile {col}_{row} out of range at level {level} "
-                                 f"({cols}x{rows} tiles)")
+            raise ViewerNotFound(
+                f"tile {col}_{row} out of range at level {level} ({cols}x{rows} tiles)"
+            )
 
     def _slide_tile(self, slide_id: str, level: int, col: int, row: int) -> bytes:
         state = self._deepzoom(slide_id)
@@ -280,8 +337,7 @@ class ViewerService:
         mask = None
         if self.params.tissue_clip and state.tissue is not None and not np.isnan(values).all():
             mask = tissue_mask(state.tissue, window)
-        return encode_indexed_png(palette_index(values, heat.vmin, heat.vmax, mask),
-                                  self.palette)
+        return encode_indexed_png(palette_index(values, heat.vmin, heat.vmax, mask), self.palette)
 
     # -- measurements -------------------------------------------------------------------
     def measure(self, slide_id: str, x: float, y: float) -> dict[str, Any]:
@@ -291,14 +347,21 @@ class ViewerService:
         if not tiles:
             return {"tile": None}
         coords, size = tiles["coords"], tiles["size"]
-        inside = np.flatnonzero((coords[:, 0] <= x) & (x < coords[:, 0] + size)
-                                & (coords[:, 1] <= y) & (y < coords[:, 1] + size))
+        inside = np.flatnonzero(
+            (coords[:, 0] <= x)
+            & (x < coords[:, 0] + size)
+            & (coords[:, 1] <= y)
+            & (y < coords[:, 1] + size)
+        )
         if inside.size == 0:
             return {"tile": None}
         centres = coords[inside] + size / 2
         i = int(inside[np.argmin(((centres - (x, y)) ** 2).sum(axis=1))])
         return {
-            "tile": i, "x": int(coords[i, 0]), "y": int(coords[i, 1]), "size": size,
+            "tile": i,
+            "x": int(coords[i, 0]),
+            "y": int(coords[i, 1]),
+            "size": size,
             "attention": float(tiles["attention"][i]),
             "percentile": float(tiles["percentile"][i]),
             "probs": {c: float(tiles["probs"][i, k]) for k, c in enumerate(tiles["class_names"])},
@@ -312,8 +375,11 @@ class ViewerService:
         if self.ratings is None:
             return None
         rating = self.ratings.get(slide_id)
-        return None if rating is None else {**rating.scores, "comment": rating.comment,
-                                            "submitted": rating.submitted}
+        return (
+            None
+            if rating is None
+            else {**rating.scores, "comment": rating.comment, "submitted": rating.submitted}
+        )
 
     def submit_rating(self, slide_id: str, data: Any) -> Path:
         from wsi_mil.viewer.ratings import RatingError
@@ -343,12 +409,20 @@ def _grid_layers(grid: Any, columns: dict[str, tuple]) -> dict[str, HeatLayer]:
 
     if not columns:
         return {}
-    level0 = np.stack([grid.stitch(values) for values, *_ in columns.values()]).astype(
-        np.float32)
+    level0 = np.stack([grid.stitch(values) for values, *_ in columns.values()]).astype(np.float32)
     levels = pyramid(level0, 256)
-    return {name: HeatLayer(name, label, tuple(level[i] for level in levels), grid.origin,
-                            grid.stride, float(vmin), float(vmax))
-            for i, (name, (_, vmin, vmax, label)) in enumerate(columns.items())}
+    return {
+        name: HeatLayer(
+            name,
+            label,
+            tuple(level[i] for level in levels),
+            grid.origin,
+            grid.stride,
+            float(vmin),
+            float(vmax),
+        )
+        for i, (name, (_, vmin, vmax, label)) in enumerate(columns.items())
+    }
 
 
 def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
@@ -364,8 +438,10 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
     ome = attrs.get("ome", attrs)
     multiscales = ome["multiscales"][0]
     omero = ome.get("omero", {})
-    channels = list((attrs.get("wsi_mil") or {}).get("channels")
-                    or [c["label"] for c in omero.get("channels", [])])
+    channels = list(
+        (attrs.get("wsi_mil") or {}).get("channels")
+        or [c["label"] for c in omero.get("channels", [])]
+    )
     normalisation = (attrs.get("wsi_mil") or {}).get("attention_normalisation", "rank")
     datasets = multiscales["datasets"]
     transforms = {t["type"]: t for t in datasets[0]["coordinateTransformations"]}
@@ -378,7 +454,11 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
     layers = {}
     for i, name in enumerate(channels):
         if name == "attention":
-            label, vmin, vmax = f"attention ({'percentile' if normalisation == 'rank' else normalisation})", 0.0, 1.0
+            label, vmin, vmax = (
+                f"attention ({'percentile' if normalisation == 'rank' else normalisation})",
+                0.0,
+                1.0,
+            )
             if normalisation == "raw":
                 vmin = float(windows.get(name, {}).get("start", 0.0))
                 vmax = float(windows.get(name, {}).get("end", 1.0))
@@ -391,8 +471,9 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
     return layers
 
 
-def _read_explanations(path: Path | None, n_tiles: int
-                       ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+def _read_explanations(
+    path: Path | None, n_tiles: int
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """(method -> per-tile scores, method -> its scores on the slide, fold and in-sample flag)
     of ``explanations.h5``: the datasets its ``methods`` attribute lists (every dataset of one
     value per tile but the lesion fractions in a file without it)."""
@@ -401,8 +482,11 @@ def _read_explanations(path: Path | None, n_tiles: int
     from wsi_mil.explain.store import read_explanations
 
     stored = read_explanations(path, require_complete=False)
-    out = {name: np.asarray(values, np.float64) for name, values in sorted(stored.maps.items())
-           if values.shape == (n_tiles,)}
+    out = {
+        name: np.asarray(values, np.float64)
+        for name, values in sorted(stored.maps.items())
+        if values.shape == (n_tiles,)
+    }
     scores = stored.scores
     meta = {k: stored.attrs[k] for k in ("fold", "in_sample") if k in stored.attrs}
     return out, scores, meta
@@ -418,24 +502,39 @@ def _segment_layers(folder: Path) -> dict[str, ZarrHeatLayer]:
 
     found = []
     if (folder / MASK).is_dir():
-        found.append(("segment_mask", "segmenter P(lesion) (pixel mask)",
-                      zarr.open_group(str(folder / MASK), mode="r")))
+        found.append(
+            (
+                "segment_mask",
+                "segmenter P(lesion) (pixel mask)",
+                zarr.open_group(str(folder / MASK), mode="r"),
+            )
+        )
     if (folder / EXPLAIN_ZARR).is_dir():
         maps = zarr.open_group(str(folder / EXPLAIN_ZARR), mode="r")
-        found += [(f"segment_{name}", f"segmenter {name} (explanation, window max = 1)",
-                   maps[name]) for name in sorted(maps.group_keys())]
+        found += [
+            (f"segment_{name}", f"segmenter {name} (explanation, window max = 1)", maps[name])
+            for name in sorted(maps.group_keys())
+        ]
     layers = {}
     for layer_id, label, group in found:
         meta = dict(group.attrs)["wsi_mil"]
         levels = len(dict(group.attrs)["multiscales"][0]["datasets"])
-        layers[layer_id] = ZarrHeatLayer(layer_id, label,
-                                         tuple(group[str(k)] for k in range(levels)),
-                                         (0.0, 0.0), float(meta["downsample_level0"]))
+        layers[layer_id] = ZarrHeatLayer(
+            layer_id,
+            label,
+            tuple(group[str(k)] for k in range(levels)),
+            (0.0, 0.0),
+            float(meta["downsample_level0"]),
+        )
     return layers
 
 
-def _trust(explanations: dict[str, np.ndarray], scores: dict[str, Any], meta: dict[str, Any],
-           trust_path: Path | None) -> dict[str, dict[str, Any]]:
+def _trust(
+    explanations: dict[str, np.ndarray],
+    scores: dict[str, Any],
+    meta: dict[str, Any],
+    trust_path: Path | None,
+) -> dict[str, dict[str, Any]]:
     """What the page shows beside each explanation layer (:mod:`wsi_mil.explain.trust`)."""
     import json
 
@@ -451,9 +550,15 @@ def _trust(explanations: dict[str, np.ndarray], scores: dict[str, Any], meta: di
     if "fold" in meta:
         sample = "in sample" if meta.get("in_sample") else "out of sample"
         where = f"  \u00b7  fold {meta['fold']}, {sample}"
-    return {f"explain_{method}": {
-        "method": method, "caption": trust_line(method, scores.get(method, {})) + where
-        + (f"  \u00b7  recommended for this run: {recommended}" if recommended else ""),
-        "fails_sanity": fails_sanity(scores.get(method, {})),
-        "figures": slide_trust(scores.get(method, {})), "recommended": recommended}
-        for method in explanations}
+    return {
+        f"explain_{method}": {
+            "method": method,
+            "caption": trust_line(method, scores.get(method, {}))
+            + where
+            + (f"  \u00b7  recommended for this run: {recommended}" if recommended else ""),
+            "fails_sanity": fails_sanity(scores.get(method, {})),
+            "figures": slide_trust(scores.get(method, {})),
+            "recommended": recommended,
+        }
+        for method in explanations
+    }

@@ -15,11 +15,35 @@ SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "camelyon16" / "run.p
 @pytest.mark.slow
 def test_dry_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "dry"
-    command = [sys.executable, str(SCRIPT), "--dry-run", str(out), "--size-px", "1024",
-               "--cohort-train", "5", "--cohort-test", "2", "--folds", "2",
-               "--val-fraction", "0.5", "--epochs", "3", "--seeds", "0", "1",
-               "--heatmaps", "2", "--extract-workers", "0", "--perturbation-steps", "5",
-               "--perturbation-random", "2"]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--dry-run",
+        str(out),
+        "--size-px",
+        "1024",
+        "--cohort-train",
+        "5",
+        "--cohort-test",
+        "2",
+        "--folds",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--epochs",
+        "3",
+        "--seeds",
+        "0",
+        "1",
+        "--heatmaps",
+        "2",
+        "--extract-workers",
+        "0",
+        "--perturbation-steps",
+        "5",
+        "--perturbation-random",
+        "2",
+    ]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -33,8 +57,15 @@ def test_dry_run_writes_the_report(tmp_path: Path) -> None:
         # the weakly supervised head and the pixel segmenter are reported beside it
         assert seed["weak"]["lesion"]["n_tumour_annotated"] == 2
         assert seed["pixel"]["n_tumour"] == 2 and seed["pixel"]["mask"]["dice"] is not None
-    assert set(results["stages"]) >= {"cohort", "tile", "extract", "train", "predict",
-                                      "lesion_metrics", "heatmap"}
+    assert set(results["stages"]) >= {
+        "cohort",
+        "tile",
+        "extract",
+        "train",
+        "predict",
+        "lesion_metrics",
+        "heatmap",
+    }
     report = (out / "report.md").read_text()
     assert "| Test AUC |" in report and "| FROC (Camelyon16 score) |" in report
     assert "| Weakly supervised head (slide labels only): test AUC |" in report

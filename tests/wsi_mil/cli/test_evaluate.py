@@ -9,11 +9,19 @@ from wsi_mil.cli.evaluate import print_task_metrics
 
 def test_multilabel_print_gives_each_target_its_own_thresholds(capsys):
     target = {"auc": 0.9, "auc_ci95": [0.8, 1.0], "sensitivity": 0.75, "specificity": 1.0}
-    metrics = {"task": "multilabel", "unit": "slides", "n_slides": 12, "macro_auc": 0.9,
-               "macro_auc_ci95": None, "hamming_loss": 0.25, "subset_accuracy": 0.5,
-               # as predictions.csv records them: one "t1;t2" per fold
-               "thresholds": ["0.500000;0.500000", "0.500000;0.698460"],
-               "per_target": {"tp53": target, "kras": target}, "in_sample_slides": []}
+    metrics = {
+        "task": "multilabel",
+        "unit": "slides",
+        "n_slides": 12,
+        "macro_auc": 0.9,
+        "macro_auc_ci95": None,
+        "hamming_loss": 0.25,
+        "subset_accuracy": 0.5,
+        # as predictions.csv records them: one "t1;t2" per fold
+        "thresholds": ["0.500000;0.500000", "0.500000;0.698460"],
+        "per_target": {"tp53": target, "kras": target},
+        "in_sample_slides": [],
+    }
     print_task_metrics(metrics, Path("out"))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("12 slides: macro AUC 0.900, Hamming loss 0.250")
@@ -30,16 +38,21 @@ def test_evaluate_predictions_is_the_folder_of_h5_files_the_old_form_warns(tmp_p
 
     project = tmp_path / "project"
     (project / "predictions").mkdir(parents=True)
-    (project / "predictions.csv").write_text("slide_id,label,predicted_label,prob_a,prob_b\n"
-                                             "s1,,a,0.6,0.4\n")
+    (project / "predictions.csv").write_text(
+        "slide_id,label,predicted_label,prob_a,prob_b\ns1,,a,0.6,0.4\n"
+    )
     labels = tmp_path / "labels.csv"
     labels.write_text("slide_id,label\ns1,c\n")
-    assert main(["evaluate", "--predictions", str(project / "predictions"),
-                 "--labels", str(labels)]) == 2
+    assert (
+        main(["evaluate", "--predictions", str(project / "predictions"), "--labels", str(labels)])
+        == 2
+    )
     new = capsys.readouterr().err
     assert "unknown label 'c'" in new and "deprecated" not in new
     assert main(["evaluate", "--predictions", str(project), "--labels", str(labels)]) == 2
     old = capsys.readouterr().err
     assert "unknown label 'c'" in old
-    assert "holds predictions.csv is deprecated and goes in the next release: use " \
+    assert (
+        "holds predictions.csv is deprecated and goes in the next release: use "
         f"--predictions {project / 'predictions'}" in old
+    )

@@ -17,9 +17,15 @@ SIZE, MPP = 1024, 0.5
 
 
 def render(x: int, y: int, w: int, h: int) -> np.ndarray:
-    yy, xx = np.mgrid[y:y + h, x:x + w]
-    return np.stack([40 + xx * 200 // SIZE, 40 + yy * 200 // SIZE,
-                     np.where((xx // 32 + yy // 32) % 2, 200, 60)], axis=-1).astype(np.uint8)
+    yy, xx = np.mgrid[y : y + h, x : x + w]
+    return np.stack(
+        [
+            40 + xx * 200 // SIZE,
+            40 + yy * 200 // SIZE,
+            np.where((xx // 32 + yy // 32) % 2, 200, 60),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
 
 
 @pytest.fixture(autouse=True)
@@ -31,11 +37,23 @@ def offline(monkeypatch, tmp_path):
 
 
 def tiles_for(slide: Path, tiles_dir: Path, slide_id: str) -> Path:
-    attrs = {"slide_path": str(slide), "slide_id": slide_id, "slide_width": SIZE,
-             "slide_height": SIZE, "slide_mpp": MPP, "mpp_source": "metadata", "target_mpp": MPP,
-             "tile_size": 256, "tile_size_level0": 256.0, "read_level": 0,
-             "read_downsample": 1.0, "stride": 256.0, "min_tissue": 0.25,
-             "tissue_method": "otsu", "tissue_params": {}}
+    attrs = {
+        "slide_path": str(slide),
+        "slide_id": slide_id,
+        "slide_width": SIZE,
+        "slide_height": SIZE,
+        "slide_mpp": MPP,
+        "mpp_source": "metadata",
+        "target_mpp": MPP,
+        "tile_size": 256,
+        "tile_size_level0": 256.0,
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": 256.0,
+        "min_tissue": 0.25,
+        "tissue_method": "otsu",
+        "tissue_params": {},
+    }
     coords = [[0, 0], [256, 256], [512, 768]]
     return write_tiles_file(tiles_dir / f"{slide_id}.h5", coords, [1.0, 0.8, 0.5], attrs)
 
@@ -64,11 +82,19 @@ def failures(out: Path) -> list[dict]:
 
 
 def test_extract_records_failures_skips_complete_bags_and_finds_moved_slides(
-        tmp_path, cohort, capsys):
+    tmp_path, cohort, capsys
+):
     tiles, moved = cohort
     out = tmp_path / "features"
-    args = ["extract", "--tiles", str(tiles), "--features", str(out / "efficientnet_lite0"),
-            "--tile-readers", "0"]
+    args = [
+        "extract",
+        "--tiles",
+        str(tiles),
+        "--features",
+        str(out / "efficientnet_lite0"),
+        "--tile-readers",
+        "0",
+    ]
     assert main(args) == 1
     assert is_complete_bag(out / "efficientnet_lite0" / "a.h5")
     assert not (out / "efficientnet_lite0" / "b.h5").exists()
@@ -82,10 +108,11 @@ def test_extract_records_failures_skips_complete_bags_and_finds_moved_slides(
     assert main(former + ["--slides", str(moved)]) == 0
     printed = capsys.readouterr()
     assert "1 done, 1 skipped (complete), 0 failed" in printed.out
-    assert f"--out is deprecated and goes in the next release: use --features " \
-           f"{out / 'efficientnet_lite0'}" in printed.err
-    assert "--workers is deprecated and goes in the next release: use --tile-readers" \
-        in printed.err
+    assert (
+        f"--out is deprecated and goes in the next release: use --features "
+        f"{out / 'efficientnet_lite0'}" in printed.err
+    )
+    assert "--workers is deprecated and goes in the next release: use --tile-readers" in printed.err
     attrs = read_bag_attrs(out / "efficientnet_lite0" / "b.h5")
     assert attrs["encoder"] == "efficientnet_lite0" and attrs["num_tiles"] == 3
     assert failures(out) == []
@@ -97,8 +124,9 @@ def test_extract_records_failures_skips_complete_bags_and_finds_moved_slides(
 
 def test_extract_without_weights_offline_is_a_clear_error(tmp_path, cohort, capsys):
     tiles, _ = cohort
-    code = main(["extract", "--tiles", str(tiles), "--out", str(tmp_path / "f"),
-                 "--encoder", "uni"])
+    code = main(
+        ["extract", "--tiles", str(tiles), "--out", str(tmp_path / "f"), "--encoder", "uni"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "hf-hub:MahmoodLab/UNI" in err and "--weights PATH" in err
@@ -109,4 +137,3 @@ def test_extract_with_no_tiles_files_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["extract", "--tiles", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
     assert "no tiles files" in capsys.readouterr().err
-

@@ -16,16 +16,34 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["heatmap", *argv])
 
 
-def test_batch_renders_good_slides_records_bad_ones_and_resumes(tmp_path, lesion,
-                                                                lesion_slide, capsys):
+def test_batch_renders_good_slides_records_bad_ones_and_resumes(
+    tmp_path, lesion, lesion_slide, capsys
+):
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     lesion.write_predictions(predictions, lesion_slide)
     (predictions / "broken.h5").write_bytes(b"not hdf5")
     out = tmp_path / "heatmaps"
-    argv = ["--predictions", str(predictions), "--out", str(out), "--slides",
-            str(lesion_slide.parent), "--formats", "png,geojson", "--max-side", "400",
-            "--topk", "2", "--normalize", "minmax", "--smooth-um", "50", "--cmap", "magma"]
+    argv = [
+        "--predictions",
+        str(predictions),
+        "--out",
+        str(out),
+        "--slides",
+        str(lesion_slide.parent),
+        "--formats",
+        "png,geojson",
+        "--max-side",
+        "400",
+        "--topk",
+        "2",
+        "--normalize",
+        "minmax",
+        "--smooth-um",
+        "50",
+        "--cmap",
+        "magma",
+    ]
     args = parse(argv)
     assert args.func(args) == 1
     assert "1 done, 0 skipped (complete), 1 failed" in capsys.readouterr().out
@@ -48,20 +66,32 @@ def test_missing_slide_in_slides_folder_fails_that_slide(tmp_path, lesion, lesio
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     lesion.write_predictions(predictions, lesion_slide, slide_id="elsewhere")
-    args = parse(["--predictions", str(predictions), "--out", str(tmp_path / "o"),
-                  "--slides", str(lesion_slide.parent)])
+    args = parse(
+        [
+            "--predictions",
+            str(predictions),
+            "--out",
+            str(tmp_path / "o"),
+            "--slides",
+            str(lesion_slide.parent),
+        ]
+    )
     assert args.func(args) == 1
     assert "no slide with id 'elsewhere'" in (tmp_path / "o" / "failures.csv").read_text()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--formats", "png,tiff"], "formats"),
-    (["--alpha", "2"], "alpha"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--formats", "png,tiff"], "formats"),
+        (["--alpha", "2"], "alpha"),
+    ],
+)
 def test_bad_options_give_one_clear_line(tmp_path, argv, message, capsys):
     from wsi_mil.cli import main
 
-    assert main(["heatmap", "--predictions", str(tmp_path), "--out", str(tmp_path / "o"),
-                 *argv]) == 2
+    assert (
+        main(["heatmap", "--predictions", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == 2
+    )
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -50,10 +50,17 @@ def _section_class(name: str) -> type:
 
 
 def test_every_dataclass_section_has_a_verb():
-    sections = {f.name for f in dataclasses.fields(PipelineConfig)
-                if any(dataclasses.is_dataclass(o) for o in
-                       (typing.get_args(typing.get_type_hints(PipelineConfig)[f.name])
-                        or (typing.get_type_hints(PipelineConfig)[f.name],)))}
+    sections = {
+        f.name
+        for f in dataclasses.fields(PipelineConfig)
+        if any(
+            dataclasses.is_dataclass(o)
+            for o in (
+                typing.get_args(typing.get_type_hints(PipelineConfig)[f.name])
+                or (typing.get_type_hints(PipelineConfig)[f.name],)
+            )
+        )
+    }
     assert sections - CONFIG_ONLY <= set(SECTION_VERB), sections - set(SECTION_VERB)
 
 
@@ -79,8 +86,11 @@ def _cases() -> list[tuple[str, type, str]]:
 @pytest.mark.parametrize("section, cls, verb", _cases(), ids=lambda v: str(v))
 def test_every_field_is_a_flag_with_the_yaml_default(section, cls, verb):
     parser = _subparsers()[verb]
-    by_dest = {a.dest: a for a in parser._actions  # not a former spelling (hidden)
-               if a.help != argparse.SUPPRESS}
+    by_dest = {
+        a.dest: a
+        for a in parser._actions  # not a former spelling (hidden)
+        if a.help != argparse.SUPPRESS
+    }
     yaml_defaults = build_dataclass(cls, {}, where=f"test: {section}")
     nested_elsewhere = {n for (s, n) in NESTED_VERB if s == section}
     for dest, f, _hint, doc in option_fields(cls):
@@ -106,28 +116,63 @@ def test_every_field_is_a_flag_with_the_yaml_default(section, cls, verb):
 
 def test_flags_and_yaml_build_the_same_parameters(tmp_path):
     parser = build_parser()
-    args = parser.parse_args(["tile", "slides/", "--out", str(tmp_path), "--tile-size", "224",
-                              "--no-pen-filter", "--pen-hue-deg", "70", "190",
-                              "--tissue-method", "fixed"])
+    args = parser.parse_args(
+        [
+            "tile",
+            "slides/",
+            "--out",
+            str(tmp_path),
+            "--tile-size",
+            "224",
+            "--no-pen-filter",
+            "--pen-hue-deg",
+            "70",
+            "190",
+            "--tissue-method",
+            "fixed",
+        ]
+    )
     from tiling.params import TilingParams
 
     from_flags = options_from_args(TilingParams, args)
-    config = parse_config({"out": str(tmp_path), "slides": {"inputs": ["slides/"]},
-                           "labels": "labels.csv",
-                           "tiling": {"tile_size": 224, "pen_filter": False,
-                                      "pen_hue_deg": [70, 190], "tissue_method": "fixed"}})
+    config = parse_config(
+        {
+            "out": str(tmp_path),
+            "slides": {"inputs": ["slides/"]},
+            "labels": "labels.csv",
+            "tiling": {
+                "tile_size": 224,
+                "pen_filter": False,
+                "pen_hue_deg": [70, 190],
+                "tissue_method": "fixed",
+            },
+        }
+    )
     assert from_flags == config.tiling
 
 
 def test_list_flags_take_commas_or_spaces_and_nested_flags_reach_nested_fields():
     parser = build_parser()
-    args = parser.parse_args(["heatmap", "--predictions", "p", "--out", "o",
-                              "--formats", "png,zarr"])
+    args = parser.parse_args(
+        ["heatmap", "--predictions", "p", "--out", "o", "--formats", "png,zarr"]
+    )
     from wsi_mil.heatmaps.params import HeatmapParams
 
     assert options_from_args(HeatmapParams, args).formats == ("png", "zarr")
-    args = parser.parse_args(["evaluate", "--predictions", "p", "--labels", "l.csv",
-                              "--froc-dilation-um", "50", "--exclude", "a", "b"])
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "--predictions",
+            "p",
+            "--labels",
+            "l.csv",
+            "--froc-dilation-um",
+            "50",
+            "--exclude",
+            "a",
+            "b",
+        ]
+    )
     from wsi_mil.config.pipeline import EvaluateSection
 
     section = options_from_args(EvaluateSection, args)
@@ -141,16 +186,22 @@ RENAMED_FLAGS = [
     (["train", "--features", "f", "--labels", "l.csv"], "--out", "--run", "run"),
     (["heatmap", "--predictions", "p"], "--out", "--heatmaps", "heatmaps"),
     (["explain", "--run", "r", "--features", "f"], "--out", "--explanations", "explanations"),
-    (["evaluate", "--predictions", "p", "--labels", "l.csv"], "--out", "--evaluation",
-     "evaluation"),
+    (
+        ["evaluate", "--predictions", "p", "--labels", "l.csv"],
+        "--out",
+        "--evaluation",
+        "evaluation",
+    ),
     (["segment-train", "--slides", "s", "--annotations", "a"], "--out", "--model", "model"),
-    (["extract", "--tiles", "t", "--features", "f"], "--workers", "--tile-readers",
-     "tile_readers"),
+    (["extract", "--tiles", "t", "--features", "f"], "--workers", "--tile-readers", "tile_readers"),
 ]
 
 
-@pytest.mark.parametrize(("argv", "old", "new", "dest"), RENAMED_FLAGS,
-                         ids=[f"{a[0]} {o}" for a, o, _, _ in RENAMED_FLAGS])
+@pytest.mark.parametrize(
+    ("argv", "old", "new", "dest"),
+    RENAMED_FLAGS,
+    ids=[f"{a[0]} {o}" for a, o, _, _ in RENAMED_FLAGS],
+)
 def test_a_renamed_flag_still_works_and_says_so(argv, old, new, dest, capsys):
     parser = build_parser()
     value = "3" if dest == "tile_readers" else "somewhere"
@@ -169,9 +220,16 @@ def test_a_renamed_flag_still_works_and_says_so(argv, old, new, dest, capsys):
 
 def test_a_renamed_yaml_key_still_works_and_warns():
     with pytest.warns(FutureWarning, match="extract.workers: deprecated key.*use tile_readers"):
-        config = parse_config({"out": "o", "slides": {"inputs": ["s"]}, "labels": "l.csv",
-                               "extract": {"workers": 3}})
+        config = parse_config(
+            {"out": "o", "slides": {"inputs": ["s"]}, "labels": "l.csv", "extract": {"workers": 3}}
+        )
     assert config.extract.tile_readers == 3
     with pytest.raises(ValueError, match="give only tile_readers"):
-        parse_config({"out": "o", "slides": {"inputs": ["s"]}, "labels": "l.csv",
-                      "extract": {"workers": 3, "tile_readers": 2}})
+        parse_config(
+            {
+                "out": "o",
+                "slides": {"inputs": ["s"]},
+                "labels": "l.csv",
+                "extract": {"workers": 3, "tile_readers": 2},
+            }
+        )

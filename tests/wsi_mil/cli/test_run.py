@@ -36,12 +36,20 @@ def test_unreadable_ledger_is_a_clear_error(tmp_path):
 
 
 def _config(tmp_path, **tiling):
-    return parse_config({
-        "out": str(tmp_path / "out"), "stages": ["cohort", "tile"],
-        "cohort": {"train_normal": 1, "train_tumor": 1, "test_normal": 0, "test_tumor": 0,
-                   "size_px": 1024},
-        "tiling": {"target_mpp": 1.0, "tile_size": 64, **tiling},
-    })
+    return parse_config(
+        {
+            "out": str(tmp_path / "out"),
+            "stages": ["cohort", "tile"],
+            "cohort": {
+                "train_normal": 1,
+                "train_tumor": 1,
+                "test_normal": 0,
+                "test_tumor": 0,
+                "size_px": 1024,
+            },
+            "tiling": {"target_mpp": 1.0, "tile_size": 64, **tiling},
+        }
+    )
 
 
 def test_partial_pipeline_resumes_and_redoes_on_changed_parameters(tmp_path, caplog):
@@ -50,8 +58,7 @@ def test_partial_pipeline_resumes_and_redoes_on_changed_parameters(tmp_path, cap
     assert [r.stage for r in first.stages] == ["cohort", "tile"]
     assert first.stages[1].summary.startswith("tile: 2 done") and first.exit_code == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in (out / "tiles").glob("*.h5")) == ["normal_001.h5",
-                                                                    "tumor_001.h5"]
+    assert sorted(p.name for p in (out / "tiles").glob("*.h5")) == ["normal_001.h5", "tumor_001.h5"]
     assert (out / "config.yaml").is_file()
     state = json.loads((out / "run_state.json").read_text(encoding="utf-8"))
     assert state["tile"]["complete"] and state["cohort"]["complete"]
@@ -63,8 +70,9 @@ def test_partial_pipeline_resumes_and_redoes_on_changed_parameters(tmp_path, cap
 
     changed = run_pipeline(_config(tmp_path, min_tissue=0.5))
     assert changed.stages[1].summary.startswith("tile: 2 done, 0 skipped")
-    assert any("[tile] redoing every output: parameters changed" in line
-               for line in caplog.messages)
+    assert any(
+        "[tile] redoing every output: parameters changed" in line for line in caplog.messages
+    )
 
 
 def test_run_command_check_prints_the_resolved_config(tmp_path, capsys):

@@ -74,12 +74,36 @@ def test_real_batch_carries_on_past_bad_slides(shared_data, tmp_path, capsys):
 
 def test_workers_and_mpp_option(two_slides, tmp_path):
     out = tmp_path / "out"
-    assert main(["tile", str(two_slides), "--out", str(out), "--mpp", "0.25", "--workers", "2",
-                 "--target-mpp", "1.0", "--tile-size", "128", "--pen-filter",
-                 "--tissue-method", "fixed", "--saturation-threshold", "12"]) == 0
+    assert (
+        main(
+            [
+                "tile",
+                str(two_slides),
+                "--out",
+                str(out),
+                "--mpp",
+                "0.25",
+                "--workers",
+                "2",
+                "--target-mpp",
+                "1.0",
+                "--tile-size",
+                "128",
+                "--pen-filter",
+                "--tissue-method",
+                "fixed",
+                "--saturation-threshold",
+                "12",
+            ]
+        )
+        == 0
+    )
     attrs = read_tiles_file(tiling_outputs(out, "a").tiles).attrs
-    assert (attrs["slide_mpp"], attrs["mpp_source"], attrs["tile_size_level0"]) == (0.25,
-                                                                                 "override", 512.0)
+    assert (attrs["slide_mpp"], attrs["mpp_source"], attrs["tile_size_level0"]) == (
+        0.25,
+        "override",
+        512.0,
+    )
     assert attrs["tissue_params"]["pen_filter"] is True
     assert attrs["tissue_method"] == "hsv-saturation-fixed"
 
@@ -89,8 +113,10 @@ def test_bad_inputs_exit_2(tmp_path, two_slides, capsys):
     assert "missing" in capsys.readouterr().err
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("slide_id,mpp\na,zero\n")
-    assert main(["tile", str(two_slides), "--out", str(tmp_path / "o"),
-                 "--mpp-csv", str(bad_csv)]) == 2
+    assert (
+        main(["tile", str(two_slides), "--out", str(tmp_path / "o"), "--mpp-csv", str(bad_csv)])
+        == 2
+    )
     assert "line 2" in capsys.readouterr().err
     assert main(["tile", str(two_slides), "--out", str(tmp_path / "o"), "--overlap", "1"]) == 2
 
@@ -112,7 +138,8 @@ def test_info(shared_slide, capsys):
     assert main(["info", "--json", str(tcga)]) == 0
     info = json.loads(capsys.readouterr().out)[0]
     assert info["mpp"] is None and "--mpp" in info["mpp_problem"]
-    assert [level["downsample"] for level in info["levels"]] == pytest.approx([1.0, 2.0005],
-                                                                              abs=1e-4)
+    assert [level["downsample"] for level in info["levels"]] == pytest.approx(
+        [1.0, 2.0005], abs=1e-4
+    )
     assert main(["info", str(shared_slide("nonconformant-dicom.dcm"))]) == 1
     assert "image flavor" in capsys.readouterr().err

@@ -33,8 +33,9 @@ def test_agreement_two_raters(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     ratings = tmp_path / "project" / "ratings"
     a = [1, 2, 3, 4, 5]
     b = [1, 2, 3, 5, 5]
-    write_ratings(ratings, "ann", {f"s{i}": (a[i], a[i], 3, a[i]) for i in range(5)}
-                  | {"extra": (1, 1, 1, 1)})
+    write_ratings(
+        ratings, "ann", {f"s{i}": (a[i], a[i], 3, a[i]) for i in range(5)} | {"extra": (1, 1, 1, 1)}
+    )
     write_ratings(ratings, "bob", {f"s{i}": (b[i], a[i], 3, a[5 - 1 - i]) for i in range(5)})
     args = parse(agreement_cli, ["agreement", str(ratings)])
     assert args.func(args) == 0
@@ -72,8 +73,9 @@ def test_view_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "no slides to show" in capsys.readouterr().err
 
 
-def test_view_prints_url_and_warns_off_loopback(tmp_path: Path, monkeypatch,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_view_prints_url_and_warns_off_loopback(
+    tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture
+) -> None:
     from werkzeug.serving import BaseWSGIServer
 
     project = tmp_path / "p"
@@ -86,14 +88,36 @@ def test_view_prints_url_and_warns_off_loopback(tmp_path: Path, monkeypatch,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(BaseWSGIServer, "serve_forever", stop_at_once)
-    args = parse(view_cli, ["view", str(project), "--slides", str(project / "slides"),
-                            "--port", "0", "--rater", "dr_x"])
+    args = parse(
+        view_cli,
+        [
+            "view",
+            str(project),
+            "--slides",
+            str(project / "slides"),
+            "--port",
+            "0",
+            "--rater",
+            "dr_x",
+        ],
+    )
     assert args.func(args) == 0
     captured = capsys.readouterr()
     assert served[0][0] == "127.0.0.1"
     assert "viewer at http://127.0.0.1:" in captured.out and "warning" not in captured.err
     assert "ratings of 'dr_x' go to" in captured.out
-    args = parse(view_cli, ["view", str(project), "--slides", str(project / "slides"),
-                            "--port", "0", "--host", "0.0.0.0"])
+    args = parse(
+        view_cli,
+        [
+            "view",
+            str(project),
+            "--slides",
+            str(project / "slides"),
+            "--port",
+            "0",
+            "--host",
+            "0.0.0.0",
+        ],
+    )
     assert args.func(args) == 0
     assert "not on this machine only" in capsys.readouterr().err

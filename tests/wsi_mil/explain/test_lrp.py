@@ -60,8 +60,9 @@ def test_attention_pooling_relevance_is_the_gated_value_path():
         out = model(x)
         h = model.embed(x)
         expected = out.attention[0] * (h @ model.classifier.weight[1])
-    np.testing.assert_allclose(lrp_relevance(model, x, None, 1).tiles,
-                               expected.double().numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        lrp_relevance(model, x, None, 1).tiles, expected.double().numpy(), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_lrp_rules_change_only_the_backward_pass():

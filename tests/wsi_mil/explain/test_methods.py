@@ -38,8 +38,10 @@ from wsi_mil.synthetic.bags import planted_bags
 #:   evidence, when several tiles carry the same signal. ``keep_one`` (each tile alone) does
 #:   not renormalise and reaches 0.97-0.99. Drop one still passes patch flipping below (it
 #:   orders the tiles the model needs most first).
-WEAK = {"gated_abmil": {"gradient_x_input", "perturbation"},
-        "transformer_mil": {"gradient_x_input", "perturbation"}}
+WEAK = {
+    "gated_abmil": {"gradient_x_input", "perturbation"},
+    "transformer_mil": {"gradient_x_input", "perturbation"},
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,14 +75,26 @@ def _fit(name: str, planted, device: str) -> torch.nn.Module:
     # the optimiser is pinned (AdamW, weak decay): this tests the explanation methods on a
     # model that found the planted tiles, not the training defaults (with the default Adam and
     # L2 5e-3, transformer_mil's integrated-gradients tile AUC here is 0.87 instead of >= 0.9)
-    params = TrainParams(model=name, hidden_dims=(64,), attention_dim=32, dropout=0.0,
-                         epochs=25, monitor="none", lr=1e-3, k_sample=4, device=device,
-                         bootstrap=0, optimizer="adamw", weight_decay=1e-4)
+    params = TrainParams(
+        model=name,
+        hidden_dims=(64,),
+        attention_dim=32,
+        dropout=0.0,
+        epochs=25,
+        monitor="none",
+        lr=1e-3,
+        k_sample=4,
+        device=device,
+        bootstrap=0,
+        optimizer="adamw",
+        weight_decay=1e-4,
+    )
     extra = {"layers": 1, "heads": 4} if name == "transformer_mil" else {}
     torch.manual_seed(0)
     model = create_model(name, 32, 2, **params.model_kwargs(), **extra)
-    data = [BagDataset.from_arrays([b.features for b in s], [b.label for b in s])
-            for s in (train, val)]
+    data = [
+        BagDataset.from_arrays([b.features for b in s], [b.label for b in s]) for s in (train, val)
+    ]
     return train_fold(model, data[0], data[1], params, 0, seed=0).model.eval()
 
 
@@ -93,13 +107,19 @@ def test_methods_find_planted_tiles(name, planted, device):
     for method in available_methods(model):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Captum's notice about input gradients
-            aucs = [tile_ranking(explain(model, b.features, method, target=1),
-                                 b.planted.astype(float)).auc for b in positives]
+            aucs = [
+                tile_ranking(
+                    explain(model, b.features, method, target=1), b.planted.astype(float)
+                ).auc
+                for b in positives
+            ]
         mean = float(np.mean(aucs))
         if method == "random":
             assert abs(mean - 0.5) < 0.1
-            flagged = randomisation_check(explain(model, positives[0].features, method),
-                                          explain(randomised, positives[0].features, method))
+            flagged = randomisation_check(
+                explain(model, positives[0].features, method),
+                explain(randomised, positives[0].features, method),
+            )
             assert flagged.flagged  # a map that ignores the model is caught
         elif method in WEAK[name]:
             assert mean > 0.6, (method, aucs)
@@ -168,8 +188,9 @@ def test_attention_is_the_pooling_weights_and_random_is_seeded(device):
     with torch.no_grad():
         weights = model(x).attention[0].double().cpu().numpy()
     np.testing.assert_allclose(explain(model, x, "attention"), weights)
-    np.testing.assert_array_equal(explain(model, x, "random", seed=3),
-                                  explain(model, x, "random", seed=3))
+    np.testing.assert_array_equal(
+        explain(model, x, "random", seed=3), explain(model, x, "random", seed=3)
+    )
 
 
 def test_transformer_only_methods_refused_for_attention_pooling():
@@ -199,8 +220,7 @@ def test_pooling_baselines_are_offered_only_what_runs(name):
 def test_quadratic_methods_refuse_huge_bags():
     for method in ("chefer_iccv2021", "chefer_cvpr2021", "rollout"):
         with pytest.raises(ExplainError, match="refused"):
-            explain(_small("transformer_mil"), np.zeros((30, 16)), method,
-                    max_quadratic_tiles=20)
+            explain(_small("transformer_mil"), np.zeros((30, 16)), method, max_quadratic_tiles=20)
 
 
 def test_chefer_rules_differ_by_the_relevance_that_weights_the_gradient():
@@ -216,12 +236,13 @@ def test_chefer_rules_differ_by_the_relevance_that_weights_the_gradient():
         (ruled_grad,) = torch.autograd.grad(ruled, b)
     with torch.no_grad():
         iccv = (torch.eye(11) + (grad * a).clamp_min(0).mean(0))[0, 1:]
-        cvpr = (torch.eye(11) + (grad * b * ruled_grad / ruled.abs()).clamp_min(0).mean(0))[
-            0, 1:]
-    np.testing.assert_allclose(explain(model, x, "chefer_iccv2021", target=1),
-                               iccv.double().numpy(), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(explain(model, x, "chefer_cvpr2021", target=1),
-                               cvpr.double().numpy(), rtol=1e-4, atol=1e-7)
+        cvpr = (torch.eye(11) + (grad * b * ruled_grad / ruled.abs()).clamp_min(0).mean(0))[0, 1:]
+    np.testing.assert_allclose(
+        explain(model, x, "chefer_iccv2021", target=1), iccv.double().numpy(), rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        explain(model, x, "chefer_cvpr2021", target=1), cvpr.double().numpy(), rtol=1e-4, atol=1e-7
+    )
     assert not np.allclose(iccv.numpy(), cvpr.numpy())
     for target in (0, 1):  # one of the two logits is negative: the map must still rank tiles
         assert np.ptp(explain(model, x, "chefer_cvpr2021", target=target)) > 0
@@ -244,6 +265,9 @@ def test_randomised_copy_changes_every_weight_and_keeps_the_original(device):
     clone = randomised_copy(model, seed=5)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key])
-    changed = [not torch.equal(v, before[k]) for k, v in clone.state_dict().items()
-               if v.is_floating_point() and before[k].numel() > 1 and before[k].std() > 0]
+    changed = [
+        not torch.equal(v, before[k])
+        for k, v in clone.state_dict().items()
+        if v.is_floating_point() and before[k].numel() > 1 and before[k].std() > 0
+    ]
     assert all(changed)

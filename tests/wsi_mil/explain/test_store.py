@@ -19,17 +19,35 @@ from wsi_mil.explain.store import (
 
 
 def make_explanations(n: int = 5) -> Explanations:
-    maps = {"attention": np.linspace(0, 1, n, dtype=np.float32),
-            "lrp": np.linspace(-1, 1, n, dtype=np.float32)}
-    map_attrs = {m: {"model": "gated_abmil", "method": m, "seconds": 0.5, "target_class": "pos"}
-                 for m in maps}
+    maps = {
+        "attention": np.linspace(0, 1, n, dtype=np.float32),
+        "lrp": np.linspace(-1, 1, n, dtype=np.float32),
+    }
+    map_attrs = {
+        m: {"model": "gated_abmil", "method": m, "seconds": 0.5, "target_class": "pos"}
+        for m in maps
+    }
     map_attrs["lrp"].update(logit=1.5, bias_share=1.5)
-    attrs = {"model": "gated_abmil", "fold": 1, "in_sample": False, "slide_id": "0001",
-             "annotation_path": None, "class_names": ["neg", "pos"], "probs": [0.3, 0.7],
-             "scores": {"lrp": {"srg": 0.25}}, "patch_flipping": {"fractions": [0.0, 0.5]},
-             "mprt": {"stages": ["head"], "lrp": [0.1]}, "params": {"methods": None}}
-    return Explanations(coords=np.arange(2 * n).reshape(n, 2), maps=maps, map_attrs=map_attrs,
-                        attrs=attrs, lesion_fraction=np.zeros(n, np.float32))
+    attrs = {
+        "model": "gated_abmil",
+        "fold": 1,
+        "in_sample": False,
+        "slide_id": "0001",
+        "annotation_path": None,
+        "class_names": ["neg", "pos"],
+        "probs": [0.3, 0.7],
+        "scores": {"lrp": {"srg": 0.25}},
+        "patch_flipping": {"fractions": [0.0, 0.5]},
+        "mprt": {"stages": ["head"], "lrp": [0.1]},
+        "params": {"methods": None},
+    }
+    return Explanations(
+        coords=np.arange(2 * n).reshape(n, 2),
+        maps=maps,
+        map_attrs=map_attrs,
+        attrs=attrs,
+        lesion_fraction=np.zeros(n, np.float32),
+    )
 
 
 def test_round_trip(tmp_path):
@@ -64,9 +82,11 @@ def test_a_missing_attribute_is_named(tmp_path, attribute):
     path = write_explanations(tmp_path / "explanations.h5", make_explanations())
     with h5py.File(path, "a") as f:
         del f.attrs[attribute]
-    with pytest.raises(ExplanationsFileError,
-                       match=rf"explanations.h5: not a complete explanations file "
-                             rf"\(attributes missing \['{attribute}'\]\)"):
+    with pytest.raises(
+        ExplanationsFileError,
+        match=rf"explanations.h5: not a complete explanations file "
+        rf"\(attributes missing \['{attribute}'\]\)",
+    ):
         read_explanations(path)
 
 

@@ -37,12 +37,14 @@ def test_tiles_geojson_one_detection_per_tile(tmp_path, lesion):
         assert props["objectType"] == "detection"
         assert set(props["measurements"]) == keys
         assert props["measurements"]["prob_tumor"] == pytest.approx(
-            float(prediction.tile_probs[i, 1]), abs=1e-5)
+            float(prediction.tile_probs[i, 1]), abs=1e-5
+        )
         assert props["classification"]["name"] in lesion.classes
         assert len(props["classification"]["color"]) == 3
     tumour = [f for f in features if f["properties"]["classification"]["name"] == "tumor"]
-    assert tumour and all(f["properties"]["classification"]["color"] == list(POSITIVE_COLOR)
-                          for f in tumour)
+    assert tumour and all(
+        f["properties"]["classification"]["color"] == list(POSITIVE_COLOR) for f in tumour
+    )
 
 
 def test_tiles_geojson_streams_in_chunks(tmp_path, lesion, monkeypatch):
@@ -59,8 +61,9 @@ def test_segmentation_geojson_merges_positive_cells(tmp_path, lesion):
     geometry = SlideGeometry.from_attrs(prediction.attrs)
     grid = TileGrid.from_coords(prediction.coords, geometry)
     positive = positive_cells(prediction, grid, HeatmapParams())
-    path = write_segmentation_geojson(tmp_path / "seg.geojson", prediction, grid, positive,
-                                      HeatmapParams())
+    path = write_segmentation_geojson(
+        tmp_path / "seg.geojson", prediction, grid, positive, HeatmapParams()
+    )
     features = json.loads(path.read_text())["features"]
     assert len(features) == 1  # one lesion, one region
     props = features[0]["properties"]
@@ -76,8 +79,9 @@ def test_segmentation_geojson_merges_positive_cells(tmp_path, lesion):
 
 
 def test_segmentation_regions_keep_holes_and_separate_components():
-    geometry = SlideGeometry(width=1000, height=1000, mpp=1.0, tile_size_level0=100,
-                             stride_level0=100)
+    geometry = SlideGeometry(
+        width=1000, height=1000, mpp=1.0, tile_size_level0=100, stride_level0=100
+    )
     ys, xs = np.mgrid[0:10, 0:10]
     grid = TileGrid.from_coords(np.stack([xs.ravel() * 100, ys.ravel() * 100], 1), geometry)
     positive = np.zeros((10, 10), bool)

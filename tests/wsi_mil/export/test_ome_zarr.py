@@ -23,8 +23,11 @@ def test_zarr_levels_shapes_and_scale_metadata(tmp_path, lesion, version):
     prediction = lesion.make_prediction("unused.tiff")
     grid = TileGrid.from_coords(prediction.coords, SlideGeometry.from_attrs(prediction.attrs))
     assert grid.shape == (48, 64)  # 3072 / 64 and 4096 / 64 cells of one stride
-    path = write_heatmap_zarr(tmp_path / "heatmap.zarr", prediction,
-                              HeatmapParams(zarr_chunk=16, ome_zarr_version=version))
+    path = write_heatmap_zarr(
+        tmp_path / "heatmap.zarr",
+        prediction,
+        HeatmapParams(zarr_chunk=16, ome_zarr_version=version),
+    )
     group = zarr.open_group(str(path), mode="r")
     assert group.metadata.zarr_format == (2 if version == "0.4" else 3)
     meta = ome_metadata(group, version)

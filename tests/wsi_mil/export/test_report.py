@@ -17,8 +17,10 @@ from wsi_mil.export.report import slide_report
 from wsi_mil.export.report_text import DEFAULT_NEGATIONS, Vocabulary
 from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
 
-VOCABULARY = Vocabulary({"tumor": ("carcinoma", "metastatic carcinoma", "metastasis"),
-                         "normal": ("benign",)}, DEFAULT_NEGATIONS)
+VOCABULARY = Vocabulary(
+    {"tumor": ("carcinoma", "metastatic carcinoma", "metastasis"), "normal": ("benign",)},
+    DEFAULT_NEGATIONS,
+)
 TUMOUR_SQUARE = shapely.box(0, 0, 200, 200)  # the top-left 2 x 2 tiles
 SEGMENTED = shapely.box(20, 20, 180, 180)
 
@@ -32,30 +34,41 @@ def prediction(slide_id: str, tumour: bool) -> SlidePrediction:
     attention = np.where(inside, 2.0, 0.0).astype(np.float32) + np.arange(16) * 0.01
     p = np.where(inside, 0.9, 0.1).astype(np.float32)
     return SlidePrediction(
-        slide_id=slide_id, coords=coords, attention=attention,
+        slide_id=slide_id,
+        coords=coords,
+        attention=attention,
         attention_norm=normalise_attention(attention),
-        tile_probs=np.column_stack([1 - p, p]), class_names=["normal", "tumor"],
+        tile_probs=np.column_stack([1 - p, p]),
+        class_names=["normal", "tumor"],
         probs=np.array([0.1, 0.9] if tumour else [0.9, 0.1], np.float32),
         predicted_label="tumor" if tumour else "normal",
-        attrs={"slide_width": 400, "slide_height": 400, "slide_mpp": 0.5,
-               "tile_size_level0": 100.0, "stride": 100.0, "negative_class": "normal"})
+        attrs={
+            "slide_width": 400,
+            "slide_height": 400,
+            "slide_mpp": 0.5,
+            "tile_size_level0": 100.0,
+            "stride": 100.0,
+            "negative_class": "normal",
+        },
+    )
 
 
 def test_regions_have_their_area_attention_and_coverage():
     annotations = SlideAnnotations(Path("s.xml"), regions={"tumor": TUMOUR_SQUARE})
-    report = slide_report(prediction("s", True), annotations, SEGMENTED, None, None,
-                          ReportParams(), {})
+    report = slide_report(
+        prediction("s", True), annotations, SEGMENTED, None, None, ReportParams(), {}
+    )
     rows = {(r["label"], r["source"]): r for r in report["regions"]}
     annotated = rows[("tumor", "annotation")]
     assert annotated["area_um2"] == pytest.approx(200 * 200 * 0.25)
     assert annotated["n_tiles"] == 4 and annotated["max_attention"] == pytest.approx(1.0)
-    assert annotated["coverage_segmentation"] == pytest.approx(160 ** 2 / 200 ** 2)
+    assert annotated["coverage_segmentation"] == pytest.approx(160**2 / 200**2)
     assert annotated["coverage_attention"] == pytest.approx(1.0)  # its 4 tiles are attended
     segmented = rows[("tumor", "segmenter")]
-    assert segmented["area_um2"] == pytest.approx(160 ** 2 * 0.25)
-    assert rows[("normal", "tile head")]["area_um2"] == pytest.approx(12 * 100 ** 2 * 0.25)
+    assert segmented["area_um2"] == pytest.approx(160**2 * 0.25)
+    assert rows[("normal", "tile head")]["area_um2"] == pytest.approx(12 * 100**2 * 0.25)
     background = rows[("background", "tissue outside annotations")]
-    assert background["area_um2"] == pytest.approx((400 ** 2 - 200 ** 2) * 0.25)
+    assert background["area_um2"] == pytest.approx((400**2 - 200**2) * 0.25)
     assert background["coverage_attention"] == 0.0
     # attention masses are shares of the pooling weights: the annotation and the rest add up
     assert annotated["attention_mass"] + background["attention_mass"] == pytest.approx(1.0)
@@ -64,9 +77,15 @@ def test_regions_have_their_area_attention_and_coverage():
 
 
 def test_a_report_naming_tumour_on_a_slide_the_model_found_normal_is_flagged_first():
-    report = slide_report(prediction("n", False), None, None,
-                          "Benign lymph node. Metastatic carcinoma in one node.", VOCABULARY,
-                          ReportParams(), {})
+    report = slide_report(
+        prediction("n", False),
+        None,
+        None,
+        "Benign lymph node. Metastatic carcinoma in one node.",
+        VOCABULARY,
+        ReportParams(),
+        {},
+    )
     alignment = report["text"]["alignment"]
     assert alignment[0]["label"] == "tumor" and alignment[0]["status"] == "unsupported"
     assert alignment[0]["segmented_area_um2"] == 0 and alignment[0]["attended_tiles"] == 0
@@ -75,21 +94,25 @@ def test_a_report_naming_tumour_on_a_slide_the_model_found_normal_is_flagged_fir
 
 def test_negated_and_unmentioned_findings_are_told_apart():
     tumour = prediction("t", True)
-    ruled_out = slide_report(tumour, None, SEGMENTED, "No evidence of carcinoma.", VOCABULARY,
-                             ReportParams(), {})["text"]["alignment"]
+    ruled_out = slide_report(
+        tumour, None, SEGMENTED, "No evidence of carcinoma.", VOCABULARY, ReportParams(), {}
+    )["text"]["alignment"]
     assert [(r["label"], r["status"]) for r in ruled_out] == [
-        ("tumor", "ruled out in text, found by model")]
-    silent = slide_report(tumour, None, SEGMENTED, "Lymph node.", VOCABULARY, ReportParams(),
-                          {})["text"]["alignment"]
+        ("tumor", "ruled out in text, found by model")
+    ]
+    silent = slide_report(tumour, None, SEGMENTED, "Lymph node.", VOCABULARY, ReportParams(), {})[
+        "text"
+    ]["alignment"]
     assert [(r["label"], r["status"]) for r in silent] == [("tumor", "not mentioned")]
-    found = slide_report(tumour, None, SEGMENTED, "Metastasis, 1.6 mm.", VOCABULARY,
-                         ReportParams(), {})["text"]["alignment"][0]
+    found = slide_report(
+        tumour, None, SEGMENTED, "Metastasis, 1.6 mm.", VOCABULARY, ReportParams(), {}
+    )["text"]["alignment"][0]
     # the pooling weight of the 4 tumour tiles, times the share of each inside the lesion
     weights = np.exp(tumour.attention) / np.exp(tumour.attention).sum()
-    expected = (weights[[0, 1, 4, 5]] * 160 ** 2 / 100 ** 2 / 4).sum()
+    expected = (weights[[0, 1, 4, 5]] * 160**2 / 100**2 / 4).sum()
     assert found["status"] == "supported"
     assert found["attention_mass"] == pytest.approx(expected)
-    assert found["segmented_area_um2"] == pytest.approx(160 ** 2 * 0.25)
+    assert found["segmented_area_um2"] == pytest.approx(160**2 * 0.25)
 
 
 def test_the_report_verb_writes_every_slide_and_the_index(tmp_path, capsys):
@@ -98,18 +121,41 @@ def test_the_report_verb_writes_every_slide_and_the_index(tmp_path, capsys):
     write_prediction(predictions / "n.h5", prediction("n", False))
     write_prediction(predictions / "t.h5", prediction("t", True))
     (tmp_path / "segment" / "t").mkdir(parents=True)
-    (tmp_path / "segment" / "t" / "lesions.geojson").write_text(json.dumps({
-        "type": "FeatureCollection", "features": [{
-            "type": "Feature", "geometry": shapely.geometry.mapping(SEGMENTED),
-            "properties": {"objectType": "annotation", "classification": {"name": "tumor"}}}]}))
+    (tmp_path / "segment" / "t" / "lesions.geojson").write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": shapely.geometry.mapping(SEGMENTED),
+                        "properties": {
+                            "objectType": "annotation",
+                            "classification": {"name": "tumor"},
+                        },
+                    }
+                ],
+            }
+        )
+    )
     (tmp_path / "texts").mkdir()
     (tmp_path / "texts" / "n.txt").write_text("Metastatic carcinoma <b>present</b>.")
     (tmp_path / "texts" / "t.txt").write_text("Metastasis.")
     vocabulary = tmp_path / "vocabulary.yaml"
     vocabulary.write_text("classes:\n  tumor: [carcinoma, metastasis, metastatic carcinoma]\n")
-    args = ["report", "--predictions", str(predictions), "--out", str(tmp_path), "--segment",
-            str(tmp_path / "segment"), "--reports", str(tmp_path / "texts"), "--vocabulary",
-            str(vocabulary)]
+    args = [
+        "report",
+        "--predictions",
+        str(predictions),
+        "--out",
+        str(tmp_path),
+        "--segment",
+        str(tmp_path / "segment"),
+        "--reports",
+        str(tmp_path / "texts"),
+        "--vocabulary",
+        str(vocabulary),
+    ]
     assert main(args) == 0
     assert "2 done" in capsys.readouterr().out
     out = tmp_path / "report"

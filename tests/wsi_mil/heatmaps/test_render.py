@@ -35,17 +35,19 @@ def thumbnail(lesion_slide):
     slide.close()
 
 
-def test_overlay_is_the_asked_size_with_bands_and_heat_on_the_lesion(tmp_path, lesion,
-                                                                     lesion_slide, thumbnail):
+def test_overlay_is_the_asked_size_with_bands_and_heat_on_the_lesion(
+    tmp_path, lesion, lesion_slide, thumbnail
+):
     prediction = lesion.make_prediction(lesion_slide)
     assert thumbnail.shape[:2] == (600, 800)
     params = HeatmapParams(max_side=800, normalize="minmax", cmap="viridis", alpha=1.0)
-    png = read_png(write_overlay_png(tmp_path / "overlay.png", prediction, thumbnail, params,
-                                     lesion.tissue))
+    png = read_png(
+        write_overlay_png(tmp_path / "overlay.png", prediction, thumbnail, params, lesion.tissue)
+    )
     top = text_band(800, "t", "s").shape[0]
     bottom = colorbar_band(800, "viridis", 0, 1, "x").shape[0]
     assert png.shape == (top + 600 + bottom, 800, 3)
-    picture = png[top:top + 600]
+    picture = png[top : top + 600]
     # alpha 1: the lesion centre shows the colour map's top colour, glass is left untouched
     geo = SlideGeometry.from_attrs(prediction.attrs)
     canvas = Canvas.of_size(geo, 800, 600)
@@ -59,8 +61,11 @@ def test_overlay_at_a_resolution_in_micrometres(tmp_path, lesion, lesion_slide):
     thumb = read_thumbnail(slide, target_mpp=16.0, slide_mpp=lesion.mpp).image
     slide.close()
     assert thumb.shape[:2] == (96, 128)  # 4096 x 3072 px at 0.5 µm/px -> 16 µm/px
-    png = read_png(write_overlay_png(tmp_path / "o.png", lesion.make_prediction(lesion_slide),
-                                     thumb, HeatmapParams(mpp=16.0)))
+    png = read_png(
+        write_overlay_png(
+            tmp_path / "o.png", lesion.make_prediction(lesion_slide), thumb, HeatmapParams(mpp=16.0)
+        )
+    )
     assert png.shape[1] == 128
 
 
@@ -78,10 +83,13 @@ def test_blend_keeps_pixels_without_heat():
 
 def test_segmentation_outline_surrounds_the_lesion(tmp_path, lesion, lesion_slide, thumbnail):
     prediction = lesion.make_prediction(lesion_slide)
-    png = read_png(write_segmentation_png(tmp_path / "seg.png", prediction, thumbnail,
-                                          HeatmapParams(), lesion.tissue))
+    png = read_png(
+        write_segmentation_png(
+            tmp_path / "seg.png", prediction, thumbnail, HeatmapParams(), lesion.tissue
+        )
+    )
     top = text_band(800, "t", "s").shape[0]
-    picture = png[top:top + 600].astype(int)
+    picture = png[top : top + 600].astype(int)
     red = np.abs(picture - np.array(SEGMENTATION_COLOR)).max(axis=2) <= 40
     ys, xs = np.nonzero(red)
     assert len(xs) > 100
@@ -95,8 +103,7 @@ def test_topk_shows_the_most_attended_tiles(tmp_path, lesion, lesion_slide):
     prediction = lesion.make_prediction(lesion_slide)
     slide = open_slide(lesion_slide)
     reader = TileReader(slide, prediction.attrs)
-    written = write_topk_png(tmp_path / "topk.png", prediction, reader.read,
-                             HeatmapParams(topk=6))
+    written = write_topk_png(tmp_path / "topk.png", prediction, reader.read, HeatmapParams(topk=6))
     slide.close()
     assert written == [tmp_path / "topk.png"]
     png = read_png(written[0])

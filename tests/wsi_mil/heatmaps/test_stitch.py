@@ -22,14 +22,17 @@ from wsi_mil.heatmaps.stitch import (
 
 
 def geometry(width=1000, height=800, tile=100.0, stride=100.0, mpp=0.5) -> SlideGeometry:
-    return SlideGeometry(width=width, height=height, mpp=mpp, tile_size_level0=tile,
-                         stride_level0=stride)
+    return SlideGeometry(
+        width=width, height=height, mpp=mpp, tile_size_level0=tile, stride_level0=stride
+    )
 
 
 def canvas_points(canvas: Canvas) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 coordinates of every canvas pixel centre."""
-    return np.meshgrid((np.arange(canvas.width) + 0.5) * canvas.downsample[0],
-                       (np.arange(canvas.height) + 0.5) * canvas.downsample[1])
+    return np.meshgrid(
+        (np.arange(canvas.width) + 0.5) * canvas.downsample[0],
+        (np.arange(canvas.height) + 0.5) * canvas.downsample[1],
+    )
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,8 +55,9 @@ def test_grid_from_float_stride_puts_rounded_positions_on_their_cells():
     positions = np.round(np.arange(6) * stride).astype(np.int64)
     xs, ys = np.meshgrid(positions[1:], positions[2:])
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1)
-    grid = TileGrid.from_coords(coords, geometry(width=4000, height=4000, tile=stride,
-                                                 stride=stride))
+    grid = TileGrid.from_coords(
+        coords, geometry(width=4000, height=4000, tile=stride, stride=stride)
+    )
     assert abs(grid.origin[0]) < 1 and abs(grid.origin[1]) < 1
     assert set(grid.cells[:, 1]) == {1, 2, 3, 4, 5} and set(grid.cells[:, 0]) == {2, 3, 4, 5}
 
@@ -84,7 +88,10 @@ def test_planted_lesion_is_found_where_it_is_on_the_thumbnail(lesion):
     assert iou(found, contains_xy(lesion.lesion, xs, ys)) >= 0.9
     # the class probability gives the same region, and a transposed or shifted map would not
     heat_p = compute_heatmap(prediction, canvas, HeatmapParams(score="tumor", normalize="raw"))
-    assert iou(np.nan_to_num(heat_p.values, nan=-1.0) >= 0.5, contains_xy(lesion.lesion, xs, ys)) >= 0.9
+    assert (
+        iou(np.nan_to_num(heat_p.values, nan=-1.0) >= 0.5, contains_xy(lesion.lesion, xs, ys))
+        >= 0.9
+    )
     assert iou(found, contains_xy(lesion.lesion, xs + 300, ys)) < 0.7
 
 
@@ -100,8 +107,10 @@ def test_heat_is_clipped_to_tissue_and_absent_off_tiles(lesion):
 
 
 def test_canvas_coarser_than_cells_averages_blocks():
-    grid = TileGrid.from_coords(np.array([[0, 0], [10, 0], [0, 10], [10, 10]]),
-                                geometry(width=20, height=20, tile=10, stride=10))
+    grid = TileGrid.from_coords(
+        np.array([[0, 0], [10, 0], [0, 10], [10, 10]]),
+        geometry(width=20, height=20, tile=10, stride=10),
+    )
     values = grid.stitch(np.array([0.0, 1.0, 2.0, np.nan]))
     canvas = Canvas.of_size(geometry(width=20, height=20), 1, 1)  # one pixel for 2x2 cells
     assert grid_to_canvas(values, grid, canvas)[0, 0] == pytest.approx(1.0)  # NaN ignored
@@ -126,8 +135,9 @@ def test_smoothing_width_is_in_micrometres(lesion):
     def steepest_um(max_side: int, smooth_um: float) -> float:
         """The steepest change of the heat per µm along x."""
         canvas = Canvas.for_slide(geo, max_side=max_side)
-        heat = compute_heatmap(prediction, canvas,
-                               HeatmapParams(normalize="minmax", smooth_um=smooth_um))
+        heat = compute_heatmap(
+            prediction, canvas, HeatmapParams(normalize="minmax", smooth_um=smooth_um)
+        )
         return float(np.nanmax(np.abs(np.diff(heat.values, axis=1)))) / canvas.mpp(geo)
 
     # the same 100 µm sigma blurs the lesion edge equally at 4 and 8 µm/px ...
@@ -161,8 +171,11 @@ def test_params_reject_bad_values(lesion):
     with pytest.raises(ValueError, match="alpha"):
         HeatmapParams(alpha=1.5)
     with pytest.raises(ValueError, match="unknown score"):
-        compute_heatmap(lesion.make_prediction("x"), Canvas(10, 10, (409.6, 307.2)),
-                        HeatmapParams(score="stroma"))
+        compute_heatmap(
+            lesion.make_prediction("x"),
+            Canvas(10, 10, (409.6, 307.2)),
+            HeatmapParams(score="stroma"),
+        )
 
 
 def test_missing_geometry_attributes_are_named(lesion):

@@ -27,22 +27,30 @@ def test_heat_by_bands_equals_the_whole_heat_with_smoothing_and_clip(lesion, les
     params = HeatmapParams(smooth_um=6 * canvas.mpp(geo), normalize="minmax")
     source = HeatSource(prediction, canvas, params, lesion.tissue)
     whole = source.rows(0, canvas.height)
-    bands = np.concatenate([source.rows(y, min(y + 7, canvas.height))
-                            for y in range(0, canvas.height, 7)])
+    bands = np.concatenate(
+        [source.rows(y, min(y + 7, canvas.height)) for y in range(0, canvas.height, 7)]
+    )
     np.testing.assert_allclose(bands, whole, rtol=1e-5, atol=1e-6)
     assert np.array_equal(np.isnan(bands), np.isnan(whole))
     mask = rasterise_polygons(lesion.tissue, canvas)
     assert mask.any() and not mask.all()
-    assert np.array_equal(np.concatenate([rasterise_polygons(lesion.tissue, canvas, (y, y + 13))
-                                          for y in range(0, canvas.height, 13)])[:canvas.height],
-                          mask)
+    assert np.array_equal(
+        np.concatenate(
+            [
+                rasterise_polygons(lesion.tissue, canvas, (y, y + 13))
+                for y in range(0, canvas.height, 13)
+            ]
+        )[: canvas.height],
+        mask,
+    )
     # rows off the canvas are empty, not wrapped around
     assert not rasterise_polygons(lesion.tissue, canvas, (-5, 0)).any()
 
 
 @pytest.mark.parametrize("side", [512, 500])  # a pyramid level as it is, a shrunk level
-def test_streamed_pictures_equal_the_pictures_of_the_whole_thumbnail(tmp_path, lesion,
-                                                                      lesion_slide, side):
+def test_streamed_pictures_equal_the_pictures_of_the_whole_thumbnail(
+    tmp_path, lesion, lesion_slide, side
+):
     prediction = lesion.make_prediction(lesion_slide)
     params = HeatmapParams(max_side=side, smooth_um=40.0)
     slide = open_slide(lesion_slide)
@@ -51,10 +59,12 @@ def test_streamed_pictures_equal_the_pictures_of_the_whole_thumbnail(tmp_path, l
     whole = np.concatenate([rows for _, rows in strips])
     assert whole.shape == read_thumbnail(slide, max_side=side).image.shape
     for write, name in ((write_overlay_png, "overlay"), (write_segmentation_png, "seg")):
-        a = read_png(write(tmp_path / f"{name}_whole.png", prediction, whole, params,
-                           lesion.tissue))
-        b = read_png(write(tmp_path / f"{name}_bands.png", prediction, strips, params,
-                           lesion.tissue))
+        a = read_png(
+            write(tmp_path / f"{name}_whole.png", prediction, whole, params, lesion.tissue)
+        )
+        b = read_png(
+            write(tmp_path / f"{name}_bands.png", prediction, strips, params, lesion.tissue)
+        )
         assert a.shape == b.shape
         # anti-aliased outlines that run along a band seam may differ by a shade in a few pixels
         # (their segments are split differently); an outline of the seams themselves is 5 %
@@ -76,8 +86,7 @@ class GeneratedStrips:
             yield y0, rows
 
 
-def test_streamed_overlay_memory_does_not_grow_with_the_picture(tmp_path, lesion,
-                                                                  lesion_slide):
+def test_streamed_overlay_memory_does_not_grow_with_the_picture(tmp_path, lesion, lesion_slide):
     prediction = lesion.make_prediction(lesion_slide)
     params = HeatmapParams(smooth_um=8.0)
     width = 1024
@@ -85,8 +94,13 @@ def test_streamed_overlay_memory_does_not_grow_with_the_picture(tmp_path, lesion
     for height in (768, 6144):  # a 2.3 MB and an 18.9 MB picture
         tracemalloc.start()
         try:
-            write_overlay_png(tmp_path / f"{height}.png", prediction,
-                              GeneratedStrips(width, height), params, lesion.tissue)
+            write_overlay_png(
+                tmp_path / f"{height}.png",
+                prediction,
+                GeneratedStrips(width, height),
+                params,
+                lesion.tissue,
+            )
             peaks[height] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -117,8 +131,11 @@ def test_overlay_says_which_model_predicted_the_slide():
     from wsi_mil.heatmaps.render import prediction_provenance
 
     assert prediction_provenance({}) is None  # written before in_sample was recorded
-    assert prediction_provenance({"in_sample": False, "out_of_fold": True, "folds": [2]}) \
+    assert (
+        prediction_provenance({"in_sample": False, "out_of_fold": True, "folds": [2]})
         == "out of fold (fold 2)"
-    assert prediction_provenance({"in_sample": False, "out_of_fold": False,
-                                  "folds": [0, 1, 2]}).startswith("ensemble of 3 folds")
+    )
+    assert prediction_provenance(
+        {"in_sample": False, "out_of_fold": False, "folds": [0, 1, 2]}
+    ).startswith("ensemble of 3 folds")
     assert prediction_provenance({"in_sample": True, "folds": [0]}).startswith("IN-SAMPLE")

@@ -33,23 +33,42 @@ def test_fleiss_by_hand() -> None:
 
 def test_fleiss_published_example() -> None:
     """Fleiss' kappa of the worked example with 10 subjects, 14 raters, 5 categories: 0.210."""
-    counts = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0],
-              [2, 2, 8, 1, 1], [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2],
-              [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    counts = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     scores = np.array([np.repeat(np.arange(1, 6), row) for row in counts])
     assert scores.shape == (10, 14)
     assert fleiss_kappa(scores) == pytest.approx(0.210, abs=5e-4)
 
 
 def test_agreement_uses_common_slides() -> None:
-    two = {"a": {"s1": {"q": 1}, "s2": {"q": 2}, "s3": {"q": 3}, "s4": {"q": 4}, "s5": {"q": 5},
-                 "only_a": {"q": 1}},
-           "b": {"s1": {"q": 1}, "s2": {"q": 2}, "s3": {"q": 3}, "s4": {"q": 5}, "s5": {"q": 5}}}
+    two = {
+        "a": {
+            "s1": {"q": 1},
+            "s2": {"q": 2},
+            "s3": {"q": 3},
+            "s4": {"q": 4},
+            "s5": {"q": 5},
+            "only_a": {"q": 1},
+        },
+        "b": {"s1": {"q": 1}, "s2": {"q": 2}, "s3": {"q": 3}, "s4": {"q": 5}, "s5": {"q": 5}},
+    }
     (row,) = agreement(two, ["q"])
     assert (row.method, row.n_common, row.n_raters) == ("cohen_quadratic", 5, 2)
     assert row.kappa == pytest.approx(22 / 23)
-    three = {r: {f"s{i}": {"q": v} for i, v in enumerate(col)}
-             for r, col in zip("xyz", np.array([[1, 1, 1], [2, 2, 2], [1, 1, 2], [2, 2, 1]]).T)}
+    three = {
+        r: {f"s{i}": {"q": v} for i, v in enumerate(col)}
+        for r, col in zip("xyz", np.array([[1, 1, 1], [2, 2, 2], [1, 1, 2], [2, 2, 1]]).T)
+    }
     (row,) = agreement(three, ["q"])
     assert (row.method, row.n_common) == ("fleiss", 4) and row.kappa == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="at least 2 raters"):

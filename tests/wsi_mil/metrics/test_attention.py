@@ -17,7 +17,8 @@ def test_entropy_of_known_weights():
     # -(0.7 ln 0.7 + 0.2 ln 0.2 + 0.1 ln 0.1), worked by hand: 0.24967 + 0.32189 + 0.23026
     assert attention_entropy([0.7, 0.2, 0.1]) == pytest.approx(0.801819, abs=1e-6)
     assert attention_entropy([0.7, 0.2, 0.1], normalised=True) == pytest.approx(
-        0.801819 / 1.098612, abs=1e-6)
+        0.801819 / 1.098612, abs=1e-6
+    )
 
 
 def test_uniform_attention_has_normalised_entropy_one():

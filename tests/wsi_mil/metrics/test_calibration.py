@@ -22,8 +22,7 @@ Y = np.array([0, 1, 1, 1, 1, 0])
 def test_ece_by_hand() -> None:
     # |0 - .1| + |1 - .25| + |1 - .81| + 2 |1 - .91| + |0 - .97|, over 6 slides
     assert expected_calibration_error(Y, P) == pytest.approx(2.19 / 6)
-    assert expected_calibration_error(Y, P, n_bins=1) == pytest.approx(
-        abs(Y.mean() - P.mean()))
+    assert expected_calibration_error(Y, P, n_bins=1) == pytest.approx(abs(Y.mean() - P.mean()))
 
 
 def test_brier_by_hand() -> None:
@@ -32,7 +31,7 @@ def test_brier_by_hand() -> None:
     assert brier_score(Y, probs, positive=1) == pytest.approx(np.mean(squares))
     # three classes: squared distance to the one-hot truth, summed over classes
     three = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
-    expected = ((0.3 ** 2 + 0.2 ** 2 + 0.1 ** 2) + (0.1 ** 2 + 0.9 ** 2 + 0.8 ** 2)) / 2
+    expected = ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.9**2 + 0.8**2)) / 2
     assert brier_score(np.array([0, 1]), three, positive=None) == pytest.approx(expected)
 
 

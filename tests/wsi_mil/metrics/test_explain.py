@@ -76,8 +76,13 @@ def test_deletion_and_insertion_against_random() -> None:
 
 def test_perturbation_curve_uses_the_bag_subset() -> None:
     seen = []
-    perturbation_curve(np.arange(4.0), lambda subsets: seen.extend(s.tolist() for s in subsets)
-                       or np.zeros(len(subsets)), "deletion", steps=4, n_random=1)
+    perturbation_curve(
+        np.arange(4.0),
+        lambda subsets: seen.extend(s.tolist() for s in subsets) or np.zeros(len(subsets)),
+        "deletion",
+        steps=4,
+        n_random=1,
+    )
     assert seen[:5] == [[0, 1, 2, 3], [0, 1, 2], [0, 1], [0], [0]]
     with pytest.raises(ValueError, match="kind"):
         perturbation_curve(np.arange(4.0), lambda subsets: np.zeros(len(subsets)), "sideways")
@@ -94,16 +99,18 @@ def test_run_score_fn_batches_equal_single_bags(device) -> None:
 
     torch.manual_seed(0)
     models = [create_model("gated_abmil", 8, 2).to(device).eval() for _ in range(2)]
-    run = SimpleNamespace(device=torch.device(device),
-                          folds=[SimpleNamespace(model=m) for m in models])
+    run = SimpleNamespace(
+        device=torch.device(device), folds=[SimpleNamespace(model=m) for m in models]
+    )
     features = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     subsets = [np.arange(30), np.array([3]), np.array([0, 5, 29]), np.arange(10, 20)]
     # a tiny budget forces several batches
     scores = run_score_fn(run, features, 1, max_batch_values=8 * 30 * 2)(subsets)
     with torch.no_grad():
         bags = [torch.from_numpy(features[s]).to(device) for s in subsets]
-        expected = [np.mean([m(bag).logits.softmax(1)[0, 1].item() for m in models])
-                    for bag in bags]
+        expected = [
+            np.mean([m(bag).logits.softmax(1)[0, 1].item() for m in models]) for bag in bags
+        ]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -117,8 +124,11 @@ def test_run_score_fn_gives_each_subset_its_tiles_positions(device) -> None:
     from wsi_mil.mil.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0,
-                         positional="sincos2d").to(device).eval()
+    model = (
+        create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0, positional="sincos2d")
+        .to(device)
+        .eval()
+    )
     run = SimpleNamespace(device=torch.device(device), folds=[SimpleNamespace(model=model)])
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 8)).astype(np.float32)
@@ -126,9 +136,15 @@ def test_run_score_fn_gives_each_subset_its_tiles_positions(device) -> None:
     subsets = [np.arange(30), np.array([3]), np.array([0, 5, 29]), np.arange(10, 20)]
     scores = run_score_fn(run, features, 1, max_batch_values=8 * 30 * 2, coords=coords)(subsets)
     with torch.no_grad():
-        expected = [model(torch.from_numpy(features[s]).to(device),
-                          coords=torch.from_numpy(coords[s]).to(device))
-                    .logits.softmax(1)[0, 1].item() for s in subsets]
+        expected = [
+            model(
+                torch.from_numpy(features[s]).to(device),
+                coords=torch.from_numpy(coords[s]).to(device),
+            )
+            .logits.softmax(1)[0, 1]
+            .item()
+            for s in subsets
+        ]
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="without them"):
         run_score_fn(run, features, 1)(subsets)

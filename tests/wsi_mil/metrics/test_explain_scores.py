@@ -93,15 +93,18 @@ def test_randomisation_check_does_not_depend_on_the_maps_scale():
 
 def test_mprt_by_hand():
     trained = np.array([1.0, 2.0, 3.0, 4.0])
-    cascade = [np.array([10.0, 20.0, 30.0, 40.0]),  # same order: 1
-               np.array([2.0, 1.0, 3.0, 4.0]),  # one swap: 1 - 6 * 2 / (4 * 15) = 0.8
-               np.array([4.0, 3.0, 2.0, 1.0])]  # reversed: -1
+    cascade = [
+        np.array([10.0, 20.0, 30.0, 40.0]),  # same order: 1
+        np.array([2.0, 1.0, 3.0, 4.0]),  # one swap: 1 - 6 * 2 / (4 * 15) = 0.8
+        np.array([4.0, 3.0, 2.0, 1.0]),
+    ]  # reversed: -1
     np.testing.assert_allclose(mprt(trained, cascade), [1.0, 0.8, -1.0])
 
 
 def test_patch_flipping_by_hand():
     """A "model" whose score is the share of tiles 0 and 1 still in the bag (1 when empty is
     the zero bag: 0). The perfect map removes them first."""
+
     def score(subsets):
         return np.array([np.isin([0, 1], s).sum() / 2 for s in subsets])
 

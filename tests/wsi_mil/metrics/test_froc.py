@@ -47,13 +47,15 @@ def test_evaluation_mask_grows_lesions_and_finds_itc() -> None:
 
 
 def test_hand_made_case() -> None:
-    tumor = hits(detections(
-        (0.9, 2000, 2000),  # in BIG
-        (0.5, 1500, 1500),  # in BIG again: only the highest counts
-        (0.8, 8000, 2000),  # in the ITC: neither found nor false positive
-        (0.7, 5000, 9000),  # background: false positive
-        (0.3, 9500, 500),  # background: false positive
-    ))
+    tumor = hits(
+        detections(
+            (0.9, 2000, 2000),  # in BIG
+            (0.5, 1500, 1500),  # in BIG again: only the highest counts
+            (0.8, 8000, 2000),  # in the ITC: neither found nor false positive
+            (0.7, 5000, 9000),  # background: false positive
+            (0.3, 9500, 500),  # background: false positive
+        )
+    )
     np.testing.assert_allclose(sorted(tumor.fp_probs), [0.3, 0.7])
     np.testing.assert_allclose(sorted(tumor.lesion_probs), [0.0, 0.9])  # LONG missed
     assert tumor.n_itc == 1
@@ -75,13 +77,22 @@ def test_detection_within_the_grown_margin_counts() -> None:
 
 
 def test_perfect_inverted_and_sensitivity_curve() -> None:
-    perfect = froc([hits(detections((0.95, 2000, 2000), (0.9, 6800, 6500))),
-                    hits(detections(), lesions=None)])
+    perfect = froc(
+        [hits(detections((0.95, 2000, 2000), (0.9, 6800, 6500))), hits(detections(), lesions=None)]
+    )
     assert perfect.score == pytest.approx(1.0)
-    inverted = froc([hits(detections((0.1, 2000, 2000), (0.05, 6800, 6500),
-                                     *[(0.9, 9000, 9000 - 10 * i) for i in range(10)])),
-                     hits(detections(*[(0.8, 500 + 10 * i, 500) for i in range(10)]),
-                          lesions=None)])
+    inverted = froc(
+        [
+            hits(
+                detections(
+                    (0.1, 2000, 2000),
+                    (0.05, 6800, 6500),
+                    *[(0.9, 9000, 9000 - 10 * i) for i in range(10)],
+                )
+            ),
+            hits(detections(*[(0.8, 500 + 10 * i, 500) for i in range(10)]), lesions=None),
+        ]
+    )
     # lesions only found once 10 false positives per slide are accepted: beyond 8
     assert inverted.score == pytest.approx(0.0)
     assert inverted.sensitivity.max() == 1.0
@@ -105,10 +116,9 @@ def test_froc_needs_a_lesion() -> None:
 
 def test_tile_detections_are_local_maxima_one_per_plateau() -> None:
     # 4 x 4 grid of 100-px tiles; a peak at (0, 0), a plateau of two at (2..3, 3), one missing
-    probs = np.array([[0.9, 0.5, 0.1, 0.1],
-                      [0.4, 0.2, 0.1, 0.1],
-                      [0.1, 0.1, 0.3, 0.3],
-                      [0.1, 0.2, 0.7, 0.7]])
+    probs = np.array(
+        [[0.9, 0.5, 0.1, 0.1], [0.4, 0.2, 0.1, 0.1], [0.1, 0.1, 0.3, 0.3], [0.1, 0.2, 0.7, 0.7]]
+    )
     rows, cols = np.mgrid[0:4, 0:4]
     keep = ~((rows == 1) & (cols == 3))
     coords = np.column_stack([cols[keep] * 100, rows[keep] * 100])

@@ -59,7 +59,8 @@ def test_negative_evidence_is_left_out():
 def test_a_map_without_positive_mass_has_no_scores():
     lesion = _lesion()
     scores = pixel_map_scores(np.zeros(lesion.shape), lesion)
-    assert all(math.isnan(scores[k]) for k in ("overlap", "mass_share", "pointing",
-                                                 "energy_pointing"))
+    assert all(
+        math.isnan(scores[k]) for k in ("overlap", "mass_share", "pointing", "energy_pointing")
+    )
     with pytest.raises(ValueError, match="shape"):
         pixel_map_scores(np.zeros((4, 4)), lesion)

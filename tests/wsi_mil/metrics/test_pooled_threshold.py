@@ -32,6 +32,7 @@ def test_enough_pooled_validation_slides_give_youden():
 def test_the_negative_class_may_be_the_second_column():
     y = np.array([1] * 20 + [0] * 20)  # class 1 is the negative one here
     p0 = np.r_[np.full(20, 0.1), np.full(20, 0.9)]  # the positive class (0) is column 0
-    threshold, _ = pooled_threshold(y, np.stack([p0, 1 - p0], axis=1), negative_index=1,
-                                    min_per_class=20)
+    threshold, _ = pooled_threshold(
+        y, np.stack([p0, 1 - p0], axis=1), negative_index=1, min_per_class=20
+    )
     assert 0.1 < threshold < 0.9

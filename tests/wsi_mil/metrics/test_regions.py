@@ -21,15 +21,18 @@ from wsi_mil.metrics.regions import (
 COORDS = np.array([[0, 0], [100, 0], [200, 0], [300, 0]])
 ANNOTATIONS = SlideAnnotations(
     path=Path("slide.geojson"),
-    regions={TUMOR: MultiPolygon([box(0, 0, 250, 100)]),
-             EXCLUSION: MultiPolygon([box(100, 0, 200, 100)])},
+    regions={
+        TUMOR: MultiPolygon([box(0, 0, 250, 100)]),
+        EXCLUSION: MultiPolygon([box(100, 0, 200, 100)]),
+    },
     points={"Necrosis": np.array([[350.0, 50.0]])},
 )
 
 
 def report(attention: list[float], tumor_prob: list[float]) -> list:
-    return region_report(ANNOTATIONS, "s1", COORDS, np.array(attention), np.array(tumor_prob),
-                         100.0)
+    return region_report(
+        ANNOTATIONS, "s1", COORDS, np.array(attention), np.array(tumor_prob), 100.0
+    )
 
 
 def test_region_report_by_hand() -> None:
@@ -51,10 +54,8 @@ def test_region_report_by_hand() -> None:
 
 
 def test_perfect_and_inverted_attention() -> None:
-    perfect = {r.region: r for r in report(
-        [1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0])}
-    inverted = {r.region: r for r in report(
-        [0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0])}
+    perfect = {r.region: r for r in report([1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0])}
+    inverted = {r.region: r for r in report([0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0])}
     assert perfect[TUMOR].marked_attention == 1.0 and inverted[TUMOR].marked_attention == 0.0
     assert perfect[EXCLUSION].marked_segmentation == 0.0
     assert inverted[EXCLUSION].marked_segmentation == 1.0

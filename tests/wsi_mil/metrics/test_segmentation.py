@@ -106,8 +106,7 @@ def test_hausdorff_and_hd95_equal_monai() -> None:
         mine = hausdorff(a, b, spacing)
         pair = [torch.from_numpy(m[None, None].astype(np.float32)) for m in (a, b)]
         full = float(monai_hd(*pair, include_background=True, spacing=spacing)[0, 0])
-        p95 = float(monai_hd(*pair, include_background=True, spacing=spacing,
-                             percentile=95)[0, 0])
+        p95 = float(monai_hd(*pair, include_background=True, spacing=spacing, percentile=95)[0, 0])
         assert mine == pytest.approx((full, p95), rel=1e-5)
 
 

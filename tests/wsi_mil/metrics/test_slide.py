@@ -34,8 +34,14 @@ def test_negative_class_second_thresholds_the_first_column():
     probs = np.array([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3], [0.9, 0.1]])
     assert predict_indices(probs, 0.75, negative_index=1).tolist() == [1, 1, 1, 0]
     assert predict_indices(probs, 0.75, negative_index=0).tolist() == [1, 1, 0, 0]
-    m = slide_metrics(np.array([1, 1, 0, 0]), probs, np.array([1, 1, 0, 0]), ["a", "b"],
-                      negative_index=1, n_boot=0)
+    m = slide_metrics(
+        np.array([1, 1, 0, 0]),
+        probs,
+        np.array([1, 1, 0, 0]),
+        ["a", "b"],
+        negative_index=1,
+        n_boot=0,
+    )
     assert m["positive_class"] == "a" and m["auc"] == pytest.approx(1.0)
 
 

@@ -49,14 +49,15 @@ def test_metrics_equal_scikit_survivals_on_the_same_arrays(cohort):
     times = evaluation_times(time, grid)
     assert len(times) == len(grid)  # the percentiles lie within the follow-up
     assert metrics["harrell_c"] == pytest.approx(
-        concordance_index_censored(event.astype(bool), time, risk)[0])
-    assert metrics["uno_c"] == pytest.approx(concordance_index_ipcw(y, y, risk,
-                                                                    tau=times.max())[0])
+        concordance_index_censored(event.astype(bool), time, risk)[0]
+    )
+    assert metrics["uno_c"] == pytest.approx(concordance_index_ipcw(y, y, risk, tau=times.max())[0])
     aucs, mean = cumulative_dynamic_auc(y, y, risk, times)
     assert metrics["td_auc"] == pytest.approx(aucs.tolist())
     assert metrics["td_auc_mean"] == pytest.approx(mean)
     assert metrics["integrated_brier"] == pytest.approx(
-        integrated_brier_score(y, y, survival, times))
+        integrated_brier_score(y, y, survival, times)
+    )
     assert metrics["harrell_c"] > 0.6  # the risks carry the burden: not a chance ranking
 
 
@@ -69,13 +70,15 @@ def test_intervals_bracket_the_estimates_and_a_separate_reference_changes_uno(co
         assert low <= estimate <= high, name
     # the IPCW weights come from the reference set when one is given
     half = slice(0, 30)
-    scored = survival_metrics(time[half], event[half], risk[half], survival[half], grid,
-                              n_boot=0, train=(time, event))
+    scored = survival_metrics(
+        time[half], event[half], risk[half], survival[half], grid, n_boot=0, train=(time, event)
+    )
     times = evaluation_times(time[half], grid)
     y_all = Surv.from_arrays(event.astype(bool), time)
     y_half = Surv.from_arrays(event[half].astype(bool), time[half])
     assert scored["uno_c"] == pytest.approx(
-        concordance_index_ipcw(y_all, y_half, risk[half], tau=times.max())[0])
+        concordance_index_ipcw(y_all, y_half, risk[half], tau=times.max())[0]
+    )
 
 
 def test_logrank_is_lifelines(cohort):
@@ -99,6 +102,7 @@ def test_td_auc_at_a_time_without_cases_is_none_and_prints_nothing():
     train = structured(time, event)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's 0/0 would raise here
-        result = td_auc(train, time, event, np.array([4.0, 3.0, 2.0, 1.0]),
-                        np.array([5.5, 6.5]))  # by 5.5 no slide has had its event
+        result = td_auc(
+            train, time, event, np.array([4.0, 3.0, 2.0, 1.0]), np.array([5.5, 6.5])
+        )  # by 5.5 no slide has had its event
     assert result is None

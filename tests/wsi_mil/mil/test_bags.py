@@ -46,8 +46,11 @@ def test_match_and_load_in_memory_and_streamed(cohort):
 def test_labelled_slide_without_bag_is_an_error(cohort):
     _, features_dir, labels_csv = cohort
     (features_dir / "slide_0003.h5").unlink()
-    with pytest.raises(BagSetError, match=r"labels.csv: 1 labelled slide\(s\) have no bag.*"
-                                          r"slide_0003"):
+    with pytest.raises(
+        BagSetError,
+        match=r"labels.csv: 1 labelled slide\(s\) have no bag.*"
+        r"slide_0003",
+    ):
         match_bags(features_dir, read_labels(labels_csv))
 
 
@@ -75,8 +78,11 @@ def test_nan_features_name_the_file(cohort):
         f["features"][1, 3] = np.nan
     bag_set = match_bags(features_dir, read_labels(labels_csv))
     for budget in (1.0, 0.0):  # loaded and streamed bags are both checked
-        with pytest.raises(BagSetError, match=r"slide_0001.h5: 1 tile\(s\) with NaN/inf "
-                                              r"features \(first at row 1\)"):
+        with pytest.raises(
+            BagSetError,
+            match=r"slide_0001.h5: 1 tile\(s\) with NaN/inf "
+            r"features \(first at row 1\)",
+        ):
             BagDataset(bag_set.records, bag_set.dim, memory_gb=budget)
 
 
@@ -117,8 +123,9 @@ def test_max_tiles_subsamples(cohort):
     _, features_dir, labels_csv = cohort
     bag_set = match_bags(features_dir, read_labels(labels_csv))
     data = BagDataset(bag_set.records, bag_set.dim, max_tiles=2)
-    assert all(data[i].features.shape[0] == min(2, r.num_tiles)
-               for i, r in enumerate(bag_set.records))
+    assert all(
+        data[i].features.shape[0] == min(2, r.num_tiles) for i, r in enumerate(bag_set.records)
+    )
 
 
 def test_grid_coords_recover_lattice_indices_of_fractional_strides():

@@ -16,8 +16,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_reads_classes_sorted_patients_and_splits(tmp_path):
-    path = write(tmp_path, "slide_id,label,patient_id,split,age\n"
-                           "b,tumor,p1,test,50\na,normal,p1,train,50\nc,normal,,train,61\n")
+    path = write(
+        tmp_path,
+        "slide_id,label,patient_id,split,age\n"
+        "b,tumor,p1,test,50\na,normal,p1,train,50\nc,normal,,train,61\n",
+    )
     table = read_labels(path)
     assert table.class_names == ("normal", "tumor")
     rows = table.by_slide()

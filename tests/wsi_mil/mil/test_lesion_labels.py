@@ -12,16 +12,31 @@ from tiling.annotations import write_asap_xml
 from tiling.tiles_file import read_tiles_file, write_tiles_file
 from wsi_mil.mil.lesion_labels import label_bag, label_bags
 
-ENCODER = {"encoder": "toy", "encoder_dim": 4, "weights": "none", "weights_sha256": "0" * 64,
-           "input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "dtype": "float16"}
+ENCODER = {
+    "encoder": "toy",
+    "encoder_dim": 4,
+    "weights": "none",
+    "weights_sha256": "0" * 64,
+    "input_size": 224,
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+    "dtype": "float16",
+}
 
 
 def make_bag(tmp_path, tiles_attrs, slide_id: str):
     coords = [[0, 0], [512, 0], [0, 512], [512, 512]]
-    tiles = read_tiles_file(write_tiles_file(tmp_path / "tiles" / f"{slide_id}.h5", coords,
-                                             [1, 1, 1, 1], tiles_attrs(slide_id=slide_id)))
-    return write_bag(tmp_path / "features" / f"{slide_id}.h5", np.zeros((4, 4), np.float16),
-                     tiles, ENCODER)
+    tiles = read_tiles_file(
+        write_tiles_file(
+            tmp_path / "tiles" / f"{slide_id}.h5",
+            coords,
+            [1, 1, 1, 1],
+            tiles_attrs(slide_id=slide_id),
+        )
+    )
+    return write_bag(
+        tmp_path / "features" / f"{slide_id}.h5", np.zeros((4, 4), np.float16), tiles, ENCODER
+    )
 
 
 def test_label_bag_from_xml(tmp_path, tiles_attrs) -> None:

@@ -15,11 +15,15 @@ from wsi_mil.mil.predictions import (
 def make_prediction(n=4):
     attention = np.linspace(-1, 2, n).astype(np.float32)
     return SlidePrediction(
-        slide_id="s1", coords=np.arange(2 * n).reshape(n, 2), attention=attention,
+        slide_id="s1",
+        coords=np.arange(2 * n).reshape(n, 2),
+        attention=attention,
         attention_norm=normalise_attention(attention),
         tile_probs=np.tile([0.3, 0.7], (n, 1)).astype(np.float32),
-        probs=np.array([0.2, 0.8], np.float32), class_names=["normal", "tumor"],
-        predicted_label="tumor", attrs={"slide_mpp": 0.25, "run_id": "r1"},
+        probs=np.array([0.2, 0.8], np.float32),
+        class_names=["normal", "tumor"],
+        predicted_label="tumor",
+        attrs={"slide_mpp": 0.25, "run_id": "r1"},
     )
 
 
@@ -61,14 +65,18 @@ def test_branch_attention_and_attributes_alone_round_trip(tmp_path):
     assert attrs["probs"].tolist() == pytest.approx([0.2, 0.8])
 
 
-@pytest.mark.parametrize("kind, name", [("dataset", "attention_norm"),
-                                        ("attribute", "predicted_label")])
+@pytest.mark.parametrize(
+    "kind, name", [("dataset", "attention_norm"), ("attribute", "predicted_label")]
+)
 def test_a_missing_dataset_or_attribute_is_named(tmp_path, kind, name):
     path = write_prediction(tmp_path / "s1.h5", make_prediction())
     with h5py.File(path, "a") as f:
         del (f if kind == "dataset" else f.attrs)[name]
-    with pytest.raises(PredictionFileError, match=rf"s1.h5: not a wsi-mil predictions file, "
-                                                  rf"missing {kind}s \['{name}'\]"):
+    with pytest.raises(
+        PredictionFileError,
+        match=rf"s1.h5: not a wsi-mil predictions file, "
+        rf"missing {kind}s \['{name}'\]",
+    ):
         read_prediction(path)
 
 

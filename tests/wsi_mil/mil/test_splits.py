@@ -62,23 +62,28 @@ def test_a_split_with_a_patient_on_both_sides_is_refused(tmp_path):
     lines[-1] = lines[-1].replace(",train", ",test")  # p7's second slide in test: a leak
     lines += ["q0,normal,q0,test", "q1,tumor,q1,test"]
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(SplitError, match=r"1 patient\(s\) in more than one part, e.g. patient "
-                                         r"'p7' \(train: p7_a; test: p7_b\)"):
+    with pytest.raises(
+        SplitError,
+        match=r"1 patient\(s\) in more than one part, e.g. patient "
+        r"'p7' \(train: p7_a; test: p7_b\)",
+    ):
         make_splits(read_labels(path))
 
 
-@pytest.mark.parametrize("ids, warned", [
-    (["TCGA-AB-1234-01Z-00-DX1", "TCGA-AB-1234-01Z-00-DX2", "TCGA-CD-5678-01Z-00-DX1"], True),
-    (["patient_004_node_1", "patient_004_node_4", "patient_010_node_0"], True),
-    (["TCGA-AB-1234-01Z-00-DX1", "TCGA-CD-5678-01Z-00-DX1"], False),
-    (["slide_001", "slide_002", "slide_003", "slide_004"], False),
-])
+@pytest.mark.parametrize(
+    "ids, warned",
+    [
+        (["TCGA-AB-1234-01Z-00-DX1", "TCGA-AB-1234-01Z-00-DX2", "TCGA-CD-5678-01Z-00-DX1"], True),
+        (["patient_004_node_1", "patient_004_node_4", "patient_010_node_0"], True),
+        (["TCGA-AB-1234-01Z-00-DX1", "TCGA-CD-5678-01Z-00-DX1"], False),
+        (["slide_001", "slide_002", "slide_003", "slide_004"], False),
+    ],
+)
 def test_warns_when_slide_ids_name_shared_patients(tmp_path, ids, warned):
     path = tmp_path / "labels.csv"
     ids = ids + [f"other{i}" for i in range(12)]  # enough slides for 2 folds with validation
     labels = ["normal", "tumor"] * len(ids)
-    path.write_text("slide_id,label\n" + "".join(f"{s},{labels[i]}\n"
-                                                 for i, s in enumerate(ids)))
+    path.write_text("slide_id,label\n" + "".join(f"{s},{labels[i]}\n" for i, s in enumerate(ids)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_splits(read_labels(path), folds=2)
@@ -87,8 +92,9 @@ def test_warns_when_slide_ids_name_shared_patients(tmp_path, ids, warned):
     if warned:
         assert "no patient_id column" in messages[0] and "add a patient_id column" in messages[0]
     # with the column, no warning: the user has said who the patients are
-    path.write_text("slide_id,label,patient_id\n" + "".join(
-        f"{s},{labels[i]},{s}\n" for i, s in enumerate(ids)))
+    path.write_text(
+        "slide_id,label,patient_id\n" + "".join(f"{s},{labels[i]},{s}\n" for i, s in enumerate(ids))
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_splits(read_labels(path), folds=2)

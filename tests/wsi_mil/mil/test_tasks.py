@@ -48,6 +48,7 @@ def test_cox_loss_gradient_raises_the_risk_of_early_events():
 
 def test_discrete_nll_matches_the_hand_computed_value():
     logits = torch.tensor([[0.0, 1.0, -1.0], [0.5, 0.0, 0.0]])
+
     def sig(x: float) -> float:
         return 1 / (1 + math.exp(-x))
 
@@ -58,8 +59,11 @@ def test_discrete_nll_matches_the_hand_computed_value():
     value = discrete_nll(logits, torch.tensor([1, 1]), torch.tensor([1.0, 0.0]))
     assert float(value) == pytest.approx((event_in_1 + censored_in_1) / 2, rel=1e-6)
     risk = discrete_risk(logits.numpy())
-    s = [1 - sig(0.0), (1 - sig(0.0)) * (1 - sig(1.0)),
-         (1 - sig(0.0)) * (1 - sig(1.0)) * (1 - sig(-1.0))]
+    s = [
+        1 - sig(0.0),
+        (1 - sig(0.0)) * (1 - sig(1.0)),
+        (1 - sig(0.0)) * (1 - sig(1.0)) * (1 - sig(-1.0)),
+    ]
     assert risk[0] == pytest.approx(-sum(s))
     assert float(RiskModel.risk(logits)[0, 0]) == pytest.approx(-sum(s), rel=1e-6)
 
@@ -71,8 +75,9 @@ def labels_of(tmp_path, text, task, targets=()):
 
 
 def test_discrete_intervals_come_from_the_training_event_times(tmp_path):
-    table = labels_of(tmp_path, "slide_id,time,event\na,1,1\nb,2,1\nc,3,0\nd,4,1\ne,9,1\n",
-                      "survival")
+    table = labels_of(
+        tmp_path, "slide_id,time,event\na,1,1\nb,2,1\nc,3,0\nd,4,1\ne,9,1\n", "survival"
+    )
     task = make_task(TrainParams(task="survival", survival_loss="nll", survival_bins=2), table)
     fitted = fit_task(task, table.values(["a", "b", "c", "d"]))  # e is a test slide
     edges = fitted.fitted["bin_edges"]
@@ -86,29 +91,30 @@ def test_discrete_intervals_come_from_the_training_event_times(tmp_path):
 
 
 def test_cox_task_centres_risks_and_fits_breslow_on_the_training_slides(tmp_path):
-    table = labels_of(tmp_path, "slide_id,time,event\na,1,1\nb,2,1\nc,3,0\nd,4,1\n",
-                      "survival")
+    table = labels_of(tmp_path, "slide_id,time,event\na,1,1\nb,2,1\nc,3,0\nd,4,1\n", "survival")
     task = make_task(TrainParams(task="survival"), table)
     raw = np.array([[2.0], [1.5], [1.0], [0.5]])
-    fitted = fit_baseline(fit_task(task, table.values(list("abcd"))), raw,
-                          table.values(list("abcd")))
+    fitted = fit_baseline(
+        fit_task(task, table.values(list("abcd"))), raw, table.values(list("abcd"))
+    )
     assert fitted.decode(raw)[:, 0].mean() == pytest.approx(0.0)
     from sksurv.linear_model.coxph import BreslowEstimator
 
-    reference = BreslowEstimator().fit(raw[:, 0] - raw.mean(), np.array([1, 1, 0, 1], bool),
-                                       np.array([1.0, 2.0, 3.0, 4.0]))
+    reference = BreslowEstimator().fit(
+        raw[:, 0] - raw.mean(), np.array([1, 1, 0, 1], bool), np.array([1.0, 2.0, 3.0, 4.0])
+    )
     curve = fitted.survival(raw[:1], [1.0, 2.5, 4.0])[0]
-    s0 = np.interp([1.0, 2.0, 4.0], reference.baseline_survival_.x,
-                   reference.baseline_survival_.y)
+    s0 = np.interp([1.0, 2.0, 4.0], reference.baseline_survival_.x, reference.baseline_survival_.y)
     expected = s0 ** math.exp(raw[0, 0] - raw.mean())
     assert curve == pytest.approx(expected)
 
 
 def test_regression_target_is_standardised_with_the_training_slides(tmp_path):
-    table = labels_of(tmp_path, "slide_id,score\na,1\nb,3\nc,5\nd,100\n", "regression",
-                      ("score",))
-    task = fit_task(make_task(TrainParams(task="regression", targets=("score",)), table),
-                    table.values(["a", "b", "c"]))
+    table = labels_of(tmp_path, "slide_id,score\na,1\nb,3\nc,5\nd,100\n", "regression", ("score",))
+    task = fit_task(
+        make_task(TrainParams(task="regression", targets=("score",)), table),
+        table.values(["a", "b", "c"]),
+    )
     assert task.fitted["target_mean"] == pytest.approx(3.0)
     assert task.fitted["target_std"] == pytest.approx(np.std([1, 3, 5]))
     assert task.decode(np.array([[1.0]]))[0, 0] == pytest.approx(3.0 + np.std([1, 3, 5]))
@@ -121,10 +127,12 @@ def test_every_model_supports_every_task(tmp_path, model, task, device):
     """One output head for all: each registered model gives the task's outputs and per-tile
     scores, and its loss back-propagates (multilabel: a branch per target where the model can
     have one)."""
-    texts = {"classification": "slide_id,label\na,x\nb,y\nc,x\nd,y\n",
-             "multilabel": "slide_id,t1,t2,t3\na,1,0,1\nb,0,1,0\nc,1,1,0\nd,0,0,1\n",
-             "survival": "slide_id,time,event\na,1,1\nb,2,0\nc,3,1\nd,4,1\n",
-             "regression": "slide_id,target\na,1\nb,2\nc,3\nd,4.5\n"}
+    texts = {
+        "classification": "slide_id,label\na,x\nb,y\nc,x\nd,y\n",
+        "multilabel": "slide_id,t1,t2,t3\na,1,0,1\nb,0,1,0\nc,1,1,0\nd,0,0,1\n",
+        "survival": "slide_id,time,event\na,1,1\nb,2,0\nc,3,1\nd,4,1\n",
+        "regression": "slide_id,target\na,1\nb,2\nc,3\nd,4.5\n",
+    }
     table = labels_of(tmp_path, texts[task], task)
     params = TrainParams(model=model, task=task, hidden_dims=(16,), attention_dim=8)
     negative = 0 if task == "classification" else None
@@ -136,8 +144,9 @@ def test_every_model_supports_every_task(tmp_path, model, task, device):
     assert out.logits.shape == (4, spec.n_outputs)
     assert out.tile_logits.shape == (4, 9, spec.n_outputs)
     if task == "multilabel":
-        assert out.branch_attention.shape[-1] == (3 if net.supports_branches
-                                                  or net.one_branch_per_class else 1)
+        assert out.branch_attention.shape[-1] == (
+            3 if net.supports_branches or net.one_branch_per_class else 1
+        )
     assert (net.tile_head is None) == (task in ("survival", "regression"))
     targets = torch.tensor(table.values(list("abcd")), dtype=torch.float32, device=device)
     loss = spec.slide_loss(out.logits, torch.tensor([0, 1, 0, 1], device=device), targets, None)

@@ -11,8 +11,9 @@ from wsi_mil.metrics.slide import choose_threshold
 from wsi_mil.mil.thresholds import fold_thresholds, nested_rule
 
 
-def _fold(name: str, n: int, neg: tuple[float, float], pos: tuple[float, float],
-          rng: np.random.Generator) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _fold(
+    name: str, n: int, neg: tuple[float, float], pos: tuple[float, float], rng: np.random.Generator
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``n`` validation slides of one fold model: half negative scored in ``neg``, half positive
     in ``pos`` (uniform ranges of the positive probability)."""
     y = np.repeat([0, 1], n // 2)
@@ -94,7 +95,9 @@ def test_a_single_source_fold_keeps_the_pooled_youden_cut():
     rng = np.random.default_rng(3)
     ids, y, p, source = _pool([_fold("f0", 20, (0.3, 0.45), (0.8, 0.95), rng)])
     assert nested_rule(ids, y, p, source, 0, 0.6, "Youden") == (
-        0.6, "Youden; no nested check (one validation fold)")
+        0.6,
+        "Youden; no nested check (one validation fold)",
+    )
 
 
 @pytest.mark.parametrize("negative_index", [0, 1])
@@ -103,9 +106,15 @@ def test_fold_thresholds_apply_the_check_per_fold(negative_index):
     folds = [_fold(f"f{k}", 40, (0.05, 0.2), (0.25, 0.4), rng) for k in range(3)]
     if negative_index == 1:  # column 1 is the negative class: flip labels and columns
         folds = [(i, 1 - y, p[:, ::-1]) for i, y, p in folds]
-    chosen = fold_thresholds([f[0] for f in folds], [f[1] for f in folds],
-                             [f[2] for f in folds], [f[0][:5] for f in folds], [0, 1, 2],
-                             negative_index, min_per_class=20)
+    chosen = fold_thresholds(
+        [f[0] for f in folds],
+        [f[1] for f in folds],
+        [f[2] for f in folds],
+        [f[0][:5] for f in folds],
+        [0, 1, 2],
+        negative_index,
+        min_per_class=20,
+    )
     for decision in chosen:
         assert decision.rule.startswith("Youden's J on pooled validation")
         assert "nested check over 3 held-out validation folds" in decision.rule

@@ -23,13 +23,19 @@ from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 @pytest.fixture
 def fast(device) -> dict:
     """Small, quick training settings on the test device (``WSI_MIL_TEST_DEVICE``)."""
-    return {"hidden_dims": (32,), "attention_dim": 16, "lr": 2e-3, "device": device,
-            "bootstrap": 50}
+    return {
+        "hidden_dims": (32,),
+        "attention_dim": 16,
+        "lr": 2e-3,
+        "device": device,
+        "bootstrap": 50,
+    }
 
 
 def dataset(bags):
-    return BagDataset.from_arrays([b.features for b in bags], [b.label for b in bags],
-                                  [b.slide_id for b in bags])
+    return BagDataset.from_arrays(
+        [b.features for b in bags], [b.label for b in bags], [b.slide_id for b in bags]
+    )
 
 
 def test_gated_abmil_learns_planted_tiles_weakly(fast, device):
@@ -70,8 +76,9 @@ def test_train_run_writes_the_run_folder(tmp_path, fast):
         state = torch.load(fold / "model.pt", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         metrics = json.loads((fold / "metrics.json").read_text())
-        assert metrics["n_slides"] == len((fold / "test_predictions.csv").read_text()
-                                          .splitlines()) - 1
+        assert (
+            metrics["n_slides"] == len((fold / "test_predictions.csv").read_text().splitlines()) - 1
+        )
         assert 0 <= metrics["threshold"] <= 1
         log = (fold / "log.csv").read_text().splitlines()
         assert log[0].startswith("epoch,lr,train_loss") and len(log) == 3
@@ -96,7 +103,7 @@ def test_sgd_takes_nesterov_steps_with_l2_decay():
     w, velocity = model.weight.detach().clone(), torch.zeros(1, 3)
     for _ in range(2):
         opt.zero_grad()
-        (model.weight ** 2).sum().backward()
+        (model.weight**2).sum().backward()
         opt.step()
         grad = 2 * w + 0.01 * w
         velocity = 0.9 * velocity + grad
@@ -133,9 +140,16 @@ def test_positional_transformer_trains_and_predicts_with_the_bags_coords(tmp_pat
 
     bags = planted_bags(8, (4, 12), 8, shift=4.0, seed=3)
     features_dir, labels_csv = write_planted_bags(tmp_path, bags)
-    params = TrainParams(folds=2, epochs=1, min_epochs=1, model="transformer_mil",
-                         positional="sincos2d", batch_size=2, max_train_tiles=6,
-                         **{**fast, "hidden_dims": (16,), "bootstrap": 0})
+    params = TrainParams(
+        folds=2,
+        epochs=1,
+        min_epochs=1,
+        model="transformer_mil",
+        positional="sincos2d",
+        batch_size=2,
+        max_train_tiles=6,
+        **{**fast, "hidden_dims": (16,), "bootstrap": 0},
+    )
     train_folds(features_dir, labels_csv, tmp_path / "run", params)
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["train"]["positional"] == "sincos2d"
@@ -175,11 +189,13 @@ def test_class_weights_change_the_gradient_of_one_bag():
     weighted = torch.autograd.grad(slide_loss(logits, label, weights), logits)[0]
     plain = torch.autograd.grad(slide_loss(logits, label, None), logits)[0]
     torch_mean = torch.autograd.grad(
-        torch.nn.functional.cross_entropy(logits, label, weight=weights), logits)[0]
+        torch.nn.functional.cross_entropy(logits, label, weight=weights), logits
+    )[0]
     torch.testing.assert_close(torch_mean, plain)  # the defect: the weight had no effect
     torch.testing.assert_close(weighted, 2.0 * plain)
     assert slide_loss(logits, label, weights).item() == pytest.approx(
-        2.0 * slide_loss(logits, label, None).item())
+        2.0 * slide_loss(logits, label, None).item()
+    )
 
 
 @pytest.mark.slow
@@ -193,15 +209,31 @@ def test_class_weighting_raises_the_minority_recall(fast, device):
         neg = [b for b in bags if not b.label]
         train, test = pos + neg[:40], [b for b in bags if b.label][8:48]
         for weighting in (True, False):
-            params = TrainParams(epochs=15, min_epochs=15, monitor="none",
-                                 class_weighting=weighting, seg_weight=0.0, **fast)
+            params = TrainParams(
+                epochs=15,
+                min_epochs=15,
+                monitor="none",
+                class_weighting=weighting,
+                seg_weight=0.0,
+                **fast,
+            )
             torch.manual_seed(seed)
             model = create_model("gated_abmil", 16, 2, **params.model_kwargs())
-            result = train_fold(model, dataset(train), dataset(train[:4] + train[-4:]), params,
-                                negative_index=0, seed=seed)
+            result = train_fold(
+                model,
+                dataset(train),
+                dataset(train[:4] + train[-4:]),
+                params,
+                negative_index=0,
+                seed=seed,
+            )
             with torch.no_grad():
-                p = [result.model.eval()(torch.from_numpy(b.features).to(device))
-                     .logits.softmax(1)[0, 1] for b in test]
+                p = [
+                    result.model.eval()(torch.from_numpy(b.features).to(device)).logits.softmax(1)[
+                        0, 1
+                    ]
+                    for b in test
+                ]
             recalls[weighting].append(float(np.mean([float(v) >= 0.5 for v in p])))
     assert all(w > u for w, u in zip(recalls[True], recalls[False]))
     assert np.mean(recalls[True]) > np.mean(recalls[False]) + 0.1

@@ -11,8 +11,16 @@ from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 
 def test_resume_keeps_complete_folds_and_retrains_the_rest(tmp_path, device):
     features, labels = write_planted_bags(tmp_path, planted_bags(16, 12, 8, seed=1))
-    params = TrainParams(folds=2, epochs=2, min_epochs=1, patience=1, bootstrap=0,
-                         hidden_dims=(16,), attention_dim=8, device=device)
+    params = TrainParams(
+        folds=2,
+        epochs=2,
+        min_epochs=1,
+        patience=1,
+        bootstrap=0,
+        hidden_dims=(16,),
+        attention_dim=8,
+        device=device,
+    )
     run = tmp_path / "run"
     first = train_folds(features, labels, run, params)
     fold0, fold1 = run / "fold_0", run / "fold_1"
@@ -29,11 +37,24 @@ def test_resume_keeps_complete_folds_and_retrains_the_rest(tmp_path, device):
 
 def test_resume_retrains_when_the_settings_changed(tmp_path, device):
     features, labels = write_planted_bags(tmp_path, planted_bags(16, 12, 8, seed=1))
-    params = TrainParams(folds=2, epochs=2, min_epochs=1, patience=1, bootstrap=0,
-                         hidden_dims=(16,), attention_dim=8, device=device)
+    params = TrainParams(
+        folds=2,
+        epochs=2,
+        min_epochs=1,
+        patience=1,
+        bootstrap=0,
+        hidden_dims=(16,),
+        attention_dim=8,
+        device=device,
+    )
     run = tmp_path / "run"
     train_folds(features, labels, run, params)
     kept = (run / "fold_0" / "model.pt").stat().st_mtime_ns
-    train_folds(features, labels, run, TrainParams(**{**params.to_dict(), "hidden_dims": (8,),
-                                                    "lr": 1e-3}), resume=True)
+    train_folds(
+        features,
+        labels,
+        run,
+        TrainParams(**{**params.to_dict(), "hidden_dims": (8,), "lr": 1e-3}),
+        resume=True,
+    )
     assert (run / "fold_0" / "model.pt").stat().st_mtime_ns != kept

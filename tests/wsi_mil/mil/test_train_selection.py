@@ -23,13 +23,13 @@ from wsi_mil.synthetic.bags import planted_bags, write_planted_bags
 @pytest.fixture
 def small(device) -> dict:
     """Small training settings on the test device (``WSI_MIL_TEST_DEVICE``)."""
-    return {"hidden_dims": (16,), "attention_dim": 8, "lr": 2e-3, "device": device,
-            "bootstrap": 0}
+    return {"hidden_dims": (16,), "attention_dim": 8, "lr": 2e-3, "device": device, "bootstrap": 0}
 
 
 def dataset(bags):
-    return BagDataset.from_arrays([b.features for b in bags], [b.label for b in bags],
-                                  [b.slide_id for b in bags])
+    return BagDataset.from_arrays(
+        [b.features for b in bags], [b.label for b in bags], [b.slide_id for b in bags]
+    )
 
 
 def test_selection_watches_the_slide_loss_and_skips_early_epochs(small):
@@ -67,8 +67,9 @@ def _read(path):
 def test_each_fold_threshold_never_sees_its_own_test_slides(tmp_path, min_per_class, small):
     bags = planted_bags(24, (6, 12), 8, shift=1.0, seed=5)
     features, labels = write_planted_bags(tmp_path, bags)
-    params = TrainParams(folds=3, epochs=2, min_epochs=1, threshold_min_per_class=min_per_class,
-                         **small)
+    params = TrainParams(
+        folds=3, epochs=2, min_epochs=1, threshold_min_per_class=min_per_class, **small
+    )
     summary = train_folds(features, labels, tmp_path / "run", params)
     run = tmp_path / "run"
     val_rows = [r for k in range(3) for r in _read(run / f"fold_{k}" / "val_predictions.csv")]

@@ -40,13 +40,33 @@ def colour_features(tiles: np.ndarray) -> np.ndarray:
 
 def write_cohort(root, cast: bool, label_follows_site: bool, seed: int = 0):
     rng = np.random.default_rng(seed)
-    attrs = {"slide_path": "x.svs", "slide_width": 512, "slide_height": 512, "slide_mpp": 0.5,
-             "mpp_source": "metadata", "target_mpp": 0.5, "tile_size": TILE,
-             "tile_size_level0": TILE, "read_level": 0, "read_downsample": 1.0, "stride": TILE,
-             "min_tissue": 0.0, "tissue_method": "otsu", "tissue_params": {}}
-    encoder = {"encoder": "colour", "encoder_dim": 7, "weights": "none", "weights_sha256": "",
-               "input_size": TILE, "mean": [0.0] * 3, "std": [1.0] * 3, "dtype": "float32",
-               "tile_qc_columns": ["focus", "background", "pen"]}
+    attrs = {
+        "slide_path": "x.svs",
+        "slide_width": 512,
+        "slide_height": 512,
+        "slide_mpp": 0.5,
+        "mpp_source": "metadata",
+        "target_mpp": 0.5,
+        "tile_size": TILE,
+        "tile_size_level0": TILE,
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": TILE,
+        "min_tissue": 0.0,
+        "tissue_method": "otsu",
+        "tissue_params": {},
+    }
+    encoder = {
+        "encoder": "colour",
+        "encoder_dim": 7,
+        "weights": "none",
+        "weights_sha256": "",
+        "input_size": TILE,
+        "mean": [0.0] * 3,
+        "std": [1.0] * 3,
+        "dtype": "float32",
+        "tile_qc_columns": ["focus", "background", "pen"],
+    }
     rows = ["slide_id,label,site"]
     for i in range(30):
         site = SITES[i % 3]
@@ -59,11 +79,21 @@ def write_cohort(root, cast: bool, label_follows_site: bool, seed: int = 0):
             tiles = np.clip(tiles * np.array(CAST[site]), 0, 255).astype(np.uint8)
         slide_id = f"s{i:02d}"
         coords = np.array([[TILE * k, 0] for k in range(10)])
-        tiles_file = read_tiles_file(write_tiles_file(
-            root / "tiles" / f"{slide_id}.h5", coords, np.ones(10),
-            {**attrs, "slide_id": slide_id}))
-        write_bag(root / "features" / f"{slide_id}.h5", colour_features(tiles), tiles_file,
-                  encoder, {"tile_qc": np.stack([tile_qc(t) for t in tiles])})
+        tiles_file = read_tiles_file(
+            write_tiles_file(
+                root / "tiles" / f"{slide_id}.h5",
+                coords,
+                np.ones(10),
+                {**attrs, "slide_id": slide_id},
+            )
+        )
+        write_bag(
+            root / "features" / f"{slide_id}.h5",
+            colour_features(tiles),
+            tiles_file,
+            encoder,
+            {"tile_qc": np.stack([tile_qc(t) for t in tiles])},
+        )
         rows.append(f"{slide_id},{'pos' if positive else 'neg'},{site}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return root / "features", root / "labels.csv"
@@ -103,9 +133,20 @@ def test_a_trained_run_is_probed_too(tmp_path):
     from wsi_mil.mil.train import train_folds
 
     features, labels = write_cohort(tmp_path, cast=True, label_follows_site=True, seed=1)
-    train_folds(features, labels, tmp_path / "run",
-              TrainParams(folds=2, epochs=2, min_epochs=1, hidden_dims=(8,), attention_dim=4,
-                          bootstrap=0, device="cpu"))
+    train_folds(
+        features,
+        labels,
+        tmp_path / "run",
+        TrainParams(
+            folds=2,
+            epochs=2,
+            min_epochs=1,
+            hidden_dims=(8,),
+            attention_dim=4,
+            bootstrap=0,
+            device="cpu",
+        ),
+    )
     report = audit_cohort(features, labels, tmp_path / "audit", FAST, run_dir=tmp_path / "run")
     run_probe = report["probe_run_embedding"]
     assert run_probe["in_sample"] and run_probe["n_slides"] == 30

@@ -13,7 +13,9 @@ def _write(path: Path, fail: bool = False) -> None:
 
 def _jobs(tmp_path, names, failing=()):
     return [
-        SlideJob(n, tmp_path / f"{n}.out", functools.partial(_write, tmp_path / f"{n}.out", n in failing))
+        SlideJob(
+            n, tmp_path / f"{n}.out", functools.partial(_write, tmp_path / f"{n}.out", n in failing)
+        )
         for n in names
     ]
 
@@ -25,13 +27,16 @@ def _rows(path):
 
 def test_batch_carries_on_past_a_failure_and_records_it(tmp_path):
     failures = tmp_path / "failures.csv"
-    result = run_batch(_jobs(tmp_path, ["a", "b", "c"], failing={"b"}), stage="tile",
-                       failures_csv=failures)
+    result = run_batch(
+        _jobs(tmp_path, ["a", "b", "c"], failing={"b"}), stage="tile", failures_csv=failures
+    )
     assert result.done == ["a", "c"]
     assert [slide for slide, _ in result.failed] == ["b"]
     assert result.exit_code == 1
     rows = _rows(failures)
-    assert rows == [{"slide": "b", "stage": "tile", "error": "ValueError: b.out: cannot read this slide"}]
+    assert rows == [
+        {"slide": "b", "stage": "tile", "error": "ValueError: b.out: cannot read this slide"}
+    ]
 
 
 def test_batch_skips_complete_outputs_and_clears_fixed_failures(tmp_path):
@@ -53,8 +58,12 @@ def test_batch_overwrite_redoes_everything(tmp_path):
 
 def test_batch_with_worker_processes(tmp_path):
     failures = tmp_path / "failures.csv"
-    result = run_batch(_jobs(tmp_path, ["a", "b", "c"], failing={"c"}), stage="tile",
-                       failures_csv=failures, workers=2)
+    result = run_batch(
+        _jobs(tmp_path, ["a", "b", "c"], failing={"c"}),
+        stage="tile",
+        failures_csv=failures,
+        workers=2,
+    )
     assert sorted(result.done) == ["a", "b"]
     assert [slide for slide, _ in result.failed] == ["c"]
 

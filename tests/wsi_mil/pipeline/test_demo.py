@@ -25,8 +25,12 @@ def test_quick_demo_end_to_end_then_resumes(tmp_path, capsys):
     assert metrics["auc"] > 0.9
     dice, pointing = lesion["segmentation"]["dice"], lesion["explain"]["pointing_game"]
     assert dice is not None and pointing is not None
-    for name, value in (("slide AUC", metrics["auc"]), ("accuracy", metrics["accuracy"]),
-                        ("tile-level Dice", dice), ("pointing game", pointing)):
+    for name, value in (
+        ("slide AUC", metrics["auc"]),
+        ("accuracy", metrics["accuracy"]),
+        ("tile-level Dice", dice),
+        ("pointing game", pointing),
+    ):
         assert f"{name}" in printed and f"{value:.3f}" in printed.split(name, 1)[1][:20]
 
     test_ids = sorted(p.stem for p in (out / "predictions").glob("*.h5"))

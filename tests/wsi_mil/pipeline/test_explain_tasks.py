@@ -22,10 +22,14 @@ from wsi_mil.synthetic.bags import iter_task_bags, write_planted_bags
 def random_run(root, task_meta: dict, n_outputs: int, dim: int):
     """A one-fold run folder with random weights of the right architecture."""
     torch.manual_seed(0)
-    model = create_model("gated_abmil", dim, n_outputs, hidden_dims=[16], attention_dim=8,
-                         segmentation_head=False)
-    save_model(root / "run" / "fold_0", model,
-               {"encoder": "planted", "fold": 0, "threshold": None, **task_meta})
+    model = create_model(
+        "gated_abmil", dim, n_outputs, hidden_dims=[16], attention_dim=8, segmentation_head=False
+    )
+    save_model(
+        root / "run" / "fold_0",
+        model,
+        {"encoder": "planted", "fold": 0, "threshold": None, **task_meta},
+    )
     return model
 
 
@@ -34,16 +38,34 @@ def test_survival_explanations_explain_the_risk(tmp_path, loss, device):
     bags = list(iter_task_bags("survival", 2, 10, 6, seed=0))
     features, _ = write_planted_bags(tmp_path, bags, task="survival")
     n = 3 if loss == "nll" else 1
-    meta = {"task": "survival", "class_names": ["risk"], "negative_class": None,
-            "segmentation": None, "task_params": {"survival_loss": loss},
-            "bin_edges": [0.0, 5.0, 20.0, float("inf")], "survival_times": [5.0, 10.0],
-            "risk_offset": 0.0}
+    meta = {
+        "task": "survival",
+        "class_names": ["risk"],
+        "negative_class": None,
+        "segmentation": None,
+        "task_params": {"survival_loss": loss},
+        "bin_edges": [0.0, 5.0, 20.0, float("inf")],
+        "survival_times": [5.0, 10.0],
+        "risk_offset": 0.0,
+    }
     model = random_run(tmp_path, meta, n, 6).eval()
     bag = features / f"{bags[0].slide_id}.h5"
-    params = ExplainParams(methods=("integrated_gradients", "segmentation", "attention",
-                                    "perturbation", "keep_one", "lrp"),
-                           sanity=True, figure=False, gradcam_topk=0, ig_steps=256,
-                           flip_steps=4, device=device)
+    params = ExplainParams(
+        methods=(
+            "integrated_gradients",
+            "segmentation",
+            "attention",
+            "perturbation",
+            "keep_one",
+            "lrp",
+        ),
+        sanity=True,
+        figure=False,
+        gradcam_topk=0,
+        ig_steps=256,
+        flip_steps=4,
+        device=device,
+    )
     explain_slide(bag, tmp_path / "explain", tmp_path / "run", params)
     stored = read_explanations(tmp_path / "explain" / EXPLANATIONS)
     maps, attrs = stored.maps, stored.attrs

@@ -37,18 +37,24 @@ def test_every_format_lands_in_the_slide_folder(tmp_path, inputs):
 def test_formats_subset_needs_no_slide(tmp_path, inputs):
     prediction_path, _ = inputs
     params = HeatmapParams(formats=("geojson",))
-    folder = heatmap_slide(prediction_path, tmp_path / "out" / "lesion", params,
-                           slide_path=tmp_path / "missing.svs")
+    folder = heatmap_slide(
+        prediction_path, tmp_path / "out" / "lesion", params, slide_path=tmp_path / "missing.svs"
+    )
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["heatmap.json", "tiles.geojson", "segmentation.geojson"])
+        ["heatmap.json", "tiles.geojson", "segmentation.geojson"]
+    )
     assert not is_complete(folder, HeatmapParams())  # asking for more later redoes the slide
 
 
 def test_wrong_slide_is_refused_and_nothing_is_left(tmp_path, inputs, shared_slide):
     prediction_path, _ = inputs
     with pytest.raises(ValueError, match="wrong --slides"):
-        heatmap_slide(prediction_path, tmp_path / "out" / "lesion", HeatmapParams(),
-                      slide_path=shared_slide("CMU-1-Small-Region.svs"))
+        heatmap_slide(
+            prediction_path,
+            tmp_path / "out" / "lesion",
+            HeatmapParams(),
+            slide_path=shared_slide("CMU-1-Small-Region.svs"),
+        )
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -66,8 +72,7 @@ def test_real_slide_tiled_by_the_pipeline(tmp_path, shared_slide):
     from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
 
     slide_path = shared_slide("CMU-1-Small-Region.svs")
-    tiles = read_tiles_file(tile_slide(slide_path, tmp_path / "tiles",
-                                       TilingParams(tile_size=128)))
+    tiles = read_tiles_file(tile_slide(slide_path, tmp_path / "tiles", TilingParams(tile_size=128)))
     slide = open_slide(slide_path)
     reader = TileReader(slide, tiles.attrs)
     darkness = np.array([255.0 - reader.read(x, y).mean() for x, y in tiles.coords])
@@ -75,15 +80,24 @@ def test_real_slide_tiled_by_the_pipeline(tmp_path, shared_slide):
     attention = ((darkness - darkness.mean()) / darkness.std()).astype(np.float32)
     p = 1 / (1 + np.exp(-3 * (attention - 1)))
     prediction = SlidePrediction(
-        slide_id=tiles.slide_id, coords=tiles.coords, attention=attention,
+        slide_id=tiles.slide_id,
+        coords=tiles.coords,
+        attention=attention,
         attention_norm=normalise_attention(attention),
-        tile_probs=np.stack([1 - p, p], 1).astype(np.float32), probs=np.array([0.3, 0.7]),
-        class_names=["normal", "tumor"], predicted_label="tumor",
-        attrs={**tiles.attrs, "tiles_file": str(tiles.path)})
-    prediction_path = write_prediction(tmp_path / "predictions" / "CMU-1-Small-Region.h5",
-                                       prediction)
-    folder = heatmap_slide(prediction_path, tmp_path / "out" / "CMU-1-Small-Region",
-                           HeatmapParams(max_side=600, topk=2))
+        tile_probs=np.stack([1 - p, p], 1).astype(np.float32),
+        probs=np.array([0.3, 0.7]),
+        class_names=["normal", "tumor"],
+        predicted_label="tumor",
+        attrs={**tiles.attrs, "tiles_file": str(tiles.path)},
+    )
+    prediction_path = write_prediction(
+        tmp_path / "predictions" / "CMU-1-Small-Region.h5", prediction
+    )
+    folder = heatmap_slide(
+        prediction_path,
+        tmp_path / "out" / "CMU-1-Small-Region",
+        HeatmapParams(max_side=600, topk=2),
+    )
     summary = json.loads((folder / "heatmap.json").read_text())
     assert summary["tissue"] is not None  # found beside the tiles file
     overlay = cv2.imread(str(folder / "overlay.png"))
@@ -102,13 +116,25 @@ def _explanations(folder, n_tiles, flagged):
 
     path = folder / "lesion" / "explanations.h5"
     path.parent.mkdir(parents=True)
-    scores = {"lrp": {"srg": 0.31, "morf_aupc": 0.42, "lerf_aupc": 0.73, "random_aupc": 0.6,
-                      "sanity_spearman": 0.7 if flagged else 0.08,
-                      "sanity_flagged": float(flagged)}}
+    scores = {
+        "lrp": {
+            "srg": 0.31,
+            "morf_aupc": 0.42,
+            "lerf_aupc": 0.73,
+            "random_aupc": 0.6,
+            "sanity_spearman": 0.7 if flagged else 0.08,
+            "sanity_flagged": float(flagged),
+        }
+    }
     with h5py.File(path, "w") as f:
         f.create_dataset("lrp", data=np.linspace(-1, 1, n_tiles))
-        f.attrs.update(methods=json.dumps(["lrp"]), scores=json.dumps(scores), fold=2,
-                       in_sample=False, complete=True)
+        f.attrs.update(
+            methods=json.dumps(["lrp"]),
+            scores=json.dumps(scores),
+            fold=2,
+            in_sample=False,
+            complete=True,
+        )
     (folder / "trust.json").write_text(json.dumps({"recommended": "lrp"}))
 
 
@@ -119,8 +145,13 @@ def test_an_explanation_map_carries_its_trust_figures(tmp_path, inputs, flagged)
     prediction_path, tiles = inputs
     _explanations(tmp_path / "explain", len(read_prediction(prediction_path).coords), flagged)
     params = HeatmapParams(max_side=256, topk=0, score="lrp")
-    folder = heatmap_slide(prediction_path, tmp_path / "out" / "lesion", params, tiles_dir=tiles,
-                           explanations_dir=tmp_path / "explain")
+    folder = heatmap_slide(
+        prediction_path,
+        tmp_path / "out" / "lesion",
+        params,
+        tiles_dir=tiles,
+        explanations_dir=tmp_path / "explain",
+    )
     shown = json.loads((folder / "heatmap.json").read_text())["explanation"]
     assert shown["method"] == "lrp" and shown["fold"] == 2 and shown["recommended"] == "lrp"
     assert shown["figures"]["srg"] == pytest.approx(0.31)

@@ -14,10 +14,12 @@ from wsi_mil.synthetic.pyramid_tiff import Rect, shapes_render, write_pyramidal_
 def test_empty_slide_fails_at_tile_with_the_remedy(tmp_path, capsys):
     slides = tmp_path / "slides"
     slides.mkdir()
-    write_pyramidal_tiff(slides / "tissue.tif", 1024, 1024, 0.5,
-                         shapes_render([Rect(0, 0, 768, 1024)]))
-    write_pyramidal_tiff(slides / "empty.tif", 1024, 1024, 0.5,
-                         lambda x, y, w, h: np.full((h, w, 3), 243, np.uint8))
+    write_pyramidal_tiff(
+        slides / "tissue.tif", 1024, 1024, 0.5, shapes_render([Rect(0, 0, 768, 1024)])
+    )
+    write_pyramidal_tiff(
+        slides / "empty.tif", 1024, 1024, 0.5, lambda x, y, w, h: np.full((h, w, 3), 243, np.uint8)
+    )
     out = tmp_path / "out"
     assert main(["tile", str(slides), "--out", str(out)]) == 1
     printed = capsys.readouterr()

@@ -38,25 +38,43 @@ class DarkPixels(torch.nn.Module):
 
 def dark_card(mpp: float, tile_size: int) -> dict:
     """The parts of a model card inference reads."""
-    return {"input": {"mpp": mpp, "tile_size": tile_size}, "net": "dark_pixels",
-            "checkpoint_sha256": "0" * 64}
+    return {
+        "input": {"mpp": mpp, "tile_size": tile_size},
+        "net": "dark_pixels",
+        "checkpoint_sha256": "0" * 64,
+    }
 
 
-def grid_prediction(path, slide_path, width: int, height: int, mpp: float, tile: int,
-                    positive) -> None:
+def grid_prediction(
+    path, slide_path, width: int, height: int, mpp: float, tile: int, positive
+) -> None:
     """A predictions file with tiles on a ``tile``-px grid over the whole slide; tile
     probabilities 1 where ``positive(x, y)`` (level-0 top-left corner) is true, else 0."""
     xs, ys = np.meshgrid(np.arange(0, width, tile), np.arange(0, height, tile))
     coords = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.int64)
     flag = np.array([bool(positive(x, y)) for x, y in coords], np.float32)
-    write_prediction(path, SlidePrediction(
-        slide_id=path.stem, coords=coords, attention=flag, attention_norm=normalise_attention(flag),
-        tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
-        probs=np.array([0.0, 1.0], np.float32), class_names=["normal", "tumor"],
-        predicted_label="tumor",
-        attrs={"slide_width": width, "slide_height": height, "slide_mpp": mpp,
-               "tile_size_level0": float(tile), "stride": float(tile),
-               "slide_path": str(slide_path), "negative_class": "normal"}))
+    write_prediction(
+        path,
+        SlidePrediction(
+            slide_id=path.stem,
+            coords=coords,
+            attention=flag,
+            attention_norm=normalise_attention(flag),
+            tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
+            probs=np.array([0.0, 1.0], np.float32),
+            class_names=["normal", "tumor"],
+            predicted_label="tumor",
+            attrs={
+                "slide_width": width,
+                "slide_height": height,
+                "slide_mpp": mpp,
+                "tile_size_level0": float(tile),
+                "stride": float(tile),
+                "slide_path": str(slide_path),
+                "negative_class": "normal",
+            },
+        ),
+    )
 
 
 def write_model(folder, net: str = "unet", lesion_bias: float = 0.0) -> None:
@@ -67,18 +85,25 @@ def write_model(folder, net: str = "unet", lesion_bias: float = 0.0) -> None:
     params = SegmentTrainParams(net=net, mpp=2.0, tile_size=64, channels=(8, 16, 32))
     network = build_network(params)
     convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-    last = [m for m in network.modules()
-            if isinstance(m, convolutions) and m.out_channels == 2][-1]
+    last = [m for m in network.modules() if isinstance(m, convolutions) and m.out_channels == 2][-1]
     with torch.no_grad():
         last.bias[1] += lesion_bias
     buffer = io.BytesIO()
     torch.save(network.state_dict(), buffer)
     folder.mkdir(parents=True)
     (folder / "segmenter.pt").write_bytes(buffer.getvalue())
-    (folder / "model_card.json").write_text(json.dumps({
-        "format": "wsi-mil segmenter", "net": net, "params": dataclasses.asdict(params),
-        "input": {"mpp": 2.0, "tile_size": 64}, "checkpoint": "segmenter.pt",
-        "checkpoint_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}))
+    (folder / "model_card.json").write_text(
+        json.dumps(
+            {
+                "format": "wsi-mil segmenter",
+                "net": net,
+                "params": dataclasses.asdict(params),
+                "input": {"mpp": 2.0, "tile_size": 64},
+                "checkpoint": "segmenter.pt",
+                "checkpoint_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,16 @@ SIZE = 64
 
 def tiny(net: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    params = SegmentTrainParams(net=net, mpp=2.0, tile_size=SIZE, channels=(8, 16, 32),
-                                swin_feature_size=12, unetr_hidden_size=24, unetr_heads=2,
-                                unetr_feature_size=8)
+    params = SegmentTrainParams(
+        net=net,
+        mpp=2.0,
+        tile_size=SIZE,
+        channels=(8, 16, 32),
+        swin_feature_size=12,
+        unetr_hidden_size=24,
+        unetr_heads=2,
+        unetr_feature_size=8,
+    )
     return build_network(params).eval()
 
 
@@ -54,7 +61,7 @@ def test_rollout_of_a_one_layer_unetr_is_its_residual_mixed_attention(windows):
         h = model.vit.blocks[0].norm1(model.vit.patch_embedding(x))
         b, t, _ = h.shape
         qkv = block.qkv(h).view(b, t, 3, 2, 12).permute(2, 0, 3, 1, 4)
-        a = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) * 12 ** -0.5, -1).mean(1)
+        a = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) * 12**-0.5, -1).mean(1)
         mixed = 0.5 * a + 0.5 * torch.eye(t)
         mixed = mixed / mixed.sum(-1, keepdim=True)
     attention = vit_attention(model.vit, x)
@@ -62,8 +69,9 @@ def test_rollout_of_a_one_layer_unetr_is_its_residual_mixed_attention(windows):
     torch.testing.assert_close(rollout(attention), mixed, atol=1e-5, rtol=1e-4)
     tokens = torch.einsum("bi,bij->bj", token_weights(region), mixed).view(b, 1, 4, 4)
     expected = torch.nn.functional.interpolate(tokens, size=(SIZE, SIZE), mode="bilinear")[:, 0]
-    np.testing.assert_allclose(attention_rollout_maps(model, x, region), expected.numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        attention_rollout_maps(model, x, region), expected.numpy(), atol=1e-5
+    )
 
 
 def test_token_weights_are_the_outlined_share_of_each_patch():
@@ -76,8 +84,13 @@ def test_a_window_with_nothing_outlined_has_nothing_to_explain(windows):
     x, region = windows
     model = tiny("unetr")
     maps = explain_windows(model, "unetr", x, region, EXPLAIN_METHODS, ig_steps=4)
-    assert set(maps) == {"attention_rollout", "relevance", "gradcam", "integrated_gradients",
-                         "random"}
+    assert set(maps) == {
+        "attention_rollout",
+        "relevance",
+        "gradcam",
+        "integrated_gradients",
+        "random",
+    }
     for name in ("attention_rollout", "relevance", "gradcam", "integrated_gradients"):
         assert maps[name].shape == (3, SIZE, SIZE)
         assert not maps[name][2].any(), name  # the empty window
@@ -128,8 +141,10 @@ def test_integrated_gradients_add_up_to_the_change_from_empty_glass(windows):
     model = tiny("unet")
     values = integrated_gradients_maps(model, x[:1], region[:1], steps=64)
     with torch.no_grad():
-        gap = (lesion_target(model(x[:1]), region[:1])
-               - lesion_target(model(glass_input(x[:1])), region[:1])).item()
+        gap = (
+            lesion_target(model(x[:1]), region[:1])
+            - lesion_target(model(glass_input(x[:1])), region[:1])
+        ).item()
     assert values.sum() == pytest.approx(gap, rel=0.02, abs=1e-3)
 
 
@@ -137,7 +152,8 @@ def test_each_network_has_its_methods():
     assert available_methods("unet") == ["gradcam", "integrated_gradients", "random"]
     assert "attention_gates" in available_methods("attention_unet")
     assert available_methods("unetr", ("attention_rollout", "attention_gates")) == [
-        "attention_rollout"]
+        "attention_rollout"
+    ]
     assert available_methods("swin_unetr", ("relevance",)) == []
 
 

@@ -28,24 +28,49 @@ def explained(tmp_path_factory, segment_helpers, random_segmenter):
     slide = root / "slides" / "disc.tif"
     slide.parent.mkdir()
     cx, cy, r = DISC
-    write_pyramidal_tiff(slide, 1280, 1024, 0.5,
-                         shapes_render([Ellipse(cx, cy, r, r)], texture=0))
+    write_pyramidal_tiff(slide, 1280, 1024, 0.5, shapes_render([Ellipse(cx, cy, r, r)], texture=0))
     (root / "annotations").mkdir()
     angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     ring = np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles)]).tolist()
-    (root / "annotations" / "disc.json").write_text(json.dumps(
-        {"positive": [{"name": "disc", "vertices": ring}], "negative": []}))
+    (root / "annotations" / "disc.json").write_text(
+        json.dumps({"positive": [{"name": "disc", "vertices": ring}], "negative": []})
+    )
     (root / "predictions").mkdir()
-    grid_prediction(root / "predictions" / "disc.h5", slide, 1280, 1024, 0.5, 256,
-                    lambda x, y: (x < cx + r and x + 256 > cx - r
-                                  and y < cy + r and y + 256 > cy - r))
+    grid_prediction(
+        root / "predictions" / "disc.h5",
+        slide,
+        1280,
+        1024,
+        0.5,
+        256,
+        lambda x, y: x < cx + r and x + 256 > cx - r and y < cy + r and y + 256 > cy - r,
+    )
     random_segmenter(root / "model", "unet", lesion_bias=2.0)
-    args = ["segment", "--predictions", str(root / "predictions"), "--model",
-            str(root / "model"), "--out", str(root), "--annotations", str(root / "annotations"),
-            "--margin", "0",
-            "--explain", "gradcam", "integrated_gradients", "random",
-            "--explain-ig-steps", "4", "--explain-score-windows", "2",
-            "--explain-perturbation-steps", "4", "--explain-figure-windows", "1"]
+    args = [
+        "segment",
+        "--predictions",
+        str(root / "predictions"),
+        "--model",
+        str(root / "model"),
+        "--out",
+        str(root),
+        "--annotations",
+        str(root / "annotations"),
+        "--margin",
+        "0",
+        "--explain",
+        "gradcam",
+        "integrated_gradients",
+        "random",
+        "--explain-ig-steps",
+        "4",
+        "--explain-score-windows",
+        "2",
+        "--explain-perturbation-steps",
+        "4",
+        "--explain-figure-windows",
+        "1",
+    ]
     assert main(args) == 0
     return root, args
 
@@ -58,8 +83,10 @@ def test_maps_are_stitched_on_the_masks_lattice(explained):
     assert sorted(maps.group_keys()) == ["gradcam", "integrated_gradients", "random"]
     for name in maps.group_keys():
         assert maps[name]["0"].shape == mask["0"].shape
-        assert maps[name].attrs["wsi_mil"]["downsample_level0"] == \
-            mask.attrs["wsi_mil"]["downsample_level0"]
+        assert (
+            maps[name].attrs["wsi_mil"]["downsample_level0"]
+            == mask.attrs["wsi_mil"]["downsample_level0"]
+        )
     # where a window ran, random noise covers every pixel; far from the disc none ran
     noise = maps["random"]["0"][0]
     assert (noise[40:150, 40:150] > 0).mean() > 0.99 and noise[40:150, 40:150].std() > 20
@@ -104,7 +131,7 @@ def test_resume_skips_and_other_methods_redo(explained, capsys):
     summary = json.loads((root / "segment" / "disc" / "explain.json").read_text())
     assert summary["methods"] == ["gradcam", "random"]
     index = other.index("--annotations")  # the same methods unscored are other explanations
-    assert main(other[:index] + other[index + 2:] + ["--explain-sanity"]) == 0
+    assert main(other[:index] + other[index + 2 :] + ["--explain-sanity"]) == 0
     assert "1 done, 0 skipped" in capsys.readouterr().out
     assert not json.loads((root / "segment" / "disc" / "explain.json").read_text())["annotated"]
 

@@ -41,9 +41,14 @@ SCRIPT = textwrap.dedent("""
 
 def _peak_mb(prediction: Path, out: Path, run: bool) -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)])}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(prediction), str(out),
-                           "run" if run else "baseline"], cwd=ROOT, check=True,
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(prediction), str(out), "run" if run else "baseline"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024
 
 
@@ -57,8 +62,12 @@ def test_peak_memory_is_bounded_by_tiles_and_chunks(tmp_path, segment_helpers):
     tile = 512
 
     def flagged(x, y):
-        return (x < lesion.cx + lesion.rx and x + tile > lesion.cx - lesion.rx
-                and y < lesion.cy + lesion.ry and y + tile > lesion.cy - lesion.ry)
+        return (
+            x < lesion.cx + lesion.rx
+            and x + tile > lesion.cx - lesion.rx
+            and y < lesion.cy + lesion.ry
+            and y + tile > lesion.cy - lesion.ry
+        )
 
     prediction = tmp_path / "large.h5"
     grid_prediction(prediction, slide, width, height, mpp, tile, flagged)
@@ -79,8 +88,13 @@ def test_peak_memory_is_bounded_by_tiles_and_chunks(tmp_path, segment_helpers):
     # default), JPEG and zarr codec buffers, the allocator's per-thread arenas
     libraries_mb = 96
     bound = baseline + chunks_mb + windows_mb + thumbnail_mb + libraries_mb
-    sizes = {"peak": peak, "baseline": baseline, "bound": bound, "chunks": chunks_mb,
-             "full_mask": full_mask_mb}
+    sizes = {
+        "peak": peak,
+        "baseline": baseline,
+        "bound": bound,
+        "chunks": chunks_mb,
+        "full_mask": full_mask_mb,
+    }
     # the bound leaves no room for the whole mask even as uint8 (the slide is 12x larger)
     assert bound - baseline < full_mask_mb, sizes
     assert peak < bound, sizes

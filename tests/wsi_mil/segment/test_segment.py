@@ -44,7 +44,7 @@ def test_windows_cover_every_box_pixel():
     lattice = window_lattice(boxes, size, step, shape)
     covered = np.zeros((800, 800), bool)
     for ky, kx in lattice:
-        covered[max(0, ky * step):ky * step + size, max(0, kx * step):kx * step + size] = True
+        covered[max(0, ky * step) : ky * step + size, max(0, kx * step) : kx * step + size] = True
     for x0, y0, x1, y1 in boxes.astype(int):
         assert covered[y0:y1, x0:x1].all()
     assert np.array_equal(lattice, np.unique(lattice, axis=0))  # raster order, no repeats
@@ -54,8 +54,9 @@ def test_chunk_stitcher_equals_dense_blending(tmp_path):
     rng = np.random.default_rng(1)
     rows, cols, size, chunk = 300, 260, 64, 100
     group = zarr.open_group(str(tmp_path / "m.zarr"), mode="w", zarr_format=2)
-    array = group.create_array("0", shape=(1, rows, cols), dtype="uint8", chunks=(1, chunk, chunk),
-                               fill_value=0)
+    array = group.create_array(
+        "0", shape=(1, rows, cols), dtype="uint8", chunks=(1, chunk, chunk), fill_value=0
+    )
     corners = np.array(sorted({(int(y), int(x)) for x, y in rng.integers(-30, 250, (20, 2))}))
     windows_xy = corners[:, ::-1]
     stitcher = ChunkStitcher(array, chunk, windows_xy, size)
@@ -66,27 +67,33 @@ def test_chunk_stitcher_equals_dense_blending(tmp_path):
         probs = rng.random((size, size)).astype(np.float32)
         stitcher.add(int(x), int(y), probs, weight)
         stitcher.flush(i)
-        total[y + 100:y + 100 + size, x + 100:x + 100 + size] += probs * weight
-        norm[y + 100:y + 100 + size, x + 100:x + 100 + size] += weight
+        total[y + 100 : y + 100 + size, x + 100 : x + 100 + size] += probs * weight
+        norm[y + 100 : y + 100 + size, x + 100 : x + 100 + size] += weight
     assert not stitcher.sums  # every chunk was written and freed
     with np.errstate(invalid="ignore"):
-        dense = np.where(norm > 0, total / norm, 0)[100:100 + rows, 100:100 + cols]
+        dense = np.where(norm > 0, total / norm, 0)[100 : 100 + rows, 100 : 100 + cols]
     np.testing.assert_allclose(array[0] / 255.0, dense, atol=0.5 / 255 + 1e-6)
 
 
 def test_training_masks_never_mark_exclusion_regions(tmp_path):
     slide = tmp_path / "slides" / "s1.tif"
     slide.parent.mkdir()
-    write_pyramidal_tiff(slide, 1024, 1024, 0.5,
-                         shapes_render([Rect(100, 100, 924, 924)], seed=3))
+    write_pyramidal_tiff(slide, 1024, 1024, 0.5, shapes_render([Rect(100, 100, 924, 924)], seed=3))
     annotation = tmp_path / "s1.json"
-    annotation.write_text(json.dumps({
-        "positive": [{"name": "t", "vertices": [[300, 300], [760, 300], [760, 760], [300, 760]]}],
-        "negative": [{"name": "x", "vertices": [[450, 450], [610, 450], [610, 610], [450, 610]]}],
-    }))
+    annotation.write_text(
+        json.dumps(
+            {
+                "positive": [
+                    {"name": "t", "vertices": [[300, 300], [760, 300], [760, 760], [300, 760]]}
+                ],
+                "negative": [
+                    {"name": "x", "vertices": [[450, 450], [610, 450], [610, 610], [450, 610]]}
+                ],
+            }
+        )
+    )
     params = SegmentTrainParams(mpp=2.0, tile_size=64, channels=(8, 16), tiles_per_slide=40)
-    tiles = sample_slide(TrainingSlide("s1", slide, annotation), params,
-                         np.random.default_rng(0))
+    tiles = sample_slide(TrainingSlide("s1", slide, annotation), params, np.random.default_rng(0))
     exclusion = read_annotations(annotation).regions["exclusion"]
     assert tiles.masks.any()
     for mask, (x, y) in zip(tiles.masks, tiles.corners):
@@ -101,18 +108,28 @@ def test_stitched_mask_is_aligned_and_inside_the_slide(tmp_path, segment_helpers
     width, height, mpp = 2000, 1600, 0.5
     disc = (1000.3, 777.7, 150.0)
     edge = (1950.0, 400.0, 120.0)  # crosses the slide's right border
-    shapes = [Ellipse(disc[0], disc[1], disc[2], disc[2]), Ellipse(edge[0], edge[1], edge[2], edge[2])]
+    shapes = [
+        Ellipse(disc[0], disc[1], disc[2], disc[2]),
+        Ellipse(edge[0], edge[1], edge[2], edge[2]),
+    ]
     slide = tmp_path / "disc.tif"
     write_pyramidal_tiff(slide, width, height, mpp, shapes_render(shapes, texture=0))
     tile = 256
 
     def near(x, y):
-        return any(x < cx + r and x + tile > cx - r and y < cy + r and y + tile > cy - r
-                   for cx, cy, r in (disc, edge))
+        return any(
+            x < cx + r and x + tile > cx - r and y < cy + r and y + tile > cy - r
+            for cx, cy, r in (disc, edge)
+        )
 
     grid_prediction(tmp_path / "disc.h5", slide, width, height, mpp, tile, near)
-    out = segment_slide(tmp_path / "disc.h5", DarkPixels().to(device), dark_card(2.0, 64),
-                        tmp_path / "seg", SegmentParams(simplify_px=0.0, zarr_chunk=128))
+    out = segment_slide(
+        tmp_path / "disc.h5",
+        DarkPixels().to(device),
+        dark_card(2.0, 64),
+        tmp_path / "seg",
+        SegmentParams(simplify_px=0.0, zarr_chunk=128),
+    )
     group = zarr.open_group(str(out / "mask.zarr"), mode="r")
     mask = group["0"][0] >= 128
     assert mask.shape == (math.ceil(height / 4), math.ceil(width / 4))

@@ -30,9 +30,26 @@ from wsi_mil.synthetic.predictions import annotation_prediction
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["--mpp", "2.0", "--tile-size", "64", "--channels", "8", "16", "32", "--tiles-per-slide",
-         "40", "--epochs", "10", "--lr", "0.003", "--unetr-hidden-size", "96",
-         "--unetr-feature-size", "8"]
+TRAIN = [
+    "--mpp",
+    "2.0",
+    "--tile-size",
+    "64",
+    "--channels",
+    "8",
+    "16",
+    "32",
+    "--tiles-per-slide",
+    "40",
+    "--epochs",
+    "10",
+    "--lr",
+    "0.003",
+    "--unetr-hidden-size",
+    "96",
+    "--unetr-feature-size",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +59,94 @@ def explained(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("trained_explain")
-    cohort = generate_cohort(root / "cohort", CohortParams(
-        train_normal=1, train_tumor=4, test_normal=0, test_tumor=2, size_px=2048, seed=1))
+    cohort = generate_cohort(
+        root / "cohort",
+        CohortParams(
+            train_normal=1, train_tumor=4, test_normal=0, test_tumor=2, size_px=2048, seed=1
+        ),
+    )
     for slide in (s for s in cohort.slides if s.split == "test"):
-        tiles = tile_slide(slide.path, root / "tiled", TilingParams(target_mpp=1.0,
-                                                                    tile_size=128))
-        annotation_prediction(tiles, slide.annotation,
-                              root / "predictions" / f"{slide.slide_id}.h5")
+        tiles = tile_slide(slide.path, root / "tiled", TilingParams(target_mpp=1.0, tile_size=128))
+        annotation_prediction(
+            tiles, slide.annotation, root / "predictions" / f"{slide.slide_id}.h5"
+        )
     means = {}
     for net in ("attention_unet", "unetr"):
-        assert main(["segment-train", "--slides", str(cohort.slides_dir), "--annotations",
-                     str(cohort.annotations_dir), "--labels", str(cohort.labels_csv), "--split",
-                     "train", "--out", str(root / net), "--net", net, *TRAIN]) == 0
+        assert (
+            main(
+                [
+                    "segment-train",
+                    "--slides",
+                    str(cohort.slides_dir),
+                    "--annotations",
+                    str(cohort.annotations_dir),
+                    "--labels",
+                    str(cohort.labels_csv),
+                    "--split",
+                    "train",
+                    "--out",
+                    str(root / net),
+                    "--net",
+                    net,
+                    *TRAIN,
+                ]
+            )
+            == 0
+        )
         out = root / f"out_{net}"
-        assert main(["segment", "--predictions", str(root / "predictions"), "--model",
-                     str(root / net), "--out", str(out), "--annotations",
-                     str(cohort.annotations_dir), "--explain", "attention_rollout", "relevance",
-                     "gradcam", "attention_gates", "integrated_gradients", "random",
-                     "--explain-ig-steps", "8", "--explain-score-windows", "3",
-                     "--explain-perturbation-steps", "0", "--explain-figure-windows", "0"]) == 0
+        assert (
+            main(
+                [
+                    "segment",
+                    "--predictions",
+                    str(root / "predictions"),
+                    "--model",
+                    str(root / net),
+                    "--out",
+                    str(out),
+                    "--annotations",
+                    str(cohort.annotations_dir),
+                    "--explain",
+                    "attention_rollout",
+                    "relevance",
+                    "gradcam",
+                    "attention_gates",
+                    "integrated_gradients",
+                    "random",
+                    "--explain-ig-steps",
+                    "8",
+                    "--explain-score-windows",
+                    "3",
+                    "--explain-perturbation-steps",
+                    "0",
+                    "--explain-figure-windows",
+                    "0",
+                ]
+            )
+            == 0
+        )
         summaries = [json.loads(p.read_text()) for p in sorted(out.glob("segment/*/explain.json"))]
         assert summaries and all(s["scored_windows"] > 0 for s in summaries)
         names = summaries[0]["summary"]
-        means[net] = {name: {key: sum(s["summary"][name][key] for s in summaries) / len(summaries)
-                             for key in names[name]} for name in names}
+        means[net] = {
+            name: {
+                key: sum(s["summary"][name][key] for s in summaries) / len(summaries)
+                for key in names[name]
+            }
+            for name in names
+        }
     return means
 
 
-@pytest.mark.parametrize("net, method", [("attention_unet", "integrated_gradients"),
-                                         ("attention_unet", "gradcam"),
-                                         ("unetr", "integrated_gradients"),
-                                         ("unetr", "relevance")])
+@pytest.mark.parametrize(
+    "net, method",
+    [
+        ("attention_unet", "integrated_gradients"),
+        ("attention_unet", "gradcam"),
+        ("unetr", "integrated_gradients"),
+        ("unetr", "relevance"),
+    ],
+)
 def test_the_map_puts_most_of_its_mass_inside_the_lesion(explained, net, method):
     scores, noise = explained[net][method], explained[net]["random"]
     assert scores["mass_share"] > 0.5, scores

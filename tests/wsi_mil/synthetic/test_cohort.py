@@ -14,9 +14,17 @@ from wsi_mil.pipeline.cohort import generate_cohort
 from wsi_mil.synthetic.cohort import design_slide, render_region
 from wsi_mil.synthetic.params import CohortParams
 
-SMALL = CohortParams(train_normal=1, train_tumor=1, test_normal=1, test_tumor=1, size_px=1024,
-                     main_lesion=(0.3, 0.4), main_lesion_min_um=0.0, extra_lesions=(0, 0),
-                     seed=3)
+SMALL = CohortParams(
+    train_normal=1,
+    train_tumor=1,
+    test_normal=1,
+    test_tumor=1,
+    size_px=1024,
+    main_lesion=(0.3, 0.4),
+    main_lesion_min_um=0.0,
+    extra_lesions=(0, 0),
+    seed=3,
+)
 
 
 def test_rendering_is_deterministic_and_position_consistent() -> None:
@@ -54,7 +62,8 @@ def test_cohort_files_labels_and_mpp(cohort) -> None:
     with cohort.labels_csv.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [tuple(r.values()) for r in rows] == [
-        (s.slide_id, s.label, s.split) for s in cohort.slides]
+        (s.slide_id, s.label, s.split) for s in cohort.slides
+    ]
     assert list(rows[0]) == ["slide_id", "label", "split"]
     assert {r["slide_id"] for r in rows} >= {"normal_001", "tumor_001"}
     assert sorted(r["label"] for r in rows if r["split"] == "test") == ["normal", "tumor"]
@@ -83,10 +92,20 @@ def test_tumour_pixels_match_the_xml(cohort) -> None:
         truth = lesion_mask(annotations, w, h, slide.mpp, slide.mpp * 32)
         assert truth.sum() > 20
         # ignore the blocks on the lesion boundary
-        inner = truth & np.roll(truth, 1, 0) & np.roll(truth, -1, 0) & np.roll(truth, 1, 1) \
+        inner = (
+            truth
+            & np.roll(truth, 1, 0)
+            & np.roll(truth, -1, 0)
+            & np.roll(truth, 1, 1)
             & np.roll(truth, -1, 1)
-        outer = ~(truth | np.roll(truth, 1, 0) | np.roll(truth, -1, 0) | np.roll(truth, 1, 1)
-                  | np.roll(truth, -1, 1))
+        )
+        outer = ~(
+            truth
+            | np.roll(truth, 1, 0)
+            | np.roll(truth, -1, 0)
+            | np.roll(truth, 1, 1)
+            | np.roll(truth, -1, 1)
+        )
         predicted = dark > 0.2
         assert predicted[inner].mean() > 0.95
         assert predicted[outer].mean() < 0.05
@@ -99,8 +118,9 @@ def test_rerun_keeps_slides(cohort) -> None:
 
 
 def test_real_outlines_are_used(shared_data: Path) -> None:
-    params = CohortParams(size_px=2048, outlines=shared_data / "annotations" / "camelyon16_json",
-                          extra_lesions=(0, 0))
+    params = CohortParams(
+        size_px=2048, outlines=shared_data / "annotations" / "camelyon16_json", extra_lesions=(0, 0)
+    )
     blob = design_slide(7, True, CohortParams(size_px=2048, extra_lesions=(0, 0)))
     real = design_slide(7, True, params)
     assert not real.lesions.is_empty and not real.lesions.equals(blob.lesions)

@@ -20,13 +20,14 @@ from wsi_mil.synthetic.pyramid_tiff import (
 
 def gradient(x: int, y: int, w: int, h: int) -> np.ndarray:
     """Pixels that encode their own coordinates, to check placement exactly (lossless)."""
-    ys, xs = np.mgrid[y:y + h, x:x + w]
+    ys, xs = np.mgrid[y : y + h, x : x + w]
     return np.stack([xs % 256, ys % 256, (xs // 256 + ys // 256) % 256], axis=-1).astype(np.uint8)
 
 
 def test_lossless_levels_are_exact_box_filters(tmp_path):
-    path = write_pyramidal_tiff(tmp_path / "g.tif", 555, 301, 0.5, gradient, tile=128,
-                                compression="deflate")
+    path = write_pyramidal_tiff(
+        tmp_path / "g.tif", 555, 301, 0.5, gradient, tile=128, compression="deflate"
+    )
     slide = openslide.OpenSlide(path)
     assert slide.properties["openslide.vendor"] == "generic-tiff"
     assert slide.level_dimensions == ((555, 301), (278, 151), (139, 76), (70, 38))
@@ -52,8 +53,11 @@ def test_mpp_reads_back_exactly(tmp_path, mpp):
 
 
 def test_jpeg_pyramid_with_shapes(tmp_path):
-    shapes = [Ellipse(300, 200, 150, 100), Ellipse(300, 200, 40, 30, hole=True),
-              Rect(600, 50, 700, 350)]
+    shapes = [
+        Ellipse(300, 200, 150, 100),
+        Ellipse(300, 200, 40, 30, hole=True),
+        Rect(600, 50, 700, 350),
+    ]
     render = shapes_render(shapes, texture=0)
     path = write_pyramidal_tiff(tmp_path / "s.tif", 800, 400, 0.25, render, quality=95)
     slide = openslide.OpenSlide(path)
@@ -63,9 +67,14 @@ def test_jpeg_pyramid_with_shapes(tmp_path):
     expected = np.zeros((400, 800), bool)
     ys, xs = np.ogrid[0:400, 0:800]
     for shape in shapes:
-        expected = expected & ~shape.contains(xs, ys) if shape.hole else expected | shape.contains(xs, ys)
+        expected = (
+            expected & ~shape.contains(xs, ys) if shape.hole else expected | shape.contains(xs, ys)
+        )
     assert (tissue != expected).mean() < 0.01  # JPEG blurs edges only
-    assert abs(expected.sum() - (shapes[0].area - shapes[1].area + shapes[2].area)) < 0.01 * expected.sum()
+    assert (
+        abs(expected.sum() - (shapes[0].area - shapes[1].area + shapes[2].area))
+        < 0.01 * expected.sum()
+    )
 
 
 def test_writer_is_atomic_and_checks_render(tmp_path):

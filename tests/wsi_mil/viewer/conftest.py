@@ -49,15 +49,32 @@ def prediction(slide_path: Path, slide_id: str) -> SlidePrediction:
     attention[planted] = 3.0
     tumor = np.full(len(coords), 0.1, np.float32)
     tumor[planted] = 0.95
-    attrs = {"slide_path": str(slide_path), "slide_id": slide_id, "slide_width": WIDTH,
-             "slide_height": HEIGHT, "slide_mpp": MPP, "mpp_source": "metadata",
-             "target_mpp": MPP, "tile_size": TILE, "tile_size_level0": float(TILE),
-             "read_level": 0, "read_downsample": 1.0, "stride": float(TILE), "min_tissue": 0.5}
-    return SlidePrediction(slide_id=slide_id, coords=coords, attention=attention,
-                           attention_norm=normalise_attention(attention),
-                           tile_probs=np.stack([1 - tumor, tumor], axis=1),
-                           probs=np.array([0.2, 0.8], np.float32), class_names=CLASSES,
-                           predicted_label="tumor", attrs=attrs)
+    attrs = {
+        "slide_path": str(slide_path),
+        "slide_id": slide_id,
+        "slide_width": WIDTH,
+        "slide_height": HEIGHT,
+        "slide_mpp": MPP,
+        "mpp_source": "metadata",
+        "target_mpp": MPP,
+        "tile_size": TILE,
+        "tile_size_level0": float(TILE),
+        "read_level": 0,
+        "read_downsample": 1.0,
+        "stride": float(TILE),
+        "min_tissue": 0.5,
+    }
+    return SlidePrediction(
+        slide_id=slide_id,
+        coords=coords,
+        attention=attention,
+        attention_norm=normalise_attention(attention),
+        tile_probs=np.stack([1 - tumor, tumor], axis=1),
+        probs=np.array([0.2, 0.8], np.float32),
+        class_names=CLASSES,
+        predicted_label="tumor",
+        attrs=attrs,
+    )
 
 
 def make_project(root: Path, slide_file: Path, zarr: bool = True) -> Path:
@@ -70,12 +87,12 @@ def make_project(root: Path, slide_file: Path, zarr: bool = True) -> Path:
     for slide_id in ("planted", "broken"):
         pred = prediction(slides / f"{slide_id}.tiff", slide_id)
         write_prediction(root / "predictions" / f"{slide_id}.h5", pred)
-        write_tissue_geojson(root / "tiles" / f"{slide_id}.tissue.geojson",
-                             MultiPolygon([box(*TISSUE)]), slide_id)
+        write_tissue_geojson(
+            root / "tiles" / f"{slide_id}.tissue.geojson", MultiPolygon([box(*TISSUE)]), slide_id
+        )
         if zarr:
             (root / "heatmaps" / slide_id).mkdir(parents=True)
-            write_heatmap_zarr(root / "heatmaps" / slide_id / "heatmap.zarr", pred,
-                               HeatmapParams())
+            write_heatmap_zarr(root / "heatmaps" / slide_id / "heatmap.zarr", pred, HeatmapParams())
         rows.append([slide_id, "tumor", "tumor", "0.2", "0.8"])
     with (root / "predictions.csv").open("w", newline="") as f:
         csv.writer(f).writerows(rows)
@@ -86,8 +103,14 @@ def make_project(root: Path, slide_file: Path, zarr: bool = True) -> Path:
 def planted_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
-    return write_pyramidal_tiff(tmp_path_factory.mktemp("viewer_slide") / "planted.tiff",
-                                WIDTH, HEIGHT, MPP, render, compression="deflate")
+    return write_pyramidal_tiff(
+        tmp_path_factory.mktemp("viewer_slide") / "planted.tiff",
+        WIDTH,
+        HEIGHT,
+        MPP,
+        render,
+        compression="deflate",
+    )
 
 
 @pytest.fixture
@@ -97,6 +120,14 @@ def project(tmp_path: Path, planted_slide: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def planted() -> SimpleNamespace:
-    return SimpleNamespace(width=WIDTH, height=HEIGHT, tile=TILE, tissue=TISSUE,
-                           planted=PLANTED, glass=GLASS, purple=PURPLE, pink=PINK,
-                           make_project=make_project)
+    return SimpleNamespace(
+        width=WIDTH,
+        height=HEIGHT,
+        tile=TILE,
+        tissue=TISSUE,
+        planted=PLANTED,
+        glass=GLASS,
+        purple=PURPLE,
+        pink=PINK,
+        make_project=make_project,
+    )

@@ -28,8 +28,12 @@ def dzi_size(data: bytes) -> tuple[int, int, int, int]:
     """(width, height, tile size, overlap) of a DZI descriptor."""
     image = ET.fromstring(data)
     size = image.find("{http://schemas.microsoft.com/deepzoom/2008}Size")
-    return (int(size.get("Width")), int(size.get("Height")), int(image.get("TileSize")),
-            int(image.get("Overlap")))
+    return (
+        int(size.get("Width")),
+        int(size.get("Height")),
+        int(image.get("TileSize")),
+        int(image.get("Overlap")),
+    )
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -39,8 +43,11 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def files_outside_ratings(root: Path) -> dict[str, float]:
-    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")
-            if "ratings" not in p.relative_to(root).parts}
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime
+        for p in root.rglob("*")
+        if "ratings" not in p.relative_to(root).parts
+    }
 
 
 def test_real_slide_dzi_and_tiles(shared_slide, tmp_path: Path) -> None:
@@ -62,10 +69,16 @@ def test_real_slide_dzi_and_tiles(shared_slide, tmp_path: Path) -> None:
         level_w, level_h = -(-width // scale), -(-height // scale)
         tile = app.get(f"/slides/CMU-1-Small-Region_files/{level}/{col}_{row}.jpeg")
         assert tile.status_code == 200 and tile.mimetype == "image/jpeg"
-        expect_w = min(size, level_w - size * col) + overlap * (col > 0) + overlap * (
-            col < -(-level_w // size) - 1)
-        expect_h = min(size, level_h - size * row) + overlap * (row > 0) + overlap * (
-            row < -(-level_h // size) - 1)
+        expect_w = (
+            min(size, level_w - size * col)
+            + overlap * (col > 0)
+            + overlap * (col < -(-level_w // size) - 1)
+        )
+        expect_h = (
+            min(size, level_h - size * row)
+            + overlap * (row > 0)
+            + overlap * (row < -(-level_h // size) - 1)
+        )
         assert decode(tile.data).shape == (expect_h, expect_w, 3)
     # the DICOM OpenSlide cannot open is reported, and the SVS still works
     detail = app.get("/api/slides/nonconformant-dicom").get_json()
@@ -76,7 +89,10 @@ def test_real_slide_dzi_and_tiles(shared_slide, tmp_path: Path) -> None:
     width, height, _, _ = dzi_size(app.get("/slides/kidney-48-5-stripped.dzi").data)
     assert (width, height) == (1493, 901)
     assert decode(app.get("/slides/kidney-48-5-stripped_files/11/0_0.jpeg").data).shape == (
-        255, 255, 3)  # a corner tile overlaps on two sides only
+        255,
+        255,
+        3,
+    )  # a corner tile overlaps on two sides only
 
 
 def _tile_at(service: ViewerService, slide_id: str, level: int, x: float, y: float):
@@ -92,20 +108,25 @@ def _tile_at(service: ViewerService, slide_id: str, level: int, x: float, y: flo
 
 @pytest.mark.parametrize(("tile_size", "overlap"), [(254, 1), (256, 0)])
 @pytest.mark.parametrize("levels_down", [0, 2])
-def test_heat_lines_up_with_slide(project: Path, planted, levels_down: int, tile_size: int,
-                                  overlap: int) -> None:
+def test_heat_lines_up_with_slide(
+    project: Path, planted, levels_down: int, tile_size: int, overlap: int
+) -> None:
     """The planted tile's heat is the top colour exactly where the slide shows its square."""
     app, service = client(project, tile_size=tile_size, overlap=overlap)
     top = service.state("planted").deepzoom.level_count - 1
     level = top - levels_down
-    scale = 2 ** levels_down
+    scale = 2**levels_down
     px, py = planted.planted
     hot = colormap_lut(service.cmap)[255]
     inside = (px + planted.tile / 2, py + planted.tile / 2)
     beside = (px + planted.tile / 2 + 2 * planted.tile, py + planted.tile / 2)  # a cooler tile
     # just inside and just outside the planted tile's edges (one level pixel margin)
-    edges = [((px + scale, py + scale), True), ((px + planted.tile - scale, py + scale), True),
-             ((px - 2 * scale, py + scale), False), ((px + planted.tile + scale, py + 3), False)]
+    edges = [
+        ((px + scale, py + scale), True),
+        ((px + planted.tile - scale, py + scale), True),
+        ((px - 2 * scale, py + scale), False),
+        ((px + planted.tile + scale, py + 3), False),
+    ]
     for (x, y), is_hot in [(inside, True), (beside, False), *edges]:
         col, row, ix, iy = _tile_at(service, "planted", level, x, y)
         slide = decode(app.get(f"/slides/planted_files/{level}/{col}_{row}.jpeg").data)
@@ -121,22 +142,25 @@ def test_heat_lines_up_with_slide(project: Path, planted, levels_down: int, tile
     assert heat[iy, ix, 3] == 0
 
 
-def test_zarr_and_predictions_give_the_same_heat(tmp_path: Path, planted_slide: Path,
-                                                  planted) -> None:
+def test_zarr_and_predictions_give_the_same_heat(
+    tmp_path: Path, planted_slide: Path, planted
+) -> None:
     with_zarr, service_z = client(planted.make_project(tmp_path / "z", planted_slide))
     without, service_p = client(planted.make_project(tmp_path / "p", planted_slide, zarr=False))
     assert service_z.index.slides["planted"].zarr_path is not None
     assert service_p.index.slides["planted"].zarr_path is None
     layers = [layer["id"] for layer in with_zarr.get("/api/slides/planted").get_json()["layers"]]
-    assert layers == [layer["id"] for layer in without.get("/api/slides/planted").get_json()[
-        "layers"]]
+    assert layers == [
+        layer["id"] for layer in without.get("/api/slides/planted").get_json()["layers"]
+    ]
     assert {"attention", "prob_tumor", "tissue"} <= set(layers)
     top = service_z.state("planted").deepzoom.level_count - 1
     for level, col, row in ((top, 5, 2), (top - 1, 2, 1), (top - 4, 0, 0)):
         for layer in ("attention", "prob_tumor"):
             url = f"/layers/planted/{layer}_files/{level}/{col}_{row}.png"
-            np.testing.assert_array_equal(decode(with_zarr.get(url).data),
-                                          decode(without.get(url).data))
+            np.testing.assert_array_equal(
+                decode(with_zarr.get(url).data), decode(without.get(url).data)
+            )
 
 
 def test_measurements_and_explanations(project: Path, planted) -> None:
@@ -176,15 +200,28 @@ def test_an_explanation_layer_shows_its_trust_figures(project: Path) -> None:
         n_tiles = f["coords"].shape[0]
     explanations = project / "explain" / "planted" / "explanations.h5"
     explanations.parent.mkdir(parents=True)
-    scores = {"lrp": {"srg": 0.3, "morf_aupc": 0.4, "lerf_aupc": 0.7, "random_aupc": 0.55,
-                      "sanity_spearman": 0.1, "sanity_flagged": 0.0},
-              "segmentation": {"srg": 0.1, "sanity_spearman": 0.8, "sanity_flagged": 1.0}}
+    scores = {
+        "lrp": {
+            "srg": 0.3,
+            "morf_aupc": 0.4,
+            "lerf_aupc": 0.7,
+            "random_aupc": 0.55,
+            "sanity_spearman": 0.1,
+            "sanity_flagged": 0.0,
+        },
+        "segmentation": {"srg": 0.1, "sanity_spearman": 0.8, "sanity_flagged": 1.0},
+    }
     with atomic_output(explanations) as tmp, h5py.File(tmp, "w") as f:
         for method in scores:
             f[method] = np.arange(n_tiles, dtype=np.float32)
         f["lesion_fraction"] = np.zeros(n_tiles, dtype=np.float32)
-        f.attrs.update(methods=json.dumps(list(scores)), scores=json.dumps(scores), fold=1,
-                       in_sample=False, complete=True)
+        f.attrs.update(
+            methods=json.dumps(list(scores)),
+            scores=json.dumps(scores),
+            fold=1,
+            in_sample=False,
+            complete=True,
+        )
     (project / "explain" / "trust.json").write_text(json.dumps({"recommended": "lrp"}))
     app, _ = client(project)
     layers = {layer["id"]: layer for layer in app.get("/api/slides/planted").get_json()["layers"]}
@@ -232,7 +269,7 @@ def test_refused_requests(project: Path, url: str, status: int) -> None:
     app, _ = client(project)
     response = app.get(url)
     assert response.status_code == status
-    assert b"Traceback" not in response.data and b"File \"" not in response.data
+    assert b"Traceback" not in response.data and b'File "' not in response.data
     assert b"PNG" not in response.data[:8] and b"HDF" not in response.data[:8]
 
 
@@ -274,26 +311,43 @@ def test_broken_slide_is_reported_and_the_rest_works(project: Path) -> None:
 def test_ratings_saved_atomically_and_nowhere_else(project: Path) -> None:
     before = files_outside_ratings(project)
     app, _ = client(project, rater="dr_a")
-    for url in ("/", "/api/config", "/api/slides", "/slides/planted.dzi",
-                "/slides/planted_files/11/0_0.jpeg", "/layers/planted/lesions.dzi"):
+    for url in (
+        "/",
+        "/api/config",
+        "/api/slides",
+        "/slides/planted.dzi",
+        "/slides/planted_files/11/0_0.jpeg",
+        "/layers/planted/lesions.dzi",
+    ):
         app.get(url)
     answer = {"match": 4, "understand": 5, "plausible": 3, "trust": "2", "comment": "ok, da"}
     response = app.post("/api/slides/planted/rating", json=answer)
     assert response.status_code == 200 and response.get_json()["file"] == "dr_a.csv"
     text = (project / "ratings" / "dr_a.csv").read_text()
-    assert text.splitlines()[0] == "slide_id,rater,match,understand,plausible,trust,comment," \
-                                   "submitted"
+    assert (
+        text.splitlines()[0] == "slide_id,rater,match,understand,plausible,trust,comment,submitted"
+    )
     assert text.splitlines()[1].startswith('planted,dr_a,4,5,3,2,"ok, da",')
     app.post("/api/slides/planted/rating", json={**answer, "trust": 5})  # replaces the row
     app.post("/api/slides/broken/rating", json=answer)
     lines = (project / "ratings" / "dr_a.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[2].startswith("planted,dr_a,4,5,3,5,")
     assert app.get("/api/slides/planted/rating").get_json()["rating"]["trust"] == 5
-    for bad in ({**answer, "match": 6}, {**answer, "match": 0}, {"match": 1},
-                {**answer, "trust": True}, [1, 2], "text"):
+    for bad in (
+        {**answer, "match": 6},
+        {**answer, "match": 0},
+        {"match": 1},
+        {**answer, "trust": True},
+        [1, 2],
+        "text",
+    ):
         assert app.post("/api/slides/planted/rating", json=bad).status_code == 400
-    assert app.post("/api/slides/planted/rating", data="{", content_type="application/json"
-                    ).status_code == 400
+    assert (
+        app.post(
+            "/api/slides/planted/rating", data="{", content_type="application/json"
+        ).status_code
+        == 400
+    )
     assert app.post("/api/slides/elsewhere/rating", json=answer).status_code == 404
     assert sorted(p.name for p in (project / "ratings").iterdir()) == ["dr_a.csv"]
     assert files_outside_ratings(project) == before

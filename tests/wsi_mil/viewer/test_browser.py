@@ -27,13 +27,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def browser_page():
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium; "
-                    f"or set WSI_MIL_CHROMIUM)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="Playwright not installed (pip install playwright)")
+        pytest.skip(
+            f"Chromium not found at {CHROMIUM} (apt-get install chromium; or set WSI_MIL_CHROMIUM)"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright not installed (pip install playwright)"
+    )
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM,
-                                             args=["--no-sandbox", "--disable-gpu"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 760})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -63,26 +66,35 @@ def screenshot(page) -> np.ndarray:
 
 def screen_point(page, x: float, y: float) -> tuple[int, int]:
     """Page pixel of level-0 slide point (x, y)."""
-    return tuple(page.evaluate(
-        """([x, y]) => {
+    return tuple(
+        page.evaluate(
+            """([x, y]) => {
             const v = window.wsiViewer.viewer;
             const p = v.world.getItemAt(0).imageToViewerElementCoordinates(
                 new OpenSeadragon.Point(x, y));
             const r = v.element.getBoundingClientRect();
             return [Math.round(p.x + r.left), Math.round(p.y + r.top)];
-        }""", [x, y]))
+        }""",
+            [x, y],
+        )
+    )
 
 
 def set_opacity(page, percent: int) -> None:
-    page.evaluate("""(v) => { const s = document.getElementById('opacity');
-        s.value = v; s.dispatchEvent(new Event('input', {bubbles: true})); }""", percent)
-    page.wait_for_function("(v) => document.getElementById('opacity-value').textContent"
-                           " === v + ' %'", arg=percent)
+    page.evaluate(
+        """(v) => { const s = document.getElementById('opacity');
+        s.value = v; s.dispatchEvent(new Event('input', {bubbles: true})); }""",
+        percent,
+    )
+    page.wait_for_function(
+        "(v) => document.getElementById('opacity-value').textContent === v + ' %'", arg=percent
+    )
     page.wait_for_timeout(400)  # a few animation frames for OpenSeadragon to redraw
 
 
 def test_slider_changes_heat_only_on_tissue_and_rating_is_saved(
-        browser_page, server: str, project: Path, planted, tmp_path: Path) -> None:
+    browser_page, server: str, project: Path, planted, tmp_path: Path
+) -> None:
     page, errors = browser_page
     page.goto(server + "?slide=planted")
     page.wait_for_function("window.wsiViewer && window.wsiViewer.isDrawn()", timeout=60_000)
@@ -109,12 +121,14 @@ def test_slider_changes_heat_only_on_tissue_and_rating_is_saved(
         page.check(f"#rating input[name={key}][value='{score}']")
     page.fill("#rating textarea[name=comment]", "attends the square")
     page.click("#rating button[type=submit]")
-    page.wait_for_function("document.getElementById('rating-status').textContent"
-                           ".startsWith('saved to')")
+    page.wait_for_function(
+        "document.getElementById('rating-status').textContent.startsWith('saved to')"
+    )
     rows = list(csv.DictReader((project / "ratings" / "browser_test.csv").open()))
-    assert [(r["slide_id"], r["match"], r["understand"], r["plausible"], r["trust"],
-             r["comment"]) for r in rows] == [("planted", "5", "4", "4", "3",
-                                              "attends the square")]
+    assert [
+        (r["slide_id"], r["match"], r["understand"], r["plausible"], r["trust"], r["comment"])
+        for r in rows
+    ] == [("planted", "5", "4", "4", "3", "attends the square")]
     # the keyboard: n opens the next slide (the broken one shows its error, not a blank page)
     page.keyboard.press("n")
     page.wait_for_function("!document.getElementById('error').hidden")

@@ -19,5 +19,11 @@ from wsi_mil.mil.params import DEFAULT_MODEL
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DEFAULT_MODEL", "MILModel", "MILOutput", "create_model", "list_models",
-           "register_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "MILModel",
+    "MILOutput",
+    "create_model",
+    "list_models",
+    "register_model",
+]

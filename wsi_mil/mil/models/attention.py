@@ -47,8 +47,9 @@ class _AttentionMIL(MILModel):
     def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         net = GatedAttentionNet if self.gated else AttentionNet
-        self.attention = net(self.hidden_dim, self.hparams["attention_dim"],
-                             self.hparams["dropout"], self.branches)
+        self.attention = net(
+            self.hidden_dim, self.hparams["attention_dim"], self.hparams["dropout"], self.branches
+        )
         self.add_output_head()
 
     def attention_scores(self, h: torch.Tensor) -> torch.Tensor:

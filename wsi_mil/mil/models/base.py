@@ -77,11 +77,17 @@ class MILModel(nn.Module, ABC):
     #: set inside :meth:`lrp_rules` only: pooling treats its weights as constants
     lrp_rule: bool = False
 
-    def __init__(self, in_dim: int, n_classes: int,
-                 hidden_dims: Sequence[int] = TrainParams.hidden_dims,
-                 attention_dim: int = TrainParams.attention_dim,
-                 dropout: float = TrainParams.dropout, *,
-                 branch_per_output: bool = False, segmentation_head: bool = True) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden_dims: Sequence[int] = TrainParams.hidden_dims,
+        attention_dim: int = TrainParams.attention_dim,
+        dropout: float = TrainParams.dropout,
+        *,
+        branch_per_output: bool = False,
+        segmentation_head: bool = True,
+    ) -> None:
         """The defaults are :class:`wsi_mil.mil.params.TrainParams`' (one definition each).
 
         ``n_classes``: the number of outputs (the module docstring says what they can be).
@@ -93,13 +99,17 @@ class MILModel(nn.Module, ABC):
         if not hidden_dims:
             raise ValueError("hidden_dims needs at least one width")
         if branch_per_output and not (self.supports_branches or self.one_branch_per_class):
-            raise ValueError(f"{self.name}: cannot give each output its own attention branch "
-                             f"(only abmil, gated_abmil and clam_mb can)")
+            raise ValueError(
+                f"{self.name}: cannot give each output its own attention branch "
+                f"(only abmil, gated_abmil and clam_mb can)"
+            )
         self.in_dim, self.n_classes = int(in_dim), int(n_classes)
         self.hidden_dim = hidden_dims[-1]
-        self.hparams: dict[str, Any] = {"hidden_dims": list(hidden_dims),
-                                        "attention_dim": int(attention_dim),
-                                        "dropout": float(dropout)}
+        self.hparams: dict[str, Any] = {
+            "hidden_dims": list(hidden_dims),
+            "attention_dim": int(attention_dim),
+            "dropout": float(dropout),
+        }
         if branch_per_output:  # recorded only when set, so older runs' model.json still match
             self.one_branch_per_class = True
             self.hparams["branch_per_output"] = True
@@ -118,16 +128,18 @@ class MILModel(nn.Module, ABC):
         pooled vector, or ``classifiers``, one linear unit per output's branch. A subclass calls
         it where it built its classifier before, so seeded initialisation is unchanged."""
         if self.one_branch_per_class:
-            self.classifiers = nn.ModuleList(nn.Linear(self.hidden_dim, 1)
-                                             for _ in range(self.n_classes))
+            self.classifiers = nn.ModuleList(
+                nn.Linear(self.hidden_dim, 1) for _ in range(self.n_classes)
+            )
         else:
             self.classifier = nn.Linear(self.hidden_dim, self.n_classes)
 
     def head_outputs(self, pooled: torch.Tensor) -> torch.Tensor:
         """Outputs ``[..., C]`` of the output head on pooled vectors ``[..., K, H]``."""
         if self.one_branch_per_class:
-            return torch.cat([head(pooled[..., c, :]) for c, head in enumerate(self.classifiers)],
-                             dim=-1)
+            return torch.cat(
+                [head(pooled[..., c, :]) for c, head in enumerate(self.classifiers)], dim=-1
+            )
         return self.classifier(pooled[..., 0, :])
 
     def tile_scores(self, h: torch.Tensor) -> torch.Tensor:
@@ -135,8 +147,7 @@ class MILModel(nn.Module, ABC):
         segmentation head's logits, or, without one, the output head on each tile alone."""
         if self.tile_head is not None:
             return self.tile_head(h)
-        return self.head_outputs(h.unsqueeze(-2).expand(*h.shape[:-1], self.branches,
-                                                        h.shape[-1]))
+        return self.head_outputs(h.unsqueeze(-2).expand(*h.shape[:-1], self.branches, h.shape[-1]))
 
     # -- pieces a subclass defines ---------------------------------------------------------
     @abstractmethod
@@ -147,8 +158,9 @@ class MILModel(nn.Module, ABC):
         """Slide outputs ``[B, C]`` from pooled vectors ``[B, K, H]`` (the output head)."""
         return self.head_outputs(pooled)
 
-    def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
-                      labels: torch.Tensor) -> torch.Tensor | None:
+    def instance_loss(
+        self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor | None:
         """An auxiliary loss on tile embeddings (CLAM); none by default."""
         return None
 
@@ -175,8 +187,12 @@ class MILModel(nn.Module, ABC):
 
     def config(self) -> dict[str, Any]:
         """What :func:`create_model` needs to rebuild this model (saved beside the weights)."""
-        return {"model": self.name, "in_dim": self.in_dim, "n_classes": self.n_classes,
-                "kwargs": dict(self.hparams)}
+        return {
+            "model": self.name,
+            "in_dim": self.in_dim,
+            "n_classes": self.n_classes,
+            "kwargs": dict(self.hparams),
+        }
 
     def check_coords(self, x: torch.Tensor, coords: torch.Tensor | None) -> torch.Tensor | None:
         """``coords`` shaped as ``x``'s tiles (``[B, N, 2]``, or ``[N, 2]`` for one bag ``[N, D]``).
@@ -187,20 +203,27 @@ class MILModel(nn.Module, ABC):
         if not self.uses_coords:
             return None
         if coords is None:
-            built = (f" with positional={self.hparams['positional']!r}"
-                     if "positional" in self.hparams else "")
+            built = (
+                f" with positional={self.hparams['positional']!r}"
+                if "positional" in self.hparams
+                else ""
+            )
             raise ValueError(
                 f"{self.name}{built} uses the tiles' positions but was called without them: "
                 f"pass coords= (float [B, N, 2], or [N, 2] for one bag: level-0 px divided by "
-                f"the tile stride, as wsi_mil.mil.bags.grid_coords gives)")
+                f"the tile stride, as wsi_mil.mil.bags.grid_coords gives)"
+            )
         coords = torch.as_tensor(coords)
         if tuple(coords.shape) != (*x.shape[:-1], 2):
-            raise ValueError(f"{self.name}: coords of shape {tuple(coords.shape)} for features "
-                             f"of shape {tuple(x.shape)}: expected {(*x.shape[:-1], 2)}")
+            raise ValueError(
+                f"{self.name}: coords of shape {tuple(coords.shape)} for features "
+                f"of shape {tuple(x.shape)}: expected {(*x.shape[:-1], 2)}"
+            )
         return coords.to(device=x.device, dtype=torch.float32)
 
-    def pool(self, h: torch.Tensor, raw: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pool(
+        self, h: torch.Tensor, raw: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over real tiles; returns (weights ``[B, N, K]``, pooled ``[B, K, H]``).
 
         Under :meth:`lrp_rules` the weights enter the pooled vectors as constants (a gate)."""
@@ -210,9 +233,13 @@ class MILModel(nn.Module, ABC):
         pooled = torch.einsum("bnk,bnh->bkh", gate.to(h.dtype), h)
         return weights, pooled
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None,
-                coords: torch.Tensor | None = None) -> MILOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+    ) -> MILOutput:
         """``x`` ``[B, N, D]`` (or one bag ``[N, D]``), ``mask`` ``[B, N]`` True on real tiles.
 
         ``labels`` ``[B]`` (training only) lets CLAM compute its instance loss. ``coords``
@@ -243,9 +270,13 @@ class MILModel(nn.Module, ABC):
         return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
 
     @torch.no_grad()
-    def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
-                        chunk_size: int = 16384,
-                        coords: torch.Tensor | None = None) -> MILOutput:
+    def predict_chunked(
+        self,
+        read: Callable[[int, int], torch.Tensor],
+        num_tiles: int,
+        chunk_size: int = 16384,
+        coords: torch.Tensor | None = None,
+    ) -> MILOutput:
         """One bag read ``chunk_size`` tiles at a time: memory stays bounded whatever its size.
 
         ``coords`` ``[num_tiles, 2]``: the bag's grid positions (ignored here: attention
@@ -268,15 +299,24 @@ class MILModel(nn.Module, ABC):
             pooled += weights[start:end].T @ h
         logits = self.classify(pooled.unsqueeze(0))
         branch = int(self._branch(logits)[0])
-        return MILOutput(logits, weights[:, branch].unsqueeze(0), raw[:, branch].unsqueeze(0),
-                         torch.cat(tile_logits).unsqueeze(0), weights.unsqueeze(0), None)
+        return MILOutput(
+            logits,
+            weights[:, branch].unsqueeze(0),
+            raw[:, branch].unsqueeze(0),
+            torch.cat(tile_logits).unsqueeze(0),
+            weights.unsqueeze(0),
+            None,
+        )
 
 
-def logits_fn(model: MILModel, coords: torch.Tensor | None
-              ) -> Callable[[torch.Tensor], torch.Tensor]:
+def logits_fn(
+    model: MILModel, coords: torch.Tensor | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The logits of a batch of copies of the bag (Captum's calls), at the bag's positions: the
     forward function every gradient explanation attributes (:mod:`wsi_mil.explain`)."""
+
     def forward(batch: torch.Tensor) -> torch.Tensor:
         c = None if coords is None else coords.expand(batch.shape[0], -1, -1)
         return model(batch, coords=c).logits
+
     return forward

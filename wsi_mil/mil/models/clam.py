@@ -29,16 +29,18 @@ def top_bottom_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     k_top = min(k, (n + 1) // 2)
     k_bottom = min(k, n - k_top)
     order = torch.argsort(scores, descending=True)
-    return order[:k_top], order[n - k_bottom:] if k_bottom else order[:0]
+    return order[:k_top], order[n - k_bottom :] if k_bottom else order[:0]
 
 
 class _CLAM(MILModel):
-    def __init__(self, in_dim: int, n_classes: int, k_sample: int = 8,
-                 subtyping: bool = False, **kwargs) -> None:
+    def __init__(
+        self, in_dim: int, n_classes: int, k_sample: int = 8, subtyping: bool = False, **kwargs
+    ) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.hparams.update(k_sample=int(k_sample), subtyping=bool(subtyping))
-        self.attention = GatedAttentionNet(self.hidden_dim, self.hparams["attention_dim"],
-                                           self.hparams["dropout"], self.branches)
+        self.attention = GatedAttentionNet(
+            self.hidden_dim, self.hparams["attention_dim"], self.hparams["dropout"], self.branches
+        )
         self.instance_classifiers = nn.ModuleList(
             nn.Linear(self.hidden_dim, 2) for _ in range(n_classes)
         )
@@ -46,8 +48,9 @@ class _CLAM(MILModel):
     def attention_scores(self, h: torch.Tensor) -> torch.Tensor:
         return self.attention(h)
 
-    def instance_loss(self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
-                      labels: torch.Tensor) -> torch.Tensor:
+    def instance_loss(
+        self, h: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Mean over bags of CLAM's instance loss (cross-entropy on top/bottom-k tiles).
 
         ``labels`` ``[B]`` class indices, or ``[B, C]`` 0/1 targets (a multilabel run): every

@@ -44,8 +44,9 @@ class MaxPoolMIL(_PoolingMIL):
         # Not used for pooling; ``pool`` is overridden. Kept for the base interface.
         return torch.zeros(*h.shape[:-1], 1, dtype=h.dtype, device=h.device)
 
-    def pool(self, h: torch.Tensor, raw: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pool(
+        self, h: torch.Tensor, raw: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Element-wise max over real tiles; each tile's weight is its share of the dimensions,
         a tied dimension split equally among the tiles that hold its maximum."""
         masked = h.float().masked_fill(~mask.unsqueeze(-1), float("-inf"))
@@ -56,17 +57,25 @@ class MaxPoolMIL(_PoolingMIL):
             weights = (share.sum(-1) / h.shape[-1]).unsqueeze(-1)
         return weights, pooled.unsqueeze(1).to(h.dtype)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None,
-                coords: torch.Tensor | None = None) -> MILOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+    ) -> MILOutput:
         out = super().forward(x, mask, labels, coords)
         # the raw score of a tile is its count of won dimensions
         return out._replace(raw_attention=out.branch_attention[..., 0] * self.hidden_dim)
 
     @torch.no_grad()
-    def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
-                        chunk_size: int = 16384,
-                        coords: torch.Tensor | None = None) -> MILOutput:
+    def predict_chunked(
+        self,
+        read: Callable[[int, int], torch.Tensor],
+        num_tiles: int,
+        chunk_size: int = 16384,
+        coords: torch.Tensor | None = None,
+    ) -> MILOutput:
         """Three passes over the chunks (``coords`` ignored): the running maximum per dimension,
         then how many tiles tie for it, then each tile's share of the dimensions it holds, as
         :meth:`pool` computes them on the whole bag."""
@@ -81,9 +90,21 @@ class MaxPoolMIL(_PoolingMIL):
         ties = torch.zeros(self.hidden_dim, device=device)
         for start, end in chunks:
             ties += (self.embed(read(start, end).float()).float() == best).sum(dim=0)
-        wins = torch.cat([((self.embed(read(start, end).float()).float() == best)
-                           / ties.clamp_min(1)).sum(dim=1) for start, end in chunks])
+        wins = torch.cat(
+            [
+                ((self.embed(read(start, end).float()).float() == best) / ties.clamp_min(1)).sum(
+                    dim=1
+                )
+                for start, end in chunks
+            ]
+        )
         logits = self.classify(best.view(1, 1, -1))
         weights = wins / self.hidden_dim
-        return MILOutput(logits, weights.unsqueeze(0), wins.unsqueeze(0),
-                         torch.cat(tile_logits).unsqueeze(0), weights.view(1, -1, 1), None)
+        return MILOutput(
+            logits,
+            weights.unsqueeze(0),
+            wins.unsqueeze(0),
+            torch.cat(tile_logits).unsqueeze(0),
+            weights.view(1, -1, 1),
+            None,
+        )

@@ -56,8 +56,12 @@ def accepted_kwargs(cls: type[MILModel]) -> frozenset[str]:
         if init is None:
             continue
         parameters = inspect.signature(init).parameters.values()
-        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                  and p.name not in ("self", "in_dim", "n_classes")}
+        names |= {
+            p.name
+            for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in ("self", "in_dim", "n_classes")
+        }
         if klass is MILModel or not any(p.kind is p.VAR_KEYWORD for p in parameters):
             break
     return frozenset(names)
@@ -73,5 +77,8 @@ def create_model(name: str, in_dim: int, n_classes: int, **kwargs: Any) -> MILMo
     if unknown:
         raise TypeError(f"no MIL model takes {unknown}; model settings are {sorted(known)}")
     accepted = accepted_kwargs(cls)
-    return cls(in_dim=in_dim, n_classes=n_classes,
-               **{key: value for key, value in kwargs.items() if key in accepted})
+    return cls(
+        in_dim=in_dim,
+        n_classes=n_classes,
+        **{key: value for key, value in kwargs.items() if key in accepted},
+    )

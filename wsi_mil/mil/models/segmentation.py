@@ -31,9 +31,17 @@ from wsi_mil.mil.models.base import MILOutput
 from wsi_mil.mil.models.clam import top_bottom_k
 
 
-def segmentation_loss(out: MILOutput, mask: torch.Tensor, labels: torch.Tensor,
-                      tile_labels: torch.Tensor, *, negative_index: int, k: int,
-                      threshold: float = 0.5, rank_by_attention: bool = True) -> torch.Tensor:
+def segmentation_loss(
+    out: MILOutput,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    tile_labels: torch.Tensor,
+    *,
+    negative_index: int,
+    k: int,
+    threshold: float = 0.5,
+    rank_by_attention: bool = True,
+) -> torch.Tensor:
     """Mean over bags of the head's cross-entropy on its tile targets.
 
     ``tile_labels`` ``[B, N]`` is NaN where unknown; a bag uses its tile labels only when all
@@ -65,9 +73,16 @@ def segmentation_loss(out: MILOutput, mask: torch.Tensor, labels: torch.Tensor,
     return torch.stack(losses).mean()
 
 
-def one_vs_rest_segmentation_loss(out: MILOutput, mask: torch.Tensor, present: torch.Tensor,
-                                  tile_labels: torch.Tensor, *, k: int, threshold: float = 0.5,
-                                  rank_by_attention: bool = True) -> torch.Tensor:
+def one_vs_rest_segmentation_loss(
+    out: MILOutput,
+    mask: torch.Tensor,
+    present: torch.Tensor,
+    tile_labels: torch.Tensor,
+    *,
+    k: int,
+    threshold: float = 0.5,
+    rank_by_attention: bool = True,
+) -> torch.Tensor:
     """Mean over bags of the one-vs-rest head's binary cross-entropy (the module docstring).
 
     ``present`` ``[B, C]``: 1 where the bag has class or target ``c`` (one-hot for subtyping,

@@ -121,14 +121,20 @@ class _TransformerMIL(MILModel):
         raise TypeError(f"{self.name}: attention is computed over the whole bag in forward()")
 
     @abstractmethod
-    def encode(self, x: torch.Tensor, record: bool,
-               coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, record: bool, coords: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One bag ``[n, D]`` (and its grid positions ``[n, 2]`` when the model uses them) ->
         (token outputs ``[1 + n, H]``, class-token attention ``[n]``)."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, coords: torch.Tensor | None = None,
-                record: bool = False) -> MILOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        coords: torch.Tensor | None = None,
+        record: bool = False,
+    ) -> MILOutput:
         """As :meth:`MILModel.forward`; ``record`` keeps every layer's attention matrix (of the
         last bag) in :attr:`records` for rollout and relevance."""
         coords = self.check_coords(x, coords)
@@ -143,26 +149,33 @@ class _TransformerMIL(MILModel):
         attention = x.new_zeros((b, n))
         for i in range(b):
             real = mask[i].nonzero().flatten()
-            tokens, att = self.encode(x[i, real], record,
-                                      None if coords is None else coords[i, real])
+            tokens, att = self.encode(
+                x[i, real], record, None if coords is None else coords[i, real]
+            )
             tokens = self.norm(tokens)
             logits.append(self.classify(tokens[:1].unsqueeze(0)))
             tile_logits[i, real] = self.tile_scores(tokens[1:]).to(tile_logits.dtype)
             attention[i, real] = att.to(attention.dtype)
         raw = torch.log(attention.clamp_min(1e-30)).masked_fill(~mask, 0.0)
-        return MILOutput(torch.cat(logits), attention, raw, tile_logits,
-                         attention.unsqueeze(-1), None)
+        return MILOutput(
+            torch.cat(logits), attention, raw, tile_logits, attention.unsqueeze(-1), None
+        )
 
     @torch.no_grad()
-    def predict_chunked(self, read: Callable[[int, int], torch.Tensor], num_tiles: int,
-                        chunk_size: int = 16384,
-                        coords: torch.Tensor | None = None) -> MILOutput:
+    def predict_chunked(
+        self,
+        read: Callable[[int, int], torch.Tensor],
+        num_tiles: int,
+        chunk_size: int = 16384,
+        coords: torch.Tensor | None = None,
+    ) -> MILOutput:
         """The whole bag at once: self-attention cannot be split into chunks of tiles (see the
         module docstring for what bounds memory instead); ``chunk_size`` bounds the read.
         ``coords`` ``[num_tiles, 2]``: the bag's grid positions (needed when the model uses
         them)."""
-        parts = [read(s, min(s + chunk_size, num_tiles)).float()
-                 for s in range(0, num_tiles, chunk_size)]
+        parts = [
+            read(s, min(s + chunk_size, num_tiles)).float() for s in range(0, num_tiles, chunk_size)
+        ]
         return self.forward(torch.cat(parts), coords=coords)
 
 
@@ -186,15 +199,20 @@ class ExactSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, record: bool) -> tuple[torch.Tensor, torch.Tensor,
-                                                             torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, record: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``x`` ``[..., T, H]`` -> (output ``[..., T, H]``, class-token row ``[..., heads,
         T]``, matrix ``[..., heads, T, T]`` or None); leading dimensions are separate sequences
         (the forward pass runs one bag at a time; a batch of one-tile bags runs at once in
         :func:`wsi_mil.explain.perturbation.keep_one`)."""
         *lead, t, dim = x.shape
-        q, k, v = (self.qkv(x).view(*lead, t, 3, self.heads, dim // self.heads)
-                   .movedim(-3, 0).transpose(-2, -3))
+        q, k, v = (
+            self.qkv(x)
+            .view(*lead, t, 3, self.heads, dim // self.heads)
+            .movedim(-3, 0)
+            .transpose(-2, -3)
+        )
         if self.lrp_rule:
             q, k = q.detach(), k.detach()
         scale = 1.0 / math.sqrt(dim // self.heads)
@@ -208,8 +226,9 @@ class ExactSelfAttention(nn.Module):
         else:
             matrix = None
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-            cls_row = torch.softmax((q[..., :1, :] @ k.transpose(-1, -2))[..., 0, :] * scale,
-                                    dim=-1)
+            cls_row = torch.softmax(
+                (q[..., :1, :] @ k.transpose(-1, -2))[..., 0, :] * scale, dim=-1
+            )
         return self.out(out.transpose(-2, -3).reshape(*lead, t, dim)), cls_row, matrix
 
 
@@ -236,8 +255,12 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = ScaleDetachableLayerNorm(dim), ScaleDetachableLayerNorm(dim)
         self.attn = ExactSelfAttention(dim, heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), RelevanceGELU(),
-                                 nn.Dropout(dropout), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim),
+            RelevanceGELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_ratio * dim, dim),
+        )
 
     def forward(self, x: torch.Tensor, record: bool):
         out, cls_row, matrix = self.attn(self.norm1(x), record)
@@ -250,7 +273,7 @@ def sincos_1d(pos: torch.Tensor, dim: int, temperature: float = 10000.0) -> torc
     temperature^(-k / (dim / 2))`` for ``k < dim / 2`` (Vaswani et al.; MAE's
     ``get_1d_sincos_pos_embed_from_grid``)."""
     omega = torch.arange(dim // 2, dtype=torch.float32, device=pos.device) / (dim / 2)
-    angles = pos.float()[:, None] * temperature ** -omega
+    angles = pos.float()[:, None] * temperature**-omega
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
@@ -260,8 +283,7 @@ def sincos_2d(coords: torch.Tensor, dim: int) -> torch.Tensor:
     column, the second half the row. ``dim`` must be divisible by 4."""
     if dim % 4:
         raise ValueError(f"a 2-D sine-cosine embedding needs a width divisible by 4, got {dim}")
-    return torch.cat([sincos_1d(coords[:, 0], dim // 2), sincos_1d(coords[:, 1], dim // 2)],
-                     dim=1)
+    return torch.cat([sincos_1d(coords[:, 0], dim // 2), sincos_1d(coords[:, 1], dim // 2)], dim=1)
 
 
 @register_model("transformer_mil")
@@ -278,27 +300,39 @@ class TransformerMIL(_TransformerMIL):
     without ``coords``. (With ``max_train_tiles`` the origin is the sampled tiles' corner.)
     """
 
-    def __init__(self, in_dim: int, n_classes: int, layers: int = 2, heads: int = 8,
-                 positional: str = "none", **kwargs) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        layers: int = 2,
+        heads: int = 8,
+        positional: str = "none",
+        **kwargs,
+    ) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         if positional not in POSITIONAL:
-            raise ValueError(f"transformer_mil: positional={positional!r}, "
-                             f"expected one of {POSITIONAL}")
+            raise ValueError(
+                f"transformer_mil: positional={positional!r}, expected one of {POSITIONAL}"
+            )
         if positional == "sincos2d" and self.hidden_dim % 4:
-            raise ValueError(f"transformer_mil: positional='sincos2d' needs a width divisible "
-                             f"by 4, got hidden_dims[-1] = {self.hidden_dim}")
+            raise ValueError(
+                f"transformer_mil: positional='sincos2d' needs a width divisible "
+                f"by 4, got hidden_dims[-1] = {self.hidden_dim}"
+            )
         self.hparams.update(layers=int(layers), heads=int(heads), positional=positional)
         self.uses_coords = positional != "none"
-        self.layers = nn.ModuleList(EncoderLayer(self.hidden_dim, int(heads),
-                                                 self.hparams["dropout"])
-                                    for _ in range(int(layers)))
+        self.layers = nn.ModuleList(
+            EncoderLayer(self.hidden_dim, int(heads), self.hparams["dropout"])
+            for _ in range(int(layers))
+        )
 
     def position(self, coords: torch.Tensor) -> torch.Tensor:
         """``[n, 2]`` grid positions -> ``[n, H]`` embedding, relative to the bag's corner."""
         return sincos_2d(coords - coords.min(dim=0).values, self.hidden_dim)
 
-    def encode(self, x: torch.Tensor, record: bool,
-               coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, record: bool, coords: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.embed(x)
         if self.uses_coords:
             h = h + self.position(coords).to(h.dtype)
@@ -319,8 +353,9 @@ def tile_share(row: torch.Tensor) -> torch.Tensor:
     (the class token's attention to itself is no tile's)."""
     tiles = row[1:].clamp_min(0)
     total = tiles.sum()
-    return torch.where(total > 0, tiles / total.clamp_min(1e-30),
-                       torch.full_like(tiles, 1.0 / tiles.numel()))
+    return torch.where(
+        total > 0, tiles / total.clamp_min(1e-30), torch.full_like(tiles, 1.0 / tiles.numel())
+    )
 
 
 class PPEG(nn.Module):
@@ -371,9 +406,15 @@ class NystromLayer(nn.Module):
         from nystrom_attention import NystromAttention
 
         self.norm = ScaleDetachableLayerNorm(dim)
-        self.attn = NystromAttention(dim=dim, dim_head=dim // 8, heads=8,
-                                     num_landmarks=dim // 2, pinv_iterations=6,
-                                     residual=True, dropout=dropout)
+        self.attn = NystromAttention(
+            dim=dim,
+            dim_head=dim // 8,
+            heads=8,
+            num_landmarks=dim // 2,
+            pinv_iterations=6,
+            residual=True,
+            dropout=dropout,
+        )
 
     def forward(self, x: torch.Tensor, record: bool):
         """``x`` ``[T, H]``, or ``[B, T, H]``: bags of the same size at once (not with
@@ -386,11 +427,12 @@ class NystromLayer(nn.Module):
         # the class token's row from the factors: n x landmarks, never n x n
         out, (attn1, attn2_inv, attn3) = self.attn(y, return_attn_matrices=True)
         pad = attn1.shape[2] - x.shape[-2]
-        cls_row = (attn1[:, :, pad:pad + 1] @ attn2_inv @ attn3)[:, :, 0, pad:]
+        cls_row = (attn1[:, :, pad : pad + 1] @ attn2_inv @ attn3)[:, :, 0, pad:]
         return (x + out, cls_row, None) if batched else (x + out[0], cls_row[0], None)
 
-    def _explicit(self, x: torch.Tensor, materialise: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _explicit(
+        self, x: torch.Tensor, materialise: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The package's attention recomputed from its own projections and pseudo-inverse:
         (output ``[n, H]``, class-token row ``[heads, n]``, the ``[heads, n, n]`` matrix when
         ``materialise``, else None). Queries and keys are detached under the LRP rules."""
@@ -449,8 +491,9 @@ class TransMIL(_TransformerMIL):
         side = math.ceil(math.sqrt(n))
         return torch.arange(side * side) % n
 
-    def encode(self, x: torch.Tensor, record: bool,
-               coords: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, record: bool, coords: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = x.shape[0]
         index = self.square_index(n).to(x.device)
         side = math.isqrt(index.numel())

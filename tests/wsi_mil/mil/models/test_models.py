@@ -20,8 +20,16 @@ def make(name: str, device: str, n_classes: int = CLASSES):
 
 
 def test_registry_lists_all_models_and_rejects_unknown():
-    assert set(MODELS) == {"gated_abmil", "abmil", "clam_sb", "clam_mb", "mean_pool",
-                           "max_pool", "transformer_mil", "transmil"}
+    assert set(MODELS) == {
+        "gated_abmil",
+        "abmil",
+        "clam_sb",
+        "clam_mb",
+        "mean_pool",
+        "max_pool",
+        "transformer_mil",
+        "transmil",
+    }
     with pytest.raises(ValueError, match="unknown MIL model 'not_a_model'"):
         create_model("not_a_model", DIM, 2)
 
@@ -51,7 +59,8 @@ def test_max_pool_shares_tied_dimensions_without_favouring_the_first_tile(device
             p.zero_()  # every unit dead: all 16 dimensions tied across the 5 tiles
         weights = model(torch.randn(5, DIM, device=device)).attention[0]
         chunked = model.predict_chunked(
-            lambda s, e: torch.randn(e - s, DIM, device=device), 5, chunk_size=2)
+            lambda s, e: torch.randn(e - s, DIM, device=device), 5, chunk_size=2
+        )
     even = torch.full((5,), 0.2, device=device)
     torch.testing.assert_close(weights, even)
     torch.testing.assert_close(chunked.attention[0].to(device), even)
@@ -106,8 +115,11 @@ def test_checkpoint_round_trip_weights_only(name, tmp_path, device):
     path = tmp_path / "model.pt"
     torch.save(model.state_dict(), path)
     config = model.config()
-    rebuilt = create_model(config["model"], config["in_dim"], config["n_classes"],
-                           **config["kwargs"]).to(device).eval()
+    rebuilt = (
+        create_model(config["model"], config["in_dim"], config["n_classes"], **config["kwargs"])
+        .to(device)
+        .eval()
+    )
     rebuilt.load_state_dict(torch.load(path, weights_only=True))
     x = torch.randn(9, DIM, device=device)
     with torch.no_grad():
@@ -135,8 +147,9 @@ def test_coords_are_accepted_and_ignored_by_default(name, device):
 def test_clam_instance_loss_with_padding(name, device):
     model = make(name, device, n_classes=2).train()
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]], device=device)
-    out = model(torch.randn(2, 5, DIM, device=device), mask,
-                labels=torch.tensor([0, 1], device=device))
+    out = model(
+        torch.randn(2, 5, DIM, device=device), mask, labels=torch.tensor([0, 1], device=device)
+    )
     assert out.instance_loss is not None and torch.isfinite(out.instance_loss)
     assert out.branch_attention.shape[-1] == (2 if name == "clam_mb" else 1)
 

@@ -71,8 +71,9 @@ def test_checkpoint_round_trip_weights_only(name, tmp_path, device):
     model, x = _model(name, device), torch.randn(9, 24, device=device)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     config = model.config()
-    rebuilt = create_model(config["model"], config["in_dim"], config["n_classes"],
-                           **config["kwargs"]).to(device)
+    rebuilt = create_model(
+        config["model"], config["in_dim"], config["n_classes"], **config["kwargs"]
+    ).to(device)
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     torch.testing.assert_close(rebuilt.eval()(x).logits, model(x).logits)
 
@@ -86,14 +87,27 @@ def test_predict_chunked_equals_forward(name, device):
 
 # -- transformer_mil with positional="sincos2d" ------------------------------------------------
 
+
 def _positional(device: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("transformer_mil", 24, 3, hidden_dims=(32,), dropout=0.0,
-                        positional="sincos2d", **kwargs).to(device).eval()
+    return (
+        create_model(
+            "transformer_mil",
+            24,
+            3,
+            hidden_dims=(32,),
+            dropout=0.0,
+            positional="sincos2d",
+            **kwargs,
+        )
+        .to(device)
+        .eval()
+    )
 
 
-def _grid_bag(device: str, n: int = 30, side: int = 10,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid_bag(
+    device: str, n: int = 30, side: int = 10, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``[n, 24]`` and distinct grid positions ``[n, 2]`` (column, row) on a side x
     side lattice, in no particular order (drawn on the CPU, then moved to ``device``)."""
     g = torch.Generator().manual_seed(seed)
@@ -109,8 +123,9 @@ def test_sincos_2d_halves_encode_column_then_row():
     assert emb.shape == (3, 32)
     torch.testing.assert_close(emb[0, :16], emb[1, :16])  # same column
     torch.testing.assert_close(emb[0, 16:], emb[2, 16:])  # same row
-    assert not torch.allclose(emb[0, 16:], emb[1, 16:]) and not torch.allclose(emb[0, :16],
-                                                                               emb[2, :16])
+    assert not torch.allclose(emb[0, 16:], emb[1, 16:]) and not torch.allclose(
+        emb[0, :16], emb[2, :16]
+    )
     # channel 0 is sin(column * 1), channel 8 cos(column * 1) (MAE's layout)
     assert emb[0, 0].item() == pytest.approx(torch.tensor(3.0).sin().item(), abs=1e-6)
     assert emb[0, 8].item() == pytest.approx(torch.tensor(3.0).cos().item(), abs=1e-6)
@@ -123,10 +138,10 @@ def test_positional_permuting_tiles_with_their_coords_keeps_the_prediction(devic
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(1)).to(device)
     out, shuffled = model(x, coords=coords), model(x[perm], coords=coords[perm])
     torch.testing.assert_close(out.logits, shuffled.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.attention[0, perm], shuffled.attention[0], atol=1e-6,
-                               rtol=1e-4)
-    torch.testing.assert_close(out.tile_logits[0, perm], shuffled.tile_logits[0], atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(out.attention[0, perm], shuffled.attention[0], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        out.tile_logits[0, perm], shuffled.tile_logits[0], atol=1e-5, rtol=1e-4
+    )
     # the positions are the tiles' own: shuffling the features alone changes the prediction
     assert not torch.allclose(model(x[perm], coords=coords).logits, out.logits, atol=1e-4)
 
@@ -135,8 +150,9 @@ def test_positional_moving_one_tile_changes_the_prediction(device):
     model, (x, coords) = _positional(device), _grid_bag(device)
     moved = coords.clone()
     moved[0] = torch.tensor([14.0, 3.0])  # off the 10 x 10 lattice: no tile lies there
-    assert not torch.allclose(model(x, coords=moved).logits, model(x, coords=coords).logits,
-                              atol=1e-4)
+    assert not torch.allclose(
+        model(x, coords=moved).logits, model(x, coords=coords).logits, atol=1e-4
+    )
     # the same model without positions is blind to it
     torch.manual_seed(0)
     plain = create_model("transformer_mil", 24, 3, hidden_dims=(32,), dropout=0.0).to(device)
@@ -170,8 +186,11 @@ def test_positional_padded_batch_equals_single_bags(device):
 def test_positional_without_coords_is_a_clear_error(device):
     model, (x, coords) = _positional(device), _grid_bag(device)
     assert model.uses_coords
-    with pytest.raises(ValueError, match="positional='sincos2d' uses the tiles' positions but "
-                                         "was called without them: pass coords="):
+    with pytest.raises(
+        ValueError,
+        match="positional='sincos2d' uses the tiles' positions but "
+        "was called without them: pass coords=",
+    ):
         model(x)
     with pytest.raises(ValueError, match="without them"):
         model.predict_chunked(lambda s, e: x[s:e], 30)
@@ -183,8 +202,7 @@ def test_positional_setting_is_checked():
     with pytest.raises(ValueError, match="positional='learned'"):
         create_model("transformer_mil", 24, 3, hidden_dims=(32,), positional="learned")
     with pytest.raises(ValueError, match="divisible by 4"):
-        create_model("transformer_mil", 24, 3, hidden_dims=(30,), heads=6,
-                     positional="sincos2d")
+        create_model("transformer_mil", 24, 3, hidden_dims=(30,), heads=6, positional="sincos2d")
     assert not create_model("transformer_mil", 24, 3, hidden_dims=(32,)).uses_coords
 
 
@@ -193,8 +211,9 @@ def test_positional_checkpoint_round_trip_weights_only(tmp_path, device):
     torch.save(model.state_dict(), tmp_path / "model.pt")
     config = model.config()
     assert config["kwargs"]["positional"] == "sincos2d"
-    rebuilt = create_model(config["model"], config["in_dim"], config["n_classes"],
-                           **config["kwargs"])
+    rebuilt = create_model(
+        config["model"], config["in_dim"], config["n_classes"], **config["kwargs"]
+    )
     rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     rebuilt.to(device).eval()
     assert rebuilt.uses_coords
@@ -212,8 +231,11 @@ def test_positional_recorded_and_chunked_paths_match_forward(device):
 
 
 def test_detached_norm_scale_keeps_the_forward_and_makes_layernorm_affine_backward(device):
-    model = create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0, layers=1,
-                         heads=2).to(device).eval()
+    model = (
+        create_model("transformer_mil", 8, 2, hidden_dims=(16,), dropout=0.0, layers=1, heads=2)
+        .to(device)
+        .eval()
+    )
     x = torch.randn(5, 8, device=device)
     plain = model(x).logits
     with model.detached_norm_scale():
