@@ -370,7 +370,7 @@ def main() -> int:
     seconds["cohort"] = cli(
         log,
         "cohort",
-        "--out",
+        "--cohort",
         str(cohort),
         "--seed",
         "0",

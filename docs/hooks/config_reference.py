@@ -33,7 +33,11 @@ SECTION_VERBS = {
     "executor": ("tile",),
 }
 #: keys whose flag is not named after them (the executor flags every per-slide verb shares)
-RENAMED_FLAGS = {"executor.kind": "--executor", "executor.address": "--scheduler"}
+RENAMED_FLAGS = {
+    "executor.kind": "--executor",
+    "executor.address": "--scheduler",
+    "evaluate.annotations_dir": "--annotations",  # the name the other verbs give it
+}
 
 
 def _verb_flags() -> dict[str, set[str]]:

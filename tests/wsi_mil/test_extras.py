@@ -69,9 +69,12 @@ print(",".join(m for m in {EXTRA_MODULES!r} if m in sys.modules))
     ("argv", "extra"),
     [
         (["view", "{tmp}"], "viewer"),
-        (["explain", "--run", "{tmp}", "--features", "{tmp}", "--out", "{tmp}/x"], "explain"),
         (
-            ["segment-train", "--slides", "{tmp}", "--annotations", "{tmp}", "--out", "{tmp}/x"],
+            ["explain", "--run", "{tmp}", "--features", "{tmp}", "--explanations", "{tmp}/x"],
+            "explain",
+        ),
+        (
+            ["segment-train", "--slides", "{tmp}", "--annotations", "{tmp}", "--model", "{tmp}/x"],
             "segment",
         ),
         (["agreement", "{tmp}/ratings"], "agreement"),

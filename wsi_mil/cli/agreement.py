@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wsi_mil.cli.options import add_renamed
+
 
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.viewer.ratings import QUESTIONS, read_ratings_dir, write_agreement
 
     ratings = read_ratings_dir(args.ratings)
-    out = Path(args.out) if args.out else Path(args.ratings).resolve().parent / "agreement.csv"
+    out = Path(args.table) if args.table else Path(args.ratings).resolve().parent / "agreement.csv"
     rows = write_agreement(out, ratings)
     questions = dict(QUESTIONS)
     print("slides scored: " + ", ".join(f"{r} {len(s)}" for r, s in sorted(ratings.items())))
@@ -39,5 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "every rater scored.",
     )
     p.add_argument("ratings", help="ratings folder (PROJECT/ratings)")
-    p.add_argument("--out", help="CSV to write (default: agreement.csv beside the ratings folder)")
+    add_renamed(
+        p,
+        "--table",
+        "--out",
+        default=None,
+        help="CSV to write (default: agreement.csv beside the ratings folder)",
+    )
     p.set_defaults(func=run)

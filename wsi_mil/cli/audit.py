@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.metrics.params import AuditParams
 
 
@@ -21,8 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "can be predicted from slide-level mean features and from a trained run's "
         "attention-pooled embedding (cross-validated logistic regression, permutation test "
         "against chance), whether the site goes with the label, and how much of the run's "
-        "attention falls on background, pen or blurred tiles. Writes OUT/audit.json and "
-        "OUT/audit.md and prints a verdict line.",
+        "attention falls on background, pen or blurred tiles. Writes AUDIT/audit.json and "
+        "AUDIT/audit.md and prints a verdict line.",
     )
     p.add_argument(
         "--features", required=True, type=Path, help="folder of feature bags (ours or TRIDENT's)"
@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="labels CSV with slide_id, label and the site column",
     )
-    p.add_argument("--out", required=True, type=Path, help="folder for audit.json / audit.md")
+    add_renamed(
+        p, "--audit", "--out", required=True, type=Path, help="folder for audit.json / audit.md"
+    )
     p.add_argument(
         "--run",
         type=Path,
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.audit import audit_cohort
 
     params = options_from_args(AuditParams, args)
-    audit_cohort(args.features, args.labels, args.out, params, args.run, args.device)
-    print((Path(args.out) / "audit.md").read_text(encoding="utf-8").rstrip())
-    print(f"\nwritten: {Path(args.out) / 'audit.json'}")
+    audit_cohort(args.features, args.labels, args.audit, params, args.run, args.device)
+    print((Path(args.audit) / "audit.md").read_text(encoding="utf-8").rstrip())
+    print(f"\nwritten: {Path(args.audit) / 'audit.json'}")
     return 0

@@ -1,4 +1,4 @@
-"""``wsi-mil cohort --out DIR``: generate a synthetic Camelyon-shaped cohort (slides with planted
+"""``wsi-mil cohort --cohort DIR``: generate a synthetic Camelyon-shaped cohort (slides with planted
 lesions, ASAP XML outlines, labels.csv) to try the pipeline or test a change on.
 
 The flags are the fields of the ``cohort`` config section; the work is
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsi_mil.cli.options import add_options, options_from_args
+from wsi_mil.cli.options import add_options, add_renamed, options_from_args
 from wsi_mil.synthetic.params import CohortParams
 
 
@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.cohort import generate_cohort
 
     cohort = generate_cohort(
-        args.out, options_from_args(CohortParams, args), overwrite=args.overwrite
+        args.cohort, options_from_args(CohortParams, args), overwrite=args.overwrite
     )
     n_tumor = sum(s.label == "tumor" for s in cohort.slides)
     print(
@@ -41,7 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and DIR/labels_survival.csv, DIR/labels_regression.csv (times and targets from each "
         "slide's lesion burden).",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    add_renamed(
+        p,
+        "--cohort",
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder to write the cohort to",
+    )
     p.add_argument("--overwrite", action="store_true", help="rewrite slides already there")
     add_options(p.add_argument_group("cohort"), CohortParams)
     p.set_defaults(func=run)

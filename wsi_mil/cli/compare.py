@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wsi_mil.cli.options import add_renamed
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,7 +23,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("a", type=Path, help="predict output folder of model A")
     p.add_argument("b", type=Path, help="predict output folder of model B")
     p.add_argument("--labels", required=True, type=Path, help="labels CSV slide_id,label,...")
-    p.add_argument("--out", type=Path, default=None, help="write compare.json here")
+    add_renamed(
+        p,
+        "--comparison",
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to write compare.json to",
+    )
     p.add_argument(
         "--negative-class", default=None, help="negative class (default: the one the runs recorded)"
     )
@@ -31,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline.evaluate import compare_predictions
 
-    result = compare_predictions(args.a, args.b, args.labels, args.out, args.negative_class)
+    result = compare_predictions(args.a, args.b, args.labels, args.comparison, args.negative_class)
     low, high = result["ci95"]
     print(
         f"{result['n_slides']} slides ({result['n_positive']} {result['positive_class']}, "
@@ -41,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
         f"A - B = {result['difference']:+.3f} (95% CI {low:+.3f} to {high:+.3f}), DeLong "
         f"z = {result['z']:.2f}, two-sided p = {result['p_value']:.3g}"
     )
-    if args.out is not None:
-        print(f"written to {args.out / 'compare.json'}")
+    if args.comparison is not None:
+        print(f"written to {args.comparison / 'compare.json'}")
     return 0

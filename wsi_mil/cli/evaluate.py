@@ -3,7 +3,7 @@ metrics when lesion annotations are given.
 
 The flags are the fields of the ``evaluate`` config section; the work is
 :func:`wsi_mil.pipeline.evaluate.evaluate_predictions` (and
-:func:`wsi_mil.explain.lesions.evaluate_lesions` with ``--annotations-dir``).
+:func:`wsi_mil.explain.lesions.evaluate_lesions` with ``--annotations``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="slide metrics, ROC curve and confusion matrix of predictions",
         description="Compare predictions.csv (from predict) with a labels CSV; with "
-        "--annotations-dir also the lesion-level FROC, tile Dice and explainability scores.",
+        "--annotations also the lesion-level FROC, tile Dice and explainability scores.",
     )
     p.add_argument(
         "--predictions",
@@ -58,7 +58,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="segment/ folder of wsi-mil segment: score its pixel masks beside the tile head",
     )
-    add_options(p.add_argument_group("evaluation"), EvaluateSection)
+    add_options(
+        p.add_argument_group("evaluation"),
+        EvaluateSection,
+        flags={"annotations_dir": "--annotations"},
+    )
     p.set_defaults(func=run)
 
 

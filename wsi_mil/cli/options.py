@@ -206,10 +206,14 @@ def add_options(
     *,
     exclude: Iterable[str] = (),
     positional: Iterable[str] = (),
+    flags: dict[str, str] | None = None,
 ) -> None:
     """One flag per field of ``cls`` (see the module docstring); ``positional`` fields become
-    positional arguments (``tile INPUT...``), ``exclude`` ones are left to the verb."""
-    exclude, positional = set(exclude), set(positional)
+    positional arguments (``tile INPUT...``), ``exclude`` ones are left to the verb. ``flags``
+    names a field's flag where the verbs share a name that is not the field's (``evaluate
+    --annotations`` for ``annotations_dir``, as the other verbs spell it); the field's own
+    spelling stays as a former one for a release."""
+    exclude, positional, flags = set(exclude), set(positional), flags or {}
     renamed = {new: old for old, new in getattr(cls, "RENAMED", {}).items()}
     for dest, f, hint, doc in option_fields(cls):
         if dest in exclude:
@@ -219,6 +223,10 @@ def add_options(
             kwargs.pop("help")
             parser.add_argument(
                 dest, help=doc.replace("%", "%%"), metavar=dest.removesuffix("s").upper(), **kwargs
+            )
+        elif dest in flags:
+            add_renamed(
+                parser, flags[dest], flag_name(dest), dest=dest, default=argparse.SUPPRESS, **kwargs
             )
         elif dest in renamed:
             add_renamed(

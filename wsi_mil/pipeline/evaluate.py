@@ -553,7 +553,7 @@ def evaluate_cohort(
         warnings.warn(
             f"{annotations}: lesion metrics (FROC, tile Dice, pointing game) score a "
             f"classification's lesion map; a {metrics['task']} run is scored with "
-            f"wsi-mil explain --annotations-dir instead",
+            f"wsi-mil explain --annotations instead",
             stacklevel=2,
         )
         return metrics, {}

@@ -32,6 +32,8 @@ SECTION_VERB = {
 #: folder, which ``wsi-mil segment --model`` requires (a verb has no OUT to default it from).
 NESTED_VERB = {("segment", "train"): "segment-train"}
 OWN_FLAG = {("segment", "model")}
+#: Fields whose flag is not named after them: the name the other verbs give the same thing.
+FLAG_OF = {("evaluate", "annotations_dir"): "--annotations"}
 #: The executor section describes a cluster (LocalCluster sizes, twenty SLURM settings): a config
 #: file's job. Its kind and address are the per-slide verbs' --executor and --scheduler.
 CONFIG_ONLY = {"executor"}
@@ -99,7 +101,7 @@ def test_every_field_is_a_flag_with_the_yaml_default(section, cls, verb):
         assert dest in by_dest, f"{section}.{dest} has no flag on `wsi-mil {verb}`"
         action = by_dest[dest]
         if action.option_strings:  # positional inputs have no flag name
-            assert flag_name(dest) in action.option_strings
+            assert FLAG_OF.get((section, dest), flag_name(dest)) in action.option_strings
         assert doc, f"{cls.__name__}.{f.name} has no #: documentation"
         value = yaml_defaults
         for part in dest.split("."):
@@ -194,6 +196,16 @@ RENAMED_FLAGS = [
     ),
     (["segment-train", "--slides", "s", "--annotations", "a"], "--out", "--model", "model"),
     (["extract", "--tiles", "t", "--features", "f"], "--workers", "--tile-readers", "tile_readers"),
+    (
+        ["evaluate", "--predictions", "p", "--labels", "l.csv"],
+        "--annotations-dir",
+        "--annotations",
+        "annotations_dir",
+    ),
+    (["compare", "a", "b", "--labels", "l.csv"], "--out", "--comparison", "comparison"),
+    (["audit", "--features", "f", "--labels", "l.csv"], "--out", "--audit", "audit"),
+    (["agreement", "ratings"], "--out", "--table", "table"),
+    (["cohort"], "--out", "--cohort", "cohort"),
 ]
 
 
