@@ -26,7 +26,7 @@ def test_a_notebook_routes_a_stage_s_messages(slides, tmp_path, caplog):
     from wsi_mil import tile_slides
 
     caplog.set_level(logging.INFO, logger="wsi_mil")
-    result = tile_slides([slides], tmp_path / "out")
+    result = tile_slides([slides], out=tmp_path / "out")
     assert result.done == [str(slides / "lesion.tiff")]
     by_level = {(r.name, r.levelno, r.getMessage().split(":")[0]) for r in caplog.records}
     assert ("wsi_mil.pipeline.tile", logging.INFO, "lesion") in by_level
@@ -46,7 +46,7 @@ def test_a_notebook_silences_the_library_but_its_warnings(slides, tmp_path, capl
     level = logger.level
     logger.setLevel(logging.WARNING)  # what the user writes
     try:
-        tile_slides([slides], tmp_path / "out")
+        tile_slides([slides], out=tmp_path / "out")
     finally:
         logger.setLevel(level)
     library = [r for r in caplog.records if r.name.startswith("wsi_mil")]
