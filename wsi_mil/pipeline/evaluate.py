@@ -211,31 +211,7 @@ def evaluate_predictions(
     labels = table.by_slide()
     if split is not None:
         labels = {s: row for s, row in labels.items() if row.split == split}
-    scored = [r for r in rows if r["slide_id"] in labels]
-    unlabelled = len(rows) - len(scored)
-    predicted_ids = {r["slide_id"] for r in rows}
-    missing = sorted(s for s in labels if s not in predicted_ids)
-    if unlabelled:
-        warnings.warn(
-            f"{labels_csv}: {unlabelled} predicted slide(s) have no label and are not scored",
-            stacklevel=2,
-        )
-    if missing:
-        warnings.warn(
-            f"{pred_dir}: {len(missing)} labelled slide(s) have no prediction, e.g. {missing[:5]}",
-            stacklevel=2,
-        )
-    if not scored:
-        raise InputError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
-    in_sample = [r["slide_id"] for r in scored if r.get("in_sample") == "true"]
-    if in_sample:
-        warnings.warn(
-            f"{pred_dir}: {len(in_sample)} of {len(scored)} scored slide(s) were predicted by a "
-            f"model that trained on them (e.g. {', '.join(in_sample[:3])}): these metrics are "
-            f"in-sample and optimistic. Predict a cross-validated run's own slides out of fold "
-            f"(wsi-mil predict, the default) or score held-out slides only",
-            stacklevel=2,
-        )
+    scored, record = _predicted_rows(pred_dir, labels_csv, labels, rows)
     subtypes = (
         "task" in recorded and recorded.get("negative_class") is None and negative_class is None
     )
@@ -298,9 +274,7 @@ def evaluate_predictions(
         unit=unit,
         negative_class=negative,
         subtyping=subtypes,
-        unlabelled_predictions=unlabelled,
-        in_sample_slides=in_sample,
-        missing_predictions=missing,
+        **record,
         thresholds=(
             describe_thresholds(thresholds) if not np.isnan(thresholds).any() else "not recorded"
         ),
@@ -337,7 +311,7 @@ def _predicted_rows(
             stacklevel=3,
         )
     if not scored:
-        raise ValueError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
+        raise InputError(f"{pred_dir}: no predicted slide has a label in {labels_csv}")
     in_sample = [r["slide_id"] for r in scored if r.get("in_sample") == "true"]
     if in_sample:
         warnings.warn(
