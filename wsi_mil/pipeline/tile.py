@@ -8,7 +8,7 @@ import os
 from functools import partial
 from pathlib import Path
 
-from tiling.discover import check_unique_ids, find_slides
+from tiling.discover import SlideDiscoveryError, check_unique_ids, find_slides
 from tiling.params import TilingParams
 from tiling.pipeline import is_tiled, summary_line, tile_slide, tiling_outputs
 from tiling.slide import read_mpp_csv
@@ -28,6 +28,21 @@ def tile_and_report(
     path = tile_slide(slide_path, out_dir, params, mpp)
     logger.info(summary_line(path))
     return path
+
+
+def no_slides_message(slides: list[str | os.PathLike], recursive: bool) -> str:
+    """Why nothing was found, and the remedy when the slides lie in subfolders: an empty batch
+    is a mistake in the inputs, never "0 done"."""
+    names = ", ".join(str(s) for s in slides) or "(no input)"
+    message = f"{names}: no slides found"
+    if not recursive:
+        below = find_slides(slides, recursive=True)
+        if below:
+            message += (
+                f"; {len(below)} in subfolders (e.g. {below[0]}): add --recursive "
+                "(slides.recursive: true, or recursive=True)"
+            )
+    return message
 
 
 def tile_slides(
@@ -56,6 +71,8 @@ def tile_slides(
     found = [
         s for s in find_slides(slides, recursive=recursive) if previews not in s.resolve().parents
     ]  # never tile our own previews
+    if not found:
+        raise SlideDiscoveryError(no_slides_message(slides, recursive))
     by_id = check_unique_ids(found)
     overrides = read_mpp_csv(mpp_csv) if mpp_csv is not None else {}
     unknown = sorted(set(overrides) - set(by_id))

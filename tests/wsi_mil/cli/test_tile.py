@@ -121,6 +121,26 @@ def test_bad_inputs_exit_2(tmp_path, two_slides, capsys):
     assert main(["tile", str(two_slides), "--out", str(tmp_path / "o"), "--overlap", "1"]) == 2
 
 
+def test_a_folder_without_slides_is_an_error_that_points_to_subfolders(
+    two_slides, tmp_path, capsys
+):
+    """No slide found is a mistake in the inputs (exit 2, nothing written), not "0 done"; when
+    the slides lie one level down the error says to add --recursive."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["tile", str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: no slides found" in err and "--recursive" not in err
+    parent = tmp_path / "cohort"
+    shutil.copytree(two_slides, parent / "images")
+    assert main(["tile", str(parent), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no slides found; 2 in subfolders" in err and "add --recursive" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["tile", str(parent), "--recursive", "--out", str(tmp_path / "o")]) == 0
+    assert len(list((tmp_path / "o" / "tiles").glob("*.h5"))) == 2
+
+
 def test_duplicate_slide_ids_refused(two_slides, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
