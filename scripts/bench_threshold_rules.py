@@ -27,7 +27,6 @@ import csv
 import json
 import re
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -60,13 +59,12 @@ def accuracies(
         0,
     )
     chosen = {
+        "youden": thresholds.fold_thresholds(
+            *args, min_per_class=MIN_VAL_PER_CLASS, nested_check=False
+        ),
         "half": thresholds.fold_thresholds(*args, min_per_class=10**9),
         "nested": thresholds.fold_thresholds(*args, min_per_class=MIN_VAL_PER_CLASS),
     }
-    with mock.patch.object(
-        thresholds, "nested_rule", lambda ids, y_, p, s, n, cut, rule: (cut, rule)
-    ):
-        chosen["youden"] = thresholds.fold_thresholds(*args, min_per_class=MIN_VAL_PER_CLASS)
     out = {}
     for rule in RULES:
         out[rule] = float(

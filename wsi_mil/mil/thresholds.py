@@ -1,11 +1,10 @@
 """Decision thresholds of a cross-validated run that never see the slides they judge.
 
-**Per fold.** Fold ``k``'s threshold decides fold ``k``'s test slides. It is chosen (by
-:func:`wsi_mil.metrics.slide.pooled_threshold`: Youden's J when the pool holds
-``min_per_class`` slides of each class, else 0.5; Youden's J only where a nested check on
-held-out validation folds finds it beats 0.5: :func:`nested_rule`) on the validation
-predictions of *every*
-fold's model pooled, **minus every prediction of a slide in fold k's test part**. Why the
+**Per fold.** Fold ``k``'s threshold decides fold ``k``'s test slides. It is chosen on the
+validation predictions of *every* fold's model pooled, **minus every prediction of a slide in
+fold k's test part**: 0.5 when that pool holds fewer than ``min_per_class`` slides of a class
+(:func:`wsi_mil.metrics.slide.pooled_threshold`), else Youden's J if a nested check on
+held-out validation folds finds it beats 0.5 (:func:`nested_rule`), else 0.5. Why the
 exclusion: fold ``j``'s validation slides are carved from everything outside fold ``j``'s test,
 so they include other folds' test slides; one threshold from all folds' validation predictions
 pooled had, in a 174-slide cohort, seen the labels of 40-74 % of the test slides it was then
@@ -66,12 +65,14 @@ def fold_thresholds(
     folds: Sequence[int],
     negative_index: int,
     min_per_class: int,
+    nested_check: bool = True,
 ) -> list[FoldThreshold]:
     """Each fold's threshold from every fold's validation predictions except fold k's test
     slides' (the module docstring says why), with Youden's J kept only where the nested check
-    (:func:`nested_rule`) finds it beats 0.5 on validation slides it did not see. The ``i``-th
-    entry of each sequence belongs to fold ``folds[i]``; ``val_p`` are class probabilities
-    ``[n, C]``."""
+    (:func:`nested_rule`) finds it beats 0.5 on validation slides it did not see
+    (``nested_check=False``: the pool's Youden cut as it is, the rule before the check, for
+    ``scripts/bench_threshold_rules.py``). The ``i``-th entry of each sequence belongs to fold
+    ``folds[i]``; ``val_p`` are class probabilities ``[n, C]``."""
     ids = np.concatenate([np.asarray(v, dtype=str) for v in val_ids]) if val_ids else np.zeros(0)
     y = np.concatenate(val_y) if val_y else np.zeros(0, dtype=int)
     p = np.concatenate(val_p) if val_p else np.zeros((0, 2))
@@ -84,7 +85,7 @@ def fold_thresholds(
     for fold, test in zip(folds, test_ids, strict=True):
         keep = ~np.isin(ids, np.asarray(test, dtype=str))
         threshold, rule = pooled_threshold(y[keep], p[keep], negative_index, min_per_class)
-        if rule.startswith("Youden"):
+        if nested_check and rule.startswith("Youden"):
             threshold, rule = nested_rule(
                 ids[keep], y[keep], p[keep], source[keep], negative_index, threshold, rule
             )

@@ -119,3 +119,20 @@ def test_fold_thresholds_apply_the_check_per_fold(negative_index):
         assert decision.rule.startswith("Youden's J on pooled validation")
         assert "nested check over 3 held-out validation folds" in decision.rule
         assert 0.2 < decision.threshold < 0.25
+
+
+def test_without_the_check_the_pool_youden_cut_stands():
+    # two models that disagree in scale: the check picks 0.5, switched off the pool's cut stays
+    rng = np.random.default_rng(1)
+    folds = [
+        _fold("h", 20, (0.3, 0.45), (0.8, 0.95), rng),
+        _fold("l", 20, (0.05, 0.2), (0.55, 0.7), rng),
+    ]
+    args = ([f[0] for f in folds], [f[1] for f in folds], [f[2] for f in folds], [[], []])
+    checked = fold_thresholds(*args, [0, 1], 0, min_per_class=10)
+    plain = fold_thresholds(*args, [0, 1], 0, min_per_class=10, nested_check=False)
+    _, y, p, _ = _pool(folds)
+    for with_check, without in zip(checked, plain, strict=True):
+        assert with_check.threshold == 0.5 and "nested check over 2" in with_check.rule
+        assert without.threshold == pytest.approx(choose_threshold(y, p))
+        assert "nested check" not in without.rule
