@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -192,7 +192,8 @@ def _efficientnet_lite0_file() -> tuple[Path, str]:
 def _truncate_resnet_after_layer3(model: nn.Module) -> nn.Module:
     """CLAM's ``resnet50_trunc``: drop layer 4, so global pooling sees layer 3's 1024 channels."""
     model.layer4 = nn.Identity()
-    model.num_features = model.head_hidden_size = 1024
+    # ignore: torch's stub types a module's attributes as tensors or modules; timm keeps ints here
+    model.num_features = model.head_hidden_size = 1024  # type: ignore[assignment]
     return model
 
 
@@ -572,15 +573,23 @@ def embed(model: nn.Module, images: torch.Tensor, pooling: str) -> torch.Tensor:
     out of the mean."""
     if pooling != "cls+mean":
         return model(images)
-    tokens = model.forward_features(images)
-    prefix = int(model.num_prefix_tokens)
+    vit: Any = model  # a timm ViT: forward_features and num_prefix_tokens are not nn.Module's
+    tokens = vit.forward_features(images)
+    prefix = int(vit.num_prefix_tokens)
     return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=-1)
 
 
 def output_dim(model: nn.Module, pooling: str) -> int:
     """The length of :func:`embed`'s vectors for ``model``."""
-    width = int(getattr(model, "head_hidden_size", None) or model.num_features)
+    timm_model: Any = model  # num_features (timm's feature width) is not nn.Module's
+    width = int(getattr(timm_model, "head_hidden_size", None) or timm_model.num_features)
     return 2 * width if pooling == "cls+mean" else width
+
+
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    """A per-channel (R, G, B) normalisation constant from a config's sequence."""
+    red, green, blue = values
+    return float(red), float(green), float(blue)
 
 
 def _timm_spec(name: str) -> EncoderSpec:
@@ -592,8 +601,8 @@ def _timm_spec(name: str) -> EncoderSpec:
         raise EncoderError(f"{name}: timm has no architecture {architecture!r}")
     cfg = timm.get_pretrained_cfg(architecture)
     input_size = int(cfg.input_size[-1]) if cfg is not None else 224
-    mean = tuple(cfg.mean) if cfg is not None else IMAGENET_MEAN
-    std = tuple(cfg.std) if cfg is not None else IMAGENET_STD
+    mean = _rgb(cfg.mean) if cfg is not None else IMAGENET_MEAN
+    std = _rgb(cfg.std) if cfg is not None else IMAGENET_STD
     return EncoderSpec(
         name=name,
         architecture=architecture,
@@ -680,7 +689,12 @@ def _fit_pos_embed(
     model's reference code does when it loads them), when the entry says how."""
     from timm.layers import resample_abs_pos_embed
 
-    for key, module in (("pos_embed", model), ("trunk.pos_embed", getattr(model, "trunk", None))):
+    # Any: a timm ViT (or its trunk); patch_embed and num_prefix_tokens are not nn.Module's
+    modules: tuple[tuple[str, Any], ...] = (
+        ("pos_embed", model),
+        ("trunk.pos_embed", getattr(model, "trunk", None)),
+    )
+    for key, module in modules:
         target = getattr(module, "pos_embed", None)
         if interpolation is None or key not in state or target is None:
             continue
@@ -743,8 +757,8 @@ def create_encoder(
         model=model,
         dim=dim,
         input_size=spec.input_size,
-        mean=tuple(spec.mean),
-        std=tuple(spec.std),
+        mean=_rgb(spec.mean),
+        std=_rgb(spec.std),
         weights=source,
         weights_sha256=sha256_of(path),
         pooling=spec.pooling,

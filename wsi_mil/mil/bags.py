@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from features.bag import (
@@ -256,7 +257,7 @@ def _check_finite(path: Path | str, features: np.ndarray, offset: int = 0) -> No
         )
 
 
-def read_features(path: Path, dtype: np.dtype = np.float16) -> np.ndarray:
+def read_features(path: Path, dtype: npt.DTypeLike = np.float16) -> np.ndarray:
     """All features of a bag as ``dtype``, checked for NaN/inf."""
     features = read_bag_features(path)
     _check_finite(path, features)
@@ -463,9 +464,12 @@ class BagDataset(torch.utils.data.Dataset):
             )
             if keep is not None:
                 features = features[torch.from_numpy(keep)]
-        tile_labels = self._tile_labels[index]
-        if tile_labels is not None:
-            tile_labels = torch.from_numpy(tile_labels if keep is None else tile_labels[keep])
+        labels_of_tiles = self._tile_labels[index]
+        tile_labels = (
+            None
+            if labels_of_tiles is None
+            else torch.from_numpy(labels_of_tiles if keep is None else labels_of_tiles[keep])
+        )
         coords = None
         if self._coords is not None:
             coords = torch.from_numpy(
@@ -496,6 +500,7 @@ def collate_bags(items: Sequence[BagItem]) -> BagBatch:
             raise BagSetError(f"bags {missing} have no coordinates, others of the batch do")
         coords = torch.zeros(len(items), n_max, 2, dtype=torch.float32)
         for i, item in enumerate(items):
+            assert item.coords is not None  # all(with_coords) above
             coords[i, : item.coords.shape[0]] = item.coords.float()
     labels = torch.tensor([item.label for item in items], dtype=torch.long)
     targets = torch.tensor([item.target for item in items], dtype=torch.float32).reshape(

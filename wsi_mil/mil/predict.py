@@ -28,6 +28,7 @@ import csv
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -124,7 +125,7 @@ class LoadedRun:
                 chosen[0].meta.get("threshold_rule", f"fold {chosen[0].fold}'s threshold")
             )
         kind = chosen[0].task.kind
-        values = [fm.meta.get("threshold") for fm in chosen]
+        values: list[Any] = [fm.meta.get("threshold") for fm in chosen]  # shape by task kind
         if kind == "multilabel":
             return [
                 ensemble_threshold([v[t] for v in values]) for t in range(len(values[0]))
@@ -305,7 +306,7 @@ def predict_bag(
 def predict_patient(
     run: LoadedRun,
     patient_id: str,
-    parts: list[tuple[str, Path, str | os.PathLike | None]],
+    parts: Sequence[tuple[str, Path, str | os.PathLike | None]],
     chunk_size: int = 16384,
     oof: bool | None = None,
 ) -> list[SlidePrediction]:
@@ -320,7 +321,7 @@ def predict_patient(
 def _predict(
     run: LoadedRun,
     bag_id: str,
-    parts: list[tuple[str, Path, str | os.PathLike | None]],
+    parts: Sequence[tuple[str, Path, str | os.PathLike | None]],
     chunk_size: int,
     oof: bool | None,
 ) -> list[SlidePrediction]:
@@ -447,7 +448,7 @@ def _predict(
     return out
 
 
-def _patient_key(run: LoadedRun, parts: list[tuple[str, Path, Any]]) -> str:
+def _patient_key(run: LoadedRun, parts: Sequence[tuple[str, Path, Any]]) -> str:
     """The slide a patient-level bag's fold roles are read from (every slide of a patient has
     its patient's roles in splits.csv)."""
     for slide_id, _, _ in parts:
@@ -480,7 +481,7 @@ def predict_slide(
 
 
 def predict_patient_slides(
-    parts: list[tuple[str, Path, str | os.PathLike | None]],
+    parts: Sequence[tuple[str, Path, str | os.PathLike | None]],
     patient_id: str,
     pred_dir: str | os.PathLike,
     run_dir: str | os.PathLike,

@@ -143,6 +143,7 @@ def auxiliary_loss(
         else torch.full_like(batch.tile_labels, float("nan"))
     )
     if task.segmentation == "negative":
+        assert task.negative_index is not None  # make_task pairs "negative" with its index
         return segmentation_loss(
             out,
             batch.mask,
@@ -211,6 +212,7 @@ def run_epoch(
         pending.clear()
         if size < 2:
             return  # one bag has no risk set
+        assert optimizer is not None  # only called while training
         loss = task.slide_loss(logits, labels, targets, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -253,7 +255,7 @@ def run_epoch(
             )
             if training:
                 grouped_step(final=False)
-        elif training:
+        elif optimizer is not None:  # training
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -337,7 +339,7 @@ def make_optimizer(
     ``scripts/bench_mil_classic.py``: SGD 14 ms fused, 57 foreach). Else ``foreach``: a few
     batched updates per step instead of a Python loop over tensors.
     """
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "lr": params.lr,
         "weight_decay": params.weight_decay,
         ("fused" if fused else "foreach"): True,
@@ -486,7 +488,7 @@ def prediction_rows(
     by_slide = labels.by_slide()
     rows = []
     for slide_id, p, k in zip(slide_ids, probs, predicted, strict=True):
-        row = {
+        row: dict[str, object] = {
             "slide_id": slide_id,
             "label": by_slide[slide_id].label,
             "predicted_label": labels.class_names[int(k)],
@@ -775,7 +777,7 @@ def finish_run(
     classes = list(labels.class_names)
     by_slide = labels.by_slide()
     subtypes = negative_index is None
-    negative_index = 0 if subtypes else negative_index
+    negative = 0 if negative_index is None else negative_index
 
     def y_of(ids: list[str]) -> np.ndarray:
         return np.array([labels.class_index(by_slide[s].label) for s in ids], dtype=int)
@@ -797,7 +799,7 @@ def finish_run(
         [probs[r["fold"]]["val"] for r in trained],
         [r["test"]["slide_ids"] for r in trained],
         [r["fold"] for r in trained],
-        negative_index,
+        negative,
         params.threshold_min_per_class,
     )
     fold_metrics, pooled_rows = [], []
@@ -807,10 +809,10 @@ def finish_run(
         parts = {}
         for part in ("val", "test"):
             ids, p = record[part]["slide_ids"], probs[fold][part]
-            parts[part] = (ids, y_of(ids), p, predict_indices(p, threshold, negative_index))
+            parts[part] = (ids, y_of(ids), p, predict_indices(p, threshold, negative))
         ids, y, p, k = parts["test"]
         metrics = slide_metrics(
-            y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed
+            y, p, k, classes, negative, n_boot=params.bootstrap, seed=params.seed
         )
         _, vy, vp, vk = parts["val"]
         metrics.update(
@@ -823,13 +825,13 @@ def finish_run(
             epochs_run=record["epochs_run"],
             n_train=record["n_train"],
             n_val=record["n_val"],
-            validation=slide_metrics(vy, vp, vk, classes, negative_index, n_boot=0),
+            validation=slide_metrics(vy, vp, vk, classes, negative, n_boot=0),
         )
         meta = {
             **record["model_config"],
             "task": "classification",
             "class_names": classes,
-            "negative_class": None if subtypes else classes[negative_index],
+            "negative_class": None if subtypes else classes[negative],
             "segmentation": "one_vs_rest" if subtypes else "negative",
             "bag_level": params.bag_level,
             "threshold": threshold,
@@ -863,7 +865,7 @@ def finish_run(
         "model": params.model,
         "class_names": classes,
         "n_folds": len(trained),
-        "negative_class": None if subtypes else classes[negative_index],
+        "negative_class": None if subtypes else classes[negative],
         "subtyping": subtypes,
         "thresholds": [d.as_dict() for d in chosen],
         "ensemble_threshold": ensemble,
@@ -881,7 +883,7 @@ def finish_run(
     if len(trained) > 1:
         y, p, k = (np.concatenate([r[i] for r in pooled_rows]) for i in range(3))
         summary["pooled_out_of_fold"] = slide_metrics(
-            y, p, k, classes, negative_index, n_boot=params.bootstrap, seed=params.seed
+            y, p, k, classes, negative, n_boot=params.bootstrap, seed=params.seed
         )
         summary["pooled_out_of_fold"]["thresholds"] = "each fold's own, for its test slides"
     return summary

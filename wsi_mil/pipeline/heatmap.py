@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def heatmap_slides(
     for path in sorted(predictions_dir.glob("*.h5")):
         slide_id = path.stem
         slide_path = slides.get(slide_id)
+        job: Callable[[], object]
         if slides_dir is not None and slide_path is None and "png" in params.formats:
             job = functools.partial(_missing_slide, path, str(slides_dir))
         else:

@@ -176,7 +176,9 @@ class MILModel(nn.Module, ABC):
         than ReLU (relevance passes it unchanged). Every remaining operation is linear or ReLU,
         so gradient x input of the logit is LRP-0 relevance (:mod:`wsi_mil.explain.lrp`).
         Every module with an ``lrp_rule`` flag takes part; never used in training."""
-        flagged = [m for m in self.modules() if hasattr(m, "lrp_rule")]
+        # modules of several classes share the flag; Any: nn.Module types unknown attributes
+        # as tensors or modules
+        flagged: list[Any] = [m for m in self.modules() if hasattr(m, "lrp_rule")]
         for m in flagged:
             m.lrp_rule = True
         try:

@@ -335,6 +335,7 @@ class TransformerMIL(_TransformerMIL):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.embed(x)
         if self.uses_coords:
+            assert coords is not None  # forward's check_coords refuses a bag without them
             h = h + self.position(coords).to(h.dtype)
         tokens = torch.cat([self.cls_token[0].to(x.dtype), h])
         if record:
