@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from features.params import device_field
 from tiling.params import AnnotationParams
 from wsi_mil.config.schema import check_fields, constrained
-from wsi_mil.metrics.params import FrocParams
-from wsi_mil.mil.params import positive_class_field, positive_tile_threshold_field
+from wsi_mil.metrics.params import FrocParams, lesion_fraction_field
+from wsi_mil.mil.params import (
+    attended_tile_threshold_field,
+    positive_class_field,
+    positive_tile_threshold_field,
+)
 
 #: every explanation method, in the order of the tables (kept here so the CLI needs no torch).
 METHOD_NAMES = (
@@ -58,8 +62,7 @@ class ExplainParams:
     #: cubic in the bag for exact attention) and TransMIL keep_one (a padded pass per tile);
     #: attention models take both in closed form, transformer_mil keep_one in one batch
     max_perturbation_tiles: int = constrained(500, ge=1)
-    #: lesion area fraction from which a tile counts as a lesion tile
-    min_fraction: float = constrained(0.5, ge=0, le=1)
+    min_fraction: float = lesion_fraction_field()
     #: leave tiles with 0 < lesion fraction < min_fraction (lesion borders) out of the tile
     #: AUC/AP and the pointing games, counted in the tables; false: they count as negatives
     exclude_partial: bool = True
@@ -113,10 +116,8 @@ class LesionEvalParams:
     annotations: AnnotationParams = field(default_factory=AnnotationParams)
     positive_class: str | None = positive_class_field()
     seg_threshold: float = positive_tile_threshold_field()
-    #: Lesion area fraction at or above which a tile is truly tumour.
-    min_fraction: float = constrained(0.5, ge=0, le=1)
-    #: Normalised attention at or above which a tile counts as marked (region report).
-    attention_threshold: float = constrained(0.5, ge=0, le=1)
+    min_fraction: float = lesion_fraction_field()
+    attention_threshold: float = attended_tile_threshold_field()
     #: k of the top-k pointing game.
     pointing_k: int = constrained(5, ge=1)
     #: Steps of the deletion / insertion curves, and random orders averaged as baseline.

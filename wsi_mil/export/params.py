@@ -6,15 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wsi_mil.config.schema import check_fields, constrained
-from wsi_mil.mil.params import positive_class_field, positive_tile_threshold_field
+from wsi_mil.mil.params import (
+    attended_tile_threshold_field,
+    positive_class_field,
+    positive_tile_threshold_field,
+)
 
 
 @dataclass(frozen=True)
 class ReportParams:
     """What counts as attended and segmented in a slide's report, and how text is read."""
 
-    #: Normalised attention (0..1) at or above which a tile counts as attended.
-    attention_threshold: float = constrained(0.5, ge=0, le=1)
+    attention_threshold: float = attended_tile_threshold_field()
     #: Tile probability at or above which the segmentation head puts a tile in a class (the
     #: model's region of each class, unless the pixel segmenter outlines the positive class).
     probability_threshold: float = positive_tile_threshold_field()

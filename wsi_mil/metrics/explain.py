@@ -39,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import auc
 
+from wsi_mil.metrics.params import LESION_FRACTION
+
 #: ``score(subsets) -> scores``: for each sorted int64 array of tile indices (into the bag's tile
 #: order), the slide score (e.g. tumour probability) of the bag made of those tiles. It takes
 #: the whole list at once so a model can score the bags of a curve in a few padded batches.
@@ -74,7 +76,7 @@ def _scored_tiles(
     return scores[keep], lesion_fraction[keep] >= min_fraction
 
 
-def partial_tiles(lesion_fraction: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+def partial_tiles(lesion_fraction: np.ndarray, min_fraction: float = LESION_FRACTION) -> np.ndarray:
     """Tiles partly in a lesion, below the share that makes a lesion tile."""
     fraction = np.asarray(lesion_fraction, dtype=np.float64).reshape(-1)
     return (fraction > 0) & (fraction < min_fraction)
@@ -116,7 +118,7 @@ def pointing_game(
     attention: np.ndarray,
     lesion_fraction: np.ndarray,
     k: int = 5,
-    min_fraction: float = 0.5,
+    min_fraction: float = LESION_FRACTION,
     exclude_partial: bool = False,
 ) -> PointingResult:
     """Whether the top-1 / top-k attended tiles fall in a lesion.
@@ -379,7 +381,7 @@ def map_weights(scores: np.ndarray) -> np.ndarray:
 def energy_pointing_game(
     scores: np.ndarray,
     lesion_fraction: np.ndarray,
-    min_fraction: float = 0.5,
+    min_fraction: float = LESION_FRACTION,
     exclude_partial: bool = False,
 ) -> float:
     """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): the share of a
@@ -418,7 +420,7 @@ class TileRanking:
 def tile_ranking(
     scores: np.ndarray,
     lesion_fraction: np.ndarray,
-    min_fraction: float = 0.5,
+    min_fraction: float = LESION_FRACTION,
     exclude_partial: bool = False,
 ) -> TileRanking:
     """Tile-level ROC AUC and average precision; NaN when every tile is on the same side.

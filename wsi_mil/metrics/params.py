@@ -5,8 +5,28 @@ quickly. Each field's ``#:`` comment is its documentation.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from wsi_mil.config.schema import check_fields, constrained
+
+#: The share of a tile's area inside an annotated lesion at or above which the tile *is* lesion:
+#: the positive tile labels training learns from and the truth the explanation and lesion
+#: scores compare against. Tiles below it but above zero are a lesion's border.
+LESION_FRACTION = 0.5
+
+
+def lesion_fraction_field() -> Any:
+    """The lesion-fraction field of every stage that turns annotations into tile truth (training's
+    tile labels, the explanation and lesion scores): one default, range and meaning."""
+    return constrained(
+        LESION_FRACTION,
+        ge=0.0,
+        le=1.0,
+        doc=(
+            "lesion area fraction at or above which a tile is a lesion tile (its label positive, "
+            "its truth tumour); tiles between 0 and it are the lesion's border"
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ import numpy as np
 from scipy.ndimage import binary_erosion
 from scipy.spatial import cKDTree
 
+from wsi_mil.metrics.params import LESION_FRACTION
+
 
 @dataclass(frozen=True)
 class SegmentationScores:
@@ -105,7 +107,7 @@ def tile_segmentation(
     tile_size_level0: float,
     slide_mpp: float,
     threshold: float = 0.5,
-    min_fraction: float = 0.5,
+    min_fraction: float = LESION_FRACTION,
     stride_level0: float | None = None,
 ) -> SegmentationScores:
     """Scores of one slide's tile predictions; the Hausdorff distances are between the

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from features.params import device_field
 from wsi_mil.config.schema import check_fields, constrained
+from wsi_mil.metrics.params import lesion_fraction_field
 from wsi_mil.mil.model_names import MODEL_NAMES
 
 #: MIL model used when none is named (Ilse et al. 2018 gated attention, as in CLAM).
@@ -39,6 +40,17 @@ def positive_tile_threshold_field() -> Any:
             "tile probability (of the positive class, from the MIL segmentation head) at or above "
             "which a tile is positive (segmented as lesion)"
         ),
+    )
+
+
+def attended_tile_threshold_field() -> Any:
+    """The attention cut of every stage that reports the attended region (the slide report,
+    the lesion evaluation's region report)."""
+    return constrained(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        doc="normalised attention (0..1) at or above which a tile counts as attended",
     )
 
 
@@ -108,8 +120,7 @@ class TrainParams:
     #: CLAM: weight of the slide loss against the instance loss
     bag_weight: float = constrained(0.7, ge=0, le=1)
     seg_weight: float = constrained(0.5, ge=0)  # weight of the segmentation-head loss
-    #: lesion fraction from which a tile label is positive
-    tile_label_threshold: float = constrained(0.5, ge=0, le=1)
+    tile_label_threshold: float = lesion_fraction_field()
     #: Train the segmentation head on the bags' annotation-derived ``tile_labels`` where a bag
     #: has them (tile-level supervision); false: from slide labels only (weak supervision),
     #: even when tile labels are there.

@@ -19,6 +19,7 @@ from wsi_mil.config.pipeline import (
     read_yaml,
     resolved_config_text,
 )
+from wsi_mil.export.params import ReportParams
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = REPO_ROOT / "configs"
@@ -195,3 +196,75 @@ def test_features_folder_is_where_extraction_writes():
 def test_predict_split_needs_labels():
     with pytest.raises(ConfigError, match="predict.split is 'test' but there are no labels"):
         parse_config({"out": "o", "stages": ["predict"], "predict": {"split": "test"}})
+
+
+def _params_classes(cls: type) -> set[type]:
+    """Every parameter dataclass reachable from ``cls`` through its fields' types, with the
+    dataclasses they derive from (a config section extends a stage's parameters)."""
+    found = {base for base in cls.__mro__ if dataclasses.is_dataclass(base)}
+    for hint in typing.get_type_hints(cls).values():
+        for candidate in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(candidate) and candidate not in found:
+                found |= _params_classes(candidate)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("shared", "fields"),
+    [
+        (
+            "lesion fraction",
+            {
+                "TrainParams.tile_label_threshold",
+                "ExplainParams.min_fraction",
+                "LesionEvalParams.min_fraction",
+            },
+        ),
+        (
+            "positive-tile threshold",
+            {
+                "HeatmapParams.seg_threshold",
+                "LesionEvalParams.seg_threshold",
+                "ReportParams.probability_threshold",
+                "SegmentParams.threshold",
+            },
+        ),
+        (
+            "positive class",
+            {
+                "HeatmapParams.positive_class",
+                "LesionEvalParams.positive_class",
+                "ReportParams.positive_class",
+                "SegmentParams.positive_class",
+            },
+        ),
+        (
+            "attended tile",
+            {"ReportParams.attention_threshold", "LesionEvalParams.attention_threshold"},
+        ),
+        (
+            "device",
+            {
+                "ExtractParams.device",
+                "TrainParams.device",
+                "PredictParams.device",
+                "ExplainParams.device",
+                "SegmentParams.device",
+                "SegmentTrainParams.device",
+            },
+        ),
+    ],
+)
+def test_a_shared_parameter_has_one_definition(shared, fields):
+    """The fields that mean the same thing carry the same default, range and documentation
+    (each comes from one field factory), so the stages cannot drift apart."""
+    by_name = {}
+    for cls in _params_classes(PipelineConfig) | _params_classes(ReportParams):
+        for f in dataclasses.fields(cls):
+            by_name.setdefault(f"{cls.__name__}.{f.name}", f)
+    assert fields <= by_name.keys(), (
+        f"{shared}: {sorted(fields - by_name.keys())} not in the schema"
+    )
+    definitions = {(repr(by_name[n].default), repr(dict(by_name[n].metadata))) for n in fields}
+    assert len(definitions) == 1, f"{shared} defined {len(definitions)} ways: {definitions}"
+    assert "doc" in by_name[next(iter(fields))].metadata
