@@ -37,8 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         default=None,
-        help="folder to write metrics.json and the PNGs to (PROJECT/evaluation in "
-        "wsi-mil run; default: the folder holding predictions.csv)",
+        help="folder to write metrics.json and the PNGs to (default: PROJECT/evaluation, "
+        "PROJECT being the folder that holds the predictions folder)",
     )
     p.add_argument(
         "--run",
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     section = options_from_args(EvaluateSection, args)
     predictions = predictions_folder(args.predictions)
-    out = args.evaluation or predictions.parent
+    out = args.evaluation or Project(predictions.parent).evaluation_dir
     metrics, lesion = evaluate_cohort(
         predictions,
         args.labels,

@@ -82,11 +82,13 @@ def test_train_predict_evaluate(tmp_path, capsys, device):
         )
         == 0
     )
-    metrics = json.loads((out / "metrics.json").read_text())
+    evaluation = out / "evaluation"  # the project layout's folder, as wsi-mil run writes it
+    assert f"written to {evaluation}:" in capsys.readouterr().out
+    metrics = json.loads((evaluation / "metrics.json").read_text())
     assert metrics["n_slides"] == 12 and metrics["negative_class"] == "neg"
     assert sum(map(sum, metrics["confusion_matrix"])) == 12
     for png in ("roc.png", "confusion_matrix.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (evaluation / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_rejects_labels_outside_the_model_classes(tmp_path, capsys):
