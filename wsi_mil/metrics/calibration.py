@@ -58,6 +58,13 @@ def brier_score(y: np.ndarray, probs: np.ndarray, positive: int | None) -> float
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
+def _bin_of(prob: np.ndarray, n_bins: int) -> np.ndarray:
+    """Each probability's bin, scikit-learn's binning (calibration_curve): bin i holds
+    edges[i] < p <= edges[i+1] of ``n_bins`` equal-width bins on [0, 1]."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], prob)
+
+
 def expected_calibration_error(
     outcome: np.ndarray, prob: np.ndarray, n_bins: int = N_BINS
 ) -> float:
@@ -65,9 +72,7 @@ def expected_calibration_error(
     outcome, prob = np.asarray(outcome, dtype=float), np.asarray(prob, dtype=np.float64)
     if outcome.size == 0:
         return float("nan")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # scikit-learn's binning (calibration_curve): bin i holds edges[i] < p <= edges[i+1]
-    which = np.searchsorted(edges[1:-1], prob)
+    which = _bin_of(prob, n_bins)
     total = 0.0
     for b in np.unique(which):
         in_bin = which == b
@@ -78,9 +83,11 @@ def expected_calibration_error(
 def calibration_metrics(
     y: np.ndarray, probs: np.ndarray, positive: int | None, n_bins: int = N_BINS
 ) -> dict[str, Any]:
-    """Brier score, ECE and the reliability curve's points, JSON-ready."""
+    """Brier score, ECE and the reliability curve's points with the slides behind each (a point
+    of two slides says little: the diagram prints the counts), JSON-ready."""
     outcome, prob = calibration_target(y, probs, positive)
     observed, predicted = calibration_curve(outcome, prob, n_bins=n_bins, strategy="uniform")
+    counts = np.bincount(_bin_of(prob, n_bins), minlength=n_bins)
     return {
         "brier": brier_score(y, probs, positive),
         "ece": expected_calibration_error(outcome, prob, n_bins),
@@ -91,6 +98,7 @@ def calibration_metrics(
         "reliability": {
             "mean_predicted": predicted.round(6).tolist(),
             "observed": observed.round(6).tolist(),
+            "count": counts[counts > 0].tolist(),  # calibration_curve's non-empty bins
         },
     }
 

@@ -98,7 +98,8 @@ def plot_roc(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
-    """The reliability diagram: observed frequency against mean probability per bin."""
+    """The reliability diagram: observed frequency against mean probability per bin, each point
+    labelled with its number of slides (or patients)."""
     from matplotlib.figure import Figure
 
     from tiling.storage import atomic_output
@@ -108,13 +109,17 @@ def plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
     points = metrics["reliability"]
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
     ax.plot(points["mean_predicted"], points["observed"], marker="o", lw=2, label="model")
+    for x, y, n in zip(points["mean_predicted"], points["observed"], points["count"], strict=True):
+        below = (4, -11) if y > 0.5 else (4, 5)  # inside the axes, off the line
+        ax.annotate(f"{n}", (x, y), textcoords="offset points", xytext=below, fontsize=7)
     what = metrics["calibrated_quantity"]
+    unit = metrics.get("unit", "slides")
     ax.set(
         xlabel=f"mean predicted ({what})", ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1.01)
     )
     ax.set_title(
-        f"ECE {metrics['ece']:.3f} ({metrics['ece_bins']} bins), Brier "
-        f"{metrics['brier']:.3f}\n{figure_provenance(metrics)}",
+        f"ECE {metrics['ece']:.3f} ({metrics['ece_bins']} bins; numbers: {unit} per bin), "
+        f"Brier {metrics['brier']:.3f}\n{figure_provenance(metrics)}",
         fontsize=10,
     )
     ax.legend(loc="upper left", fontsize=8)

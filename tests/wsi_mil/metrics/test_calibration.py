@@ -40,6 +40,8 @@ def test_calibration_metrics_binary_and_multiclass() -> None:
     binary = calibration_metrics(Y, probs, positive=1)
     assert binary["ece"] == pytest.approx(2.19 / 6) and binary["ece_bins"] == 15
     assert len(binary["reliability"]["observed"]) == 5  # five non-empty bins
+    # 0.9 and 0.92 share the bin (0.867, 0.933]; every other probability has one of its own
+    assert binary["reliability"]["count"] == [1, 1, 1, 2, 1]
     three = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.2, 0.5, 0.3]])
     multi = calibration_metrics(np.array([0, 1, 1]), three, positive=None)
     # top-label confidences .7 (right), .8 (wrong), .5 (right), each in a bin of its own
