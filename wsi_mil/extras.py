@@ -30,6 +30,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "survival": ("sksurv", "lifelines"),
 }
 
+#: the package that installs a module, where its name on PyPI is not the import name
+PACKAGE_OF: dict[str, str] = {
+    "distributed": "dask[distributed]",
+    "dask_jobqueue": "dask-jobqueue",
+    "nystrom_attention": "nystrom-attention",
+    "sksurv": "scikit-survival",
+}
+
 
 class MissingExtraError(WsiMilError, ImportError):
     """A feature whose optional packages are not installed; the message names the extra."""
@@ -40,11 +48,15 @@ def require_extra(extra: str, feature: str) -> None:
 
     ``feature`` says what needs it, in words a user recognises (a verb, a method, a model).
     """
-    missing = [name for name in EXTRAS[extra] if not _findable(name)]
+    missing = [
+        name if name not in PACKAGE_OF else f"{name}, from {PACKAGE_OF[name]}"
+        for name in EXTRAS[extra]
+        if not _findable(name)
+    ]
     if missing:
         raise MissingExtraError(
             f"{feature} needs the optional '{extra}' packages (cannot import "
-            f'{", ".join(missing)}): pip install "wsi-mil[{extra}]"'
+            f'{"; ".join(missing)}): pip install "wsi-mil[{extra}]"'
         )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wsi_mil.cli import main
-from wsi_mil.extras import EXTRAS, MissingExtraError, require_extra
+from wsi_mil.extras import EXTRAS, PACKAGE_OF, MissingExtraError, require_extra
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA_MODULES = sorted({name for names in EXTRAS.values() for name in names})
@@ -30,6 +30,15 @@ def test_the_table_matches_pyproject():
     assert runtime == set(EXTRAS)
     assert extras["all"] == [f"wsi-mil[{','.join(EXTRAS)}]"]
     assert "wsi-mil[all]" in extras["dev"]
+    for module, package in PACKAGE_OF.items():  # the package a message names is the one listed
+        extra = next(name for name, modules in EXTRAS.items() if module in modules)
+        assert any(req.startswith(package.split("[")[0]) for req in extras[extra]), package
+
+
+def test_a_missing_module_is_named_with_its_package(monkeypatch):
+    _block(monkeypatch, "sksurv")
+    with pytest.raises(MissingExtraError, match=r"cannot import sksurv, from scikit-survival\)"):
+        require_extra("survival", "a survival task")
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch):

@@ -466,6 +466,8 @@ def prediction_provenance(attrs: dict) -> str | None:
         return "IN-SAMPLE: predicted by a model that trained on this slide"
     if bool(attrs.get("out_of_fold")) and len(folds) == 1:
         return f"out of fold (fold {folds[0]})"
+    if len(folds) == 1:
+        return f"fold {folds[0]}'s model, not trained on this slide"
     return f"ensemble of {len(folds)} folds, none trained on this slide"
 
 

@@ -139,3 +139,8 @@ def test_overlay_says_which_model_predicted_the_slide():
         {"in_sample": False, "out_of_fold": False, "folds": [0, 1, 2]}
     ).startswith("ensemble of 3 folds")
     assert prediction_provenance({"in_sample": True, "folds": [0]}).startswith("IN-SAMPLE")
+    # one fold's model on a slide none of its folds held (a new slide): no "ensemble of 1 folds"
+    assert (
+        prediction_provenance({"in_sample": False, "out_of_fold": False, "folds": [0]})
+        == "fold 0's model, not trained on this slide"
+    )
