@@ -187,7 +187,7 @@ def test_weights_are_found_in_the_weights_folder(random_vit):
 
 def test_weights_are_taken_from_the_hugging_face_cache_offline(random_vit):
     """A random-init ViT-S/16 placed where a hub download of the DINO weights would be cached."""
-    import huggingface_hub
+    import huggingface_hub.constants
     from safetensors.torch import save_file
 
     repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--timm--vit_small_patch16_224.dino"

@@ -4,7 +4,7 @@ import csv
 import shutil
 from pathlib import Path
 
-import huggingface_hub
+import huggingface_hub.constants
 import numpy as np
 import pytest
 
