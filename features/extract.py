@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from features.bag import (
     export_trident,
@@ -42,6 +41,7 @@ from features.stain import (
 )
 from tiling.slide import open_slide
 from tiling.tiles_file import read_tiles_file
+from wsi_mil.console import progress_bar
 from wsi_mil.errors import WsiMilError
 
 __all__ = [
@@ -78,8 +78,8 @@ def encode_tiles(
         params.prefetch,
     )
     done = 0
-    with tqdm(
-        total=len(dataset), desc=desc, unit="tile", leave=False, disable=not params.progress
+    with progress_bar(
+        total=len(dataset), desc=desc, unit="tile", leave=False, show=params.progress
     ) as bar:
         for batch in loader:
             if qc is not None:

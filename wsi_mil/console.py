@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 #: the library's top-level loggers (the packages ``wsi_mil``, ``tiling`` and ``features``)
 LOGGERS = ("wsi_mil", "tiling", "features")
@@ -35,6 +39,17 @@ class ConsoleHandler(logging.Handler):
             tqdm.write(self.format(record), file=stream)
         except Exception:  # noqa: BLE001 - logging's own rule: a handler never raises
             self.handleError(record)
+
+
+def progress_bar(*args: Any, show: bool = True, **kwargs: Any) -> tqdm:
+    """A tqdm progress bar, hidden when ``show`` is false; otherwise tqdm's own settings decide,
+    so ``TQDM_DISABLE=1`` hides every bar of the library (tqdm reads its ``TQDM_*`` variables
+    only for the arguments a call leaves out, which is why ``disable`` is passed only to hide)."""
+    from tqdm import tqdm
+
+    if not show:
+        kwargs["disable"] = True
+    return tqdm(*args, **kwargs)
 
 
 def installed() -> bool:

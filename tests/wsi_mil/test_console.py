@@ -4,7 +4,10 @@ command shows them as plain lines (INFO on stdout, warnings on stderr)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -74,3 +77,25 @@ def test_install_is_idempotent_and_undone():
     finally:
         console.uninstall()
     assert (list(logger.handlers), logger.level) == before
+
+
+def test_progress_bars_follow_tqdm_disable_unless_hidden():
+    """``TQDM_DISABLE=1`` hides every bar (the library never passes ``disable`` but to hide one,
+    which would override the variable); ``show=False`` hides one bar whatever the variable.
+    tqdm reads its variables when it is imported, hence a fresh interpreter per setting."""
+    code = (
+        "import io; from wsi_mil.console import progress_bar; "
+        "print(progress_bar(total=1, file=io.StringIO()).disable, "
+        "progress_bar(total=1, show=False).disable)"
+    )
+
+    def disabled(env: dict[str, str]) -> str:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+        run = subprocess.run(
+            [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert disabled({}) == "False True"
+    assert disabled({"TQDM_DISABLE": "1"}) == "True True"

@@ -44,11 +44,11 @@ import numpy as np
 import torch
 import yaml
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from features.device import resolve_device
 from tiling.storage import atomic_output, csv_text, provenance, write_text_atomic
 from wsi_mil.config.executor import ClusterParams, ExecutorParams
+from wsi_mil.console import progress_bar
 from wsi_mil.errors import WsiMilError
 from wsi_mil.executors import map_ordered
 from wsi_mil.metrics.attention import attention_entropies
@@ -395,8 +395,8 @@ def train_fold(
     best_state = copy.deepcopy(model.state_dict())
     best_val = EpochStats()
     log: list[dict[str, Any]] = []
-    bar = tqdm(
-        range(params.epochs), desc=desc, unit="epoch", leave=False, file=sys.stderr, disable=None
+    bar = progress_bar(  # a terminal only: a log file would keep every redraw
+        range(params.epochs), desc=desc, unit="epoch", leave=False, show=sys.stderr.isatty()
     )
     for epoch in bar:
         start = time.perf_counter()

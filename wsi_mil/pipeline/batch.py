@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from tiling.storage import csv_text, write_text_atomic
 from wsi_mil.config.executor import ExecutorParams
+from wsi_mil.console import progress_bar
 from wsi_mil.executors import describe_failure, run_jobs
 
 FAILURE_COLUMNS = ("slide", "stage", "error")
@@ -112,7 +111,7 @@ def run_batch(
             result.failed.append((job.slide, error))
             logger.warning("[%s] %s failed: %s", stage, job.slide, error)
 
-    with tqdm(total=len(todo), desc=stage, unit="slide", disable=not todo) as bar:
+    with progress_bar(total=len(todo), desc=stage, unit="slide", show=bool(todo)) as bar:
         for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers, executor=executor):
             finish(job, error)
             bar.update()
