@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -205,7 +206,8 @@ def _open_session(executor: ExecutorParams) -> _Session:
         session = _Session(Client(cluster), cluster)
     if console.installed():
         _show_worker_messages(session.client)
-    link = dashboard_link(session.client)
+    started = (executor.cluster or ClusterParams()) if executor.address is None else None
+    link = dashboard_link(session.client, started.dashboard_address if started else None)
     if link:
         logger.info("Dask dashboard: %s", link)
     return session
@@ -226,10 +228,24 @@ def _show_worker_messages(client: Client) -> None:
     client.register_plugin(ConsolePlugin())
 
 
-def dashboard_link(client: Client) -> str | None:
-    """The scheduler's dashboard URL, or None when it runs none (bokeh missing, disabled)."""
+def dashboard_link(client: Client, listen: str | None = None) -> str | None:
+    """The scheduler's dashboard URL, or None when it runs none (bokeh missing, disabled).
+
+    ``listen``: the address a cluster wsi-mil started was told to serve it on. A loopback one is
+    named with the way in from another machine: Dask's own link names the scheduler's host, on
+    which a loopback dashboard does not answer.
+    """
     services = client.scheduler_info().get("services", {})
-    return client.dashboard_link if "dashboard" in services else None
+    if "dashboard" not in services:
+        return None
+    host = (listen or "").rpartition(":")[0]
+    if host in ("127.0.0.1", "localhost"):
+        port = services["dashboard"]
+        return (
+            f"http://{host}:{port}/status (this machine only; from another: "
+            f"ssh -L {port}:localhost:{port} {socket.gethostname()})"
+        )
+    return client.dashboard_link
 
 
 def start_cluster(cluster: ClusterParams) -> Any:
@@ -247,6 +263,7 @@ def start_cluster(cluster: ClusterParams) -> Any:
             processes=True,
             resources=_local_resources(),
             silence_logs=logging.ERROR,
+            dashboard_address=cluster.dashboard_address,
         )
     slurm = slurm_cluster(cluster)
     slurm.scale(jobs=cluster.jobs)
@@ -266,6 +283,7 @@ def slurm_cluster(cluster: ClusterParams) -> Any:
     Its workers allow child processes (tile readers; :data:`NON_DAEMON_ENV`) and, with
     ``gpus``, ask SLURM for ``--gres=gpu:N`` and offer a ``GPU`` resource each.
     """
+    import dask
     from dask_jobqueue import SLURMCluster
 
     prologue = [f"export {name}={value}" for name, value in NON_DAEMON_ENV.items()]
@@ -289,6 +307,11 @@ def slurm_cluster(cluster: ClusterParams) -> Any:
         "log_directory": cluster.log_directory,
         "local_directory": cluster.local_directory,
         "interface": cluster.interface,
+        # the user's jobqueue config's scheduler options, but the dashboard's address
+        "scheduler_options": {
+            **dask.config.get("jobqueue.slurm.scheduler-options", {}),
+            "dashboard_address": cluster.dashboard_address,
+        },
     }
     return SLURMCluster(**{k: v for k, v in kwargs.items() if v is not None})
 

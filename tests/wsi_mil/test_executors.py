@@ -147,14 +147,19 @@ def test_slurm_config_builds_the_expected_job_script():
         job_extra_directives=("--constraint=a100",),
         job_script_prologue=("module load cuda/12.1",),
         log_directory="/scratch/logs",
+        dashboard_address="127.0.0.1:0",  # any free port, on loopback
     )
     import dask
     import dask_jobqueue  # noqa: F401 - loads the jobqueue config defaults
 
-    with dask.config.set({"jobqueue.slurm.scheduler-options": {"dashboard_address": ":0"}}):
+    # the user's scheduler options are kept, but the dashboard's address is the parameter's
+    options = {"dashboard_address": ":8787", "idle_timeout": "3600s"}
+    with dask.config.set({"jobqueue.slurm.scheduler-options": options}):
         cluster = slurm_cluster(params)
     try:
         script = cluster.job_script()
+        assert_loopback_only(cluster)
+        assert cluster.scheduler.idle_timeout == 3600
     finally:
         cluster.close()
     lines = script.splitlines()
@@ -247,6 +252,39 @@ def test_stopping_the_iteration_cancels_the_jobs_not_run():
 
 
 @pytest.mark.slow
+def assert_loopback_only(cluster) -> None:
+    """The cluster's dashboard answers on loopback and not on this machine's network address."""
+    import socket
+
+    from distributed.utils import get_ip
+
+    port = cluster.scheduler_info["services"]["dashboard"]
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    outward = get_ip()
+    if not outward.startswith("127."):  # a machine with a network address
+        with pytest.raises(OSError):
+            socket.create_connection((outward, port), timeout=5).close()
+
+
+def test_the_local_cluster_dashboard_listens_on_loopback_only():
+    """A server of wsi-mil binds loopback by default; Dask's own default is every interface."""
+    from distributed import Client
+
+    from wsi_mil.executors import dashboard_link, start_cluster
+
+    assert ClusterParams().dashboard_address.startswith("127.0.0.1:")
+    cluster = start_cluster(ClusterParams(n_workers=1, dashboard_address="127.0.0.1:0"))
+    try:
+        assert_loopback_only(cluster)
+        with Client(cluster) as client:
+            port = cluster.scheduler_info["services"]["dashboard"]
+            link = dashboard_link(client, "127.0.0.1:0")
+        assert link.startswith(f"http://127.0.0.1:{port}/status (this machine only; ")
+        assert f"ssh -L {port}:localhost:{port} " in link
+    finally:
+        cluster.close()
+
+
 def test_local_cluster_gives_the_same_tiles_features_and_failures(tmp_path):
     slides = make_slides(tmp_path / "slides", 8, bad=True)
     local_out, dask_out = tmp_path / "local", tmp_path / "dask"

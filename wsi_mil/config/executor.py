@@ -59,6 +59,10 @@ class ClusterParams:
     log_directory: str | None = None
     #: slurm: worker scratch folder on the node, e.g. $TMPDIR (null: Dask's default).
     local_directory: str | None = None
+    #: host:port the scheduler's dashboard listens on. Loopback by default, as every server of
+    #: wsi-mil (Dask's own default, :8787, is every interface): open it from another machine
+    #: through an SSH tunnel (ssh -L 8787:localhost:8787 HOST), or give :8787 to expose it.
+    dashboard_address: str = "127.0.0.1:8787"
 
     def __post_init__(self) -> None:
         check_fields(self)  # every Literal and range above
