@@ -90,8 +90,11 @@ def run_batch(
     workers: int = 1,
     overwrite: bool = False,
     executor: ExecutorParams | None = None,
+    unit: str = "slide",
 ) -> BatchResult:
     """Run ``jobs``, skipping complete outputs unless ``overwrite``; record failures.
+
+    ``unit``: what one job is, for the progress bar (a patient-level run's job is a patient).
 
     ``executor`` says where the jobs run (default: here, ``workers`` slides at a time; with a
     Dask executor ``workers`` is unused and the cluster's workers run them).
@@ -111,7 +114,7 @@ def run_batch(
             result.failed.append((job.slide, error))
             logger.warning("[%s] %s failed: %s", stage, job.slide, error)
 
-    with progress_bar(total=len(todo), desc=stage, unit="slide", show=bool(todo)) as bar:
+    with progress_bar(total=len(todo), desc=stage, unit=unit, show=bool(todo)) as bar:
         for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers, executor=executor):
             finish(job, error)
             bar.update()

@@ -153,6 +153,7 @@ def predict_slides(
         workers=workers,
         overwrite=overwrite,
         executor=executor,
+        unit=run.bag_level,  # "slide", or "patient": one job per patient
     )
     text = predictions_csv_text(pred_dir, list(bags), labels)
     if text:

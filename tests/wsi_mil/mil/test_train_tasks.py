@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import h5py
 import numpy as np
@@ -194,7 +195,7 @@ def test_subtypes_train_without_a_negative_class_and_the_head_is_per_class(tmp_p
     assert metrics["subtyping"] and metrics["auc"] >= 0.9
 
 
-def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_path, fast):
+def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_path, fast, capsys):
     bags = list(iter_task_bags("regression", 24, (8, 12), 6, seed=1, slides_per_patient=2))
     features, labels = write_planted_bags(tmp_path, bags, task="regression")
     params = TrainParams(
@@ -212,6 +213,8 @@ def test_patient_level_bags_pool_a_patients_slides_and_predict_each_slide(tmp_pa
         params=PredictParams(device=fast["device"]),
         labels_csv=labels,
     )
+    # the progress bar counts patients, one job each (ticks 12 of 12 patients)
+    assert re.search(r"predict: 100%.*12/12 .*patient", capsys.readouterr().err)
     with (
         h5py.File(tmp_path / "predictions" / "slide_0000.h5", "r") as a,
         h5py.File(tmp_path / "predictions" / "slide_0001.h5", "r") as b,
