@@ -580,9 +580,13 @@ def write_segmentation_png(
         entries.append((TISSUE_COLOR, "tissue"))
     entries.append((SEGMENTATION_COLOR, f"P({name}) \u2265 {params.seg_threshold:g}"))
     width = canvas.width
+    details = [f"segmentation head: {name}"]
+    provenance = prediction_provenance(prediction.attrs)
+    if provenance is not None:
+        details.insert(0, provenance)
     return write_picture(
         path,
-        text_band(width, slide_title(prediction), f"segmentation head: {name}"),
+        text_band(width, slide_title(prediction), "  \u00b7  ".join(details)),
         segmentation_bands(thumbnail, CanvasSampler(cells, grid, canvas), tissue),
         canvas.height,
         legend_band(width, entries),

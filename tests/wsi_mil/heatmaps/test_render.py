@@ -114,3 +114,23 @@ def test_topk_shows_the_most_attended_tiles(tmp_path, lesion, lesion_slide):
     top = np.argsort(-prediction.attention)[:6]
     centres = prediction.coords[top] + 64
     assert contains_xy(lesion.lesion, centres[:, 0], centres[:, 1]).all()
+
+
+@pytest.mark.parametrize("write", [write_overlay_png, write_segmentation_png])
+def test_each_slide_picture_says_which_model_predicted_it(
+    tmp_path, lesion, lesion_slide, thumbnail, monkeypatch, write
+):
+    """overlay.png and segmentation.png both carry the provenance line (in-sample in capitals)."""
+    from wsi_mil.heatmaps import render
+
+    prediction = lesion.make_prediction(lesion_slide)
+    prediction.attrs.update(in_sample=True, folds=[0])
+    bands = []
+
+    def recording(width, title, subtitle):
+        bands.append(subtitle)
+        return text_band(width, title, subtitle)
+
+    monkeypatch.setattr(render, "text_band", recording)
+    write(tmp_path / "p.png", prediction, thumbnail, HeatmapParams(), lesion.tissue)
+    assert bands and bands[0].startswith("IN-SAMPLE: predicted by a model that trained on")
