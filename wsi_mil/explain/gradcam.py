@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -63,7 +64,7 @@ def tile_gradcam(
     encoder: Any,
     model: MILModel,
     features: np.ndarray,
-    indices: Sequence[int],
+    indices: Sequence[int] | npt.NDArray[np.integer],
     tiles: Sequence[np.ndarray],
     target: int,
     coords: np.ndarray | None = None,

@@ -68,13 +68,15 @@ non-negative by construction.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import numpy as np
 import torch
 
 from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.params import METHOD_NAMES, RENAMED, ExplainParams
 from wsi_mil.extras import require_extra
-from wsi_mil.mil.models import MILModel
+from wsi_mil.mil.models import MILModel, MILOutput
 from wsi_mil.mil.models.base import logits_fn
 from wsi_mil.mil.models.pooling import _PoolingMIL
 from wsi_mil.mil.models.transformers import TransMIL, _TransformerMIL
@@ -101,7 +103,7 @@ class ExplainError(WsiMilError, ValueError):
     """A method that cannot explain this model or bag."""
 
 
-def is_transformer(model: MILModel) -> bool:
+def is_transformer(model: MILModel) -> TypeGuard[_TransformerMIL]:
     return isinstance(model, _TransformerMIL)
 
 
@@ -163,12 +165,13 @@ def rollout_scores(
     """Abnar & Zuidema's rollout over the recorded layers (see the module docstring)."""
     with torch.no_grad():
         _recorded(model, x, coords, 0, max_tiles, "rollout")
-        result = None
+        result: torch.Tensor | None = None
         for record in model.records:
             a = record.matrix.mean(0)
             a = 0.5 * a + 0.5 * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
             a = a / a.sum(-1, keepdim=True)
             result = a if result is None else a @ result
+        assert result is not None, "a transformer has at least one attention layer"
         return _to_tiles(result[0, 1:], model.records[0].tiles, x.shape[0])
 
 
@@ -348,27 +351,29 @@ def _explain(
             f"above {max_perturbation_tiles} tiles are refused (raise "
             "max_perturbation_tiles if time allows)"
         )
-    out = None
+    out: MILOutput | None = None
     if target is None or method in ("attention", "segmentation"):
         with torch.no_grad():
             out = model(x, coords=coords)
-    if target is None:
-        target = int(out.logits[0].argmax())
+        if target is None:
+            target = int(out.logits[0].argmax())
     if not 0 <= target < model.n_classes:
         raise ExplainError(f"target class {target} out of range for {model.n_classes} classes")
-    if method == "attention":
-        weights = out.branch_attention[0]
-        branch = target if weights.shape[-1] > 1 else 0
-        return weights[:, branch].double().cpu().numpy()
-    if method == "segmentation":
+    if method in ("attention", "segmentation"):
+        assert out is not None, "the forward pass above runs for these methods"
+        if method == "attention":
+            weights = out.branch_attention[0]
+            branch = target if weights.shape[-1] > 1 else 0
+            return weights[:, branch].double().cpu().numpy()
         if getattr(model, "tile_head", True) is None:  # no head: the tile's own risk or value
             return out.tile_logits[0].float()[:, target].double().cpu().numpy()
         return out.tile_logits[0].float().softmax(-1)[:, target].double().cpu().numpy()
-    if method == "rollout":
-        return rollout_scores(model, x, coords, max_quadratic_tiles)
-    if method == "chefer_iccv2021":
-        return chefer_iccv2021_scores(model, x, coords, target, max_quadratic_tiles)
-    if method == "chefer_cvpr2021":
+    if method in TRANSFORMER_ONLY:
+        assert is_transformer(model), "explain() refuses these methods on other models"
+        if method == "rollout":
+            return rollout_scores(model, x, coords, max_quadratic_tiles)
+        if method == "chefer_iccv2021":
+            return chefer_iccv2021_scores(model, x, coords, target, max_quadratic_tiles)
         return chefer_cvpr2021_scores(model, x, coords, target, max_quadratic_tiles)
     if method == "lrp":
         return lrp.lrp_relevance(model, x, coords, target).tiles

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,9 @@ from torch.nn import functional as F
 from wsi_mil.extras import require_extra
 from wsi_mil.mil.labels import LabelTable
 from wsi_mil.mil.params import TrainParams
+
+#: a model type, kept by the functions that return a view of the model they are given
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 #: percentiles of the labelled event times at which survival curves are reported and scored
 SURVIVAL_PERCENTILES = tuple(range(10, 91, 10))
@@ -418,7 +421,7 @@ class RiskModel:
         return self.risk(super().head_outputs(pooled))  # type: ignore[misc]
 
 
-def risk_view(model: torch.nn.Module) -> torch.nn.Module:
+def risk_view(model: ModelT) -> ModelT:
     """``model`` (same weights) with one output, the risk of its hazard logits (
     :class:`RiskModel`); its tile scores (no segmentation head) are each tile's risk."""
     import copy
@@ -430,7 +433,7 @@ def risk_view(model: torch.nn.Module) -> torch.nn.Module:
     return view
 
 
-def explained_model(model: torch.nn.Module, task: Task) -> torch.nn.Module:
+def explained_model(model: ModelT, task: Task) -> ModelT:
     """The model whose output ``target`` an explanation explains for ``task``."""
     if task.kind == "survival" and task.params.get("survival_loss") == "nll":
         return risk_view(model)

@@ -36,7 +36,7 @@ import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,6 +54,9 @@ from wsi_mil.explain.store import (
 from wsi_mil.extras import require_extra
 from wsi_mil.pipeline.batch import BatchResult, SlideJob, run_batch
 from wsi_mil.project import Project
+
+if TYPE_CHECKING:
+    from wsi_mil.mil.models import MILModel
 
 STAGE = "explain"
 FIGURE = "comparison.png"
@@ -156,15 +159,21 @@ def explain_slide(
         target = int(probs.argmax())
     methods = [m for m in (params.methods or METHOD_NAMES) if m in available_methods(model)]
     # each slide its own random map (one seed for all would give every slide the same map)
-    kwargs = {
-        "target": target,
-        "seed": params.seed + zlib.crc32(bag_path.stem.encode()),
-        "ig_steps": params.ig_steps,
-        "max_quadratic_tiles": params.max_quadratic_tiles,
-        "max_perturbation_tiles": params.max_perturbation_tiles,
-    }
-    if grid is not None:
-        kwargs["coords"] = grid
+    seed = params.seed + zlib.crc32(bag_path.stem.encode())
+
+    def explain_bag(explained: MILModel, method: str) -> np.ndarray:
+        return explain(
+            explained,
+            features,
+            method,
+            target=target,
+            seed=seed,
+            ig_steps=params.ig_steps,
+            max_quadratic_tiles=params.max_quadratic_tiles,
+            max_perturbation_tiles=params.max_perturbation_tiles,
+            coords=grid,
+        )
+
     flips: dict[str, Any] = {}
     scorer = random_curve = None
     if params.flip_steps > 0:
@@ -187,7 +196,7 @@ def explain_slide(
         warnings.filterwarnings("ignore", message=".*requires_grad.*")
         for method in methods:
             start = time.perf_counter()
-            maps[method] = explain(model, features, method, **kwargs)
+            maps[method] = explain_bag(model, method)
             seconds[method] = time.perf_counter() - start
             scores[method] = slide_scores(maps[method], fractions, params)
             if scorer is not None:
@@ -207,9 +216,7 @@ def explain_slide(
                 )
                 flips[method] = {"morf": curves.morf.tolist(), "lerf": curves.lerf.tolist()}
             if stages:
-                rhos = mprt(
-                    maps[method], [explain(m, features, method, **kwargs) for _, m in stages]
-                )
+                rhos = mprt(maps[method], [explain_bag(m, method) for _, m in stages])
                 cascade[method] = rhos
                 # flagged when the fully randomised model's map still correlates, or the maps
                 # along the cascade do on average: the map barely depends on the weights

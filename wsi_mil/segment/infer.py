@@ -414,10 +414,13 @@ def is_segmented(folder: Path) -> bool:
 def read_mask_level(folder: str | os.PathLike, max_mpp: float) -> tuple[np.ndarray, float]:
     """The coarsest pyramid level of ``folder/mask.zarr`` at or finer than ``max_mpp`` µm/px,
     as float32 probabilities in [0, 1], and its µm/px (for evaluation at a bounded size)."""
-    group = zarr.open_group(str(Path(folder) / MASK), mode="r")
-    base = float(group.attrs["wsi_mil"]["mask_mpp"])
-    levels = len(group.attrs["multiscales"][0]["datasets"])
+    path = Path(folder) / MASK
+    # JSON values, in the layout pyramid_attrs writes
+    attrs: dict[str, Any] = zarr.open_group(str(path), mode="r").attrs.asdict()
+    base = float(attrs["wsi_mil"]["mask_mpp"])
+    levels = len(attrs["multiscales"][0]["datasets"])
     k = 0
     while k + 1 < levels and base * 2 ** (k + 1) <= max_mpp * (1 + 1e-9):
         k += 1
-    return group[str(k)][0].astype(np.float32) / 255.0, base * 2**k
+    level = zarr.open_array(str(path / str(k)), mode="r")
+    return np.asarray(level[0], dtype=np.float32) / 255.0, base * 2**k

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import cv2
 import imagecodecs
@@ -82,16 +82,23 @@ def pyramid_shapes(width: int, height: int, tile: int, levels: int | None) -> li
 
 def _encoder(compression: str, quality: int) -> Callable[[np.ndarray], bytes]:
     """Encode one full tile exactly as tifffile would for the tags it writes."""
+    # The casts hold: imagecodecs returns bytes unless given an ``out`` buffer (the bytearray
+    # its stubs allow), and it must be bytes: tifffile reads any other tile item as pixels.
     if compression == "jpeg":
-        return lambda tile: imagecodecs.jpeg8_encode(
-            tile,
-            level=quality,
-            subsampling=JPEG_SUBSAMPLING,
-            colorspace="RGB",
-            outcolorspace="YCBCR",
+        return lambda tile: cast(
+            bytes,
+            imagecodecs.jpeg8_encode(
+                tile,
+                level=quality,
+                subsampling=JPEG_SUBSAMPLING,
+                colorspace="RGB",
+                outcolorspace="YCBCR",
+            ),
         )
     if compression == "deflate":
-        return lambda tile: imagecodecs.zlib_encode(tile, level=6)
+        # imagecodecs' stub asks for bytes, but the codec reads any array through the buffer
+        # protocol (copying a non-contiguous one); tifffile hands it arrays too
+        return lambda tile: cast(bytes, imagecodecs.zlib_encode(tile, level=6))  # type: ignore[arg-type]
     return lambda tile: np.ascontiguousarray(tile).tobytes()
 
 
