@@ -354,7 +354,7 @@ def _dask_jobs(
     if not jobs:
         return
     with _client(executor) as client:
-        where = executor.address or str(client.scheduler.address)
+        where = executor.address or str(client.scheduler_info().get("address", "a local cluster"))
         _check_resources(client, jobs, where)
         run_id = uuid.uuid4().hex[:8]
         futures = {}

@@ -21,6 +21,7 @@ is never touched.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -106,7 +107,9 @@ def _copy(model: MILModel) -> MILModel:
     return copy.deepcopy(model)
 
 
-def cascading_randomisations(model: MILModel, seed: int = 0):
+def cascading_randomisations(
+    model: MILModel, seed: int = 0
+) -> Iterator[tuple[CascadeStage, MILModel]]:
     """Yield ``(stage, model copy)`` for each step of the cascade (see the module docstring);
     the copies accumulate: step ``k`` has the first ``k + 1`` groups re-initialised."""
     torch.manual_seed(seed)

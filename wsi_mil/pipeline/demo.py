@@ -23,9 +23,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from wsi_mil.config.pipeline import PipelineConfig
 
 #: The demo's config, verbatim in ``configs/demo.yaml`` (a test keeps the two identical).
 DEMO_CONFIG = """\
@@ -137,7 +140,9 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def demo_config(out: str | os.PathLike | None = None, quick: bool = False, segment: bool = False):
+def demo_config(
+    out: str | os.PathLike | None = None, quick: bool = False, segment: bool = False
+) -> PipelineConfig:
     """The demo's validated :class:`~wsi_mil.config.pipeline.PipelineConfig`."""
     from wsi_mil.config.pipeline import parse_config
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -85,7 +85,9 @@ def read_check(
 
     from wsi_mil.synthetic.pyramid_tiff import write_pyramidal_tiff
 
-    def openslide_read(slide, location, level, size):
+    def openslide_read(
+        slide: Any, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
         return np.asarray(slide.read_region(location, level, size).convert("RGB"))
 
     read_region = read_region or openslide_read

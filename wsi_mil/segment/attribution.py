@@ -52,7 +52,7 @@ Maps coarser than the window (tokens, gates, Grad-CAM) are upsampled bilinearly 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -376,7 +376,7 @@ def explain_windows(
 
 
 @contextmanager
-def _same_rng_state():
+def _same_rng_state() -> Iterator[None]:
     state = torch.random.get_rng_state()
     try:
         yield

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +159,7 @@ def iter_task_bags(
 
 
 def planted_bags(
-    n_bags: int, n_tiles: int | tuple[int, int], dim: int, **kwargs
+    n_bags: int, n_tiles: int | tuple[int, int], dim: int, **kwargs: Any
 ) -> list[PlantedBag]:
     """:func:`iter_planted_bags` as a list."""
     return list(iter_planted_bags(n_bags, n_tiles, dim, **kwargs))

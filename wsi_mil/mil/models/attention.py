@@ -8,6 +8,8 @@ the default.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ class _AttentionMIL(MILModel):
     gated: bool = True
     supports_branches = True
 
-    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+    def __init__(self, in_dim: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         net = GatedAttentionNet if self.gated else AttentionNet
         self.attention = net(

@@ -10,6 +10,8 @@ gives one "in class" tile and no negatives rather than an index error.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -34,7 +36,7 @@ def top_bottom_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 class _CLAM(MILModel):
     def __init__(
-        self, in_dim: int, n_classes: int, k_sample: int = 8, subtyping: bool = False, **kwargs
+        self, in_dim: int, n_classes: int, k_sample: int = 8, subtyping: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.hparams.update(k_sample=int(k_sample), subtyping=bool(subtyping))
@@ -88,7 +90,7 @@ class _CLAM(MILModel):
 class CLAMSingleBranch(_CLAM):
     """CLAM with one attention branch shared by all classes."""
 
-    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+    def __init__(self, in_dim: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.add_output_head()
 
@@ -99,6 +101,6 @@ class CLAMMultiBranch(_CLAM):
 
     one_branch_per_class = True
 
-    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+    def __init__(self, in_dim: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.add_output_head()

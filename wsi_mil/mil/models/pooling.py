@@ -13,6 +13,7 @@ first tile of a bag over half the weight when many units were dead. Neither mode
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ from wsi_mil.mil.models.registry import register_model
 class _PoolingMIL(MILModel):
     ranks_by_attention = False
 
-    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+    def __init__(self, in_dim: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.add_output_head()
 

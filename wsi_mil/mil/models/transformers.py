@@ -40,6 +40,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,7 +94,7 @@ class _TransformerMIL(MILModel):
 
     ranks_by_attention = True
 
-    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+    def __init__(self, in_dim: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         self.cls_token = nn.Parameter(torch.randn(1, 1, self.hidden_dim) * 0.02)
         self.norm = ScaleDetachableLayerNorm(self.hidden_dim)
@@ -262,7 +263,9 @@ class EncoderLayer(nn.Module):
             nn.Linear(mlp_ratio * dim, dim),
         )
 
-    def forward(self, x: torch.Tensor, record: bool):
+    def forward(
+        self, x: torch.Tensor, record: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         out, cls_row, matrix = self.attn(self.norm1(x), record)
         x = x + out
         return x + self.mlp(self.norm2(x)), cls_row, matrix
@@ -307,7 +310,7 @@ class TransformerMIL(_TransformerMIL):
         layers: int = 2,
         heads: int = 8,
         positional: str = "none",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         if positional not in POSITIONAL:
@@ -417,7 +420,9 @@ class NystromLayer(nn.Module):
             dropout=dropout,
         )
 
-    def forward(self, x: torch.Tensor, record: bool):
+    def forward(
+        self, x: torch.Tensor, record: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``x`` ``[T, H]``, or ``[B, T, H]``: bags of the same size at once (not with
         ``record`` or the LRP rules, which explain one bag)."""
         batched = x.dim() == 3
@@ -478,7 +483,7 @@ class TransMIL(_TransformerMIL):
     padding repeats the first tiles; a repeated tile's attention is added to its original's.
     """
 
-    def __init__(self, in_dim: int, n_classes: int, **kwargs) -> None:
+    def __init__(self, in_dim: int, n_classes: int, **kwargs: Any) -> None:
         super().__init__(in_dim, n_classes, **kwargs)
         if self.hidden_dim % 8:
             raise ValueError(f"transmil needs a width divisible by 8, got {self.hidden_dim}")
