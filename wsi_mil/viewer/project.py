@@ -109,9 +109,12 @@ class ProjectIndex:
         Without ``project`` the project root is the folder above ``predictions``; ``segment``:
         the ``segment/`` folder of ``wsi-mil segment`` (default: the project's).
         """
-        if project is None and predictions is None:
+        if project is not None:
+            root = Path(project)
+        elif predictions is not None:
+            root = Path(predictions).parent
+        else:
             raise ProjectError("give a project folder (the --out of wsi-mil run) or --predictions")
-        root = Path(project) if project is not None else Path(predictions).parent
         if not root.is_dir():
             raise ProjectError(f"{root}: project folder not found")
         folders = Project(
@@ -119,16 +122,16 @@ class ProjectIndex:
         )
         pred_dir, heat_dir = folders.predictions_dir, folders.heatmaps_dir
         tiles_dir, segment_root = folders.tiles_dir, folders.segment_dir
-        for name, folder, given in (
-            ("--segment", segment_root, segment),
-            ("--predictions", pred_dir, predictions),
-            ("--heatmaps", heat_dir, heatmaps),
-            ("--slides", slides, slides),
-            ("--tiles", tiles_dir, tiles),
-            ("--annotations", annotations, annotations),
+        for name, given in (  # a folder the user names must be there
+            ("--segment", segment),
+            ("--predictions", predictions),
+            ("--heatmaps", heatmaps),
+            ("--slides", slides),
+            ("--tiles", tiles),
+            ("--annotations", annotations),
         ):
-            if given is not None and not Path(folder).is_dir():
-                raise ProjectError(f"{folder}: {name} folder not found")
+            if given is not None and not Path(given).is_dir():
+                raise ProjectError(f"{Path(given)}: {name} folder not found")
         roots = [
             p.resolve() for p in (root, pred_dir, heat_dir, tiles_dir, segment_root) if p.is_dir()
         ]

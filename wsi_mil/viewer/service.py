@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import io
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsi_mil.errors import WsiMilError
+from wsi_mil.errors import InputError, WsiMilError
 from wsi_mil.viewer.layers import (
     HeatLayer,
     OutlineLayer,
@@ -32,6 +33,10 @@ from wsi_mil.viewer.layers import (
 from wsi_mil.viewer.params import ViewerParams
 from wsi_mil.viewer.project import ProjectIndex, SlideEntry
 from wsi_mil.viewer.ratings import QUESTIONS, Rating, RatingsStore
+
+if TYPE_CHECKING:
+    import zarr
+    from zarr.core.common import JSON  # what a zarr group's attributes hold
 
 
 class ViewerNotFound(WsiMilError, LookupError):
@@ -116,21 +121,21 @@ class ViewerService:
                 state.error = str(exc)
         if entry.prediction_path is not None:
             try:
-                self._build_layers(state)
+                self._build_layers(state, entry.prediction_path)
             except Exception as exc:  # noqa: BLE001 - a broken predictions/zarr file: shown
                 state.layer_error = f"overlays unavailable: {exc}"
                 state.heat, state.outlines, state.tiles = {}, {}, {}
 
-    def _build_layers(self, state: SlideState) -> None:
+    def _build_layers(self, state: SlideState, prediction_path: Path) -> None:
         from features.bag import with_slide_attrs
         from tiling.lattice import SlideGeometry, TileGrid
         from wsi_mil.heatmaps.stitch import load_tissue, normalise_scores, tile_scores
         from wsi_mil.mil.predictions import read_prediction
 
         entry = state.entry
-        prediction = read_prediction(entry.prediction_path)
+        prediction = read_prediction(prediction_path)
         prediction.attrs = with_slide_attrs(prediction.attrs, entry.slide_path)  # TRIDENT bag
-        geometry = SlideGeometry.from_attrs(prediction.attrs, str(entry.prediction_path))
+        geometry = SlideGeometry.from_attrs(prediction.attrs, str(prediction_path))
         state.mpp = geometry.mpp
         if state.slide is not None and tuple(state.slide.dimensions) != (
             geometry.width,
@@ -434,23 +439,41 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    attrs = dict(group.attrs)
-    ome = attrs.get("ome", attrs)
-    multiscales = ome["multiscales"][0]
-    omero = ome.get("omero", {})
-    channels = list(
-        (attrs.get("wsi_mil") or {}).get("channels")
-        or [c["label"] for c in omero.get("channels", [])]
+    attrs: dict[str, JSON] = dict(group.attrs)
+    ome = ("ome",) if "ome" in attrs else ()  # OME-Zarr 0.5 nests its metadata, 0.4 does not
+    omero_channels = _json_list(attrs, path, *ome, "omero", "channels", default=[])
+    channels = [
+        _json_text(attrs, path, "wsi_mil", "channels", i)
+        for i in range(len(_json_list(attrs, path, "wsi_mil", "channels", default=[])))
+    ] or [
+        _json_text(attrs, path, *ome, "omero", "channels", i, "label")
+        for i in range(len(omero_channels))
+    ]
+    normalisation = _json_text(attrs, path, "wsi_mil", "attention_normalisation", default="rank")
+    datasets = (*ome, "multiscales", 0, "datasets")
+    n_levels = len(_json_list(attrs, path, *datasets, min_len=1))
+    level0 = (*datasets, 0, "coordinateTransformations")
+    kinds = [
+        _json_at(attrs, (*level0, i, "type")) for i in range(len(_json_list(attrs, path, *level0)))
+    ]
+    transform = {kind: i for i, kind in enumerate(kinds) if isinstance(kind, str)}  # -> its index
+    if "scale" not in transform or "translation" not in transform:
+        raise InputError(f"{path}: level 0 has no scale or no translation transformation")
+    size_um = _json_number(attrs, path, *level0, transform["scale"], "scale", -1)
+    ty, tx = (
+        _json_number(attrs, path, *level0, transform["translation"], "translation", k)
+        for k in (-2, -1)
     )
-    normalisation = (attrs.get("wsi_mil") or {}).get("attention_normalisation", "rank")
-    datasets = multiscales["datasets"]
-    transforms = {t["type"]: t for t in datasets[0]["coordinateTransformations"]}
-    size_um = float(transforms["scale"]["scale"][-1])
-    ty, tx = (float(v) for v in transforms["translation"]["translation"][-2:])
     stride = size_um / mpp
     origin = ((tx - size_um / 2) / mpp, (ty - size_um / 2) / mpp)
-    arrays = [group[d["path"]] for d in datasets]
-    windows = {c.get("label"): c.get("window", {}) for c in omero.get("channels", [])}
+    arrays = [
+        _zarr_array(group, _json_text(attrs, path, *datasets, k, "path"), path)
+        for k in range(n_levels)
+    ]
+    omero_index = {  # label -> its omero channel, whose display window a raw attention keeps
+        _json_text(attrs, path, *ome, "omero", "channels", i, "label", default=""): i
+        for i in range(len(omero_channels))
+    }
     layers = {}
     for i, name in enumerate(channels):
         if name == "attention":
@@ -459,9 +482,10 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
                 0.0,
                 1.0,
             )
-            if normalisation == "raw":
-                vmin = float(windows.get(name, {}).get("start", 0.0))
-                vmax = float(windows.get(name, {}).get("end", 1.0))
+            if normalisation == "raw" and name in omero_index:
+                window = (*ome, "omero", "channels", omero_index[name], "window")
+                vmin = _json_number(attrs, path, *window, "start", default=0.0)
+                vmax = _json_number(attrs, path, *window, "end", default=1.0)
         elif name.startswith("prob_"):
             label, vmin, vmax = f"P({name.removeprefix('prob_')}) (tile probability)", 0.0, 1.0
         else:
@@ -473,7 +497,7 @@ def _zarr_layers(path: Path, mpp: float) -> dict[str, HeatLayer]:
 
 def _read_explanations(
     path: Path | None, n_tiles: int
-) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, float]], dict[str, Any]]:
     """(method -> per-tile scores, method -> its scores on the slide, fold and in-sample flag)
     of ``explanations.h5``: the datasets its ``methods`` attribute lists (every dataset of one
     value per tile but the lesion fractions in a file without it)."""
@@ -482,13 +506,13 @@ def _read_explanations(
     from wsi_mil.explain.store import read_explanations
 
     stored = read_explanations(path, require_complete=False)
-    out = {
+    out: dict[str, np.ndarray] = {
         name: np.asarray(values, np.float64)
         for name, values in sorted(stored.maps.items())
         if values.shape == (n_tiles,)
     }
     scores = stored.scores
-    meta = {k: stored.attrs[k] for k in ("fold", "in_sample") if k in stored.attrs}
+    meta: dict[str, Any] = {k: stored.attrs[k] for k in ("fold", "in_sample") if k in stored.attrs}
     return out, scores, meta
 
 
@@ -500,38 +524,120 @@ def _segment_layers(folder: Path) -> dict[str, ZarrHeatLayer]:
     from wsi_mil.segment.explain import EXPLAIN_ZARR
     from wsi_mil.segment.infer import MASK
 
-    found = []
+    found: list[tuple[str, str, zarr.Group, Path]] = []
     if (folder / MASK).is_dir():
         found.append(
             (
                 "segment_mask",
                 "segmenter P(lesion) (pixel mask)",
                 zarr.open_group(str(folder / MASK), mode="r"),
+                folder / MASK,
             )
         )
     if (folder / EXPLAIN_ZARR).is_dir():
         maps = zarr.open_group(str(folder / EXPLAIN_ZARR), mode="r")
         found += [
-            (f"segment_{name}", f"segmenter {name} (explanation, window max = 1)", maps[name])
-            for name in sorted(maps.group_keys())
+            (
+                f"segment_{name}",
+                f"segmenter {name} (explanation, window max = 1)",
+                group,
+                folder / EXPLAIN_ZARR / name,
+            )
+            for name, group in sorted(maps.groups(), key=lambda member: member[0])
         ]
     layers = {}
-    for layer_id, label, group in found:
-        meta = dict(group.attrs)["wsi_mil"]
-        levels = len(dict(group.attrs)["multiscales"][0]["datasets"])
+    for layer_id, label, group, path in found:
+        attrs: dict[str, JSON] = dict(group.attrs)
+        downsample = _json_number(attrs, path, "wsi_mil", "downsample_level0")
+        levels = len(_json_list(attrs, path, "multiscales", 0, "datasets", min_len=1))
         layers[layer_id] = ZarrHeatLayer(
             layer_id,
             label,
-            tuple(group[str(k)] for k in range(levels)),
+            tuple(_zarr_array(group, str(k), path) for k in range(levels)),
             (0.0, 0.0),
-            float(meta["downsample_level0"]),
+            downsample,
         )
     return layers
 
 
+def _zarr_array(group: zarr.Group, name: str, file: Path) -> zarr.Array:
+    """The array ``name`` of a pyramid group, or an :class:`InputError` naming the file."""
+    import zarr
+
+    member = group.get(name)
+    if not isinstance(member, zarr.Array):
+        raise InputError(f"{file}: level {name!r} is missing or not an array")
+    return member
+
+
+# A zarr group's attributes are JSON of any shape as far as the type checker knows; the readers
+# below walk them and check each value they use, so a malformed or foreign OME-Zarr shows as
+# one line naming the file and the attribute (the page's "overlays unavailable: ...") rather
+# than a bare KeyError or TypeError.
+_Key = str | int
+
+
+def _json_at(value: JSON, keys: tuple[_Key, ...]) -> JSON:
+    """``value[keys[0]][keys[1]]...``: None where a key or an index is not there."""
+    for key in keys:
+        if isinstance(key, str) and isinstance(value, Mapping):
+            value = value.get(key)
+        elif (
+            isinstance(key, int)
+            and isinstance(value, Sequence)
+            and not isinstance(value, str)
+            and -len(value) <= key < len(value)
+        ):
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def _json_error(file: Path, keys: tuple[_Key, ...], expected: str) -> InputError:
+    where = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+    return InputError(f"{file}: attribute {where} is missing or not {expected}")
+
+
+def _json_list(
+    value: JSON, file: Path, *keys: _Key, default: Sequence[JSON] | None = None, min_len: int = 0
+) -> Sequence[JSON]:
+    """The list at ``keys`` (of at least ``min_len`` items); ``default`` where it is absent."""
+    found = _json_at(value, keys)
+    if found is None and default is not None:
+        return default
+    if isinstance(found, str) or not isinstance(found, Sequence) or len(found) < min_len:
+        raise _json_error(file, keys, f"a list of at least {min_len}" if min_len else "a list")
+    return found
+
+
+def _json_text(value: JSON, file: Path, *keys: _Key, default: str | None = None) -> str:
+    """The string at ``keys``; ``default`` where it is absent."""
+    found = _json_at(value, keys)
+    if found is None and default is not None:
+        return default
+    if not isinstance(found, str):
+        raise _json_error(file, keys, "a string")
+    return found
+
+
+def _json_number(value: JSON, file: Path, *keys: _Key, default: float | None = None) -> float:
+    """The number at ``keys`` (or a numeric string, which this reader has always taken);
+    ``default`` where it is absent."""
+    found = _json_at(value, keys)
+    if found is None and default is not None:
+        return default
+    if isinstance(found, (int, float, str)):
+        try:
+            return float(found)
+        except ValueError:
+            pass
+    raise _json_error(file, keys, "a number")
+
+
 def _trust(
     explanations: dict[str, np.ndarray],
-    scores: dict[str, Any],
+    scores: dict[str, dict[str, float]],
     meta: dict[str, Any],
     trust_path: Path | None,
 ) -> dict[str, dict[str, Any]]:

@@ -129,5 +129,7 @@ def planted() -> SimpleNamespace:
         glass=GLASS,
         purple=PURPLE,
         pink=PINK,
+        mpp=MPP,
+        prediction=prediction,
         make_project=make_project,
     )
