@@ -40,8 +40,14 @@ def pyramid(level0: np.ndarray, min_side: int) -> list[np.ndarray]:
     return levels
 
 
-def _window(channel: np.ndarray, probability: bool) -> dict[str, float]:
-    if probability or np.isnan(channel).all():
+def _window(
+    channel: np.ndarray, probability: bool, bounds: tuple[float, float] | None = None
+) -> dict[str, float]:
+    """The display window of a channel: [0, 1] for a probability, ``bounds`` when the scores'
+    normalisation gave them, else the channel's own range."""
+    if bounds is not None:
+        low, high = bounds
+    elif probability or np.isnan(channel).all():
         low, high = 0.0, 1.0
     else:
         low, high = float(np.nanmin(channel)), float(np.nanmax(channel))
@@ -105,7 +111,8 @@ def write_heatmap_zarr(
     path = Path(path)
     geometry = SlideGeometry.from_attrs(prediction.attrs, prediction.slide_id)
     grid = grid or TileGrid.from_coords(prediction.coords, geometry)
-    attention, *_ = normalise_scores(
+    # the overlay's normalisation and its colour-bar range: [0, 1] but for "raw" attention
+    attention, low, high, _ = normalise_scores(
         tile_scores(prediction, "attention"), params.normalize, probability=False
     )
     prefix = "prob_" if prediction.has_segmentation else "tile_"  # a risk or value: no probability
@@ -132,7 +139,9 @@ def write_heatmap_zarr(
                 "family": "linear",
                 "inverted": False,
                 "window": _window(
-                    level0[i], probability=name.startswith("prob_") or name == "attention"
+                    level0[i],
+                    probability=name.startswith("prob_"),
+                    bounds=(float(low), float(high)) if name == "attention" else None,
                 ),
             }
             for i, name in enumerate(names)

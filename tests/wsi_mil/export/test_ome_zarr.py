@@ -71,3 +71,20 @@ def test_zarr_is_written_atomically(tmp_path, lesion, monkeypatch):
     with pytest.raises(RuntimeError):
         write_heatmap_zarr(tmp_path / "heatmap.zarr", prediction, HeatmapParams())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("normalize", ["rank", "minmax", "raw"])
+def test_attention_window_is_the_overlay_colour_range(tmp_path, lesion, normalize):
+    """The attention channel's display window is the range its values were put in: [0, 1]
+    once normalised, the raw scores' own range for "raw" (a [0, 1] window would clip them)."""
+    prediction = lesion.make_prediction("unused.tiff")
+    path = write_heatmap_zarr(tmp_path / "h.zarr", prediction, HeatmapParams(normalize=normalize))
+    group = zarr.open_group(str(path), mode="r")
+    window = ome_metadata(group, "0.4")["omero"]["channels"][0]["window"]
+    values = group["0"][0]
+    if normalize == "raw":
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        assert (low, high) != pytest.approx((0.0, 1.0))  # raw attention: weights summing to 1
+        assert (window["start"], window["end"]) == pytest.approx((low, high), rel=1e-6)
+    else:
+        assert (window["start"], window["end"]) == (0.0, 1.0)
