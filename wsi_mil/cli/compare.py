@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="DeLong's test of the AUC difference between two prediction sets",
         description="Compare the AUCs of two predict output folders (each holding "
         "predictions.csv) on the labelled slides both predicted, with DeLong's paired test: "
-        "the difference, its 95%% confidence interval and the two-sided p-value.",
+        "the difference, its 95 % confidence interval and the two-sided p-value.",
     )
     p.add_argument("a", type=Path, help="predict output folder of model A")
     p.add_argument("b", type=Path, help="predict output folder of model B")

@@ -245,3 +245,12 @@ def test_a_renamed_yaml_key_still_works_and_warns():
                 "extract": {"workers": 3, "tile_readers": 2},
             }
         )
+
+
+def test_every_help_page_reads_as_text():
+    """No verb's --help shows argparse's escapes or placeholders ("95%%", "%(default)s")."""
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in {"wsi-mil": parser, **verbs.choices}.items():
+        text = sub.format_help()
+        assert "%%" not in text and "%(" not in text, name
