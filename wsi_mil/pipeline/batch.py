@@ -24,6 +24,9 @@ from wsi_mil.console import progress_bar
 from wsi_mil.executors import describe_failure, run_jobs
 
 FAILURE_COLUMNS = ("slide", "stage", "error")
+#: slides printed per kind of failure; the rest of that kind are counted, not printed (a folder of
+#: 1 000 slides without a resolution would otherwise print 1 000 near-identical lines)
+FAILURES_SHOWN = 3
 logger = logging.getLogger(__name__)
 
 
@@ -107,16 +110,30 @@ def run_batch(
         else:
             todo.append(job)
 
+    seen: dict[str, int] = {}  # failures per kind (the error with the slide's name taken out)
+
     def finish(job: SlideJob, error: str | None) -> None:
         if error is None:
             result.done.append(job.slide)
-        else:
-            result.failed.append((job.slide, error))
+            return
+        result.failed.append((job.slide, error))
+        kind = error.replace(job.slide, "<slide>")
+        seen[kind] = seen.get(kind, 0) + 1
+        if seen[kind] <= FAILURES_SHOWN:
             logger.warning("[%s] %s failed: %s", stage, job.slide, error)
+        elif seen[kind] == FAILURES_SHOWN + 1:
+            logger.warning(
+                "[%s] more slides fail with the same error: counted, not printed "
+                "(failures.csv lists every one)",
+                stage,
+            )
 
     with progress_bar(total=len(todo), desc=stage, unit=unit, show=bool(todo)) as bar:
         for job, error in run_jobs(todo, _run_one, stage=stage, workers=workers, executor=executor):
             finish(job, error)
             bar.update()
+    for kind, count in seen.items():
+        if count > FAILURES_SHOWN:
+            logger.warning("[%s] %d slides failed with: %s", stage, count, kind)
     record_failures(Path(failures_csv), stage, result.failed)
     return result

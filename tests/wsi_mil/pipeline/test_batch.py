@@ -74,3 +74,35 @@ def test_failures_of_other_stages_are_kept(tmp_path):
     record_failures(failures, "extract", [("s2", "bad bag")])
     record_failures(failures, "tile", [])
     assert _rows(failures) == [{"slide": "s2", "stage": "extract", "error": "bad bag"}]
+
+
+def test_many_slides_failing_alike_print_a_few_lines_and_a_count(tmp_path, caplog):
+    """Three slides of a kind of failure are printed, the rest counted in one line; every one
+    is in failures.csv. A failure of another kind is printed as usual."""
+    names = [f"s{i}" for i in range(7)]
+    jobs = _jobs(tmp_path, names, failing=set(names[:6]))
+    jobs.append(SlideJob("odd", tmp_path / "odd.out", functools.partial(_fail_differently)))
+    with caplog.at_level("WARNING", logger="wsi_mil"):
+        result = run_batch(jobs, stage="tile", failures_csv=tmp_path / "failures.csv")
+    assert len(result.failed) == len(_rows(tmp_path / "failures.csv")) == 7
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if " failed: " in line] == [
+        "[tile] s0 failed: ValueError: s0.out: cannot read this slide",
+        "[tile] s1 failed: ValueError: s1.out: cannot read this slide",
+        "[tile] s2 failed: ValueError: s2.out: cannot read this slide",
+        "[tile] odd failed: OSError: disk full",
+    ]
+    assert (
+        lines.count(
+            "[tile] more slides fail with the same error: counted, not printed "
+            "(failures.csv lists every one)"
+        )
+        == 1
+    )
+    assert (
+        lines[-1] == "[tile] 6 slides failed with: ValueError: <slide>.out: cannot read this slide"
+    )
+
+
+def _fail_differently() -> None:
+    raise OSError("disk full")
