@@ -7,7 +7,6 @@ section); the work is :func:`wsi_mil.pipeline.train.train_run`.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from wsi_mil.cli.options import add_options, add_renamed, options_from_args
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("task", "classification") != "classification":
         for line in task_summary_lines(summary):
             print(line)
-        print(f"run written to {args.run}")
-        print(json.dumps({"summary": str(args.run / "summary.json")}))
+        print(f"run written to {args.run} (every figure above in summary.json)")
         return 0
     n = summary["n_folds"]
     if summary.get("subtyping"):
@@ -98,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
         f"threshold for new slides (the ensemble of {n} fold(s)): "
         f"{summary['ensemble_threshold']:.3f} ({summary['ensemble_threshold_rule']})"
     )
-    print(f"run written to {args.run}")
-    print(json.dumps({"summary": str(args.run / "summary.json")}))
+    print(f"run written to {args.run} (every figure above in summary.json)")
     return 0
 
 

@@ -45,7 +45,9 @@ def test_train_predict_evaluate(tmp_path, capsys, device):
         )
         == 0
     )
-    assert "accuracy:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy:" in printed
+    assert printed.splitlines()[-1] == f"run written to {run} (every figure above in summary.json)"
     assert (run / "summary.json").is_file() and (run / "fold_1" / "model.pt").is_file()
     out = tmp_path / "pred"
     assert (
