@@ -104,8 +104,10 @@ def pooled_threshold(
     probs_val: np.ndarray,
     negative_index: int = 0,
     min_per_class: int = MIN_VAL_PER_CLASS,
+    unit: str = "slides",
 ) -> tuple[float, str]:
-    """A decision threshold and the rule that gave it, from pooled validation scores.
+    """A decision threshold and the rule that gave it, from pooled validation scores (``unit``:
+    what one score is, in the rule's text: slides, or patients for patient-level bags).
 
     ``y_val``/``probs_val`` are validation predictions of several folds' models pooled (for a
     fold's threshold, without that fold's test slides: :mod:`wsi_mil.mil.thresholds`). The
@@ -122,10 +124,10 @@ def pooled_threshold(
     if counts.min() < min_per_class:
         return 0.5, (
             f"0.5: pooled validation has {counts[0]} negative / {counts[1]} positive "
-            f"slides, fewer than {min_per_class} of a class"
+            f"{unit}, fewer than {min_per_class} of a class"
         )
     return choose_threshold(y_val, probs_val, negative_index), (
-        f"Youden's J on pooled validation ({counts[0]} negative / {counts[1]} positive slides)"
+        f"Youden's J on pooled validation ({counts[0]} negative / {counts[1]} positive {unit})"
     )
 
 

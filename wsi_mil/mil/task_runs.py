@@ -281,6 +281,7 @@ def _decisions(
                 [r["fold"] for r in trained],
                 0,
                 params.threshold_min_per_class,
+                unit=f"{params.bag_level}s",
             )
         )
     return {

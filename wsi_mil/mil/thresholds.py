@@ -66,13 +66,15 @@ def fold_thresholds(
     negative_index: int,
     min_per_class: int,
     nested_check: bool = True,
+    unit: str = "slides",
 ) -> list[FoldThreshold]:
     """Each fold's threshold from every fold's validation predictions except fold k's test
     slides' (the module docstring says why), with Youden's J kept only where the nested check
     (:func:`nested_rule`) finds it beats 0.5 on validation slides it did not see
     (``nested_check=False``: the pool's Youden cut as it is, the rule before the check, for
     ``scripts/bench_threshold_rules.py``). The ``i``-th entry of each sequence belongs to fold
-    ``folds[i]``; ``val_p`` are class probabilities ``[n, C]``."""
+    ``folds[i]``; ``val_p`` are class probabilities ``[n, C]``; ``unit`` names the ids in the
+    rules' text (slides, or patients for patient-level bags)."""
     ids = np.concatenate([np.asarray(v, dtype=str) for v in val_ids]) if val_ids else np.zeros(0)
     y = np.concatenate(val_y) if val_y else np.zeros(0, dtype=int)
     p = np.concatenate(val_p) if val_p else np.zeros((0, 2))
@@ -84,10 +86,10 @@ def fold_thresholds(
     out = []
     for fold, test in zip(folds, test_ids, strict=True):
         keep = ~np.isin(ids, np.asarray(test, dtype=str))
-        threshold, rule = pooled_threshold(y[keep], p[keep], negative_index, min_per_class)
+        threshold, rule = pooled_threshold(y[keep], p[keep], negative_index, min_per_class, unit)
         if nested_check and rule.startswith("Youden"):
             threshold, rule = nested_rule(
-                ids[keep], y[keep], p[keep], source[keep], negative_index, threshold, rule
+                ids[keep], y[keep], p[keep], source[keep], negative_index, threshold, rule, unit
             )
         out.append(
             FoldThreshold(int(fold), float(threshold), rule, tuple(str(s) for s in ids[keep]))
@@ -103,6 +105,7 @@ def nested_rule(
     negative_index: int,
     youden: float,
     youden_rule: str,
+    unit: str = "slides",
 ) -> tuple[float, str]:
     """Youden's J on the pool, or 0.5, whichever judged held-out validation slides better.
 
@@ -134,7 +137,7 @@ def nested_rule(
         by_half.append(p[held, pos] >= 0.5)
     t = np.concatenate(truth) if truth else np.zeros(0, dtype=bool)
     if len(np.unique(t)) < 2:
-        return youden, f"{youden_rule}; no nested check (too few slides of a class to hold out)"
+        return youden, f"{youden_rule}; no nested check (too few {unit} of a class to hold out)"
     score_youden = balanced_accuracy_score(t, np.concatenate(by_youden))
     score_half = balanced_accuracy_score(t, np.concatenate(by_half))
     check = (

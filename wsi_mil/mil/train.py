@@ -778,6 +778,7 @@ def finish_run(
     by_slide = labels.by_slide()
     subtypes = negative_index is None
     negative = 0 if negative_index is None else negative_index
+    unit = f"{params.bag_level}s"  # what the run's bags are: slides, or patients
 
     def y_of(ids: list[str]) -> np.ndarray:
         return np.array([labels.class_index(by_slide[s].label) for s in ids], dtype=int)
@@ -801,6 +802,7 @@ def finish_run(
         [r["fold"] for r in trained],
         negative,
         params.threshold_min_per_class,
+        unit=unit,
     )
     fold_metrics, pooled_rows = [], []
     for record, decision in zip(trained, chosen, strict=True):
@@ -852,13 +854,14 @@ def finish_run(
         auc = metrics["auc"]
         logger.info(
             "fold %s: test AUC %s, accuracy %.3f at threshold %.3f (%s; none of its %d "
-            "test slides among them)",
+            "test %s among them)",
             fold,
             "-" if auc is None else f"{auc:.3f}",
             metrics["accuracy"],
             threshold,
             decision.rule,
             len(ids),
+            unit,
         )
     ensemble = ensemble_threshold([d.threshold for d in chosen])
     summary = {

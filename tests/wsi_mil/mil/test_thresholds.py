@@ -136,3 +136,19 @@ def test_without_the_check_the_pool_youden_cut_stands():
         assert with_check.threshold == 0.5 and "nested check over 2" in with_check.rule
         assert without.threshold == pytest.approx(choose_threshold(y, p))
         assert "nested check" not in without.rule
+
+
+def test_the_rules_count_the_run_s_bags():
+    """A patient-level run's pool holds patients: its rules say so (slides by default)."""
+    rng = np.random.default_rng(2)
+    folds = [_fold(f"p{k}", 40, (0.05, 0.2), (0.25, 0.4), rng) for k in range(3)]
+    args = ([f[0] for f in folds], [f[1] for f in folds], [f[2] for f in folds], [[]] * 3)
+    youden = fold_thresholds(*args, [0, 1, 2], 0, min_per_class=20, unit="patients")
+    floor = fold_thresholds(*args, [0, 1, 2], 0, min_per_class=100, unit="patients")
+    assert youden[0].rule.startswith(
+        "Youden's J on pooled validation (60 negative / 60 positive patients)"
+    )
+    assert floor[0].rule == (
+        "0.5: pooled validation has 60 negative / 60 positive patients, fewer than 100 of a class"
+    )
+    assert "positive slides" in fold_thresholds(*args, [0, 1, 2], 0, min_per_class=20)[0].rule
