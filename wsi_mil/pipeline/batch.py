@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ def run_batch(
         else:
             todo.append(job)
 
-    seen: dict[str, int] = {}  # failures per kind (the error with the slide's name taken out)
+    seen: Counter[str] = Counter()  # failures per kind (the error, the slide's name taken out)
 
     def finish(job: SlideJob, error: str | None) -> None:
         if error is None:
@@ -118,7 +119,7 @@ def run_batch(
             return
         result.failed.append((job.slide, error))
         kind = error.replace(job.slide, "<slide>")
-        seen[kind] = seen.get(kind, 0) + 1
+        seen[kind] += 1
         if seen[kind] <= FAILURES_SHOWN:
             logger.warning("[%s] %s failed: %s", stage, job.slide, error)
         elif seen[kind] == FAILURES_SHOWN + 1:
