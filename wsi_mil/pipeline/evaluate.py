@@ -122,7 +122,8 @@ def plot_calibration(path: Path, metrics: dict[str, Any]) -> None:
         f"Brier {metrics['brier']:.3f}\n{figure_provenance(metrics)}",
         fontsize=10,
     )
-    ax.legend(loc="upper left", fontsize=8)
+    # below the axes: inside, the box would hide points and their counts wherever they fall
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
