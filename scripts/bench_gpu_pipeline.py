@@ -276,10 +276,10 @@ def big_slide_segment(
     """``segment`` of one large slide whose central ``lesion_mm`` square is flagged (a
     predictions file on a 128 µm grid made for it): seconds and the area segmented."""
     from tiling.slide import open_slide
-    from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
     from wsi_mil.segment.infer import segment_slide
     from wsi_mil.segment.params import SegmentParams
     from wsi_mil.segment.train import load_segmenter
+    from wsi_mil.synthetic.predictions import flagged_prediction
 
     handle = open_slide(slide_path)
     width, height = handle.dimensions
@@ -292,31 +292,9 @@ def big_slide_segment(
     coords = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.int64)
     half = lesion_mm * 1000 / mpp / 2
     centre = coords + tile / 2
-    flag = (
-        (np.abs(centre[:, 0] - width / 2) < half) & (np.abs(centre[:, 1] - height / 2) < half)
-    ).astype(np.float32)
-    prediction = out / "big_prediction.h5"
-    write_prediction(
-        prediction,
-        SlidePrediction(
-            slide_id="big",
-            coords=coords,
-            attention=flag,
-            attention_norm=normalise_attention(flag),
-            tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
-            probs=np.array([0.0, 1.0], np.float32),
-            class_names=["normal", "tumor"],
-            predicted_label="tumor",
-            attrs={
-                "slide_width": width,
-                "slide_height": height,
-                "slide_mpp": mpp,
-                "tile_size_level0": float(tile),
-                "stride": float(tile),
-                "slide_path": str(slide_path),
-                "negative_class": "normal",
-            },
-        ),
+    flags = (np.abs(centre[:, 0] - width / 2) < half) & (np.abs(centre[:, 1] - height / 2) < half)
+    prediction = flagged_prediction(
+        out / "big.h5", slide_path, coords, flags, size=(width, height), mpp=mpp, tile=tile
     )
     model, card = load_segmenter(model_dir, device)
     start = time.perf_counter()

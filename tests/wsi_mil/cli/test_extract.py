@@ -125,7 +125,15 @@ def test_extract_records_failures_skips_complete_bags_and_finds_moved_slides(
 def test_extract_without_weights_offline_is_a_clear_error(tmp_path, cohort, capsys):
     tiles, _ = cohort
     code = main(
-        ["extract", "--tiles", str(tiles), "--out", str(tmp_path / "f"), "--encoder", "uni"]
+        [
+            "extract",
+            "--tiles",
+            str(tiles),
+            "--features",
+            str(tmp_path / "f" / "uni"),
+            "--encoder",
+            "uni",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -135,5 +143,8 @@ def test_extract_without_weights_offline_is_a_clear_error(tmp_path, cohort, caps
 
 def test_extract_with_no_tiles_files_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["extract", "--tiles", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(["extract", "--tiles", str(tmp_path / "empty"), "--features", str(tmp_path / "f")])
+        == 2
+    )
     assert "no tiles files" in capsys.readouterr().err

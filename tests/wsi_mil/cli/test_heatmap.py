@@ -27,7 +27,7 @@ def test_batch_renders_good_slides_records_bad_ones_and_resumes(
     argv = [
         "--predictions",
         str(predictions),
-        "--out",
+        "--heatmaps",
         str(out),
         "--slides",
         str(lesion_slide.parent),
@@ -70,7 +70,7 @@ def test_missing_slide_in_slides_folder_fails_that_slide(tmp_path, lesion, lesio
         [
             "--predictions",
             str(predictions),
-            "--out",
+            "--heatmaps",
             str(tmp_path / "o"),
             "--slides",
             str(lesion_slide.parent),
@@ -91,7 +91,8 @@ def test_bad_options_give_one_clear_line(tmp_path, argv, message, capsys):
     from wsi_mil.cli import main
 
     assert (
-        main(["heatmap", "--predictions", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == 2
+        main(["heatmap", "--predictions", str(tmp_path), "--heatmaps", str(tmp_path / "o"), *argv])
+        == 2
     )
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

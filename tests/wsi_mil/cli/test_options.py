@@ -156,7 +156,7 @@ def test_flags_and_yaml_build_the_same_parameters(tmp_path):
 def test_list_flags_take_commas_or_spaces_and_nested_flags_reach_nested_fields():
     parser = build_parser()
     args = parser.parse_args(
-        ["heatmap", "--predictions", "p", "--out", "o", "--formats", "png,zarr"]
+        ["heatmap", "--predictions", "p", "--heatmaps", "o", "--formats", "png,zarr"]
     )
     from wsi_mil.heatmaps.params import HeatmapParams
 

@@ -238,7 +238,7 @@ def test_rerunning_train_keeps_complete_folds_and_overwrite_retrains_them(tmp_pa
         str(features_dir),
         "--labels",
         str(labels_csv),
-        "--out",
+        "--run",
         str(run),
         "--folds",
         "2",

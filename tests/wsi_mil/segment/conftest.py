@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_mil.mil.predictions import SlidePrediction, normalise_attention, write_prediction
 from wsi_mil.segment.nets import build_network
 from wsi_mil.segment.params import SegmentTrainParams
+from wsi_mil.synthetic.predictions import flagged_prediction
 
 
 class DarkPixels(torch.nn.Module):
@@ -52,29 +52,8 @@ def grid_prediction(
     probabilities 1 where ``positive(x, y)`` (level-0 top-left corner) is true, else 0."""
     xs, ys = np.meshgrid(np.arange(0, width, tile), np.arange(0, height, tile))
     coords = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.int64)
-    flag = np.array([bool(positive(x, y)) for x, y in coords], np.float32)
-    write_prediction(
-        path,
-        SlidePrediction(
-            slide_id=path.stem,
-            coords=coords,
-            attention=flag,
-            attention_norm=normalise_attention(flag),
-            tile_probs=np.column_stack([1 - flag, flag]).astype(np.float32),
-            probs=np.array([0.0, 1.0], np.float32),
-            class_names=["normal", "tumor"],
-            predicted_label="tumor",
-            attrs={
-                "slide_width": width,
-                "slide_height": height,
-                "slide_mpp": mpp,
-                "tile_size_level0": float(tile),
-                "stride": float(tile),
-                "slide_path": str(slide_path),
-                "negative_class": "normal",
-            },
-        ),
-    )
+    flags = np.array([bool(positive(x, y)) for x, y in coords])
+    flagged_prediction(path, slide_path, coords, flags, size=(width, height), mpp=mpp, tile=tile)
 
 
 def write_model(folder, net: str = "unet", lesion_bias: float = 0.0) -> None:

@@ -48,7 +48,7 @@ def segmented(tmp_path_factory, device):
                 str(cohort.labels_csv),
                 "--split",
                 "train",
-                "--out",
+                "--model",
                 str(model),
                 "--net",
                 "unet",

@@ -84,7 +84,7 @@ def explained(tmp_path_factory):
                     str(cohort.labels_csv),
                     "--split",
                     "train",
-                    "--out",
+                    "--model",
                     str(root / net),
                     "--net",
                     net,
