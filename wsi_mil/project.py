@@ -167,7 +167,7 @@ class Project:
 
     @property
     def evaluation_dir(self) -> Path:
-        """Metrics and figures of ``evaluate`` in a pipeline run."""
+        """Metrics and figures of ``evaluate`` (the verb's default, as in a pipeline run)."""
         return self._folder("evaluation")
 
     @property
